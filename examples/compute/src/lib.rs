@@ -1,0 +1,1 @@
+wasmpool_guest::export_tasks!();

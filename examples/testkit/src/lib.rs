@@ -1,0 +1,127 @@
+//! Tasks the integration tests use: ordinary ones, failing ones, and misbehaving ones.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wasmpool_guest::{process, task};
+
+/// Does nothing, for start-up benchmarks.
+#[task]
+fn noop() {}
+
+/// The square of `x`.
+#[task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Adds two numbers; a task of two arguments.
+#[task]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Greets by name, printing on stdout and stderr on the way.
+#[task]
+fn greet(name: String) -> String {
+    println!("hello, {name}");
+    eprintln!("to stderr, {name}");
+    format!("hello, {name}")
+}
+
+/// Fails with the caller's message.
+#[task]
+fn fail(message: String) -> Result<u64, String> {
+    Err(message)
+}
+
+/// Panics with the caller's message.
+#[task]
+fn boom(message: String) -> u64 {
+    panic!("{message}")
+}
+
+/// Executes `unreachable`: a trap that is not a panic.
+#[task]
+fn trap() -> u64 {
+    core::arch::wasm32::unreachable()
+}
+
+/// Sleeps for `ms` milliseconds, then returns `ms`.
+#[task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Prints `lines` numbered lines, `delay_ms` apart.
+#[task]
+fn tick(lines: u32, delay_ms: u64) -> u32 {
+    for i in 0..lines {
+        println!("tick {i}");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+    }
+    lines
+}
+
+/// The worker's process identity, as the guest sees it.
+#[task]
+fn whoami() -> (u32, u32, String) {
+    let p = process::current();
+    (p.pid, p.ppid, p.name)
+}
+
+/// Wall-clock seconds since the Unix epoch and eight random bytes.
+#[task]
+fn clock_and_random() -> (f64, Vec<u8>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let mut state = std::collections::hash_map::RandomState::new();
+    let _ = &mut state;
+    let bytes: Vec<u8> = (0..8).map(|_| random_byte()).collect();
+    (now, bytes)
+}
+
+fn random_byte() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish() as u8
+}
+
+/// A record argument and result, to check serde types cross intact.
+#[derive(Debug, Serialize, Deserialize)]
+struct Point {
+    x: f64,
+    y: f64,
+}
+
+/// Scales a point.
+#[task]
+fn scale(p: Point, k: f64) -> Point {
+    Point { x: p.x * k, y: p.y * k }
+}
+
+/// Counts calls in this instance: state persists across tasks in one worker.
+#[task]
+fn counter() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    CALLS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Loops forever.
+#[task]
+fn spin() -> u64 {
+    let mut i: u64 = 0;
+    loop {
+        i = std::hint::black_box(i.wrapping_add(1));
+    }
+}
+
+wasmpool_guest::export_tasks!(
+    noop, square, add, greet, fail, boom, trap, sleep_ms, tick, whoami, clock_and_random, scale,
+    counter, spin
+);

@@ -1,0 +1,174 @@
+//! Support code for the `#[task]` and `export_tasks!` macros; not a public API.
+
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::sync::Once;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bindings::wasmpool::task::host;
+pub use crate::bindings::wasmpool::task::types::TaskError;
+
+/// The outcome of one task call, as the WIT world defines it.
+pub type Outcome = Result<Vec<u8>, TaskError>;
+
+/// A task's name and the function that decodes its arguments, runs it and encodes its result.
+pub type TaskEntry = (&'static str, fn(&[u8]) -> Outcome);
+
+thread_local! {
+    /// Outcomes of the current `call-batch` so far, handed to the host if a later item panics.
+    static BATCH: RefCell<Vec<Outcome>> = const { RefCell::new(Vec::new()) };
+}
+
+static PANIC_HOOK: Once = Once::new();
+
+fn install_panic_hook() {
+    PANIC_HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let text = if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_string()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "Box<dyn Any>".to_string()
+            };
+            let message = match info.location() {
+                Some(loc) => format!(
+                    "panicked at {}:{}:{}: {text}",
+                    loc.file(),
+                    loc.line(),
+                    loc.column()
+                ),
+                None => format!("panicked: {text}"),
+            };
+            let completed = BATCH.with(|b| {
+                b.try_borrow_mut()
+                    .map(|mut b| std::mem::take(&mut *b))
+                    .unwrap_or_default()
+            });
+            host::report_panic(&message, &completed);
+        }));
+    });
+}
+
+/// The default per-instance init: nothing to do.
+pub fn no_init() -> Result<(), String> {
+    Ok(())
+}
+
+/// Runs the guest's init function, rendering its error as text.
+pub fn run_init<E: Display>(init: fn() -> Result<(), E>) -> Result<(), String> {
+    install_panic_hook();
+    init().map_err(|e| e.to_string())
+}
+
+/// The names of the exported tasks.
+pub fn list_tasks(tasks: &[TaskEntry]) -> Vec<String> {
+    tasks.iter().map(|(name, _)| (*name).to_string()).collect()
+}
+
+fn find(tasks: &[TaskEntry], name: &str) -> Option<fn(&[u8]) -> Outcome> {
+    tasks.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// Calls one task.
+pub fn call(tasks: &[TaskEntry], name: &str, args: &[u8]) -> Outcome {
+    install_panic_hook();
+    match find(tasks, name) {
+        Some(f) => f(args),
+        None => Err(TaskError::UnknownTask(name.to_string())),
+    }
+}
+
+/// Calls one task once per item; a panic hands the finished outcomes to the host first.
+pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Vec<Vec<u8>>) -> Vec<Outcome> {
+    install_panic_hook();
+    let Some(f) = find(tasks, name) else {
+        return items
+            .iter()
+            .map(|_| Err(TaskError::UnknownTask(name.to_string())))
+            .collect();
+    };
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        b.reserve(items.len());
+    });
+    for item in &items {
+        let outcome = f(item);
+        BATCH.with(|b| b.borrow_mut().push(outcome));
+    }
+    BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()))
+}
+
+/// Decodes positional arguments: one MessagePack array of exactly `N` values.
+#[derive(Debug)]
+pub struct Args<'a> {
+    task: &'static str,
+    params: &'static [(&'static str, &'static str)],
+    rest: &'a [u8],
+    index: usize,
+}
+
+impl<'a> Args<'a> {
+    /// Reads the array header and checks the arity against the task's parameters
+    /// (each given as `(name, type)`).
+    pub fn new(
+        task: &'static str,
+        params: &'static [(&'static str, &'static str)],
+        bytes: &'a [u8],
+    ) -> Result<Self, TaskError> {
+        let mut rest = bytes;
+        let len = rmp::decode::read_array_len(&mut rest).map_err(|_| {
+            TaskError::BadArgs(format!(
+                "task `{task}` expects its arguments as one MessagePack array"
+            ))
+        })?;
+        if len as usize != params.len() {
+            let wanted: Vec<String> = params.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+            return Err(TaskError::BadArgs(format!(
+                "task `{task}` takes {} argument{} ({}), got {len}",
+                params.len(),
+                if params.len() == 1 { "" } else { "s" },
+                wanted.join(", ")
+            )));
+        }
+        Ok(Args {
+            task,
+            params,
+            rest,
+            index: 0,
+        })
+    }
+
+    /// Decodes the next argument.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, TaskError> {
+        let (name, ty) = self.params.get(self.index).copied().unwrap_or(("?", "?"));
+        let mut de = rmp_serde::Deserializer::new(&mut self.rest);
+        let value = T::deserialize(&mut de).map_err(|e| {
+            TaskError::BadArgs(format!(
+                "task `{}`: argument {} (`{name}: {ty}`): {e}",
+                self.task,
+                self.index + 1
+            ))
+        })?;
+        self.index += 1;
+        Ok(value)
+    }
+}
+
+/// Encodes a task's return value.
+pub fn encode_return<T: Serialize>(task: &str, value: T) -> Outcome {
+    rmp_serde::to_vec_named(&value)
+        .map_err(|e| TaskError::Failed(format!("task `{task}`: cannot encode its result: {e}")))
+}
+
+/// Encodes a fallible task's return value; its `Err` becomes the task's error message.
+pub fn encode_result<T: Serialize, E: Display>(task: &str, value: Result<T, E>) -> Outcome {
+    match value {
+        Ok(v) => encode_return(task, v),
+        Err(e) => Err(TaskError::Failed(e.to_string())),
+    }
+}

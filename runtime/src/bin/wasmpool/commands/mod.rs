@@ -1,0 +1,5 @@
+//! One module per subcommand, each a clap struct with an `execute()`.
+
+pub mod compile;
+pub mod run;
+pub mod tasks;

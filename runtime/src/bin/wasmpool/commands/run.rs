@@ -1,0 +1,77 @@
+//! `wasmpool run MODULE TASK [ARG…]`: run one task in a worker process, print its result.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use wasmpool::{Module, Output, Process};
+
+/// Run one task in a fresh worker process and print its result as JSON.
+///
+/// The task's output streams to this terminal as it is written. Exit status: 0 when the
+/// task succeeded, 1 when it failed, trapped or its worker died, 2 for bad input.
+#[derive(Args)]
+pub struct RunCommand {
+    /// A `.wasm` component, or a guest Cargo project directory (built for you).
+    module: PathBuf,
+    /// The task to run.
+    task: String,
+    /// The task's positional arguments, each a JSON value (strings need quotes: '"text"').
+    args: Vec<String>,
+    /// Prefix each line of the task's output with `[process pid task]`.
+    #[arg(long)]
+    tag_output: bool,
+    /// The process name the task sees (default `Process-1`).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl RunCommand {
+    pub fn execute(self) -> Result<ExitCode> {
+        let args = parse_json_args(&self.args)?;
+        let module = Module::load(&self.module)?;
+        let encoded = wasmpool::json_args(&args)?;
+        let mut process = Process::with_encoded_args(&module, &self.task, encoded)?;
+        if let Some(name) = self.name {
+            process = process.with_name(name);
+        }
+        if self.tag_output {
+            process = process.with_output(Output::Tagged);
+        }
+        process.start()?;
+        process.join()?;
+        match process.result_bytes() {
+            Ok(bytes) => {
+                let value = wasmpool::msgpack_to_json(&bytes)?;
+                println!("{value}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ (wasmpool::Error::BadArgs(_) | wasmpool::Error::UnknownTask { .. })) => {
+                Err(e.into())
+            }
+            Err(e) => {
+                eprintln!("wasmpool: {e}");
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+/// Parses each command-line argument as one JSON value.
+pub fn parse_json_args(raw: &[String]) -> Result<Vec<serde_json::Value>> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, text)| {
+            serde_json::from_str(text).with_context(|| {
+                format!("argument {} (`{text}`) is not valid JSON (strings need quotes, e.g. '\"{text}\"')", i + 1)
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .and_then(|v| {
+            if v.len() > 64 {
+                bail!("too many arguments ({}); the limit is 64", v.len());
+            }
+            Ok(v)
+        })
+}

@@ -1,0 +1,32 @@
+//! `wasmpool tasks MODULE`: list a module's tasks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use wasmpool::Module;
+
+/// List the tasks a module exports, one per line.
+#[derive(Args)]
+pub struct TasksCommand {
+    /// A `.wasm` component, or a guest Cargo project directory (built for you).
+    module: PathBuf,
+    /// Print a JSON array instead.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TasksCommand {
+    pub fn execute(self) -> Result<ExitCode> {
+        let tasks = Module::load(&self.module)?.tasks()?;
+        if self.json {
+            println!("{}", serde_json::to_string(&tasks)?);
+        } else {
+            for t in tasks {
+                println!("{t}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,24 @@
+//! Host-side bindings of the WIT world in `wit/`, and the linker every instance uses.
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime_wasi::p2::add_to_linker_sync;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "task-module",
+});
+
+pub(crate) use self::wasmpool::task::host::{Host, Identity};
+pub(crate) use self::wasmpool::task::types::TaskError;
+
+/// A linker with WASI 0.2 and the wasmpool host interface, for any store state that
+/// implements both.
+pub(crate) fn linker<T>(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<T>>
+where
+    T: wasmtime_wasi::WasiView + Host + self::wasmpool::task::types::Host + 'static,
+{
+    let mut linker = Linker::new(engine);
+    add_to_linker_sync(&mut linker)?;
+    TaskModule::add_to_linker::<T, HasSelf<T>>(&mut linker, |s| s)?;
+    Ok(linker)
+}

@@ -1,0 +1,49 @@
+//! Python's `multiprocessing`, rebuilt so that every worker is an isolated OS process running
+//! tasks compiled to WebAssembly inside wasmtime.
+//!
+//! Tasks are written with the `wasmpool-guest` SDK (or any language that targets the
+//! `wasmpool:task` WIT world) and built for `wasm32-wasip2`. The host loads the component
+//! once, compiles it into a content-addressed cache, and starts worker processes that map
+//! the compiled artifact and run tasks on request.
+//!
+//! ```no_run
+//! use wasmpool::{Module, Process};
+//!
+//! fn main() -> wasmpool::Result<()> {
+//!     // Lets this program serve as its own worker binary (as Python's `freeze_support`).
+//!     wasmpool::run_worker_if_requested();
+//!
+//!     // A guest Cargo project is built for you; a `.wasm` component file works too.
+//!     let module = Module::load("examples/testkit")?;
+//!     let p = Process::new(&module, "add", &(2, 3))?;
+//!     p.start()?;
+//!     p.join()?;
+//!     println!("{} exited with {:?} and returned {}", p.name(), p.exitcode(), p.result::<i64>()?);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Modules are private; the API is re-exported here, flat.
+
+#![deny(missing_docs)]
+
+mod bindings;
+mod engine;
+mod error;
+mod guest_build;
+mod module;
+mod output;
+mod process;
+mod protocol;
+mod spawn;
+mod supervisor;
+mod values;
+mod worker;
+
+pub use error::{Error, Result};
+pub use module::{MAX_MODULE_BYTES, Module, cache_dir};
+pub use output::{Captured, Output, OutputEvent, Stream};
+pub use process::{ChildInfo, Process, active_children, cpu_count};
+pub use spawn::set_worker_exe;
+pub use values::{encode_args, json_args, msgpack_to_json};
+pub use worker::run_worker_if_requested;

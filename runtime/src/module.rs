@@ -1,0 +1,271 @@
+//! Task modules: loading, validating, compiling once into a content-addressed cache.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use crate::bindings::TaskModulePre;
+use crate::engine::engine;
+use crate::error::{Error, Result};
+use crate::spawn::{ReadyWorker, start_worker};
+use crate::worker::state::State;
+
+/// The largest module accepted (256 MiB).
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// A guest component, validated against the wasmpool world and compiled once.
+///
+/// Cloning is cheap; clones share the compiled artifact, the task list and the warm spare
+/// worker that [`Process`](crate::Process) keeps ready.
+///
+/// ```no_run
+/// let module = wasmpool::Module::load("examples/testkit")?; // a guest project: built for you
+/// println!("{:?}", module.tasks()?);
+/// # Ok::<(), wasmpool::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Module {
+    inner: Arc<ModuleInner>,
+}
+
+struct ModuleInner {
+    origin: PathBuf,
+    artifact: PathBuf,
+    tasks: Mutex<Option<Vec<String>>>,
+    spare: Mutex<Option<ReadyWorker>>,
+}
+
+impl fmt::Debug for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Module")
+            .field("origin", &self.inner.origin)
+            .field("artifact", &self.inner.artifact)
+            .finish()
+    }
+}
+
+/// Where compiled artifacts are kept: `$WASMPOOL_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmpool`,
+/// else `~/.cache/wasmpool`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WASMPOOL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("wasmpool");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache").join("wasmpool"),
+        None => std::env::temp_dir().join("wasmpool-cache"),
+    }
+}
+
+impl Module {
+    /// Loads a module from a `.wasm` component file, or builds the guest Cargo project in a
+    /// directory first.
+    pub fn load(path: impl AsRef<Path>) -> Result<Module> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let wasm = crate::guest_build::build(path)?;
+            return Self::load_file(&wasm, path);
+        }
+        Self::load_file(path, path)
+    }
+
+    fn load_file(file: &Path, origin: &Path) -> Result<Module> {
+        let bad = |message: String| Error::BadModule {
+            path: origin.to_path_buf(),
+            message,
+        };
+        let meta = std::fs::metadata(file).map_err(|e| bad(format!("cannot read: {e}")))?;
+        if meta.len() > MAX_MODULE_BYTES {
+            return Err(bad(format!(
+                "is {} bytes; the limit is {MAX_MODULE_BYTES}",
+                meta.len()
+            )));
+        }
+        let bytes = std::fs::read(file).map_err(|e| bad(format!("cannot read: {e}")))?;
+        Self::from_bytes(&bytes, origin)
+    }
+
+    /// Validates and compiles a component from memory; `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: impl AsRef<Path>) -> Result<Module> {
+        let origin = origin.as_ref().to_path_buf();
+        let bad = |message: String| Error::BadModule {
+            path: origin.clone(),
+            message,
+        };
+        check_header(bytes).map_err(bad)?;
+        let artifact = artifact_path(bytes);
+        if !artifact.is_file() {
+            let component = Component::new(engine(), bytes)
+                .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
+            check_world(&component).map_err(bad)?;
+            let compiled = component
+                .serialize()
+                .map_err(|e| bad(format!("cannot serialize the compiled module: {e}")))?;
+            write_atomically(&artifact, &compiled)?;
+        }
+        Ok(Module {
+            inner: Arc::new(ModuleInner {
+                origin,
+                artifact,
+                tasks: Mutex::new(None),
+                spare: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Where the module came from.
+    pub fn origin(&self) -> &Path {
+        &self.inner.origin
+    }
+
+    /// The precompiled artifact that workers map.
+    pub fn artifact(&self) -> &Path {
+        &self.inner.artifact
+    }
+
+    /// The names of the module's tasks (asked of a worker the first time, then remembered).
+    pub fn tasks(&self) -> Result<Vec<String>> {
+        if let Some(tasks) = self.known_tasks() {
+            return Ok(tasks);
+        }
+        let worker = self.ready_worker("wasmpool-tasks")?;
+        let tasks = worker.tasks.clone();
+        self.put_spare(worker);
+        Ok(tasks)
+    }
+
+    pub(crate) fn known_tasks(&self) -> Option<Vec<String>> {
+        self.inner.tasks.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// Fails with `UnknownTask` if the module is known not to export `task`.
+    pub(crate) fn check_task(&self, task: &str) -> Result<()> {
+        match self.known_tasks() {
+            Some(tasks) if !tasks.iter().any(|t| t == task) => Err(Error::UnknownTask {
+                task: task.to_string(),
+                available: tasks,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A worker with this module loaded: the warm spare if there is one, else a new one.
+    pub(crate) fn ready_worker(&self, name: &str) -> Result<ReadyWorker> {
+        let spare = self.inner.spare.lock().ok().and_then(|mut s| s.take());
+        let worker = match spare {
+            Some(w) => w,
+            None => start_worker(&self.inner.artifact, name)?,
+        };
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.get_or_insert_with(|| worker.tasks.clone());
+        }
+        Ok(worker)
+    }
+
+    fn put_spare(&self, worker: ReadyWorker) {
+        if let Ok(mut spare) = self.inner.spare.lock() {
+            *spare = Some(worker);
+        }
+    }
+
+    /// Starts a spare worker in the background, so the next `Process::start` is warm.
+    pub(crate) fn refill_spare(&self) {
+        let module = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("wasmpool-spare".into())
+            .spawn(move || {
+                if module
+                    .inner
+                    .spare
+                    .lock()
+                    .map(|s| s.is_some())
+                    .unwrap_or(true)
+                {
+                    return;
+                }
+                if let Ok(worker) = start_worker(&module.inner.artifact, "spare") {
+                    module.put_spare(worker);
+                }
+            });
+    }
+
+    /// Writes the precompiled artifact to `out` (what `wasmpool compile` does).
+    pub fn write_precompiled(&self, out: impl AsRef<Path>) -> Result<()> {
+        let out = out.as_ref();
+        std::fs::copy(&self.inner.artifact, out)
+            .map_err(|e| Error::io(format!("cannot write {}", out.display()), e))?;
+        Ok(())
+    }
+}
+
+fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.is_empty() {
+        return Err("is empty, not a WebAssembly component".into());
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("is not WebAssembly (no `\\0asm` header)".into());
+    }
+    match bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => Err(
+            "is a core WebAssembly module, not a component: build the guest for \
+             wasm32-wasip2 with the wasmpool-guest SDK (or wrap it with `wasm-tools component new`)"
+                .into(),
+        ),
+        _ => Err("has an unsupported WebAssembly version or layer".into()),
+    }
+}
+
+fn check_world(component: &Component) -> std::result::Result<(), String> {
+    let linker = crate::bindings::linker::<State>(engine()).map_err(|e| e.to_string())?;
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        format!(
+            "does not fit the wasmpool:task world (imports): {}",
+            first_line(&e)
+        )
+    })?;
+    TaskModulePre::new(pre).map_err(|e| {
+        format!(
+            "does not implement the wasmpool:task world (exports): {}",
+            first_line(&e)
+        )
+    })?;
+    Ok(())
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}")
+}
+
+fn artifact_path(bytes: &[u8]) -> PathBuf {
+    let mut compat = std::collections::hash_map::DefaultHasher::new();
+    engine().precompile_compatibility_hash().hash(&mut compat);
+    let mut h = Sha256::new();
+    h.update(bytes);
+    h.update(compat.finish().to_le_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    cache_dir().join("artifacts").join(format!("{hex}.cwasm"))
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create the cache dir {}", dir.display()), e))?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&tmp, data)
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}

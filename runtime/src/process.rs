@@ -1,0 +1,430 @@
+//! `Process`: one task in one worker process, with Python's `multiprocessing.Process` API.
+
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::module::Module;
+use crate::output::{Captured, Output, OutputEvent, OutputRouter};
+use crate::protocol::{FromWorker, Outcome, ToWorker};
+use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit, exitcode};
+use crate::values::{decode_result, encode_args};
+
+static NEXT_PROCESS: AtomicU64 = AtomicU64::new(1);
+
+fn registry() -> &'static Mutex<Vec<Weak<Inner>>> {
+    static REGISTRY: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+    &REGISTRY
+}
+
+/// A task running in a worker process of its own, as Python's `multiprocessing.Process`.
+///
+/// The worker is an OS process running the task's WebAssembly inside wasmtime; when the task
+/// returns, the process exits. `exitcode` follows Python: `None` while running, `0` on
+/// success, `1` if the task failed or trapped, `-N` if signal `N` killed it. Beyond Python,
+/// the task's return value comes back: [`result`](Process::result).
+///
+/// Dropping the handle of a process still running terminates it if it is a daemon, and
+/// waits for it otherwise (as Python does for its children when the parent exits).
+///
+/// ```no_run
+/// use wasmpool::{Module, Process};
+///
+/// let module = Module::load("examples/testkit")?;
+/// let p = Process::new(&module, "square", (7u64,))?;
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// assert_eq!(p.result::<u64>()?, 49);
+/// # Ok::<(), wasmpool::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Process {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    module: Module,
+    task: String,
+    args: Vec<u8>,
+    name: String,
+    daemon: bool,
+    output: Output,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    started: bool,
+    worker: Option<WorkerHandle>,
+    pid: Option<u32>,
+    outcome: Option<Outcome>,
+    exitcode: Option<i32>,
+    /// Set when the worker died before answering: always an `Error::WorkerLost`.
+    lost: Option<Error>,
+    router: OutputRouter,
+}
+
+/// A running child process, as listed by [`active_children`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// The process name.
+    pub name: String,
+    /// Its OS process id.
+    pub pid: u32,
+}
+
+impl Process {
+    /// A process that will run `task` from `module` with positional `args` (a tuple such as
+    /// `(7,)`, or `()`), named `Process-N` like Python's, not a daemon, with output inherited.
+    pub fn new<A: Serialize + ?Sized>(module: &Module, task: &str, args: &A) -> Result<Process> {
+        Self::with_encoded_args(module, task, encode_args(args)?)
+    }
+
+    /// As [`new`](Process::new), with arguments already encoded as a MessagePack array
+    /// (see [`encode_args`](crate::encode_args) and [`json_args`](crate::json_args)).
+    pub fn with_encoded_args(module: &Module, task: &str, args: Vec<u8>) -> Result<Process> {
+        module.check_task(task)?;
+        let n = NEXT_PROCESS.fetch_add(1, Ordering::Relaxed);
+        Ok(Process {
+            inner: Arc::new(Inner {
+                module: module.clone(),
+                task: task.to_string(),
+                args,
+                name: format!("Process-{n}"),
+                daemon: false,
+                output: Output::Inherit,
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+            }),
+        })
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        // Before start the handle is the only owner; after start, settings no longer apply.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            f(inner);
+        }
+        self
+    }
+
+    /// Sets the process name (default `Process-N`). Settings apply before `start` only.
+    pub fn with_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.configure(|i| i.name = name)
+    }
+
+    /// Makes the process a daemon: dropping its handle terminates it instead of waiting.
+    pub fn with_daemon(self, daemon: bool) -> Self {
+        self.configure(|i| i.daemon = daemon)
+    }
+
+    /// Sets where the task's stdout and stderr go (default: this program's, untagged).
+    pub fn with_output(self, output: Output) -> Self {
+        self.configure(|i| i.output = output)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    /// Starts the process. Starting it twice is an error, as in Python.
+    pub fn start(&self) -> Result<()> {
+        let mut state = self.lock();
+        if state.started {
+            return Err(Error::State(format!(
+                "cannot start a process twice ({})",
+                self.inner.name
+            )));
+        }
+        let inner = &self.inner;
+        let worker = inner.module.ready_worker(&inner.name)?;
+        if !worker.tasks.iter().any(|t| *t == inner.task) {
+            return Err(Error::UnknownTask {
+                task: inner.task.clone(),
+                available: worker.tasks.clone(),
+            });
+        }
+        let events: Arc<dyn WorkerEvents> = inner.clone();
+        let handle =
+            WorkerHandle::attach(worker, events).map_err(|e| Error::Worker(e.to_string()))?;
+        let sent = handle
+            .send(&ToWorker::Rename(inner.name.clone()))
+            .and_then(|()| {
+                handle.send(&ToWorker::Call {
+                    id: 1,
+                    task: inner.task.clone(),
+                    args: inner.args.clone(),
+                    exit_after: true,
+                })
+            });
+        state.started = true;
+        state.pid = Some(handle.pid);
+        if sent.is_err() {
+            // The worker died between its hand-over and the call: its exit will be reported.
+            handle.signal(libc::SIGKILL);
+        }
+        state.worker = Some(handle);
+        drop(state);
+        if let Ok(mut reg) = registry().lock() {
+            reg.retain(|w| w.strong_count() > 0);
+            reg.push(Arc::downgrade(&self.inner));
+        }
+        inner.module.refill_spare();
+        Ok(())
+    }
+
+    /// Waits until the process has exited. Joining a process never started is an error.
+    pub fn join(&self) -> Result<()> {
+        self.wait_until(None).map(|_| ())
+    }
+
+    /// Waits at most `timeout` for the process to exit; returns whether it has.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
+        let mut state = self.lock();
+        if !state.started {
+            return Err(Error::State(format!(
+                "can only join a started process ({})",
+                self.inner.name
+            )));
+        }
+        while state.exitcode.is_none() {
+            match deadline {
+                None => {
+                    state = self
+                        .inner
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    state = self
+                        .inner
+                        .changed
+                        .wait_timeout(state, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether the process has started and not yet exited.
+    pub fn is_alive(&self) -> bool {
+        let state = self.lock();
+        state.started && state.exitcode.is_none()
+    }
+
+    /// The worker's OS process id, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().pid
+    }
+
+    /// The process name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Whether the process is a daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.inner.daemon
+    }
+
+    /// `None` while running (or before start), `0` on success, `1` if the task failed or
+    /// trapped, `-N` if signal `N` killed the process.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.lock().exitcode
+    }
+
+    /// Sends SIGTERM to the process (as Python's `terminate`); a no-op once it has exited.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends SIGKILL to the process (as Python's `kill`); a no-op once it has exited.
+    pub fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    fn signal(&self, sig: i32) {
+        let state = self.lock();
+        if state.exitcode.is_none()
+            && let Some(w) = &state.worker
+        {
+            w.signal(sig);
+        }
+    }
+
+    /// The task's return value, once the process has exited; the task's error (or how the
+    /// process was lost) otherwise. Before exit it is an error: call [`join`](Process::join).
+    pub fn result<T: DeserializeOwned>(&self) -> Result<T> {
+        decode_result(&self.inner.task, &self.result_bytes()?)
+    }
+
+    /// The task's raw MessagePack result, as [`result`](Process::result) but undecoded.
+    pub fn result_bytes(&self) -> Result<Vec<u8>> {
+        let state = self.lock();
+        if state.exitcode.is_none() {
+            return Err(Error::State(format!(
+                "process {} has not finished: join it first",
+                self.inner.name
+            )));
+        }
+        let task = &self.inner.task;
+        match (&state.outcome, &state.lost) {
+            (Some(Outcome::Ok(bytes)), _) => Ok(bytes.clone()),
+            (Some(other), _) => Err(outcome_error(task, other, &self.inner.module)),
+            (
+                None,
+                Some(Error::WorkerLost {
+                    pid,
+                    task,
+                    signal,
+                    reason,
+                }),
+            ) => Err(Error::WorkerLost {
+                pid: *pid,
+                task: task.clone(),
+                signal: *signal,
+                reason: reason.clone(),
+            }),
+            (None, _) => Err(Error::Worker(format!(
+                "process {} ended without a result",
+                self.inner.name
+            ))),
+        }
+    }
+
+    /// Output kept so far, when the process was created with [`Output::Capture`].
+    pub fn captured_output(&self) -> Captured {
+        self.lock().router.captured.clone()
+    }
+}
+
+pub(crate) fn outcome_error(task: &str, outcome: &Outcome, module: &Module) -> Error {
+    let task = task.to_string();
+    match outcome {
+        Outcome::Ok(_) => Error::State("not an error".into()),
+        Outcome::Failed(message) => Error::Task {
+            task,
+            message: message.clone(),
+        },
+        Outcome::Trap(message) => Error::Trap {
+            task,
+            message: message.clone(),
+        },
+        Outcome::BadArgs(message) => Error::BadArgs(message.clone()),
+        Outcome::UnknownTask => Error::UnknownTask {
+            task,
+            available: module.known_tasks().unwrap_or_default(),
+        },
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorkerEvents for Inner {
+    fn on_message(&self, pid: u32, msg: FromWorker) {
+        let mut state = lock(&self.state);
+        match msg {
+            FromWorker::Output { stream, data, .. } => {
+                let event = OutputEvent {
+                    pid,
+                    process: &self.name,
+                    task: &self.task,
+                    stream,
+                    data: &data,
+                };
+                state.router.route(&self.output, event);
+            }
+            FromWorker::Done { outcome, .. } => {
+                state.outcome = Some(outcome);
+            }
+            FromWorker::BatchDone { .. } | FromWorker::Ready { .. } | FromWorker::LoadFailed(_) => {
+            }
+        }
+    }
+
+    fn on_exit(&self, pid: u32, status: Option<ExitStatus>, protocol_error: Option<String>) {
+        let mut state = lock(&self.state);
+        state
+            .router
+            .finish(&self.output, pid, &self.name, &self.task);
+        if state.outcome.is_none() {
+            let (signal, reason) = match protocol_error {
+                Some(e) => (
+                    None,
+                    format!("sent a malformed frame ({e}) and was stopped"),
+                ),
+                None => describe_exit(status),
+            };
+            state.lost = Some(Error::WorkerLost {
+                pid,
+                task: self.task.clone(),
+                signal,
+                reason,
+            });
+        }
+        state.exitcode = Some(exitcode(status));
+        self.changed.notify_all();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if !self.is_alive() {
+            return;
+        }
+        if self.inner.daemon {
+            self.terminate();
+        }
+        let _ = self.join();
+    }
+}
+
+/// The processes started by this program that are still running, as Python's
+/// `multiprocessing.active_children()`.
+pub fn active_children() -> Vec<ChildInfo> {
+    let Ok(mut reg) = registry().lock() else {
+        return Vec::new();
+    };
+    reg.retain(|w| w.strong_count() > 0);
+    reg.iter()
+        .filter_map(Weak::upgrade)
+        .filter_map(|inner| {
+            let state = lock(&inner.state);
+            match (state.started, state.exitcode, state.pid) {
+                (true, None, Some(pid)) => Some(ChildInfo {
+                    name: inner.name.clone(),
+                    pid,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The number of CPUs this program may use, as Python's `multiprocessing.cpu_count()`.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

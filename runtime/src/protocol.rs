@@ -1,0 +1,189 @@
+//! Frames between the host and a worker process.
+//!
+//! One Unix stream socket per worker carries length-delimited frames: a 4-byte little-endian
+//! length, then that many bytes of postcard. Both ends are this crate, so postcard's compact,
+//! schema-less encoding is safe to use. A frame longer than [`MAX_FRAME`] is refused before
+//! anything is allocated for it, and a frame that does not decode closes the channel: the
+//! peer is treated as lost, never trusted further.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The largest frame either side accepts (64 MiB): arguments and results travel inside frames.
+pub(crate) const MAX_FRAME: usize = 64 << 20;
+
+/// Which output stream of the guest a chunk of bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+}
+
+/// How one call ended, as the worker reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The encoded (MessagePack) return value.
+    Ok(Vec<u8>),
+    /// The task returned `Err` or panicked.
+    Failed(String),
+    /// The module has no such task.
+    UnknownTask,
+    /// The arguments did not decode.
+    BadArgs(String),
+    /// The guest trapped; the instance was discarded.
+    Trap(String),
+}
+
+/// What a worker needs to start serving tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Load {
+    /// The precompiled component artifact to map.
+    pub artifact: PathBuf,
+    /// The process name tasks see (`Process-1`, `PoolWorker-3`, …).
+    pub name: String,
+}
+
+/// Host → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// Map the module, instantiate it and run its init; answered by `Ready` or `LoadFailed`.
+    Load(Load),
+    /// Rename the process (a warm spare takes the name of the `Process` that claims it).
+    Rename(String),
+    /// Run one task. With `exit_after`, the worker exits once it has answered
+    /// (status 0 on success, 1 on failure), as a Python `Process` does.
+    Call {
+        id: u64,
+        task: String,
+        args: Vec<u8>,
+        exit_after: bool,
+    },
+    /// Run one task per item, in order, in one crossing into the guest.
+    CallBatch {
+        id: u64,
+        task: String,
+        items: Vec<Vec<u8>>,
+    },
+    /// Exit now, with status 0.
+    Shutdown,
+}
+
+/// Worker → host.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The module is loaded; these are its tasks.
+    Ready { tasks: Vec<String> },
+    /// The module could not be loaded or its init failed; the worker exits.
+    LoadFailed(String),
+    /// Bytes the guest wrote to stdout or stderr during call `id`.
+    Output {
+        id: u64,
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    /// Call `id` finished.
+    Done { id: u64, outcome: Outcome },
+    /// Batch call `id` finished: one outcome per item.
+    BatchDone { id: u64, outcomes: Vec<Outcome> },
+}
+
+/// Writes one frame.
+pub(crate) fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
+    let body =
+        postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "frame of {} bytes exceeds the {} byte limit",
+                body.len(),
+                MAX_FRAME
+            ),
+        ));
+    }
+    let len =
+        u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub(crate) fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {MAX_FRAME} byte limit"),
+        ));
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    decode_frame(buf).map(Some)
+}
+
+/// Decodes a frame body; anything malformed is an `InvalidData` error.
+pub(crate) fn decode_frame<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut wire = Vec::new();
+        let msg = ToWorker::Call {
+            id: 7,
+            task: "square".into(),
+            args: vec![0x91, 7],
+            exit_after: false,
+        };
+        write_frame(&mut wire, &msg).unwrap();
+        let mut buf = Vec::new();
+        let back: ToWorker = read_frame(&mut wire.as_slice(), &mut buf).unwrap().unwrap();
+        assert!(matches!(back, ToWorker::Call { id: 7, ref task, .. } if task == "square"));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_without_allocating() {
+        let wire = (u32::MAX).to_le_bytes();
+        let mut buf = Vec::new();
+        let err = read_frame::<_, ToWorker>(&mut wire.as_slice(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn garbage_body_is_an_error_not_a_panic() {
+        let mut wire = 3u32.to_le_bytes().to_vec();
+        wire.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let mut buf = Vec::new();
+        assert!(read_frame::<_, FromWorker>(&mut wire.as_slice(), &mut buf).is_err());
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        let mut wire = 10u32.to_le_bytes().to_vec();
+        wire.extend_from_slice(&[1, 2]);
+        let mut buf = Vec::new();
+        assert!(read_frame::<_, FromWorker>(&mut wire.as_slice(), &mut buf).is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! Starting worker processes.
+//!
+//! A worker is this program (or the `wasmpool` binary) re-executed with a hidden argument.
+//! It gets one end of a socketpair as fd 3, an empty environment, no stdin, its own process
+//! group, no core dumps, and `PR_SET_PDEATHSIG = SIGKILL`. That signal fires when the
+//! *thread* that forked the child exits, so every fork happens on one long-lived spawner
+//! thread: a worker started from a short-lived user thread must not die with that thread.
+
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, SyncSender, sync_channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::protocol::{FromWorker, Load, ToWorker, read_frame, write_frame};
+use crate::worker::{PARENT_ENV, WORKER_ARG, WORKER_FD};
+
+static SELF_IS_WORKER: AtomicBool = AtomicBool::new(false);
+static WORKER_EXE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// How long a new worker may take to load its module before it counts as failed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) fn mark_self_as_worker() {
+    SELF_IS_WORKER.store(true, Ordering::Relaxed);
+}
+
+/// Sets the executable started as a worker process: a binary that calls
+/// [`run_worker_if_requested`](crate::run_worker_if_requested) first thing in `main`, such
+/// as the `wasmpool` CLI. Overrides the `WASMPOOL_WORKER_EXE` environment variable.
+pub fn set_worker_exe(path: impl Into<PathBuf>) {
+    if let Ok(mut exe) = WORKER_EXE.lock() {
+        *exe = Some(path.into());
+    }
+}
+
+/// The executable to start workers from: the one set with [`set_worker_exe`], else
+/// `$WASMPOOL_WORKER_EXE`, else this program if it serves as a worker, else a `wasmpool`
+/// binary beside this program (or one directory up, as for Cargo's examples and tests),
+/// else `wasmpool` on `PATH`.
+pub(crate) fn worker_exe() -> Result<PathBuf> {
+    if let Some(exe) = WORKER_EXE.lock().ok().and_then(|e| e.clone()) {
+        return Ok(exe);
+    }
+    if let Some(exe) = std::env::var_os("WASMPOOL_WORKER_EXE") {
+        return Ok(PathBuf::from(exe));
+    }
+    let current =
+        std::env::current_exe().map_err(|e| Error::io("cannot find the current executable", e))?;
+    if SELF_IS_WORKER.load(Ordering::Relaxed) {
+        return Ok(current);
+    }
+    let mut dir = current.parent();
+    for _ in 0..2 {
+        if let Some(d) = dir {
+            let candidate = d.join("wasmpool");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            dir = d.parent();
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let candidate = d.join("wasmpool");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Error::Worker(
+        "no worker executable: call wasmpool::run_worker_if_requested() at the start of main, \
+         or put the `wasmpool` binary on PATH, or set WASMPOOL_WORKER_EXE"
+            .into(),
+    ))
+}
+
+struct SpawnRequest {
+    exe: PathBuf,
+    reply: SyncSender<io::Result<(Child, UnixStream)>>,
+}
+
+fn spawner() -> &'static Mutex<Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let _ = std::thread::Builder::new()
+            .name("wasmpool-spawner".into())
+            .spawn(move || {
+                for req in rx {
+                    let _ = req.reply.send(fork_worker(&req.exe));
+                }
+            });
+        Mutex::new(tx)
+    })
+}
+
+fn fork_worker(exe: &Path) -> io::Result<(Child, UnixStream)> {
+    let (host_end, child_end) = UnixStream::pair()?;
+    let child_fd = child_end.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg(WORKER_ARG)
+        .env_clear()
+        .env(PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(filter) = std::env::var_os("WASMPOOL_LOG") {
+        cmd.env("WASMPOOL_LOG", filter);
+    }
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (dup2, fcntl, setpgid, prctl, setrlimit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if child_fd == WORKER_FD {
+                if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, WORKER_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::setpgid(0, 0);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            let files = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 1024,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(child_end);
+    Ok((child, host_end))
+}
+
+/// A worker process that has loaded its module and waits for work.
+#[derive(Debug)]
+pub(crate) struct ReadyWorker {
+    pub pid: u32,
+    pub sock: UnixStream,
+    pub child: Child,
+    pub tasks: Vec<String>,
+}
+
+impl Drop for ReadyWorker {
+    fn drop(&mut self) {
+        // Only reached when the worker was never handed over (an unused spare, a failed
+        // hand-over): it must not outlive its handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ReadyWorker {
+    /// Gives up ownership of the child and socket to a supervisor.
+    pub fn into_parts(self) -> (u32, UnixStream, Child, Vec<String>) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again after its fields are moved out.
+        unsafe {
+            (
+                this.pid,
+                std::ptr::read(&this.sock),
+                std::ptr::read(&this.child),
+                std::ptr::read(&this.tasks),
+            )
+        }
+    }
+}
+
+/// Starts a worker process, has it load `artifact`, and waits until it is ready.
+pub(crate) fn start_worker(artifact: &Path, name: &str) -> Result<ReadyWorker> {
+    let exe = worker_exe()?;
+    let (reply, rx) = sync_channel(1);
+    spawner()
+        .lock()
+        .map_err(|_| Error::Worker("spawner poisoned".into()))?
+        .send(SpawnRequest {
+            exe: exe.clone(),
+            reply,
+        })
+        .map_err(|_| Error::Worker("spawner thread is gone".into()))?;
+    let (mut child, mut sock) = rx
+        .recv()
+        .map_err(|_| Error::Worker("spawner thread is gone".into()))?
+        .map_err(|e| Error::io(format!("cannot start worker {}", exe.display()), e))?;
+    let pid = child.id();
+    let load = ToWorker::Load(Load {
+        artifact: artifact.to_path_buf(),
+        name: name.to_string(),
+    });
+    let handshake = (|| -> io::Result<Option<FromWorker>> {
+        write_frame(&mut sock, &load)?;
+        sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let mut buf = Vec::new();
+        let reply = read_frame::<_, FromWorker>(&mut sock, &mut buf)?;
+        sock.set_read_timeout(None)?;
+        Ok(reply)
+    })();
+    match handshake {
+        Ok(Some(FromWorker::Ready { tasks })) => Ok(ReadyWorker {
+            pid,
+            sock,
+            child,
+            tasks,
+        }),
+        Ok(Some(FromWorker::LoadFailed(message))) => {
+            let _ = child.wait();
+            Err(Error::Worker(message))
+        }
+        other => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            let mut rest = Vec::new();
+            let _ = sock.read_to_end(&mut rest);
+            let why = match other {
+                Err(e) => e.to_string(),
+                Ok(Some(_)) => "unexpected message".into(),
+                Ok(None) => "it exited".into(),
+            };
+            Err(Error::Worker(format!(
+                "worker {} ({}) did not become ready: {why}{}",
+                pid,
+                exe.display(),
+                status.map(|s| format!(" ({s})")).unwrap_or_default()
+            )))
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Watching a running worker: one reader thread per worker turns its frames into events and,
+//! at end of file (or a malformed frame, which kills the worker), reaps it with `waitpid`
+//! and reports how it ended. Nothing waits on a dead worker: its exit is always reported.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::{FromWorker, ToWorker, read_frame, write_frame};
+use crate::spawn::ReadyWorker;
+
+/// Receives what a worker says and how it ends.
+pub(crate) trait WorkerEvents: Send + Sync + 'static {
+    /// A frame from the worker, in order.
+    fn on_message(&self, pid: u32, msg: FromWorker);
+    /// The worker is gone and reaped. `protocol_error` is set when it was killed for
+    /// sending a malformed frame.
+    fn on_exit(&self, pid: u32, status: Option<ExitStatus>, protocol_error: Option<String>);
+}
+
+/// The host's handle on a running worker.
+#[derive(Debug)]
+pub(crate) struct WorkerHandle {
+    pub pid: u32,
+    writer: Mutex<UnixStream>,
+    reaped: Arc<AtomicBool>,
+}
+
+impl WorkerHandle {
+    /// Starts watching `worker`, reporting to `events`.
+    pub fn attach(worker: ReadyWorker, events: Arc<dyn WorkerEvents>) -> io::Result<WorkerHandle> {
+        let (pid, sock, mut child, _tasks) = worker.into_parts();
+        let mut reader = match sock.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        let reaped = Arc::new(AtomicBool::new(false));
+        let reaped2 = reaped.clone();
+        std::thread::Builder::new()
+            .name(format!("wasmpool-worker-{pid}"))
+            .spawn(move || {
+                let mut buf = Vec::new();
+                let protocol_error = loop {
+                    match read_frame::<_, FromWorker>(&mut reader, &mut buf) {
+                        Ok(Some(msg)) => events.on_message(pid, msg),
+                        Ok(None) => break None,
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break None,
+                        Err(e) => {
+                            let _ = child.kill();
+                            break Some(e.to_string());
+                        }
+                    }
+                };
+                let status = child.wait().ok();
+                reaped2.store(true, Ordering::SeqCst);
+                events.on_exit(pid, status, protocol_error);
+            })?;
+        Ok(WorkerHandle {
+            pid,
+            writer: Mutex::new(sock),
+            reaped,
+        })
+    }
+
+    /// Sends a frame to the worker.
+    pub fn send(&self, msg: &ToWorker) -> io::Result<()> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| io::Error::other("worker writer poisoned"))?;
+        write_frame(&mut *w, msg)
+    }
+
+    /// Sends `signal` to the worker, unless it has already been reaped.
+    pub fn signal(&self, signal: i32) {
+        if !self.reaped.load(Ordering::SeqCst) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+        }
+    }
+}
+
+/// Python's `exitcode` for a finished worker: its exit status, or minus the signal that
+/// killed it.
+pub(crate) fn exitcode(status: Option<ExitStatus>) -> i32 {
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => -sig,
+            (None, None) => 1,
+        },
+        None => 1,
+    }
+}
+
+/// "was killed by signal 9 (SIGKILL)", "exited with status 3", … for error messages.
+pub(crate) fn describe_exit(status: Option<ExitStatus>) -> (Option<i32>, String) {
+    match status.and_then(|s| s.signal()) {
+        Some(sig) => (
+            Some(sig),
+            format!("was killed by signal {sig} ({})", signal_name(sig)),
+        ),
+        None => match status.and_then(|s| s.code()) {
+            Some(code) => (None, format!("exited with status {code} before answering")),
+            None => (None, "vanished".to_string()),
+        },
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGINT => "SIGINT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}

@@ -1,0 +1,144 @@
+//! The worker process: the same binary, re-executed in a hidden mode by the host.
+//!
+//! It maps the precompiled component the host names, keeps one instance alive across tasks
+//! (state persists, as in a Python worker), and discards and rebuilds it after a trap. It
+//! never outlives the host: the kernel kills it when the host dies (`PR_SET_PDEATHSIG`, set
+//! before exec), a watchdog thread re-checks the parent every 100 ms, and end-of-file on
+//! its socket makes it exit.
+
+mod instance;
+mod output;
+pub(crate) mod state;
+
+use std::io;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::protocol::{FromWorker, Outcome, ToWorker, read_frame};
+
+use self::instance::Loaded;
+use self::output::Channel;
+use self::state::ProcessIdentity;
+
+/// The argument that puts the binary in worker mode.
+pub(crate) const WORKER_ARG: &str = "__wasmpool-worker";
+/// The file descriptor the worker's socket is passed on.
+pub(crate) const WORKER_FD: i32 = 3;
+/// The environment variable carrying the host's pid, for the watchdog.
+pub(crate) const PARENT_ENV: &str = "WASMPOOL_PARENT_PID";
+
+/// If this process was started as a wasmpool worker, serves as one and exits; otherwise
+/// returns, and remembers that this binary can be re-executed as a worker.
+///
+/// Programs that embed wasmpool call this first thing in `main`, so the host can start its
+/// workers by re-executing the program itself (like Python's `freeze_support()`). Without
+/// it, workers run from the `wasmpool` binary found beside the program or on `PATH`.
+///
+/// ```no_run
+/// fn main() {
+///     wasmpool::run_worker_if_requested();
+///     // ... the program, using wasmpool::Process / Pool ...
+/// }
+/// ```
+pub fn run_worker_if_requested() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == WORKER_ARG) {
+        std::process::exit(serve());
+    }
+    crate::spawn::mark_self_as_worker();
+}
+
+/// Serves as a worker on fd 3 until told to stop; returns the exit status.
+pub(crate) fn serve() -> i32 {
+    let parent: u32 = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    start_parent_watchdog(parent);
+    // SAFETY: the host passes this process one end of a socketpair as fd 3, and nothing else
+    // in this process owns that descriptor.
+    let sock = unsafe { UnixStream::from_raw_fd(WORKER_FD) };
+    match serve_on(sock, parent) {
+        Ok(code) => code,
+        Err(_) => 1,
+    }
+}
+
+fn start_parent_watchdog(parent: u32) {
+    let _ = std::thread::Builder::new()
+        .name("parent-watchdog".into())
+        .spawn(move || {
+            loop {
+                // SAFETY: getppid has no preconditions.
+                let ppid = unsafe { libc::getppid() } as u32;
+                if parent != 0 && ppid != parent {
+                    // The host is gone: leave at once, without running any destructors.
+                    // SAFETY: _exit is always safe to call.
+                    unsafe { libc::_exit(1) };
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+}
+
+fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
+    let mut reader = sock.try_clone()?;
+    let channel = Arc::new(Channel {
+        writer: Mutex::new(sock),
+        current_call: AtomicU64::new(0),
+    });
+    let mut buf = Vec::new();
+
+    let Some(ToWorker::Load(load)) = read_frame::<_, ToWorker>(&mut reader, &mut buf)? else {
+        return Ok(1);
+    };
+    let identity = Arc::new(ProcessIdentity {
+        pid: std::process::id(),
+        ppid: parent,
+        name: Mutex::new(load.name.clone()),
+    });
+    let mut loaded = match Loaded::new(&load.artifact, identity.clone(), channel.clone()) {
+        Ok(l) => l,
+        Err(message) => {
+            channel.send(&FromWorker::LoadFailed(message))?;
+            return Ok(1);
+        }
+    };
+    channel.send(&FromWorker::Ready {
+        tasks: loaded.tasks().to_vec(),
+    })?;
+
+    while let Some(msg) = read_frame::<_, ToWorker>(&mut reader, &mut buf)? {
+        match msg {
+            ToWorker::Load(_) => return Ok(1),
+            ToWorker::Rename(name) => {
+                if let Ok(mut n) = identity.name.lock() {
+                    *n = name;
+                }
+            }
+            ToWorker::Call {
+                id,
+                task,
+                args,
+                exit_after,
+            } => {
+                channel.current_call.store(id, Ordering::Relaxed);
+                let outcome = loaded.call(&task, &args);
+                let ok = matches!(outcome, Outcome::Ok(_));
+                channel.send(&FromWorker::Done { id, outcome })?;
+                if exit_after {
+                    return Ok(if ok { 0 } else { 1 });
+                }
+            }
+            ToWorker::CallBatch { id, task, items } => {
+                channel.current_call.store(id, Ordering::Relaxed);
+                let outcomes = loaded.call_batch(&task, items);
+                channel.send(&FromWorker::BatchDone { id, outcomes })?;
+            }
+            ToWorker::Shutdown => return Ok(0),
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,68 @@
+//! The per-instance store state: WASI context, resource table, and the wasmpool host
+//! interface (process identity, panic reports).
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::{self, Identity, TaskError};
+
+/// What a panic hook reported just before its trap.
+#[derive(Debug)]
+pub(crate) struct PanicReport {
+    pub message: String,
+    pub completed: Vec<Result<Vec<u8>, TaskError>>,
+}
+
+/// Identity shared by every instance of one worker process.
+#[derive(Debug)]
+pub(crate) struct ProcessIdentity {
+    pub pid: u32,
+    pub ppid: u32,
+    pub name: Mutex<String>,
+}
+
+pub(crate) struct State {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub identity: Arc<ProcessIdentity>,
+    pub panic: Option<PanicReport>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::Host for State {
+    fn process_info(&mut self) -> Identity {
+        let name = match self.identity.name.lock() {
+            Ok(n) => n.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        Identity {
+            pid: self.identity.pid,
+            ppid: self.identity.ppid,
+            name,
+        }
+    }
+
+    fn report_panic(&mut self, message: String, completed: Vec<Result<Vec<u8>, TaskError>>) {
+        self.panic = Some(PanicReport { message, completed });
+    }
+}
+
+impl bindings::wasmpool::task::types::Host for State {}
