@@ -3,6 +3,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -37,6 +38,7 @@ struct ModuleInner {
     artifact: PathBuf,
     tasks: Mutex<Option<Vec<String>>>,
     spare: Mutex<Option<ReadyWorker>>,
+    keep_spare: AtomicBool,
 }
 
 impl fmt::Debug for Module {
@@ -115,6 +117,7 @@ impl Module {
                 artifact,
                 tasks: Mutex::new(None),
                 spare: Mutex::new(None),
+                keep_spare: AtomicBool::new(true),
             }),
         })
     }
@@ -174,8 +177,38 @@ impl Module {
         }
     }
 
+    /// Whether a warm spare worker is kept ready after each `Process::start` (default: yes).
+    /// A spare costs one idle worker process; without it every start pays for an exec and a
+    /// module load (a few milliseconds).
+    pub fn set_keep_spare(&self, keep: bool) {
+        self.inner.keep_spare.store(keep, Ordering::Relaxed);
+        if !keep {
+            drop(self.inner.spare.lock().ok().and_then(|mut s| s.take()));
+        }
+    }
+
+    /// Starts a warm spare worker now, unless one is ready, and waits until it is: the next
+    /// [`Process::start`](crate::Process::start) then skips the exec and the module load.
+    pub fn prepare_spare(&self) -> Result<()> {
+        if self
+            .inner
+            .spare
+            .lock()
+            .map(|s| s.is_some())
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let worker = start_worker(&self.inner.artifact, "spare")?;
+        self.put_spare(worker);
+        Ok(())
+    }
+
     /// Starts a spare worker in the background, so the next `Process::start` is warm.
     pub(crate) fn refill_spare(&self) {
+        if !self.inner.keep_spare.load(Ordering::Relaxed) {
+            return;
+        }
         let module = self.clone();
         let _ = std::thread::Builder::new()
             .name("wasmpool-spare".into())

@@ -36,7 +36,7 @@ fn registry() -> &'static Mutex<Vec<Weak<Inner>>> {
 /// use wasmpool::{Module, Process};
 ///
 /// let module = Module::load("examples/testkit")?;
-/// let p = Process::new(&module, "square", (7u64,))?;
+/// let p = Process::new(&module, "square", &(7u64,))?;
 /// p.start()?;
 /// p.join()?;
 /// assert_eq!(p.exitcode(), Some(0));

@@ -63,10 +63,7 @@ fn to_json(value: rmpv::Value) -> serde_json::Value {
         }
         M::F32(f) => serde_json::Number::from_f64(f64::from(f)).map_or(J::Null, J::Number),
         M::F64(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
-        M::String(s) => J::String(match s.into_str() {
-            Some(s) => s,
-            None => String::new(),
-        }),
+        M::String(s) => J::String(s.into_str().unwrap_or_default()),
         M::Binary(b) => J::Array(b.into_iter().map(J::from).collect()),
         M::Array(items) => J::Array(items.into_iter().map(to_json).collect()),
         M::Map(entries) => J::Object(

@@ -1,1 +1,152 @@
-wasmpool_guest::export_tasks!();
+//! The tasks of the seed programs (Python multiprocessing tutorials), ported to wasmpool.
+//!
+//! Each Python `target=` function becomes a `#[task]`; the host side of each seed program is
+//! a Rust example in `runtime/examples/seed_*.rs`. Prints keep the seeds' wording.
+
+use std::thread::sleep;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use wasmpool_guest::{process, task};
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A random float in [0, 1), as Python's `random.random()`.
+fn random() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now().to_bits());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The seeds' CPU-bound loop: `res = data ** 3; while res > 0: res -= 1`.
+fn count_down(data: u64) -> u64 {
+    let cube = data.pow(3);
+    let mut res = cube;
+    while res > 0 {
+        res = std::hint::black_box(res) - 1;
+    }
+    cube
+}
+
+// ---- 000: three hello tasks that sleep a second ----
+
+/// `task1: hello, <msg>`, then a second's sleep.
+#[task]
+fn task1(msg: String) {
+    println!("task1: hello, {msg}");
+    sleep(Duration::from_secs(1));
+}
+
+/// `task2: hello, <msg>`, then a second's sleep.
+#[task]
+fn task2(msg: String) {
+    println!("task2: hello, {msg}");
+    sleep(Duration::from_secs(1));
+}
+
+/// `task3: hello, <msg>`, then a second's sleep.
+#[task]
+fn task3(msg: String) {
+    println!("task3: hello, {msg}");
+    sleep(Duration::from_secs(1));
+}
+
+// ---- 001: run_proc ----
+
+/// `child process <name> (<pid>) Runing` (sic, as in the seed).
+#[task]
+fn run_proc(name: String) {
+    println!("child process {name} ({}) Runing", process::getpid());
+}
+
+// ---- 002: process(num), MyProcess(loop) ----
+
+/// Sleeps `num * 0.1` s, then prints `Process: <num>`.
+#[task]
+fn process_num(num: u64) {
+    sleep(Duration::from_millis(num * 100));
+    println!("Process: {num}");
+}
+
+/// The seed's `class MyProcess(Process)`: its fields are the task's argument, `run` its body.
+#[derive(Debug, Deserialize)]
+pub struct MyProcess {
+    /// How many one-second loops to run.
+    pub r#loop: u32,
+}
+
+impl MyProcess {
+    /// `Pid: <pid> LoopCount: <n>` once a second, `loop` times.
+    fn run(&self) {
+        for count in 0..self.r#loop {
+            sleep(Duration::from_secs(1));
+            println!("Pid: {} LoopCount: {count}", process::getpid());
+        }
+    }
+}
+
+/// Runs a `MyProcess`: `Process::new(&m, "my_process", &(MyProcess { loop: 3 },))`.
+#[task]
+fn my_process(p: MyProcess) {
+    p.run();
+}
+
+// ---- 003: proc1/proc2 and join ----
+
+/// `Run child process <name> (<pid>)`, the time, a random sleep under a second, `<name> end`.
+#[task]
+fn proc_random(name: String) {
+    println!("Run child process {name} ({})", process::getpid());
+    println!("{}", now());
+    sleep(Duration::from_secs_f64(random()));
+    println!("{name} end");
+}
+
+/// Sleeps two seconds, then `Run child process <name> (<pid>)`.
+#[task]
+fn run_proc_late(name: String) {
+    sleep(Duration::from_secs(2));
+    println!("Run child process {name} ({})", process::getpid());
+}
+
+// ---- 004: the countdown process_task ----
+
+/// The countdown alone; returns `data ** 3`.
+#[task]
+fn countdown(data: u64) -> u64 {
+    count_down(data)
+}
+
+/// The countdown, then `==============: 子进程结束`.
+#[task]
+fn countdown_announce(data: u64) {
+    count_down(data);
+    println!("==============: 子进程结束");
+}
+
+/// The countdown between the seed's two report lines (pid and parent pid); returns `data ** 3`.
+#[task]
+fn process_task(data: u64) -> u64 {
+    let me = process::current();
+    println!("测试多进程任务：{data}, 当前进程号：{}, 父进程号为: {}", me.pid, me.ppid);
+    let cube = count_down(data);
+    println!("多进程任务结束：{data}, 当前进程号为: {}", me.pid);
+    cube
+}
+
+wasmpool_guest::export_tasks!(
+    task1,
+    task2,
+    task3,
+    run_proc,
+    process_num,
+    my_process,
+    proc_random,
+    run_proc_late,
+    countdown,
+    countdown_announce,
+    process_task,
+);

@@ -116,7 +116,7 @@ fn expand(attr: proc_macro2::TokenStream, func: &ItemFn) -> syn::Result<proc_mac
         .collect();
     let decode = locals.iter().zip(&types).map(|(local, ty)| {
         quote_spanned! {ty.span()=>
-            let #local: #ty = __args.next::<#ty>()?;
+            let #local: #ty = __args.decode_next::<#ty>()?;
         }
     });
     let returns_result = match &sig.output {

@@ -144,18 +144,34 @@ impl<'a> Args<'a> {
     }
 
     /// Decodes the next argument.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, TaskError> {
+    pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<T, TaskError> {
         let (name, ty) = self.params.get(self.index).copied().unwrap_or(("?", "?"));
+        let got = self.rest.first().map_or("nothing", |&m| kind_of(m));
         let mut de = rmp_serde::Deserializer::new(&mut self.rest);
         let value = T::deserialize(&mut de).map_err(|e| {
             TaskError::BadArgs(format!(
-                "task `{}`: argument {} (`{name}: {ty}`): {e}",
+                "task `{}`: argument {} (`{name}: {ty}`): expected {ty}, got {got} ({e})",
                 self.task,
                 self.index + 1
             ))
         })?;
         self.index += 1;
         Ok(value)
+    }
+}
+
+/// What kind of MessagePack value starts with marker byte `m`.
+fn kind_of(m: u8) -> &'static str {
+    match m {
+        0x00..=0x7f | 0xe0..=0xff | 0xcc..=0xd3 => "an integer",
+        0x80..=0x8f | 0xde | 0xdf => "a map",
+        0x90..=0x9f | 0xdc | 0xdd => "an array",
+        0xa0..=0xbf | 0xd9..=0xdb => "a string",
+        0xc0 => "nil",
+        0xc2 | 0xc3 => "a boolean",
+        0xc4..=0xc6 => "binary data",
+        0xca | 0xcb => "a float",
+        _ => "an extension value",
     }
 }
 

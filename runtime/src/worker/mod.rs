@@ -38,10 +38,9 @@ pub(crate) const PARENT_ENV: &str = "WASMPOOL_PARENT_PID";
 /// it, workers run from the `wasmpool` binary found beside the program or on `PATH`.
 ///
 /// ```no_run
-/// fn main() {
-///     wasmpool::run_worker_if_requested();
-///     // ... the program, using wasmpool::Process / Pool ...
-/// }
+/// // First thing in `main`:
+/// wasmpool::run_worker_if_requested();
+/// // ... then the program, using wasmpool::Process ...
 /// ```
 pub fn run_worker_if_requested() {
     if std::env::args_os().nth(1).is_some_and(|a| a == WORKER_ARG) {
@@ -60,10 +59,7 @@ pub(crate) fn serve() -> i32 {
     // SAFETY: the host passes this process one end of a socketpair as fd 3, and nothing else
     // in this process owns that descriptor.
     let sock = unsafe { UnixStream::from_raw_fd(WORKER_FD) };
-    match serve_on(sock, parent) {
-        Ok(code) => code,
-        Err(_) => 1,
-    }
+    serve_on(sock, parent).unwrap_or(1)
 }
 
 fn start_parent_watchdog(parent: u32) {

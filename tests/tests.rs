@@ -1,0 +1,12 @@
+//! The integration tests: one binary, helpers in `util.rs`, one module per area.
+
+// A failed unwrap is a failed test, with its location: what a test should do.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+mod cli;
+mod guest;
+mod modules;
+mod process;
+mod seeds;

@@ -1,0 +1,187 @@
+//! Helpers shared by every test: guest modules built once, the worker binary, the CLI, an
+//! outer timeout so that a hang fails the test instead of stalling the suite, temp dirs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use wasmpool::Module;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Workers run from the `wasmpool` binary Cargo built for these tests.
+pub fn setup() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| wasmpool::set_worker_exe(env!("CARGO_BIN_EXE_wasmpool")));
+}
+
+fn load_once(cell: &'static OnceLock<Module>, dir: &str) -> Module {
+    setup();
+    cell.get_or_init(|| {
+        Module::load(root().join("examples").join(dir))
+            .unwrap_or_else(|e| panic!("building {dir}: {e}"))
+    })
+    .clone()
+}
+
+/// The test guest (`examples/testkit`).
+pub fn testkit() -> Module {
+    static M: OnceLock<Module> = OnceLock::new();
+    load_once(&M, "testkit")
+}
+
+/// The seed programs' guest (`examples/seeds`).
+pub fn seeds() -> Module {
+    static M: OnceLock<Module> = OnceLock::new();
+    load_once(&M, "seeds")
+}
+
+/// The built `.wasm` of a guest crate (after `testkit()`/`seeds()` built it).
+pub fn wasm_of(name: &str) -> PathBuf {
+    root()
+        .join("examples/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+/// Runs `f` on another thread and fails the test if it takes longer than `limit`.
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("timed out after {limit:?}: something hangs"),
+    }
+}
+
+/// The `wasmpool` CLI.
+pub fn cli() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmpool"));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs the CLI with `args` (under an outer timeout) and returns its output.
+pub fn run_cli(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    within(Duration::from_secs(120), move || {
+        cli()
+            .args(&args)
+            .output()
+            .expect("cannot run the wasmpool binary")
+    })
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the CLI failed with exit status `code` and one clear line on stderr that contains
+/// `needle`, with no panic or backtrace.
+pub fn assert_cli_error(out: &Output, code: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "status; stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "exactly one line on stderr, got: {err:?}"
+    );
+    assert!(
+        err.contains(needle),
+        "stderr {err:?} should mention {needle:?}"
+    );
+    assert!(
+        !err.contains("panicked") || needle.contains("panicked"),
+        "no Rust panic: {err}"
+    );
+    assert!(!err.contains("RUST_BACKTRACE"), "no backtrace hint: {err}");
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("wasmpool-test-{}-{tag}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The pids whose parent is `ppid`.
+pub fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
