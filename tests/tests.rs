@@ -8,5 +8,6 @@ mod util;
 mod cli;
 mod guest;
 mod modules;
+mod pool;
 mod process;
 mod seeds;

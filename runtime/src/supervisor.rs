@@ -34,7 +34,7 @@ impl WorkerHandle {
     pub fn attach(worker: ReadyWorker, events: Arc<dyn WorkerEvents>) -> io::Result<WorkerHandle> {
         let (pid, sock, mut child, _tasks) = worker.into_parts();
         let mut reader = match sock.try_clone() {
-            Ok(r) => r,
+            Ok(r) => io::BufReader::with_capacity(64 * 1024, r),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();

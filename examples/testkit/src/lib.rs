@@ -112,6 +112,31 @@ fn counter() -> u64 {
     CALLS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
+/// The square of `x`, except that 13 panics: one bad item in a batch.
+#[task]
+fn square_or_panic(x: u64) -> u64 {
+    if x == 13 {
+        panic!("unlucky {x}");
+    }
+    x * x
+}
+
+/// The square of `x`, except that 13 traps (not a panic): one bad item in a batch.
+#[task]
+fn square_or_trap(x: u64) -> u64 {
+    if x == 13 {
+        core::arch::wasm32::unreachable();
+    }
+    x * x
+}
+
+/// The worker's pid, after sleeping `ms` milliseconds (which worker ran a task).
+#[task]
+fn pid_after(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    process::getpid()
+}
+
 /// Loops forever.
 #[task]
 fn spin() -> u64 {
@@ -123,5 +148,5 @@ fn spin() -> u64 {
 
 wasmpool_guest::export_tasks!(
     noop, square, add, greet, fail, boom, trap, sleep_ms, tick, whoami, clock_and_random, scale,
-    counter, spin
+    counter, spin, square_or_panic, square_or_trap, pid_after
 );

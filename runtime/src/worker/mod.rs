@@ -10,7 +10,7 @@ mod instance;
 mod output;
 pub(crate) mod state;
 
-use std::io;
+use std::io::{self, BufReader};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +80,7 @@ fn start_parent_watchdog(parent: u32) {
 }
 
 fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
-    let mut reader = sock.try_clone()?;
+    let mut reader = BufReader::new(sock.try_clone()?);
     let channel = Arc::new(Channel {
         writer: Mutex::new(sock),
         current_call: AtomicU64::new(0),
@@ -106,7 +106,22 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
         tasks: loaded.tasks().to_vec(),
     })?;
 
-    while let Some(msg) = read_frame::<_, ToWorker>(&mut reader, &mut buf)? {
+    // The socket is always drained by a reader thread, even while a task runs: the host may
+    // queue work ahead (pipelining) without ever blocking on a full socket buffer, and the
+    // host's own reads and writes can never wait on each other.
+    let (tx, rx) = std::sync::mpsc::channel::<ToWorker>();
+    std::thread::Builder::new()
+        .name("frames".into())
+        .spawn(move || {
+            let mut buf = Vec::new();
+            while let Ok(Some(msg)) = read_frame::<_, ToWorker>(&mut reader, &mut buf) {
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        })?;
+
+    while let Ok(msg) = rx.recv() {
         match msg {
             ToWorker::Load(_) => return Ok(1),
             ToWorker::Rename(name) => {

@@ -1,0 +1,315 @@
+//! A job (one `apply_async`, one `map`, one `imap`) and the handles that wait on it.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::module::Module;
+use crate::process::outcome_error;
+use crate::protocol::Outcome;
+use crate::values::decode_result;
+
+/// How one item of a job ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Slot {
+    Pending,
+    Done(Outcome),
+    /// The worker running it died.
+    Lost {
+        pid: u32,
+        signal: Option<i32>,
+        reason: String,
+    },
+    /// The pool was terminated, or could not run it (e.g. its initializer failed).
+    Aborted(String),
+    /// Already handed to an iterator.
+    Taken,
+}
+
+impl Slot {
+    pub fn into_bytes(self, task: &str, module: &Module) -> Result<Vec<u8>> {
+        match self {
+            Slot::Done(Outcome::Ok(bytes)) => Ok(bytes),
+            Slot::Done(other) => Err(outcome_error(task, &other, module)),
+            Slot::Lost {
+                pid,
+                signal,
+                reason,
+            } => Err(Error::WorkerLost {
+                pid,
+                task: task.to_string(),
+                signal,
+                reason,
+            }),
+            Slot::Aborted(message) => Err(Error::State(message)),
+            Slot::Pending => Err(Error::State("not ready".into())),
+            Slot::Taken => Err(Error::State("this result was already taken".into())),
+        }
+    }
+
+    fn is_ok(&self) -> bool {
+        matches!(self, Slot::Done(Outcome::Ok(_)))
+    }
+}
+
+pub(crate) type Completion = Box<dyn FnOnce(&Job, usize) + Send>;
+
+/// The shared state of one job.
+pub(crate) struct Job {
+    pub task: Arc<str>,
+    pub module: Module,
+    state: Mutex<JobState>,
+    changed: Condvar,
+    /// Run on the pool's callback thread, in completion order, once per finished item.
+    pub on_complete: Mutex<Option<Completion>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("task", &self.task)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct JobState {
+    /// Items `base..base + slots.len()`; items before `base` were taken by an iterator and
+    /// forgotten, so an endless `imap` keeps only a window of slots.
+    base: usize,
+    slots: VecDeque<Slot>,
+    done: usize,
+    /// Items finished, in completion order (for `imap_unordered`).
+    arrivals: VecDeque<usize>,
+    /// The first failed item, in completion order (what `map` reports, as Python does).
+    first_error: Option<usize>,
+}
+
+impl Job {
+    pub fn new(task: Arc<str>, module: Module, items: usize) -> Arc<Job> {
+        Arc::new(Job {
+            task,
+            module,
+            state: Mutex::new(JobState {
+                slots: std::iter::repeat_n(Slot::Pending, items).collect(),
+                ..JobState::default()
+            }),
+            changed: Condvar::new(),
+            on_complete: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `n` more pending items (for `imap`, fed lazily); returns the first new index.
+    pub fn grow(&self, n: usize) -> usize {
+        let mut s = self.lock();
+        let first = s.base + s.slots.len();
+        s.slots.extend(std::iter::repeat_n(Slot::Pending, n));
+        first
+    }
+
+    /// Records the outcome of item `index`; returns whether it was still pending.
+    pub fn complete(&self, index: usize, slot: Slot) -> bool {
+        let mut s = self.lock();
+        let Some(at) = index.checked_sub(s.base) else {
+            return false;
+        };
+        match s.slots.get_mut(at) {
+            Some(existing @ Slot::Pending) => {
+                let ok = slot.is_ok();
+                *existing = slot;
+                s.done += 1;
+                s.arrivals.push_back(index);
+                if !ok && s.first_error.is_none() {
+                    s.first_error = Some(index);
+                }
+                drop(s);
+                self.changed.notify_all();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        let s = self.lock();
+        s.done == s.base + s.slots.len()
+    }
+
+    /// Waits until every item is finished, or the deadline passes; returns whether done.
+    pub fn wait(&self, deadline: Option<Instant>) -> bool {
+        let mut s = self.lock();
+        while s.done < s.base + s.slots.len() {
+            s = match deadline {
+                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    self.changed
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    /// Waits for item `index` and takes its outcome (each item is taken once).
+    pub fn take(&self, index: usize) -> Slot {
+        let mut s = self.lock();
+        loop {
+            let Some(at) = index.checked_sub(s.base) else {
+                return Slot::Taken;
+            };
+            match s.slots.get(at) {
+                None => return Slot::Aborted("no such item".into()),
+                Some(Slot::Pending) => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(_) => return take_at(&mut s, at),
+            }
+        }
+    }
+
+    /// Waits for the next item to finish, in completion order, and takes it.
+    pub fn take_next_arrival(&self) -> Option<(usize, Slot)> {
+        let mut s = self.lock();
+        loop {
+            if let Some(index) = s.arrivals.pop_front() {
+                let Some(at) = index.checked_sub(s.base) else {
+                    continue;
+                };
+                return Some((index, take_at(&mut s, at)));
+            }
+            if s.done == s.base + s.slots.len() {
+                return None;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A copy of item `index`'s outcome, once finished.
+    pub fn peek(&self, index: usize) -> Slot {
+        let s = self.lock();
+        index
+            .checked_sub(s.base)
+            .and_then(|at| s.slots.get(at).cloned())
+            .unwrap_or(Slot::Taken)
+    }
+
+    /// Every item's bytes, or the first error in completion order.
+    pub fn collect(&self) -> Result<Vec<Vec<u8>>> {
+        let s = self.lock();
+        if let Some(i) = s.first_error.and_then(|i| i.checked_sub(s.base)) {
+            return s.slots[i]
+                .clone()
+                .into_bytes(&self.task, &self.module)
+                .map(|_| Vec::new());
+        }
+        s.slots
+            .iter()
+            .map(|slot| slot.clone().into_bytes(&self.task, &self.module))
+            .collect()
+    }
+
+    pub fn successful(&self) -> bool {
+        self.lock().first_error.is_none()
+    }
+}
+
+/// Takes the slot at position `at` and forgets the taken slots at the front of the window.
+fn take_at(s: &mut JobState, at: usize) -> Slot {
+    let slot = std::mem::replace(&mut s.slots[at], Slot::Taken);
+    while matches!(s.slots.front(), Some(Slot::Taken)) {
+        s.slots.pop_front();
+        s.base += 1;
+    }
+    slot
+}
+
+/// The result of [`Pool::apply_async`](crate::Pool::apply_async) or
+/// [`Pool::map_async`](crate::Pool::map_async): Python's `AsyncResult`.
+///
+/// `get` waits for the value; `get_timeout` gives up with [`Error::Timeout`] after a while,
+/// and the work goes on (a later `get` still returns it).
+pub struct AsyncResult<T> {
+    job: Arc<Job>,
+    finish: fn(&Job) -> Result<T>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("task", &self.job.task)
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<T> AsyncResult<T> {
+    pub(crate) fn new(job: Arc<Job>, finish: fn(&Job) -> Result<T>) -> Self {
+        AsyncResult {
+            job,
+            finish,
+            _t: PhantomData,
+        }
+    }
+
+    /// Waits for the result and returns it (or the task's error).
+    pub fn get(&self) -> Result<T> {
+        self.job.wait(None);
+        (self.finish)(&self.job)
+    }
+
+    /// As [`get`](AsyncResult::get), but fails with [`Error::Timeout`] after `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        if !self.job.wait(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout(timeout));
+        }
+        (self.finish)(&self.job)
+    }
+
+    /// Waits until the result is ready.
+    pub fn wait(&self) {
+        self.job.wait(None);
+    }
+
+    /// Waits at most `timeout` for the result; returns whether it is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.job.wait(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the result is ready.
+    pub fn ready(&self) -> bool {
+        self.job.is_done()
+    }
+
+    /// Whether the work succeeded; an error if it is not ready yet, as in Python.
+    pub fn successful(&self) -> Result<bool> {
+        if !self.ready() {
+            return Err(Error::State("the result is not ready".into()));
+        }
+        Ok(self.job.successful())
+    }
+}
+
+pub(crate) fn finish_one<R: DeserializeOwned>(job: &Job) -> Result<R> {
+    let bytes = job.peek(0).into_bytes(&job.task, &job.module)?;
+    decode_result(&job.task, &bytes)
+}
+
+pub(crate) fn finish_all<R: DeserializeOwned>(job: &Job) -> Result<Vec<R>> {
+    job.collect()?
+        .iter()
+        .map(|b| decode_result(&job.task, b))
+        .collect()
+}

@@ -1,0 +1,426 @@
+//! `Pool`: Python's `multiprocessing.Pool`, over worker processes running wasm tasks.
+
+mod imap;
+mod job;
+mod sched;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use self::imap::Imap;
+pub use self::job::AsyncResult;
+use self::job::{Job, Slot, finish_all, finish_one};
+use self::sched::{Chunk, PoolConfig, Shared};
+use crate::error::{Error, Result};
+use crate::module::Module;
+use crate::output::Output;
+use crate::process::cpu_count;
+use crate::values::{decode_result, encode_args};
+
+/// A pool of worker processes, as Python's `multiprocessing.Pool`.
+///
+/// Work is queued first in, first out, and handed to whichever worker is free; results come
+/// back in order (`map`, `imap`) or as they finish (`imap_unordered`). A worker that dies
+/// mid-task fails that task with [`Error::WorkerLost`] (naming its pid and signal) and is
+/// replaced; every other task still completes. Dropping the pool terminates it: no worker
+/// process outlives it.
+///
+/// ```no_run
+/// use wasmpool::{Module, Pool};
+///
+/// let module = Module::load("examples/testkit")?;
+/// let pool = Pool::new(&module, 4)?;
+/// let squares: Vec<u64> = pool.map("square", 0..1000u64)?;
+/// assert_eq!(squares[999], 998_001);
+///
+/// let r = pool.apply_async::<_, i64>("add", &(2, 3))?;
+/// assert_eq!(r.get()?, 5);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), wasmpool::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+/// Options for a [`Pool`]: `Pool::builder(&module).processes(4).build()`.
+#[derive(Debug)]
+pub struct PoolBuilder {
+    module: Module,
+    processes: Option<usize>,
+    initializer: Option<(String, Vec<u8>)>,
+    maxtasksperchild: Option<u64>,
+    output: Output,
+    error: Option<Error>,
+}
+
+impl PoolBuilder {
+    /// The number of worker processes (default: [`cpu_count`]).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A task run once in each worker, before its first task (Python's `initializer` and
+    /// `initargs`). If it fails, the pool is broken: its work fails with the reason.
+    pub fn initializer<A: Serialize + ?Sized>(mut self, task: &str, args: &A) -> Self {
+        match encode_args(args) {
+            Ok(a) => self.initializer = Some((task.to_string(), a)),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Replace each worker after it has run this many tasks (Python's `maxtasksperchild`).
+    pub fn maxtasksperchild(mut self, n: u64) -> Self {
+        self.maxtasksperchild = Some(n.max(1));
+        self
+    }
+
+    /// Where the tasks' stdout and stderr go (default: this program's, untagged).
+    pub fn output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
+    }
+
+    /// Starts the workers and returns the pool once they are ready.
+    pub fn build(self) -> Result<Pool> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let processes = self.processes.unwrap_or_else(cpu_count);
+        if processes == 0 {
+            return Err(Error::State("a pool needs at least one process".into()));
+        }
+        if let Some((task, _)) = &self.initializer {
+            self.module.tasks()?;
+            self.module.check_task(task)?;
+        }
+        let shared = Shared::new(
+            self.module,
+            PoolConfig {
+                processes,
+                initializer: self.initializer,
+                maxtasksperchild: self.maxtasksperchild,
+                output: self.output,
+            },
+        );
+        let pool = Pool { shared };
+        pool.shared.start_workers()?;
+        Ok(pool)
+    }
+}
+
+/// Python's default `map` chunk size: the items spread over four chunks per worker.
+fn default_chunksize(items: usize, workers: usize) -> usize {
+    let per = workers.max(1) * 4;
+    let (q, r) = (items / per, items % per);
+    (q + usize::from(r != 0)).max(1)
+}
+
+impl Pool {
+    /// A pool of `processes` workers running tasks from `module`.
+    pub fn new(module: &Module, processes: usize) -> Result<Pool> {
+        Self::builder(module).processes(processes).build()
+    }
+
+    /// Options: processes, initializer, maxtasksperchild, output.
+    pub fn builder(module: &Module) -> PoolBuilder {
+        PoolBuilder {
+            module: module.clone(),
+            processes: None,
+            initializer: None,
+            maxtasksperchild: None,
+            output: Output::Inherit,
+            error: None,
+        }
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.shared.config.processes
+    }
+
+    /// The pids of the current worker processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared.pids()
+    }
+
+    /// Waits until the pool has its full complement of workers again (replacements of dead
+    /// or retired workers start in the background).
+    pub fn wait_for_workers(&self) {
+        self.shared.wait_for_workers(self.shared.config.processes);
+    }
+
+    fn check(&self, task: &str) -> Result<()> {
+        self.shared.module.check_task(task)
+    }
+
+    fn job(&self, task: &str, items: usize) -> Result<Arc<Job>> {
+        self.check(task)?;
+        Ok(Job::new(Arc::from(task), self.shared.module.clone(), items))
+    }
+
+    /// Submits encoded argument arrays as one job, in chunks.
+    fn submit_items(
+        &self,
+        job: &Arc<Job>,
+        first: usize,
+        items: Vec<Vec<u8>>,
+        chunksize: usize,
+    ) -> Result<()> {
+        let chunksize = chunksize.max(1);
+        let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
+        let mut iter = items.into_iter();
+        let mut index = first;
+        loop {
+            let part: Vec<Vec<u8>> = iter.by_ref().take(chunksize).collect();
+            if part.is_empty() {
+                break;
+            }
+            let n = part.len();
+            chunks.push(Chunk {
+                job: job.clone(),
+                first: index,
+                items: part,
+                single: false,
+            });
+            index += n;
+        }
+        self.shared.submit(chunks)
+    }
+
+    /// Runs `task(*args)` in a worker and waits for its result (Python's `apply`).
+    pub fn apply<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: &A,
+    ) -> Result<R> {
+        self.apply_async(task, args)?.get()
+    }
+
+    /// Queues `task(*args)` and returns at once (Python's `apply_async`).
+    pub fn apply_async<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: &A,
+    ) -> Result<AsyncResult<R>> {
+        let job = self.job(task, 1)?;
+        let args = encode_args(args)?;
+        self.shared.submit([Chunk {
+            job: job.clone(),
+            first: 0,
+            items: vec![args],
+            single: true,
+        }])?;
+        Ok(AsyncResult::new(job, finish_one::<R>))
+    }
+
+    /// As [`apply_async`](Pool::apply_async), with Python's `callback` (given the result) and
+    /// `error_callback` (given the error). They run in this program, on the pool's callback
+    /// thread, one at a time, in the order results arrive; never in a worker.
+    pub fn apply_async_with<A, R, C, E>(
+        &self,
+        task: &str,
+        args: &A,
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<R>>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + 'static,
+        C: FnOnce(R) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        let job = self.job(task, 1)?;
+        let args = encode_args(args)?;
+        let hook: job::Completion = Box::new(move |job: &Job, _| match finish_one::<R>(job) {
+            Ok(v) => callback(v),
+            Err(e) => error_callback(e),
+        });
+        if let Ok(mut h) = job.on_complete.lock() {
+            *h = Some(hook);
+        }
+        self.shared.submit([Chunk {
+            job: job.clone(),
+            first: 0,
+            items: vec![args],
+            single: true,
+        }])?;
+        Ok(AsyncResult::new(job, finish_one::<R>))
+    }
+
+    /// Applies `task` to every item (each item is the task's one argument) and returns the
+    /// results in order, or the first error (Python's `map`), at Python's default chunk size.
+    pub fn map<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>> {
+        self.map_async(task, items, None)?.get()
+    }
+
+    /// [`map`](Pool::map) with an explicit chunk size: items sent to a worker at a time.
+    pub fn map_chunked<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>> {
+        self.map_async(task, items, Some(chunksize))?.get()
+    }
+
+    /// Queues a `map` and returns at once (Python's `map_async`).
+    pub fn map_async<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let encoded = items
+            .into_iter()
+            .map(|a| encode_args(&(a,)))
+            .collect::<Result<Vec<_>>>()?;
+        self.submit_all(task, encoded, chunksize)
+    }
+
+    /// Like [`map`](Pool::map), but each item is a tuple of arguments (Python's `starmap`).
+    pub fn starmap<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>> {
+        self.starmap_async(task, items, None)?.get()
+    }
+
+    /// Queues a `starmap` and returns at once (Python's `starmap_async`).
+    pub fn starmap_async<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let encoded = items
+            .into_iter()
+            .map(|a| encode_args(&a))
+            .collect::<Result<Vec<_>>>()?;
+        self.submit_all(task, encoded, chunksize)
+    }
+
+    /// Queues already-encoded argument arrays (see [`encode_args`](crate::encode_args)).
+    pub fn map_encoded<R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: Vec<Vec<u8>>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        self.submit_all(task, items, chunksize)
+    }
+
+    fn submit_all<R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: Vec<Vec<u8>>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let job = self.job(task, items.len())?;
+        let chunksize =
+            chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
+        self.submit_items(&job, 0, items, chunksize)?;
+        Ok(AsyncResult::new(job, finish_all::<R>))
+    }
+
+    /// A lazy, ordered `map` (Python's `imap`, chunk size 1): one `Result` per item, so a
+    /// failure loses no other result. Items are drawn from `items` only as results are
+    /// consumed, so an endless iterator or a slow consumer keeps memory bounded.
+    pub fn imap<'a, A: Serialize + 'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'a,
+    ) -> Result<Imap<'a, R>> {
+        self.imap_chunked(task, items, 1)
+    }
+
+    /// [`imap`](Pool::imap) with an explicit chunk size.
+    pub fn imap_chunked<'a, A: Serialize + 'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'a,
+        chunksize: usize,
+    ) -> Result<Imap<'a, R>> {
+        let job = self.job(task, 0)?;
+        let input = items.into_iter().map(|a| encode_args(&(a,)));
+        Ok(Imap::new(self, job, Box::new(input), chunksize, true))
+    }
+
+    /// As [`imap`](Pool::imap), but results come as they finish (Python's
+    /// `imap_unordered`), each with the index of its item.
+    pub fn imap_unordered<'a, A: Serialize + 'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'a,
+        chunksize: usize,
+    ) -> Result<Imap<'a, R>> {
+        let job = self.job(task, 0)?;
+        let input = items.into_iter().map(|a| encode_args(&(a,)));
+        Ok(Imap::new(self, job, Box::new(input), chunksize, false))
+    }
+
+    /// As [`imap_chunked`](Pool::imap_chunked) / [`imap_unordered`](Pool::imap_unordered)
+    /// over already-encoded argument arrays (what `wasmpool map` uses).
+    pub fn imap_encoded<'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl Iterator<Item = Result<Vec<u8>>> + 'a,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<Imap<'a, R>> {
+        let job = self.job(task, 0)?;
+        Ok(Imap::new(self, job, Box::new(items), chunksize, ordered))
+    }
+
+    /// Stops accepting work; queued work still runs (Python's `close`).
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Kills the workers now; queued and running work fails (Python's `terminate`).
+    pub fn terminate(&self) {
+        self.shared.terminate();
+    }
+
+    /// Waits for the work and the workers to finish; needs `close` or `terminate` first.
+    pub fn join(&self) -> Result<()> {
+        self.shared.join()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.terminate();
+        let _ = self.shared.join();
+    }
+}
+
+/// Decodes one finished item for iterators.
+pub(crate) fn decode_slot<R: DeserializeOwned>(job: &Job, slot: Slot) -> Result<R> {
+    let bytes = slot.into_bytes(&job.task, &job.module)?;
+    decode_result(&job.task, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_chunksize;
+
+    #[test]
+    fn chunksize_follows_python() {
+        // Python: chunksize, extra = divmod(len, workers * 4); if extra: chunksize += 1
+        assert_eq!(default_chunksize(200_000, 2), 25_000);
+        assert_eq!(default_chunksize(10, 3), 1);
+        assert_eq!(default_chunksize(25, 3), 3);
+        assert_eq!(default_chunksize(0, 2), 1);
+    }
+}

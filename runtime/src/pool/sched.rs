@@ -1,0 +1,531 @@
+//! The pool's scheduler: a FIFO queue of chunks, the workers, and what happens when a
+//! worker answers or dies.
+//!
+//! There is no scheduler thread. Work is dispatched by whoever changes the state: the
+//! submitting thread, or a worker's supervisor thread when that worker finishes a chunk.
+//! Frames are written under the pool lock, which cannot block for long because every worker
+//! drains its socket continuously. A worker gets a second chunk ahead of time (pipelining)
+//! only while chunks finish in well under a millisecond; long tasks are handed out one at a
+//! time, so a free worker always takes the next queued task (Python's FIFO behaviour).
+
+use std::collections::VecDeque;
+use std::process::ExitStatus;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use super::job::{Job, Slot};
+use crate::error::{Error, Result};
+use crate::module::Module;
+use crate::output::{Output, OutputEvent, OutputRouter};
+use crate::protocol::{FromWorker, Outcome, ToWorker};
+use crate::spawn::start_worker;
+use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
+
+/// Chunks a worker may hold ahead when tasks are short.
+const PIPELINE_DEPTH: usize = 4;
+/// Below this average chunk time, workers are given chunks ahead of time.
+const PIPELINE_BELOW_SECS: f64 = 0.002;
+
+/// A user callback, run on the pool's callback thread.
+type Callback = Box<dyn FnOnce() + Send>;
+
+/// A run of consecutive items of one job, sent to a worker in one frame.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub job: Arc<Job>,
+    pub first: usize,
+    pub items: Vec<Vec<u8>>,
+    /// Sent as a single `Call` (apply) rather than a `CallBatch`.
+    pub single: bool,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    chunk: Option<Chunk>,
+    sent: Instant,
+}
+
+#[derive(Debug)]
+struct PoolWorker {
+    handle: WorkerHandle,
+    name: String,
+    inflight: VecDeque<InFlight>,
+    /// Tasks given to this worker so far (for `maxtasksperchild`).
+    given: u64,
+    /// Set once the initializer (if any) has succeeded.
+    ready: bool,
+    /// No more work: it is being shut down (maxtasksperchild, close).
+    retiring: bool,
+    router: OutputRouter,
+}
+
+#[derive(Debug, Default)]
+struct Sched {
+    workers: Vec<PoolWorker>,
+    queue: VecDeque<Chunk>,
+    next_id: u64,
+    closed: bool,
+    terminated: bool,
+    broken: Option<String>,
+    starting: usize,
+    next_worker: u64,
+    /// Exponentially weighted average of chunk run time, seconds; `None` until measured.
+    avg_chunk: Option<f64>,
+}
+
+/// Everything a pool needs to know to run: shared with the workers' supervisor threads.
+pub(crate) struct PoolConfig {
+    pub processes: usize,
+    pub initializer: Option<(String, Vec<u8>)>,
+    pub maxtasksperchild: Option<u64>,
+    pub output: Output,
+}
+
+pub(crate) struct Shared {
+    pub module: Module,
+    pub config: PoolConfig,
+    state: Mutex<Sched>,
+    changed: Condvar,
+    callbacks: Mutex<Option<Sender<Callback>>>,
+    me: Weak<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.config.processes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub fn new(module: Module, config: PoolConfig) -> Arc<Shared> {
+        let (tx, rx) = std::sync::mpsc::channel::<Callback>();
+        // Callbacks run here, in the host, one at a time, in completion order.
+        let _ = std::thread::Builder::new()
+            .name("wasmpool-callbacks".into())
+            .spawn(move || {
+                for f in rx {
+                    f();
+                }
+            });
+        Arc::new_cyclic(|me| Shared {
+            module,
+            config,
+            state: Mutex::new(Sched::default()),
+            changed: Condvar::new(),
+            callbacks: Mutex::new(Some(tx)),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the pool's workers, in parallel, and waits until they are ready.
+    pub fn start_workers(&self) -> Result<()> {
+        let n = self.config.processes;
+        let names: Vec<String> = {
+            let mut s = self.lock();
+            s.starting += n;
+            (0..n)
+                .map(|_| {
+                    s.next_worker += 1;
+                    format!("PoolWorker-{}", s.next_worker)
+                })
+                .collect()
+        };
+        let results: Vec<Result<()>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = names
+                .into_iter()
+                .map(|name| scope.spawn(move || self.add_worker(name)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Worker("worker start panicked".into())))
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+
+    /// Starts one worker and adds it to the pool (its slot in `starting` is released).
+    fn add_worker(&self, name: String) -> Result<()> {
+        let started = start_worker(self.module.artifact(), &name);
+        let events: Arc<dyn WorkerEvents> = match self.me.upgrade() {
+            Some(me) => me,
+            None => return Ok(()),
+        };
+        let attached = started.and_then(|w| {
+            WorkerHandle::attach(w, events).map_err(|e| Error::Worker(e.to_string()))
+        });
+        let mut s = self.lock();
+        s.starting -= 1;
+        let handle = match attached {
+            Ok(h) => h,
+            Err(e) => {
+                if s.workers.is_empty() && s.starting == 0 {
+                    let message = format!("the pool cannot start a worker: {e}");
+                    self.break_pool(&mut s, message);
+                }
+                self.changed.notify_all();
+                return Err(e);
+            }
+        };
+        if s.terminated {
+            handle.signal(libc::SIGKILL);
+        }
+        let mut worker = PoolWorker {
+            handle,
+            name,
+            inflight: VecDeque::new(),
+            given: 0,
+            ready: self.config.initializer.is_none(),
+            retiring: false,
+            router: OutputRouter::default(),
+        };
+        if let Some((task, args)) = &self.config.initializer {
+            let id = s.next_id;
+            s.next_id += 1;
+            let frame = ToWorker::Call {
+                id,
+                task: task.clone(),
+                args: args.clone(),
+                exit_after: false,
+            };
+            if worker.handle.send(&frame).is_ok() {
+                worker.inflight.push_back(InFlight {
+                    id,
+                    chunk: None,
+                    sent: Instant::now(),
+                });
+            }
+        }
+        s.workers.push(worker);
+        self.dispatch(&mut s);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Queues chunks and dispatches them.
+    pub fn submit(&self, chunks: impl IntoIterator<Item = Chunk>) -> Result<()> {
+        let mut s = self.lock();
+        if s.closed || s.terminated {
+            return Err(Error::State(
+                "the pool is closed: no new work is accepted".into(),
+            ));
+        }
+        if let Some(message) = &s.broken {
+            return Err(Error::State(message.clone()));
+        }
+        s.queue.extend(chunks);
+        self.dispatch(&mut s);
+        Ok(())
+    }
+
+    fn dispatch(&self, s: &mut Sched) {
+        let depth = match s.avg_chunk {
+            Some(avg) if avg < PIPELINE_BELOW_SECS => PIPELINE_DEPTH,
+            _ => 1,
+        };
+        let max_tasks = self.config.maxtasksperchild;
+        while !s.queue.is_empty() {
+            let Some(w) = s
+                .workers
+                .iter_mut()
+                .filter(|w| {
+                    w.ready
+                        && !w.retiring
+                        && w.inflight.len() < depth
+                        && max_tasks.is_none_or(|m| w.given < m)
+                })
+                .min_by_key(|w| w.inflight.len())
+            else {
+                break;
+            };
+            let Some(chunk) = s.queue.pop_front() else {
+                break;
+            };
+            let id = s.next_id;
+            s.next_id += 1;
+            let frame = if chunk.single {
+                ToWorker::Call {
+                    id,
+                    task: chunk.job.task.to_string(),
+                    args: chunk.items[0].clone(),
+                    exit_after: false,
+                }
+            } else {
+                ToWorker::CallBatch {
+                    id,
+                    task: chunk.job.task.to_string(),
+                    items: chunk.items.clone(),
+                }
+            };
+            // A failed send means the worker is dying: its exit requeues or fails the chunk.
+            let _ = w.handle.send(&frame);
+            w.given += chunk.items.len() as u64;
+            w.inflight.push_back(InFlight {
+                id,
+                chunk: Some(chunk),
+                sent: Instant::now(),
+            });
+        }
+    }
+
+    fn finish_call(&self, pid: u32, id: u64, outcomes: Vec<Outcome>) {
+        let mut s = self.lock();
+        let Some(wi) = s.workers.iter().position(|w| w.handle.pid == pid) else {
+            return;
+        };
+        let Some(pos) = s.workers[wi].inflight.iter().position(|f| f.id == id) else {
+            return;
+        };
+        let Some(flight) = s.workers[wi].inflight.remove(pos) else {
+            return;
+        };
+        let elapsed = flight.sent.elapsed().as_secs_f64();
+        match flight.chunk {
+            None => {
+                // The initializer's answer.
+                match outcomes.into_iter().next() {
+                    Some(Outcome::Ok(_)) => s.workers[wi].ready = true,
+                    other => {
+                        let task = self
+                            .config
+                            .initializer
+                            .as_ref()
+                            .map(|(t, _)| t.as_str())
+                            .unwrap_or("initializer");
+                        let why = match other {
+                            Some(o) => {
+                                crate::process::outcome_error(task, &o, &self.module).to_string()
+                            }
+                            None => "no answer".into(),
+                        };
+                        self.break_pool(&mut s, format!("the pool's initializer failed: {why}"));
+                    }
+                }
+            }
+            Some(chunk) => {
+                let avg = s.avg_chunk.map_or(elapsed, |a| 0.8 * a + 0.2 * elapsed);
+                s.avg_chunk = Some(avg);
+                for (i, outcome) in outcomes.into_iter().enumerate().take(chunk.items.len()) {
+                    self.complete(&chunk.job, chunk.first + i, Slot::Done(outcome));
+                }
+            }
+        }
+        let w = &mut s.workers[wi];
+        if let Some(max) = self.config.maxtasksperchild
+            && w.given >= max
+            && w.inflight.is_empty()
+            && !w.retiring
+        {
+            w.retiring = true;
+            let _ = w.handle.send(&ToWorker::Shutdown);
+        }
+        self.dispatch(&mut s);
+        self.changed.notify_all();
+    }
+
+    /// Records an item's outcome and runs the job's completion hook on the callback thread.
+    fn complete(&self, job: &Arc<Job>, index: usize, slot: Slot) {
+        if job.complete(index, slot) {
+            let hook = job.on_complete.lock().ok().and_then(|mut h| h.take());
+            if let Some(hook) = hook {
+                let job = job.clone();
+                let run: Callback = Box::new(move || hook(&job, index));
+                if let Some(tx) = self.callbacks.lock().ok().and_then(|t| t.clone()) {
+                    let _ = tx.send(run);
+                }
+            }
+        }
+    }
+
+    fn abort_chunk(&self, chunk: Chunk, slot: &Slot) {
+        for i in 0..chunk.items.len() {
+            self.complete(&chunk.job, chunk.first + i, slot.clone());
+        }
+    }
+
+    fn break_pool(&self, s: &mut Sched, message: String) {
+        s.broken = Some(message.clone());
+        let slot = Slot::Aborted(message);
+        for chunk in std::mem::take(&mut s.queue) {
+            self.abort_chunk(chunk, &slot);
+        }
+    }
+
+    /// Stops accepting work; queued work still runs.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Stops at once: kills the workers; queued and running work fails.
+    pub fn terminate(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.terminated = true;
+        let slot = Slot::Aborted("the pool was terminated".into());
+        for chunk in std::mem::take(&mut s.queue) {
+            self.abort_chunk(chunk, &slot);
+        }
+        for w in &mut s.workers {
+            for flight in std::mem::take(&mut w.inflight) {
+                if let Some(chunk) = flight.chunk {
+                    self.abort_chunk(chunk, &slot);
+                }
+            }
+            w.handle.signal(libc::SIGKILL);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until all work is done, then (after `close`) shuts the workers down and waits
+    /// for them to exit. An error before `close` or `terminate`, as in Python.
+    pub fn join(&self) -> Result<()> {
+        let mut s = self.lock();
+        if !s.closed {
+            return Err(Error::State(
+                "join() needs close() or terminate() first".into(),
+            ));
+        }
+        while !(s.queue.is_empty()
+            && s.workers.iter().all(|w| w.inflight.is_empty())
+            && s.starting == 0)
+        {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        for w in &mut s.workers {
+            if !w.retiring {
+                w.retiring = true;
+                let _ = w.handle.send(&ToWorker::Shutdown);
+            }
+        }
+        while !s.workers.is_empty() || s.starting > 0 {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+
+    /// The worker processes' pids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.lock().workers.iter().map(|w| w.handle.pid).collect()
+    }
+
+    /// Waits until the pool has its full complement of workers (after replacements).
+    pub fn wait_for_workers(&self, n: usize) {
+        let mut s = self.lock();
+        while s.workers.iter().filter(|w| !w.retiring).count() < n
+            && s.broken.is_none()
+            && !s.terminated
+        {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl WorkerEvents for Shared {
+    fn on_message(&self, pid: u32, msg: FromWorker) {
+        match msg {
+            FromWorker::Done { id, outcome } => self.finish_call(pid, id, vec![outcome]),
+            FromWorker::BatchDone { id, outcomes } => self.finish_call(pid, id, outcomes),
+            FromWorker::Output { stream, data, .. } => {
+                let mut s = self.lock();
+                if let Some(w) = s.workers.iter_mut().find(|w| w.handle.pid == pid) {
+                    let task = w
+                        .inflight
+                        .front()
+                        .and_then(|f| f.chunk.as_ref().map(|c| c.job.task.to_string()))
+                        .or_else(|| self.config.initializer.as_ref().map(|(t, _)| t.clone()))
+                        .unwrap_or_default();
+                    let event = OutputEvent {
+                        pid,
+                        process: &w.name,
+                        task: &task,
+                        stream,
+                        data: &data,
+                    };
+                    w.router.route(&self.config.output, event);
+                }
+            }
+            FromWorker::Ready { .. } | FromWorker::LoadFailed(_) => {}
+        }
+    }
+
+    fn on_exit(&self, pid: u32, status: Option<ExitStatus>, protocol_error: Option<String>) {
+        let mut s = self.lock();
+        let Some(wi) = s.workers.iter().position(|w| w.handle.pid == pid) else {
+            return;
+        };
+        let mut worker = s.workers.remove(wi);
+        worker
+            .router
+            .finish(&self.config.output, pid, &worker.name, "");
+        let (signal, reason) = match protocol_error {
+            Some(e) => (
+                None,
+                format!("sent a malformed frame ({e}) and was stopped"),
+            ),
+            None => describe_exit(status),
+        };
+        let mut flights = std::mem::take(&mut worker.inflight).into_iter();
+        // The first chunk in flight was running when the worker died: it is lost. The others
+        // never started: they go back to the front of the queue, in order.
+        if let Some(running) = flights.next()
+            && let Some(chunk) = running.chunk
+        {
+            self.abort_chunk(
+                chunk,
+                &Slot::Lost {
+                    pid,
+                    signal,
+                    reason,
+                },
+            );
+        }
+        let requeue: Vec<Chunk> = flights.filter_map(|f| f.chunk).collect();
+        for chunk in requeue.into_iter().rev() {
+            s.queue.push_front(chunk);
+        }
+        let replace = !s.terminated && s.broken.is_none() && !(s.closed && s.queue.is_empty());
+        if replace {
+            s.starting += 1;
+            s.next_worker += 1;
+            let name = format!("PoolWorker-{}", s.next_worker);
+            if let Some(me) = self.me.upgrade() {
+                let spawned = std::thread::Builder::new()
+                    .name("wasmpool-replace".into())
+                    .spawn(move || {
+                        let _ = me.add_worker(name);
+                    });
+                if spawned.is_err() {
+                    s.starting -= 1;
+                }
+            } else {
+                s.starting -= 1;
+            }
+        } else if s.workers.is_empty() && s.starting == 0 && !s.queue.is_empty() {
+            let slot = Slot::Aborted("the pool has no workers left".into());
+            for chunk in std::mem::take(&mut s.queue) {
+                self.abort_chunk(chunk, &slot);
+            }
+        }
+        self.dispatch(&mut s);
+        self.changed.notify_all();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Ok(mut cb) = self.callbacks.lock() {
+            cb.take();
+        }
+    }
+}
