@@ -243,7 +243,7 @@ fn imap_unordered_yields_every_item_once_with_its_index() {
         let mut it = pool
             .imap_unordered::<u64, u64>("square", 0..200, 3)
             .unwrap();
-        let mut seen = vec![false; 200];
+        let mut seen = [false; 200];
         while let Some((i, r)) = it.next_indexed() {
             assert_eq!(r.unwrap(), (i * i) as u64);
             assert!(!seen[i], "item {i} twice");
