@@ -179,3 +179,194 @@ fn bad_inputs_are_one_clear_line_and_a_nonzero_exit() {
         }
     }
 }
+
+#[test]
+fn map_writes_json_lines_in_input_order() {
+    testkit();
+    let out = run_cli(&[
+        "map",
+        "examples/testkit",
+        "square",
+        "--range",
+        "0..50",
+        "-j",
+        "2",
+        "--chunksize",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 50);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l, &serde_json::json!({"input": i, "result": i * i}));
+    }
+    assert_eq!(
+        stderr(&out),
+        "",
+        "no progress bar when stderr is not a terminal"
+    );
+}
+
+#[test]
+fn map_reads_json_lines_from_a_file_or_stdin_and_writes_a_file() {
+    testkit();
+    let dir = TempDir::new("map");
+    let input = dir.file("in.jsonl", b"[1, 2]\n\n[30, 40]\n");
+    let output = dir.0.join("out.jsonl");
+    let out = run_cli(&[
+        "map",
+        "examples/testkit",
+        "add",
+        "--star",
+        "--input",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "{\"input\":[1,2],\"result\":3}\n{\"input\":[30,40],\"result\":70}\n"
+    );
+
+    let mut child = cli()
+        .args([
+            "map",
+            "examples/testkit",
+            "greet",
+            "--input",
+            "-",
+            "--unordered",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\"a\"\n\"b\"\n\"c\"\n")
+        .unwrap();
+    let out = within(std::time::Duration::from_secs(60), move || {
+        child.wait_with_output().unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hello, a\n"),
+        "the tasks' output goes to stderr"
+    );
+    let mut results: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    results.sort();
+    assert_eq!(
+        results,
+        [
+            r#"{"input":"a","result":"hello, a"}"#,
+            r#"{"input":"b","result":"hello, b"}"#,
+            r#"{"input":"c","result":"hello, c"}"#
+        ]
+    );
+}
+
+#[test]
+fn map_reports_failed_items_and_exits_one() {
+    testkit();
+    let out = run_cli(&[
+        "map",
+        "examples/testkit",
+        "square_or_panic",
+        "--range",
+        "10..16",
+        "--chunksize",
+        "4",
+    ]);
+    assert_cli_error(&out, 1, "1 of 6 items failed");
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "every item has a line");
+    assert!(lines[3]["error"].as_str().unwrap().contains("unlucky 13"));
+    assert_eq!(lines[4]["result"], 196);
+}
+
+#[test]
+fn map_rejects_bad_options_clearly() {
+    testkit();
+    for (args, needle) in [
+        (
+            vec!["map", "examples/testkit", "square"],
+            "--range A..B or --input",
+        ),
+        (
+            vec!["map", "examples/testkit", "square", "--range", "5"],
+            "--range must look like A..B",
+        ),
+        (
+            vec!["map", "examples/testkit", "square", "--range", "9..1"],
+            "the end must not be below the start",
+        ),
+        (
+            vec!["map", "examples/testkit", "nope", "--range", "0..3"],
+            "unknown task `nope`",
+        ),
+        (
+            vec![
+                "map",
+                "examples/testkit",
+                "square",
+                "--input",
+                "/no/such/file",
+            ],
+            "cannot open --input",
+        ),
+    ] {
+        let out = run_cli(&args);
+        assert_cli_error(&out, 2, needle);
+    }
+}
+
+#[test]
+fn map_stops_cleanly_on_ctrl_c_workers_included() {
+    testkit();
+    let child = cli()
+        .args([
+            "map",
+            "examples/testkit",
+            "sleep_ms",
+            "--range",
+            "20000..20010",
+            "-j",
+            "2",
+            "--chunksize",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || children_of(pid)
+            .len()
+            >= 2),
+        "workers start"
+    );
+    let workers = children_of(pid);
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let out = within(std::time::Duration::from_secs(30), move || {
+        child.wait_with_output().unwrap()
+    });
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"));
+    assert!(
+        workers.iter().all(|&w| !pid_alive(w)),
+        "no worker left behind"
+    );
+}

@@ -208,3 +208,154 @@ fn seed_004_three_processes_report_their_parent() {
         assert!(out.contains(&format!("多进程任务结束：{v}, 当前进程号为: ")));
     }
 }
+
+#[test]
+fn seed_000_pool_of_four_runs_queued_tasks_in_order() {
+    let out = run_seed("seed_pool_hello", &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    // apply_async does not wait: every "111"/"222" is printed long before the first 5-second
+    // task finishes (a worker may print its "hello" in between, as in Python).
+    let queued: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| *l == "111" || *l == "222")
+        .collect();
+    assert_eq!(
+        queued,
+        [["111"; 10].as_slice(), ["222"; 5].as_slice()].concat()
+    );
+    let last_queued = lines.iter().rposition(|l| *l == "222").unwrap();
+    let first_finished = lines
+        .iter()
+        .position(|l| l.starts_with("finished"))
+        .unwrap();
+    assert!(last_queued < first_finished, "{out}");
+    assert_eq!(lines.last(), Some(&"processes done."));
+    for x in 0..10 {
+        assert!(
+            out.contains(&format!("hello, {x}\n")) && out.contains(&format!("finished {x}\n")),
+            "{out}"
+        );
+    }
+    for x in 0..5 {
+        assert!(
+            out.contains(&format!("Say, {x}\n")) && out.contains(&format!("Say finish {x}\n")),
+            "{out}"
+        );
+    }
+    // Four workers: the fifth task starts only when one of the first four has finished.
+    assert!(
+        position(&out, "hello, 4") > position(&out, "finished 0").min(position(&out, "finished 1"))
+    );
+    assert!(
+        position(&out, "Say, 0") > position(&out, "hello, 9"),
+        "first in, first out"
+    );
+}
+
+#[test]
+fn seed_001_pool_of_three_runs_five_tasks() {
+    let out = run_seed("seed_pool_run_task", &[]);
+    let banners = [
+        "第0次循环",
+        "第4次循环完了",
+        "waiting for all subprocesses done",
+        "-----------下面是close",
+    ];
+    assert!(
+        banners
+            .windows(2)
+            .all(|w| position(&out, w[0]) < position(&out, w[1])),
+        "{out}"
+    );
+    let mut pids: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split("(pid = ").nth(1))
+        .map(|r| r.split(')').next().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 5);
+    pids.sort();
+    pids.dedup();
+    assert!(pids.len() <= 3, "three worker processes at most: {pids:?}");
+    assert_eq!(out.matches(" end cost ").count(), 5);
+    assert!(position(&out, "----------join完了-----------") > position(&out, "Task 4 end cost"));
+    assert!(out.ends_with("all subprocesses done\n"));
+}
+
+#[test]
+fn seed_002_pool_apply_async_runs_together_and_apply_one_by_one() {
+    let out = run_seed("seed_pool_blocking", &["async"]);
+    assert_eq!(out.lines().next(), Some("Started processes"));
+    let first_end = position(&out, "End process");
+    assert_eq!(
+        out[..first_end].matches("Start process:").count(),
+        3,
+        "three run at once\n{out}"
+    );
+    assert!(out.ends_with("Subprocess done.\n"));
+
+    let out = run_seed("seed_pool_blocking", &["sync"]);
+    let expected: String = (0..4)
+        .map(|i| format!("Start process:  {i}\nEnd process {i}\n"))
+        .collect();
+    assert_eq!(
+        out,
+        format!("{expected}Started processes\nSubprocess done.\n")
+    );
+
+    let out = run_seed("seed_pool_blocking", &["map"]);
+    assert_eq!(out, "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\n");
+}
+
+#[test]
+fn seed_003_two_cores_serve_three_tasks_first_in_first_out() {
+    let out = run_seed("seed_pool_fifo", &[]);
+    let c = position(&out, "C\n");
+    assert!(
+        position(&out, "A\n") < c && position(&out, "B\n") < c,
+        "{out}"
+    );
+    let first_done = out
+        .find("task A runs")
+        .unwrap()
+        .min(out.find("task B runs").unwrap());
+    assert!(c > first_done, "C waits for a free worker\n{out}");
+    assert!(out.ends_with("Done.\n"));
+}
+
+#[test]
+fn seed_004_pool_results_callbacks_and_map() {
+    let out = run_seed("seed_pool_results", &["callback"]);
+    let host: u32 = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("主进程:")
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(out.matches("----------- the data is ").count(), 3);
+    assert_eq!(
+        out.matches(&format!("当前进程号为: {host}\n")).count(),
+        3,
+        "callbacks run in the main process\n{out}"
+    );
+    assert!(
+        out.contains("1000000\n8000000\n27000000\nuser_time"),
+        "get() in submission order\n{out}"
+    );
+
+    let out = run_seed("seed_pool_results", &["map-result"]);
+    assert!(out.contains("[1000000, 8000000, 27000000]\n"), "{out}");
+    for variant in ["apply", "apply_async", "map", "get"] {
+        let out = run_seed("seed_pool_results", &[variant]);
+        assert_eq!(
+            out.matches("多进程任务结束：").count(),
+            3,
+            "{variant}\n{out}"
+        );
+        assert!(out.contains("user_time: "));
+    }
+}

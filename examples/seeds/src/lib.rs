@@ -137,7 +137,106 @@ fn process_task(data: u64) -> u64 {
     cube
 }
 
+// ---- 000: the Pool of four ----
+
+/// `hello, <msg>`, five seconds' sleep, `finished <msg>`.
+#[task]
+fn hello(msg: u32) {
+    println!("hello, {msg}");
+    sleep(Duration::from_secs(5));
+    println!("finished {msg}");
+}
+
+/// `Say, <msg>`, a second's sleep, `Say finish <msg>`.
+#[task]
+fn say(msg: u32) {
+    println!("Say, {msg}");
+    sleep(Duration::from_secs(1));
+    println!("Say finish {msg}");
+}
+
+// ---- 001: Pool(processes=3) ----
+
+/// `Task <name> (pid = <pid>) is runnig...`, up to 3 s of random sleep, `Task <name> end cost <s>s`.
+#[task]
+fn run_task(name: u32) {
+    let start = now();
+    println!("Task {name} (pid = {}) is runnig...", process::getpid());
+    sleep(Duration::from_secs_f64(random() * 3.0));
+    println!("Task {name} end cost {}s", now() - start);
+}
+
+// ---- 002: Pool, blocking and not, and map ----
+
+/// `Start process:  <index>`, three seconds' sleep, `End process <index>`.
+#[task]
+fn function(index: u32) {
+    println!("Start process:  {index}");
+    sleep(Duration::from_secs(3));
+    println!("End process {index}");
+}
+
+/// `x ** 2`.
+#[task]
+fn job(x: i64) -> i64 {
+    x * x
+}
+
+// ---- 003: cpu_core = 2, FIFO ----
+
+fn letter(name: &str) {
+    println!("{name}");
+    let start = now();
+    println!("start time {start}");
+    sleep(Duration::from_secs_f64(random() * 3.0));
+    println!("task {name} runs {:.2} seconds.", now() - start);
+}
+
+/// Task A.
+#[task]
+fn p1() {
+    letter("A");
+}
+
+/// Task B.
+#[task]
+fn p2() {
+    letter("B");
+}
+
+/// Task C.
+#[task]
+fn p3() {
+    letter("C");
+}
+
+// ---- 004: Pool apply / apply_async / map / results / callback ----
+
+/// The countdown with the seed's report lines, then a second's sleep; returns `data ** 3`.
+#[task]
+fn pool_task(data: u64) -> u64 {
+    let cube = process_task(data);
+    sleep(Duration::from_secs(1));
+    cube
+}
+
+/// As `pool_task`, taking the seed's `(data, length)` tuple.
+#[task]
+fn pool_task_info(info: (u64, u64)) -> u64 {
+    pool_task(info.0)
+}
+
 wasmpool_guest::export_tasks!(
+    hello,
+    say,
+    run_task,
+    function,
+    job,
+    p1,
+    p2,
+    p3,
+    pool_task,
+    pool_task_info,
     task1,
     task2,
     task3,

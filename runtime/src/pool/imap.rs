@@ -119,10 +119,8 @@ impl<'a, R> Imap<'a, R> {
     }
 }
 
-impl<R: DeserializeOwned> Imap<'_, R> {
-    /// The next result with the index of its item (in input order for `imap`, in completion
-    /// order for `imap_unordered`).
-    pub fn next_indexed(&mut self) -> Option<(usize, Result<R>)> {
+impl<R> Imap<'_, R> {
+    fn next_slot(&mut self) -> Option<(usize, Slot)> {
         self.top_up();
         if self.consumed == self.submitted {
             return None;
@@ -134,7 +132,22 @@ impl<R: DeserializeOwned> Imap<'_, R> {
             self.job.take_next_arrival()?
         };
         self.consumed += 1;
-        Some((index, decode_slot(&self.job, slot)))
+        Some((index, slot))
+    }
+
+    /// The next result as raw MessagePack, with the index of its item.
+    pub fn next_indexed_bytes(&mut self) -> Option<(usize, Result<Vec<u8>>)> {
+        self.next_slot()
+            .map(|(i, slot)| (i, slot.into_bytes(&self.job.task, &self.job.module)))
+    }
+}
+
+impl<R: DeserializeOwned> Imap<'_, R> {
+    /// The next result with the index of its item (in input order for `imap`, in completion
+    /// order for `imap_unordered`).
+    pub fn next_indexed(&mut self) -> Option<(usize, Result<R>)> {
+        self.next_slot()
+            .map(|(i, slot)| (i, decode_slot(&self.job, slot)))
     }
 }
 

@@ -58,7 +58,8 @@ struct PoolWorker {
     ready: bool,
     /// No more work: it is being shut down (maxtasksperchild, close).
     retiring: bool,
-    router: OutputRouter,
+    /// Output routing has its own lock: a slow reader of the output never holds up the pool.
+    router: Arc<Mutex<OutputRouter>>,
 }
 
 #[derive(Debug, Default)]
@@ -187,7 +188,7 @@ impl Shared {
             given: 0,
             ready: self.config.initializer.is_none(),
             retiring: false,
-            router: OutputRouter::default(),
+            router: Arc::default(),
         };
         if let Some((task, args)) = &self.config.initializer {
             let id = s.next_id;
@@ -437,22 +438,30 @@ impl WorkerEvents for Shared {
             FromWorker::Done { id, outcome } => self.finish_call(pid, id, vec![outcome]),
             FromWorker::BatchDone { id, outcomes } => self.finish_call(pid, id, outcomes),
             FromWorker::Output { stream, data, .. } => {
-                let mut s = self.lock();
-                if let Some(w) = s.workers.iter_mut().find(|w| w.handle.pid == pid) {
-                    let task = w
-                        .inflight
-                        .front()
-                        .and_then(|f| f.chunk.as_ref().map(|c| c.job.task.to_string()))
-                        .or_else(|| self.config.initializer.as_ref().map(|(t, _)| t.clone()))
-                        .unwrap_or_default();
+                let found = {
+                    let s = self.lock();
+                    s.workers.iter().find(|w| w.handle.pid == pid).map(|w| {
+                        let task = w
+                            .inflight
+                            .front()
+                            .and_then(|f| f.chunk.as_ref().map(|c| c.job.task.to_string()))
+                            .or_else(|| self.config.initializer.as_ref().map(|(t, _)| t.clone()))
+                            .unwrap_or_default();
+                        (w.router.clone(), w.name.clone(), task)
+                    })
+                };
+                if let Some((router, name, task)) = found {
                     let event = OutputEvent {
                         pid,
-                        process: &w.name,
+                        process: &name,
                         task: &task,
                         stream,
                         data: &data,
                     };
-                    w.router.route(&self.config.output, event);
+                    router
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .route(&self.config.output, event);
                 }
             }
             FromWorker::Ready { .. } | FromWorker::LoadFailed(_) => {}
@@ -467,6 +476,8 @@ impl WorkerEvents for Shared {
         let mut worker = s.workers.remove(wi);
         worker
             .router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .finish(&self.config.output, pid, &worker.name, "");
         let (signal, reason) = match protocol_error {
             Some(e) => (

@@ -18,6 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(commands::run::RunCommand),
+    Map(commands::map::MapCommand),
     Tasks(commands::tasks::TasksCommand),
     Compile(commands::compile::CompileCommand),
 }
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(c) => c.execute(),
+        Command::Map(c) => c.execute(),
         Command::Tasks(c) => c.execute(),
         Command::Compile(c) => c.execute(),
     };

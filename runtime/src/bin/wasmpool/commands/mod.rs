@@ -1,5 +1,6 @@
 //! One module per subcommand, each a clap struct with an `execute()`.
 
 pub mod compile;
+pub mod map;
 pub mod run;
 pub mod tasks;

@@ -1,0 +1,235 @@
+//! `wasmpool map MODULE TASK`: apply a task to many inputs in a pool of worker processes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use wasmpool::{Module, Output, Pool};
+
+/// Apply a task to every input in a pool of worker processes; write JSON lines.
+///
+/// Each output line is `{"input": …, "result": …}` or `{"input": …, "error": "…"}`, in input
+/// order (or as they finish, with --unordered). The tasks' own output goes to stderr. A progress bar shows on a terminal. Exit
+/// status: 0 if every item succeeded, 1 if any failed (with a summary line), 2 for bad input,
+/// 130 if interrupted (Ctrl-C stops the workers and keeps what was written).
+#[derive(Args)]
+pub struct MapCommand {
+    /// A `.wasm` component, or a guest Cargo project directory (built for you).
+    module: PathBuf,
+    /// The task to apply.
+    task: String,
+    /// Integer inputs `A..B` (B excluded), each the task's one argument.
+    #[arg(long, value_name = "A..B", conflicts_with = "input")]
+    range: Option<String>,
+    /// JSON-lines inputs: a file, or `-` for stdin. Each line is the task's one argument
+    /// (with --star, a JSON array of its arguments).
+    #[arg(long, value_name = "FILE")]
+    input: Option<String>,
+    /// Each input line is an array of positional arguments (Python's starmap).
+    #[arg(long)]
+    star: bool,
+    /// Worker processes (default: the number of CPUs).
+    #[arg(short = 'j', long)]
+    workers: Option<usize>,
+    /// Inputs sent to a worker at a time.
+    #[arg(long, default_value_t = 64)]
+    chunksize: usize,
+    /// Write results as they finish rather than in input order.
+    #[arg(long)]
+    unordered: bool,
+    /// Write the JSON lines here instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn parse_range(text: &str) -> Result<(i64, i64)> {
+    let (a, b) = text
+        .split_once("..")
+        .with_context(|| format!("--range must look like A..B, not `{text}`"))?;
+    let a: i64 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--range start `{a}` is not an integer"))?;
+    let b: i64 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--range end `{b}` is not an integer"))?;
+    if b < a {
+        bail!("--range {a}..{b} is empty backwards: the end must not be below the start");
+    }
+    Ok((a, b))
+}
+
+impl MapCommand {
+    pub fn execute(self) -> Result<ExitCode> {
+        // Ctrl-C from here on stops the workers and keeps what was written.
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+        let (inputs, total): (Box<dyn Iterator<Item = Result<Value>>>, Option<u64>) =
+            match (&self.range, &self.input) {
+                (Some(r), _) => {
+                    let (a, b) = parse_range(r)?;
+                    (Box::new((a..b).map(|n| Ok(json!(n)))), Some((b - a) as u64))
+                }
+                (None, Some(path)) => {
+                    let reader: Box<dyn BufRead> = if path == "-" {
+                        Box::new(BufReader::new(std::io::stdin()))
+                    } else {
+                        Box::new(BufReader::new(
+                            File::open(path)
+                                .with_context(|| format!("cannot open --input {path}"))?,
+                        ))
+                    };
+                    let lines = reader
+                        .lines()
+                        .enumerate()
+                        .filter_map(|(i, line)| match line {
+                            Ok(l) if l.trim().is_empty() => None,
+                            Ok(l) => Some(serde_json::from_str::<Value>(&l).with_context(|| {
+                                format!("input line {} is not valid JSON", i + 1)
+                            })),
+                            Err(e) => Some(Err(e).context("cannot read the input")),
+                        });
+                    (Box::new(lines), None)
+                }
+                (None, None) => {
+                    bail!("give the inputs with --range A..B or --input FILE (or - for stdin)")
+                }
+            };
+
+        let module = Module::load(&self.module)?;
+        // Stdout carries the JSON lines: the tasks' own output goes to stderr, tagged.
+        let to_stderr = Output::Callback(std::sync::Arc::new(|e: wasmpool::OutputEvent<'_>| {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(e.data);
+        }));
+        let mut builder = Pool::builder(&module).output(to_stderr);
+        if let Some(n) = self.workers {
+            builder = builder.processes(n);
+        }
+        let pool = builder.build()?;
+        module.tasks()?;
+
+        let mut out: Box<dyn Write> = match &self.output {
+            Some(p) => Box::new(BufWriter::new(
+                File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+            )),
+            None => Box::new(BufWriter::new(std::io::stdout())),
+        };
+        let bar = if std::io::stderr().is_terminal() {
+            let bar = match total {
+                Some(n) => ProgressBar::new(n),
+                None => ProgressBar::new_spinner(),
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+
+        // Inputs in flight, by index, to echo next to their results.
+        let pending: Rc<RefCell<HashMap<usize, Value>>> = Rc::default();
+        let bad_input: Rc<RefCell<Option<anyhow::Error>>> = Rc::default();
+        let star = self.star;
+        let (p2, b2) = (pending.clone(), bad_input.clone());
+        let mut next = 0usize;
+        let encoded = inputs.map_while(move |item| {
+            let value = match item {
+                Ok(v) => v,
+                Err(e) => {
+                    *b2.borrow_mut() = Some(e);
+                    return None;
+                }
+            };
+            let args = match (star, &value) {
+                (true, Value::Array(a)) => wasmpool::json_args(a),
+                (true, _) => Err(wasmpool::Error::BadArgs(format!(
+                    "with --star each input must be a JSON array, got {value}"
+                ))),
+                (false, v) => wasmpool::json_args(std::slice::from_ref(v)),
+            };
+            p2.borrow_mut().insert(next, value);
+            next += 1;
+            Some(args)
+        });
+
+        let (mut done, mut failed) = (0u64, 0u64);
+        let mut first_error = None;
+        let finished = AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<()> {
+            // Ctrl-C: terminate the pool, which fails what is in flight and unblocks the loop.
+            scope.spawn(|| {
+                while !finished.load(Ordering::SeqCst) {
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        pool.terminate();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            let result = (|| -> Result<()> {
+                let mut results =
+                    pool.imap_encoded::<()>(&self.task, encoded, self.chunksize, !self.unordered)?;
+                while let Some((index, result)) = results.next_indexed_bytes() {
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let input = pending.borrow_mut().remove(&index).unwrap_or(Value::Null);
+                    let line = match result.and_then(|raw| wasmpool::msgpack_to_json(&raw)) {
+                        Ok(value) => json!({"input": input, "result": value}),
+                        Err(e) => {
+                            failed += 1;
+                            first_error.get_or_insert_with(|| e.to_string());
+                            json!({"input": input, "error": e.to_string()})
+                        }
+                    };
+                    writeln!(out, "{line}")?;
+                    done += 1;
+                    bar.inc(1);
+                }
+                Ok(())
+            })();
+            finished.store(true, Ordering::SeqCst);
+            result
+        })?;
+        pool.terminate();
+        out.flush()?;
+        bar.finish_and_clear();
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            eprintln!("wasmpool: interrupted after {done} results; workers stopped");
+            return Ok(ExitCode::from(130));
+        }
+        if let Some(e) = bad_input.borrow_mut().take() {
+            return Err(e.context(format!("after {done} results")));
+        }
+        if failed > 0 {
+            eprintln!(
+                "wasmpool: {failed} of {done} items failed; first: {}",
+                first_error.unwrap_or_default()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
