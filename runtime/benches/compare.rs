@@ -1,48 +1,51 @@
-//! Side-by-side benchmarks: wasmpool and Python's `multiprocessing` (bench/python_multiprocessing.py)
-//! on the same machine, in the same sitting, alternating, several repetitions; prints a table
-//! of medians and spreads with the ratio, and writes it to `results/bench.md`.
+//! Side-by-side benchmarks: wasmpool and Python's `multiprocessing`
+//! (`bench/python_multiprocessing.py`) on the same machine, in the same sitting, alternating,
+//! several repetitions. Prints a table of medians and spreads with the ratio, and writes it
+//! to `results/bench.md` (`results/bench-smoke.md` with `--smoke`).
 //!
-//! `cargo bench -p wasmpool --bench compare` (add `-- --smoke` for a quick run with tiny sizes).
+//! `cargo bench -p wasmpool --bench compare` (add `-- --smoke` for a quick run with tiny
+//! sizes, which is what CI does so the suite cannot rot).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use wasmpool::{Module, Process};
-
-struct Figure {
-    workload: &'static str,
-    unit: &'static str,
-    lower_is_better: bool,
-    python_name: &'static str,
-    python: Vec<f64>,
-    ours: Vec<f64>,
-}
+use wasmpool::{Module, Pool, Process};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs one Python workload and returns the value of the JSON line it prints for `name`.
-fn python(workload: &str, name: &str) -> Option<f64> {
-    let out = Command::new("python3")
+/// Runs one Python workload; returns the values of the JSON lines it prints, by name.
+fn python(workload: &str) -> Vec<(String, f64)> {
+    let Ok(out) = Command::new("python3")
         .arg(root().join("bench/python_multiprocessing.py"))
         .arg(workload)
         .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["workload"] == name)
-        .and_then(|v| v["value"].as_f64())
+        .filter_map(|v| Some((v["workload"].as_str()?.to_string(), v["value"].as_f64()?)))
+        .collect()
+}
+
+struct Ctx {
+    testkit: Module,
+    compute: Module,
+    smoke: bool,
 }
 
 /// Milliseconds per `Process` start + join of a no-op task.
-fn spawn_join(module: &Module, n: usize, warm: bool) -> f64 {
-    module.set_keep_spare(warm);
+fn spawn_join(ctx: &Ctx, spare: Spare) -> f64 {
+    let module = &ctx.testkit;
+    let n = if ctx.smoke { 5 } else { 40 };
+    module.set_keep_spare(!matches!(spare, Spare::None));
     let mut total = 0.0;
     for _ in 0..n {
-        if warm {
+        if matches!(spare, Spare::Ready) {
             module.prepare_spare().expect("spare");
         }
         let t = Instant::now();
@@ -55,109 +58,324 @@ fn spawn_join(module: &Module, n: usize, warm: bool) -> f64 {
     total / n as f64 * 1e3
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        f64::NAN
-    } else {
-        s[s.len() / 2]
+enum Spare {
+    None,
+    Ready,
+    BackToBack,
+}
+
+/// Tasks per second for `map(square, range(n))` on two workers.
+fn map_tiny(ctx: &Ctx, n: u64, chunksize: Option<usize>) -> f64 {
+    let pool = Pool::new(&ctx.testkit, 2).expect("pool");
+    let _: Vec<u64> = pool.map("square", 0..1000u64).expect("warm-up");
+    let t = Instant::now();
+    let out: Vec<u64> = match chunksize {
+        Some(c) => pool.map_chunked("square", 0..n, c),
+        None => pool.map("square", 0..n),
+    }
+    .expect("map");
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(out[(n - 1) as usize], (n - 1) * (n - 1));
+    n as f64 / dt
+}
+
+/// Tasks per second for `n` `apply_async(square)` collected with `get`, on two workers.
+fn apply_async_tiny(ctx: &Ctx, n: u64) -> f64 {
+    let pool = Pool::new(&ctx.testkit, 2).expect("pool");
+    let t = Instant::now();
+    let rs: Vec<_> = (0..n)
+        .map(|i| {
+            pool.apply_async::<_, u64>("square", &(i,))
+                .expect("apply_async")
+        })
+        .collect();
+    let out: Vec<u64> = rs.iter().map(|r| r.get().expect("get")).collect();
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(out[(n - 1) as usize], (n - 1) * (n - 1));
+    n as f64 / dt
+}
+
+/// Iterations of `spin_work` that take about 10 ms in one worker.
+fn calibrate(ctx: &Ctx) -> u64 {
+    let pool = Pool::new(&ctx.compute, 1).expect("pool");
+    let mut iters = 1_000_000u64;
+    loop {
+        let t = Instant::now();
+        let _: u64 = pool.apply("spin_work", &(iters,)).expect("spin");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if ms > 5.0 || iters > 1 << 34 {
+            return (iters as f64 * 10.0 / ms) as u64;
+        }
+        iters *= 4;
     }
 }
 
-fn spread(v: &[f64]) -> String {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.3}–{max:.3}")
+/// Parallel efficiency (%) of 10 ms tasks on `cpu_count()` workers against one worker.
+fn cpu_scaling(ctx: &Ctx, iters: u64) -> f64 {
+    let cores = wasmpool::cpu_count();
+    let tasks = if ctx.smoke { 2 * cores } else { 16 * cores };
+    let rate = |workers: usize| {
+        let pool = Pool::new(&ctx.compute, workers).expect("pool");
+        let _: Vec<u64> = pool
+            .map_chunked("spin_work", vec![iters / 10; workers], 1)
+            .expect("warm-up");
+        let t = Instant::now();
+        let _: Vec<u64> = pool
+            .map_chunked("spin_work", vec![iters; tasks], 1)
+            .expect("map");
+        tasks as f64 / t.elapsed().as_secs_f64()
+    };
+    let one = rate(1);
+    let n = rate(cores);
+    n / (cores as f64 * one) * 100.0
+}
+
+/// Slowdown of the wasm kernel against the same kernel compiled natively.
+fn wasm_vs_native(ctx: &Ctx, iters: u64) -> f64 {
+    let pool = Pool::new(&ctx.compute, 1).expect("pool");
+    let t = Instant::now();
+    let wasm: u64 = pool.apply("spin_work", &(iters,)).expect("spin");
+    let wasm_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let native = spin_work_native(std::hint::black_box(iters));
+    let native_s = t.elapsed().as_secs_f64();
+    assert_eq!(wasm, native, "the same kernel gives the same answer");
+    wasm_s / native_s
+}
+
+/// The `spin_work` kernel of examples/compute, natively.
+fn spin_work_native(iterations: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..iterations {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x
+}
+
+/// One line of the table: how to measure ours, and which Python workload it is compared to.
+struct Row<'a> {
+    workload: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    target: &'static str,
+    /// The peer script's workload argument and the name of the JSON line to read.
+    peer: Option<(&'static str, &'static str)>,
+    /// Turns the peer's value into this row's unit (e.g. countdown times into an efficiency).
+    measure: Box<dyn Fn(&Ctx) -> f64 + 'a>,
+    python: Vec<f64>,
+    ours: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied()
+}
+
+fn cell(v: &[f64], unit: &str) -> String {
+    match median(v) {
+        None => "—".into(),
+        Some(m) => {
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{} {unit} ({}–{})", fmt(m), fmt(min), fmt(max))
+        }
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.0}", v)
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 fn main() {
     wasmpool::run_worker_if_requested();
     let smoke = std::env::args().any(|a| a == "--smoke");
     let reps = if smoke { 1 } else { 5 };
-    let n = if smoke { 5 } else { 40 };
-    let module = Module::load(root().join("examples/testkit")).expect("build examples/testkit");
-    module.tasks().expect("tasks");
+    let ctx = Ctx {
+        testkit: Module::load(root().join("examples/testkit")).expect("build examples/testkit"),
+        compute: Module::load(root().join("examples/compute")).expect("build examples/compute"),
+        smoke,
+    };
+    ctx.testkit.tasks().expect("tasks");
+    ctx.compute.tasks().expect("tasks");
+    let (map_n, chunk1_n, apply_n) = if smoke {
+        (2_000, 500, 500)
+    } else {
+        (200_000, 20_000, 20_000)
+    };
+    let iters = calibrate(&ctx);
 
-    let mut figures = vec![
-        Figure {
-            workload: "Process start+join, cold (vs fork)",
-            unit: "ms",
-            lower_is_better: true,
-            python_name: "spawn_fork",
+    let cold = std::cell::Cell::new(None);
+    let cold_start = |ctx: &Ctx| {
+        let v = spawn_join(ctx, Spare::None);
+        cold.set(Some(v));
+        v
+    };
+    let row =
+        |workload, unit, higher_is_better, target, peer, measure: Box<dyn Fn(&Ctx) -> f64>| Row {
+            workload,
+            unit,
+            higher_is_better,
+            target,
+            peer,
+            measure,
             python: vec![],
             ours: vec![],
-        },
-        Figure {
-            workload: "Process start+join, warm spare (vs fork)",
-            unit: "ms",
-            lower_is_better: true,
-            python_name: "spawn_fork",
-            python: vec![],
-            ours: vec![],
-        },
-        Figure {
-            workload: "Process start+join, cold (vs spawn)",
-            unit: "ms",
-            lower_is_better: true,
-            python_name: "spawn_spawn",
-            python: vec![],
-            ours: vec![],
-        },
+        };
+    let fork = Some(("spawn_fork", "spawn_join_fork"));
+    let mut rows = vec![
+        row(
+            "Process start+join, cold worker (vs fork)",
+            "ms",
+            false,
+            "≤ 3 ms, ≥ 2x",
+            fork,
+            Box::new(cold_start),
+        ),
+        row(
+            "Process start+join, warm spare ready (vs fork)",
+            "ms",
+            false,
+            "≤ 3 ms, ≥ 2x",
+            fork,
+            Box::new(|c| spawn_join(c, Spare::Ready)),
+        ),
+        row(
+            "Process start+join, back to back (vs fork)",
+            "ms",
+            false,
+            "≥ 2x",
+            fork,
+            Box::new(|c| spawn_join(c, Spare::BackToBack)),
+        ),
+        row(
+            "Process start+join, cold worker (vs spawn)",
+            "ms",
+            false,
+            "≥ 30x",
+            Some(("spawn_spawn", "spawn_join_spawn")),
+            Box::new(|c| cold.get().unwrap_or_else(|| spawn_join(c, Spare::None))),
+        ),
+        row(
+            "map 200k tiny tasks, default chunksize",
+            "tasks/s",
+            true,
+            "≥ 3x",
+            Some(("map_tiny", "map_tiny_200k")),
+            Box::new(move |c| map_tiny(c, map_n, None)),
+        ),
+        row(
+            "map 20k tiny tasks, chunksize 1",
+            "tasks/s",
+            true,
+            "≥ 10x",
+            Some(("map_tiny_chunk1", "map_tiny_20k_chunksize1")),
+            Box::new(move |c| map_tiny(c, chunk1_n, Some(1))),
+        ),
+        row(
+            "20k apply_async + get",
+            "tasks/s",
+            true,
+            "≥ 10x",
+            Some(("apply_async_tiny", "apply_async_tiny_20k")),
+            Box::new(move |c| apply_async_tiny(c, apply_n)),
+        ),
+        row(
+            "CPU-bound 10 ms tasks, parallel efficiency at N = cores (Python: its countdown workload on 2)",
+            "%",
+            true,
+            "≥ 90%",
+            Some(("cpu", "efficiency")),
+            Box::new(move |c| cpu_scaling(c, iters)),
+        ),
+        row(
+            "wasm / native time, same kernel",
+            "x",
+            false,
+            "≤ 1.3x",
+            None,
+            Box::new(move |c| wasm_vs_native(c, iters * 4)),
+        ),
     ];
+    // `--only WORD` keeps the rows whose name contains WORD.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(word) = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+    {
+        rows.retain(|r| r.workload.contains(word.as_str()));
+    }
     for rep in 0..reps {
         eprintln!("repetition {}/{reps}", rep + 1);
-        let fork = python("spawn_fork", "spawn_join_fork");
-        let spawn = if smoke && rep > 0 {
-            None
-        } else {
-            python("spawn_spawn", "spawn_join_spawn")
-        };
-        let cold = spawn_join(&module, n, false);
-        let warm = spawn_join(&module, n, true);
-        figures[0].ours.push(cold);
-        figures[1].ours.push(warm);
-        figures[2].ours.push(cold);
-        figures[0].python.extend(fork);
-        figures[1].python.extend(fork);
-        figures[2].python.extend(spawn);
+        let mut peer_runs: Vec<(&str, Vec<(String, f64)>)> = Vec::new();
+        for r in &mut rows {
+            if let Some((arg, name)) = r.peer {
+                if smoke && rep > 0 && arg == "spawn_spawn" {
+                    continue;
+                }
+                if !peer_runs.iter().any(|(a, _)| *a == arg) {
+                    let mut lines = python(arg);
+                    if arg == "cpu" {
+                        let get = |n: &str| lines.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+                        if let (Some(serial), Some(pool2)) = (
+                            get("countdown_100_200_300_serial"),
+                            get("countdown_100_200_300_pool2"),
+                        ) {
+                            lines.push(("efficiency".into(), serial / (2.0 * pool2) * 100.0));
+                        }
+                    }
+                    peer_runs.push((arg, lines));
+                }
+                let lines = &peer_runs
+                    .iter()
+                    .find(|(a, _)| *a == arg)
+                    .map(|(_, l)| l.clone())
+                    .unwrap_or_default();
+                r.python
+                    .extend(lines.iter().find(|(n, _)| n == name).map(|(_, v)| *v));
+            }
+            let v = (r.measure)(&ctx);
+            r.ours.push(v);
+        }
     }
 
-    let machine = format!(
-        "{} cores, {}",
-        wasmpool::cpu_count(),
-        std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(
-                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
-                    .split(':')
-                    .nth(1)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string())
-            )
-            .unwrap_or_default()
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let mut table = format!(
+        "Machine: {} cores, {cpu}. {reps} repetition(s), Python and wasmpool alternating; median (min–max).\n\
+         Ratio: how many times better wasmpool is (Python ÷ wasmpool for times, wasmpool ÷ Python for rates).\n\n\
+         | workload | Python | wasmpool | ratio | target |\n|---|---|---|---|---|\n",
+        wasmpool::cpu_count()
     );
-    let mut table = String::new();
-    table.push_str(&format!(
-        "Machine: {machine}; {reps} repetitions, alternating; median (min–max).\n\n"
-    ));
-    table.push_str("| workload | Python | wasmpool | ratio |\n|---|---|---|---|\n");
-    for f in &figures {
-        let (p, o) = (median(&f.python), median(&f.ours));
-        let ratio = if f.lower_is_better { p / o } else { o / p };
+    for r in &rows {
+        let ratio = match (median(&r.python), median(&r.ours)) {
+            (Some(p), Some(o)) if r.higher_is_better => format!("{:.1}x", o / p),
+            (Some(p), Some(o)) => format!("{:.1}x", p / o),
+            _ => "—".into(),
+        };
         table.push_str(&format!(
-            "| {} | {:.3} {unit} ({}) | {:.3} {unit} ({}) | {:.1}x {} |\n",
-            f.workload,
-            p,
-            spread(&f.python),
-            o,
-            spread(&f.ours),
-            ratio,
-            if ratio >= 1.0 { "faster" } else { "slower" },
-            unit = f.unit,
+            "| {} | {} | {} | {ratio} | {} |\n",
+            r.workload,
+            cell(&r.python, r.unit),
+            cell(&r.ours, r.unit),
+            r.target
         ));
-        let _ = f.python_name;
     }
     println!("{table}");
     let dir = root().join("results");

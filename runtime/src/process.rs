@@ -342,7 +342,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkerEvents for Inner {
-    fn on_message(&self, pid: u32, msg: FromWorker) {
+    fn on_message(&self, pid: u32, msg: FromWorker, _more: bool) {
         let mut state = lock(&self.state);
         match msg {
             FromWorker::Output { stream, data, .. } => {

@@ -91,25 +91,31 @@ pub(crate) enum FromWorker {
     BatchDone { id: u64, outcomes: Vec<Outcome> },
 }
 
-/// Writes one frame.
-pub(crate) fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
-    let body =
-        postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if body.len() > MAX_FRAME {
+/// Appends one encoded frame to `buf`.
+pub(crate) fn encode_frame<T: Serialize>(buf: &mut Vec<u8>, msg: &T) -> io::Result<()> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let encoded = postcard::to_extend(msg, std::mem::take(buf));
+    let mut out = encoded.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        *buf = out;
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "frame of {} bytes exceeds the {} byte limit",
-                body.len(),
-                MAX_FRAME
-            ),
+            format!("frame of {len} bytes exceeds the {MAX_FRAME} byte limit"),
         ));
     }
-    let len =
-        u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&body);
+    let len = u32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    *buf = out;
+    Ok(())
+}
+
+/// Writes one frame.
+pub(crate) fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
+    let mut buf = Vec::new();
+    encode_frame(&mut buf, msg)?;
     w.write_all(&buf)
 }
 

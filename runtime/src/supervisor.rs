@@ -14,8 +14,9 @@ use crate::spawn::ReadyWorker;
 
 /// Receives what a worker says and how it ends.
 pub(crate) trait WorkerEvents: Send + Sync + 'static {
-    /// A frame from the worker, in order.
-    fn on_message(&self, pid: u32, msg: FromWorker);
+    /// A frame from the worker, in order. `more` says whether further frames are already
+    /// buffered (so work done per batch, like dispatching, can wait for the last of them).
+    fn on_message(&self, pid: u32, msg: FromWorker, more: bool);
     /// The worker is gone and reaped. `protocol_error` is set when it was killed for
     /// sending a malformed frame.
     fn on_exit(&self, pid: u32, status: Option<ExitStatus>, protocol_error: Option<String>);
@@ -49,7 +50,10 @@ impl WorkerHandle {
                 let mut buf = Vec::new();
                 let protocol_error = loop {
                     match read_frame::<_, FromWorker>(&mut reader, &mut buf) {
-                        Ok(Some(msg)) => events.on_message(pid, msg),
+                        Ok(Some(msg)) => {
+                            let more = !reader.buffer().is_empty();
+                            events.on_message(pid, msg, more)
+                        }
                         Ok(None) => break None,
                         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break None,
                         Err(e) => {
@@ -76,6 +80,16 @@ impl WorkerHandle {
             .lock()
             .map_err(|_| io::Error::other("worker writer poisoned"))?;
         write_frame(&mut *w, msg)
+    }
+
+    /// Writes already-encoded frames to the worker in one write.
+    pub fn send_encoded(&self, frames: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| io::Error::other("worker writer poisoned"))?;
+        w.write_all(frames)
     }
 
     /// Sends `signal` to the worker, unless it has already been reaped.

@@ -18,7 +18,7 @@ use super::job::{Job, Slot};
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::output::{Output, OutputEvent, OutputRouter};
-use crate::protocol::{FromWorker, Outcome, ToWorker};
+use crate::protocol::{FromWorker, Outcome, ToWorker, encode_frame};
 use crate::spawn::start_worker;
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
 
@@ -26,6 +26,10 @@ use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
 const PIPELINE_DEPTH: usize = 4;
 /// Below this average chunk time, workers are given chunks ahead of time.
 const PIPELINE_BELOW_SECS: f64 = 0.002;
+/// Chunks a worker may hold ahead when tasks are tiny, so frames travel in batches.
+const DEEP_PIPELINE_DEPTH: usize = 64;
+/// Below this average chunk time, workers get the deep pipeline.
+const DEEP_PIPELINE_BELOW_SECS: f64 = 0.000_1;
 
 /// A user callback, run on the pool's callback thread.
 type Callback = Box<dyn FnOnce() + Send>;
@@ -56,6 +60,8 @@ struct PoolWorker {
     given: u64,
     /// Set once the initializer (if any) has succeeded.
     ready: bool,
+    /// When it last answered.
+    last_done: Instant,
     /// No more work: it is being shut down (maxtasksperchild, close).
     retiring: bool,
     /// Output routing has its own lock: a slow reader of the output never holds up the pool.
@@ -187,6 +193,7 @@ impl Shared {
             inflight: VecDeque::new(),
             given: 0,
             ready: self.config.initializer.is_none(),
+            last_done: Instant::now(),
             retiring: false,
             router: Arc::default(),
         };
@@ -231,21 +238,25 @@ impl Shared {
 
     fn dispatch(&self, s: &mut Sched) {
         let depth = match s.avg_chunk {
+            Some(avg) if avg < DEEP_PIPELINE_BELOW_SECS => DEEP_PIPELINE_DEPTH,
             Some(avg) if avg < PIPELINE_BELOW_SECS => PIPELINE_DEPTH,
             _ => 1,
         };
         let max_tasks = self.config.maxtasksperchild;
+        // Frames for each worker, written in one go after the loop.
+        let mut out: Vec<Vec<u8>> = vec![Vec::new(); s.workers.len()];
         while !s.queue.is_empty() {
-            let Some(w) = s
+            let Some((wi, _)) = s
                 .workers
-                .iter_mut()
-                .filter(|w| {
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| {
                     w.ready
                         && !w.retiring
                         && w.inflight.len() < depth
                         && max_tasks.is_none_or(|m| w.given < m)
                 })
-                .min_by_key(|w| w.inflight.len())
+                .min_by_key(|(_, w)| w.inflight.len())
             else {
                 break;
             };
@@ -268,8 +279,12 @@ impl Shared {
                     items: chunk.items.clone(),
                 }
             };
-            // A failed send means the worker is dying: its exit requeues or fails the chunk.
-            let _ = w.handle.send(&frame);
+            if let Err(e) = encode_frame(&mut out[wi], &frame) {
+                // Too large to send: fail the chunk rather than the worker.
+                self.abort_chunk(chunk, &Slot::Done(Outcome::BadArgs(e.to_string())));
+                continue;
+            }
+            let w = &mut s.workers[wi];
             w.given += chunk.items.len() as u64;
             w.inflight.push_back(InFlight {
                 id,
@@ -277,9 +292,15 @@ impl Shared {
                 sent: Instant::now(),
             });
         }
+        for (w, frames) in s.workers.iter().zip(&out) {
+            if !frames.is_empty() {
+                // A failed write means the worker is dying: its exit requeues or fails the chunks.
+                let _ = w.handle.send_encoded(frames);
+            }
+        }
     }
 
-    fn finish_call(&self, pid: u32, id: u64, outcomes: Vec<Outcome>) {
+    fn finish_call(&self, pid: u32, id: u64, outcomes: Vec<Outcome>, more: bool) {
         let mut s = self.lock();
         let Some(wi) = s.workers.iter().position(|w| w.handle.pid == pid) else {
             return;
@@ -290,7 +311,12 @@ impl Shared {
         let Some(flight) = s.workers[wi].inflight.remove(pos) else {
             return;
         };
-        let elapsed = flight.sent.elapsed().as_secs_f64();
+        // Service time: from when the worker could start on it (sent, or its previous answer).
+        let now = Instant::now();
+        let elapsed = now
+            .duration_since(flight.sent.max(s.workers[wi].last_done))
+            .as_secs_f64();
+        s.workers[wi].last_done = now;
         match flight.chunk {
             None => {
                 // The initializer's answer.
@@ -330,7 +356,10 @@ impl Shared {
             w.retiring = true;
             let _ = w.handle.send(&ToWorker::Shutdown);
         }
-        self.dispatch(&mut s);
+        // Refill once this worker's buffered answers are all handled: one write, not one per answer.
+        if !more {
+            self.dispatch(&mut s);
+        }
         self.changed.notify_all();
     }
 
@@ -433,10 +462,10 @@ impl Shared {
 }
 
 impl WorkerEvents for Shared {
-    fn on_message(&self, pid: u32, msg: FromWorker) {
+    fn on_message(&self, pid: u32, msg: FromWorker, more: bool) {
         match msg {
-            FromWorker::Done { id, outcome } => self.finish_call(pid, id, vec![outcome]),
-            FromWorker::BatchDone { id, outcomes } => self.finish_call(pid, id, outcomes),
+            FromWorker::Done { id, outcome } => self.finish_call(pid, id, vec![outcome], more),
+            FromWorker::BatchDone { id, outcomes } => self.finish_call(pid, id, outcomes, more),
             FromWorker::Output { stream, data, .. } => {
                 let found = {
                     let s = self.lock();

@@ -13,7 +13,7 @@ pub(crate) mod state;
 use std::io::{self, BufReader};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,10 +81,7 @@ fn start_parent_watchdog(parent: u32) {
 
 fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
     let mut reader = BufReader::new(sock.try_clone()?);
-    let channel = Arc::new(Channel {
-        writer: Mutex::new(sock),
-        current_call: AtomicU64::new(0),
-    });
+    let channel = Arc::new(Channel::new(sock));
     let mut buf = Vec::new();
 
     let Some(ToWorker::Load(load)) = read_frame::<_, ToWorker>(&mut reader, &mut buf)? else {
@@ -121,7 +118,19 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
             }
         })?;
 
-    while let Ok(msg) = rx.recv() {
+    loop {
+        // Answers are queued while more work is waiting, and written when it runs out.
+        let msg = match rx.try_recv() {
+            Ok(msg) => msg,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                channel.flush()?;
+                match rx.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        };
         match msg {
             ToWorker::Load(_) => return Ok(1),
             ToWorker::Rename(name) => {
@@ -138,18 +147,23 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
                 channel.current_call.store(id, Ordering::Relaxed);
                 let outcome = loaded.call(&task, &args);
                 let ok = matches!(outcome, Outcome::Ok(_));
-                channel.send(&FromWorker::Done { id, outcome })?;
                 if exit_after {
+                    channel.send(&FromWorker::Done { id, outcome })?;
                     return Ok(if ok { 0 } else { 1 });
                 }
+                channel.queue(&FromWorker::Done { id, outcome })?;
             }
             ToWorker::CallBatch { id, task, items } => {
                 channel.current_call.store(id, Ordering::Relaxed);
                 let outcomes = loaded.call_batch(&task, items);
-                channel.send(&FromWorker::BatchDone { id, outcomes })?;
+                channel.queue(&FromWorker::BatchDone { id, outcomes })?;
             }
-            ToWorker::Shutdown => return Ok(0),
+            ToWorker::Shutdown => {
+                channel.flush()?;
+                return Ok(0);
+            }
         }
     }
+    channel.flush()?;
     Ok(0)
 }

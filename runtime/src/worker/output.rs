@@ -1,7 +1,7 @@
 //! The guest's stdout and stderr: every write becomes an `Output` frame to the host, at once,
 //! so output from concurrent workers interleaves as it happens (as it does in Python).
 
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,24 +12,77 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::protocol::{FromWorker, Stream, write_frame};
+use crate::protocol::{FromWorker, Stream, encode_frame};
 
 /// The worker's half of the socket, shared by the main loop and the guest's output streams.
+///
+/// Answers are queued and written together when the worker runs out of queued work (or the
+/// buffer grows large), so a burst of short tasks costs one write, not one per task. Guest
+/// output is written at once, after whatever is queued, so it streams live and in order.
 #[derive(Debug)]
 pub(crate) struct Channel {
-    pub writer: Mutex<UnixStream>,
+    writer: Mutex<Writer>,
     /// The call currently running, so output can be attributed to it.
     pub current_call: AtomicU64,
 }
 
+#[derive(Debug)]
+struct Writer {
+    sock: UnixStream,
+    pending: Vec<u8>,
+}
+
+/// Queued answers are written once they reach this size, even if more work is queued.
+const FLUSH_AT: usize = 256 * 1024;
+
 impl Channel {
-    pub fn send(&self, msg: &FromWorker) -> io::Result<()> {
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| io::Error::other("worker channel poisoned"))?;
-        write_frame(&mut *w, msg)
+    pub fn new(sock: UnixStream) -> Self {
+        Channel {
+            writer: Mutex::new(Writer {
+                sock,
+                pending: Vec::new(),
+            }),
+            current_call: AtomicU64::new(0),
+        }
     }
+
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Writer>> {
+        self.writer
+            .lock()
+            .map_err(|_| io::Error::other("worker channel poisoned"))
+    }
+
+    /// Queues a frame for the next flush.
+    pub fn queue(&self, msg: &FromWorker) -> io::Result<()> {
+        let mut w = self.lock()?;
+        encode_frame(&mut w.pending, msg)?;
+        if w.pending.len() >= FLUSH_AT {
+            flush(&mut w)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a frame now, after any queued ones.
+    pub fn send(&self, msg: &FromWorker) -> io::Result<()> {
+        let mut w = self.lock()?;
+        encode_frame(&mut w.pending, msg)?;
+        flush(&mut w)
+    }
+
+    /// Writes whatever is queued.
+    pub fn flush(&self) -> io::Result<()> {
+        flush(&mut *self.lock()?)
+    }
+}
+
+fn flush(w: &mut Writer) -> io::Result<()> {
+    if w.pending.is_empty() {
+        return Ok(());
+    }
+    let Writer { sock, pending } = w;
+    let result = sock.write_all(pending);
+    pending.clear();
+    result
 }
 
 /// One of the guest's output streams.
