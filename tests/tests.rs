@@ -7,6 +7,7 @@ mod util;
 
 mod cli;
 mod guest;
+mod limits;
 mod modules;
 mod pool;
 mod process;

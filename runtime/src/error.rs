@@ -23,6 +23,14 @@ pub enum Error {
         /// What wasmtime reported.
         message: String,
     },
+    /// The task hit a limit (time or memory) and was stopped; its worker carries on.
+    #[error("task `{task}` {message}")]
+    Limit {
+        /// The task's name.
+        task: String,
+        /// Which limit, and its value (e.g. "exceeded its time limit of 1s").
+        message: String,
+    },
     /// The module has no task of that name.
     #[error("unknown task `{task}`; the module's tasks are: {}", available.join(", "))]
     UnknownTask {

@@ -46,6 +46,7 @@ pub use module::{MAX_MODULE_BYTES, Module, cache_dir};
 pub use output::{Captured, Output, OutputEvent, Stream};
 pub use pool::{AsyncResult, Imap, Pool, PoolBuilder};
 pub use process::{ChildInfo, Process, active_children, cpu_count};
+pub use protocol::Limits;
 pub use spawn::set_worker_exe;
 pub use values::{encode_args, json_args, msgpack_to_json};
 pub use worker::run_worker_if_requested;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::output::{Captured, Output, OutputEvent, OutputRouter};
-use crate::protocol::{FromWorker, Outcome, ToWorker};
+use crate::protocol::{FromWorker, Limits, Outcome, ToWorker};
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit, exitcode};
 use crate::values::{decode_result, encode_args};
 
@@ -56,6 +56,7 @@ struct Inner {
     name: String,
     daemon: bool,
     output: Output,
+    limits: Limits,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -101,6 +102,7 @@ impl Process {
                 name: format!("Process-{n}"),
                 daemon: false,
                 output: Output::Inherit,
+                limits: Limits::default(),
                 state: Mutex::new(State::default()),
                 changed: Condvar::new(),
             }),
@@ -124,6 +126,12 @@ impl Process {
     /// Makes the process a daemon: dropping its handle terminates it instead of waiting.
     pub fn with_daemon(self, daemon: bool) -> Self {
         self.configure(|i| i.daemon = daemon)
+    }
+
+    /// Sets the task's limits (memory, time); a task that exceeds one fails with
+    /// [`Error::Limit`].
+    pub fn with_limits(self, limits: Limits) -> Self {
+        self.configure(|i| i.limits = limits)
     }
 
     /// Sets where the task's stdout and stderr go (default: this program's, untagged).
@@ -163,6 +171,7 @@ impl Process {
                     task: inner.task.clone(),
                     args: inner.args.clone(),
                     exit_after: true,
+                    limits: inner.limits,
                 })
             });
         state.started = true;
@@ -326,6 +335,10 @@ pub(crate) fn outcome_error(task: &str, outcome: &Outcome, module: &Module) -> E
             message: message.clone(),
         },
         Outcome::Trap(message) => Error::Trap {
+            task,
+            message: message.clone(),
+        },
+        Outcome::Limit(message) => Error::Limit {
             task,
             message: message.clone(),
         },

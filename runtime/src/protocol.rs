@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 /// The largest frame either side accepts (64 MiB): arguments and results travel inside frames.
 pub(crate) const MAX_FRAME: usize = 64 << 20;
 
+/// The exit status of a worker whose watchdog stopped a task stuck past its time limit. It
+/// answered that task first, so no task was running when it exited.
+pub(crate) const WATCHDOG_EXIT: i32 = 75;
+
 /// Which output stream of the guest a chunk of bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stream {
@@ -36,6 +40,47 @@ pub(crate) enum Outcome {
     BadArgs(String),
     /// The guest trapped; the instance was discarded.
     Trap(String),
+    /// The task hit a limit (time, memory); the instance was discarded. The text names it.
+    Limit(String),
+}
+
+/// Limits on one task run, enforced in the worker.
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = wasmpool::Limits::default().timeout(Duration::from_secs(5)).memory_mib(64);
+/// assert_eq!(limits.memory_bytes, 64 << 20);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The most linear memory the instance may grow to, in bytes (default 256 MiB).
+    pub memory_bytes: u64,
+    /// The longest a task may run, wall clock, including time blocked in host calls such as
+    /// sleep (default: none, as in Python).
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 256 << 20,
+            timeout: None,
+        }
+    }
+}
+
+impl Limits {
+    /// Sets the wall-clock time limit per task.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the memory limit per instance, in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_bytes = mib.saturating_mul(1 << 20);
+        self
+    }
 }
 
 /// What a worker needs to start serving tasks.
@@ -61,12 +106,14 @@ pub(crate) enum ToWorker {
         task: String,
         args: Vec<u8>,
         exit_after: bool,
+        limits: Limits,
     },
     /// Run one task per item, in order, in one crossing into the guest.
     CallBatch {
         id: u64,
         task: String,
         items: Vec<Vec<u8>>,
+        limits: Limits,
     },
     /// Exit now, with status 0.
     Shutdown,
@@ -161,6 +208,7 @@ mod tests {
             task: "square".into(),
             args: vec![0x91, 7],
             exit_after: false,
+            limits: Limits::default(),
         };
         write_frame(&mut wire, &msg).unwrap();
         let mut buf = Vec::new();

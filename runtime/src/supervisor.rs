@@ -9,7 +9,7 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::{FromWorker, ToWorker, read_frame, write_frame};
+use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, read_frame, write_frame};
 use crate::spawn::ReadyWorker;
 
 /// Receives what a worker says and how it ends.
@@ -105,6 +105,8 @@ impl WorkerHandle {
 /// killed it.
 pub(crate) fn exitcode(status: Option<ExitStatus>) -> i32 {
     match status {
+        // Stopped by its watchdog after reporting the task's time limit: a task failure.
+        Some(s) if s.code() == Some(WATCHDOG_EXIT) => 1,
         Some(s) => match (s.code(), s.signal()) {
             (Some(code), _) => code,
             (None, Some(sig)) => -sig,

@@ -137,6 +137,45 @@ fn pid_after(ms: u64) -> u32 {
     process::getpid()
 }
 
+/// Allocates and touches `mib` MiB; returns how many bytes it held.
+#[task]
+fn alloc_mib(mib: u64) -> u64 {
+    let mut v: Vec<u8> = Vec::new();
+    for _ in 0..mib {
+        let mut chunk = vec![1u8; 1 << 20];
+        v.append(&mut chunk);
+    }
+    std::hint::black_box(&v);
+    v.len() as u64
+}
+
+/// Recurses `depth` levels (or without end): a stack overflow.
+#[task]
+fn recurse(depth: u64) -> u64 {
+    fn down(n: u64) -> u64 {
+        if n == 0 { 0 } else { 1 + std::hint::black_box(down(n - 1)) }
+    }
+    down(depth)
+}
+
+/// Tries to read a host file: the error the guest got, or the contents.
+#[task]
+fn read_file(path: String) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+/// Tries to open a TCP connection: the error the guest got, or "connected".
+#[task]
+fn connect(addr: String) -> Result<String, String> {
+    std::net::TcpStream::connect(addr).map(|_| "connected".to_string()).map_err(|e| e.to_string())
+}
+
+/// The value of an environment variable, as the guest sees it.
+#[task]
+fn env_var(name: String) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// Loops forever.
 #[task]
 fn spin() -> u64 {
@@ -148,5 +187,6 @@ fn spin() -> u64 {
 
 wasmpool_guest::export_tasks!(
     noop, square, add, greet, fail, boom, trap, sleep_ms, tick, whoami, clock_and_random, scale,
-    counter, spin, square_or_panic, square_or_trap, pid_after
+    counter, spin, square_or_panic, square_or_trap, pid_after, alloc_mib, recurse, read_file,
+    connect, env_var
 );

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::output::Output;
 use crate::process::cpu_count;
+use crate::protocol::Limits;
 use crate::values::{decode_result, encode_args};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
@@ -54,6 +55,7 @@ pub struct PoolBuilder {
     initializer: Option<(String, Vec<u8>)>,
     maxtasksperchild: Option<u64>,
     output: Output,
+    limits: Limits,
     error: Option<Error>,
 }
 
@@ -77,6 +79,13 @@ impl PoolBuilder {
     /// Replace each worker after it has run this many tasks (Python's `maxtasksperchild`).
     pub fn maxtasksperchild(mut self, n: u64) -> Self {
         self.maxtasksperchild = Some(n.max(1));
+        self
+    }
+
+    /// Limits on each task (memory, time); a task that exceeds one fails with
+    /// [`Error::Limit`] and its worker carries on with a fresh instance.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -106,6 +115,7 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 maxtasksperchild: self.maxtasksperchild,
                 output: self.output,
+                limits: self.limits,
             },
         );
         let pool = Pool { shared };
@@ -135,6 +145,7 @@ impl Pool {
             initializer: None,
             maxtasksperchild: None,
             output: Output::Inherit,
+            limits: Limits::default(),
             error: None,
         }
     }

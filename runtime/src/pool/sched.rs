@@ -18,7 +18,7 @@ use super::job::{Job, Slot};
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::output::{Output, OutputEvent, OutputRouter};
-use crate::protocol::{FromWorker, Outcome, ToWorker, encode_frame};
+use crate::protocol::{FromWorker, Limits, Outcome, ToWorker, WATCHDOG_EXIT, encode_frame};
 use crate::spawn::start_worker;
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
 
@@ -88,6 +88,7 @@ pub(crate) struct PoolConfig {
     pub initializer: Option<(String, Vec<u8>)>,
     pub maxtasksperchild: Option<u64>,
     pub output: Output,
+    pub limits: Limits,
 }
 
 pub(crate) struct Shared {
@@ -205,6 +206,7 @@ impl Shared {
                 task: task.clone(),
                 args: args.clone(),
                 exit_after: false,
+                limits: self.config.limits,
             };
             if worker.handle.send(&frame).is_ok() {
                 worker.inflight.push_back(InFlight {
@@ -271,12 +273,14 @@ impl Shared {
                     task: chunk.job.task.to_string(),
                     args: chunk.items[0].clone(),
                     exit_after: false,
+                    limits: self.config.limits,
                 }
             } else {
                 ToWorker::CallBatch {
                     id,
                     task: chunk.job.task.to_string(),
                     items: chunk.items.clone(),
+                    limits: self.config.limits,
                 }
             };
             if let Err(e) = encode_frame(&mut out[wi], &frame) {
@@ -342,8 +346,16 @@ impl Shared {
             Some(chunk) => {
                 let avg = s.avg_chunk.map_or(elapsed, |a| 0.8 * a + 0.2 * elapsed);
                 s.avg_chunk = Some(avg);
-                for (i, outcome) in outcomes.into_iter().enumerate().take(chunk.items.len()) {
-                    self.complete(&chunk.job, chunk.first + i, Slot::Done(outcome));
+                // A worker whose watchdog stopped a batch answers it with one outcome: it
+                // stands for the items that got no answer of their own.
+                let last = outcomes.last().cloned();
+                let mut outcomes = outcomes.into_iter();
+                for i in 0..chunk.items.len() {
+                    let slot = match outcomes.next().or_else(|| last.clone()) {
+                        Some(outcome) => Slot::Done(outcome),
+                        None => Slot::Aborted("the worker gave no answer".into()),
+                    };
+                    self.complete(&chunk.job, chunk.first + i, slot);
                 }
             }
         }
@@ -517,8 +529,11 @@ impl WorkerEvents for Shared {
         };
         let mut flights = std::mem::take(&mut worker.inflight).into_iter();
         // The first chunk in flight was running when the worker died: it is lost. The others
-        // never started: they go back to the front of the queue, in order.
-        if let Some(running) = flights.next()
+        // never started: they go back to the front of the queue, in order. A worker stopped by
+        // its watchdog had already answered its running task, so nothing of it is lost.
+        let watchdog = status.and_then(|s| s.code()) == Some(WATCHDOG_EXIT);
+        if !watchdog
+            && let Some(running) = flights.next()
             && let Some(chunk) = running.chunk
         {
             self.abort_chunk(

@@ -1,4 +1,4 @@
-//! One live instance of the guest component, rebuilt after a trap.
+//! One live instance of the guest component, rebuilt after a trap or a limit.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,10 +8,14 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::output::{Channel, GuestOutput};
-use super::state::{ProcessIdentity, State};
+use super::state::{MemoryLimiter, ProcessIdentity, State};
+use super::watchdog::{Watchdog, ticks, time_limit_message};
 use crate::bindings::{TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine;
-use crate::protocol::{Outcome, Stream};
+use crate::protocol::{Limits, Outcome, Stream};
+
+/// Deadline for calls without a time limit: effectively never.
+const NO_DEADLINE: u64 = u64::MAX / 4;
 
 /// The loaded module and, while it is healthy, its instance.
 pub(crate) struct Loaded {
@@ -20,6 +24,7 @@ pub(crate) struct Loaded {
     channel: Arc<Channel>,
     live: Option<(Store<State>, TaskModule)>,
     tasks: Vec<String>,
+    watchdog: Arc<Watchdog>,
 }
 
 impl Loaded {
@@ -28,6 +33,7 @@ impl Loaded {
         artifact: &Path,
         identity: Arc<ProcessIdentity>,
         channel: Arc<Channel>,
+        watchdog: Arc<Watchdog>,
     ) -> Result<Self, String> {
         let engine = engine();
         // SAFETY: the host wrote this artifact into its own content-addressed cache from a
@@ -49,15 +55,14 @@ impl Loaded {
             channel,
             live: None,
             tasks: Vec::new(),
+            watchdog,
         };
-        let (store, module) = loaded.instantiate()?;
+        let (mut store, module) = loaded.instantiate()?;
+        loaded.tasks = module
+            .wasmpool_task_tasks()
+            .call_list_tasks(&mut store)
+            .map_err(|e| describe_trap(&e))?;
         loaded.live = Some((store, module));
-        if let Some((store, module)) = loaded.live.as_mut() {
-            loaded.tasks = module
-                .wasmpool_task_tasks()
-                .call_list_tasks(store)
-                .map_err(|e| describe_trap(&e))?;
-        }
         Ok(loaded)
     }
 
@@ -81,8 +86,15 @@ impl Loaded {
             table: ResourceTable::new(),
             identity: self.identity.clone(),
             panic: None,
+            limiter: MemoryLimiter {
+                max_bytes: Limits::default().memory_bytes,
+                exceeded: false,
+            },
         };
         let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(NO_DEADLINE);
         let module = self
             .pre
             .instantiate(&mut store)
@@ -97,17 +109,38 @@ impl Loaded {
         }
     }
 
-    /// The live instance, rebuilt if the last call trapped.
-    fn live(&mut self) -> Result<&mut (Store<State>, TaskModule), String> {
+    /// The live instance (rebuilt if the last call trapped), prepared for a call under `limits`.
+    fn live(
+        &mut self,
+        id: u64,
+        limits: &Limits,
+    ) -> Result<&mut (Store<State>, TaskModule), String> {
         if self.live.is_none() {
             self.live = Some(self.instantiate()?);
         }
-        self.live.as_mut().ok_or_else(|| "no instance".to_string())
+        self.watchdog.arm(id, limits.timeout);
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| "no instance".to_string())?;
+        live.0.data_mut().limiter = MemoryLimiter {
+            max_bytes: limits.memory_bytes,
+            exceeded: false,
+        };
+        live.0
+            .set_epoch_deadline(limits.timeout.map_or(NO_DEADLINE, ticks));
+        Ok(live)
     }
 
     /// Runs one task.
-    pub fn call(&mut self, task: &str, args: &[u8]) -> Outcome {
-        let (store, module) = match self.live() {
+    pub fn call(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {
+        let outcome = self.call_armed(id, task, args, limits);
+        self.watchdog.disarm();
+        outcome
+    }
+
+    fn call_armed(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {
+        let (store, module) = match self.live(id, limits) {
             Ok(l) => l,
             Err(message) => return Outcome::Trap(message),
         };
@@ -117,10 +150,7 @@ impl Loaded {
         {
             Ok(result) => convert(result),
             Err(e) => {
-                let outcome = match store.data_mut().panic.take() {
-                    Some(report) => Outcome::Failed(report.message),
-                    None => Outcome::Trap(describe_trap(&e)),
-                };
+                let outcome = failure(store, &e, limits);
                 self.live = None;
                 outcome
             }
@@ -130,11 +160,32 @@ impl Loaded {
     /// Runs one task per item. A panic keeps the outcomes of the items before it (the guest
     /// SDK reports them) and the batch resumes after it in a fresh instance; after any other
     /// trap, the items are re-run one by one so only the guilty item fails.
-    pub fn call_batch(&mut self, task: &str, items: Vec<Vec<u8>>) -> Vec<Outcome> {
+    ///
+    /// A time limit applies to each crossing into the guest: the whole batch first, then each
+    /// item on its own if the batch hits it, so the item that exceeded it is the one that fails.
+    pub fn call_batch(
+        &mut self,
+        id: u64,
+        task: &str,
+        items: Vec<Vec<u8>>,
+        limits: &Limits,
+    ) -> Vec<Outcome> {
+        let outcomes = self.call_batch_armed(id, task, items, limits);
+        self.watchdog.disarm();
+        outcomes
+    }
+
+    fn call_batch_armed(
+        &mut self,
+        id: u64,
+        task: &str,
+        items: Vec<Vec<u8>>,
+        limits: &Limits,
+    ) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(items.len());
         let mut start = 0;
         while start < items.len() {
-            let (store, module) = match self.live() {
+            let (store, module) = match self.live(id, limits) {
                 Ok(l) => l,
                 Err(message) => {
                     outcomes.extend(
@@ -156,18 +207,20 @@ impl Loaded {
                 }
                 Err(e) => {
                     let report = store.data_mut().panic.take();
+                    let limited = is_limit(store, &e);
+                    let outcome = failure(store, &e, limits);
                     self.live = None;
                     match report {
-                        Some(report) => {
+                        Some(report) if !limited => {
                             let done = report.completed.len();
                             outcomes.extend(report.completed.into_iter().map(convert));
                             outcomes.push(Outcome::Failed(report.message));
                             start += done + 1;
                         }
-                        None => {
-                            let _ = e;
+                        _ => {
+                            let _ = outcome;
                             for item in rest {
-                                outcomes.push(self.call(task, item));
+                                outcomes.push(self.call_armed(id, task, item, limits));
                             }
                             break;
                         }
@@ -176,6 +229,27 @@ impl Loaded {
             }
         }
         outcomes
+    }
+}
+
+fn is_limit(store: &Store<State>, e: &wasmtime::Error) -> bool {
+    store.data().limiter.exceeded || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+}
+
+/// How a call that returned an error ended: a limit, a panic, or another trap.
+fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Outcome {
+    if store.data().limiter.exceeded {
+        return Outcome::Limit(format!(
+            "exceeded its memory limit of {} MiB",
+            limits.memory_bytes >> 20
+        ));
+    }
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Outcome::Limit(time_limit_message(limits.timeout.unwrap_or_default()));
+    }
+    match store.data_mut().panic.take() {
+        Some(report) => Outcome::Failed(report.message),
+        None => Outcome::Trap(describe_trap(e)),
     }
 }
 
@@ -198,10 +272,12 @@ fn panic_or_trap(store: &mut Store<State>, e: &wasmtime::Error) -> String {
 /// A one-line description of a trap.
 fn describe_trap(e: &wasmtime::Error) -> String {
     match e.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => "stack overflow (the wasm stack limit is 1 MiB)".to_string(),
         Some(trap) => trap.to_string(),
-        None => {
-            let text = format!("{e:#}");
-            text.lines().next().unwrap_or("trap").to_string()
-        }
+        None => format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or("trap")
+            .to_string(),
     }
 }

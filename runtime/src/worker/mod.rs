@@ -9,6 +9,7 @@
 mod instance;
 mod output;
 pub(crate) mod state;
+mod watchdog;
 
 use std::io::{self, BufReader};
 use std::os::fd::FromRawFd;
@@ -22,6 +23,7 @@ use crate::protocol::{FromWorker, Outcome, ToWorker, read_frame};
 use self::instance::Loaded;
 use self::output::Channel;
 use self::state::ProcessIdentity;
+use self::watchdog::Watchdog;
 
 /// The argument that puts the binary in worker mode.
 pub(crate) const WORKER_ARG: &str = "__wasmpool-worker";
@@ -92,7 +94,9 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
         ppid: parent,
         name: Mutex::new(load.name.clone()),
     });
-    let mut loaded = match Loaded::new(&load.artifact, identity.clone(), channel.clone()) {
+    let watchdog = Watchdog::start(channel.clone());
+    let mut loaded = match Loaded::new(&load.artifact, identity.clone(), channel.clone(), watchdog)
+    {
         Ok(l) => l,
         Err(message) => {
             channel.send(&FromWorker::LoadFailed(message))?;
@@ -143,9 +147,10 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
                 task,
                 args,
                 exit_after,
+                limits,
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
-                let outcome = loaded.call(&task, &args);
+                let outcome = loaded.call(id, &task, &args, &limits);
                 let ok = matches!(outcome, Outcome::Ok(_));
                 if exit_after {
                     channel.send(&FromWorker::Done { id, outcome })?;
@@ -153,9 +158,14 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
                 }
                 channel.queue(&FromWorker::Done { id, outcome })?;
             }
-            ToWorker::CallBatch { id, task, items } => {
+            ToWorker::CallBatch {
+                id,
+                task,
+                items,
+                limits,
+            } => {
                 channel.current_call.store(id, Ordering::Relaxed);
-                let outcomes = loaded.call_batch(&task, items);
+                let outcomes = loaded.call_batch(id, &task, items, &limits);
                 channel.queue(&FromWorker::BatchDone { id, outcomes })?;
             }
             ToWorker::Shutdown => {

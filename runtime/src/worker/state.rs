@@ -28,6 +28,39 @@ pub(crate) struct State {
     pub table: ResourceTable,
     pub identity: Arc<ProcessIdentity>,
     pub panic: Option<PanicReport>,
+    pub limiter: MemoryLimiter,
+}
+
+/// Refuses memory growth past the limit with a trap, and remembers that it did, so the
+/// failure is reported as "memory limit" rather than as whatever the guest's allocator does.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    pub max_bytes: u64,
+    pub exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.max_bytes {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit of {} bytes reached", self.max_bytes);
+        }
+        Ok(maximum.is_none_or(|m| desired <= m))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
+    }
 }
 
 impl std::fmt::Debug for State {

@@ -47,6 +47,8 @@ pub struct MapCommand {
     /// Write results as they finish rather than in input order.
     #[arg(long)]
     unordered: bool,
+    #[command(flatten)]
+    limits: super::LimitArgs,
     /// Write the JSON lines here instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -119,7 +121,9 @@ impl MapCommand {
             let mut err = std::io::stderr().lock();
             let _ = err.write_all(e.data);
         }));
-        let mut builder = Pool::builder(&module).output(to_stderr);
+        let mut builder = Pool::builder(&module)
+            .output(to_stderr)
+            .limits(self.limits.limits()?);
         if let Some(n) = self.workers {
             builder = builder.processes(n);
         }

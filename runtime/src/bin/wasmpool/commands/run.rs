@@ -22,6 +22,8 @@ pub struct RunCommand {
     /// Prefix each line of the task's output with `[process pid task]`.
     #[arg(long)]
     tag_output: bool,
+    #[command(flatten)]
+    limits: super::LimitArgs,
     /// The process name the task sees (default `Process-1`).
     #[arg(long)]
     name: Option<String>,
@@ -30,9 +32,11 @@ pub struct RunCommand {
 impl RunCommand {
     pub fn execute(self) -> Result<ExitCode> {
         let args = parse_json_args(&self.args)?;
+        let limits = self.limits.limits()?;
         let module = Module::load(&self.module)?;
         let encoded = wasmpool::json_args(&args)?;
-        let mut process = Process::with_encoded_args(&module, &self.task, encoded)?;
+        let mut process =
+            Process::with_encoded_args(&module, &self.task, encoded)?.with_limits(limits);
         if let Some(name) = self.name {
             process = process.with_name(name);
         }

@@ -1,0 +1,85 @@
+//! Time limits. A ticker thread advances the engine's epoch every `EPOCH_TICK`; a store whose
+//! deadline has passed traps at its next check, which wasm code reaches quickly. Time spent
+//! blocked in a host call (a guest sleeping, say) is not wasm code: if a task is still running
+//! well past its deadline, the watchdog answers the call itself with a time-limit error and
+//! ends the worker process, which the host then replaces.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::output::Channel;
+use crate::engine::{EPOCH_TICK, engine};
+use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
+
+/// Past the deadline by this much, a task is taken to be stuck in a host call.
+const GRACE: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+struct Running {
+    id: u64,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// The call being timed, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Watchdog {
+    running: Mutex<Option<Running>>,
+}
+
+impl Watchdog {
+    /// Starts the ticker thread.
+    pub fn start(channel: Arc<Channel>) -> Arc<Watchdog> {
+        let dog = Arc::new(Watchdog::default());
+        let watched = dog.clone();
+        let _ = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine().increment_epoch();
+                    let overdue = watched.running.lock().ok().and_then(|r| {
+                        r.as_ref()
+                            .filter(|r| Instant::now() > r.deadline + GRACE)
+                            .map(|r| (r.id, r.timeout))
+                    });
+                    if let Some((id, timeout)) = overdue {
+                        let outcome = Outcome::Limit(time_limit_message(timeout));
+                        let _ = channel.send(&FromWorker::Done { id, outcome });
+                        // The guest is blocked in the host and cannot be interrupted: end the process.
+                        // SAFETY: _exit is always safe to call.
+                        unsafe { libc::_exit(WATCHDOG_EXIT) };
+                    }
+                }
+            });
+        dog
+    }
+
+    /// Times call `id`, if it has a timeout.
+    pub fn arm(&self, id: u64, timeout: Option<Duration>) {
+        if let (Some(timeout), Ok(mut r)) = (timeout, self.running.lock()) {
+            *r = Some(Running {
+                id,
+                deadline: Instant::now() + timeout,
+                timeout,
+            });
+        }
+    }
+
+    /// The call is over.
+    pub fn disarm(&self) {
+        if let Ok(mut r) = self.running.lock() {
+            *r = None;
+        }
+    }
+}
+
+/// The error text of a task stopped by its time limit.
+pub(crate) fn time_limit_message(timeout: Duration) -> String {
+    format!("exceeded its time limit of {timeout:?}")
+}
+
+/// Epoch ticks for a timeout (at least one).
+pub(crate) fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}

@@ -1,0 +1,181 @@
+//! The hostile-guest suite: each hostile task runs in a pool next to ordinary ones and must
+//! get the right error, while every ordinary result is correct and the pool keeps working.
+
+use std::time::Duration;
+
+use wasmpool::{Error, Limits, Pool, Process};
+
+use crate::util::*;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn limited_pool(limits: Limits) -> Pool {
+    Pool::builder(&testkit())
+        .processes(2)
+        .limits(limits)
+        .build()
+        .unwrap()
+}
+
+/// Runs `hostile` beside 50 ordinary `square` tasks; checks the ordinary results and that
+/// the pool still works afterwards; returns the hostile task's error.
+fn beside_ordinary_tasks<A: serde::Serialize>(pool: &Pool, hostile: &str, args: &A) -> Error {
+    let bad = pool
+        .apply_async::<_, serde_json::Value>(hostile, args)
+        .unwrap();
+    let good = pool
+        .map_async::<u64, u64>("square", 0..50u64, Some(1))
+        .unwrap();
+    assert_eq!(
+        good.get().unwrap(),
+        (0..50u64).map(|x| x * x).collect::<Vec<_>>(),
+        "ordinary tasks are unharmed"
+    );
+    let err = bad.get().unwrap_err();
+    let after: Vec<u64> = pool.map("square", 0..10u64).unwrap();
+    assert_eq!(after[9], 81, "the pool works afterwards");
+    err
+}
+
+#[test]
+fn a_task_that_loops_forever_hits_its_time_limit_and_the_worker_carries_on() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default().timeout(Duration::from_millis(300)));
+        let pids = pool.pids();
+        let err = beside_ordinary_tasks(&pool, "spin", &());
+        match &err {
+            Error::Limit { task, message } => {
+                assert_eq!(task, "spin");
+                assert!(message.contains("time limit of 300ms"), "{message}");
+            }
+            other => panic!("expected a time limit, got {other:?}"),
+        }
+        assert_eq!(
+            pool.pids(),
+            pids,
+            "an interrupted task does not cost its worker"
+        );
+    });
+}
+
+#[test]
+fn a_task_sleeping_past_its_time_limit_in_a_host_call_is_stopped() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default().timeout(Duration::from_millis(300)));
+        let err = beside_ordinary_tasks(&pool, "sleep_ms", &(60_000u64,));
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("time limit")),
+            "{err:?}"
+        );
+        pool.wait_for_workers();
+        assert_eq!(pool.pids().len(), 2, "the stopped worker was replaced");
+    });
+}
+
+#[test]
+fn a_task_that_allocates_without_end_hits_its_memory_limit() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default().memory_mib(32));
+        let pids = pool.pids();
+        let err = beside_ordinary_tasks(&pool, "alloc_mib", &(10_000u64,));
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("memory limit of 32 MiB")),
+            "{err:?}"
+        );
+        assert_eq!(
+            pool.apply::<_, u64>("alloc_mib", &(8u64,)).unwrap(),
+            8 << 20,
+            "within the limit is fine"
+        );
+        assert_eq!(pool.pids(), pids);
+    });
+}
+
+#[test]
+fn unbounded_recursion_is_a_stack_overflow() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default());
+        let err = beside_ordinary_tasks(&pool, "recurse", &(u64::MAX,));
+        assert!(
+            matches!(&err, Error::Trap { message, .. } if message.contains("stack overflow")),
+            "{err:?}"
+        );
+    });
+}
+
+#[test]
+fn traps_and_panics_hurt_only_their_own_task() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default());
+        assert!(matches!(
+            beside_ordinary_tasks(&pool, "trap", &()),
+            Error::Trap { .. }
+        ));
+        assert!(matches!(
+            beside_ordinary_tasks(&pool, "boom", &("x",)),
+            Error::Task { .. }
+        ));
+    });
+}
+
+#[test]
+fn a_guest_cannot_read_host_files_open_sockets_or_see_the_environment() {
+    within(LIMIT, || {
+        let run = |task: &str, arg: &str| {
+            let p = Process::new(&testkit(), task, &(arg,)).unwrap();
+            p.start().unwrap();
+            p.join().unwrap();
+            p.result::<serde_json::Value>()
+        };
+        let err = run("read_file", "/etc/passwd").unwrap_err().to_string();
+        assert!(!err.contains("root:"), "{err}");
+        assert!(
+            err.contains("task `read_file` failed"),
+            "a WASI error inside the guest: {err}"
+        );
+        let err = run("connect", "127.0.0.1:22").unwrap_err().to_string();
+        assert!(
+            err.contains("task `connect` failed") && !err.contains("connected"),
+            "{err}"
+        );
+        assert_eq!(run("env_var", "PATH").unwrap(), serde_json::Value::Null);
+        assert_eq!(run("env_var", "HOME").unwrap(), serde_json::Value::Null);
+    });
+}
+
+#[test]
+fn limits_apply_to_a_process_and_through_the_cli() {
+    within(LIMIT, || {
+        let p = Process::new(&testkit(), "spin", &())
+            .unwrap()
+            .with_limits(Limits::default().timeout(Duration::from_millis(200)));
+        p.start().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(1));
+        assert!(matches!(p.result::<u64>(), Err(Error::Limit { .. })));
+
+        let out = run_cli(&["run", "--timeout", "0.2", "examples/testkit", "spin"]);
+        assert_cli_error(&out, 1, "task `spin` exceeded its time limit of 200ms");
+        let out = run_cli(&[
+            "run",
+            "--memory",
+            "16",
+            "examples/testkit",
+            "alloc_mib",
+            "100",
+        ]);
+        assert_cli_error(&out, 1, "exceeded its memory limit of 16 MiB");
+        let out = run_cli(&["run", "--timeout", "0", "examples/testkit", "spin"]);
+        assert_cli_error(&out, 2, "--timeout must be more than zero seconds");
+        let out = run_cli(&[
+            "map",
+            "--timeout",
+            "0.2",
+            "examples/testkit",
+            "spin",
+            "--range",
+            "0..0",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    });
+}
