@@ -9,8 +9,8 @@ rustup target add wasm32-wasip2 >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
-
 # The benchmark in smoke mode (tiny sizes, dev profile), so the suite cannot rot. Its figures
 # are not meaningful; the full run is `cargo bench -p wasmpool --bench compare`.
 cargo bench -p wasmpool --bench compare --profile dev --locked -- --smoke
+
+cargo test --workspace --locked

@@ -154,7 +154,10 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
                 let ok = matches!(outcome, Outcome::Ok(_));
                 if exit_after {
                     channel.send(&FromWorker::Done { id, outcome })?;
-                    return Ok(if ok { 0 } else { 1 });
+                    // The answer is written; tearing down the instance and the engine would
+                    // only delay the exit the host is waiting for.
+                    // SAFETY: _exit is always safe to call; nothing buffered remains.
+                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
                 }
                 channel.queue(&FromWorker::Done { id, outcome })?;
             }
