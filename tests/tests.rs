@@ -6,6 +6,7 @@
 mod util;
 
 mod cli;
+mod executor;
 mod guest;
 mod limits;
 mod modules;

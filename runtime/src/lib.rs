@@ -44,7 +44,10 @@ mod worker;
 pub use error::{Error, Result};
 pub use module::{MAX_MODULE_BYTES, Module, cache_dir};
 pub use output::{Captured, Output, OutputEvent, Stream};
-pub use pool::{AsyncResult, Imap, Pool, PoolBuilder};
+pub use pool::{
+    AsCompleted, AsyncResult, Executor, Imap, MapStream, Pool, PoolBuilder, TaskFuture,
+    as_completed,
+};
 pub use process::{ChildInfo, Process, active_children, cpu_count};
 pub use protocol::Limits;
 pub use spawn::set_worker_exe;

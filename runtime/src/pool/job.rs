@@ -66,6 +66,8 @@ pub(crate) struct Job {
     changed: Condvar,
     /// Run on the pool's callback thread, in completion order, once per finished item.
     pub on_complete: Mutex<Option<Completion>>,
+    /// Async tasks waiting on this job (the executor's futures and streams).
+    wakers: Mutex<Vec<std::task::Waker>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -100,6 +102,7 @@ impl Job {
             }),
             changed: Condvar::new(),
             on_complete: Mutex::new(None),
+            wakers: Mutex::new(Vec::new()),
         })
     }
 
@@ -132,10 +135,32 @@ impl Job {
                 }
                 drop(s);
                 self.changed.notify_all();
+                let wakers =
+                    std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+                for w in wakers {
+                    w.wake();
+                }
                 true
             }
             _ => false,
         }
+    }
+
+    /// Wakes `waker` at the next completion of any item.
+    pub fn register(&self, waker: &std::task::Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    /// Whether item `index` has finished (and not been taken).
+    pub fn item_ready(&self, index: usize) -> bool {
+        let s = self.lock();
+        index
+            .checked_sub(s.base)
+            .and_then(|at| s.slots.get(at))
+            .is_some_and(|slot| !matches!(slot, Slot::Pending))
     }
 
     pub fn is_done(&self) -> bool {

@@ -1,5 +1,6 @@
 //! `Pool`: Python's `multiprocessing.Pool`, over worker processes running wasm tasks.
 
+mod executor;
 mod imap;
 mod job;
 mod sched;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use self::executor::{AsCompleted, Executor, MapStream, TaskFuture, as_completed};
 pub use self::imap::Imap;
 pub use self::job::AsyncResult;
 use self::job::{Job, Slot, finish_all, finish_one};

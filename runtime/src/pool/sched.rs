@@ -456,6 +456,24 @@ impl Shared {
         Ok(())
     }
 
+    /// Removes `job`'s queued (not yet started) chunks, or every queued chunk when `job` is
+    /// `None`, failing their items as cancelled; returns how many items were cancelled.
+    pub fn cancel_queued(&self, job: Option<&Arc<Job>>) -> usize {
+        let mut s = self.lock();
+        let (cancelled, kept): (Vec<Chunk>, Vec<Chunk>) = std::mem::take(&mut s.queue)
+            .into_iter()
+            .partition(|c| job.is_none_or(|j| Arc::ptr_eq(j, &c.job)));
+        s.queue = kept.into();
+        let slot = Slot::Aborted("cancelled".into());
+        let mut n = 0;
+        for chunk in cancelled {
+            n += chunk.items.len();
+            self.abort_chunk(chunk, &slot);
+        }
+        self.changed.notify_all();
+        n
+    }
+
     /// The worker processes' pids.
     pub fn pids(&self) -> Vec<u32> {
         self.lock().workers.iter().map(|w| w.handle.pid).collect()
