@@ -360,3 +360,160 @@ fn seed_004_pool_results_callbacks_and_map() {
         assert!(out.contains("user_time: "));
     }
 }
+
+#[test]
+fn seed_004_data_is_not_shared_with_children() {
+    let out = run_seed("seed_unshared", &[]);
+    for v in [100, 200, 300] {
+        assert!(
+            out.contains(&format!("sh_dock_code is [31, 32, {v}]")),
+            "{out}"
+        );
+    }
+    assert!(
+        out.trim_end().ends_with("sh_dock_code is [31, 32, 33, 34]"),
+        "{out}"
+    );
+}
+
+#[test]
+fn seed_004_queue_carries_each_childs_result_to_the_parent() {
+    let out = run_seed("seed_queue_exchange", &[]);
+    let results: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    let mut sorted = results.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["{100: 1000000}", "{200: 8000000}", "{300: 27000000}"],
+        "{out}"
+    );
+    let last_end = out.rfind("多进程任务结束").unwrap();
+    assert!(
+        position(&out, "{100: 1000000}") > last_end,
+        "printed after the joins:\n{out}"
+    );
+}
+
+#[test]
+fn seed_004_queue_consumer_stops_at_the_sentinel() {
+    let out = run_seed("seed_queue_producer_consumer", &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["work：0", "work：1", "work：2", "work：3", "work：4"],
+        "{out}"
+    );
+}
+
+#[test]
+fn seed_004_pipe_exchanges_greetings_both_ways() {
+    let out = run_seed("seed_pipe_exchange", &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "你好主进程, the data is 100",
+            "======================================",
+            "你好子进程"
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn seed_004_pipe_consumer_stops_at_end_of_file() {
+    let out = run_seed("seed_pipe_producer_consumer", &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    let mut expected: Vec<String> = (0..5)
+        .map(|i| format!("process pipe work is doing：{i}"))
+        .collect();
+    expected.push("===============".into());
+    assert_eq!(lines, expected, "{out}");
+}
+
+#[test]
+fn seed_004_manager_dict_is_shared_by_every_child() {
+    let out = run_seed("seed_manager_dict", &[]);
+    // Each child decrements `count` with a read and a write, as Python's `-=` on a proxy:
+    // 10 - 3 = 7 unless two of them raced (the seed has the same race).
+    let count: u64 = out
+        .split("'count': ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in:\n{out}"));
+    assert!((7..=9).contains(&count), "{out}");
+    for key in ["100: 1000000", "200: 8000000", "300: 27000000"] {
+        assert!(out.contains(key), "{out}");
+    }
+}
+
+fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("share_data count is "))
+        .map(|n| n.trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn seed_004_unlocked_counter_interleaves_the_two_processes() {
+    let out = run_seed("seed_counter", &["unlocked"]);
+    let seen = counts(&out);
+    assert_eq!(seen.len(), 10, "{out}");
+    // Both processes run at once: the first five updates are not all one process's.
+    let steps: Vec<u64> = seen.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    assert!(
+        !steps[..4].iter().all(|&s| s == 100),
+        "no interleaving:\n{out}"
+    );
+    assert!(
+        out.contains("100: 1000000") && out.contains("200: 8000000"),
+        "{out}"
+    );
+}
+
+#[test]
+fn seed_004_locked_counter_is_exactly_2000() {
+    let out = run_seed("seed_counter", &["locked"]);
+    let seen = counts(&out);
+    let first = [600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000];
+    let second = [700, 900, 1100, 1300, 1500, 1600, 1700, 1800, 1900, 2000];
+    assert!(seen == first || seen == second, "{seen:?}\n{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("{'count': 2000, 100: 1000000, 200: 8000000}"),
+        "{out}"
+    );
+}
+
+#[test]
+fn seed_004_semaphore_lets_three_work_at_once() {
+    let out = run_seed("seed_semaphore", &[]);
+    let mut working = 0i32;
+    let mut most = 0;
+    for line in out.lines() {
+        if line.ends_with("start work") {
+            working += 1;
+            most = most.max(working);
+        } else if line.ends_with("done work") {
+            working -= 1;
+        }
+    }
+    assert_eq!(out.matches("enter work").count(), 5, "{out}");
+    assert_eq!(out.matches("done work").count(), 5, "{out}");
+    assert!(most <= 3, "{most} at once:\n{out}");
+}
+
+#[test]
+fn seed_002_lock_around_printing() {
+    let out = run_seed("seed_lock_print", &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10 + 11 + 12 + 13 + 14, "{out}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("Pid: ") && l.contains(" LoopCount: ")),
+        "{out}"
+    );
+    assert_eq!(out.matches("LoopCount: 13").count(), 1, "{out}");
+}

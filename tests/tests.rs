@@ -10,6 +10,7 @@ mod executor;
 mod guest;
 mod limits;
 mod modules;
+mod objects;
 mod pool;
 mod process;
 mod seeds;

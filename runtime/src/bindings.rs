@@ -9,13 +9,14 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use self::wasmpool::task::host::{Host, Identity};
+pub(crate) use self::wasmpool::task::objects;
 pub(crate) use self::wasmpool::task::types::TaskError;
 
 /// A linker with WASI 0.2 and the wasmpool host interface, for any store state that
 /// implements both.
 pub(crate) fn linker<T>(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<T>>
 where
-    T: wasmtime_wasi::WasiView + Host + self::wasmpool::task::types::Host + 'static,
+    T: wasmtime_wasi::WasiView + Host + objects::Host + self::wasmpool::task::types::Host + 'static,
 {
     let mut linker = Linker::new(engine);
     add_to_linker_sync(&mut linker)?;

@@ -90,6 +90,9 @@ pub enum Error {
     /// A worker process could not be started or talked to.
     #[error("worker process: {0}")]
     Worker(String),
+    /// An operation on a shared object failed (empty queue, end of file on a pipe, …).
+    #[error(transparent)]
+    Object(#[from] wasmpool_objects::ObjectError),
     /// An I/O error on the host (reading a module, writing the cache, …).
     #[error("{context}: {source}")]
     Io {

@@ -28,9 +28,11 @@
 #![deny(missing_docs)]
 
 mod bindings;
+mod broker;
 mod engine;
 mod error;
 mod guest_build;
+mod manager;
 mod module;
 mod output;
 mod pool;
@@ -41,7 +43,9 @@ mod supervisor;
 mod values;
 mod worker;
 
+pub use broker::{DEFAULT_MAX_MESSAGE_BYTES, set_max_message_bytes};
 pub use error::{Error, Result};
+pub use manager::Manager;
 pub use module::{MAX_MODULE_BYTES, Module, cache_dir};
 pub use output::{Captured, Output, OutputEvent, Stream};
 pub use pool::{
@@ -52,4 +56,8 @@ pub use process::{ChildInfo, Process, active_children, cpu_count};
 pub use protocol::Limits;
 pub use spawn::set_worker_exe;
 pub use values::{encode_args, json_args, msgpack_to_json};
+pub use wasmpool_objects::{
+    Barrier, Condition, ConditionGuard, Connection, Dict, Event, List, Lock, LockGuard,
+    ObjectError, Queue, RLock, RLockGuard, Semaphore, SemaphoreGuard,
+};
 pub use worker::run_worker_if_requested;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::broker::{broker, collect_grants};
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::output::{Captured, Output, OutputEvent, OutputRouter};
@@ -70,6 +71,8 @@ struct State {
     exitcode: Option<i32>,
     /// Set when the worker died before answering: always an `Error::WorkerLost`.
     lost: Option<Error>,
+    /// The shared objects in the arguments, held until the worker holds them.
+    grant: Option<u64>,
     router: OutputRouter,
 }
 
@@ -86,7 +89,13 @@ impl Process {
     /// A process that will run `task` from `module` with positional `args` (a tuple such as
     /// `(7,)`, or `()`), named `Process-N` like Python's, not a daemon, with output inherited.
     pub fn new<A: Serialize + ?Sized>(module: &Module, task: &str, args: &A) -> Result<Process> {
-        Self::with_encoded_args(module, task, encode_args(args)?)
+        // Shared objects in the arguments are held for the process from now on: a pipe end
+        // it was given stays open until it closes it or exits, as an inherited fd would.
+        let (args, handles) = collect_grants(|| encode_args(args));
+        let grant = broker().hold_grant(&handles);
+        let process = Self::with_encoded_args(module, task, args?)?;
+        lock(&process.inner.state).grant = grant;
+        Ok(process)
     }
 
     /// As [`new`](Process::new), with arguments already encoded as a MessagePack array
@@ -160,9 +169,16 @@ impl Process {
                 available: worker.tasks.clone(),
             });
         }
+        // Bound before the worker is watched, so its exit always finds (and frees) the hold.
+        if let Some(grant) = state.grant.take() {
+            broker().bind_grant(grant, worker.pid);
+        }
         let events: Arc<dyn WorkerEvents> = inner.clone();
-        let handle =
-            WorkerHandle::attach(worker, events).map_err(|e| Error::Worker(e.to_string()))?;
+        let pid = worker.pid;
+        let handle = WorkerHandle::attach(worker, events).map_err(|e| {
+            broker().worker_exited(pid);
+            Error::Worker(e.to_string())
+        })?;
         let sent = handle
             .send(&ToWorker::Rename(inner.name.clone()))
             .and_then(|()| {
@@ -371,8 +387,11 @@ impl WorkerEvents for Inner {
             FromWorker::Done { outcome, .. } => {
                 state.outcome = Some(outcome);
             }
-            FromWorker::BatchDone { .. } | FromWorker::Ready { .. } | FromWorker::LoadFailed(_) => {
-            }
+            FromWorker::BatchDone { .. }
+            | FromWorker::Ready { .. }
+            | FromWorker::LoadFailed(_)
+            | FromWorker::Object { .. }
+            | FromWorker::InstanceLost => {}
         }
     }
 
@@ -398,6 +417,14 @@ impl WorkerEvents for Inner {
         }
         state.exitcode = Some(exitcode(status));
         self.changed.notify_all();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(grant) = lock(&self.state).grant.take() {
+            broker().drop_grant(grant);
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use wasmpool_objects::wire::{Handle, ObjectError, Request, Response};
 
 /// The largest frame either side accepts (64 MiB): arguments and results travel inside frames.
 pub(crate) const MAX_FRAME: usize = 64 << 20;
@@ -117,6 +118,11 @@ pub(crate) enum ToWorker {
     },
     /// Exit now, with status 0.
     Shutdown,
+    /// The broker's answer to the worker's `Object` request `req`.
+    ObjectReply {
+        req: u64,
+        result: Result<Response, ObjectError>,
+    },
 }
 
 /// Worker → host.
@@ -136,6 +142,18 @@ pub(crate) enum FromWorker {
     Done { id: u64, outcome: Outcome },
     /// Batch call `id` finished: one outcome per item.
     BatchDone { id: u64, outcomes: Vec<Outcome> },
+    /// The last call trapped or hit a limit and its instance was discarded: whatever the
+    /// worker held of the shared objects (locks, semaphores, pipe ends) is given back, as
+    /// if the process had exited. Sent before the call's answer.
+    InstanceLost,
+    /// The running task performs `request` on a shared object; the worker blocks until
+    /// the `ObjectReply` for `req` arrives.
+    Object {
+        req: u64,
+        target: Handle,
+        request: Request,
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// Appends one encoded frame to `buf`.

@@ -8,7 +8,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::broker::{Owner, Responder, broker};
 use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, read_frame, write_frame};
 use crate::spawn::ReadyWorker;
 
@@ -26,7 +28,7 @@ pub(crate) trait WorkerEvents: Send + Sync + 'static {
 #[derive(Debug)]
 pub(crate) struct WorkerHandle {
     pub pid: u32,
-    writer: Mutex<UnixStream>,
+    writer: Arc<Mutex<UnixStream>>,
     reaped: Arc<AtomicBool>,
 }
 
@@ -44,12 +46,30 @@ impl WorkerHandle {
         };
         let reaped = Arc::new(AtomicBool::new(false));
         let reaped2 = reaped.clone();
+        let writer = Arc::new(Mutex::new(sock));
+        let replies = writer.clone();
         std::thread::Builder::new()
             .name(format!("wasmpool-worker-{pid}"))
             .spawn(move || {
                 let mut buf = Vec::new();
                 let protocol_error = loop {
                     match read_frame::<_, FromWorker>(&mut reader, &mut buf) {
+                        Ok(Some(FromWorker::Object {
+                            req,
+                            target,
+                            request,
+                            timeout_ms,
+                        })) => broker().submit(
+                            Owner::Pid(pid),
+                            target,
+                            request,
+                            timeout_ms.map(Duration::from_millis),
+                            Responder::Worker {
+                                writer: replies.clone(),
+                                req,
+                            },
+                        ),
+                        Ok(Some(FromWorker::InstanceLost)) => broker().worker_exited(pid),
                         Ok(Some(msg)) => {
                             let more = !reader.buffer().is_empty();
                             events.on_message(pid, msg, more)
@@ -64,11 +84,13 @@ impl WorkerHandle {
                 };
                 let status = child.wait().ok();
                 reaped2.store(true, Ordering::SeqCst);
+                // What the worker held is given back before anyone hears it is gone.
+                broker().worker_exited(pid);
                 events.on_exit(pid, status, protocol_error);
             })?;
         Ok(WorkerHandle {
             pid,
-            writer: Mutex::new(sock),
+            writer,
             reaped,
         })
     }

@@ -10,7 +10,10 @@ use serde::Deserialize;
 use wasmpool_guest::{process, task};
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// A random float in [0, 1), as Python's `random.random()`.
@@ -131,7 +134,10 @@ fn countdown_announce(data: u64) {
 #[task]
 fn process_task(data: u64) -> u64 {
     let me = process::current();
-    println!("测试多进程任务：{data}, 当前进程号：{}, 父进程号为: {}", me.pid, me.ppid);
+    println!(
+        "测试多进程任务：{data}, 当前进程号：{}, 父进程号为: {}",
+        me.pid, me.ppid
+    );
     let cube = count_down(data);
     println!("多进程任务结束：{data}, 当前进程号为: {}", me.pid);
     cube
@@ -226,6 +232,188 @@ fn pool_task_info(info: (u64, u64)) -> u64 {
     pool_task(info.0)
 }
 
+// ---- 004, 进程间的通信: data not shared, Queue, Pipe, Manager dict, Lock, Semaphore ----
+
+use wasmpool_guest::objects::{Connection, Dict, Lock, ObjectError, Queue, Semaphore};
+
+/// A dict key as the seeds use them: the string `"count"` or an integer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Key {
+    /// An integer key (the task's `data`).
+    Num(u64),
+    /// A string key (`"count"`).
+    Name(String),
+}
+
+/// "数据不共享": the task changes its own copy of `sh_dock_code`; the parent never sees it.
+#[task]
+fn process_task_unshared(data: u64) {
+    let me = process::current();
+    println!(
+        "测试多进程任务：{data}, 当前进程号：{}, 父进程号为: {}",
+        me.pid, me.ppid
+    );
+    count_down(data);
+    let sh_dock_code = [31, 32, data];
+    println!(
+        "多进程任务结束：{data}, 当前进程号为: {}, sh_dock_code is [{}, {}, {}]",
+        me.pid, sh_dock_code[0], sh_dock_code[1], sh_dock_code[2]
+    );
+}
+
+/// "队列实现数据交互": puts `{data: data ** 3}` on the queue, then counts down.
+#[task]
+fn queue_task(
+    data: u64,
+    queue: Queue<std::collections::BTreeMap<u64, u64>>,
+) -> Result<(), ObjectError> {
+    let me = process::current();
+    println!(
+        "测试多进程任务：{data}, 当前进程号：{}, 父进程号为: {}",
+        me.pid, me.ppid
+    );
+    queue.put(&[(data, data.pow(3))].into_iter().collect())?;
+    count_down(data);
+    println!("多进程任务结束：{data}, 当前进程号为: {}", me.pid);
+    Ok(())
+}
+
+/// "队列实现生产者消费者模型": prints each task until the `None` sentinel.
+#[task]
+fn consumer(queue: Queue<Option<String>>) -> Result<(), ObjectError> {
+    while let Some(task) = queue.get()? {
+        println!("{task}");
+    }
+    Ok(())
+}
+
+/// Puts `work：0` … `work：4`.
+#[task]
+fn producer(queue: Queue<Option<String>>) -> Result<(), ObjectError> {
+    for i in 0..5 {
+        queue.put(&Some(format!("work：{i}")))?;
+    }
+    Ok(())
+}
+
+/// "Pipe 实现数据交互": closes the end it does not use, greets the parent, prints the answer.
+#[task]
+fn pipe_task(data: u64, p: (Connection<String>, Connection<String>)) -> Result<(), ObjectError> {
+    let (conn1, conn2) = p;
+    conn2.close()?;
+    conn1.send(&format!("你好主进程, the data is {data}"))?;
+    println!("{}", conn1.recv()?);
+    conn1.close()
+}
+
+/// "Pipe 实现生产者消费者模型", the consumer: prints what arrives until end of file.
+#[task]
+fn pipe_consumer(
+    name: String,
+    p: (Connection<String>, Connection<String>),
+) -> Result<(), ObjectError> {
+    let (conn1, conn2) = p;
+    conn1.close()?;
+    loop {
+        match conn2.recv() {
+            Ok(ret) => println!("{name} work is {ret}"),
+            Err(_) => {
+                println!("===============");
+                break;
+            }
+        }
+    }
+    conn2.close()
+}
+
+/// The producer: sends `doing：0` … `doing：4`, then closes its end.
+#[task]
+fn pipe_producer(p: (Connection<String>, Connection<String>)) -> Result<(), ObjectError> {
+    let (conn1, conn2) = p;
+    conn2.close()?;
+    for i in 0..5 {
+        conn1.send(&format!("doing：{i}"))?;
+    }
+    conn1.close()
+}
+
+fn read_count(share_data: &Dict<Key, u64>) -> Result<u64, ObjectError> {
+    Ok(share_data.get(&Key::Name("count".into()))?.unwrap_or(0))
+}
+
+/// "Managers实现数据共享": `share_data["count"] -= 1; share_data[data] = data ** 3`.
+#[task]
+fn manager_task(
+    data: u64,
+    _queue: Queue<u64>,
+    share_data: Dict<Key, u64>,
+) -> Result<(), ObjectError> {
+    let me = process::current();
+    println!(
+        "测试多进程任务：{data}, 当前进程号：{}, 父进程号为: {}",
+        me.pid, me.ppid
+    );
+    let res = data.pow(3);
+    // A read and a write, as Python's `-=` on a proxy: not atomic.
+    let count = read_count(&share_data)?;
+    share_data.set(&Key::Name("count".into()), &(count.saturating_sub(1)))?;
+    share_data.set(&Key::Num(data), &res)?;
+    count_down(data);
+    println!("多进程任务结束：{data}, 当前进程号为: {}", me.pid);
+    Ok(())
+}
+
+fn add_five_times(data: u64, share_data: &Dict<Key, u64>) -> Result<(), ObjectError> {
+    share_data.set(&Key::Num(data), &data.pow(3))?;
+    for _ in 0..5 {
+        sleep(Duration::from_millis(100));
+        let count = read_count(share_data)? + data;
+        share_data.set(&Key::Name("count".into()), &count)?;
+        println!("share_data count is {} ", read_count(share_data)?);
+    }
+    Ok(())
+}
+
+/// "不加锁": five sleepy read-modify-writes of the shared count, unprotected.
+#[task]
+fn counter_unlocked(data: u64, share_data: Dict<Key, u64>) -> Result<(), ObjectError> {
+    add_five_times(data, &share_data)
+}
+
+/// "加锁": the same under the lock, so each process's five updates run together.
+#[task]
+fn counter_locked(data: u64, share_data: Dict<Key, u64>, lc: Lock) -> Result<(), ObjectError> {
+    lc.acquire()?;
+    let result = add_five_times(data, &share_data);
+    lc.release()?;
+    result
+}
+
+/// "信号量 Semaphore": at most three tasks work at once.
+#[task]
+fn semaphore_task(data: u64, sem: Semaphore) -> Result<u64, ObjectError> {
+    println!("--------data: {data} enter work");
+    sem.acquire()?;
+    println!("data: {data} start work");
+    let cube = count_down(data);
+    println!("data: {data} done work");
+    sem.release()?;
+    Ok(cube)
+}
+
+/// 002 "Lock": `loop` lines, a tenth of a second apart, each printed holding the lock.
+#[task]
+fn lock_print(count: u32, lock: Lock) -> Result<(), ObjectError> {
+    let pid = process::current().pid;
+    for i in 0..count {
+        sleep(Duration::from_millis(100));
+        let _held = lock.lock()?;
+        println!("Pid: {pid} LoopCount: {i}");
+    }
+    Ok(())
+}
+
 wasmpool_guest::export_tasks!(
     hello,
     say,
@@ -248,4 +436,16 @@ wasmpool_guest::export_tasks!(
     countdown,
     countdown_announce,
     process_task,
+    process_task_unshared,
+    queue_task,
+    consumer,
+    producer,
+    pipe_task,
+    pipe_consumer,
+    pipe_producer,
+    manager_task,
+    counter_unlocked,
+    counter_locked,
+    semaphore_task,
+    lock_print,
 );

@@ -101,7 +101,10 @@ struct Point {
 /// Scales a point.
 #[task]
 fn scale(p: Point, k: f64) -> Point {
-    Point { x: p.x * k, y: p.y * k }
+    Point {
+        x: p.x * k,
+        y: p.y * k,
+    }
 }
 
 /// Counts calls in this instance: state persists across tasks in one worker.
@@ -153,7 +156,11 @@ fn alloc_mib(mib: u64) -> u64 {
 #[task]
 fn recurse(depth: u64) -> u64 {
     fn down(n: u64) -> u64 {
-        if n == 0 { 0 } else { 1 + std::hint::black_box(down(n - 1)) }
+        if n == 0 {
+            0
+        } else {
+            1 + std::hint::black_box(down(n - 1))
+        }
     }
     down(depth)
 }
@@ -167,7 +174,9 @@ fn read_file(path: String) -> Result<String, String> {
 /// Tries to open a TCP connection: the error the guest got, or "connected".
 #[task]
 fn connect(addr: String) -> Result<String, String> {
-    std::net::TcpStream::connect(addr).map(|_| "connected".to_string()).map_err(|e| e.to_string())
+    std::net::TcpStream::connect(addr)
+        .map(|_| "connected".to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// The value of an environment variable, as the guest sees it.
@@ -185,8 +194,226 @@ fn spin() -> u64 {
     }
 }
 
+// ---- shared objects: benchmarks and robustness ----
+
+use wasmpool_guest::objects::{
+    Barrier, Condition, Connection, Dict, Event, List, Lock, ObjectError, Queue, RLock, Semaphore,
+};
+
+/// Puts `0..n`, then `None`.
+#[task]
+fn queue_produce(queue: Queue<Option<u64>>, n: u64) -> Result<(), ObjectError> {
+    for i in 0..n {
+        queue.put(&Some(i))?;
+    }
+    queue.put(&None)
+}
+
+/// Takes items until `None`; answers their sum.
+#[task]
+fn queue_consume(queue: Queue<Option<u64>>) -> Result<u64, ObjectError> {
+    let mut sum = 0;
+    while let Some(v) = queue.get()? {
+        sum += v;
+    }
+    Ok(sum)
+}
+
+/// Sends back every value it receives, `n` times.
+#[task]
+fn pipe_pong(conn: Connection<u64>, n: u64) -> Result<(), ObjectError> {
+    for _ in 0..n {
+        conn.send(&conn.recv()?)?;
+    }
+    Ok(())
+}
+
+/// `n` increments of `d["count"]`, each a read and a write under the lock.
+#[task]
+fn locked_increments(d: Dict<String, i64>, lock: Lock, n: u64) -> Result<(), ObjectError> {
+    let key = "count".to_string();
+    for _ in 0..n {
+        let _held = lock.lock()?;
+        let v = d.get(&key)?.unwrap_or(0);
+        d.set(&key, &(v + 1))?;
+    }
+    Ok(())
+}
+
+/// `n` atomic increments of `d["count"]`, no lock.
+#[task]
+fn atomic_increments(d: Dict<String, i64>, n: u64) -> Result<(), ObjectError> {
+    let key = "count".to_string();
+    for _ in 0..n {
+        d.increment(&key, 1)?;
+    }
+    Ok(())
+}
+
+/// Acquires the lock, says so on the event, and sleeps `ms` holding it.
+#[task]
+fn hold_lock(lock: Lock, held: Event, ms: u64) -> Result<(), ObjectError> {
+    lock.acquire()?;
+    held.set()?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(())
+}
+
+/// Acquires the lock, then panics holding it.
+#[task]
+fn lock_then_panic(lock: Lock) -> Result<(), ObjectError> {
+    lock.acquire()?;
+    panic!("dying with the lock held");
+}
+
+/// Acquires the semaphore `n` times, says so, and sleeps `ms`.
+#[task]
+fn hold_semaphore(sem: Semaphore, n: u32, held: Event, ms: u64) -> Result<(), ObjectError> {
+    for _ in 0..n {
+        sem.acquire()?;
+    }
+    held.set()?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(())
+}
+
+/// Waits at the barrier; answers the arrival index or the error's text.
+#[task]
+fn barrier_wait(barrier: Barrier, timeout_ms: Option<u64>) -> Result<u32, ObjectError> {
+    barrier.wait_timeout(timeout_ms.map(Duration::from_millis))
+}
+
+/// Holds a pipe end (given in the arguments) and sleeps: its death must close the end.
+#[task]
+fn hold_conn(_conn: Connection<String>, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Receives until end of file; answers what arrived.
+#[task]
+fn recv_all(conn: Connection<String>) -> Result<Vec<String>, ObjectError> {
+    let mut got = Vec::new();
+    loop {
+        match conn.recv() {
+            Ok(v) => got.push(v),
+            Err(ObjectError::Closed(_)) => return Ok(got),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Puts one string of `bytes` bytes.
+#[task]
+fn put_big(queue: Queue<String>, bytes: usize) -> Result<(), ObjectError> {
+    queue.put(&"x".repeat(bytes))
+}
+
+/// Gets with a timeout; the error's text when there is nothing.
+#[task]
+fn get_timeout(queue: Queue<String>, ms: u64) -> Result<String, ObjectError> {
+    queue.get_timeout(Some(Duration::from_millis(ms)))
+}
+
+/// Tries to acquire a lock it was given (or that someone forged).
+#[task]
+fn try_lock(lock: Lock) -> Result<bool, ObjectError> {
+    lock.try_acquire()
+}
+
+/// Exercises dict and list operations; answers what it saw.
+#[task]
+fn dict_list_ops(d: Dict<String, i64>, l: List<String>) -> Result<Vec<String>, ObjectError> {
+    let mut seen = Vec::new();
+    d.set(&"a".into(), &1)?;
+    d.update([(&"b".to_string(), &2), (&"c".to_string(), &3)])?;
+    seen.push(format!("len={}", d.len()?));
+    seen.push(format!("keys={:?}", d.keys()?));
+    seen.push(format!("setdefault={}", d.setdefault(&"a".into(), &9)?));
+    seen.push(format!("pop={:?}", d.pop(&"b".into())?));
+    seen.push(format!("contains_b={}", d.contains(&"b".into())?));
+    seen.push(format!(
+        "cas_ok={}",
+        d.compare_and_swap(&"c".into(), Some(&3), &30)?
+    ));
+    seen.push(format!(
+        "cas_stale={}",
+        d.compare_and_swap(&"c".into(), Some(&3), &31)?
+    ));
+    seen.push(format!("incr={}", d.increment(&"n".into(), 5)?));
+    seen.push(format!(
+        "delete_missing={:?}",
+        d.delete(&"zzz".into()).is_err()
+    ));
+    l.append(&"x".into())?;
+    l.extend([&"y".to_string(), &"z".to_string()])?;
+    seen.push(format!("last={}", l.get(-1)?));
+    l.set(0, &"w".into())?;
+    seen.push(format!("index_z={}", l.index(&"z".into())?));
+    seen.push(format!("pop={}", l.pop(None)?));
+    seen.push(format!("items={:?}", l.items()?));
+    seen.push(format!("out_of_range={}", l.get(10).is_err()));
+    Ok(seen)
+}
+
+/// Waits on the condition until `d["ready"]` is set; answers whether it was notified.
+#[task]
+fn condition_wait(cond: Condition, d: Dict<String, i64>) -> Result<bool, ObjectError> {
+    let _held = cond.lock()?;
+    d.set(&"waiting".into(), &1)?;
+    let mut notified = false;
+    while d.get(&"ready".into())?.is_none() {
+        notified = cond.wait_timeout(Some(Duration::from_secs(10)))?;
+    }
+    Ok(notified)
+}
+
+/// Acquires a recursive lock twice and releases it twice.
+#[task]
+fn rlock_twice(lock: RLock) -> Result<(), ObjectError> {
+    lock.acquire()?;
+    lock.acquire()?;
+    lock.release()?;
+    lock.release()
+}
+
 wasmpool_guest::export_tasks!(
-    noop, square, add, greet, fail, boom, trap, sleep_ms, tick, whoami, clock_and_random, scale,
-    counter, spin, square_or_panic, square_or_trap, pid_after, alloc_mib, recurse, read_file,
-    connect, env_var
+    noop,
+    square,
+    add,
+    greet,
+    fail,
+    boom,
+    trap,
+    sleep_ms,
+    tick,
+    whoami,
+    clock_and_random,
+    scale,
+    counter,
+    spin,
+    square_or_panic,
+    square_or_trap,
+    pid_after,
+    alloc_mib,
+    recurse,
+    read_file,
+    connect,
+    env_var,
+    queue_produce,
+    queue_consume,
+    pipe_pong,
+    locked_increments,
+    atomic_increments,
+    hold_lock,
+    lock_then_panic,
+    hold_semaphore,
+    barrier_wait,
+    hold_conn,
+    recv_all,
+    put_big,
+    get_timeout,
+    try_lock,
+    dict_list_ops,
+    condition_wait,
+    rlock_twice
 );

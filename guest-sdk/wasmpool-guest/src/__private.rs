@@ -25,6 +25,8 @@ static PANIC_HOOK: Once = Once::new();
 
 fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
+        // Handles in the arguments reach the host through the `objects` import.
+        crate::objects::install();
         std::panic::set_hook(Box::new(|info| {
             let payload = info.payload();
             let text = if let Some(s) = payload.downcast_ref::<&str>() {

@@ -26,7 +26,9 @@
 //!
 //! Inside a task, `println!`/`eprintln!` reach the caller (tagged with the worker and task),
 //! `std::thread::sleep`, `std::time` and randomness work as usual, and [`process`] tells the
-//! task which OS process it runs in. A panic fails the task with the panic message; the
+//! task which OS process it runs in. Shared objects (queues, pipes, locks, semaphores,
+//! events, barriers, conditions, dicts, lists) arrive as typed handles in a task's
+//! arguments: see [`objects`]. A panic fails the task with the panic message; the
 //! worker survives it and serves the next task.
 
 #![deny(missing_docs)]
@@ -44,6 +46,7 @@ pub mod bindings {
     });
 }
 
+pub mod objects;
 pub mod process;
 
 /// The serde crate the task macros use; guests may use it too.

@@ -523,7 +523,11 @@ impl WorkerEvents for Shared {
                         .route(&self.config.output, event);
                 }
             }
-            FromWorker::Ready { .. } | FromWorker::LoadFailed(_) => {}
+            // Object requests are served by the supervisor before they get here.
+            FromWorker::Ready { .. }
+            | FromWorker::LoadFailed(_)
+            | FromWorker::Object { .. }
+            | FromWorker::InstanceLost => {}
         }
     }
 

@@ -7,6 +7,7 @@ use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
+use super::objects::ObjectClient;
 use super::output::{Channel, GuestOutput};
 use super::state::{MemoryLimiter, ProcessIdentity, State};
 use super::watchdog::{Watchdog, ticks, time_limit_message};
@@ -25,6 +26,7 @@ pub(crate) struct Loaded {
     live: Option<(Store<State>, TaskModule)>,
     tasks: Vec<String>,
     watchdog: Arc<Watchdog>,
+    objects: Arc<ObjectClient>,
 }
 
 impl Loaded {
@@ -34,6 +36,7 @@ impl Loaded {
         identity: Arc<ProcessIdentity>,
         channel: Arc<Channel>,
         watchdog: Arc<Watchdog>,
+        objects: Arc<ObjectClient>,
     ) -> Result<Self, String> {
         let engine = engine();
         // SAFETY: the host wrote this artifact into its own content-addressed cache from a
@@ -56,6 +59,7 @@ impl Loaded {
             live: None,
             tasks: Vec::new(),
             watchdog,
+            objects,
         };
         let (mut store, module) = loaded.instantiate()?;
         loaded.tasks = module
@@ -68,6 +72,11 @@ impl Loaded {
 
     pub fn tasks(&self) -> &[String] {
         &self.tasks
+    }
+
+    /// Whether an instance is alive (false after a trap or a limit discarded it).
+    pub fn has_instance(&self) -> bool {
+        self.live.is_some()
     }
 
     fn instantiate(&self) -> Result<(Store<State>, TaskModule), String> {
@@ -86,6 +95,7 @@ impl Loaded {
             table: ResourceTable::new(),
             identity: self.identity.clone(),
             panic: None,
+            objects: self.objects.clone(),
             limiter: MemoryLimiter {
                 max_bytes: Limits::default().memory_bytes,
                 exceeded: false,

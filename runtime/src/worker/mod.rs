@@ -7,6 +7,7 @@
 //! its socket makes it exit.
 
 mod instance;
+mod objects;
 mod output;
 pub(crate) mod state;
 mod watchdog;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use crate::protocol::{FromWorker, Outcome, ToWorker, read_frame};
 
 use self::instance::Loaded;
+use self::objects::ObjectClient;
 use self::output::Channel;
 use self::state::ProcessIdentity;
 use self::watchdog::Watchdog;
@@ -95,8 +97,16 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
         name: Mutex::new(load.name.clone()),
     });
     let watchdog = Watchdog::start(channel.clone());
-    let mut loaded = match Loaded::new(&load.artifact, identity.clone(), channel.clone(), watchdog)
-    {
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
+    let loaded = Loaded::new(
+        &load.artifact,
+        identity.clone(),
+        channel.clone(),
+        watchdog,
+        objects,
+    );
+    let mut loaded = match loaded {
         Ok(l) => l,
         Err(message) => {
             channel.send(&FromWorker::LoadFailed(message))?;
@@ -116,7 +126,10 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
         .spawn(move || {
             let mut buf = Vec::new();
             while let Ok(Some(msg)) = read_frame::<_, ToWorker>(&mut reader, &mut buf) {
-                if tx.send(msg).is_err() {
+                // Replies from the broker go to the task blocked on them, past queued work.
+                if let ToWorker::ObjectReply { req, result } = msg {
+                    let _ = reply_tx.send((req, result));
+                } else if tx.send(msg).is_err() {
                     break;
                 }
             }
@@ -136,7 +149,7 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
         match msg {
-            ToWorker::Load(_) => return Ok(1),
+            ToWorker::Load(_) | ToWorker::ObjectReply { .. } => return Ok(1),
             ToWorker::Rename(name) => {
                 if let Ok(mut n) = identity.name.lock() {
                     *n = name;
@@ -152,6 +165,9 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
                 channel.current_call.store(id, Ordering::Relaxed);
                 let outcome = loaded.call(id, &task, &args, &limits);
                 let ok = matches!(outcome, Outcome::Ok(_));
+                if !loaded.has_instance() {
+                    channel.queue(&FromWorker::InstanceLost)?;
+                }
                 if exit_after {
                     channel.send(&FromWorker::Done { id, outcome })?;
                     // The answer is written; tearing down the instance and the engine would
@@ -169,6 +185,9 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
                 let outcomes = loaded.call_batch(id, &task, items, &limits);
+                if !loaded.has_instance() {
+                    channel.queue(&FromWorker::InstanceLost)?;
+                }
                 channel.queue(&FromWorker::BatchDone { id, outcomes })?;
             }
             ToWorker::Shutdown => {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::{self, Identity, TaskError};
+use super::objects::ObjectClient;
+use crate::bindings::{self, Identity, TaskError, objects};
 
 /// What a panic hook reported just before its trap.
 #[derive(Debug)]
@@ -29,6 +30,7 @@ pub(crate) struct State {
     pub identity: Arc<ProcessIdentity>,
     pub panic: Option<PanicReport>,
     pub limiter: MemoryLimiter,
+    pub objects: Arc<ObjectClient>,
 }
 
 /// Refuses memory growth past the limit with a trap, and remembers that it did, so the
@@ -99,3 +101,14 @@ impl bindings::Host for State {
 }
 
 impl bindings::wasmpool::task::types::Host for State {}
+
+impl objects::Host for State {
+    fn invoke(
+        &mut self,
+        target: objects::Handle,
+        req: objects::Request,
+        timeout_ms: Option<u64>,
+    ) -> Result<objects::Response, objects::ObjectError> {
+        self.objects.invoke(target, req, timeout_ms)
+    }
+}

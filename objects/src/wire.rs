@@ -1,0 +1,215 @@
+//! The operations on shared objects, as they travel from a task (or the host program) to the
+//! host's broker. They mirror the `objects` interface of the WIT world one to one; values are
+//! MessagePack bytes, exactly as the caller encoded them.
+
+use serde::{Deserialize, Serialize};
+
+/// A reference to one host-owned object: its id and the secret that proves the holder was
+/// given it. Handles are unforgeable in practice (the token is 64 random bits) and scoped to
+/// the host that created the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Handle {
+    /// The object's id (for a pipe, the low bit names the end).
+    pub id: u64,
+    /// The secret that proves the holder was given the handle.
+    pub token: u64,
+}
+
+/// A dict key and value, MessagePack-encoded.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One operation on one object; the object's kind decides which are allowed.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    QueuePut(Vec<u8>),
+    QueueGet,
+    QueueQsize,
+    QueueMaxsize,
+    QueueClose,
+    QueueTaskDone,
+    QueueJoin,
+    ConnSend(Vec<u8>),
+    ConnRecv,
+    ConnPoll,
+    ConnClose,
+    Acquire,
+    Release,
+    SemaphoreValue,
+    EventSet,
+    EventClear,
+    EventIsSet,
+    EventWait,
+    BarrierWait,
+    BarrierAbort,
+    BarrierReset,
+    BarrierNWaiting,
+    ConditionWait,
+    ConditionNotify(u32),
+    ConditionNotifyAll,
+    DictGet(Vec<u8>),
+    DictSet(Entry),
+    DictDelete(Vec<u8>),
+    DictContains(Vec<u8>),
+    DictKeys,
+    DictValues,
+    DictItems,
+    DictLen,
+    DictUpdate(Vec<Entry>),
+    DictSetdefault(Entry),
+    DictPop(Vec<u8>),
+    DictIncrement(Vec<u8>, i64),
+    DictCompareAndSwap {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+    ListAppend(Vec<u8>),
+    ListExtend(Vec<Vec<u8>>),
+    ListGet(i64),
+    ListSet(i64, Vec<u8>),
+    ListLen,
+    ListPop(Option<i64>),
+    ListIndex(Vec<u8>),
+    ListItems,
+}
+
+impl Request {
+    /// The bytes of MessagePack this request carries (for the message size limit).
+    pub fn payload_len(&self) -> usize {
+        use Request::*;
+        match self {
+            QueuePut(v)
+            | ConnSend(v)
+            | DictGet(v)
+            | DictDelete(v)
+            | DictContains(v)
+            | DictPop(v)
+            | ListAppend(v)
+            | ListIndex(v)
+            | ListSet(_, v)
+            | DictIncrement(v, _) => v.len(),
+            DictSet((k, v)) | DictSetdefault((k, v)) => k.len() + v.len(),
+            DictUpdate(entries) => entries.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            ListExtend(items) => items.iter().map(Vec::len).sum(),
+            DictCompareAndSwap { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + new.len()
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// What an operation answers.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Unit,
+    Value(Vec<u8>),
+    Maybe(Option<Vec<u8>>),
+    Values(Vec<Vec<u8>>),
+    Entries(Vec<Entry>),
+    Count(u64),
+    Int(i64),
+    Flag(bool),
+}
+
+/// Why an operation on a shared object failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ObjectError {
+    /// The timeout passed.
+    #[error("timed out")]
+    Timeout,
+    /// `get` found nothing in time (Python's `queue.Empty`).
+    #[error("the queue is empty")]
+    Empty,
+    /// `put` found no room in time (Python's `queue.Full`).
+    #[error("the queue is full")]
+    Full,
+    /// End of file on a pipe, or a closed queue or connection.
+    #[error("{0}")]
+    Closed(String),
+    /// The barrier is broken (Python's `BrokenBarrierError`).
+    #[error("the barrier is broken")]
+    Broken,
+    /// Released a lock the caller does not hold, or a bounded semaphore too often.
+    #[error("{0}")]
+    NotOwner(String),
+    /// A missing key, an out-of-range index, a value not in a list.
+    #[error("{0}")]
+    Missing(String),
+    /// The operation does not apply to this object or its value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The message is larger than the host allows.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The handle names no live object the caller may use.
+    #[error("{0}")]
+    Stale(String),
+    /// A value could not be encoded as MessagePack.
+    #[error("cannot encode the value: {0}")]
+    Encode(String),
+    /// A stored value could not be decoded as the handle's type.
+    #[error("cannot decode the value: {0}")]
+    Decode(String),
+}
+
+/// The kinds of shared object, and the name each travels under inside task arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `Queue`, `JoinableQueue`, `SimpleQueue`.
+    Queue,
+    /// One end of a `Pipe`.
+    Connection,
+    /// `Lock`.
+    Lock,
+    /// `RLock`.
+    RLock,
+    /// `Semaphore`, `BoundedSemaphore`.
+    Semaphore,
+    /// `Event`.
+    Event,
+    /// `Barrier`.
+    Barrier,
+    /// `Condition`.
+    Condition,
+    /// Manager `dict`.
+    Dict,
+    /// Manager `list`.
+    List,
+}
+
+impl Kind {
+    /// The tag that marks a handle of this kind inside MessagePack arguments.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Kind::Queue => "wasmpool:queue",
+            Kind::Connection => "wasmpool:connection",
+            Kind::Lock => "wasmpool:lock",
+            Kind::RLock => "wasmpool:rlock",
+            Kind::Semaphore => "wasmpool:semaphore",
+            Kind::Event => "wasmpool:event",
+            Kind::Barrier => "wasmpool:barrier",
+            Kind::Condition => "wasmpool:condition",
+            Kind::Dict => "wasmpool:dict",
+            Kind::List => "wasmpool:list",
+        }
+    }
+
+    /// Python's name for the kind, for error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Queue => "Queue",
+            Kind::Connection => "Connection",
+            Kind::Lock => "Lock",
+            Kind::RLock => "RLock",
+            Kind::Semaphore => "Semaphore",
+            Kind::Event => "Event",
+            Kind::Barrier => "Barrier",
+            Kind::Condition => "Condition",
+            Kind::Dict => "dict",
+            Kind::List => "list",
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The broker: the host side of every shared object (queues, pipes, locks, semaphores,
+//! events, barriers, conditions, dicts, lists).
+//!
+//! All objects of a host live in one registry behind one mutex: operations are tiny, and one
+//! lock makes the clean-up after a dead worker atomic across objects. Requests come from two
+//! places: worker processes (an `Object` frame, read by the worker's supervisor thread) and the
+//! host program itself (the typed handles of `wasmpool-objects`, through this broker's
+//! [`Transport`]). Either way the request names a handle (id and token) and an operation;
+//! a blocked operation leaves a waiter on its object and is answered later, by the change
+//! that lets it through, by its timeout (one timer thread), or never if its worker dies (its
+//! waiters are dropped, and what it held is given back). Answers are written after the
+//! registry lock is released, so a slow socket never stalls other objects.
+
+mod object;
+mod timer;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
+
+use self::object::{Hold, Object, OpResult, Step, Waiter};
+pub(crate) use self::object::{LockState, State};
+use crate::protocol::{ToWorker, encode_frame};
+
+/// Who performs an operation: a worker process, or a thread of the host program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Owner {
+    Pid(u32),
+    Host(u64),
+}
+
+impl Owner {
+    /// The calling host thread.
+    pub fn host_thread() -> Owner {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+        Owner::Host(ID.with(|id| *id))
+    }
+}
+
+/// Where an answer goes.
+#[derive(Debug)]
+pub(crate) enum Responder {
+    /// A worker blocked in `invoke`, waiting for the reply to request `req`.
+    Worker {
+        writer: Arc<Mutex<UnixStream>>,
+        req: u64,
+    },
+    /// A host thread blocked on this slot.
+    Host(Arc<HostSlot>),
+}
+
+/// Where a host thread waits for its answer.
+#[derive(Debug, Default)]
+pub(crate) struct HostSlot {
+    result: Mutex<Option<OpResult>>,
+    ready: Condvar,
+}
+
+impl HostSlot {
+    fn wait(&self) -> OpResult {
+        let mut guard = match self.result.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        loop {
+            if let Some(result) = guard.take() {
+                return result;
+            }
+            guard = match self.ready.wait(guard) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+}
+
+impl Responder {
+    fn deliver(self, result: OpResult) {
+        match self {
+            Responder::Worker { writer, req } => {
+                let mut frame = Vec::new();
+                let reply = ToWorker::ObjectReply { req, result };
+                if encode_frame(&mut frame, &reply).is_err() {
+                    // An answer too large for a frame (a huge dict's items, say).
+                    frame.clear();
+                    let refusal = ToWorker::ObjectReply {
+                        req,
+                        result: Err(ObjectError::TooLarge(
+                            "the answer is larger than the largest frame".into(),
+                        )),
+                    };
+                    if encode_frame(&mut frame, &refusal).is_err() {
+                        return;
+                    }
+                }
+                if let Ok(mut w) = writer.lock() {
+                    use std::io::Write;
+                    // A dead worker cannot read its answer; its supervisor reports the death.
+                    let _ = w.write_all(&frame);
+                }
+            }
+            Responder::Host(slot) => {
+                let mut guard = match slot.result.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                *guard = Some(result);
+                slot.ready.notify_all();
+            }
+        }
+    }
+}
+
+/// The default largest message (one value put, sent or stored): 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+static MAX_MESSAGE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES);
+
+/// Sets the largest message (one value put on a queue, sent on a pipe or stored in a dict or
+/// list) the broker accepts; larger ones fail with `ObjectError::TooLarge`. It is capped at
+/// 60 MiB, below the largest frame between host and worker.
+pub fn set_max_message_bytes(bytes: usize) {
+    MAX_MESSAGE.store(bytes.min(60 << 20), Ordering::Relaxed);
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    objects: HashMap<u64, Object>,
+    next_id: u64,
+    next_waiter: u64,
+    next_grant: u64,
+    /// Grant id → the ends it holds.
+    grants: HashMap<u64, Vec<(u64, u8)>>,
+}
+
+/// The host's broker.
+#[derive(Debug, Default)]
+pub(crate) struct Broker {
+    registry: Mutex<Registry>,
+}
+
+/// The process's broker; it becomes the transport of the host's typed handles.
+pub(crate) fn broker() -> &'static Broker {
+    static BROKER: OnceLock<&'static Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let broker: &'static Broker = Box::leak(Box::default());
+        wasmpool_objects::install(broker);
+        broker
+    })
+}
+
+fn random_token() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most `buf.len()` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != 8 {
+        // No entropy from the kernel: fall back to std's per-process random hasher keys.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        return h.finish();
+    }
+    u64::from_le_bytes(buf)
+}
+
+thread_local! {
+    /// Handles encoded into task arguments while a collector is active.
+    static COLLECT: RefCell<Option<Vec<Handle>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` and answers the handles it encoded (the objects the task will hold).
+pub(crate) fn collect_grants<R>(encode: impl FnOnce() -> R) -> (R, Vec<Handle>) {
+    let previous = COLLECT.with(|c| c.borrow_mut().replace(Vec::new()));
+    let result = encode();
+    let handles = COLLECT.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
+    (result, handles.unwrap_or_default())
+}
+
+fn stale() -> ObjectError {
+    ObjectError::Stale(
+        "no such object: it was dropped, or the handle was not given by this host".into(),
+    )
+}
+
+impl Broker {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        match self.registry.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Creates an object; answers its handles (two for a pipe, one otherwise). The host
+    /// program holds one reference to each.
+    pub fn create(&self, kind: Kind, state: State) -> [Handle; 2] {
+        let tokens = [random_token(), random_token()];
+        let mut reg = self.lock();
+        reg.next_id += 2;
+        let id = reg.next_id;
+        reg.objects.insert(id, Object::new(kind, tokens, state));
+        [
+            Handle {
+                id,
+                token: tokens[0],
+            },
+            Handle {
+                id: id | 1,
+                token: tokens[1],
+            },
+        ]
+    }
+
+    /// Performs `req` on `target` for `owner`; the answer goes to `responder`, now or later.
+    pub fn submit(
+        &self,
+        owner: Owner,
+        target: Handle,
+        req: Request,
+        timeout: Option<Duration>,
+        responder: Responder,
+    ) {
+        let max = MAX_MESSAGE.load(Ordering::Relaxed);
+        if req.payload_len() > max {
+            let len = req.payload_len();
+            responder.deliver(Err(ObjectError::TooLarge(format!(
+                "a message of {len} bytes is over the {max} byte limit"
+            ))));
+            return;
+        }
+        let mut out = Vec::new();
+        {
+            let mut reg = self.lock();
+            let (obj_id, end) = (target.id & !1, (target.id & 1) as u8);
+            let waiter_id = reg.next_waiter + 1;
+            let Some(obj) = reg.objects.get_mut(&obj_id).filter(|o| {
+                o.tokens[usize::from(end)] == target.token
+                    && (end == 0 || o.kind == Kind::Connection)
+            }) else {
+                drop(reg);
+                responder.deliver(Err(stale()));
+                return;
+            };
+            match obj.start(owner, end, req, &mut out) {
+                Step::Done(result) => out.push((responder, result)),
+                Step::Wait(pending) => {
+                    if timeout == Some(Duration::ZERO) {
+                        obj.waiters.push_back(Waiter {
+                            id: waiter_id,
+                            owner,
+                            end,
+                            pending,
+                            responder,
+                        });
+                        obj.expire(waiter_id, &mut out);
+                    } else {
+                        obj.waiters.push_back(Waiter {
+                            id: waiter_id,
+                            owner,
+                            end,
+                            pending,
+                            responder,
+                        });
+                        if let Some(t) = timeout {
+                            timer::Timer::get().schedule(t, obj_id, waiter_id);
+                        }
+                    }
+                    reg.next_waiter = waiter_id;
+                }
+            }
+            if let Some(obj) = reg.objects.get_mut(&obj_id) {
+                obj.pump(&mut out);
+            }
+        }
+        for (responder, result) in out {
+            responder.deliver(result);
+        }
+    }
+
+    /// Waiter `waiter` of object `object` reached its deadline.
+    fn expire(&self, object: u64, waiter: u64) {
+        let mut out = Vec::new();
+        if let Some(obj) = self.lock().objects.get_mut(&object) {
+            obj.expire(waiter, &mut out);
+        }
+        for (responder, result) in out {
+            responder.deliver(result);
+        }
+    }
+
+    /// Worker `pid` is gone: its waiters are dropped, its locks released, its semaphore
+    /// acquisitions returned, barriers it waited at broken, pipe ends it held closed.
+    pub fn worker_exited(&self, pid: u32) {
+        let mut out = Vec::new();
+        {
+            let mut reg = self.lock();
+            if reg.objects.is_empty() {
+                return;
+            }
+            for obj in reg.objects.values_mut() {
+                obj.worker_exited(pid, &mut out);
+            }
+            reg.objects.retain(|_, o| !o.unreachable());
+        }
+        for (responder, result) in out {
+            responder.deliver(result);
+        }
+    }
+
+    /// The ends `handles` are held for a task that has not started: they stay open (and
+    /// alive) until [`bind_grant`](Self::bind_grant) or [`drop_grant`](Self::drop_grant).
+    pub fn hold_grant(&self, handles: &[Handle]) -> Option<u64> {
+        if handles.is_empty() {
+            return None;
+        }
+        let mut reg = self.lock();
+        reg.next_grant += 1;
+        let gid = reg.next_grant;
+        let mut held = Vec::new();
+        for h in handles {
+            let (obj_id, end) = (h.id & !1, (h.id & 1) as u8);
+            if let Some(obj) = reg.objects.get_mut(&obj_id)
+                && obj.tokens[usize::from(end)] == h.token
+            {
+                *obj.holds[usize::from(end)]
+                    .entry(Hold::Grant(gid))
+                    .or_insert(0) += 1;
+                held.push((obj_id, end));
+            }
+        }
+        reg.grants.insert(gid, held);
+        Some(gid)
+    }
+
+    /// The task the grant was for runs in worker `pid`: the worker now holds those ends.
+    pub fn bind_grant(&self, gid: u64, pid: u32) {
+        self.rehold(gid, Some(pid));
+    }
+
+    /// The task the grant was for will never run.
+    pub fn drop_grant(&self, gid: u64) {
+        self.rehold(gid, None);
+    }
+
+    fn rehold(&self, gid: u64, pid: Option<u32>) {
+        let mut out = Vec::new();
+        {
+            let mut reg = self.lock();
+            let Some(held) = reg.grants.remove(&gid) else {
+                return;
+            };
+            for (obj_id, end) in held {
+                if let Some(obj) = reg.objects.get_mut(&obj_id) {
+                    let holds = &mut obj.holds[usize::from(end)];
+                    holds.remove(&Hold::Grant(gid));
+                    if let Some(pid) = pid {
+                        holds.entry(Hold::Pid(pid)).or_insert(1);
+                    }
+                    obj.pump(&mut out);
+                }
+            }
+            reg.objects.retain(|_, o| !o.unreachable());
+        }
+        for (responder, result) in out {
+            responder.deliver(result);
+        }
+    }
+
+    fn adjust_host_refs(&self, h: Handle, up: bool) {
+        let mut out = Vec::new();
+        {
+            let mut reg = self.lock();
+            let (obj_id, end) = (h.id & !1, (h.id & 1) as u8);
+            let Some(obj) = reg.objects.get_mut(&obj_id) else {
+                return;
+            };
+            if obj.tokens[usize::from(end)] != h.token {
+                return;
+            }
+            let refs = &mut obj.host_refs[usize::from(end)];
+            if up {
+                *refs += 1;
+                return;
+            }
+            *refs = refs.saturating_sub(1);
+            // The host program's last copy of a pipe end closes it for the host.
+            obj.pump(&mut out);
+            if obj.unreachable() {
+                reg.objects.remove(&obj_id);
+            }
+        }
+        for (responder, result) in out {
+            responder.deliver(result);
+        }
+    }
+
+    /// How many objects are alive (for tests of clean-up).
+    pub fn live_objects(&self) -> usize {
+        self.lock().objects.len()
+    }
+}
+
+impl wasmpool_objects::Transport for Broker {
+    fn invoke(
+        &self,
+        target: Handle,
+        req: Request,
+        timeout: Option<Duration>,
+    ) -> Result<Response, ObjectError> {
+        let slot = Arc::new(HostSlot::default());
+        self.submit(
+            Owner::host_thread(),
+            target,
+            req,
+            timeout,
+            Responder::Host(slot.clone()),
+        );
+        slot.wait()
+    }
+
+    fn retain(&self, target: Handle) {
+        self.adjust_host_refs(target, true);
+    }
+
+    fn release(&self, target: Handle) {
+        self.adjust_host_refs(target, false);
+    }
+
+    fn granted(&self, target: Handle) {
+        COLLECT.with(|c| {
+            if let Some(list) = c.borrow_mut().as_mut() {
+                list.push(target);
+            }
+        });
+    }
+}

@@ -1,0 +1,774 @@
+//! One shared object's state and the rules of every operation on it.
+//!
+//! An operation either completes at once or leaves a [`Waiter`] on its object. After every
+//! change the object is pumped: each waiter is retried in arrival order until none can
+//! proceed, so a release, a put or a set wakes exactly the waiters it lets through.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use wasmpool_objects::wire::{Kind, ObjectError, Request, Response};
+
+use super::{Owner, Responder};
+
+pub(crate) type OpResult = Result<Response, ObjectError>;
+
+/// What a blocked caller is waiting for.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// The request itself, retried as the object changes.
+    Op(Request),
+    /// A condition waiter not yet notified; it holds `count` levels of the lock when it wakes.
+    Notify { count: u32 },
+    /// A condition waiter re-acquiring the lock; answers whether it was notified.
+    Reacquire { count: u32, notified: bool },
+    /// A barrier party, by arrival index, in a generation of the barrier.
+    Barrier { index: u32, generation: u64 },
+}
+
+/// A blocked caller.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub id: u64,
+    pub owner: Owner,
+    pub end: u8,
+    pub pending: Pending,
+    pub responder: Responder,
+}
+
+/// Who keeps a pipe end open besides the host program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Hold {
+    /// A worker process that was given the end or used it.
+    Pid(u32),
+    /// Arguments encoded for a process that has not started yet.
+    Grant(u64),
+}
+
+#[derive(Debug)]
+pub(crate) struct LockState {
+    pub owner: Option<Owner>,
+    pub count: u32,
+    pub recursive: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum State {
+    Queue {
+        items: VecDeque<Vec<u8>>,
+        bytes: usize,
+        maxsize: usize,
+        closed: bool,
+        joinable: bool,
+        unfinished: u64,
+    },
+    Pipe {
+        /// `inbox[e]`: messages waiting to be received on end `e`.
+        inbox: [VecDeque<Vec<u8>>; 2],
+        bytes: usize,
+        /// Worker processes that closed their copy of an end.
+        closed: HashSet<(u8, u32)>,
+        host_closed: [bool; 2],
+        duplex: bool,
+    },
+    Lock(LockState),
+    Semaphore {
+        value: u64,
+        initial: u64,
+        bounded: bool,
+        held: HashMap<Owner, u64>,
+    },
+    Event(bool),
+    Barrier {
+        parties: u32,
+        arrived: u32,
+        generation: u64,
+        broken: bool,
+    },
+    Condition(LockState),
+    Dict(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
+    List(Vec<Vec<u8>>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Object {
+    pub kind: Kind,
+    pub tokens: [u64; 2],
+    /// Copies of each end's handle alive in the host program.
+    pub host_refs: [usize; 2],
+    /// Processes that hold each end (were given it, or used it), keeping it alive and open.
+    pub holds: [HashMap<Hold, u32>; 2],
+    pub state: State,
+    pub waiters: VecDeque<Waiter>,
+}
+
+/// What an operation does now.
+pub(crate) enum Step {
+    Done(OpResult),
+    Wait(Pending),
+}
+
+/// The most bytes one queue or pipe may hold: a guest that floods one cannot take the
+/// host's memory with it.
+pub(crate) const MAX_OBJECT_BYTES: usize = 256 << 20;
+
+fn invalid(kind: Kind, req: &Request) -> OpResult {
+    let op = format!("{req:?}");
+    let op = op.split(['(', ' ', '{']).next().unwrap_or("?");
+    Err(ObjectError::Invalid(format!(
+        "{op} is not an operation of a {}",
+        kind.name()
+    )))
+}
+
+/// Python's index rules: negative counts from the end.
+fn index(len: usize, i: i64) -> Option<usize> {
+    let i = if i < 0 { len as i64 + i } else { i };
+    usize::try_from(i).ok().filter(|&i| i < len)
+}
+
+fn too_big(kind: Kind, bytes: usize) -> OpResult {
+    Err(ObjectError::TooLarge(format!(
+        "the {} already holds {bytes} bytes; the limit is {MAX_OBJECT_BYTES}",
+        kind.name()
+    )))
+}
+
+/// Adds `delta` to a MessagePack integer; `None` if `bytes` is not one or it overflows.
+fn add_to_int(bytes: Option<&[u8]>, delta: i64) -> Result<(i64, Vec<u8>), ObjectError> {
+    let current = match bytes {
+        None => 0,
+        Some(b) => rmp_serde::from_slice::<i64>(b).map_err(|_| {
+            ObjectError::Invalid("increment: the value is not an integer".to_string())
+        })?,
+    };
+    let new = current
+        .checked_add(delta)
+        .ok_or_else(|| ObjectError::Invalid("increment: integer overflow".to_string()))?;
+    let encoded = rmp_serde::to_vec(&new).map_err(|e| ObjectError::Encode(e.to_string()))?;
+    Ok((new, encoded))
+}
+
+impl LockState {
+    fn try_acquire(&mut self, owner: Owner, levels: u32) -> bool {
+        match self.owner {
+            None => {
+                self.owner = Some(owner);
+                self.count = levels;
+                true
+            }
+            Some(o) if self.recursive && o == owner => {
+                self.count += levels;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn release(&mut self, owner: Owner) -> OpResult {
+        match self.owner {
+            None => Err(ObjectError::NotOwner("release of an unlocked lock".into())),
+            Some(o) if self.recursive && o != owner => Err(ObjectError::NotOwner(
+                "cannot release a lock held by another process".into(),
+            )),
+            Some(_) => {
+                self.count = self.count.saturating_sub(1);
+                if self.count == 0 || !self.recursive {
+                    self.owner = None;
+                    self.count = 0;
+                }
+                Ok(Response::Unit)
+            }
+        }
+    }
+}
+
+impl Object {
+    pub fn new(kind: Kind, tokens: [u64; 2], state: State) -> Self {
+        let host_refs = if kind == Kind::Connection {
+            [1, 1]
+        } else {
+            [1, 0]
+        };
+        Object {
+            kind,
+            tokens,
+            host_refs,
+            holds: [HashMap::new(), HashMap::new()],
+            state,
+            waiters: VecDeque::new(),
+        }
+    }
+
+    /// Whether an end of a pipe is still held by anyone.
+    pub fn end_open(&self, end: u8) -> bool {
+        let e = usize::from(end & 1);
+        let host_closed = match &self.state {
+            State::Pipe { host_closed, .. } => host_closed[e],
+            _ => false,
+        };
+        (self.host_refs[e] > 0 && !host_closed) || !self.holds[e].is_empty()
+    }
+
+    /// Whether nothing can reach this object any more.
+    pub fn unreachable(&self) -> bool {
+        !self.end_open(0) && !self.end_open(1) && self.waiters.is_empty()
+    }
+
+    /// Starts `req` from `owner` on end `end`.
+    pub fn start(
+        &mut self,
+        owner: Owner,
+        end: u8,
+        req: Request,
+        out: &mut Vec<(Responder, OpResult)>,
+    ) -> Step {
+        let kind = self.kind;
+        // A closed copy of a pipe end is unusable; a worker using an object holds it.
+        if let State::Pipe {
+            closed,
+            host_closed,
+            ..
+        } = &self.state
+        {
+            let shut = match owner {
+                Owner::Pid(pid) => closed.contains(&(end, pid)),
+                Owner::Host(_) => host_closed[usize::from(end)],
+            };
+            if shut {
+                return Step::Done(Err(ObjectError::Closed("the connection is closed".into())));
+            }
+        }
+        if let Owner::Pid(pid) = owner {
+            self.holds[usize::from(end)]
+                .entry(Hold::Pid(pid))
+                .or_insert(1);
+        }
+        match (&mut self.state, req) {
+            (State::Queue { maxsize, .. }, Request::QueueMaxsize) => {
+                Step::Done(Ok(Response::Count(*maxsize as u64)))
+            }
+            (State::Queue { items, .. }, Request::QueueQsize) => {
+                Step::Done(Ok(Response::Count(items.len() as u64)))
+            }
+            (State::Queue { closed, .. }, Request::QueueClose) => {
+                *closed = true;
+                Step::Done(Ok(Response::Unit))
+            }
+            (
+                State::Queue {
+                    joinable,
+                    unfinished,
+                    ..
+                },
+                Request::QueueTaskDone,
+            ) => Step::Done(if !*joinable {
+                Err(ObjectError::Invalid(
+                    "task_done() needs a JoinableQueue".into(),
+                ))
+            } else if *unfinished == 0 {
+                Err(ObjectError::Invalid(
+                    "task_done() called too many times".into(),
+                ))
+            } else {
+                *unfinished -= 1;
+                Ok(Response::Unit)
+            }),
+            (
+                State::Queue {
+                    joinable: false, ..
+                },
+                Request::QueueJoin,
+            ) => Step::Done(Err(ObjectError::Invalid(
+                "join() needs a JoinableQueue".into(),
+            ))),
+            (
+                State::Queue { .. },
+                req @ (Request::QueuePut(_) | Request::QueueGet | Request::QueueJoin),
+            )
+            | (
+                State::Pipe { .. },
+                req @ (Request::ConnSend(_) | Request::ConnRecv | Request::ConnPoll),
+            )
+            | (
+                State::Lock(_) | State::Semaphore { .. } | State::Condition(_),
+                req @ Request::Acquire,
+            )
+            | (State::Event(_), req @ Request::EventWait) => {
+                let mut pending = Pending::Op(req);
+                match self.attempt(owner, end, &mut pending) {
+                    Some(result) => Step::Done(result),
+                    None => Step::Wait(pending),
+                }
+            }
+            (
+                State::Pipe {
+                    closed,
+                    host_closed,
+                    ..
+                },
+                Request::ConnClose,
+            ) => {
+                let e = usize::from(end);
+                match owner {
+                    Owner::Pid(pid) => {
+                        self.holds[e].remove(&Hold::Pid(pid));
+                        closed.insert((end, pid));
+                    }
+                    Owner::Host(_) => host_closed[e] = true,
+                }
+                Step::Done(Ok(Response::Unit))
+            }
+            (State::Lock(lock) | State::Condition(lock), Request::Release) => {
+                Step::Done(lock.release(owner))
+            }
+            (
+                State::Semaphore {
+                    value,
+                    initial,
+                    bounded,
+                    held,
+                },
+                Request::Release,
+            ) => {
+                if *bounded && *value >= *initial {
+                    return Step::Done(Err(ObjectError::NotOwner(
+                        "semaphore or lock released too many times".into(),
+                    )));
+                }
+                *value += 1;
+                if let Some(n) = held.get_mut(&owner) {
+                    *n -= 1;
+                    if *n == 0 {
+                        held.remove(&owner);
+                    }
+                }
+                Step::Done(Ok(Response::Unit))
+            }
+            (State::Semaphore { value, .. }, Request::SemaphoreValue) => {
+                Step::Done(Ok(Response::Count(*value)))
+            }
+            (State::Event(set), Request::EventSet) => {
+                *set = true;
+                Step::Done(Ok(Response::Unit))
+            }
+            (State::Event(set), Request::EventClear) => {
+                *set = false;
+                Step::Done(Ok(Response::Unit))
+            }
+            (State::Event(set), Request::EventIsSet) => Step::Done(Ok(Response::Flag(*set))),
+            (
+                State::Barrier {
+                    parties,
+                    arrived,
+                    generation,
+                    broken,
+                },
+                Request::BarrierWait,
+            ) => {
+                if *broken {
+                    return Step::Done(Err(ObjectError::Broken));
+                }
+                let index = *arrived;
+                *arrived += 1;
+                if *arrived >= *parties {
+                    *arrived = 0;
+                    *generation += 1;
+                    Step::Done(Ok(Response::Int(i64::from(index))))
+                } else {
+                    Step::Wait(Pending::Barrier {
+                        index,
+                        generation: *generation,
+                    })
+                }
+            }
+            (State::Barrier { .. }, Request::BarrierAbort) => {
+                self.break_barrier(true, out);
+                Step::Done(Ok(Response::Unit))
+            }
+            (State::Barrier { .. }, Request::BarrierReset) => {
+                self.break_barrier(false, out);
+                Step::Done(Ok(Response::Unit))
+            }
+            (State::Barrier { arrived, .. }, Request::BarrierNWaiting) => {
+                Step::Done(Ok(Response::Count(u64::from(*arrived))))
+            }
+            (State::Condition(lock), Request::ConditionWait) => {
+                if lock.owner != Some(owner) {
+                    return Step::Done(Err(ObjectError::NotOwner(
+                        "cannot wait on an un-acquired condition".into(),
+                    )));
+                }
+                let count = lock.count;
+                lock.owner = None;
+                lock.count = 0;
+                Step::Wait(Pending::Notify { count })
+            }
+            (
+                State::Condition(lock),
+                req @ (Request::ConditionNotify(_) | Request::ConditionNotifyAll),
+            ) => {
+                if lock.owner != Some(owner) {
+                    return Step::Done(Err(ObjectError::NotOwner(
+                        "cannot notify on an un-acquired condition".into(),
+                    )));
+                }
+                let mut n = match req {
+                    Request::ConditionNotify(n) => n,
+                    _ => u32::MAX,
+                };
+                for w in self.waiters.iter_mut() {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Pending::Notify { count } = w.pending {
+                        w.pending = Pending::Reacquire {
+                            count,
+                            notified: true,
+                        };
+                        n -= 1;
+                    }
+                }
+                Step::Done(Ok(Response::Unit))
+            }
+            (State::Dict(map), req) => Step::Done(dict_op(map, req)),
+            (State::List(list), req) => Step::Done(list_op(list, req)),
+            (_, req) => Step::Done(invalid(kind, &req)),
+        }
+    }
+
+    /// Tries a blocked operation again; `None` while it still cannot proceed.
+    pub fn attempt(&mut self, owner: Owner, end: u8, pending: &mut Pending) -> Option<OpResult> {
+        let open_other = self.end_open(1 - (end & 1));
+        match (&mut self.state, pending) {
+            (
+                State::Queue {
+                    items,
+                    bytes,
+                    maxsize,
+                    closed,
+                    unfinished,
+                    ..
+                },
+                Pending::Op(req),
+            ) => match req {
+                Request::QueuePut(v) => {
+                    if *closed {
+                        Some(Err(ObjectError::Closed("the queue is closed".into())))
+                    } else if *bytes + v.len() > MAX_OBJECT_BYTES {
+                        Some(too_big(Kind::Queue, *bytes))
+                    } else if *maxsize == 0 || items.len() < *maxsize {
+                        *bytes += v.len();
+                        *unfinished += 1;
+                        items.push_back(std::mem::take(v));
+                        Some(Ok(Response::Unit))
+                    } else {
+                        None
+                    }
+                }
+                Request::QueueGet => match items.pop_front() {
+                    Some(v) => {
+                        *bytes -= v.len();
+                        Some(Ok(Response::Value(v)))
+                    }
+                    None if *closed => Some(Err(ObjectError::Closed(
+                        "the queue is closed and empty".into(),
+                    ))),
+                    None => None,
+                },
+                Request::QueueJoin => (*unfinished == 0).then_some(Ok(Response::Unit)),
+                _ => None,
+            },
+            (
+                State::Pipe {
+                    inbox,
+                    bytes,
+                    duplex,
+                    ..
+                },
+                Pending::Op(req),
+            ) => {
+                let e = usize::from(end & 1);
+                match req {
+                    Request::ConnSend(_) if !*duplex && e == 0 => Some(Err(ObjectError::Invalid(
+                        "this end of a one-way pipe only receives".into(),
+                    ))),
+                    Request::ConnRecv | Request::ConnPoll if !*duplex && e == 1 => Some(Err(
+                        ObjectError::Invalid("this end of a one-way pipe only sends".into()),
+                    )),
+                    Request::ConnSend(_) if !open_other => Some(Err(ObjectError::Closed(
+                        "broken pipe: the other end is closed".into(),
+                    ))),
+                    Request::ConnSend(v) => {
+                        if *bytes + v.len() > MAX_OBJECT_BYTES {
+                            return Some(too_big(Kind::Connection, *bytes));
+                        }
+                        *bytes += v.len();
+                        inbox[1 - e].push_back(std::mem::take(v));
+                        Some(Ok(Response::Unit))
+                    }
+                    Request::ConnRecv => match inbox[e].pop_front() {
+                        Some(v) => {
+                            *bytes -= v.len();
+                            Some(Ok(Response::Value(v)))
+                        }
+                        None if !open_other => Some(Err(ObjectError::Closed(
+                            "end of file: the other end of the pipe is closed".into(),
+                        ))),
+                        None => None,
+                    },
+                    Request::ConnPoll => {
+                        (!inbox[e].is_empty() || !open_other).then_some(Ok(Response::Flag(true)))
+                    }
+                    _ => None,
+                }
+            }
+            (State::Lock(lock) | State::Condition(lock), Pending::Op(Request::Acquire)) => lock
+                .try_acquire(owner, 1)
+                .then_some(Ok(Response::Flag(true))),
+            (State::Condition(lock), Pending::Reacquire { count, notified }) => lock
+                .try_acquire(owner, *count)
+                .then_some(Ok(Response::Flag(*notified))),
+            (State::Semaphore { value, held, .. }, Pending::Op(Request::Acquire)) => {
+                if *value == 0 {
+                    return None;
+                }
+                *value -= 1;
+                *held.entry(owner).or_insert(0) += 1;
+                Some(Ok(Response::Flag(true)))
+            }
+            (State::Event(set), Pending::Op(Request::EventWait)) => {
+                set.then_some(Ok(Response::Flag(true)))
+            }
+            (
+                State::Barrier {
+                    generation, broken, ..
+                },
+                Pending::Barrier {
+                    index,
+                    generation: g,
+                },
+            ) => {
+                if *broken {
+                    Some(Err(ObjectError::Broken))
+                } else if *generation != *g {
+                    Some(Ok(Response::Int(i64::from(*index))))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Retries every waiter, in arrival order, until none can proceed.
+    pub fn pump(&mut self, out: &mut Vec<(Responder, OpResult)>) {
+        loop {
+            let mut progressed = false;
+            let mut i = 0;
+            while i < self.waiters.len() {
+                let (owner, end) = (self.waiters[i].owner, self.waiters[i].end);
+                let mut pending =
+                    std::mem::replace(&mut self.waiters[i].pending, Pending::Notify { count: 0 });
+                let result = self.attempt(owner, end, &mut pending);
+                match result {
+                    Some(result) => {
+                        if let Some(w) = self.waiters.remove(i) {
+                            out.push((w.responder, result));
+                        }
+                        progressed = true;
+                    }
+                    None => {
+                        self.waiters[i].pending = pending;
+                        i += 1;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Breaks the barrier: every party waiting gets `Broken`. `abort` leaves it broken;
+    /// otherwise (reset) it is ready for a new round.
+    pub fn break_barrier(&mut self, abort: bool, out: &mut Vec<(Responder, OpResult)>) {
+        if let State::Barrier {
+            arrived,
+            generation,
+            broken,
+            ..
+        } = &mut self.state
+        {
+            *arrived = 0;
+            *generation += 1;
+            *broken = abort;
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        for w in waiters {
+            out.push((w.responder, Err(ObjectError::Broken)));
+        }
+    }
+
+    /// The waiter `id` timed out: answer it as Python would, or move it on.
+    pub fn expire(&mut self, id: u64, out: &mut Vec<(Responder, OpResult)>) {
+        let Some(pos) = self.waiters.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let Some(mut w) = self.waiters.remove(pos) else {
+            return;
+        };
+        match w.pending {
+            Pending::Op(ref req) => {
+                let result = match req {
+                    Request::QueueGet => Err(ObjectError::Empty),
+                    Request::QueuePut(_) => Err(ObjectError::Full),
+                    Request::Acquire | Request::EventWait | Request::ConnPoll => {
+                        Ok(Response::Flag(false))
+                    }
+                    _ => Err(ObjectError::Timeout),
+                };
+                out.push((w.responder, result));
+            }
+            Pending::Notify { count } => {
+                // Not notified in time: the waiter still re-acquires the lock before it returns.
+                w.pending = Pending::Reacquire {
+                    count,
+                    notified: false,
+                };
+                self.waiters.push_back(w);
+            }
+            Pending::Barrier { .. } => {
+                out.push((w.responder, Err(ObjectError::Broken)));
+                self.break_barrier(true, out);
+            }
+            Pending::Reacquire { .. } => self.waiters.insert(pos, w),
+        }
+        self.pump(out);
+    }
+
+    /// Worker `pid` is gone: forget its waiters and give back what it held.
+    pub fn worker_exited(&mut self, pid: u32, out: &mut Vec<(Responder, OpResult)>) {
+        let gone = Owner::Pid(pid);
+        let before = self.waiters.len();
+        let mut was_at_barrier = false;
+        self.waiters.retain(|w| {
+            let keep = w.owner != gone;
+            if !keep && matches!(w.pending, Pending::Barrier { .. }) {
+                was_at_barrier = true;
+            }
+            keep
+        });
+        let mut changed = self.waiters.len() != before;
+        match &mut self.state {
+            State::Lock(lock) | State::Condition(lock) if lock.owner == Some(gone) => {
+                lock.owner = None;
+                lock.count = 0;
+                changed = true;
+            }
+            State::Semaphore {
+                value,
+                initial,
+                bounded,
+                held,
+            } => {
+                if let Some(n) = held.remove(&gone) {
+                    *value += n;
+                    if *bounded {
+                        *value = (*value).min(*initial);
+                    }
+                    changed = true;
+                }
+            }
+            State::Pipe { closed, .. } => closed.retain(|&(_, p)| p != pid),
+            _ => {}
+        }
+        for h in self.holds.iter_mut() {
+            changed |= h.remove(&Hold::Pid(pid)).is_some();
+        }
+        if was_at_barrier {
+            self.break_barrier(true, out);
+        }
+        if changed {
+            self.pump(out);
+        }
+    }
+}
+
+fn dict_op(map: &mut indexmap::IndexMap<Vec<u8>, Vec<u8>>, req: Request) -> OpResult {
+    Ok(match req {
+        Request::DictGet(k) => Response::Maybe(map.get(&k).cloned()),
+        Request::DictSet((k, v)) => {
+            map.insert(k, v);
+            Response::Unit
+        }
+        Request::DictDelete(k) => match map.shift_remove(&k) {
+            Some(_) => Response::Unit,
+            None => return Err(ObjectError::Missing("KeyError: no such key".into())),
+        },
+        Request::DictContains(k) => Response::Flag(map.contains_key(&k)),
+        Request::DictKeys => Response::Values(map.keys().cloned().collect()),
+        Request::DictValues => Response::Values(map.values().cloned().collect()),
+        Request::DictItems => {
+            Response::Entries(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        Request::DictLen => Response::Count(map.len() as u64),
+        Request::DictUpdate(entries) => {
+            map.extend(entries);
+            Response::Unit
+        }
+        Request::DictSetdefault((k, v)) => Response::Value(map.entry(k).or_insert(v).clone()),
+        Request::DictPop(k) => Response::Maybe(map.shift_remove(&k)),
+        Request::DictIncrement(k, delta) => {
+            let (new, encoded) = add_to_int(map.get(&k).map(Vec::as_slice), delta)?;
+            map.insert(k, encoded);
+            Response::Int(new)
+        }
+        Request::DictCompareAndSwap { key, expected, new } => {
+            let matches = map.get(&key) == expected.as_ref();
+            if matches {
+                map.insert(key, new);
+            }
+            Response::Flag(matches)
+        }
+        req => return invalid(Kind::Dict, &req),
+    })
+}
+
+fn list_op(list: &mut Vec<Vec<u8>>, req: Request) -> OpResult {
+    let out_of_range = || ObjectError::Missing("IndexError: list index out of range".into());
+    Ok(match req {
+        Request::ListAppend(v) => {
+            list.push(v);
+            Response::Unit
+        }
+        Request::ListExtend(vs) => {
+            list.extend(vs);
+            Response::Unit
+        }
+        Request::ListGet(i) => {
+            let i = index(list.len(), i).ok_or_else(out_of_range)?;
+            Response::Value(list[i].clone())
+        }
+        Request::ListSet(i, v) => {
+            let i = index(list.len(), i).ok_or_else(out_of_range)?;
+            list[i] = v;
+            Response::Unit
+        }
+        Request::ListLen => Response::Count(list.len() as u64),
+        Request::ListPop(i) => {
+            let i = index(list.len(), i.unwrap_or(-1))
+                .ok_or_else(|| ObjectError::Missing("IndexError: pop index out of range".into()))?;
+            Response::Value(list.remove(i))
+        }
+        Request::ListIndex(v) => match list.iter().position(|x| *x == v) {
+            Some(i) => Response::Count(i as u64),
+            None => {
+                return Err(ObjectError::Missing(
+                    "ValueError: value is not in list".into(),
+                ));
+            }
+        },
+        Request::ListItems => Response::Values(list.clone()),
+        req => return invalid(Kind::List, &req),
+    })
+}

@@ -1,0 +1,182 @@
+//! `Manager`: creates the objects tasks share. The host's broker owns them; the handles it
+//! answers work in this program and, passed inside task arguments, in tasks.
+
+use wasmpool_objects::wire::Kind;
+use wasmpool_objects::{
+    Barrier, Condition, Connection, Dict, Event, List, Lock, Queue, RLock, Semaphore,
+};
+
+use crate::broker::{LockState, State, broker};
+
+/// Creates shared objects, as Python's `multiprocessing` module functions and
+/// `Manager()` do. Every object lives while this program holds a handle to it or a process
+/// it was given to is running; a task can reach only the objects whose handles it was given.
+///
+/// ```no_run
+/// use wasmpool::{Manager, Module, Process};
+///
+/// let module = Module::load("examples/seeds")?;
+/// let m = Manager::new();
+/// let queue = m.queue::<String>();
+/// let producer = Process::new(&module, "producer", &(queue.clone(),))?;
+/// producer.start()?;
+/// producer.join()?;
+/// while !queue.empty()? {
+///     println!("{}", queue.get()?);
+/// }
+/// # Ok::<(), wasmpool::Error>(())
+/// ```
+///
+/// The host side uses the same typed handles the tasks use, so a host producer can feed a
+/// guest consumer and back:
+///
+/// ```
+/// let m = wasmpool::Manager::new();
+/// let counts = m.dict::<String, i64>();
+/// counts.set(&"seen".to_string(), &1)?;
+/// assert_eq!(counts.increment(&"seen".to_string(), 2)?, 3);
+/// let (a, b) = m.pipe::<u32>(true);
+/// a.send(&7)?;
+/// assert_eq!(b.recv()?, 7);
+/// # Ok::<(), wasmpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Manager {
+    _private: (),
+}
+
+fn lock_state(recursive: bool) -> LockState {
+    LockState {
+        owner: None,
+        count: 0,
+        recursive,
+    }
+}
+
+impl Manager {
+    /// The manager of this program's shared objects.
+    pub fn new() -> Manager {
+        broker();
+        Manager { _private: () }
+    }
+
+    fn create(&self, kind: Kind, state: State) -> wasmpool_objects::wire::Handle {
+        broker().create(kind, state)[0]
+    }
+
+    fn queue_with<T>(&self, maxsize: usize, joinable: bool) -> Queue<T> {
+        Queue::__from_created(self.create(
+            Kind::Queue,
+            State::Queue {
+                items: Default::default(),
+                bytes: 0,
+                maxsize,
+                closed: false,
+                joinable,
+                unfinished: 0,
+            },
+        ))
+    }
+
+    /// An unbounded FIFO queue (Python's `Queue()` / `SimpleQueue()`).
+    pub fn queue<T>(&self) -> Queue<T> {
+        self.queue_with(0, false)
+    }
+
+    /// A queue holding at most `maxsize` items (0: unbounded); `put` blocks while it is full.
+    pub fn bounded_queue<T>(&self, maxsize: usize) -> Queue<T> {
+        self.queue_with(maxsize, false)
+    }
+
+    /// A queue with `task_done` and `join` (Python's `JoinableQueue(maxsize)`).
+    pub fn joinable_queue<T>(&self, maxsize: usize) -> Queue<T> {
+        self.queue_with(maxsize, true)
+    }
+
+    /// A pipe: two connected ends (Python's `Pipe(duplex)`). With `duplex` false the first
+    /// end only receives and the second only sends.
+    pub fn pipe<T>(&self, duplex: bool) -> (Connection<T>, Connection<T>) {
+        let [a, b] = broker().create(
+            Kind::Connection,
+            State::Pipe {
+                inbox: Default::default(),
+                bytes: 0,
+                closed: Default::default(),
+                host_closed: [false; 2],
+                duplex,
+            },
+        );
+        (Connection::__from_created(a), Connection::__from_created(b))
+    }
+
+    /// A lock; any process may release it, as in Python.
+    pub fn lock(&self) -> Lock {
+        Lock::__from_created(self.create(Kind::Lock, State::Lock(lock_state(false))))
+    }
+
+    /// A recursive lock: only its owner may release it.
+    pub fn rlock(&self) -> RLock {
+        RLock::__from_created(self.create(Kind::RLock, State::Lock(lock_state(true))))
+    }
+
+    fn semaphore_with(&self, value: u64, bounded: bool) -> Semaphore {
+        Semaphore::__from_created(self.create(
+            Kind::Semaphore,
+            State::Semaphore {
+                value,
+                initial: value,
+                bounded,
+                held: Default::default(),
+            },
+        ))
+    }
+
+    /// A semaphore with initial value `value`.
+    pub fn semaphore(&self, value: u64) -> Semaphore {
+        self.semaphore_with(value, false)
+    }
+
+    /// A semaphore that refuses to be released above its initial value.
+    pub fn bounded_semaphore(&self, value: u64) -> Semaphore {
+        self.semaphore_with(value, true)
+    }
+
+    /// An event, initially clear.
+    pub fn event(&self) -> Event {
+        Event::__from_created(self.create(Kind::Event, State::Event(false)))
+    }
+
+    /// A barrier for `parties` processes (at least 1).
+    pub fn barrier(&self, parties: u32) -> Barrier {
+        Barrier::__from_created(self.create(
+            Kind::Barrier,
+            State::Barrier {
+                parties: parties.max(1),
+                arrived: 0,
+                generation: 0,
+                broken: false,
+            },
+        ))
+    }
+
+    /// A condition variable with its own recursive lock.
+    pub fn condition(&self) -> Condition {
+        Condition::__from_created(self.create(Kind::Condition, State::Condition(lock_state(true))))
+    }
+
+    /// An empty dict (Python's `Manager().dict()`).
+    pub fn dict<K, V>(&self) -> Dict<K, V> {
+        Dict::__from_created(self.create(Kind::Dict, State::Dict(Default::default())))
+    }
+
+    /// An empty list (Python's `Manager().list()`).
+    pub fn list<T>(&self) -> List<T> {
+        List::__from_created(self.create(Kind::List, State::List(Vec::new())))
+    }
+
+    /// How many shared objects are alive in this program (objects are freed when nothing
+    /// can reach them any more).
+    pub fn live_objects(&self) -> usize {
+        broker().live_objects()
+    }
+}

@@ -1,0 +1,404 @@
+//! Shared objects: what tasks and the host program do with them, and that nothing a dead,
+//! trapped or hostile worker held can hang anyone. Every test runs under an outer timeout.
+
+use std::time::Duration;
+
+use wasmpool::{Error, Manager, ObjectError, Pool, Process};
+
+use crate::util::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const LONG: u64 = 60_000;
+
+fn run<R: serde::de::DeserializeOwned>(
+    task: &str,
+    args: &impl serde::Serialize,
+) -> wasmpool::Result<R> {
+    let p = Process::new(&testkit(), task, args)?;
+    p.start()?;
+    p.join()?;
+    p.result()
+}
+
+#[test]
+fn host_producer_guest_consumer_and_back() {
+    within(LIMIT, || {
+        let q = Manager::new().queue::<Option<u64>>();
+        for i in 0..100u64 {
+            q.put(&Some(i)).unwrap();
+        }
+        q.put(&None).unwrap();
+        assert_eq!(run::<u64>("queue_consume", &(&q,)).unwrap(), 4950);
+        assert!(q.empty().unwrap());
+
+        let p = Process::new(&testkit(), "queue_produce", &(&q, 1000u64)).unwrap();
+        p.start().unwrap();
+        let mut got = Vec::new();
+        while let Some(v) = q.get().unwrap() {
+            got.push(v);
+        }
+        p.join().unwrap();
+        assert_eq!(
+            got,
+            (0..1000).collect::<Vec<_>>(),
+            "FIFO order, nothing lost"
+        );
+    });
+}
+
+#[test]
+fn timeouts_answer_as_python_does() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        let q = m.queue::<String>();
+        assert_eq!(
+            q.get_timeout(Some(Duration::from_millis(50))),
+            Err(ObjectError::Empty)
+        );
+        assert_eq!(q.get_nowait(), Err(ObjectError::Empty));
+        let bounded = m.bounded_queue::<u8>(1);
+        bounded.put(&1).unwrap();
+        assert!(bounded.full().unwrap());
+        assert_eq!(bounded.put_nowait(&2), Err(ObjectError::Full));
+        let lock = m.lock();
+        lock.acquire().unwrap();
+        let other = lock.clone();
+        let blocked =
+            std::thread::spawn(move || other.acquire_timeout(Some(Duration::from_millis(50))));
+        assert!(!blocked.join().unwrap().unwrap(), "a held lock times out");
+        let ev = m.event();
+        assert!(!ev.wait_timeout(Some(Duration::from_millis(20))).unwrap());
+        ev.set().unwrap();
+        assert!(ev.wait_timeout(Some(Duration::from_millis(20))).unwrap());
+        // A task's get with a timeout on an empty queue fails with Empty, it does not hang.
+        match run::<String>("get_timeout", &(&q, 100u64)) {
+            Err(Error::Task { message, .. }) => assert!(message.contains("empty"), "{message}"),
+            other => panic!("expected the task to fail with Empty, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn lock_held_by_a_killed_process_is_released() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        let (lock, held) = (m.lock(), m.event());
+        let p = Process::new(&testkit(), "hold_lock", &(&lock, &held, LONG)).unwrap();
+        p.start().unwrap();
+        assert!(held.wait_timeout(Some(Duration::from_secs(30))).unwrap());
+        assert!(!lock.try_acquire().unwrap(), "the task holds the lock");
+        p.kill();
+        p.join().unwrap();
+        assert!(lock.acquire_timeout(Some(Duration::from_secs(10))).unwrap());
+    });
+}
+
+#[test]
+fn lock_held_by_a_panicking_pool_task_is_released_and_the_pool_goes_on() {
+    within(LIMIT, || {
+        let lock = Manager::new().lock();
+        let pool = Pool::new(&testkit(), 1).unwrap();
+        let err = pool
+            .apply::<_, ()>("lock_then_panic", &(&lock,))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("dying with the lock held"),
+            "{err}"
+        );
+        assert!(lock.acquire_timeout(Some(Duration::from_secs(10))).unwrap());
+        lock.release().unwrap();
+        assert_eq!(pool.apply::<_, u64>("square", &(9u64,)).unwrap(), 81);
+    });
+}
+
+#[test]
+fn semaphore_acquisitions_of_a_killed_process_are_returned() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        let (sem, held) = (m.semaphore(3), m.event());
+        let p = Process::new(&testkit(), "hold_semaphore", &(&sem, 2u32, &held, LONG)).unwrap();
+        p.start().unwrap();
+        assert!(held.wait_timeout(Some(Duration::from_secs(30))).unwrap());
+        assert_eq!(sem.value().unwrap(), 1);
+        p.kill();
+        p.join().unwrap();
+        assert_eq!(sem.value().unwrap(), 3);
+    });
+}
+
+#[test]
+fn barrier_breaks_when_a_waiting_party_dies() {
+    within(LIMIT, || {
+        let barrier = Manager::new().barrier(3);
+        let p = Process::new(&testkit(), "barrier_wait", &(&barrier, None::<u64>)).unwrap();
+        p.start().unwrap();
+        assert!(eventually(Duration::from_secs(30), || barrier
+            .n_waiting()
+            .unwrap()
+            == 1));
+        p.kill();
+        p.join().unwrap();
+        assert_eq!(
+            barrier.wait_timeout(Some(Duration::from_secs(10))),
+            Err(ObjectError::Broken)
+        );
+    });
+}
+
+#[test]
+fn barrier_releases_every_party_with_distinct_indexes() {
+    within(LIMIT, || {
+        let barrier = Manager::new().barrier(3);
+        let ps: Vec<_> = (0..2)
+            .map(|_| {
+                let p =
+                    Process::new(&testkit(), "barrier_wait", &(&barrier, Some(30_000u64))).unwrap();
+                p.start().unwrap();
+                p
+            })
+            .collect();
+        let mine = barrier.wait_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut indexes = vec![mine];
+        for p in &ps {
+            p.join().unwrap();
+            indexes.push(p.result::<u32>().unwrap());
+        }
+        indexes.sort();
+        assert_eq!(indexes, vec![0, 1, 2]);
+    });
+}
+
+#[test]
+fn pipe_end_held_by_a_killed_process_reads_as_closed() {
+    within(LIMIT, || {
+        let (a, b) = Manager::new().pipe::<String>(true);
+        let p = Process::new(&testkit(), "hold_conn", &(&b, LONG)).unwrap();
+        p.start().unwrap();
+        drop(b);
+        // The child still holds the other end: nothing to read, but no end of file either.
+        assert!(!a.poll(Some(Duration::from_millis(200))).unwrap());
+        p.kill();
+        p.join().unwrap();
+        assert!(matches!(
+            a.recv_timeout(Some(Duration::from_secs(10))),
+            Err(ObjectError::Closed(_))
+        ));
+        assert!(matches!(a.send(&"x".into()), Err(ObjectError::Closed(_))));
+    });
+}
+
+#[test]
+fn pipe_reader_sees_everything_then_end_of_file() {
+    within(LIMIT, || {
+        let (a, b) = Manager::new().pipe::<String>(true);
+        for s in ["one", "two", "three"] {
+            a.send(&s.to_string()).unwrap();
+        }
+        let p = Process::new(&testkit(), "recv_all", &(&b,)).unwrap();
+        p.start().unwrap();
+        a.close().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.result::<Vec<String>>().unwrap(), ["one", "two", "three"]);
+        assert!(
+            matches!(a.recv(), Err(ObjectError::Closed(_))),
+            "a closed end is unusable"
+        );
+    });
+}
+
+#[test]
+fn one_way_pipe_refuses_the_wrong_direction() {
+    let (r, w) = Manager::new().pipe::<u8>(false);
+    w.send(&1).unwrap();
+    assert_eq!(r.recv().unwrap(), 1);
+    assert!(matches!(r.send(&1), Err(ObjectError::Invalid(_))));
+    assert!(matches!(w.recv(), Err(ObjectError::Invalid(_))));
+}
+
+#[test]
+fn forged_stale_and_mistyped_handles_are_clear_errors() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        // A handle with a guessed token.
+        let forged = serde_json::json!(["wasmpool:lock", 2, 12345]);
+        let p = Process::with_encoded_args(
+            &testkit(),
+            "try_lock",
+            wasmpool::json_args(&[forged]).unwrap(),
+        )
+        .unwrap();
+        p.start().unwrap();
+        p.join().unwrap();
+        let err = p.result::<bool>().unwrap_err().to_string();
+        assert!(err.contains("no such object"), "{err}");
+        // A handle to an object the host dropped.
+        let lock = m.lock();
+        let stale = serde_json::to_value(&lock).unwrap();
+        drop(lock);
+        let p = Process::with_encoded_args(
+            &testkit(),
+            "try_lock",
+            wasmpool::json_args(&[stale]).unwrap(),
+        )
+        .unwrap();
+        p.start().unwrap();
+        p.join().unwrap();
+        let err = p.result::<bool>().unwrap_err().to_string();
+        assert!(err.contains("no such object"), "{err}");
+        // A queue where a lock is expected.
+        let q = m.queue::<u8>();
+        let err = run::<bool>("try_lock", &(&q,)).unwrap_err();
+        assert!(
+            matches!(err, Error::BadArgs(_) | Error::Task { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("expected a Lock handle"), "{err}");
+        // A recursive lock works re-entrantly inside a task.
+        let reentrant = run::<()>("rlock_twice", &(&m.rlock(),));
+        assert!(reentrant.is_ok(), "{reentrant:?}");
+    });
+}
+
+#[test]
+fn oversized_message_is_refused_and_the_queue_still_works() {
+    within(LIMIT, || {
+        let q = Manager::new().queue::<String>();
+        let err = run::<()>("put_big", &(&q, wasmpool::DEFAULT_MAX_MESSAGE_BYTES + 1)).unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+        assert!(
+            q.empty().unwrap(),
+            "nothing of the refused message is visible"
+        );
+        run::<()>("put_big", &(&q, 1000usize)).unwrap();
+        assert_eq!(q.get().unwrap().len(), 1000);
+    });
+}
+
+#[test]
+fn dict_and_list_operations() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        let (d, l) = (m.dict::<String, i64>(), m.list::<String>());
+        let seen = run::<Vec<String>>("dict_list_ops", &(&d, &l)).unwrap();
+        assert_eq!(
+            seen,
+            [
+                "len=3",
+                r#"keys=["a", "b", "c"]"#,
+                "setdefault=1",
+                "pop=Some(2)",
+                "contains_b=false",
+                "cas_ok=true",
+                "cas_stale=false",
+                "incr=5",
+                "delete_missing=true",
+                "last=z",
+                "index_z=2",
+                "pop=z",
+                r#"items=["w", "y"]"#,
+                "out_of_range=true",
+            ]
+        );
+        // The host sees what the task left.
+        assert_eq!(
+            d.items().unwrap(),
+            [
+                ("a".to_string(), 1),
+                ("c".to_string(), 30),
+                ("n".to_string(), 5)
+            ]
+        );
+        assert_eq!(l.items().unwrap(), ["w", "y"]);
+    });
+}
+
+#[test]
+fn condition_wakes_a_waiting_task() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        let (cond, d) = (m.condition(), m.dict::<String, i64>());
+        let p = Process::new(&testkit(), "condition_wait", &(&cond, &d)).unwrap();
+        p.start().unwrap();
+        assert!(eventually(Duration::from_secs(30), || d
+            .contains(&"waiting".into())
+            .unwrap()));
+        {
+            // Holding the lock means the task is inside wait().
+            let _held = cond.lock().unwrap();
+            d.set(&"ready".into(), &1).unwrap();
+            cond.notify_all().unwrap();
+        }
+        p.join().unwrap();
+        assert!(p.result::<bool>().unwrap(), "woken by the notification");
+    });
+}
+
+#[test]
+fn ownership_and_bounds_are_checked() {
+    let m = Manager::new();
+    let rlock = m.rlock();
+    assert!(matches!(rlock.release(), Err(ObjectError::NotOwner(_))));
+    rlock.acquire().unwrap();
+    rlock.acquire().unwrap();
+    rlock.release().unwrap();
+    rlock.release().unwrap();
+    let bounded = m.bounded_semaphore(1);
+    assert!(matches!(bounded.release(), Err(ObjectError::NotOwner(_))));
+    let q = m.joinable_queue::<u8>(0);
+    q.put(&1).unwrap();
+    assert_eq!(
+        q.join_timeout(Some(Duration::from_millis(20))),
+        Err(ObjectError::Timeout)
+    );
+    q.get().unwrap();
+    q.task_done().unwrap();
+    q.join().unwrap();
+    assert!(matches!(q.task_done(), Err(ObjectError::Invalid(_))));
+    let d = m.dict::<String, String>();
+    d.set(&"k".into(), &"text".into()).unwrap();
+    assert!(matches!(
+        d.increment(&"k".into(), 1),
+        Err(ObjectError::Invalid(_))
+    ));
+}
+
+#[test]
+fn locked_and_atomic_counters_are_exact_even_when_a_worker_dies() {
+    within(Duration::from_secs(120), || {
+        let m = Manager::new();
+        let (d, lock) = (m.dict::<String, i64>(), m.lock());
+        let ps: Vec<_> = (0..2)
+            .map(|_| {
+                let p =
+                    Process::new(&testkit(), "locked_increments", &(&d, &lock, 500u64)).unwrap();
+                p.start().unwrap();
+                p
+            })
+            .collect();
+        let doomed =
+            Process::new(&testkit(), "locked_increments", &(&d, &lock, 1_000_000u64)).unwrap();
+        doomed.start().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        doomed.kill();
+        for p in &ps {
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0));
+        }
+        doomed.join().unwrap();
+        let after_locked = d.get(&"count".into()).unwrap().unwrap();
+        assert!(after_locked >= 1000, "{after_locked}");
+
+        d.set(&"count".into(), &0).unwrap();
+        let ps: Vec<_> = (0..2)
+            .map(|_| {
+                let p = Process::new(&testkit(), "atomic_increments", &(&d, 500u64)).unwrap();
+                p.start().unwrap();
+                p
+            })
+            .collect();
+        for p in &ps {
+            p.join().unwrap();
+        }
+        assert_eq!(d.get(&"count".into()).unwrap(), Some(1000));
+    });
+}
