@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use wasmpool::{Module, Pool, Process};
+use wasmpool::{Manager, Module, Pool, Process};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,6 +30,71 @@ fn python(workload: &str) -> Vec<(String, f64)> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| Some((v["workload"].as_str()?.to_string(), v["value"].as_f64()?)))
         .collect()
+}
+
+/// Messages per second through a `Queue`, one producer process → this program, start
+/// included (as the Python workload times it).
+fn queue_throughput(ctx: &Ctx, n: u64) -> f64 {
+    let q = Manager::new().queue::<Option<u64>>();
+    let t = Instant::now();
+    let p = Process::new(&ctx.testkit, "queue_produce", &(&q, n)).expect("process");
+    p.start().expect("start");
+    let mut got = 0u64;
+    while q.get().expect("get").is_some() {
+        got += 1;
+    }
+    let dt = t.elapsed().as_secs_f64();
+    p.join().expect("join");
+    assert_eq!(got, n);
+    n as f64 / dt
+}
+
+/// Microseconds per `Pipe` round trip between this program and a child that echoes.
+fn pipe_roundtrip(ctx: &Ctx, n: u64) -> f64 {
+    let (a, b) = Manager::new().pipe::<u64>(true);
+    let p = Process::new(&ctx.testkit, "pipe_pong", &(&b, n)).expect("process");
+    p.start().expect("start");
+    // The first round trip waits for the child to start; time the rest, as Python does
+    // after `start()` returns (its child is forked and running by then).
+    a.send(&0).expect("send");
+    a.recv().expect("recv");
+    let t = Instant::now();
+    for i in 1..n {
+        a.send(&i).expect("send");
+        assert_eq!(a.recv().expect("recv"), i);
+    }
+    let dt = t.elapsed().as_secs_f64();
+    p.join().expect("join");
+    dt / (n - 1) as f64 * 1e6
+}
+
+/// Increments per second of a shared dict counter by two processes: `n` each, under a lock
+/// (read and write), or with the atomic `increment`. Start and join included.
+fn dict_counter(ctx: &Ctx, n: u64, atomic: bool) -> f64 {
+    let m = Manager::new();
+    let (d, lock) = (m.dict::<String, i64>(), m.lock());
+    let t = Instant::now();
+    let ps: Vec<Process> = (0..2)
+        .map(|_| {
+            let p = if atomic {
+                Process::new(&ctx.testkit, "atomic_increments", &(&d, n))
+            } else {
+                Process::new(&ctx.testkit, "locked_increments", &(&d, &lock, n))
+            }
+            .expect("process");
+            p.start().expect("start");
+            p
+        })
+        .collect();
+    for p in &ps {
+        p.join().expect("join");
+    }
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(
+        d.get(&"count".to_string()).expect("get"),
+        Some(2 * n as i64)
+    );
+    2.0 * n as f64 / dt
 }
 
 struct Ctx {
@@ -214,6 +279,11 @@ fn main() {
         (200_000, 20_000, 20_000)
     };
     let iters = calibrate(&ctx);
+    let (queue_n, pipe_n, dict_n) = if smoke {
+        (2_000, 500, 200)
+    } else {
+        (100_000, 20_000, 2_000)
+    };
 
     let cold = std::cell::Cell::new(None);
     let cold_start = |ctx: &Ctx| {
@@ -289,6 +359,38 @@ fn main() {
             "≥ 10x",
             Some(("apply_async_tiny", "apply_async_tiny_20k")),
             Box::new(move |c| apply_async_tiny(c, apply_n)),
+        ),
+        row(
+            "Queue, 100k small messages, producer process → consumer",
+            "msgs/s",
+            true,
+            "≥ 10x",
+            Some(("queue", "queue_100k")),
+            Box::new(move |c| queue_throughput(c, queue_n)),
+        ),
+        row(
+            "Pipe ping-pong round trip",
+            "µs",
+            false,
+            "≤ 1/3 (≥ 3x)",
+            Some(("pipe", "pipe_roundtrip")),
+            Box::new(move |c| pipe_roundtrip(c, pipe_n)),
+        ),
+        row(
+            "2 processes × 2000 locked increments of a dict counter (Python: Manager dict + Lock)",
+            "incr/s",
+            true,
+            "≥ 20x",
+            Some(("dict_lock", "dict_locked_incr")),
+            Box::new(move |c| dict_counter(c, dict_n, false)),
+        ),
+        row(
+            "2 processes × 2000 atomic increments (Python: Manager dict + Lock)",
+            "incr/s",
+            true,
+            "≥ 20x",
+            Some(("dict_lock", "dict_locked_incr")),
+            Box::new(move |c| dict_counter(c, dict_n, true)),
         ),
         row(
             "CPU-bound 10 ms tasks, parallel efficiency at N = cores (Python: its countdown workload on 2)",
