@@ -92,9 +92,8 @@ impl Process {
         // Shared objects in the arguments are held for the process from now on: a pipe end
         // it was given stays open until it closes it or exits, as an inherited fd would.
         let (args, handles) = collect_grants(|| encode_args(args));
-        let grant = broker().hold_grant(&handles);
         let process = Self::with_encoded_args(module, task, args?)?;
-        lock(&process.inner.state).grant = grant;
+        lock(&process.inner.state).grant = broker().hold_grant(&handles);
         Ok(process)
     }
 

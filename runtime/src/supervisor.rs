@@ -82,10 +82,11 @@ impl WorkerHandle {
                         }
                     }
                 };
+                // What the worker held is given back before anyone hears it is gone, and
+                // before it is reaped, so its pid cannot have been reused yet.
+                broker().worker_exited(pid);
                 let status = child.wait().ok();
                 reaped2.store(true, Ordering::SeqCst);
-                // What the worker held is given back before anyone hears it is gone.
-                broker().worker_exited(pid);
                 events.on_exit(pid, status, protocol_error);
             })?;
         Ok(WorkerHandle {

@@ -97,6 +97,8 @@ pub(crate) struct Object {
     pub host_refs: [usize; 2],
     /// Processes that hold each end (were given it, or used it), keeping it alive and open.
     pub holds: [HashMap<Hold, u32>; 2],
+    /// Bytes stored in a dict or list (queues and pipes count their own).
+    pub stored: usize,
     pub state: State,
     pub waiters: VecDeque<Waiter>,
 }
@@ -107,13 +109,36 @@ pub(crate) enum Step {
     Wait(Pending),
 }
 
-/// The most bytes one queue or pipe may hold: a guest that floods one cannot take the
-/// host's memory with it.
+/// The most bytes one queue, pipe, dict or list may hold: a guest that floods one cannot
+/// take the host's memory with it.
 pub(crate) const MAX_OBJECT_BYTES: usize = 256 << 20;
 
+/// What one queued message costs on top of its bytes, so empty messages are not free.
+const ITEM_OVERHEAD: usize = 32;
+
+/// Collects at most 40 bytes of formatted text, then stops the formatting.
+struct Short(String);
+
+impl std::fmt::Write for Short {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.0.len() + s.len() > 40 {
+            return Err(std::fmt::Error);
+        }
+        self.0.push_str(s);
+        Ok(())
+    }
+}
+
 fn invalid(kind: Kind, req: &Request) -> OpResult {
-    let op = format!("{req:?}");
-    let op = op.split(['(', ' ', '{']).next().unwrap_or("?");
+    // Only the operation's name: its payload may be megabytes.
+    let mut short = Short(String::new());
+    let _ = std::fmt::Write::write_fmt(&mut short, format_args!("{req:?}"));
+    let op = short
+        .0
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("?")
+        .to_string();
     Err(ObjectError::Invalid(format!(
         "{op} is not an operation of a {}",
         kind.name()
@@ -194,6 +219,7 @@ impl Object {
             tokens,
             host_refs,
             holds: [HashMap::new(), HashMap::new()],
+            stored: 0,
             state,
             waiters: VecDeque::new(),
         }
@@ -336,10 +362,19 @@ impl Object {
                     )));
                 }
                 *value += 1;
-                if let Some(n) = held.get_mut(&owner) {
+                // Released by its holder, or on a holder's behalf: either way one outstanding
+                // acquisition is gone, so a holder's death cannot give it back twice.
+                let from = if held.contains_key(&owner) {
+                    Some(owner)
+                } else {
+                    held.keys().next().copied()
+                };
+                if let Some(from) = from
+                    && let Some(n) = held.get_mut(&from)
+                {
                     *n -= 1;
                     if *n == 0 {
-                        held.remove(&owner);
+                        held.remove(&from);
                     }
                 }
                 Step::Done(Ok(Response::Unit))
@@ -430,8 +465,13 @@ impl Object {
                 }
                 Step::Done(Ok(Response::Unit))
             }
-            (State::Dict(map), req) => Step::Done(dict_op(map, req)),
-            (State::List(list), req) => Step::Done(list_op(list, req)),
+            (State::Dict(_) | State::List(_), req)
+                if grows(&req) && self.stored + req.payload_len() > MAX_OBJECT_BYTES =>
+            {
+                Step::Done(too_big(kind, self.stored))
+            }
+            (State::Dict(map), req) => Step::Done(dict_op(map, &mut self.stored, req)),
+            (State::List(list), req) => Step::Done(list_op(list, &mut self.stored, req)),
             (_, req) => Step::Done(invalid(kind, &req)),
         }
     }
@@ -454,10 +494,10 @@ impl Object {
                 Request::QueuePut(v) => {
                     if *closed {
                         Some(Err(ObjectError::Closed("the queue is closed".into())))
-                    } else if *bytes + v.len() > MAX_OBJECT_BYTES {
+                    } else if *bytes + v.len() + ITEM_OVERHEAD > MAX_OBJECT_BYTES {
                         Some(too_big(Kind::Queue, *bytes))
                     } else if *maxsize == 0 || items.len() < *maxsize {
-                        *bytes += v.len();
+                        *bytes += v.len() + ITEM_OVERHEAD;
                         *unfinished += 1;
                         items.push_back(std::mem::take(v));
                         Some(Ok(Response::Unit))
@@ -467,7 +507,7 @@ impl Object {
                 }
                 Request::QueueGet => match items.pop_front() {
                     Some(v) => {
-                        *bytes -= v.len();
+                        *bytes = bytes.saturating_sub(v.len() + ITEM_OVERHEAD);
                         Some(Ok(Response::Value(v)))
                     }
                     None if *closed => Some(Err(ObjectError::Closed(
@@ -499,16 +539,16 @@ impl Object {
                         "broken pipe: the other end is closed".into(),
                     ))),
                     Request::ConnSend(v) => {
-                        if *bytes + v.len() > MAX_OBJECT_BYTES {
+                        if *bytes + v.len() + ITEM_OVERHEAD > MAX_OBJECT_BYTES {
                             return Some(too_big(Kind::Connection, *bytes));
                         }
-                        *bytes += v.len();
+                        *bytes += v.len() + ITEM_OVERHEAD;
                         inbox[1 - e].push_back(std::mem::take(v));
                         Some(Ok(Response::Unit))
                     }
                     Request::ConnRecv => match inbox[e].pop_front() {
                         Some(v) => {
-                            *bytes -= v.len();
+                            *bytes = bytes.saturating_sub(v.len() + ITEM_OVERHEAD);
                             Some(Ok(Response::Value(v)))
                         }
                         None if !open_other => Some(Err(ObjectError::Closed(
@@ -694,14 +734,46 @@ impl Object {
     }
 }
 
-fn dict_op(map: &mut indexmap::IndexMap<Vec<u8>, Vec<u8>>, req: Request) -> OpResult {
+/// Whether a dict or list operation can add bytes.
+fn grows(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::DictSet(_)
+            | Request::DictUpdate(_)
+            | Request::DictSetdefault(_)
+            | Request::DictIncrement(..)
+            | Request::DictCompareAndSwap { .. }
+            | Request::ListAppend(_)
+            | Request::ListExtend(_)
+            | Request::ListSet(..)
+    )
+}
+
+type Map = indexmap::IndexMap<Vec<u8>, Vec<u8>>;
+
+/// Sets `k` to `v`, keeping `stored` (the bytes of keys and values) exact.
+fn store(map: &mut Map, stored: &mut usize, k: Vec<u8>, v: Vec<u8>) {
+    let (klen, vlen) = (k.len(), v.len());
+    match map.insert(k, v) {
+        Some(old) => *stored = (*stored + vlen).saturating_sub(old.len()),
+        None => *stored += klen + vlen,
+    }
+}
+
+fn unstore(map: &mut Map, stored: &mut usize, k: &[u8]) -> Option<Vec<u8>> {
+    let v = map.shift_remove(k)?;
+    *stored = stored.saturating_sub(k.len() + v.len());
+    Some(v)
+}
+
+fn dict_op(map: &mut Map, stored: &mut usize, req: Request) -> OpResult {
     Ok(match req {
         Request::DictGet(k) => Response::Maybe(map.get(&k).cloned()),
         Request::DictSet((k, v)) => {
-            map.insert(k, v);
+            store(map, stored, k, v);
             Response::Unit
         }
-        Request::DictDelete(k) => match map.shift_remove(&k) {
+        Request::DictDelete(k) => match unstore(map, stored, &k) {
             Some(_) => Response::Unit,
             None => return Err(ObjectError::Missing("KeyError: no such key".into())),
         },
@@ -713,20 +785,28 @@ fn dict_op(map: &mut indexmap::IndexMap<Vec<u8>, Vec<u8>>, req: Request) -> OpRe
         }
         Request::DictLen => Response::Count(map.len() as u64),
         Request::DictUpdate(entries) => {
-            map.extend(entries);
+            for (k, v) in entries {
+                store(map, stored, k, v);
+            }
             Response::Unit
         }
-        Request::DictSetdefault((k, v)) => Response::Value(map.entry(k).or_insert(v).clone()),
-        Request::DictPop(k) => Response::Maybe(map.shift_remove(&k)),
+        Request::DictSetdefault((k, v)) => match map.get(&k) {
+            Some(existing) => Response::Value(existing.clone()),
+            None => {
+                store(map, stored, k, v.clone());
+                Response::Value(v)
+            }
+        },
+        Request::DictPop(k) => Response::Maybe(unstore(map, stored, &k)),
         Request::DictIncrement(k, delta) => {
             let (new, encoded) = add_to_int(map.get(&k).map(Vec::as_slice), delta)?;
-            map.insert(k, encoded);
+            store(map, stored, k, encoded);
             Response::Int(new)
         }
         Request::DictCompareAndSwap { key, expected, new } => {
             let matches = map.get(&key) == expected.as_ref();
             if matches {
-                map.insert(key, new);
+                store(map, stored, key, new);
             }
             Response::Flag(matches)
         }
@@ -734,14 +814,16 @@ fn dict_op(map: &mut indexmap::IndexMap<Vec<u8>, Vec<u8>>, req: Request) -> OpRe
     })
 }
 
-fn list_op(list: &mut Vec<Vec<u8>>, req: Request) -> OpResult {
+fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResult {
     let out_of_range = || ObjectError::Missing("IndexError: list index out of range".into());
     Ok(match req {
         Request::ListAppend(v) => {
+            *stored += v.len();
             list.push(v);
             Response::Unit
         }
         Request::ListExtend(vs) => {
+            *stored += vs.iter().map(Vec::len).sum::<usize>();
             list.extend(vs);
             Response::Unit
         }
@@ -751,6 +833,7 @@ fn list_op(list: &mut Vec<Vec<u8>>, req: Request) -> OpResult {
         }
         Request::ListSet(i, v) => {
             let i = index(list.len(), i).ok_or_else(out_of_range)?;
+            *stored = (*stored + v.len()).saturating_sub(list[i].len());
             list[i] = v;
             Response::Unit
         }
@@ -758,7 +841,9 @@ fn list_op(list: &mut Vec<Vec<u8>>, req: Request) -> OpResult {
         Request::ListPop(i) => {
             let i = index(list.len(), i.unwrap_or(-1))
                 .ok_or_else(|| ObjectError::Missing("IndexError: pop index out of range".into()))?;
-            Response::Value(list.remove(i))
+            let v = list.remove(i);
+            *stored = stored.saturating_sub(v.len());
+            Response::Value(v)
         }
         Request::ListIndex(v) => match list.iter().position(|x| *x == v) {
             Some(i) => Response::Count(i as u64),
@@ -771,4 +856,48 @@ fn list_op(list: &mut Vec<Vec<u8>>, req: Request) -> OpResult {
         Request::ListItems => Response::Values(list.clone()),
         req => return invalid(Kind::List, &req),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dict() -> Object {
+        Object::new(Kind::Dict, [1, 2], State::Dict(Default::default()))
+    }
+
+    fn run(obj: &mut Object, req: Request) -> OpResult {
+        match obj.start(Owner::Host(1), 0, req, &mut Vec::new()) {
+            Step::Done(r) => r,
+            Step::Wait(_) => panic!("a dict operation never waits"),
+        }
+    }
+
+    #[test]
+    fn dict_bytes_are_exact_across_overwrites_and_removals() {
+        let mut d = dict();
+        for _ in 0..1000 {
+            run(&mut d, Request::DictSet((b"k".to_vec(), vec![0; 100]))).unwrap();
+        }
+        assert_eq!(d.stored, 101, "overwriting a key does not grow the account");
+        run(&mut d, Request::DictIncrement(b"n".to_vec(), 5)).unwrap();
+        run(&mut d, Request::DictDelete(b"k".to_vec())).unwrap();
+        assert_eq!(d.stored, 2, "key `n` and the one-byte integer 5");
+        run(&mut d, Request::DictPop(b"n".to_vec())).unwrap();
+        assert_eq!(d.stored, 0);
+    }
+
+    #[test]
+    fn a_full_dict_refuses_growth_but_still_answers_reads() {
+        let mut d = dict();
+        d.stored = MAX_OBJECT_BYTES;
+        assert!(matches!(
+            run(&mut d, Request::DictSet((b"k".to_vec(), vec![1]))),
+            Err(ObjectError::TooLarge(_))
+        ));
+        assert_eq!(
+            run(&mut d, Request::DictGet(b"k".to_vec())),
+            Ok(Response::Maybe(None))
+        );
+    }
 }

@@ -32,7 +32,10 @@ impl Timer {
 
     /// Expires waiter `waiter` of object `object` after `after`.
     pub fn schedule(&self, after: Duration, object: u64, waiter: u64) {
-        let deadline = Instant::now() + after;
+        // A deadline past what an Instant can hold is no deadline.
+        let Some(deadline) = Instant::now().checked_add(after) else {
+            return;
+        };
         if let Ok(mut heap) = self.heap.lock() {
             heap.push(Reverse((deadline, object, waiter)));
             self.wake.notify_one();
