@@ -187,6 +187,13 @@ pub(crate) fn collect_grants<R>(encode: impl FnOnce() -> R) -> (R, Vec<Handle>) 
     (result, handles.unwrap_or_default())
 }
 
+/// Sends the answers an operation produced; called with the registry unlocked.
+fn deliver_all(out: Vec<(Responder, OpResult)>) {
+    for (responder, result) in out {
+        responder.deliver(result);
+    }
+}
+
 fn stale() -> ObjectError {
     ObjectError::Stale(
         "no such object: it was dropped, or the handle was not given by this host".into(),
@@ -254,26 +261,18 @@ impl Broker {
             match obj.start(owner, end, req, &mut out) {
                 Step::Done(result) => out.push((responder, result)),
                 Step::Wait(pending) => {
-                    if timeout == Some(Duration::ZERO) {
-                        obj.waiters.push_back(Waiter {
-                            id: waiter_id,
-                            owner,
-                            end,
-                            pending,
-                            responder,
-                        });
-                        obj.expire(waiter_id, &mut out);
-                    } else {
-                        obj.waiters.push_back(Waiter {
-                            id: waiter_id,
-                            owner,
-                            end,
-                            pending,
-                            responder,
-                        });
-                        if let Some(t) = timeout {
-                            timer::Timer::get().schedule(t, obj_id, waiter_id);
-                        }
+                    obj.waiters.push_back(Waiter {
+                        id: waiter_id,
+                        owner,
+                        end,
+                        pending,
+                        responder,
+                    });
+                    match timeout {
+                        // Non-blocking: answered at once with what a timeout answers.
+                        Some(Duration::ZERO) => obj.expire(waiter_id, &mut out),
+                        Some(t) => timer::Timer::get().schedule(t, obj_id, waiter_id),
+                        None => {}
                     }
                     reg.next_waiter = waiter_id;
                 }
@@ -282,9 +281,7 @@ impl Broker {
                 obj.pump(&mut out);
             }
         }
-        for (responder, result) in out {
-            responder.deliver(result);
-        }
+        deliver_all(out);
     }
 
     /// Waiter `waiter` of object `object` reached its deadline.
@@ -293,9 +290,7 @@ impl Broker {
         if let Some(obj) = self.lock().objects.get_mut(&object) {
             obj.expire(waiter, &mut out);
         }
-        for (responder, result) in out {
-            responder.deliver(result);
-        }
+        deliver_all(out);
     }
 
     /// Worker `pid` is gone: its waiters are dropped, its locks released, its semaphore
@@ -312,9 +307,7 @@ impl Broker {
             }
             reg.objects.retain(|_, o| !o.unreachable());
         }
-        for (responder, result) in out {
-            responder.deliver(result);
-        }
+        deliver_all(out);
     }
 
     /// The ends `handles` are held for a task that has not started: they stay open (and
@@ -371,9 +364,7 @@ impl Broker {
             }
             reg.objects.retain(|_, o| !o.unreachable());
         }
-        for (responder, result) in out {
-            responder.deliver(result);
-        }
+        deliver_all(out);
     }
 
     fn adjust_host_refs(&self, h: Handle, up: bool) {
@@ -399,9 +390,7 @@ impl Broker {
                 reg.objects.remove(&obj_id);
             }
         }
-        for (responder, result) in out {
-            responder.deliver(result);
-        }
+        deliver_all(out);
     }
 
     /// How many objects are alive (for tests of clean-up).
