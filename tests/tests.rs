@@ -14,3 +14,4 @@ mod objects;
 mod pool;
 mod process;
 mod seeds;
+mod supervision;

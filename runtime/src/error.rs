@@ -54,6 +54,19 @@ pub enum Error {
         /// How it ended, in words (e.g. "was killed by signal 9 (SIGKILL)").
         reason: String,
     },
+    /// The task was not run, or not run again: it had taken down this many worker processes
+    /// in a row, the pool's restart limit (see
+    /// [`PoolBuilder::restart_limit`](crate::PoolBuilder::restart_limit)). This keeps a task
+    /// that kills every worker from making the pool start worker after worker.
+    #[error(
+        "task `{task}` was not run: it took down {losses} worker processes in a row (the pool's restart limit)"
+    )]
+    RestartLimit {
+        /// The task's name.
+        task: String,
+        /// How many workers it took down in a row.
+        losses: u32,
+    },
     /// A wait ran out of time; the work itself goes on.
     #[error("timed out after {0:?}")]
     Timeout(Duration),

@@ -165,10 +165,15 @@ impl Module {
             Some(w) => w,
             None => start_worker(&self.inner.artifact, name)?,
         };
-        if let Ok(mut tasks) = self.inner.tasks.lock() {
-            tasks.get_or_insert_with(|| worker.tasks.clone());
-        }
+        self.learn_tasks(&worker.tasks);
         Ok(worker)
+    }
+
+    /// Records the task list a worker reported when it loaded the module.
+    pub(crate) fn learn_tasks(&self, reported: &[String]) {
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.get_or_insert_with(|| reported.to_vec());
+        }
     }
 
     fn put_spare(&self, worker: ReadyWorker) {

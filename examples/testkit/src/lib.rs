@@ -54,6 +54,13 @@ fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 
+/// Sleeps one millisecond, then returns `x * x` (a short task that still takes time).
+#[task]
+fn square_slowly(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(1));
+    x * x
+}
+
 /// Prints `lines` numbered lines, `delay_ms` apart.
 #[task]
 fn tick(lines: u32, delay_ms: u64) -> u32 {
@@ -385,6 +392,7 @@ wasmpool_guest::export_tasks!(
     boom,
     trap,
     sleep_ms,
+    square_slowly,
     tick,
     whoami,
     clock_and_random,

@@ -63,12 +63,9 @@ impl Executor {
     ) -> Result<TaskFuture<R>> {
         let job = self.pool.job(task, 1)?;
         let args = encode_args(args)?;
-        self.pool.shared.submit([Chunk {
-            job: job.clone(),
-            first: 0,
-            items: vec![args],
-            single: true,
-        }])?;
+        self.pool
+            .shared
+            .submit([Chunk::new(job.clone(), 0, vec![args], true)])?;
         Ok(TaskFuture {
             job,
             pool: self.pool.shared.clone(),

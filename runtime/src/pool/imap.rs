@@ -81,12 +81,11 @@ impl<'a, R> Imap<'a, R> {
             let first = self.job.grow(n);
             self.submitted += n;
             if bad.is_empty() {
-                if let Err(e) = self.pool.shared.submit([Chunk {
-                    job: self.job.clone(),
-                    first,
-                    items,
-                    single: false,
-                }]) {
+                if let Err(e) =
+                    self.pool
+                        .shared
+                        .submit([Chunk::new(self.job.clone(), first, items, false)])
+                {
                     for i in 0..n {
                         self.job.complete(first + i, Slot::Aborted(e.to_string()));
                     }
@@ -103,12 +102,7 @@ impl<'a, R> Imap<'a, R> {
                     }
                     None => {
                         let Some(bytes) = good.next() else { break };
-                        let chunk = Chunk {
-                            job: self.job.clone(),
-                            first: first + i,
-                            items: vec![bytes],
-                            single: false,
-                        };
+                        let chunk = Chunk::new(self.job.clone(), first + i, vec![bytes], false);
                         if let Err(e) = self.pool.shared.submit([chunk]) {
                             self.job.complete(first + i, Slot::Aborted(e.to_string()));
                         }

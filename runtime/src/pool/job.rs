@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::process::outcome_error;
-use crate::protocol::Outcome;
+use crate::protocol::{Limits, Outcome};
 use crate::values::decode_result;
 
 /// How one item of a job ended.
@@ -26,6 +26,9 @@ pub(crate) enum Slot {
     },
     /// The pool was terminated, or could not run it (e.g. its initializer failed).
     Aborted(String),
+    /// Not run (or not retried): the task took down this many workers in a row, the pool's
+    /// restart limit.
+    RestartLimit(u32),
     /// Already handed to an iterator.
     Taken,
 }
@@ -46,6 +49,10 @@ impl Slot {
                 reason,
             }),
             Slot::Aborted(message) => Err(Error::State(message)),
+            Slot::RestartLimit(losses) => Err(Error::RestartLimit {
+                task: task.to_string(),
+                losses,
+            }),
             Slot::Pending => Err(Error::State("not ready".into())),
             Slot::Taken => Err(Error::State("this result was already taken".into())),
         }
@@ -58,10 +65,21 @@ impl Slot {
 
 pub(crate) type Completion = Box<dyn FnOnce(&Job, usize) + Send>;
 
+/// How a job's items are run: set per pool, overridable per submission
+/// ([`Pool::with_retries`](super::Pool::with_retries), [`Pool::with_limits`](super::Pool::with_limits)).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TaskOptions {
+    /// How many times an item whose worker died under it is run again.
+    pub retries: u32,
+    /// Time and memory limits for each item.
+    pub limits: Limits,
+}
+
 /// The shared state of one job.
 pub(crate) struct Job {
     pub task: Arc<str>,
     pub module: Module,
+    pub opts: TaskOptions,
     state: Mutex<JobState>,
     changed: Condvar,
     /// Run on the pool's callback thread, in completion order, once per finished item.
@@ -92,10 +110,11 @@ struct JobState {
 }
 
 impl Job {
-    pub fn new(task: Arc<str>, module: Module, items: usize) -> Arc<Job> {
+    pub fn new(task: Arc<str>, module: Module, opts: TaskOptions, items: usize) -> Arc<Job> {
         Arc::new(Job {
             task,
             module,
+            opts,
             state: Mutex::new(JobState {
                 slots: std::iter::repeat_n(Slot::Pending, items).collect(),
                 ..JobState::default()

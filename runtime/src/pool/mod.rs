@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 pub use self::executor::{AsCompleted, Executor, MapStream, TaskFuture, as_completed};
 pub use self::imap::Imap;
 pub use self::job::AsyncResult;
-use self::job::{Job, Slot, finish_all, finish_one};
+use self::job::{Job, Slot, TaskOptions, finish_all, finish_one};
 use self::sched::{Chunk, PoolConfig, Shared};
 use crate::error::{Error, Result};
 use crate::module::Module;
@@ -44,10 +44,28 @@ use crate::values::{decode_result, encode_args};
 /// pool.join()?;
 /// # Ok::<(), wasmpool::Error>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
+    /// Terminates the pool when the last handle to it is dropped.
+    _owner: Arc<Owner>,
+    /// How this handle's submissions run.
+    opts: TaskOptions,
 }
+
+/// Shared by a pool's handles; the last one dropped terminates the pool.
+#[derive(Debug)]
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.terminate();
+        let _ = self.0.join();
+    }
+}
+
+/// Workers a task may take down in a row, by default, before its work fails instead.
+const DEFAULT_RESTART_LIMIT: u32 = 5;
 
 /// Options for a [`Pool`]: `Pool::builder(&module).processes(4).build()`.
 #[derive(Debug)]
@@ -58,6 +76,8 @@ pub struct PoolBuilder {
     maxtasksperchild: Option<u64>,
     output: Output,
     limits: Limits,
+    retries: u32,
+    restart_limit: u32,
     error: Option<Error>,
 }
 
@@ -91,6 +111,25 @@ impl PoolBuilder {
         self
     }
 
+    /// Run a task again, up to `n` times, when the worker running it dies (killed, crashed,
+    /// out of memory) rather than failing it with [`Error::WorkerLost`] (default 0). A chunk
+    /// of several items is retried one item at a time, so only the guilty item can fail.
+    /// Overridable per submission with [`Pool::with_retries`].
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// How many workers in a row a task may take down (workers that died running it, with
+    /// no call of it finishing in between) before the pool stops running it: that call fails
+    /// with [`Error::WorkerLost`] and is not retried, and the task's queued work fails with
+    /// [`Error::RestartLimit`]. This keeps a task that kills every worker from making the
+    /// pool start worker after worker. Default 5; at least 1.
+    pub fn restart_limit(mut self, n: u32) -> Self {
+        self.restart_limit = n.max(1);
+        self
+    }
+
     /// Where the tasks' stdout and stderr go (default: this program's, untagged).
     pub fn output(mut self, output: Output) -> Self {
         self.output = output;
@@ -118,9 +157,17 @@ impl PoolBuilder {
                 maxtasksperchild: self.maxtasksperchild,
                 output: self.output,
                 limits: self.limits,
+                restart_limit: self.restart_limit,
             },
         );
-        let pool = Pool { shared };
+        let pool = Pool {
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
+            opts: TaskOptions {
+                retries: self.retries,
+                limits: self.limits,
+            },
+        };
         pool.shared.start_workers()?;
         Ok(pool)
     }
@@ -148,6 +195,8 @@ impl Pool {
             maxtasksperchild: None,
             output: Output::Inherit,
             limits: Limits::default(),
+            retries: 0,
+            restart_limit: DEFAULT_RESTART_LIMIT,
             error: None,
         }
     }
@@ -168,13 +217,51 @@ impl Pool {
         self.shared.wait_for_workers(self.shared.config.processes);
     }
 
+    /// A handle to this pool whose submissions are retried up to `n` times when their worker
+    /// dies (see [`PoolBuilder::retries`]). It shares the workers; the pool stops when its
+    /// last handle is dropped.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// let pool = wasmpool::Pool::new(&module, 4)?;
+    /// let squares: Vec<u64> = pool.with_retries(2).map("square", 0..100u64)?;
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn with_retries(&self, n: u32) -> Pool {
+        let mut pool = self.clone();
+        pool.opts.retries = n;
+        pool
+    }
+
+    /// A handle to this pool whose submissions run under `limits` instead of the pool's.
+    /// It shares the workers; the pool stops when its last handle is dropped.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// use std::time::Duration;
+    /// let pool = wasmpool::Pool::new(&module, 4)?;
+    /// let quick = pool.with_limits(wasmpool::Limits::default().timeout(Duration::from_secs(1)));
+    /// let r: Result<u64, _> = quick.apply("square", &(7u64,));
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn with_limits(&self, limits: Limits) -> Pool {
+        let mut pool = self.clone();
+        pool.opts.limits = limits;
+        pool
+    }
+
     fn check(&self, task: &str) -> Result<()> {
         self.shared.module.check_task(task)
     }
 
     fn job(&self, task: &str, items: usize) -> Result<Arc<Job>> {
         self.check(task)?;
-        Ok(Job::new(Arc::from(task), self.shared.module.clone(), items))
+        Ok(Job::new(
+            Arc::from(task),
+            self.shared.module.clone(),
+            self.opts,
+            items,
+        ))
     }
 
     /// Submits encoded argument arrays as one job, in chunks.
@@ -195,12 +282,7 @@ impl Pool {
                 break;
             }
             let n = part.len();
-            chunks.push(Chunk {
-                job: job.clone(),
-                first: index,
-                items: part,
-                single: false,
-            });
+            chunks.push(Chunk::new(job.clone(), index, part, false));
             index += n;
         }
         self.shared.submit(chunks)
@@ -223,12 +305,8 @@ impl Pool {
     ) -> Result<AsyncResult<R>> {
         let job = self.job(task, 1)?;
         let args = encode_args(args)?;
-        self.shared.submit([Chunk {
-            job: job.clone(),
-            first: 0,
-            items: vec![args],
-            single: true,
-        }])?;
+        self.shared
+            .submit([Chunk::new(job.clone(), 0, vec![args], true)])?;
         Ok(AsyncResult::new(job, finish_one::<R>))
     }
 
@@ -257,12 +335,8 @@ impl Pool {
         if let Ok(mut h) = job.on_complete.lock() {
             *h = Some(hook);
         }
-        self.shared.submit([Chunk {
-            job: job.clone(),
-            first: 0,
-            items: vec![args],
-            single: true,
-        }])?;
+        self.shared
+            .submit([Chunk::new(job.clone(), 0, vec![args], true)])?;
         Ok(AsyncResult::new(job, finish_one::<R>))
     }
 
@@ -408,13 +482,6 @@ impl Pool {
     /// Waits for the work and the workers to finish; needs `close` or `terminate` first.
     pub fn join(&self) -> Result<()> {
         self.shared.join()
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.shared.terminate();
-        let _ = self.shared.join();
     }
 }
 

@@ -8,12 +8,14 @@
 //! only while chunks finish in well under a millisecond; long tasks are handed out one at a
 //! time, so a free worker always takes the next queued task (Python's FIFO behaviour).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::process::ExitStatus;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
+#[cfg(doc)]
+use super::job::TaskOptions;
 use super::job::{Job, Slot};
 use crate::error::{Error, Result};
 use crate::module::Module;
@@ -42,6 +44,37 @@ pub(crate) struct Chunk {
     pub items: Vec<Vec<u8>>,
     /// Sent as a single `Call` (apply) rather than a `CallBatch`.
     pub single: bool,
+    /// Runs before this one that a worker died under (see [`TaskOptions::retries`]).
+    pub attempt: u32,
+}
+
+impl Chunk {
+    pub fn new(job: Arc<Job>, first: usize, items: Vec<Vec<u8>>, single: bool) -> Chunk {
+        Chunk {
+            job,
+            first,
+            items,
+            single,
+            attempt: 0,
+        }
+    }
+
+    /// The chunk's items as chunks of one, for a retry: a worker died under the chunk, and
+    /// only one of its items may be to blame, so each is run again on its own.
+    fn split_for_retry(self) -> Vec<Chunk> {
+        let (job, first, single, attempt) = (self.job, self.first, self.single, self.attempt + 1);
+        self.items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| Chunk {
+                job: job.clone(),
+                first: first + i,
+                items: vec![item],
+                single,
+                attempt,
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -80,6 +113,8 @@ struct Sched {
     next_worker: u64,
     /// Exponentially weighted average of chunk run time, seconds; `None` until measured.
     avg_chunk: Option<f64>,
+    /// Per task: workers that died running it since one of its calls last finished.
+    losses: HashMap<Arc<str>, u32>,
 }
 
 /// Everything a pool needs to know to run: shared with the workers' supervisor threads.
@@ -88,7 +123,10 @@ pub(crate) struct PoolConfig {
     pub initializer: Option<(String, Vec<u8>)>,
     pub maxtasksperchild: Option<u64>,
     pub output: Output,
+    /// Limits for the initializer (each job carries its own).
     pub limits: Limits,
+    /// Workers a task may take down in a row before its work is failed instead of run.
+    pub restart_limit: u32,
 }
 
 pub(crate) struct Shared {
@@ -165,6 +203,10 @@ impl Shared {
     /// Starts one worker and adds it to the pool (its slot in `starting` is released).
     fn add_worker(&self, name: String) -> Result<()> {
         let started = start_worker(self.module.artifact(), &name);
+        if let Ok(worker) = &started {
+            // Later submissions of a task the module lacks then fail before they are queued.
+            self.module.learn_tasks(&worker.tasks);
+        }
         let events: Arc<dyn WorkerEvents> = match self.me.upgrade() {
             Some(me) => me,
             None => return Ok(()),
@@ -273,14 +315,14 @@ impl Shared {
                     task: chunk.job.task.to_string(),
                     args: chunk.items[0].clone(),
                     exit_after: false,
-                    limits: self.config.limits,
+                    limits: chunk.job.opts.limits,
                 }
             } else {
                 ToWorker::CallBatch {
                     id,
                     task: chunk.job.task.to_string(),
                     items: chunk.items.clone(),
-                    limits: self.config.limits,
+                    limits: chunk.job.opts.limits,
                 }
             };
             if let Err(e) = encode_frame(&mut out[wi], &frame) {
@@ -346,6 +388,10 @@ impl Shared {
             Some(chunk) => {
                 let avg = s.avg_chunk.map_or(elapsed, |a| 0.8 * a + 0.2 * elapsed);
                 s.avg_chunk = Some(avg);
+                // The task ran to an answer: whatever took workers down before, it is not this.
+                if !s.losses.is_empty() {
+                    s.losses.remove(&chunk.job.task);
+                }
                 // A worker whose watchdog stopped a batch answers it with one outcome: it
                 // stands for the items that got no answer of their own.
                 let last = outcomes.last().cloned();
@@ -392,6 +438,59 @@ impl Shared {
     fn abort_chunk(&self, chunk: Chunk, slot: &Slot) {
         for i in 0..chunk.items.len() {
             self.complete(&chunk.job, chunk.first + i, slot.clone());
+        }
+    }
+
+    /// A worker died running `chunk`: retry it, fail it, or, past the restart limit, fail
+    /// it and every queued chunk of its task, so a task that kills every worker it meets
+    /// cannot make the pool start worker after worker.
+    fn lose_chunk(
+        &self,
+        s: &mut Sched,
+        chunk: Chunk,
+        pid: u32,
+        signal: Option<i32>,
+        reason: String,
+    ) {
+        let task = chunk.job.task.clone();
+        let losses = {
+            let n = s.losses.entry(task.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        if losses >= self.config.restart_limit {
+            self.abort_chunk(
+                chunk,
+                &Slot::Lost {
+                    pid,
+                    signal,
+                    reason: format!(
+                        "{reason}; it has taken down {losses} workers in a row, the pool's \
+                         restart limit, so it is not retried"
+                    ),
+                },
+            );
+            let (stopped, kept): (Vec<Chunk>, Vec<Chunk>) = std::mem::take(&mut s.queue)
+                .into_iter()
+                .partition(|c| c.job.task == task);
+            s.queue = kept.into();
+            let slot = Slot::RestartLimit(losses);
+            for chunk in stopped {
+                self.abort_chunk(chunk, &slot);
+            }
+        } else if chunk.attempt < chunk.job.opts.retries {
+            for retry in chunk.split_for_retry().into_iter().rev() {
+                s.queue.push_front(retry);
+            }
+        } else {
+            self.abort_chunk(
+                chunk,
+                &Slot::Lost {
+                    pid,
+                    signal,
+                    reason,
+                },
+            );
         }
     }
 
@@ -554,22 +653,16 @@ impl WorkerEvents for Shared {
         // never started: they go back to the front of the queue, in order. A worker stopped by
         // its watchdog had already answered its running task, so nothing of it is lost.
         let watchdog = status.and_then(|s| s.code()) == Some(WATCHDOG_EXIT);
-        if !watchdog
-            && let Some(running) = flights.next()
-            && let Some(chunk) = running.chunk
-        {
-            self.abort_chunk(
-                chunk,
-                &Slot::Lost {
-                    pid,
-                    signal,
-                    reason,
-                },
-            );
-        }
+        let lost = match flights.next() {
+            Some(running) if !watchdog => running.chunk,
+            _ => None,
+        };
         let requeue: Vec<Chunk> = flights.filter_map(|f| f.chunk).collect();
         for chunk in requeue.into_iter().rev() {
             s.queue.push_front(chunk);
+        }
+        if let Some(chunk) = lost {
+            self.lose_chunk(&mut s, chunk, pid, signal, reason);
         }
         let replace = !s.terminated && s.broken.is_none() && !(s.closed && s.queue.is_empty());
         if replace {

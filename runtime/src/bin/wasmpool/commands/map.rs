@@ -49,6 +49,13 @@ pub struct MapCommand {
     unordered: bool,
     #[command(flatten)]
     limits: super::LimitArgs,
+    /// Run an input again, up to this many times, when the worker running it dies.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+    /// Stop running a task once it has taken down this many workers in a row (its
+    /// remaining inputs fail instead of killing worker after worker).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    restart_limit: u32,
     /// Write the JSON lines here instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -123,7 +130,12 @@ impl MapCommand {
         }));
         let mut builder = Pool::builder(&module)
             .output(to_stderr)
-            .limits(self.limits.limits()?);
+            .limits(self.limits.limits()?)
+            .retries(self.retries)
+            .restart_limit(self.restart_limit);
+        if self.restart_limit == 0 {
+            bail!("--restart-limit must be at least 1");
+        }
         if let Some(n) = self.workers {
             builder = builder.processes(n);
         }
