@@ -119,6 +119,42 @@ fn traps_and_panics_hurt_only_their_own_task() {
 }
 
 #[test]
+fn a_task_printing_a_gigabyte_hits_its_output_limit() {
+    within(LIMIT, || {
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = seen.clone();
+        let pool = Pool::builder(&testkit())
+            .processes(2)
+            .limits(Limits::default().output_bytes(1 << 20))
+            .output(wasmpool::Output::Callback(std::sync::Arc::new(
+                move |e: wasmpool::OutputEvent<'_>| {
+                    counter.fetch_add(e.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                },
+            )))
+            .build()
+            .unwrap();
+        let pids = pool.pids();
+        let err = beside_ordinary_tasks(&pool, "print_mib", &(1024u64,));
+        match &err {
+            Error::Limit { task, message } => {
+                assert_eq!(task, "print_mib");
+                assert!(message.contains("output limit of 1 MiB"), "{message}");
+            }
+            other => panic!("expected an output limit, got {other:?}"),
+        }
+        let seen = seen.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            seen <= 1 << 20,
+            "no more than the limit reached the host: {seen} bytes"
+        );
+        assert_eq!(pool.pids(), pids, "the worker carries on");
+        // Within its limit, a task's output all arrives.
+        let ok: u64 = pool.apply("print_mib", &(0u64,)).unwrap();
+        assert_eq!(ok, 0);
+    });
+}
+
+#[test]
 fn a_guest_cannot_read_host_files_open_sockets_or_see_the_environment() {
     within(LIMIT, || {
         let run = |task: &str, arg: &str| {

@@ -59,6 +59,9 @@ pub struct Limits {
     /// The longest a task may run, wall clock, including time blocked in host calls such as
     /// sleep (default: none, as in Python).
     pub timeout: Option<std::time::Duration>,
+    /// The most bytes a task may write to stdout and stderr together (default 64 MiB); a
+    /// task that writes more is stopped with an "output limit" error.
+    pub output_bytes: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +69,7 @@ impl Default for Limits {
         Limits {
             memory_bytes: 256 << 20,
             timeout: None,
+            output_bytes: 64 << 20,
         }
     }
 }
@@ -80,6 +84,12 @@ impl Limits {
     /// Sets the memory limit per instance, in MiB.
     pub fn memory_mib(mut self, mib: u64) -> Self {
         self.memory_bytes = mib.saturating_mul(1 << 20);
+        self
+    }
+
+    /// Sets the output limit per task (stdout and stderr together), in bytes.
+    pub fn output_bytes(mut self, bytes: u64) -> Self {
+        self.output_bytes = bytes;
         self
     }
 }

@@ -61,6 +61,16 @@ fn square_slowly(x: u64) -> u64 {
     x * x
 }
 
+/// Prints `mib` MiB to stdout, in 64-character lines (a task that floods its output).
+#[task]
+fn print_mib(mib: u64) -> u64 {
+    let line = "x".repeat(63);
+    for _ in 0..mib * (1 << 20) / 64 {
+        println!("{line}");
+    }
+    mib
+}
+
 /// Prints `lines` numbered lines, `delay_ms` apart.
 #[task]
 fn tick(lines: u32, delay_ms: u64) -> u32 {
@@ -393,6 +403,7 @@ wasmpool_guest::export_tasks!(
     trap,
     sleep_ms,
     square_slowly,
+    print_mib,
     tick,
     whoami,
     clock_and_random,

@@ -653,9 +653,10 @@ impl WorkerEvents for Shared {
         // never started: they go back to the front of the queue, in order. A worker stopped by
         // its watchdog had already answered its running task, so nothing of it is lost.
         let watchdog = status.and_then(|s| s.code()) == Some(WATCHDOG_EXIT);
-        let lost = match flights.next() {
-            Some(running) if !watchdog => running.chunk,
-            _ => None,
+        let lost = if watchdog {
+            None
+        } else {
+            flights.next().and_then(|running| running.chunk)
         };
         let requeue: Vec<Chunk> = flights.filter_map(|f| f.chunk).collect();
         for chunk in requeue.into_iter().rev() {

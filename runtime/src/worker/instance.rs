@@ -96,6 +96,7 @@ impl Loaded {
             identity: self.identity.clone(),
             panic: None,
             objects: self.objects.clone(),
+            channel: self.channel.clone(),
             limiter: MemoryLimiter {
                 max_bytes: Limits::default().memory_bytes,
                 exceeded: false,
@@ -129,6 +130,7 @@ impl Loaded {
             self.live = Some(self.instantiate()?);
         }
         self.watchdog.arm(id, limits.timeout);
+        self.channel.arm_output(limits.output_bytes);
         let live = self
             .live
             .as_mut()
@@ -243,7 +245,9 @@ impl Loaded {
 }
 
 fn is_limit(store: &Store<State>, e: &wasmtime::Error) -> bool {
-    store.data().limiter.exceeded || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+    store.data().limiter.exceeded
+        || store.data().channel.output_exceeded()
+        || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
 }
 
 /// How a call that returned an error ended: a limit, a panic, or another trap.
@@ -254,12 +258,29 @@ fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Ou
             limits.memory_bytes >> 20
         ));
     }
+    if store.data().channel.output_exceeded() {
+        return Outcome::Limit(format!(
+            "exceeded its output limit of {}",
+            describe_bytes(limits.output_bytes)
+        ));
+    }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return Outcome::Limit(time_limit_message(limits.timeout.unwrap_or_default()));
     }
     match store.data_mut().panic.take() {
         Some(report) => Outcome::Failed(report.message),
         None => Outcome::Trap(describe_trap(e)),
+    }
+}
+
+/// `n` bytes in words: whole MiB or KiB when exact, else bytes.
+fn describe_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }
 

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -24,6 +24,10 @@ pub(crate) struct Channel {
     writer: Mutex<Writer>,
     /// The call currently running, so output can be attributed to it.
     pub current_call: AtomicU64,
+    /// Bytes the running call may still write (its output limit).
+    output_left: AtomicU64,
+    /// Set when the running call tried to write past its output limit.
+    output_exceeded: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -43,7 +47,20 @@ impl Channel {
                 pending: Vec::new(),
             }),
             current_call: AtomicU64::new(0),
+            output_left: AtomicU64::new(u64::MAX),
+            output_exceeded: AtomicBool::new(false),
         }
+    }
+
+    /// Gives the next call `limit` bytes of output.
+    pub fn arm_output(&self, limit: u64) {
+        self.output_left.store(limit, Ordering::Relaxed);
+        self.output_exceeded.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the running call was stopped for writing past its output limit.
+    pub fn output_exceeded(&self) -> bool {
+        self.output_exceeded.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Writer>> {
@@ -93,16 +110,32 @@ pub(crate) struct GuestOutput {
 }
 
 impl GuestOutput {
-    fn forward(&self, data: &[u8]) -> io::Result<()> {
+    /// Sends `data` to the host, as far as the call's output limit allows; past it, the
+    /// guest is stopped with a trap (one task runs at a time, so plain loads and stores do).
+    fn forward(&self, data: &[u8]) -> StreamResult<()> {
         if data.is_empty() {
             return Ok(());
         }
-        let id = self.channel.current_call.load(Ordering::Relaxed);
-        self.channel.send(&FromWorker::Output {
-            id,
-            stream: self.stream,
-            data: data.to_vec(),
-        })
+        let left = self.channel.output_left.load(Ordering::Relaxed);
+        let fits = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+        if fits > 0 {
+            let id = self.channel.current_call.load(Ordering::Relaxed);
+            self.channel
+                .send(&FromWorker::Output {
+                    id,
+                    stream: self.stream,
+                    data: data[..fits].to_vec(),
+                })
+                .map_err(|e| StreamError::LastOperationFailed(e.into()))?;
+            self.channel
+                .output_left
+                .store(left - fits as u64, Ordering::Relaxed);
+        }
+        if fits < data.len() {
+            self.channel.output_exceeded.store(true, Ordering::Relaxed);
+            return Err(StreamError::trap("output limit reached"));
+        }
+        Ok(())
     }
 }
 
@@ -124,7 +157,6 @@ impl StdoutStream for GuestOutput {
 impl OutputStream for GuestOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         self.forward(&bytes)
-            .map_err(|e| StreamError::LastOperationFailed(e.into()))
     }
     fn flush(&mut self) -> StreamResult<()> {
         Ok(())
@@ -145,7 +177,11 @@ impl tokio::io::AsyncWrite for GuestOutput {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Poll::Ready(self.forward(buf).map(|()| buf.len()))
+        Poll::Ready(
+            self.forward(buf)
+                .map(|()| buf.len())
+                .map_err(|e| io::Error::other(e.to_string())),
+        )
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))

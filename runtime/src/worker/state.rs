@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::objects::ObjectClient;
+use super::output::Channel;
 use crate::bindings::{self, Identity, TaskError, objects};
 
 /// What a panic hook reported just before its trap.
@@ -31,6 +32,8 @@ pub(crate) struct State {
     pub panic: Option<PanicReport>,
     pub limiter: MemoryLimiter,
     pub objects: Arc<ObjectClient>,
+    /// The worker's channel to the host (the guest's output goes through it).
+    pub channel: Arc<Channel>,
 }
 
 /// Refuses memory growth past the limit with a trap, and remembers that it did, so the

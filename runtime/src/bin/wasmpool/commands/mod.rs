@@ -18,12 +18,17 @@ pub struct LimitArgs {
     /// The most memory a task's instance may use, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub memory: u64,
+    /// The most a task may write to stdout and stderr together, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub max_output: u64,
 }
 
 impl LimitArgs {
     /// The limits these flags ask for.
     pub fn limits(&self) -> anyhow::Result<wasmpool::Limits> {
-        let mut limits = wasmpool::Limits::default().memory_mib(self.memory);
+        let mut limits = wasmpool::Limits::default()
+            .memory_mib(self.memory)
+            .output_bytes(self.max_output.saturating_mul(1 << 20));
         if let Some(t) = self.timeout {
             let t = Duration::try_from_secs_f64(t).map_err(|_| {
                 anyhow::anyhow!("--timeout must be a positive number of seconds, not {t}")
