@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wasmpool::{Error, Limits, Pool, Process};
+use wasmpool::{Error, Grants, Limits, Pool, Process};
 
 use crate::util::*;
 
@@ -176,6 +176,80 @@ fn a_guest_cannot_read_host_files_open_sockets_or_see_the_environment() {
         );
         assert_eq!(run("env_var", "PATH").unwrap(), serde_json::Value::Null);
         assert_eq!(run("env_var", "HOME").unwrap(), serde_json::Value::Null);
+    });
+}
+
+#[test]
+fn granted_directories_and_variables_reach_the_guest_and_nothing_else() {
+    within(LIMIT, || {
+        let ro = TempDir::new("grant-ro");
+        let rw = TempDir::new("grant-rw");
+        std::fs::write(ro.0.join("hello.txt"), "hello from the host").unwrap();
+        let pool = Pool::builder(&testkit())
+            .processes(2)
+            .grants(
+                Grants::new()
+                    .dir_read_only(&ro.0, "/data")
+                    .dir(&rw.0, "/out")
+                    .env("GREETING", "hi"),
+            )
+            .build()
+            .unwrap();
+        let read = |path: &str| pool.apply::<_, String>("read_file", &(path,));
+        assert_eq!(read("/data/hello.txt").unwrap(), "hello from the host");
+        assert!(read("/etc/passwd").is_err(), "only what was granted");
+        let write = |path: &str| pool.apply::<_, ()>("write_file", &(path, "written"));
+        assert!(
+            write("/data/new.txt").is_err(),
+            "a read-only grant refuses writes"
+        );
+        assert!(!ro.0.join("new.txt").exists());
+        write("/out/new.txt").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(rw.0.join("new.txt")).unwrap(),
+            "written"
+        );
+        let env = |name: &str| pool.apply::<_, Option<String>>("env_var", &(name,));
+        assert_eq!(env("GREETING").unwrap().as_deref(), Some("hi"));
+        assert_eq!(env("PATH").unwrap(), None, "no other variable");
+
+        // A process gets them too, and the CLI's flags grant the same.
+        let p = Process::new(&testkit(), "read_file", &("/data/hello.txt",))
+            .unwrap()
+            .with_grants(Grants::new().dir_read_only(&ro.0, "/data"));
+        p.start().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.result::<String>().unwrap(), "hello from the host");
+        let spec = format!("{}:/data:ro", ro.0.display());
+        let out = run_cli(&[
+            "run",
+            "--dir",
+            &spec,
+            "--env",
+            "GREETING=hey",
+            "examples/testkit",
+            "read_file",
+            "\"/data/hello.txt\"",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), "\"hello from the host\"");
+        let out = run_cli(&[
+            "run",
+            "--env",
+            "GREETING=hey",
+            "examples/testkit",
+            "env_var",
+            "\"GREETING\"",
+        ]);
+        assert_eq!(stdout(&out).trim(), "\"hey\"", "{}", stderr(&out));
+
+        // A grant of a directory that does not exist fails before any task runs.
+        let missing = Pool::builder(&testkit())
+            .grants(Grants::new().dir("/no/such/dir", "/data"))
+            .build();
+        assert!(matches!(missing, Err(Error::BadArgs(m)) if m.contains("/no/such/dir")));
+        let out = run_cli(&["run", "--dir", "/no/such/dir", "examples/testkit", "noop"]);
+        assert_cli_error(&out, 2, "cannot grant the directory /no/such/dir");
     });
 }
 

@@ -31,6 +31,7 @@ mod bindings;
 mod broker;
 mod engine;
 mod error;
+mod grants;
 mod guest_build;
 mod manager;
 mod module;
@@ -45,6 +46,7 @@ mod worker;
 
 pub use broker::{DEFAULT_MAX_MESSAGE_BYTES, set_max_message_bytes};
 pub use error::{Error, Result};
+pub use grants::Grants;
 pub use manager::Manager;
 pub use module::{MAX_MODULE_BYTES, Module, cache_dir};
 pub use output::{Captured, Output, OutputEvent, Stream};

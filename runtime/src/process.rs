@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::broker::{broker, collect_grants};
 use crate::error::{Error, Result};
+use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Captured, Output, OutputEvent, OutputRouter};
 use crate::protocol::{FromWorker, Limits, Outcome, ToWorker};
@@ -58,6 +59,7 @@ struct Inner {
     daemon: bool,
     output: Output,
     limits: Limits,
+    grants: Grants,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -111,6 +113,7 @@ impl Process {
                 daemon: false,
                 output: Output::Inherit,
                 limits: Limits::default(),
+                grants: Grants::default(),
                 state: Mutex::new(State::default()),
                 changed: Condvar::new(),
             }),
@@ -142,6 +145,12 @@ impl Process {
         self.configure(|i| i.limits = limits)
     }
 
+    /// Grants the task directories and environment variables (default: none). A grant of a
+    /// directory that does not exist makes [`start`](Process::start) fail.
+    pub fn with_grants(self, grants: Grants) -> Self {
+        self.configure(|i| i.grants = grants)
+    }
+
     /// Sets where the task's stdout and stderr go (default: this program's, untagged).
     pub fn with_output(self, output: Output) -> Self {
         self.configure(|i| i.output = output)
@@ -161,6 +170,7 @@ impl Process {
             )));
         }
         let inner = &self.inner;
+        let grants = inner.grants.resolved()?;
         let worker = inner.module.ready_worker(&inner.name)?;
         if !worker.tasks.iter().any(|t| *t == inner.task) {
             return Err(Error::UnknownTask {
@@ -178,8 +188,13 @@ impl Process {
             broker().worker_exited(pid);
             Error::Worker(e.to_string())
         })?;
-        let sent = handle
-            .send(&ToWorker::Rename(inner.name.clone()))
+        let granted = if grants.is_empty() {
+            Ok(())
+        } else {
+            handle.send(&ToWorker::Grant(grants))
+        };
+        let sent = granted
+            .and_then(|()| handle.send(&ToWorker::Rename(inner.name.clone())))
             .and_then(|()| {
                 handle.send(&ToWorker::Call {
                     id: 1,

@@ -110,6 +110,8 @@ pub(crate) enum ToWorker {
     Load(Load),
     /// Rename the process (a warm spare takes the name of the `Process` that claims it).
     Rename(String),
+    /// Give the tasks these capabilities (directories, environment) from the next call on.
+    Grant(crate::grants::Grants),
     /// Run one task. With `exit_after`, the worker exits once it has answered
     /// (status 0 on success, 1 on failure), as a Python `Process` does.
     Call {

@@ -188,6 +188,12 @@ fn read_file(path: String) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
 
+/// Tries to write a file: the error the guest got, if any.
+#[task]
+fn write_file(path: String, text: String) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| e.to_string())
+}
+
 /// Tries to open a TCP connection: the error the guest got, or "connected".
 #[task]
 fn connect(addr: String) -> Result<String, String> {
@@ -416,6 +422,7 @@ wasmpool_guest::export_tasks!(
     alloc_mib,
     recurse,
     read_file,
+    write_file,
     connect,
     env_var,
     queue_produce,

@@ -16,6 +16,7 @@ pub use self::job::AsyncResult;
 use self::job::{Job, Slot, TaskOptions, finish_all, finish_one};
 use self::sched::{Chunk, PoolConfig, Shared};
 use crate::error::{Error, Result};
+use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::Output;
 use crate::process::cpu_count;
@@ -78,6 +79,7 @@ pub struct PoolBuilder {
     limits: Limits,
     retries: u32,
     restart_limit: u32,
+    grants: Grants,
     error: Option<Error>,
 }
 
@@ -130,6 +132,13 @@ impl PoolBuilder {
         self
     }
 
+    /// Directories and environment variables the tasks may use (default: none). A grant of
+    /// a directory that does not exist makes [`build`](PoolBuilder::build) fail.
+    pub fn grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
+        self
+    }
+
     /// Where the tasks' stdout and stderr go (default: this program's, untagged).
     pub fn output(mut self, output: Output) -> Self {
         self.output = output;
@@ -158,6 +167,7 @@ impl PoolBuilder {
                 output: self.output,
                 limits: self.limits,
                 restart_limit: self.restart_limit,
+                grants: self.grants.resolved()?,
             },
         );
         let pool = Pool {
@@ -197,6 +207,7 @@ impl Pool {
             limits: Limits::default(),
             retries: 0,
             restart_limit: DEFAULT_RESTART_LIMIT,
+            grants: Grants::default(),
             error: None,
         }
     }

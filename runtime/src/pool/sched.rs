@@ -18,6 +18,7 @@ use std::time::Instant;
 use super::job::TaskOptions;
 use super::job::{Job, Slot};
 use crate::error::{Error, Result};
+use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Output, OutputEvent, OutputRouter};
 use crate::protocol::{FromWorker, Limits, Outcome, ToWorker, WATCHDOG_EXIT, encode_frame};
@@ -127,6 +128,8 @@ pub(crate) struct PoolConfig {
     pub limits: Limits,
     /// Workers a task may take down in a row before its work is failed instead of run.
     pub restart_limit: u32,
+    /// Capabilities for every worker's tasks (already resolved).
+    pub grants: Grants,
 }
 
 pub(crate) struct Shared {
@@ -240,6 +243,12 @@ impl Shared {
             retiring: false,
             router: Arc::default(),
         };
+        if !self.config.grants.is_empty() {
+            // Before any call: the worker's instances are made with these from then on.
+            let _ = worker
+                .handle
+                .send(&ToWorker::Grant(self.config.grants.clone()));
+        }
         if let Some((task, args)) = &self.config.initializer {
             let id = s.next_id;
             s.next_id += 1;

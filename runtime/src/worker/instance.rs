@@ -13,6 +13,7 @@ use super::state::{MemoryLimiter, ProcessIdentity, State};
 use super::watchdog::{Watchdog, ticks, time_limit_message};
 use crate::bindings::{TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine;
+use crate::grants::Grants;
 use crate::protocol::{Limits, Outcome, Stream};
 
 /// Deadline for calls without a time limit: effectively never.
@@ -27,6 +28,7 @@ pub(crate) struct Loaded {
     tasks: Vec<String>,
     watchdog: Arc<Watchdog>,
     objects: Arc<ObjectClient>,
+    grants: Grants,
 }
 
 impl Loaded {
@@ -60,6 +62,7 @@ impl Loaded {
             tasks: Vec::new(),
             watchdog,
             objects,
+            grants: Grants::default(),
         };
         let (mut store, module) = loaded.instantiate()?;
         loaded.tasks = module
@@ -79,17 +82,24 @@ impl Loaded {
         self.live.is_some()
     }
 
+    /// Gives later instances these capabilities; the current one (made without them) goes.
+    pub fn set_grants(&mut self, grants: Grants) {
+        self.grants = grants;
+        self.live = None;
+    }
+
     fn instantiate(&self) -> Result<(Store<State>, TaskModule), String> {
-        let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput {
-                stream: Stream::Stdout,
-                channel: self.channel.clone(),
-            })
-            .stderr(GuestOutput {
-                stream: Stream::Stderr,
-                channel: self.channel.clone(),
-            })
-            .build();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestOutput {
+            stream: Stream::Stdout,
+            channel: self.channel.clone(),
+        })
+        .stderr(GuestOutput {
+            stream: Stream::Stderr,
+            channel: self.channel.clone(),
+        });
+        self.grants.apply(&mut wasi)?;
+        let wasi = wasi.build();
         let state = State {
             wasi,
             table: ResourceTable::new(),

@@ -150,6 +150,7 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
         };
         match msg {
             ToWorker::Load(_) | ToWorker::ObjectReply { .. } => return Ok(1),
+            ToWorker::Grant(grants) => loaded.set_grants(grants),
             ToWorker::Rename(name) => {
                 if let Ok(mut n) = identity.name.lock() {
                     *n = name;

@@ -49,6 +49,8 @@ pub struct MapCommand {
     unordered: bool,
     #[command(flatten)]
     limits: super::LimitArgs,
+    #[command(flatten)]
+    grants: super::GrantArgs,
     /// Run an input again, up to this many times, when the worker running it dies.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
@@ -131,6 +133,7 @@ impl MapCommand {
         let mut builder = Pool::builder(&module)
             .output(to_stderr)
             .limits(self.limits.limits()?)
+            .grants(self.grants.grants()?)
             .retries(self.retries)
             .restart_limit(self.restart_limit);
         if self.restart_limit == 0 {

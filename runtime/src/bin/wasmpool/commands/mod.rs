@@ -9,6 +9,32 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// Capabilities for the tasks, shared by the commands that run tasks. Deny by default.
+#[derive(Args, Debug)]
+pub struct GrantArgs {
+    /// Open a host directory to the tasks: HOST[:GUEST][:ro] (GUEST defaults to HOST;
+    /// `:ro` makes it read-only). Repeatable.
+    #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]")]
+    pub dirs: Vec<String>,
+    /// Set an environment variable for the tasks: KEY=VALUE. Repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+impl GrantArgs {
+    /// The grants these flags ask for.
+    pub fn grants(&self) -> anyhow::Result<wasmpool::Grants> {
+        let mut grants = wasmpool::Grants::new();
+        for dir in &self.dirs {
+            grants = grants.parse_dir(dir)?;
+        }
+        for env in &self.env {
+            grants = grants.parse_env(env)?;
+        }
+        Ok(grants)
+    }
+}
+
 /// Limits on each task, shared by the commands that run tasks.
 #[derive(Args, Debug)]
 pub struct LimitArgs {

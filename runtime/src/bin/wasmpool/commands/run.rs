@@ -24,6 +24,8 @@ pub struct RunCommand {
     tag_output: bool,
     #[command(flatten)]
     limits: super::LimitArgs,
+    #[command(flatten)]
+    grants: super::GrantArgs,
     /// The process name the task sees (default `Process-1`).
     #[arg(long)]
     name: Option<String>,
@@ -35,8 +37,9 @@ impl RunCommand {
         let limits = self.limits.limits()?;
         let module = Module::load(&self.module)?;
         let encoded = wasmpool::json_args(&args)?;
-        let mut process =
-            Process::with_encoded_args(&module, &self.task, encoded)?.with_limits(limits);
+        let mut process = Process::with_encoded_args(&module, &self.task, encoded)?
+            .with_limits(limits)
+            .with_grants(self.grants.grants()?);
         if let Some(name) = self.name {
             process = process.with_name(name);
         }
