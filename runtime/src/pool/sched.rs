@@ -405,13 +405,13 @@ impl Shared {
                 // stands for the items that got no answer of their own.
                 let last = outcomes.last().cloned();
                 let mut outcomes = outcomes.into_iter();
-                for i in 0..chunk.items.len() {
-                    let slot = match outcomes.next().or_else(|| last.clone()) {
+                let slots = (0..chunk.items.len()).map(|_| {
+                    match outcomes.next().or_else(|| last.clone()) {
                         Some(outcome) => Slot::Done(outcome),
                         None => Slot::Aborted("the worker gave no answer".into()),
-                    };
-                    self.complete(&chunk.job, chunk.first + i, slot);
-                }
+                    }
+                });
+                self.complete_run(&chunk.job, chunk.first, slots);
             }
         }
         let w = &mut s.workers[wi];
@@ -444,10 +444,24 @@ impl Shared {
         }
     }
 
-    fn abort_chunk(&self, chunk: Chunk, slot: &Slot) {
-        for i in 0..chunk.items.len() {
-            self.complete(&chunk.job, chunk.first + i, slot.clone());
+    /// Records a run of outcomes: in one go, unless the job has a completion hook to run.
+    fn complete_run(&self, job: &Arc<Job>, first: usize, slots: impl Iterator<Item = Slot>) {
+        if job.has_hook() {
+            for (i, slot) in slots.enumerate() {
+                self.complete(job, first + i, slot);
+            }
+        } else {
+            job.complete_run(first, slots);
         }
+    }
+
+    fn abort_chunk(&self, chunk: Chunk, slot: &Slot) {
+        let n = chunk.items.len();
+        self.complete_run(
+            &chunk.job,
+            chunk.first,
+            std::iter::repeat_n(slot.clone(), n),
+        );
     }
 
     /// A worker died running `chunk`: retry it, fail it, or, past the restart limit, fail
