@@ -10,7 +10,7 @@ wasmtime::component::bindgen!({
 
 pub(crate) use self::wasmpool::task::host::{Host, Identity};
 pub(crate) use self::wasmpool::task::objects;
-pub(crate) use self::wasmpool::task::types::TaskError;
+pub(crate) use self::wasmpool::task::types::{BatchOutcome, Packed, TaskError};
 
 /// A linker with WASI 0.2 and the wasmpool host interface, for any store state that
 /// implements both.

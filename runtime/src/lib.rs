@@ -36,12 +36,14 @@ mod guest_build;
 mod manager;
 mod module;
 mod output;
+mod packed;
 mod pool;
 mod process;
 mod protocol;
 mod spawn;
 mod supervisor;
 mod values;
+mod wire_bytes;
 mod worker;
 
 pub use broker::{DEFAULT_MAX_MESSAGE_BYTES, set_max_message_bytes};

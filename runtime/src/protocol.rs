@@ -32,7 +32,7 @@ pub enum Stream {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Outcome {
     /// The encoded (MessagePack) return value.
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "crate::wire_bytes::bytes")] Vec<u8>),
     /// The task returned `Err` or panicked.
     Failed(String),
     /// The module has no such task.
@@ -117,6 +117,7 @@ pub(crate) enum ToWorker {
     Call {
         id: u64,
         task: String,
+        #[serde(with = "crate::wire_bytes::bytes")]
         args: Vec<u8>,
         exit_after: bool,
         limits: Limits,
@@ -125,7 +126,7 @@ pub(crate) enum ToWorker {
     CallBatch {
         id: u64,
         task: String,
-        items: Vec<Vec<u8>>,
+        items: crate::packed::Packed,
         limits: Limits,
     },
     /// Exit now, with status 0.
@@ -148,12 +149,16 @@ pub(crate) enum FromWorker {
     Output {
         id: u64,
         stream: Stream,
+        #[serde(with = "crate::wire_bytes::bytes")]
         data: Vec<u8>,
     },
     /// Call `id` finished.
     Done { id: u64, outcome: Outcome },
     /// Batch call `id` finished: one outcome per item.
-    BatchDone { id: u64, outcomes: Vec<Outcome> },
+    BatchDone {
+        id: u64,
+        answers: crate::packed::BatchAnswers,
+    },
     /// The last call trapped or hit a limit and its instance was discarded: whatever the
     /// worker held of the shared objects (locks, semaphores, pipe ends) is given back, as
     /// if the process had exited. Sent before the call's answer.

@@ -8,15 +8,31 @@ use crate::error::{Error, Result};
 /// Encodes positional arguments, given as a tuple (`(7,)`, `("a", 2)`, or `()` for none),
 /// as the MessagePack array a task receives.
 pub fn encode_args<A: Serialize + ?Sized>(args: &A) -> Result<Vec<u8>> {
-    let bytes = rmp_serde::to_vec_named(args)
-        .map_err(|e| Error::BadArgs(format!("cannot encode the arguments: {e}")))?;
-    match bytes.first() {
+    let mut bytes = Vec::new();
+    encode_args_into(&mut bytes, args)?;
+    Ok(bytes)
+}
+
+/// As [`encode_args`], appending to `buf` (which is left as it was on error).
+pub(crate) fn encode_args_into<A: Serialize + ?Sized>(buf: &mut Vec<u8>, args: &A) -> Result<()> {
+    let start = buf.len();
+    if let Err(e) = rmp_serde::encode::write_named(buf, args) {
+        buf.truncate(start);
+        return Err(Error::BadArgs(format!("cannot encode the arguments: {e}")));
+    }
+    match buf.get(start..) {
         // `()` encodes as nil: no arguments.
-        Some(0xc0) if bytes.len() == 1 => Ok(vec![0x90]),
-        Some(0x90..=0x9f | 0xdc | 0xdd) => Ok(bytes),
-        _ => Err(Error::BadArgs(
-            "arguments must be a tuple of positional arguments, e.g. `(7,)` or `()`".into(),
-        )),
+        Some([0xc0]) => {
+            buf[start] = 0x90;
+            Ok(())
+        }
+        Some([0x90..=0x9f | 0xdc | 0xdd, ..]) => Ok(()),
+        _ => {
+            buf.truncate(start);
+            Err(Error::BadArgs(
+                "arguments must be a tuple of positional arguments, e.g. `(7,)` or `()`".into(),
+            ))
+        }
     }
 }
 

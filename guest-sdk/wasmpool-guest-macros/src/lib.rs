@@ -124,9 +124,13 @@ fn expand(attr: proc_macro2::TokenStream, func: &ItemFn) -> syn::Result<proc_mac
         ReturnType::Default => false,
     };
     let encode = if returns_result {
-        quote!(::wasmpool_guest::__private::encode_result(NAME, __out))
+        quote!(::wasmpool_guest::__private::encode_result(
+            NAME, __out, __buf
+        ))
     } else {
-        quote!(::wasmpool_guest::__private::encode_return(NAME, __out))
+        quote!(::wasmpool_guest::__private::encode_return(
+            NAME, __out, __buf
+        ))
     };
 
     Ok(quote! {
@@ -142,8 +146,12 @@ fn expand(attr: proc_macro2::TokenStream, func: &ItemFn) -> syn::Result<proc_mac
             pub const NAME: &str = #task_name;
             const PARAMS: &[(&str, &str)] = &[#(#params),*];
 
-            /// Decodes the arguments, runs the task and encodes its outcome.
-            pub fn call(args: &[u8]) -> ::wasmpool_guest::__private::Outcome {
+            /// Decodes the arguments, runs the task and appends its encoded result to
+            /// `__buf`.
+            pub fn call(
+                args: &[u8],
+                __buf: &mut ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<(), ::wasmpool_guest::__private::TaskError> {
                 let mut __args = ::wasmpool_guest::__private::Args::new(NAME, PARAMS, args)?;
                 #(#decode)*
                 let __out = super::#fn_name(#(#locals),*);

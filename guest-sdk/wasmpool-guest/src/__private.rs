@@ -8,17 +8,42 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bindings::wasmpool::task::host;
-pub use crate::bindings::wasmpool::task::types::TaskError;
+pub use crate::bindings::wasmpool::task::types::{BatchOutcome, Packed, TaskError};
 
 /// The outcome of one task call, as the WIT world defines it.
 pub type Outcome = Result<Vec<u8>, TaskError>;
 
-/// A task's name and the function that decodes its arguments, runs it and encodes its result.
-pub type TaskEntry = (&'static str, fn(&[u8]) -> Outcome);
+/// A task's function: decodes its arguments, runs it and appends its encoded result to the
+/// buffer (so a batch reuses one buffer rather than allocating per item).
+pub type TaskFn = fn(&[u8], &mut Vec<u8>) -> Result<(), TaskError>;
+
+/// A task's name and its function.
+pub type TaskEntry = (&'static str, TaskFn);
 
 thread_local! {
     /// Outcomes of the current `call-batch` so far, handed to the host if a later item panics.
-    static BATCH: RefCell<Vec<Outcome>> = const { RefCell::new(Vec::new()) };
+    static BATCH: RefCell<Option<BatchOutcome>> = const { RefCell::new(None) };
+}
+
+/// The outcomes recorded in `batch`, one per item, as `report-panic` takes them.
+fn unpack(batch: BatchOutcome) -> Vec<Outcome> {
+    let BatchOutcome { results, errors } = batch;
+    let mut errors = errors.into_iter().peekable();
+    let mut start = 0usize;
+    let mut out = Vec::with_capacity(results.ends.len());
+    for (i, &end) in results.ends.iter().enumerate() {
+        let end = end as usize;
+        match errors.next_if(|(at, _)| *at as usize == i) {
+            Some((_, e)) => out.push(Err(e)),
+            None => out.push(Ok(results
+                .data
+                .get(start..end)
+                .unwrap_or_default()
+                .to_vec())),
+        }
+        start = end;
+    }
+    out
 }
 
 static PANIC_HOOK: Once = Once::new();
@@ -47,7 +72,9 @@ fn install_panic_hook() {
             };
             let completed = BATCH.with(|b| {
                 b.try_borrow_mut()
-                    .map(|mut b| std::mem::take(&mut *b))
+                    .ok()
+                    .and_then(|mut b| b.take())
+                    .map(unpack)
                     .unwrap_or_default()
             });
             host::report_panic(&message, &completed);
@@ -71,7 +98,7 @@ pub fn list_tasks(tasks: &[TaskEntry]) -> Vec<String> {
     tasks.iter().map(|(name, _)| (*name).to_string()).collect()
 }
 
-fn find(tasks: &[TaskEntry], name: &str) -> Option<fn(&[u8]) -> Outcome> {
+fn find(tasks: &[TaskEntry], name: &str) -> Option<TaskFn> {
     tasks.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
@@ -79,30 +106,66 @@ fn find(tasks: &[TaskEntry], name: &str) -> Option<fn(&[u8]) -> Outcome> {
 pub fn call(tasks: &[TaskEntry], name: &str, args: &[u8]) -> Outcome {
     install_panic_hook();
     match find(tasks, name) {
-        Some(f) => f(args),
+        Some(f) => {
+            let mut out = Vec::new();
+            f(args, &mut out).map(|()| out)
+        }
         None => Err(TaskError::UnknownTask(name.to_string())),
     }
 }
 
 /// Calls one task once per item; a panic hands the finished outcomes to the host first.
-pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Vec<Vec<u8>>) -> Vec<Outcome> {
+pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcome {
     install_panic_hook();
-    let Some(f) = find(tasks, name) else {
-        return items
-            .iter()
-            .map(|_| Err(TaskError::UnknownTask(name.to_string())))
-            .collect();
+    let n = items.ends.len();
+    let mut out = BatchOutcome {
+        results: Packed {
+            data: Vec::with_capacity(items.data.len()),
+            ends: Vec::with_capacity(n),
+        },
+        errors: Vec::new(),
     };
-    BATCH.with(|b| {
-        let mut b = b.borrow_mut();
-        b.clear();
-        b.reserve(items.len());
-    });
-    for item in &items {
-        let outcome = f(item);
-        BATCH.with(|b| b.borrow_mut().push(outcome));
+    let Some(f) = find(tasks, name) else {
+        out.results.ends.resize(n, 0);
+        out.errors = (0..n as u32)
+            .map(|i| (i, TaskError::UnknownTask(name.to_string())))
+            .collect();
+        return out;
+    };
+    BATCH.with(|b| *b.borrow_mut() = Some(out));
+    // One scratch buffer for every item: the batch so far stays in BATCH, where the panic
+    // hook finds it, and no borrow of it is held while a task runs.
+    let mut scratch = Vec::new();
+    let mut start = 0usize;
+    for (i, &end) in items.ends.iter().enumerate() {
+        let end = end as usize;
+        scratch.clear();
+        let outcome = match items.data.get(start..end) {
+            Some(args) => f(args, &mut scratch),
+            None => Err(TaskError::BadArgs(
+                "the batch's item bounds are malformed".into(),
+            )),
+        };
+        start = end;
+        BATCH.with(|b| {
+            if let Some(out) = b.borrow_mut().as_mut() {
+                match outcome {
+                    Ok(()) => out.results.data.extend_from_slice(&scratch),
+                    Err(e) => out.errors.push((i as u32, e)),
+                }
+                out.results.ends.push(out.results.data.len() as u32);
+            }
+        });
     }
-    BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()))
+    BATCH
+        .with(|b| b.borrow_mut().take())
+        .unwrap_or(BatchOutcome {
+            results: Packed {
+                data: Vec::new(),
+                ends: Vec::new(),
+            },
+            errors: Vec::new(),
+        })
 }
 
 /// Decodes positional arguments: one MessagePack array of exactly `N` values.
@@ -178,15 +241,26 @@ fn kind_of(m: u8) -> &'static str {
 }
 
 /// Encodes a task's return value.
-pub fn encode_return<T: Serialize>(task: &str, value: T) -> Outcome {
-    rmp_serde::to_vec_named(&value)
-        .map_err(|e| TaskError::Failed(format!("task `{task}`: cannot encode its result: {e}")))
+pub fn encode_return<T: Serialize>(
+    task: &str,
+    value: T,
+    out: &mut Vec<u8>,
+) -> Result<(), TaskError> {
+    let start = out.len();
+    rmp_serde::encode::write_named(out, &value).map_err(|e| {
+        out.truncate(start);
+        TaskError::Failed(format!("task `{task}`: cannot encode its result: {e}"))
+    })
 }
 
 /// Encodes a fallible task's return value; its `Err` becomes the task's error message.
-pub fn encode_result<T: Serialize, E: Display>(task: &str, value: Result<T, E>) -> Outcome {
+pub fn encode_result<T: Serialize, E: Display>(
+    task: &str,
+    value: Result<T, E>,
+    out: &mut Vec<u8>,
+) -> Result<(), TaskError> {
     match value {
-        Ok(v) => encode_return(task, v),
+        Ok(v) => encode_return(task, v, out),
         Err(e) => Err(TaskError::Failed(e.to_string())),
     }
 }

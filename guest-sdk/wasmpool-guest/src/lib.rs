@@ -100,8 +100,8 @@ macro_rules! export_tasks {
             }
             fn call_batch(
                 task: ::std::string::String,
-                items: ::std::vec::Vec<::std::vec::Vec<u8>>,
-            ) -> ::std::vec::Vec<$crate::__private::Outcome> {
+                items: $crate::__private::Packed,
+            ) -> $crate::__private::BatchOutcome {
                 $crate::__private::call_batch(Self::TASKS, &task, items)
             }
         }

@@ -18,7 +18,8 @@ use super::sched::Chunk;
 use super::{Pool, decode_slot, default_chunksize};
 use crate::error::{Error, Result};
 use crate::module::Module;
-use crate::values::encode_args;
+use crate::packed::Packed;
+use crate::values::{encode_args, encode_args_into};
 
 /// A pool for async code, as Python's `ProcessPoolExecutor`: `submit` returns a future of the
 /// task's typed result, `map` a stream of results in input order, [`as_completed`] yields
@@ -65,7 +66,7 @@ impl Executor {
         let args = encode_args(args)?;
         self.pool
             .shared
-            .submit([Chunk::new(job.clone(), 0, vec![args], true)])?;
+            .submit([Chunk::new(job.clone(), 0, Packed::one(&args), true)])?;
         Ok(TaskFuture {
             job,
             pool: self.pool.shared.clone(),
@@ -80,10 +81,7 @@ impl Executor {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<MapStream<R>> {
-        let encoded = items
-            .into_iter()
-            .map(|a| encode_args(&(a,)))
-            .collect::<Result<Vec<_>>>()?;
+        let encoded = super::pack(items, |buf, a| encode_args_into(buf, &(a,)))?;
         let len = encoded.len();
         let job = self.pool.job(task, len)?;
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, self.pool.processes()));

@@ -9,6 +9,7 @@ use super::job::{Job, Slot};
 use super::sched::Chunk;
 use super::{Pool, decode_slot};
 use crate::error::Result;
+use crate::packed::Packed;
 use crate::protocol::Outcome;
 
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: one `Result` per
@@ -81,11 +82,12 @@ impl<'a, R> Imap<'a, R> {
             let first = self.job.grow(n);
             self.submitted += n;
             if bad.is_empty() {
-                if let Err(e) =
-                    self.pool
-                        .shared
-                        .submit([Chunk::new(self.job.clone(), first, items, false)])
-                {
+                if let Err(e) = self.pool.shared.submit([Chunk::new(
+                    self.job.clone(),
+                    first,
+                    items.into_iter().collect(),
+                    false,
+                )]) {
                     for i in 0..n {
                         self.job.complete(first + i, Slot::Aborted(e.to_string()));
                     }
@@ -102,7 +104,8 @@ impl<'a, R> Imap<'a, R> {
                     }
                     None => {
                         let Some(bytes) = good.next() else { break };
-                        let chunk = Chunk::new(self.job.clone(), first + i, vec![bytes], false);
+                        let chunk =
+                            Chunk::new(self.job.clone(), first + i, Packed::one(&bytes), false);
                         if let Err(e) = self.pool.shared.submit([chunk]) {
                             self.job.complete(first + i, Slot::Aborted(e.to_string()));
                         }

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::module::Module;
+use crate::packed::Packed;
 use crate::process::outcome_error;
 use crate::protocol::{Limits, Outcome};
 use crate::values::decode_result;
@@ -18,6 +19,9 @@ use crate::values::decode_result;
 pub(crate) enum Slot {
     Pending,
     Done(Outcome),
+    /// A success whose encoded result is item `.1` of a batch's shared result buffer (no
+    /// copy per item).
+    Ok(Arc<Packed>, u32),
     /// The worker running it died.
     Lost {
         pid: u32,
@@ -37,6 +41,7 @@ impl Slot {
     pub fn into_bytes(self, task: &str, module: &Module) -> Result<Vec<u8>> {
         match self {
             Slot::Done(Outcome::Ok(bytes)) => Ok(bytes),
+            Slot::Ok(results, i) => Ok(results.get(i as usize).unwrap_or_default().to_vec()),
             Slot::Done(other) => Err(outcome_error(task, &other, module)),
             Slot::Lost {
                 pid,
@@ -59,7 +64,7 @@ impl Slot {
     }
 
     fn is_ok(&self) -> bool {
-        matches!(self, Slot::Done(Outcome::Ok(_)))
+        matches!(self, Slot::Done(Outcome::Ok(_)) | Slot::Ok(..))
     }
 }
 
@@ -265,18 +270,31 @@ impl Job {
             .unwrap_or(Slot::Taken)
     }
 
-    /// Every item's bytes, or the first error in completion order.
-    pub fn collect(&self) -> Result<Vec<Vec<u8>>> {
+    /// Every item's result, decoded in place, or the first error in completion order.
+    pub fn decode_all<R: DeserializeOwned>(&self) -> Result<Vec<R>> {
         let s = self.lock();
-        if let Some(i) = s.first_error.and_then(|i| i.checked_sub(s.base)) {
-            return s.slots[i]
+        if let Some(slot) = s
+            .first_error
+            .and_then(|i| i.checked_sub(s.base))
+            .and_then(|at| s.slots.get(at))
+        {
+            return slot
                 .clone()
                 .into_bytes(&self.task, &self.module)
                 .map(|_| Vec::new());
         }
         s.slots
             .iter()
-            .map(|slot| slot.clone().into_bytes(&self.task, &self.module))
+            .map(|slot| match slot {
+                Slot::Done(Outcome::Ok(bytes)) => decode_result(&self.task, bytes),
+                Slot::Ok(results, i) => {
+                    decode_result(&self.task, results.get(*i as usize).unwrap_or_default())
+                }
+                other => other
+                    .clone()
+                    .into_bytes(&self.task, &self.module)
+                    .and_then(|bytes| decode_result(&self.task, &bytes)),
+            })
             .collect()
     }
 
@@ -368,8 +386,5 @@ pub(crate) fn finish_one<R: DeserializeOwned>(job: &Job) -> Result<R> {
 }
 
 pub(crate) fn finish_all<R: DeserializeOwned>(job: &Job) -> Result<Vec<R>> {
-    job.collect()?
-        .iter()
-        .map(|b| decode_result(&job.task, b))
-        .collect()
+    job.decode_all()
 }

@@ -19,9 +19,10 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::Output;
+use crate::packed::Packed;
 use crate::process::cpu_count;
 use crate::protocol::Limits;
-use crate::values::{decode_result, encode_args};
+use crate::values::{decode_result, encode_args, encode_args_into};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
 ///
@@ -183,6 +184,20 @@ impl PoolBuilder {
     }
 }
 
+/// Encodes every item straight into one buffer (no allocation per item).
+fn pack<A>(
+    items: impl IntoIterator<Item = A>,
+    mut encode: impl FnMut(&mut Vec<u8>, A) -> Result<()>,
+) -> Result<Packed> {
+    let items = items.into_iter();
+    let mut packed = Packed::with_capacity(items.size_hint().0, items.size_hint().0 * 4);
+    for item in items {
+        encode(&mut packed.data, item)?;
+        packed.close_item();
+    }
+    Ok(packed)
+}
+
 /// Python's default `map` chunk size: the items spread over four chunks per worker.
 fn default_chunksize(items: usize, workers: usize) -> usize {
     let per = workers.max(1) * 4;
@@ -280,22 +295,23 @@ impl Pool {
         &self,
         job: &Arc<Job>,
         first: usize,
-        items: Vec<Vec<u8>>,
+        items: Packed,
         chunksize: usize,
     ) -> Result<()> {
-        let chunksize = chunksize.max(1);
-        let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
-        let mut iter = items.into_iter();
+        let parts = if items.len() <= chunksize {
+            vec![items]
+        } else {
+            items.split(chunksize)
+        };
         let mut index = first;
-        loop {
-            let part: Vec<Vec<u8>> = iter.by_ref().take(chunksize).collect();
-            if part.is_empty() {
-                break;
-            }
-            let n = part.len();
-            chunks.push(Chunk::new(job.clone(), index, part, false));
-            index += n;
-        }
+        let chunks: Vec<Chunk> = parts
+            .into_iter()
+            .map(|part| {
+                let chunk_first = index;
+                index += part.len();
+                Chunk::new(job.clone(), chunk_first, part, false)
+            })
+            .collect();
         self.shared.submit(chunks)
     }
 
@@ -317,7 +333,7 @@ impl Pool {
         let job = self.job(task, 1)?;
         let args = encode_args(args)?;
         self.shared
-            .submit([Chunk::new(job.clone(), 0, vec![args], true)])?;
+            .submit([Chunk::new(job.clone(), 0, Packed::one(&args), true)])?;
         Ok(AsyncResult::new(job, finish_one::<R>))
     }
 
@@ -347,7 +363,7 @@ impl Pool {
             *h = Some(hook);
         }
         self.shared
-            .submit([Chunk::new(job.clone(), 0, vec![args], true)])?;
+            .submit([Chunk::new(job.clone(), 0, Packed::one(&args), true)])?;
         Ok(AsyncResult::new(job, finish_one::<R>))
     }
 
@@ -378,10 +394,7 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let encoded = items
-            .into_iter()
-            .map(|a| encode_args(&(a,)))
-            .collect::<Result<Vec<_>>>()?;
+        let encoded = pack(items, |buf, a| encode_args_into(buf, &(a,)))?;
         self.submit_all(task, encoded, chunksize)
     }
 
@@ -401,10 +414,7 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let encoded = items
-            .into_iter()
-            .map(|a| encode_args(&a))
-            .collect::<Result<Vec<_>>>()?;
+        let encoded = pack(items, |buf, a| encode_args_into(buf, &a))?;
         self.submit_all(task, encoded, chunksize)
     }
 
@@ -415,13 +425,13 @@ impl Pool {
         items: Vec<Vec<u8>>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        self.submit_all(task, items, chunksize)
+        self.submit_all(task, items.into_iter().collect(), chunksize)
     }
 
     fn submit_all<R: DeserializeOwned>(
         &self,
         task: &str,
-        items: Vec<Vec<u8>>,
+        items: Packed,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
         let job = self.job(task, items.len())?;

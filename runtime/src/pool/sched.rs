@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Output, OutputEvent, OutputRouter};
+use crate::packed::{BatchAnswers, Packed};
 use crate::protocol::{FromWorker, Limits, Outcome, ToWorker, WATCHDOG_EXIT, encode_frame};
 use crate::spawn::start_worker;
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
@@ -34,6 +35,46 @@ const DEEP_PIPELINE_DEPTH: usize = 64;
 /// Below this average chunk time, workers get the deep pipeline.
 const DEEP_PIPELINE_BELOW_SECS: f64 = 0.000_1;
 
+/// A worker's answer to one call.
+enum Answers {
+    /// A single call's outcome; or, from a worker whose watchdog stopped a batch, the one
+    /// outcome that stands for every item of it.
+    One(Outcome),
+    /// A batch's outcomes, one per item.
+    Batch(BatchAnswers),
+}
+
+impl Answers {
+    /// The first item's outcome.
+    fn first(self) -> Option<Outcome> {
+        match self {
+            Answers::One(outcome) => Some(outcome),
+            Answers::Batch(answers) => answers.into_outcomes().next(),
+        }
+    }
+
+    /// The slots of `n` items, in order. Successes of a batch share its result buffer.
+    fn into_slots(self, n: usize) -> Vec<Slot> {
+        match self {
+            Answers::One(outcome) => vec![Slot::Done(outcome); n],
+            Answers::Batch(BatchAnswers { results, errors }) => {
+                let answered = results.len().min(n);
+                let results = Arc::new(results);
+                let mut slots: Vec<Slot> = (0..answered as u32)
+                    .map(|i| Slot::Ok(results.clone(), i))
+                    .collect();
+                for (i, outcome) in errors {
+                    if let Some(slot) = slots.get_mut(i as usize) {
+                        *slot = Slot::Done(outcome);
+                    }
+                }
+                slots.resize(n, Slot::Aborted("the worker gave no answer".into()));
+                slots
+            }
+        }
+    }
+}
+
 /// A user callback, run on the pool's callback thread.
 type Callback = Box<dyn FnOnce() + Send>;
 
@@ -42,7 +83,7 @@ type Callback = Box<dyn FnOnce() + Send>;
 pub(crate) struct Chunk {
     pub job: Arc<Job>,
     pub first: usize,
-    pub items: Vec<Vec<u8>>,
+    pub items: Packed,
     /// Sent as a single `Call` (apply) rather than a `CallBatch`.
     pub single: bool,
     /// Runs before this one that a worker died under (see [`TaskOptions::retries`]).
@@ -50,7 +91,7 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    pub fn new(job: Arc<Job>, first: usize, items: Vec<Vec<u8>>, single: bool) -> Chunk {
+    pub fn new(job: Arc<Job>, first: usize, items: Packed, single: bool) -> Chunk {
         Chunk {
             job,
             first,
@@ -65,12 +106,12 @@ impl Chunk {
     fn split_for_retry(self) -> Vec<Chunk> {
         let (job, first, single, attempt) = (self.job, self.first, self.single, self.attempt + 1);
         self.items
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(i, item)| Chunk {
                 job: job.clone(),
                 first: first + i,
-                items: vec![item],
+                items: Packed::one(item),
                 single,
                 attempt,
             })
@@ -322,7 +363,7 @@ impl Shared {
                 ToWorker::Call {
                     id,
                     task: chunk.job.task.to_string(),
-                    args: chunk.items[0].clone(),
+                    args: chunk.items.get(0).unwrap_or_default().to_vec(),
                     exit_after: false,
                     limits: chunk.job.opts.limits,
                 }
@@ -355,7 +396,7 @@ impl Shared {
         }
     }
 
-    fn finish_call(&self, pid: u32, id: u64, outcomes: Vec<Outcome>, more: bool) {
+    fn finish_call(&self, pid: u32, id: u64, answers: Answers, more: bool) {
         let mut s = self.lock();
         let Some(wi) = s.workers.iter().position(|w| w.handle.pid == pid) else {
             return;
@@ -375,7 +416,7 @@ impl Shared {
         match flight.chunk {
             None => {
                 // The initializer's answer.
-                match outcomes.into_iter().next() {
+                match answers.first() {
                     Some(Outcome::Ok(_)) => s.workers[wi].ready = true,
                     other => {
                         let task = self
@@ -401,17 +442,8 @@ impl Shared {
                 if !s.losses.is_empty() {
                     s.losses.remove(&chunk.job.task);
                 }
-                // A worker whose watchdog stopped a batch answers it with one outcome: it
-                // stands for the items that got no answer of their own.
-                let last = outcomes.last().cloned();
-                let mut outcomes = outcomes.into_iter();
-                let slots = (0..chunk.items.len()).map(|_| {
-                    match outcomes.next().or_else(|| last.clone()) {
-                        Some(outcome) => Slot::Done(outcome),
-                        None => Slot::Aborted("the worker gave no answer".into()),
-                    }
-                });
-                self.complete_run(&chunk.job, chunk.first, slots);
+                let slots = answers.into_slots(chunk.items.len());
+                self.complete_run(&chunk.job, chunk.first, slots.into_iter());
             }
         }
         let w = &mut s.workers[wi];
@@ -616,8 +648,12 @@ impl Shared {
 impl WorkerEvents for Shared {
     fn on_message(&self, pid: u32, msg: FromWorker, more: bool) {
         match msg {
-            FromWorker::Done { id, outcome } => self.finish_call(pid, id, vec![outcome], more),
-            FromWorker::BatchDone { id, outcomes } => self.finish_call(pid, id, outcomes, more),
+            FromWorker::Done { id, outcome } => {
+                self.finish_call(pid, id, Answers::One(outcome), more)
+            }
+            FromWorker::BatchDone { id, answers } => {
+                self.finish_call(pid, id, Answers::Batch(answers), more)
+            }
             FromWorker::Output { stream, data, .. } => {
                 let found = {
                     let s = self.lock();

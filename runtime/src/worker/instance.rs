@@ -11,9 +11,10 @@ use super::objects::ObjectClient;
 use super::output::{Channel, GuestOutput};
 use super::state::{MemoryLimiter, ProcessIdentity, State};
 use super::watchdog::{Watchdog, ticks, time_limit_message};
-use crate::bindings::{TaskError, TaskModule, TaskModulePre};
+use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine;
 use crate::grants::Grants;
+use crate::packed::{BatchAnswers, Packed};
 use crate::protocol::{Limits, Outcome, Stream};
 
 /// Deadline for calls without a time limit: effectively never.
@@ -189,60 +190,76 @@ impl Loaded {
         &mut self,
         id: u64,
         task: &str,
-        items: Vec<Vec<u8>>,
+        items: Packed,
         limits: &Limits,
-    ) -> Vec<Outcome> {
-        let outcomes = self.call_batch_armed(id, task, items, limits);
+    ) -> BatchAnswers {
+        let answers = self.call_batch_armed(id, task, items, limits);
         self.watchdog.disarm();
-        outcomes
+        answers
     }
 
     fn call_batch_armed(
         &mut self,
         id: u64,
         task: &str,
-        items: Vec<Vec<u8>>,
+        items: Packed,
         limits: &Limits,
-    ) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut start = 0;
-        while start < items.len() {
+    ) -> BatchAnswers {
+        let mut answers = BatchAnswers::with_capacity(items.len());
+        // The first crossing takes the whole batch as it came; after a panic, the rest.
+        let mut batch = Some(items);
+        while let Some(items) = batch.take() {
             let (store, module) = match self.live(id, limits) {
                 Ok(l) => l,
                 Err(message) => {
-                    outcomes.extend(
-                        items[start..]
-                            .iter()
-                            .map(|_| Outcome::Trap(message.clone())),
-                    );
+                    for _ in 0..items.len() {
+                        answers.push(Outcome::Trap(message.clone()));
+                    }
                     break;
                 }
             };
-            let rest = &items[start..];
+            // Moved into the call (no copy) and recovered from it only on the slow paths.
+            let n = items.len();
+            let wit = bindings::Packed {
+                data: items.data,
+                ends: items.ends,
+            };
             match module
                 .wasmpool_task_tasks()
-                .call_call_batch(&mut *store, task, rest)
+                .call_call_batch(&mut *store, task, &wit)
             {
-                Ok(results) => {
-                    outcomes.extend(results.into_iter().map(convert));
+                Ok(out) => {
+                    append_batch(&mut answers, out);
                     break;
                 }
                 Err(e) => {
                     let report = store.data_mut().panic.take();
                     let limited = is_limit(store, &e);
-                    let outcome = failure(store, &e, limits);
                     self.live = None;
+                    let items = Packed {
+                        data: wit.data,
+                        ends: wit.ends,
+                    };
                     match report {
-                        Some(report) if !limited => {
+                        Some(report) if !limited && report.completed.len() < n => {
                             let done = report.completed.len();
-                            outcomes.extend(report.completed.into_iter().map(convert));
-                            outcomes.push(Outcome::Failed(report.message));
-                            start += done + 1;
+                            for outcome in report.completed {
+                                answers.push(convert(outcome));
+                            }
+                            answers.push(Outcome::Failed(report.message));
+                            let mut rest = Packed::with_capacity(n - done - 1, 0);
+                            for item in (done + 1..n).filter_map(|i| items.get(i)) {
+                                rest.push(item);
+                            }
+                            if !rest.is_empty() {
+                                batch = Some(rest);
+                            }
                         }
                         _ => {
-                            let _ = outcome;
-                            for item in rest {
-                                outcomes.push(self.call_armed(id, task, item, limits));
+                            // A trap or a limit: re-run each item on its own, so only the
+                            // guilty one fails.
+                            for item in items.iter() {
+                                answers.push(self.call_armed(id, task, item, limits));
                             }
                             break;
                         }
@@ -250,7 +267,7 @@ impl Loaded {
                 }
             }
         }
-        outcomes
+        answers
     }
 }
 
@@ -291,6 +308,27 @@ fn describe_bytes(n: u64) -> String {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
+    }
+}
+
+/// Appends a guest's batch outcome to `answers`, item by item.
+fn append_batch(answers: &mut BatchAnswers, out: BatchOutcome) {
+    let BatchOutcome { results, errors } = out;
+    let results = Packed {
+        data: results.data,
+        ends: results.ends,
+    };
+    if errors.is_empty() && answers.len() == 0 {
+        // The common case: every item succeeded; the guest's buffers are the answer.
+        answers.results = results;
+        return;
+    }
+    let mut errors = errors.into_iter().peekable();
+    for (i, bytes) in results.iter().enumerate() {
+        match errors.next_if(|(at, _)| *at as usize == i) {
+            Some((_, e)) => answers.push(convert(Err(e))),
+            None => answers.push(Outcome::Ok(bytes.to_vec())),
+        }
     }
 }
 

@@ -185,11 +185,11 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
                 limits,
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
-                let outcomes = loaded.call_batch(id, &task, items, &limits);
+                let answers = loaded.call_batch(id, &task, items, &limits);
                 if !loaded.has_instance() {
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
-                channel.queue(&FromWorker::BatchDone { id, outcomes })?;
+                channel.queue(&FromWorker::BatchDone { id, answers })?;
             }
             ToWorker::Shutdown => {
                 channel.flush()?;
