@@ -700,6 +700,10 @@ impl WorkerEvents for Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .finish(&self.config.output, pid, &worker.name, "");
+        // A worker stopped by its watchdog had already answered its running task, so nothing
+        // of it is lost; one that broke the protocol is not believed about anything.
+        let watchdog =
+            protocol_error.is_none() && status.and_then(|s| s.code()) == Some(WATCHDOG_EXIT);
         let (signal, reason) = match protocol_error {
             Some(e) => (
                 None,
@@ -709,9 +713,7 @@ impl WorkerEvents for Shared {
         };
         let mut flights = std::mem::take(&mut worker.inflight).into_iter();
         // The first chunk in flight was running when the worker died: it is lost. The others
-        // never started: they go back to the front of the queue, in order. A worker stopped by
-        // its watchdog had already answered its running task, so nothing of it is lost.
-        let watchdog = status.and_then(|s| s.code()) == Some(WATCHDOG_EXIT);
+        // never started: they go back to the front of the queue, in order.
         let lost = if watchdog {
             None
         } else {
