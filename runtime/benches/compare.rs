@@ -1,16 +1,19 @@
 //! Side-by-side benchmarks: wasmpool and Python's `multiprocessing`
 //! (`bench/python_multiprocessing.py`) on the same machine, in the same sitting, alternating,
 //! several repetitions. Prints a table of medians and spreads with the ratio, and writes it
-//! to `results/bench.md` (`results/bench-smoke.md` with `--smoke`).
+//! to `results/bench.md` (`results/bench-smoke.md` with `--smoke`), with a bar chart of the
+//! ratios next to it (`results/bench.png`, `results/bench-smoke.png`).
 //!
 //! `cargo bench -p wasmpool --bench compare` (add `-- --smoke` for a quick run with tiny
 //! sizes, which is what CI does so the suite cannot rot).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmpool::{Manager, Module, Pool, Process};
+
+mod plot;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -95,6 +98,46 @@ fn dict_counter(ctx: &Ctx, n: u64, atomic: bool) -> f64 {
         Some(2 * n as i64)
     );
     2.0 * n as f64 / dt
+}
+
+/// Workers in the pool whose idle memory is measured (the Python workload uses the same).
+const IDLE_POOL: usize = 4;
+
+/// A process's resident set (`VmRSS` of `/proc/<pid>/status`) in MiB.
+fn vm_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Median resident memory (MiB) of an idle worker: a pool of `IDLE_POOL` workers, each warmed
+/// by one task (module loaded, instance built), then left idle for a moment.
+fn idle_worker_rss(ctx: &Ctx) -> f64 {
+    let pool = Pool::new(&ctx.testkit, IDLE_POOL).expect("pool");
+    pool.wait_for_workers();
+    // Tasks that sleep a little, one item per chunk, until every worker has run one.
+    let mut warmed = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let pids: Vec<u32> = pool
+            .map_chunked("pid_after", vec![50u64; IDLE_POOL], 1)
+            .expect("warm-up");
+        warmed.extend(pids);
+        if pool.pids().iter().all(|p| warmed.contains(p)) {
+            break;
+        }
+    }
+    let pids = pool.pids();
+    assert!(
+        pids.len() == IDLE_POOL && pids.iter().all(|p| warmed.contains(p)),
+        "every worker ran a task: workers {pids:?}, warmed {warmed:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let rss: Vec<f64> = pids
+        .iter()
+        .map(|&pid| vm_rss_mib(pid).expect("VmRSS of a worker"))
+        .collect();
+    median(&rss).expect("workers")
 }
 
 struct Ctx {
@@ -227,12 +270,22 @@ struct Row<'a> {
     unit: &'static str,
     higher_is_better: bool,
     target: &'static str,
+    /// The target as a ratio, for the plot's marker (`None`: not a ratio, e.g. "≥ 90%").
+    target_ratio: Option<f64>,
     /// The peer script's workload argument and the name of the JSON line to read.
     peer: Option<(&'static str, &'static str)>,
     /// Turns the peer's value into this row's unit (e.g. countdown times into an efficiency).
     measure: Box<dyn Fn(&Ctx) -> f64 + 'a>,
     python: Vec<f64>,
     ours: Vec<f64>,
+}
+
+impl Row<'_> {
+    /// How many times better wasmpool is than Python, from the medians.
+    fn ratio(&self) -> Option<f64> {
+        let (p, o) = (median(&self.python)?, median(&self.ours)?);
+        Some(if self.higher_is_better { o / p } else { p / o })
+    }
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -291,24 +344,29 @@ fn main() {
         cold.set(Some(v));
         v
     };
-    let row =
-        |workload, unit, higher_is_better, target, peer, measure: Box<dyn Fn(&Ctx) -> f64>| Row {
-            workload,
-            unit,
-            higher_is_better,
-            target,
-            peer,
-            measure,
-            python: vec![],
-            ours: vec![],
-        };
+    let row = |workload,
+               unit,
+               higher_is_better,
+               (target, target_ratio),
+               peer,
+               measure: Box<dyn Fn(&Ctx) -> f64>| Row {
+        workload,
+        unit,
+        higher_is_better,
+        target,
+        target_ratio,
+        peer,
+        measure,
+        python: vec![],
+        ours: vec![],
+    };
     let fork = Some(("spawn_fork", "spawn_join_fork"));
     let mut rows = vec![
         row(
             "Process start+join, cold worker (vs fork)",
             "ms",
             false,
-            "≤ 3 ms, ≥ 2x",
+            ("≤ 3 ms, ≥ 2x", Some(2.0)),
             fork,
             Box::new(cold_start),
         ),
@@ -316,7 +374,7 @@ fn main() {
             "Process start+join, warm spare ready (vs fork)",
             "ms",
             false,
-            "≤ 3 ms, ≥ 2x",
+            ("≤ 3 ms, ≥ 2x", Some(2.0)),
             fork,
             Box::new(|c| spawn_join(c, Spare::Ready)),
         ),
@@ -324,7 +382,7 @@ fn main() {
             "Process start+join, back to back (vs fork)",
             "ms",
             false,
-            "≥ 2x",
+            ("≥ 2x", Some(2.0)),
             fork,
             Box::new(|c| spawn_join(c, Spare::BackToBack)),
         ),
@@ -332,7 +390,7 @@ fn main() {
             "Process start+join, cold worker (vs spawn)",
             "ms",
             false,
-            "≥ 30x",
+            ("≥ 30x", Some(30.0)),
             Some(("spawn_spawn", "spawn_join_spawn")),
             Box::new(|c| cold.get().unwrap_or_else(|| spawn_join(c, Spare::None))),
         ),
@@ -340,7 +398,7 @@ fn main() {
             "map 200k tiny tasks, default chunksize",
             "tasks/s",
             true,
-            "≥ 3x",
+            ("≥ 3x", Some(3.0)),
             Some(("map_tiny", "map_tiny_200k")),
             Box::new(move |c| map_tiny(c, map_n, None)),
         ),
@@ -348,7 +406,7 @@ fn main() {
             "map 20k tiny tasks, chunksize 1",
             "tasks/s",
             true,
-            "≥ 10x",
+            ("≥ 10x", Some(10.0)),
             Some(("map_tiny_chunk1", "map_tiny_20k_chunksize1")),
             Box::new(move |c| map_tiny(c, chunk1_n, Some(1))),
         ),
@@ -356,7 +414,7 @@ fn main() {
             "20k apply_async + get",
             "tasks/s",
             true,
-            "≥ 10x",
+            ("≥ 10x", Some(10.0)),
             Some(("apply_async_tiny", "apply_async_tiny_20k")),
             Box::new(move |c| apply_async_tiny(c, apply_n)),
         ),
@@ -364,7 +422,7 @@ fn main() {
             "Queue, 100k small messages, producer process → consumer",
             "msgs/s",
             true,
-            "≥ 10x",
+            ("≥ 10x", Some(10.0)),
             Some(("queue", "queue_100k")),
             Box::new(move |c| queue_throughput(c, queue_n)),
         ),
@@ -372,7 +430,7 @@ fn main() {
             "Pipe ping-pong round trip",
             "µs",
             false,
-            "≤ 1/3 (≥ 3x)",
+            ("≤ 1/3 (≥ 3x)", Some(3.0)),
             Some(("pipe", "pipe_roundtrip")),
             Box::new(move |c| pipe_roundtrip(c, pipe_n)),
         ),
@@ -380,7 +438,7 @@ fn main() {
             "2 processes × 2000 locked increments of a dict counter (Python: Manager dict + Lock)",
             "incr/s",
             true,
-            "≥ 20x",
+            ("≥ 20x", Some(20.0)),
             Some(("dict_lock", "dict_locked_incr")),
             Box::new(move |c| dict_counter(c, dict_n, false)),
         ),
@@ -388,7 +446,7 @@ fn main() {
             "2 processes × 2000 atomic increments (Python: Manager dict + Lock)",
             "incr/s",
             true,
-            "≥ 20x",
+            ("≥ 20x", Some(20.0)),
             Some(("dict_lock", "dict_locked_incr")),
             Box::new(move |c| dict_counter(c, dict_n, true)),
         ),
@@ -396,15 +454,23 @@ fn main() {
             "CPU-bound 10 ms tasks, parallel efficiency at N = cores (Python: its countdown workload on 2)",
             "%",
             true,
-            "≥ 90%",
+            ("≥ 90%", None),
             Some(("cpu", "efficiency")),
             Box::new(move |c| cpu_scaling(c, iters)),
+        ),
+        row(
+            "worker resident memory (RSS) per idle worker, pool of 4, after one task each",
+            "MiB",
+            false,
+            ("≤ Python's", Some(1.0)),
+            Some(("idle_rss", "idle_worker_rss")),
+            Box::new(idle_worker_rss),
         ),
         row(
             "wasm / native time, same kernel",
             "x",
             false,
-            "≤ 1.3x",
+            ("≤ 1.3x", None),
             None,
             Box::new(move |c| wasm_vs_native(c, iters * 4)),
         ),
@@ -463,16 +529,12 @@ fn main() {
         .unwrap_or_default();
     let mut table = format!(
         "Machine: {} cores, {cpu}. {reps} repetition(s), Python and wasmpool alternating; median (min–max).\n\
-         Ratio: how many times better wasmpool is (Python ÷ wasmpool for times, wasmpool ÷ Python for rates).\n\n\
+         Ratio: how many times better wasmpool is (Python ÷ wasmpool for times and memory, wasmpool ÷ Python for rates).\n\n\
          | workload | Python | wasmpool | ratio | target |\n|---|---|---|---|---|\n",
         wasmpool::cpu_count()
     );
     for r in &rows {
-        let ratio = match (median(&r.python), median(&r.ours)) {
-            (Some(p), Some(o)) if r.higher_is_better => format!("{:.1}x", o / p),
-            (Some(p), Some(o)) => format!("{:.1}x", p / o),
-            _ => "—".into(),
-        };
+        let ratio = r.ratio().map_or_else(|| "—".into(), |x| format!("{x:.1}x"));
         table.push_str(&format!(
             "| {} | {} | {} | {ratio} | {} |\n",
             r.workload,
@@ -488,5 +550,28 @@ fn main() {
             dir.join(if smoke { "bench-smoke.md" } else { "bench.md" }),
             &table,
         );
+        let bars: Vec<plot::Bar> = rows
+            .iter()
+            .map(|r| plot::Bar {
+                label: r.workload.to_string(),
+                ratio: r.ratio(),
+                target: r.target_ratio,
+                target_text: r.target.to_string(),
+                ours: median(&r.ours).map(|o| format!("{} {}", fmt(o), r.unit)),
+            })
+            .collect();
+        let subtitle = format!(
+            "{} cores, {cpu}; {reps} repetition(s){}; bar = median ratio, log scale",
+            wasmpool::cpu_count(),
+            if smoke { ", SMOKE sizes" } else { "" }
+        );
+        let png = dir.join(if smoke {
+            "bench-smoke.png"
+        } else {
+            "bench.png"
+        });
+        if let Err(e) = plot::write_png(&png, &subtitle, &bars) {
+            eprintln!("could not write {}: {e}", png.display());
+        }
     }
 }
