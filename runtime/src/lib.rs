@@ -58,6 +58,9 @@ pub use pool::{
 };
 pub use process::{ChildInfo, Process, active_children, cpu_count};
 pub use protocol::Limits;
+/// Frame-decoder entry points for the fuzzer (`fuzz/`); not part of the stable API.
+#[doc(hidden)]
+pub use protocol::fuzzing;
 pub use spawn::set_worker_exe;
 pub use values::{encode_args, json_args, msgpack_to_json};
 pub use wasmpool_objects::{
