@@ -180,6 +180,30 @@ fn a_guest_cannot_read_host_files_open_sockets_or_see_the_environment() {
 }
 
 #[test]
+fn workers_run_under_a_seccomp_filter_without_new_privileges() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default());
+        for pid in pool.pids() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert_eq!(field("NoNewPrivs:"), "1", "worker {pid}");
+            // 2: a seccomp filter is installed (0 would mean none).
+            assert_eq!(field("Seccomp:"), "2", "worker {pid}");
+        }
+        // And the workers do their work under it.
+        let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
+        assert_eq!(squares[99], 9801);
+    });
+}
+
+#[test]
 fn granted_directories_and_variables_reach_the_guest_and_nothing_else() {
     within(LIMIT, || {
         let ro = TempDir::new("grant-ro");

@@ -9,6 +9,7 @@
 mod instance;
 mod objects;
 mod output;
+mod sandbox;
 pub(crate) mod state;
 mod watchdog;
 
@@ -59,6 +60,8 @@ pub(crate) fn serve() -> i32 {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
+    // Best effort: a kernel without seccomp runs the worker without the filter.
+    let _ = sandbox::restrict_syscalls();
     start_parent_watchdog(parent);
     // SAFETY: the host passes this process one end of a socketpair as fd 3, and nothing else
     // in this process owns that descriptor.
