@@ -313,3 +313,173 @@ fn limits_apply_to_a_process_and_through_the_cli() {
         assert!(out.status.success(), "{}", stderr(&out));
     });
 }
+
+fn metered_pool(fuel: u64) -> Pool {
+    limited_pool(Limits::default().fuel(fuel))
+}
+
+#[test]
+fn a_task_that_loops_forever_runs_out_of_fuel_and_the_worker_carries_on() {
+    within(LIMIT, || {
+        let pool = metered_pool(5_000_000);
+        let pids = pool.pids();
+        let err = beside_ordinary_tasks(&pool, "spin", &());
+        match &err {
+            Error::Limit { task, message } => {
+                assert_eq!(task, "spin");
+                assert!(
+                    message.contains("ran out of fuel")
+                        && message.contains("fuel limit of 5000000"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected running out of fuel, got {other:?}"),
+        }
+        assert_eq!(pool.pids(), pids, "running out of fuel costs no worker");
+        // It used all of its budget, and says so.
+        let spin = pool.apply_async::<_, u64>("spin", &()).unwrap();
+        assert!(spin.get().is_err());
+        assert_eq!(spin.fuel_used(), Some(5_000_000));
+        // In a chunk, only the item that runs out fails: each item has its own budget.
+        // (`recurse` uses about 32 fuel per level; 4000 levels stay well inside the stack.)
+        let mixed: Vec<Result<u64, Error>> = pool
+            .with_limits(Limits::default().fuel(100_000))
+            .imap_chunked("recurse", [10u64, 4000, 20], 3)
+            .unwrap()
+            .collect();
+        assert_eq!(mixed[0].as_ref().unwrap(), &10);
+        assert!(
+            matches!(&mixed[1], Err(Error::Limit { message, .. }) if message.contains("out of fuel")),
+            "{:?}",
+            mixed[1]
+        );
+        assert_eq!(mixed[2].as_ref().unwrap(), &20);
+    });
+}
+
+#[test]
+fn fuel_used_is_reported_and_the_same_on_every_run() {
+    within(LIMIT, || {
+        // A process: a fresh worker each time.
+        let fuel_of = |x: u64| {
+            let p = Process::new(&testkit(), "recurse", &(x,))
+                .unwrap()
+                .with_limits(Limits::default().fuel(10_000_000));
+            p.start().unwrap();
+            p.join().unwrap();
+            assert_eq!(
+                p.result::<u64>().unwrap(),
+                x,
+                "within its budget it succeeds"
+            );
+            p.fuel_used().expect("a metered process reports its fuel")
+        };
+        let small = fuel_of(100);
+        assert!(small > 0);
+        assert_eq!(fuel_of(100), small, "same task, same input: same fuel");
+        assert!(fuel_of(1000) > small, "more work, more fuel");
+
+        // A pool: the same again in a worker that has run other tasks, and a map's total does
+        // not depend on how the items were chunked.
+        let pool = metered_pool(10_000_000);
+        let apply = |x: u64| {
+            let r = pool.apply_async::<_, u64>("recurse", &(x,)).unwrap();
+            assert_eq!(r.get().unwrap(), x);
+            r.fuel_used().expect("a metered pool reports fuel")
+        };
+        let first = apply(100);
+        let _ = pool.map::<u64, u64>("square", 0..100u64).unwrap();
+        assert_eq!(apply(100), first, "same fuel in a worker with a history");
+        let total = |chunksize: usize| {
+            let r = pool
+                .map_async::<u64, u64>("recurse", 0..40u64, Some(chunksize))
+                .unwrap();
+            r.get().unwrap();
+            r.fuel_used().unwrap()
+        };
+        assert_eq!(
+            total(1),
+            total(7),
+            "a map's fuel does not depend on its chunks"
+        );
+
+        // Unmetered pools and processes report none.
+        let plain = limited_pool(Limits::default());
+        let r = plain.apply_async::<_, u64>("square", &(3u64,)).unwrap();
+        assert_eq!(r.get().unwrap(), 9);
+        assert_eq!(r.fuel_used(), None);
+    });
+}
+
+#[test]
+fn a_fuel_limit_on_a_pool_that_does_not_meter_fuel_is_refused() {
+    within(LIMIT, || {
+        let plain = limited_pool(Limits::default());
+        let metered = plain.with_limits(Limits::default().fuel(1_000));
+        let err = metered.apply::<_, u64>("spin", &()).unwrap_err();
+        assert!(
+            matches!(&err, Error::State(m) if m.contains("fuel limit") && m.contains("meter fuel")),
+            "{err:?}"
+        );
+        assert!(metered.map::<u64, u64>("square", 0..3u64).is_err());
+        // The other way round is fine: a metered pool runs a submission without a budget.
+        let pool = metered_pool(1_000_000);
+        let unlimited = pool.with_limits(Limits::default());
+        let r = unlimited
+            .apply_async::<_, u64>("recurse", &(10u64,))
+            .unwrap();
+        assert_eq!(r.get().unwrap(), 10);
+        assert!(r.fuel_used().is_some_and(|f| f > 0));
+    });
+}
+
+#[test]
+fn the_cli_meters_fuel() {
+    within(LIMIT, || {
+        let out = run_cli(&["run", "--fuel", "1000000", "examples/testkit", "spin"]);
+        assert_cli_error(
+            &out,
+            1,
+            "task `spin` ran out of fuel: it used its fuel limit of 1000000",
+        );
+        let used = |out: &std::process::Output| -> u64 {
+            let err = stderr(out);
+            err.split_whitespace()
+                .rev()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no fuel reported: {err:?}"))
+        };
+        let run = || run_cli(&["run", "--show-fuel", "examples/testkit", "recurse", "50"]);
+        let (a, b) = (run(), run());
+        assert!(a.status.success(), "{}", stderr(&a));
+        assert_eq!(stdout(&a).trim(), "50");
+        assert!(
+            stderr(&a).contains("task `recurse` used "),
+            "{}",
+            stderr(&a)
+        );
+        assert!(used(&a) > 0);
+        assert_eq!(used(&a), used(&b), "the same on every run");
+
+        let out = run_cli(&[
+            "map",
+            "--fuel",
+            "1000000",
+            "--show-fuel",
+            "examples/testkit",
+            "square",
+            "--range",
+            "0..20",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out).lines().count(), 20);
+        assert!(
+            stderr(&out).contains("the 20 inputs used "),
+            "{}",
+            stderr(&out)
+        );
+        let out = run_cli(&["run", "--fuel", "0", "examples/testkit", "spin"]);
+        assert_cli_error(&out, 2, "--fuel must be at least 1");
+    });
+}

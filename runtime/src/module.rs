@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::bindings::TaskModulePre;
-use crate::engine::engine;
+use crate::engine::engine_for;
 use crate::error::{Error, Result};
 use crate::spawn::{ReadyWorker, start_worker};
 use crate::worker::state::State;
@@ -35,8 +35,13 @@ pub struct Module {
 
 struct ModuleInner {
     origin: PathBuf,
+    /// The component, kept to compile the metered artifact the first time fuel is asked for.
+    bytes: Arc<[u8]>,
     artifact: PathBuf,
+    /// The artifact compiled for the metered (fuel-counting) engine, once compiled.
+    metered_artifact: Mutex<Option<PathBuf>>,
     tasks: Mutex<Option<Vec<String>>>,
+    /// A warm spare worker; `Process::start` takes it when its engine is the one wanted.
     spare: Mutex<Option<ReadyWorker>>,
     keep_spare: AtomicBool,
 }
@@ -101,20 +106,13 @@ impl Module {
             message,
         };
         check_header(bytes).map_err(bad)?;
-        let artifact = artifact_path(bytes);
-        if !artifact.is_file() {
-            let component = Component::new(engine(), bytes)
-                .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
-            check_world(&component).map_err(bad)?;
-            let compiled = component
-                .serialize()
-                .map_err(|e| bad(format!("cannot serialize the compiled module: {e}")))?;
-            write_atomically(&artifact, &compiled)?;
-        }
+        let artifact = compile(bytes, &origin, false)?;
         Ok(Module {
             inner: Arc::new(ModuleInner {
                 origin,
+                bytes: Arc::from(bytes),
                 artifact,
+                metered_artifact: Mutex::new(None),
                 tasks: Mutex::new(None),
                 spare: Mutex::new(None),
                 keep_spare: AtomicBool::new(true),
@@ -132,12 +130,32 @@ impl Module {
         &self.inner.artifact
     }
 
+    /// The artifact for the plain or the metered engine. The metered one is compiled (or
+    /// found in the cache) the first time a pool or process with a fuel limit asks for it.
+    pub(crate) fn artifact_for(&self, metered: bool) -> Result<PathBuf> {
+        if !metered {
+            return Ok(self.inner.artifact.clone());
+        }
+        // Held while compiling: workers starting together wait for one compilation.
+        let mut slot = self
+            .inner
+            .metered_artifact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &*slot {
+            return Ok(path.clone());
+        }
+        let path = compile(&self.inner.bytes, &self.inner.origin, true)?;
+        *slot = Some(path.clone());
+        Ok(path)
+    }
+
     /// The names of the module's tasks (asked of a worker the first time, then remembered).
     pub fn tasks(&self) -> Result<Vec<String>> {
         if let Some(tasks) = self.known_tasks() {
             return Ok(tasks);
         }
-        let worker = self.ready_worker("wasmpool-tasks")?;
+        let worker = self.ready_worker("wasmpool-tasks", false)?;
         let tasks = worker.tasks.clone();
         self.put_spare(worker);
         Ok(tasks)
@@ -158,12 +176,18 @@ impl Module {
         }
     }
 
-    /// A worker with this module loaded: the warm spare if there is one, else a new one.
-    pub(crate) fn ready_worker(&self, name: &str) -> Result<ReadyWorker> {
-        let spare = self.inner.spare.lock().ok().and_then(|mut s| s.take());
+    /// A worker with this module loaded on the plain or the metered engine: the warm spare
+    /// if there is one of that kind, else a new one.
+    pub(crate) fn ready_worker(&self, name: &str, metered: bool) -> Result<ReadyWorker> {
+        let spare = self
+            .inner
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take_if(|w| w.metered == metered));
         let worker = match spare {
             Some(w) => w,
-            None => start_worker(&self.inner.artifact, name)?,
+            None => start_worker(&self.artifact_for(metered)?, name, metered)?,
         };
         self.learn_tasks(&worker.tasks);
         Ok(worker)
@@ -194,23 +218,25 @@ impl Module {
 
     /// Starts a warm spare worker now, unless one is ready, and waits until it is: the next
     /// [`Process::start`](crate::Process::start) then skips the exec and the module load.
+    /// The spare runs on the plain engine; a process with a fuel limit starts its own.
     pub fn prepare_spare(&self) -> Result<()> {
         if self
             .inner
             .spare
             .lock()
-            .map(|s| s.is_some())
+            .map(|s| s.as_ref().is_some_and(|w| !w.metered))
             .unwrap_or(false)
         {
             return Ok(());
         }
-        let worker = start_worker(&self.inner.artifact, "spare")?;
+        let worker = start_worker(&self.inner.artifact, "spare", false)?;
         self.put_spare(worker);
         Ok(())
     }
 
-    /// Starts a spare worker in the background, so the next `Process::start` is warm.
-    pub(crate) fn refill_spare(&self) {
+    /// Starts a spare worker in the background, so the next `Process::start` is warm: on the
+    /// engine the last one used (`metered`), as the next is likely to want the same.
+    pub(crate) fn refill_spare(&self, metered: bool) {
         if !self.inner.keep_spare.load(Ordering::Relaxed) {
             return;
         }
@@ -222,12 +248,15 @@ impl Module {
                     .inner
                     .spare
                     .lock()
-                    .map(|s| s.is_some())
+                    .map(|s| s.as_ref().is_some_and(|w| w.metered == metered))
                     .unwrap_or(true)
                 {
                     return;
                 }
-                if let Ok(worker) = start_worker(&module.inner.artifact, "spare") {
+                let worker = module
+                    .artifact_for(metered)
+                    .and_then(|artifact| start_worker(&artifact, "spare", metered));
+                if let Ok(worker) = worker {
                     module.put_spare(worker);
                 }
             });
@@ -260,8 +289,32 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
     }
 }
 
-fn check_world(component: &Component) -> std::result::Result<(), String> {
-    let linker = crate::bindings::linker::<State>(engine()).map_err(|e| e.to_string())?;
+/// Compiles `bytes` for the plain or the metered engine into the cache, unless the cache has
+/// it already; returns the artifact's path.
+fn compile(bytes: &[u8], origin: &Path, metered: bool) -> Result<PathBuf> {
+    let bad = |message: String| Error::BadModule {
+        path: origin.to_path_buf(),
+        message,
+    };
+    let artifact = artifact_path(bytes, metered);
+    if !artifact.is_file() {
+        let engine = engine_for(metered);
+        let component = Component::new(engine, bytes)
+            .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
+        check_world(engine, &component).map_err(bad)?;
+        let compiled = component
+            .serialize()
+            .map_err(|e| bad(format!("cannot serialize the compiled module: {e}")))?;
+        write_atomically(&artifact, &compiled)?;
+    }
+    Ok(artifact)
+}
+
+fn check_world(
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> std::result::Result<(), String> {
+    let linker = crate::bindings::linker::<State>(engine).map_err(|e| e.to_string())?;
     let pre = linker.instantiate_pre(component).map_err(|e| {
         format!(
             "does not fit the wasmpool:task world (imports): {}",
@@ -281,13 +334,19 @@ fn first_line(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
 
-fn artifact_path(bytes: &[u8]) -> PathBuf {
+fn artifact_path(bytes: &[u8], metered: bool) -> PathBuf {
     let mut compat = std::collections::hash_map::DefaultHasher::new();
-    engine().precompile_compatibility_hash().hash(&mut compat);
+    engine_for(metered)
+        .precompile_compatibility_hash()
+        .hash(&mut compat);
     let mut h = Sha256::new();
     h.update(bytes);
     h.update(compat.finish().to_le_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    if metered {
+        // The engine hash covers fuel too; this keeps the two apart whatever it covers.
+        h.update(b"metered");
+    }
     let digest = h.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     cache_dir().join("artifacts").join(format!("{hex}.cwasm"))

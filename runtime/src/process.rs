@@ -70,6 +70,8 @@ struct State {
     worker: Option<WorkerHandle>,
     pid: Option<u32>,
     outcome: Option<Outcome>,
+    /// The fuel the task used, when it ran with a fuel limit.
+    fuel: Option<u64>,
     exitcode: Option<i32>,
     /// Set when the worker died before answering: always an `Error::WorkerLost`.
     lost: Option<Error>,
@@ -139,8 +141,9 @@ impl Process {
         self.configure(|i| i.daemon = daemon)
     }
 
-    /// Sets the task's limits (memory, time); a task that exceeds one fails with
-    /// [`Error::Limit`].
+    /// Sets the task's limits (memory, time, fuel); a task that exceeds one fails with
+    /// [`Error::Limit`]. With a fuel limit the process runs on the metered engine and
+    /// reports the fuel the task used ([`fuel_used`](Process::fuel_used)).
     pub fn with_limits(self, limits: Limits) -> Self {
         self.configure(|i| i.limits = limits)
     }
@@ -171,7 +174,8 @@ impl Process {
         }
         let inner = &self.inner;
         let grants = inner.grants.resolved()?;
-        let worker = inner.module.ready_worker(&inner.name)?;
+        let metered = inner.limits.fuel.is_some();
+        let worker = inner.module.ready_worker(&inner.name, metered)?;
         if !worker.tasks.iter().any(|t| *t == inner.task) {
             return Err(Error::UnknownTask {
                 task: inner.task.clone(),
@@ -216,7 +220,7 @@ impl Process {
             reg.retain(|w| w.strong_count() > 0);
             reg.push(Arc::downgrade(&self.inner));
         }
-        inner.module.refill_spare();
+        inner.module.refill_spare(metered);
         Ok(())
     }
 
@@ -350,6 +354,15 @@ impl Process {
         }
     }
 
+    /// The fuel the task used, once the process has exited, when it ran with a fuel limit
+    /// ([`Limits::fuel`]): the same on every run for the same task and arguments. A task
+    /// that ran out used all of it. `None` without a fuel limit, before the task finished,
+    /// or if the worker died before answering.
+    pub fn fuel_used(&self) -> Option<u64> {
+        let state = self.lock();
+        state.exitcode.and(state.fuel)
+    }
+
     /// Output kept so far, when the process was created with [`Output::Capture`].
     pub fn captured_output(&self) -> Captured {
         self.lock().router.captured.clone()
@@ -398,8 +411,9 @@ impl WorkerEvents for Inner {
                 };
                 state.router.route(&self.output, event);
             }
-            FromWorker::Done { outcome, .. } => {
+            FromWorker::Done { outcome, fuel, .. } => {
                 state.outcome = Some(outcome);
+                state.fuel = fuel;
             }
             FromWorker::BatchDone { .. }
             | FromWorker::Ready { .. }

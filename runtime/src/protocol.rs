@@ -65,6 +65,14 @@ pub struct Limits {
     /// The most bytes a task may write to stdout and stderr together (default 64 MiB); a
     /// task that writes more is stopped with an "output limit" error.
     pub output_bytes: u64,
+    /// The most fuel a task may use (default: none, no metering). Fuel counts the wasm
+    /// instructions a task executes, so the same task on the same input uses the same fuel
+    /// on every run and every machine; a task that uses it up is stopped with an "out of
+    /// fuel" error. Time spent in host calls (sleeping, waiting on a queue) uses no fuel.
+    ///
+    /// A pool or process built with a fuel limit runs on an engine that counts fuel, which
+    /// makes wasm code slower; others pay nothing for it.
+    pub fuel: Option<u64>,
 }
 
 impl Default for Limits {
@@ -73,6 +81,7 @@ impl Default for Limits {
             memory_bytes: 256 << 20,
             timeout: None,
             output_bytes: 64 << 20,
+            fuel: None,
         }
     }
 }
@@ -95,6 +104,16 @@ impl Limits {
         self.output_bytes = bytes;
         self
     }
+
+    /// Sets the fuel budget per task: deterministic CPU metering (see [`Limits::fuel`]).
+    /// A pool or process built with it reports the fuel its tasks used
+    /// ([`AsyncResult::fuel_used`](crate::AsyncResult::fuel_used),
+    /// [`Process::fuel_used`](crate::Process::fuel_used)). `u64::MAX` measures without a
+    /// budget that matters.
+    pub fn fuel(mut self, fuel: u64) -> Self {
+        self.fuel = Some(fuel);
+        self
+    }
 }
 
 /// What a worker needs to start serving tasks.
@@ -104,6 +123,9 @@ pub(crate) struct Load {
     pub artifact: PathBuf,
     /// The process name tasks see (`Process-1`, `PoolWorker-3`, …).
     pub name: String,
+    /// Whether `artifact` was compiled for the metered (fuel-counting) engine: the worker
+    /// must deserialize it with that engine.
+    pub metered: bool,
 }
 
 /// Host → worker.
@@ -155,12 +177,18 @@ pub(crate) enum FromWorker {
         #[serde(with = "crate::wire_bytes::bytes")]
         data: Vec<u8>,
     },
-    /// Call `id` finished.
-    Done { id: u64, outcome: Outcome },
-    /// Batch call `id` finished: one outcome per item.
+    /// Call `id` finished. `fuel`: what it used, on a metered worker.
+    Done {
+        id: u64,
+        outcome: Outcome,
+        fuel: Option<u64>,
+    },
+    /// Batch call `id` finished: one outcome per item. `fuel`: what the items used
+    /// together, on a metered worker.
     BatchDone {
         id: u64,
         answers: crate::packed::BatchAnswers,
+        fuel: Option<u64>,
     },
     /// The last call trapped or hit a limit and its instance was discarded: whatever the
     /// worker held of the shared objects (locks, semaphores, pipe ends) is given back, as
@@ -521,6 +549,7 @@ mod tests {
             ToWorker::Load(Load {
                 artifact: "/cache/artifacts/0123.cwasm".into(),
                 name: "PoolWorker-1".into(),
+                metered: true,
             }),
             ToWorker::Rename("Process-2".into()),
             ToWorker::Grant(
@@ -566,9 +595,11 @@ mod tests {
             FromWorker::Done {
                 id: 3,
                 outcome: Outcome::Ok(vec![0x31]),
+                fuel: Some(1_234),
             },
             FromWorker::BatchDone {
                 id: 4,
+                fuel: None,
                 answers: {
                     let mut a = crate::packed::BatchAnswers::default();
                     for outcome in [

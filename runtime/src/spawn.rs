@@ -154,6 +154,8 @@ pub(crate) struct ReadyWorker {
     pub sock: UnixStream,
     pub child: Child,
     pub tasks: Vec<String>,
+    /// Whether it loaded the artifact for the metered (fuel-counting) engine.
+    pub metered: bool,
 }
 
 impl Drop for ReadyWorker {
@@ -181,8 +183,9 @@ impl ReadyWorker {
     }
 }
 
-/// Starts a worker process, has it load `artifact`, and waits until it is ready.
-pub(crate) fn start_worker(artifact: &Path, name: &str) -> Result<ReadyWorker> {
+/// Starts a worker process, has it load `artifact` (compiled for the metered engine when
+/// `metered`), and waits until it is ready.
+pub(crate) fn start_worker(artifact: &Path, name: &str, metered: bool) -> Result<ReadyWorker> {
     let exe = worker_exe()?;
     let (reply, rx) = sync_channel(1);
     spawner()
@@ -201,6 +204,7 @@ pub(crate) fn start_worker(artifact: &Path, name: &str) -> Result<ReadyWorker> {
     let load = ToWorker::Load(Load {
         artifact: artifact.to_path_buf(),
         name: name.to_string(),
+        metered,
     });
     let handshake = (|| -> io::Result<Option<FromWorker>> {
         write_frame(&mut sock, &load)?;
@@ -216,6 +220,7 @@ pub(crate) fn start_worker(artifact: &Path, name: &str) -> Result<ReadyWorker> {
             sock,
             child,
             tasks,
+            metered,
         }),
         Ok(Some(FromWorker::LoadFailed(message))) => {
             let _ = child.wait();

@@ -117,6 +117,11 @@ impl<'a, R> Imap<'a, R> {
 }
 
 impl<R> Imap<'_, R> {
+    /// The fuel the items finished so far used together, in a pool built with a fuel limit.
+    pub fn fuel_used(&self) -> Option<u64> {
+        self.job.fuel_used()
+    }
+
     fn next_slot(&mut self) -> Option<(usize, Slot)> {
         self.top_up();
         if self.consumed == self.submitted {

@@ -91,6 +91,8 @@ pub(crate) struct Job {
     pub on_complete: Mutex<Option<Completion>>,
     /// Async tasks waiting on this job (the executor's futures and streams).
     wakers: Mutex<Vec<std::task::Waker>>,
+    /// Fuel its finished items used, in a pool that meters fuel.
+    fuel_used: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -127,7 +129,20 @@ impl Job {
             changed: Condvar::new(),
             on_complete: Mutex::new(None),
             wakers: Mutex::new(Vec::new()),
+            fuel_used: Mutex::new(None),
         })
+    }
+
+    /// Adds fuel its items used (recorded before their outcomes, so it is there when a
+    /// waiter wakes).
+    pub fn add_fuel(&self, fuel: u64) {
+        let mut used = self.fuel_used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = Some(used.unwrap_or(0).saturating_add(fuel));
+    }
+
+    /// Fuel its finished items used so far, in a pool that meters fuel.
+    pub fn fuel_used(&self) -> Option<u64> {
+        *self.fuel_used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, JobState> {
@@ -369,6 +384,14 @@ impl<T> AsyncResult<T> {
     /// Whether the result is ready.
     pub fn ready(&self) -> bool {
         self.job.is_done()
+    }
+
+    /// The fuel the work used, in a pool built with a fuel limit ([`Limits::fuel`]); `None`
+    /// otherwise. For `apply_async`, the task's fuel once it is ready (all of its budget if
+    /// it ran out): the same on every run for the same task and arguments. For `map_async`,
+    /// the total of the items finished so far (an item whose worker died counts nothing).
+    pub fn fuel_used(&self) -> Option<u64> {
+        self.job.fuel_used()
     }
 
     /// Whether the work succeeded; an error if it is not ready yet, as in Python.

@@ -107,8 +107,12 @@ impl PoolBuilder {
         self
     }
 
-    /// Limits on each task (memory, time); a task that exceeds one fails with
+    /// Limits on each task (memory, time, fuel); a task that exceeds one fails with
     /// [`Error::Limit`] and its worker carries on with a fresh instance.
+    ///
+    /// With a fuel limit ([`Limits::fuel`]) the workers run on the metered engine (slower
+    /// wasm code) and report the fuel used ([`AsyncResult::fuel_used`]); only such a pool
+    /// accepts fuel limits from [`Pool::with_limits`].
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -158,6 +162,11 @@ impl PoolBuilder {
         if let Some((task, _)) = &self.initializer {
             self.module.tasks()?;
             self.module.check_task(task)?;
+        }
+        if self.limits.fuel.is_some() {
+            // Compiled once here, so the workers starting together need not wait on it and
+            // a failure is the build's error.
+            self.module.artifact_for(true)?;
         }
         let shared = Shared::new(
             self.module,
@@ -262,6 +271,9 @@ impl Pool {
     /// A handle to this pool whose submissions run under `limits` instead of the pool's.
     /// It shares the workers; the pool stops when its last handle is dropped.
     ///
+    /// A fuel limit needs a pool built with one (its workers meter fuel): in any other pool,
+    /// submissions with a fuel limit fail with [`Error::State`] rather than run unmetered.
+    ///
     /// ```no_run
     /// # let module = wasmpool::Module::load("examples/testkit")?;
     /// use std::time::Duration;
@@ -282,6 +294,14 @@ impl Pool {
 
     fn job(&self, task: &str, items: usize) -> Result<Arc<Job>> {
         self.check(task)?;
+        if let Some(fuel) = self.opts.limits.fuel
+            && self.shared.config.limits.fuel.is_none()
+        {
+            return Err(Error::State(format!(
+                "a fuel limit ({fuel}) needs a pool whose workers meter fuel: build the pool \
+                 with one (PoolBuilder::limits with Limits::fuel); this one was built without"
+            )));
+        }
         Ok(Job::new(
             Arc::from(task),
             self.shared.module.clone(),

@@ -165,7 +165,8 @@ pub(crate) struct PoolConfig {
     pub initializer: Option<(String, Vec<u8>)>,
     pub maxtasksperchild: Option<u64>,
     pub output: Output,
-    /// Limits for the initializer (each job carries its own).
+    /// Limits for the initializer (each job carries its own). With a fuel limit, the
+    /// workers run on the metered engine.
     pub limits: Limits,
     /// Workers a task may take down in a row before its work is failed instead of run.
     pub restart_limit: u32,
@@ -246,7 +247,11 @@ impl Shared {
 
     /// Starts one worker and adds it to the pool (its slot in `starting` is released).
     fn add_worker(&self, name: String) -> Result<()> {
-        let started = start_worker(self.module.artifact(), &name);
+        let metered = self.config.limits.fuel.is_some();
+        let started = self
+            .module
+            .artifact_for(metered)
+            .and_then(|artifact| start_worker(&artifact, &name, metered));
         if let Ok(worker) = &started {
             // Later submissions of a task the module lacks then fail before they are queued.
             self.module.learn_tasks(&worker.tasks);
@@ -396,7 +401,7 @@ impl Shared {
         }
     }
 
-    fn finish_call(&self, pid: u32, id: u64, answers: Answers, more: bool) {
+    fn finish_call(&self, pid: u32, id: u64, answers: Answers, fuel: Option<u64>, more: bool) {
         let mut s = self.lock();
         let Some(wi) = s.workers.iter().position(|w| w.handle.pid == pid) else {
             return;
@@ -441,6 +446,9 @@ impl Shared {
                 // The task ran to an answer: whatever took workers down before, it is not this.
                 if !s.losses.is_empty() {
                     s.losses.remove(&chunk.job.task);
+                }
+                if let Some(fuel) = fuel {
+                    chunk.job.add_fuel(fuel);
                 }
                 let slots = answers.into_slots(chunk.items.len());
                 self.complete_run(&chunk.job, chunk.first, slots.into_iter());
@@ -648,11 +656,11 @@ impl Shared {
 impl WorkerEvents for Shared {
     fn on_message(&self, pid: u32, msg: FromWorker, more: bool) {
         match msg {
-            FromWorker::Done { id, outcome } => {
-                self.finish_call(pid, id, Answers::One(outcome), more)
+            FromWorker::Done { id, outcome, fuel } => {
+                self.finish_call(pid, id, Answers::One(outcome), fuel, more)
             }
-            FromWorker::BatchDone { id, answers } => {
-                self.finish_call(pid, id, Answers::Batch(answers), more)
+            FromWorker::BatchDone { id, answers, fuel } => {
+                self.finish_call(pid, id, Answers::Batch(answers), fuel, more)
             }
             FromWorker::Output { stream, data, .. } => {
                 let found = {

@@ -12,10 +12,10 @@ use super::output::{Channel, GuestOutput};
 use super::state::{MemoryLimiter, ProcessIdentity, State};
 use super::watchdog::{Watchdog, ticks, time_limit_message};
 use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
-use crate::engine::engine;
+use crate::engine::engine_for;
 use crate::grants::Grants;
 use crate::packed::{BatchAnswers, Packed};
-use crate::protocol::{Limits, Outcome, Stream};
+use crate::protocol::{FromWorker, Limits, Outcome, Stream};
 
 /// Deadline for calls without a time limit: effectively never.
 const NO_DEADLINE: u64 = u64::MAX / 4;
@@ -30,18 +30,24 @@ pub(crate) struct Loaded {
     watchdog: Arc<Watchdog>,
     objects: Arc<ObjectClient>,
     grants: Grants,
+    /// Whether the engine counts fuel (the artifact was compiled for the metered engine).
+    metered: bool,
+    /// Fuel used by the current call (every item of a batch), when metered.
+    fuel_used: Option<u64>,
 }
 
 impl Loaded {
     /// Maps the artifact, instantiates it, runs the guest's init and asks for its tasks.
+    /// `metered`: the artifact was compiled for the metered engine, and is loaded with it.
     pub fn new(
         artifact: &Path,
+        metered: bool,
         identity: Arc<ProcessIdentity>,
         channel: Arc<Channel>,
         watchdog: Arc<Watchdog>,
         objects: Arc<ObjectClient>,
     ) -> Result<Self, String> {
-        let engine = engine();
+        let engine = engine_for(metered);
         // SAFETY: the host wrote this artifact into its own content-addressed cache from a
         // component it compiled and validated with the same engine configuration.
         let component = unsafe { Component::deserialize_file(engine, artifact) }.map_err(|e| {
@@ -64,6 +70,8 @@ impl Loaded {
             watchdog,
             objects,
             grants: Grants::default(),
+            metered,
+            fuel_used: None,
         };
         let (mut store, module) = loaded.instantiate()?;
         loaded.tasks = module
@@ -81,6 +89,11 @@ impl Loaded {
     /// Whether an instance is alive (false after a trap or a limit discarded it).
     pub fn has_instance(&self) -> bool {
         self.live.is_some()
+    }
+
+    /// The fuel the last call used (all the items of a batch), if the engine counts fuel.
+    pub fn take_fuel_used(&mut self) -> Option<u64> {
+        self.fuel_used.take()
     }
 
     /// Gives later instances these capabilities; the current one (made without them) goes.
@@ -114,6 +127,12 @@ impl Loaded {
             },
         };
         let mut store = Store::new(self.pre.engine(), state);
+        if self.metered {
+            // Instantiation and the guest's init are not any task's: they run unmetered.
+            store
+                .set_fuel(u64::MAX)
+                .map_err(|e| format!("cannot give the instance fuel: {e:#}"))?;
+        }
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(NO_DEADLINE);
@@ -152,32 +171,64 @@ impl Loaded {
         };
         live.0
             .set_epoch_deadline(limits.timeout.map_or(NO_DEADLINE, ticks));
+        if self.metered {
+            // Without a budget of its own (a per-submission override) a task is only measured.
+            live.0
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| format!("cannot give the instance fuel: {e:#}"))?;
+        }
         Ok(live)
+    }
+
+    /// The answer to a call that asks for a fuel limit this worker cannot enforce: its engine
+    /// does not count fuel. The host refuses such calls before sending them; this is the
+    /// worker's own check, so a fuel limit is never silently ignored.
+    fn refuse_unmetered(&self, limits: &Limits) -> Option<Outcome> {
+        match limits.fuel {
+            Some(fuel) if !self.metered => Some(Outcome::BadArgs(format!(
+                "a fuel limit ({fuel}) needs a worker that meters fuel: give the pool or \
+                 process the fuel limit when it is built"
+            ))),
+            _ => None,
+        }
     }
 
     /// Runs one task.
     pub fn call(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {
+        self.fuel_used = None;
+        if let Some(refused) = self.refuse_unmetered(limits) {
+            return refused;
+        }
         let outcome = self.call_armed(id, task, args, limits);
         self.watchdog.disarm();
         outcome
     }
 
     fn call_armed(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {
+        let metered = self.metered;
         let (store, module) = match self.live(id, limits) {
             Ok(l) => l,
             Err(message) => return Outcome::Trap(message),
         };
-        match module
+        let budget = if metered { store.get_fuel().ok() } else { None };
+        let result = module
             .wasmpool_task_tasks()
-            .call_call(&mut *store, task, args)
-        {
+            .call_call(&mut *store, task, args);
+        // Out of fuel, none is left: the task used its whole budget.
+        let used = budget.map(|b| b.saturating_sub(store.get_fuel().unwrap_or(0)));
+        let outcome = match result {
             Ok(result) => convert(result),
             Err(e) => {
                 let outcome = failure(store, &e, limits);
                 self.live = None;
                 outcome
             }
+        };
+        if let Some(used) = used {
+            let total = self.fuel_used.get_or_insert(0);
+            *total = total.saturating_add(used);
         }
+        outcome
     }
 
     /// Runs one task per item. A panic keeps the outcomes of the items before it (the guest
@@ -186,6 +237,8 @@ impl Loaded {
     ///
     /// A time limit applies to each crossing into the guest: the whole batch first, then each
     /// item on its own if the batch hits it, so the item that exceeded it is the one that fails.
+    ///
+    /// On a metered worker each item crosses on its own instead (see `call_each`).
     pub fn call_batch(
         &mut self,
         id: u64,
@@ -193,8 +246,37 @@ impl Loaded {
         items: Packed,
         limits: &Limits,
     ) -> BatchAnswers {
-        let answers = self.call_batch_armed(id, task, items, limits);
+        self.fuel_used = None;
+        if let Some(refused) = self.refuse_unmetered(limits) {
+            let mut answers = BatchAnswers::with_capacity(items.len());
+            for _ in 0..items.len() {
+                answers.push(refused.clone());
+            }
+            return answers;
+        }
+        let answers = if self.metered {
+            self.call_each(id, task, &items, limits)
+        } else {
+            self.call_batch_armed(id, task, items, limits)
+        };
         self.watchdog.disarm();
+        answers
+    }
+
+    /// Runs each item in a crossing of its own, under its own fuel budget and time limit:
+    /// the fuel an item uses, and whether it runs out, never depends on the other items of
+    /// its chunk, so it is the same whatever the chunk size. A metered worker gives up
+    /// one-crossing batches for that.
+    fn call_each(&mut self, id: u64, task: &str, items: &Packed, limits: &Limits) -> BatchAnswers {
+        let mut answers = BatchAnswers::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 && !self.has_instance() {
+                // What the lost instance held is given back before the next one (made for
+                // this item) can take anything; the caller reports a loss after the last.
+                let _ = self.channel.queue(&FromWorker::InstanceLost);
+            }
+            answers.push(self.call_armed(id, task, item, limits));
+        }
         answers
     }
 
@@ -236,6 +318,9 @@ impl Loaded {
                     let report = store.data_mut().panic.take();
                     let limited = is_limit(store, &e);
                     self.live = None;
+                    // What the lost instance held is given back before a new one (for the
+                    // rest of the batch) can take anything.
+                    let _ = self.channel.queue(&FromWorker::InstanceLost);
                     let items = Packed {
                         data: wit.data,
                         ends: wit.ends,
@@ -274,7 +359,10 @@ impl Loaded {
 fn is_limit(store: &Store<State>, e: &wasmtime::Error) -> bool {
     store.data().limiter.exceeded
         || store.data().channel.output_exceeded()
-        || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+        || matches!(
+            e.downcast_ref::<Trap>(),
+            Some(Trap::Interrupt | Trap::OutOfFuel)
+        )
 }
 
 /// How a call that returned an error ended: a limit, a panic, or another trap.
@@ -293,6 +381,12 @@ fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Ou
     }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return Outcome::Limit(time_limit_message(limits.timeout.unwrap_or_default()));
+    }
+    if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return Outcome::Limit(match limits.fuel {
+            Some(fuel) => format!("ran out of fuel: it used its fuel limit of {fuel}"),
+            None => "ran out of fuel".to_string(),
+        });
     }
     match store.data_mut().panic.take() {
         Some(report) => Outcome::Failed(report.message),

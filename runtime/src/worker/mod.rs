@@ -99,11 +99,12 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
         ppid: parent,
         name: Mutex::new(load.name.clone()),
     });
-    let watchdog = Watchdog::start(channel.clone());
+    let watchdog = Watchdog::start(channel.clone(), crate::engine::engine_for(load.metered));
     let (reply_tx, reply_rx) = std::sync::mpsc::channel();
     let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
     let loaded = Loaded::new(
         &load.artifact,
+        load.metered,
         identity.clone(),
         channel.clone(),
         watchdog,
@@ -168,18 +169,19 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
                 let outcome = loaded.call(id, &task, &args, &limits);
+                let fuel = loaded.take_fuel_used();
                 let ok = matches!(outcome, Outcome::Ok(_));
                 if !loaded.has_instance() {
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
                 if exit_after {
-                    channel.send(&FromWorker::Done { id, outcome })?;
+                    channel.send(&FromWorker::Done { id, outcome, fuel })?;
                     // The answer is written; tearing down the instance and the engine would
                     // only delay the exit the host is waiting for.
                     // SAFETY: _exit is always safe to call; nothing buffered remains.
                     unsafe { libc::_exit(if ok { 0 } else { 1 }) };
                 }
-                channel.queue(&FromWorker::Done { id, outcome })?;
+                channel.queue(&FromWorker::Done { id, outcome, fuel })?;
             }
             ToWorker::CallBatch {
                 id,
@@ -189,10 +191,11 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
                 let answers = loaded.call_batch(id, &task, items, &limits);
+                let fuel = loaded.take_fuel_used();
                 if !loaded.has_instance() {
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
-                channel.queue(&FromWorker::BatchDone { id, answers })?;
+                channel.queue(&FromWorker::BatchDone { id, answers, fuel })?;
             }
             ToWorker::Shutdown => {
                 channel.flush()?;

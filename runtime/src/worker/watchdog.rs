@@ -1,14 +1,17 @@
-//! Time limits. A ticker thread advances the engine's epoch every `EPOCH_TICK`; a store whose
-//! deadline has passed traps at its next check, which wasm code reaches quickly. Time spent
-//! blocked in a host call (a guest sleeping, say) is not wasm code: if a task is still running
-//! well past its deadline, the watchdog answers the call itself with a time-limit error and
-//! ends the worker process, which the host then replaces.
+//! Time limits. A ticker thread advances the epoch of the engine the worker runs on (plain or
+//! metered) every `EPOCH_TICK`; a store whose deadline has passed traps at its next check,
+//! which wasm code reaches quickly. Time spent blocked in a host call (a guest sleeping, say)
+//! is not wasm code: if a task is still running well past its deadline, the watchdog answers
+//! the call itself with a time-limit error and ends the worker process, which the host then
+//! replaces.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wasmtime::Engine;
+
 use super::output::Channel;
-use crate::engine::{EPOCH_TICK, engine};
+use crate::engine::EPOCH_TICK;
 use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
 
 /// Past the deadline by this much, a task is taken to be stuck in a host call.
@@ -28,8 +31,8 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts the ticker thread.
-    pub fn start(channel: Arc<Channel>) -> Arc<Watchdog> {
+    /// Starts the ticker thread, ticking `engine`: the one the worker's instances run on.
+    pub fn start(channel: Arc<Channel>, engine: &'static Engine) -> Arc<Watchdog> {
         let dog = Arc::new(Watchdog::default());
         let watched = dog.clone();
         let _ = std::thread::Builder::new()
@@ -37,7 +40,7 @@ impl Watchdog {
             .spawn(move || {
                 loop {
                     std::thread::sleep(EPOCH_TICK);
-                    engine().increment_epoch();
+                    engine.increment_epoch();
                     let overdue = watched.running.lock().ok().and_then(|r| {
                         r.as_ref()
                             .filter(|r| Instant::now() > r.deadline + GRACE)
@@ -45,7 +48,11 @@ impl Watchdog {
                     });
                     if let Some((id, timeout)) = overdue {
                         let outcome = Outcome::Limit(time_limit_message(timeout));
-                        let _ = channel.send(&FromWorker::Done { id, outcome });
+                        let _ = channel.send(&FromWorker::Done {
+                            id,
+                            outcome,
+                            fuel: None,
+                        });
                         // The guest is blocked in the host and cannot be interrupted: end the process.
                         // SAFETY: _exit is always safe to call.
                         unsafe { libc::_exit(WATCHDOG_EXIT) };

@@ -195,6 +195,7 @@ impl MapCommand {
 
         let (mut done, mut failed) = (0u64, 0u64);
         let mut first_error = None;
+        let mut fuel_used = None;
         let finished = AtomicBool::new(false);
         std::thread::scope(|scope| -> Result<()> {
             // Ctrl-C: terminate the pool, which fails what is in flight and unblocks the loop.
@@ -227,6 +228,7 @@ impl MapCommand {
                     done += 1;
                     bar.inc(1);
                 }
+                fuel_used = results.fuel_used();
                 Ok(())
             })();
             finished.store(true, Ordering::SeqCst);
@@ -241,6 +243,11 @@ impl MapCommand {
         }
         if let Some(e) = bad_input.borrow_mut().take() {
             return Err(e.context(format!("after {done} results")));
+        }
+        if self.limits.show_fuel
+            && let Some(fuel) = fuel_used
+        {
+            eprintln!("wasmpool: the {done} inputs used {fuel} fuel in all");
         }
         if failed > 0 {
             eprintln!(

@@ -47,6 +47,14 @@ pub struct LimitArgs {
     /// The most a task may write to stdout and stderr together, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_output: u64,
+    /// Stop a task once it has used this much fuel (deterministic CPU metering: about one
+    /// unit per wasm instruction). Metering makes wasm code slower.
+    #[arg(long, value_name = "N")]
+    pub fuel: Option<u64>,
+    /// Print the fuel used to stderr (`run`: the task's; `map`: all the inputs' together).
+    /// Meters fuel, with no limit unless --fuel gives one.
+    #[arg(long)]
+    pub show_fuel: bool,
 }
 
 impl LimitArgs {
@@ -66,6 +74,13 @@ impl LimitArgs {
         }
         if self.memory == 0 {
             anyhow::bail!("--memory must be at least 1 MiB");
+        }
+        match self.fuel {
+            Some(0) => anyhow::bail!("--fuel must be at least 1"),
+            Some(fuel) => limits = limits.fuel(fuel),
+            // Metered, and in practice unlimited: 2^64 instructions take centuries.
+            None if self.show_fuel => limits = limits.fuel(u64::MAX),
+            None => {}
         }
         Ok(limits)
     }

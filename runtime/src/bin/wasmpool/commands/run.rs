@@ -48,7 +48,18 @@ impl RunCommand {
         }
         process.start()?;
         process.join()?;
-        match process.result_bytes() {
+        let show_fuel = |process: &Process| {
+            if self.limits.show_fuel
+                && let Some(fuel) = process.fuel_used()
+            {
+                eprintln!("wasmpool: task `{}` used {fuel} fuel", self.task);
+            }
+        };
+        let result = process.result_bytes();
+        if result.is_ok() {
+            show_fuel(&process);
+        }
+        match result {
             Ok(bytes) => {
                 let value = wasmpool::msgpack_to_json(&bytes)?;
                 println!("{value}");
@@ -59,6 +70,7 @@ impl RunCommand {
             }
             Err(e) => {
                 eprintln!("wasmpool: {e}");
+                show_fuel(&process);
                 Ok(ExitCode::from(1))
             }
         }
