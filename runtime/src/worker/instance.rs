@@ -156,11 +156,13 @@ impl Loaded {
         id: u64,
         limits: &Limits,
     ) -> Result<&mut (Store<State>, TaskModule), String> {
+        // Armed first: a fresh instance's init prints under this call's budget, not under
+        // whatever the last call (perhaps one stopped by its output limit) left.
+        self.channel.arm_output(limits.output_bytes);
         if self.live.is_none() {
             self.live = Some(self.instantiate()?);
         }
         self.watchdog.arm(id, limits.timeout);
-        self.channel.arm_output(limits.output_bytes);
         let live = self
             .live
             .as_mut()
