@@ -370,3 +370,54 @@ fn map_stops_cleanly_on_ctrl_c_workers_included() {
         "no worker left behind"
     );
 }
+
+#[test]
+fn objects_made_by_name_on_the_command_line_are_shared_by_the_tasks() {
+    let dir = TempDir::new("cli-objects");
+    let input = dir.0.join("in.jsonl");
+    std::fs::write(
+        &input,
+        "[\"@counts\", 100]\n[\"@counts\", 250]\n[\"@counts\", 7]\n",
+    )
+    .unwrap();
+    let out = run_cli(&[
+        "map",
+        "--object",
+        "counts=dict",
+        "-j",
+        "2",
+        "--star",
+        "--input",
+        input.to_str().unwrap(),
+        "examples/testkit",
+        "atomic_increments",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every task incremented the one dict; its final contents are reported on stderr.
+    let report: serde_json::Value = stderr(&out)
+        .lines()
+        .find(|l| l.contains("\"object\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    assert_eq!(report["object"], "counts");
+    assert_eq!(report["contents"], serde_json::json!([["count", 357]]));
+
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "q=queue",
+        "examples/testkit",
+        "queue_produce",
+        "\"@q\"",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#"{"contents":[0,1,2,null],"kind":"queue","object":"q"}"#),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run_cli(&["run", "--object", "q=nope", "examples/testkit", "noop"]);
+    assert_cli_error(&out, 2, "--object `q=nope`");
+}

@@ -51,6 +51,8 @@ pub struct MapCommand {
     limits: super::LimitArgs,
     #[command(flatten)]
     grants: super::GrantArgs,
+    #[command(flatten)]
+    objects: super::objects::ObjectArgs,
     /// Run an input again, up to this many times, when the worker running it dies.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
@@ -124,6 +126,7 @@ impl MapCommand {
                 }
             };
 
+        let objects = self.objects.create()?;
         let module = Module::load(&self.module)?;
         // Stdout carries the JSON lines: the tasks' own output goes to stderr, tagged.
         let to_stderr = Output::Callback(std::sync::Arc::new(|e: wasmpool::OutputEvent<'_>| {
@@ -173,6 +176,7 @@ impl MapCommand {
         let star = self.star;
         let (p2, b2) = (pending.clone(), bad_input.clone());
         let mut next = 0usize;
+        let named = &objects;
         let encoded = inputs.map_while(move |item| {
             let value = match item {
                 Ok(v) => v,
@@ -182,11 +186,11 @@ impl MapCommand {
                 }
             };
             let args = match (star, &value) {
-                (true, Value::Array(a)) => wasmpool::json_args(a),
+                (true, Value::Array(a)) => wasmpool::encode_args(&named.substitute(a.clone())),
                 (true, _) => Err(wasmpool::Error::BadArgs(format!(
                     "with --star each input must be a JSON array, got {value}"
                 ))),
-                (false, v) => wasmpool::json_args(std::slice::from_ref(v)),
+                (false, v) => wasmpool::encode_args(&named.substitute(vec![v.clone()])),
             };
             p2.borrow_mut().insert(next, value);
             next += 1;
@@ -237,6 +241,9 @@ impl MapCommand {
         pool.terminate();
         out.flush()?;
         bar.finish_and_clear();
+        for line in objects.report() {
+            eprintln!("{line}");
+        }
         if INTERRUPTED.load(Ordering::SeqCst) {
             eprintln!("wasmpool: interrupted after {done} results; workers stopped");
             return Ok(ExitCode::from(130));

@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod map;
+pub mod objects;
 pub mod run;
 pub mod tasks;
 

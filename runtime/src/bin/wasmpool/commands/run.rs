@@ -26,6 +26,8 @@ pub struct RunCommand {
     limits: super::LimitArgs,
     #[command(flatten)]
     grants: super::GrantArgs,
+    #[command(flatten)]
+    objects: super::objects::ObjectArgs,
     /// The process name the task sees (default `Process-1`).
     #[arg(long)]
     name: Option<String>,
@@ -35,9 +37,16 @@ impl RunCommand {
     pub fn execute(self) -> Result<ExitCode> {
         let args = parse_json_args(&self.args)?;
         let limits = self.limits.limits()?;
+        let objects = self.objects.create()?;
         let module = Module::load(&self.module)?;
-        let encoded = wasmpool::json_args(&args)?;
-        let mut process = Process::with_encoded_args(&module, &self.task, encoded)?
+        // With objects, arguments go through `Process::new`, which holds the objects it is
+        // given for the process (a pipe end stays open while it runs, as an inherited fd).
+        let process = if objects.is_empty() {
+            Process::with_encoded_args(&module, &self.task, wasmpool::json_args(&args)?)?
+        } else {
+            Process::new(&module, &self.task, &objects.substitute(args))?
+        };
+        let mut process = process
             .with_limits(limits)
             .with_grants(self.grants.grants()?);
         if let Some(name) = self.name {
@@ -48,6 +57,9 @@ impl RunCommand {
         }
         process.start()?;
         process.join()?;
+        for line in objects.report() {
+            eprintln!("{line}");
+        }
         let show_fuel = |process: &Process| {
             if self.limits.show_fuel
                 && let Some(fuel) = process.fuel_used()
