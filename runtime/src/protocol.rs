@@ -237,11 +237,22 @@ pub(crate) fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<T>> {
+    // End of file before a frame is the peer closing; inside the header it is a cut frame.
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("frame header cut short after {got} of 4 bytes"),
+                ));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
@@ -489,6 +500,22 @@ mod tests {
         let err = read_frame::<_, FromWorker>(&mut wire.as_slice(), &mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(err.to_string().contains("cut short"), "{err}");
+    }
+
+    #[test]
+    fn end_of_file_is_clean_between_frames_and_an_error_inside_a_header() {
+        let mut buf = Vec::new();
+        let empty: &[u8] = &[];
+        assert!(matches!(
+            read_frame::<_, FromWorker>(&mut &*empty, &mut buf),
+            Ok(None)
+        ));
+        for cut in 1..4 {
+            let wire = 10u32.to_le_bytes();
+            let err = read_frame::<_, FromWorker>(&mut &wire[..cut], &mut buf).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+            assert!(err.to_string().contains("header cut short"), "{err}");
+        }
     }
 
     #[test]
