@@ -66,14 +66,6 @@ impl Packed {
         (0..self.len()).map(|i| self.get(i).unwrap_or_default())
     }
 
-    /// Appends `other`'s items after these.
-    pub fn append(&mut self, other: Packed) {
-        let base = u32::try_from(self.data.len()).unwrap_or(u32::MAX);
-        self.data.extend_from_slice(&other.data);
-        self.ends
-            .extend(other.ends.iter().map(|end| end.saturating_add(base)));
-    }
-
     /// Splits into runs of at most `size` items, in order.
     pub fn split(&self, size: usize) -> Vec<Packed> {
         let size = size.max(1);
@@ -133,43 +125,6 @@ impl BatchAnswers {
         }
     }
 
-    /// Splits into consecutive runs of `sizes[0]`, `sizes[1]`, … items (the answers of
-    /// batches that crossed into the guest together). A run past the answers is short.
-    pub fn split(self, sizes: &[usize]) -> Vec<BatchAnswers> {
-        let BatchAnswers { results, errors } = self;
-        let mut errors = errors.into_iter().peekable();
-        let mut out = Vec::with_capacity(sizes.len());
-        let mut first = 0usize;
-        for &n in sizes {
-            let last = (first + n).min(results.len());
-            let start = match first {
-                0 => 0,
-                i => results.ends.get(i - 1).copied().unwrap_or(0),
-            };
-            let mut part = BatchAnswers::default();
-            if first < last {
-                let end = results.ends[last - 1];
-                part.results.data = results
-                    .data
-                    .get(start as usize..end as usize)
-                    .unwrap_or_default()
-                    .to_vec();
-                part.results.ends = results.ends[first..last]
-                    .iter()
-                    .map(|e| e.saturating_sub(start))
-                    .collect();
-            }
-            while let Some((at, outcome)) = errors.next_if(|(at, _)| (*at as usize) < first + n) {
-                if let Some(i) = (at as usize).checked_sub(first) {
-                    part.errors.push((i as u32, outcome));
-                }
-            }
-            out.push(part);
-            first += n;
-        }
-        out
-    }
-
     /// Every item's outcome, in order (at most `len()` of them).
     pub fn into_outcomes(self) -> impl Iterator<Item = Outcome> {
         let BatchAnswers { results, errors } = self;
@@ -207,34 +162,6 @@ mod tests {
         assert_eq!(p.get(1), None);
         assert_eq!(p.get(2), None);
         assert_eq!(p.iter().count(), 3);
-    }
-
-    #[test]
-    fn appended_items_and_split_answers_keep_their_places() {
-        let mut p: Packed = [vec![1u8], vec![2, 3]].into_iter().collect();
-        p.append([vec![], vec![4u8]].into_iter().collect());
-        assert_eq!(
-            p.iter().map(<[u8]>::to_vec).collect::<Vec<_>>(),
-            vec![vec![1], vec![2, 3], vec![], vec![4]]
-        );
-        let mut a = BatchAnswers::default();
-        for outcome in [
-            Outcome::Ok(vec![1]),
-            Outcome::Failed("x".into()),
-            Outcome::Ok(vec![2, 3]),
-            Outcome::UnknownTask,
-            Outcome::Ok(vec![4]),
-        ] {
-            a.push(outcome);
-        }
-        let parts: Vec<Vec<Outcome>> = a
-            .split(&[2, 1, 2])
-            .into_iter()
-            .map(|p| p.into_outcomes().collect())
-            .collect();
-        assert!(matches!(&parts[0][..], [Outcome::Ok(a), Outcome::Failed(_)] if a == &[1]));
-        assert!(matches!(&parts[1][..], [Outcome::Ok(b)] if b == &[2, 3]));
-        assert!(matches!(&parts[2][..], [Outcome::UnknownTask, Outcome::Ok(c)] if c == &[4]));
     }
 
     #[test]

@@ -82,11 +82,6 @@ impl Loaded {
         Ok(loaded)
     }
 
-    /// Whether this worker meters fuel.
-    pub fn is_metered(&self) -> bool {
-        self.metered
-    }
-
     pub fn tasks(&self) -> &[String] {
         &self.tasks
     }

@@ -35,11 +35,6 @@ pub(crate) const WORKER_FD: i32 = 3;
 /// The environment variable carrying the host's pid, for the watchdog.
 pub(crate) const PARENT_ENV: &str = "WASMPOOL_PARENT_PID";
 
-/// Queued batches are gathered into one crossing up to this many items …
-const COALESCE_ITEMS: usize = 1024;
-/// … or this many bytes of arguments.
-const COALESCE_BYTES: usize = 1 << 20;
-
 /// If this process was started as a wasmpool worker, serves as one and exits; otherwise
 /// returns, and remembers that this binary can be re-executed as a worker.
 ///
@@ -144,11 +139,9 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
             }
         })?;
 
-    // A frame read ahead while gathering batches, to be handled next.
-    let mut held: Option<ToWorker> = None;
     loop {
         // Answers are queued while more work is waiting, and written when it runs out.
-        let msg = match held.take().map_or_else(|| rx.try_recv(), Ok) {
+        let msg = match rx.try_recv() {
             Ok(msg) => msg,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
                 channel.flush()?;
@@ -193,52 +186,16 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
             ToWorker::CallBatch {
                 id,
                 task,
-                mut items,
+                items,
                 limits,
             } => {
-                // Short batches of the same task queued behind this one (`chunksize=1` work,
-                // pipelined) cross into the guest together, and are answered one by one.
-                // Not with a time limit (it applies per crossing) nor when metering fuel
-                // (it is reported per batch).
-                let mut parts = vec![(id, items.len())];
-                if !loaded.is_metered() && limits.timeout.is_none() {
-                    while items.len() < COALESCE_ITEMS && items.data.len() < COALESCE_BYTES {
-                        match rx.try_recv() {
-                            Ok(ToWorker::CallBatch {
-                                id: next,
-                                task: next_task,
-                                items: more,
-                                limits: next_limits,
-                            }) if next_task == task && next_limits == limits => {
-                                parts.push((next, more.len()));
-                                items.append(more);
-                            }
-                            Ok(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
                 channel.current_call.store(id, Ordering::Relaxed);
                 let answers = loaded.call_batch(id, &task, items, &limits);
                 let fuel = loaded.take_fuel_used();
                 if !loaded.has_instance() {
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
-                if parts.len() == 1 {
-                    channel.queue(&FromWorker::BatchDone { id, answers, fuel })?;
-                } else {
-                    let sizes: Vec<usize> = parts.iter().map(|&(_, n)| n).collect();
-                    for ((id, _), answers) in parts.into_iter().zip(answers.split(&sizes)) {
-                        channel.queue(&FromWorker::BatchDone {
-                            id,
-                            answers,
-                            fuel: None,
-                        })?;
-                    }
-                }
+                channel.queue(&FromWorker::BatchDone { id, answers, fuel })?;
             }
             ToWorker::Shutdown => {
                 channel.flush()?;
