@@ -95,11 +95,94 @@ fn a_task_that_allocates_without_end_hits_its_memory_limit() {
 fn unbounded_recursion_is_a_stack_overflow() {
     within(LIMIT, || {
         let pool = limited_pool(Limits::default());
+        let pids = pool.pids();
         let err = beside_ordinary_tasks(&pool, "recurse", &(u64::MAX,));
+        match &err {
+            Error::Limit { task, message } => {
+                assert_eq!(task, "recurse");
+                assert_eq!(
+                    message,
+                    "exceeded its stack limit of 1 MiB (stack overflow)"
+                );
+            }
+            other => panic!("expected a stack overflow, got {other:?}"),
+        }
+        assert_eq!(
+            pool.pids(),
+            pids,
+            "a stack overflow does not cost its worker"
+        );
+    });
+}
+
+/// Deep enough to overflow a 64 KiB wasm stack, shallow enough for 1 MiB.
+const DEPTH_UNDER_1_MIB: u64 = 10_000;
+/// Deep enough to overflow 1 MiB, shallow enough for 4 MiB.
+const DEPTH_UNDER_4_MIB: u64 = 30_000;
+
+#[test]
+fn the_stack_limit_is_set_per_pool_and_overridden_per_submission() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default().stack_kib(64));
+        let pids = pool.pids();
+        let err = beside_ordinary_tasks(&pool, "recurse", &(DEPTH_UNDER_1_MIB,));
         assert!(
-            matches!(&err, Error::Trap { message, .. } if message.contains("stack overflow")),
+            matches!(&err, Error::Limit { message, .. }
+                if message == "exceeded its stack limit of 64 KiB (stack overflow)"),
             "{err:?}"
         );
+
+        // The same workers, under a larger limit for these submissions only.
+        let deep = pool.with_limits(Limits::default().stack_kib(4096));
+        let depths = vec![DEPTH_UNDER_1_MIB, DEPTH_UNDER_4_MIB, 5];
+        assert_eq!(
+            deep.map::<u64, u64>("recurse", depths.clone()).unwrap(),
+            depths
+        );
+        let err = deep.apply::<_, u64>("recurse", &(u64::MAX,)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("4 MiB")),
+            "{err:?}"
+        );
+
+        // And back to the pool's own limit.
+        let err = pool
+            .apply::<_, u64>("recurse", &(DEPTH_UNDER_1_MIB,))
+            .unwrap_err();
+        assert!(matches!(&err, Error::Limit { .. }), "{err:?}");
+        assert_eq!(pool.apply::<_, u64>("recurse", &(100u64,)).unwrap(), 100);
+        assert_eq!(
+            pool.pids(),
+            pids,
+            "changing the stack limit keeps the workers"
+        );
+    });
+}
+
+#[test]
+fn a_stack_limit_out_of_range_is_refused_before_anything_runs() {
+    within(LIMIT, || {
+        let err = Pool::builder(&testkit())
+            .processes(1)
+            .limits(Limits::default().stack_kib(1))
+            .build()
+            .expect_err("a 1 KiB stack limit is refused");
+        assert!(
+            matches!(&err, Error::State(m) if m.contains("from 64 KiB to 64 MiB")),
+            "{err:?}"
+        );
+        let pool = limited_pool(Limits::default());
+        let huge = pool.with_limits(Limits::default().stack_kib(1 << 20));
+        let err = huge.apply::<_, u64>("square", &(3u64,)).unwrap_err();
+        assert!(
+            matches!(&err, Error::State(m) if m.contains("1024 MiB is out of range")),
+            "{err:?}"
+        );
+        assert_eq!(pool.apply::<_, u64>("square", &(3u64,)).unwrap(), 9);
+        let p = Process::new(&testkit(), "square", &(3u64,))
+            .unwrap()
+            .with_limits(Limits::default().stack_kib(0));
+        assert!(matches!(p.start(), Err(Error::State(_))));
     });
 }
 
@@ -303,6 +386,33 @@ fn limits_apply_to_a_process_and_through_the_cli() {
             "100",
         ]);
         assert_cli_error(&out, 1, "exceeded its memory limit of 16 MiB");
+        let depth = DEPTH_UNDER_1_MIB.to_string();
+        let out = run_cli(&[
+            "run",
+            "--max-stack",
+            "64",
+            "examples/testkit",
+            "recurse",
+            &depth,
+        ]);
+        assert_cli_error(&out, 1, "task `recurse` exceeded its stack limit of 64 KiB");
+        let depth = DEPTH_UNDER_4_MIB.to_string();
+        let out = run_cli(&[
+            "run",
+            "--max-stack",
+            "4096",
+            "examples/testkit",
+            "recurse",
+            &depth,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), depth);
+        let out = run_cli(&["run", "--max-stack", "8", "examples/testkit", "square", "2"]);
+        assert_cli_error(
+            &out,
+            2,
+            "--max-stack 8: a stack limit of 8 KiB is out of range",
+        );
         let out = run_cli(&["run", "--timeout", "0", "examples/testkit", "spin"]);
         assert_cli_error(&out, 2, "--timeout must be more than zero seconds");
         let out = run_cli(&[

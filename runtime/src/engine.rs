@@ -5,22 +5,31 @@
 //! one that counts fuel (`Config::consume_fuel`). Fuel changes the compiled code (a counter
 //! update in every basic block) and costs speed, so it is compiled, loaded and paid for only
 //! by pools and processes built with a fuel limit.
+//!
+//! The wasm stack limit is an engine setting too, but one the compiled code does not depend
+//! on: a worker makes one engine per stack limit its tasks ask for, and loads the same
+//! artifact into it.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use wasmtime::{Config, Engine, OptLevel};
 
-/// The wasm stack a guest may use before it gets a "stack overflow" trap.
-pub(crate) const MAX_WASM_STACK: usize = 1 << 20;
+use crate::protocol::Limits;
 
 /// How often a worker advances the epoch: the resolution of time limits.
 pub(crate) const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
-fn config(metered: bool) -> Config {
+fn config(metered: bool, stack_bytes: u64) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.cranelift_opt_level(OptLevel::Speed);
-    config.max_wasm_stack(MAX_WASM_STACK);
+    // Read when a call enters wasm, not compiled into the code: an artifact loads into
+    // engines that differ only in it, which is how each task gets its own stack limit.
+    let stack = usize::try_from(stack_bytes).unwrap_or(usize::MAX);
+    config.max_wasm_stack(stack);
+    // Fibers are not used (calls are synchronous), but wasmtime insists that their stacks
+    // could hold the wasm stack limit too.
+    config.async_stack_size(stack.saturating_add(ASYNC_STACK_MARGIN));
     // Time limits: the worker's ticker advances the epoch; a store past its deadline traps.
     config.epoch_interruption(true);
     // Fuel limits: deterministic CPU metering, for the engine that asks for it only.
@@ -28,14 +37,41 @@ fn config(metered: bool) -> Config {
     config
 }
 
-/// The process-wide engine, plain or metered. Each is made the first time it is asked for,
-/// so a process that never meters fuel never builds the metered one.
+/// Every engine this process has made, by (metered, stack limit in bytes).
+static ENGINES: Mutex<Vec<(bool, u64, &'static Engine)>> = Mutex::new(Vec::new());
+
+/// Room for host frames on an async stack beyond the wasm stack limit (wasmtime's default
+/// async stack is 2 MiB for a 512 KiB wasm stack).
+const ASYNC_STACK_MARGIN: usize = 1536 << 10;
+
+/// The engine with the default stack limit, plain or metered: the one that compiles.
 pub(crate) fn engine_for(metered: bool) -> &'static Engine {
-    static PLAIN: OnceLock<Engine> = OnceLock::new();
-    static METERED: OnceLock<Engine> = OnceLock::new();
-    let cell = if metered { &METERED } else { &PLAIN };
-    cell.get_or_init(|| {
-        Engine::new(&config(metered))
-            .unwrap_or_else(|e| panic!("wasmtime rejected wasmpool's engine configuration: {e}"))
-    })
+    engine_with(metered, Limits::default().stack_bytes)
+        .unwrap_or_else(|e| panic!("wasmtime rejected wasmpool's engine configuration: {e}"))
+}
+
+/// The process-wide engine, plain or metered, with this stack limit. Each is made the first
+/// time it is asked for (and kept: a worker meets few distinct limits), so a process that
+/// never meters fuel never builds the metered one.
+pub(crate) fn engine_with(metered: bool, stack_bytes: u64) -> Result<&'static Engine, String> {
+    let mut engines = ENGINES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, engine)) = engines
+        .iter()
+        .find(|(m, s, _)| *m == metered && *s == stack_bytes)
+    {
+        return Ok(engine);
+    }
+    let engine = Engine::new(&config(metered, stack_bytes))
+        .map_err(|e| format!("wasmtime rejected the engine configuration: {e:#}"))?;
+    let engine: &'static Engine = Box::leak(Box::new(engine));
+    engines.push((metered, stack_bytes, engine));
+    Ok(engine)
+}
+
+/// Advances the epoch of every engine made so far: one tick of every time limit.
+pub(crate) fn tick_all() {
+    let engines = ENGINES.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, _, engine) in engines.iter() {
+        engine.increment_epoch();
+    }
 }

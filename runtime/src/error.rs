@@ -23,7 +23,8 @@ pub enum Error {
         /// What wasmtime reported.
         message: String,
     },
-    /// The task hit a limit (time or memory) and was stopped; its worker carries on.
+    /// The task hit a limit (time, memory, stack, output or fuel) and was stopped; its
+    /// worker carries on.
     #[error("task `{task}` {message}")]
     Limit {
         /// The task's name.

@@ -141,7 +141,7 @@ impl Process {
         self.configure(|i| i.daemon = daemon)
     }
 
-    /// Sets the task's limits (memory, time, fuel); a task that exceeds one fails with
+    /// Sets the task's limits (memory, time, stack, output, fuel); a task that exceeds one fails with
     /// [`Error::Limit`]. With a fuel limit the process runs on the metered engine and
     /// reports the fuel the task used ([`fuel_used`](Process::fuel_used)).
     pub fn with_limits(self, limits: Limits) -> Self {
@@ -173,6 +173,7 @@ impl Process {
             )));
         }
         let inner = &self.inner;
+        inner.limits.check().map_err(Error::State)?;
         let grants = inner.grants.resolved()?;
         let metered = inner.limits.fuel.is_some();
         let worker = inner.module.ready_worker(&inner.name, metered)?;

@@ -73,6 +73,10 @@ pub struct Limits {
     /// A pool or process built with a fuel limit runs on an engine that counts fuel, which
     /// makes wasm code slower; others pay nothing for it.
     pub fuel: Option<u64>,
+    /// The most wasm stack a task may use, in bytes (default 1 MiB, from
+    /// [`Limits::MIN_STACK_BYTES`] to [`Limits::MAX_STACK_BYTES`]); a task that recurses
+    /// deeper is stopped with a "stack overflow" error.
+    pub stack_bytes: u64,
 }
 
 impl Default for Limits {
@@ -82,11 +86,49 @@ impl Default for Limits {
             timeout: None,
             output_bytes: 64 << 20,
             fuel: None,
+            stack_bytes: 1 << 20,
         }
     }
 }
 
 impl Limits {
+    /// The smallest stack limit a task may be given (64 KiB).
+    pub const MIN_STACK_BYTES: u64 = 64 << 10;
+    /// The largest stack limit a task may be given (64 MiB): the worker runs tasks on a
+    /// thread with this much stack and a margin for the host functions below it.
+    pub const MAX_STACK_BYTES: u64 = 64 << 20;
+
+    /// Sets the wasm stack limit per task, in KiB.
+    ///
+    /// ```
+    /// let limits = wasmpool::Limits::default().stack_kib(256);
+    /// assert_eq!(limits.stack_bytes, 256 << 10);
+    /// assert!(limits.check().is_ok());
+    /// assert!(wasmpool::Limits::default().stack_kib(1).check().is_err());
+    /// ```
+    pub fn stack_kib(mut self, kib: u64) -> Self {
+        self.stack_bytes = kib.saturating_mul(1 << 10);
+        self
+    }
+
+    /// Whether these limits can be enforced: the stack limit within its bounds and the
+    /// memory limit not zero. Pools and processes check their limits before running
+    /// anything, so a bad value fails there, with this text.
+    pub fn check(&self) -> Result<(), String> {
+        if !(Self::MIN_STACK_BYTES..=Self::MAX_STACK_BYTES).contains(&self.stack_bytes) {
+            return Err(format!(
+                "a stack limit of {} is out of range: it must be from {} to {}",
+                describe_bytes(self.stack_bytes),
+                describe_bytes(Self::MIN_STACK_BYTES),
+                describe_bytes(Self::MAX_STACK_BYTES)
+            ));
+        }
+        if self.memory_bytes == 0 {
+            return Err("a memory limit of 0 bytes leaves a task no memory at all".into());
+        }
+        Ok(())
+    }
+
     /// Sets the wall-clock time limit per task.
     pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout = Some(timeout);
@@ -113,6 +155,17 @@ impl Limits {
     pub fn fuel(mut self, fuel: u64) -> Self {
         self.fuel = Some(fuel);
         self
+    }
+}
+
+/// `n` bytes in words: whole MiB or KiB when exact, else bytes.
+pub(crate) fn describe_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }
 

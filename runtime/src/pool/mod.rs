@@ -107,7 +107,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Limits on each task (memory, time, fuel); a task that exceeds one fails with
+    /// Limits on each task (memory, time, stack, output, fuel); a task that exceeds one fails with
     /// [`Error::Limit`] and its worker carries on with a fresh instance.
     ///
     /// With a fuel limit ([`Limits::fuel`]) the workers run on the metered engine (slower
@@ -159,6 +159,7 @@ impl PoolBuilder {
         if processes == 0 {
             return Err(Error::State("a pool needs at least one process".into()));
         }
+        self.limits.check().map_err(Error::State)?;
         if let Some((task, _)) = &self.initializer {
             self.module.tasks()?;
             self.module.check_task(task)?;
@@ -294,6 +295,7 @@ impl Pool {
 
     fn job(&self, task: &str, items: usize) -> Result<Arc<Job>> {
         self.check(task)?;
+        self.opts.limits.check().map_err(Error::State)?;
         if let Some(fuel) = self.opts.limits.fuel
             && self.shared.config.limits.fuel.is_none()
         {

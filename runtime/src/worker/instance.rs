@@ -1,6 +1,6 @@
 //! One live instance of the guest component, rebuilt after a trap or a limit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::component::{Component, ResourceTable};
@@ -12,10 +12,10 @@ use super::output::{Channel, GuestOutput};
 use super::state::{MemoryLimiter, ProcessIdentity, State};
 use super::watchdog::{Watchdog, ticks, time_limit_message};
 use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
-use crate::engine::engine_for;
+use crate::engine::engine_with;
 use crate::grants::Grants;
 use crate::packed::{BatchAnswers, Packed};
-use crate::protocol::{FromWorker, Limits, Outcome, Stream};
+use crate::protocol::{FromWorker, Limits, Outcome, Stream, describe_bytes};
 
 /// Deadline for calls without a time limit: effectively never.
 const NO_DEADLINE: u64 = u64::MAX / 4;
@@ -23,6 +23,10 @@ const NO_DEADLINE: u64 = u64::MAX / 4;
 /// The loaded module and, while it is healthy, its instance.
 pub(crate) struct Loaded {
     pre: TaskModulePre<State>,
+    /// The artifact `pre` was made from, to load again into an engine with another stack limit.
+    artifact: PathBuf,
+    /// The wasm stack limit of `pre`'s engine, in bytes.
+    stack_bytes: u64,
     identity: Arc<ProcessIdentity>,
     channel: Arc<Channel>,
     live: Option<(Store<State>, TaskModule)>,
@@ -47,22 +51,11 @@ impl Loaded {
         watchdog: Arc<Watchdog>,
         objects: Arc<ObjectClient>,
     ) -> Result<Self, String> {
-        let engine = engine_for(metered);
-        // SAFETY: the host wrote this artifact into its own content-addressed cache from a
-        // component it compiled and validated with the same engine configuration.
-        let component = unsafe { Component::deserialize_file(engine, artifact) }.map_err(|e| {
-            format!(
-                "cannot load the compiled module {}: {e:#}",
-                artifact.display()
-            )
-        })?;
-        let linker = crate::bindings::linker::<State>(engine).map_err(|e| format!("{e:#}"))?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("{e:#}"))?;
-        let pre = TaskModulePre::new(instance_pre).map_err(|e| format!("{e:#}"))?;
+        let stack_bytes = Limits::default().stack_bytes;
         let mut loaded = Loaded {
-            pre,
+            pre: prepare(artifact, metered, stack_bytes)?,
+            artifact: artifact.to_path_buf(),
+            stack_bytes,
             identity,
             channel,
             live: None,
@@ -159,6 +152,13 @@ impl Loaded {
         // Armed first: a fresh instance's init prints under this call's budget, not under
         // whatever the last call (perhaps one stopped by its output limit) left.
         self.channel.arm_output(limits.output_bytes);
+        if limits.stack_bytes != self.stack_bytes {
+            // Another stack limit is another engine: the module is loaded into it, and the
+            // instance (of the old engine) is made again, as after a grant.
+            self.live = None;
+            self.pre = prepare(&self.artifact, self.metered, limits.stack_bytes)?;
+            self.stack_bytes = limits.stack_bytes;
+        }
         if self.live.is_none() {
             self.live = Some(self.instantiate()?);
         }
@@ -182,10 +182,14 @@ impl Loaded {
         Ok(live)
     }
 
-    /// The answer to a call that asks for a fuel limit this worker cannot enforce: its engine
-    /// does not count fuel. The host refuses such calls before sending them; this is the
-    /// worker's own check, so a fuel limit is never silently ignored.
-    fn refuse_unmetered(&self, limits: &Limits) -> Option<Outcome> {
+    /// The answer to a call under limits this worker cannot enforce: a fuel limit when its
+    /// engine does not count fuel, or a stack limit out of range (its thread's stack is sized
+    /// for the largest). The host refuses such calls before sending them; this is the
+    /// worker's own check, so a limit is never silently ignored or overrun.
+    fn refuse(&self, limits: &Limits) -> Option<Outcome> {
+        if let Err(message) = limits.check() {
+            return Some(Outcome::BadArgs(message));
+        }
         match limits.fuel {
             Some(fuel) if !self.metered => Some(Outcome::BadArgs(format!(
                 "a fuel limit ({fuel}) needs a worker that meters fuel: give the pool or \
@@ -198,7 +202,7 @@ impl Loaded {
     /// Runs one task.
     pub fn call(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {
         self.fuel_used = None;
-        if let Some(refused) = self.refuse_unmetered(limits) {
+        if let Some(refused) = self.refuse(limits) {
             return refused;
         }
         let outcome = self.call_armed(id, task, args, limits);
@@ -249,7 +253,7 @@ impl Loaded {
         limits: &Limits,
     ) -> BatchAnswers {
         self.fuel_used = None;
-        if let Some(refused) = self.refuse_unmetered(limits) {
+        if let Some(refused) = self.refuse(limits) {
             let mut answers = BatchAnswers::with_capacity(items.len());
             for _ in 0..items.len() {
                 answers.push(refused.clone());
@@ -358,12 +362,35 @@ impl Loaded {
     }
 }
 
+/// Loads the artifact into the engine for `metered` and `stack_bytes`, ready to instantiate.
+fn prepare(
+    artifact: &Path,
+    metered: bool,
+    stack_bytes: u64,
+) -> Result<TaskModulePre<State>, String> {
+    let engine = engine_with(metered, stack_bytes)?;
+    // SAFETY: the host wrote this artifact into its own content-addressed cache from a
+    // component it compiled and validated with the same engine configuration (the stack
+    // limit, which may differ, is not part of the compiled code).
+    let component = unsafe { Component::deserialize_file(engine, artifact) }.map_err(|e| {
+        format!(
+            "cannot load the compiled module {}: {e:#}",
+            artifact.display()
+        )
+    })?;
+    let linker = crate::bindings::linker::<State>(engine).map_err(|e| format!("{e:#}"))?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| format!("{e:#}"))?;
+    TaskModulePre::new(instance_pre).map_err(|e| format!("{e:#}"))
+}
+
 fn is_limit(store: &Store<State>, e: &wasmtime::Error) -> bool {
     store.data().limiter.exceeded
         || store.data().channel.output_exceeded()
         || matches!(
             e.downcast_ref::<Trap>(),
-            Some(Trap::Interrupt | Trap::OutOfFuel)
+            Some(Trap::Interrupt | Trap::OutOfFuel | Trap::StackOverflow)
         )
 }
 
@@ -384,6 +411,12 @@ fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Ou
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return Outcome::Limit(time_limit_message(limits.timeout.unwrap_or_default()));
     }
+    if e.downcast_ref::<Trap>() == Some(&Trap::StackOverflow) {
+        return Outcome::Limit(format!(
+            "exceeded its stack limit of {} (stack overflow)",
+            describe_bytes(limits.stack_bytes)
+        ));
+    }
     if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
         return Outcome::Limit(match limits.fuel {
             Some(fuel) => format!("ran out of fuel: it used its fuel limit of {fuel}"),
@@ -393,17 +426,6 @@ fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Ou
     match store.data_mut().panic.take() {
         Some(report) => Outcome::Failed(report.message),
         None => Outcome::Trap(describe_trap(e)),
-    }
-}
-
-/// `n` bytes in words: whole MiB or KiB when exact, else bytes.
-fn describe_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
-        format!("{} KiB", n >> 10)
-    } else {
-        format!("{n} bytes")
     }
 }
 
@@ -447,7 +469,7 @@ fn panic_or_trap(store: &mut Store<State>, e: &wasmtime::Error) -> String {
 /// A one-line description of a trap.
 fn describe_trap(e: &wasmtime::Error) -> String {
     match e.downcast_ref::<Trap>() {
-        Some(Trap::StackOverflow) => "stack overflow (the wasm stack limit is 1 MiB)".to_string(),
+        Some(Trap::StackOverflow) => "stack overflow".to_string(),
         Some(trap) => trap.to_string(),
         None => format!("{e:#}")
             .lines()

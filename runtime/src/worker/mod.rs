@@ -34,6 +34,8 @@ pub(crate) const WORKER_ARG: &str = "__wasmpool-worker";
 pub(crate) const WORKER_FD: i32 = 3;
 /// The environment variable carrying the host's pid, for the watchdog.
 pub(crate) const PARENT_ENV: &str = "WASMPOOL_PARENT_PID";
+/// Native stack for the host's side of a call, below the wasm stack a task may use.
+const HOST_STACK: usize = 8 << 20;
 
 /// If this process was started as a wasmpool worker, serves as one and exits; otherwise
 /// returns, and remembers that this binary can be re-executed as a worker.
@@ -66,7 +68,15 @@ pub(crate) fn serve() -> i32 {
     // SAFETY: the host passes this process one end of a socketpair as fd 3, and nothing else
     // in this process owns that descriptor.
     let sock = unsafe { UnixStream::from_raw_fd(WORKER_FD) };
-    serve_on(sock, parent).unwrap_or(1)
+    // Tasks run on a thread of their own, whose stack holds the largest wasm stack limit a
+    // task may ask for plus the host's frames below it, whatever the main thread was given.
+    // Untouched stack pages cost no memory.
+    let stack = usize::try_from(crate::Limits::MAX_STACK_BYTES).unwrap_or(usize::MAX);
+    std::thread::Builder::new()
+        .name("tasks".into())
+        .stack_size(stack.saturating_add(HOST_STACK))
+        .spawn(move || serve_on(sock, parent).unwrap_or(1))
+        .map_or(1, |t| t.join().unwrap_or(1))
 }
 
 fn start_parent_watchdog(parent: u32) {
@@ -99,7 +109,7 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
         ppid: parent,
         name: Mutex::new(load.name.clone()),
     });
-    let watchdog = Watchdog::start(channel.clone(), crate::engine::engine_for(load.metered));
+    let watchdog = Watchdog::start(channel.clone());
     let (reply_tx, reply_rx) = std::sync::mpsc::channel();
     let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
     let loaded = Loaded::new(

@@ -1,5 +1,5 @@
-//! Time limits. A ticker thread advances the epoch of the engine the worker runs on (plain or
-//! metered) every `EPOCH_TICK`; a store whose deadline has passed traps at its next check,
+//! Time limits. A ticker thread advances the epoch of the engines the worker runs on (plain or
+//! metered, one per stack limit) every `EPOCH_TICK`; a store whose deadline has passed traps at its next check,
 //! which wasm code reaches quickly. Time spent blocked in a host call (a guest sleeping, say)
 //! is not wasm code: if a task is still running well past its deadline, the watchdog answers
 //! the call itself with a time-limit error and ends the worker process, which the host then
@@ -8,10 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::Engine;
-
 use super::output::Channel;
-use crate::engine::EPOCH_TICK;
+use crate::engine::{EPOCH_TICK, tick_all};
 use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
 
 /// Past the deadline by this much, a task is taken to be stuck in a host call.
@@ -31,8 +29,8 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts the ticker thread, ticking `engine`: the one the worker's instances run on.
-    pub fn start(channel: Arc<Channel>, engine: &'static Engine) -> Arc<Watchdog> {
+    /// Starts the ticker thread, ticking every engine the worker's instances run on.
+    pub fn start(channel: Arc<Channel>) -> Arc<Watchdog> {
         let dog = Arc::new(Watchdog::default());
         let watched = dog.clone();
         let _ = std::thread::Builder::new()
@@ -40,7 +38,7 @@ impl Watchdog {
             .spawn(move || {
                 loop {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    tick_all();
                     let overdue = watched.running.lock().ok().and_then(|r| {
                         r.as_ref()
                             .filter(|r| Instant::now() > r.deadline + GRACE)

@@ -48,6 +48,10 @@ pub struct LimitArgs {
     /// The most a task may write to stdout and stderr together, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_output: u64,
+    /// The most wasm stack a task may use, in KiB (64 to 65536); deeper recursion is a
+    /// "stack overflow" error.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    pub max_stack: u64,
     /// Stop a task once it has used this much fuel (deterministic CPU metering: about one
     /// unit per wasm instruction). Metering makes wasm code slower.
     #[arg(long, value_name = "N")]
@@ -63,7 +67,8 @@ impl LimitArgs {
     pub fn limits(&self) -> anyhow::Result<wasmpool::Limits> {
         let mut limits = wasmpool::Limits::default()
             .memory_mib(self.memory)
-            .output_bytes(self.max_output.saturating_mul(1 << 20));
+            .output_bytes(self.max_output.saturating_mul(1 << 20))
+            .stack_kib(self.max_stack);
         if let Some(t) = self.timeout {
             let t = Duration::try_from_secs_f64(t).map_err(|_| {
                 anyhow::anyhow!("--timeout must be a positive number of seconds, not {t}")
@@ -83,6 +88,9 @@ impl LimitArgs {
             None if self.show_fuel => limits = limits.fuel(u64::MAX),
             None => {}
         }
+        limits
+            .check()
+            .map_err(|e| anyhow::anyhow!("--max-stack {}: {e}", self.max_stack))?;
         Ok(limits)
     }
 }
