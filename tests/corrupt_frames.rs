@@ -84,6 +84,11 @@ fn fake_worker() -> ! {
             let _ = sock.write_all(&frame(&[99, 1, 2, 3]));
             wait_to_be_killed(sock);
         }
+        "stall-mid-frame" => {
+            // The start of a 100-byte frame, then nothing, while staying alive.
+            let _ = sock.write_all(&[100, 0, 0, 0, 2, 1, 0]);
+            wait_to_be_killed(sock);
+        }
         "output-then-truncated" => {
             // A valid frame, then one cut short; then the worker is gone.
             let _ = sock.write_all(&frame(OUTPUT_BODY));
@@ -243,6 +248,28 @@ fn pool_replaces_a_worker_that_sends_a_malformed_frame_and_carries_on() {
         assert_ne!(pool.pids(), fake);
         pool.close();
         pool.join().unwrap();
+    });
+}
+
+fn a_worker_that_stalls_mid_frame_is_stopped_and_the_pool_carries_on() {
+    let module = module();
+    within(Duration::from_secs(60), move || {
+        fuzzing::set_frame_stall_limit(Duration::from_millis(500));
+        use_fake("stall-mid-frame");
+        let pool = Pool::new(&module, 1).unwrap();
+        let fake = pool.pids();
+        use_real();
+        let err = pool.apply::<_, u64>("square", &(7u64,)).unwrap_err();
+        assert_lost_to_malformed_frame(&err, Some(fake[0]), "then nothing for 500ms");
+        assert!(
+            eventually(Duration::from_secs(10), || reaped(fake[0])),
+            "worker {} was not reaped",
+            fake[0]
+        );
+        assert_eq!(pool.apply::<_, u64>("square", &(7u64,)).unwrap(), 49);
+        pool.close();
+        pool.join().unwrap();
+        fuzzing::set_frame_stall_limit(Duration::from_secs(10));
     });
 }
 
@@ -416,6 +443,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "pool_replaces_a_worker_that_sends_a_malformed_frame_and_carries_on",
         pool_replaces_a_worker_that_sends_a_malformed_frame_and_carries_on,
+    ),
+    (
+        "a_worker_that_stalls_mid_frame_is_stopped_and_the_pool_carries_on",
+        a_worker_that_stalls_mid_frame_is_stopped_and_the_pool_carries_on,
     ),
     (
         "a_worker_that_sends_garbage_instead_of_ready_is_refused",

@@ -6,8 +6,11 @@
 //! anything is allocated for it, and a frame that does not decode closes the channel: the
 //! peer is treated as lost, never trusted further.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use wasmpool_objects::wire::{Handle, ObjectError, Request, Response};
@@ -285,8 +288,86 @@ pub(crate) fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Res
     w.write_all(&buf)
 }
 
+/// Where frames are read from. Between frames a read waits as long as the peer takes (a
+/// task may run for hours before its answer); a source may bound the wait inside a frame.
+pub(crate) trait FrameSource: Read {
+    /// A frame has begun: reads until [`frame_done`](FrameSource::frame_done) are inside it.
+    fn frame_begun(&mut self) {}
+    /// The frame is complete.
+    fn frame_done(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FrameSource for &[u8] {}
+impl FrameSource for UnixStream {}
+impl<R: Read> FrameSource for BufReader<R> {}
+
+/// How long the host waits inside a frame for a worker's next byte, in milliseconds.
+static FRAME_STALL_MS: AtomicU64 = AtomicU64::new(10_000);
+
+/// A worker's socket as the host reads it: a worker that sends part of a frame and then
+/// nothing for the stall limit (10 s) is treated as broken, so a worker that stops half-way
+/// through a frame, yet stays alive, cannot hold its task (and its caller) forever. Waits
+/// between frames are not limited.
+pub(crate) struct WorkerReader {
+    inner: BufReader<UnixStream>,
+    in_frame: bool,
+    /// Whether the socket's read timeout is set (only while a frame needs the socket).
+    armed: bool,
+}
+
+impl WorkerReader {
+    pub fn new(sock: UnixStream) -> Self {
+        WorkerReader {
+            inner: BufReader::with_capacity(64 << 10, sock),
+            in_frame: false,
+            armed: false,
+        }
+    }
+
+    /// Whether bytes of a next frame are already buffered.
+    pub fn has_buffered(&self) -> bool {
+        !self.inner.buffer().is_empty()
+    }
+}
+
+impl Read for WorkerReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let stall = Duration::from_millis(FRAME_STALL_MS.load(Ordering::Relaxed));
+        // Frames read from the buffer cost no system call; the timeout is set only when
+        // the rest of a frame must come from the socket.
+        if self.in_frame && !self.armed && self.inner.buffer().is_empty() {
+            self.inner.get_ref().set_read_timeout(Some(stall))?;
+            self.armed = true;
+        }
+        self.inner.read(out).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if self.in_frame => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("part of a frame, then nothing for {stall:?}"),
+            ),
+            _ => e,
+        })
+    }
+}
+
+impl FrameSource for WorkerReader {
+    fn frame_begun(&mut self) {
+        self.in_frame = true;
+    }
+
+    fn frame_done(&mut self) -> io::Result<()> {
+        self.in_frame = false;
+        if self.armed {
+            self.armed = false;
+            self.inner.get_ref().set_read_timeout(None)?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
-pub(crate) fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(
+pub(crate) fn read_frame<R: FrameSource, T: for<'de> Deserialize<'de>>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<T>> {
@@ -302,7 +383,12 @@ pub(crate) fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(
                     format!("frame header cut short after {got} of 4 bytes"),
                 ));
             }
-            Ok(n) => got += n,
+            Ok(n) => {
+                if got == 0 {
+                    r.frame_begun();
+                }
+                got += n;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -329,6 +415,7 @@ pub(crate) fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(
                 _ => e,
             })?;
     }
+    r.frame_done()?;
     decode_frame(buf).map(Some)
 }
 
@@ -391,6 +478,14 @@ pub mod fuzzing {
     /// As [`read_to_worker`].
     pub fn read_from_worker(stream: &[u8]) -> Decoded {
         read_all::<FromWorker>(stream, FromWorker::kind)
+    }
+
+    /// Sets how long the host waits inside a frame for a worker's next byte before it takes
+    /// the worker for broken (default 10 s), for every worker of this process: tests of a
+    /// stalled worker need not wait that long.
+    pub fn set_frame_stall_limit(limit: std::time::Duration) {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        super::FRAME_STALL_MS.store(ms, super::Ordering::Relaxed);
     }
 
     /// Decodes `body` as the body of one host → worker frame (no length header); returns the

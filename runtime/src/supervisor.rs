@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::broker::{Owner, Responder, broker};
-use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, read_frame, write_frame};
+use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame};
 use crate::spawn::ReadyWorker;
 
 /// Receives what a worker says and how it ends.
@@ -37,7 +37,7 @@ impl WorkerHandle {
     pub fn attach(worker: ReadyWorker, events: Arc<dyn WorkerEvents>) -> io::Result<WorkerHandle> {
         let (pid, sock, mut child, _tasks) = worker.into_parts();
         let mut reader = match sock.try_clone() {
-            Ok(r) => io::BufReader::with_capacity(64 * 1024, r),
+            Ok(r) => WorkerReader::new(r),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -71,7 +71,7 @@ impl WorkerHandle {
                         ),
                         Ok(Some(FromWorker::InstanceLost)) => broker().worker_exited(pid),
                         Ok(Some(msg)) => {
-                            let more = !reader.buffer().is_empty();
+                            let more = reader.has_buffered();
                             events.on_message(pid, msg, more)
                         }
                         Ok(None) => break None,
