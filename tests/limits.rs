@@ -187,6 +187,27 @@ fn a_stack_limit_out_of_range_is_refused_before_anything_runs() {
 }
 
 #[test]
+fn forged_and_stale_object_handles_fail_only_their_own_task() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default());
+        // A handle with a guessed token.
+        let forged = serde_json::json!(["wasmpool:lock", 2, 12345]);
+        let err = beside_ordinary_tasks(&pool, "try_lock", &(forged,)).to_string();
+        assert!(err.contains("no such object"), "{err}");
+        // A handle to an object the host has dropped.
+        let manager = wasmpool::Manager::new();
+        let lock = manager.lock();
+        let stale = serde_json::to_value(&lock).unwrap();
+        drop(lock);
+        let err = beside_ordinary_tasks(&pool, "try_lock", &(stale,)).to_string();
+        assert!(err.contains("no such object"), "{err}");
+        // The workers that met them still reach the objects they were given.
+        let live = manager.lock();
+        assert!(pool.apply::<_, bool>("try_lock", &(&live,)).unwrap());
+    });
+}
+
+#[test]
 fn traps_and_panics_hurt_only_their_own_task() {
     within(LIMIT, || {
         let pool = limited_pool(Limits::default());
