@@ -210,10 +210,13 @@ impl<'a> Args<'a> {
 
     /// Decodes the next argument.
     pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<T, TaskError> {
-        let (name, ty) = self.params.get(self.index).copied().unwrap_or(("?", "?"));
-        let got = self.rest.first().map_or("nothing", |&m| kind_of(m));
+        // Only the marker byte is kept for the error message, which is written only on the
+        // error path: this runs once per argument of every item of a batch.
+        let marker = self.rest.first().copied();
         let mut de = rmp_serde::Deserializer::new(&mut self.rest);
         let value = T::deserialize(&mut de).map_err(|e| {
+            let (name, ty) = self.params.get(self.index).copied().unwrap_or(("?", "?"));
+            let got = marker.map_or("nothing", kind_of);
             TaskError::BadArgs(format!(
                 "task `{}`: argument {} (`{name}: {ty}`): expected {ty}, got {got} ({e})",
                 self.task,
