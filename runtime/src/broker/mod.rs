@@ -250,6 +250,7 @@ impl Broker {
             let mut reg = self.lock();
             let (obj_id, end) = (target.id & !1, (target.id & 1) as u8);
             let waiter_id = reg.next_waiter + 1;
+            let mut deadline = None;
             let Some(obj) = reg.objects.get_mut(&obj_id).filter(|o| {
                 o.tokens[usize::from(end)] == target.token
                     && (end == 0 || o.kind == Kind::Connection)
@@ -271,7 +272,7 @@ impl Broker {
                     match timeout {
                         // Non-blocking: answered at once with what a timeout answers.
                         Some(Duration::ZERO) => obj.expire(waiter_id, &mut out),
-                        Some(t) => timer::Timer::get().schedule(t, obj_id, waiter_id),
+                        Some(t) => deadline = Some(t),
                         None => {}
                     }
                     reg.next_waiter = waiter_id;
@@ -279,6 +280,14 @@ impl Broker {
             }
             if let Some(obj) = reg.objects.get_mut(&obj_id) {
                 obj.pump(&mut out);
+            }
+            if let Some(t) = deadline {
+                let objects = &reg.objects;
+                timer::Timer::get().schedule(t, obj_id, waiter_id, |o, w| {
+                    objects
+                        .get(&o)
+                        .is_some_and(|obj| obj.waiters.iter().any(|x| x.id == w))
+                });
             }
         }
         deliver_all(out);
@@ -431,5 +440,43 @@ impl wasmpool_objects::Transport for Broker {
                 list.push(target);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::timer::Timer;
+
+    #[test]
+    fn deadlines_of_waits_answered_early_do_not_pile_up() {
+        // Two host threads play ping-pong over two queues with an hour-long timeout on every
+        // get: each get mostly blocks, is answered within microseconds, and leaves a deadline
+        // an hour away. Kept, those would grow the timer's heap by one per get.
+        let manager = crate::Manager::new();
+        let (ping, pong) = (manager.queue::<u32>(), manager.queue::<u32>());
+        let hour = Some(Duration::from_secs(3600));
+        const ROUNDS: u32 = 10_000;
+        let echo = {
+            let (ping, pong) = (ping.clone(), pong.clone());
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    let n = ping.get_timeout(hour).expect("ping");
+                    pong.put(&n).expect("pong");
+                }
+            })
+        };
+        for i in 0..ROUNDS {
+            ping.put(&i).expect("put");
+            assert_eq!(pong.get_timeout(hour).expect("get"), i);
+        }
+        echo.join().expect("echo thread");
+        let kept = Timer::get().len();
+        assert!(
+            kept < 4096,
+            "{kept} deadlines kept after {} timed gets",
+            2 * ROUNDS
+        );
     }
 }

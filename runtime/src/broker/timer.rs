@@ -1,4 +1,8 @@
 //! Deadlines of blocked calls: one thread sleeps until the earliest and expires it.
+//!
+//! Most blocked calls are answered long before their deadline (a `get` with a one-hour
+//! timeout on a busy queue), so the heap is swept of answered waiters whenever it has doubled
+//! since the last sweep: a guest calling in a loop cannot grow it without bound.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -8,9 +12,19 @@ use std::time::{Duration, Instant};
 /// (deadline, object id, waiter id)
 type Entry = Reverse<(Instant, u64, u64)>;
 
+/// The heap is never swept below this many entries.
+const MIN_SWEEP: usize = 1024;
+
+#[derive(Debug, Default)]
+struct Deadlines {
+    heap: BinaryHeap<Entry>,
+    /// The size at which the next push sweeps answered waiters out first.
+    sweep_at: usize,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Timer {
-    heap: Mutex<BinaryHeap<Entry>>,
+    deadlines: Mutex<Deadlines>,
     wake: Condvar,
 }
 
@@ -30,53 +44,71 @@ impl Timer {
         })
     }
 
-    /// Expires waiter `waiter` of object `object` after `after`.
-    pub fn schedule(&self, after: Duration, object: u64, waiter: u64) {
+    /// Expires waiter `waiter` of object `object` after `after`. `waiting` tells whether a
+    /// waiter is still blocked (answered ones are swept out of the heap).
+    pub fn schedule(
+        &self,
+        after: Duration,
+        object: u64,
+        waiter: u64,
+        mut waiting: impl FnMut(u64, u64) -> bool,
+    ) {
         // A deadline past what an Instant can hold is no deadline.
         let Some(deadline) = Instant::now().checked_add(after) else {
             return;
         };
-        if let Ok(mut heap) = self.heap.lock() {
-            heap.push(Reverse((deadline, object, waiter)));
+        if let Ok(mut d) = self.deadlines.lock() {
+            if d.heap.len() >= d.sweep_at.max(MIN_SWEEP) {
+                d.heap.retain(|Reverse((_, o, w))| waiting(*o, *w));
+                d.sweep_at = d.heap.len().saturating_mul(2);
+            }
+            d.heap.push(Reverse((deadline, object, waiter)));
             self.wake.notify_one();
         }
     }
 
+    /// How many deadlines are kept.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.deadlines.lock().map_or(0, |d| d.heap.len())
+    }
+
     fn run(&self) {
-        let Ok(mut heap) = self.heap.lock() else {
+        let Ok(mut d) = self.deadlines.lock() else {
             return;
         };
         loop {
             let now = Instant::now();
             let mut due = Vec::new();
-            while let Some(Reverse((at, object, waiter))) = heap.peek().copied() {
+            while let Some(Reverse((at, object, waiter))) = d.heap.peek().copied() {
                 if at > now {
                     break;
                 }
-                heap.pop();
+                d.heap.pop();
                 due.push((object, waiter));
             }
             if !due.is_empty() {
-                drop(heap);
+                drop(d);
                 for (object, waiter) in due {
                     super::broker().expire(object, waiter);
                 }
-                heap = match self.heap.lock() {
-                    Ok(h) => h,
+                d = match self.deadlines.lock() {
+                    Ok(d) => d,
                     Err(_) => return,
                 };
                 continue;
             }
-            let wait = heap
+            let wait = d
+                .heap
                 .peek()
                 .map(|Reverse((at, _, _))| at.saturating_duration_since(now));
-            heap = match wait {
-                Some(d) => match self.wake.wait_timeout(heap, d) {
-                    Ok((h, _)) => h,
+            d = match wait {
+                Some(t) => match self.wake.wait_timeout(d, t) {
+                    Ok((d, _)) => d,
                     Err(_) => return,
                 },
-                None => match self.wake.wait(heap) {
-                    Ok(h) => h,
+                None => match self.wake.wait(d) {
+                    Ok(d) => d,
                     Err(_) => return,
                 },
             };
