@@ -260,6 +260,20 @@ fn forged_stale_and_mistyped_handles_are_clear_errors() {
 }
 
 #[test]
+fn a_flood_of_tiny_items_is_refused_by_its_size_with_overheads() {
+    within(LIMIT, || {
+        // Two million one-byte items make a 4 MB frame but would cost the host ~100 MB:
+        // each item is charged its overhead, so the message is over every limit.
+        let l = Manager::new().list::<()>();
+        let err = run::<()>("extend_units", &(&l, 2_000_000usize)).unwrap_err();
+        assert!(err.to_string().contains("byte limit"), "{err}");
+        assert_eq!(l.len().unwrap(), 0, "nothing of the refused extend is stored");
+        run::<()>("extend_units", &(&l, 1000usize)).unwrap();
+        assert_eq!(l.len().unwrap(), 1000);
+    });
+}
+
+#[test]
 fn oversized_message_is_refused_and_the_queue_still_works() {
     within(LIMIT, || {
         let q = Manager::new().queue::<String>();

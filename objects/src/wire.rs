@@ -74,8 +74,14 @@ pub enum Request {
     ListItems,
 }
 
+/// What one stored item (a queued message, a list item, a dict entry) costs on top of its
+/// bytes, in the broker's accounting: empty items are not free, so a flood of them is bounded
+/// by the same byte limits as any other.
+pub const ITEM_OVERHEAD: usize = 32;
+
 impl Request {
-    /// The bytes of MessagePack this request carries (for the message size limit).
+    /// The bytes of MessagePack this request carries (for the message size limit), with
+    /// [`ITEM_OVERHEAD`] for each item of a many-item request (`ListExtend`, `DictUpdate`).
     pub fn payload_len(&self) -> usize {
         use Request::*;
         match self {
@@ -90,8 +96,11 @@ impl Request {
             | ListSet(_, v)
             | DictIncrement(v, _) => v.len(),
             DictSet((k, v)) | DictSetdefault((k, v)) => k.len() + v.len(),
-            DictUpdate(entries) => entries.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            ListExtend(items) => items.iter().map(Vec::len).sum(),
+            DictUpdate(entries) => entries
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + ITEM_OVERHEAD)
+                .sum(),
+            ListExtend(items) => items.iter().map(|v| v.len() + ITEM_OVERHEAD).sum(),
             DictCompareAndSwap { key, expected, new } => {
                 key.len() + expected.as_ref().map_or(0, Vec::len) + new.len()
             }

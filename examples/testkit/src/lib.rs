@@ -331,6 +331,12 @@ fn put_big(queue: Queue<String>, bytes: usize) -> Result<(), ObjectError> {
     queue.put(&"x".repeat(bytes))
 }
 
+/// Extends a list with `n` units in one call: tiny items, many of them.
+#[task]
+fn extend_units(list: List<()>, n: usize) -> Result<(), ObjectError> {
+    list.extend(&vec![(); n])
+}
+
 /// Gets with a timeout; the error's text when there is nothing.
 #[task]
 fn get_timeout(queue: Queue<String>, ms: u64) -> Result<String, ObjectError> {
@@ -437,6 +443,7 @@ wasmpool_guest::export_tasks!(
     hold_conn,
     recv_all,
     put_big,
+    extend_units,
     get_timeout,
     try_lock,
     dict_list_ops,

@@ -120,13 +120,16 @@ impl Responder {
 /// The default largest message (one value put, sent or stored): 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// The most [`set_max_message_bytes`] allows: below the largest frame between host and worker.
+pub(crate) const MESSAGE_CAP: usize = 60 << 20;
+
 static MAX_MESSAGE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES);
 
 /// Sets the largest message (one value put on a queue, sent on a pipe or stored in a dict or
 /// list) the broker accepts; larger ones fail with `ObjectError::TooLarge`. It is capped at
 /// 60 MiB, below the largest frame between host and worker.
 pub fn set_max_message_bytes(bytes: usize) {
-    MAX_MESSAGE.store(bytes.min(60 << 20), Ordering::Relaxed);
+    MAX_MESSAGE.store(bytes.min(MESSAGE_CAP), Ordering::Relaxed);
 }
 
 #[derive(Debug, Default)]

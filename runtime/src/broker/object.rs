@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use wasmpool_objects::wire::{Kind, ObjectError, Request, Response};
+use wasmpool_objects::wire::{ITEM_OVERHEAD, Kind, ObjectError, Request, Response};
 
 use super::{Owner, Responder};
 
@@ -97,7 +97,8 @@ pub(crate) struct Object {
     pub host_refs: [usize; 2],
     /// Processes that hold each end (were given it, or used it), keeping it alive and open.
     pub holds: [HashMap<Hold, u32>; 2],
-    /// Bytes stored in a dict or list (queues and pipes count their own).
+    /// Bytes stored in a dict or list, with `ITEM_OVERHEAD` per entry or item (queues and
+    /// pipes count their own).
     pub stored: usize,
     pub state: State,
     pub waiters: VecDeque<Waiter>,
@@ -112,9 +113,6 @@ pub(crate) enum Step {
 /// The most bytes one queue, pipe, dict or list may hold: a guest that floods one cannot
 /// take the host's memory with it.
 pub(crate) const MAX_OBJECT_BYTES: usize = 256 << 20;
-
-/// What one queued message costs on top of its bytes, so empty messages are not free.
-const ITEM_OVERHEAD: usize = 32;
 
 /// Collects at most 40 bytes of formatted text, then stops the formatting.
 struct Short(String);
@@ -466,7 +464,8 @@ impl Object {
                 Step::Done(Ok(Response::Unit))
             }
             (State::Dict(_) | State::List(_), req)
-                if grows(&req) && self.stored + req.payload_len() > MAX_OBJECT_BYTES =>
+                if grows(&req)
+                    && self.stored + req.payload_len() + ITEM_OVERHEAD > MAX_OBJECT_BYTES =>
             {
                 Step::Done(too_big(kind, self.stored))
             }
@@ -751,18 +750,19 @@ fn grows(req: &Request) -> bool {
 
 type Map = indexmap::IndexMap<Vec<u8>, Vec<u8>>;
 
-/// Sets `k` to `v`, keeping `stored` (the bytes of keys and values) exact.
+/// Sets `k` to `v`, keeping `stored` (the bytes of keys and values, and the overhead of
+/// each entry) exact.
 fn store(map: &mut Map, stored: &mut usize, k: Vec<u8>, v: Vec<u8>) {
     let (klen, vlen) = (k.len(), v.len());
     match map.insert(k, v) {
         Some(old) => *stored = (*stored + vlen).saturating_sub(old.len()),
-        None => *stored += klen + vlen,
+        None => *stored += klen + vlen + ITEM_OVERHEAD,
     }
 }
 
 fn unstore(map: &mut Map, stored: &mut usize, k: &[u8]) -> Option<Vec<u8>> {
     let v = map.shift_remove(k)?;
-    *stored = stored.saturating_sub(k.len() + v.len());
+    *stored = stored.saturating_sub(k.len() + v.len() + ITEM_OVERHEAD);
     Some(v)
 }
 
@@ -818,12 +818,12 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
     let out_of_range = || ObjectError::Missing("IndexError: list index out of range".into());
     Ok(match req {
         Request::ListAppend(v) => {
-            *stored += v.len();
+            *stored += v.len() + ITEM_OVERHEAD;
             list.push(v);
             Response::Unit
         }
         Request::ListExtend(vs) => {
-            *stored += vs.iter().map(Vec::len).sum::<usize>();
+            *stored += vs.iter().map(|v| v.len() + ITEM_OVERHEAD).sum::<usize>();
             list.extend(vs);
             Response::Unit
         }
@@ -842,7 +842,7 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
             let i = index(list.len(), i.unwrap_or(-1))
                 .ok_or_else(|| ObjectError::Missing("IndexError: pop index out of range".into()))?;
             let v = list.remove(i);
-            *stored = stored.saturating_sub(v.len());
+            *stored = stored.saturating_sub(v.len() + ITEM_OVERHEAD);
             Response::Value(v)
         }
         Request::ListIndex(v) => match list.iter().position(|x| *x == v) {
@@ -879,12 +879,44 @@ mod tests {
         for _ in 0..1000 {
             run(&mut d, Request::DictSet((b"k".to_vec(), vec![0; 100]))).unwrap();
         }
-        assert_eq!(d.stored, 101, "overwriting a key does not grow the account");
+        assert_eq!(
+            d.stored,
+            101 + ITEM_OVERHEAD,
+            "overwriting a key does not grow the account"
+        );
         run(&mut d, Request::DictIncrement(b"n".to_vec(), 5)).unwrap();
         run(&mut d, Request::DictDelete(b"k".to_vec())).unwrap();
-        assert_eq!(d.stored, 2, "key `n` and the one-byte integer 5");
+        assert_eq!(
+            d.stored,
+            2 + ITEM_OVERHEAD,
+            "key `n` and the one-byte integer 5"
+        );
         run(&mut d, Request::DictPop(b"n".to_vec())).unwrap();
         assert_eq!(d.stored, 0);
+    }
+
+    #[test]
+    fn empty_list_items_are_charged_so_a_flood_of_them_is_refused() {
+        let mut l = Object::new(Kind::List, [1, 2], State::List(Vec::new()));
+        let batch = || Request::ListExtend(vec![Vec::new(); 1 << 16]);
+        assert_eq!(batch().payload_len(), (1 << 16) * ITEM_OVERHEAD);
+        let most = MAX_OBJECT_BYTES / ITEM_OVERHEAD;
+        let mut items = 0usize;
+        while run(&mut l, batch()).is_ok() {
+            items += 1 << 16;
+            assert!(items <= most, "never refused");
+        }
+        while run(&mut l, Request::ListAppend(Vec::new())).is_ok() {
+            items += 1;
+            assert!(items <= most, "never refused");
+        }
+        assert_eq!(
+            items, most,
+            "the list filled its byte limit with empty items"
+        );
+        assert_eq!(l.stored, MAX_OBJECT_BYTES);
+        run(&mut l, Request::ListPop(None)).unwrap();
+        assert_eq!(l.stored, MAX_OBJECT_BYTES - ITEM_OVERHEAD);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use wasmpool_objects::wire::{self, ObjectError};
 
 use super::output::Channel;
 use crate::bindings::objects as wit;
+use crate::broker::MESSAGE_CAP;
 use crate::protocol::FromWorker;
 
 /// Sends requests to the broker and waits for their replies.
@@ -38,6 +39,16 @@ impl ObjectClient {
         req: wit::Request,
         timeout_ms: Option<u64>,
     ) -> Result<wit::Response, wit::ObjectError> {
+        let request = request(req);
+        // The host refuses anything over its limit; what is over any limit it can have is
+        // refused here, before the host decodes it (a list of millions of empty items is a
+        // small frame that decodes into a large allocation).
+        let len = request.payload_len();
+        if len > MESSAGE_CAP {
+            return Err(wit::ObjectError::TooLarge(format!(
+                "a message of {len} bytes is over the {MESSAGE_CAP} byte limit"
+            )));
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let frame = FromWorker::Object {
             req: id,
@@ -45,7 +56,7 @@ impl ObjectClient {
                 id: target.id,
                 token: target.token,
             },
-            request: request(req),
+            request,
             timeout_ms,
         };
         let gone = || wit::ObjectError::Stale("the host is gone".into());
