@@ -132,6 +132,16 @@ fn the_stack_limit_is_set_per_pool_and_overridden_per_submission() {
             "{err:?}"
         );
 
+        // The depth the larger limit is tested with does overflow the default 1 MiB.
+        let err = pool
+            .with_limits(Limits::default())
+            .apply::<_, u64>("recurse", &(DEPTH_UNDER_4_MIB,))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("of 1 MiB")),
+            "{err:?}"
+        );
+
         // The same workers, under a larger limit for these submissions only.
         let deep = pool.with_limits(Limits::default().stack_kib(4096));
         let depths = vec![DEPTH_UNDER_1_MIB, DEPTH_UNDER_4_MIB, 5];
@@ -156,6 +166,20 @@ fn the_stack_limit_is_set_per_pool_and_overridden_per_submission() {
             pids,
             "changing the stack limit keeps the workers"
         );
+    });
+}
+
+#[test]
+fn a_worker_changing_its_stack_limit_gives_back_what_its_old_instance_held() {
+    within(LIMIT, || {
+        let one = Pool::builder(&testkit()).processes(1).build().unwrap();
+        let lock = wasmpool::Manager::new().lock();
+        // `try_lock` takes the lock and returns holding it: the instance holds it.
+        assert!(one.apply::<_, bool>("try_lock", &(&lock,)).unwrap());
+        assert!(!lock.try_acquire().unwrap(), "held by the worker");
+        // Another stack limit means another instance: the old one's lock is given back.
+        let other = one.with_limits(Limits::default().stack_kib(2048));
+        assert!(other.apply::<_, bool>("try_lock", &(&lock,)).unwrap());
     });
 }
 

@@ -13,6 +13,9 @@ use crate::bindings::TaskModulePre;
 use crate::engine::engine_for;
 use crate::error::{Error, Result};
 use crate::spawn::{ReadyWorker, start_worker};
+
+/// The default stack limit: spares and task listing load into the engine with it.
+const DEFAULT_STACK: u64 = crate::Limits::DEFAULT_STACK_BYTES;
 use crate::worker::state::State;
 
 /// The largest module accepted (256 MiB).
@@ -155,7 +158,7 @@ impl Module {
         if let Some(tasks) = self.known_tasks() {
             return Ok(tasks);
         }
-        let worker = self.ready_worker("wasmpool-tasks", false)?;
+        let worker = self.ready_worker("wasmpool-tasks", false, DEFAULT_STACK)?;
         let tasks = worker.tasks.clone();
         self.put_spare(worker);
         Ok(tasks)
@@ -176,18 +179,21 @@ impl Module {
         }
     }
 
-    /// A worker with this module loaded on the plain or the metered engine: the warm spare
-    /// if there is one of that kind, else a new one.
-    pub(crate) fn ready_worker(&self, name: &str, metered: bool) -> Result<ReadyWorker> {
-        let spare = self
-            .inner
-            .spare
-            .lock()
-            .ok()
-            .and_then(|mut s| s.take_if(|w| w.metered == metered));
+    /// A worker with this module loaded on the plain or the metered engine, with stack limit
+    /// `stack_bytes`: the warm spare if there is one of that kind, else a new one.
+    pub(crate) fn ready_worker(
+        &self,
+        name: &str,
+        metered: bool,
+        stack_bytes: u64,
+    ) -> Result<ReadyWorker> {
+        let spare =
+            self.inner.spare.lock().ok().and_then(|mut s| {
+                s.take_if(|w| w.metered == metered && w.stack_bytes == stack_bytes)
+            });
         let worker = match spare {
             Some(w) => w,
-            None => start_worker(&self.artifact_for(metered)?, name, metered)?,
+            None => start_worker(&self.artifact_for(metered)?, name, metered, stack_bytes)?,
         };
         self.learn_tasks(&worker.tasks);
         Ok(worker)
@@ -224,19 +230,23 @@ impl Module {
             .inner
             .spare
             .lock()
-            .map(|s| s.as_ref().is_some_and(|w| !w.metered))
+            .map(|s| {
+                s.as_ref()
+                    .is_some_and(|w| !w.metered && w.stack_bytes == DEFAULT_STACK)
+            })
             .unwrap_or(false)
         {
             return Ok(());
         }
-        let worker = start_worker(&self.inner.artifact, "spare", false)?;
+        let worker = start_worker(&self.inner.artifact, "spare", false, DEFAULT_STACK)?;
         self.put_spare(worker);
         Ok(())
     }
 
     /// Starts a spare worker in the background, so the next `Process::start` is warm: on the
-    /// engine the last one used (`metered`), as the next is likely to want the same.
-    pub(crate) fn refill_spare(&self, metered: bool) {
+    /// engine the last one used (`metered`, `stack_bytes`), as the next is likely to want the
+    /// same.
+    pub(crate) fn refill_spare(&self, metered: bool, stack_bytes: u64) {
         if !self.inner.keep_spare.load(Ordering::Relaxed) {
             return;
         }
@@ -248,14 +258,17 @@ impl Module {
                     .inner
                     .spare
                     .lock()
-                    .map(|s| s.as_ref().is_some_and(|w| w.metered == metered))
+                    .map(|s| {
+                        s.as_ref()
+                            .is_some_and(|w| w.metered == metered && w.stack_bytes == stack_bytes)
+                    })
                     .unwrap_or(true)
                 {
                     return;
                 }
                 let worker = module
                     .artifact_for(metered)
-                    .and_then(|artifact| start_worker(&artifact, "spare", metered));
+                    .and_then(|artifact| start_worker(&artifact, "spare", metered, stack_bytes));
                 if let Ok(worker) = worker {
                     module.put_spare(worker);
                 }

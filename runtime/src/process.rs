@@ -176,7 +176,8 @@ impl Process {
         inner.limits.check().map_err(Error::State)?;
         let grants = inner.grants.resolved()?;
         let metered = inner.limits.fuel.is_some();
-        let worker = inner.module.ready_worker(&inner.name, metered)?;
+        let stack = inner.limits.stack_bytes;
+        let worker = inner.module.ready_worker(&inner.name, metered, stack)?;
         if !worker.tasks.iter().any(|t| *t == inner.task) {
             return Err(Error::UnknownTask {
                 task: inner.task.clone(),
@@ -221,7 +222,7 @@ impl Process {
             reg.retain(|w| w.strong_count() > 0);
             reg.push(Arc::downgrade(&self.inner));
         }
-        inner.module.refill_spare(metered);
+        inner.module.refill_spare(metered, stack);
         Ok(())
     }
 

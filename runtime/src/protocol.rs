@@ -89,12 +89,14 @@ impl Default for Limits {
             timeout: None,
             output_bytes: 64 << 20,
             fuel: None,
-            stack_bytes: 1 << 20,
+            stack_bytes: Self::DEFAULT_STACK_BYTES,
         }
     }
 }
 
 impl Limits {
+    /// The default stack limit (1 MiB).
+    pub const DEFAULT_STACK_BYTES: u64 = 1 << 20;
     /// The smallest stack limit a task may be given (64 KiB).
     pub const MIN_STACK_BYTES: u64 = 64 << 10;
     /// The largest stack limit a task may be given (64 MiB): the worker runs tasks on a
@@ -182,6 +184,9 @@ pub(crate) struct Load {
     /// Whether `artifact` was compiled for the metered (fuel-counting) engine: the worker
     /// must deserialize it with that engine.
     pub metered: bool,
+    /// The stack limit of the engine to load it into: the one its tasks are likely to ask
+    /// for (the pool's or process's), so the first call need not load it again.
+    pub stack_bytes: u64,
 }
 
 /// Host → worker.
@@ -725,6 +730,7 @@ mod tests {
                 artifact: "/cache/artifacts/0123.cwasm".into(),
                 name: "PoolWorker-1".into(),
                 metered: true,
+                stack_bytes: 256 << 10,
             }),
             ToWorker::Rename("Process-2".into()),
             ToWorker::Grant(

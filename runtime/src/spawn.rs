@@ -156,6 +156,8 @@ pub(crate) struct ReadyWorker {
     pub tasks: Vec<String>,
     /// Whether it loaded the artifact for the metered (fuel-counting) engine.
     pub metered: bool,
+    /// The wasm stack limit its engine was made with.
+    pub stack_bytes: u64,
 }
 
 impl Drop for ReadyWorker {
@@ -184,8 +186,13 @@ impl ReadyWorker {
 }
 
 /// Starts a worker process, has it load `artifact` (compiled for the metered engine when
-/// `metered`), and waits until it is ready.
-pub(crate) fn start_worker(artifact: &Path, name: &str, metered: bool) -> Result<ReadyWorker> {
+/// `metered`) into an engine with the stack limit `stack_bytes`, and waits until it is ready.
+pub(crate) fn start_worker(
+    artifact: &Path,
+    name: &str,
+    metered: bool,
+    stack_bytes: u64,
+) -> Result<ReadyWorker> {
     let exe = worker_exe()?;
     let (reply, rx) = sync_channel(1);
     spawner()
@@ -205,6 +212,7 @@ pub(crate) fn start_worker(artifact: &Path, name: &str, metered: bool) -> Result
         artifact: artifact.to_path_buf(),
         name: name.to_string(),
         metered,
+        stack_bytes,
     });
     let handshake = (|| -> io::Result<Option<FromWorker>> {
         write_frame(&mut sock, &load)?;
@@ -221,6 +229,7 @@ pub(crate) fn start_worker(artifact: &Path, name: &str, metered: bool) -> Result
             child,
             tasks,
             metered,
+            stack_bytes,
         }),
         Ok(Some(FromWorker::LoadFailed(message))) => {
             let _ = child.wait();

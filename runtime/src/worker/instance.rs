@@ -42,16 +42,26 @@ pub(crate) struct Loaded {
 
 impl Loaded {
     /// Maps the artifact, instantiates it, runs the guest's init and asks for its tasks.
-    /// `metered`: the artifact was compiled for the metered engine, and is loaded with it.
+    /// `metered`: the artifact was compiled for the metered engine, and is loaded with it;
+    /// `stack_bytes`: the stack limit its tasks will likely ask for (one out of range is
+    /// replaced by the default, and refused when a call asks for it).
     pub fn new(
         artifact: &Path,
         metered: bool,
+        stack_bytes: u64,
         identity: Arc<ProcessIdentity>,
         channel: Arc<Channel>,
         watchdog: Arc<Watchdog>,
         objects: Arc<ObjectClient>,
     ) -> Result<Self, String> {
-        let stack_bytes = Limits::default().stack_bytes;
+        let asked = Limits {
+            stack_bytes,
+            ..Limits::default()
+        };
+        let stack_bytes = match asked.check() {
+            Ok(()) => stack_bytes,
+            Err(_) => Limits::DEFAULT_STACK_BYTES,
+        };
         let mut loaded = Loaded {
             pre: prepare(artifact, metered, stack_bytes)?,
             artifact: artifact.to_path_buf(),
@@ -92,7 +102,17 @@ impl Loaded {
     /// Gives later instances these capabilities; the current one (made without them) goes.
     pub fn set_grants(&mut self, grants: Grants) {
         self.grants = grants;
+        // Grants come before any task runs, so this instance holds nothing to give back (and
+        // telling the host it was lost would drop the holds a process's arguments gave it).
         self.live = None;
+    }
+
+    /// Drops the live instance, if any, and has the host give back whatever it held of the
+    /// shared objects before the next instance can take anything.
+    fn discard_instance(&mut self) {
+        if self.live.take().is_some() {
+            let _ = self.channel.queue(&FromWorker::InstanceLost);
+        }
     }
 
     fn instantiate(&self) -> Result<(Store<State>, TaskModule), String> {
@@ -155,7 +175,7 @@ impl Loaded {
         if limits.stack_bytes != self.stack_bytes {
             // Another stack limit is another engine: the module is loaded into it, and the
             // instance (of the old engine) is made again, as after a grant.
-            self.live = None;
+            self.discard_instance();
             self.pre = prepare(&self.artifact, self.metered, limits.stack_bytes)?;
             self.stack_bytes = limits.stack_bytes;
         }

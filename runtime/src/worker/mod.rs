@@ -115,6 +115,7 @@ fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
     let loaded = Loaded::new(
         &load.artifact,
         load.metered,
+        load.stack_bytes,
         identity.clone(),
         channel.clone(),
         watchdog,
