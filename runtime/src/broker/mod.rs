@@ -286,10 +286,11 @@ impl Broker {
             }
             if let Some(t) = deadline {
                 let objects = &reg.objects;
-                timer::Timer::get().schedule(t, obj_id, waiter_id, |o, w| {
+                timer::Timer::get().schedule(t, obj_id, waiter_id, || {
                     objects
-                        .get(&o)
-                        .is_some_and(|obj| obj.waiters.iter().any(|x| x.id == w))
+                        .iter()
+                        .flat_map(|(&o, obj)| obj.waiters.iter().map(move |w| (o, w.id)))
+                        .collect()
                 });
             }
         }

@@ -5,7 +5,7 @@
 //! since the last sweep: a guest calling in a loop cannot grow it without bound.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,14 +44,14 @@ impl Timer {
         })
     }
 
-    /// Expires waiter `waiter` of object `object` after `after`. `waiting` tells whether a
-    /// waiter is still blocked (answered ones are swept out of the heap).
+    /// Expires waiter `waiter` of object `object` after `after`. `waiting` answers the
+    /// (object, waiter) pairs still blocked, asked for only when the heap is swept.
     pub fn schedule(
         &self,
         after: Duration,
         object: u64,
         waiter: u64,
-        mut waiting: impl FnMut(u64, u64) -> bool,
+        waiting: impl FnOnce() -> HashSet<(u64, u64)>,
     ) {
         // A deadline past what an Instant can hold is no deadline.
         let Some(deadline) = Instant::now().checked_add(after) else {
@@ -59,7 +59,9 @@ impl Timer {
         };
         if let Ok(mut d) = self.deadlines.lock() {
             if d.heap.len() >= d.sweep_at.max(MIN_SWEEP) {
-                d.heap.retain(|Reverse((_, o, w))| waiting(*o, *w));
+                let waiting = waiting();
+                d.heap
+                    .retain(|Reverse((_, o, w))| waiting.contains(&(*o, *w)));
                 d.sweep_at = d.heap.len().saturating_mul(2);
             }
             d.heap.push(Reverse((deadline, object, waiter)));
