@@ -30,7 +30,7 @@ const ITEMS: u64 = 10_000;
 const PEAK_BUDGET: isize = 32 << 20;
 
 /// The most heap that rounds after the first may leave behind, together. Anything kept per
-/// item or per kill (about 40 kills a round) would exceed it.
+/// item or per kill (about 55 kills a round) would exceed it.
 const LEAK_BUDGET: isize = 256 << 10;
 
 // ---- Counting the host's heap ------------------------------------------------------------

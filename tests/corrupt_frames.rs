@@ -253,7 +253,15 @@ fn pool_replaces_a_worker_that_sends_a_malformed_frame_and_carries_on() {
 
 fn a_worker_that_stalls_mid_frame_is_stopped_and_the_pool_carries_on() {
     let module = module();
+    /// Puts the default stall limit back, whatever the test came to.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            fuzzing::set_frame_stall_limit(Duration::from_secs(10));
+        }
+    }
     within(Duration::from_secs(60), move || {
+        let _restore = Restore;
         fuzzing::set_frame_stall_limit(Duration::from_millis(500));
         use_fake("stall-mid-frame");
         let pool = Pool::new(&module, 1).unwrap();
@@ -269,7 +277,6 @@ fn a_worker_that_stalls_mid_frame_is_stopped_and_the_pool_carries_on() {
         assert_eq!(pool.apply::<_, u64>("square", &(7u64,)).unwrap(), 49);
         pool.close();
         pool.join().unwrap();
-        fuzzing::set_frame_stall_limit(Duration::from_secs(10));
     });
 }
 
