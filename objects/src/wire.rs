@@ -55,7 +55,7 @@ pub enum Request {
     DictValues,
     DictItems,
     DictLen,
-    DictUpdate(Vec<Entry>),
+    DictUpdate(#[serde(deserialize_with = "capped::items")] Vec<Entry>),
     DictSetdefault(Entry),
     DictPop(Vec<u8>),
     DictIncrement(Vec<u8>, i64),
@@ -65,7 +65,7 @@ pub enum Request {
         new: Vec<u8>,
     },
     ListAppend(Vec<u8>),
-    ListExtend(Vec<Vec<u8>>),
+    ListExtend(#[serde(deserialize_with = "capped::items")] Vec<Vec<u8>>),
     ListGet(i64),
     ListSet(i64, Vec<u8>),
     ListLen,
@@ -78,6 +78,49 @@ pub enum Request {
 /// bytes, in the broker's accounting: empty items are not free, so a flood of them is bounded
 /// by the same byte limits as any other.
 pub const ITEM_OVERHEAD: usize = 32;
+
+/// The most items one `ListExtend` or `DictUpdate` may carry: as many as fit the largest
+/// message any host accepts (60 MiB) at [`ITEM_OVERHEAD`] each. Decoding refuses more before
+/// allocating for them, so a request of millions of empty items costs the decoder nothing.
+pub const MAX_REQUEST_ITEMS: usize = (60 << 20) / ITEM_OVERHEAD;
+
+/// Decoding a many-item request with at most [`MAX_REQUEST_ITEMS`] items.
+mod capped {
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    use super::MAX_REQUEST_ITEMS;
+
+    struct Items<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Items<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a sequence of at most {MAX_REQUEST_ITEMS} items")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let announced = seq.size_hint().unwrap_or(0);
+            if announced > MAX_REQUEST_ITEMS {
+                return Err(A::Error::invalid_length(announced, &self));
+            }
+            let mut items = Vec::with_capacity(announced.min(4096));
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX_REQUEST_ITEMS {
+                    return Err(A::Error::invalid_length(items.len() + 1, &self));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    pub fn items<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(Items(PhantomData))
+    }
+}
 
 impl Request {
     /// The bytes of MessagePack this request carries (for the message size limit), with

@@ -601,6 +601,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_with_more_items_than_any_limit_allows_does_not_decode() {
+        use wasmpool_objects::wire::MAX_REQUEST_ITEMS;
+        let frame_of = |items: usize| {
+            let mut wire = Vec::new();
+            let msg = FromWorker::Object {
+                req: 1,
+                target: Handle { id: 2, token: 3 },
+                request: Request::ListExtend(vec![Vec::new(); items]),
+                timeout_ms: None,
+            };
+            encode_frame(&mut wire, &msg).unwrap();
+            wire
+        };
+        // One byte per empty item on the wire, far more in memory once decoded: refused from
+        // the announced count, before anything is allocated for the items.
+        let over = frame_of(MAX_REQUEST_ITEMS + 1);
+        let err = read_frame::<_, FromWorker>(&mut over.as_slice(), &mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let at = frame_of(MAX_REQUEST_ITEMS);
+        let ok = read_frame::<_, FromWorker>(&mut at.as_slice(), &mut Vec::new()).unwrap();
+        assert!(matches!(
+            ok,
+            Some(FromWorker::Object { request: Request::ListExtend(items), .. })
+                if items.len() == MAX_REQUEST_ITEMS
+        ));
+    }
+
+    #[test]
     fn frames_round_trip() {
         let mut wire = Vec::new();
         let msg = ToWorker::Call {
