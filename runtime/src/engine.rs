@@ -1,7 +1,8 @@
 //! The wasmtime configurations shared by the host (which compiles) and the workers (which
-//! only deserialize): the two must agree exactly, or an artifact will not load.
+//! only deserialize): the two must agree on everything the compiled code depends on, or an
+//! artifact will not load.
 //!
-//! There are two: the plain engine every pool and process uses by default, and a metered
+//! There are two such configurations: the plain engine every pool and process uses by default, and a metered
 //! one that counts fuel (`Config::consume_fuel`). Fuel changes the compiled code (a counter
 //! update in every basic block) and costs speed, so it is compiled, loaded and paid for only
 //! by pools and processes built with a fuel limit.
