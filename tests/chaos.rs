@@ -10,14 +10,13 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, Ordering};
 use std::time::Duration;
 
 use wasmpool::{Error, Pool};
 
-use util::{testkit, within};
+use util::{killer, testkit, within};
 
 const LIMIT: Duration = Duration::from_secs(240);
 
@@ -35,84 +34,19 @@ const LEAK_BUDGET: isize = 256 << 10;
 
 // ---- Counting the host's heap ------------------------------------------------------------
 
-/// The system allocator, counting the bytes the whole process holds and the most it held.
-struct Counting;
-
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static PEAK: AtomicIsize = AtomicIsize::new(0);
 
+/// Counts the bytes the whole process holds, and the most it held.
 fn count(delta: isize) {
     let now = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
-// SAFETY: every call is passed on to the system allocator unchanged; the counting touches
-// only atomics, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's guarantees are the system allocator's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as for `alloc`.
-        unsafe { System.dealloc(ptr, layout) };
-        count(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            count(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: util::CountingAlloc = util::CountingAlloc(count);
 
 // ---- The chaos ---------------------------------------------------------------------------
-
-fn kill(pid: u32) {
-    // SAFETY: sending a signal to a child process of this test.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-}
-
-/// Kills a random worker of `pool` every `every` until `stop` is set; counts the kills.
-fn killer(pool: Pool, every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
-    std::thread::spawn(move || {
-        let mut kills = 0;
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(every);
-            let pids = pool.pids();
-            if pids.is_empty() || stop.load(Ordering::Relaxed) {
-                continue;
-            }
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            kill(pids[(seed % pids.len() as u64) as usize]);
-            kills += 1;
-        }
-        kills
-    })
-}
 
 /// One round: a pool of 4 under a worker kill every 100 ms maps `ITEMS` tasks. Returns the
 /// most heap the host held during the round beyond what it held before.

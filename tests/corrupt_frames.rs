@@ -14,7 +14,6 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -366,14 +365,12 @@ fn decoding_hostile_frames_allocates_only_what_arrived() {
 
 // ---- Counting allocations ----------------------------------------------------------------
 
-/// The system allocator, counting the bytes each thread holds and the most it held.
-struct Counting;
-
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
     static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
+/// Counts the bytes each thread holds, and the most it held.
 fn count(delta: isize) {
     let _ = LIVE.try_with(|live| {
         let now = live.get() + delta;
@@ -382,45 +379,9 @@ fn count(delta: isize) {
     });
 }
 
-// SAFETY: every call is passed on to the system allocator unchanged; the counting touches
-// only const-initialised thread-locals, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's guarantees are the system allocator's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as for `alloc`.
-        unsafe { System.dealloc(ptr, layout) };
-        count(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            count(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
-
+// The counting touches only const-initialised thread-locals, which never allocate.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: util::CountingAlloc = util::CountingAlloc(count);
 
 /// Runs `f` and returns its result and the most memory this thread allocated meanwhile
 /// beyond what it held before.

@@ -12,32 +12,6 @@ use crate::util::*;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn kill(pid: u32) {
-    // SAFETY: sending a signal to a child process of this test.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-}
-
-/// Kills a random worker of `pool` every `every` until `stop` is set; counts the kills.
-fn killer(pool: Pool, every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
-    std::thread::spawn(move || {
-        let mut kills = 0;
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(every);
-            let pids = pool.pids();
-            if pids.is_empty() || stop.load(Ordering::Relaxed) {
-                continue;
-            }
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            kill(pids[(seed % pids.len() as u64) as usize]);
-            kills += 1;
-        }
-        kills
-    })
-}
-
 #[test]
 fn a_task_whose_worker_dies_is_retried_when_asked_and_lost_otherwise() {
     within(LIMIT, || {

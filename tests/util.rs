@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmpool::Module;
+use wasmpool::{Module, Pool};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -184,4 +186,73 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     cond()
+}
+
+/// Sends SIGKILL to `pid`, a child process of this test.
+pub fn kill(pid: u32) {
+    // SAFETY: sending a signal to a child process of this test.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// Kills a random worker of `pool` every `every` until `stop` is set; counts the kills.
+pub fn killer(pool: Pool, every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let mut kills = 0;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(every);
+            let pids = pool.pids();
+            if pids.is_empty() || stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            kill(pids[(seed % pids.len() as u64) as usize]);
+            kills += 1;
+        }
+        kills
+    })
+}
+
+/// The system allocator, reporting each change in the bytes held (positive or negative) to
+/// its hook: a test binary installs it as its `#[global_allocator]` to count allocations.
+/// The hook must not allocate.
+pub struct CountingAlloc(pub fn(isize));
+
+// SAFETY: every call is passed on to the system allocator unchanged; the hook, which must not
+// allocate, only sees the sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's guarantees are the system allocator's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            (self.0)(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            (self.0)(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { System.dealloc(ptr, layout) };
+        (self.0)(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            (self.0)(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
 }
