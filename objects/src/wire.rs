@@ -82,7 +82,11 @@ pub const ITEM_OVERHEAD: usize = 32;
 /// The most items one `ListExtend` or `DictUpdate` may carry: as many as fit the largest
 /// message any host accepts (60 MiB) at [`ITEM_OVERHEAD`] each. Decoding refuses more before
 /// allocating for them, so a request of millions of empty items costs the decoder nothing.
-pub const MAX_REQUEST_ITEMS: usize = (60 << 20) / ITEM_OVERHEAD;
+pub const MAX_REQUEST_ITEMS: usize = MESSAGE_CAP / ITEM_OVERHEAD;
+
+/// The largest message any host accepts (60 MiB): its configurable limit is capped here,
+/// below the largest frame between host and worker.
+pub const MESSAGE_CAP: usize = 60 << 20;
 
 /// Decoding a many-item request with at most [`MAX_REQUEST_ITEMS`] items.
 mod capped {

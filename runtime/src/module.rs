@@ -13,10 +13,10 @@ use crate::bindings::TaskModulePre;
 use crate::engine::engine_for;
 use crate::error::{Error, Result};
 use crate::spawn::{ReadyWorker, start_worker};
+use crate::worker::state::State;
 
 /// The default stack limit: spares and task listing load into the engine with it.
 const DEFAULT_STACK: u64 = crate::Limits::DEFAULT_STACK_BYTES;
-use crate::worker::state::State;
 
 /// The largest module accepted (256 MiB).
 pub const MAX_MODULE_BYTES: u64 = 256 << 20;
@@ -187,10 +187,12 @@ impl Module {
         metered: bool,
         stack_bytes: u64,
     ) -> Result<ReadyWorker> {
-        let spare =
-            self.inner.spare.lock().ok().and_then(|mut s| {
-                s.take_if(|w| w.metered == metered && w.stack_bytes == stack_bytes)
-            });
+        let spare = self
+            .inner
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take_if(|w| w.is_kind(metered, stack_bytes)));
         let worker = match spare {
             Some(w) => w,
             None => start_worker(&self.artifact_for(metered)?, name, metered, stack_bytes)?,
@@ -230,10 +232,7 @@ impl Module {
             .inner
             .spare
             .lock()
-            .map(|s| {
-                s.as_ref()
-                    .is_some_and(|w| !w.metered && w.stack_bytes == DEFAULT_STACK)
-            })
+            .map(|s| s.as_ref().is_some_and(|w| w.is_kind(false, DEFAULT_STACK)))
             .unwrap_or(false)
         {
             return Ok(());
@@ -258,10 +257,7 @@ impl Module {
                     .inner
                     .spare
                     .lock()
-                    .map(|s| {
-                        s.as_ref()
-                            .is_some_and(|w| w.metered == metered && w.stack_bytes == stack_bytes)
-                    })
+                    .map(|s| s.as_ref().is_some_and(|w| w.is_kind(metered, stack_bytes)))
                     .unwrap_or(true)
                 {
                     return;

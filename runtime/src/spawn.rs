@@ -170,6 +170,11 @@ impl Drop for ReadyWorker {
 }
 
 impl ReadyWorker {
+    /// Whether it runs on the engine `metered` and `stack_bytes` ask for.
+    pub fn is_kind(&self, metered: bool, stack_bytes: u64) -> bool {
+        self.metered == metered && self.stack_bytes == stack_bytes
+    }
+
     /// Gives up ownership of the child and socket to a supervisor.
     pub fn into_parts(self) -> (u32, UnixStream, Child, Vec<String>) {
         let this = std::mem::ManuallyDrop::new(self);

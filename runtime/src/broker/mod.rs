@@ -120,8 +120,7 @@ impl Responder {
 /// The default largest message (one value put, sent or stored): 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 
-/// The most [`set_max_message_bytes`] allows: below the largest frame between host and worker.
-pub(crate) const MESSAGE_CAP: usize = 60 << 20;
+pub(crate) use wasmpool_objects::wire::MESSAGE_CAP;
 
 static MAX_MESSAGE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES);
 

@@ -174,7 +174,7 @@ impl Loaded {
         self.channel.arm_output(limits.output_bytes);
         if limits.stack_bytes != self.stack_bytes {
             // Another stack limit is another engine: the module is loaded into it, and the
-            // instance (of the old engine) is made again, as after a grant.
+            // instance (of the old engine) is made again, as after a trap.
             self.discard_instance();
             self.pre = prepare(&self.artifact, self.metered, limits.stack_bytes)?;
             self.stack_bytes = limits.stack_bytes;
