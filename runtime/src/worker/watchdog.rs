@@ -1,11 +1,12 @@
 //! Time limits. A ticker thread advances the epoch of the engines the worker runs on (plain or
 //! metered, one per stack limit) every `EPOCH_TICK`; a store whose deadline has passed traps at its next check,
-//! which wasm code reaches quickly. Time spent blocked in a host call (a guest sleeping, say)
+//! which wasm code reaches quickly. The thread starts with the first call that has a time
+//! limit: a worker that never meets one never pays for it. Time spent blocked in a host call (a guest sleeping, say)
 //! is not wasm code: if a task is still running well past its deadline, the watchdog answers
 //! the call itself with a time-limit error and ends the worker process, which the host then
 //! replaces.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use super::output::Channel;
@@ -23,16 +24,27 @@ struct Running {
 }
 
 /// The call being timed, if any.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Watchdog {
     running: Mutex<Option<Running>>,
+    channel: Arc<Channel>,
+    ticker: Once,
 }
 
 impl Watchdog {
+    /// A watchdog for the calls of this worker, which answers on `channel`.
+    pub fn new(channel: Arc<Channel>) -> Arc<Watchdog> {
+        Arc::new(Watchdog {
+            running: Mutex::new(None),
+            channel,
+            ticker: Once::new(),
+        })
+    }
+
     /// Starts the ticker thread, ticking every engine the worker's instances run on.
-    pub fn start(channel: Arc<Channel>) -> Arc<Watchdog> {
-        let dog = Arc::new(Watchdog::default());
-        let watched = dog.clone();
+    fn start_ticker(self: &Arc<Self>) {
+        let watched = self.clone();
+        let channel = self.channel.clone();
         let _ = std::thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn(move || {
@@ -57,11 +69,13 @@ impl Watchdog {
                     }
                 }
             });
-        dog
     }
 
     /// Times call `id`, if it has a timeout.
-    pub fn arm(&self, id: u64, timeout: Option<Duration>) {
+    pub fn arm(self: &Arc<Self>, id: u64, timeout: Option<Duration>) {
+        if timeout.is_some() {
+            self.ticker.call_once(|| self.start_ticker());
+        }
         if let (Some(timeout), Ok(mut r)) = (timeout, self.running.lock()) {
             *r = Some(Running {
                 id,
