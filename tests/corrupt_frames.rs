@@ -439,6 +439,8 @@ fn main() {
     {
         fake_worker();
     }
+    // A fake worker must be executed: a fork server would be the fake itself.
+    wasmpool::set_start_method(wasmpool::StartMethod::Exec);
 
     // What libtest would make of the arguments cargo passes on: filters, `--skip`,
     // `--exact`, `--list`, `--ignored` (there are none).

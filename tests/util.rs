@@ -176,6 +176,19 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
     out
 }
 
+/// The pids descended from `ppid`: its children, theirs, and so on (a worker forked by a
+/// fork server is the host's grandchild).
+pub fn descendants_of(ppid: u32) -> Vec<u32> {
+    let mut out = children_of(ppid);
+    let mut i = 0;
+    while i < out.len() {
+        let more = children_of(out[i]);
+        out.extend(more);
+        i += 1;
+    }
+    out
+}
+
 /// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -31,6 +31,8 @@ mod bindings;
 mod broker;
 mod engine;
 mod error;
+mod fdpass;
+mod forkserver;
 mod grants;
 mod guest_build;
 mod manager;
@@ -48,6 +50,7 @@ mod worker;
 
 pub use broker::{DEFAULT_MAX_MESSAGE_BYTES, set_max_message_bytes};
 pub use error::{Error, Result};
+pub use forkserver::{StartMethod, set_start_method, start_method};
 pub use grants::Grants;
 pub use manager::Manager;
 pub use module::{MAX_MODULE_BYTES, Module, cache_dir};

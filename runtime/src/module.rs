@@ -192,7 +192,10 @@ impl Module {
             .spare
             .lock()
             .ok()
-            .and_then(|mut s| s.take_if(|w| w.is_kind(metered, stack_bytes)));
+            .and_then(|mut s| s.take_if(|w| w.is_kind(metered, stack_bytes)))
+            // A spare that died while it waited (killed, or with its fork server) is
+            // reaped here, not handed out.
+            .filter(ReadyWorker::is_alive);
         let worker = match spare {
             Some(w) => w,
             None => start_worker(&self.artifact_for(metered)?, name, metered, stack_bytes)?,

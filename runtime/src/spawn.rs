@@ -1,23 +1,25 @@
 //! Starting worker processes.
 //!
-//! A worker is this program (or the `wasmpool` binary) re-executed with a hidden argument.
-//! It gets one end of a socketpair as fd 3, an empty environment, no stdin, its own process
+//! A worker is this program (or the `wasmpool` binary) re-executed with a hidden argument,
+//! or forked from a fork server that is (see [`crate::forkserver`]). An executed process
+//! gets one end of a socketpair as fd 3, an empty environment, no stdin, its own process
 //! group, no core dumps, and `PR_SET_PDEATHSIG = SIGKILL`. That signal fires when the
 //! *thread* that forked the child exits, so every fork happens on one long-lived spawner
 //! thread: a worker started from a short-lived user thread must not die with that thread.
 
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, SyncSender, sync_channel};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::forkserver::{ForkError, ForkServer, StartMethod, start_method};
 use crate::protocol::{FromWorker, Load, ToWorker, read_frame, write_frame};
 use crate::worker::{PARENT_ENV, WORKER_ARG, WORKER_FD};
 
@@ -83,7 +85,9 @@ pub(crate) fn worker_exe() -> Result<PathBuf> {
 
 struct SpawnRequest {
     exe: PathBuf,
-    reply: SyncSender<io::Result<(Child, UnixStream)>>,
+    fd: OwnedFd,
+    mode: Option<&'static str>,
+    reply: SyncSender<io::Result<Child>>,
 }
 
 fn spawner() -> &'static Mutex<Sender<SpawnRequest>> {
@@ -94,19 +98,43 @@ fn spawner() -> &'static Mutex<Sender<SpawnRequest>> {
             .name("wasmpool-spawner".into())
             .spawn(move || {
                 for req in rx {
-                    let _ = req.reply.send(fork_worker(&req.exe));
+                    let _ = req.reply.send(exec(&req.exe, req.fd, req.mode));
                 }
             });
         Mutex::new(tx)
     })
 }
 
-fn fork_worker(exe: &Path) -> io::Result<(Child, UnixStream)> {
-    let (host_end, child_end) = UnixStream::pair()?;
-    let child_fd = child_end.as_raw_fd();
+/// Executes `exe` in worker mode (with `mode` after the hidden argument, if given), handing
+/// it `fd` as fd 3. Runs on the spawner thread, so the process outlives the calling thread.
+pub(crate) fn exec_worker(
+    exe: &Path,
+    fd: OwnedFd,
+    mode: Option<&'static str>,
+) -> io::Result<Child> {
+    let (reply, rx) = sync_channel(1);
+    let gone = || io::Error::other("the spawner thread is gone");
+    spawner()
+        .lock()
+        .map_err(|_| gone())?
+        .send(SpawnRequest {
+            exe: exe.to_path_buf(),
+            fd,
+            mode,
+            reply,
+        })
+        .map_err(|_| gone())?;
+    rx.recv().map_err(|_| gone())?
+}
+
+fn exec(exe: &Path, fd: OwnedFd, mode: Option<&str>) -> io::Result<Child> {
+    let child_fd = fd.as_raw_fd();
     let mut cmd = Command::new(exe);
-    cmd.arg(WORKER_ARG)
-        .env_clear()
+    cmd.arg(WORKER_ARG);
+    if let Some(mode) = mode {
+        cmd.arg(mode);
+    }
+    cmd.env_clear()
         .env(PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -143,8 +171,36 @@ fn fork_worker(exe: &Path) -> io::Result<(Child, UnixStream)> {
         });
     }
     let child = cmd.spawn()?;
-    drop(child_end);
-    Ok((child, host_end))
+    drop(fd);
+    Ok(child)
+}
+
+/// A worker process, as the host reaps and signals it: a child of this process (executed),
+/// or of a fork server (which reaps it and reports its exit status).
+#[derive(Debug)]
+pub(crate) enum WorkerProcess {
+    Exec(Child),
+    Forked { pid: u32, server: Arc<ForkServer> },
+}
+
+impl WorkerProcess {
+    /// Kills the worker, unless it is known to have exited already.
+    pub fn kill(&mut self) {
+        match self {
+            WorkerProcess::Exec(child) => {
+                let _ = child.kill();
+            }
+            WorkerProcess::Forked { pid, server } => server.signal(*pid, libc::SIGKILL),
+        }
+    }
+
+    /// Waits for the worker to exit; `None` if its status cannot be known.
+    pub fn wait(&mut self) -> Option<ExitStatus> {
+        match self {
+            WorkerProcess::Exec(child) => child.wait().ok(),
+            WorkerProcess::Forked { pid, server } => server.wait(*pid),
+        }
+    }
 }
 
 /// A worker process that has loaded its module and waits for work.
@@ -152,7 +208,7 @@ fn fork_worker(exe: &Path) -> io::Result<(Child, UnixStream)> {
 pub(crate) struct ReadyWorker {
     pub pid: u32,
     pub sock: UnixStream,
-    pub child: Child,
+    pub child: WorkerProcess,
     pub tasks: Vec<String>,
     /// Whether it loaded the artifact for the metered (fuel-counting) engine.
     pub metered: bool,
@@ -164,8 +220,8 @@ impl Drop for ReadyWorker {
     fn drop(&mut self) {
         // Only reached when the worker was never handed over (an unused spare, a failed
         // hand-over): it must not outlive its handle.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
+        self.child.wait();
     }
 }
 
@@ -175,8 +231,24 @@ impl ReadyWorker {
         self.metered == metered && self.stack_bytes == stack_bytes
     }
 
+    /// Whether it is still there: an idle worker has nothing to say, so its socket has
+    /// nothing to read until it dies (end of file).
+    pub fn is_alive(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`; MSG_PEEK leaves it unread.
+        let n = unsafe {
+            libc::recv(
+                self.sock.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
     /// Gives up ownership of the child and socket to a supervisor.
-    pub fn into_parts(self) -> (u32, UnixStream, Child, Vec<String>) {
+    pub fn into_parts(self) -> (u32, UnixStream, WorkerProcess, Vec<String>) {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again after its fields are moved out.
         unsafe {
@@ -199,28 +271,33 @@ pub(crate) fn start_worker(
     stack_bytes: u64,
 ) -> Result<ReadyWorker> {
     let exe = worker_exe()?;
-    let (reply, rx) = sync_channel(1);
-    spawner()
-        .lock()
-        .map_err(|_| Error::Worker("spawner poisoned".into()))?
-        .send(SpawnRequest {
-            exe: exe.clone(),
-            reply,
-        })
-        .map_err(|_| Error::Worker("spawner thread is gone".into()))?;
-    let (mut child, mut sock) = rx
-        .recv()
-        .map_err(|_| Error::Worker("spawner thread is gone".into()))?
-        .map_err(|e| Error::io(format!("cannot start worker {}", exe.display()), e))?;
-    let pid = child.id();
-    let load = ToWorker::Load(Load {
+    let load = Load {
         artifact: artifact.to_path_buf(),
         name: name.to_string(),
         metered,
         stack_bytes,
-    });
+    };
+    let (pid, mut child, mut sock, forked) = match start_method() {
+        StartMethod::ForkServer => {
+            let (pid, server, sock) =
+                crate::forkserver::fork_worker(&exe, &load).map_err(|e| match e {
+                    ForkError::Gone(why) | ForkError::Failed(why) => Error::Worker(why),
+                })?;
+            (pid, WorkerProcess::Forked { pid, server }, sock, true)
+        }
+        StartMethod::Exec => {
+            let (host_end, child_end) = UnixStream::pair()
+                .map_err(|e| Error::io("cannot make a socket for a worker", e))?;
+            let child = exec_worker(&exe, child_end.into(), None)
+                .map_err(|e| Error::io(format!("cannot start worker {}", exe.display()), e))?;
+            (child.id(), WorkerProcess::Exec(child), host_end, false)
+        }
+    };
     let handshake = (|| -> io::Result<Option<FromWorker>> {
-        write_frame(&mut sock, &load)?;
+        // A forked worker has its `Load` from the fork server already.
+        if !forked {
+            write_frame(&mut sock, &ToWorker::Load(load))?;
+        }
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mut buf = Vec::new();
         let reply = read_frame::<_, FromWorker>(&mut sock, &mut buf)?;
@@ -237,12 +314,12 @@ pub(crate) fn start_worker(
             stack_bytes,
         }),
         Ok(Some(FromWorker::LoadFailed(message))) => {
-            let _ = child.wait();
+            child.wait();
             Err(Error::Worker(message))
         }
         other => {
-            let _ = child.kill();
-            let status = child.wait().ok();
+            child.kill();
+            let status = child.wait();
             let mut rest = Vec::new();
             let _ = sock.read_to_end(&mut rest);
             let why = match other {

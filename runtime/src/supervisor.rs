@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::broker::{Owner, Responder, broker};
+use crate::forkserver::ForkServer;
 use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame};
-use crate::spawn::ReadyWorker;
+use crate::spawn::{ReadyWorker, WorkerProcess};
 
 /// Receives what a worker says and how it ends.
 pub(crate) trait WorkerEvents: Send + Sync + 'static {
@@ -30,17 +31,23 @@ pub(crate) struct WorkerHandle {
     pub pid: u32,
     writer: Arc<Mutex<UnixStream>>,
     reaped: Arc<AtomicBool>,
+    /// The fork server whose child the worker is, if it was forked.
+    server: Option<Arc<ForkServer>>,
 }
 
 impl WorkerHandle {
     /// Starts watching `worker`, reporting to `events`.
     pub fn attach(worker: ReadyWorker, events: Arc<dyn WorkerEvents>) -> io::Result<WorkerHandle> {
         let (pid, sock, mut child, _tasks) = worker.into_parts();
+        let server = match &child {
+            WorkerProcess::Forked { server, .. } => Some(server.clone()),
+            WorkerProcess::Exec(_) => None,
+        };
         let mut reader = match sock.try_clone() {
             Ok(r) => WorkerReader::new(r),
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill();
+                child.wait();
                 return Err(e);
             }
         };
@@ -77,15 +84,17 @@ impl WorkerHandle {
                         Ok(None) => break None,
                         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break None,
                         Err(e) => {
-                            let _ = child.kill();
+                            child.kill();
                             break Some(e.to_string());
                         }
                     }
                 };
-                // What the worker held is given back before anyone hears it is gone, and
-                // before it is reaped, so its pid cannot have been reused yet.
+                // What the worker held is given back before anyone hears it is gone. An
+                // executed worker is reaped only after this, so its pid cannot have been
+                // reused yet; a forked one is reaped by its fork server, and for its pid to
+                // come back in between, the kernel would have to go round all of them.
                 broker().worker_exited(pid);
-                let status = child.wait().ok();
+                let status = child.wait();
                 reaped2.store(true, Ordering::SeqCst);
                 events.on_exit(pid, status, protocol_error);
             })?;
@@ -93,6 +102,7 @@ impl WorkerHandle {
             pid,
             writer,
             reaped,
+            server,
         })
     }
 
@@ -117,9 +127,15 @@ impl WorkerHandle {
 
     /// Sends `signal` to the worker, unless it has already been reaped.
     pub fn signal(&self, signal: i32) {
-        if !self.reaped.load(Ordering::SeqCst) {
+        if self.reaped.load(Ordering::SeqCst) {
+            return;
+        }
+        match &self.server {
+            Some(server) => server.signal(self.pid, signal),
             // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-            unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+            None => unsafe {
+                libc::kill(self.pid as libc::pid_t, signal);
+            },
         }
     }
 }

@@ -54,16 +54,35 @@ impl Loaded {
         watchdog: Arc<Watchdog>,
         objects: Arc<ObjectClient>,
     ) -> Result<Self, String> {
-        let asked = Limits {
+        let stack_bytes = usable_stack(stack_bytes);
+        let pre = prepare(artifact, metered, stack_bytes)?;
+        Self::from_pre(
+            pre,
+            artifact,
+            metered,
             stack_bytes,
-            ..Limits::default()
-        };
-        let stack_bytes = match asked.check() {
-            Ok(()) => stack_bytes,
-            Err(_) => Limits::DEFAULT_STACK_BYTES,
-        };
+            identity,
+            channel,
+            watchdog,
+            objects,
+        )
+    }
+
+    /// As [`new`](Loaded::new), with the module already prepared (by a fork server) from
+    /// `artifact`, for the engine of `metered` and `stack_bytes`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_pre(
+        pre: TaskModulePre<State>,
+        artifact: &Path,
+        metered: bool,
+        stack_bytes: u64,
+        identity: Arc<ProcessIdentity>,
+        channel: Arc<Channel>,
+        watchdog: Arc<Watchdog>,
+        objects: Arc<ObjectClient>,
+    ) -> Result<Self, String> {
         let mut loaded = Loaded {
-            pre: prepare(artifact, metered, stack_bytes)?,
+            pre,
             artifact: artifact.to_path_buf(),
             stack_bytes,
             identity,
@@ -383,7 +402,21 @@ impl Loaded {
 }
 
 /// Loads the artifact into the engine for `metered` and `stack_bytes`, ready to instantiate.
-fn prepare(
+/// The stack limit a worker loads its module for: the one asked for, or the default when it
+/// is out of range (a call asking for such a limit is refused anyway).
+pub(super) fn usable_stack(stack_bytes: u64) -> u64 {
+    let asked = Limits {
+        stack_bytes,
+        ..Limits::default()
+    };
+    match asked.check() {
+        Ok(()) => stack_bytes,
+        Err(_) => Limits::DEFAULT_STACK_BYTES,
+    }
+}
+
+/// Maps the compiled module into the engine of `metered` and `stack_bytes`, and links it.
+pub(super) fn prepare(
     artifact: &Path,
     metered: bool,
     stack_bytes: u64,

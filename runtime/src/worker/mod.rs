@@ -1,11 +1,15 @@
-//! The worker process: the same binary, re-executed in a hidden mode by the host.
+//! The worker process: the same binary, re-executed in a hidden mode by the host, or
+//! forked from a fork server that is (see [`crate::forkserver`]).
 //!
 //! It maps the precompiled component the host names, keeps one instance alive across tasks
 //! (state persists, as in a Python worker), and discards and rebuilds it after a trap. It
-//! never outlives the host: the kernel kills it when the host dies (`PR_SET_PDEATHSIG`, set
-//! before exec), a watchdog thread re-checks the parent every 100 ms, and end-of-file on
-//! its socket makes it exit.
+//! never outlives the host: the kernel kills it when its parent dies (`PR_SET_PDEATHSIG`,
+//! set before exec, or right after the fork, where the worker then checks that its server
+//! is still there), an executed worker's watchdog thread re-checks the parent every
+//! 100 ms, and end-of-file on its socket makes it exit. A fork server leaves when its
+//! socket to the host closes, and is killed with the host the same way.
 
+mod forkserver;
 mod instance;
 mod objects;
 mod output;
@@ -20,12 +24,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::protocol::{FromWorker, Outcome, ToWorker, read_frame};
+use crate::bindings::TaskModulePre;
+use crate::protocol::{FromWorker, Load, Outcome, ToWorker, read_frame};
 
 use self::instance::Loaded;
 use self::objects::ObjectClient;
 use self::output::Channel;
-use self::state::ProcessIdentity;
+use self::state::{ProcessIdentity, State};
 use self::watchdog::Watchdog;
 
 /// The argument that puts the binary in worker mode.
@@ -56,26 +61,45 @@ pub fn run_worker_if_requested() {
     crate::spawn::mark_self_as_worker();
 }
 
-/// Serves as a worker on fd 3 until told to stop; returns the exit status.
+/// Serves as a worker (or, with the fork server argument, as a fork server) on fd 3 until
+/// told to stop; returns the exit status.
 pub(crate) fn serve() -> i32 {
     let parent: u32 = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
-    // Best effort: a kernel without seccomp runs the worker without the filter.
+    // Best effort: a kernel without seccomp runs the worker without the filter. A fork
+    // server's workers inherit it.
     let _ = sandbox::restrict_syscalls();
+    if std::env::args_os()
+        .nth(2)
+        .is_some_and(|a| a == crate::forkserver::FORKSERVER_ARG)
+    {
+        return forkserver::serve(parent);
+    }
     start_parent_watchdog(parent);
     // SAFETY: the host passes this process one end of a socketpair as fd 3, and nothing else
     // in this process owns that descriptor.
     let sock = unsafe { UnixStream::from_raw_fd(WORKER_FD) };
-    // Tasks run on a thread of their own, whose stack holds the largest wasm stack limit a
-    // task may ask for plus the host's frames below it, whatever the main thread was given.
-    // Untouched stack pages cost no memory.
+    on_tasks_thread(move || serve_on(sock, parent, None))
+}
+
+/// Serves as a worker forked by a fork server for the host `host`, with the module already
+/// prepared; returns the exit status. (No parent watchdog: the worker armed its death
+/// signal and then saw its server alive, so the signal cannot be missed.)
+fn serve_forked(sock: UnixStream, host: u32, load: Load, pre: TaskModulePre<State>) -> i32 {
+    on_tasks_thread(move || serve_on(sock, host, Some((load, pre))))
+}
+
+/// Runs `serve` on the thread tasks run on: its stack holds the largest wasm stack limit a
+/// task may ask for plus the host's frames below it, whatever the main thread was given.
+/// Untouched stack pages cost no memory.
+fn on_tasks_thread(serve: impl FnOnce() -> io::Result<i32> + Send + 'static) -> i32 {
     let stack = usize::try_from(crate::Limits::MAX_STACK_BYTES).unwrap_or(usize::MAX);
     std::thread::Builder::new()
         .name("tasks".into())
         .stack_size(stack.saturating_add(HOST_STACK))
-        .spawn(move || serve_on(sock, parent).unwrap_or(1))
+        .spawn(move || serve().unwrap_or(1))
         .map_or(1, |t| t.join().unwrap_or(1))
 }
 
@@ -96,31 +120,53 @@ fn start_parent_watchdog(parent: u32) {
         });
 }
 
-fn serve_on(sock: UnixStream, parent: u32) -> io::Result<i32> {
+/// Serves tasks on `sock` for the host `parent`: the module named by the first frame, or
+/// the one a fork server prepared.
+fn serve_on(
+    sock: UnixStream,
+    parent: u32,
+    prepared: Option<(Load, TaskModulePre<State>)>,
+) -> io::Result<i32> {
     let mut reader = BufReader::new(sock.try_clone()?);
     let channel = Arc::new(Channel::new(sock));
     let mut buf = Vec::new();
 
-    let Some(ToWorker::Load(load)) = read_frame::<_, ToWorker>(&mut reader, &mut buf)? else {
-        return Ok(1);
+    let (load, pre) = match prepared {
+        Some((load, pre)) => (load, Some(pre)),
+        None => match read_frame::<_, ToWorker>(&mut reader, &mut buf)? {
+            Some(ToWorker::Load(load)) => (load, None),
+            _ => return Ok(1),
+        },
     };
     let identity = Arc::new(ProcessIdentity {
         pid: std::process::id(),
         ppid: parent,
         name: Mutex::new(load.name.clone()),
     });
-    let watchdog = Watchdog::start(channel.clone());
+    let watchdog = Watchdog::new(channel.clone());
     let (reply_tx, reply_rx) = std::sync::mpsc::channel();
     let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
-    let loaded = Loaded::new(
-        &load.artifact,
-        load.metered,
-        load.stack_bytes,
-        identity.clone(),
-        channel.clone(),
-        watchdog,
-        objects,
-    );
+    let loaded = match pre {
+        Some(pre) => Loaded::from_pre(
+            pre,
+            &load.artifact,
+            load.metered,
+            load.stack_bytes,
+            identity.clone(),
+            channel.clone(),
+            watchdog,
+            objects,
+        ),
+        None => Loaded::new(
+            &load.artifact,
+            load.metered,
+            load.stack_bytes,
+            identity.clone(),
+            channel.clone(),
+            watchdog,
+            objects,
+        ),
+    };
     let mut loaded = match loaded {
         Ok(l) => l,
         Err(message) => {

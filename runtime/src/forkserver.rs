@@ -1,0 +1,323 @@
+//! How worker processes start: forked from a fork server (the default), or executed afresh.
+//!
+//! Executing the worker binary costs a few milliseconds before a task can run: the kernel
+//! maps a large binary, the dynamic loader relocates it, and the worker builds an engine,
+//! maps the compiled module and links it. A fork server pays that once. It is the worker
+//! binary executed in a hidden mode, with no thread but its main one; it keeps the modules
+//! it was asked for loaded (deserialized and linked, never instantiated: no guest code runs
+//! in it) and forks a worker per request. The worker starts with everything in place and
+//! only instantiates the module. This is Python's `forkserver` start method.
+//!
+//! The host sends each request with the new worker's socket attached; the server answers
+//! with the worker's pid and, later, reports how it exited (the worker is the server's
+//! child, so only the server can reap it). A fork server never outlives the host (it is
+//! killed when the host dies, and leaves when its socket closes), and its workers never
+//! outlive it (each is killed when the server dies).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fdpass;
+use crate::protocol::Load;
+
+/// The argument (after the hidden worker argument) that makes the binary a fork server.
+pub(crate) const FORKSERVER_ARG: &str = "forkserver";
+
+/// How new worker processes are started, for every pool and process of this program (as
+/// Python's `multiprocessing.set_start_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// Fork each worker from a fork server that keeps the module loaded (the default): a
+    /// worker is ready in well under a millisecond of its own work. The server is started
+    /// the first time a worker is needed and lives as long as the program.
+    #[default]
+    ForkServer,
+    /// Execute the worker binary afresh for every worker: a few milliseconds per start,
+    /// and nothing but the worker binary's own state is shared between workers (each one
+    /// gets its own address-space layout).
+    Exec,
+}
+
+static METHOD: AtomicU8 = AtomicU8::new(0);
+
+/// Sets how new worker processes are started; workers already running are not affected.
+///
+/// ```
+/// use wasmpool::{StartMethod, set_start_method, start_method};
+///
+/// set_start_method(StartMethod::Exec);
+/// assert_eq!(start_method(), StartMethod::Exec);
+/// set_start_method(StartMethod::ForkServer);
+/// ```
+pub fn set_start_method(method: StartMethod) {
+    let code = match method {
+        StartMethod::ForkServer => 0,
+        StartMethod::Exec => 1,
+    };
+    METHOD.store(code, Ordering::Relaxed);
+}
+
+/// How new worker processes are started (see [`set_start_method`]).
+pub fn start_method() -> StartMethod {
+    match METHOD.load(Ordering::Relaxed) {
+        1 => StartMethod::Exec,
+        _ => StartMethod::ForkServer,
+    }
+}
+
+/// Host → fork server, with the new worker's socket attached.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToForkServer {
+    /// Fork a worker that loads `load` and serves on the attached socket.
+    Fork { id: u64, load: Load },
+}
+
+/// Fork server → host.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromForkServer {
+    /// Request `id` forked worker `pid`; it answers on its socket (`Ready` or `LoadFailed`).
+    Forked { id: u64, pid: u32 },
+    /// Request `id` could not be served: the module would not load, or fork failed.
+    Failed { id: u64, message: String },
+    /// Worker `pid` exited with this raw wait status.
+    Exited { pid: u32, status: i32 },
+}
+
+/// Why a fork request failed.
+#[derive(Debug)]
+pub(crate) enum ForkError {
+    /// The server is gone (or broken); another one may do.
+    Gone(String),
+    /// The server refused the request (its message says why).
+    Failed(String),
+}
+
+/// How long a fork request may take: the server may have to load the module first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+enum Reply {
+    Forked(u64, u32),
+    Failed(u64, String),
+}
+
+#[derive(Default)]
+struct Exits {
+    /// Exit statuses reported and not yet collected, by pid.
+    statuses: HashMap<u32, i32>,
+    /// Set when the server is gone: no further status will be reported.
+    closed: bool,
+}
+
+/// The host's handle on one fork server.
+pub(crate) struct ForkServer {
+    pid: u32,
+    exe: PathBuf,
+    ctrl: Arc<OwnedFd>,
+    /// Held for the whole of a request: one at a time.
+    replies: Mutex<Receiver<Reply>>,
+    next: AtomicU64,
+    exits: Mutex<Exits>,
+    exited: Condvar,
+    gone: AtomicBool,
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServer")
+            .field("pid", &self.pid)
+            .field("exe", &self.exe)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn servers() -> &'static Mutex<Vec<Arc<ForkServer>>> {
+    static SERVERS: Mutex<Vec<Arc<ForkServer>>> = Mutex::new(Vec::new());
+    &SERVERS
+}
+
+/// Forks a worker for `load` from the fork server of `exe` (started if there is none, or
+/// if the last one died). Returns the worker's pid, its server, and the host's end of its
+/// socket.
+pub(crate) fn fork_worker(
+    exe: &Path,
+    load: &Load,
+) -> Result<(u32, Arc<ForkServer>, UnixStream), ForkError> {
+    let mut last = String::new();
+    // A server that died since its last request is replaced once.
+    for _ in 0..2 {
+        let server = server_for(exe).map_err(|e| {
+            ForkError::Failed(format!(
+                "cannot start a fork server ({}): {e}",
+                exe.display()
+            ))
+        })?;
+        let (host_end, child_end) =
+            UnixStream::pair().map_err(|e| ForkError::Failed(e.to_string()))?;
+        match server.fork(load, child_end) {
+            Ok(pid) => return Ok((pid, server, host_end)),
+            Err(ForkError::Gone(why)) => {
+                server.retire();
+                last = why;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ForkError::Gone(last))
+}
+
+/// The running fork server for `exe`, started if needed.
+fn server_for(exe: &Path) -> io::Result<Arc<ForkServer>> {
+    let mut servers = lock(servers());
+    servers.retain(|s| !s.gone.load(Ordering::SeqCst));
+    if let Some(s) = servers.iter().find(|s| s.exe == exe) {
+        return Ok(s.clone());
+    }
+    let (host_end, server_end) = fdpass::pair()?;
+    let child = crate::spawn::exec_worker(exe, server_end, Some(FORKSERVER_ARG))?;
+    let (tx, rx) = sync_channel(16);
+    let server = Arc::new(ForkServer {
+        pid: child.id(),
+        exe: exe.to_path_buf(),
+        ctrl: Arc::new(host_end),
+        replies: Mutex::new(rx),
+        next: AtomicU64::new(1),
+        exits: Mutex::new(Exits::default()),
+        exited: Condvar::new(),
+        gone: AtomicBool::new(false),
+    });
+    let watched = server.clone();
+    std::thread::Builder::new()
+        .name(format!("wasmpool-forkserver-{}", child.id()))
+        .spawn(move || watched.read_reports(child, tx))?;
+    servers.push(server.clone());
+    Ok(server)
+}
+
+impl ForkServer {
+    /// Asks for a worker serving on `sock`; returns its pid.
+    fn fork(&self, load: &Load, sock: UnixStream) -> Result<u32, ForkError> {
+        let replies = lock(&self.replies);
+        if self.gone.load(Ordering::SeqCst) {
+            return Err(ForkError::Gone("the fork server exited".into()));
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let request = ToForkServer::Fork {
+            id,
+            load: load.clone(),
+        };
+        let bytes =
+            postcard::to_allocvec(&request).map_err(|e| ForkError::Failed(e.to_string()))?;
+        if bytes.len() > fdpass::MAX_MESSAGE {
+            return Err(ForkError::Failed(format!(
+                "a fork request of {} bytes is too large (a module path or name this long?)",
+                bytes.len()
+            )));
+        }
+        fdpass::send(&*self.ctrl, &bytes, Some(sock.as_raw_fd()))
+            .map_err(|e| ForkError::Gone(format!("cannot reach the fork server: {e}")))?;
+        // The server has its own copy now; a worker it never forks sees its socket close.
+        drop(sock);
+        loop {
+            match replies.recv_timeout(REQUEST_TIMEOUT) {
+                Ok(Reply::Forked(rid, pid)) if rid == id => return Ok(pid),
+                Ok(Reply::Failed(rid, message)) if rid == id => {
+                    return Err(ForkError::Failed(message));
+                }
+                // The late answer to a request that timed out.
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(ForkError::Failed(format!(
+                        "the fork server (pid {}) did not answer within {REQUEST_TIMEOUT:?}",
+                        self.pid
+                    )));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ForkError::Gone("the fork server exited".into()));
+                }
+            }
+        }
+    }
+
+    /// Takes this server out of use: the next worker gets a new one.
+    fn retire(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+    }
+
+    /// The server's reports, until it is gone; then it is reaped.
+    fn read_reports(&self, mut child: Child, replies: SyncSender<Reply>) {
+        let mut buf = vec![0u8; fdpass::MAX_MESSAGE];
+        let broken = loop {
+            let n = match fdpass::recv(&*self.ctrl, &mut buf) {
+                Ok((0, _)) => break false,
+                Ok((n, _)) => n,
+                Err(_) => break true,
+            };
+            match postcard::from_bytes::<FromForkServer>(&buf[..n]) {
+                Ok(FromForkServer::Forked { id, pid }) => {
+                    let _ = replies.try_send(Reply::Forked(id, pid));
+                }
+                Ok(FromForkServer::Failed { id, message }) => {
+                    let _ = replies.try_send(Reply::Failed(id, message));
+                }
+                Ok(FromForkServer::Exited { pid, status }) => {
+                    lock(&self.exits).statuses.insert(pid, status);
+                    self.exited.notify_all();
+                }
+                Err(_) => break true,
+            }
+        };
+        self.retire();
+        if broken {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        lock(&self.exits).closed = true;
+        self.exited.notify_all();
+        // Dropping `replies` fails a request still waiting for its answer.
+    }
+
+    /// Waits until worker `pid` has exited and returns its status; `None` if the server
+    /// died first (its workers are killed with it, and their statuses are lost).
+    pub fn wait(&self, pid: u32) -> Option<ExitStatus> {
+        let mut exits = lock(&self.exits);
+        loop {
+            if let Some(status) = exits.statuses.remove(&pid) {
+                return Some(ExitStatus::from_raw(status));
+            }
+            if exits.closed {
+                return None;
+            }
+            exits = self.exited.wait(exits).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Whether worker `pid` has exited (its status was reported).
+    pub fn has_exited(&self, pid: u32) -> bool {
+        let exits = lock(&self.exits);
+        exits.closed || exits.statuses.contains_key(&pid)
+    }
+
+    /// Sends `signal` to worker `pid`, unless it is known to have exited.
+    pub fn signal(&self, pid: u32, signal: i32) {
+        if !self.has_exited(pid) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is one of this
+            // server's workers, not yet reaped when last heard of.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+}

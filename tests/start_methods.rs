@@ -1,0 +1,178 @@
+//! How workers start: forked from a fork server (the default) or executed afresh.
+//!
+//! A test binary of its own: the start method is process-wide, and one test kills the fork
+//! server, which kills every worker forked from it. The tests here take turns (`SERIAL`).
+
+// A failed unwrap is a failed test, with its location: what a test should do.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use wasmpool::{Error, Module, Pool, Process, StartMethod, set_start_method};
+
+use util::{eventually, kill, pid_alive, testkit, within};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// One test at a time: each may change the start method or kill the fork server.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The parent of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[1].parse().unwrap()
+}
+
+/// The real parent of a new worker of the test guest (warm spares included): read while
+/// the worker sleeps, then it is killed.
+fn parent_of_a_worker() -> u32 {
+    let p = Process::new(&testkit(), "sleep_ms", &(60_000u64,)).unwrap();
+    p.start().unwrap();
+    let parent = parent_of(p.pid().unwrap());
+    p.kill();
+    p.join().unwrap();
+    parent
+}
+
+/// The parent pid a guest is told it has.
+fn guest_ppid() -> u32 {
+    let p = Process::new(&testkit(), "whoami", &()).unwrap();
+    p.start().unwrap();
+    p.join().unwrap();
+    let (pid, ppid, _) = p.result::<(u32, u32, String)>().unwrap();
+    assert_eq!(Some(pid), p.pid());
+    ppid
+}
+
+#[test]
+fn workers_are_forked_from_one_fork_server_and_see_the_host_as_their_parent() {
+    let _serial = serial();
+    within(LIMIT, || {
+        set_start_method(StartMethod::ForkServer);
+        let module = testkit();
+        module.set_keep_spare(false);
+        let sleeper = |ms: u64| {
+            let p = Process::new(&module, "sleep_ms", &(ms,)).unwrap();
+            p.start().unwrap();
+            p
+        };
+        let (a, b) = (sleeper(3000), sleeper(3000));
+        let (pa, pb) = (a.pid().unwrap(), b.pid().unwrap());
+        let server = parent_of(pa);
+        assert_eq!(parent_of(pb), server, "both forked by the same server");
+        assert_ne!(
+            server,
+            std::process::id(),
+            "a worker is not the host's own child"
+        );
+        assert_eq!(
+            parent_of(server),
+            std::process::id(),
+            "the server is the host's child"
+        );
+        assert_eq!(parent_of_a_worker(), server);
+        // What the guest is told: its parent is the host, as in Python.
+        assert_eq!(guest_ppid(), std::process::id());
+        a.kill();
+        b.kill();
+        a.join().unwrap();
+        b.join().unwrap();
+        // Exit statuses come through the server: minus the signal, as in Python.
+        assert_eq!((a.exitcode(), b.exitcode()), (Some(-9), Some(-9)));
+    });
+}
+
+#[test]
+fn a_killed_fork_server_takes_its_workers_and_is_replaced() {
+    let _serial = serial();
+    within(LIMIT, || {
+        set_start_method(StartMethod::ForkServer);
+        let module = testkit();
+        module.set_keep_spare(false);
+        let pool = Pool::new(&module, 2).unwrap();
+        let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
+        assert_eq!(squares[9], 81);
+        let p = Process::new(&module, "sleep_ms", &(60_000u64,)).unwrap();
+        p.start().unwrap();
+        let worker = p.pid().unwrap();
+        let server = parent_of(worker);
+        let pool_workers = pool.pids();
+        kill(server);
+        // The running process is lost, not hung; so are the pool's workers.
+        p.join().unwrap();
+        assert_ne!(p.exitcode(), Some(0));
+        match p.result::<()>() {
+            Err(Error::WorkerLost { .. }) => {}
+            other => panic!("expected a lost worker, got {other:?}"),
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || !pid_alive(worker)
+                && pool_workers.iter().all(|&w| !pid_alive(w))),
+            "the server's workers die with it"
+        );
+        // The next worker comes from a new server (a warm spare of the old one died with
+        // it, and is not handed out), and the pool carries on.
+        assert_ne!(parent_of_a_worker(), server);
+        assert_ne!(parent_of_a_worker(), server);
+        let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
+        assert_eq!(squares[99], 9801);
+    });
+}
+
+#[test]
+fn the_exec_start_method_runs_workers_as_the_hosts_own_children() {
+    let _serial = serial();
+    within(LIMIT, || {
+        set_start_method(StartMethod::Exec);
+        // A spare forked earlier may still be waiting: the second worker is a new one.
+        parent_of_a_worker();
+        assert_eq!(parent_of_a_worker(), std::process::id());
+        assert_eq!(guest_ppid(), std::process::id());
+        let pool = Pool::new(&testkit(), 2).unwrap();
+        for pid in pool.pids() {
+            assert_eq!(parent_of(pid), std::process::id());
+        }
+        let squares: Vec<u64> = pool.map("square", 0..50u64).unwrap();
+        assert_eq!(squares[7], 49);
+        drop(pool);
+        set_start_method(StartMethod::ForkServer);
+    });
+}
+
+#[test]
+fn a_module_the_fork_server_cannot_load_is_a_clear_error_and_the_server_serves_on() {
+    let _serial = serial();
+    within(LIMIT, || {
+        set_start_method(StartMethod::ForkServer);
+        let server = parent_of_a_worker();
+        // The test guest plus a custom section of its own: a module (and an artifact) that
+        // no other test uses, whose compiled artifact is then damaged.
+        let mut bytes = std::fs::read(util::wasm_of("testkit")).unwrap();
+        let name = b"wasmpool-start-methods-test";
+        bytes.extend_from_slice(&[0, name.len() as u8 + 1, name.len() as u8]);
+        bytes.extend_from_slice(name);
+        let damaged = Module::from_bytes(&bytes, "damaged").unwrap();
+        damaged.set_keep_spare(false);
+        std::fs::write(damaged.artifact(), b"not a compiled module").unwrap();
+        let p = Process::new(&damaged, "noop", &()).unwrap();
+        let err = p.start().unwrap_err();
+        assert!(
+            err.to_string().contains("cannot load the compiled module"),
+            "{err}"
+        );
+        assert_eq!(parent_of_a_worker(), server, "the same server serves on");
+    });
+}
