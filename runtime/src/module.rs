@@ -12,7 +12,7 @@ use wasmtime::component::Component;
 use crate::bindings::TaskModulePre;
 use crate::engine::engine_for;
 use crate::error::{Error, Result};
-use crate::spawn::{ReadyWorker, start_worker};
+use crate::spawn::{ReadyWorker, start_worker, start_worker_with};
 use crate::worker::state::State;
 
 /// The default stack limit: spares and task listing load into the engine with it.
@@ -187,6 +187,18 @@ impl Module {
         metered: bool,
         stack_bytes: u64,
     ) -> Result<ReadyWorker> {
+        self.ready_worker_with(name, metered, stack_bytes, &[])
+    }
+
+    /// As [`ready_worker`](Module::ready_worker), with the encoded frames `first` already
+    /// sent to the worker (see [`start_worker_with`]).
+    pub(crate) fn ready_worker_with(
+        &self,
+        name: &str,
+        metered: bool,
+        stack_bytes: u64,
+        first: &[u8],
+    ) -> Result<ReadyWorker> {
         let spare = self
             .inner
             .spare
@@ -197,8 +209,22 @@ impl Module {
             // reaped here, not handed out.
             .filter(ReadyWorker::is_alive);
         let worker = match spare {
-            Some(w) => w,
-            None => start_worker(&self.artifact_for(metered)?, name, metered, stack_bytes)?,
+            Some(mut w) => {
+                if !first.is_empty() {
+                    use std::io::Write;
+                    w.sock
+                        .write_all(first)
+                        .map_err(|e| Error::io("cannot reach a spare worker", e))?;
+                }
+                w
+            }
+            None => start_worker_with(
+                &self.artifact_for(metered)?,
+                name,
+                metered,
+                stack_bytes,
+                first,
+            )?,
         };
         self.learn_tasks(&worker.tasks);
         Ok(worker)

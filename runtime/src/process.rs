@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Captured, Output, OutputEvent, OutputRouter};
-use crate::protocol::{FromWorker, Limits, Outcome, ToWorker};
+use crate::protocol::{FromWorker, Limits, Outcome, ToWorker, encode_frame};
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit, exitcode};
 use crate::values::{decode_result, encode_args};
 
@@ -177,7 +177,22 @@ impl Process {
         let grants = inner.grants.resolved()?;
         let metered = inner.limits.fuel.is_some();
         let stack = inner.limits.stack_bytes;
-        let worker = inner.module.ready_worker(&inner.name, metered, stack)?;
+        // The call goes with the start when the module is known to have the task: the
+        // worker runs it as soon as it is ready, without waiting for the host to hear so.
+        let known = inner
+            .module
+            .known_tasks()
+            .is_some_and(|tasks| tasks.contains(&inner.task));
+        let mut first = Vec::new();
+        if known {
+            let encoded = self.first_frames(grants.clone(), &mut first);
+            if encoded.is_err() {
+                first.clear();
+            }
+        }
+        let worker = inner
+            .module
+            .ready_worker_with(&inner.name, metered, stack, &first)?;
         if !worker.tasks.iter().any(|t| *t == inner.task) {
             return Err(Error::UnknownTask {
                 task: inner.task.clone(),
@@ -194,22 +209,13 @@ impl Process {
             broker().worker_exited(pid);
             Error::Worker(e.to_string())
         })?;
-        let granted = if grants.is_empty() {
-            Ok(())
+        let sent = if first.is_empty() {
+            let mut frames = Vec::new();
+            self.first_frames(grants, &mut frames)
+                .and_then(|()| handle.send_encoded(&frames))
         } else {
-            handle.send(&ToWorker::Grant(grants))
+            Ok(())
         };
-        let sent = granted
-            .and_then(|()| handle.send(&ToWorker::Rename(inner.name.clone())))
-            .and_then(|()| {
-                handle.send(&ToWorker::Call {
-                    id: 1,
-                    task: inner.task.clone(),
-                    args: inner.args.clone(),
-                    exit_after: true,
-                    limits: inner.limits,
-                })
-            });
         state.started = true;
         state.pid = Some(handle.pid);
         if sent.is_err() {
@@ -224,6 +230,26 @@ impl Process {
         }
         inner.module.refill_spare(metered, stack);
         Ok(())
+    }
+
+    /// Encodes what a new worker is told before it runs the task: its capabilities, its
+    /// name (a warm spare has another), and the call.
+    fn first_frames(&self, grants: Grants, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let inner = &self.inner;
+        if !grants.is_empty() {
+            encode_frame(out, &ToWorker::Grant(grants))?;
+        }
+        encode_frame(out, &ToWorker::Rename(inner.name.clone()))?;
+        encode_frame(
+            out,
+            &ToWorker::Call {
+                id: 1,
+                task: inner.task.clone(),
+                args: inner.args.clone(),
+                exit_after: true,
+                limits: inner.limits,
+            },
+        )
     }
 
     /// Waits until the process has exited. Joining a process never started is an error.

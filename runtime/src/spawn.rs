@@ -270,6 +270,19 @@ pub(crate) fn start_worker(
     metered: bool,
     stack_bytes: u64,
 ) -> Result<ReadyWorker> {
+    start_worker_with(artifact, name, metered, stack_bytes, &[])
+}
+
+/// As [`start_worker`], and sends the encoded frames `first` as soon as the worker exists,
+/// before it is ready: it reads them once it is, so its first call need not wait for the
+/// host to hear that it is ready. They are lost with the worker if it fails to load.
+pub(crate) fn start_worker_with(
+    artifact: &Path,
+    name: &str,
+    metered: bool,
+    stack_bytes: u64,
+    first: &[u8],
+) -> Result<ReadyWorker> {
     let exe = worker_exe()?;
     let load = Load {
         artifact: artifact.to_path_buf(),
@@ -297,6 +310,11 @@ pub(crate) fn start_worker(
         // A forked worker has its `Load` from the fork server already.
         if !forked {
             write_frame(&mut sock, &ToWorker::Load(load))?;
+        }
+        if !first.is_empty() {
+            use std::io::Write;
+            // Fails only if the worker is gone, which the handshake reports better.
+            let _ = sock.write_all(first);
         }
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mut buf = Vec::new();
