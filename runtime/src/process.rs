@@ -177,22 +177,19 @@ impl Process {
         let grants = inner.grants.resolved()?;
         let metered = inner.limits.fuel.is_some();
         let stack = inner.limits.stack_bytes;
+        let mut frames = Vec::new();
+        let encoded = self.first_frames(grants, &mut frames);
         // The call goes with the start when the module is known to have the task: the
         // worker runs it as soon as it is ready, without waiting for the host to hear so.
-        let known = inner
-            .module
-            .known_tasks()
-            .is_some_and(|tasks| tasks.contains(&inner.task));
-        let mut first = Vec::new();
-        if known {
-            let encoded = self.first_frames(grants.clone(), &mut first);
-            if encoded.is_err() {
-                first.clear();
-            }
-        }
+        let pipelined = encoded.is_ok()
+            && inner
+                .module
+                .known_tasks()
+                .is_some_and(|tasks| tasks.contains(&inner.task));
+        let first: &[u8] = if pipelined { &frames } else { &[] };
         let worker = inner
             .module
-            .ready_worker_with(&inner.name, metered, stack, &first)?;
+            .ready_worker_with(&inner.name, metered, stack, first)?;
         if !worker.tasks.iter().any(|t| *t == inner.task) {
             return Err(Error::UnknownTask {
                 task: inner.task.clone(),
@@ -209,12 +206,10 @@ impl Process {
             broker().worker_exited(pid);
             Error::Worker(e.to_string())
         })?;
-        let sent = if first.is_empty() {
-            let mut frames = Vec::new();
-            self.first_frames(grants, &mut frames)
-                .and_then(|()| handle.send_encoded(&frames))
-        } else {
+        let sent = if pipelined {
             Ok(())
+        } else {
+            encoded.and_then(|()| handle.send_encoded(&frames))
         };
         state.started = true;
         state.pid = Some(handle.pid);

@@ -15,7 +15,7 @@ use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine_with;
 use crate::grants::Grants;
 use crate::packed::{BatchAnswers, Packed};
-use crate::protocol::{FromWorker, Limits, Outcome, Stream, describe_bytes};
+use crate::protocol::{FromWorker, Limits, Load, Outcome, Stream, describe_bytes};
 
 /// Deadline for calls without a time limit: effectively never.
 const NO_DEADLINE: u64 = u64::MAX / 4;
@@ -41,41 +41,12 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// Maps the artifact, instantiates it, runs the guest's init and asks for its tasks.
-    /// `metered`: the artifact was compiled for the metered engine, and is loaded with it;
-    /// `stack_bytes`: the stack limit its tasks will likely ask for (one out of range is
-    /// replaced by the default, and refused when a call asks for it).
+    /// Instantiates the module `load` names, runs the guest's init and asks for its tasks.
+    /// `pre` is that module, prepared (by [`prepare`]) for the engine of `load.metered` and
+    /// `load.stack_bytes`: the stack limit its tasks will likely ask for.
     pub fn new(
-        artifact: &Path,
-        metered: bool,
-        stack_bytes: u64,
-        identity: Arc<ProcessIdentity>,
-        channel: Arc<Channel>,
-        watchdog: Arc<Watchdog>,
-        objects: Arc<ObjectClient>,
-    ) -> Result<Self, String> {
-        let stack_bytes = usable_stack(stack_bytes);
-        let pre = prepare(artifact, metered, stack_bytes)?;
-        Self::from_pre(
-            pre,
-            artifact,
-            metered,
-            stack_bytes,
-            identity,
-            channel,
-            watchdog,
-            objects,
-        )
-    }
-
-    /// As [`new`](Loaded::new), with the module already prepared (by a fork server) from
-    /// `artifact`, for the engine of `metered` and `stack_bytes`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_pre(
         pre: TaskModulePre<State>,
-        artifact: &Path,
-        metered: bool,
-        stack_bytes: u64,
+        load: &Load,
         identity: Arc<ProcessIdentity>,
         channel: Arc<Channel>,
         watchdog: Arc<Watchdog>,
@@ -83,8 +54,8 @@ impl Loaded {
     ) -> Result<Self, String> {
         let mut loaded = Loaded {
             pre,
-            artifact: artifact.to_path_buf(),
-            stack_bytes,
+            artifact: load.artifact.clone(),
+            stack_bytes: load.stack_bytes,
             identity,
             channel,
             live: None,
@@ -92,7 +63,7 @@ impl Loaded {
             watchdog,
             objects,
             grants: Grants::default(),
-            metered,
+            metered: load.metered,
             fuel_used: None,
         };
         let (mut store, module) = loaded.instantiate()?;

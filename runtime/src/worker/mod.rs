@@ -131,7 +131,7 @@ fn serve_on(
     let channel = Arc::new(Channel::new(sock));
     let mut buf = Vec::new();
 
-    let (load, pre) = match prepared {
+    let (mut load, pre) = match prepared {
         Some((load, pre)) => (load, Some(pre)),
         None => match read_frame::<_, ToWorker>(&mut reader, &mut buf)? {
             Some(ToWorker::Load(load)) => (load, None),
@@ -146,27 +146,26 @@ fn serve_on(
     let watchdog = Watchdog::new(channel.clone());
     let (reply_tx, reply_rx) = std::sync::mpsc::channel();
     let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
-    let loaded = match pre {
-        Some(pre) => Loaded::from_pre(
-            pre,
-            &load.artifact,
-            load.metered,
-            load.stack_bytes,
-            identity.clone(),
-            channel.clone(),
-            watchdog,
-            objects,
-        ),
-        None => Loaded::new(
-            &load.artifact,
-            load.metered,
-            load.stack_bytes,
-            identity.clone(),
-            channel.clone(),
-            watchdog,
-            objects,
-        ),
+    // A fork server prepared the module already (for a usable stack limit); otherwise it
+    // is prepared here, for the limit asked for, or the default if that is out of range
+    // (a call asking for such a limit is refused anyway).
+    let pre = match pre {
+        Some(pre) => Ok(pre),
+        None => {
+            load.stack_bytes = instance::usable_stack(load.stack_bytes);
+            instance::prepare(&load.artifact, load.metered, load.stack_bytes)
+        }
     };
+    let loaded = pre.and_then(|pre| {
+        Loaded::new(
+            pre,
+            &load,
+            identity.clone(),
+            channel.clone(),
+            watchdog,
+            objects,
+        )
+    });
     let mut loaded = match loaded {
         Ok(l) => l,
         Err(message) => {
