@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use wasmpool::{Error, Module, Pool, Process, StartMethod, set_start_method};
 
-use util::{eventually, kill, pid_alive, testkit, within};
+use util::{children_of, eventually, kill, pid_alive, testkit, within};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -109,7 +109,15 @@ fn a_killed_fork_server_takes_its_workers_and_is_replaced() {
         p.start().unwrap();
         let worker = p.pid().unwrap();
         let server = parent_of(worker);
-        let pool_workers = pool.pids();
+        // A warm spare waits, forked from the same server.
+        module.set_keep_spare(true);
+        module.prepare_spare().unwrap();
+        let forked = children_of(server);
+        assert!(pool.pids().iter().all(|w| forked.contains(w)));
+        assert!(
+            forked.len() >= 4,
+            "the pool's two workers, the process, the spare"
+        );
         kill(server);
         // The running process is lost, not hung; so are the pool's workers.
         p.join().unwrap();
@@ -119,14 +127,16 @@ fn a_killed_fork_server_takes_its_workers_and_is_replaced() {
             other => panic!("expected a lost worker, got {other:?}"),
         }
         assert!(
-            eventually(Duration::from_secs(5), || !pid_alive(worker)
-                && pool_workers.iter().all(|&w| !pid_alive(w))),
+            eventually(Duration::from_secs(5), || forked
+                .iter()
+                .all(|&w| !pid_alive(w))),
             "the server's workers die with it"
         );
-        // The next worker comes from a new server (a warm spare of the old one died with
-        // it, and is not handed out), and the pool carries on.
+        // The next worker comes from a new server (the warm spare died with the old one,
+        // and is not handed out), and the pool carries on.
         assert_ne!(parent_of_a_worker(), server);
         assert_ne!(parent_of_a_worker(), server);
+        module.set_keep_spare(false);
         let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
         assert_eq!(squares[99], 9801);
     });
