@@ -244,8 +244,9 @@ impl Module {
     }
 
     /// Whether a warm spare worker is kept ready after each `Process::start` (default: yes).
-    /// A spare costs one idle worker process; without it every start pays for an exec and a
-    /// module load (a few milliseconds).
+    /// A spare costs one idle worker process; without it every start pays for starting a
+    /// worker (a fork from the fork server, or an exec and a module load with
+    /// [`StartMethod::Exec`](crate::StartMethod::Exec)).
     pub fn set_keep_spare(&self, keep: bool) {
         self.inner.keep_spare.store(keep, Ordering::Relaxed);
         if !keep {
@@ -254,7 +255,7 @@ impl Module {
     }
 
     /// Starts a warm spare worker now, unless one is ready, and waits until it is: the next
-    /// [`Process::start`](crate::Process::start) then skips the exec and the module load.
+    /// [`Process::start`](crate::Process::start) then skips starting a worker.
     /// The spare runs on the plain engine; a process with a fuel limit starts its own.
     pub fn prepare_spare(&self) -> Result<()> {
         if self
@@ -294,8 +295,13 @@ impl Module {
                 let worker = module
                     .artifact_for(metered)
                     .and_then(|artifact| start_worker(&artifact, "spare", metered, stack_bytes));
-                if let Ok(worker) = worker {
-                    module.put_spare(worker);
+                // Kept only if spares still are: one turned off meanwhile must not find a
+                // spare started before it was (checked under the lock `set_keep_spare`
+                // takes the spare under, so one of the two always sees the other).
+                if let (Ok(worker), Ok(mut spare)) = (worker, module.inner.spare.lock())
+                    && module.inner.keep_spare.load(Ordering::Relaxed)
+                {
+                    *spare = Some(worker);
                 }
             });
     }
