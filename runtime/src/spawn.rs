@@ -226,9 +226,14 @@ impl Drop for ReadyWorker {
 }
 
 impl ReadyWorker {
-    /// Whether it runs on the engine `metered` and `stack_bytes` ask for.
+    /// Whether it runs on the engine `metered` and `stack_bytes` ask for, and was started
+    /// by the start method now in force (a spare started before `set_start_method` changed
+    /// it is not what the program asked for).
     pub fn is_kind(&self, metered: bool, stack_bytes: u64) -> bool {
-        self.metered == metered && self.stack_bytes == stack_bytes
+        let forked = matches!(self.child, WorkerProcess::Forked { .. });
+        self.metered == metered
+            && self.stack_bytes == stack_bytes
+            && forked == (start_method() == StartMethod::ForkServer)
     }
 
     /// Whether it is still there: an idle worker has nothing to say, so its socket has
