@@ -47,6 +47,76 @@ fn host_producer_guest_consumer_and_back() {
 }
 
 #[test]
+fn a_guest_put_on_a_full_bounded_queue_waits_for_room() {
+    within(LIMIT, || {
+        let q = Manager::new().bounded_queue::<Option<u64>>(1);
+        let p = Process::new(&testkit(), "queue_produce", &(&q, 5u64)).unwrap();
+        p.start().unwrap();
+        // Puts on a bounded queue are never posted: the producer waits for room, and keeps
+        // every item it could not put yet.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(p.is_alive(), "the producer waits on the full queue");
+        assert_eq!(q.qsize().unwrap(), 1);
+        let mut got = Vec::new();
+        while let Some(v) = q.get().unwrap() {
+            got.push(v);
+        }
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    });
+}
+
+#[test]
+fn puts_of_a_worker_killed_mid_stream_are_a_whole_prefix() {
+    within(LIMIT, || {
+        let q = Manager::new().queue::<Option<u64>>();
+        let p = Process::new(&testkit(), "queue_produce", &(&q, 10_000_000u64)).unwrap();
+        p.start().unwrap();
+        // Killed while its puts stream in without waiting: each is in the queue whole or
+        // not at all, in order, with none missing before the last.
+        assert!(eventually(Duration::from_secs(30), || q.qsize().unwrap() >= 1000));
+        p.kill();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(-9));
+        let mut got = Vec::new();
+        while let Ok(v) = q.get_nowait() {
+            got.push(v.expect("no sentinel: the producer was killed first"));
+        }
+        assert!(got.len() >= 1000);
+        assert!(
+            got.iter().copied().eq(0..got.len() as u64),
+            "a whole prefix, in order"
+        );
+    });
+}
+
+#[test]
+fn a_posted_put_the_host_refuses_is_reported_not_lost() {
+    within(LIMIT, || {
+        // `check`: the task makes one more object call after the refused put (which reports
+        // it), or none (the task fails at its end).
+        for (check, says) in [(true, "an earlier put"), (false, "the task made")] {
+            let m = Manager::new();
+            let (q, go) = (m.queue::<u32>(), m.event());
+            let p = Process::new(&testkit(), "put_across_close", &(&q, &go, check)).unwrap();
+            p.start().unwrap();
+            assert_eq!(q.get().unwrap(), 1);
+            q.close().unwrap();
+            go.set().unwrap();
+            p.join().unwrap();
+            match p.result::<u32>() {
+                Err(Error::Task { message, .. }) => {
+                    assert!(message.contains(says), "{message}");
+                    assert!(message.contains("the queue is closed"), "{message}");
+                }
+                other => panic!("expected the refused put to fail the task, got {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
 fn timeouts_answer_as_python_does() {
     within(LIMIT, || {
         let m = Manager::new();

@@ -442,6 +442,7 @@ impl WorkerEvents for Inner {
             | FromWorker::Ready { .. }
             | FromWorker::LoadFailed(_)
             | FromWorker::Object { .. }
+            | FromWorker::ObjectSync { .. }
             | FromWorker::InstanceLost => {}
         }
     }

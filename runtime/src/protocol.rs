@@ -217,10 +217,13 @@ pub(crate) enum ToWorker {
     },
     /// Exit now, with status 0.
     Shutdown,
-    /// The broker's answer to the worker's `Object` request `req`.
+    /// The broker's answer to the worker's `Object` request `req` (or `ObjectSync`). For a
+    /// posted request only a refusal is answered. `postable`: the request was a put or a
+    /// send on an object where those never wait, so later ones on this handle may be posted.
     ObjectReply {
         req: u64,
         result: Result<Response, ObjectError>,
+        postable: bool,
     },
 }
 
@@ -256,13 +259,18 @@ pub(crate) enum FromWorker {
     /// if the process had exited. Sent before the call's answer.
     InstanceLost,
     /// The running task performs `request` on a shared object; the worker blocks until
-    /// the `ObjectReply` for `req` arrives.
+    /// the `ObjectReply` for `req` arrives. A `posted` request (a put or a send the host
+    /// said never waits) is not waited for: the host answers it only if it refuses it.
     Object {
         req: u64,
         target: Handle,
         request: Request,
         timeout_ms: Option<u64>,
+        posted: bool,
     },
+    /// Answered at once with an empty `ObjectReply` for `req`: once it arrives, every
+    /// refusal of a request posted before it has arrived too.
+    ObjectSync { req: u64 },
 }
 
 /// Appends one encoded frame to `buf`.
@@ -591,6 +599,7 @@ pub mod fuzzing {
                 FromWorker::BatchDone { .. } => "BatchDone",
                 FromWorker::InstanceLost => "InstanceLost",
                 FromWorker::Object { .. } => "Object",
+                FromWorker::ObjectSync { .. } => "ObjectSync",
             }
         }
     }
@@ -610,6 +619,7 @@ mod tests {
                 target: Handle { id: 2, token: 3 },
                 request: Request::ListExtend(vec![Vec::new(); items]),
                 timeout_ms: None,
+                posted: false,
             };
             encode_frame(&mut wire, &msg).unwrap();
             wire
@@ -784,10 +794,12 @@ mod tests {
             ToWorker::ObjectReply {
                 req: 1,
                 result: Ok(Response::Entries(vec![(vec![1], vec![2, 3])])),
+                postable: false,
             },
             ToWorker::ObjectReply {
                 req: 2,
                 result: Err(ObjectError::Closed("gone".into())),
+                postable: true,
             },
             ToWorker::Shutdown,
         ];
@@ -837,7 +849,9 @@ mod tests {
                     new: vec![2],
                 },
                 timeout_ms: Some(250),
+                posted: true,
             },
+            FromWorker::ObjectSync { req: 6 },
         ];
         let mut a = Vec::new();
         for msg in &to_worker {
@@ -916,7 +930,7 @@ mod tests {
         assert_eq!(whole.kinds.len(), 8);
         let whole = fuzzing::read_from_worker(&from_worker);
         assert_eq!(whole.error, None);
-        assert_eq!(whole.kinds.len(), 7);
+        assert_eq!(whole.kinds.len(), 8);
 
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut kinds = std::collections::BTreeSet::new();
@@ -977,6 +991,7 @@ mod tests {
             "BatchDone",
             "InstanceLost",
             "Object",
+            "ObjectSync",
         ] {
             assert!(kinds.contains(kind), "no {kind} frame decoded: {kinds:?}");
         }

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::broker::{Owner, Responder, broker};
+use crate::broker::{Owner, Responder, broker, reply_to_worker};
 use crate::forkserver::ForkServer;
 use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame};
 use crate::spawn::{ReadyWorker, WorkerProcess};
+use wasmpool_objects::wire::Response;
 
 /// Receives what a worker says and how it ends.
 pub(crate) trait WorkerEvents: Send + Sync + 'static {
@@ -66,16 +67,31 @@ impl WorkerHandle {
                             target,
                             request,
                             timeout_ms,
-                        })) => broker().submit(
-                            Owner::Pid(pid),
-                            target,
-                            request,
-                            timeout_ms.map(Duration::from_millis),
-                            Responder::Worker {
-                                writer: replies.clone(),
-                                req,
-                            },
-                        ),
+                            posted,
+                        })) => {
+                            let writer = replies.clone();
+                            let responder = if posted {
+                                Responder::Posted { writer, req }
+                            } else {
+                                Responder::Worker {
+                                    writer,
+                                    req,
+                                    postable: false,
+                                }
+                            };
+                            broker().submit(
+                                Owner::Pid(pid),
+                                target,
+                                request,
+                                timeout_ms.map(Duration::from_millis),
+                                responder,
+                            )
+                        }
+                        // Every request before it was answered (or, posted and accepted,
+                        // needs no answer): the sync's answer comes after all of theirs.
+                        Ok(Some(FromWorker::ObjectSync { req })) => {
+                            reply_to_worker(&replies, req, Ok(Response::Unit), false)
+                        }
                         Ok(Some(FromWorker::InstanceLost)) => broker().worker_exited(pid),
                         Ok(Some(msg)) => {
                             let more = reader.has_buffered();

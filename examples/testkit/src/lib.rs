@@ -242,6 +242,22 @@ fn queue_consume(queue: Queue<Option<u64>>) -> Result<u64, ObjectError> {
     Ok(sum)
 }
 
+/// Puts 1 (the host then learns the queue never waits, so later puts are posted), waits
+/// for `go` (the host closes the queue first), puts 2, and then, if `check`, asks the
+/// queue's size twice: the refusal of the second put is reported by the first call that
+/// starts after it arrived (the second call at the latest), or fails the task.
+#[task]
+fn put_across_close(queue: Queue<u32>, go: Event, check: bool) -> Result<u32, ObjectError> {
+    queue.put(&1)?;
+    go.wait()?;
+    queue.put(&2)?;
+    if check {
+        queue.qsize()?;
+        queue.qsize()?;
+    }
+    Ok(7)
+}
+
 /// Sends back every value it receives, `n` times.
 #[task]
 fn pipe_pong(conn: Connection<u64>, n: u64) -> Result<(), ObjectError> {
@@ -443,6 +459,7 @@ wasmpool_guest::export_tasks!(
     hold_conn,
     recv_all,
     put_big,
+    put_across_close,
     extend_units,
     get_timeout,
     try_lock,

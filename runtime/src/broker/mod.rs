@@ -46,8 +46,15 @@ impl Owner {
 /// Where an answer goes.
 #[derive(Debug)]
 pub(crate) enum Responder {
-    /// A worker blocked in `invoke`, waiting for the reply to request `req`.
+    /// A worker blocked in `invoke`, waiting for the reply to request `req`. `postable` is
+    /// set by [`Broker::submit`] when the request can never wait (see `Object::never_waits`).
     Worker {
+        writer: Arc<Mutex<UnixStream>>,
+        req: u64,
+        postable: bool,
+    },
+    /// A worker that posted request `req` and did not wait: only a refusal is answered.
+    Posted {
         writer: Arc<Mutex<UnixStream>>,
         req: u64,
     },
@@ -83,26 +90,14 @@ impl HostSlot {
 impl Responder {
     fn deliver(self, result: OpResult) {
         match self {
-            Responder::Worker { writer, req } => {
-                let mut frame = Vec::new();
-                let reply = ToWorker::ObjectReply { req, result };
-                if encode_frame(&mut frame, &reply).is_err() {
-                    // An answer too large for a frame (a huge dict's items, say).
-                    frame.clear();
-                    let refusal = ToWorker::ObjectReply {
-                        req,
-                        result: Err(ObjectError::TooLarge(
-                            "the answer is larger than the largest frame".into(),
-                        )),
-                    };
-                    if encode_frame(&mut frame, &refusal).is_err() {
-                        return;
-                    }
-                }
-                if let Ok(mut w) = writer.lock() {
-                    use std::io::Write;
-                    // A dead worker cannot read its answer; its supervisor reports the death.
-                    let _ = w.write_all(&frame);
+            Responder::Worker {
+                writer,
+                req,
+                postable,
+            } => reply_to_worker(&writer, req, result, postable),
+            Responder::Posted { writer, req } => {
+                if result.is_err() {
+                    reply_to_worker(&writer, req, result, false);
                 }
             }
             Responder::Host(slot) => {
@@ -114,6 +109,40 @@ impl Responder {
                 slot.ready.notify_all();
             }
         }
+    }
+}
+
+/// Writes the answer to a worker's request `req`.
+pub(crate) fn reply_to_worker(
+    writer: &Mutex<UnixStream>,
+    req: u64,
+    result: OpResult,
+    postable: bool,
+) {
+    let mut frame = Vec::new();
+    let reply = ToWorker::ObjectReply {
+        req,
+        result,
+        postable,
+    };
+    if encode_frame(&mut frame, &reply).is_err() {
+        // An answer too large for a frame (a huge dict's items, say).
+        frame.clear();
+        let refusal = ToWorker::ObjectReply {
+            req,
+            result: Err(ObjectError::TooLarge(
+                "the answer is larger than the largest frame".into(),
+            )),
+            postable: false,
+        };
+        if encode_frame(&mut frame, &refusal).is_err() {
+            return;
+        }
+    }
+    if let Ok(mut w) = writer.lock() {
+        use std::io::Write;
+        // A dead worker cannot read its answer; its supervisor reports the death.
+        let _ = w.write_all(&frame);
     }
 }
 
@@ -237,7 +266,7 @@ impl Broker {
         target: Handle,
         req: Request,
         timeout: Option<Duration>,
-        responder: Responder,
+        mut responder: Responder,
     ) {
         let max = MAX_MESSAGE.load(Ordering::Relaxed);
         if req.payload_len() > max {
@@ -261,6 +290,9 @@ impl Broker {
                 responder.deliver(Err(stale()));
                 return;
             };
+            if let Responder::Worker { postable, .. } = &mut responder {
+                *postable = obj.never_waits(&req);
+            }
             match obj.start(owner, end, req, &mut out) {
                 Step::Done(result) => out.push((responder, result)),
                 Step::Wait(pending) => {

@@ -223,6 +223,18 @@ impl Object {
         }
     }
 
+    /// Whether `req` on this object can never wait (an unbounded queue's put, a pipe send,
+    /// a dict set, a list append): a worker may post it without waiting for the answer.
+    pub fn never_waits(&self, req: &Request) -> bool {
+        match (&self.state, req) {
+            (State::Queue { maxsize, .. }, Request::QueuePut(_)) => *maxsize == 0,
+            (State::Pipe { .. }, Request::ConnSend(_))
+            | (State::Dict(_), Request::DictSet(_))
+            | (State::List(_), Request::ListAppend(_)) => true,
+            _ => false,
+        }
+    }
+
     /// Whether an end of a pipe is still held by anyone.
     pub fn end_open(&self, end: u8) -> bool {
         let e = usize::from(end & 1);

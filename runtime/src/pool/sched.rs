@@ -692,6 +692,7 @@ impl WorkerEvents for Shared {
             FromWorker::Ready { .. }
             | FromWorker::LoadFailed(_)
             | FromWorker::Object { .. }
+            | FromWorker::ObjectSync { .. }
             | FromWorker::InstanceLost => {}
         }
     }

@@ -215,9 +215,15 @@ impl Loaded {
         if let Some(refused) = self.refuse(limits) {
             return refused;
         }
+        self.objects.begin_call();
         let outcome = self.call_armed(id, task, args, limits);
         self.watchdog.disarm();
-        outcome
+        // A put or send the task posted and the host refused fails the task, unless it
+        // failed already.
+        match (self.objects.end_call(), outcome) {
+            (Some(refused), Outcome::Ok(_)) => Outcome::Failed(refused),
+            (_, outcome) => outcome,
+        }
     }
 
     fn call_armed(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {

@@ -187,8 +187,13 @@ fn serve_on(
             let mut buf = Vec::new();
             while let Ok(Some(msg)) = read_frame::<_, ToWorker>(&mut reader, &mut buf) {
                 // Replies from the broker go to the task blocked on them, past queued work.
-                if let ToWorker::ObjectReply { req, result } = msg {
-                    let _ = reply_tx.send((req, result));
+                if let ToWorker::ObjectReply {
+                    req,
+                    result,
+                    postable,
+                } = msg
+                {
+                    let _ = reply_tx.send((req, result, postable));
                 } else if tx.send(msg).is_err() {
                     break;
                 }
