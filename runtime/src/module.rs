@@ -168,12 +168,19 @@ impl Module {
         self.inner.tasks.lock().ok().and_then(|t| t.clone())
     }
 
+    /// Whether the module exports `task`, if its tasks are known yet. Looked up in place:
+    /// this runs for every `apply_async`, and a module can have many tasks.
+    pub(crate) fn exports(&self, task: &str) -> Option<bool> {
+        let tasks = self.inner.tasks.lock().ok()?;
+        Some(tasks.as_ref()?.iter().any(|t| t == task))
+    }
+
     /// Fails with `UnknownTask` if the module is known not to export `task`.
     pub(crate) fn check_task(&self, task: &str) -> Result<()> {
-        match self.known_tasks() {
-            Some(tasks) if !tasks.iter().any(|t| t == task) => Err(Error::UnknownTask {
+        match self.exports(task) {
+            Some(false) => Err(Error::UnknownTask {
                 task: task.to_string(),
-                available: tasks,
+                available: self.known_tasks().unwrap_or_default(),
             }),
             _ => Ok(()),
         }

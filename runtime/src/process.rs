@@ -181,11 +181,7 @@ impl Process {
         let encoded = self.first_frames(grants, &mut frames);
         // The call goes with the start when the module is known to have the task: the
         // worker runs it as soon as it is ready, without waiting for the host to hear so.
-        let pipelined = encoded.is_ok()
-            && inner
-                .module
-                .known_tasks()
-                .is_some_and(|tasks| tasks.contains(&inner.task));
+        let pipelined = encoded.is_ok() && inner.module.exports(&inner.task) == Some(true);
         let first: &[u8] = if pipelined { &frames } else { &[] };
         let worker = inner
             .module
