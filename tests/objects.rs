@@ -94,17 +94,22 @@ fn puts_of_a_worker_killed_mid_stream_are_a_whole_prefix() {
 #[test]
 fn a_posted_put_the_host_refuses_is_reported_not_lost() {
     within(LIMIT, || {
-        // `check`: the task makes one more object call after the refused put (which reports
-        // it), or none (the task fails at its end).
+        // `check`: the task puts once more after the refused put (which reports it), or not
+        // (the task fails at its end).
         for (check, says) in [(true, "an earlier put"), (false, "the task made")] {
             let m = Manager::new();
-            let (q, go) = (m.queue::<u32>(), m.event());
-            let p = Process::new(&testkit(), "put_across_close", &(&q, &go, check)).unwrap();
+            let (q, go, lock) = (m.queue::<u32>(), m.event(), m.lock());
+            let args = (&q, &go, &lock, check);
+            let p = Process::new(&testkit(), "put_across_close", &args).unwrap();
             p.start().unwrap();
             assert_eq!(q.get().unwrap(), 1);
             q.close().unwrap();
             go.set().unwrap();
             p.join().unwrap();
+            // The refusal did not stand in for the lock's release.
+            assert!(lock.try_acquire().unwrap(), "the task released its lock");
+            lock.release().unwrap();
+            assert!(matches!(q.get_nowait(), Err(ObjectError::Closed(_))));
             match p.result::<u32>() {
                 Err(Error::Task { message, .. }) => {
                     assert!(message.contains(says), "{message}");
@@ -113,6 +118,16 @@ fn a_posted_put_the_host_refuses_is_reported_not_lost() {
                 other => panic!("expected the refused put to fail the task, got {other:?}"),
             }
         }
+    });
+}
+
+#[test]
+fn a_put_after_the_task_closed_the_queue_itself_fails_at_once() {
+    within(LIMIT, || {
+        let q = Manager::new().queue::<u32>();
+        let errors = run::<Vec<String>>("put_after_own_close", &(&q,)).unwrap();
+        assert_eq!(errors, vec!["the queue is closed"; 2]);
+        assert_eq!(q.get().unwrap(), 1);
     });
 }
 

@@ -11,11 +11,12 @@ use crate::wire::{Kind, ObjectError, Request, Response};
 handle_type!(
     /// A FIFO queue owned by the host. A `put` that returned is seen by every `get` that
     /// follows it: in the same task, or in a process it signalled through any object, or
-    /// after it ended. (In a task, a `put` on an unbounded queue does not wait for the host,
-    /// as Python's hands its item to a feeder thread; the host applies it before anything the
-    /// task does next, and a refusal is reported by the task's next object call or fails the
-    /// task.) A `put` interrupted by its worker's death is either wholly in the queue or not
-    /// at all. `task_done`/`join` work on queues created joinable.
+    /// after it ended. In a task, a `put` on an unbounded queue does not wait for the host,
+    /// as Python's hands its item to a feeder thread: the host applies it before anything the
+    /// task does next, and if it refuses it (the queue was closed meanwhile, say), the task's
+    /// next `put` on this queue fails with that error, or the task fails at its end. A `put`
+    /// interrupted by its worker's death is either wholly in the queue or not at all.
+    /// `task_done`/`join` work on queues created joinable.
     Queue<T>,
     Kind::Queue
 );

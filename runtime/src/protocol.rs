@@ -225,6 +225,13 @@ pub(crate) enum ToWorker {
         result: Result<Response, ObjectError>,
         postable: bool,
     },
+    /// The host refused the posted request `req` on `target`. Until the worker sends a
+    /// request on `target` that it waits for, every later posted one is refused the same.
+    ObjectRefused {
+        req: u64,
+        target: Handle,
+        error: ObjectError,
+    },
 }
 
 /// Worker → host.
@@ -585,6 +592,7 @@ pub mod fuzzing {
                 ToWorker::CallBatch { .. } => "CallBatch",
                 ToWorker::Shutdown => "Shutdown",
                 ToWorker::ObjectReply { .. } => "ObjectReply",
+                ToWorker::ObjectRefused { .. } => "ObjectRefused",
             }
         }
     }
@@ -801,6 +809,11 @@ mod tests {
                 result: Err(ObjectError::Closed("gone".into())),
                 postable: true,
             },
+            ToWorker::ObjectRefused {
+                req: 3 | (1 << 63),
+                target: Handle { id: 4, token: 5 },
+                error: ObjectError::Closed("the queue is closed".into()),
+            },
             ToWorker::Shutdown,
         ];
         let from_worker = [
@@ -927,7 +940,7 @@ mod tests {
         // The samples themselves decode whole.
         let whole = fuzzing::read_to_worker(&to_worker);
         assert_eq!(whole.error, None);
-        assert_eq!(whole.kinds.len(), 8);
+        assert_eq!(whole.kinds.len(), 9);
         let whole = fuzzing::read_from_worker(&from_worker);
         assert_eq!(whole.error, None);
         assert_eq!(whole.kinds.len(), 8);
@@ -984,6 +997,7 @@ mod tests {
             "CallBatch",
             "Shutdown",
             "ObjectReply",
+            "ObjectRefused",
             "Ready",
             "LoadFailed",
             "Output",

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::broker::{Owner, Responder, broker, reply_to_worker};
+use crate::broker::{Owner, Refusals, Responder, broker, reply_to_worker};
 use crate::forkserver::ForkServer;
 use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame};
 use crate::spawn::{ReadyWorker, WorkerProcess};
@@ -56,6 +56,7 @@ impl WorkerHandle {
         let reaped2 = reaped.clone();
         let writer = Arc::new(Mutex::new(sock));
         let replies = writer.clone();
+        let refused = Arc::new(Refusals::default());
         std::thread::Builder::new()
             .name(format!("wasmpool-worker-{pid}"))
             .spawn(move || {
@@ -71,8 +72,17 @@ impl WorkerHandle {
                         })) => {
                             let writer = replies.clone();
                             let responder = if posted {
-                                Responder::Posted { writer, req }
+                                if refused.refused_again(&writer, req, target) {
+                                    continue;
+                                }
+                                Responder::Posted {
+                                    writer,
+                                    req,
+                                    target,
+                                    refused: refused.clone(),
+                                }
                             } else {
+                                refused.clear(target);
                                 Responder::Worker {
                                     writer,
                                     req,

@@ -242,20 +242,44 @@ fn queue_consume(queue: Queue<Option<u64>>) -> Result<u64, ObjectError> {
     Ok(sum)
 }
 
-/// Puts 1 (the host then learns the queue never waits, so later puts are posted), waits
-/// for `go` (the host closes the queue first), puts 2, and then, if `check`, asks the
-/// queue's size twice: the refusal of the second put is reported by the first call that
-/// starts after it arrived (the second call at the latest), or fails the task.
+/// Puts 1 (the host then says the queue never waits, so later puts are posted), waits for
+/// `go` (the host closes the queue first), and, holding `lock`, puts 2 (posted, refused)
+/// and asks the queue's size (waited for: the refusal has arrived by its answer). The
+/// lock's release is not failed by the refusal. Then, if `check`, puts 3: that reports the
+/// refusal; otherwise it fails the task.
 #[task]
-fn put_across_close(queue: Queue<u32>, go: Event, check: bool) -> Result<u32, ObjectError> {
+fn put_across_close(
+    queue: Queue<u32>,
+    go: Event,
+    lock: Lock,
+    check: bool,
+) -> Result<u32, ObjectError> {
     queue.put(&1)?;
     go.wait()?;
-    queue.put(&2)?;
-    if check {
-        queue.qsize()?;
+    {
+        let _held = lock.lock()?;
+        queue.put(&2)?;
         queue.qsize()?;
     }
+    if check {
+        queue.put(&3)?;
+    }
     Ok(7)
+}
+
+/// Puts 1, closes the queue, then tries two more puts: both fail at once, with the
+/// queue's own error. Answers their errors.
+#[task]
+fn put_after_own_close(queue: Queue<u32>) -> Result<Vec<String>, ObjectError> {
+    queue.put(&1)?;
+    queue.close()?;
+    Ok([2, 3]
+        .iter()
+        .map(|v| match queue.put(v) {
+            Ok(()) => "accepted".to_string(),
+            Err(e) => e.to_string(),
+        })
+        .collect())
 }
 
 /// Sends back every value it receives, `n` times.
@@ -460,6 +484,7 @@ wasmpool_guest::export_tasks!(
     recv_all,
     put_big,
     put_across_close,
+    put_after_own_close,
     extend_units,
     get_timeout,
     try_lock,

@@ -53,10 +53,13 @@ pub(crate) enum Responder {
         req: u64,
         postable: bool,
     },
-    /// A worker that posted request `req` and did not wait: only a refusal is answered.
+    /// A worker that posted request `req` on `target` and did not wait: only a refusal is
+    /// answered, and recorded in `refused` (see [`Refusals`]).
     Posted {
         writer: Arc<Mutex<UnixStream>>,
         req: u64,
+        target: Handle,
+        refused: Arc<Refusals>,
     },
     /// A host thread blocked on this slot.
     Host(Arc<HostSlot>),
@@ -94,10 +97,19 @@ impl Responder {
                 writer,
                 req,
                 postable,
-            } => reply_to_worker(&writer, req, result, postable),
-            Responder::Posted { writer, req } => {
-                if result.is_err() {
-                    reply_to_worker(&writer, req, result, false);
+            } => {
+                // A refused put (a closed queue) does not make the handle postable.
+                let postable = postable && result.is_ok();
+                reply_to_worker(&writer, req, result, postable)
+            }
+            Responder::Posted {
+                writer,
+                req,
+                target,
+                refused,
+            } => {
+                if let Err(error) = result {
+                    refused.refuse(&writer, req, target, error);
                 }
             }
             Responder::Host(slot) => {
@@ -112,6 +124,58 @@ impl Responder {
     }
 }
 
+/// The handles on which one worker's posted requests are being refused. After a refusal,
+/// every later posted request on that handle is refused with the same error, until the
+/// worker, told of it, sends one it waits for: so the posted items that do land are always
+/// a prefix of those sent, never one with a gap.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals(Mutex<HashMap<(u64, u64), ObjectError>>);
+
+impl Refusals {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(u64, u64), ObjectError>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses posted request `req` on `target` with `error`, and what follows it.
+    fn refuse(&self, writer: &Mutex<UnixStream>, req: u64, target: Handle, error: ObjectError) {
+        self.lock()
+            .entry((target.id, target.token))
+            .or_insert_with(|| error.clone());
+        write_to_worker(writer, &ToWorker::ObjectRefused { req, target, error });
+    }
+
+    /// Refuses posted request `req` if an earlier one on `target` was; answers whether it did.
+    pub fn refused_again(&self, writer: &Mutex<UnixStream>, req: u64, target: Handle) -> bool {
+        let Some(error) = self.lock().get(&(target.id, target.token)).cloned() else {
+            return false;
+        };
+        write_to_worker(writer, &ToWorker::ObjectRefused { req, target, error });
+        true
+    }
+
+    /// The worker waits for a request on `target`: it knows of the refusal.
+    pub fn clear(&self, target: Handle) {
+        let mut refused = self.lock();
+        if !refused.is_empty() {
+            refused.remove(&(target.id, target.token));
+        }
+    }
+}
+
+/// Writes `msg` to a worker; answers false if it does not fit in a frame.
+fn write_to_worker(writer: &Mutex<UnixStream>, msg: &ToWorker) -> bool {
+    let mut frame = Vec::new();
+    if encode_frame(&mut frame, msg).is_err() {
+        return false;
+    }
+    if let Ok(mut w) = writer.lock() {
+        use std::io::Write;
+        // A dead worker cannot read it; its supervisor reports the death.
+        let _ = w.write_all(&frame);
+    }
+    true
+}
+
 /// Writes the answer to a worker's request `req`.
 pub(crate) fn reply_to_worker(
     writer: &Mutex<UnixStream>,
@@ -119,15 +183,13 @@ pub(crate) fn reply_to_worker(
     result: OpResult,
     postable: bool,
 ) {
-    let mut frame = Vec::new();
     let reply = ToWorker::ObjectReply {
         req,
         result,
         postable,
     };
-    if encode_frame(&mut frame, &reply).is_err() {
+    if !write_to_worker(writer, &reply) {
         // An answer too large for a frame (a huge dict's items, say).
-        frame.clear();
         let refusal = ToWorker::ObjectReply {
             req,
             result: Err(ObjectError::TooLarge(
@@ -135,14 +197,7 @@ pub(crate) fn reply_to_worker(
             )),
             postable: false,
         };
-        if encode_frame(&mut frame, &refusal).is_err() {
-            return;
-        }
-    }
-    if let Ok(mut w) = writer.lock() {
-        use std::io::Write;
-        // A dead worker cannot read its answer; its supervisor reports the death.
-        let _ = w.write_all(&frame);
+        write_to_worker(writer, &refusal);
     }
 }
 

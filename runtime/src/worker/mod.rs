@@ -28,7 +28,7 @@ use crate::bindings::TaskModulePre;
 use crate::protocol::{FromWorker, Load, Outcome, ToWorker, read_frame};
 
 use self::instance::Loaded;
-use self::objects::ObjectClient;
+use self::objects::{ObjectClient, Reply};
 use self::output::Channel;
 use self::state::{ProcessIdentity, State};
 use self::watchdog::Watchdog;
@@ -193,7 +193,13 @@ fn serve_on(
                     postable,
                 } = msg
                 {
-                    let _ = reply_tx.send((req, result, postable));
+                    let _ = reply_tx.send(Reply::Answer {
+                        req,
+                        result,
+                        postable,
+                    });
+                } else if let ToWorker::ObjectRefused { req, target, error } = msg {
+                    let _ = reply_tx.send(Reply::Refused { req, target, error });
                 } else if tx.send(msg).is_err() {
                     break;
                 }
@@ -214,7 +220,9 @@ fn serve_on(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
         match msg {
-            ToWorker::Load(_) | ToWorker::ObjectReply { .. } => return Ok(1),
+            ToWorker::Load(_) | ToWorker::ObjectReply { .. } | ToWorker::ObjectRefused { .. } => {
+                return Ok(1);
+            }
             ToWorker::Grant(grants) => loaded.set_grants(grants),
             ToWorker::Rename(name) => {
                 if let Ok(mut n) = identity.name.lock() {

@@ -3,16 +3,17 @@
 //! routes replies here). Only the calling task blocks; the worker's socket keeps flowing.
 //!
 //! Posting: a put on an unbounded queue, a pipe send, a dict set or a list append can never
-//! wait, and the host says so in its answer to the first one on a handle. Later ones on
-//! that handle, during a task call (not a batch: a refusal would have no one item to fail),
-//! are posted: sent without waiting, as Python's `Queue.put` hands its item to a feeder
-//! thread. The host answers a posted request only to refuse it (the queue was closed
-//! meanwhile, say). A refusal is reported by the first object operation the task starts
-//! after the refusal reached the worker (which is then not performed): at the latest, the
-//! one after the next operation that waits. If the task makes none, the refusal fails the
-//! task at its end. Nothing refused is lost silently.
+//! wait, and the host says so in its answer to the first one on a handle that succeeds.
+//! Later ones on that handle, during a task call (not a batch: a refusal would have no one
+//! item to fail), are posted: sent without waiting, as Python's `Queue.put` hands its item to
+//! a feeder thread. The host answers a posted request only to refuse it (the queue was closed
+//! meanwhile, it is over the object's size limit, …), and then refuses every later posted
+//! one on that handle too, so what lands is a prefix of what was sent. The refusal is
+//! reported once, by the task's next put or send on that handle (which is not performed),
+//! or, if there is none before the task ends, it fails the task. Other calls, a lock guard's
+//! release say, are never failed by it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -24,12 +25,42 @@ use crate::bindings::objects as wit;
 use crate::broker::MESSAGE_CAP;
 use crate::protocol::FromWorker;
 
-/// One answer from the broker: request id, result, and whether later puts or sends on the
-/// handle may be posted.
-pub(crate) type Reply = (u64, Result<wire::Response, ObjectError>, bool);
+/// What the broker sends the waiting task (the frames thread routes it here).
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// The answer to request `req`; `postable`: later puts or sends on the handle may be
+    /// posted.
+    Answer {
+        req: u64,
+        result: Result<wire::Response, ObjectError>,
+        postable: bool,
+    },
+    /// The host refused posted request `req` on `target`.
+    Refused {
+        req: u64,
+        target: wire::Handle,
+        error: ObjectError,
+    },
+}
 
-/// Request ids of posted requests have this bit set, so a refusal is told from an answer.
+/// Request ids of posted requests have this bit set.
 const POSTED: u64 = 1 << 63;
+
+type Key = (u64, u64);
+
+fn key(h: wire::Handle) -> Key {
+    (h.id, h.token)
+}
+
+/// Refusals of posted requests, per handle.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Not reported yet: the first refusal on each handle.
+    pending: HashMap<Key, ObjectError>,
+    /// Reported when the request id counter stood at this value: refusals of requests
+    /// posted before then are the same refusal, already reported.
+    reported: HashMap<Key, u64>,
+}
 
 /// Sends requests to the broker and waits for their replies.
 #[derive(Debug)]
@@ -37,14 +68,24 @@ pub(crate) struct ObjectClient {
     channel: Arc<Channel>,
     replies: Mutex<Receiver<Reply>>,
     next: AtomicU64,
-    /// Handles (id, token) on which puts or sends never wait, as the host answered.
-    postable: Mutex<HashSet<(u64, u64)>>,
+    /// Handles on which puts or sends never wait, as the host answered.
+    postable: Mutex<HashSet<Key>>,
     /// Whether requests may be posted now: only while a single task call runs.
     posting: AtomicBool,
     /// Requests were posted since the last answer waited for (the host may refuse them).
     unsynced: AtomicBool,
-    /// The first refusal of a posted request, not yet reported.
-    refused: Mutex<Option<ObjectError>>,
+    refusals: Mutex<Refusals>,
+}
+
+/// Whether a request is of a kind that may be posted.
+fn postable_kind(request: &wire::Request) -> bool {
+    matches!(
+        request,
+        wire::Request::QueuePut(_)
+            | wire::Request::ConnSend(_)
+            | wire::Request::DictSet(_)
+            | wire::Request::ListAppend(_)
+    )
 }
 
 impl ObjectClient {
@@ -56,7 +97,7 @@ impl ObjectClient {
             postable: Mutex::new(HashSet::new()),
             posting: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
-            refused: Mutex::new(None),
+            refusals: Mutex::new(Refusals::default()),
         }
     }
 
@@ -66,8 +107,8 @@ impl ObjectClient {
     }
 
     /// The task call ended: answers the refusal of a request it posted that it was not told
-    /// of yet, after waiting (one round trip, only if it posted any) for the host to have
-    /// seen them all.
+    /// of, after waiting (one round trip, only if it posted any) for the host to have seen
+    /// them all.
     pub fn end_call(&self) -> Option<String> {
         self.posting.store(false, Ordering::Relaxed);
         if self.unsynced.load(Ordering::Relaxed) {
@@ -77,10 +118,12 @@ impl ObjectClient {
                 let _ = self.wait_for(req);
             }
         }
-        let refused = self.refused.lock().ok()?.take()?;
+        let mut refusals = self.refusals.lock().ok()?;
+        let unreported = refusals.pending.drain().next();
+        *refusals = Refusals::default();
+        let (_, error) = unreported?;
         Some(format!(
-            "a put or send the task made without waiting was refused: {}",
-            refused
+            "a put or send the task made without waiting was refused: {error}"
         ))
     }
 
@@ -100,25 +143,14 @@ impl ObjectClient {
                 "a message of {len} bytes is over the {MESSAGE_CAP} byte limit"
             )));
         }
-        if let Some(refused) = self.take_refusal() {
-            return Err(error(earlier(refused)));
-        }
         let target = wire::Handle {
             id: target.id,
             token: target.token,
         };
-        let posted = self.posting.load(Ordering::Relaxed)
-            && matches!(
-                request,
-                wire::Request::QueuePut(_)
-                    | wire::Request::ConnSend(_)
-                    | wire::Request::DictSet(_)
-                    | wire::Request::ListAppend(_)
-            )
-            && self
-                .postable
-                .lock()
-                .is_ok_and(|p| p.contains(&(target.id, target.token)));
+        let kind = postable_kind(&request);
+        if kind && let Some(refused) = self.take_refusal(target) {
+            return Err(error(earlier(refused)));
+        }
         // A task that closes a queue or a pipe end itself hears of a later put or send at
         // once, as in Python.
         if matches!(
@@ -126,8 +158,11 @@ impl ObjectClient {
             wire::Request::QueueClose | wire::Request::ConnClose
         ) && let Ok(mut p) = self.postable.lock()
         {
-            p.remove(&(target.id, target.token));
+            p.remove(&key(target));
         }
+        let posted = kind
+            && self.posting.load(Ordering::Relaxed)
+            && self.postable.lock().is_ok_and(|p| p.contains(&key(target)));
         let mut id = self.next.fetch_add(1, Ordering::Relaxed);
         if posted {
             id |= POSTED;
@@ -149,10 +184,8 @@ impl ObjectClient {
         }
         let (result, postable) = self.wait_for(id)?;
         if postable && let Ok(mut p) = self.postable.lock() {
-            p.insert((target.id, target.token));
+            p.insert(key(target));
         }
-        // A refusal of a request posted before this one may have arrived with this answer:
-        // it is kept for the next operation, since this one was performed.
         result.map(response).map_err(error)
     }
 
@@ -166,41 +199,58 @@ impl ObjectClient {
         let replies = self.replies.lock().map_err(|_| gone())?;
         loop {
             match replies.recv() {
-                Ok((req, result, postable)) if req == id => {
+                Ok(Reply::Answer {
+                    req,
+                    result,
+                    postable,
+                }) if req == id => {
                     self.unsynced.store(false, Ordering::Relaxed);
                     return Ok((result, postable));
                 }
-                Ok((req, Err(e), _)) if req & POSTED != 0 => self.keep_refusal(e),
+                Ok(Reply::Refused { req, target, error }) => self.keep(req, target, error),
                 // A reply to a request of a call that was abandoned: nobody waits for it.
-                Ok(_) => continue,
+                Ok(Reply::Answer { .. }) => continue,
                 Err(_) => return Err(gone()),
             }
         }
     }
 
-    fn keep_refusal(&self, e: ObjectError) {
-        if let Ok(mut refused) = self.refused.lock() {
-            refused.get_or_insert(e);
+    /// Keeps a refusal until it is reported; puts and sends on its handle wait from now on.
+    fn keep(&self, req: u64, target: wire::Handle, error: ObjectError) {
+        if let Ok(mut p) = self.postable.lock() {
+            p.remove(&key(target));
         }
+        let Ok(mut refusals) = self.refusals.lock() else {
+            return;
+        };
+        let seen = refusals.reported.get(&key(target)).copied();
+        if seen.is_some_and(|upto| req & !POSTED < upto) {
+            return;
+        }
+        refusals.pending.entry(key(target)).or_insert(error);
     }
 
-    /// A refusal not yet reported: one kept, or one that has arrived since.
-    fn take_refusal(&self) -> Option<ObjectError> {
+    /// The refusal on `target` not reported yet, if one has arrived.
+    fn take_refusal(&self, target: wire::Handle) -> Option<ObjectError> {
         if self.unsynced.load(Ordering::Relaxed)
             && let Ok(replies) = self.replies.lock()
         {
-            while let Ok((req, result, _)) = replies.try_recv() {
-                if let (true, Err(e)) = (req & POSTED != 0, result) {
-                    self.keep_refusal(e);
+            while let Ok(reply) = replies.try_recv() {
+                if let Reply::Refused { req, target, error } = reply {
+                    self.keep(req, target, error);
                 }
             }
         }
-        self.refused.lock().ok()?.take()
+        let mut refusals = self.refusals.lock().ok()?;
+        let error = refusals.pending.remove(&key(target))?;
+        let upto = self.next.load(Ordering::Relaxed);
+        refusals.reported.insert(key(target), upto);
+        Some(error)
     }
 }
 
-/// A refusal of an earlier posted request, reported by a later operation: the same kind
-/// of error, saying which operation it was about.
+/// A refusal of an earlier posted request, reported by a later put or send on its handle:
+/// the same kind of error, saying which operation it was about.
 fn earlier(e: ObjectError) -> ObjectError {
     let say = |m: String| format!("an earlier put or send, made without waiting, was refused: {m}");
     match e {
