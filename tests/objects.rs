@@ -54,6 +54,7 @@ fn a_guest_put_on_a_full_bounded_queue_waits_for_room() {
         p.start().unwrap();
         // Puts on a bounded queue are never posted: the producer waits for room, and keeps
         // every item it could not put yet.
+        assert!(eventually(Duration::from_secs(30), || q.qsize().unwrap() == 1));
         std::thread::sleep(Duration::from_millis(300));
         assert!(p.is_alive(), "the producer waits on the full queue");
         assert_eq!(q.qsize().unwrap(), 1);
