@@ -132,33 +132,33 @@ pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcom
             .collect();
         return out;
     };
-    BATCH.with(|b| *b.borrow_mut() = Some(out));
     // One scratch buffer for every item: the batch so far stays in BATCH, where the panic
     // hook finds it, and no borrow of it is held while a task runs.
     let mut scratch = Vec::new();
     let mut start = 0usize;
-    for (i, &end) in items.ends.iter().enumerate() {
-        let end = end as usize;
-        scratch.clear();
-        let outcome = match items.data.get(start..end) {
-            Some(args) => f(args, &mut scratch),
-            None => Err(TaskError::BadArgs(
-                "the batch's item bounds are malformed".into(),
-            )),
-        };
-        start = end;
-        BATCH.with(|b| {
-            if let Some(out) = b.borrow_mut().as_mut() {
-                match outcome {
-                    Ok(()) => out.results.data.extend_from_slice(&scratch),
-                    Err(e) => out.errors.push((i as u32, e)),
-                }
-                out.results.ends.push(out.results.data.len() as u32);
-            }
-        });
-    }
     BATCH
-        .with(|b| b.borrow_mut().take())
+        .with(|batch| {
+            *batch.borrow_mut() = Some(out);
+            for (i, &end) in items.ends.iter().enumerate() {
+                let end = end as usize;
+                scratch.clear();
+                let outcome = match items.data.get(start..end) {
+                    Some(args) => f(args, &mut scratch),
+                    None => Err(TaskError::BadArgs(
+                        "the batch's item bounds are malformed".into(),
+                    )),
+                };
+                start = end;
+                if let Some(out) = batch.borrow_mut().as_mut() {
+                    match outcome {
+                        Ok(()) => out.results.data.extend_from_slice(&scratch),
+                        Err(e) => out.errors.push((i as u32, e)),
+                    }
+                    out.results.ends.push(out.results.data.len() as u32);
+                }
+            }
+            batch.borrow_mut().take()
+        })
         .unwrap_or(BatchOutcome {
             results: Packed {
                 data: Vec::new(),
@@ -180,7 +180,32 @@ pub struct Args<'a> {
 impl<'a> Args<'a> {
     /// Reads the array header and checks the arity against the task's parameters
     /// (each given as `(name, type)`).
+    ///
+    /// This and [`decode_next`](Args::decode_next) run once per item of a batch: their
+    /// common paths are inlined into the task's `call`, the rest kept out of line.
+    #[inline]
     pub fn new(
+        task: &'static str,
+        params: &'static [(&'static str, &'static str)],
+        bytes: &'a [u8],
+    ) -> Result<Self, TaskError> {
+        // A fixarray header of the right length: the common case, with nothing to report.
+        if let Some((&marker, rest)) = bytes.split_first()
+            && params.len() < 16
+            && usize::from(marker) == 0x90 + params.len()
+        {
+            return Ok(Args {
+                task,
+                params,
+                rest,
+                index: 0,
+            });
+        }
+        Self::new_general(task, params, bytes)
+    }
+
+    #[inline(never)]
+    fn new_general(
         task: &'static str,
         params: &'static [(&'static str, &'static str)],
         bytes: &'a [u8],
@@ -209,7 +234,19 @@ impl<'a> Args<'a> {
     }
 
     /// Decodes the next argument.
-    pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<T, TaskError> {
+    #[inline]
+    pub fn decode_next<T: DeserializeOwned + 'static>(&mut self) -> Result<T, TaskError> {
+        match crate::scalar::decode::<T>(&mut self.rest) {
+            Some(value) => {
+                self.index += 1;
+                Ok(value)
+            }
+            None => self.decode_serde(),
+        }
+    }
+
+    #[inline(never)]
+    fn decode_serde<T: DeserializeOwned>(&mut self) -> Result<T, TaskError> {
         // Only the marker byte is kept for the error message, which is written only on the
         // error path: this runs once per argument of every item of a batch.
         let marker = self.rest.first().copied();
@@ -244,11 +281,20 @@ fn kind_of(m: u8) -> &'static str {
 }
 
 /// Encodes a task's return value.
-pub fn encode_return<T: Serialize>(
+#[inline]
+pub fn encode_return<T: Serialize + 'static>(
     task: &str,
     value: T,
     out: &mut Vec<u8>,
 ) -> Result<(), TaskError> {
+    if crate::scalar::encode(&value, out) {
+        return Ok(());
+    }
+    encode_serde(task, value, out)
+}
+
+#[inline(never)]
+fn encode_serde<T: Serialize>(task: &str, value: T, out: &mut Vec<u8>) -> Result<(), TaskError> {
     let start = out.len();
     rmp_serde::encode::write_named(out, &value).map_err(|e| {
         out.truncate(start);
@@ -257,7 +303,8 @@ pub fn encode_return<T: Serialize>(
 }
 
 /// Encodes a fallible task's return value; its `Err` becomes the task's error message.
-pub fn encode_result<T: Serialize, E: Display>(
+#[inline]
+pub fn encode_result<T: Serialize + 'static, E: Display>(
     task: &str,
     value: Result<T, E>,
     out: &mut Vec<u8>,

@@ -48,6 +48,7 @@ pub mod bindings {
 
 pub mod objects;
 pub mod process;
+mod scalar;
 
 /// The serde crate the task macros use; guests may use it too.
 pub use serde;
