@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::module::Module;
-use crate::packed::Packed;
+use crate::packed::{BatchAnswers, Packed};
 use crate::process::outcome_error;
 use crate::protocol::{Limits, Outcome};
 use crate::values::decode_result;
@@ -19,9 +20,6 @@ use crate::values::decode_result;
 pub(crate) enum Slot {
     Pending,
     Done(Outcome),
-    /// A success whose encoded result is item `.1` of a batch's shared result buffer (no
-    /// copy per item).
-    Ok(Arc<Packed>, u32),
     /// The worker running it died.
     Lost {
         pid: u32,
@@ -41,7 +39,6 @@ impl Slot {
     pub fn into_bytes(self, task: &str, module: &Module) -> Result<Vec<u8>> {
         match self {
             Slot::Done(Outcome::Ok(bytes)) => Ok(bytes),
-            Slot::Ok(results, i) => Ok(results.get(i as usize).unwrap_or_default().to_vec()),
             Slot::Done(other) => Err(outcome_error(task, &other, module)),
             Slot::Lost {
                 pid,
@@ -64,8 +61,32 @@ impl Slot {
     }
 
     fn is_ok(&self) -> bool {
-        matches!(self, Slot::Done(Outcome::Ok(_)) | Slot::Ok(..))
+        matches!(self, Slot::Done(Outcome::Ok(_)))
     }
+}
+
+/// How one item of a job is stored: 16 bytes, so a `map` of 200k items costs little to
+/// set up, fill and drop.
+#[derive(Debug, Clone)]
+enum Entry {
+    Pending,
+    /// A success: item `index` of run `run`'s result buffer (see [`JobState::runs`]).
+    Ok {
+        run: u64,
+        index: u32,
+    },
+    /// Any other outcome.
+    Done(Box<Slot>),
+    /// Already handed to an iterator.
+    Taken,
+}
+
+/// The result buffer of one batch, shared by its successful items.
+#[derive(Debug, Default)]
+struct Run {
+    results: Arc<Packed>,
+    /// Its items not yet taken; the buffer is freed when none is left.
+    live: u32,
 }
 
 pub(crate) type Completion = Box<dyn FnOnce(&Job, usize) + Send>;
@@ -108,10 +129,15 @@ struct JobState {
     /// Items `base..base + slots.len()`; items before `base` were taken by an iterator and
     /// forgotten, so an endless `imap` keeps only a window of slots.
     base: usize,
-    slots: VecDeque<Slot>,
+    slots: VecDeque<Entry>,
+    /// Result buffers of batches: run `runs_base + i` is `runs[i]`. Runs whose items were
+    /// all taken are freed, and forgotten once at the front.
+    runs: VecDeque<Run>,
+    runs_base: u64,
     done: usize,
-    /// Items finished, in completion order (for `imap_unordered`).
-    arrivals: VecDeque<usize>,
+    /// Items finished, in completion order (for `imap_unordered`), as runs of consecutive
+    /// indices: a batch's items arrive together.
+    arrivals: VecDeque<Range<usize>>,
     /// The first failed item, in completion order (what `map` reports, as Python does).
     first_error: Option<usize>,
 }
@@ -123,7 +149,8 @@ impl Job {
             module,
             opts,
             state: Mutex::new(JobState {
-                slots: std::iter::repeat_n(Slot::Pending, items).collect(),
+                // Made, not cloned: `repeat_n` would clone (and match on) each entry.
+                slots: (0..items).map(|_| Entry::Pending).collect(),
                 ..JobState::default()
             }),
             changed: Condvar::new(),
@@ -153,7 +180,7 @@ impl Job {
     pub fn grow(&self, n: usize) -> usize {
         let mut s = self.lock();
         let first = s.base + s.slots.len();
-        s.slots.extend(std::iter::repeat_n(Slot::Pending, n));
+        s.slots.extend((0..n).map(|_| Entry::Pending));
         first
     }
 
@@ -169,22 +196,25 @@ impl Job {
         let mut s = self.lock();
         let mut recorded = 0;
         for (i, slot) in slots.into_iter().enumerate() {
-            let index = first + i;
-            let Some(at) = index.checked_sub(s.base) else {
-                continue;
-            };
-            if let Some(existing @ Slot::Pending) = s.slots.get_mut(at) {
-                let ok = slot.is_ok();
-                *existing = slot;
-                s.done += 1;
-                s.arrivals.push_back(index);
-                if !ok && s.first_error.is_none() {
-                    s.first_error = Some(index);
-                }
+            let ok = slot.is_ok();
+            if s.record(first + i, ok, || Entry::Done(Box::new(slot))) {
                 recorded += 1;
             }
         }
         drop(s);
+        self.wake(recorded)
+    }
+
+    /// Records the answers to a batch of `n` items starting at `first` (an item the worker
+    /// did not answer fails). The successes keep their bytes in the batch's own buffer, not
+    /// one allocation each. Returns how many items were still pending.
+    pub fn complete_batch(&self, first: usize, n: usize, answers: BatchAnswers) -> usize {
+        let recorded = self.lock().record_batch(first, n, answers);
+        self.wake(recorded)
+    }
+
+    /// Wakes whoever waits on the job if `recorded` items finished; returns `recorded`.
+    fn wake(&self, recorded: usize) -> usize {
         if recorded > 0 {
             self.changed.notify_all();
             let wakers =
@@ -201,6 +231,11 @@ impl Job {
         self.on_complete.lock().map_or(true, |h| h.is_some())
     }
 
+    /// Takes the completion hook, if it is still to run.
+    pub fn take_hook(&self) -> Option<Completion> {
+        self.on_complete.lock().ok().and_then(|mut h| h.take())
+    }
+
     /// Wakes `waker` at the next completion of any item.
     pub fn register(&self, waker: &std::task::Waker) {
         let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
@@ -215,7 +250,7 @@ impl Job {
         index
             .checked_sub(s.base)
             .and_then(|at| s.slots.get(at))
-            .is_some_and(|slot| !matches!(slot, Slot::Pending))
+            .is_some_and(|entry| !matches!(entry, Entry::Pending))
     }
 
     pub fn is_done(&self) -> bool {
@@ -253,8 +288,8 @@ impl Job {
             };
             match s.slots.get(at) {
                 None => return Slot::Aborted("no such item".into()),
-                Some(Slot::Pending) => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
-                Some(_) => return take_at(&mut s, at),
+                Some(Entry::Pending) => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(_) => return s.take_at(at),
             }
         }
     }
@@ -263,11 +298,16 @@ impl Job {
     pub fn take_next_arrival(&self) -> Option<(usize, Slot)> {
         let mut s = self.lock();
         loop {
-            if let Some(index) = s.arrivals.pop_front() {
+            if let Some(run) = s.arrivals.front_mut() {
+                let index = run.start;
+                run.start += 1;
+                if run.start >= run.end {
+                    s.arrivals.pop_front();
+                }
                 let Some(at) = index.checked_sub(s.base) else {
                     continue;
                 };
-                return Some((index, take_at(&mut s, at)));
+                return Some((index, s.take_at(at)));
             }
             if s.done == s.base + s.slots.len() {
                 return None;
@@ -281,36 +321,83 @@ impl Job {
         let s = self.lock();
         index
             .checked_sub(s.base)
-            .and_then(|at| s.slots.get(at).cloned())
-            .unwrap_or(Slot::Taken)
+            .and_then(|at| s.slots.get(at))
+            .map_or(Slot::Taken, |entry| s.resolve(entry))
     }
 
-    /// Every item's result, decoded in place, or the first error in completion order.
+    /// Every item's result, or the first error in completion order; waits for every item.
+    ///
+    /// Items are decoded in order as they finish, while later ones still run, so little
+    /// decoding is left once the last item is in. A batch's results are decoded outside the
+    /// job's lock, which the scheduler needs to record the next batch.
     pub fn decode_all<R: DeserializeOwned>(&self) -> Result<Vec<R>> {
-        let s = self.lock();
-        if let Some(slot) = s
+        let mut out: Vec<R> = Vec::new();
+        let mut decode_error = None;
+        let mut s = self.lock();
+        out.reserve(s.slots.len());
+        loop {
+            if decode_error.is_some() || s.first_error.is_some() {
+                // Nothing more to decode: wait for the rest, as Python's `map` does.
+                while s.done < s.base + s.slots.len() {
+                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                break;
+            }
+            let Some(at) = out.len().checked_sub(s.base) else {
+                return Err(Error::State("these results were already taken".into()));
+            };
+            match s.slots.get(at) {
+                None => break,
+                Some(Entry::Pending) => {
+                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                Some(&Entry::Ok { run, index }) => {
+                    // The finished items of this run from here on, decoded unlocked.
+                    let len = s
+                        .slots
+                        .range(at..)
+                        .zip(index..)
+                        .take_while(|(e, i)| matches!(e, Entry::Ok { run: r, index: j } if *r == run && j == i))
+                        .count();
+                    let results = s.run(run).map(|r| r.results.clone()).unwrap_or_default();
+                    drop(s);
+                    for i in index as usize..index as usize + len {
+                        match decode_result(&self.task, results.get(i).unwrap_or_default()) {
+                            Ok(v) => out.push(v),
+                            Err(e) => {
+                                decode_error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    s = self.lock();
+                }
+                Some(other) => {
+                    let decoded = s
+                        .resolve(other)
+                        .into_bytes(&self.task, &self.module)
+                        .and_then(|bytes| decode_result(&self.task, &bytes));
+                    match decoded {
+                        Ok(v) => out.push(v),
+                        Err(e) => decode_error = Some(e),
+                    }
+                }
+            }
+        }
+        if let Some(entry) = s
             .first_error
             .and_then(|i| i.checked_sub(s.base))
             .and_then(|at| s.slots.get(at))
         {
-            return slot
-                .clone()
+            return s
+                .resolve(entry)
                 .into_bytes(&self.task, &self.module)
                 .map(|_| Vec::new());
         }
-        s.slots
-            .iter()
-            .map(|slot| match slot {
-                Slot::Done(Outcome::Ok(bytes)) => decode_result(&self.task, bytes),
-                Slot::Ok(results, i) => {
-                    decode_result(&self.task, results.get(*i as usize).unwrap_or_default())
-                }
-                other => other
-                    .clone()
-                    .into_bytes(&self.task, &self.module)
-                    .and_then(|bytes| decode_result(&self.task, &bytes)),
-            })
-            .collect()
+        match decode_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     pub fn successful(&self) -> bool {
@@ -318,14 +405,122 @@ impl Job {
     }
 }
 
-/// Takes the slot at position `at` and forgets the taken slots at the front of the window.
-fn take_at(s: &mut JobState, at: usize) -> Slot {
-    let slot = std::mem::replace(&mut s.slots[at], Slot::Taken);
-    while matches!(s.slots.front(), Some(Slot::Taken)) {
-        s.slots.pop_front();
-        s.base += 1;
+impl JobState {
+    /// See [`Job::complete_batch`].
+    fn record_batch(&mut self, first: usize, n: usize, answers: BatchAnswers) -> usize {
+        let BatchAnswers {
+            results,
+            mut errors,
+        } = answers;
+        // From the worker: in increasing order, but a broken list must not lose an item.
+        errors.sort_by_key(|(i, _)| *i);
+        let mut errors = errors.into_iter().peekable();
+        let answered = results.len();
+        let run = self.runs_base + self.runs.len() as u64;
+        let mut live = 0u32;
+        let mut recorded = 0;
+        for i in 0..n {
+            let mut failed = None;
+            while let Some((at, outcome)) = errors.next_if(|(at, _)| *at as usize <= i) {
+                if at as usize == i {
+                    failed = Some(outcome);
+                }
+            }
+            let entry = match failed {
+                Some(outcome) => Entry::Done(Box::new(Slot::Done(outcome))),
+                None if i < answered => Entry::Ok {
+                    run,
+                    index: i as u32,
+                },
+                None => Entry::Done(Box::new(Slot::Aborted("the worker gave no answer".into()))),
+            };
+            let ok = matches!(entry, Entry::Ok { .. });
+            if self.record(first + i, ok, || entry) {
+                recorded += 1;
+                live += u32::from(ok);
+            }
+        }
+        if live > 0 {
+            self.runs.push_back(Run {
+                results: Arc::new(results),
+                live,
+            });
+        }
+        recorded
     }
-    slot
+
+    /// Stores item `index`'s outcome (made by `entry`) if it is still pending; returns
+    /// whether it was.
+    fn record(&mut self, index: usize, ok: bool, entry: impl FnOnce() -> Entry) -> bool {
+        let Some(at) = index.checked_sub(self.base) else {
+            return false;
+        };
+        let Some(existing @ Entry::Pending) = self.slots.get_mut(at) else {
+            return false;
+        };
+        *existing = entry();
+        self.done += 1;
+        match self.arrivals.back_mut() {
+            Some(run) if run.end == index => run.end += 1,
+            _ => self.arrivals.push_back(index..index + 1),
+        }
+        if !ok && self.first_error.is_none() {
+            self.first_error = Some(index);
+        }
+        true
+    }
+
+    /// The encoded result of item `index` of run `run`.
+    fn result(&self, run: u64, index: u32) -> Option<&[u8]> {
+        self.run(run)?.results.get(index as usize)
+    }
+
+    fn run(&self, run: u64) -> Option<&Run> {
+        let at = usize::try_from(run.checked_sub(self.runs_base)?).ok()?;
+        self.runs.get(at)
+    }
+
+    /// A copy of an entry's outcome.
+    fn resolve(&self, entry: &Entry) -> Slot {
+        match entry {
+            Entry::Pending => Slot::Pending,
+            Entry::Ok { run, index } => Slot::Done(Outcome::Ok(
+                self.result(*run, *index).unwrap_or_default().to_vec(),
+            )),
+            Entry::Done(slot) => (**slot).clone(),
+            Entry::Taken => Slot::Taken,
+        }
+    }
+
+    /// Takes the outcome at position `at`, and forgets the taken items at the front of the
+    /// window and the result buffers no item needs any more.
+    fn take_at(&mut self, at: usize) -> Slot {
+        let Some(entry) = self.slots.get_mut(at) else {
+            return Slot::Taken;
+        };
+        let entry = std::mem::replace(entry, Entry::Taken);
+        let slot = self.resolve(&entry);
+        if let Entry::Ok { run, .. } = entry
+            && let Some(r) = run
+                .checked_sub(self.runs_base)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| self.runs.get_mut(i))
+        {
+            r.live = r.live.saturating_sub(1);
+            if r.live == 0 {
+                r.results = Arc::default();
+            }
+        }
+        while self.runs.front().is_some_and(|r| r.live == 0) {
+            self.runs.pop_front();
+            self.runs_base += 1;
+        }
+        while matches!(self.slots.front(), Some(Entry::Taken)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        slot
+    }
 }
 
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) or
@@ -359,7 +554,7 @@ impl<T> AsyncResult<T> {
 
     /// Waits for the result and returns it (or the task's error).
     pub fn get(&self) -> Result<T> {
-        self.job.wait(None);
+        // `finish` waits (a `map` decodes its items as they finish).
         (self.finish)(&self.job)
     }
 
@@ -403,11 +598,95 @@ impl<T> AsyncResult<T> {
     }
 }
 
+/// Waits for a one-item job and decodes its result.
 pub(crate) fn finish_one<R: DeserializeOwned>(job: &Job) -> Result<R> {
+    job.wait(None);
     let bytes = job.peek(0).into_bytes(&job.task, &job.module)?;
     decode_result(&job.task, &bytes)
 }
 
+/// Waits for every item of a job, decoding them as they finish.
 pub(crate) fn finish_all<R: DeserializeOwned>(job: &Job) -> Result<Vec<R>> {
     job.decode_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(n: usize) -> JobState {
+        JobState {
+            slots: (0..n).map(|_| Entry::Pending).collect(),
+            ..JobState::default()
+        }
+    }
+
+    fn answers(results: &[&[u8]], errors: Vec<(u32, Outcome)>) -> BatchAnswers {
+        BatchAnswers {
+            results: results.iter().map(|r| r.to_vec()).collect(),
+            errors,
+        }
+    }
+
+    fn ok_bytes(slot: Slot) -> Vec<u8> {
+        match slot {
+            Slot::Done(Outcome::Ok(bytes)) => bytes,
+            other => panic!("expected a success, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_each_items_outcome_whatever_order_the_errors_come_in() {
+        let mut s = pending(6);
+        // Items 1..6: five of them, errors listed out of order, and only four answers.
+        let batch = answers(
+            &[b"a", b"", b"c", b""],
+            vec![
+                (3, Outcome::Failed("three".into())),
+                (1, Outcome::Failed("one".into())),
+            ],
+        );
+        assert_eq!(s.record_batch(1, 5, batch), 5);
+        assert_eq!(s.done, 5);
+        assert_eq!(ok_bytes(s.resolve(&s.slots[1])), b"a");
+        assert!(matches!(s.resolve(&s.slots[2]), Slot::Done(Outcome::Failed(m)) if m == "one"));
+        assert_eq!(ok_bytes(s.resolve(&s.slots[3])), b"c");
+        assert!(matches!(s.resolve(&s.slots[4]), Slot::Done(Outcome::Failed(m)) if m == "three"));
+        assert!(matches!(s.resolve(&s.slots[5]), Slot::Aborted(m) if m.contains("no answer")));
+        assert!(matches!(s.slots[0], Entry::Pending));
+        // The first failure in completion order is item 2.
+        assert_eq!(s.first_error, Some(2));
+        // An item already finished is not overwritten by a late batch.
+        assert_eq!(s.record_batch(0, 2, answers(&[b"x", b"y"], vec![])), 1);
+        assert!(matches!(s.resolve(&s.slots[1]), Slot::Done(Outcome::Ok(b)) if b == b"a"));
+    }
+
+    #[test]
+    fn taking_every_item_of_a_batch_frees_its_buffer() {
+        let mut s = pending(4);
+        s.record_batch(0, 2, answers(&[b"0", b"1"], vec![]));
+        s.record_batch(2, 2, answers(&[b"2", b"3"], vec![]));
+        assert_eq!(s.runs.len(), 2);
+        assert_eq!(ok_bytes(s.take_at(0)), b"0");
+        assert_eq!(s.runs.len(), 2, "item 1 still needs the first buffer");
+        // Taken out of order: the second buffer is freed at once, forgotten with the first.
+        assert_eq!(ok_bytes(s.take_at(3 - s.base)), b"3");
+        assert_eq!(ok_bytes(s.take_at(2 - s.base)), b"2");
+        assert!(s.runs[1].results.is_empty());
+        assert_eq!(s.runs.len(), 2);
+        assert_eq!(ok_bytes(s.take_at(1 - s.base)), b"1");
+        assert!(s.runs.is_empty());
+        assert_eq!(s.runs_base, 2);
+        assert!(s.slots.is_empty());
+        assert_eq!(s.base, 4);
+    }
+
+    #[test]
+    fn arrivals_keep_completion_order_in_runs() {
+        let mut s = pending(6);
+        s.record_batch(3, 3, answers(&[b"", b"", b""], vec![]));
+        assert!(s.record(0, true, || Entry::Done(Box::new(Slot::Aborted("x".into())))));
+        assert!(s.record(1, true, || Entry::Done(Box::new(Slot::Aborted("y".into())))));
+        assert_eq!(s.arrivals, [3..6, 0..2]);
+    }
 }

@@ -52,27 +52,6 @@ impl Answers {
             Answers::Batch(answers) => answers.into_outcomes().next(),
         }
     }
-
-    /// The slots of `n` items, in order. Successes of a batch share its result buffer.
-    fn into_slots(self, n: usize) -> Vec<Slot> {
-        match self {
-            Answers::One(outcome) => vec![Slot::Done(outcome); n],
-            Answers::Batch(BatchAnswers { results, errors }) => {
-                let answered = results.len().min(n);
-                let results = Arc::new(results);
-                let mut slots: Vec<Slot> = (0..answered as u32)
-                    .map(|i| Slot::Ok(results.clone(), i))
-                    .collect();
-                for (i, outcome) in errors {
-                    if let Some(slot) = slots.get_mut(i as usize) {
-                        *slot = Slot::Done(outcome);
-                    }
-                }
-                slots.resize(n, Slot::Aborted("the worker gave no answer".into()));
-                slots
-            }
-        }
-    }
 }
 
 /// A user callback, run on the pool's callback thread.
@@ -449,8 +428,19 @@ impl Shared {
                 if let Some(fuel) = fuel {
                     chunk.job.add_fuel(fuel);
                 }
-                let slots = answers.into_slots(chunk.items.len());
-                self.complete_run(&chunk.job, chunk.first, slots.into_iter());
+                let n = chunk.items.len();
+                match answers {
+                    Answers::One(outcome) => self.complete_run(
+                        &chunk.job,
+                        chunk.first,
+                        std::iter::repeat_n(Slot::Done(outcome), n),
+                    ),
+                    Answers::Batch(batch) => {
+                        if chunk.job.complete_batch(chunk.first, n, batch) > 0 {
+                            self.run_hook(&chunk.job, chunk.first);
+                        }
+                    }
+                }
             }
         }
         let w = &mut s.workers[wi];
@@ -472,13 +462,17 @@ impl Shared {
     /// Records an item's outcome and runs the job's completion hook on the callback thread.
     fn complete(&self, job: &Arc<Job>, index: usize, slot: Slot) {
         if job.complete(index, slot) {
-            let hook = job.on_complete.lock().ok().and_then(|mut h| h.take());
-            if let Some(hook) = hook {
-                let job = job.clone();
-                let run: Callback = Box::new(move || hook(&job, index));
-                if let Some(tx) = self.callbacks.lock().ok().and_then(|t| t.clone()) {
-                    let _ = tx.send(run);
-                }
+            self.run_hook(job, index);
+        }
+    }
+
+    /// Runs the job's completion hook, if it has one still to run, on the callback thread.
+    fn run_hook(&self, job: &Arc<Job>, index: usize) {
+        if let Some(hook) = job.take_hook() {
+            let job = job.clone();
+            let run: Callback = Box::new(move || hook(&job, index));
+            if let Some(tx) = self.callbacks.lock().ok().and_then(|t| t.clone()) {
+                let _ = tx.send(run);
             }
         }
     }
