@@ -147,6 +147,16 @@ fn close_join_and_terminate_follow_python() {
             ),
             "no new work after close"
         );
+        for items in [vec![1u64, 2], vec![]] {
+            assert!(
+                matches!(
+                    pool.map::<u64, u64>("square", items.clone()),
+                    Err(Error::State(_))
+                ),
+                "no map after close, even of {} items",
+                items.len()
+            );
+        }
         pool.join().unwrap();
         assert_eq!(r.get().unwrap(), 200, "close lets queued work finish");
         assert!(pool.pids().is_empty(), "join waits for the workers to exit");
@@ -196,6 +206,52 @@ fn a_result_of_the_wrong_type_names_the_task_and_the_type() {
             pool.apply::<_, u64>("nope", &()),
             Err(Error::UnknownTask { .. })
         ));
+        // A task's failure wins over a result that does not decode, as the first error.
+        match pool.map_chunked::<u64, String>("square_or_panic", 0..30, 10) {
+            Err(Error::Task { message, .. }) => assert!(message.contains("unlucky 13")),
+            other => panic!("expected the task's error, got {other:?}"),
+        }
+    });
+}
+
+/// An iterator that claims `claimed` items (an exact `size_hint`) but yields `yields`.
+struct Misreported {
+    claimed: usize,
+    yields: usize,
+    given: usize,
+}
+
+impl Iterator for Misreported {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        (self.given < self.yields).then(|| {
+            self.given += 1;
+            self.given as u64
+        })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.claimed.saturating_sub(self.given);
+        (left, Some(left))
+    }
+}
+
+#[test]
+fn map_over_an_iterator_that_misreports_its_length_fails_instead_of_hanging() {
+    within(LIMIT, || {
+        let pool = pool(2);
+        for (claimed, yields, says) in [(50, 20, "fewer"), (20, 50, "more")] {
+            let items = Misreported {
+                claimed,
+                yields,
+                given: 0,
+            };
+            match pool.map_chunked::<u64, u64>("square", items, 4) {
+                Err(Error::BadArgs(message)) => assert!(message.contains(says), "{message}"),
+                other => panic!("claims {claimed}, yields {yields}: got {other:?}"),
+            }
+        }
+        // The pool goes on working.
+        assert_eq!(pool.map::<u64, u64>("square", [3u64]).unwrap(), [9]);
     });
 }
 

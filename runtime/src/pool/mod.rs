@@ -416,8 +416,9 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let encoded = pack(items, |buf, a| encode_args_into(buf, &(a,)))?;
-        self.submit_all(task, encoded, chunksize)
+        self.submit_streamed(task, items, chunksize, |buf, a| {
+            encode_args_into(buf, &(a,))
+        })
     }
 
     /// Like [`map`](Pool::map), but each item is a tuple of arguments (Python's `starmap`).
@@ -436,8 +437,7 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let encoded = pack(items, |buf, a| encode_args_into(buf, &a))?;
-        self.submit_all(task, encoded, chunksize)
+        self.submit_streamed(task, items, chunksize, |buf, a| encode_args_into(buf, &a))
     }
 
     /// Queues already-encoded argument arrays (see [`encode_args`](crate::encode_args)).
@@ -448,6 +448,66 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
         self.submit_all(task, items.into_iter().collect(), chunksize)
+    }
+
+    /// Encodes `items` and submits them as one job. When the iterator knows its length
+    /// (a range, a `Vec`, a slice), each chunk is submitted as soon as it is encoded, so the
+    /// workers start on the first chunk while the rest is still being encoded; otherwise the
+    /// default chunk size needs the length, and everything is encoded first.
+    fn submit_streamed<A, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        mut encode: impl FnMut(&mut Vec<u8>, A) -> Result<()>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let items = items.into_iter();
+        let n = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => lo,
+            _ => return self.submit_all(task, pack(items, encode)?, chunksize),
+        };
+        let job = self.job(task, n)?;
+        // A closed or broken pool fails before anything is encoded, even for no items.
+        self.shared.submit(std::iter::empty())?;
+        let chunksize = chunksize
+            .unwrap_or_else(|| default_chunksize(n, self.processes()))
+            .clamp(1, n.max(1));
+        let fail = |e: Error| {
+            self.shared.cancel_queued(Some(&job));
+            Err(e)
+        };
+        let mut first = 0;
+        let mut part = Packed::with_capacity(chunksize, chunksize * 4);
+        for item in items {
+            if first + part.len() == n {
+                return fail(Error::BadArgs(format!(
+                    "the items' iterator yielded more than the {n} items its size_hint promised"
+                )));
+            }
+            if let Err(e) = encode(&mut part.data, item) {
+                return fail(e);
+            }
+            part.close_item();
+            if part.len() == chunksize || first + part.len() == n {
+                let full =
+                    std::mem::replace(&mut part, Packed::with_capacity(chunksize, chunksize * 4));
+                let len = full.len();
+                if let Err(e) = self
+                    .shared
+                    .submit([Chunk::new(job.clone(), first, full, false)])
+                {
+                    return fail(e);
+                }
+                first += len;
+            }
+        }
+        if first + part.len() < n {
+            return fail(Error::BadArgs(format!(
+                "the items' iterator yielded {} items, fewer than the {n} its size_hint promised",
+                first + part.len()
+            )));
+        }
+        Ok(AsyncResult::new(job, finish_all::<R>))
     }
 
     fn submit_all<R: DeserializeOwned>(
