@@ -208,6 +208,11 @@ fn pack<A>(
     Ok(packed)
 }
 
+/// A `map` hands its first encoded chunks to the scheduler once they hold this many items,
+/// and doubles that for each later group, up to [`MAX_GROUP_ITEMS`].
+const FIRST_GROUP_ITEMS: usize = 64;
+const MAX_GROUP_ITEMS: usize = 8192;
+
 /// Python's default `map` chunk size: the items spread over four chunks per worker.
 fn default_chunksize(items: usize, workers: usize) -> usize {
     let per = workers.max(1) * 4;
@@ -476,10 +481,15 @@ impl Pool {
             self.shared.cancel_queued(Some(&job));
             Err(e)
         };
-        let mut first = 0;
+        // Chunks are handed over in groups: the first small, so the workers start early,
+        // then larger, so tiny chunks cost one lock and one write per group, not each.
+        let mut flush_at = FIRST_GROUP_ITEMS;
+        let mut ready: Vec<Chunk> = Vec::new();
+        let mut ready_items = 0;
+        let mut next = 0;
         let mut part = Packed::with_capacity(chunksize, chunksize * 4);
         for item in items {
-            if first + part.len() == n {
+            if next + part.len() == n {
                 return fail(Error::BadArgs(format!(
                     "the items' iterator yielded more than the {n} items its size_hint promised"
                 )));
@@ -488,23 +498,26 @@ impl Pool {
                 return fail(e);
             }
             part.close_item();
-            if part.len() == chunksize || first + part.len() == n {
+            if part.len() == chunksize || next + part.len() == n {
                 let full =
                     std::mem::replace(&mut part, Packed::with_capacity(chunksize, chunksize * 4));
                 let len = full.len();
-                if let Err(e) = self
-                    .shared
-                    .submit([Chunk::new(job.clone(), first, full, false)])
-                {
-                    return fail(e);
+                ready.push(Chunk::new(job.clone(), next, full, false));
+                next += len;
+                ready_items += len;
+                if ready_items >= flush_at || next == n {
+                    if let Err(e) = self.shared.submit(ready.drain(..)) {
+                        return fail(e);
+                    }
+                    ready_items = 0;
+                    flush_at = (flush_at * 2).min(MAX_GROUP_ITEMS);
                 }
-                first += len;
             }
         }
-        if first + part.len() < n {
+        if next < n {
             return fail(Error::BadArgs(format!(
                 "the items' iterator yielded {} items, fewer than the {n} its size_hint promised",
-                first + part.len()
+                next + part.len()
             )));
         }
         Ok(AsyncResult::new(job, finish_all::<R>))
