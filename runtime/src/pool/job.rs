@@ -140,6 +140,14 @@ struct JobState {
     arrivals: VecDeque<Range<usize>>,
     /// The first failed item, in completion order (what `map` reports, as Python does).
     first_error: Option<usize>,
+    /// The least count of finished items (`done`) a waiter waits for; `None` if nobody
+    /// waits.
+    wake_at: Option<usize>,
+}
+
+/// How many items the job has (taken ones included).
+fn total(s: &JobState) -> usize {
+    s.base + s.slots.len()
 }
 
 impl Job {
@@ -201,22 +209,31 @@ impl Job {
                 recorded += 1;
             }
         }
-        drop(s);
-        self.wake(recorded)
+        self.wake(s, recorded)
     }
 
     /// Records the answers to a batch of `n` items starting at `first` (an item the worker
     /// did not answer fails). The successes keep their bytes in the batch's own buffer, not
     /// one allocation each. Returns how many items were still pending.
     pub fn complete_batch(&self, first: usize, n: usize, answers: BatchAnswers) -> usize {
-        let recorded = self.lock().record_batch(first, n, answers);
-        self.wake(recorded)
+        let mut s = self.lock();
+        let recorded = s.record_batch(first, n, answers);
+        self.wake(s, recorded)
     }
 
-    /// Wakes whoever waits on the job if `recorded` items finished; returns `recorded`.
-    fn wake(&self, recorded: usize) -> usize {
-        if recorded > 0 {
+    /// Wakes whoever waits on the job, if `recorded` items finished and a waiter's count
+    /// of finished items is reached; returns `recorded`.
+    fn wake(&self, mut s: MutexGuard<'_, JobState>, recorded: usize) -> usize {
+        let notify = s.wake_at.is_some_and(|at| s.done >= at);
+        if notify {
+            s.wake_at = None;
+        }
+        drop(s);
+        if notify {
+            // Only then: a notification is a system call, even with nobody waiting.
             self.changed.notify_all();
+        }
+        if recorded > 0 {
             let wakers =
                 std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
             for w in wakers {
@@ -224,6 +241,16 @@ impl Job {
             }
         }
         recorded
+    }
+
+    /// Waits until `at` items have finished (or a spurious wake-up).
+    fn wait_until_done<'a>(
+        &self,
+        mut s: MutexGuard<'a, JobState>,
+        at: usize,
+    ) -> MutexGuard<'a, JobState> {
+        s.wake_when(at);
+        self.changed.wait(s).unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a completion hook (a callback) is still to run.
@@ -261,14 +288,16 @@ impl Job {
     /// Waits until every item is finished, or the deadline passes; returns whether done.
     pub fn wait(&self, deadline: Option<Instant>) -> bool {
         let mut s = self.lock();
-        while s.done < s.base + s.slots.len() {
+        while s.done < total(&s) {
+            let all = total(&s);
             s = match deadline {
-                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                None => self.wait_until_done(s, all),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return false;
                     }
+                    s.wake_when(all);
                     self.changed
                         .wait_timeout(s, d - now)
                         .unwrap_or_else(|p| p.into_inner())
@@ -288,7 +317,10 @@ impl Job {
             };
             match s.slots.get(at) {
                 None => return Slot::Aborted("no such item".into()),
-                Some(Entry::Pending) => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(Entry::Pending) => {
+                    let next = s.done + 1;
+                    s = self.wait_until_done(s, next)
+                }
                 Some(_) => return s.take_at(at),
             }
         }
@@ -312,7 +344,8 @@ impl Job {
             if s.done == s.base + s.slots.len() {
                 return None;
             }
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            let next = s.done + 1;
+            s = self.wait_until_done(s, next);
         }
     }
 
@@ -338,8 +371,9 @@ impl Job {
         loop {
             if decode_error.is_some() || s.first_error.is_some() {
                 // Nothing more to decode: wait for the rest, as Python's `map` does.
-                while s.done < s.base + s.slots.len() {
-                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                while s.done < total(&s) {
+                    let all = total(&s);
+                    s = self.wait_until_done(s, all);
                 }
                 break;
             }
@@ -349,7 +383,11 @@ impl Job {
             match s.slots.get(at) {
                 None => break,
                 Some(Entry::Pending) => {
-                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                    // Woken when an eighth of what is left has finished (or all of it), not
+                    // at every item: a map of tiny chunks would pay a wake-up per item.
+                    let left = total(&s) - s.done;
+                    let at = s.done + (left / 8).max(1);
+                    s = self.wait_until_done(s, at);
                 }
                 Some(&Entry::Ok { run, index }) => {
                     // The finished items of this run from here on, decoded unlocked.
@@ -406,6 +444,11 @@ impl Job {
 }
 
 impl JobState {
+    /// Asks to be woken once `at` items have finished.
+    fn wake_when(&mut self, at: usize) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
     /// See [`Job::complete_batch`].
     fn record_batch(&mut self, first: usize, n: usize, answers: BatchAnswers) -> usize {
         let BatchAnswers {

@@ -136,6 +136,9 @@ struct Sched {
     avg_chunk: Option<f64>,
     /// Per task: workers that died running it since one of its calls last finished.
     losses: HashMap<Arc<str>, u32>,
+    /// Threads waiting on `changed` (join, terminate, wait_for_workers): a finished call
+    /// notifies only when there is one, since a notification is a system call.
+    waiters: usize,
 }
 
 /// Everything a pool needs to know to run: shared with the workers' supervisor threads.
@@ -456,7 +459,9 @@ impl Shared {
         if !more {
             self.dispatch(&mut s);
         }
-        self.changed.notify_all();
+        if s.waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Records an item's outcome and runs the job's completion hook on the callback thread.
@@ -597,7 +602,7 @@ impl Shared {
             && s.workers.iter().all(|w| w.inflight.is_empty())
             && s.starting == 0)
         {
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.wait(s);
         }
         for w in &mut s.workers {
             if !w.retiring {
@@ -606,9 +611,17 @@ impl Shared {
             }
         }
         while !s.workers.is_empty() || s.starting > 0 {
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.wait(s);
         }
         Ok(())
+    }
+
+    /// Waits for a change of the scheduler's state.
+    fn wait<'a>(&self, mut s: MutexGuard<'a, Sched>) -> MutexGuard<'a, Sched> {
+        s.waiters += 1;
+        let mut s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        s.waiters -= 1;
+        s
     }
 
     /// Removes `job`'s queued (not yet started) chunks, or every queued chunk when `job` is
@@ -641,7 +654,7 @@ impl Shared {
             && s.broken.is_none()
             && !s.terminated
         {
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.wait(s);
         }
     }
 }
