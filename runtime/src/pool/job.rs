@@ -192,6 +192,15 @@ impl Job {
         first
     }
 
+    /// Forgets the items from `len` on; none of them may have been submitted.
+    pub fn truncate(&self, len: usize) {
+        let mut s = self.lock();
+        if let Some(at) = len.checked_sub(s.base) {
+            s.slots.truncate(at);
+        }
+        self.wake(s, 0);
+    }
+
     /// Records the outcome of item `index`; returns whether it was still pending.
     pub fn complete(&self, index: usize, slot: Slot) -> bool {
         self.complete_run(index, std::iter::once(slot)) == 1

@@ -458,7 +458,9 @@ impl Pool {
     /// Encodes `items` and submits them as one job. When the iterator knows its length
     /// (a range, a `Vec`, a slice), each chunk is submitted as soon as it is encoded, so the
     /// workers start on the first chunk while the rest is still being encoded; otherwise the
-    /// default chunk size needs the length, and everything is encoded first.
+    /// default chunk size needs the length, and everything is encoded first. If an item
+    /// fails to encode, the chunks already submitted still run (as in Python), those not yet
+    /// started are cancelled, and the error is returned.
     fn submit_streamed<A, R: DeserializeOwned>(
         &self,
         task: &str,
@@ -486,26 +488,31 @@ impl Pool {
         let mut flush_at = FIRST_GROUP_ITEMS;
         let mut ready: Vec<Chunk> = Vec::new();
         let mut ready_items = 0;
+        // Slots the job has: the promised length, grown if the iterator yields more.
+        let mut slots = n;
         let mut next = 0;
-        let mut part = Packed::with_capacity(chunksize, chunksize * 4);
+        let mut part = Packed::default();
+        let mut stage = |part: Packed, next: &mut usize, ready: &mut Vec<Chunk>| {
+            let len = part.len();
+            if *next + len > slots {
+                job.grow(*next + len - slots);
+                slots = *next + len;
+            }
+            ready.push(Chunk::new(job.clone(), *next, part, false));
+            *next += len;
+            len
+        };
         for item in items {
-            if next + part.len() == n {
-                return fail(Error::BadArgs(format!(
-                    "the items' iterator yielded more than the {n} items its size_hint promised"
-                )));
+            if part.ends.capacity() == 0 {
+                part = Packed::with_capacity(chunksize, chunksize * 4);
             }
             if let Err(e) = encode(&mut part.data, item) {
                 return fail(e);
             }
             part.close_item();
-            if part.len() == chunksize || next + part.len() == n {
-                let full =
-                    std::mem::replace(&mut part, Packed::with_capacity(chunksize, chunksize * 4));
-                let len = full.len();
-                ready.push(Chunk::new(job.clone(), next, full, false));
-                next += len;
-                ready_items += len;
-                if ready_items >= flush_at || next == n {
+            if part.len() == chunksize {
+                ready_items += stage(std::mem::take(&mut part), &mut next, &mut ready);
+                if ready_items >= flush_at {
                     if let Err(e) = self.shared.submit(ready.drain(..)) {
                         return fail(e);
                     }
@@ -514,12 +521,17 @@ impl Pool {
                 }
             }
         }
-        if next < n {
-            return fail(Error::BadArgs(format!(
-                "the items' iterator yielded {} items, fewer than the {n} its size_hint promised",
-                next + part.len()
-            )));
+        if !part.is_empty() {
+            stage(part, &mut next, &mut ready);
         }
+        if !ready.is_empty()
+            && let Err(e) = self.shared.submit(ready)
+        {
+            return fail(e);
+        }
+        // An iterator may yield fewer items than its size_hint promised (a bug, but not
+        // unsafe): the job ends where the items did.
+        job.truncate(next);
         Ok(AsyncResult::new(job, finish_all::<R>))
     }
 
