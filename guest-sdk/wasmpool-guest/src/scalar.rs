@@ -68,10 +68,12 @@ pub(crate) fn decode<T: 'static>(rest: &mut &[u8]) -> Option<T> {
     if id == TypeId::of::<f64>() {
         let (value, len) = match rest.split_first()? {
             (0xcb, b) => (f64::from_be_bytes(b.get(..8)?.try_into().ok()?), 9),
-            (0xca, b) => (
-                f64::from(f32::from_be_bytes(b.get(..4)?.try_into().ok()?)),
-                5,
-            ),
+            (0xca, b) => {
+                let v = f32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+                // As serde widens it: a NaN keeps its sign, which wasm's promotion may not.
+                let sign = if v.is_sign_positive() { 1.0 } else { -1.0 };
+                (f64::from(v).copysign(sign), 5)
+            }
             _ => return None,
         };
         *rest = rest.get(len..)?;
