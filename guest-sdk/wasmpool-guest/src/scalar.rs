@@ -90,86 +90,31 @@ pub(crate) fn decode<T: 'static>(rest: &mut &[u8]) -> Option<T> {
     None
 }
 
-/// Appends `value` to `out` if `T` is a scalar type; returns whether it did.
+/// Appends `value` to `out` if `T` is a scalar type; returns whether it did. The bytes are
+/// written by `rmp` itself, as `rmp_serde` writes them; only serde's dispatch is skipped.
 #[inline]
 pub(crate) fn encode<T: 'static>(value: &T, out: &mut Vec<u8>) -> bool {
+    use rmp::encode;
     let value = value as &dyn Any;
-    macro_rules! uints {
-        ($($t:ty),*) => {$(
+    macro_rules! ints {
+        ($write:ident as $wide:ty: $($t:ty),*) => {$(
             if let Some(&v) = value.downcast_ref::<$t>() {
-                return write_uint(out, v as u64);
+                return encode::$write(out, v as $wide).is_ok();
             }
         )*};
     }
-    macro_rules! sints {
-        ($($t:ty),*) => {$(
-            if let Some(&v) = value.downcast_ref::<$t>() {
-                return write_sint(out, v as i64);
-            }
-        )*};
-    }
-    uints!(u64, u32, u16, u8, usize);
-    sints!(i64, i32, i16, i8, isize);
+    ints!(write_uint as u64: u64, u32, u16, u8, usize);
+    ints!(write_sint as i64: i64, i32, i16, i8, isize);
     if let Some(&v) = value.downcast_ref::<bool>() {
-        out.push(if v { 0xc3 } else { 0xc2 });
-        return true;
+        return encode::write_bool(out, v).is_ok();
     }
     if let Some(&v) = value.downcast_ref::<f64>() {
-        out.push(0xcb);
-        out.extend_from_slice(&v.to_be_bytes());
-        return true;
+        return encode::write_f64(out, v).is_ok();
     }
     if let Some(&v) = value.downcast_ref::<f32>() {
-        out.push(0xca);
-        out.extend_from_slice(&v.to_be_bytes());
-        return true;
+        return encode::write_f32(out, v).is_ok();
     }
     false
-}
-
-/// The most compact MessagePack form of an unsigned integer (as `rmp::encode::write_uint`).
-#[inline]
-fn write_uint(out: &mut Vec<u8>, v: u64) -> bool {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else if let Ok(v) = u8::try_from(v) {
-        out.extend_from_slice(&[0xcc, v]);
-    } else if let Ok(v) = u16::try_from(v) {
-        out.push(0xcd);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else if let Ok(v) = u32::try_from(v) {
-        out.push(0xce);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-    true
-}
-
-/// The most compact MessagePack form of a signed integer (as `rmp::encode::write_sint`:
-/// non-negative values take the unsigned forms).
-#[inline]
-fn write_sint(out: &mut Vec<u8>, v: i64) -> bool {
-    if let Ok(u) = u64::try_from(v) {
-        return write_uint(out, u);
-    }
-    if v >= -32 {
-        out.push(v as u8);
-    } else if let Ok(v) = i8::try_from(v) {
-        out.push(0xd0);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else if let Ok(v) = i16::try_from(v) {
-        out.push(0xd1);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else if let Ok(v) = i32::try_from(v) {
-        out.push(0xd2);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else {
-        out.push(0xd3);
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-    true
 }
 
 #[cfg(test)]
