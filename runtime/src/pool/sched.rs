@@ -136,7 +136,7 @@ struct Sched {
     avg_chunk: Option<f64>,
     /// Per task: workers that died running it since one of its calls last finished.
     losses: HashMap<Arc<str>, u32>,
-    /// Threads waiting on `changed` (join, terminate, wait_for_workers): a finished call
+    /// Threads waiting on `changed` (join, wait_for_workers): a finished call
     /// notifies only when there is one, since a notification is a system call.
     waiters: usize,
 }
