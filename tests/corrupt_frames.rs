@@ -94,6 +94,14 @@ fn fake_worker() -> ! {
             let _ = sock.write_all(&[100, 0, 0, 0, 2, 1, 0, 60]);
             std::process::exit(0);
         }
+        "killed-mid-frame" => {
+            // The start of a frame, then death by a signal, as a worker killed while it
+            // writes a large answer.
+            let _ = sock.write_all(&[100, 0, 0, 0, 2, 1, 0]);
+            // SAFETY: raising a signal has no preconditions.
+            unsafe { libc::raise(libc::SIGKILL) };
+            std::process::exit(4);
+        }
         _ => std::process::exit(3),
     }
 }
@@ -215,6 +223,33 @@ fn process_worker_cut_off_mid_frame_fails_its_task_after_its_output() {
         assert_lost_to_malformed_frame(&err, Some(pid), "cut short");
         // The frame before the corrupt one was delivered.
         assert_eq!(p.captured_output().stdout, b"hello\n");
+        assert!(reaped(pid), "worker {pid} was not reaped");
+    });
+}
+
+fn a_worker_killed_mid_frame_is_reported_by_its_signal() {
+    let module = module();
+    within(Duration::from_secs(60), move || {
+        use_fake("killed-mid-frame");
+        let p = Process::new(&module, "square", &(7u64,)).unwrap();
+        p.start().unwrap();
+        p.join().unwrap();
+        let pid = p.pid().unwrap();
+        assert_eq!(p.exitcode(), Some(-9));
+        match p.result::<u64>().unwrap_err() {
+            Error::WorkerLost {
+                pid: lost,
+                signal,
+                reason,
+                ..
+            } => {
+                assert_eq!(lost, pid);
+                assert_eq!(signal, Some(9), "{reason}");
+                assert!(reason.contains("SIGKILL"), "{reason}");
+                assert!(!reason.contains("malformed"), "{reason}");
+            }
+            other => panic!("expected a lost worker, got {other:?}"),
+        }
         assert!(reaped(pid), "worker {pid} was not reaped");
     });
 }
@@ -407,6 +442,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "process_worker_cut_off_mid_frame_fails_its_task_after_its_output",
         process_worker_cut_off_mid_frame_fails_its_task_after_its_output,
+    ),
+    (
+        "a_worker_killed_mid_frame_is_reported_by_its_signal",
+        a_worker_killed_mid_frame_is_reported_by_its_signal,
     ),
     (
         "pool_replaces_a_worker_that_sends_a_malformed_frame_and_carries_on",

@@ -16,6 +16,33 @@ use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_fr
 use crate::spawn::{ReadyWorker, WorkerProcess};
 use wasmpool_objects::wire::Response;
 
+/// How long a worker whose last frame was cut short has to be seen dead before it is killed.
+const CUT_FRAME_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether process `pid` has exited (a zombie, or reaped) within `grace`.
+fn gone_within(pid: u32, grace: Duration) -> bool {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        // The state is the field after the parenthesised command name.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            });
+        if !matches!(state.as_deref(), Some(st) if st != "Z" && st != "X") {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Receives what a worker says and how it ends.
 pub(crate) trait WorkerEvents: Send + Sync + 'static {
     /// A frame from the worker, in order. `more` says whether further frames are already
@@ -61,6 +88,8 @@ impl WorkerHandle {
             .name(format!("wasmpool-worker-{pid}"))
             .spawn(move || {
                 let mut buf = Vec::new();
+                // Set when the last frame was cut short and the worker then died on its own.
+                let mut died_mid_frame = false;
                 let protocol_error = loop {
                     match read_frame::<_, FromWorker>(&mut reader, &mut buf) {
                         Ok(Some(FromWorker::Object {
@@ -109,6 +138,16 @@ impl WorkerHandle {
                         }
                         Ok(None) => break None,
                         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break None,
+                        // A frame cut short by the end of the stream: the worker is gone
+                        // or going. Killed by a signal mid-write, it is reported by that
+                        // signal; anything else broke the protocol.
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            died_mid_frame = gone_within(pid, CUT_FRAME_GRACE);
+                            if !died_mid_frame {
+                                child.kill();
+                            }
+                            break Some(e.to_string());
+                        }
                         Err(e) => {
                             child.kill();
                             break Some(e.to_string());
@@ -121,6 +160,8 @@ impl WorkerHandle {
                 // come back in between, the kernel would have to go round all of them.
                 broker().worker_exited(pid);
                 let status = child.wait();
+                let signalled = status.is_some_and(|s| s.signal().is_some());
+                let protocol_error = protocol_error.filter(|_| !(died_mid_frame && signalled));
                 reaped2.store(true, Ordering::SeqCst);
                 events.on_exit(pid, status, protocol_error);
             })?;
