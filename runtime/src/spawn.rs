@@ -194,6 +194,31 @@ impl WorkerProcess {
         }
     }
 
+    /// Whether the worker has exited, without reaping it (an exited child stays a zombie,
+    /// so its pid cannot be reused yet). `false` when it cannot be told.
+    pub fn has_exited(&self) -> bool {
+        match self {
+            WorkerProcess::Exec(child) => {
+                // SAFETY: an all-zero `siginfo_t` is a valid value, and `waitid` writes at
+                // most one `siginfo_t` into it.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: `info` is a valid, writable `siginfo_t`; WNOWAIT leaves the child
+                // unreaped.
+                let r = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        child.id(),
+                        &mut info,
+                        libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                    )
+                };
+                // SAFETY: `waitid` succeeded, so `info` holds a child's state (or zeroes).
+                r == 0 && unsafe { info.si_pid() } != 0
+            }
+            WorkerProcess::Forked { pid, server } => server.has_exited(*pid),
+        }
+    }
+
     /// Waits for the worker to exit; `None` if its status cannot be known.
     pub fn wait(&mut self) -> Option<ExitStatus> {
         match self {

@@ -16,24 +16,14 @@ use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_fr
 use crate::spawn::{ReadyWorker, WorkerProcess};
 use wasmpool_objects::wire::Response;
 
-/// How long a worker whose last frame was cut short has to be seen dead before it is killed.
+/// How long a worker whose last frame was cut short has to exit before it is killed.
 const CUT_FRAME_GRACE: Duration = Duration::from_millis(500);
 
-/// Whether process `pid` has exited (a zombie, or reaped) within `grace`.
-fn gone_within(pid: u32, grace: Duration) -> bool {
+/// Whether `child` exits within `grace` (it is not reaped).
+fn exits_within(child: &WorkerProcess, grace: Duration) -> bool {
     let deadline = std::time::Instant::now() + grace;
     loop {
-        // The state is the field after the parenthesised command name.
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()?
-                    .split_whitespace()
-                    .next()
-                    .map(str::to_owned)
-            });
-        if !matches!(state.as_deref(), Some(st) if st != "Z" && st != "X") {
+        if child.has_exited() {
             return true;
         }
         if std::time::Instant::now() >= deadline {
@@ -48,8 +38,8 @@ pub(crate) trait WorkerEvents: Send + Sync + 'static {
     /// A frame from the worker, in order. `more` says whether further frames are already
     /// buffered (so work done per batch, like dispatching, can wait for the last of them).
     fn on_message(&self, pid: u32, msg: FromWorker, more: bool);
-    /// The worker is gone and reaped. `protocol_error` is set when it was killed for
-    /// sending a malformed frame.
+    /// The worker is gone and reaped. `protocol_error` is set when it broke the protocol: a
+    /// malformed frame, or a frame cut short without a signal ending it.
     fn on_exit(&self, pid: u32, status: Option<ExitStatus>, protocol_error: Option<String>);
 }
 
@@ -88,7 +78,8 @@ impl WorkerHandle {
             .name(format!("wasmpool-worker-{pid}"))
             .spawn(move || {
                 let mut buf = Vec::new();
-                // Set when the last frame was cut short and the worker then died on its own.
+                // Set when the last frame was cut short and the worker then exited within the
+                // grace (by itself, or killed meanwhile by whoever owns it).
                 let mut died_mid_frame = false;
                 let protocol_error = loop {
                     match read_frame::<_, FromWorker>(&mut reader, &mut buf) {
@@ -142,7 +133,7 @@ impl WorkerHandle {
                         // or going. Killed by a signal mid-write, it is reported by that
                         // signal; anything else broke the protocol.
                         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                            died_mid_frame = gone_within(pid, CUT_FRAME_GRACE);
+                            died_mid_frame = exits_within(&child, CUT_FRAME_GRACE);
                             if !died_mid_frame {
                                 child.kill();
                             }
