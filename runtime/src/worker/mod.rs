@@ -85,20 +85,25 @@ pub(crate) fn serve() -> i32 {
 }
 
 /// Serves as a worker forked by a fork server for the host `host`, with the module already
-/// prepared; returns the exit status. (No parent watchdog: the worker armed its death
+/// prepared; returns the exit status. It runs on the thread it was forked on, whose stack
+/// is a task's (see [`tasks_stack_size`]). (No parent watchdog: the worker armed its death
 /// signal and then saw its server alive, so the signal cannot be missed.)
 fn serve_forked(sock: UnixStream, host: u32, load: Load, pre: TaskModulePre<State>) -> i32 {
-    on_tasks_thread(move || serve_on(sock, host, Some((load, pre))))
+    serve_on(sock, host, Some((load, pre))).unwrap_or(1)
 }
 
-/// Runs `serve` on the thread tasks run on: its stack holds the largest wasm stack limit a
-/// task may ask for plus the host's frames below it, whatever the main thread was given.
-/// Untouched stack pages cost no memory.
-fn on_tasks_thread(serve: impl FnOnce() -> io::Result<i32> + Send + 'static) -> i32 {
+/// The stack of the thread tasks run on: the largest wasm stack limit a task may ask for
+/// plus the host's frames below it. Untouched stack pages cost no memory.
+pub(super) fn tasks_stack_size() -> usize {
     let stack = usize::try_from(crate::Limits::MAX_STACK_BYTES).unwrap_or(usize::MAX);
+    stack.saturating_add(HOST_STACK)
+}
+
+/// Runs `serve` on the thread tasks run on, whatever stack the main thread was given.
+fn on_tasks_thread(serve: impl FnOnce() -> io::Result<i32> + Send + 'static) -> i32 {
     std::thread::Builder::new()
         .name("tasks".into())
-        .stack_size(stack.saturating_add(HOST_STACK))
+        .stack_size(tasks_stack_size())
         .spawn(move || serve().unwrap_or(1))
         .map_or(1, |t| t.join().unwrap_or(1))
 }
