@@ -3,7 +3,7 @@
 //!
 //! It serves on one thread whose stack is as large as a task's, and forks from it: a fork
 //! copies only the calling thread, so the child runs its tasks on that same thread and need
-//! not start one of its own (which costs a cold start about 0.2 ms here). The main thread
+//! not start one of its own (which cost a cold start about 0.15 ms here). The main thread
 //! only waits for the serving thread, holding no lock, so every fork copies a consistent
 //! process. The server waits in `poll` on two things: its socket to the host (requests, and
 //! end of file when the host is gone), and a `signalfd` for `SIGCHLD`, on which it reaps
