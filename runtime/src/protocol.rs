@@ -248,18 +248,21 @@ pub(crate) enum FromWorker {
         #[serde(with = "crate::wire_bytes::bytes")]
         data: Vec<u8>,
     },
-    /// Call `id` finished. `fuel`: what it used, on a metered worker.
+    /// Call `id` finished. `fuel`: what it used, on a metered worker; `micros`: how long
+    /// it ran in the worker (what the pool's pipelining is based on).
     Done {
         id: u64,
         outcome: Outcome,
         fuel: Option<u64>,
+        micros: u64,
     },
     /// Batch call `id` finished: one outcome per item. `fuel`: what the items used
-    /// together, on a metered worker.
+    /// together, on a metered worker; `micros`: how long the batch ran in the worker.
     BatchDone {
         id: u64,
         answers: crate::packed::BatchAnswers,
         fuel: Option<u64>,
+        micros: u64,
     },
     /// The last call trapped or hit a limit and its instance was discarded: whatever the
     /// worker held of the shared objects (locks, semaphores, pipe ends) is given back, as
@@ -830,10 +833,12 @@ mod tests {
                 id: 3,
                 outcome: Outcome::Ok(vec![0x31]),
                 fuel: Some(1_234),
+                micros: 56,
             },
             FromWorker::BatchDone {
                 id: 4,
                 fuel: None,
+                micros: 1_000_000,
                 answers: {
                     let mut a = crate::packed::BatchAnswers::default();
                     for outcome in [

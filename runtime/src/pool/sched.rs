@@ -28,12 +28,17 @@ use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
 
 /// Chunks a worker may hold ahead when tasks are short.
 const PIPELINE_DEPTH: usize = 4;
-/// Below this average chunk time, workers are given chunks ahead of time.
+/// Below this average chunk run time, workers are given chunks ahead of time.
 const PIPELINE_BELOW_SECS: f64 = 0.002;
 /// Chunks a worker may hold ahead when tasks are tiny, so frames travel in batches.
 const DEEP_PIPELINE_DEPTH: usize = 64;
-/// Below this average chunk time, workers get the deep pipeline.
+/// Below this average chunk run time, workers get the deep pipeline.
 const DEEP_PIPELINE_BELOW_SECS: f64 = 0.000_1;
+/// Longer chunks still get one chunk ahead when the time a chunk spends outside the worker
+/// (travelling both ways, and being recorded) is more than this fraction of its run time:
+/// a large batch of tiny items takes as long to send and record as to run, and without a
+/// chunk ahead its worker would sit idle for that long after each one.
+const OVERHEAD_FRACTION: f64 = 0.125;
 
 /// A worker's answer to one call.
 enum Answers {
@@ -52,6 +57,32 @@ impl Answers {
             Answers::Batch(answers) => answers.into_outcomes().next(),
         }
     }
+}
+
+/// What a worker says of the run behind an answer.
+struct Ran {
+    /// Fuel used, on a metered worker.
+    fuel: Option<u64>,
+    /// How long it ran in the worker.
+    micros: u64,
+}
+
+/// How many chunks a worker may hold (running and queued), given the average run time of a
+/// chunk and the time one spends outside the worker. A chunk queued behind a long one waits
+/// even if another worker is idle, so long chunks are not queued unless they would leave
+/// their worker idle for a good part of the time.
+fn pipeline_depth(run: Option<f64>, overhead: Option<f64>) -> usize {
+    match run {
+        Some(run) if run < DEEP_PIPELINE_BELOW_SECS => DEEP_PIPELINE_DEPTH,
+        Some(run) if run < PIPELINE_BELOW_SECS => PIPELINE_DEPTH,
+        Some(run) if overhead.is_some_and(|o| o > run * OVERHEAD_FRACTION) => 2,
+        _ => 1,
+    }
+}
+
+/// An exponentially weighted average updated with `sample`.
+fn ewma(avg: Option<f64>, sample: f64) -> f64 {
+    avg.map_or(sample, |a| 0.8 * a + 0.2 * sample)
 }
 
 /// A user callback, run on the pool's callback thread.
@@ -103,6 +134,9 @@ struct InFlight {
     id: u64,
     chunk: Option<Chunk>,
     sent: Instant,
+    /// Sent to a worker with nothing else in flight: from sending to answer, everything
+    /// but its run time is overhead.
+    alone: bool,
 }
 
 #[derive(Debug)]
@@ -114,8 +148,6 @@ struct PoolWorker {
     given: u64,
     /// Set once the initializer (if any) has succeeded.
     ready: bool,
-    /// When it last answered.
-    last_done: Instant,
     /// No more work: it is being shut down (maxtasksperchild, close).
     retiring: bool,
     /// Output routing has its own lock: a slow reader of the output never holds up the pool.
@@ -132,8 +164,12 @@ struct Sched {
     broken: Option<String>,
     starting: usize,
     next_worker: u64,
-    /// Exponentially weighted average of chunk run time, seconds; `None` until measured.
+    /// Exponentially weighted average of chunk run time in the worker, seconds; `None`
+    /// until measured.
     avg_chunk: Option<f64>,
+    /// Exponentially weighted average of the time a chunk sent to an idle worker spends
+    /// outside it (from sending to answer, less its run time), seconds.
+    avg_overhead: Option<f64>,
     /// Per task: workers that died running it since one of its calls last finished.
     losses: HashMap<Arc<str>, u32>,
     /// Threads waiting on `changed` (join, wait_for_workers): a finished call
@@ -266,7 +302,6 @@ impl Shared {
             inflight: VecDeque::new(),
             given: 0,
             ready: self.config.initializer.is_none(),
-            last_done: Instant::now(),
             retiring: false,
             router: Arc::default(),
         };
@@ -291,6 +326,7 @@ impl Shared {
                     id,
                     chunk: None,
                     sent: Instant::now(),
+                    alone: true,
                 });
             }
         }
@@ -317,11 +353,7 @@ impl Shared {
     }
 
     fn dispatch(&self, s: &mut Sched) {
-        let depth = match s.avg_chunk {
-            Some(avg) if avg < DEEP_PIPELINE_BELOW_SECS => DEEP_PIPELINE_DEPTH,
-            Some(avg) if avg < PIPELINE_BELOW_SECS => PIPELINE_DEPTH,
-            _ => 1,
-        };
+        let depth = pipeline_depth(s.avg_chunk, s.avg_overhead);
         let max_tasks = self.config.maxtasksperchild;
         // Frames for each worker, written in one go after the loop.
         let mut out: Vec<Vec<u8>> = vec![Vec::new(); s.workers.len()];
@@ -369,6 +401,7 @@ impl Shared {
             let w = &mut s.workers[wi];
             w.given += chunk.items.len() as u64;
             w.inflight.push_back(InFlight {
+                alone: w.inflight.is_empty(),
                 id,
                 chunk: Some(chunk),
                 sent: Instant::now(),
@@ -382,7 +415,7 @@ impl Shared {
         }
     }
 
-    fn finish_call(&self, pid: u32, id: u64, answers: Answers, fuel: Option<u64>, more: bool) {
+    fn finish_call(&self, pid: u32, id: u64, answers: Answers, ran: Ran, more: bool) {
         let mut s = self.lock();
         let Some(wi) = s.workers.iter().position(|w| w.handle.pid == pid) else {
             return;
@@ -393,12 +426,7 @@ impl Shared {
         let Some(flight) = s.workers[wi].inflight.remove(pos) else {
             return;
         };
-        // Service time: from when the worker could start on it (sent, or its previous answer).
-        let now = Instant::now();
-        let elapsed = now
-            .duration_since(flight.sent.max(s.workers[wi].last_done))
-            .as_secs_f64();
-        s.workers[wi].last_done = now;
+        let Ran { fuel, micros } = ran;
         match flight.chunk {
             None => {
                 // The initializer's answer.
@@ -422,8 +450,12 @@ impl Shared {
                 }
             }
             Some(chunk) => {
-                let avg = s.avg_chunk.map_or(elapsed, |a| 0.8 * a + 0.2 * elapsed);
-                s.avg_chunk = Some(avg);
+                let run = micros as f64 / 1e6;
+                s.avg_chunk = Some(ewma(s.avg_chunk, run));
+                if flight.alone {
+                    let overhead = (flight.sent.elapsed().as_secs_f64() - run).max(0.0);
+                    s.avg_overhead = Some(ewma(s.avg_overhead, overhead));
+                }
                 // The task ran to an answer: whatever took workers down before, it is not this.
                 if !s.losses.is_empty() {
                     s.losses.remove(&chunk.job.task);
@@ -662,12 +694,18 @@ impl Shared {
 impl WorkerEvents for Shared {
     fn on_message(&self, pid: u32, msg: FromWorker, more: bool) {
         match msg {
-            FromWorker::Done { id, outcome, fuel } => {
-                self.finish_call(pid, id, Answers::One(outcome), fuel, more)
-            }
-            FromWorker::BatchDone { id, answers, fuel } => {
-                self.finish_call(pid, id, Answers::Batch(answers), fuel, more)
-            }
+            FromWorker::Done {
+                id,
+                outcome,
+                fuel,
+                micros,
+            } => self.finish_call(pid, id, Answers::One(outcome), Ran { fuel, micros }, more),
+            FromWorker::BatchDone {
+                id,
+                answers,
+                fuel,
+                micros,
+            } => self.finish_call(pid, id, Answers::Batch(answers), Ran { fuel, micros }, more),
             FromWorker::Output { stream, data, .. } => {
                 let found = {
                     let s = self.lock();

@@ -22,7 +22,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bindings::TaskModulePre;
 use crate::protocol::{FromWorker, Load, Outcome, ToWorker, read_frame};
@@ -242,20 +242,32 @@ fn serve_on(
                 limits,
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
+                let started = Instant::now();
                 let outcome = loaded.call(id, &task, &args, &limits);
+                let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
                 let ok = matches!(outcome, Outcome::Ok(_));
                 if !loaded.has_instance() {
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
                 if exit_after {
-                    channel.send(&FromWorker::Done { id, outcome, fuel })?;
+                    channel.send(&FromWorker::Done {
+                        id,
+                        outcome,
+                        fuel,
+                        micros,
+                    })?;
                     // The answer is written; tearing down the instance and the engine would
                     // only delay the exit the host is waiting for.
                     // SAFETY: _exit is always safe to call; nothing buffered remains.
                     unsafe { libc::_exit(if ok { 0 } else { 1 }) };
                 }
-                channel.queue(&FromWorker::Done { id, outcome, fuel })?;
+                channel.queue(&FromWorker::Done {
+                    id,
+                    outcome,
+                    fuel,
+                    micros,
+                })?;
             }
             ToWorker::CallBatch {
                 id,
@@ -264,12 +276,19 @@ fn serve_on(
                 limits,
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
+                let started = Instant::now();
                 let answers = loaded.call_batch(id, &task, items, &limits);
+                let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
                 if !loaded.has_instance() {
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
-                channel.queue(&FromWorker::BatchDone { id, answers, fuel })?;
+                channel.queue(&FromWorker::BatchDone {
+                    id,
+                    answers,
+                    fuel,
+                    micros,
+                })?;
             }
             ToWorker::Shutdown => {
                 channel.flush()?;
@@ -279,4 +298,9 @@ fn serve_on(
     }
     channel.flush()?;
     Ok(0)
+}
+
+/// Microseconds since `started`, as a call's answer reports its run time.
+fn micros_since(started: Instant) -> u64 {
+    started.elapsed().as_micros().try_into().unwrap_or(u64::MAX)
 }

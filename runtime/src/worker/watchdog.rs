@@ -62,6 +62,7 @@ impl Watchdog {
                             id,
                             outcome,
                             fuel: None,
+                            micros: timeout.as_micros().try_into().unwrap_or(u64::MAX),
                         });
                         // The guest is blocked in the host and cannot be interrupted: end the process.
                         // SAFETY: _exit is always safe to call.
