@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::items::{Item, Items};
 use crate::error::{Error, Result};
 use crate::module::Module;
-use crate::packed::{BatchAnswers, Packed};
+use crate::packed::BatchAnswers;
 use crate::process::outcome_error;
 use crate::protocol::{Limits, Outcome};
 use crate::values::decode_result;
@@ -65,30 +66,6 @@ impl Slot {
     }
 }
 
-/// How one item of a job is stored: 16 bytes, so a `map` of 200k items costs little to
-/// set up, fill and drop.
-#[derive(Debug, Clone)]
-enum Entry {
-    Pending,
-    /// A success: item `index` of run `run`'s result buffer (see [`JobState::runs`]).
-    Ok {
-        run: u64,
-        index: u32,
-    },
-    /// Any other outcome.
-    Done(Box<Slot>),
-    /// Already handed to an iterator.
-    Taken,
-}
-
-/// The result buffer of one batch, shared by its successful items.
-#[derive(Debug, Default)]
-struct Run {
-    results: Arc<Packed>,
-    /// Its items not yet taken; the buffer is freed when none is left.
-    live: u32,
-}
-
 pub(crate) type Completion = Box<dyn FnOnce(&Job, usize) + Send>;
 
 /// How a job's items are run: set per pool, overridable per submission
@@ -124,16 +101,9 @@ impl std::fmt::Debug for Job {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct JobState {
-    /// Items `base..base + slots.len()`; items before `base` were taken by an iterator and
-    /// forgotten, so an endless `imap` keeps only a window of slots.
-    base: usize,
-    slots: VecDeque<Entry>,
-    /// Result buffers of batches: run `runs_base + i` is `runs[i]`. Runs whose items were
-    /// all taken are freed, and forgotten once at the front.
-    runs: VecDeque<Run>,
-    runs_base: u64,
+    items: Items,
     done: usize,
     /// Items finished, in completion order (for `imap_unordered`), as runs of consecutive
     /// indices: a batch's items arrive together.
@@ -147,7 +117,7 @@ struct JobState {
 
 /// How many items the job has (taken ones included).
 fn total(s: &JobState) -> usize {
-    s.base + s.slots.len()
+    s.items.len()
 }
 
 impl Job {
@@ -157,9 +127,11 @@ impl Job {
             module,
             opts,
             state: Mutex::new(JobState {
-                // Made, not cloned: `repeat_n` would clone (and match on) each entry.
-                slots: (0..items).map(|_| Entry::Pending).collect(),
-                ..JobState::default()
+                items: Items::new(items),
+                done: 0,
+                arrivals: VecDeque::new(),
+                first_error: None,
+                wake_at: None,
             }),
             changed: Condvar::new(),
             on_complete: Mutex::new(None),
@@ -186,38 +158,27 @@ impl Job {
 
     /// Adds `n` more pending items (for `imap`, fed lazily); returns the first new index.
     pub fn grow(&self, n: usize) -> usize {
-        let mut s = self.lock();
-        let first = s.base + s.slots.len();
-        s.slots.extend((0..n).map(|_| Entry::Pending));
-        first
+        self.lock().items.grow(n)
     }
 
     /// Forgets the items from `len` on; none of them may have been submitted.
     pub fn truncate(&self, len: usize) {
         let mut s = self.lock();
-        if let Some(at) = len.checked_sub(s.base) {
-            s.slots.truncate(at);
-        }
+        s.items.truncate(len);
         self.wake(s, 0);
     }
 
     /// Records the outcome of item `index`; returns whether it was still pending.
     pub fn complete(&self, index: usize, slot: Slot) -> bool {
-        self.complete_run(index, std::iter::once(slot)) == 1
+        self.complete_run(index, 1, slot) == 1
     }
 
-    /// Records the outcomes of items `first`, `first + 1`, … under one lock, and wakes the
+    /// Records the same outcome for items `first..first + n` under one lock, and wakes the
     /// waiters once: a chunk of 25,000 answers costs one wake-up, not 25,000. Returns how
     /// many of them were still pending.
-    pub fn complete_run(&self, first: usize, slots: impl IntoIterator<Item = Slot>) -> usize {
+    pub fn complete_run(&self, first: usize, n: usize, slot: Slot) -> usize {
         let mut s = self.lock();
-        let mut recorded = 0;
-        for (i, slot) in slots.into_iter().enumerate() {
-            let ok = slot.is_ok();
-            if s.record(first + i, ok, || Entry::Done(Box::new(slot))) {
-                recorded += 1;
-            }
-        }
+        let recorded = s.record(first..first.saturating_add(n), slot);
         self.wake(s, recorded)
     }
 
@@ -280,18 +241,15 @@ impl Job {
         }
     }
 
-    /// Whether item `index` has finished (and not been taken).
+    /// Whether item `index` can be taken without waiting: it has finished (or it was
+    /// taken, or there is no such item, which taking reports).
     pub fn item_ready(&self, index: usize) -> bool {
-        let s = self.lock();
-        index
-            .checked_sub(s.base)
-            .and_then(|at| s.slots.get(at))
-            .is_some_and(|entry| !matches!(entry, Entry::Pending))
+        !matches!(self.lock().items.get(index), Some(Item::Pending))
     }
 
     pub fn is_done(&self) -> bool {
         let s = self.lock();
-        s.done == s.base + s.slots.len()
+        s.done == total(&s)
     }
 
     /// Waits until every item is finished, or the deadline passes; returns whether done.
@@ -321,16 +279,15 @@ impl Job {
     pub fn take(&self, index: usize) -> Slot {
         let mut s = self.lock();
         loop {
-            let Some(at) = index.checked_sub(s.base) else {
-                return Slot::Taken;
-            };
-            match s.slots.get(at) {
-                None => return Slot::Aborted("no such item".into()),
-                Some(Entry::Pending) => {
+            if index >= total(&s) {
+                return Slot::Aborted("no such item".into());
+            }
+            match s.items.take(index) {
+                Some(slot) => return slot,
+                None => {
                     let next = s.done + 1;
                     s = self.wait_until_done(s, next)
                 }
-                Some(_) => return s.take_at(at),
             }
         }
     }
@@ -345,12 +302,13 @@ impl Job {
                 if run.start >= run.end {
                     s.arrivals.pop_front();
                 }
-                let Some(at) = index.checked_sub(s.base) else {
-                    continue;
-                };
-                return Some((index, s.take_at(at)));
+                // An item already taken (by `take`) is not handed out again.
+                match s.items.take(index) {
+                    Some(Slot::Taken) | None => continue,
+                    Some(slot) => return Some((index, slot)),
+                }
             }
-            if s.done == s.base + s.slots.len() {
+            if s.done == total(&s) {
                 return None;
             }
             let next = s.done + 1;
@@ -360,11 +318,7 @@ impl Job {
 
     /// A copy of item `index`'s outcome, once finished.
     pub fn peek(&self, index: usize) -> Slot {
-        let s = self.lock();
-        index
-            .checked_sub(s.base)
-            .and_then(|at| s.slots.get(at))
-            .map_or(Slot::Taken, |entry| s.resolve(entry))
+        self.lock().items.slot(index)
     }
 
     /// Every item's result, or the first error in completion order; waits for every item.
@@ -376,7 +330,7 @@ impl Job {
         let mut out: Vec<R> = Vec::new();
         let mut decode_error = None;
         let mut s = self.lock();
-        out.reserve(s.slots.len());
+        out.reserve(total(&s));
         loop {
             if decode_error.is_some() || s.first_error.is_some() {
                 // Nothing more to decode: wait for the rest, as Python's `map` does.
@@ -386,29 +340,28 @@ impl Job {
                 }
                 break;
             }
-            let Some(at) = out.len().checked_sub(s.base) else {
-                return Err(Error::State("these results were already taken".into()));
-            };
-            match s.slots.get(at) {
+            match s.items.get(out.len()) {
                 None => break,
-                Some(Entry::Pending) => {
+                Some(Item::Taken) => {
+                    return Err(Error::State("these results were already taken".into()));
+                }
+                Some(Item::Pending) => {
                     // Woken when an eighth of what is left has finished (or all of it), not
                     // at every item: a map of tiny chunks would pay a wake-up per item.
                     let left = total(&s) - s.done;
                     let at = s.done + (left / 8).max(1);
                     s = self.wait_until_done(s, at);
                 }
-                Some(&Entry::Ok { run, index }) => {
-                    // The finished items of this run from here on, decoded unlocked.
-                    let len = s
-                        .slots
-                        .range(at..)
-                        .zip(index..)
-                        .take_while(|(e, i)| matches!(e, Entry::Ok { run: r, index: j } if *r == run && j == i))
-                        .count();
-                    let results = s.run(run).map(|r| r.results.clone()).unwrap_or_default();
+                Some(Item::Ok {
+                    results,
+                    index,
+                    more,
+                }) => {
+                    // This item and the successes that follow it in the same batch,
+                    // decoded unlocked.
+                    let results = results.clone();
                     drop(s);
-                    for i in index as usize..index as usize + len {
+                    for i in index..=index + more {
                         match decode_result(&self.task, results.get(i).unwrap_or_default()) {
                             Ok(v) => out.push(v),
                             Err(e) => {
@@ -419,11 +372,14 @@ impl Job {
                     }
                     s = self.lock();
                 }
-                Some(other) => {
-                    let decoded = s
-                        .resolve(other)
-                        .into_bytes(&self.task, &self.module)
-                        .and_then(|bytes| decode_result(&self.task, &bytes));
+                Some(Item::Done(slot)) => {
+                    let decoded = match slot {
+                        Slot::Done(Outcome::Ok(bytes)) => decode_result(&self.task, bytes),
+                        other => other
+                            .clone()
+                            .into_bytes(&self.task, &self.module)
+                            .and_then(|bytes| decode_result(&self.task, &bytes)),
+                    };
                     match decoded {
                         Ok(v) => out.push(v),
                         Err(e) => decode_error = Some(e),
@@ -431,13 +387,10 @@ impl Job {
                 }
             }
         }
-        if let Some(entry) = s
-            .first_error
-            .and_then(|i| i.checked_sub(s.base))
-            .and_then(|at| s.slots.get(at))
-        {
+        if let Some(i) = s.first_error {
             return s
-                .resolve(entry)
+                .items
+                .slot(i)
                 .into_bytes(&self.task, &self.module)
                 .map(|_| Vec::new());
         }
@@ -464,114 +417,97 @@ impl JobState {
             results,
             mut errors,
         } = answers;
-        // From the worker: in increasing order, but a broken list must not lose an item.
+        // From the worker: in increasing order, but a broken list must not lose an item (of
+        // two for one item, the later counts, as the sort is stable).
         errors.sort_by_key(|(i, _)| *i);
-        let mut errors = errors.into_iter().peekable();
-        let answered = results.len();
-        let run = self.runs_base + self.runs.len() as u64;
-        let mut live = 0u32;
+        let answered = results.len().min(n);
+        let batch = self.items.add_batch(results);
+        let no_answer = || Slot::Aborted("the worker gave no answer".into());
         let mut recorded = 0;
-        for i in 0..n {
-            let mut failed = None;
-            while let Some((at, outcome)) = errors.next_if(|(at, _)| *at as usize <= i) {
-                if at as usize == i {
-                    failed = Some(outcome);
-                }
+        // Items `next..` of the batch are still to record.
+        let mut next = 0;
+        let mut errors = errors.into_iter().peekable();
+        while let Some((at, outcome)) = errors.next() {
+            let at = at as usize;
+            if at >= n {
+                break;
             }
-            let entry = match failed {
-                Some(outcome) => Entry::Done(Box::new(Slot::Done(outcome))),
-                None if i < answered => Entry::Ok {
-                    run,
-                    index: i as u32,
-                },
-                None => Entry::Done(Box::new(Slot::Aborted("the worker gave no answer".into()))),
-            };
-            let ok = matches!(entry, Entry::Ok { .. });
-            if self.record(first + i, ok, || entry) {
-                recorded += 1;
-                live += u32::from(ok);
+            if errors.peek().is_some_and(|(a, _)| *a as usize == at) {
+                continue;
             }
+            if next < at.min(answered) {
+                recorded += self.record_ok(first + next..first + at.min(answered), batch, next);
+            }
+            if next.max(answered) < at {
+                recorded += self.record(first + next.max(answered)..first + at, no_answer());
+            }
+            recorded += self.record(first + at..first + at + 1, Slot::Done(outcome));
+            next = at + 1;
         }
-        if live > 0 {
-            self.runs.push_back(Run {
-                results: Arc::new(results),
-                live,
-            });
+        if next < answered {
+            recorded += self.record_ok(first + next..first + answered, batch, next);
         }
+        if next.max(answered) < n {
+            recorded += self.record(first + next.max(answered)..first + n, no_answer());
+        }
+        self.items.drop_unused_batch();
         recorded
     }
 
-    /// Stores item `index`'s outcome (made by `entry`) if it is still pending; returns
-    /// whether it was.
-    fn record(&mut self, index: usize, ok: bool, entry: impl FnOnce() -> Entry) -> bool {
-        let Some(at) = index.checked_sub(self.base) else {
-            return false;
-        };
-        let Some(existing @ Entry::Pending) = self.slots.get_mut(at) else {
-            return false;
-        };
-        *existing = entry();
-        self.done += 1;
-        match self.arrivals.back_mut() {
-            Some(run) if run.end == index => run.end += 1,
-            _ => self.arrivals.push_back(index..index + 1),
-        }
-        if !ok && self.first_error.is_none() {
-            self.first_error = Some(index);
-        }
-        true
+    /// Gives the still pending items of `range` the outcome `slot`; returns how many were
+    /// pending.
+    fn record(&mut self, range: Range<usize>, slot: Slot) -> usize {
+        let ok = slot.is_ok();
+        let JobState {
+            items,
+            done,
+            arrivals,
+            first_error,
+            ..
+        } = self;
+        let mut recorded = 0;
+        items.record(range, slot, |r| {
+            recorded += r.len();
+            note_finished(done, arrivals, first_error, r, ok);
+        });
+        recorded
     }
 
-    /// The encoded result of item `index` of run `run`.
-    fn result(&self, run: u64, index: u32) -> Option<&[u8]> {
-        self.run(run)?.results.get(index as usize)
+    /// Records the still pending items of `range` as successes, their results being items
+    /// `at..` of batch `batch`; returns how many were pending.
+    fn record_ok(&mut self, range: Range<usize>, batch: u64, at: usize) -> usize {
+        let JobState {
+            items,
+            done,
+            arrivals,
+            first_error,
+            ..
+        } = self;
+        let mut recorded = 0;
+        items.record_ok(range, batch, at, |r| {
+            recorded += r.len();
+            note_finished(done, arrivals, first_error, r, true);
+        });
+        recorded
     }
+}
 
-    fn run(&self, run: u64) -> Option<&Run> {
-        let at = usize::try_from(run.checked_sub(self.runs_base)?).ok()?;
-        self.runs.get(at)
+/// Counts the items of `range` as finished, in completion order, and the first of them as
+/// the job's first failure if they failed and none did before.
+fn note_finished(
+    done: &mut usize,
+    arrivals: &mut VecDeque<Range<usize>>,
+    first_error: &mut Option<usize>,
+    range: Range<usize>,
+    ok: bool,
+) {
+    *done += range.len();
+    if !ok && first_error.is_none() {
+        *first_error = Some(range.start);
     }
-
-    /// A copy of an entry's outcome.
-    fn resolve(&self, entry: &Entry) -> Slot {
-        match entry {
-            Entry::Pending => Slot::Pending,
-            Entry::Ok { run, index } => Slot::Done(Outcome::Ok(
-                self.result(*run, *index).unwrap_or_default().to_vec(),
-            )),
-            Entry::Done(slot) => (**slot).clone(),
-            Entry::Taken => Slot::Taken,
-        }
-    }
-
-    /// Takes the outcome at position `at`, and forgets the taken items at the front of the
-    /// window and the result buffers no item needs any more.
-    fn take_at(&mut self, at: usize) -> Slot {
-        let Some(entry) = self.slots.get_mut(at) else {
-            return Slot::Taken;
-        };
-        let entry = std::mem::replace(entry, Entry::Taken);
-        let slot = self.resolve(&entry);
-        if let Entry::Ok { run, .. } = entry
-            && let Some(r) = run
-                .checked_sub(self.runs_base)
-                .and_then(|i| usize::try_from(i).ok())
-                .and_then(|i| self.runs.get_mut(i))
-        {
-            r.live = r.live.saturating_sub(1);
-            if r.live == 0 {
-                r.results = Arc::default();
-            }
-        }
-        while self.runs.front().is_some_and(|r| r.live == 0) {
-            self.runs.pop_front();
-            self.runs_base += 1;
-        }
-        while matches!(self.slots.front(), Some(Entry::Taken)) {
-            self.slots.pop_front();
-            self.base += 1;
-        }
-        slot
+    match arrivals.back_mut() {
+        Some(run) if run.end == range.start => run.end = range.end,
+        _ => arrivals.push_back(range),
     }
 }
 
@@ -668,8 +604,11 @@ mod tests {
 
     fn pending(n: usize) -> JobState {
         JobState {
-            slots: (0..n).map(|_| Entry::Pending).collect(),
-            ..JobState::default()
+            items: Items::new(n),
+            done: 0,
+            arrivals: VecDeque::new(),
+            first_error: None,
+            wake_at: None,
         }
     }
 
@@ -700,17 +639,50 @@ mod tests {
         );
         assert_eq!(s.record_batch(1, 5, batch), 5);
         assert_eq!(s.done, 5);
-        assert_eq!(ok_bytes(s.resolve(&s.slots[1])), b"a");
-        assert!(matches!(s.resolve(&s.slots[2]), Slot::Done(Outcome::Failed(m)) if m == "one"));
-        assert_eq!(ok_bytes(s.resolve(&s.slots[3])), b"c");
-        assert!(matches!(s.resolve(&s.slots[4]), Slot::Done(Outcome::Failed(m)) if m == "three"));
-        assert!(matches!(s.resolve(&s.slots[5]), Slot::Aborted(m) if m.contains("no answer")));
-        assert!(matches!(s.slots[0], Entry::Pending));
+        assert_eq!(ok_bytes(s.items.slot(1)), b"a");
+        assert!(matches!(s.items.slot(2), Slot::Done(Outcome::Failed(m)) if m == "one"));
+        assert_eq!(ok_bytes(s.items.slot(3)), b"c");
+        assert!(matches!(s.items.slot(4), Slot::Done(Outcome::Failed(m)) if m == "three"));
+        assert!(matches!(s.items.slot(5), Slot::Aborted(m) if m.contains("no answer")));
+        assert!(matches!(s.items.slot(0), Slot::Pending));
         // The first failure in completion order is item 2.
         assert_eq!(s.first_error, Some(2));
         // An item already finished is not overwritten by a late batch.
         assert_eq!(s.record_batch(0, 2, answers(&[b"x", b"y"], vec![])), 1);
-        assert!(matches!(s.resolve(&s.slots[1]), Slot::Done(Outcome::Ok(b)) if b == b"a"));
+        assert!(matches!(s.items.slot(1), Slot::Done(Outcome::Ok(b)) if b == b"a"));
+        assert_eq!(ok_bytes(s.items.slot(0)), b"x");
+    }
+
+    #[test]
+    fn of_two_errors_for_one_item_the_later_counts_and_stray_ones_are_ignored() {
+        let mut s = pending(3);
+        let batch = answers(
+            &[b"a", b"b", b"c"],
+            vec![
+                (1, Outcome::Failed("first".into())),
+                (7, Outcome::Failed("past the end".into())),
+                (1, Outcome::Failed("second".into())),
+            ],
+        );
+        assert_eq!(s.record_batch(0, 3, batch), 3);
+        assert_eq!(ok_bytes(s.items.slot(0)), b"a");
+        assert!(matches!(s.items.slot(1), Slot::Done(Outcome::Failed(m)) if m == "second"));
+        assert_eq!(ok_bytes(s.items.slot(2)), b"c");
+    }
+
+    #[test]
+    fn a_whole_batch_of_successes_is_one_segment() {
+        let mut s = pending(200_000);
+        let results: Vec<Vec<u8>> = (0..25_000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let refs: Vec<&[u8]> = results.iter().map(|r| r.as_slice()).collect();
+        assert_eq!(
+            s.record_batch(25_000, 25_000, answers(&refs, vec![])),
+            25_000
+        );
+        // Pending before, the batch, pending after.
+        assert_eq!(s.items.segment_count(), 3);
+        assert_eq!(ok_bytes(s.items.slot(25_000 + 1234)), 1234u32.to_le_bytes());
+        assert_eq!(s.arrivals.iter().collect::<Vec<_>>(), [&(25_000..50_000)]);
     }
 
     #[test]
@@ -718,27 +690,68 @@ mod tests {
         let mut s = pending(4);
         s.record_batch(0, 2, answers(&[b"0", b"1"], vec![]));
         s.record_batch(2, 2, answers(&[b"2", b"3"], vec![]));
-        assert_eq!(s.runs.len(), 2);
-        assert_eq!(ok_bytes(s.take_at(0)), b"0");
-        assert_eq!(s.runs.len(), 2, "item 1 still needs the first buffer");
+        assert_eq!(s.items.batch_count(), 2);
+        assert_eq!(s.items.take(0).map(ok_bytes), Some(b"0".to_vec()));
+        assert_eq!(
+            s.items.batch_count(),
+            2,
+            "item 1 still needs the first buffer"
+        );
         // Taken out of order: the second buffer is freed at once, forgotten with the first.
-        assert_eq!(ok_bytes(s.take_at(3 - s.base)), b"3");
-        assert_eq!(ok_bytes(s.take_at(2 - s.base)), b"2");
-        assert!(s.runs[1].results.is_empty());
-        assert_eq!(s.runs.len(), 2);
-        assert_eq!(ok_bytes(s.take_at(1 - s.base)), b"1");
-        assert!(s.runs.is_empty());
-        assert_eq!(s.runs_base, 2);
-        assert!(s.slots.is_empty());
-        assert_eq!(s.base, 4);
+        assert_eq!(s.items.take(3).map(ok_bytes), Some(b"3".to_vec()));
+        assert_eq!(s.items.take(2).map(ok_bytes), Some(b"2".to_vec()));
+        assert_eq!(s.items.batch_count(), 2);
+        assert!(matches!(s.items.take(2), Some(Slot::Taken)));
+        assert_eq!(s.items.take(1).map(ok_bytes), Some(b"1".to_vec()));
+        assert_eq!(s.items.batch_count(), 0);
+        assert_eq!(s.items.segment_count(), 0);
+        assert_eq!(s.items.base(), 4);
+    }
+
+    #[test]
+    fn items_taken_out_of_order_do_not_pile_up_as_segments() {
+        let mut s = pending(100);
+        let results: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i]).collect();
+        let refs: Vec<&[u8]> = results.iter().map(|r| r.as_slice()).collect();
+        s.record_batch(0, 100, answers(&refs, vec![]));
+        // Every item but the first, from the back: one taken segment after the first item.
+        for i in (1..100).rev() {
+            assert_eq!(s.items.take(i).map(ok_bytes), Some(vec![i as u8]));
+        }
+        assert_eq!(s.items.segment_count(), 2);
+        assert_eq!(s.items.take(0).map(ok_bytes), Some(vec![0]));
+        assert_eq!(s.items.segment_count(), 0);
+    }
+
+    #[test]
+    fn a_pending_item_is_not_taken() {
+        let mut s = pending(2);
+        assert!(s.items.take(1).is_none());
+        assert_eq!(s.record(1..2, Slot::Aborted("x".into())), 1);
+        assert!(matches!(s.items.take(1), Some(Slot::Aborted(m)) if m == "x"));
+        assert!(s.items.take(0).is_none());
+    }
+
+    #[test]
+    fn growing_and_truncating_keep_the_pending_tail() {
+        let mut s = pending(2);
+        assert_eq!(s.items.grow(3), 2);
+        assert_eq!(s.items.len(), 5);
+        assert_eq!(s.record(1..4, Slot::Aborted("x".into())), 3);
+        s.items.truncate(4);
+        assert_eq!(s.items.len(), 4);
+        assert!(matches!(s.items.slot(3), Slot::Aborted(_)));
+        assert!(s.items.get(4).is_none());
+        assert_eq!(s.items.grow(1), 4);
+        assert!(matches!(s.items.slot(4), Slot::Pending));
     }
 
     #[test]
     fn arrivals_keep_completion_order_in_runs() {
         let mut s = pending(6);
         s.record_batch(3, 3, answers(&[b"", b"", b""], vec![]));
-        assert!(s.record(0, true, || Entry::Done(Box::new(Slot::Aborted("x".into())))));
-        assert!(s.record(1, true, || Entry::Done(Box::new(Slot::Aborted("y".into())))));
+        assert_eq!(s.record(0..1, Slot::Aborted("x".into())), 1);
+        assert_eq!(s.record(1..2, Slot::Aborted("y".into())), 1);
         assert_eq!(s.arrivals, [3..6, 0..2]);
     }
 }

@@ -2,6 +2,7 @@
 
 mod executor;
 mod imap;
+mod items;
 mod job;
 mod sched;
 

@@ -465,11 +465,9 @@ impl Shared {
                 }
                 let n = chunk.items.len();
                 match answers {
-                    Answers::One(outcome) => self.complete_run(
-                        &chunk.job,
-                        chunk.first,
-                        std::iter::repeat_n(Slot::Done(outcome), n),
-                    ),
+                    Answers::One(outcome) => {
+                        self.complete_run(&chunk.job, chunk.first, n, Slot::Done(outcome))
+                    }
                     Answers::Batch(batch) => {
                         if chunk.job.complete_batch(chunk.first, n, batch) > 0 {
                             self.run_hook(&chunk.job, chunk.first);
@@ -514,24 +512,21 @@ impl Shared {
         }
     }
 
-    /// Records a run of outcomes: in one go, unless the job has a completion hook to run.
-    fn complete_run(&self, job: &Arc<Job>, first: usize, slots: impl Iterator<Item = Slot>) {
+    /// Records one outcome for `n` items: in one go, unless the job has a completion hook
+    /// to run.
+    fn complete_run(&self, job: &Arc<Job>, first: usize, n: usize, slot: Slot) {
         if job.has_hook() {
-            for (i, slot) in slots.enumerate() {
-                self.complete(job, first + i, slot);
+            for i in 0..n {
+                self.complete(job, first + i, slot.clone());
             }
         } else {
-            job.complete_run(first, slots);
+            job.complete_run(first, n, slot);
         }
     }
 
     fn abort_chunk(&self, chunk: Chunk, slot: &Slot) {
         let n = chunk.items.len();
-        self.complete_run(
-            &chunk.job,
-            chunk.first,
-            std::iter::repeat_n(slot.clone(), n),
-        );
+        self.complete_run(&chunk.job, chunk.first, n, slot.clone());
     }
 
     /// A worker died running `chunk`: retry it, fail it, or, past the restart limit, fail
