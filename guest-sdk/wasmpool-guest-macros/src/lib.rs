@@ -152,7 +152,8 @@ fn expand(attr: proc_macro2::TokenStream, func: &ItemFn) -> syn::Result<proc_mac
                 args: &[u8],
                 __buf: &mut ::std::vec::Vec<u8>,
             ) -> ::std::result::Result<(), ::wasmpool_guest::__private::TaskError> {
-                let mut __args = ::wasmpool_guest::__private::Args::new(NAME, PARAMS, args)?;
+                let mut __args = ::wasmpool_guest::__private::Args::new(NAME, PARAMS, args);
+                __args.begin()?;
                 #(#decode)*
                 let __out = super::#fn_name(#(#locals),*);
                 #encode

@@ -151,7 +151,7 @@ pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcom
                 start = end;
                 if let Some(out) = batch.borrow_mut().as_mut() {
                     match outcome {
-                        Ok(()) => out.results.data.extend_from_slice(&scratch),
+                        Ok(()) => append(&mut out.results.data, &scratch),
                         Err(e) => out.errors.push((i as u32, e)),
                     }
                     out.results.ends.push(out.results.data.len() as u32);
@@ -168,6 +168,28 @@ pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcom
         })
 }
 
+/// Appends `bytes` to `out`. Copying a slice whose length is known only at run time
+/// compiles to wasm's `memory.copy`, which the runtime runs as a call out of the guest that
+/// costs more than copying a few bytes; so the lengths of MessagePack scalars (1 to 9 bytes,
+/// what tiny tasks return) are copied as fixed-size arrays, which compile to plain loads and
+/// stores.
+#[inline]
+fn append(out: &mut Vec<u8>, bytes: &[u8]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match bytes.len() {
+                $($n => {
+                    if let Ok(b) = <&[u8; $n]>::try_from(bytes) {
+                        out.extend_from_slice(b);
+                    }
+                })*
+                _ => out.extend_from_slice(bytes),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9);
+}
+
 /// Decodes positional arguments: one MessagePack array of exactly `N` values.
 #[derive(Debug)]
 pub struct Args<'a> {
@@ -178,40 +200,46 @@ pub struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    /// Reads the array header and checks the arity against the task's parameters
-    /// (each given as `(name, type)`).
+    /// The arguments of one call of a task whose parameters are `params` (each given as
+    /// `(name, type)`); [`begin`](Args::begin) reads the array header.
     ///
-    /// This and [`decode_next`](Args::decode_next) run once per item of a batch: their
-    /// common paths are inlined into the task's `call`, the rest kept out of line.
+    /// This, `begin` and [`decode_next`](Args::decode_next) run once per item of a batch:
+    /// their common paths are inlined into the task's `call`, the rest kept out of line.
+    /// Making the value cannot fail, so it never travels inside a `Result`: a `Result<Args,
+    /// _>` was built in the guest's stack memory and copied out of it in 8-byte loads over
+    /// 4-byte stores, which stall the processor on every item.
     #[inline]
     pub fn new(
         task: &'static str,
         params: &'static [(&'static str, &'static str)],
         bytes: &'a [u8],
-    ) -> Result<Self, TaskError> {
-        // A fixarray header of the right length: the common case, with nothing to report.
-        if let Some((&marker, rest)) = bytes.split_first()
-            && params.len() < 16
-            && usize::from(marker) == 0x90 + params.len()
-        {
-            return Ok(Args {
-                task,
-                params,
-                rest,
-                index: 0,
-            });
+    ) -> Self {
+        Args {
+            task,
+            params,
+            rest: bytes,
+            index: 0,
         }
-        Self::new_general(task, params, bytes)
+    }
+
+    /// Reads the array header and checks the arity against the task's parameters.
+    #[inline]
+    pub fn begin(&mut self) -> Result<(), TaskError> {
+        // A fixarray header of the right length: the common case, with nothing to report.
+        if let Some((&marker, rest)) = self.rest.split_first()
+            && self.params.len() < 16
+            && usize::from(marker) == 0x90 + self.params.len()
+        {
+            self.rest = rest;
+            return Ok(());
+        }
+        self.begin_general()
     }
 
     #[inline(never)]
-    fn new_general(
-        task: &'static str,
-        params: &'static [(&'static str, &'static str)],
-        bytes: &'a [u8],
-    ) -> Result<Self, TaskError> {
-        let mut rest = bytes;
-        let len = rmp::decode::read_array_len(&mut rest).map_err(|_| {
+    fn begin_general(&mut self) -> Result<(), TaskError> {
+        let (task, params) = (self.task, self.params);
+        let len = rmp::decode::read_array_len(&mut self.rest).map_err(|_| {
             TaskError::BadArgs(format!(
                 "task `{task}` expects its arguments as one MessagePack array"
             ))
@@ -225,12 +253,7 @@ impl<'a> Args<'a> {
                 wanted.join(", ")
             )));
         }
-        Ok(Args {
-            task,
-            params,
-            rest,
-            index: 0,
-        })
+        Ok(())
     }
 
     /// Decodes the next argument.
@@ -312,5 +335,22 @@ pub fn encode_result<T: Serialize + 'static, E: Display>(
     match value {
         Ok(v) => encode_return(task, v, out),
         Err(e) => Err(TaskError::Failed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_copies_every_length_exactly() {
+        let source: Vec<u8> = (1..=40).collect();
+        for len in 0..=source.len() {
+            let mut out = vec![0xaa, 0xbb];
+            append(&mut out, &source[..len]);
+            assert_eq!(out.len(), 2 + len);
+            assert_eq!(&out[..2], [0xaa, 0xbb]);
+            assert_eq!(&out[2..], &source[..len], "length {len}");
+        }
     }
 }
