@@ -68,6 +68,7 @@ pub(crate) fn serve() -> i32 {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
+    keep_heap_memory();
     // Best effort: a kernel without seccomp runs the worker without the filter. A fork
     // server's workers inherit it.
     let _ = sandbox::restrict_syscalls();
@@ -303,4 +304,22 @@ fn serve_on(
 /// Microseconds since `started`, as a call's answer reports its run time.
 fn micros_since(started: Instant) -> u64 {
     started.elapsed().as_micros().try_into().unwrap_or(u64::MAX)
+}
+
+/// Largest allocation the worker's `malloc` serves from its heap rather than a fresh
+/// mapping, and how much free memory at the heap's top it keeps rather than returning it.
+const HEAP_KEEP_BYTES: libc::c_int = 8 << 20;
+
+/// Lets the worker's `malloc` reuse memory between batches. By default a buffer over 128 KiB
+/// (a batch's items, its results, their frames) is a fresh mapping, and freed memory at the
+/// heap's top goes back to the kernel: every batch then pays a page fault per 4 KiB it
+/// touches, ~2-3 us each on these machines. Up to 8 MiB is now kept and reused; an idle
+/// worker that ran only small tasks holds no more than before.
+fn keep_heap_memory() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before the worker starts
+    // any thread, and an unknown or refused parameter is ignored.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_KEEP_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP_BYTES);
+    }
 }
