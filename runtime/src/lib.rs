@@ -42,6 +42,7 @@ mod packed;
 mod pool;
 mod process;
 mod protocol;
+mod scalars;
 mod spawn;
 mod supervisor;
 mod values;

@@ -36,6 +36,18 @@ pub(crate) fn encode_args_into<A: Serialize + ?Sized>(buf: &mut Vec<u8>, args: &
     }
 }
 
+/// As `encode_args_into(buf, &(arg,))`: the arguments of a one-argument task, a scalar
+/// written directly (see [`crate::scalars`]).
+pub(crate) fn encode_arg_into<A: Serialize + ?Sized>(buf: &mut Vec<u8>, arg: &A) -> Result<()> {
+    let start = buf.len();
+    buf.push(0x91);
+    if crate::scalars::encode_scalar(buf, arg) {
+        return Ok(());
+    }
+    buf.truncate(start);
+    encode_args_into(buf, &(arg,))
+}
+
 /// Encodes JSON values as positional arguments.
 pub fn json_args(args: &[serde_json::Value]) -> Result<Vec<u8>> {
     encode_args(args)

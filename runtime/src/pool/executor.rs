@@ -19,7 +19,7 @@ use super::{Pool, decode_slot, default_chunksize};
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::packed::Packed;
-use crate::values::{encode_args, encode_args_into};
+use crate::values::{encode_arg_into, encode_args};
 
 /// A pool for async code, as Python's `ProcessPoolExecutor`: `submit` returns a future of the
 /// task's typed result, `map` a stream of results in input order, [`as_completed`] yields
@@ -81,7 +81,7 @@ impl Executor {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<MapStream<R>> {
-        let encoded = super::pack(items, |buf, a| encode_args_into(buf, &(a,)))?;
+        let encoded = super::pack(items, |buf, a| encode_arg_into(buf, &a))?;
         let len = encoded.len();
         let job = self.pool.job(task, len)?;
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, self.pool.processes()));

@@ -23,7 +23,7 @@ use crate::output::Output;
 use crate::packed::Packed;
 use crate::process::cpu_count;
 use crate::protocol::Limits;
-use crate::values::{decode_result, encode_args, encode_args_into};
+use crate::values::{decode_result, encode_arg_into, encode_args, encode_args_into};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
 ///
@@ -422,9 +422,7 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        self.submit_streamed(task, items, chunksize, |buf, a| {
-            encode_args_into(buf, &(a,))
-        })
+        self.submit_streamed(task, items, chunksize, |buf, a| encode_arg_into(buf, &a))
     }
 
     /// Like [`map`](Pool::map), but each item is a tuple of arguments (Python's `starmap`).
