@@ -12,7 +12,9 @@
 use serde::ser::{Impossible, Serialize, Serializer};
 
 /// Appends `value`'s MessagePack encoding to `buf` if it is a scalar; returns whether it
-/// did. Otherwise `buf` is left as it was, for `rmp_serde` to encode the value.
+/// did. Otherwise `buf` is left as it was, for `rmp_serde` to encode the value: a value
+/// that is not a scalar has its `serialize` called twice (the first call stops at once), so
+/// one whose output changes from call to call is not supported.
 pub(crate) fn encode_scalar<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> bool {
     let start = buf.len();
     if value.serialize(ScalarWriter(buf)).is_ok() {

@@ -130,7 +130,8 @@ impl Items {
         first
     }
 
-    /// Forgets the items from `len` on.
+    /// Forgets the items from `len` on, which must all be pending (never submitted): a
+    /// finished one would keep its batch's results alive.
     pub fn truncate(&mut self, len: usize) {
         if len >= self.len {
             return;
@@ -138,6 +139,12 @@ impl Items {
         let len = len.max(self.base);
         self.split_at(len);
         let keep = self.segments.partition_point(|s| s.start < len);
+        debug_assert!(
+            self.segments
+                .range(keep..)
+                .all(|s| matches!(s.state, State::Pending)),
+            "only pending items are truncated"
+        );
         self.segments.truncate(keep);
         self.len = len;
     }

@@ -87,6 +87,19 @@ fn pipeline_depth(run: Option<f64>, overhead: Option<f64>) -> usize {
     }
 }
 
+/// How long a task's chunks take: exponentially weighted averages, in seconds, `None` until
+/// measured.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timing {
+    /// Run time in the worker.
+    run: Option<f64>,
+    /// Time a chunk sent to an idle worker, and answered before another was sent to it,
+    /// spends outside it (from sending to answer, less its run time). Only such a chunk
+    /// shows it: one queued behind another waits for that one, and one with another queued
+    /// behind it is answered after that one too.
+    overhead: Option<f64>,
+}
+
 /// An exponentially weighted average updated with `sample`.
 fn ewma(avg: Option<f64>, sample: f64) -> f64 {
     avg.map_or(sample, |a| 0.8 * a + 0.2 * sample)
@@ -141,8 +154,8 @@ struct InFlight {
     id: u64,
     chunk: Option<Chunk>,
     sent: Instant,
-    /// Sent to a worker with nothing else in flight: from sending to answer, everything
-    /// but its run time is overhead.
+    /// Sent to a worker with nothing else in flight, and nothing sent to it since: from
+    /// sending to answer, everything but its run time is overhead.
     alone: bool,
 }
 
@@ -171,12 +184,9 @@ struct Sched {
     broken: Option<String>,
     starting: usize,
     next_worker: u64,
-    /// Exponentially weighted average of chunk run time in the worker, seconds; `None`
-    /// until measured.
-    avg_chunk: Option<f64>,
-    /// Exponentially weighted average of the time a chunk sent to an idle worker spends
-    /// outside it (from sending to answer, less its run time), seconds.
-    avg_overhead: Option<f64>,
+    /// Per task: how long its chunks take, which sets how deep they are pipelined (a pool
+    /// that runs tiny tasks and then long ones does not queue the long ones as deep).
+    timing: HashMap<Arc<str>, Timing>,
     /// Per task: workers that died running it since one of its calls last finished.
     losses: HashMap<Arc<str>, u32>,
     /// Threads waiting on `changed` (join, wait_for_workers): a finished call
@@ -360,11 +370,21 @@ impl Shared {
     }
 
     fn dispatch(&self, s: &mut Sched) {
-        let depth = pipeline_depth(s.avg_chunk, s.avg_overhead);
         let max_tasks = self.config.maxtasksperchild;
+        // The depth for the task at the front of the queue, looked up when it changes.
+        let mut depth_for: Option<(Arc<str>, usize)> = None;
         // Frames for each worker, written in one go after the loop.
         let mut out: Vec<Vec<u8>> = vec![Vec::new(); s.workers.len()];
-        while !s.queue.is_empty() {
+        while let Some(front) = s.queue.front() {
+            let depth = match &depth_for {
+                Some((task, depth)) if Arc::ptr_eq(task, &front.job.task) => *depth,
+                _ => {
+                    let t = s.timing.get(&front.job.task).copied().unwrap_or_default();
+                    let depth = pipeline_depth(t.run, t.overhead);
+                    depth_for = Some((front.job.task.clone(), depth));
+                    depth
+                }
+            };
             let Some((wi, _)) = s
                 .workers
                 .iter()
@@ -407,6 +427,10 @@ impl Shared {
             }
             let w = &mut s.workers[wi];
             w.given += chunk.items.len() as u64;
+            // The chunk in flight alone no longer is: its answer waits for this one.
+            if let Some(first) = w.inflight.front_mut() {
+                first.alone = false;
+            }
             w.inflight.push_back(InFlight {
                 alone: w.inflight.is_empty(),
                 id,
@@ -458,10 +482,11 @@ impl Shared {
             }
             Some(chunk) => {
                 let run = micros as f64 / 1e6;
-                s.avg_chunk = Some(ewma(s.avg_chunk, run));
+                let t = s.timing.entry(chunk.job.task.clone()).or_default();
+                t.run = Some(ewma(t.run, run));
                 if flight.alone {
                     let overhead = (flight.sent.elapsed().as_secs_f64() - run).max(0.0);
-                    s.avg_overhead = Some(ewma(s.avg_overhead, overhead));
+                    t.overhead = Some(ewma(t.overhead, overhead));
                 }
                 // The task ran to an answer: whatever took workers down before, it is not this.
                 if !s.losses.is_empty() {

@@ -308,18 +308,26 @@ fn micros_since(started: Instant) -> u64 {
 
 /// Largest allocation the worker's `malloc` serves from its heap rather than a fresh
 /// mapping, and how much free memory at the heap's top it keeps rather than returning it.
+#[cfg(target_env = "gnu")]
 const HEAP_KEEP_BYTES: libc::c_int = 8 << 20;
 
-/// Lets the worker's `malloc` reuse memory between batches. By default a buffer over 128 KiB
-/// (a batch's items, its results, their frames) is a fresh mapping, and freed memory at the
-/// heap's top goes back to the kernel: every batch then pays a page fault per 4 KiB it
-/// touches, ~2-3 us each on these machines. Up to 8 MiB is now kept and reused; an idle
-/// worker that ran only small tasks holds no more than before.
+/// Lets the worker's `malloc` reuse memory between batches. glibc starts by serving a buffer
+/// over 128 KiB (a batch's items, its results, their frames) from a fresh mapping, and gives
+/// freed memory at the heap's top back to the kernel; it raises both thresholds as large
+/// buffers are freed, but a batch still touched fresh pages often: a page fault per 4 KiB,
+/// ~2-3 us each on these machines. Both are fixed at 8 MiB here: buffers up to that size come
+/// from the heap, and up to that much free memory is kept. An idle worker that ran only
+/// small tasks holds no more than before.
+#[cfg(target_env = "gnu")]
 fn keep_heap_memory() {
-    // SAFETY: mallopt only sets allocator parameters; it is called before the worker starts
-    // any thread, and an unknown or refused parameter is ignored.
+    // SAFETY: mallopt only sets allocator parameters (under malloc's own lock); a refused
+    // parameter is ignored.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_KEEP_BYTES);
         libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP_BYTES);
     }
 }
+
+/// Other C libraries keep their allocator's defaults.
+#[cfg(not(target_env = "gnu"))]
+fn keep_heap_memory() {}
