@@ -458,37 +458,33 @@ impl JobState {
     /// pending.
     fn record(&mut self, range: Range<usize>, slot: Slot) -> usize {
         let ok = slot.is_ok();
-        let JobState {
-            items,
-            done,
-            arrivals,
-            first_error,
-            ..
-        } = self;
-        let mut recorded = 0;
-        items.record(range, slot, |r| {
-            recorded += r.len();
-            note_finished(done, arrivals, first_error, r, ok);
+        let before = self.done;
+        self.items.record(range, slot, |r| {
+            note_finished(
+                &mut self.done,
+                &mut self.arrivals,
+                &mut self.first_error,
+                r,
+                ok,
+            )
         });
-        recorded
+        self.done - before
     }
 
     /// Records the still pending items of `range` as successes, their results being items
     /// `at..` of batch `batch`; returns how many were pending.
     fn record_ok(&mut self, range: Range<usize>, batch: u64, at: usize) -> usize {
-        let JobState {
-            items,
-            done,
-            arrivals,
-            first_error,
-            ..
-        } = self;
-        let mut recorded = 0;
-        items.record_ok(range, batch, at, |r| {
-            recorded += r.len();
-            note_finished(done, arrivals, first_error, r, true);
+        let before = self.done;
+        self.items.record_ok(range, batch, at, |r| {
+            note_finished(
+                &mut self.done,
+                &mut self.arrivals,
+                &mut self.first_error,
+                r,
+                true,
+            )
         });
-        recorded
+        self.done - before
     }
 }
 
