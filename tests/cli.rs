@@ -366,8 +366,12 @@ fn map_stops_cleanly_on_ctrl_c_workers_included() {
     });
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"));
+    // The workers go when their parent does (a death signal, their socket's end), which
+    // the kernel delivers a moment after the parent is reaped.
     assert!(
-        workers.iter().all(|&w| !pid_alive(w)),
+        eventually(std::time::Duration::from_secs(10), || workers
+            .iter()
+            .all(|&w| !pid_alive(w))),
         "no worker left behind"
     );
 }
