@@ -292,6 +292,87 @@ fn pipe_reader_sees_everything_then_end_of_file() {
     });
 }
 
+/// Message `i` of the testkit's numbered streams.
+fn numbered(i: u64, size: usize) -> String {
+    format!("{i}:{}", "x".repeat(size))
+}
+
+#[test]
+fn pipe_backlog_past_its_shared_ring_arrives_whole_and_in_order() {
+    within(LIMIT, || {
+        // Nobody reads while the child sends ~600 KB, one message of them larger than the
+        // shared ring: the ring fills, spills, and the rest goes through the host.
+        let (a, b) = Manager::new().pipe::<String>(true);
+        let (count, size, big_at, big) = (3000u64, 200usize, 1500u64, 300 << 10);
+        let sender =
+            Process::new(&testkit(), "send_numbered", &(&a, count, size, big_at, big)).unwrap();
+        sender.start().unwrap();
+        drop(a);
+        sender.join().unwrap();
+        assert_eq!(sender.exitcode(), Some(0));
+        let receiver = Process::new(&testkit(), "recv_all", &(&b,)).unwrap();
+        receiver.start().unwrap();
+        drop(b);
+        receiver.join().unwrap();
+        let got = receiver.result::<Vec<String>>().unwrap();
+        assert_eq!(got.len(), count as usize);
+        for (i, msg) in got.iter().enumerate() {
+            let i = i as u64;
+            let want = numbered(i, if i == big_at { big } else { size });
+            assert!(*msg == want, "message {i} is not what was sent");
+        }
+    });
+}
+
+#[test]
+fn two_processes_play_ping_pong_over_a_pipe_without_the_host() {
+    within(LIMIT, || {
+        let (a, b) = Manager::new().pipe::<u64>(true);
+        let n = 5000u64;
+        let ping = Process::new(&testkit(), "pipe_ping", &(&a, n)).unwrap();
+        let pong = Process::new(&testkit(), "pipe_pong", &(&b, n)).unwrap();
+        ping.start().unwrap();
+        pong.start().unwrap();
+        ping.join().unwrap();
+        pong.join().unwrap();
+        assert_eq!(ping.result::<u64>().unwrap(), n);
+        assert_eq!(pong.exitcode(), Some(0));
+    });
+}
+
+#[test]
+fn pipe_sender_killed_mid_stream_leaves_whole_messages_in_order_then_end_of_file() {
+    within(LIMIT, || {
+        let (a, b) = Manager::new().pipe::<String>(true);
+        let size = 3000;
+        let p = Process::new(&testkit(), "send_numbered_forever", &(&b, size)).unwrap();
+        p.start().unwrap();
+        drop(b);
+        let mut next = 0u64;
+        let mut check = |msg: String| {
+            assert!(
+                msg == numbered(next, size),
+                "message {next} is torn or out of order"
+            );
+            next += 1;
+        };
+        for _ in 0..2000 {
+            check(a.recv().unwrap());
+        }
+        // Killed wherever it is: maybe halfway through copying a message into the ring.
+        p.kill();
+        p.join().unwrap();
+        loop {
+            match a.recv_timeout(Some(Duration::from_secs(20))) {
+                Ok(msg) => check(msg),
+                Err(ObjectError::Closed(_)) => break,
+                Err(e) => panic!("after {next} messages: {e}"),
+            }
+        }
+        assert!(next >= 2000);
+    });
+}
+
 #[test]
 fn one_way_pipe_refuses_the_wrong_direction() {
     let (r, w) = Manager::new().pipe::<u8>(false);

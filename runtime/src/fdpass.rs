@@ -37,8 +37,10 @@ union ControlBuf {
     bytes: [u8; 64],
 }
 
-/// Sends `data` as one message, with `fd` attached if given (the receiver gets its own copy).
-pub(crate) fn send(sock: &impl AsRawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
+/// Sends `data` as one message, with `fd` attached if given (the receiver gets its own copy);
+/// answers how many bytes went (all of them on a message socket; on a stream socket the
+/// caller writes the rest, the descriptor having gone with the first byte).
+pub(crate) fn send(sock: &impl AsRawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -64,7 +66,7 @@ pub(crate) fn send(sock: &impl AsRawFd, data: &[u8], fd: Option<RawFd>) -> io::R
         loop {
             let n = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
             if n >= 0 {
-                return Ok(());
+                return Ok(n as usize);
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -132,6 +134,37 @@ pub(crate) fn recv(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Op
     }
 }
 
+/// A stream socket read with `recvmsg`: the descriptors that arrive with its bytes are
+/// kept, in order, for [`take_fd`](Self::take_fd). A descriptor sent with a frame's bytes
+/// has arrived by the time that frame is read whole.
+#[derive(Debug)]
+pub(crate) struct FdReader {
+    sock: std::os::unix::net::UnixStream,
+    fds: std::collections::VecDeque<OwnedFd>,
+}
+
+impl FdReader {
+    pub fn new(sock: std::os::unix::net::UnixStream) -> Self {
+        FdReader {
+            sock,
+            fds: Default::default(),
+        }
+    }
+
+    /// The oldest descriptor received and not taken yet.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
+}
+
+impl io::Read for FdReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, fd) = recv(&self.sock, buf)?;
+        self.fds.extend(fd);
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +198,29 @@ mod tests {
         assert_eq!((&buf[..n], fd.is_none()), (&b"two!"[..], true));
         drop(a);
         assert_eq!(recv(&b, &mut buf).unwrap().0, 0);
+    }
+
+    #[test]
+    fn a_stream_reader_keeps_the_descriptor_that_came_with_its_bytes() {
+        use std::io::BufRead;
+        let (a, b) = UnixStream::pair().unwrap();
+        let (left, right) = UnixStream::pair().unwrap();
+        let mut a = a;
+        a.write_all(b"before ").unwrap();
+        assert_eq!(send(&a, b"with fd", Some(right.as_raw_fd())).unwrap(), 7);
+        a.write_all(b" after").unwrap();
+        drop((a, right));
+        let mut reader = std::io::BufReader::new(FdReader::new(b));
+        let mut text = String::new();
+        while reader.read_line(&mut text).unwrap() > 0 {}
+        assert_eq!(text, "before with fd after");
+        let mut passed = UnixStream::from(reader.get_mut().take_fd().expect("a descriptor"));
+        assert!(reader.get_mut().take_fd().is_none());
+        passed.write_all(b"ok").unwrap();
+        let mut got = [0u8; 2];
+        let mut left = left;
+        left.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
     }
 
     #[test]

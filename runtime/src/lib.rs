@@ -43,6 +43,7 @@ mod pool;
 mod process;
 mod protocol;
 mod scalars;
+mod shm;
 mod spawn;
 mod supervisor;
 mod values;

@@ -104,6 +104,9 @@ impl Manager {
                 closed: Default::default(),
                 host_closed: [false; 2],
                 duplex,
+                shared: crate::shm::SharedPipe::create(duplex, crate::broker::max_message())
+                    .ok()
+                    .map(std::sync::Arc::new),
             },
         );
         (Connection::__from_created(a), Connection::__from_created(b))

@@ -439,6 +439,7 @@ impl WorkerEvents for Inner {
             | FromWorker::LoadFailed(_)
             | FromWorker::Object { .. }
             | FromWorker::ObjectSync { .. }
+            | FromWorker::Attach { .. }
             | FromWorker::InstanceLost => {}
         }
     }

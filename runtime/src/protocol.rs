@@ -232,6 +232,13 @@ pub(crate) enum ToWorker {
         target: Handle,
         error: ObjectError,
     },
+    /// The answer to the worker's `Attach` request `req`: `Ok(true)` when the pipe's shared
+    /// segment came with this frame (a descriptor passed on the socket), `Ok(false)` when
+    /// the end is used through the broker only.
+    Attached {
+        req: u64,
+        result: Result<bool, ObjectError>,
+    },
 }
 
 /// Worker → host.
@@ -281,6 +288,9 @@ pub(crate) enum FromWorker {
     /// Answered at once with an empty `ObjectReply` for `req`: once it arrives, every
     /// refusal of a request posted before it has arrived too.
     ObjectSync { req: u64 },
+    /// The running task is about to use pipe end `target`: the worker holds it from now
+    /// on, and asks for the pipe's shared segment to use it in place (see `crate::shm`).
+    Attach { req: u64, target: Handle },
 }
 
 /// Appends one encoded frame to `buf`.
@@ -596,6 +606,7 @@ pub mod fuzzing {
                 ToWorker::Shutdown => "Shutdown",
                 ToWorker::ObjectReply { .. } => "ObjectReply",
                 ToWorker::ObjectRefused { .. } => "ObjectRefused",
+                ToWorker::Attached { .. } => "Attached",
             }
         }
     }
@@ -611,6 +622,7 @@ pub mod fuzzing {
                 FromWorker::InstanceLost => "InstanceLost",
                 FromWorker::Object { .. } => "Object",
                 FromWorker::ObjectSync { .. } => "ObjectSync",
+                FromWorker::Attach { .. } => "Attach",
             }
         }
     }

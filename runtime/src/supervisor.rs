@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::broker::{Owner, Refusals, Responder, broker, reply_to_worker};
+use crate::broker::{Owner, Refusals, Responder, broker, reply_attached, reply_to_worker};
 use crate::forkserver::ForkServer;
 use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame};
 use crate::spawn::{ReadyWorker, WorkerProcess};
@@ -123,6 +123,9 @@ impl WorkerHandle {
                             reply_to_worker(&replies, req, Ok(Response::Unit), false)
                         }
                         Ok(Some(FromWorker::InstanceLost)) => broker().worker_exited(pid),
+                        Ok(Some(FromWorker::Attach { req, target })) => {
+                            reply_attached(&replies, req, broker().attach(pid, target))
+                        }
                         Ok(Some(msg)) => {
                             let more = reader.has_buffered();
                             events.on_message(pid, msg, more)

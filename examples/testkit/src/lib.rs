@@ -291,6 +291,49 @@ fn pipe_pong(conn: Connection<u64>, n: u64) -> Result<(), ObjectError> {
     Ok(())
 }
 
+/// Sends 0..n and checks that each comes back; answers how many did.
+#[task]
+fn pipe_ping(conn: Connection<u64>, n: u64) -> Result<u64, ObjectError> {
+    for i in 0..n {
+        conn.send(&i)?;
+        let back = conn.recv()?;
+        if back != i {
+            return Err(ObjectError::Invalid(format!("sent {i}, got {back} back")));
+        }
+    }
+    Ok(n)
+}
+
+/// Message `i` of a numbered stream: its number, a colon and `size` bytes of filler.
+fn numbered(i: u64, size: usize) -> String {
+    format!("{i}:{}", "x".repeat(size))
+}
+
+/// Sends `count` numbered messages of `size` bytes of filler, message `big_at` with `big`
+/// bytes instead.
+#[task]
+fn send_numbered(
+    conn: Connection<String>,
+    count: u64,
+    size: usize,
+    big_at: u64,
+    big: usize,
+) -> Result<(), ObjectError> {
+    for i in 0..count {
+        conn.send(&numbered(i, if i == big_at { big } else { size }))?;
+    }
+    Ok(())
+}
+
+/// Sends numbered messages of `size` bytes of filler until it is stopped.
+#[task]
+fn send_numbered_forever(conn: Connection<String>, size: usize) -> Result<(), ObjectError> {
+    for i in 0.. {
+        conn.send(&numbered(i, size))?;
+    }
+    Ok(())
+}
+
 /// `n` increments of `d["count"]`, each a read and a write under the lock.
 #[task]
 fn locked_increments(d: Dict<String, i64>, lock: Lock, n: u64) -> Result<(), ObjectError> {
@@ -474,6 +517,9 @@ wasmpool_guest::export_tasks!(
     queue_produce,
     queue_consume,
     pipe_pong,
+    pipe_ping,
+    send_numbered,
+    send_numbered_forever,
     locked_increments,
     atomic_increments,
     hold_lock,

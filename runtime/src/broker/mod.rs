@@ -19,13 +19,14 @@ use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 
 use self::object::{Hold, Object, OpResult, Step, Waiter};
 pub(crate) use self::object::{LockState, State};
 use crate::protocol::{ToWorker, encode_frame};
+use crate::shm::{Local, SharedPipe};
 
 /// Who performs an operation: a worker process, or a thread of the host program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,6 +177,37 @@ fn write_to_worker(writer: &Mutex<UnixStream>, msg: &ToWorker) -> bool {
     true
 }
 
+/// Answers a worker's `Attach` request `req`, the pipe's segment descriptor sent with it.
+pub(crate) fn reply_attached(
+    writer: &Mutex<UnixStream>,
+    req: u64,
+    result: Result<Option<Arc<SharedPipe>>, ObjectError>,
+) {
+    use std::os::fd::AsRawFd;
+    // Kept until the descriptor is sent.
+    let pipe = result.as_ref().ok().cloned().flatten();
+    let fd = pipe.as_ref().and_then(|p| p.fd()).map(|fd| fd.as_raw_fd());
+    let reply = ToWorker::Attached {
+        req,
+        result: result.map(|_| fd.is_some()),
+    };
+    let mut frame = Vec::new();
+    if encode_frame(&mut frame, &reply).is_err() {
+        return;
+    }
+    let Ok(mut w) = writer.lock() else {
+        return;
+    };
+    use std::io::Write;
+    // A dead worker cannot read it; its supervisor reports the death.
+    let _ = match fd {
+        Some(fd) => {
+            crate::fdpass::send(&*w, &frame, Some(fd)).and_then(|sent| w.write_all(&frame[sent..]))
+        }
+        None => w.write_all(&frame),
+    };
+}
+
 /// Writes the answer to a worker's request `req`.
 pub(crate) fn reply_to_worker(
     writer: &Mutex<UnixStream>,
@@ -207,6 +239,23 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 pub(crate) use wasmpool_objects::wire::MESSAGE_CAP;
 
 static MAX_MESSAGE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES);
+
+/// The largest message the broker accepts now.
+pub(crate) fn max_message() -> usize {
+    MAX_MESSAGE.load(Ordering::Relaxed)
+}
+
+fn too_large(len: usize, max: usize) -> ObjectError {
+    ObjectError::TooLarge(format!(
+        "a message of {len} bytes is over the {max} byte limit"
+    ))
+}
+
+/// This process's id, as it marks the ring mutexes it takes.
+fn host_tag() -> u32 {
+    static TAG: OnceLock<u32> = OnceLock::new();
+    *TAG.get_or_init(std::process::id)
+}
 
 /// Sets the largest message (one value put on a queue, sent on a pipe or stored in a dict or
 /// list) the broker accepts; larger ones fail with `ObjectError::TooLarge`. It is capped at
@@ -323,12 +372,9 @@ impl Broker {
         timeout: Option<Duration>,
         mut responder: Responder,
     ) {
-        let max = MAX_MESSAGE.load(Ordering::Relaxed);
+        let max = max_message();
         if req.payload_len() > max {
-            let len = req.payload_len();
-            responder.deliver(Err(ObjectError::TooLarge(format!(
-                "a message of {len} bytes is over the {max} byte limit"
-            ))));
+            responder.deliver(Err(too_large(req.payload_len(), max)));
             return;
         }
         let mut out = Vec::new();
@@ -337,13 +383,13 @@ impl Broker {
             let (obj_id, end) = (target.id & !1, (target.id & 1) as u8);
             let waiter_id = reg.next_waiter + 1;
             let mut deadline = None;
-            let Some(obj) = reg.objects.get_mut(&obj_id).filter(|o| {
-                o.tokens[usize::from(end)] == target.token
-                    && (end == 0 || o.kind == Kind::Connection)
-            }) else {
-                drop(reg);
-                responder.deliver(Err(stale()));
-                return;
+            let obj = match Self::find(&mut reg.objects, target) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    drop(reg);
+                    responder.deliver(Err(e));
+                    return;
+                }
             };
             if let Responder::Worker { postable, .. } = &mut responder {
                 *postable = obj.never_waits(&req);
@@ -381,6 +427,93 @@ impl Broker {
             }
         }
         deliver_all(out);
+    }
+
+    /// The live object `target` names, or the stale-handle error.
+    fn find(
+        objects: &mut HashMap<u64, Object>,
+        target: Handle,
+    ) -> Result<&mut Object, ObjectError> {
+        let (obj_id, end) = (target.id & !1, (target.id & 1) as u8);
+        objects
+            .get_mut(&obj_id)
+            .filter(|o| {
+                o.tokens[usize::from(end)] == target.token
+                    && (end == 0 || o.kind == Kind::Connection)
+            })
+            .ok_or_else(stale)
+    }
+
+    /// Worker `pid` will use pipe end `target` in place: it holds the end from now on, and
+    /// gets the pipe's shared segment (`None`: the pipe has none, or `target` is not a pipe
+    /// end; every operation then goes through [`submit`](Self::submit)).
+    pub fn attach(&self, pid: u32, target: Handle) -> Result<Option<Arc<SharedPipe>>, ObjectError> {
+        let mut reg = self.lock();
+        let obj = Self::find(&mut reg.objects, target)?;
+        let end = (target.id & 1) as u8;
+        let State::Pipe { closed, shared, .. } = &obj.state else {
+            return Ok(None);
+        };
+        if closed.contains(&(end, pid)) {
+            return Err(ObjectError::Closed("the connection is closed".into()));
+        }
+        let Some(shared) = shared.clone() else {
+            return Ok(None);
+        };
+        obj.holds[usize::from(end)]
+            .entry(Hold::Pid(pid))
+            .or_insert(1);
+        Ok(Some(shared))
+    }
+
+    /// The shared segment the host program uses for pipe end `target` in place, and the
+    /// end's number; `None` if the pipe has none.
+    fn host_pipe(&self, target: Handle) -> Result<Option<(Arc<SharedPipe>, u8)>, ObjectError> {
+        let mut reg = self.lock();
+        let obj = Self::find(&mut reg.objects, target)?;
+        let end = (target.id & 1) as u8;
+        match &obj.state {
+            State::Pipe { host_closed, .. } if host_closed[usize::from(end)] => {
+                Err(ObjectError::Closed("the connection is closed".into()))
+            }
+            State::Pipe {
+                shared: Some(shared),
+                ..
+            } => Ok(Some((shared.clone(), end))),
+            _ => Ok(None),
+        }
+    }
+
+    /// A send, receive or poll of the host program on a pipe end, done in the pipe's shared
+    /// segment; `Broker` when it has to go through [`submit`](Self::submit) (no segment, or
+    /// a spilled ring), with `timeout` left as what remains of it.
+    fn host_pipe_op(
+        &self,
+        target: Handle,
+        req: &Request,
+        timeout: &mut Option<Duration>,
+    ) -> Result<Local<Response>, ObjectError> {
+        let Some((pipe, end)) = self.host_pipe(target)? else {
+            return Ok(Local::Broker);
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let tag = host_tag();
+        let local = match req {
+            Request::ConnSend(v) => {
+                let max = max_message();
+                if v.len() > max {
+                    return Err(too_large(v.len(), max));
+                }
+                pipe.send(end, tag, v)?.map(|()| Response::Unit)
+            }
+            Request::ConnRecv => pipe.recv(end, tag, deadline)?.map(Response::Value),
+            Request::ConnPoll => pipe.poll(end, tag, deadline)?.map(Response::Flag),
+            _ => Local::Broker,
+        };
+        if let Some(d) = deadline {
+            *timeout = Some(d.saturating_duration_since(Instant::now()));
+        }
+        Ok(local)
     }
 
     /// Waiter `waiter` of object `object` reached its deadline.
@@ -503,8 +636,15 @@ impl wasmpool_objects::Transport for Broker {
         &self,
         target: Handle,
         req: Request,
-        timeout: Option<Duration>,
+        mut timeout: Option<Duration>,
     ) -> Result<Response, ObjectError> {
+        if matches!(
+            req,
+            Request::ConnSend(_) | Request::ConnRecv | Request::ConnPoll
+        ) && let Local::Done(response) = self.host_pipe_op(target, &req, &mut timeout)?
+        {
+            return Ok(response);
+        }
         let slot = Arc::new(HostSlot::default());
         self.submit(
             Owner::host_thread(),

@@ -5,10 +5,12 @@
 //! proceed, so a release, a put or a set wakes exactly the waiters it lets through.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use wasmpool_objects::wire::{ITEM_OVERHEAD, Kind, ObjectError, Request, Response};
 
 use super::{Owner, Responder};
+use crate::shm::SharedPipe;
 
 pub(crate) type OpResult = Result<Response, ObjectError>;
 
@@ -69,6 +71,9 @@ pub(crate) enum State {
         closed: HashSet<(u8, u32)>,
         host_closed: [bool; 2],
         duplex: bool,
+        /// The rings where the ends exchange messages without the broker, while they are
+        /// not spilled (see `crate::shm`); `None` if the segment could not be made.
+        shared: Option<Arc<SharedPipe>>,
     },
     Lock(LockState),
     Semaphore {
@@ -638,6 +643,13 @@ impl Object {
                 break;
             }
         }
+        if let State::Pipe {
+            shared: Some(shared),
+            ..
+        } = &self.state
+        {
+            shared.set_open([self.end_open(0), self.end_open(1)]);
+        }
     }
 
     /// Breaks the barrier: every party waiting gets `Broken`. `abort` leaves it broken;
@@ -730,7 +742,12 @@ impl Object {
                     changed = true;
                 }
             }
-            State::Pipe { closed, .. } => closed.retain(|&(_, p)| p != pid),
+            State::Pipe { closed, shared, .. } => {
+                closed.retain(|&(_, p)| p != pid);
+                if let Some(shared) = shared {
+                    shared.release_locks_of(pid);
+                }
+            }
             _ => {}
         }
         for h in self.holds.iter_mut() {

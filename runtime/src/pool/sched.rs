@@ -765,6 +765,7 @@ impl WorkerEvents for Shared {
             | FromWorker::LoadFailed(_)
             | FromWorker::Object { .. }
             | FromWorker::ObjectSync { .. }
+            | FromWorker::Attach { .. }
             | FromWorker::InstanceLost => {}
         }
     }

@@ -208,7 +208,7 @@ fn reap(ctrl: &OwnedFd, sigfd: &OwnedFd) -> io::Result<()> {
 fn report(ctrl: &OwnedFd, msg: &FromForkServer) -> io::Result<()> {
     let bytes =
         postcard::to_allocvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    fdpass::send(ctrl, &bytes, None)
+    fdpass::send(ctrl, &bytes, None).map(drop)
 }
 
 /// The forked worker: lets go of the server's descriptors and signal mask, ties its life to

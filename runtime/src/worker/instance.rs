@@ -95,12 +95,20 @@ impl Loaded {
         // Grants come before any task runs, so this instance holds nothing to give back (and
         // telling the host it was lost would drop the holds a process's arguments gave it).
         self.live = None;
+        self.forget_attachments();
+    }
+
+    /// Forgets the pipe segments tasks used in place: the host is told (or, for new
+    /// grants, has) that this worker holds nothing, so the next use must attach again.
+    pub fn forget_attachments(&self) {
+        self.objects.forget_attachments();
     }
 
     /// Drops the live instance, if any, and has the host give back whatever it held of the
     /// shared objects before the next instance can take anything.
     fn discard_instance(&mut self) {
         if self.live.take().is_some() {
+            self.forget_attachments();
             let _ = self.channel.queue(&FromWorker::InstanceLost);
         }
     }

@@ -24,7 +24,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wasmpool_objects::wire::ObjectError;
+
 use crate::bindings::TaskModulePre;
+use crate::fdpass::FdReader;
 use crate::protocol::{FromWorker, Load, Outcome, ToWorker, read_frame};
 
 use self::instance::Loaded;
@@ -133,7 +136,7 @@ fn serve_on(
     parent: u32,
     prepared: Option<(Load, TaskModulePre<State>)>,
 ) -> io::Result<i32> {
-    let mut reader = BufReader::new(sock.try_clone()?);
+    let mut reader = BufReader::new(FdReader::new(sock.try_clone()?));
     let channel = Arc::new(Channel::new(sock));
     let mut buf = Vec::new();
 
@@ -206,6 +209,16 @@ fn serve_on(
                     });
                 } else if let ToWorker::ObjectRefused { req, target, error } = msg {
                     let _ = reply_tx.send(Reply::Refused { req, target, error });
+                } else if let ToWorker::Attached { req, result } = msg {
+                    // The segment's descriptor came with this frame's bytes.
+                    let result = match result {
+                        Ok(true) => reader.get_mut().take_fd().map(Some).ok_or_else(|| {
+                            ObjectError::Invalid("the pipe's shared segment did not arrive".into())
+                        }),
+                        Ok(false) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply_tx.send(Reply::Attached { req, result });
                 } else if tx.send(msg).is_err() {
                     break;
                 }
@@ -226,7 +239,10 @@ fn serve_on(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
         match msg {
-            ToWorker::Load(_) | ToWorker::ObjectReply { .. } | ToWorker::ObjectRefused { .. } => {
+            ToWorker::Load(_)
+            | ToWorker::ObjectReply { .. }
+            | ToWorker::ObjectRefused { .. }
+            | ToWorker::Attached { .. } => {
                 return Ok(1);
             }
             ToWorker::Grant(grants) => loaded.set_grants(grants),
@@ -249,6 +265,7 @@ fn serve_on(
                 let fuel = loaded.take_fuel_used();
                 let ok = matches!(outcome, Outcome::Ok(_));
                 if !loaded.has_instance() {
+                    loaded.forget_attachments();
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
                 if exit_after {
@@ -282,6 +299,7 @@ fn serve_on(
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
                 if !loaded.has_instance() {
+                    loaded.forget_attachments();
                     channel.queue(&FromWorker::InstanceLost)?;
                 }
                 channel.queue(&FromWorker::BatchDone {

@@ -12,11 +12,16 @@
 //! reported once, by the task's next put or send on that handle (which is not performed),
 //! or, if there is none before the task ends, it fails the task. Other calls, a lock guard's
 //! release say, are never failed by it.
+//!
+//! Pipes: the first send, receive or poll on a pipe end attaches it (one round trip, which
+//! also makes this worker a holder of the end) and maps the pipe's shared segment; from then
+//! on those run in place, in the segment (see `crate::shm`), until its ring spills.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmpool_objects::wire::{self, ObjectError};
 
@@ -24,6 +29,7 @@ use super::output::Channel;
 use crate::bindings::objects as wit;
 use crate::broker::MESSAGE_CAP;
 use crate::protocol::FromWorker;
+use crate::shm::{Local, SharedPipe};
 
 /// What the broker sends the waiting task (the frames thread routes it here).
 #[derive(Debug)]
@@ -40,6 +46,12 @@ pub(crate) enum Reply {
         req: u64,
         target: wire::Handle,
         error: ObjectError,
+    },
+    /// The answer to `Attach` request `req`: the pipe's segment, or `None` to use the end
+    /// through the broker.
+    Attached {
+        req: u64,
+        result: Result<Option<std::os::fd::OwnedFd>, ObjectError>,
     },
 }
 
@@ -75,6 +87,10 @@ pub(crate) struct ObjectClient {
     /// Requests were posted since the last answer waited for (the host may refuse them).
     unsynced: AtomicBool,
     refusals: Mutex<Refusals>,
+    /// This process's id, as it marks the ring mutexes it takes.
+    pid: u32,
+    /// Pipe ends attached: their segment, or `None` for an end used through the broker.
+    attached: Mutex<HashMap<Key, Option<Arc<SharedPipe>>>>,
 }
 
 /// Whether a request is of a kind that may be posted.
@@ -98,7 +114,79 @@ impl ObjectClient {
             posting: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
             refusals: Mutex::new(Refusals::default()),
+            pid: std::process::id(),
+            attached: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Forgets every attached pipe end (the host was told this worker holds nothing).
+    pub fn forget_attachments(&self) {
+        if let Ok(mut a) = self.attached.lock() {
+            a.clear();
+        }
+    }
+
+    /// The segment of pipe end `target`, attaching it on first use.
+    fn shared_pipe(&self, target: wire::Handle) -> Result<Option<Arc<SharedPipe>>, ObjectError> {
+        if let Some(known) = self
+            .attached
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&key(target)).cloned())
+        {
+            return Ok(known);
+        }
+        let req = self.next.fetch_add(1, Ordering::Relaxed);
+        self.channel
+            .send(&FromWorker::Attach { req, target })
+            .map_err(|e| ObjectError::Stale(format!("the host is gone: {e}")))?;
+        let fd = match self.wait_for(req) {
+            Ok(Reply::Attached { result, .. }) => result?,
+            Ok(_) => return Err(ObjectError::Invalid("a wrong answer to an attach".into())),
+            Err(_) => return Err(ObjectError::Stale("the host is gone".into())),
+        };
+        let pipe = match fd {
+            Some(fd) => Some(Arc::new(SharedPipe::open(fd).map_err(|e| {
+                ObjectError::Invalid(format!("cannot map the pipe's shared segment: {e}"))
+            })?)),
+            None => None,
+        };
+        if let Ok(mut a) = self.attached.lock() {
+            a.insert(key(target), pipe.clone());
+        }
+        Ok(pipe)
+    }
+
+    /// A send, receive or poll on a pipe end, in place if it is attached to a segment;
+    /// `Broker` (with what is left of the timeout) when it has to go through the broker.
+    fn pipe_op(
+        &self,
+        target: wire::Handle,
+        request: &wire::Request,
+        timeout_ms: &mut Option<u64>,
+    ) -> Result<Local<wire::Response>, ObjectError> {
+        let Some(pipe) = self.shared_pipe(target)? else {
+            return Ok(Local::Broker);
+        };
+        let end = (target.id & 1) as u8;
+        let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        let local = match request {
+            wire::Request::ConnSend(v) => {
+                pipe.send(end, self.pid, v)?.map(|()| wire::Response::Unit)
+            }
+            wire::Request::ConnRecv => pipe
+                .recv(end, self.pid, deadline)?
+                .map(wire::Response::Value),
+            wire::Request::ConnPoll => pipe
+                .poll(end, self.pid, deadline)?
+                .map(wire::Response::Flag),
+            _ => Local::Broker,
+        };
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now()).as_millis();
+            *timeout_ms = Some(u64::try_from(left).unwrap_or(u64::MAX));
+        }
+        Ok(local)
     }
 
     /// A task call starts: its puts and sends may be posted.
@@ -131,7 +219,7 @@ impl ObjectClient {
         &self,
         target: wit::Handle,
         req: wit::Request,
-        timeout_ms: Option<u64>,
+        mut timeout_ms: Option<u64>,
     ) -> Result<wit::Response, wit::ObjectError> {
         let request = request(req);
         // The host refuses anything over its limit; what is over any limit it can have is
@@ -147,6 +235,15 @@ impl ObjectClient {
             id: target.id,
             token: target.token,
         };
+        if matches!(
+            request,
+            wire::Request::ConnSend(_) | wire::Request::ConnRecv | wire::Request::ConnPoll
+        ) && let Local::Done(r) = self
+            .pipe_op(target, &request, &mut timeout_ms)
+            .map_err(error)?
+        {
+            return Ok(response(r));
+        }
         let kind = postable_kind(&request);
         if kind && let Some(refused) = self.take_refusal(target) {
             return Err(error(earlier(refused)));
@@ -156,9 +253,13 @@ impl ObjectClient {
         if matches!(
             request,
             wire::Request::QueueClose | wire::Request::ConnClose
-        ) && let Ok(mut p) = self.postable.lock()
-        {
-            p.remove(&key(target));
+        ) {
+            if let Ok(mut p) = self.postable.lock() {
+                p.remove(&key(target));
+            }
+            if let Ok(mut a) = self.attached.lock() {
+                a.remove(&key(target));
+            }
         }
         let posted = kind
             && self.posting.load(Ordering::Relaxed)
@@ -182,34 +283,35 @@ impl ObjectClient {
             self.unsynced.store(true, Ordering::Relaxed);
             return Ok(wit::Response::Unit);
         }
-        let (result, postable) = self.wait_for(id)?;
+        let (result, postable) = match self.wait_for(id)? {
+            Reply::Answer {
+                result, postable, ..
+            } => (result, postable),
+            _ => return Err(wit::ObjectError::Invalid("a wrong answer".into())),
+        };
         if postable && let Ok(mut p) = self.postable.lock() {
             p.insert(key(target));
         }
         result.map(response).map_err(error)
     }
 
-    /// Waits for the answer to request `id`, keeping refusals of posted requests that
-    /// arrive first. Once it arrives, every earlier request has been answered.
-    fn wait_for(
-        &self,
-        id: u64,
-    ) -> Result<(Result<wire::Response, ObjectError>, bool), wit::ObjectError> {
+    /// Waits for the answer to request `id` (an `Answer` or `Attached`), keeping refusals
+    /// of posted requests that arrive first. Once it arrives, every earlier request has been
+    /// answered.
+    fn wait_for(&self, id: u64) -> Result<Reply, wit::ObjectError> {
         let gone = || wit::ObjectError::Stale("the host is gone".into());
         let replies = self.replies.lock().map_err(|_| gone())?;
         loop {
             match replies.recv() {
-                Ok(Reply::Answer {
-                    req,
-                    result,
-                    postable,
-                }) if req == id => {
+                Ok(reply @ (Reply::Answer { req, .. } | Reply::Attached { req, .. }))
+                    if req == id =>
+                {
                     self.unsynced.store(false, Ordering::Relaxed);
-                    return Ok((result, postable));
+                    return Ok(reply);
                 }
                 Ok(Reply::Refused { req, target, error }) => self.keep(req, target, error),
                 // A reply to a request of a call that was abandoned: nobody waits for it.
-                Ok(Reply::Answer { .. }) => continue,
+                Ok(Reply::Answer { .. } | Reply::Attached { .. }) => continue,
                 Err(_) => return Err(gone()),
             }
         }
