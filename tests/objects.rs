@@ -96,14 +96,21 @@ fn puts_of_a_worker_killed_mid_stream_are_a_whole_prefix() {
 fn a_posted_put_the_host_refuses_is_reported_not_lost() {
     within(LIMIT, || {
         // `check`: the task puts once more after the refused put (which reports it), or not
-        // (the task fails at its end).
-        for (check, says) in [(true, "an earlier put"), (false, "the task made")] {
+        // (the task fails at its end). A first put larger than the queue's shared ring
+        // spills it, so that the later puts are posted to the host; with the ring, the
+        // refused put fails at once.
+        let big = "1".repeat(300 << 10);
+        for (first, check, says) in [
+            (&big, true, "an earlier put"),
+            (&big, false, "the task made"),
+            (&"1".to_string(), true, "the queue is closed"),
+        ] {
             let m = Manager::new();
-            let (q, go, lock) = (m.queue::<u32>(), m.event(), m.lock());
-            let args = (&q, &go, &lock, check);
+            let (q, go, lock) = (m.queue::<String>(), m.event(), m.lock());
+            let args = (&q, first, &go, &lock, check);
             let p = Process::new(&testkit(), "put_across_close", &args).unwrap();
             p.start().unwrap();
-            assert_eq!(q.get().unwrap(), 1);
+            assert_eq!(q.get().unwrap(), *first);
             q.close().unwrap();
             go.set().unwrap();
             p.join().unwrap();

@@ -65,17 +65,23 @@ impl Manager {
     }
 
     fn queue_with<T>(&self, maxsize: usize, joinable: bool) -> Queue<T> {
-        Queue::__from_created(self.create(
-            Kind::Queue,
-            State::Queue {
-                items: Default::default(),
-                bytes: 0,
-                maxsize,
-                closed: false,
-                joinable,
-                unfinished: 0,
-            },
-        ))
+        Queue::__from_created(
+            self.create(
+                Kind::Queue,
+                State::Queue {
+                    items: Default::default(),
+                    bytes: 0,
+                    maxsize,
+                    closed: false,
+                    joinable,
+                    unfinished: 0,
+                    shared: (maxsize == 0 && !joinable)
+                        .then(|| crate::shm::SharedQueue::create(crate::broker::max_message()).ok())
+                        .flatten()
+                        .map(std::sync::Arc::new),
+                },
+            ),
+        )
     }
 
     /// An unbounded FIFO queue (Python's `Queue()` / `SimpleQueue()`).

@@ -232,12 +232,12 @@ pub(crate) enum ToWorker {
         target: Handle,
         error: ObjectError,
     },
-    /// The answer to the worker's `Attach` request `req`: `Ok(true)` when the pipe's shared
-    /// segment came with this frame (a descriptor passed on the socket), `Ok(false)` when
-    /// the end is used through the broker only.
+    /// The answer to the worker's `Attach` request `req`: the kind of the object's shared
+    /// segment, which came with this frame (a descriptor passed on the socket), or `None`
+    /// when the object is used through the broker only.
     Attached {
         req: u64,
-        result: Result<bool, ObjectError>,
+        result: Result<Option<crate::shm::SegmentKind>, ObjectError>,
     },
 }
 
@@ -288,8 +288,9 @@ pub(crate) enum FromWorker {
     /// Answered at once with an empty `ObjectReply` for `req`: once it arrives, every
     /// refusal of a request posted before it has arrived too.
     ObjectSync { req: u64 },
-    /// The running task is about to use pipe end `target`: the worker holds it from now
-    /// on, and asks for the pipe's shared segment to use it in place (see `crate::shm`).
+    /// The running task is about to use object `target` (a pipe end or a queue): the worker
+    /// holds it from now on, and asks for its shared segment to use it in place (see
+    /// `crate::shm`).
     Attach { req: u64, target: Handle },
 }
 

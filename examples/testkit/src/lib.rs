@@ -242,27 +242,30 @@ fn queue_consume(queue: Queue<Option<u64>>) -> Result<u64, ObjectError> {
     Ok(sum)
 }
 
-/// Puts 1 (the host then says the queue never waits, so later puts are posted), waits for
-/// `go` (the host closes the queue first), and, holding `lock`, puts 2 (posted, refused)
-/// and asks the queue's size (waited for: the refusal has arrived by its answer). The
-/// lock's release is not failed by the refusal. Then, if `check`, puts 3: that reports the
-/// refusal; otherwise it fails the task.
+/// Puts `first` (one larger than the queue's shared ring spills it, so later puts go
+/// through the host; the host then says the queue never waits, so they are posted), waits
+/// for `go` (the host closes the queue first), and, holding `lock`, puts "2" (posted,
+/// refused) and asks the queue's size (waited for: the refusal has arrived by its answer).
+/// The lock's release is not failed by the refusal. Then, if `check`, puts "3": that
+/// reports the refusal; otherwise it fails the task. (Not spilled, the put of "2" fails at
+/// once.)
 #[task]
 fn put_across_close(
-    queue: Queue<u32>,
+    queue: Queue<String>,
+    first: String,
     go: Event,
     lock: Lock,
     check: bool,
 ) -> Result<u32, ObjectError> {
-    queue.put(&1)?;
+    queue.put(&first)?;
     go.wait()?;
     {
         let _held = lock.lock()?;
-        queue.put(&2)?;
+        queue.put(&"2".to_string())?;
         queue.qsize()?;
     }
     if check {
-        queue.put(&3)?;
+        queue.put(&"3".to_string())?;
     }
     Ok(7)
 }

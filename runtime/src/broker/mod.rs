@@ -26,7 +26,7 @@ use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 use self::object::{Hold, Object, OpResult, Step, Waiter};
 pub(crate) use self::object::{LockState, State};
 use crate::protocol::{ToWorker, encode_frame};
-use crate::shm::{Local, SharedPipe};
+use crate::shm::{Local, Shared};
 
 /// Who performs an operation: a worker process, or a thread of the host program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -181,15 +181,18 @@ fn write_to_worker(writer: &Mutex<UnixStream>, msg: &ToWorker) -> bool {
 pub(crate) fn reply_attached(
     writer: &Mutex<UnixStream>,
     req: u64,
-    result: Result<Option<Arc<SharedPipe>>, ObjectError>,
+    result: Result<Option<Shared>, ObjectError>,
 ) {
     use std::os::fd::AsRawFd;
     // Kept until the descriptor is sent.
-    let pipe = result.as_ref().ok().cloned().flatten();
-    let fd = pipe.as_ref().and_then(|p| p.fd()).map(|fd| fd.as_raw_fd());
+    let shared = result.as_ref().ok().cloned().flatten();
+    let fd = shared
+        .as_ref()
+        .and_then(|s| s.fd())
+        .map(|fd| fd.as_raw_fd());
     let reply = ToWorker::Attached {
         req,
-        result: result.map(|_| fd.is_some()),
+        result: result.map(|s| s.filter(|_| fd.is_some()).map(|s| s.kind())),
     };
     let mut frame = Vec::new();
     if encode_frame(&mut frame, &reply).is_err() {
@@ -252,7 +255,7 @@ fn too_large(len: usize, max: usize) -> ObjectError {
 }
 
 /// This process's id, as it marks the ring mutexes it takes.
-fn host_tag() -> u32 {
+pub(super) fn host_tag() -> u32 {
     static TAG: OnceLock<u32> = OnceLock::new();
     *TAG.get_or_init(std::process::id)
 }
@@ -444,21 +447,24 @@ impl Broker {
             .ok_or_else(stale)
     }
 
-    /// Worker `pid` will use pipe end `target` in place: it holds the end from now on, and
-    /// gets the pipe's shared segment (`None`: the pipe has none, or `target` is not a pipe
-    /// end; every operation then goes through [`submit`](Self::submit)).
-    pub fn attach(&self, pid: u32, target: Handle) -> Result<Option<Arc<SharedPipe>>, ObjectError> {
+    /// Worker `pid` will use object `target` in place: it holds it from now on, and gets
+    /// its shared segment (`None`: it has none; every operation then goes through
+    /// [`submit`](Self::submit)).
+    pub fn attach(&self, pid: u32, target: Handle) -> Result<Option<Shared>, ObjectError> {
         let mut reg = self.lock();
         let obj = Self::find(&mut reg.objects, target)?;
         let end = (target.id & 1) as u8;
-        let State::Pipe { closed, shared, .. } = &obj.state else {
-            return Ok(None);
-        };
-        if closed.contains(&(end, pid)) {
-            return Err(ObjectError::Closed("the connection is closed".into()));
-        }
-        let Some(shared) = shared.clone() else {
-            return Ok(None);
+        let shared = match &obj.state {
+            State::Pipe { closed, .. } if closed.contains(&(end, pid)) => {
+                return Err(ObjectError::Closed("the connection is closed".into()));
+            }
+            State::Pipe {
+                shared: Some(p), ..
+            } => Shared::Pipe(p.clone()),
+            State::Queue {
+                shared: Some(q), ..
+            } => Shared::Queue(q.clone()),
+            _ => return Ok(None),
         };
         obj.holds[usize::from(end)]
             .entry(Hold::Pid(pid))
@@ -466,50 +472,46 @@ impl Broker {
         Ok(Some(shared))
     }
 
-    /// The shared segment the host program uses for pipe end `target` in place, and the
-    /// end's number; `None` if the pipe has none.
-    fn host_pipe(&self, target: Handle) -> Result<Option<(Arc<SharedPipe>, u8)>, ObjectError> {
+    /// The shared segment the host program uses object `target` through, in place; `None`
+    /// if it has none.
+    fn host_shared(&self, target: Handle) -> Result<Option<Shared>, ObjectError> {
         let mut reg = self.lock();
         let obj = Self::find(&mut reg.objects, target)?;
-        let end = (target.id & 1) as u8;
+        let end = usize::from((target.id & 1) as u8);
         match &obj.state {
-            State::Pipe { host_closed, .. } if host_closed[usize::from(end)] => {
+            State::Pipe { host_closed, .. } if host_closed[end] => {
                 Err(ObjectError::Closed("the connection is closed".into()))
             }
             State::Pipe {
-                shared: Some(shared),
-                ..
-            } => Ok(Some((shared.clone(), end))),
+                shared: Some(p), ..
+            } => Ok(Some(Shared::Pipe(p.clone()))),
+            State::Queue {
+                shared: Some(q), ..
+            } => Ok(Some(Shared::Queue(q.clone()))),
             _ => Ok(None),
         }
     }
 
-    /// A send, receive or poll of the host program on a pipe end, done in the pipe's shared
-    /// segment; `Broker` when it has to go through [`submit`](Self::submit) (no segment, or
-    /// a spilled ring), with `timeout` left as what remains of it.
-    fn host_pipe_op(
+    /// A put or get, or a pipe's send, receive or poll, of the host program, done in the
+    /// object's shared segment; `Broker` when it has to go through [`submit`](Self::submit)
+    /// (no segment, or a spilled ring), with `timeout` left as what remains of it.
+    fn host_shared_op(
         &self,
         target: Handle,
         req: &Request,
         timeout: &mut Option<Duration>,
     ) -> Result<Local<Response>, ObjectError> {
-        let Some((pipe, end)) = self.host_pipe(target)? else {
+        if let Request::ConnSend(v) | Request::QueuePut(v) = req {
+            let max = max_message();
+            if v.len() > max {
+                return Err(too_large(v.len(), max));
+            }
+        }
+        let Some(shared) = self.host_shared(target)? else {
             return Ok(Local::Broker);
         };
         let deadline = timeout.map(|t| Instant::now() + t);
-        let tag = host_tag();
-        let local = match req {
-            Request::ConnSend(v) => {
-                let max = max_message();
-                if v.len() > max {
-                    return Err(too_large(v.len(), max));
-                }
-                pipe.send(end, tag, v)?.map(|()| Response::Unit)
-            }
-            Request::ConnRecv => pipe.recv(end, tag, deadline)?.map(Response::Value),
-            Request::ConnPoll => pipe.poll(end, tag, deadline)?.map(Response::Flag),
-            _ => Local::Broker,
-        };
+        let local = shared.run(target, host_tag(), req, deadline)?;
         if let Some(d) = deadline {
             *timeout = Some(d.saturating_duration_since(Instant::now()));
         }
@@ -638,10 +640,8 @@ impl wasmpool_objects::Transport for Broker {
         req: Request,
         mut timeout: Option<Duration>,
     ) -> Result<Response, ObjectError> {
-        if matches!(
-            req,
-            Request::ConnSend(_) | Request::ConnRecv | Request::ConnPoll
-        ) && let Local::Done(response) = self.host_pipe_op(target, &req, &mut timeout)?
+        if crate::shm::in_place(&req)
+            && let Local::Done(response) = self.host_shared_op(target, &req, &mut timeout)?
         {
             return Ok(response);
         }

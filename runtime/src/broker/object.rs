@@ -10,7 +10,7 @@ use std::sync::Arc;
 use wasmpool_objects::wire::{ITEM_OVERHEAD, Kind, ObjectError, Request, Response};
 
 use super::{Owner, Responder};
-use crate::shm::SharedPipe;
+use crate::shm::{SharedPipe, SharedQueue};
 
 pub(crate) type OpResult = Result<Response, ObjectError>;
 
@@ -62,6 +62,9 @@ pub(crate) enum State {
         closed: bool,
         joinable: bool,
         unfinished: u64,
+        /// The ring where an unbounded, non-joinable queue's items go without the broker,
+        /// while it is not spilled (see `crate::shm`).
+        shared: Option<Arc<SharedQueue>>,
     },
     Pipe {
         /// `inbox[e]`: messages waiting to be received on end `e`.
@@ -288,11 +291,17 @@ impl Object {
             (State::Queue { maxsize, .. }, Request::QueueMaxsize) => {
                 Step::Done(Ok(Response::Count(*maxsize as u64)))
             }
-            (State::Queue { items, .. }, Request::QueueQsize) => {
-                Step::Done(Ok(Response::Count(items.len() as u64)))
+            (State::Queue { items, shared, .. }, Request::QueueQsize) => {
+                let in_ring = shared.as_ref().map_or(0, |s| s.len());
+                Step::Done(Ok(Response::Count(
+                    (items.len() as u64).saturating_add(in_ring),
+                )))
             }
-            (State::Queue { closed, .. }, Request::QueueClose) => {
+            (State::Queue { closed, shared, .. }, Request::QueueClose) => {
                 *closed = true;
+                if let Some(shared) = shared {
+                    shared.close(super::host_tag());
+                }
                 Step::Done(Ok(Response::Unit))
             }
             (
@@ -748,6 +757,10 @@ impl Object {
                     shared.release_locks_of(pid);
                 }
             }
+            State::Queue {
+                shared: Some(shared),
+                ..
+            } => shared.release_locks_of(pid),
             _ => {}
         }
         for h in self.holds.iter_mut() {

@@ -11,14 +11,14 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmpool_objects::wire::ObjectError;
 
 use super::ring::{self, Corrupt, Push, Ring};
 use super::segment::Segment;
+use super::{Local, ROOM_WAIT, SPIN};
 
 /// Bytes of each direction's ring: twice a Linux pipe's buffer.
 const RING_BYTES: usize = 128 << 10;
@@ -36,47 +36,12 @@ const RINGS: usize = 128;
 
 const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"wpP1");
 
-/// At most this many pipes of the host have a segment at once (each keeps a descriptor
-/// open, to hand to workers); later ones go through the broker only.
-const MAX_SEGMENTS: usize = 256;
-static SEGMENTS: AtomicUsize = AtomicUsize::new(0);
-
-/// How long a receiver spins on an empty ring before it sleeps: longer than a quick
-/// answer takes, short enough that an idle receiver costs nothing.
-const SPIN: Duration = Duration::from_micros(20);
-/// How long a sender waits for room in a full ring before it spills it.
-const ROOM_WAIT: Duration = Duration::from_millis(1);
-
-/// An operation done here, or to be asked of the broker (the ring is spilled).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Local<T> {
-    Done(T),
-    Broker,
-}
-
-impl<T> Local<T> {
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Local<U> {
-        match self {
-            Local::Done(t) => Local::Done(f(t)),
-            Local::Broker => Local::Broker,
-        }
-    }
-}
-
 /// A pipe's shared segment, mapped.
 #[derive(Debug)]
 pub(crate) struct SharedPipe {
     seg: Segment,
     duplex: bool,
     max_message: usize,
-}
-
-impl Drop for SharedPipe {
-    fn drop(&mut self) {
-        if self.seg.fd().is_some() {
-            SEGMENTS.fetch_sub(1, SeqCst);
-        }
-    }
 }
 
 fn corrupt(_: Corrupt) -> ObjectError {
@@ -86,17 +51,7 @@ fn corrupt(_: Corrupt) -> ObjectError {
 impl SharedPipe {
     /// A new pipe's segment: both ends open, both rings empty.
     pub fn create(duplex: bool, max_message: usize) -> io::Result<SharedPipe> {
-        if SEGMENTS.fetch_add(1, SeqCst) >= MAX_SEGMENTS {
-            SEGMENTS.fetch_sub(1, SeqCst);
-            return Err(io::Error::other("too many pipes with a shared segment"));
-        }
-        let seg = match Segment::create(c"wasmpool-pipe", SEGMENT_BYTES) {
-            Ok(seg) => seg,
-            Err(e) => {
-                SEGMENTS.fetch_sub(1, SeqCst);
-                return Err(e);
-            }
-        };
+        let seg = Segment::create(c"wasmpool-pipe", SEGMENT_BYTES)?;
         seg.u32(MAGIC).store(MAGIC_VALUE, SeqCst);
         seg.u32(RING_SIZE).store(RING_BYTES as u32, SeqCst);
         seg.u32(DUPLEX).store(u32::from(duplex), SeqCst);
@@ -197,7 +152,8 @@ impl SharedPipe {
             let room = ring.room();
             match ring.push(tag, msg).map_err(corrupt)? {
                 Push::Pushed => return Ok(Local::Done(())),
-                Push::Spilled => return Ok(Local::Broker),
+                // Pipe rings are never closed.
+                Push::Spilled | Push::Closed => return Ok(Local::Broker),
                 Push::Full => {
                     let now = Instant::now();
                     let until = *give_up.get_or_insert(now + ROOM_WAIT);
@@ -205,7 +161,7 @@ impl SharedPipe {
                         ring.spill();
                         return Ok(Local::Broker);
                     }
-                    ring.wait_room(room, until);
+                    ring.wait_room(room, msg.len() + 4, SPIN, until);
                 }
             }
         }
@@ -295,6 +251,7 @@ impl SharedPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn pair() -> (SharedPipe, SharedPipe) {
         let host = SharedPipe::create(true, 1 << 20).unwrap();
@@ -388,8 +345,10 @@ mod tests {
     fn a_mutex_left_held_by_a_dead_process_is_freed() {
         let (a, b) = pair();
         a.send(0, 1, b"m").unwrap();
-        // Process 99 took the mutex of end 1's ring and died inside.
-        b.seg.u32(RINGS + ring::HEADER).store(99, SeqCst);
+        // Process 99 took the readers' mutex of end 1's ring and died inside.
+        b.seg
+            .u32(RINGS + ring::HEADER + ring::READ_LOCK)
+            .store(99, SeqCst);
         let waiter = std::thread::spawn(move || (b.recv(1, 2, None), b));
         std::thread::sleep(Duration::from_millis(20));
         a.release_locks_of(99);

@@ -4,9 +4,10 @@
 //! Each message is a 4-byte little-endian length and its bytes, written at the ring's tail
 //! (wrapping at its end). A writer copies the whole message first and then moves the tail in
 //! one store, so a message is either all there or not there at all, even if its writer dies
-//! halfway; a reader moves the head past a message only once it has copied it. A short
-//! mutex in the ring's header orders the writers and the readers: its word holds the pid of
-//! the process inside (the host clears it if that process dies there).
+//! halfway; a reader moves the head past a message only once it has copied it. Two short
+//! mutexes in the ring's header, one among the writers and one among the readers, order
+//! each side: a mutex's word holds the pid of the process inside (the host clears it if that
+//! process dies there), and each side's counters live in a cache line of their own.
 //!
 //! Readers sleep on the `bell`, a counter every commit (and every change a reader must
 //! notice: a spill, an end closing) increments; writers waiting for room sleep on `room`,
@@ -16,25 +17,33 @@
 //! through the host's broker instead, and readers read what is left here before asking the
 //! broker. So a ring that a reader has seen empty after a spill stays empty.
 
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::futex;
 use super::segment::Segment;
 
 /// Bytes of a ring's header in the segment.
-pub(crate) const HEADER: usize = 128;
+pub(crate) const HEADER: usize = 384;
 
-// Offsets in a ring's header.
-const LOCK: usize = 0;
-const LOCK_WAITERS: usize = 4;
-const BELL: usize = 8;
-const SLEEPERS: usize = 12;
-const MODE: usize = 16;
-const ROOM: usize = 20;
-const ROOM_SLEEPERS: usize = 24;
-const HEAD: usize = 64;
+// Offsets in a ring's header, one cache line for what each side writes on every message,
+// so that a writer and a reader in two processes do not take turns at one line.
+const MODE: usize = 0;
+const CLOSED: usize = 4;
+/// The writers' mutex, the tail, and how many messages were ever written.
+const WRITE_LOCK: usize = 64;
 const TAIL: usize = 72;
+const PUSHED: usize = 80;
+/// The readers' mutex, the head, and how many messages were ever read.
+pub(crate) const READ_LOCK: usize = 128;
+const HEAD: usize = 136;
+const POPPED: usize = 144;
+const BELL: usize = 192;
+const SLEEPERS: usize = 196;
+const ROOM: usize = 256;
+const ROOM_SLEEPERS: usize = 260;
+/// A mutex's waiters count, after its word.
+const WAITERS: usize = 4;
 
 const SPILLED: u32 = 1;
 
@@ -50,6 +59,8 @@ pub(crate) enum Push {
     Full,
     /// The ring is spilled: the message goes through the broker.
     Spilled,
+    /// The ring is closed: nothing more may be written.
+    Closed,
 }
 
 /// One ring of a segment: its header at `header`, its `cap` bytes of data (a power of two) at
@@ -62,15 +73,15 @@ pub(crate) struct Ring<'a> {
     cap: usize,
 }
 
-/// The ring's mutex, held.
-struct Held<'r, 'a>(&'r Ring<'a>);
+/// One of the ring's mutexes (the one at offset `.1`), held.
+struct Held<'r, 'a>(&'r Ring<'a>, usize);
 
 impl Drop for Held<'_, '_> {
     fn drop(&mut self) {
-        let ring = self.0;
-        ring.seg.u32(ring.header + LOCK).store(0, SeqCst);
-        if ring.seg.u32(ring.header + LOCK_WAITERS).load(SeqCst) > 0 {
-            futex::wake_one(ring.seg.u32(ring.header + LOCK));
+        let (lock, waiters) = (self.0.word(self.1), self.0.word(self.1 + WAITERS));
+        lock.store(0, SeqCst);
+        if waiters.load(SeqCst) > 0 {
+            futex::wake_one(lock);
         }
     }
 }
@@ -94,19 +105,19 @@ impl<'a> Ring<'a> {
         self.seg.u64(self.header + offset)
     }
 
-    /// Takes the ring's mutex as process `tag`; `None` if `deadline` passes first.
-    fn lock(&self, tag: u32, deadline: Option<Instant>) -> Option<Held<'_, 'a>> {
-        let lock = self.word(LOCK);
+    /// Takes the mutex at `which` as process `tag`; `None` if `deadline` passes first.
+    fn lock(&self, which: usize, tag: u32, deadline: Option<Instant>) -> Option<Held<'_, 'a>> {
+        let lock = self.word(which);
         for _ in 0..100 {
             if lock.compare_exchange(0, tag, Acquire, Relaxed).is_ok() {
-                return Some(Held(self));
+                return Some(Held(self, which));
             }
             std::hint::spin_loop();
         }
-        let waiters = self.word(LOCK_WAITERS);
+        let waiters = self.word(which + WAITERS);
         loop {
             if lock.compare_exchange(0, tag, Acquire, Relaxed).is_ok() {
-                return Some(Held(self));
+                return Some(Held(self, which));
             }
             let left = match deadline {
                 Some(d) => Some(d.checked_duration_since(Instant::now())?),
@@ -121,17 +132,28 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Clears the mutex if process `tag` (dead) held it, and wakes whoever waits for it.
+    /// Clears the mutexes process `tag` (dead) held, and wakes whoever waits for them.
     pub fn release_if_held_by(&self, tag: u32) {
-        let lock = self.word(LOCK);
-        if lock.compare_exchange(tag, 0, SeqCst, Relaxed).is_ok() {
-            futex::wake_all(lock);
+        for which in [WRITE_LOCK, READ_LOCK] {
+            let lock = self.word(which);
+            if lock.compare_exchange(tag, 0, SeqCst, Relaxed).is_ok() {
+                futex::wake_all(lock);
+            }
         }
     }
 
     /// Whether a message is waiting (a hint: another reader may take it first).
     pub fn has_data(&self) -> bool {
-        self.pos(TAIL).load(Acquire) != self.pos(HEAD).load(Acquire)
+        self.pos(TAIL).load(SeqCst) != self.pos(HEAD).load(SeqCst)
+    }
+
+    /// Whether `need` bytes fit now (a hint: another writer may take the room first).
+    fn has_room(&self, need: usize) -> bool {
+        let used = self
+            .pos(TAIL)
+            .load(SeqCst)
+            .wrapping_sub(self.pos(HEAD).load(SeqCst));
+        usize::try_from(used).is_ok_and(|used| used <= self.cap && self.cap - used >= need)
     }
 
     pub fn spilled(&self) -> bool {
@@ -144,12 +166,33 @@ impl<'a> Ring<'a> {
         self.ring_bell();
     }
 
+    /// Closes the ring to writers, as process `tag`: a push either committed before it or
+    /// is refused. (The mutex is awaited until `deadline` at most; past it, a process stuck
+    /// inside gets no say.) Readers are woken to notice.
+    pub fn close(&self, tag: u32, deadline: Instant) {
+        let held = self.lock(WRITE_LOCK, tag, Some(deadline));
+        self.word(CLOSED).store(1, SeqCst);
+        drop(held);
+        self.ring_bell();
+    }
+
+    pub fn closed(&self) -> bool {
+        self.word(CLOSED).load(Acquire) != 0
+    }
+
+    /// How many messages the ring holds (a snapshot).
+    pub fn len(&self) -> u64 {
+        let pushed = self.pos(PUSHED).load(Relaxed);
+        pushed.saturating_sub(self.pos(POPPED).load(Relaxed))
+    }
+
     /// The bell's count, read before checking what a reader waits for.
     pub fn bell(&self) -> u32 {
         self.word(BELL).load(SeqCst)
     }
 
-    /// Wakes the readers: something they wait for may have changed.
+    /// Wakes the readers: something they wait for (besides a message, which they look for
+    /// themselves) changed.
     pub fn ring_bell(&self) {
         self.word(BELL).fetch_add(1, SeqCst);
         if self.word(SLEEPERS).load(SeqCst) > 0 {
@@ -157,9 +200,27 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Waits until the bell rings past `seen` (spinning `spin` first), or `deadline`.
+    /// Waits until a message arrives or the bell rings past `seen` (spinning `spin` first),
+    /// or `deadline`.
     pub fn wait_bell(&self, seen: u32, spin: Duration, deadline: Option<Instant>) {
-        wait_on(self.word(BELL), self.word(SLEEPERS), seen, spin, deadline);
+        wait_on(
+            self.word(BELL),
+            self.word(SLEEPERS),
+            seen,
+            || self.has_data(),
+            spin,
+            deadline,
+        );
+    }
+
+    /// Wakes the sleepers counted in `sleepers` on `counter`, if any. Whoever commits a
+    /// change checks after it, and a sleeper counts itself before it looks again: so either
+    /// the sleeper sees the change, or the committer sees the sleeper (all `SeqCst`).
+    fn wake_sleepers(&self, counter: usize, sleepers: usize) {
+        if self.word(sleepers).load(SeqCst) > 0 {
+            self.word(counter).fetch_add(1, SeqCst);
+            futex::wake_all(self.word(counter));
+        }
     }
 
     /// Writes one message as process `tag`.
@@ -168,13 +229,16 @@ impl<'a> Ring<'a> {
         if need > self.cap {
             return Ok(Push::Full);
         }
-        let Some(held) = self.lock(tag, None) else {
+        let Some(held) = self.lock(WRITE_LOCK, tag, None) else {
             return Ok(Push::Full);
         };
         if self.spilled() {
             return Ok(Push::Spilled);
         }
-        let (head, tail) = (self.pos(HEAD).load(Relaxed), self.pos(TAIL).load(Relaxed));
+        if self.closed() {
+            return Ok(Push::Closed);
+        }
+        let (head, tail) = (self.pos(HEAD).load(SeqCst), self.pos(TAIL).load(Relaxed));
         let used = usize::try_from(tail.wrapping_sub(head)).map_err(|_| Corrupt)?;
         if used > self.cap {
             return Err(Corrupt);
@@ -185,10 +249,11 @@ impl<'a> Ring<'a> {
         let len = u32::try_from(msg.len()).map_err(|_| Corrupt)?;
         self.copy_in(tail, &len.to_le_bytes());
         self.copy_in(tail.wrapping_add(4), msg);
-        self.pos(TAIL)
-            .store(tail.wrapping_add(need as u64), Release);
+        self.pos(TAIL).store(tail.wrapping_add(need as u64), SeqCst);
+        let pushed = self.pos(PUSHED);
+        pushed.store(pushed.load(Relaxed).wrapping_add(1), Relaxed);
         drop(held);
-        self.ring_bell();
+        self.wake_sleepers(BELL, SLEEPERS);
         Ok(Push::Pushed)
     }
 
@@ -198,10 +263,10 @@ impl<'a> Ring<'a> {
         if !self.has_data() {
             return Ok(None);
         }
-        let Some(held) = self.lock(tag, deadline) else {
+        let Some(held) = self.lock(READ_LOCK, tag, deadline) else {
             return Ok(None);
         };
-        let (head, tail) = (self.pos(HEAD).load(Relaxed), self.pos(TAIL).load(Acquire));
+        let (head, tail) = (self.pos(HEAD).load(Relaxed), self.pos(TAIL).load(SeqCst));
         let used = usize::try_from(tail.wrapping_sub(head)).map_err(|_| Corrupt)?;
         if used == 0 {
             return Ok(None);
@@ -218,12 +283,11 @@ impl<'a> Ring<'a> {
         let mut msg = vec![0u8; len];
         self.copy_out(head.wrapping_add(4), &mut msg);
         self.pos(HEAD)
-            .store(head.wrapping_add(4 + len as u64), Release);
+            .store(head.wrapping_add(4 + len as u64), SeqCst);
+        let popped = self.pos(POPPED);
+        popped.store(popped.load(Relaxed).wrapping_add(1), Relaxed);
         drop(held);
-        self.word(ROOM).fetch_add(1, SeqCst);
-        if self.word(ROOM_SLEEPERS).load(SeqCst) > 0 {
-            futex::wake_all(self.word(ROOM));
-        }
+        self.wake_sleepers(ROOM, ROOM_SLEEPERS);
         Ok(Some(msg))
     }
 
@@ -232,13 +296,15 @@ impl<'a> Ring<'a> {
         self.word(ROOM).load(SeqCst)
     }
 
-    /// Waits until a reader takes a message after `seen`, or `deadline`.
-    pub fn wait_room(&self, seen: u32, deadline: Instant) {
+    /// Waits until `need` bytes fit, or the room counter moves past `seen` (spinning
+    /// `spin` first), or `deadline`.
+    pub fn wait_room(&self, seen: u32, need: usize, spin: Duration, deadline: Instant) {
         wait_on(
             self.word(ROOM),
             self.word(ROOM_SLEEPERS),
             seen,
-            Duration::ZERO,
+            || self.has_room(need),
+            spin,
             Some(deadline),
         );
     }
@@ -259,28 +325,31 @@ impl<'a> Ring<'a> {
     }
 }
 
-/// Waits until `counter` moves past `seen`: spins for `spin`, then sleeps (counted in
-/// `sleepers`, so that whoever moves it knows to wake) until `deadline`.
+/// Waits until `ready()` or `counter` moves past `seen`: spins for `spin`, then sleeps
+/// (counted in `sleepers`, so that whoever makes it ready knows to wake it) until
+/// `deadline`.
 fn wait_on(
     counter: &std::sync::atomic::AtomicU32,
     sleepers: &std::sync::atomic::AtomicU32,
     seen: u32,
+    ready: impl Fn() -> bool,
     spin: Duration,
     deadline: Option<Instant>,
 ) {
+    let done = || ready() || counter.load(SeqCst) != seen;
     if !spin.is_zero() {
         let start = Instant::now();
         let mut n = 0u32;
-        while counter.load(Acquire) == seen {
+        while !done() {
             std::hint::spin_loop();
             n = n.wrapping_add(1);
             if n.is_multiple_of(64) && start.elapsed() >= spin {
                 break;
             }
         }
-        if counter.load(Acquire) != seen {
-            return;
-        }
+    }
+    if done() {
+        return;
     }
     let left = match deadline {
         Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -290,7 +359,7 @@ fn wait_on(
         None => None,
     };
     sleepers.fetch_add(1, SeqCst);
-    if counter.load(SeqCst) == seen {
+    if !done() {
         futex::wait(counter, seen, left);
     }
     sleepers.fetch_sub(1, SeqCst);

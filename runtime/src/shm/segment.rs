@@ -8,7 +8,12 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// At most this many segments are created and alive at once in a process (each keeps a
+/// descriptor open, to hand to workers); objects made past it go through the broker only.
+const MAX_CREATED: usize = 256;
+static CREATED: AtomicUsize = AtomicUsize::new(0);
 
 /// A mapped segment. Every access goes through atomics or bounds-checked copies: other
 /// processes write the same pages at the same time.
@@ -29,6 +34,18 @@ unsafe impl Sync for Segment {}
 impl Segment {
     /// Creates a zero-filled segment of `len` bytes, its size sealed.
     pub fn create(name: &std::ffi::CStr, len: usize) -> io::Result<Segment> {
+        if CREATED.fetch_add(1, Ordering::SeqCst) >= MAX_CREATED {
+            CREATED.fetch_sub(1, Ordering::SeqCst);
+            return Err(io::Error::other("too many shared segments"));
+        }
+        let created = Self::create_counted(name, len);
+        if created.is_err() {
+            CREATED.fetch_sub(1, Ordering::SeqCst);
+        }
+        created
+    }
+
+    fn create_counted(name: &std::ffi::CStr, len: usize) -> io::Result<Segment> {
         // SAFETY: `name` is a valid C string; memfd_create returns a new descriptor or -1.
         let raw = unsafe {
             libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
@@ -151,6 +168,9 @@ impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map_fd`; nothing borrows it any more.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        if self.fd.is_some() {
+            CREATED.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

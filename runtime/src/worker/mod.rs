@@ -212,10 +212,14 @@ fn serve_on(
                 } else if let ToWorker::Attached { req, result } = msg {
                     // The segment's descriptor came with this frame's bytes.
                     let result = match result {
-                        Ok(true) => reader.get_mut().take_fd().map(Some).ok_or_else(|| {
-                            ObjectError::Invalid("the pipe's shared segment did not arrive".into())
-                        }),
-                        Ok(false) => Ok(None),
+                        Ok(Some(kind)) => reader
+                            .get_mut()
+                            .take_fd()
+                            .map(|fd| Some((kind, fd)))
+                            .ok_or_else(|| {
+                                ObjectError::Invalid("the shared segment did not arrive".into())
+                            }),
+                        Ok(None) => Ok(None),
                         Err(e) => Err(e),
                     };
                     let _ = reply_tx.send(Reply::Attached { req, result });

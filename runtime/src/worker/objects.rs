@@ -13,9 +13,10 @@
 //! or, if there is none before the task ends, it fails the task. Other calls, a lock guard's
 //! release say, are never failed by it.
 //!
-//! Pipes: the first send, receive or poll on a pipe end attaches it (one round trip, which
-//! also makes this worker a holder of the end) and maps the pipe's shared segment; from then
-//! on those run in place, in the segment (see `crate::shm`), until its ring spills.
+//! Pipes and unbounded queues: the first send, receive or poll on a pipe end, or put or get
+//! on a queue, attaches the object (one round trip, which also makes this worker a holder)
+//! and maps its shared segment; from then on those run in place, in the segment (see
+//! `crate::shm`), until its ring spills.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +30,7 @@ use super::output::Channel;
 use crate::bindings::objects as wit;
 use crate::broker::MESSAGE_CAP;
 use crate::protocol::FromWorker;
-use crate::shm::{Local, SharedPipe};
+use crate::shm::{Local, SegmentKind, Shared};
 
 /// What the broker sends the waiting task (the frames thread routes it here).
 #[derive(Debug)]
@@ -47,11 +48,11 @@ pub(crate) enum Reply {
         target: wire::Handle,
         error: ObjectError,
     },
-    /// The answer to `Attach` request `req`: the pipe's segment, or `None` to use the end
+    /// The answer to `Attach` request `req`: the object's segment, or `None` to use it
     /// through the broker.
     Attached {
         req: u64,
-        result: Result<Option<std::os::fd::OwnedFd>, ObjectError>,
+        result: Result<Option<(SegmentKind, std::os::fd::OwnedFd)>, ObjectError>,
     },
 }
 
@@ -89,8 +90,8 @@ pub(crate) struct ObjectClient {
     refusals: Mutex<Refusals>,
     /// This process's id, as it marks the ring mutexes it takes.
     pid: u32,
-    /// Pipe ends attached: their segment, or `None` for an end used through the broker.
-    attached: Mutex<HashMap<Key, Option<Arc<SharedPipe>>>>,
+    /// Objects attached: their segment, or `None` for one used through the broker.
+    attached: Mutex<HashMap<Key, Option<Shared>>>,
 }
 
 /// Whether a request is of a kind that may be posted.
@@ -119,15 +120,15 @@ impl ObjectClient {
         }
     }
 
-    /// Forgets every attached pipe end (the host was told this worker holds nothing).
+    /// Forgets every attached object (the host was told this worker holds nothing).
     pub fn forget_attachments(&self) {
         if let Ok(mut a) = self.attached.lock() {
             a.clear();
         }
     }
 
-    /// The segment of pipe end `target`, attaching it on first use.
-    fn shared_pipe(&self, target: wire::Handle) -> Result<Option<Arc<SharedPipe>>, ObjectError> {
+    /// The segment of object `target`, attaching it on first use.
+    fn shared(&self, target: wire::Handle) -> Result<Option<Shared>, ObjectError> {
         if let Some(known) = self
             .attached
             .lock()
@@ -140,48 +141,37 @@ impl ObjectClient {
         self.channel
             .send(&FromWorker::Attach { req, target })
             .map_err(|e| ObjectError::Stale(format!("the host is gone: {e}")))?;
-        let fd = match self.wait_for(req) {
+        let segment = match self.wait_for(req) {
             Ok(Reply::Attached { result, .. }) => result?,
             Ok(_) => return Err(ObjectError::Invalid("a wrong answer to an attach".into())),
             Err(_) => return Err(ObjectError::Stale("the host is gone".into())),
         };
-        let pipe = match fd {
-            Some(fd) => Some(Arc::new(SharedPipe::open(fd).map_err(|e| {
-                ObjectError::Invalid(format!("cannot map the pipe's shared segment: {e}"))
-            })?)),
+        let shared = match segment {
+            Some((kind, fd)) => Some(Shared::open(kind, fd).map_err(|e| {
+                ObjectError::Invalid(format!("cannot map the object's shared segment: {e}"))
+            })?),
             None => None,
         };
         if let Ok(mut a) = self.attached.lock() {
-            a.insert(key(target), pipe.clone());
+            a.insert(key(target), shared.clone());
         }
-        Ok(pipe)
+        Ok(shared)
     }
 
-    /// A send, receive or poll on a pipe end, in place if it is attached to a segment;
-    /// `Broker` (with what is left of the timeout) when it has to go through the broker.
-    fn pipe_op(
+    /// A put or get, or a pipe's send, receive or poll, in place if the object is attached
+    /// to a segment; `Broker` (with what is left of the timeout) when it has to go through
+    /// the broker.
+    fn shared_op(
         &self,
         target: wire::Handle,
         request: &wire::Request,
         timeout_ms: &mut Option<u64>,
     ) -> Result<Local<wire::Response>, ObjectError> {
-        let Some(pipe) = self.shared_pipe(target)? else {
+        let Some(shared) = self.shared(target)? else {
             return Ok(Local::Broker);
         };
-        let end = (target.id & 1) as u8;
         let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        let local = match request {
-            wire::Request::ConnSend(v) => {
-                pipe.send(end, self.pid, v)?.map(|()| wire::Response::Unit)
-            }
-            wire::Request::ConnRecv => pipe
-                .recv(end, self.pid, deadline)?
-                .map(wire::Response::Value),
-            wire::Request::ConnPoll => pipe
-                .poll(end, self.pid, deadline)?
-                .map(wire::Response::Flag),
-            _ => Local::Broker,
-        };
+        let local = shared.run(target, self.pid, request, deadline)?;
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now()).as_millis();
             *timeout_ms = Some(u64::try_from(left).unwrap_or(u64::MAX));
@@ -235,12 +225,10 @@ impl ObjectClient {
             id: target.id,
             token: target.token,
         };
-        if matches!(
-            request,
-            wire::Request::ConnSend(_) | wire::Request::ConnRecv | wire::Request::ConnPoll
-        ) && let Local::Done(r) = self
-            .pipe_op(target, &request, &mut timeout_ms)
-            .map_err(error)?
+        if crate::shm::in_place(&request)
+            && let Local::Done(r) = self
+                .shared_op(target, &request, &mut timeout_ms)
+                .map_err(error)?
         {
             return Ok(response(r));
         }
