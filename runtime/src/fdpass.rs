@@ -79,6 +79,24 @@ pub(crate) fn send(sock: &impl AsRawFd, data: &[u8], fd: Option<RawFd>) -> io::R
 /// Receives one message into `buf`: its length (0 when the peer has closed) and the
 /// descriptor that came with it, if any. A message longer than `buf` is an error.
 pub(crate) fn recv(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let (n, mut fds, flags) = recv_raw(sock, buf)?;
+    if flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a message (or its descriptors) did not fit",
+        ));
+    }
+    if fds.len() > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a message carried more than one descriptor",
+        ));
+    }
+    Ok((n, fds.pop()))
+}
+
+/// One `recvmsg`: the bytes' length, the descriptors that came with them, and the flags.
+fn recv_raw(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>, i32)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -118,19 +136,7 @@ pub(crate) fn recv(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Op
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a message (or its descriptors) did not fit",
-            ));
-        }
-        if fds.len() > 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a message carried more than one descriptor",
-            ));
-        }
-        Ok((n, fds.pop()))
+        Ok((n, fds, msg.msg_flags))
     }
 }
 
@@ -159,8 +165,11 @@ impl FdReader {
 
 impl io::Read for FdReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (n, fd) = recv(&self.sock, buf)?;
-        self.fds.extend(fd);
+        // The bytes are kept whatever happened to the descriptors (the kernel drops those
+        // it cannot install, at the limit of open files): the answer they came with then
+        // finds none, and fails alone.
+        let (n, fds, _) = recv_raw(&self.sock, buf)?;
+        self.fds.extend(fds);
         Ok(n)
     }
 }

@@ -469,6 +469,11 @@ impl Broker {
         obj.holds[usize::from(end)]
             .entry(Hold::Pid(pid))
             .or_insert(1);
+        // An end held again is open again; the segment is told.
+        let mut out = Vec::new();
+        obj.pump(&mut out);
+        drop(reg);
+        deliver_all(out);
         Ok(Some(shared))
     }
 

@@ -298,10 +298,13 @@ impl Object {
                 )))
             }
             (State::Queue { closed, shared, .. }, Request::QueueClose) => {
-                *closed = true;
-                if let Some(shared) = shared {
+                // The ring is closed once, when the queue is: its wait for the writers'
+                // mutex (bounded) happens under the registry's lock, so a worker cannot
+                // make the broker wait again and again.
+                if !*closed && let Some(shared) = shared {
                     shared.close(super::host_tag());
                 }
+                *closed = true;
                 Step::Done(Ok(Response::Unit))
             }
             (

@@ -152,13 +152,14 @@ impl SharedPipe {
             let room = ring.room();
             match ring.push(tag, msg).map_err(corrupt)? {
                 Push::Pushed => return Ok(Local::Done(())),
-                // Pipe rings are never closed.
-                Push::Spilled | Push::Closed => return Ok(Local::Broker),
+                Push::Spilled => return Ok(Local::Broker),
+                // Pipe rings are never closed: someone wrote the flag who should not have.
+                Push::Closed => return Err(corrupt(Corrupt)),
                 Push::Full => {
                     let now = Instant::now();
                     let until = *give_up.get_or_insert(now + ROOM_WAIT);
                     if msg.len() + 4 > RING_BYTES || now >= until {
-                        ring.spill();
+                        ring.spill(tag);
                         return Ok(Local::Broker);
                     }
                     ring.wait_room(room, msg.len() + 4, SPIN, until);
@@ -235,6 +236,10 @@ impl SharedPipe {
             if !self.is_open(1 - e) {
                 return match look()? {
                     Some(got) => Ok(Local::Done(got)),
+                    // Spilled before the close: the rest is with the broker.
+                    None if ring.spilled() => Ok(Local::Broker),
+                    // Messages left that the mutex's wait did not reach in time.
+                    None if ring.has_data() => Err(ObjectError::Timeout),
                     None => Err(ObjectError::Closed(
                         "end of file: the other end of the pipe is closed".into(),
                     )),
@@ -354,6 +359,18 @@ mod tests {
         a.release_locks_of(99);
         let (got, _b) = waiter.join().unwrap();
         assert_eq!(got, Ok(Local::Done(b"m".to_vec())));
+    }
+
+    #[test]
+    fn a_mutex_word_scribbled_on_is_an_error_not_a_hang() {
+        let (a, b) = pair();
+        // No process 98 holds the writers' mutex of end 1's ring; someone wrote it there.
+        b.seg
+            .u32(RINGS + ring::HEADER + ring::WRITE_LOCK)
+            .store(98, SeqCst);
+        assert!(matches!(a.send(0, 1, b"x"), Err(ObjectError::Invalid(_))));
+        // The other direction is untouched.
+        assert_eq!(b.send(1, 2, b"y"), Ok(Local::Done(())));
     }
 
     #[test]

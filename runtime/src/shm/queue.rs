@@ -115,7 +115,7 @@ impl SharedQueue {
                     let now = Instant::now();
                     let until = *give_up.get_or_insert(now + ROOM_WAIT);
                     if msg.len() + 4 > RING_BYTES || now >= until {
-                        ring.spill();
+                        ring.spill(tag);
                         return Ok(Local::Broker);
                     }
                     ring.wait_room(room, msg.len() + 4, SPIN, until);
@@ -140,6 +140,10 @@ impl SharedQueue {
                 }
                 if ring.spilled() {
                     return Ok(Local::Broker);
+                }
+                if ring.has_data() {
+                    // Items left that the mutex's wait did not reach in time.
+                    return Err(ObjectError::Empty);
                 }
                 return Err(ObjectError::Closed("the queue is closed and empty".into()));
             }

@@ -31,7 +31,7 @@ pub(crate) const HEADER: usize = 384;
 const MODE: usize = 0;
 const CLOSED: usize = 4;
 /// The writers' mutex, the tail, and how many messages were ever written.
-const WRITE_LOCK: usize = 64;
+pub(crate) const WRITE_LOCK: usize = 64;
 const TAIL: usize = 72;
 const PUSHED: usize = 80;
 /// The readers' mutex, the head, and how many messages were ever read.
@@ -46,6 +46,17 @@ const ROOM_SLEEPERS: usize = 260;
 const WAITERS: usize = 4;
 
 const SPILLED: u32 = 1;
+
+/// The longest anyone waits for a ring's mutex when nothing else limits the wait: its
+/// holders only copy a message inside, so a mutex held longer is a word a process that
+/// shares the ring scribbled on (or a holder stopped by a signal), not work in progress.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// The deadline of a wait for a mutex: the caller's, but at most [`LOCK_WAIT`] away.
+fn lock_deadline(deadline: Option<Instant>) -> Instant {
+    let longest = Instant::now() + LOCK_WAIT;
+    deadline.map_or(longest, |d| d.min(longest))
+}
 
 /// The ring's contents contradict themselves: a process that shares it wrote nonsense.
 #[derive(Debug)]
@@ -160,9 +171,13 @@ impl<'a> Ring<'a> {
         self.word(MODE).load(Acquire) == SPILLED
     }
 
-    /// From now on writers go through the broker; readers are woken to notice.
-    pub fn spill(&self) {
+    /// From now on writers go through the broker, as process `tag`: under the writers'
+    /// mutex, so every push either committed before it or sees it (and a reader that finds
+    /// the ring spilled and then empty finds it empty for good). Readers are woken to notice.
+    pub fn spill(&self, tag: u32) {
+        let held = self.lock(WRITE_LOCK, tag, Some(lock_deadline(None)));
         self.word(MODE).store(SPILLED, SeqCst);
+        drop(held);
         self.ring_bell();
     }
 
@@ -229,8 +244,8 @@ impl<'a> Ring<'a> {
         if need > self.cap {
             return Ok(Push::Full);
         }
-        let Some(held) = self.lock(WRITE_LOCK, tag, None) else {
-            return Ok(Push::Full);
+        let Some(held) = self.lock(WRITE_LOCK, tag, Some(lock_deadline(None))) else {
+            return Err(Corrupt);
         };
         if self.spilled() {
             return Ok(Push::Spilled);
@@ -258,13 +273,16 @@ impl<'a> Ring<'a> {
     }
 
     /// Takes the oldest message, if any, as process `tag`; `None` also when `deadline`
-    /// passes waiting for the mutex.
+    /// passes waiting for the mutex (callers that then find messages waiting have timed out).
     pub fn pop(&self, tag: u32, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, Corrupt> {
         if !self.has_data() {
             return Ok(None);
         }
-        let Some(held) = self.lock(READ_LOCK, tag, deadline) else {
-            return Ok(None);
+        let Some(held) = self.lock(READ_LOCK, tag, Some(lock_deadline(deadline))) else {
+            return match deadline {
+                Some(d) if Instant::now() >= d => Ok(None),
+                _ => Err(Corrupt),
+            };
         };
         let (head, tail) = (self.pos(HEAD).load(Relaxed), self.pos(TAIL).load(SeqCst));
         let used = usize::try_from(tail.wrapping_sub(head)).map_err(|_| Corrupt)?;
