@@ -116,7 +116,8 @@ impl<'a> Ring<'a> {
         self.seg.u64(self.header + offset)
     }
 
-    /// Takes the mutex at `which` as process `tag`; `None` if `deadline` passes first.
+    /// Takes the mutex at `which` as process `tag`; `None` if `deadline` passes first, or
+    /// [`LOCK_WAIT`] (the clock is read only once the mutex is found taken).
     fn lock(&self, which: usize, tag: u32, deadline: Option<Instant>) -> Option<Held<'_, 'a>> {
         let lock = self.word(which);
         for _ in 0..100 {
@@ -126,18 +127,16 @@ impl<'a> Ring<'a> {
             std::hint::spin_loop();
         }
         let waiters = self.word(which + WAITERS);
+        let until = lock_deadline(deadline);
         loop {
             if lock.compare_exchange(0, tag, Acquire, Relaxed).is_ok() {
                 return Some(Held(self, which));
             }
-            let left = match deadline {
-                Some(d) => Some(d.checked_duration_since(Instant::now())?),
-                None => None,
-            };
+            let left = until.checked_duration_since(Instant::now())?;
             waiters.fetch_add(1, SeqCst);
             let holder = lock.load(SeqCst);
             if holder != 0 {
-                futex::wait(lock, holder, left);
+                futex::wait(lock, holder, Some(left));
             }
             waiters.fetch_sub(1, SeqCst);
         }
@@ -175,7 +174,7 @@ impl<'a> Ring<'a> {
     /// mutex, so every push either committed before it or sees it (and a reader that finds
     /// the ring spilled and then empty finds it empty for good). Readers are woken to notice.
     pub fn spill(&self, tag: u32) {
-        let held = self.lock(WRITE_LOCK, tag, Some(lock_deadline(None)));
+        let held = self.lock(WRITE_LOCK, tag, None);
         self.word(MODE).store(SPILLED, SeqCst);
         drop(held);
         self.ring_bell();
@@ -244,7 +243,7 @@ impl<'a> Ring<'a> {
         if need > self.cap {
             return Ok(Push::Full);
         }
-        let Some(held) = self.lock(WRITE_LOCK, tag, Some(lock_deadline(None))) else {
+        let Some(held) = self.lock(WRITE_LOCK, tag, None) else {
             return Err(Corrupt);
         };
         if self.spilled() {
@@ -278,7 +277,7 @@ impl<'a> Ring<'a> {
         if !self.has_data() {
             return Ok(None);
         }
-        let Some(held) = self.lock(READ_LOCK, tag, Some(lock_deadline(deadline))) else {
+        let Some(held) = self.lock(READ_LOCK, tag, deadline) else {
             return match deadline {
                 Some(d) if Instant::now() >= d => Ok(None),
                 _ => Err(Corrupt),
