@@ -18,7 +18,7 @@ use wasmpool_objects::wire::ObjectError;
 
 use super::ring::{self, Corrupt, Push, Ring};
 use super::segment::Segment;
-use super::{Local, ROOM_WAIT, SPIN};
+use super::{Local, SPIN};
 
 /// Bytes of each direction's ring: twice a Linux pipe's buffer.
 const RING_BYTES: usize = 128 << 10;
@@ -147,24 +147,11 @@ impl SharedPipe {
                 "broken pipe: the other end is closed".into(),
             ));
         }
-        let mut give_up = None;
-        loop {
-            let room = ring.room();
-            match ring.push(tag, msg).map_err(corrupt)? {
-                Push::Pushed => return Ok(Local::Done(())),
-                Push::Spilled => return Ok(Local::Broker),
-                // Pipe rings are never closed: someone wrote the flag who should not have.
-                Push::Closed => return Err(corrupt(Corrupt)),
-                Push::Full => {
-                    let now = Instant::now();
-                    let until = *give_up.get_or_insert(now + ROOM_WAIT);
-                    if msg.len() + 4 > RING_BYTES || now >= until {
-                        ring.spill(tag);
-                        return Ok(Local::Broker);
-                    }
-                    ring.wait_room(room, msg.len() + 4, SPIN, until);
-                }
-            }
+        match ring.push_or_spill(tag, msg).map_err(corrupt)? {
+            Push::Pushed => Ok(Local::Done(())),
+            Push::Spilled | Push::Full => Ok(Local::Broker),
+            // Pipe rings are never closed: someone wrote the flag who should not have.
+            Push::Closed => Err(corrupt(Corrupt)),
         }
     }
 

@@ -16,7 +16,7 @@ use wasmpool_objects::wire::ObjectError;
 
 use super::ring::{Corrupt, Push, Ring};
 use super::segment::Segment;
-use super::{Local, ROOM_WAIT, SPIN};
+use super::{Local, SPIN};
 
 /// Bytes of the ring: room for ~16k small items.
 const RING_BYTES: usize = 256 << 10;
@@ -104,23 +104,10 @@ impl SharedQueue {
             )));
         }
         let ring = self.ring();
-        let mut give_up = None;
-        loop {
-            let room = ring.room();
-            match ring.push(tag, msg).map_err(corrupt)? {
-                Push::Pushed => return Ok(Local::Done(())),
-                Push::Spilled => return Ok(Local::Broker),
-                Push::Closed => return Err(ObjectError::Closed("the queue is closed".into())),
-                Push::Full => {
-                    let now = Instant::now();
-                    let until = *give_up.get_or_insert(now + ROOM_WAIT);
-                    if msg.len() + 4 > RING_BYTES || now >= until {
-                        ring.spill(tag);
-                        return Ok(Local::Broker);
-                    }
-                    ring.wait_room(room, msg.len() + 4, SPIN, until);
-                }
-            }
+        match ring.push_or_spill(tag, msg).map_err(corrupt)? {
+            Push::Pushed => Ok(Local::Done(())),
+            Push::Spilled | Push::Full => Ok(Local::Broker),
+            Push::Closed => Err(ObjectError::Closed("the queue is closed".into())),
         }
     }
 

@@ -20,8 +20,8 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
-use super::futex;
 use super::segment::Segment;
+use super::{ROOM_WAIT, SPIN, futex};
 
 /// Bytes of a ring's header in the segment.
 pub(crate) const HEADER: usize = 384;
@@ -238,7 +238,7 @@ impl<'a> Ring<'a> {
     }
 
     /// Writes one message as process `tag`.
-    pub fn push(&self, tag: u32, msg: &[u8]) -> Result<Push, Corrupt> {
+    fn push(&self, tag: u32, msg: &[u8]) -> Result<Push, Corrupt> {
         let need = msg.len() + 4;
         if need > self.cap {
             return Ok(Push::Full);
@@ -308,14 +308,32 @@ impl<'a> Ring<'a> {
         Ok(Some(msg))
     }
 
-    /// The room counter, read before finding the ring full.
-    pub fn room(&self) -> u32 {
-        self.word(ROOM).load(SeqCst)
+    /// Writes one message as process `tag`, waiting up to [`ROOM_WAIT`] for room in a
+    /// full ring; if none comes (or the message is larger than the ring), spills the ring
+    /// and answers `Spilled`. Never answers `Full`.
+    pub fn push_or_spill(&self, tag: u32, msg: &[u8]) -> Result<Push, Corrupt> {
+        let need = msg.len() + 4;
+        let mut give_up = None;
+        loop {
+            let room = self.word(ROOM).load(SeqCst);
+            match self.push(tag, msg)? {
+                Push::Full => {
+                    let now = Instant::now();
+                    let until = *give_up.get_or_insert(now + ROOM_WAIT);
+                    if need > self.cap || now >= until {
+                        self.spill(tag);
+                        return Ok(Push::Spilled);
+                    }
+                    self.wait_room(room, need, SPIN, until);
+                }
+                done => return Ok(done),
+            }
+        }
     }
 
     /// Waits until `need` bytes fit, or the room counter moves past `seen` (spinning
     /// `spin` first), or `deadline`.
-    pub fn wait_room(&self, seen: u32, need: usize, spin: Duration, deadline: Instant) {
+    fn wait_room(&self, seen: u32, need: usize, spin: Duration, deadline: Instant) {
         wait_on(
             self.word(ROOM),
             self.word(ROOM_SLEEPERS),
