@@ -120,7 +120,11 @@ impl Manager {
 
     /// A lock; any process may release it, as in Python.
     pub fn lock(&self) -> Lock {
-        Lock::__from_created(self.create(Kind::Lock, State::Lock(lock_state(false))))
+        let state = match crate::shm::SharedLock::create() {
+            Ok(shared) => State::SharedLock(std::sync::Arc::new(shared)),
+            Err(_) => State::Lock(lock_state(false)),
+        };
+        Lock::__from_created(self.create(Kind::Lock, state))
     }
 
     /// A recursive lock: only its owner may release it.
@@ -175,7 +179,11 @@ impl Manager {
 
     /// An empty dict (Python's `Manager().dict()`).
     pub fn dict<K, V>(&self) -> Dict<K, V> {
-        Dict::__from_created(self.create(Kind::Dict, State::Dict(Default::default())))
+        let state = match crate::shm::SharedDict::create(crate::broker::max_message()) {
+            Ok(shared) => State::SharedDict(std::sync::Arc::new(shared)),
+            Err(_) => State::Dict(Default::default()),
+        };
+        Dict::__from_created(self.create(Kind::Dict, state))
     }
 
     /// An empty list (Python's `Manager().list()`).

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 
 use self::object::{Hold, Object, OpResult, Step, Waiter};
-pub(crate) use self::object::{LockState, State};
+pub(crate) use self::object::{LockState, State, add_to_int};
 use crate::protocol::{ToWorker, encode_frame};
 use crate::shm::{Local, Shared};
 
@@ -248,7 +248,8 @@ pub(crate) fn max_message() -> usize {
     MAX_MESSAGE.load(Ordering::Relaxed)
 }
 
-fn too_large(len: usize, max: usize) -> ObjectError {
+/// The error for a message of `len` bytes over the limit `max`.
+pub(crate) fn too_large(len: usize, max: usize) -> ObjectError {
     ObjectError::TooLarge(format!(
         "a message of {len} bytes is over the {max} byte limit"
     ))
@@ -464,6 +465,8 @@ impl Broker {
             State::Queue {
                 shared: Some(q), ..
             } => Shared::Queue(q.clone()),
+            State::SharedLock(l) => Shared::Lock(l.clone()),
+            State::SharedDict(d) => Shared::Dict(d.clone()),
             _ => return Ok(None),
         };
         obj.holds[usize::from(end)]
@@ -493,6 +496,8 @@ impl Broker {
             State::Queue {
                 shared: Some(q), ..
             } => Ok(Some(Shared::Queue(q.clone()))),
+            State::SharedLock(l) => Ok(Some(Shared::Lock(l.clone()))),
+            State::SharedDict(d) => Ok(Some(Shared::Dict(d.clone()))),
             _ => Ok(None),
         }
     }
@@ -506,11 +511,9 @@ impl Broker {
         req: &Request,
         timeout: &mut Option<Duration>,
     ) -> Result<Local<Response>, ObjectError> {
-        if let Request::ConnSend(v) | Request::QueuePut(v) = req {
-            let max = max_message();
-            if v.len() > max {
-                return Err(too_large(v.len(), max));
-            }
+        let (len, max) = (req.payload_len(), max_message());
+        if len > max {
+            return Err(too_large(len, max));
         }
         let Some(shared) = self.host_shared(target)? else {
             return Ok(Local::Broker);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use wasmpool_objects::wire::{ITEM_OVERHEAD, Kind, ObjectError, Request, Response};
 
 use super::{Owner, Responder};
-use crate::shm::{SharedPipe, SharedQueue};
+use crate::shm::{SharedDict, SharedLock, SharedPipe, SharedQueue};
 
 pub(crate) type OpResult = Result<Response, ObjectError>;
 
@@ -79,6 +79,8 @@ pub(crate) enum State {
         shared: Option<Arc<SharedPipe>>,
     },
     Lock(LockState),
+    /// A `Lock` whose word is in shared memory: acquired and released in place by everyone.
+    SharedLock(Arc<SharedLock>),
     Semaphore {
         value: u64,
         initial: u64,
@@ -94,6 +96,9 @@ pub(crate) enum State {
     },
     Condition(LockState),
     Dict(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
+    /// A dict in shared memory, used in place by everyone until it spills; the broker's
+    /// first operation on it takes its entries over (it becomes a `Dict`).
+    SharedDict(Arc<SharedDict>),
     List(Vec<Vec<u8>>),
 }
 
@@ -165,7 +170,7 @@ fn too_big(kind: Kind, bytes: usize) -> OpResult {
 }
 
 /// Adds `delta` to a MessagePack integer; `None` if `bytes` is not one or it overflows.
-fn add_to_int(bytes: Option<&[u8]>, delta: i64) -> Result<(i64, Vec<u8>), ObjectError> {
+pub(crate) fn add_to_int(bytes: Option<&[u8]>, delta: i64) -> Result<(i64, Vec<u8>), ObjectError> {
     let current = match bytes {
         None => 0,
         Some(b) => rmp_serde::from_slice::<i64>(b).map_err(|_| {
@@ -287,7 +292,38 @@ impl Object {
                 .entry(Hold::Pid(pid))
                 .or_insert(1);
         }
+        if let State::SharedDict(shared) = &self.state {
+            // The dict spilled (or a process could not use it in place): the broker keeps
+            // its entries from now on.
+            let taken = shared.take_over(super::host_tag());
+            let mut map = Map::default();
+            self.stored = 0;
+            for (k, v) in taken.as_ref().map_or(&[][..], Vec::as_slice) {
+                store(&mut map, &mut self.stored, k.clone(), v.clone());
+            }
+            self.state = State::Dict(map);
+            if let Err(e) = taken {
+                return Step::Done(Err(e));
+            }
+        }
+        let tag = match owner {
+            Owner::Pid(pid) => pid,
+            Owner::Host(_) => super::host_tag(),
+        };
         match (&mut self.state, req) {
+            (State::SharedLock(lock), Request::Release) => {
+                Step::Done(lock.release().map(|()| Response::Unit))
+            }
+            (State::SharedLock(lock), Request::Acquire) => {
+                Step::Done(match lock.acquire(tag, Some(std::time::Instant::now())) {
+                    true => Ok(Response::Flag(true)),
+                    false => Err(ObjectError::Invalid(
+                        "this lock lives in shared memory and is acquired in place; the \
+                         process could not map it"
+                            .into(),
+                    )),
+                })
+            }
             (State::Queue { maxsize, .. }, Request::QueueMaxsize) => {
                 Step::Done(Ok(Response::Count(*maxsize as u64)))
             }
@@ -754,6 +790,8 @@ impl Object {
                     changed = true;
                 }
             }
+            State::SharedLock(lock) => changed |= lock.release_if_held_by(pid),
+            State::SharedDict(dict) => dict.release_locks_of(pid, super::host_tag()),
             State::Pipe { closed, shared, .. } => {
                 closed.retain(|&(_, p)| p != pid);
                 if let Some(shared) = shared {

@@ -3,17 +3,22 @@
 //! the host's broker.
 //!
 //! A [`SharedPipe`] is one sealed memfd segment per pipe ([`segment`]), holding a ring per
-//! direction ([`ring`]); a [`SharedQueue`] is one ring. Waits are futexes on words of the
-//! segment ([`futex`]). The broker creates the segment with the object and hands its
+//! direction ([`ring`]); a [`SharedQueue`] is one ring; a [`SharedLock`] is one word; a
+//! [`SharedDict`] is a hash table and its arena ([`dict`]). Waits are futexes on words of
+//! the segment ([`futex`]), and each ring or dict is guarded by short mutexes ([`mutex`]). The broker creates the segment with the object and hands its
 //! descriptor to each worker that uses it (over the worker's socket, with the answer to its
 //! `Attach`); it keeps deciding who holds which pipe end and whether a queue is closed, and
-//! clears the ring mutex of a worker that died inside it. Bounded and joinable queues, whose
-//! rules count items across processes, stay with the broker.
+//! clears the mutexes (and frees the lock) of a worker that died holding them. Bounded and
+//! joinable queues, whose rules count items across processes, and the other synchronisation
+//! objects, whose waits are ordered by the broker, stay with the broker.
 //!
 //! Everything read from a segment is checked: a worker that scribbles on it can corrupt
 //! only the pipes it was given, and a reader that finds nonsense reports it as an error.
 
+mod dict;
 mod futex;
+mod lock;
+mod mutex;
 mod pipe;
 mod queue;
 mod ring;
@@ -23,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use wasmpool_objects::wire::{Handle, ObjectError, Request, Response};
 
+pub(crate) use dict::SharedDict;
+pub(crate) use lock::SharedLock;
 pub(crate) use pipe::SharedPipe;
 pub(crate) use queue::SharedQueue;
 
@@ -53,6 +60,8 @@ impl<T> Local<T> {
 pub(crate) enum Shared {
     Pipe(std::sync::Arc<SharedPipe>),
     Queue(std::sync::Arc<SharedQueue>),
+    Lock(std::sync::Arc<SharedLock>),
+    Dict(std::sync::Arc<SharedDict>),
 }
 
 /// Which kind of segment came with an `Attached` answer.
@@ -60,6 +69,8 @@ pub(crate) enum Shared {
 pub(crate) enum SegmentKind {
     Pipe,
     Queue,
+    Lock,
+    Dict,
 }
 
 /// Whether `req` is done in place when its object has a segment.
@@ -71,6 +82,21 @@ pub(crate) fn in_place(req: &Request) -> bool {
             | Request::ConnPoll
             | Request::QueuePut(_)
             | Request::QueueGet
+            | Request::Acquire
+            | Request::Release
+            | Request::DictGet(_)
+            | Request::DictSet(_)
+            | Request::DictDelete(_)
+            | Request::DictContains(_)
+            | Request::DictKeys
+            | Request::DictValues
+            | Request::DictItems
+            | Request::DictLen
+            | Request::DictUpdate(_)
+            | Request::DictSetdefault(_)
+            | Request::DictPop(_)
+            | Request::DictIncrement(..)
+            | Request::DictCompareAndSwap { .. }
     )
 }
 
@@ -80,6 +106,8 @@ impl Shared {
         Ok(match kind {
             SegmentKind::Pipe => Shared::Pipe(std::sync::Arc::new(SharedPipe::open(fd)?)),
             SegmentKind::Queue => Shared::Queue(std::sync::Arc::new(SharedQueue::open(fd)?)),
+            SegmentKind::Lock => Shared::Lock(std::sync::Arc::new(SharedLock::open(fd)?)),
+            SegmentKind::Dict => Shared::Dict(std::sync::Arc::new(SharedDict::open(fd)?)),
         })
     }
 
@@ -87,6 +115,8 @@ impl Shared {
         match self {
             Shared::Pipe(_) => SegmentKind::Pipe,
             Shared::Queue(_) => SegmentKind::Queue,
+            Shared::Lock(_) => SegmentKind::Lock,
+            Shared::Dict(_) => SegmentKind::Dict,
         }
     }
 
@@ -111,6 +141,13 @@ impl Shared {
             (Shared::Pipe(p), Request::ConnPoll) => p.poll(end, tag, deadline)?.map(Response::Flag),
             (Shared::Queue(q), Request::QueuePut(v)) => q.put(tag, v)?.map(|()| Response::Unit),
             (Shared::Queue(q), Request::QueueGet) => q.get(tag, deadline)?.map(Response::Value),
+            (Shared::Lock(l), Request::Acquire) => {
+                Local::Done(Response::Flag(l.acquire(tag, deadline)))
+            }
+            (Shared::Lock(l), Request::Release) => {
+                Local::Done(l.release().map(|()| Response::Unit)?)
+            }
+            (Shared::Dict(d), req) => d.run(tag, req)?,
             _ => Local::Broker,
         })
     }
@@ -120,6 +157,8 @@ impl Shared {
         match self {
             Shared::Pipe(p) => p.fd(),
             Shared::Queue(q) => q.fd(),
+            Shared::Lock(l) => l.fd(),
+            Shared::Dict(d) => d.fd(),
         }
     }
 }

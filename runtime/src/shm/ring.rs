@@ -20,6 +20,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
+use super::mutex::{Held, Mutex};
 use super::segment::Segment;
 use super::{ROOM_WAIT, SPIN, futex};
 
@@ -42,21 +43,8 @@ const BELL: usize = 192;
 const SLEEPERS: usize = 196;
 const ROOM: usize = 256;
 const ROOM_SLEEPERS: usize = 260;
-/// A mutex's waiters count, after its word.
-const WAITERS: usize = 4;
 
 const SPILLED: u32 = 1;
-
-/// The longest anyone waits for a ring's mutex when nothing else limits the wait: its
-/// holders only copy a message inside, so a mutex held longer is a word a process that
-/// shares the ring scribbled on (or a holder stopped by a signal), not work in progress.
-const LOCK_WAIT: Duration = Duration::from_secs(1);
-
-/// The deadline of a wait for a mutex: the caller's, but at most [`LOCK_WAIT`] away.
-fn lock_deadline(deadline: Option<Instant>) -> Instant {
-    let longest = Instant::now() + LOCK_WAIT;
-    deadline.map_or(longest, |d| d.min(longest))
-}
 
 /// The ring's contents contradict themselves: a process that shares it wrote nonsense.
 #[derive(Debug)]
@@ -84,19 +72,6 @@ pub(crate) struct Ring<'a> {
     cap: usize,
 }
 
-/// One of the ring's mutexes (the one at offset `.1`), held.
-struct Held<'r, 'a>(&'r Ring<'a>, usize);
-
-impl Drop for Held<'_, '_> {
-    fn drop(&mut self) {
-        let (lock, waiters) = (self.0.word(self.1), self.0.word(self.1 + WAITERS));
-        lock.store(0, SeqCst);
-        if waiters.load(SeqCst) > 0 {
-            futex::wake_one(lock);
-        }
-    }
-}
-
 impl<'a> Ring<'a> {
     pub fn new(seg: &'a Segment, header: usize, data: usize, cap: usize) -> Self {
         debug_assert!(cap.is_power_of_two());
@@ -117,38 +92,15 @@ impl<'a> Ring<'a> {
     }
 
     /// Takes the mutex at `which` as process `tag`; `None` if `deadline` passes first, or
-    /// [`LOCK_WAIT`] (the clock is read only once the mutex is found taken).
-    fn lock(&self, which: usize, tag: u32, deadline: Option<Instant>) -> Option<Held<'_, 'a>> {
-        let lock = self.word(which);
-        for _ in 0..100 {
-            if lock.compare_exchange(0, tag, Acquire, Relaxed).is_ok() {
-                return Some(Held(self, which));
-            }
-            std::hint::spin_loop();
-        }
-        let waiters = self.word(which + WAITERS);
-        let until = lock_deadline(deadline);
-        loop {
-            if lock.compare_exchange(0, tag, Acquire, Relaxed).is_ok() {
-                return Some(Held(self, which));
-            }
-            let left = until.checked_duration_since(Instant::now())?;
-            waiters.fetch_add(1, SeqCst);
-            let holder = lock.load(SeqCst);
-            if holder != 0 {
-                futex::wait(lock, holder, Some(left));
-            }
-            waiters.fetch_sub(1, SeqCst);
-        }
+    /// [`LOCK_WAIT`](super::mutex::LOCK_WAIT).
+    fn lock(&self, which: usize, tag: u32, deadline: Option<Instant>) -> Option<Held<'a>> {
+        Mutex::at(self.seg, self.header + which).lock(tag, deadline)
     }
 
     /// Clears the mutexes process `tag` (dead) held, and wakes whoever waits for them.
     pub fn release_if_held_by(&self, tag: u32) {
         for which in [WRITE_LOCK, READ_LOCK] {
-            let lock = self.word(which);
-            if lock.compare_exchange(tag, 0, SeqCst, Relaxed).is_ok() {
-                futex::wake_all(lock);
-            }
+            Mutex::at(self.seg, self.header + which).release_if_held_by(tag);
         }
     }
 
