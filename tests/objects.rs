@@ -511,6 +511,42 @@ fn dict_and_list_operations() {
 }
 
 #[test]
+fn a_dict_outgrowing_shared_memory_moves_to_the_host_whole_and_in_order() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        let d = m.dict::<String, u64>();
+        for i in 0..100 {
+            d.set(&format!("h{i}"), &i).unwrap();
+        }
+        // More keys than the shared table holds: the dict spills to the broker midway.
+        let n = 5000;
+        assert_eq!(run::<u64>("dict_fill", &(&d, "w", n)).unwrap(), 100 + n);
+        let keys = d.keys().unwrap();
+        let expected: Vec<String> = (0..100)
+            .map(|i| format!("h{i}"))
+            .chain((0..n).map(|i| format!("w{i}")))
+            .collect();
+        assert_eq!(keys, expected, "every key, in insertion order");
+        assert_eq!(d.get(&"w4999".into()).unwrap(), Some(4999));
+        assert_eq!(d.get(&"h7".into()).unwrap(), Some(7));
+        // Another task, and the host, go on using it through the broker.
+        assert_eq!(run::<u64>("dict_fill", &(&d, "x", 3u64)).unwrap(), 103 + n);
+        assert_eq!(d.increment(&"x2".into(), 5).unwrap(), 7);
+
+        // A value larger than the shared arena spills a fresh dict too, and arrives whole.
+        let big = m.dict::<String, String>();
+        big.set(&"small".into(), &"s".into()).unwrap();
+        let huge = "y".repeat(3 << 20);
+        big.set(&"huge".into(), &huge).unwrap();
+        assert_eq!(
+            big.get(&"huge".into()).unwrap().map(|v| v.len()),
+            Some(3 << 20)
+        );
+        assert_eq!(big.keys().unwrap(), ["small", "huge"]);
+    });
+}
+
+#[test]
 fn condition_wakes_a_waiting_task() {
     within(LIMIT, || {
         let m = Manager::new();

@@ -359,6 +359,15 @@ fn atomic_increments(d: Dict<String, i64>, n: u64) -> Result<(), ObjectError> {
     Ok(())
 }
 
+/// Sets `d[prefix + i] = i` for `i` in `0..n`; answers the dict's length as it then sees it.
+#[task]
+fn dict_fill(d: Dict<String, u64>, prefix: String, n: u64) -> Result<u64, ObjectError> {
+    for i in 0..n {
+        d.set(&format!("{prefix}{i}"), &i)?;
+    }
+    Ok(d.len()? as u64)
+}
+
 /// Acquires the lock, says so on the event, and sleeps `ms` holding it.
 #[task]
 fn hold_lock(lock: Lock, held: Event, ms: u64) -> Result<(), ObjectError> {
@@ -525,6 +534,7 @@ wasmpool_guest::export_tasks!(
     send_numbered_forever,
     locked_increments,
     atomic_increments,
+    dict_fill,
     hold_lock,
     lock_then_panic,
     hold_semaphore,
