@@ -11,6 +11,7 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Instant;
 
@@ -42,6 +43,8 @@ pub(crate) struct SharedPipe {
     seg: Segment,
     duplex: bool,
     max_message: usize,
+    /// Each ring's head as this process last read it (see [`Ring`]).
+    head_seen: [AtomicU64; 2],
 }
 
 fn corrupt(_: Corrupt) -> ObjectError {
@@ -62,6 +65,7 @@ impl SharedPipe {
             seg,
             duplex,
             max_message,
+            head_seen: Default::default(),
         })
     }
 
@@ -82,6 +86,7 @@ impl SharedPipe {
             seg,
             duplex,
             max_message,
+            head_seen: Default::default(),
         })
     }
 
@@ -98,6 +103,7 @@ impl SharedPipe {
             RINGS + e * ring::HEADER,
             DATA + e * RING_BYTES,
             RING_BYTES,
+            &self.head_seen[e],
         )
     }
 

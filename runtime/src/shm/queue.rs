@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ const CLOSE_WAIT: Duration = Duration::from_millis(100);
 pub(crate) struct SharedQueue {
     seg: Segment,
     max_message: usize,
+    /// The ring's head as this process last read it (see [`Ring`]).
+    head_seen: AtomicU64,
 }
 
 fn corrupt(_: Corrupt) -> ObjectError {
@@ -52,7 +55,11 @@ impl SharedQueue {
         seg.u32(MAGIC).store(MAGIC_VALUE, SeqCst);
         seg.u32(RING_SIZE).store(RING_BYTES as u32, SeqCst);
         seg.u64(MAX_MESSAGE).store(max_message as u64, SeqCst);
-        Ok(SharedQueue { seg, max_message })
+        Ok(SharedQueue {
+            seg,
+            max_message,
+            head_seen: AtomicU64::new(0),
+        })
     }
 
     /// Maps the segment of a queue the host created.
@@ -67,7 +74,11 @@ impl SharedQueue {
             ));
         }
         let max_message = usize::try_from(seg.u64(MAX_MESSAGE).load(SeqCst)).unwrap_or(0);
-        Ok(SharedQueue { seg, max_message })
+        Ok(SharedQueue {
+            seg,
+            max_message,
+            head_seen: AtomicU64::new(0),
+        })
     }
 
     /// The descriptor to hand to a worker (`None` in a worker, which only maps it).
@@ -76,7 +87,7 @@ impl SharedQueue {
     }
 
     fn ring(&self) -> Ring<'_> {
-        Ring::new(&self.seg, RING, DATA, RING_BYTES)
+        Ring::new(&self.seg, RING, DATA, RING_BYTES, &self.head_seen)
     }
 
     /// Closes the queue, as process `tag`.

@@ -7,7 +7,10 @@
 //! halfway; a reader moves the head past a message only once it has copied it. Two short
 //! mutexes in the ring's header, one among the writers and one among the readers, order
 //! each side: a mutex's word holds the pid of the process inside (the host clears it if that
-//! process dies there), and each side's counters live in a cache line of their own.
+//! process dies there). Each mutex, and each of the tail and the head, has a cache line of
+//! its own, so a reader looking at the tail does not take the writers' mutex's line from a
+//! writer (nor the other way round); and a writer remembers the head it last read, reading
+//! it again only when that leaves too little room.
 //!
 //! Readers sleep on the `bell`, a counter every commit (and every change a reader must
 //! notice: a spill, an end closing) increments; writers waiting for room sleep on `room`,
@@ -17,6 +20,7 @@
 //! through the host's broker instead, and readers read what is left here before asking the
 //! broker. So a ring that a reader has seen empty after a spill stays empty.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
@@ -25,24 +29,28 @@ use super::segment::Segment;
 use super::{ROOM_WAIT, SPIN, futex};
 
 /// Bytes of a ring's header in the segment.
-pub(crate) const HEADER: usize = 384;
+pub(crate) const HEADER: usize = 448;
 
-// Offsets in a ring's header, one cache line for what each side writes on every message,
-// so that a writer and a reader in two processes do not take turns at one line.
+// Offsets in a ring's header: one cache line for what only writers touch, one for what
+// only readers touch, and one for each of the tail and the head, which the other side reads
+// on every message, so that a writer and a reader in two processes do not take turns at
+// one line more than they must.
 const MODE: usize = 0;
 const CLOSED: usize = 4;
-/// The writers' mutex, the tail, and how many messages were ever written.
+/// The writers' mutex, how many messages were ever written, and the writers' own copy of
+/// the tail (stored just before the tail), which they read instead of the tail's line.
 pub(crate) const WRITE_LOCK: usize = 64;
-const TAIL: usize = 72;
-const PUSHED: usize = 80;
-/// The readers' mutex, the head, and how many messages were ever read.
-pub(crate) const READ_LOCK: usize = 128;
-const HEAD: usize = 136;
-const POPPED: usize = 144;
-const BELL: usize = 192;
-const SLEEPERS: usize = 196;
-const ROOM: usize = 256;
-const ROOM_SLEEPERS: usize = 260;
+const PUSHED: usize = 72;
+const WRITE_TAIL: usize = 80;
+const TAIL: usize = 128;
+/// The readers' mutex, and how many messages were ever read.
+pub(crate) const READ_LOCK: usize = 192;
+const POPPED: usize = 200;
+const HEAD: usize = 256;
+const BELL: usize = 320;
+const SLEEPERS: usize = 324;
+const ROOM: usize = 384;
+const ROOM_SLEEPERS: usize = 388;
 
 const SPILLED: u32 = 1;
 
@@ -70,16 +78,26 @@ pub(crate) struct Ring<'a> {
     header: usize,
     data: usize,
     cap: usize,
+    /// The head as this process's writers last read it (in this process's own memory): the
+    /// head only moves forward, so room counted from it is never more than there is.
+    head_seen: &'a AtomicU64,
 }
 
 impl<'a> Ring<'a> {
-    pub fn new(seg: &'a Segment, header: usize, data: usize, cap: usize) -> Self {
+    pub fn new(
+        seg: &'a Segment,
+        header: usize,
+        data: usize,
+        cap: usize,
+        head_seen: &'a AtomicU64,
+    ) -> Self {
         debug_assert!(cap.is_power_of_two());
         Ring {
             seg,
             header,
             data,
             cap,
+            head_seen,
         }
     }
 
@@ -204,18 +222,28 @@ impl<'a> Ring<'a> {
         if self.closed() {
             return Ok(Push::Closed);
         }
-        let (head, tail) = (self.pos(HEAD).load(SeqCst), self.pos(TAIL).load(Relaxed));
-        let used = usize::try_from(tail.wrapping_sub(head)).map_err(|_| Corrupt)?;
-        if used > self.cap {
-            return Err(Corrupt);
-        }
-        if self.cap - used < need {
-            return Ok(Push::Full);
+        // A writer that died between the two stores leaves a whole message in the ring
+        // that the next commit publishes with its own.
+        let tail = self.pos(WRITE_TAIL).load(Relaxed);
+        let free = |head: u64| {
+            usize::try_from(tail.wrapping_sub(head))
+                .ok()
+                .filter(|&used| used <= self.cap)
+                .map(|used| self.cap - used)
+        };
+        if free(self.head_seen.load(Relaxed)).is_none_or(|free| free < need) {
+            let head = self.pos(HEAD).load(SeqCst);
+            self.head_seen.store(head, Relaxed);
+            if free(head).ok_or(Corrupt)? < need {
+                return Ok(Push::Full);
+            }
         }
         let len = u32::try_from(msg.len()).map_err(|_| Corrupt)?;
         self.copy_in(tail, &len.to_le_bytes());
         self.copy_in(tail.wrapping_add(4), msg);
-        self.pos(TAIL).store(tail.wrapping_add(need as u64), SeqCst);
+        let tail = tail.wrapping_add(need as u64);
+        self.pos(WRITE_TAIL).store(tail, Relaxed);
+        self.pos(TAIL).store(tail, SeqCst);
         let pushed = self.pos(PUSHED);
         pushed.store(pushed.load(Relaxed).wrapping_add(1), Relaxed);
         drop(held);
