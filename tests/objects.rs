@@ -205,6 +205,35 @@ fn lock_held_by_a_panicking_pool_task_is_released_and_the_pool_goes_on() {
 }
 
 #[test]
+fn a_trapped_tasks_lock_is_freed_before_the_next_task_on_that_worker_takes_it() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        let (lock, held) = (m.lock(), m.event());
+        let pool = Pool::new(&testkit(), 1).unwrap();
+        // Both go to the one worker: the second takes the lock (in shared memory, under the
+        // same pid) right after the first dies holding it; the host's freeing of the first
+        // one's must come before, never after.
+        let dying = pool
+            .apply_async::<_, ()>("lock_then_panic", &(&lock,))
+            .unwrap();
+        let holder = pool
+            .apply_async::<_, ()>("hold_lock", &(&lock, &held, 300u64))
+            .unwrap();
+        assert!(dying.get().is_err());
+        assert!(held.wait_timeout(Some(Duration::from_secs(30))).unwrap());
+        holder.get().unwrap();
+        // The next task returned holding the lock: freeing the first one's must not have
+        // freed it too.
+        assert!(
+            !lock.try_acquire().unwrap(),
+            "the second task's lock was taken from it"
+        );
+        lock.release().unwrap();
+        assert!(lock.try_acquire().unwrap());
+    });
+}
+
+#[test]
 fn semaphore_acquisitions_of_a_killed_process_are_returned() {
     within(LIMIT, || {
         let m = Manager::new();

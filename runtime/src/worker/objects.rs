@@ -13,10 +13,11 @@
 //! or, if there is none before the task ends, it fails the task. Other calls, a lock guard's
 //! release say, are never failed by it.
 //!
-//! Pipes and unbounded queues: the first send, receive or poll on a pipe end, or put or get
-//! on a queue, attaches the object (one round trip, which also makes this worker a holder)
-//! and maps its shared segment; from then on those run in place, in the segment (see
-//! `crate::shm`), until its ring spills.
+//! Pipes, unbounded queues, locks and dicts: the first send, receive or poll on a pipe end,
+//! put or get on a queue, acquire or release, or dict operation attaches the object (one
+//! round trip, which also makes this worker a holder) and maps its shared segment; from
+//! then on those run in place, in the segment (see `crate::shm`), until its ring or dict
+//! spills. Other objects answer the attach with no segment, and go through the broker.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,10 +121,17 @@ impl ObjectClient {
         }
     }
 
-    /// Forgets every attached object (the host was told this worker holds nothing).
+    /// Forgets every attached segment (the host was told this worker holds nothing, and
+    /// attaching again makes it a holder again). Objects known to have no segment stay
+    /// known: attaching one registers nothing, and it never gets a segment later.
+    ///
+    /// After a lost instance this also orders the next task's use of shared memory after
+    /// the host's clean-up: its first in-place operation attaches again, on the same socket
+    /// as the `InstanceLost` before it, so the host has freed the lost instance's locks
+    /// (the words holding this process's pid) before the next task can take one.
     pub fn forget_attachments(&self) {
         if let Ok(mut a) = self.attached.lock() {
-            a.clear();
+            a.retain(|_, shared| shared.is_none());
         }
     }
 
