@@ -255,7 +255,7 @@ pub(crate) fn too_large(len: usize, max: usize) -> ObjectError {
     ))
 }
 
-/// This process's id, as it marks the ring mutexes it takes.
+/// This process's id, as it marks the words of shared memory it holds (mutexes, locks).
 pub(super) fn host_tag() -> u32 {
     static TAG: OnceLock<u32> = OnceLock::new();
     *TAG.get_or_init(std::process::id)
@@ -455,19 +455,13 @@ impl Broker {
         let mut reg = self.lock();
         let obj = Self::find(&mut reg.objects, target)?;
         let end = (target.id & 1) as u8;
-        let shared = match &obj.state {
-            State::Pipe { closed, .. } if closed.contains(&(end, pid)) => {
-                return Err(ObjectError::Closed("the connection is closed".into()));
-            }
-            State::Pipe {
-                shared: Some(p), ..
-            } => Shared::Pipe(p.clone()),
-            State::Queue {
-                shared: Some(q), ..
-            } => Shared::Queue(q.clone()),
-            State::SharedLock(l) => Shared::Lock(l.clone()),
-            State::SharedDict(d) => Shared::Dict(d.clone()),
-            _ => return Ok(None),
+        if let State::Pipe { closed, .. } = &obj.state
+            && closed.contains(&(end, pid))
+        {
+            return Err(ObjectError::Closed("the connection is closed".into()));
+        }
+        let Some(shared) = obj.state.shared() else {
+            return Ok(None);
         };
         obj.holds[usize::from(end)]
             .entry(Hold::Pid(pid))
@@ -490,21 +484,13 @@ impl Broker {
             State::Pipe { host_closed, .. } if host_closed[end] => {
                 Err(ObjectError::Closed("the connection is closed".into()))
             }
-            State::Pipe {
-                shared: Some(p), ..
-            } => Ok(Some(Shared::Pipe(p.clone()))),
-            State::Queue {
-                shared: Some(q), ..
-            } => Ok(Some(Shared::Queue(q.clone()))),
-            State::SharedLock(l) => Ok(Some(Shared::Lock(l.clone()))),
-            State::SharedDict(d) => Ok(Some(Shared::Dict(d.clone()))),
-            _ => Ok(None),
+            state => Ok(state.shared()),
         }
     }
 
-    /// A put or get, or a pipe's send, receive or poll, of the host program, done in the
-    /// object's shared segment; `Broker` when it has to go through [`submit`](Self::submit)
-    /// (no segment, or a spilled ring), with `timeout` left as what remains of it.
+    /// An operation of the host program done in the object's shared segment (see
+    /// [`crate::shm::in_place`]); `Broker` when it has to go through [`submit`](Self::submit)
+    /// (no segment, or a spilled ring or dict), with `timeout` left as what remains of it.
     fn host_shared_op(
         &self,
         target: Handle,
@@ -518,7 +504,8 @@ impl Broker {
         let Some(shared) = self.host_shared(target)? else {
             return Ok(Local::Broker);
         };
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to be a point in time is no deadline at all.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let local = shared.run(target, host_tag(), req, deadline)?;
         if let Some(d) = deadline {
             *timeout = Some(d.saturating_duration_since(Instant::now()));

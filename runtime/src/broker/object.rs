@@ -102,6 +102,24 @@ pub(crate) enum State {
     List(Vec<Vec<u8>>),
 }
 
+impl State {
+    /// The object's segment in shared memory, if it has one (and has not been taken over).
+    pub fn shared(&self) -> Option<crate::shm::Shared> {
+        use crate::shm::Shared;
+        match self {
+            State::Pipe {
+                shared: Some(p), ..
+            } => Some(Shared::Pipe(p.clone())),
+            State::Queue {
+                shared: Some(q), ..
+            } => Some(Shared::Queue(q.clone())),
+            State::SharedLock(l) => Some(Shared::Lock(l.clone())),
+            State::SharedDict(d) => Some(Shared::Dict(d.clone())),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Object {
     pub kind: Kind,
@@ -292,19 +310,22 @@ impl Object {
                 .entry(Hold::Pid(pid))
                 .or_insert(1);
         }
-        if let State::SharedDict(shared) = &self.state {
+        if let State::SharedDict(shared) = &self.state
+            && crate::shm::dict_request(&req)
+        {
             // The dict spilled (or a process could not use it in place): the broker keeps
-            // its entries from now on.
-            let taken = shared.take_over(super::host_tag());
+            // its entries from now on. If a process stays inside its mutex, nothing changes
+            // and the caller hears so.
+            let entries = match shared.take_over(super::host_tag()) {
+                Ok(entries) => entries,
+                Err(e) => return Step::Done(Err(e)),
+            };
             let mut map = Map::default();
             self.stored = 0;
-            for (k, v) in taken.as_ref().map_or(&[][..], Vec::as_slice) {
-                store(&mut map, &mut self.stored, k.clone(), v.clone());
+            for (k, v) in entries {
+                store(&mut map, &mut self.stored, k, v);
             }
             self.state = State::Dict(map);
-            if let Err(e) = taken {
-                return Step::Done(Err(e));
-            }
         }
         let tag = match owner {
             Owner::Pid(pid) => pid,
@@ -318,9 +339,7 @@ impl Object {
                 Step::Done(match lock.acquire(tag, Some(std::time::Instant::now())) {
                     true => Ok(Response::Flag(true)),
                     false => Err(ObjectError::Invalid(
-                        "this lock lives in shared memory and is acquired in place; the \
-                         process could not map it"
-                            .into(),
+                        "a lock in shared memory is acquired in place, not through the host".into(),
                     )),
                 })
             }

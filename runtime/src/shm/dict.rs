@@ -5,12 +5,14 @@
 //! The segment holds two *halves*, each an open-addressing table of [`SLOTS`] slots and an
 //! arena its keys and values are appended to; one half is active. A slot is a key's hash,
 //! where its key and its value lie in the arena, and its insertion number (so `keys()` come
-//! in insertion order, as in Python). Every change commits with one 8-byte store: a new
-//! value is written to fresh arena space and then the slot's value word points at it; a new
-//! key is written whole before its slot's value word makes it live; a deletion turns the
-//! value word into a tombstone. So a process that dies inside the mutex leaves the dict as
-//! it was before or after its change, never in between (the broker then recounts the
-//! counters the change had not updated yet).
+//! in insertion order, as in Python). Every change of an entry commits with one 8-byte
+//! store: a new value is written to fresh arena space and then the slot's value word points
+//! at it; a new key is written whole before its slot's value word makes it live; a deletion
+//! turns the value word into a tombstone. So a process that dies inside the mutex leaves
+//! each entry as it was before or after its change, never in between (the broker then
+//! recounts the counters the change had not updated yet). An `update` of several entries is
+//! atomic to the other processes, but one that dies halfway through leaves the entries
+//! before that point changed.
 //!
 //! When the active half runs out of arena or slots, the live entries are copied into the
 //! other half, which then becomes active with one store (a copy cut short by a death is
@@ -39,6 +41,9 @@ const HALF_BYTES: usize = TABLE_BYTES + ARENA;
 /// Where the halves start (the header fills the first page).
 const HALVES: usize = 4096;
 const SEGMENT_BYTES: usize = HALVES + 2 * HALF_BYTES;
+
+/// How long the broker waits for the mutex to take a dict over.
+const TAKE_OVER_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Live keys a half holds at most, and live keys plus tombstones.
 const MAX_LIVE: usize = SLOTS / 2;
@@ -248,19 +253,32 @@ impl<'a> Half<'a> {
         tombs.store(tombs.load(Relaxed).wrapping_add(1), Relaxed);
     }
 
-    /// The live slots, in insertion order.
-    fn in_order(&self) -> Result<Vec<usize>, Corrupt> {
+    /// The live entries with their insertion numbers, in insertion order. Their keys and
+    /// values, distinct ranges of the arena, add up to at most its size: slots a process
+    /// pointed at the same bytes over and over are corrupt, not gigabytes to copy. With
+    /// `salvage`, what is corrupt is skipped (and the reading stops at that size) instead.
+    fn entries(&self, salvage: bool) -> Result<Vec<(u64, Entry)>, Corrupt> {
         let mut live = Vec::new();
+        let mut budget = ARENA;
         for slot in 0..SLOTS {
             let v = self.field(slot, VAL).load(Acquire);
-            if v & LIVE_BIT != 0 {
-                live.push((self.field(slot, SEQ).load(Relaxed), slot));
-            } else if v != 0 && v != TOMB {
-                return Err(Corrupt);
+            if v == 0 || v == TOMB {
+                continue;
             }
+            let (key, value) = match (v & LIVE_BIT != 0, self.key(slot), self.value(slot)) {
+                (true, Ok(key), Ok(value)) => (key, value),
+                _ if salvage => continue,
+                _ => return Err(Corrupt),
+            };
+            match budget.checked_sub(key.len() + value.len()) {
+                Some(left) => budget = left,
+                None if salvage => break,
+                None => return Err(Corrupt),
+            }
+            live.push((self.field(slot, SEQ).load(Relaxed), (key, value)));
         }
-        live.sort_unstable();
-        Ok(live.into_iter().map(|(_, slot)| slot).collect())
+        live.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(live)
     }
 
     /// Sets the counters from the table (after a process died halfway through a change).
@@ -321,7 +339,13 @@ impl SharedDict {
     }
 
     fn lock(&self, tag: u32) -> Result<Held<'_>, ObjectError> {
-        self.mutex().lock(tag, None).ok_or_else(|| corrupt(Corrupt))
+        self.mutex().lock(tag, None).ok_or_else(|| {
+            ObjectError::Invalid(
+                "the dict's mutex was held for over a second: a process holding the dict \
+                 stopped inside it, or scribbled on it"
+                    .into(),
+            )
+        })
     }
 
     fn active(&self) -> Half<'_> {
@@ -341,20 +365,18 @@ impl SharedDict {
         }
     }
 
-    /// Spills the dict, as process `tag`, and answers its entries in insertion order: the
-    /// broker keeps them from now on.
+    /// Spills the dict, as process `tag`, and answers its entries in insertion order (those
+    /// a scribbling process left readable): the broker keeps them from now on. It waits only
+    /// briefly for the mutex (the broker calls it under its own lock): `Timeout` if a process
+    /// stays inside, and then nothing changed.
     pub fn take_over(&self, tag: u32) -> Result<Vec<Entry>, ObjectError> {
-        let _held = self.lock(tag)?;
+        let deadline = std::time::Instant::now() + TAKE_OVER_WAIT;
+        let Some(_held) = self.mutex().lock(tag, Some(deadline)) else {
+            return Err(ObjectError::Timeout);
+        };
         self.seg.u32(MODE).store(SPILLED, SeqCst);
-        let half = self.active();
-        half.in_order()
-            .and_then(|slots| {
-                slots
-                    .into_iter()
-                    .map(|s| Ok((half.key(s)?, half.value(s)?)))
-                    .collect()
-            })
-            .map_err(corrupt)
+        let entries = self.active().entries(true).unwrap_or_default();
+        Ok(entries.into_iter().map(|(_, entry)| entry).collect())
     }
 
     /// Makes room in the active half for `bytes` more bytes and `slots` more keys, moving
@@ -370,23 +392,15 @@ impl SharedDict {
         if fits(half, ARENA, MAX_FILLED) {
             return Ok(true);
         }
-        let to = Half::new(
-            &self.seg,
-            (self.seg.u32(ACTIVE).load(Relaxed) as usize + 1) & 1,
-        );
+        let other = (self.seg.u32(ACTIVE).load(Relaxed) + 1) & 1;
+        let to = Half::new(&self.seg, other as usize);
         to.clear();
-        for slot in half.in_order()? {
-            let (key, value) = (half.key(slot)?, half.value(slot)?);
+        for (seq, (key, value)) in half.entries(false)? {
             let h = hash(&key);
             let free = to.find(&key, h)?.free.ok_or(Corrupt)?;
-            if to.used() + key.len() + value.len() > ARENA {
-                return Err(Corrupt);
-            }
-            to.insert(free, h, &key, &value, half.field(slot, SEQ).load(Relaxed))?;
+            to.insert(free, h, &key, &value, seq)?;
         }
-        self.seg
-            .u32(ACTIVE)
-            .store((self.seg.u32(ACTIVE).load(Relaxed) + 1) & 1, Release);
+        self.seg.u32(ACTIVE).store(other, Release);
         // Leave a quarter free, so that a dict near the limit does not copy itself on every
         // change.
         Ok(fits(to, ARENA / 4 * 3, MAX_LIVE))
@@ -467,26 +481,11 @@ impl SharedDict {
             Request::DictContains(k) => answer(Response::Flag(get(k)?.0.slot.is_some())),
             Request::DictLen => answer(Response::Count(half.live() as u64)),
             Request::DictKeys | Request::DictValues | Request::DictItems => {
-                let slots = half.in_order()?;
+                let entries = half.entries(false)?.into_iter().map(|(_, e)| e);
                 answer(match req {
-                    Request::DictKeys => Response::Values(
-                        slots
-                            .into_iter()
-                            .map(|s| half.key(s))
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    Request::DictValues => Response::Values(
-                        slots
-                            .into_iter()
-                            .map(|s| half.value(s))
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    _ => Response::Entries(
-                        slots
-                            .into_iter()
-                            .map(|s| Ok((half.key(s)?, half.value(s)?)))
-                            .collect::<Result<_, _>>()?,
-                    ),
+                    Request::DictKeys => Response::Values(entries.map(|(k, _)| k).collect()),
+                    Request::DictValues => Response::Values(entries.map(|(_, v)| v).collect()),
+                    _ => Response::Entries(entries.collect()),
                 })
             }
             Request::DictSet((k, v)) => match self.set(k, v)? {
@@ -495,7 +494,11 @@ impl SharedDict {
             },
             Request::DictUpdate(entries) => {
                 let bytes = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
-                if !self.room(bytes, entries.len())? {
+                let mut new = 0;
+                for (k, _) in entries {
+                    new += usize::from(half.find(k, hash(k))?.slot.is_none());
+                }
+                if !self.room(bytes, new)? {
                     return full;
                 }
                 for (k, v) in entries {
@@ -552,6 +555,7 @@ impl SharedDict {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Shared;
     use super::*;
 
     fn pair() -> (SharedDict, SharedDict) {
@@ -694,6 +698,67 @@ mod tests {
         a.release_locks_of(7, 1);
         assert_eq!(run(&a, Request::DictLen), Ok(Response::Count(2)));
         assert_eq!(keys(&a), ["x", "y"]);
+    }
+
+    #[test]
+    fn updating_every_key_of_a_dict_at_its_key_limit_stays_in_place() {
+        let (a, b) = pair();
+        let keys: Vec<Vec<u8>> = (0..MAX_LIVE)
+            .map(|i| format!("k{i}").into_bytes())
+            .collect();
+        for k in &keys {
+            run(&a, Request::DictSet((k.clone(), b"1".to_vec()))).unwrap();
+        }
+        let update = Request::DictUpdate(keys.iter().map(|k| (k.clone(), b"2".to_vec())).collect());
+        assert_eq!(run(&b, update), Ok(Response::Unit));
+        assert_eq!(
+            run(&a, Request::DictLen),
+            Ok(Response::Count(MAX_LIVE as u64))
+        );
+        // One key more is one too many: that spills.
+        let more = Request::DictUpdate(vec![(b"new".to_vec(), b"3".to_vec())]);
+        assert_eq!(b.run(2, &more), Ok(Local::Broker));
+    }
+
+    #[test]
+    fn slots_pointed_at_the_same_bytes_are_corrupt_not_gigabytes() {
+        let (a, b) = pair();
+        set(&a, "big", &vec![7u8; ARENA / 2]);
+        for i in 0..10 {
+            set(&a, &format!("k{i}"), b"v");
+        }
+        let half = b.active();
+        let big = half.field(half.find(b"big", hash(b"big")).unwrap().slot.unwrap(), VAL);
+        for i in 0..10 {
+            let k = format!("k{i}");
+            let slot = half
+                .find(k.as_bytes(), hash(k.as_bytes()))
+                .unwrap()
+                .slot
+                .unwrap();
+            half.field(slot, VAL).store(big.load(Relaxed), Relaxed);
+        }
+        assert!(matches!(
+            run(&a, Request::DictValues),
+            Err(ObjectError::Invalid(_))
+        ));
+        // The broker salvages what fits the arena, and no more.
+        let entries = a.take_over(1).unwrap();
+        let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(!entries.is_empty() && bytes <= ARENA, "{} bytes", bytes);
+    }
+
+    #[test]
+    fn a_request_of_another_kind_does_not_spill_the_dict() {
+        let (a, _b) = pair();
+        set(&a, "x", b"1");
+        let shared = Shared::Dict(std::sync::Arc::new(a));
+        let h = wasmpool_objects::wire::Handle { id: 2, token: 3 };
+        assert_eq!(shared.run(h, 1, &Request::Acquire, None), Ok(Local::Broker));
+        let Shared::Dict(a) = shared else {
+            unreachable!()
+        };
+        assert_eq!(run(&a, Request::DictLen), Ok(Response::Count(1)));
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! A [`SharedPipe`] is one sealed memfd segment per pipe ([`segment`]), holding a ring per
 //! direction ([`ring`]); a [`SharedQueue`] is one ring; a [`SharedLock`] is one word; a
 //! [`SharedDict`] is a hash table and its arena ([`dict`]). Waits are futexes on words of
-//! the segment ([`futex`]), and each ring or dict is guarded by short mutexes ([`mutex`]). The broker creates the segment with the object and hands its
-//! descriptor to each worker that uses it (over the worker's socket, with the answer to its
-//! `Attach`); it keeps deciding who holds which pipe end and whether a queue is closed, and
+//! the segment ([`futex`]), and each ring or dict is guarded by short mutexes ([`mutex`]).
+//! The broker creates the segment with the object and hands its descriptor to each worker
+//! that uses it (over the worker's socket, with the answer to its `Attach`); it keeps deciding who holds which pipe end and whether a queue is closed, and
 //! clears the mutexes (and frees the lock) of a worker that died holding them. Bounded and
 //! joinable queues, whose rules count items across processes, and the other synchronisation
 //! objects, whose waits are ordered by the broker, stay with the broker.
@@ -84,7 +84,14 @@ pub(crate) fn in_place(req: &Request) -> bool {
             | Request::QueueGet
             | Request::Acquire
             | Request::Release
-            | Request::DictGet(_)
+    ) || dict_request(req)
+}
+
+/// Whether `req` is a dict operation.
+pub(crate) fn dict_request(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::DictGet(_)
             | Request::DictSet(_)
             | Request::DictDelete(_)
             | Request::DictContains(_)
@@ -147,7 +154,7 @@ impl Shared {
             (Shared::Lock(l), Request::Release) => {
                 Local::Done(l.release().map(|()| Response::Unit)?)
             }
-            (Shared::Dict(d), req) => d.run(tag, req)?,
+            (Shared::Dict(d), req) if dict_request(req) => d.run(tag, req)?,
             _ => Local::Broker,
         })
     }

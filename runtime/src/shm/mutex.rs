@@ -1,5 +1,5 @@
 //! A mutex as two 32-bit words of a shared segment: the pid of the process inside (0: free)
-//! and how many wait for it. Whoever frees it wakes one waiter, only if one sleeps; the host
+//! and how many wait for it. Whoever frees it wakes one waiter, only if one is counted; the host
 //! frees the mutex of a process that died inside ([`Mutex::release_if_held_by`]).
 //!
 //! Two uses: the short mutexes of rings and dicts, held only to copy a few bytes, so a wait

@@ -35,7 +35,7 @@ const OPEN: usize = 16;
 const MAX_MESSAGE: usize = 24;
 const RINGS: usize = 128;
 
-const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"wpP1");
+const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"wpP2");
 
 /// A pipe's shared segment, mapped.
 #[derive(Debug)]

@@ -30,7 +30,7 @@ const MAGIC: usize = 0;
 const RING_SIZE: usize = 4;
 const MAX_MESSAGE: usize = 8;
 
-const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"wpQ1");
+const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"wpQ2");
 
 /// How long closing waits for a process inside the ring's mutex.
 const CLOSE_WAIT: Duration = Duration::from_millis(100);

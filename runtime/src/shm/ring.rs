@@ -117,9 +117,17 @@ impl<'a> Ring<'a> {
 
     /// Clears the mutexes process `tag` (dead) held, and wakes whoever waits for them.
     pub fn release_if_held_by(&self, tag: u32) {
-        for which in [WRITE_LOCK, READ_LOCK] {
-            Mutex::at(self.seg, self.header + which).release_if_held_by(tag);
+        let writers = Mutex::at(self.seg, self.header + WRITE_LOCK);
+        // Still marked as the dead writer's (nobody else can enter), publish the whole
+        // message it may have left between its two stores of the tail, then free it.
+        if writers.take_over(tag, tag) {
+            let tail = self.pos(WRITE_TAIL).load(Relaxed);
+            if self.pos(TAIL).swap(tail, SeqCst) != tail {
+                self.ring_bell();
+            }
+            writers.release();
         }
+        Mutex::at(self.seg, self.header + READ_LOCK).release_if_held_by(tag);
     }
 
     /// Whether a message is waiting (a hint: another reader may take it first).
@@ -130,7 +138,7 @@ impl<'a> Ring<'a> {
     /// Whether `need` bytes fit now (a hint: another writer may take the room first).
     fn has_room(&self, need: usize) -> bool {
         let used = self
-            .pos(TAIL)
+            .pos(WRITE_TAIL)
             .load(SeqCst)
             .wrapping_sub(self.pos(HEAD).load(SeqCst));
         usize::try_from(used).is_ok_and(|used| used <= self.cap && self.cap - used >= need)

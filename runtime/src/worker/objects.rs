@@ -178,7 +178,9 @@ impl ObjectClient {
         let Some(shared) = self.shared(target)? else {
             return Ok(Local::Broker);
         };
-        let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        // A timeout too long to be a point in time is no deadline at all.
+        let deadline =
+            timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
         let local = shared.run(target, self.pid, request, deadline)?;
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now()).as_millis();
