@@ -55,7 +55,7 @@ const ROOM_SLEEPERS: usize = 388;
 const SPILLED: u32 = 1;
 
 /// The ring's contents contradict themselves: a process that shares it wrote nonsense.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Corrupt;
 
 /// What a push did.
@@ -386,4 +386,31 @@ fn wait_on(
         futex::wait(counter, seen, left);
     }
     sleepers.fetch_sub(1, SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_dead_between_its_two_tail_stores_has_its_message_published() {
+        let seg = Segment::create(c"test", 4096 + 4096).unwrap();
+        let seen = AtomicU64::new(0);
+        let ring = Ring::new(&seg, 0, 4096, 4096, &seen);
+        assert_eq!(ring.push(1, b"first"), Ok(Push::Pushed));
+        // Process 7 copies a whole message and stores the writers' tail, then dies before
+        // publishing it.
+        let writers = Mutex::at(&seg, WRITE_LOCK);
+        assert!(writers.acquire(7, Duration::ZERO, None));
+        let tail = ring.pos(WRITE_TAIL).load(Relaxed);
+        ring.copy_in(tail, &6u32.to_le_bytes());
+        ring.copy_in(tail + 4, b"second");
+        ring.pos(WRITE_TAIL).store(tail + 10, Relaxed);
+        assert_eq!(ring.pop(1, None), Ok(Some(b"first".to_vec())));
+        assert_eq!(ring.pop(1, None), Ok(None), "not published yet");
+        ring.release_if_held_by(7);
+        assert_eq!(ring.pop(1, None), Ok(Some(b"second".to_vec())));
+        assert_eq!(ring.push(1, b"third"), Ok(Push::Pushed));
+        assert_eq!(ring.pop(1, None), Ok(Some(b"third".to_vec())));
+    }
 }
