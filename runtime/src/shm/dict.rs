@@ -318,13 +318,7 @@ impl SharedDict {
 
     /// Maps the segment of a dict the host created.
     pub fn open(fd: OwnedFd) -> io::Result<SharedDict> {
-        let seg = Segment::open(fd, SEGMENT_BYTES)?;
-        if seg.u32(MAGIC).load(SeqCst) != MAGIC_VALUE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a dict's shared segment",
-            ));
-        }
+        let seg = Segment::open_marked(fd, SEGMENT_BYTES, &[(MAGIC, MAGIC_VALUE)], "dict")?;
         let max_message = usize::try_from(seg.u64(MAX_MESSAGE).load(SeqCst)).unwrap_or(0);
         Ok(SharedDict { seg, max_message })
     }

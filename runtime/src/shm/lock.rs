@@ -39,13 +39,7 @@ impl SharedLock {
 
     /// Maps the segment of a lock the host created.
     pub fn open(fd: OwnedFd) -> io::Result<SharedLock> {
-        let seg = Segment::open(fd, SEGMENT_BYTES)?;
-        if seg.u32(MAGIC).load(SeqCst) != MAGIC_VALUE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a lock's shared segment",
-            ));
-        }
+        let seg = Segment::open_marked(fd, SEGMENT_BYTES, &[(MAGIC, MAGIC_VALUE)], "lock")?;
         Ok(SharedLock { seg })
     }
 
@@ -87,16 +81,13 @@ impl SharedLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shm::soon;
     use std::time::Duration;
 
     fn pair() -> (SharedLock, SharedLock) {
         let host = SharedLock::create().unwrap();
         let worker = SharedLock::open(host.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         (host, worker)
-    }
-
-    fn soon() -> Option<Instant> {
-        Some(Instant::now() + Duration::from_millis(50))
     }
 
     #[test]

@@ -39,6 +39,12 @@ const SPIN: Duration = Duration::from_micros(20);
 /// How long a sender waits for room in a full ring before it spills it.
 const ROOM_WAIT: Duration = Duration::from_millis(1);
 
+/// A deadline 50 ms away, for tests of waits that time out.
+#[cfg(test)]
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_millis(50))
+}
+
 /// An operation done in place, or to be asked of the broker (the ring is spilled).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Local<T> {

@@ -20,6 +20,7 @@ use wasmpool_objects::wire::ObjectError;
 use super::ring::{self, Corrupt, Push, Ring};
 use super::segment::Segment;
 use super::{Local, SPIN};
+use crate::broker::too_large;
 
 /// Bytes of each direction's ring: twice a Linux pipe's buffer.
 const RING_BYTES: usize = 128 << 10;
@@ -71,15 +72,8 @@ impl SharedPipe {
 
     /// Maps the segment of a pipe the host created.
     pub fn open(fd: OwnedFd) -> io::Result<SharedPipe> {
-        let seg = Segment::open(fd, SEGMENT_BYTES)?;
-        if seg.u32(MAGIC).load(SeqCst) != MAGIC_VALUE
-            || seg.u32(RING_SIZE).load(SeqCst) as usize != RING_BYTES
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a pipe's shared segment",
-            ));
-        }
+        let marks = [(MAGIC, MAGIC_VALUE), (RING_SIZE, RING_BYTES as u32)];
+        let seg = Segment::open_marked(fd, SEGMENT_BYTES, &marks, "pipe")?;
         let duplex = seg.u32(DUPLEX).load(SeqCst) != 0;
         let max_message = usize::try_from(seg.u64(MAX_MESSAGE).load(SeqCst)).unwrap_or(0);
         Ok(SharedPipe {
@@ -138,11 +132,7 @@ impl SharedPipe {
             ));
         }
         if msg.len() > self.max_message {
-            return Err(ObjectError::TooLarge(format!(
-                "a message of {} bytes is over the {} byte limit",
-                msg.len(),
-                self.max_message
-            )));
+            return Err(too_large(msg.len(), self.max_message));
         }
         let ring = self.ring(1 - e);
         if ring.spilled() {
@@ -249,16 +239,13 @@ impl SharedPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shm::soon;
     use std::time::Duration;
 
     fn pair() -> (SharedPipe, SharedPipe) {
         let host = SharedPipe::create(true, 1 << 20).unwrap();
         let worker = SharedPipe::open(host.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         (host, worker)
-    }
-
-    fn soon() -> Option<Instant> {
-        Some(Instant::now() + Duration::from_millis(50))
     }
 
     #[test]

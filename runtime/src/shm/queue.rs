@@ -18,6 +18,7 @@ use wasmpool_objects::wire::ObjectError;
 use super::ring::{Corrupt, Push, Ring};
 use super::segment::Segment;
 use super::{Local, SPIN};
+use crate::broker::too_large;
 
 /// Bytes of the ring: room for ~16k small items.
 const RING_BYTES: usize = 256 << 10;
@@ -64,15 +65,8 @@ impl SharedQueue {
 
     /// Maps the segment of a queue the host created.
     pub fn open(fd: OwnedFd) -> io::Result<SharedQueue> {
-        let seg = Segment::open(fd, SEGMENT_BYTES)?;
-        if seg.u32(MAGIC).load(SeqCst) != MAGIC_VALUE
-            || seg.u32(RING_SIZE).load(SeqCst) as usize != RING_BYTES
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a queue's shared segment",
-            ));
-        }
+        let marks = [(MAGIC, MAGIC_VALUE), (RING_SIZE, RING_BYTES as u32)];
+        let seg = Segment::open_marked(fd, SEGMENT_BYTES, &marks, "queue")?;
         let max_message = usize::try_from(seg.u64(MAX_MESSAGE).load(SeqCst)).unwrap_or(0);
         Ok(SharedQueue {
             seg,
@@ -108,11 +102,7 @@ impl SharedQueue {
     /// Puts `msg`, as process `tag`.
     pub fn put(&self, tag: u32, msg: &[u8]) -> Result<Local<()>, ObjectError> {
         if msg.len() > self.max_message {
-            return Err(ObjectError::TooLarge(format!(
-                "a message of {} bytes is over the {} byte limit",
-                msg.len(),
-                self.max_message
-            )));
+            return Err(too_large(msg.len(), self.max_message));
         }
         let ring = self.ring();
         match ring.push_or_spill(tag, msg).map_err(corrupt)? {
@@ -156,15 +146,12 @@ impl SharedQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shm::soon;
 
     fn pair() -> (SharedQueue, SharedQueue) {
         let host = SharedQueue::create(1 << 20).unwrap();
         let worker = SharedQueue::open(host.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         (host, worker)
-    }
-
-    fn soon() -> Option<Instant> {
-        Some(Instant::now() + Duration::from_millis(50))
     }
 
     #[test]

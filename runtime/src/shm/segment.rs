@@ -100,6 +100,28 @@ impl Segment {
         })
     }
 
+    /// Maps the segment of a `what` (a pipe, a queue, …) another process created: it must
+    /// be `len` bytes, sealed, and hold each `(offset, value)` of `marks` (its magic number,
+    /// and whatever else its layout depends on).
+    pub fn open_marked(
+        fd: OwnedFd,
+        len: usize,
+        marks: &[(usize, u32)],
+        what: &str,
+    ) -> io::Result<Segment> {
+        let seg = Self::open(fd, len)?;
+        if marks
+            .iter()
+            .any(|&(offset, value)| seg.u32(offset).load(Ordering::SeqCst) != value)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a {what}'s shared segment"),
+            ));
+        }
+        Ok(seg)
+    }
+
     fn map_fd(fd: OwnedFd, len: usize) -> io::Result<(NonNull<u8>, OwnedFd)> {
         // SAFETY: a fresh shared mapping of a descriptor we own, of its full (sealed) size.
         let ptr = unsafe {
