@@ -26,6 +26,21 @@ fn process_runs_a_task_and_returns_its_result_with_exitcode_zero() {
 }
 
 #[test]
+fn arguments_larger_than_a_socket_buffer_reach_a_new_process_whole() {
+    within(LIMIT, || {
+        // Part of the call is written before the worker exists, the rest once it does.
+        for len in [100 << 10, 4 << 20] {
+            let text = "x".repeat(len);
+            let p = Process::new(&testkit(), "text_len", &(text,)).unwrap();
+            p.start().unwrap();
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0));
+            assert_eq!(p.result::<u64>().unwrap(), len as u64);
+        }
+    });
+}
+
+#[test]
 fn serde_records_and_several_arguments_cross_intact() {
     within(LIMIT, || {
         #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]

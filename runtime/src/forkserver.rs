@@ -150,13 +150,25 @@ fn servers() -> &'static Mutex<Vec<Arc<ForkServer>>> {
     &SERVERS
 }
 
+/// A worker forked from a fork server, as [`fork_worker`] returns it.
+pub(crate) struct Forked {
+    pub pid: u32,
+    pub server: Arc<ForkServer>,
+    /// The host's end of the worker's socket.
+    pub sock: UnixStream,
+    /// How many bytes of the frames to send first were written before the fork request.
+    pub sent: usize,
+}
+
 /// Forks a worker for `load` from the fork server of `exe` (started if there is none, or
-/// if the last one died). Returns the worker's pid, its server, and the host's end of its
-/// socket.
-pub(crate) fn fork_worker(
-    exe: &Path,
-    load: &Load,
-) -> Result<(u32, Arc<ForkServer>, UnixStream), ForkError> {
+/// if the last one died).
+///
+/// As much of `first` (encoded frames for the worker) as its socket takes without waiting
+/// is written before the request goes out, so the worker finds its first call there as soon
+/// as it is ready: it need not wait for this thread to hear the server's answer, which on
+/// a busy machine may be scheduled only once the worker blocks. The rest, if any, is the
+/// caller's to write ([`Forked::sent`]).
+pub(crate) fn fork_worker(exe: &Path, load: &Load, first: &[u8]) -> Result<Forked, ForkError> {
     let mut last = String::new();
     // A server that died since its last request is replaced once.
     for _ in 0..2 {
@@ -168,8 +180,16 @@ pub(crate) fn fork_worker(
         })?;
         let (host_end, child_end) =
             UnixStream::pair().map_err(|e| ForkError::Failed(e.to_string()))?;
+        let sent = write_without_waiting(&host_end, first);
         match server.fork(load, child_end) {
-            Ok(pid) => return Ok((pid, server, host_end)),
+            Ok(pid) => {
+                return Ok(Forked {
+                    pid,
+                    server,
+                    sock: host_end,
+                    sent,
+                });
+            }
             Err(ForkError::Gone(why)) => {
                 server.retire();
                 last = why;
@@ -178,6 +198,29 @@ pub(crate) fn fork_worker(
         }
     }
     Err(ForkError::Gone(last))
+}
+
+/// Writes as much of `bytes` to `sock` as it takes without blocking; returns how much.
+fn write_without_waiting(sock: &UnixStream, bytes: &[u8]) -> usize {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        // SAFETY: send reads at most `rest.len()` bytes from `rest`, which is valid for them.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => sent += n,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => break,
+        }
+    }
+    sent
 }
 
 /// The running fork server for `exe`, started if needed.

@@ -320,13 +320,22 @@ pub(crate) fn start_worker_with(
         metered,
         stack_bytes,
     };
+    // How much of `first` is written already.
+    let mut sent = 0;
     let (pid, mut child, mut sock, forked) = match start_method() {
         StartMethod::ForkServer => {
-            let (pid, server, sock) =
-                crate::forkserver::fork_worker(&exe, &load).map_err(|e| match e {
+            let forked =
+                crate::forkserver::fork_worker(&exe, &load, first).map_err(|e| match e {
                     ForkError::Gone(why) | ForkError::Failed(why) => Error::Worker(why),
                 })?;
-            (pid, WorkerProcess::Forked { pid, server }, sock, true)
+            sent = forked.sent;
+            let (pid, server) = (forked.pid, forked.server);
+            (
+                pid,
+                WorkerProcess::Forked { pid, server },
+                forked.sock,
+                true,
+            )
         }
         StartMethod::Exec => {
             let (host_end, child_end) = UnixStream::pair()
@@ -341,10 +350,10 @@ pub(crate) fn start_worker_with(
         if !forked {
             write_frame(&mut sock, &ToWorker::Load(load))?;
         }
-        if !first.is_empty() {
+        if sent < first.len() {
             use std::io::Write;
             // Fails only if the worker is gone, which the handshake reports better.
-            let _ = sock.write_all(first);
+            let _ = sock.write_all(&first[sent..]);
         }
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mut buf = Vec::new();

@@ -29,6 +29,12 @@ fn greet(name: String) -> String {
     format!("hello, {name}")
 }
 
+/// The length of a text, in bytes (for arguments of any size).
+#[task]
+fn text_len(text: String) -> u64 {
+    text.len() as u64
+}
+
 /// Fails with the caller's message.
 #[task]
 fn fail(message: String) -> Result<u64, String> {
@@ -505,6 +511,7 @@ wasmpool_guest::export_tasks!(
     square,
     add,
     greet,
+    text_len,
     fail,
     boom,
     trap,

@@ -147,48 +147,12 @@ fn serve_on(
             _ => return Ok(1),
         },
     };
-    let identity = Arc::new(ProcessIdentity {
-        pid: std::process::id(),
-        ppid: parent,
-        name: Mutex::new(load.name.clone()),
-    });
-    let watchdog = Watchdog::new(channel.clone());
-    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
-    let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
-    // A fork server prepared the module already (for a usable stack limit); otherwise it
-    // is prepared here, for the limit asked for, or the default if that is out of range
-    // (a call asking for such a limit is refused anyway).
-    let pre = match pre {
-        Some(pre) => Ok(pre),
-        None => {
-            load.stack_bytes = instance::usable_stack(load.stack_bytes);
-            instance::prepare(&load.artifact, load.metered, load.stack_bytes)
-        }
-    };
-    let loaded = pre.and_then(|pre| {
-        Loaded::new(
-            pre,
-            &load,
-            identity.clone(),
-            channel.clone(),
-            watchdog,
-            objects,
-        )
-    });
-    let mut loaded = match loaded {
-        Ok(l) => l,
-        Err(message) => {
-            channel.send(&FromWorker::LoadFailed(message))?;
-            return Ok(1);
-        }
-    };
-    channel.send(&FromWorker::Ready {
-        tasks: loaded.tasks().to_vec(),
-    })?;
-
     // The socket is always drained by a reader thread, even while a task runs: the host may
     // queue work ahead (pipelining) without ever blocking on a full socket buffer, and the
-    // host's own reads and writes can never wait on each other.
+    // host's own reads and writes can never wait on each other. It starts before the module
+    // is instantiated, so that its start overlaps with that work rather than delaying the
+    // first call; what it reads waits in `rx` until the worker is ready.
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel::<ToWorker>();
     std::thread::Builder::new()
         .name("frames".into())
@@ -228,6 +192,43 @@ fn serve_on(
                 }
             }
         })?;
+    let identity = Arc::new(ProcessIdentity {
+        pid: std::process::id(),
+        ppid: parent,
+        name: Mutex::new(load.name.clone()),
+    });
+    let watchdog = Watchdog::new(channel.clone());
+    let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
+    // A fork server prepared the module already (for a usable stack limit); otherwise it
+    // is prepared here, for the limit asked for, or the default if that is out of range
+    // (a call asking for such a limit is refused anyway).
+    let pre = match pre {
+        Some(pre) => Ok(pre),
+        None => {
+            load.stack_bytes = instance::usable_stack(load.stack_bytes);
+            instance::prepare(&load.artifact, load.metered, load.stack_bytes)
+        }
+    };
+    let loaded = pre.and_then(|pre| {
+        Loaded::new(
+            pre,
+            &load,
+            identity.clone(),
+            channel.clone(),
+            watchdog,
+            objects,
+        )
+    });
+    let mut loaded = match loaded {
+        Ok(l) => l,
+        Err(message) => {
+            channel.send(&FromWorker::LoadFailed(message))?;
+            return Ok(1);
+        }
+    };
+    channel.send(&FromWorker::Ready {
+        tasks: loaded.tasks().to_vec(),
+    })?;
 
     loop {
         // Answers are queued while more work is waiting, and written when it runs out.
