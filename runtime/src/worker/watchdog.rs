@@ -13,7 +13,8 @@ use super::output::Channel;
 use crate::engine::{EPOCH_TICK, tick_all};
 use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
 
-/// Past the deadline by this much, a task is taken to be stuck in a host call.
+/// Still running this long after the epoch passed its deadline, a task is taken to be stuck
+/// in a host call.
 const GRACE: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
@@ -21,6 +22,8 @@ struct Running {
     id: u64,
     deadline: Instant,
     timeout: Duration,
+    /// When the ticker first found the deadline passed (having advanced the epoch past it).
+    overdue_since: Option<Instant>,
 }
 
 /// The call being timed, if any.
@@ -48,13 +51,28 @@ impl Watchdog {
         let _ = std::thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn(move || {
+                let started = Instant::now();
+                let mut ticked = 0u128;
                 loop {
                     std::thread::sleep(EPOCH_TICK);
-                    tick_all();
-                    let overdue = watched.running.lock().ok().and_then(|r| {
-                        r.as_ref()
-                            .filter(|r| Instant::now() > r.deadline + GRACE)
-                            .map(|r| (r.id, r.timeout))
+                    // The epoch follows the clock: a late wake-up (a busy machine) makes up
+                    // the ticks it missed, so a deadline in ticks is one in time.
+                    let due =
+                        (started.elapsed().as_nanos() / EPOCH_TICK.as_nanos()).max(ticked + 1);
+                    tick_all(due - ticked);
+                    ticked = due;
+                    // Wasm code traps at its next check once the epoch is past its deadline;
+                    // a task still running `GRACE` after that is blocked in the host. The
+                    // grace counts from this thread's own finding, so a stall of the whole
+                    // process (this thread included) does not cut it short.
+                    let overdue = watched.running.lock().ok().and_then(|mut r| {
+                        let r = r.as_mut()?;
+                        let now = Instant::now();
+                        if now <= r.deadline {
+                            return None;
+                        }
+                        let since = *r.overdue_since.get_or_insert(now);
+                        (now > since + GRACE).then_some((r.id, r.timeout))
                     });
                     if let Some((id, timeout)) = overdue {
                         let outcome = Outcome::Limit(time_limit_message(timeout));
@@ -82,6 +100,7 @@ impl Watchdog {
                 id,
                 deadline: Instant::now() + timeout,
                 timeout,
+                overdue_since: None,
             });
         }
     }
