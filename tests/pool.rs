@@ -104,13 +104,8 @@ fn callbacks_run_in_the_host_in_completion_order() {
         }
         failing.wait();
         pool.close();
+        // `join` returns once every callback of the work done has run.
         pool.join().unwrap();
-        // Callbacks may still be running right after the results are ready.
-        assert!(eventually(Duration::from_secs(5), || seen
-            .lock()
-            .unwrap()
-            .len()
-            == 3));
         let seen = seen.lock().unwrap();
         assert_eq!(
             seen.iter().map(|s| s.0).collect::<Vec<_>>(),
@@ -121,12 +116,65 @@ fn callbacks_run_in_the_host_in_completion_order() {
             seen.iter().all(|s| s.1 == std::process::id()),
             "callbacks run in this process"
         );
-        assert!(eventually(Duration::from_secs(5), || errors
+        assert_eq!(errors.lock().unwrap().len(), 1);
+        assert!(errors.lock().unwrap()[0].contains("bad"));
+    });
+}
+
+#[test]
+fn join_waits_for_the_callbacks_still_to_run() {
+    within(LIMIT, || {
+        let pool = pool(1);
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let results: Vec<_> = (0..3u64)
+            .map(|i| {
+                let ran = ran.clone();
+                pool.apply_async_with::<_, u64, _, _>(
+                    "square",
+                    &(i,),
+                    move |v| {
+                        // Slow enough that the workers are long gone when it ends.
+                        std::thread::sleep(Duration::from_millis(200));
+                        ran.lock().unwrap().push(v);
+                    },
+                    |e| panic!("{e}"),
+                )
+                .unwrap()
+            })
+            .collect();
+        for r in &results {
+            r.wait();
+        }
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(*ran.lock().unwrap(), [0, 1, 4], "as Python's join");
+    });
+}
+
+#[test]
+fn a_callback_may_join_its_own_pool() {
+    within(LIMIT, || {
+        let pool = Arc::new(pool(1));
+        let joined = Arc::new(Mutex::new(None));
+        let (p, j) = (pool.clone(), joined.clone());
+        let r = pool
+            .apply_async_with::<_, u64, _, _>(
+                "square",
+                &(3u64,),
+                move |_| {
+                    p.close();
+                    // Waits for the workers, not for this callback itself.
+                    *j.lock().unwrap() = Some(p.join().is_ok());
+                },
+                |e| panic!("{e}"),
+            )
+            .unwrap();
+        assert_eq!(r.get().unwrap(), 9);
+        assert!(eventually(Duration::from_secs(30), || joined
             .lock()
             .unwrap()
-            .len()
-            == 1));
-        assert!(errors.lock().unwrap()[0].contains("bad"));
+            .is_some()));
+        assert_eq!(*joined.lock().unwrap(), Some(true));
     });
 }
 

@@ -606,7 +606,8 @@ impl Pool {
         self.shared.terminate();
     }
 
-    /// Waits for the work and the workers to finish; needs `close` or `terminate` first.
+    /// Waits for the work, its callbacks and the workers to finish; needs `close` or
+    /// `terminate` first.
     pub fn join(&self) -> Result<()> {
         self.shared.join()
     }

@@ -215,7 +215,39 @@ pub(crate) struct Shared {
     state: Mutex<Sched>,
     changed: Condvar,
     callbacks: Mutex<Option<Sender<Callback>>>,
+    /// Callbacks sent to the callback thread and not yet run.
+    pending: Arc<Pending>,
+    /// The callback thread, if it started.
+    callback_thread: Option<std::thread::ThreadId>,
     me: Weak<Shared>,
+}
+
+/// A count of callbacks queued and not yet run, and a way to wait until there are none.
+#[derive(Default)]
+struct Pending {
+    count: Mutex<usize>,
+    none: Condvar,
+}
+
+impl Pending {
+    fn add(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn done(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.none.notify_all();
+        }
+    }
+
+    fn wait_none(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = self.none.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -229,20 +261,27 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     pub fn new(module: Module, config: PoolConfig) -> Arc<Shared> {
         let (tx, rx) = std::sync::mpsc::channel::<Callback>();
+        let pending = Arc::new(Pending::default());
+        let counted = pending.clone();
         // Callbacks run here, in the host, one at a time, in completion order.
-        let _ = std::thread::Builder::new()
+        let callback_thread = std::thread::Builder::new()
             .name("wasmpool-callbacks".into())
             .spawn(move || {
                 for f in rx {
                     f();
+                    counted.done();
                 }
-            });
+            })
+            .ok()
+            .map(|t| t.thread().id());
         Arc::new_cyclic(|me| Shared {
             module,
             config,
             state: Mutex::new(Sched::default()),
             changed: Condvar::new(),
             callbacks: Mutex::new(Some(tx)),
+            pending,
+            callback_thread,
             me: me.clone(),
         })
     }
@@ -539,7 +578,10 @@ impl Shared {
             let job = job.clone();
             let run: Callback = Box::new(move || hook(&job, index));
             if let Some(tx) = self.callbacks.lock().ok().and_then(|t| t.clone()) {
-                let _ = tx.send(run);
+                self.pending.add();
+                if tx.send(run).is_err() {
+                    self.pending.done();
+                }
             }
         }
     }
@@ -649,7 +691,9 @@ impl Shared {
     }
 
     /// Waits until all work is done, then (after `close`) shuts the workers down and waits
-    /// for them to exit. An error before `close` or `terminate`, as in Python.
+    /// for them to exit, and for the callbacks of the work done to have run (as Python's
+    /// `join` waits for its result handler). An error before `close` or `terminate`, as in
+    /// Python.
     pub fn join(&self) -> Result<()> {
         let mut s = self.lock();
         if !s.closed {
@@ -671,6 +715,11 @@ impl Shared {
         }
         while !s.workers.is_empty() || s.starting > 0 {
             s = self.wait(s);
+        }
+        drop(s);
+        // A callback that joins its own pool would wait for itself.
+        if self.callback_thread != Some(std::thread::current().id()) {
+            self.pending.wait_none();
         }
         Ok(())
     }
