@@ -457,21 +457,19 @@ fn counts(out: &str) -> Vec<u64> {
 }
 
 #[test]
-fn seed_004_unlocked_counter_interleaves_the_two_processes() {
+fn seed_004_unlocked_counter_prints_ten_racy_updates() {
     let out = run_seed("seed_counter", &["unlocked"]);
     let seen = counts(&out);
     assert_eq!(seen.len(), 10, "{out}");
-    // Both processes run at once. Run one after the other, their unlocked updates would read
-    // exactly like the locked seed's: one process's five steps, then the other's. Run together,
-    // their steps interleave, and some `+=` race and lose an update (as in Python), so which
-    // values appear is not fixed; only the two serial orders are ruled out.
-    let serial: [&[u64]; 2] = [
-        &[600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000],
-        &[700, 900, 1100, 1300, 1500, 1600, 1700, 1800, 1900, 2000],
-    ];
+    // The two children's unlocked `+=` race and may lose updates, as in Python, and how
+    // their steps interleave depends on when each one started: a child that starts a few
+    // hundred milliseconds late prints exactly a serial sequence. So only what the race
+    // leaves certain is checked: each printed count is the start plus some of the
+    // increments. (That the children run at once is shown by seed 000 and the Barrier test.)
     assert!(
-        !serial.contains(&seen.as_slice()),
-        "the processes ran one after the other:\n{out}"
+        seen.iter()
+            .all(|&c| c % 100 == 0 && (600..=2000).contains(&c)),
+        "{out}"
     );
     assert!(
         out.contains("100: 1000000") && out.contains("200: 8000000"),
@@ -482,7 +480,11 @@ fn seed_004_unlocked_counter_interleaves_the_two_processes() {
 #[test]
 fn seed_004_locked_counter_is_exactly_2000() {
     let out = run_seed("seed_counter", &["locked"]);
-    let seen = counts(&out);
+    let mut seen = counts(&out);
+    // One child's five updates, then the other's: exactly one of these two sets of counts.
+    // (Compared as sets: the two children's lines reach the host by separate routes, so the
+    // last of one and the first of the other, 100 ms apart, may be relayed out of order.)
+    seen.sort();
     let first = [600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000];
     let second = [700, 900, 1100, 1300, 1500, 1600, 1700, 1800, 1900, 2000];
     assert!(seen == first || seen == second, "{seen:?}\n{out}");
