@@ -66,6 +66,31 @@ fn key(h: wire::Handle) -> Key {
     (h.id, h.token)
 }
 
+/// Hashes a [`Key`] with a multiply and a rotate per word. Every put and get in place
+/// looks its object up by key, and SipHash (the default, made to resist keys chosen to
+/// collide) was a twentieth of a put; here the keys come from this worker's own guest,
+/// which can only slow itself down.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// Refusals of posted requests, per handle.
 #[derive(Debug, Default)]
 struct Refusals {
@@ -92,7 +117,7 @@ pub(crate) struct ObjectClient {
     /// This process's id, as it marks the ring mutexes it takes.
     pid: u32,
     /// Objects attached: their segment, or `None` for one used through the broker.
-    attached: Mutex<HashMap<Key, Option<Shared>>>,
+    attached: Mutex<KeyMap<Option<Shared>>>,
 }
 
 /// Whether a request is of a kind that may be posted.
@@ -117,7 +142,7 @@ impl ObjectClient {
             unsynced: AtomicBool::new(false),
             refusals: Mutex::new(Refusals::default()),
             pid: std::process::id(),
-            attached: Mutex::new(HashMap::new()),
+            attached: Mutex::new(KeyMap::default()),
         }
     }
 
