@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
-use wasmpool::{Error, Executor, as_completed};
+use wasmpool::{Error, Executor, Manager, as_completed};
 
 use crate::util::*;
+
+/// Long enough for any task to have started, however busy the machine.
+const LONG: Duration = Duration::from_secs(30);
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -75,13 +78,18 @@ fn cancelling_a_queued_task_removes_it_and_spares_the_running_one() {
     within(Duration::from_secs(60), || {
         rt().block_on(async {
             let ex = Executor::new(&testkit(), 1).unwrap();
-            let running = ex.submit::<_, u64>("sleep_ms", &(300u64,)).unwrap();
+            let m = Manager::new();
+            let (lock, started) = (m.lock(), m.event());
+            // Holds the only worker for 2 s once it has set `started`.
+            let running = ex
+                .submit::<_, ()>("hold_lock", &(&lock, &started, 2000u64))
+                .unwrap();
             let queued = ex.submit::<_, u64>("square", &(4u64,)).unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(started.wait_timeout(Some(LONG)).unwrap());
             assert!(queued.cancel(), "a queued task can be cancelled");
             assert!(!running.cancel(), "a running task is not cancelled");
             assert!(queued.await.is_err());
-            assert_eq!(running.await.unwrap(), 300, "the running task is unharmed");
+            assert!(running.await.is_ok(), "the running task is unharmed");
             let after = ex.submit::<_, u64>("square", &(5u64,)).unwrap();
             assert_eq!(after.await.unwrap(), 25);
         })
@@ -93,13 +101,17 @@ fn shutdown_can_cancel_queued_work_and_wait_for_the_rest() {
     within(Duration::from_secs(60), || {
         rt().block_on(async {
             let ex = Executor::new(&testkit(), 1).unwrap();
-            let running = ex.submit::<_, u64>("sleep_ms", &(200u64,)).unwrap();
+            let m = Manager::new();
+            let (lock, started) = (m.lock(), m.event());
+            let running = ex
+                .submit::<_, ()>("hold_lock", &(&lock, &started, 1000u64))
+                .unwrap();
             let queued: Vec<_> = (0..5u64)
                 .map(|i| ex.submit::<_, u64>("square", &(i,)).unwrap())
                 .collect();
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(started.wait_timeout(Some(LONG)).unwrap());
             ex.shutdown(true, true).unwrap();
-            assert_eq!(running.await.unwrap(), 200);
+            assert!(running.await.is_ok(), "the running task finishes");
             for q in queued {
                 assert!(q.await.is_err(), "queued work was cancelled");
             }
