@@ -152,6 +152,37 @@ fn join_waits_for_the_callbacks_still_to_run() {
 }
 
 #[test]
+fn a_callback_that_panics_does_not_stop_the_others_or_hang_join() {
+    within(LIMIT, || {
+        let pool = pool(1);
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let results: Vec<_> = (0..3u64)
+            .map(|i| {
+                let ran = ran.clone();
+                pool.apply_async_with::<_, u64, _, _>(
+                    "square",
+                    &(i,),
+                    move |v| {
+                        if v == 1 {
+                            panic!("a callback's own bug");
+                        }
+                        ran.lock().unwrap().push(v);
+                    },
+                    |e| panic!("{e}"),
+                )
+                .unwrap()
+            })
+            .collect();
+        for r in &results {
+            r.wait();
+        }
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(*ran.lock().unwrap(), [0, 4]);
+    });
+}
+
+#[test]
 fn a_callback_may_join_its_own_pool() {
     within(LIMIT, || {
         let pool = Arc::new(pool(1));

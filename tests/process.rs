@@ -28,10 +28,14 @@ fn process_runs_a_task_and_returns_its_result_with_exitcode_zero() {
 #[test]
 fn arguments_larger_than_a_socket_buffer_reach_a_new_process_whole() {
     within(LIMIT, || {
-        // Part of the call is written before the worker exists, the rest once it does.
+        // A module of its own, with no spare: each start forks a worker, and part of the
+        // call is written before the worker exists, the rest once it does.
+        testkit();
+        let module = wasmpool::Module::load(wasm_of("testkit")).unwrap();
+        module.set_keep_spare(false);
         for len in [100 << 10, 4 << 20] {
             let text = "x".repeat(len);
-            let p = Process::new(&testkit(), "text_len", &(text,)).unwrap();
+            let p = Process::new(&module, "text_len", &(text,)).unwrap();
             p.start().unwrap();
             p.join().unwrap();
             assert_eq!(p.exitcode(), Some(0));

@@ -303,9 +303,10 @@ pub(crate) fn start_worker(
     start_worker_with(artifact, name, metered, stack_bytes, &[])
 }
 
-/// As [`start_worker`], and sends the encoded frames `first` as soon as the worker exists,
-/// before it is ready: it reads them once it is, so its first call need not wait for the
-/// host to hear that it is ready. They are lost with the worker if it fails to load.
+/// As [`start_worker`], and sends the encoded frames `first` before the worker is ready (a
+/// forked worker's, as much as its socket takes, even before it is forked): it reads them
+/// once it is, so its first call need not wait for the host to hear that it is ready. They
+/// are lost with the worker if it fails to load.
 pub(crate) fn start_worker_with(
     artifact: &Path,
     name: &str,

@@ -63,7 +63,9 @@ struct Owner(Arc<Shared>);
 impl Drop for Owner {
     fn drop(&mut self) {
         self.0.terminate();
-        let _ = self.0.join();
+        // The workers are waited for, not the callbacks still queued: they run on, and a
+        // callback waiting on whatever the dropping thread holds cannot hang the drop.
+        let _ = self.0.join_workers();
     }
 }
 
@@ -607,7 +609,8 @@ impl Pool {
     }
 
     /// Waits for the work, its callbacks and the workers to finish; needs `close` or
-    /// `terminate` first.
+    /// `terminate` first. Called from a callback, it waits for the work and the workers
+    /// only (the callbacks run one at a time, on the thread that would wait).
     pub fn join(&self) -> Result<()> {
         self.shared.join()
     }

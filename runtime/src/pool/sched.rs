@@ -222,6 +222,15 @@ pub(crate) struct Shared {
     me: Weak<Shared>,
 }
 
+/// Counts a callback done when dropped.
+struct Done<'a>(&'a Pending);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
 /// A count of callbacks queued and not yet run, and a way to wait until there are none.
 #[derive(Default)]
 struct Pending {
@@ -268,8 +277,10 @@ impl Shared {
             .name("wasmpool-callbacks".into())
             .spawn(move || {
                 for f in rx {
-                    f();
-                    counted.done();
+                    // Counted done however it ends: a callback that panics is reported
+                    // (by the panic hook) and the next one runs.
+                    let _done = Done(&counted);
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
                 }
             })
             .ok()
@@ -695,6 +706,16 @@ impl Shared {
     /// `join` waits for its result handler). An error before `close` or `terminate`, as in
     /// Python.
     pub fn join(&self) -> Result<()> {
+        self.join_workers()?;
+        // A callback that joins its own pool would wait for itself.
+        if self.callback_thread != Some(std::thread::current().id()) {
+            self.pending.wait_none();
+        }
+        Ok(())
+    }
+
+    /// As [`join`](Self::join), without waiting for the callbacks.
+    pub fn join_workers(&self) -> Result<()> {
         let mut s = self.lock();
         if !s.closed {
             return Err(Error::State(
@@ -715,11 +736,6 @@ impl Shared {
         }
         while !s.workers.is_empty() || s.starting > 0 {
             s = self.wait(s);
-        }
-        drop(s);
-        // A callback that joins its own pool would wait for itself.
-        if self.callback_thread != Some(std::thread::current().id()) {
-            self.pending.wait_none();
         }
         Ok(())
     }
