@@ -14,7 +14,8 @@ use crate::engine::{EPOCH_TICK, tick_all};
 use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
 
 /// Still running this long after the epoch passed its deadline, a task is taken to be stuck
-/// in a host call.
+/// in a host call: counted in the ticker's passes (each at least a tick apart), so time in
+/// which the whole process stalled does not count.
 const GRACE: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
@@ -22,14 +23,22 @@ struct Running {
     id: u64,
     deadline: Instant,
     timeout: Duration,
-    /// When the ticker first found the deadline passed (having advanced the epoch past it).
-    overdue_since: Option<Instant>,
+    /// The ticker's passes that found the deadline passed (with the epoch past it).
+    overdue_passes: u32,
+}
+
+/// When the ticker started, and how many ticks the epoch has been advanced since.
+#[derive(Debug)]
+struct Clock {
+    started: Instant,
+    ticked: u128,
 }
 
 /// The call being timed, if any.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     running: Mutex<Option<Running>>,
+    clock: Mutex<Option<Clock>>,
     channel: Arc<Channel>,
     ticker: Once,
 }
@@ -39,40 +48,56 @@ impl Watchdog {
     pub fn new(channel: Arc<Channel>) -> Arc<Watchdog> {
         Arc::new(Watchdog {
             running: Mutex::new(None),
+            clock: Mutex::new(None),
             channel,
             ticker: Once::new(),
         })
     }
 
+    /// Advances the epoch by the ticks due since the ticker started and not yet made, so
+    /// it follows the clock: a late wake-up (a busy machine) makes up what it missed, and a
+    /// call armed meanwhile gets its deadline from a current epoch, not a late one that
+    /// would catch up on its budget.
+    fn catch_up(&self) {
+        let Ok(mut clock) = self.clock.lock() else {
+            return;
+        };
+        if let Some(c) = clock.as_mut() {
+            let due = c.started.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
+            if due > c.ticked {
+                tick_all(due - c.ticked);
+                c.ticked = due;
+            }
+        }
+    }
+
     /// Starts the ticker thread, ticking every engine the worker's instances run on.
     fn start_ticker(self: &Arc<Self>) {
+        if let Ok(mut clock) = self.clock.lock() {
+            *clock = Some(Clock {
+                started: Instant::now(),
+                ticked: 0,
+            });
+        }
         let watched = self.clone();
         let channel = self.channel.clone();
+        let grace_passes = (GRACE.as_nanos() / EPOCH_TICK.as_nanos()) as u32;
         let _ = std::thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn(move || {
-                let started = Instant::now();
-                let mut ticked = 0u128;
                 loop {
                     std::thread::sleep(EPOCH_TICK);
-                    // The epoch follows the clock: a late wake-up (a busy machine) makes up
-                    // the ticks it missed, so a deadline in ticks is one in time.
-                    let due =
-                        (started.elapsed().as_nanos() / EPOCH_TICK.as_nanos()).max(ticked + 1);
-                    tick_all(due - ticked);
-                    ticked = due;
+                    watched.catch_up();
                     // Wasm code traps at its next check once the epoch is past its deadline;
-                    // a task still running `GRACE` after that is blocked in the host. The
-                    // grace counts from this thread's own finding, so a stall of the whole
-                    // process (this thread included) does not cut it short.
+                    // a task still running `GRACE` of this thread's passes after that is
+                    // blocked in the host.
                     let overdue = watched.running.lock().ok().and_then(|mut r| {
                         let r = r.as_mut()?;
-                        let now = Instant::now();
-                        if now <= r.deadline {
+                        if Instant::now() <= r.deadline {
                             return None;
                         }
-                        let since = *r.overdue_since.get_or_insert(now);
-                        (now > since + GRACE).then_some((r.id, r.timeout))
+                        r.overdue_passes += 1;
+                        (r.overdue_passes > grace_passes).then_some((r.id, r.timeout))
                     });
                     if let Some((id, timeout)) = overdue {
                         let outcome = Outcome::Limit(time_limit_message(timeout));
@@ -94,13 +119,14 @@ impl Watchdog {
     pub fn arm(self: &Arc<Self>, id: u64, timeout: Option<Duration>) {
         if timeout.is_some() {
             self.ticker.call_once(|| self.start_ticker());
+            self.catch_up();
         }
         if let (Some(timeout), Ok(mut r)) = (timeout, self.running.lock()) {
             *r = Some(Running {
                 id,
                 deadline: Instant::now() + timeout,
                 timeout,
-                overdue_since: None,
+                overdue_passes: 0,
             });
         }
     }
