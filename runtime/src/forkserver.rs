@@ -215,9 +215,10 @@ fn write_without_waiting(sock: &UnixStream, bytes: &[u8]) -> usize {
             )
         };
         match usize::try_from(n) {
-            Ok(n) if n > 0 => sent += n,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => break,
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
     }
     sent
