@@ -121,64 +121,54 @@ fn callbacks_run_in_the_host_in_completion_order() {
     });
 }
 
+/// Squares 0, 1 and 2 on one worker, each result handed to `callback` with the record of
+/// callbacks done; then closes and joins the pool and returns that record.
+fn squares_then_join(callback: fn(u64, &Mutex<Vec<u64>>)) -> Vec<u64> {
+    let pool = pool(1);
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let results: Vec<_> = (0..3u64)
+        .map(|i| {
+            let ran = ran.clone();
+            pool.apply_async_with::<_, u64, _, _>(
+                "square",
+                &(i,),
+                move |v| callback(v, &ran),
+                |e| panic!("{e}"),
+            )
+            .unwrap()
+        })
+        .collect();
+    for r in &results {
+        r.wait();
+    }
+    pool.close();
+    pool.join().unwrap();
+    let ran = ran.lock().unwrap().clone();
+    ran
+}
+
 #[test]
 fn join_waits_for_the_callbacks_still_to_run() {
     within(LIMIT, || {
-        let pool = pool(1);
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let results: Vec<_> = (0..3u64)
-            .map(|i| {
-                let ran = ran.clone();
-                pool.apply_async_with::<_, u64, _, _>(
-                    "square",
-                    &(i,),
-                    move |v| {
-                        // Slow enough that the workers are long gone when it ends.
-                        std::thread::sleep(Duration::from_millis(200));
-                        ran.lock().unwrap().push(v);
-                    },
-                    |e| panic!("{e}"),
-                )
-                .unwrap()
-            })
-            .collect();
-        for r in &results {
-            r.wait();
-        }
-        pool.close();
-        pool.join().unwrap();
-        assert_eq!(*ran.lock().unwrap(), [0, 1, 4], "as Python's join");
+        let ran = squares_then_join(|v, ran| {
+            // Slow enough that the workers are long gone when it ends.
+            std::thread::sleep(Duration::from_millis(200));
+            ran.lock().unwrap().push(v);
+        });
+        assert_eq!(ran, [0, 1, 4], "as Python's join");
     });
 }
 
 #[test]
 fn a_callback_that_panics_does_not_stop_the_others_or_hang_join() {
     within(LIMIT, || {
-        let pool = pool(1);
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let results: Vec<_> = (0..3u64)
-            .map(|i| {
-                let ran = ran.clone();
-                pool.apply_async_with::<_, u64, _, _>(
-                    "square",
-                    &(i,),
-                    move |v| {
-                        if v == 1 {
-                            panic!("a callback's own bug");
-                        }
-                        ran.lock().unwrap().push(v);
-                    },
-                    |e| panic!("{e}"),
-                )
-                .unwrap()
-            })
-            .collect();
-        for r in &results {
-            r.wait();
-        }
-        pool.close();
-        pool.join().unwrap();
-        assert_eq!(*ran.lock().unwrap(), [0, 4]);
+        let ran = squares_then_join(|v, ran| {
+            if v == 1 {
+                panic!("a callback's own bug");
+            }
+            ran.lock().unwrap().push(v);
+        });
+        assert_eq!(ran, [0, 4]);
     });
 }
 
