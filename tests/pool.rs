@@ -143,8 +143,7 @@ fn squares_then_join(callback: fn(u64, &Mutex<Vec<u64>>)) -> Vec<u64> {
     }
     pool.close();
     pool.join().unwrap();
-    let ran = ran.lock().unwrap().clone();
-    ran
+    ran.lock().map(|r| r.clone()).unwrap()
 }
 
 #[test]
