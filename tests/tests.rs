@@ -5,6 +5,7 @@
 
 mod util;
 
+mod batches;
 mod cli;
 mod executor;
 mod guest;

@@ -44,6 +44,18 @@ pub fn seeds() -> Module {
     load_once(&M, "seeds")
 }
 
+/// A module whose memory starts at over 300 MiB (`examples/big-static`).
+pub fn big_static() -> Module {
+    static M: OnceLock<Module> = OnceLock::new();
+    load_once(&M, "big-static")
+}
+
+/// A module whose init never returns (`examples/stuck-init`).
+pub fn stuck_init() -> Module {
+    static M: OnceLock<Module> = OnceLock::new();
+    load_once(&M, "stuck-init")
+}
+
 /// The built `.wasm` of a guest crate (after `testkit()`/`seeds()` built it).
 pub fn wasm_of(name: &str) -> PathBuf {
     root()

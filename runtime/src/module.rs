@@ -12,6 +12,7 @@ use wasmtime::component::Component;
 use crate::bindings::TaskModulePre;
 use crate::engine::engine_for;
 use crate::error::{Error, Result};
+use crate::protocol::Limits;
 use crate::spawn::{ReadyWorker, start_worker, start_worker_with};
 use crate::worker::state::State;
 
@@ -158,7 +159,7 @@ impl Module {
         if let Some(tasks) = self.known_tasks() {
             return Ok(tasks);
         }
-        let worker = self.ready_worker("wasmpool-tasks", false, DEFAULT_STACK)?;
+        let worker = self.ready_worker("wasmpool-tasks", false, &Limits::default())?;
         let tasks = worker.tasks.clone();
         self.put_spare(worker);
         Ok(tasks)
@@ -186,15 +187,16 @@ impl Module {
         }
     }
 
-    /// A worker with this module loaded on the plain or the metered engine, with stack limit
-    /// `stack_bytes`: the warm spare if there is one of that kind, else a new one.
+    /// A worker with this module loaded on the plain or the metered engine, with the stack
+    /// limit of `limits`: the warm spare if there is one of that kind, else a new one, whose
+    /// first instance is made under `limits`.
     pub(crate) fn ready_worker(
         &self,
         name: &str,
         metered: bool,
-        stack_bytes: u64,
+        limits: &Limits,
     ) -> Result<ReadyWorker> {
-        self.ready_worker_with(name, metered, stack_bytes, &[])
+        self.ready_worker_with(name, metered, limits, &[])
     }
 
     /// As [`ready_worker`](Module::ready_worker), with the encoded frames `first` already
@@ -203,9 +205,10 @@ impl Module {
         &self,
         name: &str,
         metered: bool,
-        stack_bytes: u64,
+        limits: &Limits,
         first: &[u8],
     ) -> Result<ReadyWorker> {
+        let stack_bytes = limits.stack_bytes;
         let spare = self
             .inner
             .spare
@@ -225,13 +228,7 @@ impl Module {
                 }
                 w
             }
-            None => start_worker_with(
-                &self.artifact_for(metered)?,
-                name,
-                metered,
-                stack_bytes,
-                first,
-            )?,
+            None => start_worker_with(&self.artifact_for(metered)?, name, metered, limits, first)?,
         };
         self.learn_tasks(&worker.tasks);
         Ok(worker)
@@ -274,7 +271,7 @@ impl Module {
         {
             return Ok(());
         }
-        let worker = start_worker(&self.inner.artifact, "spare", false, DEFAULT_STACK)?;
+        let worker = start_worker(&self.inner.artifact, "spare", false, &Limits::default())?;
         self.put_spare(worker);
         Ok(())
     }
@@ -299,9 +296,13 @@ impl Module {
                 {
                     return;
                 }
-                let worker = module
-                    .artifact_for(metered)
-                    .and_then(|artifact| start_worker(&artifact, "spare", metered, stack_bytes));
+                let worker = module.artifact_for(metered).and_then(|artifact| {
+                    let limits = Limits {
+                        stack_bytes,
+                        ..Limits::default()
+                    };
+                    start_worker(&artifact, "spare", metered, &limits)
+                });
                 // Kept only if spares still are: one turned off meanwhile must not find a
                 // spare started before it was (checked under the lock `set_keep_spare`
                 // takes the spare under, so one of the two always sees the other).

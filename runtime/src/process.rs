@@ -185,7 +185,7 @@ impl Process {
         let first: &[u8] = if pipelined { &frames } else { &[] };
         let worker = inner
             .module
-            .ready_worker_with(&inner.name, metered, stack, first)?;
+            .ready_worker_with(&inner.name, metered, &inner.limits, first)?;
         if !worker.tasks.iter().any(|t| *t == inner.task) {
             return Err(Error::UnknownTask {
                 task: inner.task.clone(),
@@ -435,6 +435,7 @@ impl WorkerEvents for Inner {
                 state.fuel = fuel;
             }
             FromWorker::BatchDone { .. }
+            | FromWorker::BatchPart { .. }
             | FromWorker::Ready { .. }
             | FromWorker::LoadFailed(_)
             | FromWorker::Object { .. }

@@ -18,6 +18,16 @@ use wasmpool_objects::wire::{Handle, ObjectError, Request, Response};
 /// The largest frame either side accepts (64 MiB): arguments and results travel inside frames.
 pub(crate) const MAX_FRAME: usize = 64 << 20;
 
+/// The largest result one item may return (64 MiB less room for the frame around it): a
+/// larger one fails that item with an error naming both sizes, and its worker goes on.
+pub(crate) const MAX_RESULT: usize = MAX_FRAME - (64 << 10);
+
+/// A batch's items, and its answers, travel in frames of about this many bytes at most
+/// (16 MiB): a chunk whose items are larger together is cut into smaller chunks before it is
+/// sent, and a worker sends the answers of a batch in parts as they add up to this much, so
+/// the items and the answers that fit a frame arrive whatever the others weigh.
+pub(crate) const PART_BYTES: usize = 16 << 20;
+
 /// How much of a frame's body is allocated ahead of the bytes that arrive (1 MiB).
 const READ_CHUNK: usize = 1 << 20;
 
@@ -187,6 +197,9 @@ pub(crate) struct Load {
     /// The stack limit of the engine to load it into: the one its tasks are likely to ask
     /// for (the pool's or process's), so the first call need not load it again.
     pub stack_bytes: u64,
+    /// The limits the first instance is made and its init run under: the memory and time
+    /// limits of the pool or process the worker is for.
+    pub init_limits: Limits,
 }
 
 /// Host → worker.
@@ -263,8 +276,17 @@ pub(crate) enum FromWorker {
         fuel: Option<u64>,
         micros: u64,
     },
-    /// Batch call `id` finished: one outcome per item. `fuel`: what the items used
-    /// together, on a metered worker; `micros`: how long the batch ran in the worker.
+    /// The next `answers.len()` items of batch call `id` (after those of earlier parts)
+    /// finished; more answers follow. A batch's answers come in parts when they are large
+    /// (see [`PART_BYTES`]).
+    BatchPart {
+        id: u64,
+        answers: crate::packed::BatchAnswers,
+    },
+    /// Batch call `id` finished: one outcome per item after those of its parts. Fewer
+    /// answers than items means the rest never ran (the worker's watchdog stopped the batch
+    /// in a host call): they are to be run again. `fuel`: what the items used together, on
+    /// a metered worker; `micros`: how long the batch ran in the worker.
     BatchDone {
         id: u64,
         answers: crate::packed::BatchAnswers,
@@ -619,6 +641,7 @@ pub mod fuzzing {
                 FromWorker::LoadFailed(_) => "LoadFailed",
                 FromWorker::Output { .. } => "Output",
                 FromWorker::Done { .. } => "Done",
+                FromWorker::BatchPart { .. } => "BatchPart",
                 FromWorker::BatchDone { .. } => "BatchDone",
                 FromWorker::InstanceLost => "InstanceLost",
                 FromWorker::Object { .. } => "Object",
@@ -793,6 +816,7 @@ mod tests {
                 name: "PoolWorker-1".into(),
                 metered: true,
                 stack_bytes: 256 << 10,
+                init_limits: Limits::default().timeout(Duration::from_secs(2)),
             }),
             ToWorker::Rename("Process-2".into()),
             ToWorker::Grant(
@@ -847,6 +871,15 @@ mod tests {
                 outcome: Outcome::Ok(vec![0x31]),
                 fuel: Some(1_234),
                 micros: 56,
+            },
+            FromWorker::BatchPart {
+                id: 4,
+                answers: {
+                    let mut a = crate::packed::BatchAnswers::default();
+                    a.push(Outcome::Ok(vec![0x01, 0x02]));
+                    a.push(Outcome::Limit("too large".into()));
+                    a
+                },
             },
             FromWorker::BatchDone {
                 id: 4,
@@ -1020,6 +1053,7 @@ mod tests {
             "LoadFailed",
             "Output",
             "Done",
+            "BatchPart",
             "BatchDone",
             "InstanceLost",
             "Object",

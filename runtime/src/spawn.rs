@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::forkserver::{ForkError, ForkServer, StartMethod, start_method};
-use crate::protocol::{FromWorker, Load, ToWorker, read_frame, write_frame};
+use crate::protocol::{FromWorker, Limits, Load, ToWorker, read_frame, write_frame};
 use crate::worker::{PARENT_ENV, WORKER_ARG, WORKER_FD};
 
 static SELF_IS_WORKER: AtomicBool = AtomicBool::new(false);
@@ -28,6 +28,9 @@ static WORKER_EXE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// How long a new worker may take to load its module before it counts as failed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a new worker may take beyond its init's time limit to answer.
+const INIT_GRACE: Duration = Duration::from_secs(5);
 
 pub(crate) fn mark_self_as_worker() {
     SELF_IS_WORKER.store(true, Ordering::Relaxed);
@@ -293,14 +296,24 @@ impl ReadyWorker {
 }
 
 /// Starts a worker process, has it load `artifact` (compiled for the metered engine when
-/// `metered`) into an engine with the stack limit `stack_bytes`, and waits until it is ready.
+/// `metered`) into an engine with the stack limit of `limits`, make its first instance
+/// under their memory and time limits, and waits until it is ready.
 pub(crate) fn start_worker(
     artifact: &Path,
     name: &str,
     metered: bool,
-    stack_bytes: u64,
+    limits: &Limits,
 ) -> Result<ReadyWorker> {
-    start_worker_with(artifact, name, metered, stack_bytes, &[])
+    start_worker_with(artifact, name, metered, limits, &[])
+}
+
+/// How long the host waits for a new worker to be ready: its start, plus its module's
+/// instantiation and init, which the worker stops at their time limit (and this is the
+/// host's own deadline, for a worker that does not answer at all).
+fn handshake_timeout(limits: &Limits) -> Duration {
+    limits.timeout.map_or(HANDSHAKE_TIMEOUT, |t| {
+        t.saturating_add(INIT_GRACE).max(HANDSHAKE_TIMEOUT)
+    })
 }
 
 /// As [`start_worker`], and sends the encoded frames `first` before the worker is ready (a
@@ -311,16 +324,19 @@ pub(crate) fn start_worker_with(
     artifact: &Path,
     name: &str,
     metered: bool,
-    stack_bytes: u64,
+    limits: &Limits,
     first: &[u8],
 ) -> Result<ReadyWorker> {
     let exe = worker_exe()?;
+    let stack_bytes = limits.stack_bytes;
     let load = Load {
         artifact: artifact.to_path_buf(),
         name: name.to_string(),
         metered,
         stack_bytes,
+        init_limits: *limits,
     };
+    let wait = handshake_timeout(limits);
     // How much of `first` is written already.
     let mut sent = 0;
     let (pid, mut child, mut sock, forked) = match start_method() {
@@ -356,7 +372,7 @@ pub(crate) fn start_worker_with(
             // Fails only if the worker is gone, which the handshake reports better.
             let _ = sock.write_all(&first[sent..]);
         }
-        sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        sock.set_read_timeout(Some(wait))?;
         let mut buf = Vec::new();
         let reply = read_frame::<_, FromWorker>(&mut sock, &mut buf)?;
         sock.set_read_timeout(None)?;
@@ -381,6 +397,18 @@ pub(crate) fn start_worker_with(
             let mut rest = Vec::new();
             let _ = sock.read_to_end(&mut rest);
             let why = match other {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    format!(
+                        "it gave no answer within {wait:?} (a module whose init never returns \
+                         does this: give the pool or process a time limit, and its init is \
+                         stopped at it)"
+                    )
+                }
                 Err(e) => e.to_string(),
                 Ok(Some(_)) => "unexpected message".into(),
                 Ok(None) => "it exited".into(),

@@ -506,8 +506,90 @@ fn rlock_twice(lock: RLock) -> Result<(), ObjectError> {
     lock.release()
 }
 
+// ---- batches: nothing that finished runs again ----
+
+/// A string of `bytes` bytes: a large result.
+#[task]
+fn big_result(bytes: usize) -> String {
+    "r".repeat(bytes)
+}
+
+/// Calls `std::process::exit(code)`.
+#[task]
+fn exit_with(code: i32) -> u64 {
+    std::process::exit(code)
+}
+
+/// How a [`counted`] item misbehaves once it has counted itself.
+#[derive(Debug, Serialize, Deserialize)]
+enum Misdeed {
+    /// Returns normally.
+    None,
+    /// Traps (`unreachable`).
+    Trap,
+    /// Panics.
+    Panic,
+    /// Allocates without end (the memory limit).
+    Grow,
+    /// Computes without end (the time limit).
+    Spin,
+    /// Waits without end on an empty queue (the watchdog).
+    Block,
+}
+
+/// Counts a run of item `x` in `runs` (a side effect that must happen once), prints a line
+/// naming it, then, if `x` is `bad`, misbehaves as `how` says; returns `x`.
+#[task]
+fn counted(runs: Dict<String, i64>, x: u64, bad: u64, how: Misdeed) -> Result<u64, ObjectError> {
+    runs.increment(&format!("run:{x}"), 1)?;
+    println!("item {x}");
+    if x == bad {
+        misbehave(&how);
+    }
+    Ok(x)
+}
+
+/// Prints a line naming item `x` (no call to `objects`: a pure item), then, if `x` is
+/// `bad`, misbehaves as `how` says; returns `x`.
+#[task]
+fn printed(x: u64, bad: u64, how: Misdeed) -> u64 {
+    println!("item {x}");
+    if x == bad {
+        misbehave(&how);
+    }
+    x
+}
+
+/// What a misbehaving item does.
+fn misbehave(how: &Misdeed) {
+    match how {
+        Misdeed::None => {}
+        Misdeed::Trap => core::arch::wasm32::unreachable(),
+        Misdeed::Panic => panic!("misbehaving on purpose"),
+        Misdeed::Grow => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        Misdeed::Spin => {
+            let mut i: u64 = 0;
+            loop {
+                i = std::hint::black_box(i.wrapping_add(1));
+            }
+        }
+        // One host call that does not return in time: only the watchdog can stop it.
+        Misdeed::Block => std::thread::sleep(Duration::from_secs(3600)),
+    }
+}
+
 wasmpool_guest::export_tasks!(
     noop,
+    big_result,
+    exit_with,
+    counted,
+    printed,
     square,
     add,
     greet,

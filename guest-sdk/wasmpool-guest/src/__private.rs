@@ -1,6 +1,6 @@
 //! Support code for the `#[task]` and `export_tasks!` macros; not a public API.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Display;
 use std::sync::Once;
 
@@ -21,8 +21,47 @@ pub type TaskFn = fn(&[u8], &mut Vec<u8>) -> Result<(), TaskError>;
 pub type TaskEntry = (&'static str, TaskFn);
 
 thread_local! {
-    /// Outcomes of the current `call-batch` so far, handed to the host if a later item panics.
+    /// Outcomes of the current `call-batch` since its last progress report, handed to the
+    /// host if a later item panics (`None` outside a batch).
     static BATCH: RefCell<Option<BatchOutcome>> = const { RefCell::new(None) };
+    /// Whether the running item of a batch has called the host's `objects` (a side effect
+    /// that must not happen twice).
+    static EFFECT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// An empty batch outcome, with room for `n` items.
+fn empty_outcome(n: usize, bytes: usize) -> BatchOutcome {
+    BatchOutcome {
+        results: Packed {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(n),
+        },
+        errors: Vec::new(),
+    }
+}
+
+/// Hands the outcomes recorded since the last report to the host, which keeps them: a
+/// later trap in this batch never runs those items again.
+fn report_progress(batch: &mut BatchOutcome) {
+    if batch.results.ends.is_empty() {
+        return;
+    }
+    let done = std::mem::replace(batch, empty_outcome(0, 0));
+    host::batch_progress(&unpack(done));
+}
+
+/// Called before every call to the host's `objects`: inside a batch, the items finished
+/// so far are reported first (so the host knows which item makes the call), and the
+/// running item is marked as having a side effect (so it is reported when it finishes).
+pub(crate) fn before_effect() {
+    BATCH.with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut()
+            && let Some(batch) = b.as_mut()
+        {
+            report_progress(batch);
+            EFFECT.set(true);
+        }
+    });
 }
 
 /// The outcomes recorded in `batch`, one per item, as `report-panic` takes them.
@@ -114,17 +153,14 @@ pub fn call(tasks: &[TaskEntry], name: &str, args: &[u8]) -> Outcome {
     }
 }
 
-/// Calls one task once per item; a panic hands the finished outcomes to the host first.
+/// Calls one task once per item. The host hears of the items that finished as the batch
+/// goes (see `batch-progress` in the WIT world): before each call to `objects` and after
+/// each item that made one, so an item with side effects never runs twice; a panic hands
+/// the rest of the finished outcomes to the host first.
 pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcome {
     install_panic_hook();
     let n = items.ends.len();
-    let mut out = BatchOutcome {
-        results: Packed {
-            data: Vec::with_capacity(items.data.len()),
-            ends: Vec::with_capacity(n),
-        },
-        errors: Vec::new(),
-    };
+    let mut out = empty_outcome(n, items.data.len());
     let Some(f) = find(tasks, name) else {
         out.results.ends.resize(n, 0);
         out.errors = (0..n as u32)
@@ -132,6 +168,10 @@ pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcom
             .collect();
         return out;
     };
+    if n > 1 {
+        // Says that this guest reports its progress: one host call per batch.
+        host::batch_progress(&[]);
+    }
     // One scratch buffer for every item: the batch so far stays in BATCH, where the panic
     // hook finds it, and no borrow of it is held while a task runs.
     let mut scratch = Vec::new();
@@ -139,9 +179,10 @@ pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcom
     BATCH
         .with(|batch| {
             *batch.borrow_mut() = Some(out);
-            for (i, &end) in items.ends.iter().enumerate() {
+            for &end in &items.ends {
                 let end = end as usize;
                 scratch.clear();
+                EFFECT.set(false);
                 let outcome = match items.data.get(start..end) {
                     Some(args) => f(args, &mut scratch),
                     None => Err(TaskError::BadArgs(
@@ -152,20 +193,19 @@ pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcom
                 if let Some(out) = batch.borrow_mut().as_mut() {
                     match outcome {
                         Ok(()) => append(&mut out.results.data, &scratch),
-                        Err(e) => out.errors.push((i as u32, e)),
+                        Err(e) => out.errors.push((out.results.ends.len() as u32, e)),
                     }
                     out.results.ends.push(out.results.data.len() as u32);
+                    if EFFECT.get() {
+                        // An item with side effects is reported as soon as it finishes.
+                        report_progress(out);
+                    }
                 }
             }
+            EFFECT.set(false);
             batch.borrow_mut().take()
         })
-        .unwrap_or(BatchOutcome {
-            results: Packed {
-                data: Vec::new(),
-                ends: Vec::new(),
-            },
-            errors: Vec::new(),
-        })
+        .unwrap_or_else(|| empty_outcome(0, 0))
 }
 
 /// Appends `bytes` to `out`. Copying a slice whose length is known only at run time

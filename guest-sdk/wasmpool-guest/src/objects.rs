@@ -55,6 +55,7 @@ impl wasmpool_objects::Transport for Guest {
             id: target.id,
             token: target.token,
         };
+        crate::__private::before_effect();
         wit::invoke(handle, &request(req), timeout_ms)
             .map(response)
             .map_err(error)

@@ -22,7 +22,10 @@ use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Output, OutputEvent, OutputRouter};
 use crate::packed::{BatchAnswers, Packed};
-use crate::protocol::{FromWorker, Limits, Outcome, ToWorker, WATCHDOG_EXIT, encode_frame};
+use crate::protocol::{
+    FromWorker, Limits, MAX_FRAME, Outcome, PART_BYTES, ToWorker, WATCHDOG_EXIT, describe_bytes,
+    encode_frame,
+};
 use crate::spawn::start_worker;
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
 
@@ -134,16 +137,81 @@ impl Chunk {
     /// The chunk's items as chunks of one, for a retry: a worker died under the chunk, and
     /// only one of its items may be to blame, so each is run again on its own.
     fn split_for_retry(self) -> Vec<Chunk> {
-        let (job, first, single, attempt) = (self.job, self.first, self.single, self.attempt + 1);
-        self.items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| Chunk {
-                job: job.clone(),
-                first: first + i,
-                items: Packed::one(item),
-                single,
-                attempt,
+        let attempt = self.attempt + 1;
+        let mut retries = self.split_for_retry_from(0);
+        for r in &mut retries {
+            r.attempt = attempt;
+        }
+        retries
+    }
+
+    /// The chunk as runs of consecutive items of at most `budget` bytes each (an item
+    /// larger than that alone in its run), in order.
+    fn cut_by_bytes(self, budget: usize) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        let mut part = Packed::default();
+        let mut part_first = self.first;
+        for item in self.items.iter() {
+            if !part.is_empty() && part.data.len() + item.len() > budget {
+                let len = part.len();
+                out.push(Chunk {
+                    first: part_first,
+                    items: std::mem::take(&mut part),
+                    ..self.clone_empty()
+                });
+                part_first += len;
+            }
+            part.push(item);
+        }
+        if !part.is_empty() {
+            out.push(Chunk {
+                first: part_first,
+                items: part,
+                ..self.clone_empty()
+            });
+        }
+        out
+    }
+
+    /// A chunk of the same job, attempt and kind with no items.
+    fn clone_empty(&self) -> Chunk {
+        Chunk {
+            job: self.job.clone(),
+            first: self.first,
+            items: Packed::default(),
+            single: self.single,
+            attempt: self.attempt,
+        }
+    }
+
+    /// The chunk without its first `skip` items (answered already), if any are left.
+    fn rest(self, skip: usize) -> Option<Chunk> {
+        if skip == 0 {
+            return Some(self);
+        }
+        if skip >= self.items.len() {
+            return None;
+        }
+        let mut items = Packed::with_capacity(self.items.len() - skip, 0);
+        for i in skip..self.items.len() {
+            items.push(self.items.get(i).unwrap_or_default());
+        }
+        Some(Chunk {
+            first: self.first + skip,
+            items,
+            ..self
+        })
+    }
+
+    /// Items `skip..` of the chunk as chunks of one, each to run on its own.
+    fn split_for_retry_from(&self, skip: usize) -> Vec<Chunk> {
+        (skip..self.items.len())
+            .map(|i| Chunk {
+                job: self.job.clone(),
+                first: self.first + i,
+                items: Packed::one(self.items.get(i).unwrap_or_default()),
+                single: self.single,
+                attempt: self.attempt,
             })
             .collect()
     }
@@ -153,6 +221,8 @@ impl Chunk {
 struct InFlight {
     id: u64,
     chunk: Option<Chunk>,
+    /// The chunk's first items answered already, in parts (`BatchPart`).
+    answered: usize,
     sent: Instant,
     /// Sent to a worker with nothing else in flight, and nothing sent to it since: from
     /// sending to answer, everything but its run time is overhead.
@@ -333,9 +403,10 @@ impl Shared {
     /// Starts one worker and adds it to the pool (its slot in `starting` is released).
     fn add_worker(&self, name: String) -> Result<()> {
         let metered = self.config.limits.fuel.is_some();
-        let started = self.module.artifact_for(metered).and_then(|artifact| {
-            start_worker(&artifact, &name, metered, self.config.limits.stack_bytes)
-        });
+        let started = self
+            .module
+            .artifact_for(metered)
+            .and_then(|artifact| start_worker(&artifact, &name, metered, &self.config.limits));
         if let Ok(worker) = &started {
             // Later submissions of a task the module lacks then fail before they are queued.
             self.module.learn_tasks(&worker.tasks);
@@ -392,6 +463,7 @@ impl Shared {
                 worker.inflight.push_back(InFlight {
                     id,
                     chunk: None,
+                    answered: 0,
                     sent: Instant::now(),
                     alone: true,
                 });
@@ -414,7 +486,14 @@ impl Shared {
         if let Some(message) = &s.broken {
             return Err(Error::State(message.clone()));
         }
-        s.queue.extend(chunks);
+        for chunk in chunks {
+            // A chunk too large for a frame is cut by bytes, so the items that fit run.
+            if chunk.items.len() > 1 && chunk.items.data.len() > PART_BYTES {
+                s.queue.extend(chunk.cut_by_bytes(PART_BYTES));
+            } else {
+                s.queue.push_back(chunk);
+            }
+        }
         self.dispatch(&mut s);
         Ok(())
     }
@@ -471,8 +550,14 @@ impl Shared {
                 }
             };
             if let Err(e) = encode_frame(&mut out[wi], &frame) {
-                // Too large to send: fail the chunk rather than the worker.
-                self.abort_chunk(chunk, &Slot::Done(Outcome::BadArgs(e.to_string())));
+                // Too large to send: fail the chunk (an item alone, as chunks are cut by
+                // bytes) rather than the worker.
+                let message = format!(
+                    "its arguments ({}) are over the message limit of {}: {e}",
+                    describe_bytes(chunk.items.data.len() as u64),
+                    describe_bytes(MAX_FRAME as u64)
+                );
+                self.abort_chunk(chunk, &Slot::Done(Outcome::BadArgs(message)));
                 continue;
             }
             let w = &mut s.workers[wi];
@@ -484,6 +569,7 @@ impl Shared {
             w.inflight.push_back(InFlight {
                 alone: w.inflight.is_empty(),
                 id,
+                answered: 0,
                 chunk: Some(chunk),
                 sent: Instant::now(),
             });
@@ -545,14 +631,28 @@ impl Shared {
                 if let Some(fuel) = fuel {
                     chunk.job.add_fuel(fuel);
                 }
-                let n = chunk.items.len();
+                // Items after those answered in parts.
+                let (first, n) = (
+                    chunk.first + flight.answered,
+                    chunk.items.len() - flight.answered,
+                );
                 match answers {
                     Answers::One(outcome) => {
-                        self.complete_run(&chunk.job, chunk.first, n, Slot::Done(outcome))
+                        self.complete_run(&chunk.job, first, n, Slot::Done(outcome))
                     }
                     Answers::Batch(batch) => {
-                        if chunk.job.complete_batch(chunk.first, n, batch) > 0 {
-                            self.run_hook(&chunk.job, chunk.first);
+                        let answered = batch.len().min(n);
+                        if chunk.job.complete_batch(first, answered, batch) > 0 {
+                            self.run_hook(&chunk.job, first);
+                        }
+                        if answered < n {
+                            // The worker's watchdog stopped the batch in a host call: the
+                            // items it did not answer never ran, or ran past the time limit
+                            // with others; each runs again on its own, with its own limit.
+                            let skip = flight.answered + answered;
+                            for retry in chunk.split_for_retry_from(skip).into_iter().rev() {
+                                s.queue.push_front(retry);
+                            }
                         }
                     }
                 }
@@ -573,6 +673,39 @@ impl Shared {
         }
         if s.waiters > 0 {
             self.changed.notify_all();
+        }
+    }
+
+    /// The next answers of batch call `id`, before its last: they are recorded now, and
+    /// the call stays in flight for the rest.
+    fn part_of_call(&self, pid: u32, id: u64, answers: BatchAnswers) {
+        let s = self.lock();
+        let Some(flight) = s
+            .workers
+            .iter()
+            .find(|w| w.handle.pid == pid)
+            .and_then(|w| w.inflight.iter().find(|f| f.id == id))
+        else {
+            return;
+        };
+        let Some(chunk) = flight.chunk.as_ref() else {
+            return;
+        };
+        let left = chunk.items.len() - flight.answered;
+        let answered = answers.len().min(left);
+        let (job, first) = (chunk.job.clone(), chunk.first + flight.answered);
+        drop(s);
+        if answered > 0 && job.complete_batch(first, answered, answers) > 0 {
+            self.run_hook(&job, first);
+        }
+        let mut s = self.lock();
+        if let Some(flight) = s
+            .workers
+            .iter_mut()
+            .find(|w| w.handle.pid == pid)
+            .and_then(|w| w.inflight.iter_mut().find(|f| f.id == id))
+        {
+            flight.answered += answered;
         }
     }
 
@@ -798,6 +931,7 @@ impl WorkerEvents for Shared {
                 fuel,
                 micros,
             } => self.finish_call(pid, id, Answers::Batch(answers), Ran { fuel, micros }, more),
+            FromWorker::BatchPart { id, answers } => self.part_of_call(pid, id, answers),
             FromWorker::Output { stream, data, .. } => {
                 let found = {
                     let s = self.lock();
@@ -863,7 +997,10 @@ impl WorkerEvents for Shared {
         let lost = if watchdog {
             None
         } else {
-            flights.next().and_then(|running| running.chunk)
+            // Of it, only the items not answered in parts.
+            flights
+                .next()
+                .and_then(|running| running.chunk?.rest(running.answered))
         };
         let requeue: Vec<Chunk> = flights.filter_map(|f| f.chunk).collect();
         for chunk in requeue.into_iter().rev() {

@@ -2,15 +2,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::objects::ObjectClient;
 use super::output::{Channel, GuestOutput};
-use super::state::{MemoryLimiter, ProcessIdentity, State};
-use super::watchdog::{Watchdog, ticks, time_limit_message};
+use super::progress::{BatchProgress, Stopped};
+use super::state::{CallClock, MemoryLimiter, ProcessIdentity, State};
+use super::watchdog::{INIT_CALL, Watchdog, ticks, time_limit_message};
 use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine_with;
 use crate::grants::Grants;
@@ -33,6 +35,7 @@ pub(crate) struct Loaded {
     tasks: Vec<String>,
     watchdog: Arc<Watchdog>,
     objects: Arc<ObjectClient>,
+    progress: Arc<BatchProgress>,
     grants: Grants,
     /// Whether the engine counts fuel (the artifact was compiled for the metered engine).
     metered: bool,
@@ -51,6 +54,7 @@ impl Loaded {
         channel: Arc<Channel>,
         watchdog: Arc<Watchdog>,
         objects: Arc<ObjectClient>,
+        progress: Arc<BatchProgress>,
     ) -> Result<Self, String> {
         let mut loaded = Loaded {
             pre,
@@ -62,15 +66,28 @@ impl Loaded {
             tasks: Vec::new(),
             watchdog,
             objects,
+            progress,
             grants: Grants::default(),
             metered: load.metered,
             fuel_used: None,
         };
-        let (mut store, module) = loaded.instantiate()?;
-        loaded.tasks = module
-            .wasmpool_task_tasks()
-            .call_list_tasks(&mut store)
-            .map_err(|e| describe_trap(&e))?;
+        // The first instance's init runs under the limits of the pool or process the worker
+        // is for, with a watchdog for an init blocked in a host call.
+        loaded.watchdog.arm(INIT_CALL, load.init_limits.timeout);
+        let first = loaded
+            .instantiate(&load.init_limits)
+            .and_then(|(mut store, module)| {
+                let tasks = module
+                    .wasmpool_task_tasks()
+                    .call_list_tasks(&mut store)
+                    .map_err(|e| {
+                        init_failure("list of tasks", &mut store, &e, &load.init_limits)
+                    })?;
+                Ok((store, module, tasks))
+            });
+        loaded.watchdog.disarm();
+        let (store, module, tasks) = first?;
+        loaded.tasks = tasks;
         loaded.live = Some((store, module));
         Ok(loaded)
     }
@@ -113,7 +130,10 @@ impl Loaded {
         }
     }
 
-    fn instantiate(&self) -> Result<(Store<State>, TaskModule), String> {
+    /// Makes a fresh instance and runs the guest's init, under the memory and time limits
+    /// of `limits` (a module whose memory starts over the limit is refused; an init that
+    /// never returns is stopped at the time limit).
+    fn instantiate(&self, limits: &Limits) -> Result<(Store<State>, TaskModule), String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestOutput {
             stream: Stream::Stdout,
@@ -132,8 +152,13 @@ impl Loaded {
             panic: None,
             objects: self.objects.clone(),
             channel: self.channel.clone(),
+            progress: self.progress.clone(),
+            clock: CallClock {
+                timeout: limits.timeout,
+                started: Instant::now(),
+            },
             limiter: MemoryLimiter {
-                max_bytes: Limits::default().memory_bytes,
+                max_bytes: limits.memory_bytes,
                 exceeded: false,
             },
         };
@@ -145,19 +170,23 @@ impl Loaded {
                 .map_err(|e| format!("cannot give the instance fuel: {e:#}"))?;
         }
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(NO_DEADLINE);
-        let module = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("cannot instantiate the module: {e:#}"))?;
+        store.epoch_deadline_callback(|ctx| Ok(past_deadline(ctx.data())));
+        store.set_epoch_deadline(limits.timeout.map_or(NO_DEADLINE, ticks));
+        let module = match self.pre.instantiate(&mut store) {
+            Ok(module) => module,
+            Err(e) if store.data().limiter.exceeded => {
+                return Err(format!(
+                    "cannot instantiate the module: its memory at start is over the memory \
+                     limit of {} ({e:#}); give it a larger limit",
+                    describe_bytes(limits.memory_bytes)
+                ));
+            }
+            Err(e) => return Err(init_failure("instantiation", &mut store, &e, limits)),
+        };
         match module.wasmpool_task_tasks().call_init(&mut store) {
             Ok(Ok(())) => Ok((store, module)),
             Ok(Err(message)) => Err(format!("the module's init failed: {message}")),
-            Err(e) => Err(format!(
-                "the module's init trapped: {}",
-                panic_or_trap(&mut store, &e)
-            )),
+            Err(e) => Err(init_failure("init", &mut store, &e, limits)),
         }
     }
 
@@ -178,7 +207,9 @@ impl Loaded {
             self.stack_bytes = limits.stack_bytes;
         }
         if self.live.is_none() {
-            self.live = Some(self.instantiate()?);
+            // A fresh instance's init runs under this call's limits, and its watchdog.
+            self.watchdog.arm(id, limits.timeout);
+            self.live = Some(self.instantiate(limits)?);
         }
         self.watchdog.arm(id, limits.timeout);
         let live = self
@@ -188,6 +219,10 @@ impl Loaded {
         live.0.data_mut().limiter = MemoryLimiter {
             max_bytes: limits.memory_bytes,
             exceeded: false,
+        };
+        live.0.data_mut().clock = CallClock {
+            timeout: limits.timeout,
+            started: Instant::now(),
         };
         live.0
             .set_epoch_deadline(limits.timeout.map_or(NO_DEADLINE, ticks));
@@ -261,12 +296,19 @@ impl Loaded {
         outcome
     }
 
-    /// Runs one task per item. A panic keeps the outcomes of the items before it (the guest
-    /// SDK reports them) and the batch resumes after it in a fresh instance; after any other
-    /// trap, the items are re-run one by one so only the guilty item fails.
+    /// Runs one task per item; returns the answers not sent in parts already (see
+    /// [`BatchProgress`]). No item that finished runs again: a panic keeps the outcomes of
+    /// the items before it (the guest SDK reports them) and the batch resumes after it in a
+    /// fresh instance; after any other trap or a limit, the item that was running fails if
+    /// the guest's reports say which it was (it had called `objects`), and the batch resumes
+    /// after it; otherwise the items after the last report (which made no call to
+    /// `objects`: pure, as far as the host can tell) are run again one by one, so only the
+    /// guilty one fails, and the output they wrote, held back, is dropped (they write it
+    /// again).
     ///
-    /// A time limit applies to each crossing into the guest: the whole batch first, then each
-    /// item on its own if the batch hits it, so the item that exceeded it is the one that fails.
+    /// A time limit applies to each crossing into the guest, and within one to what runs
+    /// after each progress report: so to each item that calls `objects`, and to each run of
+    /// items that do not (then each of those again on its own if the run exceeds it).
     ///
     /// On a metered worker each item crosses on its own instead (see `call_each`).
     pub fn call_batch(
@@ -277,112 +319,191 @@ impl Loaded {
         limits: &Limits,
     ) -> BatchAnswers {
         self.fuel_used = None;
+        self.progress.begin(id, items.len());
         if let Some(refused) = self.refuse(limits) {
-            let mut answers = BatchAnswers::with_capacity(items.len());
             for _ in 0..items.len() {
-                answers.push(refused.clone());
+                self.progress.push(refused.clone(), &self.channel);
             }
-            return answers;
-        }
-        let answers = if self.metered {
-            self.call_each(id, task, &items, limits)
+        } else if self.metered {
+            self.call_each(id, task, &items, limits);
         } else {
-            self.call_batch_armed(id, task, items, limits)
-        };
+            self.call_batch_armed(id, task, items, limits);
+        }
         self.watchdog.disarm();
-        answers
+        self.progress.finish()
     }
 
     /// Runs each item in a crossing of its own, under its own fuel budget and time limit:
     /// the fuel an item uses, and whether it runs out, never depends on the other items of
     /// its chunk, so it is the same whatever the chunk size. A metered worker gives up
     /// one-crossing batches for that.
-    fn call_each(&mut self, id: u64, task: &str, items: &Packed, limits: &Limits) -> BatchAnswers {
-        let mut answers = BatchAnswers::with_capacity(items.len());
+    fn call_each(&mut self, id: u64, task: &str, items: &Packed, limits: &Limits) {
         for (i, item) in items.iter().enumerate() {
             if i > 0 && !self.has_instance() {
                 // What the lost instance held is given back before the next one (made for
                 // this item) can take anything; the caller reports a loss after the last.
                 let _ = self.channel.queue(&FromWorker::InstanceLost);
             }
-            answers.push(self.call_armed(id, task, item, limits));
+            self.run_alone(id, task, item, limits);
         }
-        answers
     }
 
-    fn call_batch_armed(
-        &mut self,
-        id: u64,
-        task: &str,
-        items: Packed,
-        limits: &Limits,
-    ) -> BatchAnswers {
-        let mut answers = BatchAnswers::with_capacity(items.len());
-        // The first crossing takes the whole batch as it came; after a panic, the rest.
+    /// Runs one item of a batch in a crossing of its own and records its answer.
+    fn run_alone(&mut self, id: u64, task: &str, item: &[u8], limits: &Limits) {
+        self.progress.begin_crossing(1);
+        let outcome = self.call_armed(id, task, item, limits);
+        self.progress.push(outcome, &self.channel);
+    }
+
+    fn call_batch_armed(&mut self, id: u64, task: &str, items: Packed, limits: &Limits) {
+        // The first crossing takes the whole batch as it came; after a failure the
+        // guest's reports place, the rest.
         let mut batch = Some(items);
         while let Some(items) = batch.take() {
+            let n = items.len();
+            let base = self.progress.answered();
+            self.progress.begin_crossing(n);
+            // Output of items that may run again is held back until they are known to
+            // have finished; a lone item never runs again.
+            let hold = n > 1;
+            if hold {
+                self.channel.hold_output();
+            }
             let (store, module) = match self.live(id, limits) {
                 Ok(l) => l,
                 Err(message) => {
-                    for _ in 0..items.len() {
-                        answers.push(Outcome::Trap(message.clone()));
+                    self.channel.end_hold(true);
+                    for _ in 0..n {
+                        self.progress
+                            .push(Outcome::Trap(message.clone()), &self.channel);
                     }
                     break;
                 }
             };
             // Moved into the call (no copy) and recovered from it only on the slow paths.
-            let n = items.len();
             let wit = bindings::Packed {
                 data: items.data,
                 ends: items.ends,
             };
-            match module
+            let result = module
                 .wasmpool_task_tasks()
-                .call_call_batch(&mut *store, task, &wit)
-            {
+                .call_call_batch(&mut *store, task, &wit);
+            let e = match result {
                 Ok(out) => {
-                    append_batch(&mut answers, out);
+                    self.channel.end_hold(true);
+                    self.record_batch(out);
                     break;
                 }
-                Err(e) => {
-                    let report = store.data_mut().panic.take();
-                    let limited = is_limit(store, &e);
-                    self.live = None;
-                    // What the lost instance held is given back before a new one (for the
-                    // rest of the batch) can take anything.
-                    let _ = self.channel.queue(&FromWorker::InstanceLost);
-                    let items = Packed {
-                        data: wit.data,
-                        ends: wit.ends,
-                    };
-                    match report {
-                        Some(report) if !limited && report.completed.len() < n => {
-                            let done = report.completed.len();
-                            for outcome in report.completed {
-                                answers.push(convert(outcome));
-                            }
-                            answers.push(Outcome::Failed(report.message));
-                            let mut rest = Packed::with_capacity(n - done - 1, 0);
-                            for item in (done + 1..n).filter_map(|i| items.get(i)) {
-                                rest.push(item);
-                            }
-                            if !rest.is_empty() {
-                                batch = Some(rest);
-                            }
-                        }
-                        _ => {
-                            // A trap or a limit: re-run each item on its own, so only the
-                            // guilty one fails.
-                            for item in items.iter() {
-                                answers.push(self.call_armed(id, task, item, limits));
-                            }
-                            break;
-                        }
+                Err(e) => e,
+            };
+            let report = store.data_mut().panic.take();
+            let limited = is_limit(store, &e);
+            let outcome = match &report {
+                Some(report) if !limited => Outcome::Failed(report.message.clone()),
+                _ => failure(store, &e, limits),
+            };
+            self.live = None;
+            // What the lost instance held is given back before a new one (for the rest of
+            // the batch) can take anything.
+            let _ = self.channel.queue(&FromWorker::InstanceLost);
+            let items = Packed {
+                data: wit.data,
+                ends: wit.ends,
+            };
+            // Items of this crossing the guest reported finished.
+            let reported = self.progress.answered().saturating_sub(base);
+            let stopped = self.progress.stopped();
+            // The item that stopped, when it is known (and nothing after it started).
+            let guilty = match report {
+                Some(report) if !limited => {
+                    let at = reported + report.completed.len();
+                    for done in report
+                        .completed
+                        .into_iter()
+                        .take(n.saturating_sub(reported))
+                    {
+                        self.progress.push(convert(done), &self.channel);
                     }
+                    Some(at)
+                }
+                _ if n == 1 || stopped == Stopped::InItem => Some(reported),
+                _ => None,
+            };
+            match guilty {
+                Some(at) if at < n => {
+                    self.channel.end_hold(true);
+                    self.progress.push(outcome, &self.channel);
+                    let mut rest = Packed::with_capacity(n - at - 1, 0);
+                    for item in (at + 1..n).filter_map(|i| items.get(i)) {
+                        rest.push(item);
+                    }
+                    if !rest.is_empty() {
+                        batch = Some(rest);
+                    }
+                }
+                Some(_) => {
+                    // The guest reported every item finished, then stopped: nothing is left.
+                    self.channel.end_hold(true);
+                }
+                None => {
+                    // Run again, one by one, the items after the last report: they made no
+                    // call to `objects` (or the guest does not say), and what they wrote is
+                    // dropped, to be written again.
+                    self.channel.end_hold(false);
+                    for i in reported..n {
+                        if i > reported && !self.has_instance() {
+                            let _ = self.channel.queue(&FromWorker::InstanceLost);
+                        }
+                        let item = items.get(i).unwrap_or_default();
+                        self.run_alone(id, task, item, limits);
+                    }
+                    break;
                 }
             }
         }
-        answers
+    }
+
+    /// Records a crossing's answers, item by item.
+    fn record_batch(&mut self, out: BatchOutcome) {
+        let BatchOutcome { results, errors } = out;
+        let results = Packed {
+            data: results.data,
+            ends: results.ends,
+        };
+        // The common case: every item succeeded; the guest's buffers are the answer.
+        let Some(results) = (match errors.is_empty() {
+            true => self.progress.take_whole(results),
+            false => Some(results),
+        }) else {
+            return;
+        };
+        let mut errors = errors.into_iter().peekable();
+        for (i, bytes) in results.iter().enumerate() {
+            let outcome = match errors.next_if(|(at, _)| *at as usize == i) {
+                Some((_, e)) => convert(Err(e)),
+                None => Outcome::Ok(bytes.to_vec()),
+            };
+            self.progress.push(outcome, &self.channel);
+        }
+    }
+}
+
+/// What the epoch deadline of a call's store does when it comes: traps if the call (or,
+/// inside a batch, what ran since the guest's last progress report) has run for its whole
+/// time limit, and otherwise moves the deadline to when it would have.
+fn past_deadline(state: &State) -> UpdateDeadline {
+    let Some(timeout) = state.clock.timeout else {
+        return UpdateDeadline::Continue(NO_DEADLINE);
+    };
+    let started = state
+        .progress
+        .last_report()
+        .map_or(state.clock.started, |r| r.max(state.clock.started));
+    let ran = started.elapsed();
+    if ran >= timeout {
+        UpdateDeadline::Interrupt
+    } else {
+        UpdateDeadline::Continue(ticks(timeout - ran))
     }
 }
 
@@ -432,8 +553,35 @@ fn is_limit(store: &Store<State>, e: &wasmtime::Error) -> bool {
         )
 }
 
-/// How a call that returned an error ended: a limit, a panic, or another trap.
+/// What went wrong in a module's `stage` (instantiation, init) that trapped or hit a limit.
+fn init_failure(
+    stage: &str,
+    store: &mut Store<State>,
+    e: &wasmtime::Error,
+    limits: &Limits,
+) -> String {
+    match failure(store, e, limits) {
+        Outcome::Limit(why) => format!("the module's {stage} {why}"),
+        Outcome::Failed(why) | Outcome::Trap(why) => format!("the module's {stage} trapped: {why}"),
+        _ => format!("the module's {stage} trapped: {}", describe_trap(e)),
+    }
+}
+
+/// The MessagePack nil: what a task that exits with status 0 returns, as a Python task that
+/// calls `sys.exit(0)` ends successfully with no value.
+const NIL: u8 = 0xc0;
+
+/// How a call that returned an error ended: an exit, a limit, a panic, or another trap.
 fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Outcome {
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return match exit.0 {
+            0 => Outcome::Ok(vec![NIL]),
+            status => Outcome::Failed(format!(
+                "exited with status {status} (`exit` called in the task; WASI 0.2 carries only \
+                 success or failure)"
+            )),
+        };
+    }
     if store.data().limiter.exceeded {
         return Outcome::Limit(format!(
             "exceeded its memory limit of {} MiB",
@@ -467,40 +615,13 @@ fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Ou
     }
 }
 
-/// Appends a guest's batch outcome to `answers`, item by item.
-fn append_batch(answers: &mut BatchAnswers, out: BatchOutcome) {
-    let BatchOutcome { results, errors } = out;
-    let results = Packed {
-        data: results.data,
-        ends: results.ends,
-    };
-    if errors.is_empty() && answers.len() == 0 {
-        // The common case: every item succeeded; the guest's buffers are the answer.
-        answers.results = results;
-        return;
-    }
-    let mut errors = errors.into_iter().peekable();
-    for (i, bytes) in results.iter().enumerate() {
-        match errors.next_if(|(at, _)| *at as usize == i) {
-            Some((_, e)) => answers.push(convert(Err(e))),
-            None => answers.push(Outcome::Ok(bytes.to_vec())),
-        }
-    }
-}
-
-fn convert(result: Result<Vec<u8>, TaskError>) -> Outcome {
+/// An outcome as the WIT world gives it, as the protocol carries it.
+pub(super) fn convert(result: Result<Vec<u8>, TaskError>) -> Outcome {
     match result {
         Ok(bytes) => Outcome::Ok(bytes),
         Err(TaskError::Failed(m)) => Outcome::Failed(m),
         Err(TaskError::UnknownTask(_)) => Outcome::UnknownTask,
         Err(TaskError::BadArgs(m)) => Outcome::BadArgs(m),
-    }
-}
-
-fn panic_or_trap(store: &mut Store<State>, e: &wasmtime::Error) -> String {
-    match store.data_mut().panic.take() {
-        Some(report) => report.message,
-        None => describe_trap(e),
     }
 }
 

@@ -13,6 +13,7 @@ mod forkserver;
 mod instance;
 mod objects;
 mod output;
+mod progress;
 mod sandbox;
 pub(crate) mod state;
 mod watchdog;
@@ -33,6 +34,7 @@ use crate::protocol::{FromWorker, Load, Outcome, ToWorker, read_frame};
 use self::instance::Loaded;
 use self::objects::{ObjectClient, Reply};
 use self::output::Channel;
+use self::progress::{BatchProgress, cap_result};
 use self::state::{ProcessIdentity, State};
 use self::watchdog::Watchdog;
 
@@ -197,7 +199,8 @@ fn serve_on(
         ppid: parent,
         name: Mutex::new(load.name.clone()),
     });
-    let watchdog = Watchdog::new(channel.clone());
+    let progress = Arc::new(BatchProgress::default());
+    let watchdog = Watchdog::new(channel.clone(), progress.clone());
     let objects = Arc::new(ObjectClient::new(channel.clone(), reply_rx));
     // A fork server prepared the module already (for a usable stack limit); otherwise it
     // is prepared here, for the limit asked for, or the default if that is out of range
@@ -217,6 +220,7 @@ fn serve_on(
             channel.clone(),
             watchdog,
             objects,
+            progress,
         )
     });
     let mut loaded = match loaded {
@@ -265,7 +269,8 @@ fn serve_on(
             } => {
                 channel.current_call.store(id, Ordering::Relaxed);
                 let started = Instant::now();
-                let outcome = loaded.call(id, &task, &args, &limits);
+                // A result too large for a frame fails the task, not the worker.
+                let outcome = cap_result(loaded.call(id, &task, &args, &limits));
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
                 let ok = matches!(outcome, Outcome::Ok(_));

@@ -1,5 +1,7 @@
 //! The guest's stdout and stderr: every write becomes an `Output` frame to the host, at once,
-//! so output from concurrent workers interleaves as it happens (as it does in Python).
+//! so output from concurrent workers interleaves as it happens (as it does in Python). Inside
+//! a batch the worker may hold it back until the items that wrote it are known to have
+//! finished (see [`Channel::hold_output`]).
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +28,8 @@ pub(crate) struct Channel {
     pub current_call: AtomicU64,
     /// Bytes the running call may still write (its output limit).
     output_left: AtomicU64,
+    /// The running call's output limit.
+    output_limit: AtomicU64,
     /// Set when the running call tried to write past its output limit.
     output_exceeded: AtomicBool,
 }
@@ -34,6 +38,8 @@ pub(crate) struct Channel {
 struct Writer {
     sock: UnixStream,
     pending: Vec<u8>,
+    /// Output frames held back (while `Some`): see [`Channel::hold_output`].
+    held: Option<Vec<u8>>,
 }
 
 /// Queued answers are written once they reach this size, even if more work is queued.
@@ -45,17 +51,27 @@ impl Channel {
             writer: Mutex::new(Writer {
                 sock,
                 pending: Vec::new(),
+                held: None,
             }),
             current_call: AtomicU64::new(0),
             output_left: AtomicU64::new(u64::MAX),
+            output_limit: AtomicU64::new(u64::MAX),
             output_exceeded: AtomicBool::new(false),
         }
     }
 
     /// Gives the next call `limit` bytes of output.
     pub fn arm_output(&self, limit: u64) {
+        self.output_limit.store(limit, Ordering::Relaxed);
         self.output_left.store(limit, Ordering::Relaxed);
         self.output_exceeded.store(false, Ordering::Relaxed);
+    }
+
+    /// Gives the running call its whole output limit again: inside a batch, the items after
+    /// a progress report have a limit of their own.
+    pub fn rearm_output(&self) {
+        let limit = self.output_limit.load(Ordering::Relaxed);
+        self.output_left.store(limit, Ordering::Relaxed);
     }
 
     /// Whether the running call was stopped for writing past its output limit.
@@ -90,13 +106,59 @@ impl Channel {
     pub fn flush(&self) -> io::Result<()> {
         flush(&mut *self.lock()?)
     }
+
+    /// Holds the guest's output back from now on, until [`release_output`] or
+    /// [`end_hold`]: inside a batch, output written by items that may be run again (after a
+    /// trap later in the batch) is sent only once they are known to have finished, so a
+    /// re-run never repeats it. At most the output limit is held.
+    ///
+    /// [`release_output`]: Channel::release_output
+    /// [`end_hold`]: Channel::end_hold
+    pub fn hold_output(&self) {
+        if let Ok(mut w) = self.lock() {
+            w.held = Some(Vec::new());
+        }
+    }
+
+    /// Queues the output held so far (its items finished); holding goes on.
+    pub fn release_output(&self) {
+        if let Ok(mut w) = self.lock() {
+            let w = &mut *w;
+            if let Some(held) = w.held.as_mut() {
+                w.pending.append(held);
+            }
+        }
+    }
+
+    /// Stops holding output back: what is held is queued (`keep`), or dropped, because the
+    /// items that wrote it run again and write it again.
+    pub fn end_hold(&self, keep: bool) {
+        if let Ok(mut w) = self.lock() {
+            let w = &mut *w;
+            if let Some(mut held) = w.held.take()
+                && keep
+            {
+                w.pending.append(&mut held);
+            }
+        }
+    }
+
+    /// Writes an output frame now, after any queued ones, or holds it back.
+    fn send_output(&self, msg: &FromWorker) -> io::Result<()> {
+        let mut w = self.lock()?;
+        if let Some(held) = w.held.as_mut() {
+            return encode_frame(held, msg);
+        }
+        encode_frame(&mut w.pending, msg)?;
+        flush(&mut w)
+    }
 }
 
 fn flush(w: &mut Writer) -> io::Result<()> {
     if w.pending.is_empty() {
         return Ok(());
     }
-    let Writer { sock, pending } = w;
+    let Writer { sock, pending, .. } = w;
     let result = sock.write_all(pending);
     pending.clear();
     result
@@ -121,7 +183,7 @@ impl GuestOutput {
         if fits > 0 {
             let id = self.channel.current_call.load(Ordering::Relaxed);
             self.channel
-                .send(&FromWorker::Output {
+                .send_output(&FromWorker::Output {
                     id,
                     stream: self.stream,
                     data: data[..fits].to_vec(),

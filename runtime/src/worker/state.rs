@@ -2,12 +2,14 @@
 //! interface (process identity, panic reports).
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::objects::ObjectClient;
 use super::output::Channel;
+use super::progress::BatchProgress;
 use crate::bindings::{self, Identity, TaskError, objects};
 
 /// What a panic hook reported just before its trap.
@@ -34,6 +36,26 @@ pub(crate) struct State {
     pub objects: Arc<ObjectClient>,
     /// The worker's channel to the host (the guest's output goes through it).
     pub channel: Arc<Channel>,
+    /// What the running batch has done so far.
+    pub progress: Arc<BatchProgress>,
+    /// The running call's time limit, and when it began.
+    pub clock: CallClock,
+}
+
+/// The time limit of the running call, and when it began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallClock {
+    pub timeout: Option<Duration>,
+    pub started: Instant,
+}
+
+impl Default for CallClock {
+    fn default() -> Self {
+        CallClock {
+            timeout: None,
+            started: Instant::now(),
+        }
+    }
 }
 
 /// Refuses memory growth past the limit with a trap, and remembers that it did, so the
@@ -101,6 +123,14 @@ impl bindings::Host for State {
     fn report_panic(&mut self, message: String, completed: Vec<Result<Vec<u8>, TaskError>>) {
         self.panic = Some(PanicReport { message, completed });
     }
+
+    fn batch_progress(&mut self, completed: Vec<Result<Vec<u8>, TaskError>>) {
+        let completed = completed
+            .into_iter()
+            .map(super::instance::convert)
+            .collect();
+        self.progress.report(completed, &self.channel);
+    }
 }
 
 impl bindings::wasmpool::task::types::Host for State {}
@@ -112,6 +142,7 @@ impl objects::Host for State {
         req: objects::Request,
         timeout_ms: Option<u64>,
     ) -> Result<objects::Response, objects::ObjectError> {
+        self.progress.effect();
         self.objects.invoke(target, req, timeout_ms)
     }
 }

@@ -10,8 +10,13 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use super::output::Channel;
+use super::progress::BatchProgress;
 use crate::engine::{EPOCH_TICK, tick_all};
 use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
+
+/// The call id the watchdog times a new worker's first instantiation and init under: no
+/// call of the host's has it.
+pub(crate) const INIT_CALL: u64 = u64::MAX;
 
 /// Still running this long after the epoch passed its deadline, a task is taken to be stuck
 /// in a host call: counted in the ticker's passes (each at least a tick apart), so time in
@@ -40,16 +45,20 @@ pub(crate) struct Watchdog {
     running: Mutex<Option<Running>>,
     clock: Mutex<Option<Clock>>,
     channel: Arc<Channel>,
+    /// The running batch's progress: its time limit restarts at each report, and what
+    /// finished is answered when the watchdog stops it.
+    progress: Arc<BatchProgress>,
     ticker: Once,
 }
 
 impl Watchdog {
     /// A watchdog for the calls of this worker, which answers on `channel`.
-    pub fn new(channel: Arc<Channel>) -> Arc<Watchdog> {
+    pub fn new(channel: Arc<Channel>, progress: Arc<BatchProgress>) -> Arc<Watchdog> {
         Arc::new(Watchdog {
             running: Mutex::new(None),
             clock: Mutex::new(None),
             channel,
+            progress,
             ticker: Once::new(),
         })
     }
@@ -91,9 +100,13 @@ impl Watchdog {
                     // Wasm code traps at its next check once the epoch is past its deadline;
                     // a task still running `GRACE` of this thread's passes after that is
                     // blocked in the host.
+                    let last_report = watched.progress.last_report();
                     let overdue = watched.running.lock().ok().and_then(|mut r| {
                         let r = r.as_mut()?;
-                        if Instant::now() <= r.deadline {
+                        // Inside a batch the limit restarts at each progress report.
+                        let deadline =
+                            last_report.map_or(r.deadline, |at| r.deadline.max(at + r.timeout));
+                        if Instant::now() <= deadline {
                             return None;
                         }
                         r.overdue_passes += 1;
@@ -101,12 +114,31 @@ impl Watchdog {
                     });
                     if let Some((id, timeout)) = overdue {
                         let outcome = Outcome::Limit(time_limit_message(timeout));
-                        let _ = channel.send(&FromWorker::Done {
-                            id,
-                            outcome,
-                            fuel: None,
-                            micros: timeout.as_micros().try_into().unwrap_or(u64::MAX),
-                        });
+                        let micros = timeout.as_micros().try_into().unwrap_or(u64::MAX);
+                        // A batch keeps the answers of its items that finished; those that
+                        // did not go back to the host, to run again one by one.
+                        let answer = match watched.progress.stop(id, outcome.clone()) {
+                            _ if id == INIT_CALL => FromWorker::LoadFailed(format!(
+                                "the module's init {}",
+                                time_limit_message(timeout)
+                            )),
+                            Some((answers, keep_output)) => {
+                                channel.end_hold(keep_output);
+                                FromWorker::BatchDone {
+                                    id,
+                                    answers,
+                                    fuel: None,
+                                    micros,
+                                }
+                            }
+                            None => FromWorker::Done {
+                                id,
+                                outcome,
+                                fuel: None,
+                                micros,
+                            },
+                        };
+                        let _ = channel.send(&answer);
                         // The guest is blocked in the host and cannot be interrupted: end the process.
                         // SAFETY: _exit is always safe to call.
                         unsafe { libc::_exit(WATCHDOG_EXIT) };
