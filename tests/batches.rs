@@ -353,3 +353,34 @@ fn the_memory_limit_applies_to_a_modules_memory_at_start() {
         assert_eq!(v, 7);
     });
 }
+
+#[test]
+fn a_stopped_worker_is_killed_past_its_time_limit_and_the_map_goes_on() {
+    let module = module();
+    within(LIMIT, move || {
+        let pool = Pool::builder(&module)
+            .processes(2)
+            .limits(Limits::default().timeout(Duration::from_millis(500)))
+            .build()
+            .unwrap();
+        let stopped = pool.pids()[0];
+        // SIGSTOP: the worker's own watchdog stops with it; only the host can tell.
+        let pending = pool
+            .map_async::<_, u32>("pid_after", [300u64, 300, 300, 300], Some(1))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: kill has no memory-safety preconditions; the pid is one of the pool's.
+        assert_eq!(unsafe { libc::kill(stopped as i32, libc::SIGSTOP) }, 0);
+        let err = pending.get().unwrap_err();
+        match &err {
+            Error::WorkerLost { pid, reason, .. } => {
+                assert_eq!(*pid, stopped);
+                assert!(reason.contains("sent nothing"), "{reason}");
+            }
+            other => panic!("expected the stopped worker's task to be lost, got {other:?}"),
+        }
+        // The pool replaced it and goes on.
+        let again: Vec<u32> = pool.map("pid_after", [1u64, 1, 1, 1]).unwrap();
+        assert!(!again.contains(&stopped), "{again:?}");
+    });
+}

@@ -436,6 +436,7 @@ impl WorkerEvents for Inner {
             }
             FromWorker::BatchDone { .. }
             | FromWorker::BatchPart { .. }
+            | FromWorker::Alive
             | FromWorker::Ready { .. }
             | FromWorker::LoadFailed(_)
             | FromWorker::Object { .. }

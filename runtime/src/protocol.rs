@@ -293,6 +293,10 @@ pub(crate) enum FromWorker {
         fuel: Option<u64>,
         micros: u64,
     },
+    /// The worker is alive, running a call with a time limit: sent when it has sent
+    /// nothing else for a second, so the host can tell a stopped or wedged worker (which
+    /// sends nothing) from a long call, and replace it.
+    Alive,
     /// The last call trapped or hit a limit and its instance was discarded: whatever the
     /// worker held of the shared objects (locks, semaphores, pipe ends) is given back, as
     /// if the process had exited. Sent before the call's answer.
@@ -644,6 +648,7 @@ pub mod fuzzing {
                 FromWorker::BatchPart { .. } => "BatchPart",
                 FromWorker::BatchDone { .. } => "BatchDone",
                 FromWorker::InstanceLost => "InstanceLost",
+                FromWorker::Alive => "Alive",
                 FromWorker::Object { .. } => "Object",
                 FromWorker::ObjectSync { .. } => "ObjectSync",
                 FromWorker::Attach { .. } => "Attach",
@@ -901,6 +906,7 @@ mod tests {
                 },
             },
             FromWorker::InstanceLost,
+            FromWorker::Alive,
             FromWorker::Object {
                 req: 5,
                 target: Handle {
@@ -1056,6 +1062,7 @@ mod tests {
             "BatchPart",
             "BatchDone",
             "InstanceLost",
+            "Alive",
             "Object",
             "ObjectSync",
         ] {

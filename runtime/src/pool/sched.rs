@@ -242,7 +242,22 @@ struct PoolWorker {
     retiring: bool,
     /// Output routing has its own lock: a slow reader of the output never holds up the pool.
     router: Arc<Mutex<OutputRouter>>,
+    /// When the worker last sent a frame, or was sent work while idle: a worker running a
+    /// call with a time limit that is silent far longer (see [`SILENCE_GRACE`]) is stopped
+    /// or wedged, and is killed.
+    heard: Instant,
+    /// Why the pool killed the worker, if it did.
+    killed_for: Option<String>,
 }
+
+/// How long past its time limit a worker running a timed call may send nothing before the
+/// pool kills it. A live worker says it is alive every second while such a call runs, and
+/// its own watchdog ends a call stuck past the limit: only a stopped or wedged worker is
+/// silent this long.
+const SILENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often the pool checks its workers' silence.
+const SILENCE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 struct Sched {
@@ -289,6 +304,8 @@ pub(crate) struct Shared {
     pending: Arc<Pending>,
     /// The callback thread, if it started.
     callback_thread: Option<std::thread::ThreadId>,
+    /// Whether the thread that kills silent workers runs (see `watch_silence`).
+    silence_watched: std::sync::atomic::AtomicBool,
     me: Weak<Shared>,
 }
 
@@ -363,6 +380,7 @@ impl Shared {
             callbacks: Mutex::new(Some(tx)),
             pending,
             callback_thread,
+            silence_watched: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -442,6 +460,8 @@ impl Shared {
             ready: self.config.initializer.is_none(),
             retiring: false,
             router: Arc::default(),
+            heard: Instant::now(),
+            killed_for: None,
         };
         if !self.config.grants.is_empty() {
             // Before any call: the worker's instances are made with these from then on.
@@ -560,7 +580,13 @@ impl Shared {
                 self.abort_chunk(chunk, &Slot::Done(Outcome::BadArgs(message)));
                 continue;
             }
+            if chunk.job.opts.limits.timeout.is_some() {
+                self.watch_silence();
+            }
             let w = &mut s.workers[wi];
+            if w.inflight.is_empty() {
+                w.heard = Instant::now();
+            }
             w.given += chunk.items.len() as u64;
             // The chunk in flight alone no longer is: its answer waits for this one.
             if let Some(first) = w.inflight.front_mut() {
@@ -593,6 +619,7 @@ impl Shared {
         let Some(flight) = s.workers[wi].inflight.remove(pos) else {
             return;
         };
+        s.workers[wi].heard = Instant::now();
         let Ran { fuel, micros } = ran;
         match flight.chunk {
             None => {
@@ -706,6 +733,64 @@ impl Shared {
             .and_then(|w| w.inflight.iter_mut().find(|f| f.id == id))
         {
             flight.answered += answered;
+        }
+        self.heard_from(&mut s, pid);
+    }
+
+    /// Notes that worker `pid` sent a frame.
+    fn heard_from(&self, s: &mut Sched, pid: u32) {
+        if let Some(w) = s.workers.iter_mut().find(|w| w.handle.pid == pid) {
+            w.heard = Instant::now();
+        }
+    }
+
+    /// Starts, once, the thread that kills a worker silent far past its call's time limit
+    /// (stopped, or wedged): its own watchdog cannot end such a call, so the host does,
+    /// and the call is lost (retried, if the task allows it) as if the worker had died.
+    fn watch_silence(&self) {
+        if self
+            .silence_watched
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wasmpool-deadlines".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(SILENCE_CHECK);
+                    let Some(shared) = me.upgrade() else {
+                        return;
+                    };
+                    let mut s = shared.lock();
+                    if s.terminated || (s.closed && s.workers.is_empty()) {
+                        return;
+                    }
+                    for w in &mut s.workers {
+                        let Some(limit) = w
+                            .inflight
+                            .front()
+                            .and_then(|f| f.chunk.as_ref())
+                            .and_then(|c| c.job.opts.limits.timeout)
+                        else {
+                            continue;
+                        };
+                        let silent = w.heard.elapsed();
+                        if w.killed_for.is_none() && silent > limit.saturating_add(SILENCE_GRACE) {
+                            w.killed_for = Some(format!(
+                                "sent nothing for {silent:.1?}, past its task's time limit of \
+                                 {limit:?} (it was stopped or wedged), and was killed"
+                            ));
+                            w.handle.signal(libc::SIGKILL);
+                        }
+                    }
+                }
+            });
+        if spawned.is_err() {
+            // Without the thread, a stopped worker holds its call as before; try next time.
+            self.silence_watched
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -932,9 +1017,14 @@ impl WorkerEvents for Shared {
                 micros,
             } => self.finish_call(pid, id, Answers::Batch(answers), Ran { fuel, micros }, more),
             FromWorker::BatchPart { id, answers } => self.part_of_call(pid, id, answers),
+            FromWorker::Alive => {
+                let mut s = self.lock();
+                self.heard_from(&mut s, pid);
+            }
             FromWorker::Output { stream, data, .. } => {
                 let found = {
-                    let s = self.lock();
+                    let mut s = self.lock();
+                    self.heard_from(&mut s, pid);
                     s.workers.iter().find(|w| w.handle.pid == pid).map(|w| {
                         let task = w
                             .inflight
@@ -989,7 +1079,10 @@ impl WorkerEvents for Shared {
                 None,
                 format!("sent a malformed frame ({e}) and was stopped"),
             ),
-            None => describe_exit(status),
+            None => match worker.killed_for.take() {
+                Some(why) => (Some(libc::SIGKILL), why),
+                None => describe_exit(status),
+            },
         };
         let mut flights = std::mem::take(&mut worker.inflight).into_iter();
         // The first chunk in flight was running when the worker died: it is lost. The others

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -32,6 +33,9 @@ pub(crate) struct Channel {
     output_limit: AtomicU64,
     /// Set when the running call tried to write past its output limit.
     output_exceeded: AtomicBool,
+    /// When the channel was made, and, in nanoseconds after that, when it last wrote.
+    born: Instant,
+    wrote_at: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -57,7 +61,20 @@ impl Channel {
             output_left: AtomicU64::new(u64::MAX),
             output_limit: AtomicU64::new(u64::MAX),
             output_exceeded: AtomicBool::new(false),
+            born: Instant::now(),
+            wrote_at: AtomicU64::new(0),
         }
+    }
+
+    /// How long since the channel last wrote to the host.
+    pub fn quiet_for(&self) -> Duration {
+        let now = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(now.saturating_sub(self.wrote_at.load(Ordering::Relaxed)))
+    }
+
+    fn note_write(&self) {
+        let now = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.wrote_at.store(now, Ordering::Relaxed);
     }
 
     /// Gives the next call `limit` bytes of output.
@@ -90,7 +107,7 @@ impl Channel {
         let mut w = self.lock()?;
         encode_frame(&mut w.pending, msg)?;
         if w.pending.len() >= FLUSH_AT {
-            flush(&mut w)?;
+            self.flush_locked(&mut w)?;
         }
         Ok(())
     }
@@ -99,12 +116,20 @@ impl Channel {
     pub fn send(&self, msg: &FromWorker) -> io::Result<()> {
         let mut w = self.lock()?;
         encode_frame(&mut w.pending, msg)?;
-        flush(&mut w)
+        self.flush_locked(&mut w)
     }
 
     /// Writes whatever is queued.
     pub fn flush(&self) -> io::Result<()> {
-        flush(&mut *self.lock()?)
+        self.flush_locked(&mut *self.lock()?)
+    }
+
+    fn flush_locked(&self, w: &mut Writer) -> io::Result<()> {
+        if w.pending.is_empty() {
+            return Ok(());
+        }
+        self.note_write();
+        flush(w)
     }
 
     /// Holds the guest's output back from now on, until [`release_output`] or
@@ -150,7 +175,7 @@ impl Channel {
             return encode_frame(held, msg);
         }
         encode_frame(&mut w.pending, msg)?;
-        flush(&mut w)
+        self.flush_locked(&mut w)
     }
 }
 

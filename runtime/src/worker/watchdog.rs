@@ -18,6 +18,9 @@ use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
 /// call of the host's has it.
 pub(crate) const INIT_CALL: u64 = u64::MAX;
 
+/// A call with a time limit that has sent nothing for this long sends `Alive`.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
 /// Still running this long after the epoch passed its deadline, a task is taken to be stuck
 /// in a host call: counted in the ticker's passes (each at least a tick apart), so time in
 /// which the whole process stalled does not count.
@@ -100,6 +103,13 @@ impl Watchdog {
                     // Wasm code traps at its next check once the epoch is past its deadline;
                     // a task still running `GRACE` of this thread's passes after that is
                     // blocked in the host.
+                    // A timed call that has sent nothing for a while says it is alive, so
+                    // the host can tell a stopped worker from a long call.
+                    if channel.quiet_for() >= ALIVE_EVERY
+                        && watched.running.lock().is_ok_and(|r| r.is_some())
+                    {
+                        let _ = channel.send(&FromWorker::Alive);
+                    }
                     let last_report = watched.progress.last_report();
                     let overdue = watched.running.lock().ok().and_then(|mut r| {
                         let r = r.as_mut()?;
