@@ -155,7 +155,10 @@ fn refuse_build_scripts(dir: &Path, manifest: &Path) -> Result<()> {
                 return Err(fail(
                     dir,
                     format!(
-                        "package `{}` has a build script ({}), which would run natively with                          your rights: refused; build the .wasm yourself and pass that, or                          allow build scripts for a project you trust (--allow-build-scripts,                          BuildOptions::allow_build_scripts, or {ALLOW_ENV}=1)",
+                        "package `{}` has a build script ({}), which would run natively with your \
+                         rights: refused; build the .wasm yourself and pass that, or allow \
+                         build scripts for a project you trust ({ALLOW_ENV}=1, or \
+                         BuildOptions::allow_build_scripts)",
                         package["name"].as_str().unwrap_or("?"),
                         target["src_path"].as_str().unwrap_or("build.rs"),
                     ),
