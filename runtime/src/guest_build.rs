@@ -1,6 +1,15 @@
 //! Building a guest Cargo project into a component, for `MODULE` arguments that are
 //! directories.
 //!
+//! Building a project runs code natively, outside any sandbox: its build scripts and proc
+//! macros, and those of every dependency, run as the user with the user's files. A project
+//! directory is therefore trusted input, like any source you build; only built `.wasm`
+//! files are untrusted. As a guard against the obvious case, a project whose own packages
+//! (the one in the directory and any local path dependency) have a build script is refused
+//! unless build scripts are allowed ([`BuildOptions::allow_build_scripts`], or
+//! `WASMPOOL_ALLOW_BUILD_SCRIPTS=1`). Proc macros are not refused: every guest uses the
+//! SDK's own (`#[wasmpool_guest::task]`).
+//!
 //! The nested cargo gets its own target dir (the guest workspace's default one): sharing the
 //! outer build's target dir would deadlock on its lock. The `wasm32-wasip2` target is
 //! installed with rustup if it is missing.
@@ -75,8 +84,93 @@ fn ensure_target(dir: &Path) -> Result<()> {
         .map_err(|m| fail(dir, m))
 }
 
+/// How a guest project directory is built (see [`Module::load_with`](crate::Module::load_with)).
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Run the build scripts (`build.rs`) of the project's own packages. Off by default: a
+    /// project with one is refused, since its build script would run natively, with the
+    /// user's rights. `WASMPOOL_ALLOW_BUILD_SCRIPTS=1` turns it on as well.
+    pub allow_build_scripts: bool,
+}
+
+impl BuildOptions {
+    /// Allows (or not) the build scripts of the project's own packages.
+    pub fn allow_build_scripts(mut self, allow: bool) -> Self {
+        self.allow_build_scripts = allow;
+        self
+    }
+}
+
+/// The environment variable that allows build scripts for every project loaded.
+const ALLOW_ENV: &str = "WASMPOOL_ALLOW_BUILD_SCRIPTS";
+
+fn build_scripts_allowed(options: &BuildOptions) -> bool {
+    options.allow_build_scripts || std::env::var(ALLOW_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A nested cargo for the project at `dir`, without the outer build's environment.
+fn nested_cargo(dir: &Path) -> Command {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(dir).stdin(Stdio::null());
+    for var in OUTER_CARGO_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Refuses the project if one of its own packages (source-less in cargo's metadata: the
+/// project itself, its workspace, its path dependencies) has a build script.
+fn refuse_build_scripts(dir: &Path, manifest: &Path) -> Result<()> {
+    let out = nested_cargo(dir)
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(manifest)
+        .output()
+        .map_err(|e| fail(dir, format!("cannot run cargo: {e}")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(fail(
+            dir,
+            format!("cannot read the project's packages (cargo metadata failed: {last})"),
+        ));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| fail(dir, format!("cannot read cargo metadata: {e}")))?;
+    let packages = meta["packages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for package in packages.iter().filter(|p| p["source"].is_null()) {
+        let targets = package["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        for target in targets {
+            let kinds = target["kind"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if kinds.iter().any(|k| k == "custom-build") {
+                return Err(fail(
+                    dir,
+                    format!(
+                        "package `{}` has a build script ({}), which would run natively with your \
+                         rights: refused; build the .wasm yourself and pass that, or allow \
+                         build scripts for a project you trust ({ALLOW_ENV}=1, or \
+                         BuildOptions::allow_build_scripts)",
+                        package["name"].as_str().unwrap_or("?"),
+                        target["src_path"].as_str().unwrap_or("build.rs"),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds the guest crate in `dir` (release, `wasm32-wasip2`) and returns its `.wasm`.
-pub(crate) fn build(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     let dir = &dir
         .canonicalize()
         .map_err(|e| fail(dir, format!("cannot read: {e}")))?;
@@ -87,8 +181,11 @@ pub(crate) fn build(dir: &Path) -> Result<PathBuf> {
             "a MODULE directory must be a guest Cargo project (no Cargo.toml there)",
         ));
     }
+    if !build_scripts_allowed(options) {
+        refuse_build_scripts(dir, &manifest)?;
+    }
     ensure_target(dir)?;
-    let mut cmd = Command::new(cargo());
+    let mut cmd = nested_cargo(dir);
     cmd.args([
         "build",
         "--release",
@@ -97,12 +194,7 @@ pub(crate) fn build(dir: &Path) -> Result<PathBuf> {
         "--message-format=json-render-diagnostics",
         "--manifest-path",
     ])
-    .arg(&manifest)
-    .current_dir(dir)
-    .stdin(Stdio::null());
-    for var in OUTER_CARGO_ENV {
-        cmd.env_remove(var);
-    }
+    .arg(&manifest);
     let out = cmd
         .output()
         .map_err(|e| fail(dir, format!("cannot run cargo: {e}")))?;

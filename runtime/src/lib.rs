@@ -55,7 +55,7 @@ pub use error::{Error, Result};
 pub use forkserver::{StartMethod, set_start_method, start_method};
 pub use grants::Grants;
 pub use manager::Manager;
-pub use module::{MAX_MODULE_BYTES, Module, cache_dir};
+pub use module::{BuildOptions, DEFAULT_CACHE_MAX_BYTES, MAX_MODULE_BYTES, Module, cache_dir};
 pub use output::{Captured, Output, OutputEvent, Stream};
 pub use pool::{
     AsCompleted, AsyncResult, Executor, Imap, MapStream, Pool, PoolBuilder, TaskFuture,

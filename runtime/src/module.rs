@@ -12,6 +12,7 @@ use wasmtime::component::Component;
 use crate::bindings::TaskModulePre;
 use crate::engine::engine_for;
 use crate::error::{Error, Result};
+pub use crate::guest_build::BuildOptions;
 use crate::protocol::Limits;
 use crate::spawn::{ReadyWorker, start_worker, start_worker_with};
 use crate::worker::state::State;
@@ -60,7 +61,15 @@ impl fmt::Debug for Module {
 }
 
 /// Where compiled artifacts are kept: `$WASMPOOL_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmpool`,
-/// else `~/.cache/wasmpool`.
+/// else `~/.cache/wasmpool`, else (no `HOME`) `wasmpool-cache-<uid>` in the temporary
+/// directory.
+///
+/// The directory must belong to the user running the program and be writable by no one
+/// else (it is created so, mode 0700): a module would otherwise run whatever another user
+/// put there. Each artifact is verified before use against a keyed digest (HMAC-SHA256,
+/// with a random per-cache key readable by the owner only) kept beside it; one that fails is
+/// compiled again. The artifacts together are kept under [`DEFAULT_CACHE_MAX_BYTES`]
+/// (`$WASMPOOL_CACHE_MAX_MIB` to change it), the least recently used evicted first.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WASMPOOL_CACHE_DIR") {
         return PathBuf::from(dir);
@@ -70,17 +79,39 @@ pub fn cache_dir() -> PathBuf {
     }
     match std::env::var_os("HOME") {
         Some(home) => PathBuf::from(home).join(".cache").join("wasmpool"),
-        None => std::env::temp_dir().join("wasmpool-cache"),
+        // SAFETY: geteuid has no preconditions.
+        None => std::env::temp_dir().join(format!("wasmpool-cache-{}", unsafe { libc::geteuid() })),
     }
 }
+
+/// How many bytes of compiled artifacts the cache keeps by default (2 GiB); set
+/// `$WASMPOOL_CACHE_MAX_MIB` for another bound. The least recently used go first.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 2 << 30;
 
 impl Module {
     /// Loads a module from a `.wasm` component file, or builds the guest Cargo project in a
     /// directory first.
+    ///
+    /// Building a project runs its build scripts and proc macros natively: a project
+    /// directory is trusted input, only a `.wasm` file is not. A project whose own packages
+    /// have a build script is refused (see [`Module::load_with`] to allow it).
     pub fn load(path: impl AsRef<Path>) -> Result<Module> {
+        Self::load_with(path, &BuildOptions::default())
+    }
+
+    /// As [`Module::load`], building a guest project directory with `options`.
+    ///
+    /// ```no_run
+    /// use wasmpool::{BuildOptions, Module};
+    /// // A project of your own, whose build script you trust:
+    /// let options = BuildOptions::default().allow_build_scripts(true);
+    /// let module = Module::load_with("my-guest", &options)?;
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn load_with(path: impl AsRef<Path>, options: &BuildOptions) -> Result<Module> {
         let path = path.as_ref();
         if path.is_dir() {
-            let wasm = crate::guest_build::build(path)?;
+            let wasm = crate::guest_build::build(path, options)?;
             return Self::load_file(&wasm, path);
         }
         Self::load_file(path, path)
@@ -138,6 +169,11 @@ impl Module {
     /// found in the cache) the first time a pool or process with a fuel limit asks for it.
     pub(crate) fn artifact_for(&self, metered: bool) -> Result<PathBuf> {
         if !metered {
+            // Evicted from the cache since (by another program's compile): compiled again
+            // to the same path.
+            if !self.inner.artifact.is_file() {
+                return compile(&self.inner.bytes, &self.inner.origin, false);
+            }
             return Ok(self.inner.artifact.clone());
         }
         // Held while compiling: workers starting together wait for one compilation.
@@ -146,7 +182,9 @@ impl Module {
             .metered_artifact
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(path) = &*slot {
+        if let Some(path) = &*slot
+            && path.is_file()
+        {
             return Ok(path.clone());
         }
         let path = compile(&self.inner.bytes, &self.inner.origin, true)?;
@@ -271,7 +309,12 @@ impl Module {
         {
             return Ok(());
         }
-        let worker = start_worker(&self.inner.artifact, "spare", false, &Limits::default())?;
+        let worker = start_worker(
+            &self.artifact_for(false)?,
+            "spare",
+            false,
+            &Limits::default(),
+        )?;
         self.put_spare(worker);
         Ok(())
     }
@@ -342,24 +385,25 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
 }
 
 /// Compiles `bytes` for the plain or the metered engine into the cache, unless the cache has
-/// it already; returns the artifact's path.
+/// it already (and it verifies); returns the artifact's path.
 fn compile(bytes: &[u8], origin: &Path, metered: bool) -> Result<PathBuf> {
     let bad = |message: String| Error::BadModule {
         path: origin.to_path_buf(),
         message,
     };
-    let artifact = artifact_path(bytes, metered);
-    if !artifact.is_file() {
-        let engine = engine_for(metered);
-        let component = Component::new(engine, bytes)
-            .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
-        check_world(engine, &component).map_err(bad)?;
-        let compiled = component
-            .serialize()
-            .map_err(|e| bad(format!("cannot serialize the compiled module: {e}")))?;
-        write_atomically(&artifact, &compiled)?;
+    let cache = cache::Cache::open()?;
+    let name = artifact_name(bytes, metered);
+    if let Some(artifact) = cache.verified(&name) {
+        return Ok(artifact);
     }
-    Ok(artifact)
+    let engine = engine_for(metered);
+    let component = Component::new(engine, bytes)
+        .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
+    check_world(engine, &component).map_err(bad)?;
+    let compiled = component
+        .serialize()
+        .map_err(|e| bad(format!("cannot serialize the compiled module: {e}")))?;
+    cache.store(&name, &compiled)
 }
 
 fn check_world(
@@ -386,7 +430,9 @@ fn first_line(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
 
-fn artifact_path(bytes: &[u8], metered: bool) -> PathBuf {
+/// The artifact's name in the cache: a digest of the component, the engine's compatibility
+/// hash and this version.
+fn artifact_name(bytes: &[u8], metered: bool) -> String {
     let mut compat = std::collections::hash_map::DefaultHasher::new();
     engine_for(metered)
         .precompile_compatibility_hash()
@@ -400,21 +446,363 @@ fn artifact_path(bytes: &[u8], metered: bool) -> PathBuf {
         h.update(b"metered");
     }
     let digest = h.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    cache_dir().join("artifacts").join(format!("{hex}.cwasm"))
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("cannot create the cache dir {}", dir.display()), e))?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::write(&tmp, data)
-        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+/// The compile cache on disk: a private directory, a key, artifacts with their digests.
+mod cache {
+    use std::fs::{self, File, OpenOptions};
+    use std::io::{self, Read, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, SystemTime};
+
+    use sha2::{Digest, Sha256};
+
+    use crate::error::{Error, Result};
+
+    /// A temporary file older than this was left by a write that was killed.
+    const STALE_TEMP: Duration = Duration::from_secs(600);
+    const KEY_BYTES: usize = 32;
+
+    pub(super) struct Cache {
+        artifacts: PathBuf,
+        key: [u8; KEY_BYTES],
+        max_bytes: u64,
+    }
+
+    fn euid() -> u32 {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }
+    }
+
+    /// Creates `dir` (mode 0700) if needed, and checks that only this user can write it.
+    fn private_dir(dir: &Path) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot create the compile cache {} (set WASMPOOL_CACHE_DIR to a \
+                         directory you own)",
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?;
+        let meta = fs::metadata(dir).map_err(|e| {
+            Error::io(
+                format!("cannot read the compile cache {}", dir.display()),
+                e,
+            )
+        })?;
+        let why = if !meta.is_dir() {
+            Some("is not a directory".to_string())
+        } else if meta.uid() != euid() {
+            Some(format!(
+                "belongs to uid {}, not to this user (uid {})",
+                meta.uid(),
+                euid()
+            ))
+        } else if meta.mode() & 0o022 != 0 {
+            Some(format!(
+                "is writable by other users (mode {:o})",
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+        match why {
+            None => Ok(()),
+            Some(why) => Err(Error::State(format!(
+                "refusing the compile cache {}: it {why}, so another user could plant compiled \
+                 code in it; use a directory only you can write (`chmod go-w` it, or set \
+                 WASMPOOL_CACHE_DIR)",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// The cache's bound in bytes: `$WASMPOOL_CACHE_MAX_MIB`, else the default.
+    fn max_bytes() -> Result<u64> {
+        match std::env::var("WASMPOOL_CACHE_MAX_MIB") {
+            Err(_) => Ok(super::DEFAULT_CACHE_MAX_BYTES),
+            Ok(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|mib| mib.checked_mul(1 << 20))
+                .ok_or_else(|| {
+                    Error::State(format!(
+                        "WASMPOOL_CACHE_MAX_MIB={v:?} is not a size in MiB (a whole number up \
+                         to {}); unset it for the default of {} MiB",
+                        u64::MAX >> 20,
+                        super::DEFAULT_CACHE_MAX_BYTES >> 20
+                    ))
+                }),
+        }
+    }
+
+    /// A name for a temporary file in the cache no other writer uses.
+    fn temp_name(tag: &str) -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        format!(
+            ".tmp-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Writes `data` to `path` through a temporary file in its directory (mode 0600).
+    fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(temp_name("w"));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(data));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("cannot write {}", tmp.display()), e));
+        }
+        fs::rename(&tmp, path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(format!("cannot write {}", path.display()), e)
+        })
+    }
+
+    /// Opens a file of this cache for reading: not through a symbolic link, and only if it
+    /// belongs to this user and no one else can write it.
+    fn open_own(path: &Path) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.uid() != euid() || meta.mode() & 0o022 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "not a file of this user's only",
+            ));
+        }
+        Ok(file)
+    }
+
+    /// HMAC-SHA256 (RFC 2104) of the concatenated `parts` under `key`.
+    fn hmac(key: &[u8; KEY_BYTES], parts: &[&[u8]]) -> [u8; 32] {
+        let mut ipad = [0x36u8; 64];
+        let mut opad = [0x5cu8; 64];
+        for (i, k) in key.iter().enumerate() {
+            ipad[i] ^= k;
+            opad[i] ^= k;
+        }
+        let mut inner = Sha256::new();
+        inner.update(ipad);
+        for p in parts {
+            inner.update(p);
+        }
+        let mut outer = Sha256::new();
+        outer.update(opad);
+        outer.update(inner.finalize());
+        outer.finalize().into()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The cache's key, made (random, mode 0600) the first time.
+    fn key(dir: &Path) -> Result<[u8; KEY_BYTES]> {
+        let path = dir.join("key");
+        let refuse = |why: String| {
+            Error::State(format!(
+                "refusing the compile cache key {}: {why}; remove it (a new one is made, and \
+                 the cache is compiled again)",
+                path.display()
+            ))
+        };
+        if fs::symlink_metadata(&path).is_err() {
+            let mut key = [0u8; KEY_BYTES];
+            // SAFETY: getrandom writes at most `key.len()` bytes into `key`.
+            let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+            if n != KEY_BYTES as isize {
+                return Err(Error::io(
+                    "cannot make a key for the compile cache",
+                    io::Error::last_os_error(),
+                ));
+            }
+            let tmp = dir.join(temp_name("key"));
+            write_atomically(&tmp, &key)?;
+            // Linked, not renamed: a key another process made meanwhile is kept.
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            if let Err(e) = linked
+                && e.kind() != io::ErrorKind::AlreadyExists
+            {
+                return Err(Error::io(format!("cannot write {}", path.display()), e));
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if meta.uid() != euid() {
+            return Err(refuse(format!("it belongs to uid {}", meta.uid())));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(refuse(format!(
+                "other users can read or write it (mode {:o})",
+                meta.mode() & 0o7777
+            )));
+        }
+        let mut key = [0u8; KEY_BYTES];
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if rest.len() != KEY_BYTES {
+            return Err(refuse(format!(
+                "it holds {} bytes, not {KEY_BYTES}",
+                rest.len()
+            )));
+        }
+        key.copy_from_slice(&rest);
+        Ok(key)
+    }
+
+    impl Cache {
+        /// The cache of [`super::cache_dir`], checked: private to this user, with its key.
+        pub(super) fn open() -> Result<Cache> {
+            let dir = super::cache_dir();
+            private_dir(&dir)?;
+            let artifacts = dir.join("artifacts");
+            private_dir(&artifacts)?;
+            Ok(Cache {
+                key: key(&dir)?,
+                artifacts,
+                max_bytes: max_bytes()?,
+            })
+        }
+
+        fn artifact(&self, name: &str) -> PathBuf {
+            self.artifacts.join(format!("{name}.cwasm"))
+        }
+
+        fn digest_file(&self, name: &str) -> PathBuf {
+            self.artifacts.join(format!("{name}.mac"))
+        }
+
+        /// The keyed digest of artifact `name` with these bytes: the name is covered, so
+        /// an artifact and its digest moved to another module's name do not verify.
+        fn digest(&self, name: &str, bytes: &[u8]) -> String {
+            hex(&hmac(&self.key, &[name.as_bytes(), b"\0", bytes]))
+        }
+
+        /// The path of artifact `name` if it is there and its digest verifies. Files only
+        /// this user can write, in a directory only this user can write: what a worker
+        /// maps afterwards is what was verified here.
+        pub(super) fn verified(&self, name: &str) -> Option<PathBuf> {
+            let path = self.artifact(name);
+            let mut bytes = Vec::new();
+            open_own(&path).ok()?.read_to_end(&mut bytes).ok()?;
+            let mut stored = String::new();
+            open_own(&self.digest_file(name))
+                .ok()?
+                .read_to_string(&mut stored)
+                .ok()?;
+            let want = self.digest(name, &bytes);
+            // Compared in full whatever differs (no early exit to time).
+            let same = stored.len() == want.len()
+                && stored
+                    .bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if !same {
+                tracing::warn!(
+                    "the compiled artifact {} does not match its digest: compiling it again",
+                    path.display()
+                );
+                return None;
+            }
+            // Its last use, for eviction: the digest file's time (the artifact's own is
+            // left alone, as fork servers tell a replaced artifact by it).
+            let _ = File::options()
+                .write(true)
+                .open(self.digest_file(name))
+                .and_then(|f| f.set_modified(SystemTime::now()));
+            Some(path)
+        }
+
+        /// Stores artifact `name` and its digest; then clears what killed writes left and
+        /// evicts the least recently used artifacts over the bound. Returns its path.
+        pub(super) fn store(&self, name: &str, compiled: &[u8]) -> Result<PathBuf> {
+            let path = self.artifact(name);
+            write_atomically(&path, compiled)?;
+            write_atomically(
+                &self.digest_file(name),
+                self.digest(name, compiled).as_bytes(),
+            )?;
+            self.tidy(name);
+            Ok(path)
+        }
+
+        /// Removes stale temporary files, and the least recently used artifacts (never
+        /// `keep`) while the artifacts take more than the bound.
+        fn tidy(&self, keep: &str) {
+            let Ok(entries) = fs::read_dir(&self.artifacts) else {
+                return;
+            };
+            let now = SystemTime::now();
+            let mut artifacts = Vec::new();
+            let mut total = 0u64;
+            for entry in entries.flatten() {
+                let file = entry.file_name();
+                let file = file.to_string_lossy();
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                if file.starts_with(".tmp-") {
+                    if age > STALE_TEMP {
+                        let _ = fs::remove_file(entry.path());
+                    }
+                    continue;
+                }
+                let Some(name) = file.strip_suffix(".cwasm") else {
+                    continue;
+                };
+                total = total.saturating_add(meta.len());
+                if name != keep {
+                    let used = fs::metadata(self.digest_file(name))
+                        .and_then(|m| m.modified())
+                        .or_else(|_| meta.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    artifacts.push((used, name.to_string(), meta.len()));
+                }
+            }
+            artifacts.sort();
+            for (_, name, len) in artifacts {
+                if total <= self.max_bytes {
+                    break;
+                }
+                if fs::remove_file(self.artifact(&name)).is_ok() {
+                    total -= len;
+                }
+                let _ = fs::remove_file(self.digest_file(&name));
+            }
+        }
+    }
 }

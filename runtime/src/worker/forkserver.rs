@@ -28,6 +28,9 @@ const CACHE: usize = 16;
 
 struct Prepared {
     artifact: PathBuf,
+    /// The file the artifact path named when it was mapped: a path the host has since
+    /// recompiled into (a corrupt artifact replaced) names another, which is mapped anew.
+    file: Option<FileId>,
     metered: bool,
     stack_bytes: u64,
     pre: TaskModulePre<State>,
@@ -73,6 +76,8 @@ fn run(ctrl: &OwnedFd, host: u32, set: &libc::sigset_t, old: &libc::sigset_t) ->
         OwnedFd::from_raw_fd(fd)
     };
     let me = std::process::id();
+    // Made once here, applied by each worker right after its fork.
+    let ruleset = super::sandbox::files_ruleset();
     let mut cache: Vec<Prepared> = Vec::new();
     let mut buf = vec![0u8; fdpass::MAX_MESSAGE];
     loop {
@@ -134,16 +139,23 @@ fn run(ctrl: &OwnedFd, host: u32, set: &libc::sigset_t, old: &libc::sigset_t) ->
                 let message = format!("cannot fork a worker: {}", io::Error::last_os_error());
                 report(ctrl, &FromForkServer::Failed { id, message })?;
             }
-            0 => child(
-                ctrl.as_raw_fd(),
-                sigfd.as_raw_fd(),
-                old,
-                sock,
-                host,
-                me,
-                load,
-                pre,
-            ),
+            0 => {
+                // The other modules' files and images are no business of this worker:
+                // dropping the server's cache closes their descriptors (`pre` keeps this
+                // module's).
+                drop(std::mem::take(&mut cache));
+                child(
+                    ctrl.as_raw_fd(),
+                    sigfd.as_raw_fd(),
+                    ruleset.as_ref().map(AsRawFd::as_raw_fd),
+                    old,
+                    sock,
+                    host,
+                    me,
+                    load,
+                    pre,
+                )
+            }
             pid => {
                 drop(sock);
                 report(
@@ -158,17 +170,37 @@ fn run(ctrl: &OwnedFd, host: u32, set: &libc::sigset_t, old: &libc::sigset_t) ->
     }
 }
 
+/// Which file a path names, and its version: device, inode, size, modification time.
+type FileId = (u64, u64, u64, i64, i64);
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
 /// The module `load` names, prepared for its engine: from the cache, or loaded into it.
 fn prepared(cache: &mut Vec<Prepared>, load: &Load) -> Result<TaskModulePre<State>, String> {
+    let file = file_id(&load.artifact);
     let found = cache.iter().position(|p| {
         p.artifact == load.artifact
             && p.metered == load.metered
             && p.stack_bytes == load.stack_bytes
     });
+    // A mapped file that is still the one its path names is used; one replaced since is
+    // mapped anew (a path gone, as after eviction from the cache, keeps the mapped copy).
+    let found = match found {
+        Some(i) if file.is_some() && cache[i].file != file => {
+            cache.remove(i);
+            None
+        }
+        other => other,
+    };
     let entry = match found {
         Some(i) => cache.remove(i),
         None => Prepared {
             artifact: load.artifact.clone(),
+            file,
             metered: load.metered,
             stack_bytes: load.stack_bytes,
             pre: prepare(&load.artifact, load.metered, load.stack_bytes)?,
@@ -218,6 +250,7 @@ fn report(ctrl: &OwnedFd, msg: &FromForkServer) -> io::Result<()> {
 fn child(
     ctrl: RawFd,
     sigfd: RawFd,
+    ruleset: Option<RawFd>,
     mask: &libc::sigset_t,
     sock: OwnedFd,
     host: u32,
@@ -239,6 +272,13 @@ fn child(
             // The server died before the signal was armed: so must this worker.
             libc::_exit(1);
         }
+    }
+    // This worker's own walls; the server's filter stays in place beneath them.
+    let _ = super::sandbox::restrict_worker();
+    if let Some(fd) = ruleset {
+        // SAFETY: the server's ruleset descriptor, copied into this process by the fork;
+        // nothing else in this process uses it (the server's handle is never dropped here).
+        let _ = super::sandbox::restrict_files_with(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     let code = super::serve_forked(UnixStream::from(sock), host, load, pre);
     std::process::exit(code)

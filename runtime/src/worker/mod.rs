@@ -69,6 +69,9 @@ pub fn run_worker_if_requested() {
 /// Serves as a worker (or, with the fork server argument, as a fork server) on fd 3 until
 /// told to stop; returns the exit status.
 pub(crate) fn serve() -> i32 {
+    // Before anything here opens a descriptor: what the host inherited without
+    // close-on-exec stops here, for this process and every worker it forks.
+    sandbox::close_inherited_fds();
     let parent: u32 = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|p| p.parse().ok())
@@ -83,6 +86,10 @@ pub(crate) fn serve() -> i32 {
     {
         return forkserver::serve(parent);
     }
+    // A worker (a fork server's workers do this once forked): no new process, no signal
+    // to another, and (where the kernel has Landlock) no file under /proc, /sys or /dev.
+    let _ = sandbox::restrict_worker();
+    let _ = sandbox::restrict_files();
     start_parent_watchdog(parent);
     // SAFETY: the host passes this process one end of a socketpair as fd 3, and nothing else
     // in this process owns that descriptor.
