@@ -1000,7 +1000,7 @@ mod tests {
         assert_eq!(whole.kinds.len(), 9);
         let whole = fuzzing::read_from_worker(&from_worker);
         assert_eq!(whole.error, None);
-        assert_eq!(whole.kinds.len(), 8);
+        assert_eq!(whole.kinds.len(), 10);
 
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut kinds = std::collections::BTreeSet::new();

@@ -111,18 +111,23 @@ impl Watchdog {
                         let _ = channel.send(&FromWorker::Alive);
                     }
                     let last_report = watched.progress.last_report();
-                    let overdue = watched.running.lock().ok().and_then(|mut r| {
-                        let r = r.as_mut()?;
-                        // Inside a batch the limit restarts at each progress report.
-                        let deadline =
-                            last_report.map_or(r.deadline, |at| r.deadline.max(at + r.timeout));
-                        if Instant::now() <= deadline {
-                            return None;
-                        }
-                        r.overdue_passes += 1;
-                        (r.overdue_passes > grace_passes).then_some((r.id, r.timeout))
-                    });
-                    if let Some((id, timeout)) = overdue {
+                    let Ok(mut running) = watched.running.lock() else {
+                        continue;
+                    };
+                    let Some(r) = running.as_mut() else {
+                        continue;
+                    };
+                    // Inside a batch the limit restarts at each progress report.
+                    let deadline =
+                        last_report.map_or(r.deadline, |at| r.deadline.max(at + r.timeout));
+                    if Instant::now() <= deadline {
+                        continue;
+                    }
+                    r.overdue_passes += 1;
+                    if r.overdue_passes > grace_passes {
+                        // Still holding `running`: the call cannot end (its end disarms
+                        // the watchdog first) and be answered twice.
+                        let (id, timeout) = (r.id, r.timeout);
                         let outcome = Outcome::Limit(time_limit_message(timeout));
                         let micros = timeout.as_micros().try_into().unwrap_or(u64::MAX);
                         // A batch keeps the answers of its items that finished; those that
