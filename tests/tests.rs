@@ -9,6 +9,7 @@ mod batches;
 mod cli;
 mod executor;
 mod guest;
+mod hardening_cli;
 mod hardening_sandbox;
 mod limits;
 mod modules;

@@ -126,9 +126,24 @@ impl Limits {
         self
     }
 
-    /// Whether these limits can be enforced: the stack limit within its bounds and the
-    /// memory limit not zero. Pools and processes check their limits before running
-    /// anything, so a bad value fails there, with this text.
+    /// The largest memory limit a task may be given (4 GiB): all that a wasm32 memory can
+    /// address (65536 pages of 64 KiB). A larger limit could never be reached, so it is
+    /// refused rather than accepted as if it meant something.
+    pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+    /// The longest time limit a task may be given (365 days); for no limit at all, leave
+    /// [`Limits::timeout`] unset. Longer limits are refused: deadlines are kept as instants
+    /// and clock ticks, which far longer ones would overflow.
+    pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+    /// Whether these limits can be enforced: the stack limit within its bounds, the memory
+    /// limit from 1 byte to [`Limits::MAX_MEMORY_BYTES`], and the time limit, if any, more
+    /// than zero and at most [`Limits::MAX_TIMEOUT`]. Pools and processes check their limits
+    /// before running anything, so a bad value fails there, with this text.
+    ///
+    /// ```
+    /// let limits = wasmpool::Limits::default().memory_mib(5000);
+    /// assert!(limits.check().unwrap_err().contains("4096 MiB"));
+    /// ```
     pub fn check(&self) -> Result<(), String> {
         if !(Self::MIN_STACK_BYTES..=Self::MAX_STACK_BYTES).contains(&self.stack_bytes) {
             return Err(format!(
@@ -140,6 +155,28 @@ impl Limits {
         }
         if self.memory_bytes == 0 {
             return Err("a memory limit of 0 bytes leaves a task no memory at all".into());
+        }
+        if self.memory_bytes > Self::MAX_MEMORY_BYTES {
+            return Err(format!(
+                "a memory limit of {} is more than a wasm32 instance can address: it must be \
+                 at most {}",
+                describe_bytes(self.memory_bytes),
+                describe_bytes(Self::MAX_MEMORY_BYTES)
+            ));
+        }
+        match self.timeout {
+            Some(t) if t.is_zero() => {
+                return Err("a time limit of zero stops every task before it starts".into());
+            }
+            Some(t) if t > Self::MAX_TIMEOUT => {
+                return Err(format!(
+                    "a time limit of {}s is too long: it must be at most {}s (365 days); \
+                     leave it unset for none",
+                    t.as_secs(),
+                    Self::MAX_TIMEOUT.as_secs()
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

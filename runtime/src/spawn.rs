@@ -93,18 +93,22 @@ struct SpawnRequest {
     reply: SyncSender<io::Result<Child>>,
 }
 
-fn spawner() -> &'static Mutex<Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+/// The long-lived spawner thread's queue, or why it could not be started (then every
+/// executed worker start fails with that reason; nothing panics).
+fn spawner() -> &'static std::result::Result<Mutex<Sender<SpawnRequest>>, String> {
+    static SPAWNER: OnceLock<std::result::Result<Mutex<Sender<SpawnRequest>>, String>> =
+        OnceLock::new();
     SPAWNER.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
-        let _ = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("wasmpool-spawner".into())
             .spawn(move || {
                 for req in rx {
                     let _ = req.reply.send(exec(&req.exe, req.fd, req.mode));
                 }
-            });
-        Mutex::new(tx)
+            })
+            .map(|_| Mutex::new(tx))
+            .map_err(|e| format!("cannot start the thread that starts worker processes: {e}"))
     })
 }
 
@@ -118,6 +122,8 @@ pub(crate) fn exec_worker(
     let (reply, rx) = sync_channel(1);
     let gone = || io::Error::other("the spawner thread is gone");
     spawner()
+        .as_ref()
+        .map_err(|why| io::Error::other(why.clone()))?
         .lock()
         .map_err(|_| gone())?
         .send(SpawnRequest {

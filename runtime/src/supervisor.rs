@@ -61,7 +61,7 @@ impl WorkerHandle {
             WorkerProcess::Forked { server, .. } => Some(server.clone()),
             WorkerProcess::Exec(_) => None,
         };
-        let mut reader = match sock.try_clone() {
+        let reader = match sock.try_clone() {
             Ok(r) => WorkerReader::new(r),
             Err(e) => {
                 child.kill();
@@ -74,9 +74,16 @@ impl WorkerHandle {
         let writer = Arc::new(Mutex::new(sock));
         let replies = writer.clone();
         let refused = Arc::new(Refusals::default());
-        std::thread::Builder::new()
+        // The reader and the child go to the thread once it exists: if it cannot be made
+        // (the host is out of threads or memory), they are still here, so the worker is
+        // killed and reaped and the caller gets the error, instead of a worker left behind.
+        let (hand_over, handed) = std::sync::mpsc::sync_channel::<(WorkerReader, WorkerProcess)>(1);
+        let spawned = std::thread::Builder::new()
             .name(format!("wasmpool-worker-{pid}"))
             .spawn(move || {
+                let Ok((mut reader, mut child)) = handed.recv() else {
+                    return;
+                };
                 let mut buf = Vec::new();
                 // Set when the last frame was cut short and the worker then exited within the
                 // grace (by itself, or killed meanwhile by whoever owns it).
@@ -158,7 +165,24 @@ impl WorkerHandle {
                 let protocol_error = protocol_error.filter(|_| !(died_mid_frame && signalled));
                 reaped2.store(true, Ordering::SeqCst);
                 events.on_exit(pid, status, protocol_error);
-            })?;
+            });
+        if let Err(e) = spawned {
+            child.kill();
+            child.wait();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot start a thread to watch worker {pid}: {e}"),
+            ));
+        }
+        if let Err(std::sync::mpsc::SendError((_, mut child))) = hand_over.send((reader, child)) {
+            // The thread is gone before it was given the worker (it cannot be, but if it
+            // were, the worker must not outlive its handle).
+            child.kill();
+            child.wait();
+            return Err(io::Error::other(format!(
+                "the thread watching worker {pid} ended before it started"
+            )));
+        }
         Ok(WorkerHandle {
             pid,
             writer,

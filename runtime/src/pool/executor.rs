@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::job::{Job, Slot, finish_one};
 use super::sched::Chunk;
-use super::{Pool, decode_slot, default_chunksize};
+use super::{Pool, check_chunksize, decode_slot, default_chunksize};
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::packed::Packed;
@@ -44,7 +44,9 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// An executor with `workers` worker processes running tasks from `module`.
+    /// An executor with `workers` worker processes running tasks from `module`: from 1 to
+    /// [`Pool::MAX_PROCESSES`], or this fails with [`Error::State`] before any starts (as
+    /// Python refuses `max_workers=0`).
     pub fn new(module: &Module, workers: usize) -> Result<Executor> {
         Ok(Executor {
             pool: Pool::new(module, workers)?,
@@ -75,12 +77,17 @@ impl Executor {
     }
 
     /// Queues `task(item)` for every item; the stream yields the results in input order.
+    /// `chunksize`, if given, is from 1 to [`Pool::MAX_CHUNKSIZE`] (default: Python's, the
+    /// items spread over four chunks per worker).
     pub fn map<A: Serialize, R: DeserializeOwned>(
         &self,
         task: &str,
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<MapStream<R>> {
+        if let Some(c) = chunksize {
+            check_chunksize(c)?;
+        }
         let encoded = super::pack(items, |buf, a| encode_arg_into(buf, &a))?;
         let len = encoded.len();
         let job = self.pool.job(task, len)?;

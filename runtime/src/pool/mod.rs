@@ -88,7 +88,9 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// The number of worker processes (default: [`cpu_count`]).
+    /// The number of worker processes, from 1 to [`Pool::MAX_PROCESSES`] (default:
+    /// [`cpu_count`], or [`Pool::MAX_PROCESSES`] on a machine with more CPUs than that).
+    /// Any other number makes [`build`](PoolBuilder::build) fail before a worker starts.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
         self
@@ -105,8 +107,9 @@ impl PoolBuilder {
     }
 
     /// Replace each worker after it has run this many tasks (Python's `maxtasksperchild`).
+    /// At least 1: 0 makes [`build`](PoolBuilder::build) fail, as Python refuses it.
     pub fn maxtasksperchild(mut self, n: u64) -> Self {
-        self.maxtasksperchild = Some(n.max(1));
+        self.maxtasksperchild = Some(n);
         self
     }
 
@@ -134,9 +137,10 @@ impl PoolBuilder {
     /// no call of it finishing in between) before the pool stops running it: that call fails
     /// with [`Error::WorkerLost`] and is not retried, and the task's queued work fails with
     /// [`Error::RestartLimit`]. This keeps a task that kills every worker from making the
-    /// pool start worker after worker. Default 5; at least 1.
+    /// pool start worker after worker. Default 5; at least 1: 0 makes
+    /// [`build`](PoolBuilder::build) fail.
     pub fn restart_limit(mut self, n: u32) -> Self {
-        self.restart_limit = n.max(1);
+        self.restart_limit = n;
         self
     }
 
@@ -154,13 +158,32 @@ impl PoolBuilder {
     }
 
     /// Starts the workers and returns the pool once they are ready.
+    ///
+    /// Fails with [`Error::State`], before any worker starts, when an option is out of
+    /// range: processes not from 1 to [`Pool::MAX_PROCESSES`], a `maxtasksperchild` or
+    /// restart limit of 0, or limits that [`Limits::check`] refuses. A worker that cannot be
+    /// started (no process or thread to be had) fails it with the reason.
     pub fn build(self) -> Result<Pool> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let processes = self.processes.unwrap_or_else(cpu_count);
-        if processes == 0 {
-            return Err(Error::State("a pool needs at least one process".into()));
+        let processes = self
+            .processes
+            .unwrap_or_else(|| cpu_count().min(Pool::MAX_PROCESSES));
+        check_processes(processes)?;
+        if self.maxtasksperchild == Some(0) {
+            return Err(Error::State(
+                "maxtasksperchild must be at least 1 (or unset, for workers that live as \
+                 long as the pool)"
+                    .into(),
+            ));
+        }
+        if self.restart_limit == 0 {
+            return Err(Error::State(
+                "the restart limit must be at least 1: a task that takes down a worker \
+                 must be allowed to take down one"
+                    .into(),
+            ));
         }
         self.limits.check().map_err(Error::State)?;
         if let Some((task, _)) = &self.initializer {
@@ -197,6 +220,42 @@ impl PoolBuilder {
     }
 }
 
+/// Whether a pool may have `n` worker processes: from 1 to [`Pool::MAX_PROCESSES`].
+pub(crate) fn check_processes(n: usize) -> Result<()> {
+    if n == 0 {
+        // Python's words for `Pool(processes=0)`.
+        return Err(Error::State(
+            "Number of processes must be at least 1".into(),
+        ));
+    }
+    if n > Pool::MAX_PROCESSES {
+        return Err(Error::State(format!(
+            "a pool of {n} processes is more than the limit of {} (Pool::MAX_PROCESSES): \
+             each worker is an OS process with its own memory; ask for at most {}",
+            Pool::MAX_PROCESSES,
+            Pool::MAX_PROCESSES
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `n` items may go to a worker at a time: from 1 to [`Pool::MAX_CHUNKSIZE`].
+pub(crate) fn check_chunksize(n: usize) -> Result<()> {
+    if n == 0 {
+        // Python's words for `imap(..., chunksize=0)`.
+        return Err(Error::State("Chunksize must be 1+, not 0".into()));
+    }
+    if n > Pool::MAX_CHUNKSIZE {
+        return Err(Error::State(format!(
+            "a chunk size of {n} items is more than the limit of {} (Pool::MAX_CHUNKSIZE); \
+             ask for at most {}",
+            Pool::MAX_CHUNKSIZE,
+            Pool::MAX_CHUNKSIZE
+        )));
+    }
+    Ok(())
+}
+
 /// Encodes every item straight into one buffer (no allocation per item).
 fn pack<A>(
     items: impl IntoIterator<Item = A>,
@@ -224,6 +283,17 @@ fn default_chunksize(items: usize, workers: usize) -> usize {
 }
 
 impl Pool {
+    /// The most worker processes a pool may have (1024). Each is an OS process with its own
+    /// memory (a few MiB before its task allocates anything, and up to its memory limit
+    /// after) and a supervising thread in this one, so an unbounded count lets one bad
+    /// argument exhaust the host's memory, processes or threads; a pool asked for more
+    /// fails to build, before any worker starts.
+    pub const MAX_PROCESSES: usize = 1024;
+
+    /// The most items a chunk may hold (2^20): the `chunksize` of every `map` and `imap`
+    /// is from 1 to this; outside it the call fails before anything is queued.
+    pub const MAX_CHUNKSIZE: usize = 1 << 20;
+
     /// A pool of `processes` workers running tasks from `module`.
     pub fn new(module: &Module, processes: usize) -> Result<Pool> {
         Self::builder(module).processes(processes).build()
@@ -407,7 +477,8 @@ impl Pool {
         self.map_async(task, items, None)?.get()
     }
 
-    /// [`map`](Pool::map) with an explicit chunk size: items sent to a worker at a time.
+    /// [`map`](Pool::map) with an explicit chunk size: items sent to a worker at a time,
+    /// from 1 to [`Pool::MAX_CHUNKSIZE`].
     pub fn map_chunked<A: Serialize, R: DeserializeOwned>(
         &self,
         task: &str,
@@ -469,6 +540,9 @@ impl Pool {
         chunksize: Option<usize>,
         mut encode: impl FnMut(&mut Vec<u8>, A) -> Result<()>,
     ) -> Result<AsyncResult<Vec<R>>> {
+        if let Some(c) = chunksize {
+            check_chunksize(c)?;
+        }
         let items = items.into_iter();
         let n = match items.size_hint() {
             (lo, Some(hi)) if lo == hi => lo,
@@ -542,6 +616,9 @@ impl Pool {
         items: Packed,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
+        if let Some(c) = chunksize {
+            check_chunksize(c)?;
+        }
         let job = self.job(task, items.len())?;
         let chunksize =
             chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
@@ -560,13 +637,14 @@ impl Pool {
         self.imap_chunked(task, items, 1)
     }
 
-    /// [`imap`](Pool::imap) with an explicit chunk size.
+    /// [`imap`](Pool::imap) with an explicit chunk size, from 1 to [`Pool::MAX_CHUNKSIZE`].
     pub fn imap_chunked<'a, A: Serialize + 'a, R: DeserializeOwned>(
         &'a self,
         task: &str,
         items: impl IntoIterator<Item = A> + 'a,
         chunksize: usize,
     ) -> Result<Imap<'a, R>> {
+        check_chunksize(chunksize)?;
         let job = self.job(task, 0)?;
         let input = items.into_iter().map(|a| encode_args(&(a,)));
         Ok(Imap::new(self, job, Box::new(input), chunksize, true))
@@ -580,6 +658,7 @@ impl Pool {
         items: impl IntoIterator<Item = A> + 'a,
         chunksize: usize,
     ) -> Result<Imap<'a, R>> {
+        check_chunksize(chunksize)?;
         let job = self.job(task, 0)?;
         let input = items.into_iter().map(|a| encode_args(&(a,)));
         Ok(Imap::new(self, job, Box::new(input), chunksize, false))
@@ -594,6 +673,7 @@ impl Pool {
         chunksize: usize,
         ordered: bool,
     ) -> Result<Imap<'a, R>> {
+        check_chunksize(chunksize)?;
         let job = self.job(task, 0)?;
         Ok(Imap::new(self, job, Box::new(items), chunksize, ordered))
     }

@@ -405,13 +405,26 @@ impl Shared {
         let results: Vec<Result<()>> = std::thread::scope(|scope| {
             let handles: Vec<_> = names
                 .into_iter()
-                .map(|name| scope.spawn(move || self.add_worker(name)))
+                .map(|name| {
+                    std::thread::Builder::new()
+                        .name("wasmpool-start".into())
+                        .spawn_scoped(scope, move || self.add_worker(name))
+                })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Worker("worker start panicked".into())))
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(Error::Worker("worker start panicked".into()))),
+                    // No thread, so no `add_worker` to release its slot: released here.
+                    Err(e) => {
+                        self.lock().starting -= 1;
+                        self.changed.notify_all();
+                        Err(Error::Worker(format!(
+                            "cannot start a thread to start a worker: {e}"
+                        )))
+                    }
                 })
                 .collect()
         });

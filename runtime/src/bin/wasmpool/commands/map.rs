@@ -29,7 +29,12 @@ pub struct MapCommand {
     /// The task to apply.
     task: String,
     /// Integer inputs `A..B` (B excluded), each the task's one argument.
-    #[arg(long, value_name = "A..B", conflicts_with = "input")]
+    #[arg(
+        long,
+        value_name = "A..B",
+        conflicts_with = "input",
+        allow_hyphen_values = true
+    )]
     range: Option<String>,
     /// JSON-lines inputs: a file, or `-` for stdin. Each line is the task's one argument
     /// (with --star, a JSON array of its arguments).
@@ -38,11 +43,11 @@ pub struct MapCommand {
     /// Each input line is an array of positional arguments (Python's starmap).
     #[arg(long)]
     star: bool,
-    /// Worker processes (default: the number of CPUs).
-    #[arg(short = 'j', long)]
+    /// Worker processes, 1 to 1024 (default: the number of CPUs).
+    #[arg(short = 'j', long, allow_negative_numbers = true)]
     workers: Option<usize>,
-    /// Inputs sent to a worker at a time.
-    #[arg(long, default_value_t = 64)]
+    /// Inputs sent to a worker at a time, 1 to 1048576.
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     chunksize: usize,
     /// Write results as they finish rather than in input order.
     #[arg(long)]
@@ -54,11 +59,21 @@ pub struct MapCommand {
     #[command(flatten)]
     objects: super::objects::ObjectArgs,
     /// Run an input again, up to this many times, when the worker running it dies.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     retries: u32,
     /// Stop running a task once it has taken down this many workers in a row (its
     /// remaining inputs fail instead of killing worker after worker).
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        allow_negative_numbers = true
+    )]
     restart_limit: u32,
     /// Write the JSON lines here instead of stdout.
     #[arg(short, long)]
@@ -90,6 +105,31 @@ fn parse_range(text: &str) -> Result<(i64, i64)> {
 }
 
 impl MapCommand {
+    /// Refuses a worker count, chunk size or restart limit out of range, by name, before
+    /// anything starts (the library refuses them too, without the flags' names).
+    fn check_counts(&self) -> Result<()> {
+        if let Some(n) = self.workers
+            && !(1..=Pool::MAX_PROCESSES).contains(&n)
+        {
+            bail!(
+                "-j {n}: the number of worker processes must be from 1 to {} (each is an OS \
+                 process with its own memory)",
+                Pool::MAX_PROCESSES
+            );
+        }
+        if !(1..=Pool::MAX_CHUNKSIZE).contains(&self.chunksize) {
+            bail!(
+                "--chunksize {}: the inputs sent to a worker at a time must be from 1 to {}",
+                self.chunksize,
+                Pool::MAX_CHUNKSIZE
+            );
+        }
+        if self.restart_limit == 0 {
+            bail!("--restart-limit must be at least 1");
+        }
+        Ok(())
+    }
+
     pub fn execute(self) -> Result<ExitCode> {
         // Ctrl-C from here on stops the workers and keeps what was written.
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -98,7 +138,8 @@ impl MapCommand {
             match (&self.range, &self.input) {
                 (Some(r), _) => {
                     let (a, b) = parse_range(r)?;
-                    (Box::new((a..b).map(|n| Ok(json!(n)))), Some((b - a) as u64))
+                    // `b - a` overflows i64 for a range over most of it; the count fits u64.
+                    (Box::new((a..b).map(|n| Ok(json!(n)))), Some(b.abs_diff(a)))
                 }
                 (None, Some(path)) => {
                     let reader: Box<dyn BufRead> = if path == "-" {
@@ -126,6 +167,7 @@ impl MapCommand {
                 }
             };
 
+        self.check_counts()?;
         let objects = self.objects.create()?;
         let module = Module::load(&self.module)?;
         // Stdout carries the JSON lines: the tasks' own output goes to stderr, tagged.
@@ -139,9 +181,6 @@ impl MapCommand {
             .grants(self.grants.grants()?)
             .retries(self.retries)
             .restart_limit(self.restart_limit);
-        if self.restart_limit == 0 {
-            bail!("--restart-limit must be at least 1");
-        }
         if let Some(n) = self.workers {
             builder = builder.processes(n);
         }
