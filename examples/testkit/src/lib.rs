@@ -586,10 +586,6 @@ fn misbehave(how: &Misdeed) {
 
 wasmpool_guest::export_tasks!(
     noop,
-    big_result,
-    exit_with,
-    counted,
-    printed,
     square,
     add,
     greet,
@@ -638,5 +634,9 @@ wasmpool_guest::export_tasks!(
     try_lock,
     dict_list_ops,
     condition_wait,
-    rlock_twice
+    rlock_twice,
+    big_result,
+    exit_with,
+    counted,
+    printed,
 );

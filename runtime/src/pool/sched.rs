@@ -248,6 +248,9 @@ struct PoolWorker {
     heard: Instant,
     /// Why the pool killed the worker, if it did.
     killed_for: Option<String>,
+    /// Set while its output is handed to the caller's callback: a slow callback holds up
+    /// the reading of the worker's frames, and the worker is not silent meanwhile.
+    routing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long past its time limit a worker running a timed call may send nothing before the
@@ -475,6 +478,7 @@ impl Shared {
             router: Arc::default(),
             heard: Instant::now(),
             killed_for: None,
+            routing: Arc::default(),
         };
         if !self.config.grants.is_empty() {
             // Before any call: the worker's instances are made with these from then on.
@@ -685,7 +689,16 @@ impl Shared {
                         if chunk.job.complete_batch(first, answered, batch) > 0 {
                             self.run_hook(&chunk.job, first);
                         }
-                        if answered < n {
+                        if answered < n && n == 1 {
+                            // A lone item always gets an answer from a worker that keeps
+                            // to the protocol; without one it is not run again and again.
+                            self.complete_run(
+                                &chunk.job,
+                                first,
+                                1,
+                                Slot::Done(Outcome::Trap("the worker gave it no answer".into())),
+                            );
+                        } else if answered < n {
                             // The worker's watchdog stopped the batch in a host call: the
                             // items it did not answer never ran, or ran past the time limit
                             // with others; each runs again on its own, with its own limit.
@@ -790,7 +803,11 @@ impl Shared {
                             continue;
                         };
                         let silent = w.heard.elapsed();
-                        if w.killed_for.is_none() && silent > limit.saturating_add(SILENCE_GRACE) {
+                        let routing = w.routing.load(std::sync::atomic::Ordering::Relaxed);
+                        if !routing
+                            && w.killed_for.is_none()
+                            && silent > limit.saturating_add(SILENCE_GRACE)
+                        {
                             w.killed_for = Some(format!(
                                 "sent nothing for {silent:.1?}, past its task's time limit of \
                                  {limit:?} (it was stopped or wedged), and was killed"
@@ -1045,10 +1062,10 @@ impl WorkerEvents for Shared {
                             .and_then(|f| f.chunk.as_ref().map(|c| c.job.task.to_string()))
                             .or_else(|| self.config.initializer.as_ref().map(|(t, _)| t.clone()))
                             .unwrap_or_default();
-                        (w.router.clone(), w.name.clone(), task)
+                        (w.router.clone(), w.name.clone(), task, w.routing.clone())
                     })
                 };
-                if let Some((router, name, task)) = found {
+                if let Some((router, name, task, routing)) = found {
                     let event = OutputEvent {
                         pid,
                         process: &name,
@@ -1056,10 +1073,15 @@ impl WorkerEvents for Shared {
                         stream,
                         data: &data,
                     };
+                    routing.store(true, std::sync::atomic::Ordering::Relaxed);
                     router
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .route(&self.config.output, event);
+                    // What the worker sent meanwhile waits to be read: it was not silent.
+                    let mut s = self.lock();
+                    self.heard_from(&mut s, pid);
+                    routing.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             // Object requests are served by the supervisor before they get here.

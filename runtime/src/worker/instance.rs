@@ -350,7 +350,7 @@ impl Loaded {
 
     /// Runs one item of a batch in a crossing of its own and records its answer.
     fn run_alone(&mut self, id: u64, task: &str, item: &[u8], limits: &Limits) {
-        self.progress.begin_crossing(1);
+        self.progress.begin_crossing(1, false);
         let outcome = self.call_armed(id, task, item, limits);
         self.progress.push(outcome, &self.channel);
     }
@@ -362,7 +362,7 @@ impl Loaded {
         while let Some(items) = batch.take() {
             let n = items.len();
             let base = self.progress.answered();
-            self.progress.begin_crossing(n);
+            self.progress.begin_crossing(n, true);
             // Output of items that may run again is held back until they are known to
             // have finished; a lone item never runs again.
             let hold = n > 1;
@@ -391,7 +391,8 @@ impl Loaded {
             let e = match result {
                 Ok(out) => {
                     self.channel.end_hold(true);
-                    self.record_batch(out);
+                    let expected = n.saturating_sub(self.progress.answered() - base);
+                    self.record_batch(out, expected);
                     break;
                 }
                 Err(e) => e,
@@ -463,22 +464,28 @@ impl Loaded {
         }
     }
 
-    /// Records a crossing's answers, item by item.
-    fn record_batch(&mut self, out: BatchOutcome) {
+    /// Records a crossing's answers, item by item: `expected` of them (those not reported
+    /// already). A module that answers fewer fails the missing items; more are ignored.
+    fn record_batch(&mut self, out: BatchOutcome, expected: usize) {
         let BatchOutcome { results, errors } = out;
         let results = Packed {
             data: results.data,
             ends: results.ends,
         };
+        let answered = results.len();
         // The common case: every item succeeded; the guest's buffers are the answer.
-        let Some(results) = (match errors.is_empty() {
+        let Some(results) = (match errors.is_empty() && answered == expected {
             true => self.progress.take_whole(results),
             false => Some(results),
         }) else {
             return;
         };
+        for _ in answered..expected {
+            let why = format!("the module's call-batch answered {answered} of {expected} items");
+            self.progress.push(Outcome::Trap(why), &self.channel);
+        }
         let mut errors = errors.into_iter().peekable();
-        for (i, bytes) in results.iter().enumerate() {
+        for (i, bytes) in results.iter().take(expected).enumerate() {
             let outcome = match errors.next_if(|(at, _)| *at as usize == i) {
                 Some((_, e)) => convert(Err(e)),
                 None => Outcome::Ok(bytes.to_vec()),

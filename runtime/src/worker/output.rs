@@ -44,6 +44,8 @@ struct Writer {
     pending: Vec<u8>,
     /// Output frames held back (while `Some`): see [`Channel::hold_output`].
     held: Option<Vec<u8>>,
+    /// Holding is paused: output goes out at once (the item writing it will not run again).
+    hold_paused: bool,
 }
 
 /// Queued answers are written once they reach this size, even if more work is queued.
@@ -56,6 +58,7 @@ impl Channel {
                 sock,
                 pending: Vec::new(),
                 held: None,
+                hold_paused: false,
             }),
             current_call: AtomicU64::new(0),
             output_left: AtomicU64::new(u64::MAX),
@@ -142,6 +145,27 @@ impl Channel {
     pub fn hold_output(&self) {
         if let Ok(mut w) = self.lock() {
             w.held = Some(Vec::new());
+            w.hold_paused = false;
+        }
+    }
+
+    /// Queues what is held and lets output go out at once until [`resume_hold`]: the item
+    /// writing now will not run again.
+    ///
+    /// [`resume_hold`]: Channel::resume_hold
+    pub fn pause_hold(&self) {
+        self.release_output();
+        if let Ok(mut w) = self.lock()
+            && w.held.is_some()
+        {
+            w.hold_paused = true;
+        }
+    }
+
+    /// Holds output back again after [`pause_hold`](Channel::pause_hold).
+    pub fn resume_hold(&self) {
+        if let Ok(mut w) = self.lock() {
+            w.hold_paused = false;
         }
     }
 
@@ -160,6 +184,7 @@ impl Channel {
     pub fn end_hold(&self, keep: bool) {
         if let Ok(mut w) = self.lock() {
             let w = &mut *w;
+            w.hold_paused = false;
             if let Some(mut held) = w.held.take()
                 && keep
             {
@@ -171,7 +196,8 @@ impl Channel {
     /// Writes an output frame now, after any queued ones, or holds it back.
     fn send_output(&self, msg: &FromWorker) -> io::Result<()> {
         let mut w = self.lock()?;
-        if let Some(held) = w.held.as_mut() {
+        let paused = w.hold_paused;
+        if let Some(held) = w.held.as_mut().filter(|_| !paused) {
             return encode_frame(held, msg);
         }
         encode_frame(&mut w.pending, msg)?;

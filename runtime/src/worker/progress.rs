@@ -37,8 +37,13 @@ struct Batch {
     answers: BatchAnswers,
     /// Items answered so far, those sent in parts included.
     answered: usize,
-    /// Items in the crossing into the guest now running.
+    /// Items in the crossing into the guest now running, and how many were answered when
+    /// it began.
     crossing: usize,
+    crossing_base: usize,
+    /// Whether that crossing is the guest's `call-batch`, the only place progress reports
+    /// are taken from.
+    reports_taken: bool,
     /// About how many bytes the answers kept take.
     bytes: usize,
     /// Whether the guest reports its progress (it said so as the crossing began).
@@ -78,6 +83,8 @@ impl BatchProgress {
             answers: BatchAnswers::with_capacity(items),
             answered: 0,
             crossing: items,
+            crossing_base: 0,
+            reports_taken: false,
             bytes: 0,
             reporting: false,
             effect: false,
@@ -85,10 +92,13 @@ impl BatchProgress {
         });
     }
 
-    /// A crossing into the guest of `items` items (the batch's next ones) begins.
-    pub fn begin_crossing(&self, items: usize) {
+    /// A crossing into the guest of `items` items (the batch's next ones) begins: the
+    /// guest's `call-batch` (`batched`), whose progress reports are taken, or its `call`.
+    pub fn begin_crossing(&self, items: usize, batched: bool) {
         if let Some(b) = self.lock().as_mut() {
             b.crossing = items;
+            b.crossing_base = b.answered;
+            b.reports_taken = batched;
             b.reporting = false;
             b.effect = false;
             b.last_report = None;
@@ -105,31 +115,46 @@ impl BatchProgress {
         self.lock().as_ref().map_or(0, |b| b.answered)
     }
 
-    /// The guest reported these items finished (none: it says it reports). Sends a part
-    /// once the answers kept are large, after the output `channel` held for them.
+    /// The guest reported these items finished (none: it says it reports), and they go to
+    /// the host at once, after the output `channel` held for them: a worker that dies later
+    /// does not take them along.
+    ///
+    /// A report is taken only inside the guest's `call-batch`, and only for as many items
+    /// as the crossing has left: a guest that reports items it does not have (to restart
+    /// its time limit, say) gets nothing for it.
     pub fn report(&self, completed: Vec<Outcome>, channel: &Channel) {
         let mut g = self.lock();
-        let Some(b) = g.as_mut() else {
+        let Some(b) = g.as_mut().filter(|b| b.reports_taken) else {
             return;
         };
         b.reporting = true;
-        b.effect = false;
-        if completed.is_empty() {
+        let left = (b.crossing_base + b.crossing).saturating_sub(b.answered);
+        if completed.is_empty() || left == 0 {
             return;
         }
+        b.effect = false;
         // What comes next has a time limit and an output limit of its own.
         b.last_report = Some(Instant::now());
         channel.rearm_output();
-        // What the guest wrote so far belongs to items that finished: it goes out now.
+        // What the guest wrote so far belongs to items that finished: it goes out now, and
+        // what the next items write is held back again.
         channel.release_output();
-        for outcome in completed {
+        channel.resume_hold();
+        for outcome in completed.into_iter().take(left) {
             b.push(outcome, channel);
         }
+        b.send_part(channel);
+        // A failed write means the host is gone; the worker finds out at its next read.
+        let _ = channel.flush();
     }
 
-    /// The running item calls `objects`.
-    pub fn effect(&self) {
+    /// The running item calls `objects`: it has a side effect, so it will not run again,
+    /// and what it writes from now on goes out at once.
+    pub fn effect(&self, channel: &Channel) {
         if let Some(b) = self.lock().as_mut() {
+            if !b.effect && b.reports_taken {
+                channel.pause_hold();
+            }
             b.effect = true;
         }
     }
@@ -166,7 +191,7 @@ impl BatchProgress {
         }
     }
 
-    /// The batch is over: the answers not yet sent.
+    /// The batch is over: the answers not yet sent (none once the watchdog stopped it).
     pub fn finish(&self) -> BatchAnswers {
         self.lock().take().map(|b| b.answers).unwrap_or_default()
     }
@@ -178,15 +203,18 @@ impl BatchProgress {
     /// `None` when `id` is no batch.
     ///
     /// Items after those answered go back to the host, which runs each on its own.
+    ///
+    /// The batch ends here: a host call that returns meanwhile records nothing more, so no
+    /// answer reaches the host after the watchdog's.
     pub fn stop(&self, id: u64, limit: Outcome) -> Option<(BatchAnswers, bool)> {
         let mut g = self.lock();
-        let b = g.as_mut().filter(|b| b.id == id)?;
+        let mut b = g.take_if(|b| b.id == id)?;
         let known = b.answered < b.items && (b.crossing == 1 || (b.reporting && b.effect));
         if known {
             b.answers.push(limit);
             b.answered += 1;
         }
-        Some((std::mem::take(&mut b.answers), known))
+        Some((b.answers, known))
     }
 }
 
@@ -208,6 +236,9 @@ impl Batch {
     }
 
     fn send_part(&mut self, channel: &Channel) {
+        if self.answers.len() == 0 {
+            return;
+        }
         let answers = std::mem::take(&mut self.answers);
         self.bytes = 0;
         // A failed write means the host is gone; the worker finds out at its next read.
@@ -218,9 +249,10 @@ impl Batch {
     }
 }
 
-/// About how many bytes an answer takes in a frame.
+/// About how many bytes an answer takes in a frame, and in the worker: its bytes, and its
+/// end offset (so a flood of empty answers is counted too).
 fn outcome_size(outcome: &Outcome) -> usize {
-    match outcome {
+    8 + match outcome {
         Outcome::Ok(bytes) => bytes.len(),
         Outcome::UnknownTask => 0,
         Outcome::Failed(m) | Outcome::BadArgs(m) | Outcome::Trap(m) | Outcome::Limit(m) => m.len(),
@@ -303,12 +335,12 @@ mod tests {
         let p = BatchProgress::default();
         p.begin(7, 3);
         assert_eq!(p.stopped(), Stopped::Unknown);
-        p.effect();
+        p.effect(&channel());
         assert_eq!(p.stopped(), Stopped::Unknown);
-        p.begin_crossing(3);
+        p.begin_crossing(3, true);
         p.lock().as_mut().unwrap().reporting = true;
         assert_eq!(p.stopped(), Stopped::Pure);
-        p.effect();
+        p.effect(&channel());
         assert_eq!(p.stopped(), Stopped::InItem);
     }
 
@@ -316,23 +348,49 @@ mod tests {
     fn a_stop_keeps_what_finished_and_fails_only_a_lone_item() {
         let p = BatchProgress::default();
         p.begin(7, 3);
-        {
-            let mut g = p.lock();
-            let b = g.as_mut().unwrap();
-            b.answers.push(Outcome::Ok(vec![1]));
-            b.answered += 1;
-        }
+        p.push(Outcome::Ok(vec![1]), &channel());
         // A crossing of the two items left: nothing of them is failed.
-        p.begin_crossing(2);
+        p.begin_crossing(2, true);
+        assert!(p.stop(8, Outcome::Limit("time".into())).is_none());
         let (a, keep) = p.stop(7, Outcome::Limit("time".into())).unwrap();
         assert_eq!(a.len(), 1);
         assert!(!keep);
-        assert!(p.stop(8, Outcome::Limit("time".into())).is_none());
+        // The batch is over: what the task does next records nothing.
+        p.push(Outcome::Ok(vec![2]), &channel());
+        assert_eq!(p.finish().len(), 0);
         // A crossing of one item: that item had the limit to itself.
-        p.begin_crossing(1);
-        let (a, keep) = p.stop(7, Outcome::Limit("time".into())).unwrap();
+        p.begin(9, 3);
+        p.begin_crossing(1, false);
+        let (a, keep) = p.stop(9, Outcome::Limit("time".into())).unwrap();
         assert!(keep);
         let out: Vec<Outcome> = a.into_outcomes().collect();
         assert!(matches!(&out[..], [Outcome::Limit(_)]), "{out:?}");
+    }
+
+    #[test]
+    fn reports_count_only_inside_call_batch_and_only_for_the_items_left() {
+        let (p, ch) = (BatchProgress::default(), channel());
+        p.begin(1, 4);
+        // In a crossing of the guest's `call`: ignored.
+        p.begin_crossing(1, false);
+        p.report(vec![Outcome::Ok(vec![1])], &ch);
+        assert_eq!(p.answered(), 0);
+        assert!(p.last_report().is_none());
+        // In `call-batch`: as many as the crossing has left, no more, and once they are
+        // used up a report restarts no limit.
+        p.begin_crossing(3, true);
+        p.report(vec![Outcome::Ok(vec![1]); 10], &ch);
+        assert_eq!(p.answered(), 3);
+        let at = p.last_report();
+        assert!(at.is_some());
+        p.report(vec![Outcome::Ok(vec![1])], &ch);
+        assert_eq!(p.answered(), 3);
+        assert_eq!(p.last_report(), at);
+    }
+
+    /// A channel whose other end is gone (what tests here send is dropped).
+    fn channel() -> Channel {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        Channel::new(a)
     }
 }

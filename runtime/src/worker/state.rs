@@ -142,7 +142,7 @@ impl objects::Host for State {
         req: objects::Request,
         timeout_ms: Option<u64>,
     ) -> Result<objects::Response, objects::ObjectError> {
-        self.progress.effect();
+        self.progress.effect(&self.channel);
         self.objects.invoke(target, req, timeout_ms)
     }
 }

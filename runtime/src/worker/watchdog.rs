@@ -46,6 +46,8 @@ struct Clock {
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     running: Mutex<Option<Running>>,
+    /// Whether a call runs, timed or not.
+    busy: std::sync::atomic::AtomicBool,
     clock: Mutex<Option<Clock>>,
     channel: Arc<Channel>,
     /// The running batch's progress: its time limit restarts at each report, and what
@@ -59,6 +61,7 @@ impl Watchdog {
     pub fn new(channel: Arc<Channel>, progress: Arc<BatchProgress>) -> Arc<Watchdog> {
         Arc::new(Watchdog {
             running: Mutex::new(None),
+            busy: std::sync::atomic::AtomicBool::new(false),
             clock: Mutex::new(None),
             channel,
             progress,
@@ -103,10 +106,12 @@ impl Watchdog {
                     // Wasm code traps at its next check once the epoch is past its deadline;
                     // a task still running `GRACE` of this thread's passes after that is
                     // blocked in the host.
-                    // A timed call that has sent nothing for a while says it is alive, so
-                    // the host can tell a stopped worker from a long call.
+                    // A worker that runs a call (perhaps an untimed one behind a timed one
+                    // whose answer waits, queued) and has sent nothing for a while says it
+                    // is alive, which sends what is queued too: the host can tell a
+                    // stopped worker from a long call.
                     if channel.quiet_for() >= ALIVE_EVERY
-                        && watched.running.lock().is_ok_and(|r| r.is_some())
+                        && watched.busy.load(std::sync::atomic::Ordering::Relaxed)
                     {
                         let _ = channel.send(&FromWorker::Alive);
                     }
@@ -164,6 +169,7 @@ impl Watchdog {
 
     /// Times call `id`, if it has a timeout.
     pub fn arm(self: &Arc<Self>, id: u64, timeout: Option<Duration>) {
+        self.busy.store(true, std::sync::atomic::Ordering::Relaxed);
         if timeout.is_some() {
             self.ticker.call_once(|| self.start_ticker());
             self.catch_up();
@@ -180,6 +186,7 @@ impl Watchdog {
 
     /// The call is over.
     pub fn disarm(&self) {
+        self.busy.store(false, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut r) = self.running.lock() {
             *r = None;
         }
