@@ -8,6 +8,7 @@ mod util;
 mod cli;
 mod executor;
 mod guest;
+mod hardening_memory;
 mod limits;
 mod modules;
 mod objects;
