@@ -67,7 +67,8 @@ pub(crate) fn decode_result<T: DeserializeOwned>(task: &str, bytes: &[u8]) -> Re
 /// not valid UTF-8 is an error, never a silent substitution.
 ///
 /// This builds a [`serde_json::Value`] tree, which takes many times the MessagePack's size
-/// for a large result; [`write_json`] writes the same JSON text without one.
+/// for a large result, and its [`Error::Decode`] names no task; [`write_json`] writes the
+/// same JSON text without a tree, and names the task.
 pub fn msgpack_to_json(bytes: &[u8]) -> Result<serde_json::Value> {
     let decode_error = |message: String| Error::Decode {
         task: String::new(),

@@ -178,12 +178,11 @@ pub(crate) fn entry_cost(key: &Vec<u8>, value: &Vec<u8>) -> usize {
 
 /// The most a dict or list request can add to what its object costs the host.
 fn growth(req: &Request) -> usize {
-    // An integer written by `increment`: at most 9 bytes of MessagePack.
-    let int = vec![0u8; 9];
     match req {
         Request::DictSet((k, v)) | Request::DictSetdefault((k, v)) => entry_cost(k, v),
         Request::DictUpdate(entries) => entries.iter().map(|(k, v)| entry_cost(k, v)).sum(),
-        Request::DictIncrement(k, _) => entry_cost(k, &int),
+        // The integer `increment` writes: at most 9 bytes of MessagePack.
+        Request::DictIncrement(k, _) => entry_cost(k, &Vec::new()) + heap_bytes(9),
         Request::DictCompareAndSwap { key, new, .. } => entry_cost(key, new),
         Request::ListAppend(v) | Request::ListSet(_, v) => item_cost(v),
         Request::ListExtend(items) => items.iter().map(item_cost).sum(),
