@@ -384,3 +384,175 @@ fn a_stopped_worker_is_killed_past_its_time_limit_and_the_map_goes_on() {
         assert!(!again.contains(&stopped), "{again:?}");
     });
 }
+
+// ---- a guest that lies to the host, and the pool's silence killer (from a review) ----
+
+/// A guest that calls batch-progress itself cannot restart its time limit at will: a task
+/// that would run 4 s under a 300 ms limit is stopped (the made-up report it sent first
+/// stands as its item's answer: a guest chooses its own results anyway).
+#[test]
+fn a_guest_reporting_made_up_progress_cannot_outrun_its_time_limit() {
+    let module = module();
+    within(LIMIT, move || {
+        let pool = Pool::builder(&module)
+            .processes(1)
+            .limits(Limits::default().timeout(Duration::from_millis(300)))
+            .build()
+            .unwrap();
+        let before = pool.pids();
+        let started = std::time::Instant::now();
+        let items = vec![encode_args(&(1u32, false, 100u64, 4000u64))];
+        let results: Vec<Result<u64, Error>> = pool
+            .imap_encoded::<u64>("liar", items.into_iter(), 1, true)
+            .unwrap()
+            .collect();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "ran {took:?}: {results:?}");
+        assert_eq!(results.len(), 1);
+        assert!(
+            !matches!(results[0], Ok(7)),
+            "it ran to its end: {results:?}"
+        );
+        assert_eq!(pool.pids(), before, "stopped in wasm, the worker goes on");
+    });
+}
+
+/// Made-up empty answers by the million do not pile up in the worker.
+#[test]
+fn made_up_empty_answers_do_not_grow_the_worker() {
+    let module = module();
+    within(LIMIT, move || {
+        let pool = Pool::builder(&module).processes(1).build().unwrap();
+        let pid = pool.pids()[0];
+        let rss = move || -> u64 {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        let before = rss();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss());
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                peak
+            })
+        };
+        let items: Vec<wasmpool::Result<Vec<u8>>> = (0..2)
+            .map(|_| encode_args(&(1_000_000u32, true, 1u64, 3000u64)))
+            .collect();
+        let results: Vec<Result<u64, Error>> = pool
+            .imap_encoded::<u64>("liar", items.into_iter(), 2, true)
+            .unwrap()
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().unwrap();
+        assert_eq!(results.len(), 2);
+        // The guest's own lists (a million outcomes each) are in its memory; the worker's
+        // share of them must stay far below what piling them up would take.
+        assert!(
+            peak < before + (256 << 10),
+            "worker grew from {before} KiB to {peak} KiB"
+        );
+    });
+}
+
+/// A timed chunk's answer queued while the worker runs an untimed chunk behind it: the
+/// worker is busy, not stopped, and keeps both.
+#[test]
+fn a_timed_answer_queued_behind_untimed_work_is_not_silence() {
+    let module = module();
+    within(LIMIT, move || {
+        let pool = Pool::builder(&module).processes(1).build().unwrap();
+        // Short runs: the pool pipelines this task's chunks.
+        let warm: Vec<u64> = pool
+            .map_async("sleep_ms", [0u64; 20], Some(1))
+            .unwrap()
+            .get()
+            .unwrap();
+        assert_eq!(warm.len(), 20);
+        let timed = pool.with_limits(Limits::default().timeout(Duration::from_secs(1)));
+        let a = timed
+            .map_async::<_, u64>("sleep_ms", [300u64], Some(1))
+            .unwrap();
+        let b = pool
+            .map_async::<_, u64>("sleep_ms", [8000u64], Some(1))
+            .unwrap();
+        let (b, a) = (b.get(), a.get());
+        assert_eq!(
+            a.as_ref().ok(),
+            Some(&vec![300]),
+            "timed: {a:?}, untimed: {b:?}"
+        );
+        assert_eq!(
+            b.as_ref().ok(),
+            Some(&vec![8000]),
+            "timed: {a:?}, untimed: {b:?}"
+        );
+    });
+}
+
+/// A slow output callback holds up the reading of a worker's frames; the worker is alive
+/// all along and is not killed.
+#[test]
+fn a_slow_output_callback_does_not_get_a_live_worker_killed() {
+    let module = module();
+    within(LIMIT, move || {
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let output = Output::Callback(Arc::new(move |_e: OutputEvent<'_>| {
+            if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(9));
+            }
+        }));
+        let pool = Pool::builder(&module)
+            .processes(1)
+            .output(output)
+            .limits(Limits::default().timeout(Duration::from_secs(3)))
+            .build()
+            .unwrap();
+        let before = pool.pids();
+        let r: Vec<u32> = pool.starmap("tick", [(4u32, 500u64)]).unwrap();
+        assert_eq!(r, vec![4]);
+        assert_eq!(pool.pids(), before, "a live worker was killed");
+    });
+}
+
+/// An item that called `objects` never runs again: what it prints after that is not held
+/// back, but seen while it still runs.
+#[test]
+fn output_of_an_item_that_called_objects_goes_out_live() {
+    let module = module();
+    within(LIMIT, move || {
+        let (output, printed) = capture();
+        let pool = Pool::builder(&module)
+            .processes(1)
+            .limits(Limits::default().timeout(Duration::from_secs(4)))
+            .output(output)
+            .build()
+            .unwrap();
+        let runs = Manager::new().dict::<String, i64>();
+        let pending = {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                run_chunk(&pool, "counted", Some(&runs), 2, 0, Misdeed::Block)
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !printed.lock().unwrap().contains("item 0") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seen = printed.lock().unwrap().clone();
+        let _ = pending.join();
+        assert!(
+            seen.contains("item 0"),
+            "its line is not out while it waits: {seen:?}"
+        );
+    });
+}

@@ -10,6 +10,7 @@ mod cli;
 mod executor;
 mod guest;
 mod hardening_cli;
+mod hardening_memory;
 mod hardening_sandbox;
 mod limits;
 mod modules;

@@ -56,7 +56,7 @@ pub use forkserver::{StartMethod, set_start_method, start_method};
 pub use grants::Grants;
 pub use manager::Manager;
 pub use module::{BuildOptions, DEFAULT_CACHE_MAX_BYTES, MAX_MODULE_BYTES, Module, cache_dir};
-pub use output::{Captured, Output, OutputEvent, Stream};
+pub use output::{Captured, Output, OutputEvent, Stream, TAGGED_PIECE_BYTES};
 pub use pool::{
     AsCompleted, AsyncResult, Executor, Imap, MapStream, Pool, PoolBuilder, TaskFuture,
     as_completed,
@@ -67,7 +67,7 @@ pub use protocol::Limits;
 #[doc(hidden)]
 pub use protocol::fuzzing;
 pub use spawn::set_worker_exe;
-pub use values::{encode_args, json_args, msgpack_to_json};
+pub use values::{MAX_JSON_DEPTH, check_json, encode_args, json_args, msgpack_to_json, write_json};
 pub use wasmpool_objects::{
     Barrier, Condition, ConditionGuard, Connection, Dict, Event, List, Lock, LockGuard,
     ObjectError, Queue, RLock, RLockGuard, Semaphore, SemaphoreGuard,

@@ -639,4 +639,106 @@ wasmpool_guest::export_tasks!(
     exit_with,
     counted,
     printed,
+    not_utf8,
+    long_line,
+    many_values,
+    dict_flood,
+    list_flood,
+    liar,
 );
+
+// ---- memory hardening ----
+
+/// A "string" whose bytes are not UTF-8, as a hostile guest can return one.
+struct NotUtf8(Vec<u8>);
+
+impl Serialize for NotUtf8 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // SAFETY: not sound (a `str` must be UTF-8), and deliberately so: this is the attack.
+        // The encoder only copies the bytes, which is all this relies on.
+        s.serialize_str(unsafe { std::str::from_utf8_unchecked(&self.0) })
+    }
+}
+
+/// Returns a one-string array whose string is the bytes 0xff 0xfe: not UTF-8.
+#[task]
+fn not_utf8() -> Vec<NotUtf8> {
+    vec![NotUtf8(vec![0xff, 0xfe])]
+}
+
+/// Writes `bytes` bytes of `x` to stdout with no newline, 1000 bytes a write.
+#[task]
+fn long_line(bytes: u64) -> u64 {
+    use std::io::Write;
+    let chunk = [b'x'; 1000];
+    let mut out = std::io::stdout();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(1000);
+        let _ = out.write_all(&chunk[..n as usize]);
+        let _ = out.flush();
+        left -= n;
+    }
+    bytes
+}
+
+/// One small map in a large result.
+#[derive(Serialize)]
+struct Small {
+    n: u8,
+}
+
+/// Returns `count` small maps `{"n": i % 100}`: about 4 bytes of MessagePack each.
+#[task]
+fn many_values(count: u64) -> Vec<Small> {
+    (0..count).map(|i| Small { n: (i % 100) as u8 }).collect()
+}
+
+/// Fills a dict with tiny entries (`i: 1`), `batch` at a time, until it is refused; returns
+/// how many it holds and the refusal.
+#[task]
+fn dict_flood(d: Dict<u64, u8>, batch: u64) -> (u64, String) {
+    let mut n = 0;
+    loop {
+        let keys: Vec<u64> = (n..n + batch).collect();
+        if let Err(e) = d.update(keys.iter().map(|k| (k, &1u8))) {
+            return (n, e.to_string());
+        }
+        n += batch;
+    }
+}
+
+/// Extends a list with tiny items (`1`), `batch` at a time, until it is refused; returns how
+/// many it holds and the refusal.
+#[task]
+fn list_flood(l: List<u8>, batch: u64) -> (u64, String) {
+    let items = vec![1u8; batch as usize];
+    let mut n = 0;
+    loop {
+        if let Err(e) = l.extend(&items) {
+            return (n, e.to_string());
+        }
+        n += batch;
+    }
+}
+
+// ---- a guest that calls batch-progress itself ----
+
+/// A hostile guest: for `total_ms`, every `every_ms` reports `per` made-up finished items
+/// (results empty, or the MessagePack 1) to the host; returns 7.
+#[task]
+fn liar(per: u32, empty: bool, every_ms: u64, total_ms: u64) -> u64 {
+    use wasmpool_guest::bindings::wasmpool::task::host;
+    let one: Vec<u8> = if empty { Vec::new() } else { vec![0x01] };
+    let fake: Vec<wasmpool_guest::__private::Outcome> =
+        (0..per).map(|_| Ok(one.clone())).collect();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(total_ms) {
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_millis(every_ms) {
+            std::hint::black_box(0u64);
+        }
+        host::batch_progress(&fake);
+    }
+    7
+}

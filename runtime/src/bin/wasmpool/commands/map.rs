@@ -259,15 +259,24 @@ impl MapCommand {
                         break;
                     }
                     let input = pending.borrow_mut().remove(&index).unwrap_or(Value::Null);
-                    let line = match result.and_then(|raw| wasmpool::msgpack_to_json(&raw)) {
-                        Ok(value) => json!({"input": input, "result": value}),
+                    // The result is streamed into the line (no tree of its values is built);
+                    // one that does not decode fails its item, naming the task.
+                    match result
+                        .and_then(|raw| wasmpool::check_json(&self.task, &raw).map(|()| raw))
+                    {
+                        Ok(raw) => {
+                            out.write_all(b"{\"input\":")?;
+                            serde_json::to_writer(&mut out, &input)?;
+                            out.write_all(b",\"result\":")?;
+                            wasmpool::write_json(&self.task, &raw, &mut out)?;
+                            out.write_all(b"}\n")?;
+                        }
                         Err(e) => {
                             failed += 1;
                             first_error.get_or_insert_with(|| e.to_string());
-                            json!({"input": input, "error": e.to_string()})
+                            writeln!(out, "{}", json!({"input": input, "error": e.to_string()}))?;
                         }
-                    };
-                    writeln!(out, "{line}")?;
+                    }
                     done += 1;
                     bar.inc(1);
                 }
@@ -280,9 +289,8 @@ impl MapCommand {
         pool.terminate();
         out.flush()?;
         bar.finish_and_clear();
-        for line in objects.report() {
-            eprintln!("{line}");
-        }
+        // Streamed and bounded; a closed stderr loses only the report.
+        let _ = objects.report(&mut std::io::stderr().lock());
         if INTERRUPTED.load(Ordering::SeqCst) {
             eprintln!("wasmpool: interrupted after {done} results; workers stopped");
             return Ok(ExitCode::from(130));

@@ -1,11 +1,15 @@
 //! Shared objects created from the command line by name: `--object counts=dict` makes a
 //! Manager dict that any argument written `"@counts"` stands for. After the run, each
-//! object's final contents are printed to stderr as one JSON line.
+//! object's final contents are printed to stderr as one JSON line, of at most
+//! [`REPORT_BYTES`] of contents: items past that, and every entry of a dict of more than
+//! [`REPORT_DICT_ENTRIES`], are counted (`"omitted": N`) instead of printed.
+
+use std::io::Write;
 
 use anyhow::{Result, bail};
 use clap::Args;
 use serde::{Serialize, Serializer};
-use serde_json::{Value, json};
+use serde_json::Value;
 use wasmpool::{Barrier, Condition, Dict, Event, List, Lock, Manager, Queue, RLock, Semaphore};
 
 /// Shared objects for the tasks, shared by the commands that run tasks.
@@ -128,31 +132,169 @@ impl Objects {
         self.named.is_empty()
     }
 
-    /// One JSON line per object with its final contents (dicts as `[key, value]` pairs, a
-    /// queue's remaining items in order).
-    pub fn report(&self) -> Vec<Value> {
-        self.named
-            .iter()
-            .map(|(name, object)| {
-                let (kind, contents) = match object {
-                    Shared::Queue(q) => {
-                        let mut items = Vec::new();
-                        while let Ok(v) = q.get_nowait() {
-                            items.push(v);
+    /// Writes one JSON line per object with its final contents (dicts as `[key, value]`
+    /// pairs, a queue's remaining items in order, which it takes), streamed: each item is
+    /// fetched and written on its own, and at most [`REPORT_BYTES`] of them to a line. Items
+    /// left out are counted in `"omitted"`; a dict of more than [`REPORT_DICT_ENTRIES`]
+    /// entries is reported by that count alone (`"contents": null`).
+    pub fn report(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        for (name, object) in &self.named {
+            let mut r = Report::default();
+            let kind = match object {
+                Shared::Queue(q) => {
+                    while let Ok(v) = q.get_nowait() {
+                        if !r.item(&v) {
+                            r.omitted += 1 + q.qsize().unwrap_or(0);
+                            break;
                         }
-                        ("queue", json!(items))
                     }
-                    Shared::Dict(d) => ("dict", json!(d.items().unwrap_or_default())),
-                    Shared::List(l) => ("list", json!(l.items().unwrap_or_default())),
-                    Shared::Event(e) => ("event", json!({"set": e.is_set().ok()})),
-                    Shared::Semaphore(s) => ("semaphore", json!({"value": s.value().ok()})),
-                    Shared::Lock(_) => ("lock", Value::Null),
-                    Shared::RLock(_) => ("rlock", Value::Null),
-                    Shared::Condition(_) => ("condition", Value::Null),
-                    Shared::Barrier(_) => ("barrier", Value::Null),
-                };
-                json!({"object": name, "kind": kind, "contents": contents})
-            })
-            .collect()
+                    "queue"
+                }
+                Shared::List(l) => {
+                    match l.len() {
+                        Ok(len) => {
+                            for i in 0..len {
+                                match l.get(i as i64) {
+                                    Ok(v) if r.item(&v) => {}
+                                    Ok(_) => {
+                                        r.omitted += len - i;
+                                        break;
+                                    }
+                                    // Shorter than it was: a task still runs.
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Err(e) => r.error = Some(e.to_string()),
+                    }
+                    "list"
+                }
+                Shared::Dict(d) => {
+                    match d.len() {
+                        Ok(len) if len > REPORT_DICT_ENTRIES => {
+                            r.contents = None;
+                            r.omitted = len;
+                        }
+                        Ok(_) => match d.keys() {
+                            Ok(keys) => {
+                                let total = keys.len();
+                                for (i, k) in keys.into_iter().enumerate() {
+                                    let Ok(Some(v)) = d.get(&k) else { continue };
+                                    if !r.item(&(k, v)) {
+                                        r.omitted += total - i;
+                                        break;
+                                    }
+                                }
+                            }
+                            Err(e) => r.error = Some(e.to_string()),
+                        },
+                        Err(e) => r.error = Some(e.to_string()),
+                    }
+                    "dict"
+                }
+                Shared::Event(e) => {
+                    r.set_contents(&serde_json::json!({"set": e.is_set().ok()}));
+                    "event"
+                }
+                Shared::Semaphore(s) => {
+                    r.set_contents(&serde_json::json!({"value": s.value().ok()}));
+                    "semaphore"
+                }
+                Shared::Lock(_) => r.null("lock"),
+                Shared::RLock(_) => r.null("rlock"),
+                Shared::Condition(_) => r.null("condition"),
+                Shared::Barrier(_) => r.null("barrier"),
+            };
+            out.write_all(&r.line(name, kind))?;
+        }
+        out.flush()
+    }
+}
+
+/// The most bytes of JSON one object's report line gives its contents (1 MiB).
+pub const REPORT_BYTES: usize = 1 << 20;
+
+/// A dict with more entries than this is reported by their count alone: its keys are not
+/// fetched (10,000).
+pub const REPORT_DICT_ENTRIES: usize = 10_000;
+
+/// One object's report line as it is built.
+struct Report {
+    /// The JSON of the contents so far: an array's items without its brackets, or (with
+    /// `array` false) a whole value; `None` for `null`.
+    contents: Option<Vec<u8>>,
+    array: bool,
+    items: usize,
+    omitted: usize,
+    error: Option<String>,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            contents: Some(Vec::new()),
+            array: true,
+            items: 0,
+            omitted: 0,
+            error: None,
+        }
+    }
+}
+
+impl Report {
+    /// Adds an item to the contents; `false` (and nothing added) if it does not fit.
+    fn item<T: Serialize>(&mut self, item: &T) -> bool {
+        let Some(contents) = &mut self.contents else {
+            return false;
+        };
+        let Ok(text) = serde_json::to_vec(item) else {
+            self.omitted += 1;
+            return true;
+        };
+        if contents.len() + text.len() + 1 > REPORT_BYTES {
+            return false;
+        }
+        if self.items > 0 {
+            contents.push(b',');
+        }
+        contents.extend_from_slice(&text);
+        self.items += 1;
+        true
+    }
+
+    fn set_contents(&mut self, value: &Value) {
+        self.contents = serde_json::to_vec(value).ok();
+        self.array = false;
+    }
+
+    fn null(&mut self, kind: &'static str) -> &'static str {
+        self.contents = None;
+        kind
+    }
+
+    /// `{"contents":…,"error":…,"kind":…,"object":…,"omitted":…}`, keys in order, newline.
+    fn line(self, name: &str, kind: &str) -> Vec<u8> {
+        let json = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "null".into());
+        let mut line = b"{\"contents\":".to_vec();
+        match self.contents {
+            Some(c) if self.array => {
+                line.push(b'[');
+                line.extend_from_slice(&c);
+                line.push(b']');
+            }
+            Some(c) => line.extend_from_slice(&c),
+            None => line.extend_from_slice(b"null"),
+        }
+        if let Some(e) = self.error {
+            line.extend_from_slice(format!(",\"error\":{}", json(&e)).as_bytes());
+        }
+        line.extend_from_slice(
+            format!(",\"kind\":{},\"object\":{}", json(kind), json(name)).as_bytes(),
+        );
+        if self.omitted > 0 {
+            line.extend_from_slice(format!(",\"omitted\":{}", self.omitted).as_bytes());
+        }
+        line.extend_from_slice(b"}\n");
+        line
     }
 }

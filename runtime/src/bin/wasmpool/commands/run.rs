@@ -1,5 +1,6 @@
 //! `wasmpool run MODULE TASK [ARG…]`: run one task in a worker process, print its result.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -57,9 +58,8 @@ impl RunCommand {
         }
         process.start()?;
         process.join()?;
-        for line in objects.report() {
-            eprintln!("{line}");
-        }
+        // Streamed and bounded; a closed stderr loses only the report.
+        let _ = objects.report(&mut std::io::stderr().lock());
         let show_fuel = |process: &Process| {
             if self.limits.show_fuel
                 && let Some(fuel) = process.fuel_used()
@@ -73,8 +73,19 @@ impl RunCommand {
         }
         match result {
             Ok(bytes) => {
-                let value = wasmpool::msgpack_to_json(&bytes)?;
-                println!("{value}");
+                // Streamed: a result of millions of values builds no tree of them. A result
+                // that does not decode is the task's failure (exit 1), named.
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                match wasmpool::write_json(&self.task, &bytes, &mut out) {
+                    Ok(()) => {}
+                    Err(e @ wasmpool::Error::Decode { .. }) => {
+                        eprintln!("wasmpool: {e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                writeln!(out)?;
+                out.flush()?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e @ (wasmpool::Error::BadArgs(_) | wasmpool::Error::UnknownTask { .. })) => {
