@@ -638,5 +638,44 @@ wasmpool_guest::export_tasks!(
     try_lock,
     dict_list_ops,
     condition_wait,
-    rlock_twice
+    rlock_twice,
+    gated_square,
+    alias_checked,
+    alias_forced,
+    alias_as_value
 );
+
+// ---- conformance ----
+
+/// Waits for the event, then answers `x * x`: a result that is not in before the caller
+/// says so.
+#[task]
+fn gated_square(gate: Event, x: u64) -> Result<u64, ObjectError> {
+    gate.wait()?;
+    Ok(x * x)
+}
+
+/// A `Result` under another name.
+type Checked = Result<u64, String>;
+
+/// Returns an alias of `Result`: its `Err` fails the task, as a written-out `Result` does.
+#[task]
+fn alias_checked(x: u64) -> Checked {
+    if x == 0 {
+        Err("zero is refused".to_string())
+    } else {
+        Ok(x)
+    }
+}
+
+/// The same, with the attribute saying so.
+#[task(fallible)]
+fn alias_forced(x: u64) -> Checked {
+    alias_checked(x)
+}
+
+/// The same type sent whole, as a value: `#[task(infallible)]`.
+#[task(infallible)]
+fn alias_as_value(x: u64) -> Checked {
+    alias_checked(x)
+}
