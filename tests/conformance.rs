@@ -41,7 +41,10 @@ fn imap_next_timeout_times_out_and_the_iteration_goes_on_with_nothing_lost() {
             got.push(r.unwrap());
         }
         assert_eq!(got, [1, 4, 9], "in order, the timed-out item first");
-        assert!(it.next_timeout(SHORT).is_none(), "exhausted stays exhausted");
+        assert!(
+            it.next_timeout(SHORT).is_none(),
+            "exhausted stays exhausted"
+        );
     });
 }
 

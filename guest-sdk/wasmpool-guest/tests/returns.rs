@@ -74,7 +74,10 @@ fn failed_with(r: Result<Vec<u8>, TaskError>, task: &str) -> String {
 #[test]
 fn an_alias_of_result_fails_the_task_with_its_err() {
     for (task, f) in [
-        ("written_out", written_out::call as fn(&[u8], &mut Vec<u8>) -> _),
+        (
+            "written_out",
+            written_out::call as fn(&[u8], &mut Vec<u8>) -> _,
+        ),
         ("aliased", aliased::call),
         ("named_result", named_result::call),
         ("io_result", io_result::call),

@@ -80,7 +80,12 @@ impl Taker {
                     }
                 }
             })
-            .map_err(|e| Error::io("starting the thread imap_unordered's next_timeout waits on", e))?;
+            .map_err(|e| {
+                Error::io(
+                    "starting the thread imap_unordered's next_timeout waits on",
+                    e,
+                )
+            })?;
         Ok(Taker {
             ask,
             answers,
