@@ -344,6 +344,7 @@ impl<R: DeserializeOwned> Imap<'_, R> {
     /// # }
     /// ```
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
+        // A timeout past what an `Instant` holds (`Duration::MAX`) waits a century.
         let deadline = Instant::now()
             .checked_add(timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365 * 100));
