@@ -7,6 +7,7 @@ mod util;
 
 mod batches;
 mod cli;
+mod conformance;
 mod executor;
 mod guest;
 mod hardening_cli;

@@ -78,6 +78,9 @@ struct State {
     /// The shared objects in the arguments, held until the worker holds them.
     grant: Option<u64>,
     router: OutputRouter,
+    /// A setting made after `start`, which did not apply: reported once, as an
+    /// `Error::State`, by the next `join`, `join_timeout` or `result`.
+    misuse: Option<String>,
 }
 
 /// A running child process, as listed by [`active_children`].
@@ -122,41 +125,75 @@ impl Process {
         })
     }
 
-    fn configure(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        // Before start the handle is the only owner; after start, settings no longer apply.
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+    /// Applies a setting, before `start`. After it the worker already runs with the old
+    /// one: the setting is refused, and the refusal (Python's "process has already
+    /// started") is kept for the next `join`, `join_timeout` or `result` to report.
+    fn configure(mut self, what: &str, f: impl FnOnce(&mut Inner)) -> Self {
+        // Before start the handle is the only owner of `inner` (the worker's watcher and
+        // the registry of children share it from `start` on); started or not is in `state`.
+        let started = self.lock().started;
+        if !started && let Some(inner) = Arc::get_mut(&mut self.inner) {
             f(inner);
+            return self;
         }
+        let message = format!(
+            "cannot set {what} of process {}: it has already started, and settings apply \
+             before start only (set it on the process before calling start)",
+            self.inner.name
+        );
+        let mut state = self.lock();
+        // The first refusal is the one reported.
+        state.misuse.get_or_insert(message);
+        drop(state);
         self
     }
 
-    /// Sets the process name (default `Process-N`). Settings apply before `start` only.
+    /// Sets the process name (default `Process-N`).
+    ///
+    /// This and the other `with_` settings apply before [`start`](Process::start) only, as
+    /// in Python (whose `daemon` cannot be set on a started process). On a started process
+    /// the setting does not apply and the next [`join`](Process::join),
+    /// [`join_timeout`](Process::join_timeout) or [`result`](Process::result) fails once
+    /// with [`Error::State`] saying so (after waiting, for a join). Unlike Python's, the
+    /// name cannot change once started: the worker and [`active_children`] already use it.
     pub fn with_name(self, name: impl Into<String>) -> Self {
         let name = name.into();
-        self.configure(|i| i.name = name)
+        self.configure("the name", |i| i.name = name)
     }
 
     /// Makes the process a daemon: dropping its handle terminates it instead of waiting.
+    /// Before [`start`](Process::start) only (see [`with_name`](Process::with_name)).
     pub fn with_daemon(self, daemon: bool) -> Self {
-        self.configure(|i| i.daemon = daemon)
+        self.configure("daemon", |i| i.daemon = daemon)
     }
 
     /// Sets the task's limits (memory, time, stack, output, fuel); a task that exceeds one fails with
     /// [`Error::Limit`]. With a fuel limit the process runs on the metered engine and
-    /// reports the fuel the task used ([`fuel_used`](Process::fuel_used)).
+    /// reports the fuel the task used ([`fuel_used`](Process::fuel_used)). Before
+    /// [`start`](Process::start) only (see [`with_name`](Process::with_name)).
     pub fn with_limits(self, limits: Limits) -> Self {
-        self.configure(|i| i.limits = limits)
+        self.configure("the limits", |i| i.limits = limits)
     }
 
     /// Grants the task directories and environment variables (default: none). A grant of a
-    /// directory that does not exist makes [`start`](Process::start) fail.
+    /// directory that does not exist makes [`start`](Process::start) fail. Before `start`
+    /// only (see [`with_name`](Process::with_name)).
     pub fn with_grants(self, grants: Grants) -> Self {
-        self.configure(|i| i.grants = grants)
+        self.configure("the grants", |i| i.grants = grants)
     }
 
     /// Sets where the task's stdout and stderr go (default: this program's, untagged).
+    /// Before [`start`](Process::start) only (see [`with_name`](Process::with_name)).
     pub fn with_output(self, output: Output) -> Self {
-        self.configure(|i| i.output = output)
+        self.configure("the output", |i| i.output = output)
+    }
+
+    /// The refusal of a setting made after start, once (see [`with_name`](Process::with_name)).
+    fn take_misuse(&self) -> Result<()> {
+        match self.lock().misuse.take() {
+            Some(message) => Err(Error::State(message)),
+            None => Ok(()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -245,12 +282,15 @@ impl Process {
 
     /// Waits until the process has exited. Joining a process never started is an error.
     pub fn join(&self) -> Result<()> {
-        self.wait_until(None).map(|_| ())
+        self.wait_until(None)?;
+        self.take_misuse()
     }
 
     /// Waits at most `timeout` for the process to exit; returns whether it has.
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
-        self.wait_until(Some(Instant::now() + timeout))
+        let exited = self.wait_until(Some(Instant::now() + timeout))?;
+        self.take_misuse()?;
+        Ok(exited)
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
@@ -341,6 +381,7 @@ impl Process {
 
     /// The task's raw MessagePack result, as [`result`](Process::result) but undecoded.
     pub fn result_bytes(&self) -> Result<Vec<u8>> {
+        self.take_misuse()?;
         let state = self.lock();
         if state.exitcode.is_none() {
             return Err(Error::State(format!(
@@ -487,7 +528,7 @@ impl Drop for Process {
         if self.inner.daemon {
             self.terminate();
         }
-        let _ = self.join();
+        let _ = self.wait_until(None);
     }
 }
 

@@ -645,6 +645,10 @@ wasmpool_guest::export_tasks!(
     dict_flood,
     list_flood,
     liar,
+    gated_square,
+    alias_checked,
+    alias_forced,
+    alias_as_value,
 );
 
 // ---- memory hardening ----
@@ -741,4 +745,39 @@ fn liar(per: u32, empty: bool, every_ms: u64, total_ms: u64) -> u64 {
         host::batch_progress(&fake);
     }
     7
+}
+
+// ---- conformance ----
+
+/// Waits for the event, then answers `x * x`: a result that is not in before the caller
+/// says so.
+#[task]
+fn gated_square(gate: Event, x: u64) -> Result<u64, ObjectError> {
+    gate.wait()?;
+    Ok(x * x)
+}
+
+/// A `Result` under another name.
+type Checked = Result<u64, String>;
+
+/// Returns an alias of `Result`: its `Err` fails the task, as a written-out `Result` does.
+#[task]
+fn alias_checked(x: u64) -> Checked {
+    if x == 0 {
+        Err("zero is refused".to_string())
+    } else {
+        Ok(x)
+    }
+}
+
+/// The same, with the attribute saying so.
+#[task(fallible)]
+fn alias_forced(x: u64) -> Checked {
+    alias_checked(x)
+}
+
+/// The same type sent whole, as a value: `#[task(infallible)]`.
+#[task(infallible)]
+fn alias_as_value(x: u64) -> Checked {
+    alias_checked(x)
 }

@@ -9,17 +9,25 @@
 use proc_macro::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, Pat, ReturnType, Type, Visibility, parse_macro_input};
+use syn::{FnArg, ItemFn, Meta, Pat, ReturnType, Type, Visibility, parse_macro_input};
 
 /// Turns a plain function into a wasmpool task.
 ///
 /// The arguments and the return value must implement serde's `Deserialize` and `Serialize`.
-/// A return type written `Result<T, E>` (with `E: Display`) makes a fallible task: `Err(e)`
-/// reaches the caller as the task's error with `e.to_string()` as its message.
+/// A return type that is a `Result<T, E>` (with `E: Display`) makes a fallible task: `Err(e)`
+/// reaches the caller as the task's error with `e.to_string()` as its message. That holds
+/// whatever the type is called: `Result<T, E>`, `io::Result<T>`, or an alias of the
+/// crate's own (`type Res = Result<u64, String>`), as the type checker, not the spelling,
+/// decides.
 ///
-/// Not accepted, each with an error at the offending tokens: arguments to the attribute,
-/// `async`, `unsafe`, `extern` or `const` functions, generics, `self` receivers, argument
-/// patterns other than plain names, and variadics.
+/// The attribute takes one optional word to say it outright:
+/// - `#[task(fallible)]`: the return type must be a `Result` (a compile error otherwise);
+/// - `#[task(infallible)]`: the value is sent whole, even a `Result` (the caller then
+///   decodes `{"Ok": ..}` / `{"Err": ..}`, serde's form of a `Result`).
+///
+/// Not accepted, each with an error at the offending tokens: other arguments to the
+/// attribute, `async`, `unsafe`, `extern` or `const` functions, generics, `self` receivers,
+/// argument patterns other than plain names, and variadics.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let attr = proc_macro2::TokenStream::from(attr);
@@ -35,10 +43,37 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn expand(attr: proc_macro2::TokenStream, func: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
-    if !attr.is_empty() {
-        return Err(syn::Error::new(attr.span(), "#[task] takes no arguments"));
+/// What the attribute says of the return value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Returns {
+    /// Nothing: a `Result` (by its type, aliases included) is fallible, anything else a value.
+    Decide,
+    /// `#[task(fallible)]`: a `Result`, whose `Err` fails the task.
+    Fallible,
+    /// `#[task(infallible)]`: a value sent whole, a `Result` too.
+    Infallible,
+}
+
+fn parse_attr(attr: proc_macro2::TokenStream) -> syn::Result<Returns> {
+    if attr.is_empty() {
+        return Ok(Returns::Decide);
     }
+    let wrong = || {
+        syn::Error::new(
+            attr.span(),
+            "#[task] takes no arguments other than `fallible` or `infallible`: \
+             write #[task], #[task(fallible)] or #[task(infallible)]",
+        )
+    };
+    match syn::parse2::<Meta>(attr.clone()) {
+        Ok(Meta::Path(p)) if p.is_ident("fallible") => Ok(Returns::Fallible),
+        Ok(Meta::Path(p)) if p.is_ident("infallible") => Ok(Returns::Infallible),
+        _ => Err(wrong()),
+    }
+}
+
+fn expand(attr: proc_macro2::TokenStream, func: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    let returns = parse_attr(attr)?;
     let sig = &func.sig;
     if let Some(t) = &sig.asyncness {
         return Err(syn::Error::new(
@@ -119,28 +154,101 @@ fn expand(attr: proc_macro2::TokenStream, func: &ItemFn) -> syn::Result<proc_mac
             let #local: #ty = __args.decode_next::<#ty>()?;
         }
     });
-    let returns_result = match &sig.output {
-        ReturnType::Type(_, ty) => is_result(ty),
-        ReturnType::Default => false,
+    let encode = match (&sig.output, returns) {
+        (ReturnType::Default, Returns::Fallible) => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                "#[task(fallible)] needs a return type that is a `Result<T, E>`",
+            ));
+        }
+        (ReturnType::Default, _) => quote!(::wasmpool_guest::__private::encode_return(
+            NAME, __out, __buf
+        )),
+        (ReturnType::Type(_, ty), Returns::Fallible) => quote_spanned! {ty.span()=>
+            ::wasmpool_guest::__private::encode_result(NAME, __out, __buf)
+        },
+        (ReturnType::Type(..), Returns::Infallible) => {
+            quote!(::wasmpool_guest::__private::encode_return(
+                NAME, __out, __buf
+            ))
+        }
+        (ReturnType::Type(_, ty), Returns::Decide) if is_result(ty) => {
+            quote!(::wasmpool_guest::__private::encode_result(
+                NAME, __out, __buf
+            ))
+        }
+        (ReturnType::Type(_, ty), Returns::Decide) if matches!(**ty, Type::Never(_)) => {
+            quote!(::wasmpool_guest::__private::encode_return(
+                NAME, __out, __buf
+            ))
+        }
+        (ReturnType::Type(_, ty), Returns::Decide) => {
+            // Any other spelling may still be a `Result` (an alias, `io::Result<T>` under
+            // another name): the type checker decides, by which trait's method applies
+            // first. `__Kind<Result<..>>` has `__ViaResult` itself; everything has
+            // `__ViaValue` only through a reference, which method lookup tries second.
+            quote_spanned! {ty.span()=>
+                let __kind = (&__Kind(&__out)).__kind();
+                __kind.encode(NAME, __out, __buf)
+            }
+        }
     };
-    let encode = if returns_result {
-        quote!(::wasmpool_guest::__private::encode_result(
-            NAME, __out, __buf
-        ))
+    let decide = matches!((&sig.output, returns), (ReturnType::Type(_, ty), Returns::Decide)
+        if !is_result(ty) && !matches!(**ty, Type::Never(_)));
+    let dispatch = if decide {
+        quote! {
+            struct __Kind<'a, T>(&'a T);
+            struct __IsResult;
+            struct __IsValue;
+            trait __ViaResult {
+                fn __kind(&self) -> __IsResult {
+                    __IsResult
+                }
+            }
+            impl<T, E> __ViaResult for __Kind<'_, ::std::result::Result<T, E>> {}
+            trait __ViaValue {
+                fn __kind(&self) -> __IsValue {
+                    __IsValue
+                }
+            }
+            impl<T> __ViaValue for &__Kind<'_, T> {}
+            impl __IsResult {
+                #[inline]
+                fn encode<T: ::wasmpool_guest::serde::Serialize + 'static, E: ::std::fmt::Display>(
+                    self,
+                    task: &str,
+                    value: ::std::result::Result<T, E>,
+                    out: &mut ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<(), ::wasmpool_guest::__private::TaskError> {
+                    ::wasmpool_guest::__private::encode_result(task, value, out)
+                }
+            }
+            impl __IsValue {
+                #[inline]
+                fn encode<T: ::wasmpool_guest::serde::Serialize + 'static>(
+                    self,
+                    task: &str,
+                    value: T,
+                    out: &mut ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<(), ::wasmpool_guest::__private::TaskError> {
+                    ::wasmpool_guest::__private::encode_return(task, value, out)
+                }
+            }
+        }
     } else {
-        quote!(::wasmpool_guest::__private::encode_return(
-            NAME, __out, __buf
-        ))
+        quote!()
     };
 
     Ok(quote! {
         #func
 
         #[doc(hidden)]
-        #[allow(non_snake_case, non_camel_case_types, clippy::all)]
+        #[allow(non_snake_case, non_camel_case_types, dead_code, clippy::all)]
         #vis mod #fn_name {
             #[allow(unused_imports)]
             use super::*;
+
+            #dispatch
 
             /// The task's name, as callers name it.
             pub const NAME: &str = #task_name;

@@ -24,6 +24,34 @@
 //! # fn main() {}
 //! ```
 //!
+//! A task is fallible when its return type *is* a `Result<T, E>` (with `E: Display`),
+//! whatever it is called: `Result<T, E>`, `std::io::Result<T>` or an alias of the crate's
+//! own (`type Res = Result<u64, String>`) all make `Err(e)` the task's error, since the
+//! type, not its spelling, decides. `#[task(fallible)]` says so outright (a compile error if
+//! the type is not a `Result`); `#[task(infallible)]` sends even a `Result` whole, as a
+//! value the caller decodes (serde's `{"Ok": ..}` / `{"Err": ..}`).
+//!
+//! ```no_run
+//! use wasmpool_guest::task;
+//!
+//! type Checked = Result<u64, String>;
+//!
+//! /// `Err` fails the task, as for a written-out `Result`.
+//! #[task]
+//! fn check(x: u64) -> Checked {
+//!     if x == 0 { Err("zero".into()) } else { Ok(x) }
+//! }
+//!
+//! /// The caller receives the `Result` itself.
+//! #[task(infallible)]
+//! fn check_whole(x: u64) -> Checked {
+//!     check(x)
+//! }
+//!
+//! wasmpool_guest::export_tasks!(check, check_whole);
+//! # fn main() {}
+//! ```
+//!
 //! Inside a task, `println!`/`eprintln!` reach the caller (tagged with the worker and task),
 //! `std::thread::sleep`, `std::time` and randomness work as usual, and [`process`] tells the
 //! task which OS process it runs in. Shared objects (queues, pipes, locks, semaphores,

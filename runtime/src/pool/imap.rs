@@ -1,14 +1,17 @@
 //! `imap` / `imap_unordered`: lazy iteration with bounded memory.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::task::{Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use super::job::{Job, Slot};
 use super::sched::Chunk;
 use super::{Pool, decode_slot};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::packed::Packed;
 use crate::protocol::Outcome;
 
@@ -16,6 +19,10 @@ use crate::protocol::Outcome;
 /// item. Items are drawn from the input only while fewer than a few chunks per worker are
 /// in flight or waiting to be read, so memory stays bounded whatever the input's length
 /// and however slowly results are consumed.
+///
+/// [`next_timeout`](Imap::next_timeout) is Python's `it.next(timeout)`: it gives up with
+/// [`Error::Timeout`] when the next result is not in within the time, and the iteration
+/// goes on (the result comes with a later call).
 pub struct Imap<'a, R> {
     pool: &'a Pool,
     job: Arc<Job>,
@@ -26,7 +33,77 @@ pub struct Imap<'a, R> {
     exhausted: bool,
     submitted: usize,
     consumed: usize,
+    /// Wakes this (the iterating) thread when an item finishes, for `next_timeout` in
+    /// input order; made at its first use.
+    waker: Option<Waker>,
+    /// Takes the next arrival for `next_timeout` in completion order (a wait that can
+    /// give up), on a thread of its own; started at its first use.
+    taker: Option<Taker>,
     _r: PhantomData<fn() -> R>,
+}
+
+/// Unparks a thread: a [`Waker`] for a thread that waits with `park_timeout`.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// A thread that takes the next item in completion order when asked, so that the
+/// iterating thread can wait for it with a timeout. The one it takes while nobody waits
+/// any more stays in the channel for the next call: nothing is lost.
+struct Taker {
+    ask: mpsc::Sender<()>,
+    answers: mpsc::Receiver<Option<(usize, Slot)>>,
+    /// Whether an item was asked for and not yet received.
+    asked: bool,
+}
+
+impl Taker {
+    fn start(job: Arc<Job>) -> Result<Taker> {
+        let (ask, asked) = mpsc::channel::<()>();
+        let (answer, answers) = mpsc::channel();
+        thread::Builder::new()
+            .name("wasmpool-imap".into())
+            .spawn(move || {
+                // Ends when the iterator is dropped (its sender goes), after the item it
+                // is waiting for, if any, has finished or the pool was terminated.
+                while asked.recv().is_ok() {
+                    if answer.send(job.take_next_arrival()).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::io(
+                    "starting the thread imap_unordered's next_timeout waits on",
+                    e,
+                )
+            })?;
+        Ok(Taker {
+            ask,
+            answers,
+            asked: false,
+        })
+    }
+
+    fn ask(&mut self) -> Result<()> {
+        if !self.asked {
+            self.ask.send(()).map_err(|_| gone())?;
+            self.asked = true;
+        }
+        Ok(())
+    }
+}
+
+fn gone() -> Error {
+    Error::State("the thread waiting for imap_unordered's results is gone".into())
 }
 
 impl<R> std::fmt::Debug for Imap<'_, R> {
@@ -58,6 +135,8 @@ impl<'a, R> Imap<'a, R> {
             exhausted: false,
             submitted: 0,
             consumed: 0,
+            waker: None,
+            taker: None,
             _r: PhantomData,
         }
     }
@@ -127,14 +206,101 @@ impl<R> Imap<'_, R> {
         if self.consumed == self.submitted {
             return None;
         }
-        let (index, slot) = if self.ordered {
-            let index = self.consumed;
-            (index, self.job.take(index))
-        } else {
-            self.job.take_next_arrival()?
+        let (index, slot) = match &mut self.taker {
+            // An item a `next_timeout` asked for and gave up on comes first.
+            Some(taker) if taker.asked => {
+                taker.asked = false;
+                match taker.answers.recv() {
+                    Ok(answer) => answer?,
+                    Err(_) => {
+                        // Not expected: the thread ends only with the iterator.
+                        self.taker = None;
+                        self.job.take_next_arrival()?
+                    }
+                }
+            }
+            _ if self.ordered => {
+                let index = self.consumed;
+                (index, self.job.take(index))
+            }
+            _ => self.job.take_next_arrival()?,
         };
         self.consumed += 1;
         Some((index, slot))
+    }
+
+    /// As [`next_slot`](Imap::next_slot), but gives up with [`Error::Timeout`] at the
+    /// deadline; the item is then taken by a later call.
+    fn next_slot_until(
+        &mut self,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Option<Result<(usize, Slot)>> {
+        self.top_up();
+        if self.consumed == self.submitted {
+            return None;
+        }
+        let taken = if self.ordered {
+            let index = self.consumed;
+            if !self.wait_ready(index, deadline) {
+                return Some(Err(Error::Timeout(timeout)));
+            }
+            // Finished: taking it does not wait.
+            Some((index, self.job.take(index)))
+        } else {
+            if self.taker.is_none() {
+                match Taker::start(self.job.clone()) {
+                    Ok(taker) => self.taker = Some(taker),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let taker = self.taker.as_mut()?;
+            if let Err(e) = taker.ask() {
+                return Some(Err(e));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match taker.answers.recv_timeout(left) {
+                Ok(answer) => {
+                    taker.asked = false;
+                    answer
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Some(Err(Error::Timeout(timeout)));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.taker = None;
+                    return Some(Err(gone()));
+                }
+            }
+        };
+        let (index, slot) = taken?;
+        self.consumed += 1;
+        Some(Ok((index, slot)))
+    }
+
+    /// Waits until item `index` has finished or the deadline passes; returns whether it
+    /// finished.
+    fn wait_ready(&mut self, index: usize, deadline: Instant) -> bool {
+        if self.job.item_ready(index) {
+            return true;
+        }
+        // One waker for the iterator's life: the job keeps each one registered until the
+        // next completion, and the same one is not registered twice.
+        let waker = self
+            .waker
+            .get_or_insert_with(|| Waker::from(Arc::new(Unpark(thread::current()))));
+        loop {
+            // Registered before looking, so a completion in between unparks the park.
+            self.job.register(waker);
+            if self.job.item_ready(index) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            thread::park_timeout(deadline - now);
+        }
     }
 
     /// The next result as raw MessagePack, with the index of its item.
@@ -150,6 +316,40 @@ impl<R: DeserializeOwned> Imap<'_, R> {
     pub fn next_indexed(&mut self) -> Option<(usize, Result<R>)> {
         self.next_slot()
             .map(|(i, slot)| (i, decode_slot(&self.job, slot)))
+    }
+}
+
+impl<R: DeserializeOwned> Imap<'_, R> {
+    /// The next result, waiting at most `timeout` for it: Python's `it.next(timeout)`.
+    ///
+    /// `None` once every item has been returned, as [`next`](Iterator::next). If the next
+    /// result (in input order for `imap`, the next to finish for `imap_unordered`) is not
+    /// in within `timeout`, `Some(Err(Error::Timeout(timeout)))`, and nothing is lost: the
+    /// work goes on and a later `next_timeout` or `next` returns that result. A task's own
+    /// failures are other variants ([`Error::Limit`] for its time limit), so a timeout is
+    /// told apart by matching.
+    ///
+    /// ```no_run
+    /// # fn demo(pool: &wasmpool::Pool) -> wasmpool::Result<()> {
+    /// use std::time::Duration;
+    /// let mut it = pool.imap::<u64, u64>("square", 0..10)?;
+    /// loop {
+    ///     match it.next_timeout(Duration::from_secs(1)) {
+    ///         None => break,
+    ///         Some(Err(wasmpool::Error::Timeout(_))) => eprintln!("still waiting"),
+    ///         Some(r) => println!("{}", r?),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
+        // A timeout past what an `Instant` holds (`Duration::MAX`) waits a century.
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365 * 100));
+        self.next_slot_until(timeout, deadline)
+            .map(|r| r.and_then(|(_, slot)| decode_slot(&self.job, slot)))
     }
 }
 
