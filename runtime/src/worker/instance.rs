@@ -480,10 +480,6 @@ impl Loaded {
         }) else {
             return;
         };
-        for _ in answered..expected {
-            let why = format!("the module's call-batch answered {answered} of {expected} items");
-            self.progress.push(Outcome::Trap(why), &self.channel);
-        }
         let mut errors = errors.into_iter().peekable();
         for (i, bytes) in results.iter().take(expected).enumerate() {
             let outcome = match errors.next_if(|(at, _)| *at as usize == i) {
@@ -491,6 +487,10 @@ impl Loaded {
                 None => Outcome::Ok(bytes.to_vec()),
             };
             self.progress.push(outcome, &self.channel);
+        }
+        for _ in answered..expected {
+            let why = format!("the module's call-batch answered {answered} of {expected} items");
+            self.progress.push(Outcome::Trap(why), &self.channel);
         }
     }
 }
