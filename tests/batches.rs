@@ -91,7 +91,6 @@ fn all_but(results: Vec<Result<u64, Error>>, bad: u64) -> Error {
 
 /// Asserts that every item of `0..n` counted exactly one run and printed exactly one line.
 fn each_ran_once(runs: &Dict<String, i64>, printed: &str, n: u64) {
-    let lines = line_counts(printed);
     for x in 0..n {
         assert_eq!(
             runs.get(&format!("run:{x}")).unwrap(),
@@ -99,6 +98,14 @@ fn each_ran_once(runs: &Dict<String, i64>, printed: &str, n: u64) {
             "item {x} ran once (runs: {:?})",
             runs.items().unwrap()
         );
+    }
+    each_printed_once(printed, n);
+}
+
+/// Asserts that every item of `0..n` printed its line exactly once.
+fn each_printed_once(printed: &str, n: u64) {
+    let lines = line_counts(printed);
+    for x in 0..n {
         assert_eq!(
             lines.get(&format!("item {x}")).copied(),
             Some(1),
@@ -159,15 +166,7 @@ fn pure_items_run_again_after_a_trap_print_their_output_once() {
         assert!(matches!(error, Error::Trap { .. }), "{error}");
         pool.close();
         pool.join().unwrap();
-        let printed = printed.lock().unwrap();
-        let lines = line_counts(&printed);
-        for x in 0..8 {
-            assert_eq!(
-                lines.get(&format!("item {x}")).copied(),
-                Some(1),
-                "{printed:?}"
-            );
-        }
+        each_printed_once(&printed.lock().unwrap(), 8);
     });
 }
 
@@ -200,15 +199,7 @@ fn an_item_blocked_in_a_host_call_past_its_limit_fails_alone_and_the_rest_run_on
         assert!(error.to_string().contains("time limit"), "{error}");
         pool.close();
         pool.join().unwrap();
-        let printed = printed.lock().unwrap();
-        let lines = line_counts(&printed);
-        for x in 0..6 {
-            assert_eq!(
-                lines.get(&format!("item {x}")).copied(),
-                Some(1),
-                "item {x}: {printed:?}"
-            );
-        }
+        each_printed_once(&printed.lock().unwrap(), 6);
     });
 }
 
