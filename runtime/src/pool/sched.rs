@@ -207,11 +207,9 @@ impl Chunk {
     fn split_for_retry_from(&self, skip: usize) -> Vec<Chunk> {
         (skip..self.items.len())
             .map(|i| Chunk {
-                job: self.job.clone(),
                 first: self.first + i,
                 items: Packed::one(self.items.get(i).unwrap_or_default()),
-                single: self.single,
-                attempt: self.attempt,
+                ..self.clone_empty()
             })
             .collect()
     }
@@ -732,35 +730,24 @@ impl Shared {
     /// The next answers of batch call `id`, before its last: they are recorded now, and
     /// the call stays in flight for the rest.
     fn part_of_call(&self, pid: u32, id: u64, answers: BatchAnswers) {
-        let s = self.lock();
-        let Some(flight) = s
-            .workers
-            .iter()
-            .find(|w| w.handle.pid == pid)
-            .and_then(|w| w.inflight.iter().find(|f| f.id == id))
-        else {
+        let mut s = self.lock();
+        let Some(w) = s.workers.iter_mut().find(|w| w.handle.pid == pid) else {
+            return;
+        };
+        w.heard = Instant::now();
+        let Some(flight) = w.inflight.iter_mut().find(|f| f.id == id) else {
             return;
         };
         let Some(chunk) = flight.chunk.as_ref() else {
             return;
         };
-        let left = chunk.items.len() - flight.answered;
-        let answered = answers.len().min(left);
-        let (job, first) = (chunk.job.clone(), chunk.first + flight.answered);
-        drop(s);
-        if answered > 0 && job.complete_batch(first, answered, answers) > 0 {
-            self.run_hook(&job, first);
+        // Recorded under the pool's lock, as `finish_call` records the last answers.
+        let answered = answers.len().min(chunk.items.len() - flight.answered);
+        let first = chunk.first + flight.answered;
+        if answered > 0 && chunk.job.complete_batch(first, answered, answers) > 0 {
+            self.run_hook(&chunk.job, first);
         }
-        let mut s = self.lock();
-        if let Some(flight) = s
-            .workers
-            .iter_mut()
-            .find(|w| w.handle.pid == pid)
-            .and_then(|w| w.inflight.iter_mut().find(|f| f.id == id))
-        {
-            flight.answered += answered;
-        }
-        self.heard_from(&mut s, pid);
+        flight.answered += answered;
     }
 
     /// Notes that worker `pid` sent a frame.

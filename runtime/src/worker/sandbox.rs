@@ -231,23 +231,23 @@ mod linux {
     /// Refuses the calls whose argument `i` (its low 32 bits, all the kernel reads of it)
     /// is one of `values`.
     fn refuse_arg(i: u32, values: &[u32]) -> Vec<sock_filter> {
-        let mut block = vec![stmt(BPF_LD | BPF_W | BPF_ABS, arg(i))];
-        for &v in values {
-            block.push(jump(BPF_JMP | BPF_JEQ | BPF_K, v, 0, 1));
-            block.push(ret(DENY));
-        }
-        block.push(ret(SECCOMP_RET_ALLOW));
-        block
+        on_arg(i, values, DENY, SECCOMP_RET_ALLOW)
     }
 
     /// Allows the calls whose argument `i` is one of `values`; refuses the others.
     fn allow_arg(i: u32, values: &[u32]) -> Vec<sock_filter> {
+        on_arg(i, values, SECCOMP_RET_ALLOW, DENY)
+    }
+
+    /// Returns `matched` for the calls whose argument `i` is one of `values`, `otherwise`
+    /// for the others.
+    fn on_arg(i: u32, values: &[u32], matched: u32, otherwise: u32) -> Vec<sock_filter> {
         let mut block = vec![stmt(BPF_LD | BPF_W | BPF_ABS, arg(i))];
         for &v in values {
             block.push(jump(BPF_JMP | BPF_JEQ | BPF_K, v, 0, 1));
-            block.push(ret(SECCOMP_RET_ALLOW));
+            block.push(ret(matched));
         }
-        block.push(ret(DENY));
+        block.push(ret(otherwise));
         block
     }
 
