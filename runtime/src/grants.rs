@@ -100,6 +100,11 @@ impl Grants {
         }
     }
 
+    /// The granted host directories, each with whether it is read-only.
+    pub(crate) fn host_dirs(&self) -> impl Iterator<Item = (&Path, bool)> {
+        self.dirs.iter().map(|d| (d.host.as_path(), d.read_only))
+    }
+
     /// Whether nothing is granted.
     pub fn is_empty(&self) -> bool {
         self.dirs.is_empty() && self.env.is_empty()

@@ -29,6 +29,7 @@ use wasmpool_objects::wire::ObjectError;
 
 use crate::bindings::TaskModulePre;
 use crate::fdpass::FdReader;
+use crate::grants::Grants;
 use crate::protocol::{FromWorker, Load, Outcome, ToWorker, read_frame};
 
 use self::instance::Loaded;
@@ -241,6 +242,8 @@ fn serve_on(
         tasks: loaded.tasks().to_vec(),
     })?;
 
+    // Whether this thread's files are narrowed to the artifact and the grants yet.
+    let mut narrowed = false;
     loop {
         // Answers are queued while more work is waiting, and written when it runs out.
         let msg = match rx.try_recv() {
@@ -261,7 +264,10 @@ fn serve_on(
             | ToWorker::Attached { .. } => {
                 return Ok(1);
             }
-            ToWorker::Grant(grants) => loaded.set_grants(grants),
+            ToWorker::Grant(grants) => {
+                narrow_files(&load.artifact, &grants, &mut narrowed);
+                loaded.set_grants(grants)
+            }
             ToWorker::Rename(name) => {
                 if let Ok(mut n) = identity.name.lock() {
                     *n = name;
@@ -274,6 +280,7 @@ fn serve_on(
                 exit_after,
                 limits,
             } => {
+                narrow_files(&load.artifact, &Grants::default(), &mut narrowed);
                 channel.current_call.store(id, Ordering::Relaxed);
                 let started = Instant::now();
                 // A result too large for a frame fails the task, not the worker.
@@ -310,6 +317,7 @@ fn serve_on(
                 items,
                 limits,
             } => {
+                narrow_files(&load.artifact, &Grants::default(), &mut narrowed);
                 channel.current_call.store(id, Ordering::Relaxed);
                 let started = Instant::now();
                 let answers = loaded.call_batch(id, &task, items, &limits);
@@ -334,6 +342,29 @@ fn serve_on(
     }
     channel.flush()?;
     Ok(0)
+}
+
+/// Narrows the files this thread (the one that runs tasks) and its later threads may open
+/// to the module's artifact, the granted directories and a few devices, once: at the first
+/// grant (which comes before any call), or at the first call when nothing is granted. The
+/// artifact stays readable, as a call asking for another stack limit loads it again. A
+/// worker is never granted more later (grants come once, before the calls), so nothing it
+/// needs is closed by this.
+fn narrow_files(artifact: &std::path::Path, grants: &Grants, narrowed: &mut bool) {
+    if std::mem::replace(narrowed, true) {
+        return;
+    }
+    let mut paths = vec![(artifact, sandbox::Reach::Read)];
+    for (dir, read_only) in grants.host_dirs() {
+        let reach = if read_only {
+            sandbox::Reach::Read
+        } else {
+            sandbox::Reach::ReadWrite
+        };
+        paths.push((dir, reach));
+    }
+    // Best effort, as the first layer: a kernel without Landlock runs without either.
+    let _ = sandbox::restrict_files_to(&paths);
 }
 
 /// Microseconds since `started`, as a call's answer reports its run time.

@@ -14,6 +14,9 @@
 //! - [`restrict_files`], in a worker only, where the kernel has Landlock: nothing under
 //!   `/proc`, `/sys` or `/dev` (but the null, zero and random devices and `/dev/shm`) can be
 //!   opened after start, and no signal reaches a process outside the worker (Landlock ABI 6).
+//! - [`restrict_files_to`], in a worker at its first grant or call: a second Landlock layer
+//!   on the thread that runs tasks, so from then on it opens only its module's artifact
+//!   (read), the directories granted to it (read, or read-write) and those devices.
 //!
 //! Calls are refused rather than fatal, so nothing the worker legitimately does can crash it.
 //!
@@ -330,6 +333,8 @@ mod linux {
     const RULE_PATH_BENEATH: u32 = 1;
     /// Access rights to regular files (allowed on a file rule).
     const FILE_RIGHTS: u64 = 1 | 1 << 1 | 1 << 2; // EXECUTE, WRITE_FILE, READ_FILE
+    const READ_FILE: u64 = 1 << 2;
+    const READ_DIR: u64 = 1 << 3;
     const TRUNCATE: u64 = 1 << 14; // ABI 3
     const IOCTL_DEV: u64 = 1 << 15; // ABI 5
     const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1;
@@ -385,7 +390,10 @@ mod linux {
         }
     }
 
-    pub(crate) fn files_ruleset() -> Option<OwnedFd> {
+    /// A new ruleset handling every filesystem right this kernel knows (and, from ABI 6,
+    /// scoping signals and abstract sockets to the domain), with no rule yet; with the
+    /// kernel's ABI and the rights it handles. `None` where the kernel has no Landlock.
+    fn new_ruleset() -> Option<(OwnedFd, i64, u64)> {
         // SAFETY: asking for the ABI version takes no attribute.
         let abi = unsafe {
             libc::syscall(
@@ -427,7 +435,11 @@ mod linux {
             return None;
         }
         // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-        let ruleset = unsafe { OwnedFd::from_raw_fd(ruleset) };
+        Some((unsafe { OwnedFd::from_raw_fd(ruleset) }, abi, rights))
+    }
+
+    pub(crate) fn files_ruleset() -> Option<OwnedFd> {
+        let (ruleset, abi, rights) = new_ruleset()?;
         let fd = ruleset.as_raw_fd();
         // Everything a worker may be granted, or maps: every top-level directory but the
         // kernel's views of processes and devices (another process's memory is a file
@@ -441,13 +453,27 @@ mod linux {
                 allow(fd, &entry.path(), rights, abi);
             }
         }
-        for dev in [
-            "/dev/null",
-            "/dev/zero",
-            "/dev/urandom",
-            "/dev/random",
-            "/dev/shm",
-        ] {
+        for dev in super::DEVICES {
+            allow(fd, std::path::Path::new(dev), rights, abi);
+        }
+        Some(ruleset)
+    }
+
+    /// The rights `reach` gives beneath a path, of the `handled` ones.
+    fn rights_for(reach: super::Reach, handled: u64) -> u64 {
+        match reach {
+            super::Reach::Read => READ_FILE | READ_DIR,
+            super::Reach::ReadWrite => handled,
+        }
+    }
+
+    pub(crate) fn narrowed_ruleset(paths: &[(&std::path::Path, super::Reach)]) -> Option<OwnedFd> {
+        let (ruleset, abi, rights) = new_ruleset()?;
+        let fd = ruleset.as_raw_fd();
+        for (path, reach) in paths {
+            allow(fd, path, rights_for(*reach, rights), abi);
+        }
+        for dev in super::DEVICES {
             allow(fd, std::path::Path::new(dev), rights, abi);
         }
         Some(ruleset)
@@ -498,6 +524,39 @@ pub(crate) fn restrict_files() -> bool {
     files_ruleset().is_some_and(restrict_files_with)
 }
 
+/// The devices a worker keeps in every Landlock layer: the null, zero and random devices,
+/// and `/dev/shm` for shared segments.
+const DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/shm",
+];
+
+/// How far a narrowed worker may reach beneath one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// Read files and list directories.
+    Read,
+    /// Everything: read, write, create, remove, rename within.
+    ReadWrite,
+}
+
+/// Stacks a second Landlock layer on this thread (and the threads it starts later): from
+/// then on it opens files only beneath `paths`, as each allows, and the [`DEVICES`].
+/// Returns whether it is in place (not where the kernel has no Landlock).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub(crate) fn restrict_files_to(paths: &[(&std::path::Path, Reach)]) -> bool {
+    linux::narrowed_ruleset(paths).is_some_and(linux::restrict_files_with)
+}
+
+/// Other platforms: no Landlock.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub(crate) fn restrict_files_to(_paths: &[(&std::path::Path, Reach)]) -> bool {
+    false
+}
+
 /// Other platforms: no filter.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 pub(crate) fn restrict_syscalls() -> bool {
@@ -529,7 +588,7 @@ mod tests {
     /// Runs `probe` in a forked child of this test process under the worker's walls (as a
     /// worker: the fork server's filter, then the worker's, then Landlock) and returns what
     /// it reports: the names of the calls that were not refused.
-    fn in_sandboxed_child(probe: fn(u32) -> Vec<&'static str>) -> Vec<String> {
+    fn in_sandboxed_child(probe: impl FnOnce(u32) -> Vec<String>) -> Vec<String> {
         let mut fds = [0; 2];
         // SAFETY: pipe writes two descriptors into `fds`.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -551,7 +610,7 @@ mod tests {
                 report.push_str("no-landlock,");
             }
             for name in probe(parent) {
-                report.push_str(name);
+                report.push_str(&name);
                 report.push(',');
             }
             // SAFETY: writes `report` to the pipe, then leaves without running destructors.
@@ -583,6 +642,10 @@ mod tests {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect()
+    }
+
+    fn owned(names: Vec<&'static str>) -> Vec<String> {
+        names.into_iter().map(String::from).collect()
     }
 
     /// Whether a raw system call was refused with EPERM (or EACCES, Landlock's refusal).
@@ -680,7 +743,7 @@ mod tests {
 
     #[test]
     fn a_worker_can_neither_signal_nor_reach_nor_start_another_process() {
-        let open = in_sandboxed_child(signal_and_process_probe);
+        let open = in_sandboxed_child(|host| owned(signal_and_process_probe(host)));
         let open: Vec<&String> = open.iter().filter(|o| *o != "no-landlock").collect();
         assert!(
             open.is_empty(),
@@ -744,10 +807,113 @@ mod tests {
             return;
         }
         // The kernel has it, so the worker must have applied it ("no-landlock" otherwise).
-        let open = in_sandboxed_child(files_probe);
+        let open = in_sandboxed_child(|host| owned(files_probe(host)));
         assert!(
             open.is_empty(),
             "paths a worker could still open (a `!` marks what it needs and lost): {open:?}"
+        );
+    }
+
+    fn landlock_abi() -> libc::c_long {
+        // SAFETY: asking for the Landlock ABI version takes no attribute.
+        unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<u8>(),
+                0,
+                1,
+            )
+        }
+    }
+
+    /// Whether `path` opens with `flags` (creating it with `O_CREAT`).
+    fn opens(path: &std::path::Path, flags: libc::c_int) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: `c` is a valid C string; a descriptor opened is closed at once.
+        unsafe {
+            let fd = libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            fd >= 0
+        }
+    }
+
+    #[test]
+    fn a_narrowed_worker_opens_only_its_module_and_its_grants() {
+        if landlock_abi() < 1 {
+            eprintln!("this kernel has no Landlock: nothing to check");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("wasmpool-narrow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (cache, rw, ro, other) = (
+            root.join("cache"),
+            root.join("rw"),
+            root.join("ro"),
+            root.join("other"),
+        );
+        for dir in [&cache, &rw, &ro, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let artifact = cache.join("module.cwasm");
+        std::fs::write(&artifact, b"artifact").unwrap();
+        std::fs::write(cache.join("another.cwasm"), b"another module").unwrap();
+        std::fs::write(ro.join("input.txt"), b"input").unwrap();
+        std::fs::write(other.join("secret.txt"), b"secret").unwrap();
+
+        let report = in_sandboxed_child(|_| {
+            use super::Reach;
+            let mut report = Vec::new();
+            if !super::restrict_files_to(&[
+                (artifact.as_path(), Reach::Read),
+                (rw.as_path(), Reach::ReadWrite),
+                (ro.as_path(), Reach::Read),
+            ]) {
+                report.push("!narrowed".to_string());
+            }
+            let mut check = |name: &str, path: std::path::PathBuf, flags, want: bool| {
+                if opens(&path, flags) != want {
+                    report.push(format!("{}{name}", if want { "!" } else { "" }));
+                }
+            };
+            let (read, dir) = (libc::O_RDONLY, libc::O_RDONLY | libc::O_DIRECTORY);
+            let create = libc::O_WRONLY | libc::O_CREAT;
+            check("artifact", artifact.clone(), read, true);
+            check("rw/new", rw.join("new.txt"), create, true);
+            check("rw/", rw.clone(), dir, true);
+            check("ro/input", ro.join("input.txt"), read, true);
+            check("ro/", ro.clone(), dir, true);
+            check("/dev/null", "/dev/null".into(), libc::O_RDWR, true);
+            check("ro/new", ro.join("new.txt"), create, false);
+            check(
+                "ro/input for writing",
+                ro.join("input.txt"),
+                libc::O_WRONLY,
+                false,
+            );
+            check(
+                "artifact for writing",
+                artifact.clone(),
+                libc::O_WRONLY,
+                false,
+            );
+            check("another artifact", cache.join("another.cwasm"), read, false);
+            check("cache/", cache.clone(), dir, false);
+            check("other/secret", other.join("secret.txt"), read, false);
+            check("/etc/passwd", "/etc/passwd".into(), read, false);
+            check("temp dir new file", root.join("new.txt"), create, false);
+            report
+        });
+        let _ = std::fs::remove_dir_all(&root);
+        // Names are what the narrowed worker got wrong: opened though outside its grants,
+        // or (with `!`) refused though it needs it.
+        assert!(
+            report.is_empty(),
+            "a narrowed worker got these wrong: {report:?}"
         );
     }
 }
