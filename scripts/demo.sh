@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null
-cargo build --locked -p wasmpool
+cargo build --locked -p wasmpool-cli
 wasmpool=${CARGO_TARGET_DIR:-target}/debug/wasmpool
 
 echo "== the tasks of examples/compute"

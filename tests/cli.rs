@@ -426,3 +426,128 @@ fn objects_made_by_name_on_the_command_line_are_shared_by_the_tasks() {
     let out = run_cli(&["run", "--object", "q=nope", "examples/testkit", "noop"]);
     assert_cli_error(&out, 2, "--object `q=nope`");
 }
+
+/// The report line of object `name` in the CLI's stderr, parsed.
+fn object_report(out: &std::process::Output, name: &str) -> serde_json::Value {
+    stderr(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["object"] == name)
+        .unwrap_or_else(|| panic!("no report of `{name}` in {}", stderr(out)))
+}
+
+#[test]
+fn the_object_report_keeps_maps_whose_keys_are_not_strings() {
+    seeds();
+    // The seed's task puts `{data: data ** 3}`: a map with an integer key. Every item is
+    // reported, its keys as JSON text, as Python's json.dumps writes them.
+    let dir = TempDir::new("cli-int-keys");
+    let input = dir.0.join("in.jsonl");
+    std::fs::write(&input, "[2, \"@q\"]\n[3, \"@q\"]\n").unwrap();
+    let out = run_cli(&[
+        "map",
+        "--object",
+        "q=queue",
+        "-j",
+        "1",
+        "--star",
+        "--input",
+        input.to_str().unwrap(),
+        "examples/seeds",
+        "queue_task",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = object_report(&out, "q");
+    assert_eq!(
+        report["contents"],
+        serde_json::json!([{"2": 8}, {"3": 27}]),
+        "{report}"
+    );
+    assert!(report.get("error").is_none(), "{report}");
+}
+
+#[test]
+fn a_pipe_made_on_the_command_line_reaches_the_seed_pipe_tasks() {
+    seeds();
+    // `"@p"` is the pair, as Python's Pipe() returns it; `--send p.1=…` is what the parent
+    // sends at its end before the task starts, and the report shows what waits at each.
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "p=pipe",
+        "--send",
+        "p.1=\"hello from the parent\"",
+        "examples/seeds",
+        "pipe_task",
+        "5",
+        "\"@p\"",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("hello from the parent"),
+        "{}",
+        stdout(&out)
+    );
+    let report = object_report(&out, "p");
+    assert_eq!(report["kind"], "pipe");
+    assert_eq!(
+        report["contents"],
+        serde_json::json!({"0": [], "1": ["你好主进程, the data is 5"]}),
+        "{report}"
+    );
+
+    // One end alone: `"@p.1"`, whose peer end 0 the CLI holds.
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "p=pipe",
+        "--send",
+        "p.0=7",
+        "--send",
+        "p.0=8",
+        "examples/testkit",
+        "pipe_pong",
+        "\"@p.1\"",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        object_report(&out, "p")["contents"],
+        serde_json::json!({"0": [7, 8], "1": []})
+    );
+}
+
+#[test]
+fn a_send_to_anything_but_a_pipe_end_is_refused_by_name() {
+    testkit();
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "q=queue",
+        "--send",
+        "q.0=1",
+        "examples/testkit",
+        "noop",
+    ]);
+    assert_cli_error(&out, 2, "--send `q.0=1`");
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "p=pipe",
+        "--send",
+        "p.2=1",
+        "examples/testkit",
+        "noop",
+    ]);
+    assert_cli_error(&out, 2, "NAME.0 or NAME.1");
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "p=pipe",
+        "--send",
+        "p.0=not json",
+        "examples/testkit",
+        "noop",
+    ]);
+    assert_cli_error(&out, 2, "is not JSON");
+}

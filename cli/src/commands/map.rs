@@ -104,6 +104,50 @@ fn parse_range(text: &str) -> Result<(i64, i64)> {
     Ok((a, b))
 }
 
+/// The progress line: a bar with an ETA when the number of inputs is known, a spinner with
+/// the count and rate when it is not (an ETA of an unknown total would be a guess).
+fn bar_template(total_known: bool) -> &'static str {
+    if total_known {
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} ETA {eta}"
+    } else {
+        "{spinner} [{elapsed_precise}] {pos} done, {per_sec}"
+    }
+}
+
+/// How many inputs a regular file holds (its lines with anything but blanks, as the map
+/// reads them), read once without keeping them; `None` for anything else (a FIFO, a
+/// device) or a file that cannot be read, whose inputs are then uncounted.
+fn count_inputs(path: &std::path::Path) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let (mut count, mut blank) = (0u64, true);
+    loop {
+        let buf = reader.fill_buf().ok()?;
+        if buf.is_empty() {
+            break;
+        }
+        for &b in buf {
+            if b == b'\n' {
+                if !blank {
+                    count += 1;
+                }
+                blank = true;
+            } else if !b.is_ascii_whitespace() {
+                blank = false;
+            }
+        }
+        let n = buf.len();
+        reader.consume(n);
+    }
+    if !blank {
+        count += 1;
+    }
+    Some(count)
+}
+
 impl MapCommand {
     /// Refuses a worker count, chunk size or restart limit out of range, by name, before
     /// anything starts (the library refuses them too, without the flags' names).
@@ -194,15 +238,20 @@ impl MapCommand {
             None => Box::new(BufWriter::new(std::io::stdout())),
         };
         let bar = if std::io::stderr().is_terminal() {
+            // A regular input file is counted first (one read, nothing kept), so the bar
+            // has an end; stdin or a pipe gets a spinner with a rate and no ETA.
+            let total = match (total, &self.input) {
+                (Some(n), _) => Some(n),
+                (None, Some(path)) if path != "-" => count_inputs(std::path::Path::new(path)),
+                (None, _) => None,
+            };
             let bar = match total {
                 Some(n) => ProgressBar::new(n),
                 None => ProgressBar::new_spinner(),
             };
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(bar_template(total.is_some()))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar
         } else {
@@ -311,5 +360,31 @@ impl MapCommand {
             return Ok(ExitCode::from(1));
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bar_template, count_inputs};
+
+    #[test]
+    fn a_regular_input_file_is_counted_as_the_map_reads_it() {
+        let path = std::env::temp_dir().join(format!("wasmpool-count-{}", std::process::id()));
+        std::fs::write(&path, "1\n\n  \n[2, 3]\n\"last without newline\"").unwrap();
+        assert_eq!(count_inputs(&path), Some(3));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(count_inputs(&path), Some(0));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(count_inputs(&path), None, "a missing file is uncounted");
+        assert_eq!(count_inputs(std::path::Path::new("/dev/null")), None);
+    }
+
+    #[test]
+    fn an_unknown_total_shows_no_eta_nor_length() {
+        assert!(bar_template(true).contains("{eta}"));
+        let unknown = bar_template(false);
+        assert!(
+            !unknown.contains("eta") && !unknown.contains("{len}") && !unknown.contains("{bar")
+        );
     }
 }
