@@ -68,6 +68,15 @@ pub enum Error {
         /// How many workers it took down in a row.
         losses: u32,
     },
+    /// The work was cancelled before it started
+    /// ([`TaskFuture::cancel`](crate::TaskFuture::cancel), or
+    /// [`Executor::shutdown`](crate::Executor::shutdown) with `cancel_futures`): Python's
+    /// `CancelledError`.
+    #[error("task `{task}` was cancelled before it started")]
+    Cancelled {
+        /// The task's name.
+        task: String,
+    },
     /// A wait ran out of time; the work itself goes on.
     #[error("timed out after {0:?}")]
     Timeout(Duration),

@@ -62,6 +62,21 @@ pub use pool::{
     as_completed,
 };
 pub use process::{ChildInfo, Process, active_children, cpu_count};
+
+/// Python's `concurrent.futures` functions over [`TaskFuture`]s.
+pub mod futures {
+    pub use crate::pool::ReturnWhen;
+    pub use crate::pool::wait_futures as wait;
+    pub use crate::pool::{AsCompleted, TaskFuture, as_completed};
+}
+
+/// Python's `multiprocessing.connection.wait`: waiting on pipe ends, processes and
+/// futures at once.
+pub mod connection {
+    pub use crate::pool::Waitable;
+    pub use crate::pool::wait_objects as wait;
+    pub use wasmpool_objects::Connection;
+}
 pub use protocol::Limits;
 /// Frame-decoder entry points for the fuzzer (`fuzz/`); not part of the stable API.
 #[doc(hidden)]

@@ -293,7 +293,9 @@ impl Process {
         Ok(exited)
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
+    /// Waits until the process has exited or `deadline` passes; returns whether it has.
+    /// An error for a process never started.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
         let mut state = self.lock();
         if !state.started {
             return Err(Error::State(format!(

@@ -9,11 +9,12 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::job::{Job, Slot, finish_one};
+use super::job::{Hook, Job, Slot, finish_one};
 use super::sched::Chunk;
 use super::{Pool, check_chunksize, decode_slot, default_chunksize};
 use crate::error::{Error, Result};
@@ -38,9 +39,15 @@ use crate::values::{encode_arg_into, encode_args};
 /// ex.shutdown(true, false)?;
 /// # Ok(()) }
 /// ```
+///
+/// Dropping an executor is Python's `shutdown(wait=False)`: no new work, and the work
+/// already submitted finishes in the background (its futures resolve), after which the
+/// workers exit.
 #[derive(Debug)]
 pub struct Executor {
     pool: Pool,
+    /// Set by `shutdown`, which has done what dropping would.
+    shut_down: bool,
 }
 
 impl Executor {
@@ -48,14 +55,15 @@ impl Executor {
     /// [`Pool::MAX_PROCESSES`], or this fails with [`Error::State`] before any starts (as
     /// Python refuses `max_workers=0`).
     pub fn new(module: &Module, workers: usize) -> Result<Executor> {
-        Ok(Executor {
-            pool: Pool::new(module, workers)?,
-        })
+        Ok(Executor::from_pool(Pool::new(module, workers)?))
     }
 
     /// An executor over a pool built with [`Pool::builder`] (for limits, initializer, …).
     pub fn from_pool(pool: Pool) -> Executor {
-        Executor { pool }
+        Executor {
+            pool,
+            shut_down: false,
+        }
     }
 
     /// Queues `task(*args)`; the future resolves to its result.
@@ -101,29 +109,74 @@ impl Executor {
         })
     }
 
-    /// Stops the executor. With `cancel_futures`, work not yet started is cancelled (its
-    /// futures resolve to an error); with `wait`, this returns once running work is done and
-    /// the workers have exited; without it, the workers are terminated at once. This call
-    /// blocks: from async code, run it on a blocking thread (e.g. `spawn_blocking`).
-    pub fn shutdown(self, wait: bool, cancel_futures: bool) -> Result<()> {
+    /// Stops the executor, as Python's `shutdown(wait, cancel_futures)`: no new work is
+    /// accepted. With `cancel_futures`, work not yet started is cancelled (its futures
+    /// resolve to [`Error::Cancelled`]); the rest runs to the end either way. With `wait`,
+    /// this returns once that work is done, its done callbacks have run and the workers
+    /// have exited; without it, this returns at once and the work finishes in the
+    /// background (the workers exit after it). Dropping the executor is
+    /// `shutdown(false, false)`. With `wait`, this call blocks: from async code, run it on
+    /// a blocking thread (e.g. `spawn_blocking`).
+    pub fn shutdown(mut self, wait: bool, cancel_futures: bool) -> Result<()> {
+        self.shut_down = true;
         if cancel_futures {
             self.pool.shared.cancel_queued(None);
         }
+        self.pool.close();
         if wait {
-            self.pool.close();
+            self.pool.join()
         } else {
-            self.pool.terminate();
+            finish_in_background(self.pool.clone());
+            Ok(())
         }
-        self.pool.join()
     }
 }
 
-/// The future of one submitted task.
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if !self.shut_down {
+            self.pool.close();
+            finish_in_background(self.pool.clone());
+        }
+    }
+}
+
+/// Lets a closed pool's work finish on a thread of its own, which holds the pool until
+/// then (the pool stops when its last handle goes). Without a thread, it is waited for
+/// here rather than cut short.
+fn finish_in_background(pool: Pool) {
+    let held = pool.clone();
+    let spawned = std::thread::Builder::new()
+        .name("wasmpool-shutdown".into())
+        .spawn(move || {
+            let _ = held.join();
+        });
+    if spawned.is_err() {
+        let _ = pool.join();
+    }
+}
+
+/// The future of one submitted task, with the API of Python's `concurrent.futures.Future`
+/// besides `.await`: [`done`](TaskFuture::done), [`cancel`](TaskFuture::cancel),
+/// [`cancelled`](TaskFuture::cancelled), [`result`](TaskFuture::result) /
+/// [`result_timeout`](TaskFuture::result_timeout) (blocking) and
+/// [`add_done_callback`](TaskFuture::add_done_callback). Clones are handles to the same
+/// task, each of which may be awaited or asked for the result.
 #[must_use = "a TaskFuture does nothing unless awaited (the task runs either way)"]
 pub struct TaskFuture<R> {
     job: Arc<Job>,
     pool: Arc<super::sched::Shared>,
     _r: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for TaskFuture<R> {
+    fn clone(&self) -> Self {
+        TaskFuture {
+            job: self.job.clone(),
+            pool: self.pool.clone(),
+            _r: PhantomData,
+        }
+    }
 }
 
 impl<R> std::fmt::Debug for TaskFuture<R> {
@@ -136,16 +189,77 @@ impl<R> std::fmt::Debug for TaskFuture<R> {
 }
 
 impl<R> TaskFuture<R> {
-    /// Whether the task has finished.
+    pub(crate) fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+
+    /// Whether the task has finished, or was cancelled.
     pub fn done(&self) -> bool {
         self.job.is_done()
     }
 
     /// Cancels the task if it has not started: it is removed from the queue and the future
-    /// resolves to an error. Returns whether it was cancelled (as Python's `Future.cancel`);
-    /// a running task is left alone, and nothing else is affected either way.
+    /// resolves to [`Error::Cancelled`]. Returns whether the task is cancelled, as Python's
+    /// `Future.cancel`: true also for one cancelled before, false for one running or
+    /// finished, which is left alone. Nothing else is affected either way.
     pub fn cancel(&self) -> bool {
-        self.pool.cancel_queued(Some(&self.job)) > 0
+        self.cancelled() || self.pool.cancel_queued(Some(&self.job)) > 0
+    }
+
+    /// Whether the task was cancelled (by [`cancel`](TaskFuture::cancel), or by
+    /// [`Executor::shutdown`] with `cancel_futures`).
+    pub fn cancelled(&self) -> bool {
+        self.job.item_cancelled(0)
+    }
+
+    /// Runs `f` with this future once it is done (finished or cancelled), as Python's
+    /// `add_done_callback`: at once, on this thread, if it is done already; otherwise on
+    /// the pool's callback thread, after the other callbacks added before it. A callback
+    /// that panics is logged (with `tracing`, and by the panic hook) and not propagated,
+    /// as Python logs a callback's exception.
+    pub fn add_done_callback<F>(&self, f: F)
+    where
+        F: FnOnce(&TaskFuture<R>) + Send + 'static,
+        R: 'static,
+    {
+        let me = self.clone();
+        let run: super::job::Completion = Box::new(move |_: &Job| call_logged(&me, f));
+        if let Some(hook) = self.job.add_hook(Hook { run, gating: false }) {
+            (hook.run)(self.job.as_ref());
+        }
+    }
+}
+
+/// Runs a done callback; a panic in it is logged, not propagated.
+fn call_logged<R, F: FnOnce(&TaskFuture<R>)>(fut: &TaskFuture<R>, f: F) {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(fut)));
+    if let Err(panic) = ran {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        tracing::error!(task = %fut.job.task, "a done callback of a future panicked: {message}");
+    }
+}
+
+impl<R: DeserializeOwned> TaskFuture<R> {
+    /// Waits for the task and returns its result (Python's `Future.result()`):
+    /// [`Error::Cancelled`] if it was cancelled. This blocks the thread: in async code,
+    /// `.await` the future instead.
+    pub fn result(&self) -> Result<R> {
+        self.job.wait(None);
+        finish_one(&self.job)
+    }
+
+    /// As [`result`](TaskFuture::result), giving up with [`Error::Timeout`] after
+    /// `timeout` (Python's `result(timeout)`); the task goes on, and a later call can
+    /// still return its result.
+    pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
+        if !self.job.wait(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout(timeout));
+        }
+        finish_one(&self.job)
     }
 }
 

@@ -32,6 +32,9 @@ pub(crate) enum Slot {
     /// Not run (or not retried): the task took down this many workers in a row, the pool's
     /// restart limit.
     RestartLimit(u32),
+    /// Cancelled before it started ([`TaskFuture::cancel`](crate::TaskFuture::cancel),
+    /// [`Executor::shutdown`](crate::Executor::shutdown) with `cancel_futures`).
+    Cancelled,
     /// Already handed to an iterator.
     Taken,
 }
@@ -52,6 +55,9 @@ impl Slot {
                 reason,
             }),
             Slot::Aborted(message) => Err(Error::State(message)),
+            Slot::Cancelled => Err(Error::Cancelled {
+                task: task.to_string(),
+            }),
             Slot::RestartLimit(losses) => Err(Error::RestartLimit {
                 task: task.to_string(),
                 losses,
@@ -66,7 +72,15 @@ impl Slot {
     }
 }
 
-pub(crate) type Completion = Box<dyn FnOnce(&Job, usize) + Send>;
+/// Code run on the pool's callback thread once every item of a job has finished.
+pub(crate) type Completion = Box<dyn FnOnce(&Job) + Send>;
+
+/// A completion hook, and whether the job's readiness waits for it (an `apply_async` or
+/// `map_async` callback does, as in Python; a future's done callback does not).
+pub(crate) struct Hook {
+    pub run: Completion,
+    pub gating: bool,
+}
 
 /// How a job's items are run: set per pool, overridable per submission
 /// ([`Pool::with_retries`](super::Pool::with_retries), [`Pool::with_limits`](super::Pool::with_limits)).
@@ -85,8 +99,11 @@ pub(crate) struct Job {
     pub opts: TaskOptions,
     state: Mutex<JobState>,
     changed: Condvar,
-    /// Run on the pool's callback thread, in completion order, once per finished item.
-    pub on_complete: Mutex<Option<Completion>>,
+    /// Run on the pool's callback thread once every item has finished (see
+    /// [`Job::add_hook`]).
+    hooks: Mutex<Vec<Hook>>,
+    /// The pool's callback thread: a wait made on it does not wait for callbacks.
+    callback_thread: Option<std::thread::ThreadId>,
     /// Async tasks waiting on this job (the executor's futures and streams).
     wakers: Mutex<Vec<std::task::Waker>>,
     /// Fuel its finished items used, in a pool that meters fuel.
@@ -113,6 +130,9 @@ struct JobState {
     /// The least count of finished items (`done`) a waiter waits for; `None` if nobody
     /// waits.
     wake_at: Option<usize>,
+    /// Gating hooks (callbacks) added and not yet run: the job is ready once every item
+    /// has finished and this is 0.
+    unsettled: usize,
 }
 
 /// How many items the job has (taken ones included).
@@ -121,7 +141,13 @@ fn total(s: &JobState) -> usize {
 }
 
 impl Job {
-    pub fn new(task: Arc<str>, module: Module, opts: TaskOptions, items: usize) -> Arc<Job> {
+    pub fn new(
+        task: Arc<str>,
+        module: Module,
+        opts: TaskOptions,
+        items: usize,
+        callback_thread: Option<std::thread::ThreadId>,
+    ) -> Arc<Job> {
         Arc::new(Job {
             task,
             module,
@@ -132,9 +158,11 @@ impl Job {
                 arrivals: VecDeque::new(),
                 first_error: None,
                 wake_at: None,
+                unsettled: 0,
             }),
             changed: Condvar::new(),
-            on_complete: Mutex::new(None),
+            hooks: Mutex::new(Vec::new()),
+            callback_thread,
             wakers: Mutex::new(Vec::new()),
             fuel_used: Mutex::new(None),
         })
@@ -223,14 +251,46 @@ impl Job {
         self.changed.wait(s).unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a completion hook (a callback) is still to run.
-    pub fn has_hook(&self) -> bool {
-        self.on_complete.lock().map_or(true, |h| h.is_some())
+    /// Adds a hook to run once every item has finished. If they all have already, the hook
+    /// is handed back for the caller to run (a gating one still counts as unsettled until
+    /// it has run: see [`settle`](Job::settle)).
+    pub fn add_hook(&self, hook: Hook) -> Option<Hook> {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        let finished = {
+            let mut s = self.lock();
+            if hook.gating {
+                s.unsettled += 1;
+            }
+            s.done == total(&s)
+        };
+        if finished {
+            return Some(hook);
+        }
+        hooks.push(hook);
+        None
     }
 
-    /// Takes the completion hook, if it is still to run.
-    pub fn take_hook(&self) -> Option<Completion> {
-        self.on_complete.lock().ok().and_then(|mut h| h.take())
+    /// Takes the hooks, if every item has finished (under the hooks' lock, so that a hook
+    /// added meanwhile is either taken here or handed back by `add_hook`).
+    pub fn take_hooks_if_finished(&self) -> Vec<Hook> {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        if hooks.is_empty() || !self.finished() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *hooks)
+    }
+
+    /// Counts a gating hook as run (or dropped unrun): once none is left, the job is ready.
+    pub fn settle(&self) {
+        {
+            let mut s = self.lock();
+            s.unsettled = s.unsettled.saturating_sub(1);
+        }
+        self.changed.notify_all();
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in wakers {
+            w.wake();
+        }
     }
 
     /// Wakes `waker` at the next completion of any item.
@@ -247,15 +307,57 @@ impl Job {
         !matches!(self.lock().items.get(index), Some(Item::Pending))
     }
 
-    pub fn is_done(&self) -> bool {
+    /// Whether item `index` was cancelled.
+    pub fn item_cancelled(&self, index: usize) -> bool {
+        matches!(
+            self.lock().items.get(index),
+            Some(Item::Done(Slot::Cancelled))
+        )
+    }
+
+    /// Whether item `index` finished with an error (not cancelled; taken items do not
+    /// count).
+    pub fn item_failed(&self, index: usize) -> bool {
+        match self.lock().items.get(index) {
+            Some(Item::Done(slot)) => !slot.is_ok() && !matches!(slot, Slot::Cancelled),
+            _ => false,
+        }
+    }
+
+    /// Whether every item has finished (its callbacks may still be to run).
+    pub fn finished(&self) -> bool {
         let s = self.lock();
         s.done == total(&s)
     }
 
-    /// Waits until every item is finished, or the deadline passes; returns whether done.
+    /// Whether the job is ready: every item has finished and its callbacks have run.
+    pub fn is_done(&self) -> bool {
+        let s = self.lock();
+        s.done == total(&s) && s.unsettled == 0
+    }
+
+    /// Whether a wait made now waits for the callbacks too: not on the pool's callback
+    /// thread, where they run (it would wait for itself, or for callbacks queued behind the
+    /// one running).
+    fn waits_for_callbacks(&self) -> bool {
+        self.callback_thread != Some(std::thread::current().id())
+    }
+
+    /// Waits until the job is ready (every item finished and, except on the callback
+    /// thread, its callbacks run), or the deadline passes; returns whether it is.
     pub fn wait(&self, deadline: Option<Instant>) -> bool {
+        self.wait_for(deadline, self.waits_for_callbacks())
+    }
+
+    /// Waits until every item has finished, not for the callbacks, or the deadline passes;
+    /// returns whether they have.
+    pub fn wait_finished(&self, deadline: Option<Instant>) -> bool {
+        self.wait_for(deadline, false)
+    }
+
+    fn wait_for(&self, deadline: Option<Instant>, callbacks: bool) -> bool {
         let mut s = self.lock();
-        while s.done < total(&s) {
+        while s.done < total(&s) || (callbacks && s.unsettled > 0) {
             let all = total(&s);
             s = match deadline {
                 None => self.wait_until_done(s, all),
@@ -512,6 +614,16 @@ fn note_finished(
 ///
 /// `get` waits for the value; `get_timeout` gives up with [`Error::Timeout`] after a while,
 /// and the work goes on (a later `get` still returns it).
+///
+/// With callbacks ([`Pool::apply_async_with`](crate::Pool::apply_async_with),
+/// [`Pool::map_async_with`](crate::Pool::map_async_with)), the result is ready only once
+/// its callback has run, as in Python: `get`, `wait` and their timed forms return, and
+/// `ready` turns true, after it, so what the callback did is there to see. The callbacks
+/// run on the pool's callback thread. Called on that thread (from a callback), `get` and
+/// `wait` wait for the work only, not for callbacks, which could only run after the one
+/// running: they return as soon as the work is done (where Python would hang), even if
+/// this result's callback has not run or is the one running; `ready` stays false until it
+/// has run.
 pub struct AsyncResult<T> {
     job: Arc<Job>,
     finish: fn(&Job) -> Result<T>,
@@ -536,10 +648,17 @@ impl<T> AsyncResult<T> {
         }
     }
 
-    /// Waits for the result and returns it (or the task's error).
+    pub(crate) fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+
+    /// Waits for the result (and its callback) and returns it, or the task's error.
     pub fn get(&self) -> Result<T> {
-        // `finish` waits (a `map` decodes its items as they finish).
-        (self.finish)(&self.job)
+        // `finish` waits for the work (a `map` decodes its items as they finish); then the
+        // callback, if any, is waited for.
+        let result = (self.finish)(&self.job);
+        self.job.wait(None);
+        result
     }
 
     /// As [`get`](AsyncResult::get), but fails with [`Error::Timeout`] after `timeout`.
@@ -550,7 +669,7 @@ impl<T> AsyncResult<T> {
         (self.finish)(&self.job)
     }
 
-    /// Waits until the result is ready.
+    /// Waits until the result is ready (its callback, if any, has run).
     pub fn wait(&self) {
         self.job.wait(None);
     }
@@ -560,7 +679,7 @@ impl<T> AsyncResult<T> {
         self.job.wait(Some(Instant::now() + timeout))
     }
 
-    /// Whether the result is ready.
+    /// Whether the result is ready: the work is done and its callback, if any, has run.
     pub fn ready(&self) -> bool {
         self.job.is_done()
     }
@@ -582,9 +701,9 @@ impl<T> AsyncResult<T> {
     }
 }
 
-/// Waits for a one-item job and decodes its result.
+/// Waits for a one-item job (not for its callbacks) and decodes its result.
 pub(crate) fn finish_one<R: DeserializeOwned>(job: &Job) -> Result<R> {
-    job.wait(None);
+    job.wait_finished(None);
     let bytes = job.peek(0).into_bytes(&job.task, &job.module)?;
     decode_result(&job.task, &bytes)
 }
@@ -605,6 +724,7 @@ mod tests {
             arrivals: VecDeque::new(),
             first_error: None,
             wake_at: None,
+            unsettled: 0,
         }
     }
 

@@ -5,6 +5,7 @@ mod imap;
 mod items;
 mod job;
 mod sched;
+mod wait;
 
 use std::sync::Arc;
 
@@ -14,8 +15,9 @@ use serde::de::DeserializeOwned;
 pub use self::executor::{AsCompleted, Executor, MapStream, TaskFuture, as_completed};
 pub use self::imap::Imap;
 pub use self::job::AsyncResult;
-use self::job::{Job, Slot, TaskOptions, finish_all, finish_one};
+use self::job::{Hook, Job, Slot, TaskOptions, finish_all, finish_one};
 use self::sched::{Chunk, PoolConfig, Shared};
+pub use self::wait::{ReturnWhen, Waitable, wait_futures, wait_objects};
 use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
@@ -387,6 +389,7 @@ impl Pool {
             self.shared.module.clone(),
             self.opts,
             items,
+            self.shared.callback_thread(),
         ))
     }
 
@@ -439,7 +442,10 @@ impl Pool {
 
     /// As [`apply_async`](Pool::apply_async), with Python's `callback` (given the result) and
     /// `error_callback` (given the error). They run in this program, on the pool's callback
-    /// thread, one at a time, in the order results arrive; never in a worker.
+    /// thread, one at a time, in the order results arrive; never in a worker, never on the
+    /// caller's thread. The result is ready (`get` returns, `ready` is true) only once the
+    /// callback has run, as in Python; a callback that panics is reported and the result
+    /// is ready all the same.
     pub fn apply_async_with<A, R, C, E>(
         &self,
         task: &str,
@@ -455,16 +461,41 @@ impl Pool {
     {
         let job = self.job(task, 1)?;
         let args = encode_args(args)?;
-        let hook: job::Completion = Box::new(move |job: &Job, _| match finish_one::<R>(job) {
+        let run: job::Completion = Box::new(move |job: &Job| match finish_one::<R>(job) {
             Ok(v) => callback(v),
             Err(e) => error_callback(e),
         });
-        if let Ok(mut h) = job.on_complete.lock() {
-            *h = Some(hook);
-        }
+        // Not finished before it is submitted: never handed back.
+        let _ = job.add_hook(Hook { run, gating: true });
         self.shared
             .submit([Chunk::new(job.clone(), 0, Packed::one(&args), true)])?;
         Ok(AsyncResult::new(job, finish_one::<R>))
+    }
+
+    /// Gives a `map` job its callbacks: `callback` with every result once all are in, or
+    /// `error_callback` with the first error (in completion order) once every chunk has
+    /// finished, as Python's `map_async` does.
+    fn with_map_callbacks<R, C, E>(
+        &self,
+        result: AsyncResult<Vec<R>>,
+        callback: C,
+        error_callback: E,
+    ) -> AsyncResult<Vec<R>>
+    where
+        R: DeserializeOwned + 'static,
+        C: FnOnce(Vec<R>) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        let run: job::Completion = Box::new(move |job: &Job| match finish_all::<R>(job) {
+            Ok(v) => callback(v),
+            Err(e) => error_callback(e),
+        });
+        // Added once every chunk is queued, so the job's length is final; if it is all
+        // done already, it runs now (on the callback thread).
+        if let Some(hook) = result.job().add_hook(Hook { run, gating: true }) {
+            self.shared.run_hook(result.job(), hook);
+        }
+        result
     }
 
     /// Applies `task` to every item (each item is the task's one argument) and returns the
@@ -498,6 +529,30 @@ impl Pool {
         self.submit_streamed(task, items, chunksize, |buf, a| encode_arg_into(buf, &a))
     }
 
+    /// As [`map_async`](Pool::map_async), with Python's `callback` (given every result, in
+    /// order, once all are in) and `error_callback` (given the first error, in completion
+    /// order, once every chunk has finished); each runs once, on the pool's callback
+    /// thread, and the result is ready only after it has run (see
+    /// [`apply_async_with`](Pool::apply_async_with)). A `map` of no items calls `callback`
+    /// with an empty list.
+    pub fn map_async_with<A, R, C, E>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        A: Serialize,
+        R: DeserializeOwned + 'static,
+        C: FnOnce(Vec<R>) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        let result = self.map_async(task, items, chunksize)?;
+        Ok(self.with_map_callbacks(result, callback, error_callback))
+    }
+
     /// Like [`map`](Pool::map), but each item is a tuple of arguments (Python's `starmap`).
     pub fn starmap<A: Serialize, R: DeserializeOwned>(
         &self,
@@ -515,6 +570,26 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
         self.submit_streamed(task, items, chunksize, |buf, a| encode_args_into(buf, &a))
+    }
+
+    /// As [`starmap_async`](Pool::starmap_async), with callbacks as
+    /// [`map_async_with`](Pool::map_async_with).
+    pub fn starmap_async_with<A, R, C, E>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        A: Serialize,
+        R: DeserializeOwned + 'static,
+        C: FnOnce(Vec<R>) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        let result = self.starmap_async(task, items, chunksize)?;
+        Ok(self.with_map_callbacks(result, callback, error_callback))
     }
 
     /// Queues already-encoded argument arrays (see [`encode_args`](crate::encode_args)).

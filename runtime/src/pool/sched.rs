@@ -16,7 +16,7 @@ use std::time::Instant;
 
 #[cfg(doc)]
 use super::job::TaskOptions;
-use super::job::{Job, Slot};
+use super::job::{Hook, Job, Slot};
 use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
@@ -232,7 +232,7 @@ struct PoolWorker {
     handle: WorkerHandle,
     name: String,
     inflight: VecDeque<InFlight>,
-    /// Tasks given to this worker so far (for `maxtasksperchild`).
+    /// Tasks given to this worker so far (for `maxtasksperchild`): a chunk counts as one.
     given: u64,
     /// Set once the initializer (if any) has succeeded.
     ready: bool,
@@ -308,6 +308,17 @@ pub(crate) struct Shared {
     /// Whether the thread that kills silent workers runs (see `watch_silence`).
     silence_watched: std::sync::atomic::AtomicBool,
     me: Weak<Shared>,
+}
+
+/// Counts a job's gating hook run when dropped (run, panicked, or dropped unrun).
+struct Settle(Option<Arc<Job>>);
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(job) = &self.0 {
+            job.settle();
+        }
+    }
 }
 
 /// Counts a callback done when dropped.
@@ -602,7 +613,8 @@ impl Shared {
             if w.inflight.is_empty() {
                 w.heard = Instant::now();
             }
-            w.given += chunk.items.len() as u64;
+            // A chunk is one task, whatever its items, as Python counts a `map` chunk.
+            w.given += 1;
             // The chunk in flight alone no longer is: its answer waits for this one.
             if let Some(first) = w.inflight.front_mut() {
                 first.alone = false;
@@ -685,7 +697,7 @@ impl Shared {
                     Answers::Batch(batch) => {
                         let answered = batch.len().min(n);
                         if chunk.job.complete_batch(first, answered, batch) > 0 {
-                            self.run_hook(&chunk.job, first);
+                            self.run_hooks(&chunk.job);
                         }
                         if answered < n && n == 1 {
                             // A lone item always gets an answer from a worker that keeps
@@ -745,7 +757,7 @@ impl Shared {
         let answered = answers.len().min(chunk.items.len() - flight.answered);
         let first = chunk.first + flight.answered;
         if answered > 0 && chunk.job.complete_batch(first, answered, answers) > 0 {
-            self.run_hook(&chunk.job, first);
+            self.run_hooks(&chunk.job);
         }
         flight.answered += answered;
     }
@@ -811,36 +823,43 @@ impl Shared {
         }
     }
 
-    /// Records an item's outcome and runs the job's completion hook on the callback thread.
-    fn complete(&self, job: &Arc<Job>, index: usize, slot: Slot) {
-        if job.complete(index, slot) {
-            self.run_hook(job, index);
+    /// The pool's callback thread, if it started.
+    pub fn callback_thread(&self) -> Option<std::thread::ThreadId> {
+        self.callback_thread
+    }
+
+    /// Runs the job's completion hooks on the callback thread, if every item of it has
+    /// finished and they are still to run.
+    pub fn run_hooks(&self, job: &Arc<Job>) {
+        for hook in job.take_hooks_if_finished() {
+            self.run_hook(job, hook);
         }
     }
 
-    /// Runs the job's completion hook, if it has one still to run, on the callback thread.
-    fn run_hook(&self, job: &Arc<Job>, index: usize) {
-        if let Some(hook) = job.take_hook() {
-            let job = job.clone();
-            let run: Callback = Box::new(move || hook(&job, index));
-            if let Some(tx) = self.callbacks.lock().ok().and_then(|t| t.clone()) {
-                self.pending.add();
-                if tx.send(run).is_err() {
-                    self.pending.done();
-                }
+    /// Runs one completion hook of `job` on the callback thread. A gating hook is counted
+    /// run however it ends, and also if it never runs (the callback thread is gone), so a
+    /// `get` cannot hang on it.
+    pub fn run_hook(&self, job: &Arc<Job>, hook: Hook) {
+        let settle = Settle(hook.gating.then(|| job.clone()));
+        let job = job.clone();
+        let f = hook.run;
+        let run: Callback = Box::new(move || {
+            let _settle = settle;
+            f(job.as_ref())
+        });
+        if let Some(tx) = self.callbacks.lock().ok().and_then(|t| t.clone()) {
+            self.pending.add();
+            if tx.send(run).is_err() {
+                self.pending.done();
             }
         }
     }
 
-    /// Records one outcome for `n` items: in one go, unless the job has a completion hook
-    /// to run.
+    /// Records one outcome for `n` items in one go, and runs the job's hooks if that
+    /// finished it.
     fn complete_run(&self, job: &Arc<Job>, first: usize, n: usize, slot: Slot) {
-        if job.has_hook() {
-            for i in 0..n {
-                self.complete(job, first + i, slot.clone());
-            }
-        } else {
-            job.complete_run(first, n, slot);
+        if job.complete_run(first, n, slot) > 0 {
+            self.run_hooks(job);
         }
     }
 
@@ -991,7 +1010,7 @@ impl Shared {
             .into_iter()
             .partition(|c| job.is_none_or(|j| Arc::ptr_eq(j, &c.job)));
         s.queue = kept.into();
-        let slot = Slot::Aborted("cancelled".into());
+        let slot = Slot::Cancelled;
         let mut n = 0;
         for chunk in cancelled {
             n += chunk.items.len();
