@@ -9,6 +9,7 @@ mod batches;
 mod cli;
 mod conformance;
 mod conformance_futures;
+mod conformance_objects;
 mod executor;
 mod guest;
 mod hardening_cli;

@@ -105,6 +105,21 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
         maybe(self.raw.call(Request::DictPop(encode(key)?), None)?)
     }
 
+    /// Removes and answers the entry inserted last (Python's `dict.popitem()`, LIFO);
+    /// `Missing` if the dict is empty.
+    pub fn popitem(&self) -> Result<(K, V), ObjectError> {
+        match self.raw.call(Request::DictPopitem, None)? {
+            Response::Entries(es) => match es.as_slice() {
+                [(k, v)] => Ok((decode(k)?, decode(v)?)),
+                _ => Err(ObjectError::Invalid(format!(
+                    "popitem answered {} entries",
+                    es.len()
+                ))),
+            },
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Replaces the value of `key` with `new` if it currently is `expected` (`None`: if the
     /// key is absent), atomically; answers whether it did.
     pub fn compare_and_swap(
@@ -145,6 +160,11 @@ impl<K, V> Dict<K, V> {
     /// Whether the dict is empty.
     pub fn is_empty(&self) -> Result<bool, ObjectError> {
         Ok(self.len()? == 0)
+    }
+
+    /// Removes every entry (Python's `dict.clear()`).
+    pub fn clear(&self) -> Result<(), ObjectError> {
+        unit(self.raw.call(Request::DictClear, None)?)
     }
 }
 
@@ -206,6 +226,28 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     pub fn items(&self) -> Result<Vec<T>, ObjectError> {
         values(self.raw.call(Request::ListItems, None)?)
     }
+
+    /// Inserts `value` before `index` (Python's `list.insert`): a negative index counts
+    /// from the end, and one out of range inserts at the start or the end.
+    pub fn insert(&self, index: i64, value: &T) -> Result<(), ObjectError> {
+        unit(
+            self.raw
+                .call(Request::ListInsert(index, encode(value)?), None)?,
+        )
+    }
+
+    /// Removes the first item equal to `value` (Python's `list.remove`); `Missing` if
+    /// there is none.
+    pub fn remove(&self, value: &T) -> Result<(), ObjectError> {
+        unit(self.raw.call(Request::ListRemove(encode(value)?), None)?)
+    }
+
+    /// The values from `start` up to `stop`, as Python's `l[start:stop]`: `None` is the
+    /// list's start or end, a negative index counts from the end, and indexes out of range
+    /// are clamped (an empty range answers nothing, never an error).
+    pub fn slice(&self, start: Option<i64>, stop: Option<i64>) -> Result<Vec<T>, ObjectError> {
+        values(self.raw.call(Request::ListSlice(start, stop), None)?)
+    }
 }
 
 impl<T> List<T> {
@@ -217,6 +259,11 @@ impl<T> List<T> {
     /// Whether the list is empty.
     pub fn is_empty(&self) -> Result<bool, ObjectError> {
         Ok(self.len()? == 0)
+    }
+
+    /// Removes every value (Python's `list.clear()`).
+    pub fn clear(&self) -> Result<(), ObjectError> {
+        unit(self.raw.call(Request::ListClear, None)?)
     }
 }
 

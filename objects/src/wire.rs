@@ -72,6 +72,22 @@ pub enum Request {
     ListPop(Option<i64>),
     ListIndex(Vec<u8>),
     ListItems,
+    /// Whether a `Lock` or `RLock` is held by anyone (Python's `locked()`).
+    Locked,
+    BarrierParties,
+    BarrierBroken,
+    /// As `BarrierWait`, offering to run the round's action: answers `RunAction(index)`
+    /// to the one party that runs it, `Int(index)` to the others once it succeeded.
+    BarrierWaitAction,
+    /// The party told to run the action ran it: `true` if it succeeded (the round's
+    /// parties are released), `false` if it failed (the barrier breaks).
+    BarrierActionDone(bool),
+    DictPopitem,
+    DictClear,
+    ListInsert(i64, Vec<u8>),
+    ListRemove(Vec<u8>),
+    ListClear,
+    ListSlice(Option<i64>, Option<i64>),
 }
 
 /// What one stored item (a queued message, a list item, a dict entry) costs on top of its
@@ -141,6 +157,8 @@ impl Request {
             | ListAppend(v)
             | ListIndex(v)
             | ListSet(_, v)
+            | ListInsert(_, v)
+            | ListRemove(v)
             | DictIncrement(v, _) => v.len(),
             DictSet((k, v)) | DictSetdefault((k, v)) => k.len() + v.len(),
             DictUpdate(entries) => entries
@@ -168,6 +186,9 @@ pub enum Response {
     Count(u64),
     Int(i64),
     Flag(bool),
+    /// Every party of a barrier's round has arrived, and this one (its arrival index) runs
+    /// the round's action now, then answers `BarrierActionDone`.
+    RunAction(u32),
 }
 
 /// Why an operation on a shared object failed.

@@ -168,6 +168,7 @@ impl Manager {
                 arrived: 0,
                 generation: 0,
                 broken: false,
+                running: None,
             },
         ))
     }

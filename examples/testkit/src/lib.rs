@@ -649,6 +649,13 @@ wasmpool_guest::export_tasks!(
     alias_checked,
     alias_forced,
     alias_as_value,
+    conform_locked,
+    conform_list,
+    conform_dict,
+    barrier_rounds,
+    barrier_info,
+    barrier_failing_action,
+    condition_wait_for,
 );
 
 // ---- memory hardening ----
@@ -780,4 +787,126 @@ fn alias_forced(x: u64) -> Checked {
 #[task(infallible)]
 fn alias_as_value(x: u64) -> Checked {
     alias_checked(x)
+}
+
+// ---- conformance: the object APIs Python has ----
+
+/// `locked()` of a lock the host holds, then of an `RLock` through two acquires and two
+/// releases; then it releases the host's lock (any process may) and asks again.
+#[task]
+fn conform_locked(lock: Lock, rlock: RLock) -> Result<Vec<bool>, ObjectError> {
+    let mut seen = vec![lock.locked()?, rlock.locked()?];
+    rlock.acquire()?;
+    rlock.acquire()?;
+    seen.push(rlock.locked()?);
+    rlock.release()?;
+    seen.push(rlock.locked()?);
+    rlock.release()?;
+    seen.push(rlock.locked()?);
+    lock.release()?;
+    seen.push(lock.locked()?);
+    Ok(seen)
+}
+
+/// An error's text, or what came instead.
+fn error_text<T: std::fmt::Debug>(r: Result<T, ObjectError>) -> String {
+    match r {
+        Err(e) => e.to_string(),
+        Ok(v) => format!("no error: {v:?}"),
+    }
+}
+
+/// `insert`, `slice`, `remove` and `clear` on a list that starts `[0, 1, 2]`; answers what
+/// it saw.
+#[task]
+fn conform_list(l: List<i64>) -> Result<Vec<String>, ObjectError> {
+    let mut seen = Vec::new();
+    l.insert(-1, &9)?;
+    l.insert(100, &7)?;
+    l.insert(-100, &5)?;
+    seen.push(format!("{:?}", l.items()?));
+    seen.push(format!("{:?}", l.slice(Some(1), Some(-1))?));
+    seen.push(format!("{:?}", l.slice(Some(-2), None)?));
+    seen.push(format!("{:?}", l.slice(Some(4), Some(2))?));
+    l.append(&9)?;
+    l.remove(&9)?;
+    seen.push(format!("{:?}", l.items()?));
+    seen.push(error_text(l.remove(&42)));
+    l.clear()?;
+    seen.push(format!("len={}", l.len()?));
+    Ok(seen)
+}
+
+/// `popitem` and `clear` on a dict that starts `{a: 1, b: 2, c: 3}`; answers what it saw
+/// and leaves `{after: 5}`.
+#[task]
+fn conform_dict(d: Dict<String, i64>) -> Result<Vec<String>, ObjectError> {
+    let mut seen = Vec::new();
+    // A key set again keeps its place.
+    d.set(&"a".into(), &10)?;
+    seen.push(format!("{:?}", d.popitem()?));
+    d.set(&"d".into(), &4)?;
+    seen.push(format!("{:?}", d.popitem()?));
+    d.clear()?;
+    seen.push(format!("len={}", d.len()?));
+    seen.push(error_text(d.popitem()));
+    d.set(&"after".into(), &5)?;
+    Ok(seen)
+}
+
+/// Waits at the barrier `rounds` times, each time offering an action that appends
+/// `"round N"` to `log`; answers how long `log` was each time this party was released.
+#[task]
+fn barrier_rounds(
+    barrier: Barrier,
+    log: List<String>,
+    rounds: u32,
+) -> Result<Vec<usize>, ObjectError> {
+    let mut seen = Vec::new();
+    for round in 0..rounds {
+        barrier.wait_with(|| log.append(&format!("round {round}")))?;
+        seen.push(log.len()?);
+    }
+    Ok(seen)
+}
+
+/// The barrier's `parties()` and `broken()`.
+#[task]
+fn barrier_info(barrier: Barrier) -> Result<(u32, bool), ObjectError> {
+    Ok((barrier.parties()?, barrier.broken()?))
+}
+
+/// Waits at the barrier offering an action that fails (or, with `trap`, traps); answers
+/// how the wait ended.
+#[task]
+fn barrier_failing_action(barrier: Barrier, trap: bool) -> Result<String, ObjectError> {
+    let waited = barrier.wait_with(|| {
+        if trap {
+            core::arch::wasm32::unreachable()
+        }
+        Err(ObjectError::Invalid("the action failed".into()))
+    });
+    Ok(match waited {
+        Ok(index) => format!("released as {index}"),
+        Err(e) => e.to_string(),
+    })
+}
+
+/// Holding the condition's lock, says so in `d["waiting"]` and waits with `wait_for` until
+/// `d["n"] >= target`; answers the predicate's last value and `d["n"]`. It releases the
+/// lock at the end, which fails unless `wait_for` left it held.
+#[task]
+fn condition_wait_for(
+    cond: Condition,
+    d: Dict<String, i64>,
+    target: i64,
+    timeout_ms: Option<u64>,
+) -> Result<(bool, i64), ObjectError> {
+    cond.acquire()?;
+    d.set(&"waiting".into(), &1)?;
+    let n = || -> Result<i64, ObjectError> { Ok(d.get(&"n".into())?.unwrap_or(0)) };
+    let got = cond.wait_for(|| Ok(n()? >= target), timeout_ms.map(Duration::from_millis))?;
+    let last = n()?;
+    cond.release()?;
+    Ok((got, last))
 }

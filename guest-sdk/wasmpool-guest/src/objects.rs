@@ -56,9 +56,16 @@ impl wasmpool_objects::Transport for Guest {
             token: target.token,
         };
         crate::__private::before_effect();
-        wit::invoke(handle, &request(req), timeout_ms)
-            .map(response)
-            .map_err(error)
+        match request(req) {
+            Call::Invoke(req) => wit::invoke(handle, &req, timeout_ms).map(response),
+            // Operations added later go through `invoke-more`, so that a guest built
+            // before them, which imports only `invoke`, still links.
+            Call::More(req) => wit::invoke_more(handle, &req, timeout_ms).map(|r| match r {
+                wit::MoreResponse::Plain(r) => response(r),
+                wit::MoreResponse::RunAction(index) => Response::RunAction(index),
+            }),
+        }
+        .map_err(error)
     }
 }
 
@@ -68,10 +75,17 @@ pub(crate) fn install() {
     wasmpool_objects::install(&GUEST);
 }
 
-fn request(r: Request) -> wit::Request {
+/// A request as `invoke` takes it, or as `invoke-more` does.
+enum Call {
+    Invoke(wit::Request),
+    More(wit::MoreRequest),
+}
+
+fn request(r: Request) -> Call {
     use Request as W;
+    use wit::MoreRequest as M;
     use wit::Request as R;
-    match r {
+    Call::Invoke(match r {
         W::QueuePut(v) => R::QueuePut(v),
         W::QueueGet => R::QueueGet,
         W::QueueQsize => R::QueueQsize,
@@ -120,7 +134,18 @@ fn request(r: Request) -> wit::Request {
         W::ListPop(i) => R::ListPop(i),
         W::ListIndex(v) => R::ListIndex(v),
         W::ListItems => R::ListItems,
-    }
+        W::Locked => return Call::More(M::Locked),
+        W::BarrierParties => return Call::More(M::BarrierParties),
+        W::BarrierBroken => return Call::More(M::BarrierBroken),
+        W::BarrierWaitAction => return Call::More(M::BarrierWaitAction),
+        W::BarrierActionDone(ok) => return Call::More(M::BarrierActionDone(ok)),
+        W::DictPopitem => return Call::More(M::DictPopitem),
+        W::DictClear => return Call::More(M::DictClear),
+        W::ListInsert(i, v) => return Call::More(M::ListInsert((i, v))),
+        W::ListRemove(v) => return Call::More(M::ListRemove(v)),
+        W::ListClear => return Call::More(M::ListClear),
+        W::ListSlice(start, stop) => return Call::More(M::ListSlice((start, stop))),
+    })
 }
 
 fn response(r: wit::Response) -> Response {

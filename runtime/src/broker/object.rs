@@ -23,8 +23,13 @@ pub(crate) enum Pending {
     Notify { count: u32 },
     /// A condition waiter re-acquiring the lock; answers whether it was notified.
     Reacquire { count: u32, notified: bool },
-    /// A barrier party, by arrival index, in a generation of the barrier.
-    Barrier { index: u32, generation: u64 },
+    /// A barrier party, by arrival index, in a generation of the barrier; `action`: it
+    /// offered to run the round's action.
+    Barrier {
+        index: u32,
+        generation: u64,
+        action: bool,
+    },
 }
 
 /// A blocked caller.
@@ -93,6 +98,9 @@ pub(crate) enum State {
         arrived: u32,
         generation: u64,
         broken: bool,
+        /// The party running this round's action: the round's parties wait until it is
+        /// done, and parties of the next round wait to arrive (as `Pending::Op`).
+        running: Option<ActionRun>,
     },
     Condition(LockState),
     Dict(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
@@ -118,6 +126,13 @@ impl State {
             _ => None,
         }
     }
+}
+
+/// The party running a barrier round's action, and its arrival index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ActionRun {
+    pub owner: Owner,
+    pub index: u32,
 }
 
 #[derive(Debug)]
@@ -184,7 +199,7 @@ fn growth(req: &Request) -> usize {
         // The integer `increment` writes: at most 9 bytes of MessagePack.
         Request::DictIncrement(k, _) => entry_cost(k, &Vec::new()) + heap_bytes(9),
         Request::DictCompareAndSwap { key, new, .. } => entry_cost(key, new),
-        Request::ListAppend(v) | Request::ListSet(_, v) => item_cost(v),
+        Request::ListAppend(v) | Request::ListSet(_, v) | Request::ListInsert(_, v) => item_cost(v),
         Request::ListExtend(items) => items.iter().map(item_cost).sum(),
         _ => 0,
     }
@@ -223,6 +238,15 @@ fn invalid(kind: Kind, req: &Request) -> OpResult {
 fn index(len: usize, i: i64) -> Option<usize> {
     let i = if i < 0 { len as i64 + i } else { i };
     usize::try_from(i).ok().filter(|&i| i < len)
+}
+
+/// Python's slice rules for one bound: `None` is `default`, negative counts from the end,
+/// and the result is clamped to `0..=len`.
+fn bound(len: usize, i: Option<i64>, default: usize) -> usize {
+    let Some(i) = i else { return default };
+    let len_i = i64::try_from(len).unwrap_or(i64::MAX);
+    let i = if i < 0 { i.saturating_add(len_i) } else { i };
+    usize::try_from(i.clamp(0, len_i)).unwrap_or(len)
 }
 
 fn too_big(kind: Kind, bytes: usize) -> OpResult {
@@ -520,30 +544,23 @@ impl Object {
                 Step::Done(Ok(Response::Unit))
             }
             (State::Event(set), Request::EventIsSet) => Step::Done(Ok(Response::Flag(*set))),
-            (
-                State::Barrier {
-                    parties,
-                    arrived,
-                    generation,
-                    broken,
-                },
-                Request::BarrierWait,
-            ) => {
-                if *broken {
-                    return Step::Done(Err(ObjectError::Broken));
-                }
-                let index = *arrived;
-                *arrived += 1;
-                if *arrived >= *parties {
-                    *arrived = 0;
-                    *generation += 1;
-                    Step::Done(Ok(Response::Int(i64::from(index))))
-                } else {
-                    Step::Wait(Pending::Barrier {
-                        index,
-                        generation: *generation,
-                    })
-                }
+            (State::Barrier { .. }, req @ (Request::BarrierWait | Request::BarrierWaitAction)) => {
+                self.arrive(owner, req, out)
+            }
+            (State::Barrier { .. }, Request::BarrierActionDone(ok)) => {
+                self.action_done(owner, ok, out)
+            }
+            (State::Barrier { parties, .. }, Request::BarrierParties) => {
+                Step::Done(Ok(Response::Count(u64::from(*parties))))
+            }
+            (State::Barrier { broken, .. }, Request::BarrierBroken) => {
+                Step::Done(Ok(Response::Flag(*broken)))
+            }
+            (State::Lock(lock), Request::Locked) => {
+                Step::Done(Ok(Response::Flag(lock.owner.is_some())))
+            }
+            (State::SharedLock(lock), Request::Locked) => {
+                Step::Done(Ok(Response::Flag(lock.locked())))
             }
             (State::Barrier { .. }, Request::BarrierAbort) => {
                 self.break_barrier(true, out);
@@ -715,6 +732,7 @@ impl Object {
                 Pending::Barrier {
                     index,
                     generation: g,
+                    ..
                 },
             ) => {
                 if *broken {
@@ -765,6 +783,140 @@ impl Object {
         }
     }
 
+    /// A party arrives at the barrier (`BarrierWait`, or `BarrierWaitAction` offering to
+    /// run the round's action). The last of a round completes it: it runs the action if it
+    /// offered one, else the earliest waiting party that offered one is told to run it;
+    /// with no action the round's parties are released at once. While an action runs, a
+    /// party of the next round waits to arrive until it is done.
+    fn arrive(&mut self, owner: Owner, req: Request, out: &mut Vec<(Responder, OpResult)>) -> Step {
+        let State::Barrier {
+            parties,
+            arrived,
+            generation,
+            broken,
+            running,
+        } = &mut self.state
+        else {
+            return Step::Done(invalid(self.kind, &req));
+        };
+        if *broken {
+            return Step::Done(Err(ObjectError::Broken));
+        }
+        if running.is_some() {
+            return Step::Wait(Pending::Op(req));
+        }
+        let offers = req == Request::BarrierWaitAction;
+        let index = *arrived;
+        *arrived += 1;
+        let waiting = Pending::Barrier {
+            index,
+            generation: *generation,
+            action: offers,
+        };
+        if *arrived < *parties {
+            return Step::Wait(waiting);
+        }
+        if offers {
+            *running = Some(ActionRun { owner, index });
+            return Step::Done(Ok(Response::RunAction(index)));
+        }
+        let g = *generation;
+        let runner = self
+            .waiters
+            .iter()
+            .enumerate()
+            .find_map(|(pos, w)| match w.pending {
+                Pending::Barrier {
+                    index,
+                    generation,
+                    action: true,
+                } if generation == g => Some((pos, index)),
+                _ => None,
+            });
+        match runner.and_then(|(pos, theirs)| Some((self.waiters.remove(pos)?, theirs))) {
+            Some((w, theirs)) => {
+                if let State::Barrier { running, .. } = &mut self.state {
+                    *running = Some(ActionRun {
+                        owner: w.owner,
+                        index: theirs,
+                    });
+                }
+                out.push((w.responder, Ok(Response::RunAction(theirs))));
+                Step::Wait(waiting)
+            }
+            None => {
+                if let State::Barrier {
+                    arrived,
+                    generation,
+                    ..
+                } = &mut self.state
+                {
+                    *arrived = 0;
+                    *generation += 1;
+                }
+                Step::Done(Ok(Response::Int(i64::from(index))))
+            }
+        }
+    }
+
+    /// The party running the round's action reports it done: on success the round's
+    /// parties are released (by the pump) and the parties waiting to arrive arrive, in
+    /// order; on failure the barrier breaks.
+    fn action_done(
+        &mut self,
+        owner: Owner,
+        ok: bool,
+        out: &mut Vec<(Responder, OpResult)>,
+    ) -> Step {
+        let State::Barrier {
+            arrived,
+            generation,
+            running,
+            ..
+        } = &mut self.state
+        else {
+            return Step::Done(invalid(self.kind, &Request::BarrierActionDone(ok)));
+        };
+        let run = match *running {
+            Some(run) if run.owner == owner => run,
+            Some(_) => {
+                return Step::Done(Err(ObjectError::Invalid(
+                    "another party runs this round's barrier action".into(),
+                )));
+            }
+            // Aborted or reset while the action ran: the round is over for everyone.
+            None => return Step::Done(Err(ObjectError::Broken)),
+        };
+        if !ok {
+            self.break_barrier(true, out);
+            return Step::Done(Ok(Response::Unit));
+        }
+        *running = None;
+        *arrived = 0;
+        *generation += 1;
+        // The next round's parties that waited to arrive, in arrival order.
+        let waiters = std::mem::take(&mut self.waiters);
+        for mut w in waiters {
+            let req = match &w.pending {
+                Pending::Op(req @ (Request::BarrierWait | Request::BarrierWaitAction)) => {
+                    req.clone()
+                }
+                _ => {
+                    self.waiters.push_back(w);
+                    continue;
+                }
+            };
+            match self.arrive(w.owner, req, out) {
+                Step::Done(result) => out.push((w.responder, result)),
+                Step::Wait(pending) => {
+                    w.pending = pending;
+                    self.waiters.push_back(w);
+                }
+            }
+        }
+        Step::Done(Ok(Response::Int(i64::from(run.index))))
+    }
+
     /// Breaks the barrier: every party waiting gets `Broken`. `abort` leaves it broken;
     /// otherwise (reset) it is ready for a new round.
     pub fn break_barrier(&mut self, abort: bool, out: &mut Vec<(Responder, OpResult)>) {
@@ -772,12 +924,14 @@ impl Object {
             arrived,
             generation,
             broken,
+            running,
             ..
         } = &mut self.state
         {
             *arrived = 0;
             *generation += 1;
             *broken = abort;
+            *running = None;
         }
         let waiters = std::mem::take(&mut self.waiters);
         for w in waiters {
@@ -794,6 +948,12 @@ impl Object {
             return;
         };
         match w.pending {
+            Pending::Op(Request::BarrierWait | Request::BarrierWaitAction) => {
+                // Timed out waiting to arrive while a round's action ran: a barrier wait's
+                // timeout breaks the barrier, as in the round itself.
+                out.push((w.responder, Err(ObjectError::Broken)));
+                self.break_barrier(true, out);
+            }
             Pending::Op(ref req) => {
                 let result = match req {
                     Request::QueueGet => Err(ObjectError::Empty),
@@ -872,6 +1032,14 @@ impl Object {
         for h in self.holds.iter_mut() {
             changed |= h.remove(&Hold::Pid(pid)).is_some();
         }
+        if let State::Barrier {
+            running: Some(run), ..
+        } = &self.state
+            && run.owner == gone
+        {
+            // It died running the round's action: the round can never end.
+            was_at_barrier = true;
+        }
         if was_at_barrier {
             self.break_barrier(true, out);
         }
@@ -934,6 +1102,22 @@ fn dict_op(map: &mut Map, stored: &mut usize, req: Request) -> OpResult {
             }
         },
         Request::DictPop(k) => Response::Maybe(unstore(map, stored, &k)),
+        Request::DictPopitem => match map.pop() {
+            Some((k, v)) => {
+                *stored = stored.saturating_sub(entry_cost(&k, &v));
+                Response::Entries(vec![(k, v)])
+            }
+            None => {
+                return Err(ObjectError::Missing(
+                    "KeyError: 'popitem(): dictionary is empty'".into(),
+                ));
+            }
+        },
+        Request::DictClear => {
+            map.clear();
+            *stored = 0;
+            Response::Unit
+        }
         Request::DictIncrement(k, delta) => {
             let (new, encoded) = add_to_int(map.get(&k).map(Vec::as_slice), delta)?;
             store(map, stored, k, encoded);
@@ -990,6 +1174,34 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
             }
         },
         Request::ListItems => Response::Values(list.clone()),
+        Request::ListInsert(i, v) => {
+            let at = bound(list.len(), Some(i), 0);
+            *stored += item_cost(&v);
+            list.insert(at, v);
+            Response::Unit
+        }
+        Request::ListRemove(v) => match list.iter().position(|x| *x == v) {
+            Some(i) => {
+                let v = list.remove(i);
+                *stored = stored.saturating_sub(item_cost(&v));
+                Response::Unit
+            }
+            None => {
+                return Err(ObjectError::Missing(
+                    "ValueError: list.remove(x): x not in list".into(),
+                ));
+            }
+        },
+        Request::ListClear => {
+            list.clear();
+            *stored = 0;
+            Response::Unit
+        }
+        Request::ListSlice(start, stop) => {
+            let len = list.len();
+            let (start, stop) = (bound(len, start, 0), bound(len, stop, len));
+            Response::Values(list.get(start..stop).unwrap_or_default().to_vec())
+        }
         req => return invalid(Kind::List, &req),
     })
 }
@@ -1007,6 +1219,211 @@ mod tests {
             Step::Done(r) => r,
             Step::Wait(_) => panic!("a dict operation never waits"),
         }
+    }
+
+    /// A blocked request's answer, once it has one.
+    type Slot = std::sync::Arc<super::super::HostSlot>;
+
+    fn answer(slot: &Slot) -> Option<OpResult> {
+        slot.result.lock().unwrap().take()
+    }
+
+    /// Submits `req` from `owner` as the broker does: a blocked one waits on the object,
+    /// and the answers the change produced are delivered.
+    fn submit(obj: &mut Object, owner: Owner, req: Request) -> Slot {
+        let slot = Slot::default();
+        let mut out = Vec::new();
+        match obj.start(owner, 0, req, &mut out) {
+            Step::Done(r) => out.push((Responder::Host(slot.clone()), r)),
+            Step::Wait(pending) => obj.waiters.push_back(Waiter {
+                id: obj.waiters.len() as u64 + 100,
+                owner,
+                end: 0,
+                pending,
+                responder: Responder::Host(slot.clone()),
+            }),
+        }
+        obj.pump(&mut out);
+        for (responder, result) in out {
+            responder.deliver(result);
+        }
+        slot
+    }
+
+    fn barrier(parties: u32) -> Object {
+        Object::new(
+            Kind::Barrier,
+            [1, 2],
+            State::Barrier {
+                parties,
+                arrived: 0,
+                generation: 0,
+                broken: false,
+                running: None,
+            },
+        )
+    }
+
+    #[test]
+    fn the_earliest_party_offering_an_action_runs_it_before_anyone_is_released() {
+        let mut b = barrier(3);
+        let plain = submit(&mut b, Owner::Pid(1), Request::BarrierWait);
+        let offers = submit(&mut b, Owner::Pid(2), Request::BarrierWaitAction);
+        let also = submit(&mut b, Owner::Pid(3), Request::BarrierWaitAction);
+        let last = submit(&mut b, Owner::Pid(4), Request::BarrierWait);
+        // Pid 4 is a fourth party: it waits for the next round, not counted in this one.
+        assert_eq!(
+            answer(&also),
+            Some(Ok(Response::RunAction(2))),
+            "the last offered"
+        );
+        assert!(answer(&plain).is_none() && answer(&offers).is_none());
+        assert!(
+            answer(&last).is_none(),
+            "the next round waits for the action"
+        );
+        let done = submit(&mut b, Owner::Pid(3), Request::BarrierActionDone(true));
+        assert_eq!(answer(&done), Some(Ok(Response::Int(2))));
+        assert_eq!(answer(&plain), Some(Ok(Response::Int(0))));
+        assert_eq!(answer(&offers), Some(Ok(Response::Int(1))));
+        assert!(answer(&last).is_none(), "arrived first in the next round");
+        let State::Barrier { arrived, .. } = &b.state else {
+            unreachable!()
+        };
+        assert_eq!(*arrived, 1);
+
+        // The last party offers nothing: the earliest that offered runs the action.
+        let mut b = barrier(3);
+        let first = submit(&mut b, Owner::Pid(1), Request::BarrierWaitAction);
+        let second = submit(&mut b, Owner::Pid(2), Request::BarrierWaitAction);
+        let third = submit(&mut b, Owner::Pid(3), Request::BarrierWait);
+        assert_eq!(answer(&first), Some(Ok(Response::RunAction(0))));
+        assert!(answer(&second).is_none() && answer(&third).is_none());
+        // Only the runner may say it is done.
+        let wrong = submit(&mut b, Owner::Pid(2), Request::BarrierActionDone(true));
+        assert!(matches!(answer(&wrong), Some(Err(ObjectError::Invalid(_)))));
+        submit(&mut b, Owner::Pid(1), Request::BarrierActionDone(true));
+        assert_eq!(answer(&second), Some(Ok(Response::Int(1))));
+        assert_eq!(answer(&third), Some(Ok(Response::Int(2))));
+    }
+
+    #[test]
+    fn a_failed_or_dead_action_breaks_the_barrier() {
+        for dies in [false, true] {
+            let mut b = barrier(2);
+            let runner = submit(&mut b, Owner::Pid(1), Request::BarrierWaitAction);
+            let other = submit(&mut b, Owner::Pid(2), Request::BarrierWait);
+            assert_eq!(answer(&runner), Some(Ok(Response::RunAction(0))));
+            let next = submit(&mut b, Owner::Pid(3), Request::BarrierWait);
+            if dies {
+                let mut out = Vec::new();
+                b.worker_exited(1, &mut out);
+                for (responder, result) in out {
+                    responder.deliver(result);
+                }
+            } else {
+                submit(&mut b, Owner::Pid(1), Request::BarrierActionDone(false));
+            }
+            assert_eq!(answer(&other), Some(Err(ObjectError::Broken)));
+            assert_eq!(answer(&next), Some(Err(ObjectError::Broken)));
+            assert_eq!(
+                answer(&submit(&mut b, Owner::Pid(2), Request::BarrierBroken)),
+                Some(Ok(Response::Flag(true)))
+            );
+        }
+    }
+
+    #[test]
+    fn a_round_without_an_action_releases_at_once_and_parties_is_answered() {
+        let mut b = barrier(2);
+        let first = submit(&mut b, Owner::Pid(1), Request::BarrierWait);
+        let second = submit(&mut b, Owner::Pid(2), Request::BarrierWait);
+        assert_eq!(answer(&second), Some(Ok(Response::Int(1))));
+        assert_eq!(answer(&first), Some(Ok(Response::Int(0))));
+        assert_eq!(
+            answer(&submit(&mut b, Owner::Pid(1), Request::BarrierParties)),
+            Some(Ok(Response::Count(2)))
+        );
+        assert_eq!(
+            answer(&submit(&mut b, Owner::Pid(1), Request::BarrierBroken)),
+            Some(Ok(Response::Flag(false)))
+        );
+    }
+
+    #[test]
+    fn a_lock_in_the_broker_answers_locked() {
+        for recursive in [false, true] {
+            let state = State::Lock(LockState {
+                owner: None,
+                count: 0,
+                recursive,
+            });
+            let mut l = Object::new(Kind::Lock, [1, 2], state);
+            let locked = |l: &mut Object| answer(&submit(l, Owner::Pid(9), Request::Locked));
+            assert_eq!(locked(&mut l), Some(Ok(Response::Flag(false))));
+            submit(&mut l, Owner::Pid(1), Request::Acquire);
+            assert_eq!(locked(&mut l), Some(Ok(Response::Flag(true))));
+            submit(&mut l, Owner::Pid(1), Request::Release);
+            assert_eq!(locked(&mut l), Some(Ok(Response::Flag(false))));
+        }
+    }
+
+    #[test]
+    fn list_insert_remove_clear_and_slice_follow_python() {
+        let mut l = Object::new(Kind::List, [1, 2], State::List(Vec::new()));
+        let item = |n: u8| vec![n];
+        for n in [0, 1, 2] {
+            run(&mut l, Request::ListAppend(item(n))).unwrap();
+        }
+        let items = |l: &mut Object| run(l, Request::ListItems).unwrap();
+        let of = |ns: &[u8]| Response::Values(ns.iter().map(|&n| item(n)).collect());
+        run(&mut l, Request::ListInsert(-1, item(9))).unwrap();
+        assert_eq!(items(&mut l), of(&[0, 1, 9, 2]));
+        run(&mut l, Request::ListInsert(100, item(7))).unwrap();
+        run(&mut l, Request::ListInsert(-100, item(5))).unwrap();
+        run(&mut l, Request::ListInsert(i64::MIN, item(4))).unwrap();
+        run(&mut l, Request::ListInsert(i64::MAX, item(8))).unwrap();
+        assert_eq!(items(&mut l), of(&[4, 5, 0, 1, 9, 2, 7, 8]));
+        let slice = |l: &mut Object, a, b| run(l, Request::ListSlice(a, b)).unwrap();
+        assert_eq!(slice(&mut l, Some(1), Some(-1)), of(&[5, 0, 1, 9, 2, 7]));
+        assert_eq!(slice(&mut l, Some(-2), None), of(&[7, 8]));
+        assert_eq!(slice(&mut l, None, Some(2)), of(&[4, 5]));
+        assert_eq!(slice(&mut l, Some(5), Some(2)), of(&[]));
+        assert_eq!(slice(&mut l, Some(i64::MIN), Some(i64::MAX)), items(&mut l));
+        run(&mut l, Request::ListAppend(item(9))).unwrap();
+        run(&mut l, Request::ListRemove(item(9))).unwrap();
+        assert_eq!(items(&mut l), of(&[4, 5, 0, 1, 2, 7, 8, 9]), "the first 9");
+        assert!(matches!(
+            run(&mut l, Request::ListRemove(item(3))),
+            Err(ObjectError::Missing(m)) if m.starts_with("ValueError")
+        ));
+        assert!(l.stored > 0);
+        run(&mut l, Request::ListClear).unwrap();
+        assert_eq!(items(&mut l), of(&[]));
+        assert_eq!(l.stored, 0, "a cleared list costs nothing");
+    }
+
+    #[test]
+    fn dict_popitem_is_lifo_and_clear_empties_it() {
+        let mut d = dict();
+        for (k, v) in [("a", 1u8), ("b", 2), ("c", 3), ("a", 4)] {
+            run(&mut d, Request::DictSet((k.into(), vec![v]))).unwrap();
+        }
+        let entry = |k: &str, v: u8| Ok(Response::Entries(vec![(k.into(), vec![v])]));
+        assert_eq!(run(&mut d, Request::DictPopitem), entry("c", 3));
+        run(&mut d, Request::DictSet(("d".into(), vec![5]))).unwrap();
+        assert_eq!(run(&mut d, Request::DictPopitem), entry("d", 5));
+        assert_eq!(run(&mut d, Request::DictPopitem), entry("b", 2));
+        assert_eq!(run(&mut d, Request::DictPopitem), entry("a", 4));
+        assert_eq!(d.stored, 0);
+        assert!(matches!(
+            run(&mut d, Request::DictPopitem),
+            Err(ObjectError::Missing(m)) if m.starts_with("KeyError")
+        ));
+        run(&mut d, Request::DictSet(("e".into(), vec![6]))).unwrap();
+        run(&mut d, Request::DictClear).unwrap();
+        assert_eq!(run(&mut d, Request::DictLen), Ok(Response::Count(0)));
+        assert_eq!(d.stored, 0);
     }
 
     #[test]

@@ -523,6 +523,38 @@ impl SharedDict {
                     }
                 })
             }
+            Request::DictPopitem => {
+                // The live entry inserted last, as Python's LIFO `popitem`.
+                let mut last: Option<(u64, usize)> = None;
+                for slot in 0..SLOTS {
+                    match half.field(slot, VAL).load(Acquire) {
+                        0 | TOMB => {}
+                        v if v & LIVE_BIT != 0 => {
+                            let seq = half.field(slot, SEQ).load(Relaxed);
+                            if last.is_none_or(|(s, _)| seq >= s) {
+                                last = Some((seq, slot));
+                            }
+                        }
+                        _ => return Err(Corrupt),
+                    }
+                }
+                let Some((_, slot)) = last else {
+                    return Ok(Some(Err(ObjectError::Missing(
+                        "KeyError: 'popitem(): dictionary is empty'".into(),
+                    ))));
+                };
+                let entry = (half.key(slot)?, half.value(slot)?);
+                half.remove(slot);
+                answer(Response::Entries(vec![entry]))
+            }
+            Request::DictClear => {
+                // The other half, emptied, becomes the active one with one store: a process
+                // that dies halfway leaves the dict as it was.
+                let other = (self.seg.u32(ACTIVE).load(Relaxed) + 1) & 1;
+                Half::new(&self.seg, other as usize).clear();
+                self.seg.u32(ACTIVE).store(other, Release);
+                answer(Response::Unit)
+            }
             Request::DictIncrement(k, delta) => {
                 let (new, encoded) = match add_to_int(get(k)?.1.as_deref(), *delta) {
                     Ok(done) => done,
@@ -607,6 +639,30 @@ mod tests {
             run(&a, Request::DictPop(b"z".to_vec())),
             Ok(Response::Maybe(None))
         );
+    }
+
+    #[test]
+    fn popitem_is_last_in_first_out_and_clear_empties_both_mappings() {
+        let (a, b) = pair();
+        set(&a, "x", b"1");
+        set(&b, "y", b"2");
+        set(&a, "z", b"3");
+        // Setting an existing key keeps its place, as in Python.
+        set(&b, "y", b"4");
+        let pop = |d: &SharedDict| run(d, Request::DictPopitem);
+        let entry = |k: &str, v: &[u8]| Ok(Response::Entries(vec![(k.into(), v.to_vec())]));
+        assert_eq!(pop(&b), entry("z", b"3"));
+        assert_eq!(pop(&a), entry("y", b"4"));
+        set(&a, "w", b"5");
+        assert_eq!(pop(&b), entry("w", b"5"));
+        run(&a, Request::DictClear).unwrap();
+        assert_eq!(run(&b, Request::DictLen), Ok(Response::Count(0)));
+        assert!(keys(&b).is_empty());
+        assert!(matches!(pop(&b), Err(ObjectError::Missing(m)) if m.contains("empty")));
+        // The dict works after a clear: the emptied half took over.
+        set(&b, "again", b"6");
+        assert_eq!(keys(&a), ["again"]);
+        assert_eq!(pop(&a), entry("again", b"6"));
     }
 
     #[test]

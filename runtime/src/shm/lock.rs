@@ -67,7 +67,6 @@ impl SharedLock {
     }
 
     /// Whether the lock is held (a snapshot).
-    #[cfg(test)]
     pub fn locked(&self) -> bool {
         self.mutex().is_held()
     }

@@ -90,6 +90,7 @@ pub(crate) fn in_place(req: &Request) -> bool {
             | Request::QueueGet
             | Request::Acquire
             | Request::Release
+            | Request::Locked
     ) || dict_request(req)
 }
 
@@ -110,6 +111,8 @@ pub(crate) fn dict_request(req: &Request) -> bool {
             | Request::DictPop(_)
             | Request::DictIncrement(..)
             | Request::DictCompareAndSwap { .. }
+            | Request::DictPopitem
+            | Request::DictClear
     )
 }
 
@@ -160,6 +163,7 @@ impl Shared {
             (Shared::Lock(l), Request::Release) => {
                 Local::Done(l.release().map(|()| Response::Unit)?)
             }
+            (Shared::Lock(l), Request::Locked) => Local::Done(Response::Flag(l.locked())),
             (Shared::Dict(d), req) if dict_request(req) => d.run(tag, req)?,
             _ => Local::Broker,
         })

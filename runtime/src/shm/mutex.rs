@@ -132,7 +132,6 @@ impl<'a> Mutex<'a> {
     }
 
     /// Whether anyone holds the mutex (a snapshot).
-    #[cfg(test)]
     pub fn is_held(&self) -> bool {
         self.word.load(SeqCst) != 0
     }

@@ -240,13 +240,36 @@ impl ObjectClient {
         ))
     }
 
+    /// The guest's `invoke`.
     pub fn invoke(
         &self,
         target: wit::Handle,
         req: wit::Request,
-        mut timeout_ms: Option<u64>,
+        timeout_ms: Option<u64>,
     ) -> Result<wit::Response, wit::ObjectError> {
-        let request = request(req);
+        self.call(target, request(req), timeout_ms)
+            .and_then(response)
+    }
+
+    /// The guest's `invoke-more`.
+    pub fn invoke_more(
+        &self,
+        target: wit::Handle,
+        req: wit::MoreRequest,
+        timeout_ms: Option<u64>,
+    ) -> Result<wit::MoreResponse, wit::ObjectError> {
+        match self.call(target, more_request(req), timeout_ms)? {
+            wire::Response::RunAction(index) => Ok(wit::MoreResponse::RunAction(index)),
+            r => response(r).map(wit::MoreResponse::Plain),
+        }
+    }
+
+    fn call(
+        &self,
+        target: wit::Handle,
+        request: wire::Request,
+        mut timeout_ms: Option<u64>,
+    ) -> Result<wire::Response, wit::ObjectError> {
         // The host refuses anything over its limit; what is over any limit it can have is
         // refused here, before the host decodes it (a list of millions of empty items is a
         // small frame that decodes into a large allocation).
@@ -265,7 +288,7 @@ impl ObjectClient {
                 .shared_op(target, &request, &mut timeout_ms)
                 .map_err(error)?
         {
-            return Ok(response(r));
+            return Ok(r);
         }
         let kind = postable_kind(&request);
         if kind && let Some(refused) = self.take_refusal(target) {
@@ -304,7 +327,7 @@ impl ObjectClient {
         }
         if posted {
             self.unsynced.store(true, Ordering::Relaxed);
-            return Ok(wit::Response::Unit);
+            return Ok(wire::Response::Unit);
         }
         let (result, postable) = match self.wait_for(id)? {
             Reply::Answer {
@@ -315,7 +338,7 @@ impl ObjectClient {
         if postable && let Ok(mut p) = self.postable.lock() {
             p.insert(key(target));
         }
-        result.map(response).map_err(error)
+        result.map_err(error)
     }
 
     /// Waits for the answer to request `id` (an `Answer` or `Attached`), keeping refusals
@@ -445,10 +468,30 @@ fn request(r: wit::Request) -> wire::Request {
     }
 }
 
-fn response(r: wire::Response) -> wit::Response {
+fn more_request(r: wit::MoreRequest) -> wire::Request {
+    use wire::Request as W;
+    use wit::MoreRequest as R;
+    match r {
+        R::Locked => W::Locked,
+        R::BarrierParties => W::BarrierParties,
+        R::BarrierBroken => W::BarrierBroken,
+        R::BarrierWaitAction => W::BarrierWaitAction,
+        R::BarrierActionDone(ok) => W::BarrierActionDone(ok),
+        R::DictPopitem => W::DictPopitem,
+        R::DictClear => W::DictClear,
+        R::ListInsert((i, v)) => W::ListInsert(i, v),
+        R::ListRemove(v) => W::ListRemove(v),
+        R::ListClear => W::ListClear,
+        R::ListSlice((start, stop)) => W::ListSlice(start, stop),
+    }
+}
+
+/// An answer `invoke` can give (`RunAction` answers only `invoke-more`'s
+/// `barrier-wait-action`).
+fn response(r: wire::Response) -> Result<wit::Response, wit::ObjectError> {
     use wire::Response as W;
     use wit::Response as R;
-    match r {
+    Ok(match r {
         W::Unit => R::Unit,
         W::Value(v) => R::Value(v),
         W::Maybe(v) => R::Maybe(v),
@@ -457,7 +500,12 @@ fn response(r: wire::Response) -> wit::Response {
         W::Count(n) => R::Count(n),
         W::Int(n) => R::Int(n),
         W::Flag(b) => R::Flag(b),
-    }
+        W::RunAction(_) => {
+            return Err(wit::ObjectError::Invalid(
+                "a barrier action to run, in answer to a request that offered none".into(),
+            ));
+        }
+    })
 }
 
 fn error(e: ObjectError) -> wit::ObjectError {

@@ -145,4 +145,14 @@ impl objects::Host for State {
         self.progress.effect(&self.channel);
         self.objects.invoke(target, req, timeout_ms)
     }
+
+    fn invoke_more(
+        &mut self,
+        target: objects::Handle,
+        req: objects::MoreRequest,
+        timeout_ms: Option<u64>,
+    ) -> Result<objects::MoreResponse, objects::ObjectError> {
+        self.progress.effect(&self.channel);
+        self.objects.invoke_more(target, req, timeout_ms)
+    }
 }
