@@ -8,6 +8,7 @@ mod util;
 mod batches;
 mod cli;
 mod conformance;
+mod conformance_output;
 mod executor;
 mod guest;
 mod hardening_cli;

@@ -79,7 +79,9 @@ pub(crate) enum SegmentKind {
     Dict,
 }
 
-/// Whether `req` is done in place when its object has a segment.
+/// Whether `req` is done in place when its object has a segment. A dict operation that
+/// stores a handle is not: the broker counts the dict's references to the objects it holds
+/// (see `broker::refs`), so it takes the dict over.
 pub(crate) fn in_place(req: &Request) -> bool {
     matches!(
         req,
@@ -90,7 +92,7 @@ pub(crate) fn in_place(req: &Request) -> bool {
             | Request::QueueGet
             | Request::Acquire
             | Request::Release
-    ) || dict_request(req)
+    ) || (dict_request(req) && !crate::broker::stores_handles(req))
 }
 
 /// Whether `req` is a dict operation.
