@@ -473,7 +473,7 @@ fn a_flood_of_tiny_items_is_refused_by_its_size_with_overheads() {
         // host decodes it.
         assert!(
             err.to_string()
-                .contains("66000000 bytes is over the 62914560 byte limit"),
+                .contains("66000000 bytes is over the message size limit of 62914560 bytes"),
             "{err}"
         );
         assert_eq!(

@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod conformance_futures;
 mod conformance_objects;
+mod conformance_output;
 mod executor;
 mod guest;
 mod hardening_cli;

@@ -39,6 +39,31 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 }
 
 impl<T> Connection<T> {
+    /// Sends `buf` as one message of bytes, as Python's `send_bytes`; `Closed` if the other
+    /// end is closed. The message size limit counts `buf`'s own length, so a message of
+    /// exactly the limit is sent. Receive it with [`recv_bytes`](Self::recv_bytes).
+    pub fn send_bytes(&self, buf: &[u8]) -> Result<(), ObjectError> {
+        unit(
+            self.raw
+                .call(Request::ConnSend(encode(&Bytes(buf))?), None)?,
+        )
+    }
+
+    /// Receives the next message sent with [`send_bytes`](Self::send_bytes), blocking until
+    /// one arrives, as Python's `recv_bytes`; `Closed` at end of file, `Decode` if the
+    /// message is not bytes.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, ObjectError> {
+        self.recv_bytes_timeout(None)
+    }
+
+    /// As [`recv_bytes`](Self::recv_bytes), giving up with `Timeout` after `timeout`.
+    pub fn recv_bytes_timeout(&self, timeout: Option<Duration>) -> Result<Vec<u8>, ObjectError> {
+        match self.raw.call(Request::ConnRecv, timeout)? {
+            Response::Value(bytes) => decode::<ByteBuf>(&bytes).map(|b| b.0),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Whether `recv` would not block: a value is waiting or the other end is closed. Waits
     /// at most `timeout` (`Some(ZERO)`: just looks; `None`: until one of them happens).
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, ObjectError> {
@@ -48,5 +73,36 @@ impl<T> Connection<T> {
     /// Closes this process's copy of the end.
     pub fn close(&self) -> Result<(), ObjectError> {
         unit(self.raw.call(Request::ConnClose, None)?)
+    }
+}
+
+/// Bytes encoded as one MessagePack `bin` (not an array of integers).
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Bytes decoded from one MessagePack `bin`.
+struct ByteBuf(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a message of bytes (sent with send_bytes)")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+        d.deserialize_byte_buf(Visit)
     }
 }

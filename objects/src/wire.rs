@@ -143,10 +143,12 @@ mod capped {
 }
 
 impl Request {
-    /// The bytes of MessagePack this request carries (for the message size limit), with
-    /// [`ITEM_OVERHEAD`] for each item of a many-item request (`ListExtend`, `DictUpdate`).
+    /// The size of this request's message, as the message size limit counts it: the
+    /// [`payload_size`] of each value it carries, with [`ITEM_OVERHEAD`] for each item of a
+    /// many-item request (`ListExtend`, `DictUpdate`).
     pub fn payload_len(&self) -> usize {
         use Request::*;
+        let size = |v: &Vec<u8>| payload_size(v);
         match self {
             QueuePut(v)
             | ConnSend(v)
@@ -159,19 +161,53 @@ impl Request {
             | ListSet(_, v)
             | ListInsert(_, v)
             | ListRemove(v)
-            | DictIncrement(v, _) => v.len(),
-            DictSet((k, v)) | DictSetdefault((k, v)) => k.len() + v.len(),
+            | DictIncrement(v, _) => size(v),
+            DictSet((k, v)) | DictSetdefault((k, v)) => size(k) + size(v),
             DictUpdate(entries) => entries
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + ITEM_OVERHEAD)
+                .map(|(k, v)| size(k) + size(v) + ITEM_OVERHEAD)
                 .sum(),
-            ListExtend(items) => items.iter().map(|v| v.len() + ITEM_OVERHEAD).sum(),
+            ListExtend(items) => items.iter().map(|v| size(v) + ITEM_OVERHEAD).sum(),
             DictCompareAndSwap { key, expected, new } => {
-                key.len() + expected.as_ref().map_or(0, Vec::len) + new.len()
+                size(key) + expected.as_ref().map_or(0, size) + size(new)
             }
             _ => 0,
         }
     }
+}
+
+/// The size of one MessagePack value as the message size limit counts it: what the caller
+/// sent. For bytes (`Connection::send_bytes`) and text, that is their own length, without
+/// the MessagePack header in front of them, so a message of exactly the limit is accepted,
+/// as Python accepts it; for any other value, its whole encoding.
+pub fn payload_size(value: &[u8]) -> usize {
+    let header = match value.first() {
+        Some(0xa0..=0xbf) => 1,
+        Some(0xc4 | 0xd9) => 2,
+        Some(0xc5 | 0xda) => 3,
+        Some(0xc6 | 0xdb) => 5,
+        _ => return value.len(),
+    };
+    let Some(len) = value.get(1..header).map(|b| match b.len() {
+        0 => usize::from(value[0] & 0x1f),
+        _ => b.iter().fold(0usize, |n, &b| n << 8 | usize::from(b)),
+    }) else {
+        return value.len();
+    };
+    if header + len == value.len() {
+        len
+    } else {
+        value.len()
+    }
+}
+
+/// The refusal of a message of `len` bytes (as [`payload_size`] counts them) over the
+/// message size limit `max`: the one error every path (a queue's put, a pipe's send, a
+/// dict's or list's store, in the host or in a task) gives.
+pub fn too_large(len: usize, max: usize) -> ObjectError {
+    ObjectError::TooLarge(format!(
+        "a message of {len} bytes is over the message size limit of {max} bytes"
+    ))
 }
 
 /// What an operation answers.

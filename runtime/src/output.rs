@@ -78,7 +78,18 @@ pub(crate) struct OutputRouter {
 }
 
 impl OutputRouter {
+    /// Routes one chunk. An empty chunk is the worker saying that a call ended inside a
+    /// line: a line held back for tagging is written out now (with the task that wrote it).
     pub fn route(&mut self, mode: &Output, event: OutputEvent<'_>) {
+        if event.data.is_empty() {
+            if matches!(mode, Output::Tagged)
+                && let Some(out) =
+                    self.finish_stream(event.stream, event.pid, event.process, event.task)
+            {
+                write_to(event.stream, &out);
+            }
+            return;
+        }
         match mode {
             Output::Inherit => write_to(event.stream, event.data),
             Output::Discard => {}

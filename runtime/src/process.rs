@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Captured, Output, OutputEvent, OutputRouter};
-use crate::protocol::{FromWorker, Limits, Outcome, ToWorker, encode_frame};
+use crate::protocol::{EXIT_STATUS, FromWorker, Limits, Outcome, ToWorker, encode_frame};
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit, exitcode};
 use crate::values::{decode_result, encode_args};
 
@@ -58,6 +58,8 @@ struct Inner {
     name: String,
     daemon: bool,
     output: Output,
+    /// Whether a failed task is reported on the process's stderr.
+    error_report: bool,
     limits: Limits,
     grants: Grants,
     state: Mutex<State>,
@@ -117,6 +119,7 @@ impl Process {
                 name: format!("Process-{n}"),
                 daemon: false,
                 output: Output::Inherit,
+                error_report: true,
                 limits: Limits::default(),
                 grants: Grants::default(),
                 state: Mutex::new(State::default()),
@@ -186,6 +189,25 @@ impl Process {
     /// Before [`start`](Process::start) only (see [`with_name`](Process::with_name)).
     pub fn with_output(self, output: Output) -> Self {
         self.configure("the output", |i| i.output = output)
+    }
+
+    /// Whether a task that fails writes its error to the process's stderr (default: yes),
+    /// as a Python child prints `Process Process-1:` and the traceback of the exception
+    /// that ended its `run`:
+    ///
+    /// ```text
+    /// Process Process-1:
+    /// task `boom` failed: panicked at src/lib.rs:47:5: no
+    /// ```
+    ///
+    /// The report goes where the task's output goes ([`with_output`](Process::with_output)):
+    /// this program's stderr by default. A task that exits with a non-zero status, or a
+    /// process killed by a signal, reports nothing, as in Python; a task's error is in
+    /// [`result`](Process::result) either way. Turn it off when the caller reports the
+    /// error itself (the CLI's `run` does). Before [`start`](Process::start) only (see
+    /// [`with_name`](Process::with_name)).
+    pub fn with_error_report(self, report: bool) -> Self {
+        self.configure("the error report", |i| i.error_report = report)
     }
 
     /// The refusal of a setting made after start, once (see [`with_name`](Process::with_name)).
@@ -459,6 +481,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Inner {
+    /// What a failed task writes to the process's stderr (see
+    /// [`Process::with_error_report`]); `None` when it did not fail, or exited with a status.
+    fn error_report_of(&self, outcome: &Outcome) -> Option<String> {
+        if let Outcome::Failed(message) = outcome
+            && message.starts_with(EXIT_STATUS)
+        {
+            // Python's `sys.exit(1)` prints nothing either.
+            return None;
+        }
+        match outcome {
+            Outcome::Ok(_) => None,
+            failed => Some(format!(
+                "Process {}:\n{}\n",
+                self.name,
+                outcome_error(&self.task, failed, &self.module)
+            )),
+        }
+    }
+}
+
 impl WorkerEvents for Inner {
     fn on_message(&self, pid: u32, msg: FromWorker, _more: bool) {
         let mut state = lock(&self.state);
@@ -474,6 +517,18 @@ impl WorkerEvents for Inner {
                 state.router.route(&self.output, event);
             }
             FromWorker::Done { outcome, fuel, .. } => {
+                if self.error_report
+                    && let Some(report) = self.error_report_of(&outcome)
+                {
+                    let event = OutputEvent {
+                        pid,
+                        process: &self.name,
+                        task: &self.task,
+                        stream: crate::output::Stream::Stderr,
+                        data: report.as_bytes(),
+                    };
+                    state.router.route(&self.output, event);
+                }
                 state.outcome = Some(outcome);
                 state.fuel = fuel;
             }

@@ -44,6 +44,11 @@ pub enum Stream {
     Stderr,
 }
 
+/// How the message of a task that called `exit` with a non-zero status begins
+/// (`Outcome::Failed`): a `Process` does not report it as an error, as Python's
+/// `sys.exit(1)` prints nothing.
+pub(crate) const EXIT_STATUS: &str = "exited with status ";
+
 /// How one call ended, as the worker reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Outcome {

@@ -47,7 +47,9 @@ impl RunCommand {
         } else {
             Process::new(&module, &self.task, &objects.substitute(args))?
         };
+        // The error is reported below, once: the process does not print it too.
         let mut process = process
+            .with_error_report(false)
             .with_limits(limits)
             .with_grants(self.grants.grants()?);
         if let Some(name) = self.name {

@@ -656,6 +656,9 @@ wasmpool_guest::export_tasks!(
     barrier_info,
     barrier_failing_action,
     condition_wait_for,
+    print_partial,
+    stash_queue,
+    send_bytes_of,
 );
 
 // ---- memory hardening ----
@@ -909,4 +912,33 @@ fn condition_wait_for(
     let last = n()?;
     cond.release()?;
     Ok((got, last))
+}
+
+/// Prints `text` to stdout and to stderr with no newline after it, then ends as `how`
+/// says: 0 returns, 1 fails, 2 panics (the last line must still reach the caller).
+#[task]
+fn print_partial(text: String, how: u8) -> Result<u8, String> {
+    print!("{text}");
+    eprint!("{text}");
+    match how {
+        0 => Ok(how),
+        1 => Err(format!("failed after {text}")),
+        _ => panic!("panicked after {text}"),
+    }
+}
+
+/// Stores `queue` in `dict` under `key`: the dict holds it after the task ends.
+#[task]
+fn stash_queue(
+    dict: Dict<String, Queue<u32>>,
+    key: String,
+    queue: Queue<u32>,
+) -> Result<(), ObjectError> {
+    dict.set(&key, &queue)
+}
+
+/// Sends `bytes` bytes on `conn` with `send_bytes`.
+#[task]
+fn send_bytes_of(conn: Connection<()>, bytes: usize) -> Result<(), ObjectError> {
+    conn.send_bytes(&vec![7u8; bytes])
 }

@@ -109,6 +109,9 @@ fn install_panic_hook() {
                 ),
                 None => format!("panicked: {text}"),
             };
+            // What the task printed without a newline reaches the host before it hears of
+            // the panic (the instance is discarded after it, with std's buffer).
+            flush_output();
             let completed = BATCH.with(|b| {
                 b.try_borrow_mut()
                     .ok()
@@ -121,6 +124,15 @@ fn install_panic_hook() {
     });
 }
 
+/// Writes out what std's stdout holds back (a last line without a newline): a task's output
+/// is whole when its call ends, as a Python process's is when it exits. Stderr is not
+/// buffered.
+fn flush_output() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}
+
 /// The default per-instance init: nothing to do.
 pub fn no_init() -> Result<(), String> {
     Ok(())
@@ -129,7 +141,9 @@ pub fn no_init() -> Result<(), String> {
 /// Runs the guest's init function, rendering its error as text.
 pub fn run_init<E: Display>(init: fn() -> Result<(), E>) -> Result<(), String> {
     install_panic_hook();
-    init().map_err(|e| e.to_string())
+    let result = init().map_err(|e| e.to_string());
+    flush_output();
+    result
 }
 
 /// The names of the exported tasks.
@@ -147,7 +161,9 @@ pub fn call(tasks: &[TaskEntry], name: &str, args: &[u8]) -> Outcome {
     match find(tasks, name) {
         Some(f) => {
             let mut out = Vec::new();
-            f(args, &mut out).map(|()| out)
+            let result = f(args, &mut out).map(|()| out);
+            flush_output();
+            result
         }
         None => Err(TaskError::UnknownTask(name.to_string())),
     }
@@ -203,6 +219,7 @@ pub fn call_batch(tasks: &[TaskEntry], name: &str, items: Packed) -> BatchOutcom
                 }
             }
             EFFECT.set(false);
+            flush_output();
             batch.borrow_mut().take()
         })
         .unwrap_or_else(|| empty_outcome(0, 0))

@@ -12,6 +12,7 @@
 //! registry lock is released, so a slow socket never stalls other objects.
 
 mod object;
+mod refs;
 mod timer;
 
 use std::cell::RefCell;
@@ -25,6 +26,7 @@ use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 
 use self::object::{Hold, Object, OpResult, Step, Waiter};
 pub(crate) use self::object::{LockState, State, add_to_int};
+pub(crate) use self::refs::stores_handles;
 use crate::protocol::{ToWorker, encode_frame};
 use crate::shm::{Local, Shared};
 
@@ -248,12 +250,7 @@ pub(crate) fn max_message() -> usize {
     MAX_MESSAGE.load(Ordering::Relaxed)
 }
 
-/// The error for a message of `len` bytes over the limit `max`.
-pub(crate) fn too_large(len: usize, max: usize) -> ObjectError {
-    ObjectError::TooLarge(format!(
-        "a message of {len} bytes is over the {max} byte limit"
-    ))
-}
+pub(crate) use wasmpool_objects::wire::too_large;
 
 /// This process's id, as it marks the words of shared memory it holds (mutexes, locks).
 pub(super) fn host_tag() -> u32 {
@@ -316,6 +313,32 @@ fn random_token() -> u64 {
 thread_local! {
     /// Handles encoded into task arguments while a collector is active.
     static COLLECT: RefCell<Option<Vec<Handle>>> = const { RefCell::new(None) };
+}
+
+thread_local! {
+    /// Handles this host thread was handed with an answer (a popped value): each is already
+    /// counted as a copy in the host program, which the handle decoded from the answer
+    /// takes instead of counting one more (see [`Broker::retain`]).
+    static ADOPT: RefCell<Vec<Handle>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy of `h` is counted for this thread's next decoded handle of it.
+fn adopt_later(h: Handle) {
+    ADOPT.with(|a| a.borrow_mut().push(h));
+}
+
+/// Whether a copy of `h` was counted for this thread already (and takes it).
+fn adopted(h: Handle) -> bool {
+    ADOPT.with(|a| {
+        let mut a = a.borrow_mut();
+        match a.iter().position(|x| *x == h) {
+            Some(i) => {
+                a.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    })
 }
 
 /// Runs `encode` and answers the handles it encoded (the objects the task will hold).
@@ -420,6 +443,8 @@ impl Broker {
             if let Some(obj) = reg.objects.get_mut(&obj_id) {
                 obj.pump(&mut out);
             }
+            // The handles a dict or list took in or let go of.
+            reg.apply_refs(obj_id, owner, &mut out);
             if let Some(t) = deadline {
                 let objects = &reg.objects;
                 timer::Timer::get().schedule(t, obj_id, waiter_id, || {
@@ -534,7 +559,7 @@ impl Broker {
             for obj in reg.objects.values_mut() {
                 obj.worker_exited(pid, &mut out);
             }
-            reg.objects.retain(|_, o| !o.unreachable());
+            reg.sweep(&mut out);
         }
         deliver_all(out);
     }
@@ -591,7 +616,7 @@ impl Broker {
                     obj.pump(&mut out);
                 }
             }
-            reg.objects.retain(|_, o| !o.unreachable());
+            reg.sweep(&mut out);
         }
         deliver_all(out);
     }
@@ -615,9 +640,7 @@ impl Broker {
             *refs = refs.saturating_sub(1);
             // The host program's last copy of a pipe end closes it for the host.
             obj.pump(&mut out);
-            if obj.unreachable() {
-                reg.objects.remove(&obj_id);
-            }
+            reg.free(vec![obj_id], &mut out);
         }
         deliver_all(out);
     }
@@ -635,6 +658,10 @@ impl wasmpool_objects::Transport for Broker {
         req: Request,
         mut timeout: Option<Duration>,
     ) -> Result<Response, ObjectError> {
+        // Copies counted for answers that were never decoded into handles are let go of.
+        for h in ADOPT.with(|a| std::mem::take(&mut *a.borrow_mut())) {
+            self.adjust_host_refs(h, false);
+        }
         if crate::shm::in_place(&req)
             && let Local::Done(response) = self.host_shared_op(target, &req, &mut timeout)?
         {
@@ -652,6 +679,9 @@ impl wasmpool_objects::Transport for Broker {
     }
 
     fn retain(&self, target: Handle) {
+        if adopted(target) {
+            return;
+        }
         self.adjust_host_refs(target, true);
     }
 

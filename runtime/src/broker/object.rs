@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use wasmpool_objects::wire::{Kind, ObjectError, Request, Response};
 
+use super::refs::RefLog;
 use super::{Owner, Responder};
 use crate::shm::{SharedDict, SharedLock, SharedPipe, SharedQueue};
 
@@ -146,6 +147,11 @@ pub(crate) struct Object {
     /// What a dict's or list's contents cost the host, as [`entry_cost`] and [`item_cost`]
     /// count it (queues and pipes count their own).
     pub stored: usize,
+    /// References to each end from the values of dicts and lists that hold its handle (see
+    /// `broker::refs`): the object lives, and a pipe end stays open, while it has one.
+    pub contained: [usize; 2],
+    /// The handles the last operation stored in this dict or list, or took out of it.
+    pub refs: RefLog,
     pub state: State,
     pub waiters: VecDeque<Waiter>,
 }
@@ -320,6 +326,8 @@ impl Object {
             host_refs,
             holds: [HashMap::new(), HashMap::new()],
             stored: 0,
+            contained: [0, 0],
+            refs: RefLog::default(),
             state,
             waiters: VecDeque::new(),
         }
@@ -344,7 +352,9 @@ impl Object {
             State::Pipe { host_closed, .. } => host_closed[e],
             _ => false,
         };
-        (self.host_refs[e] > 0 && !host_closed) || !self.holds[e].is_empty()
+        (self.host_refs[e] > 0 && !host_closed)
+            || !self.holds[e].is_empty()
+            || self.contained[e] > 0
     }
 
     /// Whether nothing can reach this object any more.
@@ -394,7 +404,7 @@ impl Object {
             let mut map = Map::default();
             self.stored = 0;
             for (k, v) in entries {
-                store(&mut map, &mut self.stored, k, v);
+                store(&mut map, &mut self.stored, &mut self.refs, k, v);
             }
             self.state = State::Dict(map);
         }
@@ -616,8 +626,12 @@ impl Object {
             {
                 Step::Done(too_big(kind, self.stored))
             }
-            (State::Dict(map), req) => Step::Done(dict_op(map, &mut self.stored, req)),
-            (State::List(list), req) => Step::Done(list_op(list, &mut self.stored, req)),
+            (State::Dict(map), req) => {
+                Step::Done(dict_op(map, &mut self.stored, &mut self.refs, req))
+            }
+            (State::List(list), req) => {
+                Step::Done(list_op(list, &mut self.stored, &mut self.refs, req))
+            }
             (_, req) => Step::Done(invalid(kind, &req)),
         }
     }
@@ -1052,33 +1066,46 @@ impl Object {
 type Map = indexmap::IndexMap<Vec<u8>, Vec<u8>>;
 
 /// Sets `k` to `v`, keeping `stored` (what the entries cost, as [`entry_cost`] counts it)
-/// exact.
-fn store(map: &mut Map, stored: &mut usize, k: Vec<u8>, v: Vec<u8>) {
+/// and `refs` (the handles stored and let go of) exact.
+fn store(map: &mut Map, stored: &mut usize, refs: &mut RefLog, k: Vec<u8>, v: Vec<u8>) {
     let cost = entry_cost(&k, &v);
     let value = heap_bytes(v.capacity());
     // An existing key keeps its stored buffer (the new one is dropped): only the value
     // changes.
+    if !map.contains_key(&k) {
+        refs.added(&k);
+    }
+    refs.added(&v);
     match map.insert(k, v) {
-        Some(old) => *stored = (*stored + value).saturating_sub(heap_bytes(old.capacity())),
+        Some(old) => {
+            refs.removed(&old);
+            *stored = (*stored + value).saturating_sub(heap_bytes(old.capacity()))
+        }
         None => *stored += cost,
     }
 }
 
-fn unstore(map: &mut Map, stored: &mut usize, k: &[u8]) -> Option<Vec<u8>> {
+/// Removes the entry of `k`, keeping `stored` and `refs` exact for its key; answers its
+/// value, which the caller logs as removed or taken.
+fn unstore(map: &mut Map, stored: &mut usize, refs: &mut RefLog, k: &[u8]) -> Option<Vec<u8>> {
     let (key, v) = map.shift_remove_entry(k)?;
     *stored = stored.saturating_sub(entry_cost(&key, &v));
+    refs.removed(&key);
     Some(v)
 }
 
-fn dict_op(map: &mut Map, stored: &mut usize, req: Request) -> OpResult {
+fn dict_op(map: &mut Map, stored: &mut usize, refs: &mut RefLog, req: Request) -> OpResult {
     Ok(match req {
         Request::DictGet(k) => Response::Maybe(map.get(&k).cloned()),
         Request::DictSet((k, v)) => {
-            store(map, stored, k, v);
+            store(map, stored, refs, k, v);
             Response::Unit
         }
-        Request::DictDelete(k) => match unstore(map, stored, &k) {
-            Some(_) => Response::Unit,
+        Request::DictDelete(k) => match unstore(map, stored, refs, &k) {
+            Some(v) => {
+                refs.removed(&v);
+                Response::Unit
+            }
             None => return Err(ObjectError::Missing("KeyError: no such key".into())),
         },
         Request::DictContains(k) => Response::Flag(map.contains_key(&k)),
@@ -1090,21 +1117,29 @@ fn dict_op(map: &mut Map, stored: &mut usize, req: Request) -> OpResult {
         Request::DictLen => Response::Count(map.len() as u64),
         Request::DictUpdate(entries) => {
             for (k, v) in entries {
-                store(map, stored, k, v);
+                store(map, stored, refs, k, v);
             }
             Response::Unit
         }
         Request::DictSetdefault((k, v)) => match map.get(&k) {
             Some(existing) => Response::Value(existing.clone()),
             None => {
-                store(map, stored, k, v.clone());
+                store(map, stored, refs, k, v.clone());
                 Response::Value(v)
             }
         },
-        Request::DictPop(k) => Response::Maybe(unstore(map, stored, &k)),
+        Request::DictPop(k) => {
+            let v = unstore(map, stored, refs, &k);
+            if let Some(v) = &v {
+                refs.taken(v);
+            }
+            Response::Maybe(v)
+        }
         Request::DictPopitem => match map.pop() {
             Some((k, v)) => {
                 *stored = stored.saturating_sub(entry_cost(&k, &v));
+                refs.taken(&k);
+                refs.taken(&v);
                 Response::Entries(vec![(k, v)])
             }
             None => {
@@ -1114,19 +1149,22 @@ fn dict_op(map: &mut Map, stored: &mut usize, req: Request) -> OpResult {
             }
         },
         Request::DictClear => {
-            map.clear();
+            for (k, v) in map.drain(..) {
+                refs.removed(&k);
+                refs.removed(&v);
+            }
             *stored = 0;
             Response::Unit
         }
         Request::DictIncrement(k, delta) => {
             let (new, encoded) = add_to_int(map.get(&k).map(Vec::as_slice), delta)?;
-            store(map, stored, k, encoded);
+            store(map, stored, refs, k, encoded);
             Response::Int(new)
         }
         Request::DictCompareAndSwap { key, expected, new } => {
             let matches = map.get(&key) == expected.as_ref();
             if matches {
-                store(map, stored, key, new);
+                store(map, stored, refs, key, new);
             }
             Response::Flag(matches)
         }
@@ -1134,16 +1172,23 @@ fn dict_op(map: &mut Map, stored: &mut usize, req: Request) -> OpResult {
     })
 }
 
-fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResult {
+fn list_op(
+    list: &mut Vec<Vec<u8>>,
+    stored: &mut usize,
+    refs: &mut RefLog,
+    req: Request,
+) -> OpResult {
     let out_of_range = || ObjectError::Missing("IndexError: list index out of range".into());
     Ok(match req {
         Request::ListAppend(v) => {
             *stored += item_cost(&v);
+            refs.added(&v);
             list.push(v);
             Response::Unit
         }
         Request::ListExtend(vs) => {
             *stored += vs.iter().map(item_cost).sum::<usize>();
+            vs.iter().for_each(|v| refs.added(v));
             list.extend(vs);
             Response::Unit
         }
@@ -1154,6 +1199,8 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
         Request::ListSet(i, v) => {
             let i = index(list.len(), i).ok_or_else(out_of_range)?;
             *stored = (*stored + item_cost(&v)).saturating_sub(item_cost(&list[i]));
+            refs.added(&v);
+            refs.removed(&list[i]);
             list[i] = v;
             Response::Unit
         }
@@ -1163,6 +1210,7 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
                 .ok_or_else(|| ObjectError::Missing("IndexError: pop index out of range".into()))?;
             let v = list.remove(i);
             *stored = stored.saturating_sub(item_cost(&v));
+            refs.taken(&v);
             Response::Value(v)
         }
         Request::ListIndex(v) => match list.iter().position(|x| *x == v) {
@@ -1177,6 +1225,7 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
         Request::ListInsert(i, v) => {
             let at = bound(list.len(), Some(i), 0);
             *stored += item_cost(&v);
+            refs.added(&v);
             list.insert(at, v);
             Response::Unit
         }
@@ -1184,6 +1233,7 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
             Some(i) => {
                 let v = list.remove(i);
                 *stored = stored.saturating_sub(item_cost(&v));
+                refs.removed(&v);
                 Response::Unit
             }
             None => {
@@ -1193,7 +1243,9 @@ fn list_op(list: &mut Vec<Vec<u8>>, stored: &mut usize, req: Request) -> OpResul
             }
         },
         Request::ListClear => {
-            list.clear();
+            for v in list.drain(..) {
+                refs.removed(&v);
+            }
             *stored = 0;
             Response::Unit
         }

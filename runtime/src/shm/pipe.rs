@@ -131,8 +131,9 @@ impl SharedPipe {
                 "this end of a one-way pipe only receives".into(),
             ));
         }
-        if msg.len() > self.max_message {
-            return Err(too_large(msg.len(), self.max_message));
+        let len = wasmpool_objects::wire::payload_size(msg);
+        if len > self.max_message {
+            return Err(too_large(len, self.max_message));
         }
         let ring = self.ring(1 - e);
         if ring.spilled() {

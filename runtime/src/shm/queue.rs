@@ -101,8 +101,9 @@ impl SharedQueue {
 
     /// Puts `msg`, as process `tag`.
     pub fn put(&self, tag: u32, msg: &[u8]) -> Result<Local<()>, ObjectError> {
-        if msg.len() > self.max_message {
-            return Err(too_large(msg.len(), self.max_message));
+        let len = wasmpool_objects::wire::payload_size(msg);
+        if len > self.max_message {
+            return Err(too_large(len, self.max_message));
         }
         let ring = self.ring();
         match ring.push_or_spill(tag, msg).map_err(corrupt)? {

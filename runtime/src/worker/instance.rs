@@ -17,7 +17,7 @@ use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine_with;
 use crate::grants::Grants;
 use crate::packed::{BatchAnswers, Packed};
-use crate::protocol::{FromWorker, Limits, Load, Outcome, Stream, describe_bytes};
+use crate::protocol::{EXIT_STATUS, FromWorker, Limits, Load, Outcome, Stream, describe_bytes};
 
 /// Deadline for calls without a time limit: effectively never.
 const NO_DEADLINE: u64 = u64::MAX / 4;
@@ -584,7 +584,7 @@ fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Ou
         return match exit.0 {
             0 => Outcome::Ok(vec![NIL]),
             status => Outcome::Failed(format!(
-                "exited with status {status} (`exit` called in the task; WASI 0.2 carries only \
+                "{EXIT_STATUS}{status} (`exit` called in the task; WASI 0.2 carries only \
                  success or failure)"
             )),
         };

@@ -285,6 +285,7 @@ fn serve_on(
                 let started = Instant::now();
                 // A result too large for a frame fails the task, not the worker.
                 let outcome = cap_result(loaded.call(id, &task, &args, &limits));
+                channel.end_lines(id)?;
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
                 let ok = matches!(outcome, Outcome::Ok(_));
@@ -321,6 +322,7 @@ fn serve_on(
                 channel.current_call.store(id, Ordering::Relaxed);
                 let started = Instant::now();
                 let answers = loaded.call_batch(id, &task, items, &limits);
+                channel.end_lines(id)?;
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
                 if !loaded.has_instance() {

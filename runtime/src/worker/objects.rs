@@ -275,9 +275,7 @@ impl ObjectClient {
         // small frame that decodes into a large allocation).
         let len = request.payload_len();
         if len > MESSAGE_CAP {
-            return Err(wit::ObjectError::TooLarge(format!(
-                "a message of {len} bytes is over the {MESSAGE_CAP} byte limit"
-            )));
+            return Err(error(crate::broker::too_large(len, MESSAGE_CAP)));
         }
         let target = wire::Handle {
             id: target.id,

@@ -36,6 +36,8 @@ pub(crate) struct Channel {
     /// When the channel was made, and, in nanoseconds after that, when it last wrote.
     born: Instant,
     wrote_at: AtomicU64,
+    /// Per stream: whether the running call's output so far ends inside a line.
+    open_line: [AtomicBool; 2],
 }
 
 #[derive(Debug)]
@@ -66,6 +68,7 @@ impl Channel {
             output_exceeded: AtomicBool::new(false),
             born: Instant::now(),
             wrote_at: AtomicU64::new(0),
+            open_line: [AtomicBool::new(false), AtomicBool::new(false)],
         }
     }
 
@@ -193,6 +196,22 @@ impl Channel {
         }
     }
 
+    /// Call `id` ended: for each stream whose output ends inside a line, an empty `Output`
+    /// frame tells the host that the line is over, so a host holding the line back (to tag
+    /// it) writes it now, with this call's task, rather than joining it to the next call's.
+    pub fn end_lines(&self, id: u64) -> io::Result<()> {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if self.open_line[stream as usize].swap(false, Ordering::Relaxed) {
+                self.send_output(&FromWorker::Output {
+                    id,
+                    stream,
+                    data: Vec::new(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes an output frame now, after any queued ones, or holds it back.
     fn send_output(&self, msg: &FromWorker) -> io::Result<()> {
         let mut w = self.lock()?;
@@ -243,6 +262,8 @@ impl GuestOutput {
             self.channel
                 .output_left
                 .store(left - fits as u64, Ordering::Relaxed);
+            self.channel.open_line[self.stream as usize]
+                .store(data[fits - 1] != b'\n', Ordering::Relaxed);
         }
         if fits < data.len() {
             self.channel.output_exceeded.store(true, Ordering::Relaxed);
