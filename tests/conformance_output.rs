@@ -357,6 +357,49 @@ fn a_pipe_end_in_a_list_or_dict_stays_open_until_the_container_lets_go_of_it() {
 }
 
 #[test]
+fn insert_remove_clear_and_popitem_keep_a_containers_hold_exact() {
+    within(LIMIT, || {
+        let m = Manager::new();
+        // Inserted into a list, then removed from it.
+        let l = m.list::<Connection<u32>>();
+        let (a, b) = m.pipe::<u32>(true);
+        l.insert(0, &a).unwrap();
+        drop(a);
+        assert!(peer_open(&b), "the list holds the inserted end");
+        let a = l.get(0).unwrap();
+        l.remove(&a).unwrap();
+        drop(a);
+        assert_peer_closes(&b);
+
+        // Inserted, then the list cleared.
+        let (a, b) = m.pipe::<u32>(true);
+        l.insert(-1, &a).unwrap();
+        drop(a);
+        assert!(peer_open(&b));
+        l.clear().unwrap();
+        assert_peer_closes(&b);
+
+        // Popped as an item from a dict: the popped handle holds it, then lets go.
+        let d = m.dict::<String, Connection<u32>>();
+        let (a, b) = m.pipe::<u32>(true);
+        d.set(&"x".to_string(), &a).unwrap();
+        drop(a);
+        let (_, a) = d.popitem().unwrap();
+        assert!(peer_open(&b), "the popped handle holds the end");
+        drop(a);
+        assert_peer_closes(&b);
+
+        // A dict cleared.
+        let (a, b) = m.pipe::<u32>(true);
+        d.set(&"y".to_string(), &a).unwrap();
+        drop(a);
+        assert!(peer_open(&b));
+        d.clear().unwrap();
+        assert_peer_closes(&b);
+    });
+}
+
+#[test]
 fn a_list_that_holds_itself_is_still_freed_when_its_last_handle_goes() {
     within(LIMIT, || {
         let m = Manager::new();
