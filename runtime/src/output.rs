@@ -310,6 +310,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_chunk_ends_the_line_held_back_for_tagging() {
+        let mut r = OutputRouter::default();
+        assert!(r.tag(&event(b"no newline")).is_empty());
+        // The worker's word that the call ended inside a line: it is written now.
+        r.route(&Output::Tagged, event(b""));
+        assert!(r.partial[0].is_empty());
+        assert!(r.finish_stream(Stream::Stdout, 7, "P", "t").is_none());
+        // Other modes have nothing held back, and a callback is not called for it.
+        let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = called.clone();
+        let cb = Output::Callback(Arc::new(move |_| {
+            c.store(true, std::sync::atomic::Ordering::Relaxed)
+        }));
+        r.route(&cb, event(b""));
+        assert!(!called.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[test]
     fn a_line_of_exactly_one_piece_is_one_line() {
         let mut r = OutputRouter::default();
         let line = vec![b'y'; TAGGED_PIECE_BYTES];
