@@ -117,6 +117,7 @@ class Registry(unittest.TestCase):
         self.assertTrue(e.exception.message.startswith("ValueError: bad 5\n"))
         self.assertIn("Traceback (most recent call last):", e.exception.message)
         self.assertIn("raise ValueError", e.exception.message)
+        self.assertNotIn("_registry.py", e.exception.message, "the SDK's frame is left out")
 
     def test_a_missing_import_says_why(self):
         @_registry.task

@@ -115,8 +115,9 @@ def task_names():
     return list(TASKS)
 
 
-def describe(exc):
-    """An exception as a task's error: ``Type: message``, then its traceback."""
+def describe(exc, tb=None):
+    """An exception as a task's error: ``Type: message``, then its traceback (from frame
+    ``tb``, by default the exception's own)."""
     kind = type(exc)
     module = kind.__module__
     qualname = kind.__qualname__
@@ -129,8 +130,10 @@ def describe(exc):
             " (the component holds only the modules imported when it was built: a module"
             " first imported inside a function is missing; import it at the top of the module)"
         )
-    tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__)).rstrip("\n")
-    return f"{head}\n\n{tb}"
+    if tb is None:
+        tb = exc.__traceback__
+    text = "".join(traceback.format_exception(kind, exc, tb)).rstrip("\n")
+    return f"{head}\n\n{text}"
 
 
 def _reseed():
@@ -193,7 +196,9 @@ def call(name, args):
     try:
         result = t.func(*values)
     except BaseException as e:  # noqa: BLE001 - SystemExit too is the task's error
-        raise TaskFailure("failed", describe(e)) from None
+        # The traceback starts at the task's own frame, not this one.
+        tb = e.__traceback__
+        raise TaskFailure("failed", describe(e, tb.tb_next if tb else None)) from None
     finally:
         _flush()
     try:
