@@ -21,5 +21,6 @@ mod modules;
 mod objects;
 mod pool;
 mod process;
+mod python_guests;
 mod seeds;
 mod supervision;

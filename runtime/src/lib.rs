@@ -42,6 +42,7 @@ mod packed;
 mod pool;
 mod process;
 mod protocol;
+mod python_build;
 mod scalars;
 mod shm;
 mod spawn;

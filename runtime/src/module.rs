@@ -89,8 +89,10 @@ pub fn cache_dir() -> PathBuf {
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 2 << 30;
 
 impl Module {
-    /// Loads a module from a `.wasm` component file, or builds the guest Cargo project in a
-    /// directory first.
+    /// Loads a module from a `.wasm` component file, or builds a guest project first: a
+    /// Cargo project directory, a Python file (`tasks.py`) or a Python project directory
+    /// (its `pyproject.toml` has a `[tool.wasmpool]` table). Python guests are built with
+    /// componentize-py, installed on first use into a virtualenv under [`cache_dir`].
     ///
     /// Building a project runs its build scripts and proc macros natively: a project
     /// directory is trusted input, only a `.wasm` file is not. A project whose own packages
@@ -110,6 +112,10 @@ impl Module {
     /// ```
     pub fn load_with(path: impl AsRef<Path>, options: &BuildOptions) -> Result<Module> {
         let path = path.as_ref();
+        if let Some(guest) = crate::python_build::detect(path)? {
+            let wasm = crate::python_build::build(&guest)?;
+            return Self::load_file(&wasm, path);
+        }
         if path.is_dir() {
             let wasm = crate::guest_build::build(path, options)?;
             return Self::load_file(&wasm, path);
@@ -449,6 +455,8 @@ fn artifact_name(bytes: &[u8], metered: bool) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+pub(crate) use cache::private_dir;
+
 /// The compile cache on disk: a private directory, a key, artifacts with their digests.
 mod cache {
     use std::fs::{self, File, OpenOptions};
@@ -477,7 +485,7 @@ mod cache {
     }
 
     /// Creates `dir` (mode 0700) if needed, and checks that only this user can write it.
-    fn private_dir(dir: &Path) -> Result<()> {
+    pub(crate) fn private_dir(dir: &Path) -> Result<()> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

@@ -1,0 +1,139 @@
+"""Unit tests of the Python guest SDK's pure-Python parts (codec, registry), run with any
+Python 3: `python3 -m unittest discover -s guest-sdk/python/tests`."""
+
+import os
+import sys
+import unittest
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from wasmpool_guest import _msgpack, _registry  # noqa: E402
+
+
+class Codec(unittest.TestCase):
+    def test_integers_take_rmps_most_compact_form(self):
+        cases = {
+            0: "00", 127: "7f", 128: "cc80", 255: "ccff", 256: "cd0100",
+            65535: "cdffff", 65536: "ce00010000", 2**32: "cf0000000100000000",
+            2**64 - 1: "cfffffffffffffffff", -1: "ff", -32: "e0", -33: "d0df",
+            -128: "d080", -129: "d1ff7f", -32768: "d18000", -32769: "d2ffff7fff",
+            -(2**31) - 1: "d3ffffffff7fffffff", -(2**63): "d38000000000000000",
+        }
+        for value, hexed in cases.items():
+            self.assertEqual(_msgpack.packb(value).hex(), hexed, value)
+            self.assertEqual(_msgpack.unpackb(bytes.fromhex(hexed)), value)
+        for big in (2**64, -(2**63) - 1):
+            with self.assertRaises(_msgpack.EncodeError):
+                _msgpack.packb(big)
+
+    def test_other_scalars(self):
+        self.assertEqual(_msgpack.packb(None), b"\xc0")
+        self.assertEqual(_msgpack.packb(True), b"\xc3")
+        self.assertEqual(_msgpack.packb(False), b"\xc2")
+        self.assertEqual(_msgpack.packb(1.5).hex(), "cb3ff8000000000000")
+        self.assertEqual(_msgpack.unpackb(bytes.fromhex("ca3fc00000")), 1.5)
+
+    def test_strings_bytes_and_containers(self):
+        self.assertEqual(_msgpack.packb("hi"), b"\xa2hi")
+        self.assertEqual(_msgpack.packb("x" * 32)[:2], b"\xd9\x20")
+        self.assertEqual(_msgpack.packb("x" * 256)[:3], b"\xda\x01\x00")
+        self.assertEqual(_msgpack.packb(b"ab"), b"\xc4\x02ab")
+        self.assertEqual(_msgpack.packb([1, "a"]), b"\x92\x01\xa1a")
+        self.assertEqual(_msgpack.packb((1, 2)), b"\x92\x01\x02")
+        self.assertEqual(_msgpack.packb(list(range(16)))[:3], b"\xdc\x00\x10")
+        self.assertEqual(_msgpack.packb({"a": 1}), b"\x81\xa1a\x01")
+        value = {"k": [1, -2, 3.5, None, True, "s", b"b", {"n": []}]}
+        self.assertEqual(_msgpack.unpackb(_msgpack.packb(value)), value)
+
+    def test_dataclass_is_a_map_of_its_fields_like_a_serde_struct(self):
+        @dataclass
+        class Point:
+            x: int
+            y: int
+
+        self.assertEqual(_msgpack.packb(Point(1, 2)), _msgpack.packb({"x": 1, "y": 2}))
+
+    def test_array_keys_decode_as_tuples(self):
+        self.assertEqual(_msgpack.unpackb(b"\x81\x92\x01\x02\xa1v"), {(1, 2): "v"})
+
+    def test_malformed_input_is_a_decode_error(self):
+        for bad in (b"", b"\x92\x01", b"\xc1", b"\x01\x02", b"\xa2\xff\xfe"):
+            with self.assertRaises(_msgpack.DecodeError, msg=bad):
+                _msgpack.unpackb(bad)
+
+    def test_unencodable_value(self):
+        with self.assertRaises(_msgpack.EncodeError):
+            _msgpack.packb(object())
+
+
+class Registry(unittest.TestCase):
+    def setUp(self):
+        self.saved = dict(_registry.TASKS)
+        _registry.TASKS.clear()
+
+    def tearDown(self):
+        _registry.TASKS.clear()
+        _registry.TASKS.update(self.saved)
+
+    def test_task_and_named_task(self):
+        @_registry.task
+        def square(x: int) -> int:
+            return x * x
+
+        @_registry.task(name="other")
+        def f(a, b=2):
+            return a + b
+
+        self.assertEqual(_registry.task_names(), ["square", "other"])
+        self.assertEqual(_registry.call("square", _msgpack.packb([7])), _msgpack.packb(49))
+        self.assertEqual(_registry.call("other", _msgpack.packb([1])), b"\x03")
+        self.assertEqual(square(3), 9, "the function stays callable")
+
+    def test_errors(self):
+        @_registry.task
+        def square(x: int) -> int:
+            return x * x
+
+        @_registry.task
+        def boom(x):
+            raise ValueError(f"bad {x}")
+
+        with self.assertRaises(_registry.TaskFailure) as e:
+            _registry.call("nope", b"\x90")
+        self.assertEqual(e.exception.kind, "unknown-task")
+        with self.assertRaises(_registry.TaskFailure) as e:
+            _registry.call("square", _msgpack.packb([1, 2]))
+        self.assertEqual(e.exception.kind, "bad-args")
+        self.assertEqual(
+            e.exception.message, "task `square` takes 1 argument (x: int), got 2"
+        )
+        with self.assertRaises(_registry.TaskFailure) as e:
+            _registry.call("square", b"\x07")
+        self.assertEqual(e.exception.kind, "bad-args")
+        with self.assertRaises(_registry.TaskFailure) as e:
+            _registry.call("boom", _msgpack.packb([5]))
+        self.assertEqual(e.exception.kind, "failed")
+        self.assertTrue(e.exception.message.startswith("ValueError: bad 5\n"))
+        self.assertIn("Traceback (most recent call last):", e.exception.message)
+        self.assertIn("raise ValueError", e.exception.message)
+        self.assertNotIn("_registry.py", e.exception.message, "the SDK's frame is left out")
+
+    def test_a_missing_import_says_why(self):
+        @_registry.task
+        def late():
+            import wasmpool_no_such_module  # noqa: F401
+
+        with self.assertRaises(_registry.TaskFailure) as e:
+            _registry.call("late", b"\x90")
+        self.assertTrue(e.exception.message.startswith("ModuleNotFoundError: "))
+        self.assertIn("import it at the top of the module", e.exception.message)
+
+    def test_two_tasks_of_one_name_are_refused(self):
+        _registry.task(lambda: 1, name="x")
+        with self.assertRaises(ValueError):
+            _registry.task(lambda: 2, name="x")
+
+
+if __name__ == "__main__":
+    unittest.main()

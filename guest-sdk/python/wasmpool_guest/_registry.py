@@ -1,0 +1,207 @@
+"""Task registration and calling, independent of the component bindings (so it runs, and is
+tested, in any Python)."""
+
+import inspect
+import sys
+import traceback
+
+from . import _msgpack
+
+#: The registered tasks, by name, in registration order.
+TASKS = {}
+_INITS = []
+
+
+class TaskFailure(Exception):
+    """Why a call produced no value: ``kind`` is ``"failed"``, ``"unknown-task"`` or
+    ``"bad-args"`` (the WIT world's ``task-error`` cases)."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class _Task:
+    __slots__ = ("name", "func", "params", "min_args", "max_args", "signature")
+
+    def __init__(self, name, func):
+        self.name = name
+        self.func = func
+        params = []
+        min_args = 0
+        max_args = 0
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            sig = None
+        if sig is None:
+            max_args = None
+        else:
+            for p in sig.parameters.values():
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    params.append((p.name, _hint(p.annotation)))
+                    max_args += 1
+                    if p.default is p.empty:
+                        min_args += 1
+                elif p.kind is p.VAR_POSITIONAL:
+                    max_args = None
+                elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+                    raise TypeError(
+                        f"task `{name}`: keyword-only parameter `{p.name}` has no default; "
+                        "tasks take positional arguments"
+                    )
+        self.params = params
+        self.min_args = min_args
+        self.max_args = max_args
+
+    def arity_error(self, got):
+        n = len(self.params)
+        wanted = ", ".join(f"{p}: {t}" if t else p for p, t in self.params)
+        if self.max_args is None:
+            count = f"at least {self.min_args}"
+        elif self.min_args != n:
+            count = f"{self.min_args} to {n}"
+        else:
+            count = str(n)
+        plural = "" if count == "1" else "s"
+        return TaskFailure(
+            "bad-args",
+            f"task `{self.name}` takes {count} argument{plural} ({wanted}), got {got}",
+        )
+
+
+def _hint(annotation):
+    if annotation is inspect.Parameter.empty:
+        return ""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation)
+
+
+def _register(func, name):
+    if not callable(func):
+        raise TypeError(f"@task applies to a function, not {type(func).__name__}")
+    name = name or func.__name__
+    if name in TASKS:
+        raise ValueError(f"two tasks are named `{name}`")
+    TASKS[name] = _Task(name, func)
+    return func
+
+
+def task(func=None, *, name=None):
+    """Registers ``func`` as a task, named ``name`` or the function's own name.
+
+    Use it bare (``@task``) or with a name (``@task(name="other")``). The function is
+    returned unchanged, so it can still be called directly.
+    """
+    if func is None:
+        return lambda f: _register(f, name)
+    if isinstance(func, str) and name is None:
+        # @task("name"): the name given positionally.
+        return lambda f: _register(f, func)
+    return _register(func, name)
+
+
+def init(func):
+    """Registers ``func`` (no arguments) to run once in each fresh worker instance before
+    its first task. Several are run in registration order."""
+    _INITS.append(func)
+    return func
+
+
+def task_names():
+    """The names of the registered tasks, in registration order."""
+    return list(TASKS)
+
+
+def describe(exc, tb=None):
+    """An exception as a task's error: ``Type: message``, then its traceback (from frame
+    ``tb``, by default the exception's own)."""
+    kind = type(exc)
+    module = kind.__module__
+    qualname = kind.__qualname__
+    if module not in ("builtins", "__main__"):
+        qualname = f"{module}.{qualname}"
+    text = str(exc)
+    head = f"{qualname}: {text}" if text else qualname
+    if isinstance(exc, ImportError):
+        head += (
+            " (the component holds only the modules imported when it was built: a module"
+            " first imported inside a function is missing; import it at the top of the module)"
+        )
+    if tb is None:
+        tb = exc.__traceback__
+    text = "".join(traceback.format_exception(kind, exc, tb)).rstrip("\n")
+    return f"{head}\n\n{text}"
+
+
+def _reseed():
+    # The module's top level ran when the component was built, and the interpreter was
+    # snapshotted then: `random` was seeded once, at build time, for every instance. Each
+    # instance draws its own seed, as each Python worker process does.
+    rnd = sys.modules.get("random")
+    if rnd is not None:
+        try:
+            rnd.seed()
+        except Exception:  # noqa: BLE001 - no entropy: keep the snapshot's state
+            pass
+
+
+def run_inits():
+    """Runs the ``@init`` functions; raises :class:`TaskFailure` with the exception's text."""
+    _reseed()
+    for func in _INITS:
+        try:
+            func()
+        except BaseException as e:  # noqa: BLE001 - every failure is the init's error
+            raise TaskFailure("failed", f"init `{func.__name__}` failed: {describe(e)}") from None
+        finally:
+            _flush()
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream must not fail the task
+            pass
+
+
+def decode_args(t, args):
+    """The positional arguments of one call: ``args`` must be one MessagePack array."""
+    n, reader = _msgpack.unpack_array_start(args)
+    if n is None:
+        raise TaskFailure(
+            "bad-args", f"task `{t.name}` expects its arguments as one MessagePack array"
+        )
+    if n < t.min_args or (t.max_args is not None and n > t.max_args):
+        raise t.arity_error(n)
+    try:
+        values = [_msgpack.unpack_next(reader) for _ in range(n)]
+    except _msgpack.DecodeError as e:
+        raise TaskFailure("bad-args", f"task `{t.name}`: cannot decode its arguments: {e}") from None
+    if reader.pos != len(args):
+        raise TaskFailure("bad-args", f"task `{t.name}`: bytes follow its arguments")
+    return values
+
+
+def call(name, args):
+    """Runs task ``name`` on MessagePack-encoded ``args``; its encoded result, or raises
+    :class:`TaskFailure`."""
+    t = TASKS.get(name)
+    if t is None:
+        raise TaskFailure("unknown-task", name)
+    values = decode_args(t, args)
+    try:
+        result = t.func(*values)
+    except BaseException as e:  # noqa: BLE001 - SystemExit too is the task's error
+        # The traceback starts at the task's own frame, not this one.
+        tb = e.__traceback__
+        raise TaskFailure("failed", describe(e, tb.tb_next if tb else None)) from None
+    finally:
+        _flush()
+    try:
+        return _msgpack.packb(result)
+    except _msgpack.EncodeError as e:
+        raise TaskFailure("failed", f"task `{name}`: cannot encode its result: {e}") from None
