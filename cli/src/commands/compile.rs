@@ -13,7 +13,8 @@ use wasmpool::Module;
 /// loaded; this writes that artifact where you ask, e.g. to ship it with a deployment.
 #[derive(Args)]
 pub struct CompileCommand {
-    /// A `.wasm` component, or a guest Cargo project directory (built for you).
+    /// A `.wasm` component, a guest Cargo project directory, or a Python guest (a `.py` file, or a
+    /// project with `[tool.wasmpool]` in its pyproject.toml); guests are built for you.
     module: PathBuf,
     /// Where to write the artifact.
     #[arg(short, long)]

@@ -24,7 +24,8 @@ use wasmpool::{Module, Output, Pool};
 /// 130 if interrupted (Ctrl-C stops the workers and keeps what was written).
 #[derive(Args)]
 pub struct MapCommand {
-    /// A `.wasm` component, or a guest Cargo project directory (built for you).
+    /// A `.wasm` component, a guest Cargo project directory, or a Python guest (a `.py` file, or a
+    /// project with `[tool.wasmpool]` in its pyproject.toml); guests are built for you.
     module: PathBuf,
     /// The task to apply.
     task: String,

@@ -14,7 +14,8 @@ use wasmpool::{Module, Output, Process};
 /// task succeeded, 1 when it failed, trapped or its worker died, 2 for bad input.
 #[derive(Args)]
 pub struct RunCommand {
-    /// A `.wasm` component, or a guest Cargo project directory (built for you).
+    /// A `.wasm` component, a guest Cargo project directory, or a Python guest (a `.py` file, or a
+    /// project with `[tool.wasmpool]` in its pyproject.toml); guests are built for you.
     module: PathBuf,
     /// The task to run.
     task: String,

@@ -10,7 +10,8 @@ use wasmpool::Module;
 /// List the tasks a module exports, one per line.
 #[derive(Args)]
 pub struct TasksCommand {
-    /// A `.wasm` component, or a guest Cargo project directory (built for you).
+    /// A `.wasm` component, a guest Cargo project directory, or a Python guest (a `.py` file, or a
+    /// project with `[tool.wasmpool]` in its pyproject.toml); guests are built for you.
     module: PathBuf,
     /// Print a JSON array instead.
     #[arg(long)]
