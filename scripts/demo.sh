@@ -27,3 +27,8 @@ echo "hello from the host" > "$demo_dir/greeting.txt"
 "$wasmpool" run --dir "$demo_dir:/data:ro" examples/testkit read_file '"/data/greeting.txt"'
 "$wasmpool" run --timeout 0.2 examples/testkit spin || true
 rm -rf "$demo_dir"
+echo "== a pipe made by name: the parent's message goes in at end 1, the seed task answers at end 0"
+"$wasmpool" run --object p=pipe --send 'p.1="hello from the parent"' examples/seeds pipe_task 5 '"@p"'
+echo "== a task written in Python (the first build installs componentize-py and takes a minute)"
+"$wasmpool" run examples/py-hello/hello.py square 7
+"$wasmpool" map examples/py-seeds job --range 0..4
