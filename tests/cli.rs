@@ -551,3 +551,37 @@ fn a_send_to_anything_but_a_pipe_end_is_refused_by_name() {
     ]);
     assert_cli_error(&out, 2, "is not JSON");
 }
+
+#[test]
+fn close_lets_a_task_reading_a_pipe_see_end_of_file() {
+    testkit();
+    // Without --close the CLI would hold end 0 open and the task would wait forever.
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "p=pipe",
+        "--send",
+        "p.0=\"a\"",
+        "--send",
+        "p.0=\"b\"",
+        "--close",
+        "p.0",
+        "examples/testkit",
+        "recv_all",
+        "\"@p.1\"",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), r#"["a","b"]"#);
+    let report = object_report(&out, "p");
+    assert!(report.get("error").is_none(), "{report}");
+    let out = run_cli(&[
+        "run",
+        "--object",
+        "q=queue",
+        "--close",
+        "q.0",
+        "examples/testkit",
+        "noop",
+    ]);
+    assert_cli_error(&out, 2, "--close `q.0`");
+}

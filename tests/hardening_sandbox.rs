@@ -412,3 +412,27 @@ fn a_project_with_a_build_script_is_refused_unless_allowed() {
         assert!(ran.exists(), "the build script ran when allowed: {err}");
     });
 }
+
+#[test]
+fn a_narrowed_worker_reloads_its_module_after_the_cache_put_another_file_at_its_path() {
+    within(LIMIT, || {
+        let module = testkit();
+        let pool = wasmpool::Pool::new(&module, 1).unwrap();
+        // The first call narrows the worker's files to the artifact it loaded.
+        let (pid, _, _): (u32, u32, String) = pool.apply("whoami", &()).unwrap();
+        // The cache replaces an artifact by renaming a new file over it (a recompile to the
+        // same path, say): the same bytes, another file.
+        let artifact = module.artifact().to_path_buf();
+        let fresh = artifact.with_extension("replacing");
+        fs::copy(&artifact, &fresh).unwrap();
+        fs::rename(&fresh, &artifact).unwrap();
+        // Another stack limit loads the module again in the same worker: from the file it
+        // opened, which its Landlock layer allows, not from the new one at the path.
+        let deeper = pool.with_limits(
+            wasmpool::Limits::default().stack_kib(2 * wasmpool::Limits::DEFAULT_STACK_BYTES / 1024),
+        );
+        let (again, _, _): (u32, u32, String) = deeper.apply("whoami", &()).unwrap();
+        assert_eq!(again, pid, "the same worker reloaded its module");
+        assert_eq!(deeper.apply::<_, u64>("square", &(7u64,)).unwrap(), 49);
+    });
+}

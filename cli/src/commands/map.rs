@@ -119,34 +119,23 @@ fn bar_template(total_known: bool) -> &'static str {
 /// reads them), read once without keeping them; `None` for anything else (a FIFO, a
 /// device) or a file that cannot be read, whose inputs are then uncounted.
 fn count_inputs(path: &std::path::Path) -> Option<u64> {
-    let file = File::open(path).ok()?;
-    if !file.metadata().ok()?.is_file() {
+    // Looked at before opening: opening a FIFO that the map is already reading would wait
+    // for another writer, perhaps forever.
+    if !std::fs::metadata(path).ok()?.is_file() {
         return None;
     }
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    let (mut count, mut blank) = (0u64, true);
+    let mut reader = BufReader::with_capacity(1 << 16, File::open(path).ok()?);
+    let (mut count, mut line) = (0u64, Vec::new());
     loop {
-        let buf = reader.fill_buf().ok()?;
-        if buf.is_empty() {
-            break;
+        line.clear();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return Some(count);
         }
-        for &b in buf {
-            if b == b'\n' {
-                if !blank {
-                    count += 1;
-                }
-                blank = true;
-            } else if !b.is_ascii_whitespace() {
-                blank = false;
-            }
+        // Blank as the map judges it: nothing but (Unicode) whitespace.
+        if !String::from_utf8_lossy(&line).trim().is_empty() {
+            count += 1;
         }
-        let n = buf.len();
-        reader.consume(n);
     }
-    if !blank {
-        count += 1;
-    }
-    Some(count)
 }
 
 impl MapCommand {
@@ -371,13 +360,32 @@ mod tests {
     #[test]
     fn a_regular_input_file_is_counted_as_the_map_reads_it() {
         let path = std::env::temp_dir().join(format!("wasmpool-count-{}", std::process::id()));
-        std::fs::write(&path, "1\n\n  \n[2, 3]\n\"last without newline\"").unwrap();
+        std::fs::write(
+            &path,
+            "1\r\n\n  \n\u{3000}\u{a0}\r\n[2, 3]\n\"last without newline\"",
+        )
+        .unwrap();
         assert_eq!(count_inputs(&path), Some(3));
         std::fs::write(&path, "").unwrap();
         assert_eq!(count_inputs(&path), Some(0));
         let _ = std::fs::remove_file(&path);
         assert_eq!(count_inputs(&path), None, "a missing file is uncounted");
         assert_eq!(count_inputs(std::path::Path::new("/dev/null")), None);
+    }
+
+    #[test]
+    fn a_fifo_is_not_opened_to_be_counted() {
+        let path = std::env::temp_dir().join(format!("wasmpool-fifo-{}", std::process::id()));
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Opening it would wait for a writer that never comes: the count must not.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || tx.send(count_inputs(&p)));
+        let counted = rx.recv_timeout(std::time::Duration::from_secs(30));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(counted, Ok(None));
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct ObjectArgs {
     /// order.
     #[arg(long = "send", value_name = "PIPE.END=JSON")]
     pub sends: Vec<String>,
+    /// Close this program's copy of a pipe end after the sends (`--close p.0`), as a parent
+    /// closes the end it gave away: a task reading the other end then sees end of file once
+    /// it has read what was sent. Repeatable.
+    #[arg(long = "close", value_name = "PIPE.END")]
+    pub closes: Vec<String>,
 }
 
 /// One object made from the command line. Values are JSON on this side.
@@ -179,6 +184,9 @@ impl ObjectArgs {
             if name.is_empty() || named.iter().any(|(n, _)| n == name) {
                 bail!("--object `{spec}`: the name must be non-empty and used once");
             }
+            if name.contains('.') {
+                bail!("--object `{spec}`: the name must not contain `.` (`@NAME.0` is a pipe end)");
+            }
             let (kind, n) = match kind.split_once(':') {
                 Some((k, n)) => {
                     let n: u32 = n
@@ -207,14 +215,22 @@ impl ObjectArgs {
                      rlock, event, condition, semaphore:N, barrier:N (N > 0)"
                 ),
             };
-            if name.contains('.') {
-                bail!("--object `{spec}`: the name must not contain `.` (`@NAME.0` is a pipe end)");
-            }
             named.push((name.to_string(), object));
         }
         let objects = Objects { named };
         for spec in &self.sends {
             objects.send(spec)?;
+        }
+        for spec in &self.closes {
+            match objects.find(spec) {
+                Some(Arg::End(end)) => end
+                    .close()
+                    .map_err(|e| anyhow::anyhow!("--close `{spec}`: {e}"))?,
+                _ => bail!(
+                    "--close `{spec}`: not an end of a pipe made by --object NAME=pipe (write \
+                     NAME.0 or NAME.1)"
+                ),
+            }
         }
         Ok(objects)
     }
@@ -296,9 +312,11 @@ impl Objects {
                                 r.omitted += 1 + q.qsize().unwrap_or(0);
                                 break;
                             }
-                            Err(ObjectError::Empty) => break,
+                            // Drained; closed by a task and drained.
+                            Err(ObjectError::Empty | ObjectError::Closed(_)) => break,
                             Err(e) => {
                                 r.failed(&e);
+                                r.omitted += q.qsize().unwrap_or(0);
                                 break;
                             }
                         }
@@ -328,6 +346,7 @@ impl Objects {
                                     Err(ObjectError::Missing(_)) => break,
                                     Err(e) => {
                                         r.failed(&e);
+                                        r.omitted += len - i;
                                         break;
                                     }
                                 }
@@ -343,13 +362,24 @@ impl Objects {
                             r.contents = None;
                             r.omitted = len;
                         }
-                        Ok(_) => match d.items() {
-                            Ok(items) => {
-                                let total = items.len();
-                                for (i, item) in items.iter().enumerate() {
-                                    if !r.item(item) {
-                                        r.omitted += total - i;
-                                        break;
+                        // Fetched entry by entry, so one that cannot be read is counted
+                        // and the rest are reported.
+                        Ok(_) => match d.keys() {
+                            Ok(keys) => {
+                                let total = keys.len();
+                                for (i, k) in keys.into_iter().enumerate() {
+                                    match d.get(&k) {
+                                        Ok(Some(v)) if r.item(&(&k, &v)) => {}
+                                        Ok(Some(_)) => {
+                                            r.omitted += total - i;
+                                            break;
+                                        }
+                                        // Deleted since: a task still runs.
+                                        Ok(None) => {}
+                                        Err(e) => {
+                                            r.failed(&e);
+                                            r.omitted += 1;
+                                        }
                                     }
                                 }
                             }

@@ -27,6 +27,11 @@ pub(crate) struct Loaded {
     pre: TaskModulePre<State>,
     /// The artifact `pre` was made from, to load again into an engine with another stack limit.
     artifact: PathBuf,
+    /// The artifact, opened when the module was loaded: a narrowed worker (see
+    /// `worker::narrow_files`) may open only the file that was at the path then, and the
+    /// host's cache may since have put another (recompiled, identical) file there. `None`
+    /// if it could not be opened (then the path is read again).
+    artifact_file: Option<std::fs::File>,
     /// The wasm stack limit of `pre`'s engine, in bytes.
     stack_bytes: u64,
     identity: Arc<ProcessIdentity>,
@@ -59,6 +64,7 @@ impl Loaded {
         let mut loaded = Loaded {
             pre,
             artifact: load.artifact.clone(),
+            artifact_file: std::fs::File::open(&load.artifact).ok(),
             stack_bytes: load.stack_bytes,
             identity,
             channel,
@@ -203,7 +209,10 @@ impl Loaded {
             // Another stack limit is another engine: the module is loaded into it, and the
             // instance (of the old engine) is made again, as after a trap.
             self.discard_instance();
-            self.pre = prepare(&self.artifact, self.metered, limits.stack_bytes)?;
+            self.pre = match &self.artifact_file {
+                Some(file) => prepare_open(file, &self.artifact, self.metered, limits.stack_bytes)?,
+                None => prepare(&self.artifact, self.metered, limits.stack_bytes)?,
+            };
             self.stack_bytes = limits.stack_bytes;
         }
         if self.live.is_none() {
@@ -544,9 +553,42 @@ pub(super) fn prepare(
             artifact.display()
         )
     })?;
+    link(engine, &component)
+}
+
+/// As [`prepare`], from the artifact already open as `file` (named `artifact` in errors):
+/// its bytes are read and loaded, whatever is at its path now.
+pub(super) fn prepare_open(
+    file: &std::fs::File,
+    artifact: &Path,
+    metered: bool,
+    stack_bytes: u64,
+) -> Result<TaskModulePre<State>, String> {
+    use std::io::{Read, Seek};
+    let cannot = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot load the compiled module {}: {e:#}",
+            artifact.display()
+        )
+    };
+    let engine = engine_with(metered, stack_bytes)?;
+    let mut reader = file;
+    let mut bytes = Vec::new();
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| reader.read_to_end(&mut bytes))
+        .map_err(|e| cannot(&e))?;
+    // SAFETY: as in `prepare`: these are the bytes of the artifact the host wrote and
+    // verified, read from the file the worker opened when it loaded the module.
+    let component = unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| cannot(&e))?;
+    link(engine, &component)
+}
+
+/// Links `component` for the task world, ready to instantiate.
+fn link(engine: &wasmtime::Engine, component: &Component) -> Result<TaskModulePre<State>, String> {
     let linker = crate::bindings::linker::<State>(engine).map_err(|e| format!("{e:#}"))?;
     let instance_pre = linker
-        .instantiate_pre(&component)
+        .instantiate_pre(component)
         .map_err(|e| format!("{e:#}"))?;
     TaskModulePre::new(instance_pre).map_err(|e| format!("{e:#}"))
 }

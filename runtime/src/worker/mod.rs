@@ -348,8 +348,10 @@ fn serve_on(
 
 /// Narrows the files this thread (the one that runs tasks) and its later threads may open
 /// to the module's artifact, the granted directories and a few devices, once: at the first
-/// grant (which comes before any call), or at the first call when nothing is granted. The
-/// artifact stays readable, as a call asking for another stack limit loads it again. A
+/// grant (which comes before any call), or at the first call when nothing is granted. A
+/// call asking for another stack limit loads the artifact again from the file the worker
+/// opened at load (`Loaded` keeps it), since the cache may have put another file at the
+/// path since; the path stays readable for a worker that could not keep it open. A
 /// worker is never granted more later (grants come once, before the calls), so nothing it
 /// needs is closed by this.
 fn narrow_files(artifact: &std::path::Path, grants: &Grants, narrowed: &mut bool) {
