@@ -14,16 +14,6 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// Long enough for anything that will happen to happen on a loaded machine.
 const LONG: Duration = Duration::from_secs(30);
 
-fn run<R: serde::de::DeserializeOwned>(
-    task: &str,
-    args: &impl serde::Serialize,
-) -> wasmpool::Result<R> {
-    let p = Process::new(&testkit(), task, args)?;
-    p.start()?;
-    p.join()?;
-    p.result()
-}
-
 fn started(task: &str, args: &impl serde::Serialize) -> Process {
     let p = Process::new(&testkit(), task, args).unwrap();
     p.start().unwrap();

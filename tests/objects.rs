@@ -10,16 +10,6 @@ use crate::util::*;
 const LIMIT: Duration = Duration::from_secs(60);
 const LONG: u64 = 60_000;
 
-fn run<R: serde::de::DeserializeOwned>(
-    task: &str,
-    args: &impl serde::Serialize,
-) -> wasmpool::Result<R> {
-    let p = Process::new(&testkit(), task, args)?;
-    p.start()?;
-    p.join()?;
-    p.result()
-}
-
 #[test]
 fn host_producer_guest_consumer_and_back() {
     within(LIMIT, || {

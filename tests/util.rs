@@ -38,6 +38,17 @@ pub fn testkit() -> Module {
     load_once(&M, "testkit")
 }
 
+/// Runs testkit's `task` in a fresh `Process` to its end and answers its result.
+pub fn run<R: serde::de::DeserializeOwned>(
+    task: &str,
+    args: &impl serde::Serialize,
+) -> wasmpool::Result<R> {
+    let p = wasmpool::Process::new(&testkit(), task, args)?;
+    p.start()?;
+    p.join()?;
+    p.result()
+}
+
 /// The seed programs' guest (`examples/seeds`).
 pub fn seeds() -> Module {
     static M: OnceLock<Module> = OnceLock::new();

@@ -547,12 +547,8 @@ pub(super) fn prepare(
     // SAFETY: the host wrote this artifact into its own content-addressed cache from a
     // component it compiled and validated with the same engine configuration (the stack
     // limit, which may differ, is not part of the compiled code).
-    let component = unsafe { Component::deserialize_file(engine, artifact) }.map_err(|e| {
-        format!(
-            "cannot load the compiled module {}: {e:#}",
-            artifact.display()
-        )
-    })?;
+    let component = unsafe { Component::deserialize_file(engine, artifact) }
+        .map_err(|e| cannot_load(artifact, &e))?;
     link(engine, &component)
 }
 
@@ -565,23 +561,26 @@ pub(super) fn prepare_open(
     stack_bytes: u64,
 ) -> Result<TaskModulePre<State>, String> {
     use std::io::{Read, Seek};
-    let cannot = |e: &dyn std::fmt::Display| {
-        format!(
-            "cannot load the compiled module {}: {e:#}",
-            artifact.display()
-        )
-    };
     let engine = engine_with(metered, stack_bytes)?;
     let mut reader = file;
     let mut bytes = Vec::new();
     reader
         .seek(std::io::SeekFrom::Start(0))
         .and_then(|_| reader.read_to_end(&mut bytes))
-        .map_err(|e| cannot(&e))?;
+        .map_err(|e| cannot_load(artifact, &e))?;
     // SAFETY: as in `prepare`: these are the bytes of the artifact the host wrote and
     // verified, read from the file the worker opened when it loaded the module.
-    let component = unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| cannot(&e))?;
+    let component =
+        unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| cannot_load(artifact, &e))?;
     link(engine, &component)
+}
+
+/// Why `artifact` could not be loaded, as a call's or a load's error says it.
+fn cannot_load(artifact: &Path, e: &dyn std::fmt::Display) -> String {
+    format!(
+        "cannot load the compiled module {}: {e:#}",
+        artifact.display()
+    )
 }
 
 /// Links `component` for the task world, ready to instantiate.
