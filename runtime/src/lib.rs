@@ -43,6 +43,7 @@ mod pool;
 mod process;
 mod protocol;
 mod python_build;
+mod rules;
 mod scalars;
 mod shm;
 mod spawn;

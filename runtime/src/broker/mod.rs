@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 
 use self::object::{Hold, Object, OpResult, Step, Waiter};
-pub(crate) use self::object::{LockState, State, add_to_int};
-pub(crate) use self::refs::stores_handles;
+pub(crate) use self::object::{LockState, State};
 use crate::protocol::{ToWorker, encode_frame};
 use crate::shm::{Local, Shared};
 

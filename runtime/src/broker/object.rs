@@ -11,6 +11,7 @@ use wasmpool_objects::wire::{Kind, ObjectError, Request, Response};
 
 use super::refs::RefLog;
 use super::{Owner, Responder};
+use crate::rules::add_to_int;
 use crate::shm::{SharedDict, SharedLock, SharedPipe, SharedQueue};
 
 pub(crate) type OpResult = Result<Response, ObjectError>;
@@ -262,21 +263,6 @@ fn too_big(kind: Kind, bytes: usize) -> OpResult {
          in a file",
         kind.name()
     )))
-}
-
-/// Adds `delta` to a MessagePack integer; `None` if `bytes` is not one or it overflows.
-pub(crate) fn add_to_int(bytes: Option<&[u8]>, delta: i64) -> Result<(i64, Vec<u8>), ObjectError> {
-    let current = match bytes {
-        None => 0,
-        Some(b) => rmp_serde::from_slice::<i64>(b).map_err(|_| {
-            ObjectError::Invalid("increment: the value is not an integer".to_string())
-        })?,
-    };
-    let new = current
-        .checked_add(delta)
-        .ok_or_else(|| ObjectError::Invalid("increment: integer overflow".to_string()))?;
-    let encoded = rmp_serde::to_vec(&new).map_err(|e| ObjectError::Encode(e.to_string()))?;
-    Ok((new, encoded))
 }
 
 impl LockState {
