@@ -38,7 +38,6 @@ mod guest_build;
 mod manager;
 mod module;
 mod output;
-mod packed;
 mod pool;
 mod process;
 mod protocol;

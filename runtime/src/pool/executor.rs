@@ -19,7 +19,7 @@ use super::sched::Chunk;
 use super::{Pool, check_chunksize, decode_slot, default_chunksize};
 use crate::error::{Error, Result};
 use crate::module::Module;
-use crate::packed::Packed;
+use crate::protocol::packed::Packed;
 use crate::values::{encode_arg_into, encode_args};
 
 /// A pool for async code, as Python's `ProcessPoolExecutor`: `submit` returns a future of the

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use super::items::{Item, Items};
 use crate::error::{Error, Result};
 use crate::module::Module;
-use crate::packed::BatchAnswers;
 use crate::process::outcome_error;
+use crate::protocol::packed::BatchAnswers;
 use crate::protocol::{Limits, Outcome};
 use crate::values::decode_result;
 

@@ -22,9 +22,9 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::Output;
-use crate::packed::Packed;
 use crate::process::cpu_count;
 use crate::protocol::Limits;
+use crate::protocol::packed::Packed;
 use crate::values::{decode_result, encode_arg_into, encode_args, encode_args_into};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Output, OutputEvent, OutputRouter};
-use crate::packed::{BatchAnswers, Packed};
+use crate::protocol::packed::{BatchAnswers, Packed};
 use crate::protocol::{
     FromWorker, Limits, MAX_FRAME, Outcome, PART_BYTES, ToWorker, WATCHDOG_EXIT, describe_bytes,
     encode_frame,
