@@ -6,7 +6,7 @@ use wasmpool_objects::{
     Barrier, Condition, Connection, Dict, Event, List, Lock, Queue, RLock, Semaphore,
 };
 
-use crate::broker::{LockState, State, broker};
+use crate::broker::{LockState, NewObject as State, broker};
 
 /// Creates shared objects, as Python's `multiprocessing` module functions and
 /// `Manager()` do. Every object lives while this program holds a handle to it or a process

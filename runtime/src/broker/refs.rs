@@ -15,7 +15,8 @@
 
 use wasmpool_objects::wire::{Handle, Kind};
 
-use super::object::{Object, OpResult, State};
+use super::kinds::ObjectKind;
+use super::object::{Object, OpResult};
 use super::{Owner, Registry};
 use crate::broker::Responder;
 use crate::rules::handles_in;
@@ -73,14 +74,7 @@ impl Object {
     /// Every handle the object's stored values (and keys) hold, as counted when they were
     /// stored: what it lets go of when it is freed.
     fn contents(&self) -> Vec<Handle> {
-        match &self.state {
-            State::Dict(map) => map
-                .iter()
-                .flat_map(|(k, v)| handles_in(k).into_iter().chain(handles_in(v)))
-                .collect(),
-            State::List(items) => items.iter().flat_map(|v| handles_in(v)).collect(),
-            _ => Vec::new(),
-        }
+        self.state.contents()
     }
 }
 
