@@ -43,14 +43,6 @@ pub fn read_from_worker(stream: &[u8]) -> Decoded {
     read_all::<FromWorker>(stream, FromWorker::kind)
 }
 
-/// Sets how long the host waits inside a frame for a worker's next byte before it takes
-/// the worker for broken (default 10 s), for every worker of this process: tests of a
-/// stalled worker need not wait that long.
-pub fn set_frame_stall_limit(limit: std::time::Duration) {
-    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
-    super::codec::FRAME_STALL_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Decodes `body` as the body of one host → worker frame (no length header); returns the
 /// frame's kind if it decoded.
 ///
