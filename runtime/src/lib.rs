@@ -35,6 +35,7 @@ mod fdpass;
 mod forkserver;
 mod grants;
 mod guest_build;
+pub mod lines;
 mod manager;
 mod module;
 mod output;
