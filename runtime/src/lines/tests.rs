@@ -375,3 +375,30 @@ impl<'de> serde::Deserialize<'de> for Item {
         serde::de::IgnoredAny::deserialize(d).map(|_| Item::Int(0))
     }
 }
+
+#[test]
+fn a_tenants_runtime_has_a_table_of_its_own() {
+    // One table per runtime (a service's tenants): each reports its own objects.
+    let tenants = [
+        crate::Runtime::builder().build().unwrap(),
+        crate::Runtime::builder().build().unwrap(),
+    ];
+    let tables: Vec<Objects> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, tenant)| {
+            let mut objects = Objects::new();
+            let Ok(Object::Queue(q)) = objects.create(&tenant.manager(), "q", "queue") else {
+                panic!("no queue");
+            };
+            q.put(&Json(json!(i))).unwrap();
+            objects
+        })
+        .collect();
+    for (i, objects) in tables.iter().enumerate() {
+        assert_eq!(
+            report(objects),
+            [json!({"contents": [i], "kind": "queue", "object": "q"})]
+        );
+    }
+}
