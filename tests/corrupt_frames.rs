@@ -30,10 +30,11 @@ use util::{children_of, eventually, within};
 const WORKER_ARG: &str = "__wasmpool-worker";
 const PARENT_ENV: &str = "WASMPOOL_PARENT_PID";
 
-/// `FromWorker::Ready { tasks: vec!["square"] }`, encoded by hand (checked in `main`).
-const READY_BODY: &[u8] = b"\x00\x01\x06square";
-/// `FromWorker::Output { id: 1, stream: Stdout, data: b"hello\n" }`, encoded by hand.
-const OUTPUT_BODY: &[u8] = b"\x02\x01\x00\x06hello\n";
+/// `FromWorker::Control(Status::Ready { tasks: vec!["square"] })`, encoded by hand (checked
+/// in `main`): the lane, the variant, then its fields.
+const READY_BODY: &[u8] = b"\x00\x00\x01\x06square";
+/// `FromWorker::Call(CallEvent::Output { id: 1, stream: Stdout, data: b"hello\n" })`, encoded by hand.
+const OUTPUT_BODY: &[u8] = b"\x01\x00\x01\x00\x06hello\n";
 
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_le_bytes().to_vec();
@@ -85,19 +86,19 @@ fn fake_worker() -> ! {
         }
         "stall-mid-frame" => {
             // The start of a 100-byte frame, then nothing, while staying alive.
-            let _ = sock.write_all(&[100, 0, 0, 0, 2, 1, 0]);
+            let _ = sock.write_all(&[100, 0, 0, 0, 1, 0, 1, 0]);
             wait_to_be_killed(sock);
         }
         "output-then-truncated" => {
             // A valid frame, then one cut short; then the worker is gone.
             let _ = sock.write_all(&frame(OUTPUT_BODY));
-            let _ = sock.write_all(&[100, 0, 0, 0, 2, 1, 0, 60]);
+            let _ = sock.write_all(&[100, 0, 0, 0, 1, 0, 1, 0, 60]);
             std::process::exit(0);
         }
         "killed-mid-frame" => {
             // The start of a frame, then death by a signal, as a worker killed while it
             // writes a large answer.
-            let _ = sock.write_all(&[100, 0, 0, 0, 2, 1, 0]);
+            let _ = sock.write_all(&[100, 0, 0, 0, 1, 0, 1, 0]);
             // SAFETY: raising a signal has no preconditions.
             unsafe { libc::raise(libc::SIGKILL) };
             std::process::exit(4);
@@ -351,22 +352,22 @@ fn decoding_hostile_frames_allocates_only_what_arrived() {
     max_frame.extend_from_slice(&[0; 16]);
     hostile.push(("a 64 MiB header", max_frame));
     // Counts and lengths claiming 2^62 elements, followed by a few bytes.
-    let mut ready = vec![0];
+    let mut ready = vec![0, 0];
     varint(huge, &mut ready);
     hostile.push(("Ready with 2^62 tasks", frame(&ready)));
-    let mut batch = vec![4, 1];
+    let mut batch = vec![1, 3, 1];
     varint(huge, &mut batch);
     batch.extend_from_slice(&[0, 1, 0x2a]);
     hostile.push(("BatchDone with 2^62 outcomes", frame(&batch)));
-    let mut output = vec![2, 1, 0];
+    let mut output = vec![1, 0, 1, 0];
     varint(huge, &mut output);
     output.extend_from_slice(b"abc");
     hostile.push(("Output of 2^62 bytes", frame(&output)));
-    let mut call_batch = vec![3, 1, 1, b'x'];
+    let mut call_batch = vec![1, 1, 1, 1, b'x'];
     varint(huge, &mut call_batch);
     call_batch.extend_from_slice(&[1, 7]);
     hostile.push(("CallBatch with 2^62 items", frame(&call_batch)));
-    let mut load = vec![0];
+    let mut load = vec![0, 0];
     varint(huge, &mut load);
     load.extend_from_slice(b"/x");
     hostile.push(("Load with a 2^62-byte path", frame(&load)));
@@ -389,7 +390,7 @@ fn decoding_hostile_frames_allocates_only_what_arrived() {
     }
 
     // The measure works: a frame that does carry 8 MiB costs 8 MiB.
-    let mut big = vec![2, 1, 0];
+    let mut big = vec![1, 0, 1, 0];
     varint(8 << 20, &mut big);
     big.resize(big.len() + (8 << 20), 7);
     let big = frame(&big);

@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::{Captured, Output, OutputEvent, OutputRouter};
-use crate::protocol::{EXIT_STATUS, FromWorker, Limits, Outcome, ToWorker, encode_frame};
+use crate::protocol::{
+    CallEvent, CallRequest, Control, EXIT_STATUS, Limits, Outcome, ToWorker, encode_frame,
+};
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit, exitcode};
 use crate::values::{decode_result, encode_args};
 
@@ -330,18 +332,18 @@ impl Process {
     fn first_frames(&self, grants: Grants, out: &mut Vec<u8>) -> std::io::Result<()> {
         let inner = &self.inner;
         if !grants.is_empty() {
-            encode_frame(out, &ToWorker::Grant(grants))?;
+            encode_frame(out, &ToWorker::Control(Control::Grant(grants)))?;
         }
-        encode_frame(out, &ToWorker::Rename(inner.name.clone()))?;
+        encode_frame(out, &ToWorker::Control(Control::Rename(inner.name.clone())))?;
         encode_frame(
             out,
-            &ToWorker::Call {
+            &ToWorker::Call(CallRequest::One {
                 id: 1,
                 task: inner.task.clone(),
                 args: inner.args.clone(),
                 exit_after: true,
                 limits: inner.limits,
-            },
+            }),
         )
     }
 
@@ -546,10 +548,10 @@ impl Inner {
 }
 
 impl WorkerEvents for Inner {
-    fn on_message(&self, pid: u32, msg: FromWorker, _more: bool) {
+    fn on_call(&self, pid: u32, event: CallEvent, _more: bool) {
         let mut state = lock(&self.state);
-        match msg {
-            FromWorker::Output { stream, data, .. } => {
+        match event {
+            CallEvent::Output { stream, data, .. } => {
                 let event = OutputEvent {
                     pid,
                     process: &self.name,
@@ -559,7 +561,7 @@ impl WorkerEvents for Inner {
                 };
                 state.router.route(&self.output, event);
             }
-            FromWorker::Done { outcome, fuel, .. } => {
+            CallEvent::Done { outcome, fuel, .. } => {
                 if self.error_report
                     && let Some(report) = self.error_report_of(&outcome)
                 {
@@ -575,15 +577,8 @@ impl WorkerEvents for Inner {
                 state.outcome = Some(outcome);
                 state.fuel = fuel;
             }
-            FromWorker::BatchDone { .. }
-            | FromWorker::BatchPart { .. }
-            | FromWorker::Alive
-            | FromWorker::Ready { .. }
-            | FromWorker::LoadFailed(_)
-            | FromWorker::Object { .. }
-            | FromWorker::ObjectSync { .. }
-            | FromWorker::Attach { .. }
-            | FromWorker::InstanceLost => {}
+            // A process runs one call, never a batch.
+            CallEvent::BatchDone { .. } | CallEvent::BatchPart { .. } => {}
         }
     }
 

@@ -21,7 +21,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::fork_client::{ForkError, ForkServer, StartMethod};
 use crate::launch::{LOG_ENV, PARENT_ENV, WORKER_ARG, WORKER_FD};
-use crate::protocol::{FromWorker, Limits, Load, ToWorker, read_frame, write_frame};
+use crate::protocol::{
+    Control, FromWorker, Limits, Load, Status, ToWorker, read_frame, write_frame,
+};
 use crate::runtime::Runtime;
 
 /// Whether this process serves as a worker (a fact about the process, not a setting).
@@ -377,7 +379,7 @@ pub(crate) fn start_worker_with(
     let handshake = (|| -> io::Result<Option<FromWorker>> {
         // A forked worker has its `Load` from the fork server already.
         if !forked {
-            write_frame(&mut sock, &ToWorker::Load(load))?;
+            write_frame(&mut sock, &ToWorker::Control(Control::Load(load)))?;
         }
         if sent < first.len() {
             use std::io::Write;
@@ -391,7 +393,7 @@ pub(crate) fn start_worker_with(
         Ok(reply)
     })();
     match handshake {
-        Ok(Some(FromWorker::Ready { tasks })) => Ok(ReadyWorker {
+        Ok(Some(FromWorker::Control(Status::Ready { tasks }))) => Ok(ReadyWorker {
             pid,
             sock,
             child,
@@ -400,7 +402,7 @@ pub(crate) fn start_worker_with(
             stack_bytes,
             runtime: runtime.clone(),
         }),
-        Ok(Some(FromWorker::LoadFailed(message))) => {
+        Ok(Some(FromWorker::Control(Status::LoadFailed(message)))) => {
             child.wait();
             Err(Error::Worker(message))
         }

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::broker::{Owner, Refusals, Responder, reply_attached, reply_to_worker};
+use crate::broker::{ObjectBackend, WorkerLine};
 use crate::fork_client::ForkServer;
-use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame};
+use crate::protocol::{
+    CallEvent, FromWorker, Status, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame,
+};
 use crate::spawn::{ReadyWorker, WorkerProcess};
-use wasmpool_objects::wire::Response;
 
 /// How long a worker whose last frame was cut short has to exit before it is killed.
 const CUT_FRAME_GRACE: Duration = Duration::from_millis(500);
@@ -35,9 +36,12 @@ fn exits_within(child: &WorkerProcess, grace: Duration) -> bool {
 
 /// Receives what a worker says and how it ends.
 pub(crate) trait WorkerEvents: Send + Sync + 'static {
-    /// A frame from the worker, in order. `more` says whether further frames are already
-    /// buffered (so work done per batch, like dispatching, can wait for the last of them).
-    fn on_message(&self, pid: u32, msg: FromWorker, more: bool);
+    /// A frame of the worker's call lane, in order. `more` says whether further frames are
+    /// already buffered (so work done per batch, like dispatching, can wait for the last of
+    /// them). The object lane goes to the objects' backend, never here.
+    fn on_call(&self, pid: u32, event: CallEvent, more: bool);
+    /// The worker said it is alive (a long call with a time limit runs).
+    fn on_alive(&self, _pid: u32) {}
     /// The worker is gone and reaped. `protocol_error` is set when it broke the protocol: a
     /// malformed frame, or a frame cut short without a signal ending it.
     fn on_exit(&self, pid: u32, status: Option<ExitStatus>, protocol_error: Option<String>);
@@ -57,7 +61,8 @@ impl WorkerHandle {
     /// Starts watching `worker`, reporting to `events`.
     pub fn attach(worker: ReadyWorker, events: Arc<dyn WorkerEvents>) -> io::Result<WorkerHandle> {
         let (pid, sock, mut child, _tasks, runtime) = worker.into_parts();
-        let broker = runtime.broker().clone();
+        // The backend of the worker's object lane: its runtime's broker.
+        let objects: Arc<dyn ObjectBackend> = runtime.broker().clone();
         let server = match &child {
             WorkerProcess::Forked { server, .. } => Some(server.clone()),
             WorkerProcess::Exec(_) => None,
@@ -73,8 +78,7 @@ impl WorkerHandle {
         let reaped = Arc::new(AtomicBool::new(false));
         let reaped2 = reaped.clone();
         let writer = Arc::new(Mutex::new(sock));
-        let replies = writer.clone();
-        let refused = Arc::new(Refusals::default());
+        let line = WorkerLine::new(writer.clone());
         // The reader and the child go to the thread once it exists: if it cannot be made
         // (the host is out of threads or memory), they are still here, so the worker is
         // killed and reaped and the caller gets the error, instead of a worker left behind.
@@ -91,53 +95,16 @@ impl WorkerHandle {
                 let mut died_mid_frame = false;
                 let protocol_error = loop {
                     match read_frame::<_, FromWorker>(&mut reader, &mut buf) {
-                        Ok(Some(FromWorker::Object {
-                            req,
-                            target,
-                            request,
-                            timeout_ms,
-                            posted,
-                        })) => {
-                            let writer = replies.clone();
-                            let responder = if posted {
-                                if refused.refused_again(&writer, req, target) {
-                                    continue;
-                                }
-                                Responder::Posted {
-                                    writer,
-                                    req,
-                                    target,
-                                    refused: refused.clone(),
-                                }
-                            } else {
-                                refused.clear(target);
-                                Responder::Worker {
-                                    writer,
-                                    req,
-                                    postable: false,
-                                }
-                            };
-                            broker.submit(
-                                Owner::Pid(pid),
-                                target,
-                                request,
-                                timeout_ms.map(Duration::from_millis),
-                                responder,
-                            )
-                        }
-                        // Every request before it was answered (or, posted and accepted,
-                        // needs no answer): the sync's answer comes after all of theirs.
-                        Ok(Some(FromWorker::ObjectSync { req })) => {
-                            reply_to_worker(&replies, req, Ok(Response::Unit), false)
-                        }
-                        Ok(Some(FromWorker::InstanceLost)) => broker.worker_exited(pid),
-                        Ok(Some(FromWorker::Attach { req, target })) => {
-                            reply_attached(&replies, req, broker.attach(pid, target))
-                        }
-                        Ok(Some(msg)) => {
+                        Ok(Some(FromWorker::Object(call))) => objects.serve(pid, call, &line),
+                        Ok(Some(FromWorker::Call(event))) => {
                             let more = reader.has_buffered();
-                            events.on_message(pid, msg, more)
+                            events.on_call(pid, event, more)
                         }
+                        Ok(Some(FromWorker::Control(Status::Alive))) => events.on_alive(pid),
+                        // Said once, in the handshake; a worker repeating it changes nothing.
+                        Ok(Some(FromWorker::Control(
+                            Status::Ready { .. } | Status::LoadFailed(_),
+                        ))) => {}
                         Ok(None) => break None,
                         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break None,
                         // A frame cut short by the end of the stream: the worker is gone
@@ -160,7 +127,7 @@ impl WorkerHandle {
                 // executed worker is reaped only after this, so its pid cannot have been
                 // reused yet; a forked one is reaped by its fork server, and for its pid to
                 // come back in between, the kernel would have to go round all of them.
-                broker.worker_exited(pid);
+                objects.worker_exited(pid);
                 let status = child.wait();
                 let signalled = status.is_some_and(|s| s.signal().is_some());
                 let protocol_error = protocol_error.filter(|_| !(died_mid_frame && signalled));

@@ -12,6 +12,7 @@
 //! registry lock is released, so a slow socket never stalls other objects.
 
 mod kinds;
+mod lane;
 mod object;
 mod refs;
 mod timer;
@@ -27,8 +28,9 @@ use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 
 use self::kinds::ObjectKind;
 pub(crate) use self::kinds::ObjectState;
+pub(crate) use self::lane::{ObjectBackend, WorkerLine};
 use self::object::{Hold, Object, OpResult, Step, Waiter};
-use crate::protocol::{ToWorker, encode_frame};
+use crate::protocol::{ObjectAnswer, ToWorker, encode_frame};
 use crate::runtime::{TAG_SHIFT, tag_of};
 use crate::shm::{Local, SegmentBudget, Shared};
 
@@ -146,7 +148,10 @@ impl Refusals {
         self.lock()
             .entry((target.id, target.token))
             .or_insert_with(|| error.clone());
-        write_to_worker(writer, &ToWorker::ObjectRefused { req, target, error });
+        write_to_worker(
+            writer,
+            &ToWorker::Object(ObjectAnswer::Refused { req, target, error }),
+        );
     }
 
     /// Refuses posted request `req` if an earlier one on `target` was; answers whether it did.
@@ -154,7 +159,10 @@ impl Refusals {
         let Some(error) = self.lock().get(&(target.id, target.token)).cloned() else {
             return false;
         };
-        write_to_worker(writer, &ToWorker::ObjectRefused { req, target, error });
+        write_to_worker(
+            writer,
+            &ToWorker::Object(ObjectAnswer::Refused { req, target, error }),
+        );
         true
     }
 
@@ -194,10 +202,10 @@ pub(crate) fn reply_attached(
         .as_ref()
         .and_then(|s| s.fd())
         .map(|fd| fd.as_raw_fd());
-    let reply = ToWorker::Attached {
+    let reply = ToWorker::Object(ObjectAnswer::Attached {
         req,
         result: result.map(|s| s.filter(|_| fd.is_some()).map(|s| s.kind())),
-    };
+    });
     let mut frame = Vec::new();
     if encode_frame(&mut frame, &reply).is_err() {
         return;
@@ -222,20 +230,20 @@ pub(crate) fn reply_to_worker(
     result: OpResult,
     postable: bool,
 ) {
-    let reply = ToWorker::ObjectReply {
+    let reply = ToWorker::Object(ObjectAnswer::Reply {
         req,
         result,
         postable,
-    };
+    });
     if !write_to_worker(writer, &reply) {
         // An answer too large for a frame (a huge dict's items, say).
-        let refusal = ToWorker::ObjectReply {
+        let refusal = ToWorker::Object(ObjectAnswer::Reply {
             req,
             result: Err(ObjectError::TooLarge(
                 "the answer is larger than the largest frame".into(),
             )),
             postable: false,
-        };
+        });
         write_to_worker(writer, &refusal);
     }
 }

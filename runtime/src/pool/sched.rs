@@ -23,8 +23,8 @@ use crate::module::Module;
 use crate::output::{Output, OutputEvent, OutputRouter};
 use crate::protocol::packed::{BatchAnswers, Packed};
 use crate::protocol::{
-    FromWorker, Limits, MAX_FRAME, Outcome, PART_BYTES, ToWorker, WATCHDOG_EXIT, describe_bytes,
-    encode_frame,
+    CallEvent, CallRequest, Control, Limits, MAX_FRAME, Outcome, PART_BYTES, ToWorker,
+    WATCHDOG_EXIT, describe_bytes, encode_frame,
 };
 use crate::spawn::start_worker;
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
@@ -496,20 +496,20 @@ impl Shared {
         };
         if !self.config.grants.is_empty() {
             // Before any call: the worker's instances are made with these from then on.
-            let _ = worker
-                .handle
-                .send(&ToWorker::Grant(self.config.grants.clone()));
+            let _ = worker.handle.send(&ToWorker::Control(Control::Grant(
+                self.config.grants.clone(),
+            )));
         }
         if let Some((task, args)) = &self.config.initializer {
             let id = s.next_id;
             s.next_id += 1;
-            let frame = ToWorker::Call {
+            let frame = ToWorker::Call(CallRequest::One {
                 id,
                 task: task.clone(),
                 args: args.clone(),
                 exit_after: false,
                 limits: self.config.limits,
-            };
+            });
             if worker.handle.send(&frame).is_ok() {
                 worker.inflight.push_back(InFlight {
                     id,
@@ -585,20 +585,20 @@ impl Shared {
             let id = s.next_id;
             s.next_id += 1;
             let frame = if chunk.single {
-                ToWorker::Call {
+                ToWorker::Call(CallRequest::One {
                     id,
                     task: chunk.job.task.to_string(),
                     args: chunk.items.get(0).unwrap_or_default().to_vec(),
                     exit_after: false,
                     limits: chunk.job.opts.limits,
-                }
+                })
             } else {
-                ToWorker::CallBatch {
+                ToWorker::Call(CallRequest::Batch {
                     id,
                     task: chunk.job.task.to_string(),
                     items: chunk.items.clone(),
                     limits: chunk.job.opts.limits,
-                }
+                })
             };
             if let Err(e) = encode_frame(&mut out[wi], &frame) {
                 // Too large to send: fail the chunk (an item alone, as chunks are cut by
@@ -733,7 +733,7 @@ impl Shared {
             && !w.retiring
         {
             w.retiring = true;
-            let _ = w.handle.send(&ToWorker::Shutdown);
+            let _ = w.handle.send(&ToWorker::Control(Control::Shutdown));
         }
         // Refill once this worker's buffered answers are all handled: one write, not one per answer.
         if !more {
@@ -990,7 +990,7 @@ impl Shared {
         for w in &mut s.workers {
             if !w.retiring {
                 w.retiring = true;
-                let _ = w.handle.send(&ToWorker::Shutdown);
+                let _ = w.handle.send(&ToWorker::Control(Control::Shutdown));
             }
         }
         while !s.workers.is_empty() || s.starting > 0 {
@@ -1043,26 +1043,22 @@ impl Shared {
 }
 
 impl WorkerEvents for Shared {
-    fn on_message(&self, pid: u32, msg: FromWorker, more: bool) {
-        match msg {
-            FromWorker::Done {
+    fn on_call(&self, pid: u32, event: CallEvent, more: bool) {
+        match event {
+            CallEvent::Done {
                 id,
                 outcome,
                 fuel,
                 micros,
             } => self.finish_call(pid, id, Answers::One(outcome), Ran { fuel, micros }, more),
-            FromWorker::BatchDone {
+            CallEvent::BatchDone {
                 id,
                 answers,
                 fuel,
                 micros,
             } => self.finish_call(pid, id, Answers::Batch(answers), Ran { fuel, micros }, more),
-            FromWorker::BatchPart { id, answers } => self.part_of_call(pid, id, answers),
-            FromWorker::Alive => {
-                let mut s = self.lock();
-                self.heard_from(&mut s, pid);
-            }
-            FromWorker::Output { stream, data, .. } => {
+            CallEvent::BatchPart { id, answers } => self.part_of_call(pid, id, answers),
+            CallEvent::Output { stream, data, .. } => {
                 let found = {
                     let mut s = self.lock();
                     self.heard_from(&mut s, pid);
@@ -1095,14 +1091,12 @@ impl WorkerEvents for Shared {
                     routing.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            // Object requests are served by the supervisor before they get here.
-            FromWorker::Ready { .. }
-            | FromWorker::LoadFailed(_)
-            | FromWorker::Object { .. }
-            | FromWorker::ObjectSync { .. }
-            | FromWorker::Attach { .. }
-            | FromWorker::InstanceLost => {}
         }
+    }
+
+    fn on_alive(&self, pid: u32) {
+        let mut s = self.lock();
+        self.heard_from(&mut s, pid);
     }
 
     fn on_exit(&self, pid: u32, status: Option<ExitStatus>, protocol_error: Option<String>) {

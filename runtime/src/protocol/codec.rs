@@ -206,20 +206,22 @@ mod tests {
     use wasmpool_objects::wire::{Handle, Request};
 
     use super::*;
-    use crate::protocol::{FromWorker, Limits, Stream, ToWorker};
+    use crate::protocol::{
+        CallEvent, CallRequest, Control, FromWorker, Limits, ObjectCall, Stream, ToWorker,
+    };
 
     #[test]
     fn a_request_with_more_items_than_any_limit_allows_does_not_decode() {
         use wasmpool_objects::wire::MAX_REQUEST_ITEMS;
         let frame_of = |items: usize| {
             let mut wire = Vec::new();
-            let msg = FromWorker::Object {
+            let msg = FromWorker::Object(ObjectCall::Invoke {
                 req: 1,
                 target: Handle { id: 2, token: 3 },
                 request: Request::ListExtend(vec![Vec::new(); items]),
                 timeout_ms: None,
                 posted: false,
-            };
+            });
             encode_frame(&mut wire, &msg).unwrap();
             wire
         };
@@ -232,7 +234,7 @@ mod tests {
         let ok = read_frame::<_, FromWorker>(&mut at.as_slice(), &mut Vec::new()).unwrap();
         assert!(matches!(
             ok,
-            Some(FromWorker::Object { request: Request::ListExtend(items), .. })
+            Some(FromWorker::Object(ObjectCall::Invoke { request: Request::ListExtend(items), .. }))
                 if items.len() == MAX_REQUEST_ITEMS
         ));
     }
@@ -240,17 +242,19 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut wire = Vec::new();
-        let msg = ToWorker::Call {
+        let msg = ToWorker::Call(CallRequest::One {
             id: 7,
             task: "square".into(),
             args: vec![0x91, 7],
             exit_after: false,
             limits: Limits::default(),
-        };
+        });
         write_frame(&mut wire, &msg).unwrap();
         let mut buf = Vec::new();
         let back: ToWorker = read_frame(&mut wire.as_slice(), &mut buf).unwrap().unwrap();
-        assert!(matches!(back, ToWorker::Call { id: 7, ref task, .. } if task == "square"));
+        assert!(
+            matches!(back, ToWorker::Call(CallRequest::One { id: 7, ref task, .. }) if task == "square")
+        );
     }
 
     #[test]
@@ -273,7 +277,7 @@ mod tests {
     #[test]
     fn trailing_bytes_are_an_error() {
         let mut wire = Vec::new();
-        write_frame(&mut wire, &ToWorker::Shutdown).unwrap();
+        write_frame(&mut wire, &ToWorker::Control(Control::Shutdown)).unwrap();
         wire[0] += 1;
         wire.push(0);
         let mut buf = Vec::new();
@@ -330,25 +334,28 @@ mod tests {
     fn frames_larger_than_a_read_chunk_round_trip() {
         let data: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 251) as u8).collect();
         let mut wire = Vec::new();
-        let msg = FromWorker::Output {
+        let msg = FromWorker::Call(CallEvent::Output {
             id: 9,
             stream: Stream::Stderr,
             data: data.clone(),
-        };
+        });
         write_frame(&mut wire, &msg).unwrap();
-        write_frame(&mut wire, &FromWorker::InstanceLost).unwrap();
+        write_frame(&mut wire, &FromWorker::Object(ObjectCall::InstanceLost)).unwrap();
         let mut reader = wire.as_slice();
         let mut buf = Vec::new();
         match read_frame::<_, FromWorker>(&mut reader, &mut buf).unwrap() {
-            Some(FromWorker::Output {
+            Some(FromWorker::Call(CallEvent::Output {
                 id: 9,
                 stream: Stream::Stderr,
                 data: back,
-            }) => assert!(back == data, "the data changed"),
+            })) => assert!(back == data, "the data changed"),
             other => panic!("unexpected {other:?}"),
         }
         let next = read_frame::<_, FromWorker>(&mut reader, &mut buf).unwrap();
-        assert!(matches!(next, Some(FromWorker::InstanceLost)));
+        assert!(matches!(
+            next,
+            Some(FromWorker::Object(ObjectCall::InstanceLost))
+        ));
         assert!(
             read_frame::<_, FromWorker>(&mut reader, &mut buf)
                 .unwrap()

@@ -1,5 +1,6 @@
 //! The frames between the host and a worker process, each way: [`ToWorker`] and
-//! [`FromWorker`], with what they carry ([`Load`], [`Outcome`], [`Stream`]).
+//! [`FromWorker`], each in three lanes (control, calls, object operations), with what they
+//! carry ([`Load`], [`Outcome`], [`Stream`]).
 
 use std::path::PathBuf;
 
@@ -61,18 +62,39 @@ pub(crate) struct Load {
     pub init_limits: Limits,
 }
 
-/// Host → worker.
+/// Host → worker, in three lanes: the worker's setup and end ([`Control`]), the calls it
+/// runs ([`CallRequest`]), and the answers to its shared-object operations
+/// ([`ObjectAnswer`]). Whoever starts workers speaks the control lane, the pool or
+/// `Process` the call lane, and the objects' backend (the broker) the object lane.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
+    /// Setup and end.
+    Control(Control),
+    /// Work to run.
+    Call(CallRequest),
+    /// An answer of the objects' backend.
+    Object(ObjectAnswer),
+}
+
+/// The control lane, host → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Control {
     /// Map the module, instantiate it and run its init; answered by `Ready` or `LoadFailed`.
     Load(Load),
     /// Rename the process (a warm spare takes the name of the `Process` that claims it).
     Rename(String),
     /// Give the tasks these capabilities (directories, environment) from the next call on.
     Grant(crate::grants::Grants),
+    /// Exit now, with status 0.
+    Shutdown,
+}
+
+/// The call lane, host → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CallRequest {
     /// Run one task. With `exit_after`, the worker exits once it has answered
     /// (status 0 on success, 1 on failure), as a Python `Process` does.
-    Call {
+    One {
         id: u64,
         task: String,
         #[serde(with = "crate::wire_bytes::bytes")]
@@ -81,25 +103,28 @@ pub(crate) enum ToWorker {
         limits: Limits,
     },
     /// Run one task per item, in order, in one crossing into the guest.
-    CallBatch {
+    Batch {
         id: u64,
         task: String,
         items: super::packed::Packed,
         limits: Limits,
     },
-    /// Exit now, with status 0.
-    Shutdown,
-    /// The broker's answer to the worker's `Object` request `req` (or `ObjectSync`). For a
-    /// posted request only a refusal is answered. `postable`: the request was a put or a
-    /// send on an object where those never wait, so later ones on this handle may be posted.
-    ObjectReply {
+}
+
+/// The object lane, host → worker: the backend's answers to [`ObjectCall`]s.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ObjectAnswer {
+    /// The answer to the worker's `Invoke` request `req` (or `Sync`). For a posted request
+    /// only a refusal is answered. `postable`: the request was a put or a send on an
+    /// object where those never wait, so later ones on this handle may be posted.
+    Reply {
         req: u64,
         result: Result<Response, ObjectError>,
         postable: bool,
     },
     /// The host refused the posted request `req` on `target`. Until the worker sends a
     /// request on `target` that it waits for, every later posted one is refused the same.
-    ObjectRefused {
+    Refused {
         req: u64,
         target: Handle,
         error: ObjectError,
@@ -113,13 +138,33 @@ pub(crate) enum ToWorker {
     },
 }
 
-/// Worker → host.
+/// Worker → host, in the same three lanes as [`ToWorker`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
+    /// How the worker is.
+    Control(Status),
+    /// What a call did.
+    Call(CallEvent),
+    /// An operation on the shared objects.
+    Object(ObjectCall),
+}
+
+/// The control lane, worker → host.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Status {
     /// The module is loaded; these are its tasks.
     Ready { tasks: Vec<String> },
     /// The module could not be loaded or its init failed; the worker exits.
     LoadFailed(String),
+    /// The worker is alive, running a call with a time limit: sent when it has sent
+    /// nothing else for a second, so the host can tell a stopped or wedged worker (which
+    /// sends nothing) from a long call, and replace it.
+    Alive,
+}
+
+/// The call lane, worker → host.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CallEvent {
     /// Bytes the guest wrote to stdout or stderr during call `id`.
     Output {
         id: u64,
@@ -152,29 +197,30 @@ pub(crate) enum FromWorker {
         fuel: Option<u64>,
         micros: u64,
     },
-    /// The worker is alive, running a call with a time limit: sent when it has sent
-    /// nothing else for a second, so the host can tell a stopped or wedged worker (which
-    /// sends nothing) from a long call, and replace it.
-    Alive,
-    /// The last call trapped or hit a limit and its instance was discarded: whatever the
-    /// worker held of the shared objects (locks, semaphores, pipe ends) is given back, as
-    /// if the process had exited. Sent before the call's answer.
-    InstanceLost,
+}
+
+/// The object lane, worker → host: what the objects' backend serves.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ObjectCall {
     /// The running task performs `request` on a shared object; the worker blocks until
-    /// the `ObjectReply` for `req` arrives. A `posted` request (a put or a send the host
-    /// said never waits) is not waited for: the host answers it only if it refuses it.
-    Object {
+    /// the `Reply` for `req` arrives. A `posted` request (a put or a send the host said
+    /// never waits) is not waited for: the host answers it only if it refuses it.
+    Invoke {
         req: u64,
         target: Handle,
         request: Request,
         timeout_ms: Option<u64>,
         posted: bool,
     },
-    /// Answered at once with an empty `ObjectReply` for `req`: once it arrives, every
-    /// refusal of a request posted before it has arrived too.
-    ObjectSync { req: u64 },
+    /// Answered at once with an empty `Reply` for `req`: once it arrives, every refusal of
+    /// a request posted before it has arrived too.
+    Sync { req: u64 },
     /// The running task is about to use object `target` (a pipe end or a queue): the worker
     /// holds it from now on, and asks for its shared segment to use it in place (see
     /// `crate::shm`).
     Attach { req: u64, target: Handle },
+    /// The last call trapped or hit a limit and its instance was discarded: whatever the
+    /// worker held of the shared objects (locks, semaphores, pipe ends) is given back, as
+    /// if the process had exited. Sent before the call's answer.
+    InstanceLost,
 }

@@ -9,7 +9,10 @@ use std::io;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{FromWorker, ToWorker, decode_frame, encode_frame, read_frame};
+use super::{
+    CallEvent, CallRequest, Control, FromWorker, ObjectAnswer, ObjectCall, Status, ToWorker,
+    decode_frame, encode_frame, read_frame,
+};
 
 /// What reading a byte stream as frames came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,15 +123,15 @@ fn check_round_trip<T: Serialize + DeserializeOwned>(msg: &T) {
 impl ToWorker {
     fn kind(&self) -> &'static str {
         match self {
-            ToWorker::Load(_) => "Load",
-            ToWorker::Rename(_) => "Rename",
-            ToWorker::Grant(_) => "Grant",
-            ToWorker::Call { .. } => "Call",
-            ToWorker::CallBatch { .. } => "CallBatch",
-            ToWorker::Shutdown => "Shutdown",
-            ToWorker::ObjectReply { .. } => "ObjectReply",
-            ToWorker::ObjectRefused { .. } => "ObjectRefused",
-            ToWorker::Attached { .. } => "Attached",
+            ToWorker::Control(Control::Load(_)) => "Load",
+            ToWorker::Control(Control::Rename(_)) => "Rename",
+            ToWorker::Control(Control::Grant(_)) => "Grant",
+            ToWorker::Control(Control::Shutdown) => "Shutdown",
+            ToWorker::Call(CallRequest::One { .. }) => "Call",
+            ToWorker::Call(CallRequest::Batch { .. }) => "CallBatch",
+            ToWorker::Object(ObjectAnswer::Reply { .. }) => "ObjectReply",
+            ToWorker::Object(ObjectAnswer::Refused { .. }) => "ObjectRefused",
+            ToWorker::Object(ObjectAnswer::Attached { .. }) => "Attached",
         }
     }
 }
@@ -136,17 +139,17 @@ impl ToWorker {
 impl FromWorker {
     fn kind(&self) -> &'static str {
         match self {
-            FromWorker::Ready { .. } => "Ready",
-            FromWorker::LoadFailed(_) => "LoadFailed",
-            FromWorker::Output { .. } => "Output",
-            FromWorker::Done { .. } => "Done",
-            FromWorker::BatchPart { .. } => "BatchPart",
-            FromWorker::BatchDone { .. } => "BatchDone",
-            FromWorker::InstanceLost => "InstanceLost",
-            FromWorker::Alive => "Alive",
-            FromWorker::Object { .. } => "Object",
-            FromWorker::ObjectSync { .. } => "ObjectSync",
-            FromWorker::Attach { .. } => "Attach",
+            FromWorker::Control(Status::Ready { .. }) => "Ready",
+            FromWorker::Control(Status::LoadFailed(_)) => "LoadFailed",
+            FromWorker::Control(Status::Alive) => "Alive",
+            FromWorker::Call(CallEvent::Output { .. }) => "Output",
+            FromWorker::Call(CallEvent::Done { .. }) => "Done",
+            FromWorker::Call(CallEvent::BatchPart { .. }) => "BatchPart",
+            FromWorker::Call(CallEvent::BatchDone { .. }) => "BatchDone",
+            FromWorker::Object(ObjectCall::Invoke { .. }) => "Object",
+            FromWorker::Object(ObjectCall::Sync { .. }) => "ObjectSync",
+            FromWorker::Object(ObjectCall::Attach { .. }) => "Attach",
+            FromWorker::Object(ObjectCall::InstanceLost) => "InstanceLost",
         }
     }
 }
@@ -157,7 +160,8 @@ mod tests {
 
     use super::super::codec::READ_CHUNK;
     use crate::protocol::{
-        FromWorker, Limits, Load, MAX_FRAME, Outcome, Stream, ToWorker, encode_frame, fuzzing,
+        CallEvent, CallRequest, Control, FromWorker, Limits, Load, MAX_FRAME, ObjectAnswer,
+        ObjectCall, Outcome, Status, Stream, ToWorker, encode_frame, fuzzing,
     };
 
     /// Valid streams with every kind of frame in each direction, with every optional part.
@@ -167,68 +171,68 @@ mod tests {
             .timeout(std::time::Duration::from_millis(1500))
             .memory_mib(64);
         let to_worker = [
-            ToWorker::Load(Load {
+            ToWorker::Control(Control::Load(Load {
                 artifact: "/cache/artifacts/0123.cwasm".into(),
                 name: "PoolWorker-1".into(),
                 metered: true,
                 stack_bytes: 256 << 10,
                 init_limits: Limits::default().timeout(Duration::from_secs(2)),
-            }),
-            ToWorker::Rename("Process-2".into()),
-            ToWorker::Grant(
+            })),
+            ToWorker::Control(Control::Rename("Process-2".into())),
+            ToWorker::Control(Control::Grant(
                 crate::grants::Grants::new()
                     .dir_read_only("/srv/data", "/data")
                     .env("GREETING", "hello"),
-            ),
-            ToWorker::Call {
+            )),
+            ToWorker::Call(CallRequest::One {
                 id: 300,
                 task: "square".into(),
                 args: vec![0x91, 7],
                 exit_after: true,
                 limits,
-            },
-            ToWorker::CallBatch {
+            }),
+            ToWorker::Call(CallRequest::Batch {
                 id: u64::MAX,
                 task: "add".into(),
                 items: [vec![0x92, 1, 2], vec![], vec![0x91, 0xcc, 0xff]]
                     .into_iter()
                     .collect(),
                 limits: Limits::default(),
-            },
-            ToWorker::ObjectReply {
+            }),
+            ToWorker::Object(ObjectAnswer::Reply {
                 req: 1,
                 result: Ok(Response::Entries(vec![(vec![1], vec![2, 3])])),
                 postable: false,
-            },
-            ToWorker::ObjectReply {
+            }),
+            ToWorker::Object(ObjectAnswer::Reply {
                 req: 2,
                 result: Err(ObjectError::Closed("gone".into())),
                 postable: true,
-            },
-            ToWorker::ObjectRefused {
+            }),
+            ToWorker::Object(ObjectAnswer::Refused {
                 req: 3 | (1 << 63),
                 target: Handle { id: 4, token: 5 },
                 error: ObjectError::Closed("the queue is closed".into()),
-            },
-            ToWorker::Shutdown,
+            }),
+            ToWorker::Control(Control::Shutdown),
         ];
         let from_worker = [
-            FromWorker::Ready {
+            FromWorker::Control(Status::Ready {
                 tasks: vec!["square".into(), "add".into()],
-            },
-            FromWorker::LoadFailed("no such task".into()),
-            FromWorker::Output {
+            }),
+            FromWorker::Control(Status::LoadFailed("no such task".into())),
+            FromWorker::Call(CallEvent::Output {
                 id: 3,
                 stream: Stream::Stdout,
                 data: b"hello\n".to_vec(),
-            },
-            FromWorker::Done {
+            }),
+            FromWorker::Call(CallEvent::Done {
                 id: 3,
                 outcome: Outcome::Ok(vec![0x31]),
                 fuel: Some(1_234),
                 micros: 56,
-            },
-            FromWorker::BatchPart {
+            }),
+            FromWorker::Call(CallEvent::BatchPart {
                 id: 4,
                 answers: {
                     let mut a = crate::protocol::packed::BatchAnswers::default();
@@ -236,8 +240,8 @@ mod tests {
                     a.push(Outcome::Limit("too large".into()));
                     a
                 },
-            },
-            FromWorker::BatchDone {
+            }),
+            FromWorker::Call(CallEvent::BatchDone {
                 id: 4,
                 fuel: None,
                 micros: 1_000_000,
@@ -255,10 +259,10 @@ mod tests {
                     }
                     a
                 },
-            },
-            FromWorker::InstanceLost,
-            FromWorker::Alive,
-            FromWorker::Object {
+            }),
+            FromWorker::Object(ObjectCall::InstanceLost),
+            FromWorker::Control(Status::Alive),
+            FromWorker::Object(ObjectCall::Invoke {
                 req: 5,
                 target: Handle {
                     id: 8,
@@ -271,8 +275,8 @@ mod tests {
                 },
                 timeout_ms: Some(250),
                 posted: true,
-            },
-            FromWorker::ObjectSync { req: 6 },
+            }),
+            FromWorker::Object(ObjectCall::Sync { req: 6 }),
         ];
         let mut a = Vec::new();
         for msg in &to_worker {

@@ -19,6 +19,9 @@ pub(crate) use self::codec::{
     write_frame,
 };
 pub use self::frames::Stream;
-pub(crate) use self::frames::{EXIT_STATUS, FromWorker, Load, Outcome, ToWorker, WATCHDOG_EXIT};
+pub(crate) use self::frames::{
+    CallEvent, CallRequest, Control, EXIT_STATUS, FromWorker, Load, ObjectAnswer, ObjectCall,
+    Outcome, Status, ToWorker, WATCHDOG_EXIT,
+};
 pub use self::limits::Limits;
 pub(crate) use self::limits::describe_bytes;

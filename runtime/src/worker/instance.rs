@@ -17,7 +17,9 @@ use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine_with;
 use crate::grants::Grants;
 use crate::protocol::packed::{BatchAnswers, Packed};
-use crate::protocol::{EXIT_STATUS, FromWorker, Limits, Load, Outcome, Stream, describe_bytes};
+use crate::protocol::{
+    EXIT_STATUS, FromWorker, Limits, Load, ObjectCall, Outcome, Stream, describe_bytes,
+};
 
 /// Deadline for calls without a time limit: effectively never.
 const NO_DEADLINE: u64 = u64::MAX / 4;
@@ -132,7 +134,9 @@ impl Loaded {
     fn discard_instance(&mut self) {
         if self.live.take().is_some() {
             self.forget_attachments();
-            let _ = self.channel.queue(&FromWorker::InstanceLost);
+            let _ = self
+                .channel
+                .queue(&FromWorker::Object(ObjectCall::InstanceLost));
         }
     }
 
@@ -351,7 +355,9 @@ impl Loaded {
             if i > 0 && !self.has_instance() {
                 // What the lost instance held is given back before the next one (made for
                 // this item) can take anything; the caller reports a loss after the last.
-                let _ = self.channel.queue(&FromWorker::InstanceLost);
+                let _ = self
+                    .channel
+                    .queue(&FromWorker::Object(ObjectCall::InstanceLost));
             }
             self.run_alone(id, task, item, limits);
         }
@@ -415,7 +421,9 @@ impl Loaded {
             self.live = None;
             // What the lost instance held is given back before a new one (for the rest of
             // the batch) can take anything.
-            let _ = self.channel.queue(&FromWorker::InstanceLost);
+            let _ = self
+                .channel
+                .queue(&FromWorker::Object(ObjectCall::InstanceLost));
             let items = Packed {
                 data: wit.data,
                 ends: wit.ends,
@@ -462,7 +470,9 @@ impl Loaded {
                     self.channel.end_hold(false);
                     for i in reported..n {
                         if i > reported && !self.has_instance() {
-                            let _ = self.channel.queue(&FromWorker::InstanceLost);
+                            let _ = self
+                                .channel
+                                .queue(&FromWorker::Object(ObjectCall::InstanceLost));
                         }
                         let item = items.get(i).unwrap_or_default();
                         self.run_alone(id, task, item, limits);

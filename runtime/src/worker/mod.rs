@@ -30,7 +30,10 @@ use wasmpool_objects::wire::ObjectError;
 use crate::bindings::TaskModulePre;
 use crate::fdpass::FdReader;
 use crate::grants::Grants;
-use crate::protocol::{FromWorker, Load, Outcome, ToWorker, read_frame};
+use crate::protocol::{
+    CallEvent, CallRequest, Control, FromWorker, Load, ObjectAnswer, ObjectCall, Outcome, Status,
+    ToWorker, read_frame,
+};
 
 use self::instance::Loaded;
 use self::objects::{ObjectClient, Reply};
@@ -148,7 +151,7 @@ fn serve_on(
     let (mut load, pre) = match prepared {
         Some((load, pre)) => (load, Some(pre)),
         None => match read_frame::<_, ToWorker>(&mut reader, &mut buf)? {
-            Some(ToWorker::Load(load)) => (load, None),
+            Some(ToWorker::Control(Control::Load(load))) => (load, None),
             _ => return Ok(1),
         },
     };
@@ -165,20 +168,20 @@ fn serve_on(
             let mut buf = Vec::new();
             while let Ok(Some(msg)) = read_frame::<_, ToWorker>(&mut reader, &mut buf) {
                 // Replies from the broker go to the task blocked on them, past queued work.
-                if let ToWorker::ObjectReply {
+                if let ToWorker::Object(ObjectAnswer::Reply {
                     req,
                     result,
                     postable,
-                } = msg
+                }) = msg
                 {
                     let _ = reply_tx.send(Reply::Answer {
                         req,
                         result,
                         postable,
                     });
-                } else if let ToWorker::ObjectRefused { req, target, error } = msg {
+                } else if let ToWorker::Object(ObjectAnswer::Refused { req, target, error }) = msg {
                     let _ = reply_tx.send(Reply::Refused { req, target, error });
-                } else if let ToWorker::Attached { req, result } = msg {
+                } else if let ToWorker::Object(ObjectAnswer::Attached { req, result }) = msg {
                     // The segment's descriptor came with this frame's bytes.
                     let result = match result {
                         Ok(Some(kind)) => reader
@@ -229,13 +232,13 @@ fn serve_on(
     let mut loaded = match loaded {
         Ok(l) => l,
         Err(message) => {
-            channel.send(&FromWorker::LoadFailed(message))?;
+            channel.send(&FromWorker::Control(Status::LoadFailed(message)))?;
             return Ok(1);
         }
     };
-    channel.send(&FromWorker::Ready {
+    channel.send(&FromWorker::Control(Status::Ready {
         tasks: loaded.tasks().to_vec(),
-    })?;
+    }))?;
 
     // Whether this thread's files are narrowed to the artifact and the grants yet.
     let mut narrowed = false;
@@ -253,28 +256,28 @@ fn serve_on(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
         match msg {
-            ToWorker::Load(_)
-            | ToWorker::ObjectReply { .. }
-            | ToWorker::ObjectRefused { .. }
-            | ToWorker::Attached { .. } => {
+            ToWorker::Control(Control::Load(_))
+            | ToWorker::Object(ObjectAnswer::Reply { .. })
+            | ToWorker::Object(ObjectAnswer::Refused { .. })
+            | ToWorker::Object(ObjectAnswer::Attached { .. }) => {
                 return Ok(1);
             }
-            ToWorker::Grant(grants) => {
+            ToWorker::Control(Control::Grant(grants)) => {
                 narrow_files(&load.artifact, &grants, &mut narrowed);
                 loaded.set_grants(grants)
             }
-            ToWorker::Rename(name) => {
+            ToWorker::Control(Control::Rename(name)) => {
                 if let Ok(mut n) = identity.name.lock() {
                     *n = name;
                 }
             }
-            ToWorker::Call {
+            ToWorker::Call(CallRequest::One {
                 id,
                 task,
                 args,
                 exit_after,
                 limits,
-            } => {
+            }) => {
                 narrow_files(&load.artifact, &Grants::default(), &mut narrowed);
                 channel.current_call.store(id, Ordering::Relaxed);
                 let started = Instant::now();
@@ -286,33 +289,33 @@ fn serve_on(
                 let ok = matches!(outcome, Outcome::Ok(_));
                 if !loaded.has_instance() {
                     loaded.forget_attachments();
-                    channel.queue(&FromWorker::InstanceLost)?;
+                    channel.queue(&FromWorker::Object(ObjectCall::InstanceLost))?;
                 }
                 if exit_after {
-                    channel.send(&FromWorker::Done {
+                    channel.send(&FromWorker::Call(CallEvent::Done {
                         id,
                         outcome,
                         fuel,
                         micros,
-                    })?;
+                    }))?;
                     // The answer is written; tearing down the instance and the engine would
                     // only delay the exit the host is waiting for.
                     // SAFETY: _exit is always safe to call; nothing buffered remains.
                     unsafe { libc::_exit(if ok { 0 } else { 1 }) };
                 }
-                channel.queue(&FromWorker::Done {
+                channel.queue(&FromWorker::Call(CallEvent::Done {
                     id,
                     outcome,
                     fuel,
                     micros,
-                })?;
+                }))?;
             }
-            ToWorker::CallBatch {
+            ToWorker::Call(CallRequest::Batch {
                 id,
                 task,
                 items,
                 limits,
-            } => {
+            }) => {
                 narrow_files(&load.artifact, &Grants::default(), &mut narrowed);
                 channel.current_call.store(id, Ordering::Relaxed);
                 let started = Instant::now();
@@ -322,16 +325,16 @@ fn serve_on(
                 let fuel = loaded.take_fuel_used();
                 if !loaded.has_instance() {
                     loaded.forget_attachments();
-                    channel.queue(&FromWorker::InstanceLost)?;
+                    channel.queue(&FromWorker::Object(ObjectCall::InstanceLost))?;
                 }
-                channel.queue(&FromWorker::BatchDone {
+                channel.queue(&FromWorker::Call(CallEvent::BatchDone {
                     id,
                     answers,
                     fuel,
                     micros,
-                })?;
+                }))?;
             }
-            ToWorker::Shutdown => {
+            ToWorker::Control(Control::Shutdown) => {
                 channel.flush()?;
                 return Ok(0);
             }

@@ -30,7 +30,7 @@ use wasmpool_objects::wire::{self, ObjectError};
 use super::output::Channel;
 use crate::bindings::objects as wit;
 use crate::broker::MESSAGE_CAP;
-use crate::protocol::FromWorker;
+use crate::protocol::{FromWorker, ObjectCall};
 use crate::shm::{Local, SegmentKind, Shared};
 
 /// What the broker sends the waiting task (the frames thread routes it here).
@@ -172,7 +172,7 @@ impl ObjectClient {
         }
         let req = self.next.fetch_add(1, Ordering::Relaxed);
         self.channel
-            .send(&FromWorker::Attach { req, target })
+            .send(&FromWorker::Object(ObjectCall::Attach { req, target }))
             .map_err(|e| ObjectError::Stale(format!("the host is gone: {e}")))?;
         let segment = match self.wait_for(req) {
             Ok(Reply::Attached { result, .. }) => result?,
@@ -226,7 +226,11 @@ impl ObjectClient {
         self.posting.store(false, Ordering::Relaxed);
         if self.unsynced.load(Ordering::Relaxed) {
             let req = self.next.fetch_add(1, Ordering::Relaxed);
-            if self.channel.send(&FromWorker::ObjectSync { req }).is_ok() {
+            if self
+                .channel
+                .send(&FromWorker::Object(ObjectCall::Sync { req }))
+                .is_ok()
+            {
                 // The host gone, the task's answer is lost anyway.
                 let _ = self.wait_for(req);
             }
@@ -312,13 +316,13 @@ impl ObjectClient {
         if posted {
             id |= POSTED;
         }
-        let frame = FromWorker::Object {
+        let frame = FromWorker::Object(ObjectCall::Invoke {
             req: id,
             target,
             request,
             timeout_ms,
             posted,
-        };
+        });
         // Sent at once, with any answers queued before it: the host may be waiting on them.
         if let Err(e) = self.channel.send(&frame) {
             return Err(wit::ObjectError::TooLarge(e.to_string()));

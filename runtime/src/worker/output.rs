@@ -15,7 +15,7 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::protocol::{FromWorker, Stream, encode_frame};
+use crate::protocol::{CallEvent, FromWorker, Stream, encode_frame};
 
 /// The worker's half of the socket, shared by the main loop and the guest's output streams.
 ///
@@ -202,11 +202,11 @@ impl Channel {
     pub fn end_lines(&self, id: u64) -> io::Result<()> {
         for stream in [Stream::Stdout, Stream::Stderr] {
             if self.open_line[stream as usize].swap(false, Ordering::Relaxed) {
-                self.send_output(&FromWorker::Output {
+                self.send_output(&FromWorker::Call(CallEvent::Output {
                     id,
                     stream,
                     data: Vec::new(),
-                })?;
+                }))?;
             }
         }
         Ok(())
@@ -253,11 +253,11 @@ impl GuestOutput {
         if fits > 0 {
             let id = self.channel.current_call.load(Ordering::Relaxed);
             self.channel
-                .send_output(&FromWorker::Output {
+                .send_output(&FromWorker::Call(CallEvent::Output {
                     id,
                     stream: self.stream,
                     data: data[..fits].to_vec(),
-                })
+                }))
                 .map_err(|e| StreamError::LastOperationFailed(e.into()))?;
             self.channel
                 .output_left

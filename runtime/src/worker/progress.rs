@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::output::Channel;
 use crate::protocol::packed::{BatchAnswers, Packed};
-use crate::protocol::{FromWorker, MAX_RESULT, Outcome, PART_BYTES, describe_bytes};
+use crate::protocol::{CallEvent, FromWorker, MAX_RESULT, Outcome, PART_BYTES, describe_bytes};
 
 /// The progress of the batch call running in this worker, if any.
 #[derive(Debug, Default)]
@@ -242,10 +242,10 @@ impl Batch {
         let answers = std::mem::take(&mut self.answers);
         self.bytes = 0;
         // A failed write means the host is gone; the worker finds out at its next read.
-        let _ = channel.queue(&FromWorker::BatchPart {
+        let _ = channel.queue(&FromWorker::Call(CallEvent::BatchPart {
             id: self.id,
             answers,
-        });
+        }));
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::output::Channel;
 use super::progress::BatchProgress;
 use crate::engine::{EPOCH_TICK, tick_all};
-use crate::protocol::{FromWorker, Outcome, WATCHDOG_EXIT};
+use crate::protocol::{CallEvent, FromWorker, Outcome, Status, WATCHDOG_EXIT};
 
 /// The call id the watchdog times a new worker's first instantiation and init under: no
 /// call of the host's has it.
@@ -113,7 +113,7 @@ impl Watchdog {
                     if channel.quiet_for() >= ALIVE_EVERY
                         && watched.busy.load(std::sync::atomic::Ordering::Relaxed)
                     {
-                        let _ = channel.send(&FromWorker::Alive);
+                        let _ = channel.send(&FromWorker::Control(Status::Alive));
                     }
                     let last_report = watched.progress.last_report();
                     let Ok(mut running) = watched.running.lock() else {
@@ -138,25 +138,24 @@ impl Watchdog {
                         // A batch keeps the answers of its items that finished; those that
                         // did not go back to the host, to run again one by one.
                         let answer = match watched.progress.stop(id, outcome.clone()) {
-                            _ if id == INIT_CALL => FromWorker::LoadFailed(format!(
-                                "the module's init {}",
-                                time_limit_message(timeout)
+                            _ if id == INIT_CALL => FromWorker::Control(Status::LoadFailed(
+                                format!("the module's init {}", time_limit_message(timeout)),
                             )),
                             Some((answers, keep_output)) => {
                                 channel.end_hold(keep_output);
-                                FromWorker::BatchDone {
+                                FromWorker::Call(CallEvent::BatchDone {
                                     id,
                                     answers,
                                     fuel: None,
                                     micros,
-                                }
+                                })
                             }
-                            None => FromWorker::Done {
+                            None => FromWorker::Call(CallEvent::Done {
                                 id,
                                 outcome,
                                 fuel: None,
                                 micros,
-                            },
+                            }),
                         };
                         let _ = channel.send(&answer);
                         // The guest is blocked in the host and cannot be interrupted: end the process.
