@@ -22,5 +22,6 @@ mod objects;
 mod pool;
 mod process;
 mod python_guests;
+mod runtime;
 mod seeds;
 mod supervision;

@@ -38,20 +38,36 @@ fn config(metered: bool, stack_bytes: u64) -> Config {
     config
 }
 
-/// Every engine this process has made, by (metered, stack limit in bytes).
+/// Every engine this worker process has made, by (metered, stack limit in bytes). A worker
+/// process serves one runtime, so its engines are the process's.
 static ENGINES: Mutex<Vec<(bool, u64, &'static Engine)>> = Mutex::new(Vec::new());
+
+/// The engines a runtime compiles with, plain and metered (made the first time each is
+/// asked for).
+#[derive(Default)]
+pub(crate) struct Engines {
+    made: Mutex<[Option<Engine>; 2]>,
+}
+
+impl Engines {
+    /// The engine with the default stack limit, plain or metered: the one that compiles.
+    pub fn compiling(&self, metered: bool) -> Engine {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        made[usize::from(metered)]
+            .get_or_insert_with(|| {
+                Engine::new(&config(metered, Limits::default().stack_bytes)).unwrap_or_else(|e| {
+                    panic!("wasmtime rejected wasmpool's engine configuration: {e}")
+                })
+            })
+            .clone()
+    }
+}
 
 /// Room for host frames on an async stack beyond the wasm stack limit (wasmtime's default
 /// async stack is 2 MiB for a 512 KiB wasm stack).
 const ASYNC_STACK_MARGIN: usize = 1536 << 10;
 
-/// The engine with the default stack limit, plain or metered: the one that compiles.
-pub(crate) fn engine_for(metered: bool) -> &'static Engine {
-    engine_with(metered, Limits::default().stack_bytes)
-        .unwrap_or_else(|e| panic!("wasmtime rejected wasmpool's engine configuration: {e}"))
-}
-
-/// The process-wide engine, plain or metered, with this stack limit. Each is made the first
+/// The worker process's engine, plain or metered, with this stack limit. Each is made the first
 /// time it is asked for (and kept: a worker meets few distinct limits), so a process that
 /// never meters fuel never builds the metered one.
 pub(crate) fn engine_with(metered: bool, stack_bytes: u64) -> Result<&'static Engine, String> {

@@ -32,9 +32,10 @@ mod broker;
 mod engine;
 mod error;
 mod fdpass;
-mod forkserver;
+mod fork_client;
 mod grants;
 mod guest_build;
+mod launch;
 mod manager;
 mod module;
 mod output;
@@ -43,6 +44,7 @@ mod pool;
 mod process;
 mod protocol;
 mod python_build;
+mod runtime;
 mod scalars;
 mod shm;
 mod spawn;
@@ -53,7 +55,7 @@ mod worker;
 
 pub use broker::{DEFAULT_MAX_MESSAGE_BYTES, set_max_message_bytes};
 pub use error::{Error, Result};
-pub use forkserver::{StartMethod, set_start_method, start_method};
+pub use fork_client::{StartMethod, set_start_method, start_method};
 pub use grants::Grants;
 pub use manager::Manager;
 pub use module::{BuildOptions, DEFAULT_CACHE_MAX_BYTES, MAX_MODULE_BYTES, Module, cache_dir};
@@ -63,6 +65,7 @@ pub use pool::{
     as_completed,
 };
 pub use process::{ChildInfo, Process, active_children, cpu_count};
+pub use runtime::{DEFAULT_MAX_SHARED_SEGMENTS, Runtime, RuntimeBuilder};
 
 /// Python's `concurrent.futures` functions over [`TaskFuture`]s.
 pub mod futures {
@@ -81,7 +84,16 @@ pub mod connection {
 pub use protocol::Limits;
 /// Frame-decoder entry points for the fuzzer (`fuzz/`); not part of the stable API.
 #[doc(hidden)]
-pub use protocol::fuzzing;
+pub mod fuzzing {
+    pub use crate::protocol::fuzzing::*;
+
+    /// Sets how long the host waits inside a frame for a worker's next byte before it takes
+    /// the worker for broken (default 10 s), for the global runtime's workers: tests of a
+    /// stalled worker need not wait that long.
+    pub fn set_frame_stall_limit(limit: std::time::Duration) {
+        crate::Runtime::global().set_frame_stall_limit(limit);
+    }
+}
 pub use spawn::set_worker_exe;
 pub use values::{MAX_JSON_DEPTH, check_json, encode_args, json_args, msgpack_to_json, write_json};
 pub use wasmpool_objects::{

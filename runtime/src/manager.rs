@@ -6,7 +6,8 @@ use wasmpool_objects::{
     Barrier, Condition, Connection, Dict, Event, List, Lock, Queue, RLock, Semaphore,
 };
 
-use crate::broker::{LockState, State, broker};
+use crate::broker::{LockState, State};
+use crate::runtime::Runtime;
 
 /// Creates shared objects, as Python's `multiprocessing` module functions and
 /// `Manager()` do. Every object lives while this program holds a handle to it or a process
@@ -40,9 +41,18 @@ use crate::broker::{LockState, State, broker};
 /// assert_eq!(b.recv()?, 7);
 /// # Ok::<(), wasmpool::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// A manager belongs to a [`Runtime`]: [`Manager::new`] to the global one, and
+/// [`Runtime::manager`] to another. Its objects can be given to that runtime's tasks only.
+#[derive(Debug, Clone)]
 pub struct Manager {
-    _private: (),
+    runtime: Runtime,
+}
+
+impl Default for Manager {
+    fn default() -> Self {
+        Manager::new()
+    }
 }
 
 fn lock_state(recursive: bool) -> LockState {
@@ -54,14 +64,33 @@ fn lock_state(recursive: bool) -> LockState {
 }
 
 impl Manager {
-    /// The manager of this program's shared objects.
+    /// The manager of the shared objects of this program's global runtime.
     pub fn new() -> Manager {
-        broker();
-        Manager { _private: () }
+        Manager::in_runtime(Runtime::global())
+    }
+
+    /// The manager of `runtime`'s shared objects (as [`Runtime::manager`]).
+    pub fn in_runtime(runtime: &Runtime) -> Manager {
+        Manager {
+            runtime: runtime.clone(),
+        }
+    }
+
+    /// The runtime whose objects this manager makes.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     fn create(&self, kind: Kind, state: State) -> wasmpool_objects::wire::Handle {
-        broker().create(kind, state)[0]
+        self.runtime.broker().create(kind, state)[0]
+    }
+
+    fn max_message(&self) -> usize {
+        self.runtime.broker().max_message()
+    }
+
+    fn segments(&self) -> &crate::shm::SegmentBudget {
+        self.runtime.broker().segments()
     }
 
     fn queue_with<T>(&self, maxsize: usize, joinable: bool) -> Queue<T> {
@@ -76,7 +105,10 @@ impl Manager {
                     joinable,
                     unfinished: 0,
                     shared: (maxsize == 0 && !joinable)
-                        .then(|| crate::shm::SharedQueue::create(crate::broker::max_message()).ok())
+                        .then(|| {
+                            crate::shm::SharedQueue::create(self.max_message(), self.segments())
+                                .ok()
+                        })
                         .flatten()
                         .map(std::sync::Arc::new),
                 },
@@ -102,7 +134,7 @@ impl Manager {
     /// A pipe: two connected ends (Python's `Pipe(duplex)`). With `duplex` false the first
     /// end only receives and the second only sends.
     pub fn pipe<T>(&self, duplex: bool) -> (Connection<T>, Connection<T>) {
-        let [a, b] = broker().create(
+        let [a, b] = self.runtime.broker().create(
             Kind::Connection,
             State::Pipe {
                 inbox: Default::default(),
@@ -110,7 +142,7 @@ impl Manager {
                 closed: Default::default(),
                 host_closed: [false; 2],
                 duplex,
-                shared: crate::shm::SharedPipe::create(duplex, crate::broker::max_message())
+                shared: crate::shm::SharedPipe::create(duplex, self.max_message(), self.segments())
                     .ok()
                     .map(std::sync::Arc::new),
             },
@@ -120,7 +152,7 @@ impl Manager {
 
     /// A lock; any process may release it, as in Python.
     pub fn lock(&self) -> Lock {
-        let state = match crate::shm::SharedLock::create() {
+        let state = match crate::shm::SharedLock::create(self.segments()) {
             Ok(shared) => State::SharedLock(std::sync::Arc::new(shared)),
             Err(_) => State::Lock(lock_state(false)),
         };
@@ -180,7 +212,7 @@ impl Manager {
 
     /// An empty dict (Python's `Manager().dict()`).
     pub fn dict<K, V>(&self) -> Dict<K, V> {
-        let state = match crate::shm::SharedDict::create(crate::broker::max_message()) {
+        let state = match crate::shm::SharedDict::create(self.max_message(), self.segments()) {
             Ok(shared) => State::SharedDict(std::sync::Arc::new(shared)),
             Err(_) => State::Dict(Default::default()),
         };
@@ -195,6 +227,6 @@ impl Manager {
     /// How many shared objects are alive in this program (objects are freed when nothing
     /// can reach them any more).
     pub fn live_objects(&self) -> usize {
-        broker().live_objects()
+        self.runtime.broker().live_objects()
     }
 }

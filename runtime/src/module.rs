@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::bindings::TaskModulePre;
-use crate::engine::engine_for;
 use crate::error::{Error, Result};
 pub use crate::guest_build::BuildOptions;
 use crate::protocol::Limits;
+use crate::runtime::Runtime;
 use crate::spawn::{ReadyWorker, start_worker, start_worker_with};
 use crate::worker::state::State;
 
@@ -39,6 +39,8 @@ pub struct Module {
 }
 
 struct ModuleInner {
+    /// The runtime its pools and processes run in.
+    runtime: Runtime,
     origin: PathBuf,
     /// The component, kept to compile the metered artifact the first time fuel is asked for.
     bytes: Arc<[u8]>,
@@ -111,19 +113,28 @@ impl Module {
     /// # Ok::<(), wasmpool::Error>(())
     /// ```
     pub fn load_with(path: impl AsRef<Path>, options: &BuildOptions) -> Result<Module> {
+        Self::load_in(Runtime::global(), path, options)
+    }
+
+    /// As [`Module::load_with`], into `runtime` (see [`Runtime::load`]).
+    pub(crate) fn load_in(
+        runtime: &Runtime,
+        path: impl AsRef<Path>,
+        options: &BuildOptions,
+    ) -> Result<Module> {
         let path = path.as_ref();
         if let Some(guest) = crate::python_build::detect(path)? {
             let wasm = crate::python_build::build(&guest)?;
-            return Self::load_file(&wasm, path);
+            return Self::load_file(runtime, &wasm, path);
         }
         if path.is_dir() {
             let wasm = crate::guest_build::build(path, options)?;
-            return Self::load_file(&wasm, path);
+            return Self::load_file(runtime, &wasm, path);
         }
-        Self::load_file(path, path)
+        Self::load_file(runtime, path, path)
     }
 
-    fn load_file(file: &Path, origin: &Path) -> Result<Module> {
+    fn load_file(runtime: &Runtime, file: &Path, origin: &Path) -> Result<Module> {
         let bad = |message: String| Error::BadModule {
             path: origin.to_path_buf(),
             message,
@@ -136,20 +147,30 @@ impl Module {
             )));
         }
         let bytes = std::fs::read(file).map_err(|e| bad(format!("cannot read: {e}")))?;
-        Self::from_bytes(&bytes, origin)
+        Self::from_bytes_in(runtime, &bytes, origin)
     }
 
     /// Validates and compiles a component from memory; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: impl AsRef<Path>) -> Result<Module> {
+        Self::from_bytes_in(Runtime::global(), bytes, origin)
+    }
+
+    /// As [`Module::from_bytes`], into `runtime`.
+    pub(crate) fn from_bytes_in(
+        runtime: &Runtime,
+        bytes: &[u8],
+        origin: impl AsRef<Path>,
+    ) -> Result<Module> {
         let origin = origin.as_ref().to_path_buf();
         let bad = |message: String| Error::BadModule {
             path: origin.clone(),
             message,
         };
         check_header(bytes).map_err(bad)?;
-        let artifact = compile(bytes, &origin, false)?;
+        let artifact = compile(runtime, bytes, &origin, false)?;
         Ok(Module {
             inner: Arc::new(ModuleInner {
+                runtime: runtime.clone(),
                 origin,
                 bytes: Arc::from(bytes),
                 artifact,
@@ -159,6 +180,11 @@ impl Module {
                 keep_spare: AtomicBool::new(true),
             }),
         })
+    }
+
+    /// The runtime the module was loaded into: its pools and processes run there.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
     }
 
     /// Where the module came from.
@@ -178,7 +204,12 @@ impl Module {
             // Evicted from the cache since (by another program's compile): compiled again
             // to the same path.
             if !self.inner.artifact.is_file() {
-                return compile(&self.inner.bytes, &self.inner.origin, false);
+                return compile(
+                    &self.inner.runtime,
+                    &self.inner.bytes,
+                    &self.inner.origin,
+                    false,
+                );
             }
             return Ok(self.inner.artifact.clone());
         }
@@ -193,7 +224,12 @@ impl Module {
         {
             return Ok(path.clone());
         }
-        let path = compile(&self.inner.bytes, &self.inner.origin, true)?;
+        let path = compile(
+            &self.inner.runtime,
+            &self.inner.bytes,
+            &self.inner.origin,
+            true,
+        )?;
         *slot = Some(path.clone());
         Ok(path)
     }
@@ -272,7 +308,14 @@ impl Module {
                 }
                 w
             }
-            None => start_worker_with(&self.artifact_for(metered)?, name, metered, limits, first)?,
+            None => start_worker_with(
+                &self.inner.runtime,
+                &self.artifact_for(metered)?,
+                name,
+                metered,
+                limits,
+                first,
+            )?,
         };
         self.learn_tasks(&worker.tasks);
         Ok(worker)
@@ -316,6 +359,7 @@ impl Module {
             return Ok(());
         }
         let worker = start_worker(
+            &self.inner.runtime,
             &self.artifact_for(false)?,
             "spare",
             false,
@@ -350,7 +394,7 @@ impl Module {
                         stack_bytes,
                         ..Limits::default()
                     };
-                    start_worker(&artifact, "spare", metered, &limits)
+                    start_worker(&module.inner.runtime, &artifact, "spare", metered, &limits)
                 });
                 // Kept only if spares still are: one turned off meanwhile must not find a
                 // spare started before it was (checked under the lock `set_keep_spare`
@@ -392,20 +436,20 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
 
 /// Compiles `bytes` for the plain or the metered engine into the cache, unless the cache has
 /// it already (and it verifies); returns the artifact's path.
-fn compile(bytes: &[u8], origin: &Path, metered: bool) -> Result<PathBuf> {
+fn compile(runtime: &Runtime, bytes: &[u8], origin: &Path, metered: bool) -> Result<PathBuf> {
     let bad = |message: String| Error::BadModule {
         path: origin.to_path_buf(),
         message,
     };
-    let cache = cache::Cache::open()?;
-    let name = artifact_name(bytes, metered);
+    let cache = cache::Cache::open(runtime.cache_dir())?;
+    let engine = runtime.engines().compiling(metered);
+    let name = artifact_name(&engine, bytes, metered);
     if let Some(artifact) = cache.verified(&name) {
         return Ok(artifact);
     }
-    let engine = engine_for(metered);
-    let component = Component::new(engine, bytes)
+    let component = Component::new(&engine, bytes)
         .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
-    check_world(engine, &component).map_err(bad)?;
+    check_world(&engine, &component).map_err(bad)?;
     let compiled = component
         .serialize()
         .map_err(|e| bad(format!("cannot serialize the compiled module: {e}")))?;
@@ -438,11 +482,9 @@ fn first_line(e: &wasmtime::Error) -> String {
 
 /// The artifact's name in the cache: a digest of the component, the engine's compatibility
 /// hash and this version.
-fn artifact_name(bytes: &[u8], metered: bool) -> String {
+fn artifact_name(engine: &wasmtime::Engine, bytes: &[u8], metered: bool) -> String {
     let mut compat = std::collections::hash_map::DefaultHasher::new();
-    engine_for(metered)
-        .precompile_compatibility_hash()
-        .hash(&mut compat);
+    engine.precompile_compatibility_hash().hash(&mut compat);
     let mut h = Sha256::new();
     h.update(bytes);
     h.update(compat.finish().to_le_bytes());
@@ -687,14 +729,14 @@ mod cache {
     }
 
     impl Cache {
-        /// The cache of [`super::cache_dir`], checked: private to this user, with its key.
-        pub(super) fn open() -> Result<Cache> {
-            let dir = super::cache_dir();
-            private_dir(&dir)?;
+        /// The cache in `dir` (a runtime's, [`super::cache_dir`] by default), checked:
+        /// private to this user, with its key.
+        pub(super) fn open(dir: &Path) -> Result<Cache> {
+            private_dir(dir)?;
             let artifacts = dir.join("artifacts");
             private_dir(&artifacts)?;
             Ok(Cache {
-                key: key(&dir)?,
+                key: key(dir)?,
                 artifacts,
                 max_bytes: max_bytes()?,
             })

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::broker::{broker, collect_grants};
+use crate::broker::collect_grants;
 use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
@@ -17,11 +17,53 @@ use crate::protocol::{EXIT_STATUS, FromWorker, Limits, Outcome, ToWorker, encode
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit, exitcode};
 use crate::values::{decode_result, encode_args};
 
-static NEXT_PROCESS: AtomicU64 = AtomicU64::new(1);
+/// The processes of one runtime: what `active_children` lists, and the numbers of their
+/// default names.
+#[derive(Debug)]
+pub(crate) struct Processes {
+    started: Mutex<Vec<Weak<Inner>>>,
+    next: AtomicU64,
+}
 
-fn registry() -> &'static Mutex<Vec<Weak<Inner>>> {
-    static REGISTRY: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
-    &REGISTRY
+impl Default for Processes {
+    fn default() -> Self {
+        Processes {
+            started: Mutex::new(Vec::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Processes {
+    fn next_name(&self) -> String {
+        format!("Process-{}", self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn started(&self, process: &Arc<Inner>) {
+        let mut started = lock(&self.started);
+        started.retain(|w| w.strong_count() > 0);
+        started.push(Arc::downgrade(process));
+    }
+
+    /// The running ones, as Python's `active_children`.
+    pub fn active(&self) -> Vec<ChildInfo> {
+        let mut started = lock(&self.started);
+        started.retain(|w| w.strong_count() > 0);
+        started
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|inner| {
+                let state = lock(&inner.state);
+                match (state.started, state.exitcode, state.pid) {
+                    (true, None, Some(pid)) => Some(ChildInfo {
+                        name: inner.name.clone(),
+                        pid,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
 }
 
 /// A task running in a worker process of its own, as Python's `multiprocessing.Process`.
@@ -102,7 +144,7 @@ impl Process {
         // it was given stays open until it closes it or exits, as an inherited fd would.
         let (args, handles) = collect_grants(|| encode_args(args));
         let process = Self::with_encoded_args(module, task, args?)?;
-        lock(&process.inner.state).grant = broker().hold_grant(&handles);
+        lock(&process.inner.state).grant = module.runtime().broker().hold_grant(&handles)?;
         Ok(process)
     }
 
@@ -110,13 +152,13 @@ impl Process {
     /// (see [`encode_args`](crate::encode_args) and [`json_args`](crate::json_args)).
     pub fn with_encoded_args(module: &Module, task: &str, args: Vec<u8>) -> Result<Process> {
         module.check_task(task)?;
-        let n = NEXT_PROCESS.fetch_add(1, Ordering::Relaxed);
+        let name = module.runtime().processes().next_name();
         Ok(Process {
             inner: Arc::new(Inner {
                 module: module.clone(),
                 task: task.to_string(),
                 args,
-                name: format!("Process-{n}"),
+                name,
                 daemon: false,
                 output: Output::Inherit,
                 error_report: true,
@@ -253,12 +295,16 @@ impl Process {
         }
         // Bound before the worker is watched, so its exit always finds (and frees) the hold.
         if let Some(grant) = state.grant.take() {
-            broker().bind_grant(grant, worker.pid);
+            inner
+                .module
+                .runtime()
+                .broker()
+                .bind_grant(grant, worker.pid);
         }
         let events: Arc<dyn WorkerEvents> = inner.clone();
         let pid = worker.pid;
         let handle = WorkerHandle::attach(worker, events).map_err(|e| {
-            broker().worker_exited(pid);
+            inner.module.runtime().broker().worker_exited(pid);
             Error::Worker(e.to_string())
         })?;
         let sent = if pipelined {
@@ -274,10 +320,7 @@ impl Process {
         }
         state.worker = Some(handle);
         drop(state);
-        if let Ok(mut reg) = registry().lock() {
-            reg.retain(|w| w.strong_count() > 0);
-            reg.push(Arc::downgrade(&self.inner));
-        }
+        inner.module.runtime().processes().started(&self.inner);
         inner.module.refill_spare(metered, stack);
         Ok(())
     }
@@ -572,7 +615,7 @@ impl WorkerEvents for Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(grant) = lock(&self.state).grant.take() {
-            broker().drop_grant(grant);
+            self.module.runtime().broker().drop_grant(grant);
         }
     }
 }
@@ -589,26 +632,11 @@ impl Drop for Process {
     }
 }
 
-/// The processes started by this program that are still running, as Python's
-/// `multiprocessing.active_children()`.
+/// The processes started in the global runtime that are still running, as Python's
+/// `multiprocessing.active_children()` (see [`Runtime::active_children`](crate::Runtime::active_children)
+/// for another runtime's).
 pub fn active_children() -> Vec<ChildInfo> {
-    let Ok(mut reg) = registry().lock() else {
-        return Vec::new();
-    };
-    reg.retain(|w| w.strong_count() > 0);
-    reg.iter()
-        .filter_map(Weak::upgrade)
-        .filter_map(|inner| {
-            let state = lock(&inner.state);
-            match (state.started, state.exitcode, state.pid) {
-                (true, None, Some(pid)) => Some(ChildInfo {
-                    name: inner.name.clone(),
-                    pid,
-                }),
-                _ => None,
-            }
-        })
-        .collect()
+    crate::Runtime::global().active_children()
 }
 
 /// The number of CPUs this program may use, as Python's `multiprocessing.cpu_count()`.

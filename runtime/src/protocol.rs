@@ -9,7 +9,6 @@
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -405,24 +404,23 @@ impl FrameSource for &[u8] {}
 impl FrameSource for UnixStream {}
 impl<R: Read> FrameSource for BufReader<R> {}
 
-/// How long the host waits inside a frame for a worker's next byte, in milliseconds.
-static FRAME_STALL_MS: AtomicU64 = AtomicU64::new(10_000);
-
 /// A worker's socket as the host reads it: a worker that sends part of a frame and then
-/// nothing for the stall limit (10 s) is treated as broken, so a worker that stops half-way
-/// through a frame, yet stays alive, cannot hold its task (and its caller) forever. Waits
-/// between frames are not limited.
+/// nothing for the stall limit (its runtime's, 10 s by default) is treated as broken, so a
+/// worker that stops half-way through a frame, yet stays alive, cannot hold its task (and
+/// its caller) forever. Waits between frames are not limited.
 pub(crate) struct WorkerReader {
     inner: BufReader<UnixStream>,
+    stall: Duration,
     in_frame: bool,
     /// Whether the socket's read timeout is set (only while a frame needs the socket).
     armed: bool,
 }
 
 impl WorkerReader {
-    pub fn new(sock: UnixStream) -> Self {
+    pub fn new(sock: UnixStream, stall: Duration) -> Self {
         WorkerReader {
             inner: BufReader::with_capacity(64 << 10, sock),
+            stall,
             in_frame: false,
             armed: false,
         }
@@ -436,7 +434,7 @@ impl WorkerReader {
 
 impl Read for WorkerReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let stall = Duration::from_millis(FRAME_STALL_MS.load(Ordering::Relaxed));
+        let stall = self.stall;
         // Frames read from the buffer cost no system call; the timeout is set only when
         // the rest of a frame must come from the socket.
         if self.in_frame && !self.armed && self.inner.buffer().is_empty() {
@@ -580,14 +578,6 @@ pub mod fuzzing {
     /// As [`read_to_worker`].
     pub fn read_from_worker(stream: &[u8]) -> Decoded {
         read_all::<FromWorker>(stream, FromWorker::kind)
-    }
-
-    /// Sets how long the host waits inside a frame for a worker's next byte before it takes
-    /// the worker for broken (default 10 s), for every worker of this process: tests of a
-    /// stalled worker need not wait that long.
-    pub fn set_frame_stall_limit(limit: std::time::Duration) {
-        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
-        super::FRAME_STALL_MS.store(ms, super::Ordering::Relaxed);
     }
 
     /// Decodes `body` as the body of one host → worker frame (no length header); returns the

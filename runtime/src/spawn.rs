@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::forkserver::{ForkError, ForkServer, StartMethod, start_method};
+use crate::fork_client::{ForkError, ForkServer, StartMethod};
+use crate::launch::{LOG_ENV, PARENT_ENV, WORKER_ARG, WORKER_FD};
 use crate::protocol::{FromWorker, Limits, Load, ToWorker, read_frame, write_frame};
-use crate::worker::{PARENT_ENV, WORKER_ARG, WORKER_FD};
+use crate::runtime::Runtime;
 
+/// Whether this process serves as a worker (a fact about the process, not a setting).
 static SELF_IS_WORKER: AtomicBool = AtomicBool::new(false);
-static WORKER_EXE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// How long a new worker may take to load its module before it counts as failed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,21 +37,19 @@ pub(crate) fn mark_self_as_worker() {
     SELF_IS_WORKER.store(true, Ordering::Relaxed);
 }
 
-/// Sets the executable started as a worker process: a binary that calls
+/// Sets the executable the global runtime starts as a worker process: a binary that calls
 /// [`run_worker_if_requested`](crate::run_worker_if_requested) first thing in `main`, such
 /// as the `wasmpool` CLI. Overrides the `WASMPOOL_WORKER_EXE` environment variable.
 pub fn set_worker_exe(path: impl Into<PathBuf>) {
-    if let Ok(mut exe) = WORKER_EXE.lock() {
-        *exe = Some(path.into());
-    }
+    Runtime::global().set_worker_exe(path);
 }
 
-/// The executable to start workers from: the one set with [`set_worker_exe`], else
+/// The executable to start `runtime`'s workers from: the one set for it, else
 /// `$WASMPOOL_WORKER_EXE`, else this program if it serves as a worker, else a `wasmpool`
 /// binary beside this program (or one directory up, as for Cargo's examples and tests),
 /// else `wasmpool` on `PATH`.
-pub(crate) fn worker_exe() -> Result<PathBuf> {
-    if let Some(exe) = WORKER_EXE.lock().ok().and_then(|e| e.clone()) {
+pub(crate) fn worker_exe(runtime: &Runtime) -> Result<PathBuf> {
+    if let Some(exe) = runtime.configured_worker_exe() {
         return Ok(exe);
     }
     if let Some(exe) = std::env::var_os("WASMPOOL_WORKER_EXE") {
@@ -148,8 +147,8 @@ fn exec(exe: &Path, fd: OwnedFd, mode: Option<&str>) -> io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    if let Some(filter) = std::env::var_os("WASMPOOL_LOG") {
-        cmd.env("WASMPOOL_LOG", filter);
+    if let Some(filter) = std::env::var_os(LOG_ENV) {
+        cmd.env(LOG_ENV, filter);
     }
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (dup2, fcntl, setpgid, prctl, setrlimit).
@@ -248,6 +247,8 @@ pub(crate) struct ReadyWorker {
     pub metered: bool,
     /// The wasm stack limit its engine was made with.
     pub stack_bytes: u64,
+    /// The runtime it serves: the broker of its object calls, its limits.
+    pub runtime: Runtime,
 }
 
 impl Drop for ReadyWorker {
@@ -267,7 +268,7 @@ impl ReadyWorker {
         let forked = matches!(self.child, WorkerProcess::Forked { .. });
         self.metered == metered
             && self.stack_bytes == stack_bytes
-            && forked == (start_method() == StartMethod::ForkServer)
+            && forked == (self.runtime.start_method() == StartMethod::ForkServer)
     }
 
     /// Whether it is still there: an idle worker has nothing to say, so its socket has
@@ -287,15 +288,17 @@ impl ReadyWorker {
     }
 
     /// Gives up ownership of the child and socket to a supervisor.
-    pub fn into_parts(self) -> (u32, UnixStream, WorkerProcess, Vec<String>) {
+    pub fn into_parts(self) -> (u32, UnixStream, WorkerProcess, Vec<String>, Runtime) {
         let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again after its fields are moved out.
+        // SAFETY: `this` is never used or dropped again after its fields are moved out,
+        // each exactly once.
         unsafe {
             (
                 this.pid,
                 std::ptr::read(&this.sock),
                 std::ptr::read(&this.child),
                 std::ptr::read(&this.tasks),
+                std::ptr::read(&this.runtime),
             )
         }
     }
@@ -305,12 +308,13 @@ impl ReadyWorker {
 /// `metered`) into an engine with the stack limit of `limits`, make its first instance
 /// under their memory and time limits, and waits until it is ready.
 pub(crate) fn start_worker(
+    runtime: &Runtime,
     artifact: &Path,
     name: &str,
     metered: bool,
     limits: &Limits,
 ) -> Result<ReadyWorker> {
-    start_worker_with(artifact, name, metered, limits, &[])
+    start_worker_with(runtime, artifact, name, metered, limits, &[])
 }
 
 /// How long the host waits for a new worker to be ready: its start, plus its module's
@@ -327,13 +331,14 @@ fn handshake_timeout(limits: &Limits) -> Duration {
 /// once it is, so its first call need not wait for the host to hear that it is ready. They
 /// are lost with the worker if it fails to load.
 pub(crate) fn start_worker_with(
+    runtime: &Runtime,
     artifact: &Path,
     name: &str,
     metered: bool,
     limits: &Limits,
     first: &[u8],
 ) -> Result<ReadyWorker> {
-    let exe = worker_exe()?;
+    let exe = worker_exe(runtime)?;
     let stack_bytes = limits.stack_bytes;
     let load = Load {
         artifact: artifact.to_path_buf(),
@@ -345,12 +350,13 @@ pub(crate) fn start_worker_with(
     let wait = handshake_timeout(limits);
     // How much of `first` is written already.
     let mut sent = 0;
-    let (pid, mut child, mut sock, forked) = match start_method() {
+    let (pid, mut child, mut sock, forked) = match runtime.start_method() {
         StartMethod::ForkServer => {
             let forked =
-                crate::forkserver::fork_worker(&exe, &load, first).map_err(|e| match e {
-                    ForkError::Gone(why) | ForkError::Failed(why) => Error::Worker(why),
-                })?;
+                crate::fork_client::fork_worker(runtime.fork_servers(), &exe, &load, first)
+                    .map_err(|e| match e {
+                        ForkError::Gone(why) | ForkError::Failed(why) => Error::Worker(why),
+                    })?;
             sent = forked.sent;
             let (pid, server) = (forked.pid, forked.server);
             (
@@ -392,6 +398,7 @@ pub(crate) fn start_worker_with(
             tasks,
             metered,
             stack_bytes,
+            runtime: runtime.clone(),
         }),
         Ok(Some(FromWorker::LoadFailed(message))) => {
             child.wait();

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::broker::{Owner, Refusals, Responder, broker, reply_attached, reply_to_worker};
-use crate::forkserver::ForkServer;
+use crate::broker::{Owner, Refusals, Responder, reply_attached, reply_to_worker};
+use crate::fork_client::ForkServer;
 use crate::protocol::{FromWorker, ToWorker, WATCHDOG_EXIT, WorkerReader, read_frame, write_frame};
 use crate::spawn::{ReadyWorker, WorkerProcess};
 use wasmpool_objects::wire::Response;
@@ -56,13 +56,14 @@ pub(crate) struct WorkerHandle {
 impl WorkerHandle {
     /// Starts watching `worker`, reporting to `events`.
     pub fn attach(worker: ReadyWorker, events: Arc<dyn WorkerEvents>) -> io::Result<WorkerHandle> {
-        let (pid, sock, mut child, _tasks) = worker.into_parts();
+        let (pid, sock, mut child, _tasks, runtime) = worker.into_parts();
+        let broker = runtime.broker().clone();
         let server = match &child {
             WorkerProcess::Forked { server, .. } => Some(server.clone()),
             WorkerProcess::Exec(_) => None,
         };
         let reader = match sock.try_clone() {
-            Ok(r) => WorkerReader::new(r),
+            Ok(r) => WorkerReader::new(r, runtime.frame_stall()),
             Err(e) => {
                 child.kill();
                 child.wait();
@@ -116,7 +117,7 @@ impl WorkerHandle {
                                     postable: false,
                                 }
                             };
-                            broker().submit(
+                            broker.submit(
                                 Owner::Pid(pid),
                                 target,
                                 request,
@@ -129,9 +130,9 @@ impl WorkerHandle {
                         Ok(Some(FromWorker::ObjectSync { req })) => {
                             reply_to_worker(&replies, req, Ok(Response::Unit), false)
                         }
-                        Ok(Some(FromWorker::InstanceLost)) => broker().worker_exited(pid),
+                        Ok(Some(FromWorker::InstanceLost)) => broker.worker_exited(pid),
                         Ok(Some(FromWorker::Attach { req, target })) => {
-                            reply_attached(&replies, req, broker().attach(pid, target))
+                            reply_attached(&replies, req, broker.attach(pid, target))
                         }
                         Ok(Some(msg)) => {
                             let more = reader.has_buffered();
@@ -159,7 +160,7 @@ impl WorkerHandle {
                 // executed worker is reaped only after this, so its pid cannot have been
                 // reused yet; a forked one is reaped by its fork server, and for its pid to
                 // come back in between, the kernel would have to go round all of them.
-                broker().worker_exited(pid);
+                broker.worker_exited(pid);
                 let status = child.wait();
                 let signalled = status.is_some_and(|s| s.signal().is_some());
                 let protocol_error = protocol_error.filter(|_| !(died_mid_frame && signalled));

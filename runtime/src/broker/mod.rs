@@ -28,7 +28,8 @@ use self::object::{Hold, Object, OpResult, Step, Waiter};
 pub(crate) use self::object::{LockState, State, add_to_int};
 pub(crate) use self::refs::stores_handles;
 use crate::protocol::{ToWorker, encode_frame};
-use crate::shm::{Local, Shared};
+use crate::runtime::{TAG_SHIFT, tag_of};
+use crate::shm::{Local, SegmentBudget, Shared};
 
 /// Who performs an operation: a worker process, or a thread of the host program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -243,13 +244,6 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 pub(crate) use wasmpool_objects::wire::MESSAGE_CAP;
 
-static MAX_MESSAGE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES);
-
-/// The largest message the broker accepts now.
-pub(crate) fn max_message() -> usize {
-    MAX_MESSAGE.load(Ordering::Relaxed)
-}
-
 pub(crate) use wasmpool_objects::wire::too_large;
 
 /// This process's id, as it marks the words of shared memory it holds (mutexes, locks).
@@ -259,10 +253,11 @@ pub(super) fn host_tag() -> u32 {
 }
 
 /// Sets the largest message (one value put on a queue, sent on a pipe or stored in a dict or
-/// list) the broker accepts; larger ones fail with `ObjectError::TooLarge`. It is capped at
-/// 60 MiB, below the largest frame between host and worker.
+/// list) the objects of the global runtime accept; larger ones fail with
+/// `ObjectError::TooLarge`. It is capped at 60 MiB, below the largest frame between host and
+/// worker. (A [`Runtime`](crate::Runtime) of its own has its own limit.)
 pub fn set_max_message_bytes(bytes: usize) {
-    MAX_MESSAGE.store(bytes.min(MESSAGE_CAP), Ordering::Relaxed);
+    crate::Runtime::global().set_max_message_bytes(bytes);
 }
 
 #[derive(Debug, Default)]
@@ -275,20 +270,24 @@ struct Registry {
     grants: HashMap<u64, Vec<(u64, u8)>>,
 }
 
-/// The host's broker.
-#[derive(Debug, Default)]
+/// The broker of one runtime.
+#[derive(Debug)]
 pub(crate) struct Broker {
+    /// The runtime's tag, in the high bits of every handle id it makes.
+    tag: u32,
     registry: Mutex<Registry>,
+    /// The largest message its objects accept.
+    max_message: AtomicUsize,
+    /// The deadlines of its blocked operations.
+    timer: Arc<timer::Timer>,
+    /// The shared-memory segments its objects may keep.
+    segments: SegmentBudget,
 }
 
-/// The process's broker; it becomes the transport of the host's typed handles.
-pub(crate) fn broker() -> &'static Broker {
-    static BROKER: OnceLock<&'static Broker> = OnceLock::new();
-    BROKER.get_or_init(|| {
-        let broker: &'static Broker = Box::leak(Box::default());
-        wasmpool_objects::install(broker);
-        broker
-    })
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.timer.stop();
+    }
 }
 
 fn random_token() -> u64 {
@@ -363,6 +362,34 @@ fn stale() -> ObjectError {
 }
 
 impl Broker {
+    /// The broker of the runtime tagged `tag`; its timer thread starts with its first
+    /// deadline and ends with it.
+    pub fn new(tag: u32, max_message: usize, segments: SegmentBudget) -> Arc<Broker> {
+        Arc::new_cyclic(|me| Broker {
+            tag,
+            registry: Mutex::default(),
+            max_message: AtomicUsize::new(max_message.min(MESSAGE_CAP)),
+            timer: timer::Timer::start(me.clone()),
+            segments,
+        })
+    }
+
+    /// The largest message its objects accept now.
+    pub fn max_message(&self) -> usize {
+        self.max_message.load(Ordering::Relaxed)
+    }
+
+    /// Sets the largest message its objects accept (capped at 60 MiB).
+    pub fn set_max_message(&self, bytes: usize) {
+        self.max_message
+            .store(bytes.min(MESSAGE_CAP), Ordering::Relaxed);
+    }
+
+    /// The budget of shared-memory segments its objects are made under.
+    pub fn segments(&self) -> &SegmentBudget {
+        &self.segments
+    }
+
     fn lock(&self) -> MutexGuard<'_, Registry> {
         match self.registry.lock() {
             Ok(g) => g,
@@ -376,7 +403,7 @@ impl Broker {
         let tokens = [random_token(), random_token()];
         let mut reg = self.lock();
         reg.next_id += 2;
-        let id = reg.next_id;
+        let id = (u64::from(self.tag) << TAG_SHIFT) | (reg.next_id & ((1 << TAG_SHIFT) - 1));
         reg.objects.insert(id, Object::new(kind, tokens, state));
         [
             Handle {
@@ -399,7 +426,7 @@ impl Broker {
         timeout: Option<Duration>,
         mut responder: Responder,
     ) {
-        let max = max_message();
+        let max = self.max_message();
         if req.payload_len() > max {
             responder.deliver(Err(too_large(req.payload_len(), max)));
             return;
@@ -410,7 +437,7 @@ impl Broker {
             let (obj_id, end) = (target.id & !1, (target.id & 1) as u8);
             let waiter_id = reg.next_waiter + 1;
             let mut deadline = None;
-            let obj = match Self::find(&mut reg.objects, target) {
+            let obj = match self.find(&mut reg.objects, target) {
                 Ok(obj) => obj,
                 Err(e) => {
                     drop(reg);
@@ -447,7 +474,7 @@ impl Broker {
             reg.apply_refs(obj_id, owner, &mut out);
             if let Some(t) = deadline {
                 let objects = &reg.objects;
-                timer::Timer::get().schedule(t, obj_id, waiter_id, || {
+                self.timer.schedule(t, obj_id, waiter_id, || {
                     objects
                         .iter()
                         .flat_map(|(&o, obj)| obj.waiters.iter().map(move |w| (o, w.id)))
@@ -459,10 +486,16 @@ impl Broker {
     }
 
     /// The live object `target` names, or the stale-handle error.
-    fn find(
-        objects: &mut HashMap<u64, Object>,
+    fn find<'a>(
+        &self,
+        objects: &'a mut HashMap<u64, Object>,
         target: Handle,
-    ) -> Result<&mut Object, ObjectError> {
+    ) -> Result<&'a mut Object, ObjectError> {
+        if tag_of(target) != self.tag {
+            return Err(ObjectError::Stale(
+                "the object belongs to another wasmpool runtime than the one asked".into(),
+            ));
+        }
         let (obj_id, end) = (target.id & !1, (target.id & 1) as u8);
         objects
             .get_mut(&obj_id)
@@ -478,7 +511,7 @@ impl Broker {
     /// [`submit`](Self::submit)).
     pub fn attach(&self, pid: u32, target: Handle) -> Result<Option<Shared>, ObjectError> {
         let mut reg = self.lock();
-        let obj = Self::find(&mut reg.objects, target)?;
+        let obj = self.find(&mut reg.objects, target)?;
         let end = (target.id & 1) as u8;
         if let State::Pipe { closed, .. } = &obj.state
             && closed.contains(&(end, pid))
@@ -503,7 +536,7 @@ impl Broker {
     /// if it has none.
     fn host_shared(&self, target: Handle) -> Result<Option<Shared>, ObjectError> {
         let mut reg = self.lock();
-        let obj = Self::find(&mut reg.objects, target)?;
+        let obj = self.find(&mut reg.objects, target)?;
         let end = usize::from((target.id & 1) as u8);
         match &obj.state {
             State::Pipe { host_closed, .. } if host_closed[end] => {
@@ -522,7 +555,7 @@ impl Broker {
         req: &Request,
         timeout: &mut Option<Duration>,
     ) -> Result<Local<Response>, ObjectError> {
-        let (len, max) = (req.payload_len(), max_message());
+        let (len, max) = (req.payload_len(), self.max_message());
         if len > max {
             return Err(too_large(len, max));
         }
@@ -539,7 +572,7 @@ impl Broker {
     }
 
     /// Waiter `waiter` of object `object` reached its deadline.
-    fn expire(&self, object: u64, waiter: u64) {
+    pub(super) fn expire(&self, object: u64, waiter: u64) {
         let mut out = Vec::new();
         if let Some(obj) = self.lock().objects.get_mut(&object) {
             obj.expire(waiter, &mut out);
@@ -566,9 +599,17 @@ impl Broker {
 
     /// The ends `handles` are held for a task that has not started: they stay open (and
     /// alive) until [`bind_grant`](Self::bind_grant) or [`drop_grant`](Self::drop_grant).
-    pub fn hold_grant(&self, handles: &[Handle]) -> Option<u64> {
+    /// A handle of another runtime is refused: the task could not reach it.
+    pub fn hold_grant(&self, handles: &[Handle]) -> Result<Option<u64>, ObjectError> {
         if handles.is_empty() {
-            return None;
+            return Ok(None);
+        }
+        if handles.iter().any(|h| tag_of(*h) != self.tag) {
+            return Err(ObjectError::Stale(
+                "an argument holds an object of another wasmpool runtime; a task reaches \
+                 only the objects of the runtime it runs in"
+                    .into(),
+            ));
         }
         let mut reg = self.lock();
         reg.next_grant += 1;
@@ -586,7 +627,7 @@ impl Broker {
             }
         }
         reg.grants.insert(gid, held);
-        Some(gid)
+        Ok(Some(gid))
     }
 
     /// The task the grant was for runs in worker `pid`: the worker now holds those ends.
@@ -651,8 +692,20 @@ impl Broker {
     }
 }
 
-impl wasmpool_objects::Transport for Broker {
-    fn invoke(
+/// Notes that `target` is being encoded into task arguments (see [`collect_grants`]).
+pub(crate) fn note_granted(target: Handle) {
+    COLLECT.with(|c| {
+        if let Some(list) = c.borrow_mut().as_mut() {
+            list.push(target);
+        }
+    });
+}
+
+/// What the host program's typed handles do, routed here by the runtime (see
+/// `crate::runtime`).
+impl Broker {
+    /// Performs `req` on `target` for the calling host thread.
+    pub fn invoke_for_host(
         &self,
         target: Handle,
         req: Request,
@@ -678,31 +731,23 @@ impl wasmpool_objects::Transport for Broker {
         slot.wait()
     }
 
-    fn retain(&self, target: Handle) {
+    /// A new copy of `target` exists in the host program.
+    pub fn retain_for_host(&self, target: Handle) {
         if adopted(target) {
             return;
         }
         self.adjust_host_refs(target, true);
     }
 
-    fn release(&self, target: Handle) {
+    /// A copy of `target` in the host program was dropped.
+    pub fn release_for_host(&self, target: Handle) {
         self.adjust_host_refs(target, false);
-    }
-
-    fn granted(&self, target: Handle) {
-        COLLECT.with(|c| {
-            if let Some(list) = c.borrow_mut().as_mut() {
-                list.push(target);
-            }
-        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use super::timer::Timer;
 
     #[test]
     fn deadlines_of_waits_answered_early_do_not_pile_up() {
@@ -727,7 +772,7 @@ mod tests {
             assert_eq!(pong.get_timeout(hour).expect("get"), i);
         }
         echo.join().expect("echo thread");
-        let kept = Timer::get().len();
+        let kept = crate::Runtime::global().broker().timer.len();
         assert!(
             kept < 4096,
             "{kept} deadlines kept after {} timed gets",

@@ -1,4 +1,5 @@
-//! Deadlines of blocked calls: one thread sleeps until the earliest and expires it.
+//! Deadlines of blocked calls: one thread per broker sleeps until the earliest and expires
+//! it; it starts with the broker's first deadline and ends with the broker.
 //!
 //! Most blocked calls are answered long before their deadline (a `get` with a one-hour
 //! timeout on a busy queue), so the heap is swept of answered waiters whenever it has doubled
@@ -6,7 +7,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// (deadline, object id, waiter id)
@@ -20,34 +22,57 @@ struct Deadlines {
     heap: BinaryHeap<Entry>,
     /// The size at which the next push sweeps answered waiters out first.
     sweep_at: usize,
+    /// Set when the broker is gone: the thread leaves.
+    stopped: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Timer {
     deadlines: Mutex<Deadlines>,
     wake: Condvar,
+    broker: Weak<super::Broker>,
+    started: AtomicBool,
 }
 
 impl Timer {
-    /// The process's timer; its thread starts with the first deadline.
-    pub fn get() -> &'static Timer {
-        static TIMER: OnceLock<&'static Timer> = OnceLock::new();
-        TIMER.get_or_init(|| {
-            let timer: &'static Timer = Box::leak(Box::default());
-            let spawned = std::thread::Builder::new()
-                .name("wasmpool-broker-timer".into())
-                .spawn(move || timer.run());
-            if let Err(e) = spawned {
-                tracing::error!("cannot start the broker's timer thread: {e}");
-            }
-            timer
+    /// The timer of `broker`; its thread starts with the first deadline.
+    pub fn start(broker: Weak<super::Broker>) -> Arc<Timer> {
+        Arc::new(Timer {
+            deadlines: Mutex::default(),
+            wake: Condvar::new(),
+            broker,
+            started: AtomicBool::new(false),
         })
+    }
+
+    /// The broker is gone: the thread leaves, its deadlines with it.
+    pub fn stop(&self) {
+        if let Ok(mut d) = self.deadlines.lock() {
+            d.stopped = true;
+            d.heap.clear();
+        }
+        self.wake.notify_all();
+    }
+
+    fn spawn_thread(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let timer = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wasmpool-broker-timer".into())
+            .spawn(move || timer.run());
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the broker's timer thread: {e}");
+            // The next deadline tries again.
+            self.started.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Expires waiter `waiter` of object `object` after `after`. `waiting` answers the
     /// (object, waiter) pairs still blocked, asked for only when the heap is swept.
     pub fn schedule(
-        &self,
+        self: &Arc<Self>,
         after: Duration,
         object: u64,
         waiter: u64,
@@ -67,6 +92,7 @@ impl Timer {
             d.heap.push(Reverse((deadline, object, waiter)));
             self.wake.notify_one();
         }
+        self.spawn_thread();
     }
 
     /// How many deadlines are kept.
@@ -80,6 +106,9 @@ impl Timer {
             return;
         };
         loop {
+            if d.stopped {
+                return;
+            }
             let now = Instant::now();
             let mut due = Vec::new();
             while let Some(Reverse((at, object, waiter))) = d.heap.peek().copied() {
@@ -91,9 +120,13 @@ impl Timer {
             }
             if !due.is_empty() {
                 drop(d);
+                let Some(broker) = self.broker.upgrade() else {
+                    return;
+                };
                 for (object, waiter) in due {
-                    super::broker().expire(object, waiter);
+                    broker.expire(object, waiter);
                 }
+                drop(broker);
                 d = match self.deadlines.lock() {
                     Ok(d) => d,
                     Err(_) => return,

@@ -112,10 +112,15 @@ impl Scheduler {
     /// Starts one worker and adds it to the pool (its slot in `starting` is released).
     fn add_worker(&self, name: String) -> Result<()> {
         let metered = self.config.limits.fuel.is_some();
-        let started = self
-            .module
-            .artifact_for(metered)
-            .and_then(|artifact| start_worker(&artifact, &name, metered, &self.config.limits));
+        let started = self.module.artifact_for(metered).and_then(|artifact| {
+            start_worker(
+                self.module.runtime(),
+                &artifact,
+                &name,
+                metered,
+                &self.config.limits,
+            )
+        });
         if let Ok(worker) = &started {
             // Later submissions of a task the module lacks then fail before they are queued.
             self.module.learn_tasks(&worker.tasks);

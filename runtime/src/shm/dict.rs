@@ -28,7 +28,7 @@ use wasmpool_objects::wire::{Entry, ObjectError, Request, Response};
 
 use super::Local;
 use super::mutex::{Held, Mutex};
-use super::segment::Segment;
+use super::segment::{Segment, SegmentBudget};
 use crate::broker::{add_to_int, too_large};
 
 /// Slots of a half's table; at most half of them hold live keys.
@@ -309,8 +309,8 @@ impl<'a> Half<'a> {
 
 impl SharedDict {
     /// A new, empty dict's segment.
-    pub fn create(max_message: usize) -> io::Result<SharedDict> {
-        let seg = Segment::create(c"wasmpool-dict", SEGMENT_BYTES)?;
+    pub fn create(max_message: usize, budget: &SegmentBudget) -> io::Result<SharedDict> {
+        let seg = Segment::create(c"wasmpool-dict", SEGMENT_BYTES, budget)?;
         seg.u32(MAGIC).store(MAGIC_VALUE, SeqCst);
         seg.u64(MAX_MESSAGE).store(max_message as u64, SeqCst);
         Ok(SharedDict { seg, max_message })
@@ -585,7 +585,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (SharedDict, SharedDict) {
-        let host = SharedDict::create(1 << 20).unwrap();
+        let host = SharedDict::create(1 << 20, &SegmentBudget::new(4)).unwrap();
         let worker = SharedDict::open(host.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         (host, worker)
     }

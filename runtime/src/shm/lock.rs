@@ -16,7 +16,7 @@ use wasmpool_objects::wire::ObjectError;
 
 use super::SPIN;
 use super::mutex::Mutex;
-use super::segment::Segment;
+use super::segment::{Segment, SegmentBudget};
 
 const SEGMENT_BYTES: usize = 4096;
 const MAGIC: usize = 0;
@@ -31,8 +31,8 @@ pub(crate) struct SharedLock {
 
 impl SharedLock {
     /// A new, free lock.
-    pub fn create() -> io::Result<SharedLock> {
-        let seg = Segment::create(c"wasmpool-lock", SEGMENT_BYTES)?;
+    pub fn create(budget: &SegmentBudget) -> io::Result<SharedLock> {
+        let seg = Segment::create(c"wasmpool-lock", SEGMENT_BYTES, budget)?;
         seg.u32(MAGIC).store(MAGIC_VALUE, SeqCst);
         Ok(SharedLock { seg })
     }
@@ -84,7 +84,7 @@ mod tests {
     use std::time::Duration;
 
     fn pair() -> (SharedLock, SharedLock) {
-        let host = SharedLock::create().unwrap();
+        let host = SharedLock::create(&SegmentBudget::new(4)).unwrap();
         let worker = SharedLock::open(host.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         (host, worker)
     }

@@ -32,6 +32,7 @@ pub(crate) use dict::SharedDict;
 pub(crate) use lock::SharedLock;
 pub(crate) use pipe::SharedPipe;
 pub(crate) use queue::SharedQueue;
+pub(crate) use segment::SegmentBudget;
 
 /// How long a receiver spins on an empty ring before it sleeps: longer than a quick
 /// answer takes, short enough that an idle receiver costs nothing.

@@ -18,7 +18,7 @@ use std::time::Instant;
 use wasmpool_objects::wire::ObjectError;
 
 use super::ring::{self, Corrupt, Push, Ring};
-use super::segment::Segment;
+use super::segment::{Segment, SegmentBudget};
 use super::{Local, SPIN};
 use crate::broker::too_large;
 
@@ -54,8 +54,12 @@ fn corrupt(_: Corrupt) -> ObjectError {
 
 impl SharedPipe {
     /// A new pipe's segment: both ends open, both rings empty.
-    pub fn create(duplex: bool, max_message: usize) -> io::Result<SharedPipe> {
-        let seg = Segment::create(c"wasmpool-pipe", SEGMENT_BYTES)?;
+    pub fn create(
+        duplex: bool,
+        max_message: usize,
+        budget: &SegmentBudget,
+    ) -> io::Result<SharedPipe> {
+        let seg = Segment::create(c"wasmpool-pipe", SEGMENT_BYTES, budget)?;
         seg.u32(MAGIC).store(MAGIC_VALUE, SeqCst);
         seg.u32(RING_SIZE).store(RING_BYTES as u32, SeqCst);
         seg.u32(DUPLEX).store(u32::from(duplex), SeqCst);
@@ -244,7 +248,7 @@ mod tests {
     use std::time::Duration;
 
     fn pair() -> (SharedPipe, SharedPipe) {
-        let host = SharedPipe::create(true, 1 << 20).unwrap();
+        let host = SharedPipe::create(true, 1 << 20, &SegmentBudget::new(4)).unwrap();
         let worker = SharedPipe::open(host.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         (host, worker)
     }
@@ -356,7 +360,7 @@ mod tests {
 
     #[test]
     fn one_way_pipes_refuse_the_wrong_direction() {
-        let host = SharedPipe::create(false, 1 << 20).unwrap();
+        let host = SharedPipe::create(false, 1 << 20, &SegmentBudget::new(4)).unwrap();
         assert!(matches!(
             host.send(0, 1, b"x"),
             Err(ObjectError::Invalid(_))
@@ -371,7 +375,7 @@ mod tests {
 
     #[test]
     fn oversized_messages_are_refused_by_the_limit() {
-        let host = SharedPipe::create(true, 10).unwrap();
+        let host = SharedPipe::create(true, 10, &SegmentBudget::new(4)).unwrap();
         assert!(matches!(
             host.send(0, 1, &[0; 11]),
             Err(ObjectError::TooLarge(_))

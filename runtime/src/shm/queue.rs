@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use wasmpool_objects::wire::ObjectError;
 
 use super::ring::{Corrupt, Push, Ring};
-use super::segment::Segment;
+use super::segment::{Segment, SegmentBudget};
 use super::{Local, SPIN};
 use crate::broker::too_large;
 
@@ -51,8 +51,8 @@ fn corrupt(_: Corrupt) -> ObjectError {
 
 impl SharedQueue {
     /// A new, empty, open queue's segment.
-    pub fn create(max_message: usize) -> io::Result<SharedQueue> {
-        let seg = Segment::create(c"wasmpool-queue", SEGMENT_BYTES)?;
+    pub fn create(max_message: usize, budget: &SegmentBudget) -> io::Result<SharedQueue> {
+        let seg = Segment::create(c"wasmpool-queue", SEGMENT_BYTES, budget)?;
         seg.u32(MAGIC).store(MAGIC_VALUE, SeqCst);
         seg.u32(RING_SIZE).store(RING_BYTES as u32, SeqCst);
         seg.u64(MAX_MESSAGE).store(max_message as u64, SeqCst);
@@ -150,7 +150,7 @@ mod tests {
     use crate::shm::soon;
 
     fn pair() -> (SharedQueue, SharedQueue) {
-        let host = SharedQueue::create(1 << 20).unwrap();
+        let host = SharedQueue::create(1 << 20, &SegmentBudget::new(4)).unwrap();
         let worker = SharedQueue::open(host.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         (host, worker)
     }

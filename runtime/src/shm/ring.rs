@@ -394,7 +394,8 @@ mod tests {
 
     #[test]
     fn a_writer_dead_between_its_two_tail_stores_has_its_message_published() {
-        let seg = Segment::create(c"test", 4096 + 4096).unwrap();
+        let seg =
+            Segment::create(c"test", 4096 + 4096, &super::super::SegmentBudget::new(4)).unwrap();
         let seen = AtomicU64::new(0);
         let ring = Ring::new(&seg, 0, 4096, 4096, &seen);
         assert_eq!(ring.push(1, b"first"), Ok(Push::Pushed));

@@ -8,12 +8,46 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-/// At most this many segments are created and alive at once in a process (each keeps a
-/// descriptor open, to hand to workers); objects made past it go through the broker only.
-const MAX_CREATED: usize = 256;
-static CREATED: AtomicUsize = AtomicUsize::new(0);
+/// How many segments one owner (a runtime) may create and keep alive at once: each keeps a
+/// descriptor open, to hand to workers, and objects made past it go through the broker only.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentBudget(Arc<Budget>);
+
+#[derive(Debug)]
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl SegmentBudget {
+    /// A budget of `max` segments alive at once.
+    pub fn new(max: usize) -> SegmentBudget {
+        SegmentBudget(Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max,
+        }))
+    }
+
+    /// How many segments made under this budget are alive.
+    pub fn in_use(&self) -> usize {
+        self.0.used.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> bool {
+        if self.0.used.fetch_add(1, Ordering::SeqCst) >= self.0.max {
+            self.give_back();
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self) {
+        self.0.used.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// A mapped segment. Every access goes through atomics or bounds-checked copies: other
 /// processes write the same pages at the same time.
@@ -23,6 +57,8 @@ pub(crate) struct Segment {
     len: usize,
     /// Kept by the creator, to hand on; a process that only maps the segment closes it.
     fd: Option<OwnedFd>,
+    /// The creator's budget, given back on drop.
+    budget: Option<SegmentBudget>,
 }
 
 // SAFETY: the mapping is plain shared memory, valid until `Drop`; every access through
@@ -33,16 +69,25 @@ unsafe impl Sync for Segment {}
 
 impl Segment {
     /// Creates a zero-filled segment of `len` bytes, its size sealed.
-    pub fn create(name: &std::ffi::CStr, len: usize) -> io::Result<Segment> {
-        if CREATED.fetch_add(1, Ordering::SeqCst) >= MAX_CREATED {
-            CREATED.fetch_sub(1, Ordering::SeqCst);
+    /// Counts against `budget`: past it, creation fails.
+    pub fn create(
+        name: &std::ffi::CStr,
+        len: usize,
+        budget: &SegmentBudget,
+    ) -> io::Result<Segment> {
+        if !budget.take() {
             return Err(io::Error::other("too many shared segments"));
         }
-        let created = Self::create_counted(name, len);
-        if created.is_err() {
-            CREATED.fetch_sub(1, Ordering::SeqCst);
+        match Self::create_counted(name, len) {
+            Ok(mut seg) => {
+                seg.budget = Some(budget.clone());
+                Ok(seg)
+            }
+            Err(e) => {
+                budget.give_back();
+                Err(e)
+            }
         }
-        created
     }
 
     fn create_counted(name: &std::ffi::CStr, len: usize) -> io::Result<Segment> {
@@ -71,6 +116,7 @@ impl Segment {
             base,
             len,
             fd: Some(fd),
+            budget: None,
         })
     }
 
@@ -97,6 +143,7 @@ impl Segment {
             base,
             len,
             fd: None,
+            budget: None,
         })
     }
 
@@ -190,8 +237,8 @@ impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map_fd`; nothing borrows it any more.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-        if self.fd.is_some() {
-            CREATED.fetch_sub(1, Ordering::SeqCst);
+        if let Some(budget) = &self.budget {
+            budget.give_back();
         }
     }
 }
@@ -203,7 +250,7 @@ mod tests {
 
     #[test]
     fn two_mappings_of_one_segment_see_each_others_writes() {
-        let a = Segment::create(c"test", 8192).unwrap();
+        let a = Segment::create(c"test", 8192, &SegmentBudget::new(4)).unwrap();
         let dup = a.fd().unwrap().try_clone_to_owned().unwrap();
         let b = Segment::open(dup, 8192).unwrap();
         assert!(b.fd().is_none(), "a mapper keeps no descriptor");
@@ -217,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_segment_cannot_be_shrunk_or_opened_at_another_size() {
-        let a = Segment::create(c"test", 8192).unwrap();
+        let a = Segment::create(c"test", 8192, &SegmentBudget::new(4)).unwrap();
         // SAFETY: a plain system call on a descriptor the segment owns.
         assert!(unsafe { libc::ftruncate(a.fd().unwrap().as_raw_fd(), 0) } < 0);
         let dup = a.fd().unwrap().try_clone_to_owned().unwrap();

@@ -9,7 +9,7 @@
 //! 100 ms, and end-of-file on its socket makes it exit. A fork server leaves when its
 //! socket to the host closes, and is killed with the host the same way.
 
-mod forkserver;
+mod fork_server;
 mod instance;
 mod objects;
 mod output;
@@ -39,12 +39,7 @@ use self::progress::{BatchProgress, cap_result};
 use self::state::{ProcessIdentity, State};
 use self::watchdog::Watchdog;
 
-/// The argument that puts the binary in worker mode.
-pub(crate) const WORKER_ARG: &str = "__wasmpool-worker";
-/// The file descriptor the worker's socket is passed on.
-pub(crate) const WORKER_FD: i32 = 3;
-/// The environment variable carrying the host's pid, for the watchdog.
-pub(crate) const PARENT_ENV: &str = "WASMPOOL_PARENT_PID";
+use crate::launch::{FORKSERVER_ARG, PARENT_ENV, WORKER_ARG, WORKER_FD};
 /// Native stack for the host's side of a call, below the wasm stack a task may use.
 const HOST_STACK: usize = 8 << 20;
 
@@ -83,9 +78,9 @@ pub(crate) fn serve() -> i32 {
     let _ = sandbox::restrict_syscalls();
     if std::env::args_os()
         .nth(2)
-        .is_some_and(|a| a == crate::forkserver::FORKSERVER_ARG)
+        .is_some_and(|a| a == FORKSERVER_ARG)
     {
-        return forkserver::serve(parent);
+        return fork_server::serve(parent);
     }
     // A worker (a fork server's workers do this once forked): no new process, no signal
     // to another, and (where the kernel has Landlock) no file under /proc, /sys or /dev.

@@ -30,7 +30,7 @@
 /// without close-on-exec must not reach a worker. Called first thing in a worker or fork
 /// server, before anything in it opens a descriptor of its own.
 pub(crate) fn close_inherited_fds() {
-    let first = (super::WORKER_FD + 1) as libc::c_uint;
+    let first = (crate::launch::WORKER_FD + 1) as libc::c_uint;
     // SAFETY: nothing in this process owns a descriptor above fd 3 yet (this runs before
     // the worker opens any), so closing them invalidates no live handle.
     #[cfg(target_os = "linux")]

@@ -1,4 +1,5 @@
-//! How worker processes start: forked from a fork server (the default), or executed afresh.
+//! The host's side of the fork servers (the server itself is `worker/fork_server.rs`): how
+//! worker processes start, forked from a fork server (the default) or executed afresh.
 //!
 //! Executing the worker binary costs a few milliseconds before a task can run: the kernel
 //! maps a large binary, the dynamic loader relocates it, and the worker builds an engine,
@@ -21,26 +22,22 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::fdpass;
+use crate::launch::{FORKSERVER_ARG, FromForkServer, ToForkServer};
 use crate::protocol::Load;
 
-/// The argument (after the hidden worker argument) that makes the binary a fork server.
-pub(crate) const FORKSERVER_ARG: &str = "forkserver";
-
-/// How new worker processes are started, for every pool and process of this program (as
+/// How new worker processes are started, for every pool and process of a runtime (as
 /// Python's `multiprocessing.set_start_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartMethod {
     /// Fork each worker from a fork server that keeps the module loaded (the default): a
     /// worker is ready in well under a millisecond of its own work. The server is started
-    /// the first time a worker is needed and lives as long as the program.
+    /// the first time a worker is needed and lives as long as its runtime.
     #[default]
     ForkServer,
     /// Execute the worker binary afresh for every worker: a few milliseconds per start,
@@ -49,9 +46,8 @@ pub enum StartMethod {
     Exec,
 }
 
-static METHOD: AtomicU8 = AtomicU8::new(0);
-
-/// Sets how new worker processes are started; workers already running are not affected.
+/// Sets how the global runtime's new worker processes are started; workers already running
+/// are not affected. (A [`Runtime`](crate::Runtime) of its own has its own start method.)
 ///
 /// ```
 /// use wasmpool::{StartMethod, set_start_method, start_method};
@@ -61,37 +57,12 @@ static METHOD: AtomicU8 = AtomicU8::new(0);
 /// set_start_method(StartMethod::ForkServer);
 /// ```
 pub fn set_start_method(method: StartMethod) {
-    let code = match method {
-        StartMethod::ForkServer => 0,
-        StartMethod::Exec => 1,
-    };
-    METHOD.store(code, Ordering::Relaxed);
+    crate::Runtime::global().set_start_method(method);
 }
 
-/// How new worker processes are started (see [`set_start_method`]).
+/// How the global runtime's new worker processes are started (see [`set_start_method`]).
 pub fn start_method() -> StartMethod {
-    match METHOD.load(Ordering::Relaxed) {
-        1 => StartMethod::Exec,
-        _ => StartMethod::ForkServer,
-    }
-}
-
-/// Host → fork server, with the new worker's socket attached.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ToForkServer {
-    /// Fork a worker that loads `load` and serves on the attached socket.
-    Fork { id: u64, load: Load },
-}
-
-/// Fork server → host.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum FromForkServer {
-    /// Request `id` forked worker `pid`; it answers on its socket (`Ready` or `LoadFailed`).
-    Forked { id: u64, pid: u32 },
-    /// Request `id` could not be served: the module would not load, or fork failed.
-    Failed { id: u64, message: String },
-    /// Worker `pid` exited with this raw wait status.
-    Exited { pid: u32, status: i32 },
+    crate::Runtime::global().start_method()
 }
 
 /// Why a fork request failed.
@@ -145,9 +116,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn servers() -> &'static Mutex<Vec<Arc<ForkServer>>> {
-    static SERVERS: Mutex<Vec<Arc<ForkServer>>> = Mutex::new(Vec::new());
-    &SERVERS
+/// The fork servers of one runtime, one per worker executable.
+#[derive(Debug, Default)]
+pub(crate) struct ForkServers {
+    servers: Mutex<Vec<Arc<ForkServer>>>,
+}
+
+impl ForkServers {
+    /// Stops every server: each leaves when its socket shuts, and its workers die with it.
+    pub fn shut_down(&self) {
+        for server in lock(&self.servers).drain(..) {
+            server.retire();
+            // SAFETY: a plain system call on a descriptor the server handle owns.
+            unsafe { libc::shutdown(server.ctrl.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
+    /// The pids of the servers in use.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut servers = lock(&self.servers);
+        servers.retain(|s| !s.gone.load(Ordering::SeqCst));
+        servers.iter().map(|s| s.pid).collect()
+    }
 }
 
 /// A worker forked from a fork server, as [`fork_worker`] returns it.
@@ -168,11 +158,16 @@ pub(crate) struct Forked {
 /// as it is ready: it need not wait for this thread to hear the server's answer, which on
 /// a busy machine may be scheduled only once the worker blocks. The rest, if any, is the
 /// caller's to write ([`Forked::sent`]).
-pub(crate) fn fork_worker(exe: &Path, load: &Load, first: &[u8]) -> Result<Forked, ForkError> {
+pub(crate) fn fork_worker(
+    servers: &ForkServers,
+    exe: &Path,
+    load: &Load,
+    first: &[u8],
+) -> Result<Forked, ForkError> {
     let mut last = String::new();
     // A server that died since its last request is replaced once.
     for _ in 0..2 {
-        let server = server_for(exe).map_err(|e| {
+        let server = server_for(servers, exe).map_err(|e| {
             ForkError::Failed(format!(
                 "cannot start a fork server ({}): {e}",
                 exe.display()
@@ -225,8 +220,8 @@ fn write_without_waiting(sock: &UnixStream, bytes: &[u8]) -> usize {
 }
 
 /// The running fork server for `exe`, started if needed.
-fn server_for(exe: &Path) -> io::Result<Arc<ForkServer>> {
-    let mut servers = lock(servers());
+fn server_for(servers: &ForkServers, exe: &Path) -> io::Result<Arc<ForkServer>> {
+    let mut servers = lock(&servers.servers);
     servers.retain(|s| !s.gone.load(Ordering::SeqCst));
     if let Some(s) = servers.iter().find(|s| s.exe == exe) {
         return Ok(s.clone());

@@ -15,12 +15,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use super::WORKER_FD;
 use super::instance::{prepare, usable_stack};
 use super::state::State;
 use crate::bindings::TaskModulePre;
 use crate::fdpass;
-use crate::forkserver::{FromForkServer, ToForkServer};
+use crate::launch::WORKER_FD;
+use crate::launch::{FromForkServer, ToForkServer};
 use crate::protocol::Load;
 
 /// Prepared modules kept; the least recently used goes first.
