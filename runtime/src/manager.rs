@@ -6,7 +6,7 @@ use wasmpool_objects::{
     Barrier, Condition, Connection, Dict, Event, List, Lock, Queue, RLock, Semaphore,
 };
 
-use crate::broker::{LockState, State};
+use crate::broker::{LockState, NewObject as State};
 use crate::runtime::Runtime;
 
 /// Creates shared objects, as Python's `multiprocessing` module functions and

@@ -11,6 +11,7 @@
 //! waiters are dropped, and what it held is given back). Answers are written after the
 //! registry lock is released, so a slow socket never stalls other objects.
 
+mod kinds;
 mod object;
 mod refs;
 mod timer;
@@ -24,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 
+use self::kinds::ObjectKind;
+pub(crate) use self::kinds::{LockState, NewObject};
 use self::object::{Hold, Object, OpResult, Step, Waiter};
-pub(crate) use self::object::{LockState, State, add_to_int};
-pub(crate) use self::refs::stores_handles;
 use crate::protocol::{ToWorker, encode_frame};
 use crate::runtime::{TAG_SHIFT, tag_of};
 use crate::shm::{Local, SegmentBudget, Shared};
@@ -399,7 +400,7 @@ impl Broker {
 
     /// Creates an object; answers its handles (two for a pipe, one otherwise). The host
     /// program holds one reference to each.
-    pub fn create(&self, kind: Kind, state: State) -> [Handle; 2] {
+    pub fn create(&self, kind: Kind, state: NewObject) -> [Handle; 2] {
         let tokens = [random_token(), random_token()];
         let mut reg = self.lock();
         reg.next_id += 2;
@@ -513,11 +514,7 @@ impl Broker {
         let mut reg = self.lock();
         let obj = self.find(&mut reg.objects, target)?;
         let end = (target.id & 1) as u8;
-        if let State::Pipe { closed, .. } = &obj.state
-            && closed.contains(&(end, pid))
-        {
-            return Err(ObjectError::Closed("the connection is closed".into()));
-        }
+        obj.state.admit(Owner::Pid(pid), end)?;
         let Some(shared) = obj.state.shared() else {
             return Ok(None);
         };
@@ -538,12 +535,10 @@ impl Broker {
         let mut reg = self.lock();
         let obj = self.find(&mut reg.objects, target)?;
         let end = usize::from((target.id & 1) as u8);
-        match &obj.state {
-            State::Pipe { host_closed, .. } if host_closed[end] => {
-                Err(ObjectError::Closed("the connection is closed".into()))
-            }
-            state => Ok(state.shared()),
+        if obj.state.host_closed(end) {
+            return Err(ObjectError::Closed("the connection is closed".into()));
         }
+        Ok(obj.state.shared())
     }
 
     /// An operation of the host program done in the object's shared segment (see

@@ -1,17 +1,18 @@
-//! One shared object's state and the rules of every operation on it.
+//! One shared object: what every kind has (its waiters, the processes that hold it, its
+//! tokens and references) and the order of an operation on it. What each kind keeps and
+//! the rules of its operations are in [`kinds`](super::kinds), one file per kind.
 //!
 //! An operation either completes at once or leaves a [`Waiter`] on its object. After every
 //! change the object is pumped: each waiter is retried in arrival order until none can
 //! proceed, so a release, a put or a set wakes exactly the waiters it lets through.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 
 use wasmpool_objects::wire::{Kind, ObjectError, Request, Response};
 
+use super::kinds::{Common, ObjectKind, ObjectState};
 use super::refs::RefLog;
 use super::{Owner, Responder};
-use crate::shm::{SharedDict, SharedLock, SharedPipe, SharedQueue};
 
 pub(crate) type OpResult = Result<Response, ObjectError>;
 
@@ -53,90 +54,6 @@ pub(crate) enum Hold {
 }
 
 #[derive(Debug)]
-pub(crate) struct LockState {
-    pub owner: Option<Owner>,
-    pub count: u32,
-    pub recursive: bool,
-}
-
-#[derive(Debug)]
-pub(crate) enum State {
-    Queue {
-        items: VecDeque<Vec<u8>>,
-        bytes: usize,
-        maxsize: usize,
-        closed: bool,
-        joinable: bool,
-        unfinished: u64,
-        /// The ring where an unbounded, non-joinable queue's items go without the broker,
-        /// while it is not spilled (see `crate::shm`).
-        shared: Option<Arc<SharedQueue>>,
-    },
-    Pipe {
-        /// `inbox[e]`: messages waiting to be received on end `e`.
-        inbox: [VecDeque<Vec<u8>>; 2],
-        bytes: usize,
-        /// Worker processes that closed their copy of an end.
-        closed: HashSet<(u8, u32)>,
-        host_closed: [bool; 2],
-        duplex: bool,
-        /// The rings where the ends exchange messages without the broker, while they are
-        /// not spilled (see `crate::shm`); `None` if the segment could not be made.
-        shared: Option<Arc<SharedPipe>>,
-    },
-    Lock(LockState),
-    /// A `Lock` whose word is in shared memory: acquired and released in place by everyone.
-    SharedLock(Arc<SharedLock>),
-    Semaphore {
-        value: u64,
-        initial: u64,
-        bounded: bool,
-        held: HashMap<Owner, u64>,
-    },
-    Event(bool),
-    Barrier {
-        parties: u32,
-        arrived: u32,
-        generation: u64,
-        broken: bool,
-        /// The party running this round's action: the round's parties wait until it is
-        /// done, and parties of the next round wait to arrive (as `Pending::Op`).
-        running: Option<ActionRun>,
-    },
-    Condition(LockState),
-    Dict(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
-    /// A dict in shared memory, used in place by everyone until it spills; the broker's
-    /// first operation on it takes its entries over (it becomes a `Dict`).
-    SharedDict(Arc<SharedDict>),
-    List(Vec<Vec<u8>>),
-}
-
-impl State {
-    /// The object's segment in shared memory, if it has one (and has not been taken over).
-    pub fn shared(&self) -> Option<crate::shm::Shared> {
-        use crate::shm::Shared;
-        match self {
-            State::Pipe {
-                shared: Some(p), ..
-            } => Some(Shared::Pipe(p.clone())),
-            State::Queue {
-                shared: Some(q), ..
-            } => Some(Shared::Queue(q.clone())),
-            State::SharedLock(l) => Some(Shared::Lock(l.clone())),
-            State::SharedDict(d) => Some(Shared::Dict(d.clone())),
-            _ => None,
-        }
-    }
-}
-
-/// The party running a barrier round's action, and its arrival index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ActionRun {
-    pub owner: Owner,
-    pub index: u32,
-}
-
-#[derive(Debug)]
 pub(crate) struct Object {
     pub kind: Kind,
     pub tokens: [u64; 2],
@@ -152,7 +69,8 @@ pub(crate) struct Object {
     pub contained: [usize; 2],
     /// The handles the last operation stored in this dict or list, or took out of it.
     pub refs: RefLog,
-    pub state: State,
+    /// What its kind keeps.
+    pub state: ObjectState,
     pub waiters: VecDeque<Waiter>,
 }
 
@@ -198,7 +116,7 @@ pub(crate) fn entry_cost(key: &Vec<u8>, value: &Vec<u8>) -> usize {
 }
 
 /// The most a dict or list request can add to what its object costs the host.
-fn growth(req: &Request) -> usize {
+pub(crate) fn growth(req: &Request) -> usize {
     match req {
         Request::DictSet((k, v)) | Request::DictSetdefault((k, v)) => entry_cost(k, v),
         Request::DictUpdate(entries) => entries.iter().map(|(k, v)| entry_cost(k, v)).sum(),
@@ -211,51 +129,9 @@ fn growth(req: &Request) -> usize {
     }
 }
 
-/// Collects at most 40 bytes of formatted text, then stops the formatting.
-struct Short(String);
-
-impl std::fmt::Write for Short {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        if self.0.len() + s.len() > 40 {
-            return Err(std::fmt::Error);
-        }
-        self.0.push_str(s);
-        Ok(())
-    }
-}
-
-fn invalid(kind: Kind, req: &Request) -> OpResult {
-    // Only the operation's name: its payload may be megabytes.
-    let mut short = Short(String::new());
-    let _ = std::fmt::Write::write_fmt(&mut short, format_args!("{req:?}"));
-    let op = short
-        .0
-        .split(['(', ' ', '{'])
-        .next()
-        .unwrap_or("?")
-        .to_string();
-    Err(ObjectError::Invalid(format!(
-        "{op} is not an operation of a {}",
-        kind.name()
-    )))
-}
-
-/// Python's index rules: negative counts from the end.
-fn index(len: usize, i: i64) -> Option<usize> {
-    let i = if i < 0 { len as i64 + i } else { i };
-    usize::try_from(i).ok().filter(|&i| i < len)
-}
-
-/// Python's slice rules for one bound: `None` is `default`, negative counts from the end,
-/// and the result is clamped to `0..=len`.
-fn bound(len: usize, i: Option<i64>, default: usize) -> usize {
-    let Some(i) = i else { return default };
-    let len_i = i64::try_from(len).unwrap_or(i64::MAX);
-    let i = if i < 0 { i.saturating_add(len_i) } else { i };
-    usize::try_from(i.clamp(0, len_i)).unwrap_or(len)
-}
-
-fn too_big(kind: Kind, bytes: usize) -> OpResult {
+/// The refusal of an item or entry that a queue, pipe, dict or list already costing the
+/// host `bytes` has no room for.
+pub(crate) fn too_big(kind: Kind, bytes: usize) -> OpResult {
     Err(ObjectError::TooLarge(format!(
         "the {} already costs the host {bytes} bytes (its items and the host's overhead for \
          each); the limit is {MAX_OBJECT_BYTES}: take items out first, or keep large data \
@@ -264,57 +140,20 @@ fn too_big(kind: Kind, bytes: usize) -> OpResult {
     )))
 }
 
-/// Adds `delta` to a MessagePack integer; `None` if `bytes` is not one or it overflows.
-pub(crate) fn add_to_int(bytes: Option<&[u8]>, delta: i64) -> Result<(i64, Vec<u8>), ObjectError> {
-    let current = match bytes {
-        None => 0,
-        Some(b) => rmp_serde::from_slice::<i64>(b).map_err(|_| {
-            ObjectError::Invalid("increment: the value is not an integer".to_string())
-        })?,
-    };
-    let new = current
-        .checked_add(delta)
-        .ok_or_else(|| ObjectError::Invalid("increment: integer overflow".to_string()))?;
-    let encoded = rmp_serde::to_vec(&new).map_err(|e| ObjectError::Encode(e.to_string()))?;
-    Ok((new, encoded))
-}
-
-impl LockState {
-    fn try_acquire(&mut self, owner: Owner, levels: u32) -> bool {
-        match self.owner {
-            None => {
-                self.owner = Some(owner);
-                self.count = levels;
-                true
-            }
-            Some(o) if self.recursive && o == owner => {
-                self.count += levels;
-                true
-            }
-            Some(_) => false,
-        }
-    }
-
-    fn release(&mut self, owner: Owner) -> OpResult {
-        match self.owner {
-            None => Err(ObjectError::NotOwner("release of an unlocked lock".into())),
-            Some(o) if self.recursive && o != owner => Err(ObjectError::NotOwner(
-                "cannot release a lock held by another process".into(),
-            )),
-            Some(_) => {
-                self.count = self.count.saturating_sub(1);
-                if self.count == 0 || !self.recursive {
-                    self.owner = None;
-                    self.count = 0;
-                }
-                Ok(Response::Unit)
-            }
-        }
-    }
+/// Whether end `e` is still held by anyone: the host program (unless it closed its copy,
+/// `host_closed`), a process, or a container's value.
+pub(crate) fn open(
+    host_refs: &[usize; 2],
+    holds: &[HashMap<Hold, u32>; 2],
+    contained: &[usize; 2],
+    e: usize,
+    host_closed: bool,
+) -> bool {
+    (host_refs[e] > 0 && !host_closed) || !holds[e].is_empty() || contained[e] > 0
 }
 
 impl Object {
-    pub fn new(kind: Kind, tokens: [u64; 2], state: State) -> Self {
+    pub fn new(kind: Kind, tokens: [u64; 2], state: impl Into<ObjectState>) -> Self {
         let host_refs = if kind == Kind::Connection {
             [1, 1]
         } else {
@@ -328,33 +167,52 @@ impl Object {
             stored: 0,
             contained: [0, 0],
             refs: RefLog::default(),
-            state,
+            state: state.into(),
             waiters: VecDeque::new(),
         }
+    }
+
+    /// The kind's state, and what of the object its operations may see and change.
+    fn split(&mut self) -> (&mut ObjectState, Common<'_>) {
+        let Object {
+            kind,
+            host_refs,
+            holds,
+            stored,
+            contained,
+            refs,
+            state,
+            waiters,
+            ..
+        } = self;
+        let common = Common {
+            kind: *kind,
+            host_refs,
+            holds,
+            contained,
+            stored,
+            refs,
+            waiters,
+        };
+        (state, common)
     }
 
     /// Whether `req` on this object can never wait (an unbounded queue's put, a pipe send,
     /// a dict set, a list append): a worker may post it without waiting for the answer.
     pub fn never_waits(&self, req: &Request) -> bool {
-        match (&self.state, req) {
-            (State::Queue { maxsize, .. }, Request::QueuePut(_)) => *maxsize == 0,
-            (State::Pipe { .. }, Request::ConnSend(_))
-            | (State::Dict(_), Request::DictSet(_))
-            | (State::List(_), Request::ListAppend(_)) => true,
-            _ => false,
-        }
+        self.state.never_waits(req)
     }
 
     /// Whether an end of a pipe is still held by anyone.
     pub fn end_open(&self, end: u8) -> bool {
         let e = usize::from(end & 1);
-        let host_closed = match &self.state {
-            State::Pipe { host_closed, .. } => host_closed[e],
-            _ => false,
-        };
-        (self.host_refs[e] > 0 && !host_closed)
-            || !self.holds[e].is_empty()
-            || self.contained[e] > 0
+        open(
+            &self.host_refs,
+            &self.holds,
+            &self.contained,
+            e,
+            self.state.host_closed(e),
+        )
     }
 
     /// Whether nothing can reach this object any more.
@@ -370,395 +228,23 @@ impl Object {
         req: Request,
         out: &mut Vec<(Responder, OpResult)>,
     ) -> Step {
-        let kind = self.kind;
-        // A closed copy of a pipe end is unusable; a worker using an object holds it.
-        if let State::Pipe {
-            closed,
-            host_closed,
-            ..
-        } = &self.state
-        {
-            let shut = match owner {
-                Owner::Pid(pid) => closed.contains(&(end, pid)),
-                Owner::Host(_) => host_closed[usize::from(end)],
-            };
-            if shut {
-                return Step::Done(Err(ObjectError::Closed("the connection is closed".into())));
-            }
+        if let Err(e) = self.state.admit(owner, end) {
+            return Step::Done(Err(e));
         }
+        // A worker using an object holds it.
         if let Owner::Pid(pid) = owner {
             self.holds[usize::from(end)]
                 .entry(Hold::Pid(pid))
                 .or_insert(1);
         }
-        if let State::SharedDict(shared) = &self.state
-            && crate::shm::dict_request(&req)
-        {
-            // The dict spilled (or a process could not use it in place): the broker keeps
-            // its entries from now on. If a process stays inside its mutex, nothing changes
-            // and the caller hears so.
-            let entries = match shared.take_over(super::host_tag()) {
-                Ok(entries) => entries,
-                Err(e) => return Step::Done(Err(e)),
-            };
-            let mut map = Map::default();
-            self.stored = 0;
-            for (k, v) in entries {
-                store(&mut map, &mut self.stored, &mut self.refs, k, v);
-            }
-            self.state = State::Dict(map);
-        }
-        let tag = match owner {
-            Owner::Pid(pid) => pid,
-            Owner::Host(_) => super::host_tag(),
-        };
-        match (&mut self.state, req) {
-            (State::SharedLock(lock), Request::Release) => {
-                Step::Done(lock.release().map(|()| Response::Unit))
-            }
-            (State::SharedLock(lock), Request::Acquire) => {
-                Step::Done(match lock.acquire(tag, Some(std::time::Instant::now())) {
-                    true => Ok(Response::Flag(true)),
-                    false => Err(ObjectError::Invalid(
-                        "a lock in shared memory is acquired in place, not through the host".into(),
-                    )),
-                })
-            }
-            (State::Queue { maxsize, .. }, Request::QueueMaxsize) => {
-                Step::Done(Ok(Response::Count(*maxsize as u64)))
-            }
-            (State::Queue { items, shared, .. }, Request::QueueQsize) => {
-                let in_ring = shared.as_ref().map_or(0, |s| s.len());
-                Step::Done(Ok(Response::Count(
-                    (items.len() as u64).saturating_add(in_ring),
-                )))
-            }
-            (State::Queue { closed, shared, .. }, Request::QueueClose) => {
-                // The ring is closed once, when the queue is: its wait for the writers'
-                // mutex (bounded) happens under the registry's lock, so a worker cannot
-                // make the broker wait again and again.
-                if !*closed && let Some(shared) = shared {
-                    shared.close(super::host_tag());
-                }
-                *closed = true;
-                Step::Done(Ok(Response::Unit))
-            }
-            (
-                State::Queue {
-                    joinable,
-                    unfinished,
-                    ..
-                },
-                Request::QueueTaskDone,
-            ) => Step::Done(if !*joinable {
-                Err(ObjectError::Invalid(
-                    "task_done() needs a JoinableQueue".into(),
-                ))
-            } else if *unfinished == 0 {
-                Err(ObjectError::Invalid(
-                    "task_done() called too many times".into(),
-                ))
-            } else {
-                *unfinished -= 1;
-                Ok(Response::Unit)
-            }),
-            (
-                State::Queue {
-                    joinable: false, ..
-                },
-                Request::QueueJoin,
-            ) => Step::Done(Err(ObjectError::Invalid(
-                "join() needs a JoinableQueue".into(),
-            ))),
-            (
-                State::Queue { .. },
-                req @ (Request::QueuePut(_) | Request::QueueGet | Request::QueueJoin),
-            )
-            | (
-                State::Pipe { .. },
-                req @ (Request::ConnSend(_) | Request::ConnRecv | Request::ConnPoll),
-            )
-            | (
-                State::Lock(_) | State::Semaphore { .. } | State::Condition(_),
-                req @ Request::Acquire,
-            )
-            | (State::Event(_), req @ Request::EventWait) => {
-                let mut pending = Pending::Op(req);
-                match self.attempt(owner, end, &mut pending) {
-                    Some(result) => Step::Done(result),
-                    None => Step::Wait(pending),
-                }
-            }
-            (
-                State::Pipe {
-                    closed,
-                    host_closed,
-                    ..
-                },
-                Request::ConnClose,
-            ) => {
-                let e = usize::from(end);
-                match owner {
-                    Owner::Pid(pid) => {
-                        self.holds[e].remove(&Hold::Pid(pid));
-                        closed.insert((end, pid));
-                    }
-                    Owner::Host(_) => host_closed[e] = true,
-                }
-                Step::Done(Ok(Response::Unit))
-            }
-            (State::Lock(lock) | State::Condition(lock), Request::Release) => {
-                Step::Done(lock.release(owner))
-            }
-            (
-                State::Semaphore {
-                    value,
-                    initial,
-                    bounded,
-                    held,
-                },
-                Request::Release,
-            ) => {
-                if *bounded && *value >= *initial {
-                    return Step::Done(Err(ObjectError::NotOwner(
-                        "semaphore or lock released too many times".into(),
-                    )));
-                }
-                *value += 1;
-                // Released by its holder, or on a holder's behalf: either way one outstanding
-                // acquisition is gone, so a holder's death cannot give it back twice.
-                let from = if held.contains_key(&owner) {
-                    Some(owner)
-                } else {
-                    held.keys().next().copied()
-                };
-                if let Some(from) = from
-                    && let Some(n) = held.get_mut(&from)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        held.remove(&from);
-                    }
-                }
-                Step::Done(Ok(Response::Unit))
-            }
-            (State::Semaphore { value, .. }, Request::SemaphoreValue) => {
-                Step::Done(Ok(Response::Count(*value)))
-            }
-            (State::Event(set), Request::EventSet) => {
-                *set = true;
-                Step::Done(Ok(Response::Unit))
-            }
-            (State::Event(set), Request::EventClear) => {
-                *set = false;
-                Step::Done(Ok(Response::Unit))
-            }
-            (State::Event(set), Request::EventIsSet) => Step::Done(Ok(Response::Flag(*set))),
-            (State::Barrier { .. }, req @ (Request::BarrierWait | Request::BarrierWaitAction)) => {
-                self.arrive(owner, req, out)
-            }
-            (State::Barrier { .. }, Request::BarrierActionDone(ok)) => {
-                self.action_done(owner, ok, out)
-            }
-            (State::Barrier { parties, .. }, Request::BarrierParties) => {
-                Step::Done(Ok(Response::Count(u64::from(*parties))))
-            }
-            (State::Barrier { broken, .. }, Request::BarrierBroken) => {
-                Step::Done(Ok(Response::Flag(*broken)))
-            }
-            (State::Lock(lock), Request::Locked) => {
-                Step::Done(Ok(Response::Flag(lock.owner.is_some())))
-            }
-            (State::SharedLock(lock), Request::Locked) => {
-                Step::Done(Ok(Response::Flag(lock.locked())))
-            }
-            (State::Barrier { .. }, Request::BarrierAbort) => {
-                self.break_barrier(true, out);
-                Step::Done(Ok(Response::Unit))
-            }
-            (State::Barrier { .. }, Request::BarrierReset) => {
-                self.break_barrier(false, out);
-                Step::Done(Ok(Response::Unit))
-            }
-            (State::Barrier { arrived, .. }, Request::BarrierNWaiting) => {
-                Step::Done(Ok(Response::Count(u64::from(*arrived))))
-            }
-            (State::Condition(lock), Request::ConditionWait) => {
-                if lock.owner != Some(owner) {
-                    return Step::Done(Err(ObjectError::NotOwner(
-                        "cannot wait on an un-acquired condition".into(),
-                    )));
-                }
-                let count = lock.count;
-                lock.owner = None;
-                lock.count = 0;
-                Step::Wait(Pending::Notify { count })
-            }
-            (
-                State::Condition(lock),
-                req @ (Request::ConditionNotify(_) | Request::ConditionNotifyAll),
-            ) => {
-                if lock.owner != Some(owner) {
-                    return Step::Done(Err(ObjectError::NotOwner(
-                        "cannot notify on an un-acquired condition".into(),
-                    )));
-                }
-                let mut n = match req {
-                    Request::ConditionNotify(n) => n,
-                    _ => u32::MAX,
-                };
-                for w in self.waiters.iter_mut() {
-                    if n == 0 {
-                        break;
-                    }
-                    if let Pending::Notify { count } = w.pending {
-                        w.pending = Pending::Reacquire {
-                            count,
-                            notified: true,
-                        };
-                        n -= 1;
-                    }
-                }
-                Step::Done(Ok(Response::Unit))
-            }
-            (State::Dict(_) | State::List(_), req)
-                if self.stored.saturating_add(growth(&req)) > MAX_OBJECT_BYTES =>
-            {
-                Step::Done(too_big(kind, self.stored))
-            }
-            (State::Dict(map), req) => {
-                Step::Done(dict_op(map, &mut self.stored, &mut self.refs, req))
-            }
-            (State::List(list), req) => {
-                Step::Done(list_op(list, &mut self.stored, &mut self.refs, req))
-            }
-            (_, req) => Step::Done(invalid(kind, &req)),
-        }
+        let (state, mut cx) = self.split();
+        state.start(&mut cx, owner, end, req, out)
     }
 
     /// Tries a blocked operation again; `None` while it still cannot proceed.
     pub fn attempt(&mut self, owner: Owner, end: u8, pending: &mut Pending) -> Option<OpResult> {
-        let open_other = self.end_open(1 - (end & 1));
-        match (&mut self.state, pending) {
-            (
-                State::Queue {
-                    items,
-                    bytes,
-                    maxsize,
-                    closed,
-                    unfinished,
-                    ..
-                },
-                Pending::Op(req),
-            ) => match req {
-                Request::QueuePut(v) => {
-                    if *closed {
-                        Some(Err(ObjectError::Closed("the queue is closed".into())))
-                    } else if *bytes + item_cost(v) > MAX_OBJECT_BYTES {
-                        Some(too_big(Kind::Queue, *bytes))
-                    } else if *maxsize == 0 || items.len() < *maxsize {
-                        *bytes += item_cost(v);
-                        *unfinished += 1;
-                        items.push_back(std::mem::take(v));
-                        Some(Ok(Response::Unit))
-                    } else {
-                        None
-                    }
-                }
-                Request::QueueGet => match items.pop_front() {
-                    Some(v) => {
-                        *bytes = bytes.saturating_sub(item_cost(&v));
-                        Some(Ok(Response::Value(v)))
-                    }
-                    None if *closed => Some(Err(ObjectError::Closed(
-                        "the queue is closed and empty".into(),
-                    ))),
-                    None => None,
-                },
-                Request::QueueJoin => (*unfinished == 0).then_some(Ok(Response::Unit)),
-                _ => None,
-            },
-            (
-                State::Pipe {
-                    inbox,
-                    bytes,
-                    duplex,
-                    ..
-                },
-                Pending::Op(req),
-            ) => {
-                let e = usize::from(end & 1);
-                match req {
-                    Request::ConnSend(_) if !*duplex && e == 0 => Some(Err(ObjectError::Invalid(
-                        "this end of a one-way pipe only receives".into(),
-                    ))),
-                    Request::ConnRecv | Request::ConnPoll if !*duplex && e == 1 => Some(Err(
-                        ObjectError::Invalid("this end of a one-way pipe only sends".into()),
-                    )),
-                    Request::ConnSend(_) if !open_other => Some(Err(ObjectError::Closed(
-                        "broken pipe: the other end is closed".into(),
-                    ))),
-                    Request::ConnSend(v) => {
-                        if *bytes + item_cost(v) > MAX_OBJECT_BYTES {
-                            return Some(too_big(Kind::Connection, *bytes));
-                        }
-                        *bytes += item_cost(v);
-                        inbox[1 - e].push_back(std::mem::take(v));
-                        Some(Ok(Response::Unit))
-                    }
-                    Request::ConnRecv => match inbox[e].pop_front() {
-                        Some(v) => {
-                            *bytes = bytes.saturating_sub(item_cost(&v));
-                            Some(Ok(Response::Value(v)))
-                        }
-                        None if !open_other => Some(Err(ObjectError::Closed(
-                            "end of file: the other end of the pipe is closed".into(),
-                        ))),
-                        None => None,
-                    },
-                    Request::ConnPoll => {
-                        (!inbox[e].is_empty() || !open_other).then_some(Ok(Response::Flag(true)))
-                    }
-                    _ => None,
-                }
-            }
-            (State::Lock(lock) | State::Condition(lock), Pending::Op(Request::Acquire)) => lock
-                .try_acquire(owner, 1)
-                .then_some(Ok(Response::Flag(true))),
-            (State::Condition(lock), Pending::Reacquire { count, notified }) => lock
-                .try_acquire(owner, *count)
-                .then_some(Ok(Response::Flag(*notified))),
-            (State::Semaphore { value, held, .. }, Pending::Op(Request::Acquire)) => {
-                if *value == 0 {
-                    return None;
-                }
-                *value -= 1;
-                *held.entry(owner).or_insert(0) += 1;
-                Some(Ok(Response::Flag(true)))
-            }
-            (State::Event(set), Pending::Op(Request::EventWait)) => {
-                set.then_some(Ok(Response::Flag(true)))
-            }
-            (
-                State::Barrier {
-                    generation, broken, ..
-                },
-                Pending::Barrier {
-                    index,
-                    generation: g,
-                    ..
-                },
-            ) => {
-                if *broken {
-                    Some(Err(ObjectError::Broken))
-                } else if *generation != *g {
-                    Some(Ok(Response::Int(i64::from(*index))))
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        }
+        let (state, mut cx) = self.split();
+        state.attempt(&mut cx, owner, end, pending)
     }
 
     /// Retries every waiter, in arrival order, until none can proceed.
@@ -788,169 +274,7 @@ impl Object {
                 break;
             }
         }
-        if let State::Pipe {
-            shared: Some(shared),
-            ..
-        } = &self.state
-        {
-            shared.set_open([self.end_open(0), self.end_open(1)]);
-        }
-    }
-
-    /// A party arrives at the barrier (`BarrierWait`, or `BarrierWaitAction` offering to
-    /// run the round's action). The last of a round completes it: it runs the action if it
-    /// offered one, else the earliest waiting party that offered one is told to run it;
-    /// with no action the round's parties are released at once. While an action runs, a
-    /// party of the next round waits to arrive until it is done.
-    fn arrive(&mut self, owner: Owner, req: Request, out: &mut Vec<(Responder, OpResult)>) -> Step {
-        let State::Barrier {
-            parties,
-            arrived,
-            generation,
-            broken,
-            running,
-        } = &mut self.state
-        else {
-            return Step::Done(invalid(self.kind, &req));
-        };
-        if *broken {
-            return Step::Done(Err(ObjectError::Broken));
-        }
-        if running.is_some() {
-            return Step::Wait(Pending::Op(req));
-        }
-        let offers = req == Request::BarrierWaitAction;
-        let index = *arrived;
-        *arrived += 1;
-        let waiting = Pending::Barrier {
-            index,
-            generation: *generation,
-            action: offers,
-        };
-        if *arrived < *parties {
-            return Step::Wait(waiting);
-        }
-        if offers {
-            *running = Some(ActionRun { owner, index });
-            return Step::Done(Ok(Response::RunAction(index)));
-        }
-        let g = *generation;
-        let runner = self
-            .waiters
-            .iter()
-            .enumerate()
-            .find_map(|(pos, w)| match w.pending {
-                Pending::Barrier {
-                    index,
-                    generation,
-                    action: true,
-                } if generation == g => Some((pos, index)),
-                _ => None,
-            });
-        match runner.and_then(|(pos, theirs)| Some((self.waiters.remove(pos)?, theirs))) {
-            Some((w, theirs)) => {
-                if let State::Barrier { running, .. } = &mut self.state {
-                    *running = Some(ActionRun {
-                        owner: w.owner,
-                        index: theirs,
-                    });
-                }
-                out.push((w.responder, Ok(Response::RunAction(theirs))));
-                Step::Wait(waiting)
-            }
-            None => {
-                if let State::Barrier {
-                    arrived,
-                    generation,
-                    ..
-                } = &mut self.state
-                {
-                    *arrived = 0;
-                    *generation += 1;
-                }
-                Step::Done(Ok(Response::Int(i64::from(index))))
-            }
-        }
-    }
-
-    /// The party running the round's action reports it done: on success the round's
-    /// parties are released (by the pump) and the parties waiting to arrive arrive, in
-    /// order; on failure the barrier breaks.
-    fn action_done(
-        &mut self,
-        owner: Owner,
-        ok: bool,
-        out: &mut Vec<(Responder, OpResult)>,
-    ) -> Step {
-        let State::Barrier {
-            arrived,
-            generation,
-            running,
-            ..
-        } = &mut self.state
-        else {
-            return Step::Done(invalid(self.kind, &Request::BarrierActionDone(ok)));
-        };
-        let run = match *running {
-            Some(run) if run.owner == owner => run,
-            Some(_) => {
-                return Step::Done(Err(ObjectError::Invalid(
-                    "another party runs this round's barrier action".into(),
-                )));
-            }
-            // Aborted or reset while the action ran: the round is over for everyone.
-            None => return Step::Done(Err(ObjectError::Broken)),
-        };
-        if !ok {
-            self.break_barrier(true, out);
-            return Step::Done(Ok(Response::Unit));
-        }
-        *running = None;
-        *arrived = 0;
-        *generation += 1;
-        // The next round's parties that waited to arrive, in arrival order.
-        let waiters = std::mem::take(&mut self.waiters);
-        for mut w in waiters {
-            let req = match &w.pending {
-                Pending::Op(req @ (Request::BarrierWait | Request::BarrierWaitAction)) => {
-                    req.clone()
-                }
-                _ => {
-                    self.waiters.push_back(w);
-                    continue;
-                }
-            };
-            match self.arrive(w.owner, req, out) {
-                Step::Done(result) => out.push((w.responder, result)),
-                Step::Wait(pending) => {
-                    w.pending = pending;
-                    self.waiters.push_back(w);
-                }
-            }
-        }
-        Step::Done(Ok(Response::Int(i64::from(run.index))))
-    }
-
-    /// Breaks the barrier: every party waiting gets `Broken`. `abort` leaves it broken;
-    /// otherwise (reset) it is ready for a new round.
-    pub fn break_barrier(&mut self, abort: bool, out: &mut Vec<(Responder, OpResult)>) {
-        if let State::Barrier {
-            arrived,
-            generation,
-            broken,
-            running,
-            ..
-        } = &mut self.state
-        {
-            *arrived = 0;
-            *generation += 1;
-            *broken = abort;
-            *running = None;
-        }
-        let waiters = std::mem::take(&mut self.waiters);
-        for w in waiters {
-            out.push((w.responder, Err(ObjectError::Broken)));
-        }
+        self.state.pumped([self.end_open(0), self.end_open(1)]);
     }
 
     /// The waiter `id` timed out: answer it as Python would, or move it on.
@@ -958,104 +282,26 @@ impl Object {
         let Some(pos) = self.waiters.iter().position(|w| w.id == id) else {
             return;
         };
-        let Some(mut w) = self.waiters.remove(pos) else {
+        let Some(w) = self.waiters.remove(pos) else {
             return;
         };
-        match w.pending {
-            Pending::Op(Request::BarrierWait | Request::BarrierWaitAction) => {
-                // Timed out waiting to arrive while a round's action ran: a barrier wait's
-                // timeout breaks the barrier, as in the round itself.
-                out.push((w.responder, Err(ObjectError::Broken)));
-                self.break_barrier(true, out);
-            }
-            Pending::Op(ref req) => {
-                let result = match req {
-                    Request::QueueGet => Err(ObjectError::Empty),
-                    Request::QueuePut(_) => Err(ObjectError::Full),
-                    Request::Acquire | Request::EventWait | Request::ConnPoll => {
-                        Ok(Response::Flag(false))
-                    }
-                    _ => Err(ObjectError::Timeout),
-                };
-                out.push((w.responder, result));
-            }
-            Pending::Notify { count } => {
-                // Not notified in time: the waiter still re-acquires the lock before it returns.
-                w.pending = Pending::Reacquire {
-                    count,
-                    notified: false,
-                };
-                self.waiters.push_back(w);
-            }
-            Pending::Barrier { .. } => {
-                out.push((w.responder, Err(ObjectError::Broken)));
-                self.break_barrier(true, out);
-            }
-            Pending::Reacquire { .. } => self.waiters.insert(pos, w),
-        }
+        let (state, mut cx) = self.split();
+        state.expire(&mut cx, w, pos, out);
         self.pump(out);
     }
 
     /// Worker `pid` is gone: forget its waiters and give back what it held.
     pub fn worker_exited(&mut self, pid: u32, out: &mut Vec<(Responder, OpResult)>) {
         let gone = Owner::Pid(pid);
-        let before = self.waiters.len();
-        let mut was_at_barrier = false;
-        self.waiters.retain(|w| {
-            let keep = w.owner != gone;
-            if !keep && matches!(w.pending, Pending::Barrier { .. }) {
-                was_at_barrier = true;
-            }
-            keep
-        });
-        let mut changed = self.waiters.len() != before;
-        match &mut self.state {
-            State::Lock(lock) | State::Condition(lock) if lock.owner == Some(gone) => {
-                lock.owner = None;
-                lock.count = 0;
-                changed = true;
-            }
-            State::Semaphore {
-                value,
-                initial,
-                bounded,
-                held,
-            } => {
-                if let Some(n) = held.remove(&gone) {
-                    *value += n;
-                    if *bounded {
-                        *value = (*value).min(*initial);
-                    }
-                    changed = true;
-                }
-            }
-            State::SharedLock(lock) => changed |= lock.release_if_held_by(pid),
-            State::SharedDict(dict) => dict.release_locks_of(pid, super::host_tag()),
-            State::Pipe { closed, shared, .. } => {
-                closed.retain(|&(_, p)| p != pid);
-                if let Some(shared) = shared {
-                    shared.release_locks_of(pid);
-                }
-            }
-            State::Queue {
-                shared: Some(shared),
-                ..
-            } => shared.release_locks_of(pid),
-            _ => {}
-        }
+        let (lost, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.owner == gone);
+        self.waiters = kept.into();
+        let mut changed = !lost.is_empty();
+        let (state, mut cx) = self.split();
+        changed |= state.worker_exited(&mut cx, pid, &lost, out);
         for h in self.holds.iter_mut() {
             changed |= h.remove(&Hold::Pid(pid)).is_some();
-        }
-        if let State::Barrier {
-            running: Some(run), ..
-        } = &self.state
-            && run.owner == gone
-        {
-            // It died running the round's action: the round can never end.
-            was_at_barrier = true;
-        }
-        if was_at_barrier {
-            self.break_barrier(true, out);
         }
         if changed {
             self.pump(out);
@@ -1063,207 +309,15 @@ impl Object {
     }
 }
 
-type Map = indexmap::IndexMap<Vec<u8>, Vec<u8>>;
-
-/// Sets `k` to `v`, keeping `stored` (what the entries cost, as [`entry_cost`] counts it)
-/// and `refs` (the handles stored and let go of) exact.
-fn store(map: &mut Map, stored: &mut usize, refs: &mut RefLog, k: Vec<u8>, v: Vec<u8>) {
-    let cost = entry_cost(&k, &v);
-    let value = heap_bytes(v.capacity());
-    // An existing key keeps its stored buffer (the new one is dropped): only the value
-    // changes.
-    if !map.contains_key(&k) {
-        refs.added(&k);
-    }
-    refs.added(&v);
-    match map.insert(k, v) {
-        Some(old) => {
-            refs.removed(&old);
-            *stored = (*stored + value).saturating_sub(heap_bytes(old.capacity()))
-        }
-        None => *stored += cost,
-    }
-}
-
-/// Removes the entry of `k`, keeping `stored` and `refs` exact for its key; answers its
-/// value, which the caller logs as removed or taken.
-fn unstore(map: &mut Map, stored: &mut usize, refs: &mut RefLog, k: &[u8]) -> Option<Vec<u8>> {
-    let (key, v) = map.shift_remove_entry(k)?;
-    *stored = stored.saturating_sub(entry_cost(&key, &v));
-    refs.removed(&key);
-    Some(v)
-}
-
-fn dict_op(map: &mut Map, stored: &mut usize, refs: &mut RefLog, req: Request) -> OpResult {
-    Ok(match req {
-        Request::DictGet(k) => Response::Maybe(map.get(&k).cloned()),
-        Request::DictSet((k, v)) => {
-            store(map, stored, refs, k, v);
-            Response::Unit
-        }
-        Request::DictDelete(k) => match unstore(map, stored, refs, &k) {
-            Some(v) => {
-                refs.removed(&v);
-                Response::Unit
-            }
-            None => return Err(ObjectError::Missing("KeyError: no such key".into())),
-        },
-        Request::DictContains(k) => Response::Flag(map.contains_key(&k)),
-        Request::DictKeys => Response::Values(map.keys().cloned().collect()),
-        Request::DictValues => Response::Values(map.values().cloned().collect()),
-        Request::DictItems => {
-            Response::Entries(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        }
-        Request::DictLen => Response::Count(map.len() as u64),
-        Request::DictUpdate(entries) => {
-            for (k, v) in entries {
-                store(map, stored, refs, k, v);
-            }
-            Response::Unit
-        }
-        Request::DictSetdefault((k, v)) => match map.get(&k) {
-            Some(existing) => Response::Value(existing.clone()),
-            None => {
-                store(map, stored, refs, k, v.clone());
-                Response::Value(v)
-            }
-        },
-        Request::DictPop(k) => {
-            let v = unstore(map, stored, refs, &k);
-            if let Some(v) = &v {
-                refs.taken(v);
-            }
-            Response::Maybe(v)
-        }
-        Request::DictPopitem => match map.pop() {
-            Some((k, v)) => {
-                *stored = stored.saturating_sub(entry_cost(&k, &v));
-                refs.taken(&k);
-                refs.taken(&v);
-                Response::Entries(vec![(k, v)])
-            }
-            None => {
-                return Err(ObjectError::Missing(
-                    "KeyError: 'popitem(): dictionary is empty'".into(),
-                ));
-            }
-        },
-        Request::DictClear => {
-            for (k, v) in map.drain(..) {
-                refs.removed(&k);
-                refs.removed(&v);
-            }
-            *stored = 0;
-            Response::Unit
-        }
-        Request::DictIncrement(k, delta) => {
-            let (new, encoded) = add_to_int(map.get(&k).map(Vec::as_slice), delta)?;
-            store(map, stored, refs, k, encoded);
-            Response::Int(new)
-        }
-        Request::DictCompareAndSwap { key, expected, new } => {
-            let matches = map.get(&key) == expected.as_ref();
-            if matches {
-                store(map, stored, refs, key, new);
-            }
-            Response::Flag(matches)
-        }
-        req => return invalid(Kind::Dict, &req),
-    })
-}
-
-fn list_op(
-    list: &mut Vec<Vec<u8>>,
-    stored: &mut usize,
-    refs: &mut RefLog,
-    req: Request,
-) -> OpResult {
-    let out_of_range = || ObjectError::Missing("IndexError: list index out of range".into());
-    Ok(match req {
-        Request::ListAppend(v) => {
-            *stored += item_cost(&v);
-            refs.added(&v);
-            list.push(v);
-            Response::Unit
-        }
-        Request::ListExtend(vs) => {
-            *stored += vs.iter().map(item_cost).sum::<usize>();
-            vs.iter().for_each(|v| refs.added(v));
-            list.extend(vs);
-            Response::Unit
-        }
-        Request::ListGet(i) => {
-            let i = index(list.len(), i).ok_or_else(out_of_range)?;
-            Response::Value(list[i].clone())
-        }
-        Request::ListSet(i, v) => {
-            let i = index(list.len(), i).ok_or_else(out_of_range)?;
-            *stored = (*stored + item_cost(&v)).saturating_sub(item_cost(&list[i]));
-            refs.added(&v);
-            refs.removed(&list[i]);
-            list[i] = v;
-            Response::Unit
-        }
-        Request::ListLen => Response::Count(list.len() as u64),
-        Request::ListPop(i) => {
-            let i = index(list.len(), i.unwrap_or(-1))
-                .ok_or_else(|| ObjectError::Missing("IndexError: pop index out of range".into()))?;
-            let v = list.remove(i);
-            *stored = stored.saturating_sub(item_cost(&v));
-            refs.taken(&v);
-            Response::Value(v)
-        }
-        Request::ListIndex(v) => match list.iter().position(|x| *x == v) {
-            Some(i) => Response::Count(i as u64),
-            None => {
-                return Err(ObjectError::Missing(
-                    "ValueError: value is not in list".into(),
-                ));
-            }
-        },
-        Request::ListItems => Response::Values(list.clone()),
-        Request::ListInsert(i, v) => {
-            let at = bound(list.len(), Some(i), 0);
-            *stored += item_cost(&v);
-            refs.added(&v);
-            list.insert(at, v);
-            Response::Unit
-        }
-        Request::ListRemove(v) => match list.iter().position(|x| *x == v) {
-            Some(i) => {
-                let v = list.remove(i);
-                *stored = stored.saturating_sub(item_cost(&v));
-                refs.removed(&v);
-                Response::Unit
-            }
-            None => {
-                return Err(ObjectError::Missing(
-                    "ValueError: list.remove(x): x not in list".into(),
-                ));
-            }
-        },
-        Request::ListClear => {
-            for v in list.drain(..) {
-                refs.removed(&v);
-            }
-            *stored = 0;
-            Response::Unit
-        }
-        Request::ListSlice(start, stop) => {
-            let len = list.len();
-            let (start, stop) = (bound(len, start, 0), bound(len, stop, len));
-            Response::Values(list.get(start..stop).unwrap_or_default().to_vec())
-        }
-        req => return invalid(Kind::List, &req),
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
+    use crate::broker::kinds::{LockState, NewObject};
 
     fn dict() -> Object {
-        Object::new(Kind::Dict, [1, 2], State::Dict(Default::default()))
+        Object::new(Kind::Dict, [1, 2], NewObject::Dict(Default::default()))
     }
 
     fn run(obj: &mut Object, req: Request) -> OpResult {
@@ -1306,7 +360,7 @@ mod tests {
         Object::new(
             Kind::Barrier,
             [1, 2],
-            State::Barrier {
+            NewObject::Barrier {
                 parties,
                 arrived: 0,
                 generation: 0,
@@ -1339,10 +393,10 @@ mod tests {
         assert_eq!(answer(&plain), Some(Ok(Response::Int(0))));
         assert_eq!(answer(&offers), Some(Ok(Response::Int(1))));
         assert!(answer(&last).is_none(), "arrived first in the next round");
-        let State::Barrier { arrived, .. } = &b.state else {
+        let ObjectState::Barrier(round) = &b.state else {
             unreachable!()
         };
-        assert_eq!(*arrived, 1);
+        assert_eq!(round.arrived, 1);
 
         // The last party offers nothing: the earliest that offered runs the action.
         let mut b = barrier(3);
@@ -1405,7 +459,7 @@ mod tests {
     #[test]
     fn a_lock_in_the_broker_answers_locked() {
         for recursive in [false, true] {
-            let state = State::Lock(LockState {
+            let state = NewObject::Lock(LockState {
                 owner: None,
                 count: 0,
                 recursive,
@@ -1422,7 +476,7 @@ mod tests {
 
     #[test]
     fn list_insert_remove_clear_and_slice_follow_python() {
-        let mut l = Object::new(Kind::List, [1, 2], State::List(Vec::new()));
+        let mut l = Object::new(Kind::List, [1, 2], NewObject::List(Vec::new()));
         let item = |n: u8| vec![n];
         for n in [0, 1, 2] {
             run(&mut l, Request::ListAppend(item(n))).unwrap();
@@ -1502,7 +556,7 @@ mod tests {
 
     #[test]
     fn empty_list_items_are_charged_so_a_flood_of_them_is_refused() {
-        let mut l = Object::new(Kind::List, [1, 2], State::List(Vec::new()));
+        let mut l = Object::new(Kind::List, [1, 2], NewObject::List(Vec::new()));
         let batch = || Request::ListExtend(vec![Vec::new(); 1 << 16]);
         let most = MAX_OBJECT_BYTES / SLOT_OVERHEAD;
         let mut items = 0usize;
@@ -1541,7 +595,7 @@ mod tests {
         let mut q = Object::new(
             Kind::Queue,
             [1, 2],
-            State::Queue {
+            NewObject::Queue {
                 items: VecDeque::new(),
                 bytes: 0,
                 maxsize: 0,
@@ -1558,10 +612,10 @@ mod tests {
         // Each one-byte item: a 32-byte allocation and a 48-byte slot, not 1 + 32.
         assert_eq!(n, MAX_OBJECT_BYTES / (32 + SLOT_OVERHEAD));
         run(&mut q, Request::QueueGet).unwrap();
-        let State::Queue { bytes, .. } = &q.state else {
+        let ObjectState::Queue(queue) = &q.state else {
             unreachable!()
         };
-        assert_eq!(*bytes, (n - 1) * (32 + SLOT_OVERHEAD));
+        assert_eq!(queue.bytes, (n - 1) * (32 + SLOT_OVERHEAD));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::job::Job;
 #[cfg(doc)]
 use super::job::TaskOptions;
 use super::queue_policy::QueueKey;
-use crate::packed::Packed;
+use crate::protocol::packed::Packed;
 
 /// How a chunk's items are sent to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use super::chunk::SendAs;
 use super::job::{Job, Slot};
 use super::{Pool, decode_slot};
 use crate::error::{Error, Result};
-use crate::packed::Packed;
 use crate::protocol::Outcome;
+use crate::protocol::packed::Packed;
 
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: one `Result` per
 /// item. Items are drawn from the input only while fewer than a few chunks per worker are

@@ -15,8 +15,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::job::Slot;
-use crate::packed::Packed;
 use crate::protocol::Outcome;
+use crate::protocol::packed::Packed;
 
 /// The state shared by every item of a segment.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@ use super::items::{Item, Items};
 use super::queue_policy::QueueKey;
 use crate::error::{Error, Result};
 use crate::module::Module;
-use crate::packed::BatchAnswers;
 use crate::process::outcome_error;
+use crate::protocol::packed::BatchAnswers;
 use crate::protocol::{Limits, Outcome};
 use crate::values::decode_result;
 

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
 use crate::output::Output;
-use crate::packed::BatchAnswers;
+use crate::protocol::packed::BatchAnswers;
 use crate::protocol::{
     Limits, MAX_FRAME, Outcome, PART_BYTES, ToWorker, describe_bytes, encode_frame,
 };

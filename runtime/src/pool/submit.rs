@@ -12,7 +12,7 @@ use super::Pool;
 use super::chunk::{Chunk, SendAs};
 use super::job::{Hook, Job};
 use crate::error::{Error, Result};
-use crate::packed::Packed;
+use crate::protocol::packed::Packed;
 use crate::values::encode_args;
 
 /// Encodes every item straight into one buffer (no allocation per item).

@@ -24,12 +24,12 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use wasmpool_objects::wire::{Entry, ObjectError, Request, Response};
+use wasmpool_objects::wire::{Entry, ObjectError, Request, Response, too_large};
 
 use super::Local;
 use super::mutex::{Held, Mutex};
 use super::segment::{Segment, SegmentBudget};
-use crate::broker::{add_to_int, too_large};
+use crate::rules::add_to_int;
 
 /// Slots of a half's table; at most half of them hold live keys.
 const SLOTS: usize = 4096;

@@ -82,7 +82,7 @@ pub(crate) enum SegmentKind {
 
 /// Whether `req` is done in place when its object has a segment. A dict operation that
 /// stores a handle is not: the broker counts the dict's references to the objects it holds
-/// (see `broker::refs`), so it takes the dict over.
+/// (see [`stores_handles`](crate::rules::stores_handles)), so it takes the dict over.
 pub(crate) fn in_place(req: &Request) -> bool {
     matches!(
         req,
@@ -94,7 +94,7 @@ pub(crate) fn in_place(req: &Request) -> bool {
             | Request::Acquire
             | Request::Release
             | Request::Locked
-    ) || (dict_request(req) && !crate::broker::stores_handles(req))
+    ) || (dict_request(req) && !crate::rules::stores_handles(req))
 }
 
 /// Whether `req` is a dict operation.

@@ -15,12 +15,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Instant;
 
-use wasmpool_objects::wire::ObjectError;
+use wasmpool_objects::wire::{ObjectError, too_large};
 
 use super::ring::{self, Corrupt, Push, Ring};
 use super::segment::{Segment, SegmentBudget};
 use super::{Local, SPIN};
-use crate::broker::too_large;
 
 /// Bytes of each direction's ring: twice a Linux pipe's buffer.
 const RING_BYTES: usize = 128 << 10;

@@ -13,12 +13,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
-use wasmpool_objects::wire::ObjectError;
+use wasmpool_objects::wire::{ObjectError, too_large};
 
 use super::ring::{Corrupt, Push, Ring};
 use super::segment::{Segment, SegmentBudget};
 use super::{Local, SPIN};
-use crate::broker::too_large;
 
 /// Bytes of the ring: room for ~16k small items.
 const RING_BYTES: usize = 256 << 10;

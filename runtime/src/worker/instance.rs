@@ -16,7 +16,7 @@ use super::watchdog::{INIT_CALL, Watchdog, ticks, time_limit_message};
 use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine_with;
 use crate::grants::Grants;
-use crate::packed::{BatchAnswers, Packed};
+use crate::protocol::packed::{BatchAnswers, Packed};
 use crate::protocol::{EXIT_STATUS, FromWorker, Limits, Load, Outcome, Stream, describe_bytes};
 
 /// Deadline for calls without a time limit: effectively never.

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::output::Channel;
-use crate::packed::{BatchAnswers, Packed};
+use crate::protocol::packed::{BatchAnswers, Packed};
 use crate::protocol::{FromWorker, MAX_RESULT, Outcome, PART_BYTES, describe_bytes};
 
 /// The progress of the batch call running in this worker, if any.

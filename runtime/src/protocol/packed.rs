@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Outcome;
+use super::Outcome;
 
 /// Item `i` is `data[ends[i - 1]..ends[i]]` (item 0 starts at 0). The same layout as the
 /// WIT record `packed`.
