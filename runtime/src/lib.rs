@@ -36,6 +36,7 @@ mod fork_client;
 mod grants;
 mod guest_build;
 mod launch;
+pub mod lines;
 mod manager;
 mod module;
 mod output;

@@ -1,13 +1,16 @@
 //! `Manager`: creates the objects tasks share. The host's broker owns them; the handles it
 //! answers work in this program and, passed inside task arguments, in tasks.
 
+use std::sync::Arc;
+
 use wasmpool_objects::wire::Kind;
 use wasmpool_objects::{
     Barrier, Condition, Connection, Dict, Event, List, Lock, Queue, RLock, Semaphore,
 };
 
-use crate::broker::{LockState, NewObject as State};
+use crate::broker::ObjectState;
 use crate::runtime::Runtime;
+use crate::shm::{SharedDict, SharedLock, SharedPipe, SharedQueue};
 
 /// Creates shared objects, as Python's `multiprocessing` module functions and
 /// `Manager()` do. Every object lives while this program holds a handle to it or a process
@@ -55,14 +58,6 @@ impl Default for Manager {
     }
 }
 
-fn lock_state(recursive: bool) -> LockState {
-    LockState {
-        owner: None,
-        count: 0,
-        recursive,
-    }
-}
-
 impl Manager {
     /// The manager of the shared objects of this program's global runtime.
     pub fn new() -> Manager {
@@ -81,7 +76,7 @@ impl Manager {
         &self.runtime
     }
 
-    fn create(&self, kind: Kind, state: State) -> wasmpool_objects::wire::Handle {
+    fn create(&self, kind: Kind, state: ObjectState) -> wasmpool_objects::wire::Handle {
         self.runtime.broker().create(kind, state)[0]
     }
 
@@ -94,25 +89,12 @@ impl Manager {
     }
 
     fn queue_with<T>(&self, maxsize: usize, joinable: bool) -> Queue<T> {
+        let shared = (maxsize == 0 && !joinable)
+            .then(|| SharedQueue::create(self.max_message(), self.segments()).ok())
+            .flatten()
+            .map(Arc::new);
         Queue::__from_created(
-            self.create(
-                Kind::Queue,
-                State::Queue {
-                    items: Default::default(),
-                    bytes: 0,
-                    maxsize,
-                    closed: false,
-                    joinable,
-                    unfinished: 0,
-                    shared: (maxsize == 0 && !joinable)
-                        .then(|| {
-                            crate::shm::SharedQueue::create(self.max_message(), self.segments())
-                                .ok()
-                        })
-                        .flatten()
-                        .map(std::sync::Arc::new),
-                },
-            ),
+            self.create(Kind::Queue, ObjectState::queue(maxsize, joinable, shared)),
         )
     }
 
@@ -134,94 +116,69 @@ impl Manager {
     /// A pipe: two connected ends (Python's `Pipe(duplex)`). With `duplex` false the first
     /// end only receives and the second only sends.
     pub fn pipe<T>(&self, duplex: bool) -> (Connection<T>, Connection<T>) {
-        let [a, b] = self.runtime.broker().create(
-            Kind::Connection,
-            State::Pipe {
-                inbox: Default::default(),
-                bytes: 0,
-                closed: Default::default(),
-                host_closed: [false; 2],
-                duplex,
-                shared: crate::shm::SharedPipe::create(duplex, self.max_message(), self.segments())
-                    .ok()
-                    .map(std::sync::Arc::new),
-            },
-        );
+        let shared = SharedPipe::create(duplex, self.max_message(), self.segments())
+            .ok()
+            .map(Arc::new);
+        let [a, b] = self
+            .runtime
+            .broker()
+            .create(Kind::Connection, ObjectState::pipe(duplex, shared));
         (Connection::__from_created(a), Connection::__from_created(b))
     }
 
     /// A lock; any process may release it, as in Python.
     pub fn lock(&self) -> Lock {
-        let state = match crate::shm::SharedLock::create(self.segments()) {
-            Ok(shared) => State::SharedLock(std::sync::Arc::new(shared)),
-            Err(_) => State::Lock(lock_state(false)),
+        let state = match SharedLock::create(self.segments()) {
+            Ok(shared) => ObjectState::shared_lock(Arc::new(shared)),
+            Err(_) => ObjectState::lock(false),
         };
         Lock::__from_created(self.create(Kind::Lock, state))
     }
 
     /// A recursive lock: only its owner may release it.
     pub fn rlock(&self) -> RLock {
-        RLock::__from_created(self.create(Kind::RLock, State::Lock(lock_state(true))))
-    }
-
-    fn semaphore_with(&self, value: u64, bounded: bool) -> Semaphore {
-        Semaphore::__from_created(self.create(
-            Kind::Semaphore,
-            State::Semaphore {
-                value,
-                initial: value,
-                bounded,
-                held: Default::default(),
-            },
-        ))
+        RLock::__from_created(self.create(Kind::RLock, ObjectState::lock(true)))
     }
 
     /// A semaphore with initial value `value`.
     pub fn semaphore(&self, value: u64) -> Semaphore {
-        self.semaphore_with(value, false)
+        Semaphore::__from_created(
+            self.create(Kind::Semaphore, ObjectState::semaphore(value, false)),
+        )
     }
 
     /// A semaphore that refuses to be released above its initial value.
     pub fn bounded_semaphore(&self, value: u64) -> Semaphore {
-        self.semaphore_with(value, true)
+        Semaphore::__from_created(self.create(Kind::Semaphore, ObjectState::semaphore(value, true)))
     }
 
     /// An event, initially clear.
     pub fn event(&self) -> Event {
-        Event::__from_created(self.create(Kind::Event, State::Event(false)))
+        Event::__from_created(self.create(Kind::Event, ObjectState::event()))
     }
 
     /// A barrier for `parties` processes (at least 1).
     pub fn barrier(&self, parties: u32) -> Barrier {
-        Barrier::__from_created(self.create(
-            Kind::Barrier,
-            State::Barrier {
-                parties: parties.max(1),
-                arrived: 0,
-                generation: 0,
-                broken: false,
-                running: None,
-            },
-        ))
+        Barrier::__from_created(self.create(Kind::Barrier, ObjectState::barrier(parties)))
     }
 
     /// A condition variable with its own recursive lock.
     pub fn condition(&self) -> Condition {
-        Condition::__from_created(self.create(Kind::Condition, State::Condition(lock_state(true))))
+        Condition::__from_created(self.create(Kind::Condition, ObjectState::condition()))
     }
 
     /// An empty dict (Python's `Manager().dict()`).
     pub fn dict<K, V>(&self) -> Dict<K, V> {
-        let state = match crate::shm::SharedDict::create(self.max_message(), self.segments()) {
-            Ok(shared) => State::SharedDict(std::sync::Arc::new(shared)),
-            Err(_) => State::Dict(Default::default()),
+        let state = match SharedDict::create(self.max_message(), self.segments()) {
+            Ok(shared) => ObjectState::shared_dict(Arc::new(shared)),
+            Err(_) => ObjectState::dict(),
         };
         Dict::__from_created(self.create(Kind::Dict, state))
     }
 
     /// An empty list (Python's `Manager().list()`).
     pub fn list<T>(&self) -> List<T> {
-        List::__from_created(self.create(Kind::List, State::List(Vec::new())))
+        List::__from_created(self.create(Kind::List, ObjectState::list()))
     }
 
     /// How many shared objects are alive in this program (objects are freed when nothing

@@ -134,12 +134,22 @@ pub const MAX_JSON_DEPTH: usize = 1024;
 /// valid UTF-8, nesting deeper than [`MAX_JSON_DEPTH`], bytes after the value), naming the
 /// task, nothing has been written; [`Error::Io`] is a failure of `out`.
 pub fn write_json<W: std::io::Write + ?Sized>(task: &str, bytes: &[u8], out: &mut W) -> Result<()> {
+    check_json(task, bytes)?;
+    write_checked_json(task, bytes, out)
+}
+
+/// As [`write_json`], for a result [`check_json`] has passed: it is not checked again (a
+/// result that fails after all may leave part of its JSON written).
+pub(crate) fn write_checked_json<W: std::io::Write + ?Sized>(
+    task: &str,
+    bytes: &[u8],
+    out: &mut W,
+) -> Result<()> {
     let decode_error = |message: String| Error::Decode {
         task: task.to_string(),
         ty: "JSON",
         message,
     };
-    check_json(task, bytes)?;
     transcode_all(bytes, out).map_err(|e| match e {
         Fail::Decode(m) => decode_error(m),
         Fail::Io(e) => Error::io(format!("writing the result of task `{task}`"), e),

@@ -1,12 +1,9 @@
 //! `wasmpool map MODULE TASK`: apply a task to many inputs in a pool of worker processes.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -14,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+use wasmpool::lines::{Items, Lines, LinesError, RecordWriter};
 use wasmpool::{Module, Output, Pool};
 
 /// Apply a task to every input in a pool of worker processes; write JSON lines.
@@ -132,7 +130,7 @@ fn count_inputs(path: &std::path::Path) -> Option<u64> {
             return Some(count);
         }
         // Blank as the map judges it: nothing but (Unicode) whitespace.
-        if !String::from_utf8_lossy(&line).trim().is_empty() {
+        if !wasmpool::lines::is_blank(&String::from_utf8_lossy(&line)) {
             count += 1;
         }
     }
@@ -168,38 +166,27 @@ impl MapCommand {
         // Ctrl-C from here on stops the workers and keeps what was written.
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-        let (inputs, total): (Box<dyn Iterator<Item = Result<Value>>>, Option<u64>) =
-            match (&self.range, &self.input) {
-                (Some(r), _) => {
-                    let (a, b) = parse_range(r)?;
-                    // `b - a` overflows i64 for a range over most of it; the count fits u64.
-                    (Box::new((a..b).map(|n| Ok(json!(n)))), Some(b.abs_diff(a)))
-                }
-                (None, Some(path)) => {
-                    let reader: Box<dyn BufRead> = if path == "-" {
-                        Box::new(BufReader::new(std::io::stdin()))
-                    } else {
-                        Box::new(BufReader::new(
-                            File::open(path)
-                                .with_context(|| format!("cannot open --input {path}"))?,
-                        ))
-                    };
-                    let lines = reader
-                        .lines()
-                        .enumerate()
-                        .filter_map(|(i, line)| match line {
-                            Ok(l) if l.trim().is_empty() => None,
-                            Ok(l) => Some(serde_json::from_str::<Value>(&l).with_context(|| {
-                                format!("input line {} is not valid JSON", i + 1)
-                            })),
-                            Err(e) => Some(Err(e).context("cannot read the input")),
-                        });
-                    (Box::new(lines), None)
-                }
-                (None, None) => {
-                    bail!("give the inputs with --range A..B or --input FILE (or - for stdin)")
-                }
-            };
+        type Inputs = Box<dyn Iterator<Item = Result<Value, LinesError>>>;
+        let (inputs, total): (Inputs, Option<u64>) = match (&self.range, &self.input) {
+            (Some(r), _) => {
+                let (a, b) = parse_range(r)?;
+                // `b - a` overflows i64 for a range over most of it; the count fits u64.
+                (Box::new((a..b).map(|n| Ok(json!(n)))), Some(b.abs_diff(a)))
+            }
+            (None, Some(path)) => {
+                let reader: Box<dyn BufRead> = if path == "-" {
+                    Box::new(BufReader::new(std::io::stdin()))
+                } else {
+                    Box::new(BufReader::new(
+                        File::open(path).with_context(|| format!("cannot open --input {path}"))?,
+                    ))
+                };
+                (Box::new(Lines::new(reader)), None)
+            }
+            (None, None) => {
+                bail!("give the inputs with --range A..B or --input FILE (or - for stdin)")
+            }
+        };
 
         self.check_counts()?;
         let objects = self.objects.create()?;
@@ -221,12 +208,13 @@ impl MapCommand {
         let pool = builder.build()?;
         module.tasks()?;
 
-        let mut out: Box<dyn Write> = match &self.output {
+        let out: Box<dyn Write> = match &self.output {
             Some(p) => Box::new(BufWriter::new(
                 File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
             )),
             None => Box::new(BufWriter::new(std::io::stdout())),
         };
+        let mut records = RecordWriter::new(&self.task, out);
         let bar = if std::io::stderr().is_terminal() {
             // A regular input file is counted first (one read, nothing kept), so the bar
             // has an end; stdin or a pipe gets a spinner with a rate and no ETA.
@@ -248,35 +236,11 @@ impl MapCommand {
             ProgressBar::hidden()
         };
 
-        // Inputs in flight, by index, to echo next to their results.
-        let pending: Rc<RefCell<HashMap<usize, Value>>> = Rc::default();
-        let bad_input: Rc<RefCell<Option<anyhow::Error>>> = Rc::default();
-        let star = self.star;
-        let (p2, b2) = (pending.clone(), bad_input.clone());
-        let mut next = 0usize;
-        let named = &objects;
-        let encoded = inputs.map_while(move |item| {
-            let value = match item {
-                Ok(v) => v,
-                Err(e) => {
-                    *b2.borrow_mut() = Some(e);
-                    return None;
-                }
-            };
-            let args = match (star, &value) {
-                (true, Value::Array(a)) => wasmpool::encode_args(&named.substitute(a.clone())),
-                (true, _) => Err(wasmpool::Error::BadArgs(format!(
-                    "with --star each input must be a JSON array, got {value}"
-                ))),
-                (false, v) => wasmpool::encode_args(&named.substitute(vec![v.clone()])),
-            };
-            p2.borrow_mut().insert(next, value);
-            next += 1;
-            Some(args)
-        });
+        // Each input is kept until its result is written next to it; the first bad input
+        // ends the inputs (the items before it still run).
+        let items = Items::new(inputs, &objects, self.star);
+        let pending = items.pending();
 
-        let (mut done, mut failed) = (0u64, 0u64);
-        let mut first_error = None;
         let mut fuel_used = None;
         let finished = AtomicBool::new(false);
         std::thread::scope(|scope| -> Result<()> {
@@ -292,31 +256,15 @@ impl MapCommand {
             });
             let result = (|| -> Result<()> {
                 let mut results =
-                    pool.imap_encoded::<()>(&self.task, encoded, self.chunksize, !self.unordered)?;
+                    pool.imap_encoded::<()>(&self.task, items, self.chunksize, !self.unordered)?;
                 while let Some((index, result)) = results.next_indexed_bytes() {
                     if INTERRUPTED.load(Ordering::SeqCst) {
                         break;
                     }
-                    let input = pending.borrow_mut().remove(&index).unwrap_or(Value::Null);
                     // The result is streamed into the line (no tree of its values is built);
                     // one that does not decode fails its item, naming the task.
-                    match result
-                        .and_then(|raw| wasmpool::check_json(&self.task, &raw).map(|()| raw))
-                    {
-                        Ok(raw) => {
-                            out.write_all(b"{\"input\":")?;
-                            serde_json::to_writer(&mut out, &input)?;
-                            out.write_all(b",\"result\":")?;
-                            wasmpool::write_json(&self.task, &raw, &mut out)?;
-                            out.write_all(b"}\n")?;
-                        }
-                        Err(e) => {
-                            failed += 1;
-                            first_error.get_or_insert_with(|| e.to_string());
-                            writeln!(out, "{}", json!({"input": input, "error": e.to_string()}))?;
-                        }
-                    }
-                    done += 1;
+                    let input = pending.take(index).unwrap_or(Value::Null);
+                    records.write(&input, result)?;
                     bar.inc(1);
                 }
                 fuel_used = results.fuel_used();
@@ -326,16 +274,17 @@ impl MapCommand {
             result
         })?;
         pool.terminate();
-        out.flush()?;
+        records.flush()?;
         bar.finish_and_clear();
+        let (done, failed) = (records.done(), records.failed());
         // Streamed and bounded; a closed stderr loses only the report.
         let _ = objects.report(&mut std::io::stderr().lock());
         if INTERRUPTED.load(Ordering::SeqCst) {
             eprintln!("wasmpool: interrupted after {done} results; workers stopped");
             return Ok(ExitCode::from(130));
         }
-        if let Some(e) = bad_input.borrow_mut().take() {
-            return Err(e.context(format!("after {done} results")));
+        if let Some(e) = pending.take_error() {
+            return Err(anyhow::Error::from(e).context(format!("after {done} results")));
         }
         if self.limits.show_fuel
             && let Some(fuel) = fuel_used
@@ -345,7 +294,7 @@ impl MapCommand {
         if failed > 0 {
             eprintln!(
                 "wasmpool: {failed} of {done} items failed; first: {}",
-                first_error.unwrap_or_default()
+                records.first_error().unwrap_or_default()
             );
             return Ok(ExitCode::from(1));
         }

@@ -46,7 +46,7 @@ impl RunCommand {
         let process = if objects.is_empty() {
             Process::with_encoded_args(&module, &self.task, wasmpool::json_args(&args)?)?
         } else {
-            Process::new(&module, &self.task, &objects.substitute(args))?
+            Process::new(&module, &self.task, &objects.substitute(&args))?
         };
         // The error is reported below, once: the process does not print it too.
         let mut process = process

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request, Response};
 
 use self::kinds::ObjectKind;
-pub(crate) use self::kinds::{LockState, NewObject};
+pub(crate) use self::kinds::ObjectState;
 use self::object::{Hold, Object, OpResult, Step, Waiter};
 use crate::protocol::{ToWorker, encode_frame};
 use crate::runtime::{TAG_SHIFT, tag_of};
@@ -400,7 +400,7 @@ impl Broker {
 
     /// Creates an object; answers its handles (two for a pipe, one otherwise). The host
     /// program holds one reference to each.
-    pub fn create(&self, kind: Kind, state: NewObject) -> [Handle; 2] {
+    pub fn create(&self, kind: Kind, state: ObjectState) -> [Handle; 2] {
         let tokens = [random_token(), random_token()];
         let mut reg = self.lock();
         reg.next_id += 2;

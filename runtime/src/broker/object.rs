@@ -153,7 +153,7 @@ pub(crate) fn open(
 }
 
 impl Object {
-    pub fn new(kind: Kind, tokens: [u64; 2], state: impl Into<ObjectState>) -> Self {
+    pub fn new(kind: Kind, tokens: [u64; 2], state: ObjectState) -> Self {
         let host_refs = if kind == Kind::Connection {
             [1, 1]
         } else {
@@ -167,7 +167,7 @@ impl Object {
             stored: 0,
             contained: [0, 0],
             refs: RefLog::default(),
-            state: state.into(),
+            state,
             waiters: VecDeque::new(),
         }
     }
@@ -311,13 +311,10 @@ impl Object {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use super::*;
-    use crate::broker::kinds::{LockState, NewObject};
 
     fn dict() -> Object {
-        Object::new(Kind::Dict, [1, 2], NewObject::Dict(Default::default()))
+        Object::new(Kind::Dict, [1, 2], ObjectState::dict())
     }
 
     fn run(obj: &mut Object, req: Request) -> OpResult {
@@ -357,17 +354,7 @@ mod tests {
     }
 
     fn barrier(parties: u32) -> Object {
-        Object::new(
-            Kind::Barrier,
-            [1, 2],
-            NewObject::Barrier {
-                parties,
-                arrived: 0,
-                generation: 0,
-                broken: false,
-                running: None,
-            },
-        )
+        Object::new(Kind::Barrier, [1, 2], ObjectState::barrier(parties))
     }
 
     #[test]
@@ -459,12 +446,7 @@ mod tests {
     #[test]
     fn a_lock_in_the_broker_answers_locked() {
         for recursive in [false, true] {
-            let state = NewObject::Lock(LockState {
-                owner: None,
-                count: 0,
-                recursive,
-            });
-            let mut l = Object::new(Kind::Lock, [1, 2], state);
+            let mut l = Object::new(Kind::Lock, [1, 2], ObjectState::lock(recursive));
             let locked = |l: &mut Object| answer(&submit(l, Owner::Pid(9), Request::Locked));
             assert_eq!(locked(&mut l), Some(Ok(Response::Flag(false))));
             submit(&mut l, Owner::Pid(1), Request::Acquire);
@@ -476,7 +458,7 @@ mod tests {
 
     #[test]
     fn list_insert_remove_clear_and_slice_follow_python() {
-        let mut l = Object::new(Kind::List, [1, 2], NewObject::List(Vec::new()));
+        let mut l = Object::new(Kind::List, [1, 2], ObjectState::list());
         let item = |n: u8| vec![n];
         for n in [0, 1, 2] {
             run(&mut l, Request::ListAppend(item(n))).unwrap();
@@ -556,7 +538,7 @@ mod tests {
 
     #[test]
     fn empty_list_items_are_charged_so_a_flood_of_them_is_refused() {
-        let mut l = Object::new(Kind::List, [1, 2], NewObject::List(Vec::new()));
+        let mut l = Object::new(Kind::List, [1, 2], ObjectState::list());
         let batch = || Request::ListExtend(vec![Vec::new(); 1 << 16]);
         let most = MAX_OBJECT_BYTES / SLOT_OVERHEAD;
         let mut items = 0usize;
@@ -592,19 +574,7 @@ mod tests {
 
     #[test]
     fn a_queue_of_tiny_items_is_charged_what_it_costs() {
-        let mut q = Object::new(
-            Kind::Queue,
-            [1, 2],
-            NewObject::Queue {
-                items: VecDeque::new(),
-                bytes: 0,
-                maxsize: 0,
-                closed: false,
-                joinable: false,
-                unfinished: 0,
-                shared: None,
-            },
-        );
+        let mut q = Object::new(Kind::Queue, [1, 2], ObjectState::queue(0, false, None));
         let mut n = 0usize;
         while run(&mut q, Request::QueuePut(vec![7])).is_ok() {
             n += 1;

@@ -19,6 +19,15 @@ pub(crate) struct LockState {
 }
 
 impl LockState {
+    /// A lock no one holds (`recursive`: an `RLock`'s, re-entered by its owner).
+    pub fn free(recursive: bool) -> LockState {
+        LockState {
+            owner: None,
+            count: 0,
+            recursive,
+        }
+    }
+
     pub(super) fn try_acquire(&mut self, owner: Owner, levels: u32) -> bool {
         match self.owner {
             None => {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use wasmpool_objects::wire::{Handle, Kind, ObjectError, Request};
 
-pub(crate) use self::barrier::{ActionRun, Barrier};
+pub(crate) use self::barrier::Barrier;
 pub(crate) use self::condition::Condition;
 pub(crate) use self::dict::Dict;
 pub(crate) use self::event::Event;
@@ -314,120 +314,89 @@ impl ObjectKind for ObjectState {
     }
 }
 
-/// A new object as the manager describes it, field by field, to
-/// [`Broker::create`](super::Broker::create); each becomes its kind's state.
-#[derive(Debug)]
-pub(crate) enum NewObject {
-    Queue {
-        items: VecDeque<Vec<u8>>,
-        bytes: usize,
-        maxsize: usize,
-        closed: bool,
-        joinable: bool,
-        unfinished: u64,
-        /// The ring where an unbounded, non-joinable queue's items go without the broker,
-        /// while it is not spilled (see `crate::shm`).
-        shared: Option<Arc<SharedQueue>>,
-    },
-    Pipe {
-        inbox: [VecDeque<Vec<u8>>; 2],
-        bytes: usize,
-        closed: HashSet<(u8, u32)>,
-        host_closed: [bool; 2],
-        duplex: bool,
-        /// `None` if the segment could not be made.
-        shared: Option<Arc<SharedPipe>>,
-    },
-    Lock(LockState),
-    /// A `Lock` whose word is in shared memory: acquired and released in place by everyone.
-    SharedLock(Arc<SharedLock>),
-    Semaphore {
-        value: u64,
-        initial: u64,
-        bounded: bool,
-        held: HashMap<Owner, u64>,
-    },
-    Event(bool),
-    Barrier {
-        parties: u32,
-        arrived: u32,
-        generation: u64,
-        broken: bool,
-        running: Option<ActionRun>,
-    },
-    Condition(LockState),
-    Dict(indexmap::IndexMap<Vec<u8>, Vec<u8>>),
-    /// A dict in shared memory, used in place by everyone until it spills.
-    SharedDict(Arc<SharedDict>),
-    List(Vec<Vec<u8>>),
-}
+/// A new object of each kind, as the manager makes them.
+impl ObjectState {
+    /// A queue of at most `maxsize` items (0: unbounded); `shared` is the ring an
+    /// unbounded, non-joinable queue's items go through without the broker.
+    pub fn queue(maxsize: usize, joinable: bool, shared: Option<Arc<SharedQueue>>) -> Self {
+        ObjectState::Queue(Queue {
+            items: VecDeque::new(),
+            bytes: 0,
+            maxsize,
+            closed: false,
+            joinable,
+            unfinished: 0,
+            shared,
+        })
+    }
 
-impl From<NewObject> for ObjectState {
-    fn from(new: NewObject) -> ObjectState {
-        match new {
-            NewObject::Queue {
-                items,
-                bytes,
-                maxsize,
-                closed,
-                joinable,
-                unfinished,
-                shared,
-            } => ObjectState::Queue(Queue {
-                items,
-                bytes,
-                maxsize,
-                closed,
-                joinable,
-                unfinished,
-                shared,
-            }),
-            NewObject::Pipe {
-                inbox,
-                bytes,
-                closed,
-                host_closed,
-                duplex,
-                shared,
-            } => ObjectState::Pipe(Pipe {
-                inbox,
-                bytes,
-                closed,
-                host_closed,
-                duplex,
-                shared,
-            }),
-            NewObject::Lock(lock) => ObjectState::Lock(Lock::InBroker(lock)),
-            NewObject::SharedLock(lock) => ObjectState::Lock(Lock::InPlace(lock)),
-            NewObject::Semaphore {
-                value,
-                initial,
-                bounded,
-                held,
-            } => ObjectState::Semaphore(Semaphore {
-                value,
-                initial,
-                bounded,
-                held,
-            }),
-            NewObject::Event(set) => ObjectState::Event(Event { set }),
-            NewObject::Barrier {
-                parties,
-                arrived,
-                generation,
-                broken,
-                running,
-            } => ObjectState::Barrier(Barrier {
-                parties,
-                arrived,
-                generation,
-                broken,
-                running,
-            }),
-            NewObject::Condition(lock) => ObjectState::Condition(Condition { lock }),
-            NewObject::Dict(map) => ObjectState::Dict(Dict::InBroker(map)),
-            NewObject::SharedDict(dict) => ObjectState::Dict(Dict::InPlace(dict)),
-            NewObject::List(items) => ObjectState::List(List { items }),
-        }
+    /// A pipe's two ends; `shared` is `None` if its segment could not be made.
+    pub fn pipe(duplex: bool, shared: Option<Arc<SharedPipe>>) -> Self {
+        ObjectState::Pipe(Pipe {
+            inbox: Default::default(),
+            bytes: 0,
+            closed: HashSet::new(),
+            host_closed: [false; 2],
+            duplex,
+            shared,
+        })
+    }
+
+    /// A lock kept by the broker (`recursive`: an `RLock`).
+    pub fn lock(recursive: bool) -> Self {
+        ObjectState::Lock(Lock::InBroker(LockState::free(recursive)))
+    }
+
+    /// A lock whose word is in shared memory: acquired and released in place by everyone.
+    pub fn shared_lock(lock: Arc<SharedLock>) -> Self {
+        ObjectState::Lock(Lock::InPlace(lock))
+    }
+
+    /// A semaphore with initial value `value`; `bounded` refuses releases above it.
+    pub fn semaphore(value: u64, bounded: bool) -> Self {
+        ObjectState::Semaphore(Semaphore {
+            value,
+            initial: value,
+            bounded,
+            held: HashMap::new(),
+        })
+    }
+
+    /// An event, clear.
+    pub fn event() -> Self {
+        ObjectState::Event(Event { set: false })
+    }
+
+    /// A barrier for `parties` (at least 1).
+    pub fn barrier(parties: u32) -> Self {
+        ObjectState::Barrier(Barrier {
+            parties: parties.max(1),
+            arrived: 0,
+            generation: 0,
+            broken: false,
+            running: None,
+        })
+    }
+
+    /// A condition variable with its own recursive lock.
+    pub fn condition() -> Self {
+        ObjectState::Condition(Condition {
+            lock: LockState::free(true),
+        })
+    }
+
+    /// An empty dict kept by the broker.
+    pub fn dict() -> Self {
+        ObjectState::Dict(Dict::InBroker(Default::default()))
+    }
+
+    /// A dict in shared memory, used in place by everyone until it spills.
+    pub fn shared_dict(dict: Arc<SharedDict>) -> Self {
+        ObjectState::Dict(Dict::InPlace(dict))
+    }
+
+    /// An empty list.
+    pub fn list() -> Self {
+        ObjectState::List(List { items: Vec::new() })
     }
 }
