@@ -15,12 +15,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::job::{Hook, Job, Slot, finish_one};
-use super::sched::Chunk;
-use super::{Pool, check_chunksize, decode_slot, default_chunksize};
+use super::scheduler::Scheduler;
+use super::submit::pack;
+use super::{Pool, check_chunksize, decode_slot};
 use crate::error::{Error, Result};
 use crate::module::Module;
-use crate::protocol::packed::Packed;
-use crate::values::{encode_arg_into, encode_args};
+use crate::values::encode_arg_into;
 
 /// A pool for async code, as Python's `ProcessPoolExecutor`: `submit` returns a future of the
 /// task's typed result, `map` a stream of results in input order, [`as_completed`] yields
@@ -72,14 +72,10 @@ impl Executor {
         task: &str,
         args: &A,
     ) -> Result<TaskFuture<R>> {
-        let job = self.pool.job(task, 1)?;
-        let args = encode_args(args)?;
-        self.pool
-            .shared
-            .submit([Chunk::new(job.clone(), 0, Packed::one(&args), true)])?;
+        let job = self.pool.submit_call(task, args, None)?;
         Ok(TaskFuture {
             job,
-            pool: self.pool.shared.clone(),
+            pool: self.pool.scheduler.clone(),
             _r: PhantomData,
         })
     }
@@ -96,11 +92,11 @@ impl Executor {
         if let Some(c) = chunksize {
             check_chunksize(c)?;
         }
-        let encoded = super::pack(items, |buf, a| encode_arg_into(buf, &a))?;
+        // Every item is encoded before any is queued: one that cannot be fails the call
+        // with nothing run.
+        let encoded = pack(items, |buf, a| encode_arg_into(buf, &a))?;
         let len = encoded.len();
-        let job = self.pool.job(task, len)?;
-        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, self.pool.processes()));
-        self.pool.submit_items(&job, 0, encoded, chunksize)?;
+        let job = self.pool.submit_packed(task, encoded, chunksize)?;
         Ok(MapStream {
             job,
             next: 0,
@@ -120,7 +116,7 @@ impl Executor {
     pub fn shutdown(mut self, wait: bool, cancel_futures: bool) -> Result<()> {
         self.shut_down = true;
         if cancel_futures {
-            self.pool.shared.cancel_queued(None);
+            self.pool.scheduler.cancel_queued(None);
         }
         self.pool.close();
         if wait {
@@ -165,7 +161,7 @@ fn finish_in_background(pool: Pool) {
 #[must_use = "a TaskFuture does nothing unless awaited (the task runs either way)"]
 pub struct TaskFuture<R> {
     job: Arc<Job>,
-    pool: Arc<super::sched::Shared>,
+    pool: Arc<Scheduler>,
     _r: PhantomData<fn() -> R>,
 }
 

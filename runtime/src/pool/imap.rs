@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::chunk::SendAs;
 use super::job::{Job, Slot};
-use super::sched::Chunk;
 use super::{Pool, decode_slot};
 use crate::error::{Error, Result};
 use crate::protocol::Outcome;
@@ -161,12 +161,8 @@ impl<'a, R> Imap<'a, R> {
             let first = self.job.grow(n);
             self.submitted += n;
             if bad.is_empty() {
-                if let Err(e) = self.pool.shared.submit([Chunk::new(
-                    self.job.clone(),
-                    first,
-                    items.into_iter().collect(),
-                    false,
-                )]) {
+                let part: Packed = items.into_iter().collect();
+                if let Err(e) = self.pool.submit(&self.job, first, [part], SendAs::Batch) {
                     for i in 0..n {
                         self.job.complete(first + i, Slot::Aborted(e.to_string()));
                     }
@@ -183,9 +179,11 @@ impl<'a, R> Imap<'a, R> {
                     }
                     None => {
                         let Some(bytes) = good.next() else { break };
-                        let chunk =
-                            Chunk::new(self.job.clone(), first + i, Packed::one(&bytes), false);
-                        if let Err(e) = self.pool.shared.submit([chunk]) {
+                        let part = Packed::one(&bytes);
+                        if let Err(e) =
+                            self.pool
+                                .submit(&self.job, first + i, [part], SendAs::Batch)
+                        {
                             self.job.complete(first + i, Slot::Aborted(e.to_string()));
                         }
                     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::items::{Item, Items};
+use super::queue_policy::QueueKey;
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::process::outcome_error;
@@ -90,6 +91,9 @@ pub(crate) struct TaskOptions {
     pub retries: u32,
     /// Time and memory limits for each item.
     pub limits: Limits,
+    /// The queue its chunks wait in (one for every submission today; see
+    /// [`QueuePolicy`](super::queue_policy::QueuePolicy)).
+    pub queue: QueueKey,
 }
 
 /// The shared state of one job.

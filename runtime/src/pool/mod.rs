@@ -1,11 +1,17 @@
 //! `Pool`: Python's `multiprocessing.Pool`, over worker processes running wasm tasks.
 
+mod callbacks;
+mod chunk;
 mod executor;
 mod imap;
 mod items;
 mod job;
-mod sched;
+mod pipeline;
+mod queue_policy;
+mod scheduler;
+mod submit;
 mod wait;
+mod workers;
 
 use std::sync::Arc;
 
@@ -16,7 +22,8 @@ pub use self::executor::{AsCompleted, Executor, MapStream, TaskFuture, as_comple
 pub use self::imap::Imap;
 pub use self::job::AsyncResult;
 use self::job::{Hook, Job, Slot, TaskOptions, finish_all, finish_one};
-use self::sched::{Chunk, PoolConfig, Shared};
+use self::queue_policy::QueueKey;
+use self::scheduler::{PoolConfig, Scheduler};
 pub use self::wait::{ReturnWhen, Waitable, wait_futures, wait_objects};
 use crate::error::{Error, Result};
 use crate::grants::Grants;
@@ -24,7 +31,6 @@ use crate::module::Module;
 use crate::output::Output;
 use crate::process::cpu_count;
 use crate::protocol::Limits;
-use crate::protocol::packed::Packed;
 use crate::values::{decode_result, encode_arg_into, encode_args, encode_args_into};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
@@ -51,7 +57,7 @@ use crate::values::{decode_result, encode_arg_into, encode_args, encode_args_int
 /// ```
 #[derive(Debug, Clone)]
 pub struct Pool {
-    shared: Arc<Shared>,
+    scheduler: Arc<Scheduler>,
     /// Terminates the pool when the last handle to it is dropped.
     _owner: Arc<Owner>,
     /// How this handle's submissions run.
@@ -60,7 +66,7 @@ pub struct Pool {
 
 /// Shared by a pool's handles; the last one dropped terminates the pool.
 #[derive(Debug)]
-struct Owner(Arc<Shared>);
+struct Owner(Arc<Scheduler>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
@@ -197,7 +203,7 @@ impl PoolBuilder {
             // a failure is the build's error.
             self.module.artifact_for(true)?;
         }
-        let shared = Shared::new(
+        let scheduler = Scheduler::new(
             self.module,
             PoolConfig {
                 processes,
@@ -210,14 +216,15 @@ impl PoolBuilder {
             },
         );
         let pool = Pool {
-            _owner: Arc::new(Owner(shared.clone())),
-            shared,
+            _owner: Arc::new(Owner(scheduler.clone())),
+            scheduler,
             opts: TaskOptions {
                 retries: self.retries,
                 limits: self.limits,
+                queue: QueueKey::default(),
             },
         };
-        pool.shared.start_workers()?;
+        pool.scheduler.start_workers()?;
         Ok(pool)
     }
 }
@@ -258,32 +265,6 @@ pub(crate) fn check_chunksize(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Encodes every item straight into one buffer (no allocation per item).
-fn pack<A>(
-    items: impl IntoIterator<Item = A>,
-    mut encode: impl FnMut(&mut Vec<u8>, A) -> Result<()>,
-) -> Result<Packed> {
-    let items = items.into_iter();
-    let mut packed = Packed::with_capacity(items.size_hint().0, items.size_hint().0 * 4);
-    for item in items {
-        encode(&mut packed.data, item)?;
-        packed.close_item();
-    }
-    Ok(packed)
-}
-
-/// A `map` hands its first encoded chunks to the scheduler once they hold this many items,
-/// and doubles that for each later group, up to [`MAX_GROUP_ITEMS`].
-const FIRST_GROUP_ITEMS: usize = 64;
-const MAX_GROUP_ITEMS: usize = 8192;
-
-/// Python's default `map` chunk size: the items spread over four chunks per worker.
-fn default_chunksize(items: usize, workers: usize) -> usize {
-    let per = workers.max(1) * 4;
-    let (q, r) = (items / per, items % per);
-    (q + usize::from(r != 0)).max(1)
-}
-
 impl Pool {
     /// The most worker processes a pool may have (1024). Each is an OS process with its own
     /// memory (a few MiB before its task allocates anything, and up to its memory limit
@@ -319,18 +300,19 @@ impl Pool {
 
     /// The number of worker processes.
     pub fn processes(&self) -> usize {
-        self.shared.config.processes
+        self.scheduler.config.processes
     }
 
     /// The pids of the current worker processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.shared.pids()
+        self.scheduler.pids()
     }
 
     /// Waits until the pool has its full complement of workers again (replacements of dead
     /// or retired workers start in the background).
     pub fn wait_for_workers(&self) {
-        self.shared.wait_for_workers(self.shared.config.processes);
+        self.scheduler
+            .wait_for_workers(self.scheduler.config.processes);
     }
 
     /// A handle to this pool whose submissions are retried up to `n` times when their worker
@@ -369,55 +351,6 @@ impl Pool {
         pool
     }
 
-    fn check(&self, task: &str) -> Result<()> {
-        self.shared.module.check_task(task)
-    }
-
-    fn job(&self, task: &str, items: usize) -> Result<Arc<Job>> {
-        self.check(task)?;
-        self.opts.limits.check().map_err(Error::State)?;
-        if let Some(fuel) = self.opts.limits.fuel
-            && self.shared.config.limits.fuel.is_none()
-        {
-            return Err(Error::State(format!(
-                "a fuel limit ({fuel}) needs a pool whose workers meter fuel: build the pool \
-                 with one (PoolBuilder::limits with Limits::fuel); this one was built without"
-            )));
-        }
-        Ok(Job::new(
-            Arc::from(task),
-            self.shared.module.clone(),
-            self.opts,
-            items,
-            self.shared.callback_thread(),
-        ))
-    }
-
-    /// Submits encoded argument arrays as one job, in chunks.
-    fn submit_items(
-        &self,
-        job: &Arc<Job>,
-        first: usize,
-        items: Packed,
-        chunksize: usize,
-    ) -> Result<()> {
-        let parts = if items.len() <= chunksize {
-            vec![items]
-        } else {
-            items.split(chunksize)
-        };
-        let mut index = first;
-        let chunks: Vec<Chunk> = parts
-            .into_iter()
-            .map(|part| {
-                let chunk_first = index;
-                index += part.len();
-                Chunk::new(job.clone(), chunk_first, part, false)
-            })
-            .collect();
-        self.shared.submit(chunks)
-    }
-
     /// Runs `task(*args)` in a worker and waits for its result (Python's `apply`).
     pub fn apply<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
@@ -433,10 +366,7 @@ impl Pool {
         task: &str,
         args: &A,
     ) -> Result<AsyncResult<R>> {
-        let job = self.job(task, 1)?;
-        let args = encode_args(args)?;
-        self.shared
-            .submit([Chunk::new(job.clone(), 0, Packed::one(&args), true)])?;
+        let job = self.submit_call(task, args, None)?;
         Ok(AsyncResult::new(job, finish_one::<R>))
     }
 
@@ -459,16 +389,11 @@ impl Pool {
         C: FnOnce(R) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        let job = self.job(task, 1)?;
-        let args = encode_args(args)?;
         let run: job::Completion = Box::new(move |job: &Job| match finish_one::<R>(job) {
             Ok(v) => callback(v),
             Err(e) => error_callback(e),
         });
-        // Not finished before it is submitted: never handed back.
-        let _ = job.add_hook(Hook { run, gating: true });
-        self.shared
-            .submit([Chunk::new(job.clone(), 0, Packed::one(&args), true)])?;
+        let job = self.submit_call(task, args, Some(Hook { run, gating: true }))?;
         Ok(AsyncResult::new(job, finish_one::<R>))
     }
 
@@ -493,7 +418,7 @@ impl Pool {
         // Added once every chunk is queued, so the job's length is final; if it is all
         // done already, it runs now (on the callback thread).
         if let Some(hook) = result.job().add_hook(Hook { run, gating: true }) {
-            self.shared.run_hook(result.job(), hook);
+            self.scheduler.callbacks.run_hook(result.job(), hook);
         }
         result
     }
@@ -526,7 +451,9 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        self.submit_streamed(task, items, chunksize, |buf, a| encode_arg_into(buf, &a))
+        let job =
+            self.submit_streamed(task, items, chunksize, |buf, a| encode_arg_into(buf, &a))?;
+        Ok(AsyncResult::new(job, finish_all::<R>))
     }
 
     /// As [`map_async`](Pool::map_async), with Python's `callback` (given every result, in
@@ -569,7 +496,9 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        self.submit_streamed(task, items, chunksize, |buf, a| encode_args_into(buf, &a))
+        let job =
+            self.submit_streamed(task, items, chunksize, |buf, a| encode_args_into(buf, &a))?;
+        Ok(AsyncResult::new(job, finish_all::<R>))
     }
 
     /// As [`starmap_async`](Pool::starmap_async), with callbacks as
@@ -599,105 +528,7 @@ impl Pool {
         items: Vec<Vec<u8>>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        self.submit_all(task, items.into_iter().collect(), chunksize)
-    }
-
-    /// Encodes `items` and submits them as one job. When the iterator knows its length
-    /// (a range, a `Vec`, a slice), each chunk is submitted as soon as it is encoded, so the
-    /// workers start on the first chunk while the rest is still being encoded; otherwise the
-    /// default chunk size needs the length, and everything is encoded first. If an item
-    /// fails to encode, the chunks already submitted still run (as in Python), those not yet
-    /// started are cancelled, and the error is returned.
-    fn submit_streamed<A, R: DeserializeOwned>(
-        &self,
-        task: &str,
-        items: impl IntoIterator<Item = A>,
-        chunksize: Option<usize>,
-        mut encode: impl FnMut(&mut Vec<u8>, A) -> Result<()>,
-    ) -> Result<AsyncResult<Vec<R>>> {
-        if let Some(c) = chunksize {
-            check_chunksize(c)?;
-        }
-        let items = items.into_iter();
-        let n = match items.size_hint() {
-            (lo, Some(hi)) if lo == hi => lo,
-            _ => return self.submit_all(task, pack(items, encode)?, chunksize),
-        };
-        let job = self.job(task, n)?;
-        // A closed or broken pool fails before anything is encoded, even for no items.
-        self.shared.submit(std::iter::empty())?;
-        let chunksize = chunksize
-            .unwrap_or_else(|| default_chunksize(n, self.processes()))
-            .clamp(1, n.max(1));
-        let fail = |e: Error| {
-            self.shared.cancel_queued(Some(&job));
-            Err(e)
-        };
-        // Chunks are handed over in groups: the first small, so the workers start early,
-        // then larger, so tiny chunks cost one lock and one write per group, not each.
-        let mut flush_at = FIRST_GROUP_ITEMS;
-        let mut ready: Vec<Chunk> = Vec::new();
-        let mut ready_items = 0;
-        // Slots the job has: the promised length, grown if the iterator yields more.
-        let mut slots = n;
-        let mut next = 0;
-        let mut part = Packed::default();
-        let mut stage = |part: Packed, next: &mut usize, ready: &mut Vec<Chunk>| {
-            let len = part.len();
-            if *next + len > slots {
-                job.grow(*next + len - slots);
-                slots = *next + len;
-            }
-            ready.push(Chunk::new(job.clone(), *next, part, false));
-            *next += len;
-            len
-        };
-        for item in items {
-            if part.ends.capacity() == 0 {
-                part = Packed::with_capacity(chunksize, chunksize * 4);
-            }
-            if let Err(e) = encode(&mut part.data, item) {
-                return fail(e);
-            }
-            part.close_item();
-            if part.len() == chunksize {
-                ready_items += stage(std::mem::take(&mut part), &mut next, &mut ready);
-                if ready_items >= flush_at {
-                    if let Err(e) = self.shared.submit(ready.drain(..)) {
-                        return fail(e);
-                    }
-                    ready_items = 0;
-                    flush_at = (flush_at * 2).min(MAX_GROUP_ITEMS);
-                }
-            }
-        }
-        if !part.is_empty() {
-            stage(part, &mut next, &mut ready);
-        }
-        if !ready.is_empty()
-            && let Err(e) = self.shared.submit(ready)
-        {
-            return fail(e);
-        }
-        // An iterator may yield fewer items than its size_hint promised (a bug, but not
-        // unsafe): the job ends where the items did.
-        job.truncate(next);
-        Ok(AsyncResult::new(job, finish_all::<R>))
-    }
-
-    fn submit_all<R: DeserializeOwned>(
-        &self,
-        task: &str,
-        items: Packed,
-        chunksize: Option<usize>,
-    ) -> Result<AsyncResult<Vec<R>>> {
-        if let Some(c) = chunksize {
-            check_chunksize(c)?;
-        }
-        let job = self.job(task, items.len())?;
-        let chunksize =
-            chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
-        self.submit_items(&job, 0, items, chunksize)?;
+        let job = self.submit_packed(task, items.into_iter().collect(), chunksize)?;
         Ok(AsyncResult::new(job, finish_all::<R>))
     }
 
@@ -755,19 +586,19 @@ impl Pool {
 
     /// Stops accepting work; queued work still runs (Python's `close`).
     pub fn close(&self) {
-        self.shared.close();
+        self.scheduler.close();
     }
 
     /// Kills the workers now; queued and running work fails (Python's `terminate`).
     pub fn terminate(&self) {
-        self.shared.terminate();
+        self.scheduler.terminate();
     }
 
     /// Waits for the work, its callbacks and the workers to finish; needs `close` or
     /// `terminate` first. Called from a callback, it waits for the work and the workers
     /// only (the callbacks run one at a time, on the thread that would wait).
     pub fn join(&self) -> Result<()> {
-        self.shared.join()
+        self.scheduler.join()
     }
 }
 
@@ -775,18 +606,4 @@ impl Pool {
 pub(crate) fn decode_slot<R: DeserializeOwned>(job: &Job, slot: Slot) -> Result<R> {
     let bytes = slot.into_bytes(&job.task, &job.module)?;
     decode_result(&job.task, &bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::default_chunksize;
-
-    #[test]
-    fn chunksize_follows_python() {
-        // Python: chunksize, extra = divmod(len, workers * 4); if extra: chunksize += 1
-        assert_eq!(default_chunksize(200_000, 2), 25_000);
-        assert_eq!(default_chunksize(10, 3), 1);
-        assert_eq!(default_chunksize(25, 3), 3);
-        assert_eq!(default_chunksize(0, 2), 1);
-    }
 }
