@@ -4,8 +4,9 @@ tested, in any Python)."""
 import inspect
 import sys
 import traceback
+import typing
 
-from . import _msgpack
+from . import _hints, _msgpack
 
 #: The registered tasks, by name, in registration order.
 TASKS = {}
@@ -23,7 +24,7 @@ class TaskFailure(Exception):
 
 
 class _Task:
-    __slots__ = ("name", "func", "params", "min_args", "max_args", "signature")
+    __slots__ = ("name", "func", "params", "min_args", "max_args", "signature", "checks")
 
     def __init__(self, name, func):
         self.name = name
@@ -35,12 +36,18 @@ class _Task:
             sig = inspect.signature(func)
         except (TypeError, ValueError):
             sig = None
+        checks = []
         if sig is None:
             max_args = None
         else:
+            hints = _resolved_hints(func)
             for p in sig.parameters.values():
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                    params.append((p.name, _hint(p.annotation)))
+                    annotation = hints.get(p.name, p.annotation)
+                    params.append((p.name, _hint(annotation)))
+                    check = _hints.checker(annotation)
+                    if check is not None:
+                        checks.append((max_args, check))
                     max_args += 1
                     if p.default is p.empty:
                         min_args += 1
@@ -54,6 +61,8 @@ class _Task:
         self.params = params
         self.min_args = min_args
         self.max_args = max_args
+        #: `(index, check)` for each parameter whose type hint is checked.
+        self.checks = tuple(checks)
 
     def arity_error(self, got):
         n = len(self.params)
@@ -74,9 +83,16 @@ class _Task:
 def _hint(annotation):
     if annotation is inspect.Parameter.empty:
         return ""
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation)
+    return _hints.describe(annotation)
+
+
+def _resolved_hints(func):
+    # Hints written as strings (`from __future__ import annotations`) are resolved; one
+    # that cannot be is left as written (and not checked).
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001 - an unresolvable hint is not checked
+        return {}
 
 
 def _register(func, name):
@@ -183,6 +199,17 @@ def decode_args(t, args):
         raise TaskFailure("bad-args", f"task `{t.name}`: cannot decode its arguments: {e}") from None
     if reader.pos != len(args):
         raise TaskFailure("bad-args", f"task `{t.name}`: bytes follow its arguments")
+    for i, check in t.checks:
+        if i >= n:
+            break
+        try:
+            values[i] = check(values[i])
+        except _hints.Mismatch as m:
+            name, ty = t.params[i]
+            raise TaskFailure(
+                "bad-args",
+                f"task `{t.name}`: argument {i + 1} (`{name}: {ty}`): expected {ty}, got {m}",
+            ) from None
     return values
 
 
