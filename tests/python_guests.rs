@@ -795,3 +795,45 @@ fn a_module_imported_only_inside_a_function_is_a_clear_error() {
         );
     });
 }
+
+/// Inside a `map` chunk the Python SDK reports each finished item before its next object
+/// operation (`batch-progress`), as the Rust SDK does: when a later item of the chunk hits
+/// its time limit, no item that touched an object runs twice.
+#[test]
+fn a_python_batch_item_that_touched_an_object_is_never_run_twice() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let pool = Pool::builder(&py_testkit())
+            .processes(1)
+            .limits(Limits::default().timeout(Duration::from_secs(2)))
+            .build()
+            .unwrap();
+        let runs = Manager::new().dict::<String, i64>();
+        let (n, bad) = (6u64, 3u64);
+        let items: Vec<wasmpool::Result<Vec<u8>>> = (0..n)
+            .map(|x| wasmpool::encode_args(&(&runs, x, bad)))
+            .collect();
+        let results: Vec<wasmpool::Result<u64>> = pool
+            .imap_encoded::<u64>("counted", items.into_iter(), n as usize, true)
+            .unwrap()
+            .collect();
+        for (x, r) in results.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, x as u64),
+                Err(e) => {
+                    assert_eq!(x as u64, bad, "item {x} failed: {e}");
+                    assert!(e.to_string().contains("time limit"), "{e}");
+                }
+            }
+        }
+        assert!(results[bad as usize].is_err(), "the spinning item failed");
+        for x in 0..n {
+            assert_eq!(
+                runs.get(&format!("run:{x}")).unwrap(),
+                Some(1),
+                "item {x} ran once (runs: {:?})",
+                runs.items().unwrap()
+            );
+        }
+    });
+}

@@ -369,3 +369,14 @@ def pid_after(ms: int) -> int:
     """Sleeps ``ms`` milliseconds; the worker's pid."""
     time.sleep(ms / 1000)
     return os.getpid()
+
+
+@task
+def counted(runs: Dict, x: int, bad: int) -> int:
+    """Counts a run of item ``x`` in ``runs`` (a side effect that must happen once); spins
+    forever (until the time limit) if ``x`` is ``bad``."""
+    runs.increment(f"run:{x}")
+    if x == bad:
+        while True:
+            pass
+    return x
