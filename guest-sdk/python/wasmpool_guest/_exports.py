@@ -184,15 +184,20 @@ class Tasks(exports.Tasks):
         if len(ends) > 1:
             # Says that this guest reports its progress: one host call per batch.
             host.batch_progress([])
+        run = _registry.batch_caller(task)
+        if run is None:
+            failure = types.TaskError_UnknownTask(task)
+            return types.BatchOutcome(
+                types.Packed(b"", [0] * len(ends)), [(i, failure) for i in range(len(ends))]
+            )
         b = _Batch()
         _batch = b
-        call = _registry.call
         start = 0
         try:
             for end in ends:
                 b.effect = False
                 try:
-                    b.out += call(task, data[start:end])
+                    b.out += run(data, start, end)
                 except _registry.TaskFailure as f:
                     b.errors.append((len(b.ends), _error(f)))
                 except BaseException as e:  # noqa: BLE001 - as in `call`

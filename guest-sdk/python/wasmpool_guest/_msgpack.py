@@ -149,8 +149,14 @@ def _pack(v, out, depth):
 def packb(value):
     """``value`` as MessagePack bytes. Raises :class:`EncodeError` for what has no form."""
     t = type(value)
-    if t is int and 0 <= value < 128:
-        return _FIXINT[value]
+    if t is int:
+        # The common result of a tiny task, without a buffer.
+        if 0 <= value < 128:
+            return _FIXINT[value]
+        if 0 <= value < 0x10000:
+            return (b"\xcc" + _pack_B(value)) if value < 0x100 else (b"\xcd" + _pack_H(value))
+        if 0 <= value < 0x100000000:
+            return b"\xce" + _pack_I(value)
     out = bytearray()
     _pack(value, out, 0)
     return bytes(out)
