@@ -50,6 +50,14 @@ fn a_python_project_lists_its_tasks_in_registration_order() {
             "process",
             "job",
             "process_task",
+            "queue_process_task",
+            "consumer",
+            "producer",
+            "pipe_process_task",
+            "pipe_consumer",
+            "pipe_producer",
+            "manager_process_task",
+            "lock_process_task",
             "divide"
         ]
     );
@@ -834,6 +842,141 @@ fn a_python_batch_item_that_touched_an_object_is_never_run_twice() {
                 "item {x} ran once (runs: {:?})",
                 runs.items().unwrap()
             );
+        }
+    });
+}
+
+/// A seed task in a `Process` whose output is captured.
+fn seed_process(task: &str, args: &impl Serialize) -> Process {
+    let p = Process::new(&py_seeds(), task, args)
+        .unwrap()
+        .with_output(Output::Capture);
+    p.start().unwrap();
+    p
+}
+
+fn captured_stdout(p: &Process) -> String {
+    String::from_utf8(p.captured_output().stdout).unwrap()
+}
+
+/// Seed 004's queue and pipe functions, verbatim, with the host's `main()` in Rust: what
+/// they print is what the Python originals print.
+#[test]
+fn the_seeds_queue_and_pipe_functions_run_verbatim() {
+    py_seeds();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        // Producer and consumer over a queue; the host sends the end signal, as `main` does.
+        let q = m.queue::<Option<String>>();
+        let consumer = seed_process("consumer", &(&q,));
+        let producer = seed_process("producer", &(&q,));
+        producer.join().unwrap();
+        q.put(&None).unwrap();
+        consumer.join().unwrap();
+        assert_eq!(consumer.exitcode(), Some(0));
+        assert_eq!(
+            captured_stdout(&consumer),
+            "work：0\nwork：1\nwork：2\nwork：3\nwork：4\n"
+        );
+
+        // A result per process on the queue: `{data: res}`.
+        let results = m.queue::<std::collections::BTreeMap<u64, u64>>();
+        let p = seed_process("queue_process_task", &(7u64, &results));
+        p.join().unwrap();
+        assert_eq!(
+            results.get().unwrap(),
+            std::collections::BTreeMap::from([(7, 343)])
+        );
+        let out = captured_stdout(&p);
+        let pid = p.pid().unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "测试多进程任务：7, 当前进程号：{pid}, 父进程号为: {}\n多进程任务结束：7, 当前进程号为: {pid}\n",
+                std::process::id()
+            )
+        );
+
+        // Both ends of a pipe as a tuple: the child greets, the host answers.
+        let (conn1, conn2) = m.pipe::<String>(true);
+        let p = seed_process("pipe_process_task", &(100u64, (&conn1, &conn2)));
+        assert_eq!(conn2.recv().unwrap(), "你好主进程, the data is 100");
+        conn2.send(&"你好子进程".to_string()).unwrap();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+        assert_eq!(captured_stdout(&p), "你好子进程\n");
+
+        // Producer and consumer over a pipe: the consumer reads until the pipe's end.
+        let (conn1, conn2) = m.pipe::<String>(true);
+        let consumer = seed_process("pipe_consumer", &("process pipe", (&conn1, &conn2)));
+        let producer = seed_process("pipe_producer", &((&conn1, &conn2),));
+        producer.join().unwrap();
+        conn1.close().unwrap();
+        conn2.close().unwrap();
+        consumer.join().unwrap();
+        let expected: String = (0..5)
+            .map(|i| format!("process pipe work is doing：{i}\n"))
+            .chain(["===============\n".to_string()])
+            .collect();
+        assert_eq!(captured_stdout(&consumer), expected);
+    });
+}
+
+/// Seed 004's Manager-dict and lock functions, verbatim.
+#[test]
+fn the_seeds_manager_dict_and_lock_functions_run_verbatim() {
+    py_seeds();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        // The dict writer: one process after another (the seed's `count -= 1` is a read
+        // and a write, unguarded, as in Python).
+        let share = m.dict::<serde_json::Value, u64>();
+        share.set(&json(r#""count""#), &10).unwrap();
+        let q = m.queue::<()>();
+        for data in [1u64, 2, 3] {
+            let p = seed_process("manager_process_task", &(data, &q, &share));
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0));
+        }
+        assert_eq!(
+            share.items().unwrap(),
+            [
+                (json(r#""count""#), 7),
+                (json("1"), 1),
+                (json("2"), 8),
+                (json("3"), 27)
+            ]
+        );
+
+        // The lock-protected counter: two processes, each adding its data five times under
+        // the lock, so each one's five lines come together.
+        let share = m.dict::<serde_json::Value, u64>();
+        share.set(&json(r#""count""#), &500).unwrap();
+        let lc = m.lock();
+        let ps: Vec<Process> = [100u64, 200]
+            .iter()
+            .map(|data| seed_process("lock_process_task", &(data, &share, &lc)))
+            .collect();
+        let mut counts = Vec::new();
+        for p in &ps {
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0));
+            let out = captured_stdout(p);
+            let got: Vec<u64> = out
+                .lines()
+                .map(|l| {
+                    l.strip_prefix("share_data count is ")
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or_else(|| panic!("{l:?}"))
+                })
+                .collect();
+            counts.push(got);
+        }
+        assert_eq!(share.get(&json(r#""count""#)).unwrap(), Some(2000));
+        // Each process's five additions were not interleaved with the other's.
+        for (got, data) in counts.iter().zip([100u64, 200]) {
+            assert_eq!(got.len(), 5);
+            assert!(got.windows(2).all(|w| w[1] == w[0] + data), "{got:?}");
         }
     });
 }
