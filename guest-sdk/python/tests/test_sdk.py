@@ -133,6 +133,28 @@ class Registry(unittest.TestCase):
         self.assertTrue(e.exception.message.startswith("ModuleNotFoundError: "))
         self.assertIn("import it at the top of the module", e.exception.message)
 
+    def test_a_batchs_fast_path_answers_as_a_call(self):
+        @_registry.task
+        def sq(x):
+            return x * x
+
+        @_registry.task
+        def typed(x: int):
+            return -x
+
+        for name in ("sq", "typed"):
+            run = _registry.batch_caller(name)
+            for args in ([0], [127], [128], [300], [70000], [2**31], [-5], [2**40], ["s"], [1, 2], []):
+                data = b"pad" + _msgpack.packb(args) + b"pad"
+                outcomes = []
+                for f in (lambda: run(data, 3, len(data) - 3), lambda: _registry.call(name, data[3:-3])):
+                    try:
+                        outcomes.append(f())
+                    except _registry.TaskFailure as e:
+                        outcomes.append((e.kind, e.message.split("\n")[0]))
+                self.assertEqual(outcomes[0], outcomes[1], (name, args))
+        self.assertIsNone(_registry.batch_caller("nope"))
+
     def test_two_tasks_of_one_name_are_refused(self):
         _registry.task(lambda: 1, name="x")
         with self.assertRaises(ValueError):

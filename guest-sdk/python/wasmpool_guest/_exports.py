@@ -209,4 +209,5 @@ class Tasks(exports.Tasks):
                     b.report()
         finally:
             _batch = None
+            _registry._flush()
         return types.BatchOutcome(types.Packed(bytes(b.out), b.ends), b.errors)

@@ -153,10 +153,17 @@ def packb(value):
         # The common result of a tiny task, without a buffer.
         if 0 <= value < 128:
             return _FIXINT[value]
-        if 0 <= value < 0x10000:
-            return (b"\xcc" + _pack_B(value)) if value < 0x100 else (b"\xcd" + _pack_H(value))
-        if 0 <= value < 0x100000000:
-            return b"\xce" + _pack_I(value)
+        if value >= 0:
+            if value < 0x100:
+                return b"\xcc" + _pack_B(value)
+            if value < 0x10000:
+                return b"\xcd" + _pack_H(value)
+            if value < 0x100000000:
+                return b"\xce" + _pack_I(value)
+            if value < 0x10000000000000000:
+                return b"\xcf" + _pack_Q(value)
+        elif value >= -32:
+            return _NEGFIX[value]
     out = bytearray()
     _pack(value, out, 0)
     return bytes(out)

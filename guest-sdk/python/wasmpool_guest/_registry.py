@@ -164,8 +164,21 @@ def _reseed():
             pass
 
 
+def _line_buffered():
+    # A line reaches the host when it is complete, as the Rust SDK's stdout (a LineWriter)
+    # writes it: so what the finished items of a batch printed is out even if a later one
+    # traps, without a flush after every item.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if not stream.line_buffering:
+                stream.reconfigure(line_buffering=True)
+        except Exception:  # noqa: BLE001 - a replaced stream: leave it as it is
+            pass
+
+
 def run_inits():
     """Runs the ``@init`` functions; raises :class:`TaskFailure` with the exception's text."""
+    _line_buffered()
     _reseed()
     for func in _INITS:
         try:
@@ -217,9 +230,11 @@ def _mismatch(t, i, m):
     )
 
 
-def call(name, args):
+def call(name, args, flush=True):
     """Runs task ``name`` on MessagePack-encoded ``args``; its encoded result, or raises
-    :class:`TaskFailure`."""
+    :class:`TaskFailure`. ``flush``: write out what stdout and stderr hold back when the
+    task ends (a batch does it once, at its end: the streams are line-buffered, see
+    :func:`run_inits`)."""
     t = TASKS.get(name)
     if t is None:
         raise TaskFailure("unknown-task", name)
@@ -231,7 +246,8 @@ def call(name, args):
         tb = e.__traceback__
         raise TaskFailure("failed", describe(e, tb.tb_next if tb else None)) from None
     finally:
-        _flush()
+        if flush:
+            _flush()
     try:
         return _msgpack.packb(result)
     except _msgpack.EncodeError as e:
@@ -254,14 +270,19 @@ def batch_caller(name):
     unpack = _msgpack._unpack
     packb = _msgpack.packb
     decode_error = _msgpack.DecodeError
-    streams = (sys.stdout, sys.stderr)
+    # The unsigned ints `map` over a range sends: marker, then the big-endian bytes.
+    uint_sizes = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9}
+    from_bytes = int.from_bytes
 
     def run(data, start, end):
         if not single or end - start < 2 or data[start] != 0x91:
-            return call(name, data[start:end])
+            return call(name, data[start:end], flush=False)
         m = data[start + 1]
-        if m < 0x80 and end - start == 2:
-            value = m  # a small non-negative int: `map` over a range
+        size = end - start - 1
+        if m < 0x80 and size == 1:
+            value = m  # a small non-negative int
+        elif uint_sizes.get(m) == size:
+            value = from_bytes(data[start + 2 : end], "big")
         else:
             reader.data = data
             reader.pos = start + 1
@@ -270,7 +291,7 @@ def batch_caller(name):
             except decode_error:
                 value = reader  # malformed: the general path words the error
             if value is reader or reader.pos != end:
-                return call(name, data[start:end])
+                return call(name, data[start:end], flush=False)
         if check is not None:
             try:
                 value = check(value)
@@ -281,12 +302,6 @@ def batch_caller(name):
         except BaseException as e:  # noqa: BLE001 - as in `call`
             tb = e.__traceback__
             raise TaskFailure("failed", describe(e, tb.tb_next if tb else None)) from None
-        finally:
-            for stream in streams:
-                try:
-                    stream.flush()
-                except Exception:  # noqa: BLE001 - as in `_flush`
-                    pass
         try:
             return packb(result)
         except _msgpack.EncodeError as e:
