@@ -166,10 +166,11 @@ class _Shared:
         return f"<{type(self).__name__} id={self._id}>"
 
     def __eq__(self, other):
-        return type(other) is type(self) and other._id == self._id
+        # The same handle: the two ends of a pipe are two handles of one object.
+        return type(other) is type(self) and (other._id, other._token) == (self._id, self._token)
 
     def __hash__(self):
-        return hash((self._tag, self._id))
+        return hash((self._tag, self._id, self._token))
 
     def __reduce__(self):
         return (type(self), (self._id, self._token))
