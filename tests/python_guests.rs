@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::Serialize;
-use wasmpool::{Error, Module, Pool, Process};
+use wasmpool::{Error, Limits, Manager, Module, ObjectError, Output, Pool, Process};
 
 use crate::util::*;
 
@@ -50,6 +50,14 @@ fn a_python_project_lists_its_tasks_in_registration_order() {
             "process",
             "job",
             "process_task",
+            "queue_process_task",
+            "consumer",
+            "producer",
+            "pipe_process_task",
+            "pipe_consumer",
+            "pipe_producer",
+            "manager_process_task",
+            "lock_process_task",
             "divide"
         ]
     );
@@ -271,11 +279,26 @@ fn python_encodes_values_byte_for_byte_as_the_rust_sdk() {
     });
 }
 
-/// A byte string result (MessagePack bin), as raw bytes.
+/// A byte string result (MessagePack bin), as raw bytes; `Raw` sends one.
 mod serde_bytes_like {
     use serde::de::{Deserialize, Deserializer, Visitor};
 
+    pub struct Raw(pub Vec<u8>);
+
+    impl serde::Serialize for Raw {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
     pub struct Bytes(pub Vec<u8>);
+
+    impl serde::Serialize for Bytes {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
 
     impl<'de> Deserialize<'de> for Bytes {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -330,4 +353,630 @@ fn each_python_worker_draws_its_own_random_numbers() {
             .collect()
     });
     assert_ne!(draws[0], draws[1], "two workers drew the same number");
+}
+
+/// `examples/py-testkit/testkit.py`: Python tasks for these tests (shared objects,
+/// identity, type hints, limits).
+fn py_testkit() -> Module {
+    static M: OnceLock<Module> = OnceLock::new();
+    load_python(&M, "examples/py-testkit/testkit.py")
+}
+
+const PY_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs a Python testkit task in a `Process`; its result.
+fn py_run<R: serde::de::DeserializeOwned>(
+    task: &str,
+    args: &impl Serialize,
+) -> wasmpool::Result<R> {
+    let p = Process::new(&py_testkit(), task, args)?;
+    p.start()?;
+    p.join()?;
+    p.result()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}
+
+/// What `queue_ops` leaves on its queue.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+struct Left {
+    n: Vec<f64>,
+    b: serde_bytes_like::Bytes,
+    none: Option<u8>,
+}
+
+#[test]
+fn python_queues_put_get_and_raise_as_pythons() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        let q = m.queue::<Left>();
+        let bounded = m.bounded_queue::<String>(1);
+        let joinable = m.joinable_queue::<String>(0);
+        let closing = m.queue::<u32>();
+        let seen: serde_json::Value =
+            py_run("queue_ops", &(&q, &bounded, &joinable, &closing)).unwrap();
+        assert_eq!(
+            seen,
+            json(
+                r#"[2, 1, "two", true, "Empty", "Empty", "Empty", "ValueError",
+                    true, 1, "Full", "Full", "Full", "job", "ValueError", "ValueError"]"#
+            )
+        );
+        // What the task put is there for the host, decoded into its own types.
+        assert_eq!(
+            q.get().unwrap(),
+            Left {
+                n: vec![1.0, -2.0, 3.5],
+                b: serde_bytes_like::Bytes(vec![0, 255]),
+                none: None
+            }
+        );
+        assert_eq!(bounded.get().unwrap(), "x");
+        assert!(matches!(closing.put(&1), Err(ObjectError::Closed(_))));
+    });
+}
+
+#[test]
+fn a_seed_style_python_worker_puts_on_the_queue_it_was_given() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let q = Manager::new().queue::<u32>();
+        let p = Process::new(&py_testkit(), "worker", &(&q,)).unwrap();
+        p.start().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+        assert_eq!(
+            Some(q.get().unwrap()),
+            p.pid(),
+            "os.getpid() is the worker's"
+        );
+    });
+}
+
+#[test]
+fn python_pipe_ends_send_receive_and_reach_end_of_file() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        let (a, b) = m.pipe::<serde_json::Value>(true);
+        let seen: serde_json::Value = py_run("pipe_ops", &(&a, &b)).unwrap();
+        assert_eq!(
+            seen,
+            json(r#"[true, {"k": 1}, false, "abc", "OSError", "OSError", true]"#)
+        );
+
+        // Once every copy of one end is closed (the task's, then the host's), the other
+        // end reads end of file and cannot send.
+        a.close().unwrap();
+        let seen: serde_json::Value = py_run("pipe_after_close", &(&b,)).unwrap();
+        assert_eq!(seen, json(r#"["EOFError", "BrokenPipeError", false]"#));
+
+        // A reader in Python sees what the host sent, then EOFError once it closed its end.
+        let (tx, rx) = m.pipe::<String>(true);
+        let p = Process::new(&py_testkit(), "recv_until_eof", &(&rx,)).unwrap();
+        p.start().unwrap();
+        tx.send(&"x".to_string()).unwrap();
+        tx.send(&"y".to_string()).unwrap();
+        tx.close().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.result::<Vec<String>>().unwrap(), ["x", "y"]);
+    });
+}
+
+#[test]
+fn python_locks_semaphores_and_conditions_acquire_release_and_raise_as_pythons() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        let (lock, rlock) = (m.lock(), m.rlock());
+        let (sem, bsem) = (m.semaphore(2), m.bounded_semaphore(1));
+        let seen: serde_json::Value = py_run("lock_ops", &(&lock, &rlock, &sem, &bsem)).unwrap();
+        assert_eq!(
+            seen,
+            json(
+                r#"[true, false, false, false, "RuntimeError", "ValueError", true,
+                    "RuntimeError", true, true, false, 0, 2, "ValueError"]"#
+            )
+        );
+        assert!(!lock.locked().unwrap(), "`with` released the lock");
+        assert_eq!(sem.value().unwrap(), 2);
+
+        let cond = m.condition();
+        let seen: serde_json::Value = py_run("condition_ops", &(&cond,)).unwrap();
+        assert_eq!(
+            seen,
+            json(r#"["RuntimeError", "RuntimeError", false, true, false]"#)
+        );
+    });
+}
+
+#[test]
+fn python_events_and_barriers_wait_set_and_break_as_pythons() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        let ev = m.event();
+        assert!(!py_run::<bool>("event_wait", &(&ev, 0.1)).unwrap());
+        assert!(py_run::<bool>("event_set", &(&ev,)).unwrap());
+        assert!(ev.is_set().unwrap(), "set by the Python task");
+        assert!(py_run::<bool>("event_wait", &(&ev, Option::<f64>::None)).unwrap());
+
+        // Two parties: a Python task and the host.
+        let b = m.barrier(2);
+        let p = Process::new(&py_testkit(), "barrier_wait", &(&b, Option::<f64>::None)).unwrap();
+        p.start().unwrap();
+        let host = b.wait().unwrap();
+        p.join().unwrap();
+        let python = p.result::<u32>().unwrap();
+        assert_eq!(host + python, 1, "indexes 0 and 1");
+
+        // Alone at a barrier of two, with a timeout: it breaks, as Python's does.
+        let lonely = m.barrier(2);
+        let got: serde_json::Value = py_run("barrier_wait", &(&lonely, 0.1)).unwrap();
+        assert_eq!(got, json(r#""BrokenBarrierError""#));
+        assert!(lonely.broken().unwrap());
+
+        let one = m.barrier(1);
+        let seen: serde_json::Value = py_run("barrier_ops", &(&one,)).unwrap();
+        assert_eq!(
+            seen,
+            json(
+                r#"[1, 0, false, 0, ["action"], "ZeroDivisionError", true, false,
+                    "BrokenBarrierError"]"#
+            )
+        );
+    });
+}
+
+#[test]
+fn a_python_task_uses_a_manager_dict_through_the_mapping_protocol() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let d = Manager::new().dict::<String, serde_json::Value>();
+        let seen: serde_json::Value = py_run("dict_ops", &(&d,)).unwrap();
+        assert_eq!(
+            seen,
+            json(
+                r#"[1, "two", [3], "KeyError", true, false, 3, "dflt", ["a", 2, [1, 2]],
+                    ["1", "[3]", "two"], 3, ["a", 2, [1, 2]], "KeyError", 1, "gone",
+                    "KeyError", 5, 5, ["w", 3], 1, 42, true, false, true,
+                    {"s": 5, "u": 1, "v": 2, "count": 43, "fresh": "new"}, 0, "KeyError"]"#
+            )
+        );
+        assert_eq!(d.keys().unwrap(), ["final"]);
+        assert_eq!(
+            d.get(&"final".into()).unwrap(),
+            Some(json(r#"{"nested": [1, 2]}"#))
+        );
+    });
+}
+
+#[test]
+fn a_python_task_uses_a_manager_list_with_indexes_and_slices() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let l = Manager::new().list::<serde_json::Value>();
+        let seen: serde_json::Value = py_run("list_ops", &(&l,)).unwrap();
+        assert_eq!(
+            seen,
+            json(
+                r#"[5, 1, 5, [2, 3], [1, 3, 5], [4, 5], "IndexError", [10, 3, 4, 5], 5, 10,
+                    "ValueError", 1, "ValueError", true, 1, ["first", 3, 4], "IndexError", 0]"#
+            )
+        );
+        assert_eq!(l.items().unwrap(), [json(r#""end""#)]);
+    });
+}
+
+#[test]
+fn a_handle_inside_a_value_is_an_object_in_python_and_in_rust() {
+    py_testkit();
+    testkit();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        // Python stores a queue in a dict and uses the copy it reads back.
+        let q = m.queue::<String>();
+        let d = m.dict::<String, wasmpool::Queue<String>>();
+        let kind: String = py_run("pass_on", &(&q, &d)).unwrap();
+        assert_eq!(kind, "Queue");
+        assert_eq!(q.get().unwrap(), "via the dict");
+        // The host reads the handle Python wrote, and uses it.
+        let stored = d
+            .get(&"q".into())
+            .unwrap()
+            .expect("the queue is in the dict");
+        stored.put(&"from the host".into()).unwrap();
+        assert_eq!(q.get().unwrap(), "from the host");
+
+        // A handle a Rust guest encoded is an object to a Python task.
+        let nums = m.queue::<u32>();
+        let stash = m.dict::<String, wasmpool::Queue<u32>>();
+        run::<()>("stash_queue", &(&stash, "k", &nums)).unwrap();
+        let put: u32 = py_run("use_stashed", &(&stash, "k")).unwrap();
+        assert_eq!(put, 7);
+        assert_eq!(nums.get().unwrap(), 7);
+    });
+}
+
+/// Dict keys and values compare by their MessagePack bytes: a Python task finds, byte for
+/// byte, the entries a Rust guest task (and the Rust host) wrote.
+#[test]
+fn python_encodes_dict_entries_byte_for_byte_as_a_rust_guest() {
+    py_testkit();
+    testkit();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        let d = m.dict::<String, u64>();
+        // 0..300: positive fixints, uint8 and uint16; prefixes short (fixstr) and long (str8).
+        let long = "a prefix longer than thirty-one bytes, é-";
+        for prefix in ["k", long] {
+            let n: u64 = run("dict_fill", &(&d, prefix, 300u64)).unwrap();
+            assert!(n >= 300);
+            let missing: Vec<u64> = py_run("check_entries", &(&d, prefix, 300u64)).unwrap();
+            assert!(missing.is_empty(), "not found byte for byte: {missing:?}");
+        }
+
+        // Values the Rust host encoded, of every kind a task exchanges.
+        let d = m.dict::<String, serde_json::Value>();
+        let expected = json(
+            r#"{"neg": -33, "min": -9223372036854775808, "max": 18446744073709551615,
+                "float": 1.5, "text": "ünïcode", "nil": null, "yes": true,
+                "nested": {"b": [1, {"c": [-1, 2.25, "x"]}], "a": []}}"#,
+        );
+        for (k, v) in expected.as_object().unwrap() {
+            d.set(k, v).unwrap();
+        }
+        let differ: Vec<String> = py_run("check_values", &(&d, &expected)).unwrap();
+        assert!(differ.is_empty(), "encoded differently: {differ:?}");
+    });
+}
+
+#[test]
+fn inside_a_python_task_os_and_multiprocessing_answer_as_in_a_worker() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let pool = Pool::new(&py_testkit(), 2).unwrap();
+        let (pid, imported, ppid, name, cpus, os_cpus): (u32, u32, u32, String, usize, usize) =
+            pool.apply("whoami", &()).unwrap();
+        assert!(pool.pids().contains(&pid), "{pid} not in {:?}", pool.pids());
+        assert_ne!(pid, std::process::id());
+        assert_eq!(imported, pid, "`from os import getpid` at the top");
+        assert_eq!(ppid, std::process::id(), "the parent is the host");
+        assert!(name.starts_with("PoolWorker-"), "{name}");
+        assert_eq!(cpus, wasmpool::cpu_count());
+        assert_eq!(os_cpus, cpus);
+
+        // A `Process` runs under its own name.
+        let p = Process::new(&py_testkit(), "whoami", &())
+            .unwrap()
+            .with_name("reader");
+        p.start().unwrap();
+        p.join().unwrap();
+        let (pid, _, ppid, name, _, _): (u32, u32, u32, String, usize, usize) = p.result().unwrap();
+        assert_eq!(Some(pid), p.pid());
+        assert_eq!(ppid, std::process::id());
+        assert_eq!(name, "reader");
+    });
+}
+
+#[test]
+fn type_hints_are_checked_and_a_mismatch_is_worded_as_the_rust_sdk_words_it() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let pool = Pool::new(&py_testkit(), 1).unwrap();
+        let ok: serde_json::Value = pool
+            .apply(
+                "typed",
+                &(
+                    1,
+                    2,
+                    "s",
+                    serde_bytes_like::Raw(vec![1]),
+                    true,
+                    [1, 2],
+                    std::collections::BTreeMap::from([("a", 1)]),
+                    Option::<i64>::None,
+                    (3, "t"),
+                ),
+            )
+            .unwrap();
+        assert_eq!(
+            ok,
+            json(r#"[1, 2, "s", [1], true, [1, 2], {"a": 1}, null, [3, "t"], "tuple"]"#)
+        );
+        let err = pool
+            .apply::<_, serde_json::Value>(
+                "typed",
+                &(
+                    "1",
+                    2,
+                    "s",
+                    serde_bytes_like::Raw(vec![1]),
+                    true,
+                    [1, 2],
+                    std::collections::BTreeMap::from([("a", 1)]),
+                    5,
+                    (3, "t"),
+                ),
+            )
+            .unwrap_err();
+        let Error::BadArgs(message) = &err else {
+            panic!("expected bad-args, got {err:?}");
+        };
+        assert_eq!(
+            message,
+            "task `typed`: argument 1 (`a: int`): expected int, got a string"
+        );
+        let err = pool
+            .apply::<_, serde_json::Value>(
+                "typed",
+                &(
+                    1,
+                    2.5,
+                    "s",
+                    serde_bytes_like::Raw(vec![1]),
+                    true,
+                    (1, "x"),
+                    std::collections::BTreeMap::from([("a", 1)]),
+                    5,
+                    (3, "t"),
+                ),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "argument 6 (`f: list[int]`): expected list[int], got an array (item 2: got a string)"
+            ),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn python_tasks_are_stopped_by_their_time_memory_and_output_limits() {
+    py_testkit();
+    within(Duration::from_secs(300), || {
+        // What the flood prints is dropped (the limit counts it all the same).
+        let limited = |limits: Limits| {
+            Pool::builder(&py_testkit())
+                .processes(1)
+                .limits(limits)
+                .output(Output::Discard)
+                .build()
+                .unwrap()
+        };
+        let pool = limited(Limits::default().timeout(Duration::from_millis(500)));
+        let err = pool.apply::<_, u64>("spin", &()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("time limit")),
+            "{err:?}"
+        );
+        assert_eq!(
+            pool.apply::<_, u64>("hog", &(1,)).unwrap(),
+            1,
+            "the worker carries on"
+        );
+
+        let pool = limited(Limits::default().memory_mib(256));
+        let err = pool.apply::<_, u64>("hog", &(2000,)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("memory limit of 256 MiB")),
+            "{err:?}"
+        );
+        assert_eq!(
+            pool.apply::<_, u64>("hog", &(1,)).unwrap(),
+            1,
+            "the worker carries on"
+        );
+
+        let pool = limited(Limits::default().output_bytes(64 << 10));
+        let err = pool.apply::<_, u64>("flood", &(1_000_000,)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("output limit")),
+            "{err:?}"
+        );
+    });
+}
+
+#[test]
+fn a_module_imported_only_inside_a_function_is_a_clear_error() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let pool = Pool::new(&py_testkit(), 1).unwrap();
+        let err = pool.apply::<_, String>("late_import", &()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("ModuleNotFoundError")
+                && text.contains("import it at the top of the module"),
+            "{text}"
+        );
+        // An exception deep in the task: its type, message and the traceback's frames.
+        let err = pool.apply::<_, ()>("fails", &()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("KeyError: 'deep'"), "{text}");
+        assert!(
+            text.contains(", in fails") && text.contains(", in inner"),
+            "{text}"
+        );
+    });
+}
+
+/// Inside a `map` chunk the Python SDK reports each finished item before its next object
+/// operation (`batch-progress`), as the Rust SDK does: when a later item of the chunk hits
+/// its time limit, no item that touched an object runs twice.
+#[test]
+fn a_python_batch_item_that_touched_an_object_is_never_run_twice() {
+    py_testkit();
+    within(PY_LIMIT, || {
+        let pool = Pool::builder(&py_testkit())
+            .processes(1)
+            .limits(Limits::default().timeout(Duration::from_secs(2)))
+            .build()
+            .unwrap();
+        let runs = Manager::new().dict::<String, i64>();
+        let (n, bad) = (6u64, 3u64);
+        let items: Vec<wasmpool::Result<Vec<u8>>> = (0..n)
+            .map(|x| wasmpool::encode_args(&(&runs, x, bad)))
+            .collect();
+        let results: Vec<wasmpool::Result<u64>> = pool
+            .imap_encoded::<u64>("counted", items.into_iter(), n as usize, true)
+            .unwrap()
+            .collect();
+        for (x, r) in results.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, x as u64),
+                Err(e) => {
+                    assert_eq!(x as u64, bad, "item {x} failed: {e}");
+                    assert!(e.to_string().contains("time limit"), "{e}");
+                }
+            }
+        }
+        assert!(results[bad as usize].is_err(), "the spinning item failed");
+        for x in 0..n {
+            assert_eq!(
+                runs.get(&format!("run:{x}")).unwrap(),
+                Some(1),
+                "item {x} ran once (runs: {:?})",
+                runs.items().unwrap()
+            );
+        }
+    });
+}
+
+/// A seed task in a `Process` whose output is captured.
+fn seed_process(task: &str, args: &impl Serialize) -> Process {
+    let p = Process::new(&py_seeds(), task, args)
+        .unwrap()
+        .with_output(Output::Capture);
+    p.start().unwrap();
+    p
+}
+
+fn captured_stdout(p: &Process) -> String {
+    String::from_utf8(p.captured_output().stdout).unwrap()
+}
+
+/// Seed 004's queue and pipe functions, verbatim, with the host's `main()` in Rust: what
+/// they print is what the Python originals print.
+#[test]
+fn the_seeds_queue_and_pipe_functions_run_verbatim() {
+    py_seeds();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        // Producer and consumer over a queue; the host sends the end signal, as `main` does.
+        let q = m.queue::<Option<String>>();
+        let consumer = seed_process("consumer", &(&q,));
+        let producer = seed_process("producer", &(&q,));
+        producer.join().unwrap();
+        q.put(&None).unwrap();
+        consumer.join().unwrap();
+        assert_eq!(consumer.exitcode(), Some(0));
+        assert_eq!(
+            captured_stdout(&consumer),
+            "work：0\nwork：1\nwork：2\nwork：3\nwork：4\n"
+        );
+
+        // A result per process on the queue: `{data: res}`.
+        let results = m.queue::<std::collections::BTreeMap<u64, u64>>();
+        let p = seed_process("queue_process_task", &(7u64, &results));
+        p.join().unwrap();
+        assert_eq!(
+            results.get().unwrap(),
+            std::collections::BTreeMap::from([(7, 343)])
+        );
+        let out = captured_stdout(&p);
+        let pid = p.pid().unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "测试多进程任务：7, 当前进程号：{pid}, 父进程号为: {}\n多进程任务结束：7, 当前进程号为: {pid}\n",
+                std::process::id()
+            )
+        );
+
+        // Both ends of a pipe as a tuple: the child greets, the host answers.
+        let (conn1, conn2) = m.pipe::<String>(true);
+        let p = seed_process("pipe_process_task", &(100u64, (&conn1, &conn2)));
+        assert_eq!(conn2.recv().unwrap(), "你好主进程, the data is 100");
+        conn2.send(&"你好子进程".to_string()).unwrap();
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+        assert_eq!(captured_stdout(&p), "你好子进程\n");
+
+        // Producer and consumer over a pipe: the consumer reads until the pipe's end.
+        let (conn1, conn2) = m.pipe::<String>(true);
+        let consumer = seed_process("pipe_consumer", &("process pipe", (&conn1, &conn2)));
+        let producer = seed_process("pipe_producer", &((&conn1, &conn2),));
+        producer.join().unwrap();
+        conn1.close().unwrap();
+        conn2.close().unwrap();
+        consumer.join().unwrap();
+        let expected: String = (0..5)
+            .map(|i| format!("process pipe work is doing：{i}\n"))
+            .chain(["===============\n".to_string()])
+            .collect();
+        assert_eq!(captured_stdout(&consumer), expected);
+    });
+}
+
+/// Seed 004's Manager-dict and lock functions, verbatim.
+#[test]
+fn the_seeds_manager_dict_and_lock_functions_run_verbatim() {
+    py_seeds();
+    within(PY_LIMIT, || {
+        let m = Manager::new();
+        // The dict writer: one process after another (the seed's `count -= 1` is a read
+        // and a write, unguarded, as in Python).
+        let share = m.dict::<serde_json::Value, u64>();
+        share.set(&json(r#""count""#), &10).unwrap();
+        let q = m.queue::<()>();
+        for data in [1u64, 2, 3] {
+            let p = seed_process("manager_process_task", &(data, &q, &share));
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0));
+        }
+        assert_eq!(
+            share.items().unwrap(),
+            [
+                (json(r#""count""#), 7),
+                (json("1"), 1),
+                (json("2"), 8),
+                (json("3"), 27)
+            ]
+        );
+
+        // The lock-protected counter: two processes, each adding its data five times under
+        // the lock, so each one's five lines come together.
+        let share = m.dict::<serde_json::Value, u64>();
+        share.set(&json(r#""count""#), &500).unwrap();
+        let lc = m.lock();
+        let ps: Vec<Process> = [100u64, 200]
+            .iter()
+            .map(|data| seed_process("lock_process_task", &(data, &share, &lc)))
+            .collect();
+        let mut counts = Vec::new();
+        for p in &ps {
+            p.join().unwrap();
+            assert_eq!(p.exitcode(), Some(0));
+            let out = captured_stdout(p);
+            let got: Vec<u64> = out
+                .lines()
+                .map(|l| {
+                    l.strip_prefix("share_data count is ")
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or_else(|| panic!("{l:?}"))
+                })
+                .collect();
+            counts.push(got);
+        }
+        assert_eq!(share.get(&json(r#""count""#)).unwrap(), Some(2000));
+        // Each process's five additions were not interleaved with the other's.
+        for (got, data) in counts.iter().zip([100u64, 200]) {
+            assert_eq!(got.len(), 5);
+            assert!(got.windows(2).all(|w| w[1] == w[0] + data), "{got:?}");
+        }
+    });
 }

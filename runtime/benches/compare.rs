@@ -111,16 +111,33 @@ fn vm_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// A process's private memory (`Private_Clean` + `Private_Dirty` of
+/// `/proc/<pid>/smaps_rollup`) in MiB: what it does not share with other processes.
+fn private_mib(pid: u32) -> Option<f64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib = |name: &str| -> Option<f64> {
+        let line = rollup.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("Private_Clean:")? + kib("Private_Dirty:")?) / 1024.0)
+}
+
 /// Median resident memory (MiB) of an idle worker: a pool of `IDLE_POOL` workers, each warmed
 /// by one task (module loaded, instance built), then left idle for a moment.
 fn idle_worker_rss(ctx: &Ctx) -> f64 {
-    let pool = Pool::new(&ctx.testkit, IDLE_POOL).expect("pool");
+    idle_worker_memory(&ctx.testkit, "pid_after", vm_rss_mib)
+}
+
+/// As [`idle_worker_rss`], for `module` (whose task `pid_after(ms)` answers its worker's
+/// pid), measured by `measure`.
+fn idle_worker_memory(module: &Module, pid_after: &str, measure: fn(u32) -> Option<f64>) -> f64 {
+    let pool = Pool::new(module, IDLE_POOL).expect("pool");
     pool.wait_for_workers();
     // Tasks that sleep a little, one item per chunk, until every worker has run one.
     let mut warmed = std::collections::BTreeSet::new();
     for _ in 0..20 {
         let pids: Vec<u32> = pool
-            .map_chunked("pid_after", vec![50u64; IDLE_POOL], 1)
+            .map_chunked(pid_after, vec![50u64; IDLE_POOL], 1)
             .expect("warm-up");
         warmed.extend(pids);
         if pool.pids().iter().all(|p| warmed.contains(p)) {
@@ -133,17 +150,120 @@ fn idle_worker_rss(ctx: &Ctx) -> f64 {
         "every worker ran a task: workers {pids:?}, warmed {warmed:?}"
     );
     std::thread::sleep(Duration::from_millis(200));
-    let rss: Vec<f64> = pids
+    let mem: Vec<f64> = pids
         .iter()
-        .map(|&pid| vm_rss_mib(pid).expect("VmRSS of a worker"))
+        .map(|&pid| measure(pid).expect("memory of a worker"))
         .collect();
-    median(&rss).expect("workers")
+    median(&mem).expect("workers")
+}
+
+// ---- Python guests (examples/py-*): full runs only (a first build takes ~30 CPU-s) ----
+
+/// The Python guests, built on first use.
+#[derive(Default)]
+struct PyCtx {
+    seeds: std::sync::OnceLock<Module>,
+    testkit: std::sync::OnceLock<Module>,
+    builds: std::sync::OnceLock<(f64, f64)>,
+}
+
+fn py_seeds(ctx: &Ctx) -> &Module {
+    ctx.py.seeds.get_or_init(|| {
+        let m = Module::load(root().join("examples/py-seeds")).expect("build examples/py-seeds");
+        m.tasks().expect("tasks");
+        m
+    })
+}
+
+fn py_testkit(ctx: &Ctx) -> &Module {
+    ctx.py.testkit.get_or_init(|| {
+        let m = Module::load(root().join("examples/py-testkit/testkit.py"))
+            .expect("build examples/py-testkit");
+        m.tasks().expect("tasks");
+        m
+    })
+}
+
+/// Tasks per second for `map(job, range(n))` of the seeds' Python `job` (`x**2`) on two
+/// workers: Python's peer maps the same function with `Pool(2).map`.
+fn py_map_tiny(ctx: &Ctx, n: u64) -> f64 {
+    let pool = Pool::new(py_seeds(ctx), 2).expect("pool");
+    let _: Vec<u64> = pool.map("job", 0..1000u64).expect("warm-up");
+    let t = Instant::now();
+    let out: Vec<u64> = pool.map("job", 0..n).expect("map");
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(out[(n - 1) as usize], (n - 1) * (n - 1));
+    n as f64 / dt
+}
+
+/// The seeds' CPU-bound countdown (`process_task(data)`: `data**3` decrements) in the
+/// Python guest, against the same function in the host's native CPython: guest time ÷
+/// native time (each the best of three).
+fn py_kernel_vs_native(ctx: &Ctx, data: u64) -> f64 {
+    let pool = Pool::new(py_seeds(ctx), 1).expect("pool");
+    let _: Option<u8> = pool.apply("process_task", &(1u64,)).expect("warm-up");
+    let guest = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let _: Option<u8> = pool.apply("process_task", &(data,)).expect("countdown");
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    let script = format!(
+        "import time\n\
+         def process_task(data):\n    res = data ** 3\n    while res > 0:\n        res -= 1\n\
+         best = float('inf')\n\
+         for _ in range(3):\n    t = time.perf_counter()\n    process_task({data})\n    \
+         best = min(best, time.perf_counter() - t)\n\
+         print(best)\n"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 runs");
+    let native: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("python3 printed its time");
+    guest / native
+}
+
+/// Seconds to build and compile a Python project never built before (componentize-py,
+/// then compiling its ~19 MB component), for a first and then a second project: each a
+/// fresh copy of examples/py-hello with a unique comment. Measured once per run (cached
+/// for the later repetitions): a build is ~30 CPU-seconds.
+fn py_builds(ctx: &Ctx) -> (f64, f64) {
+    *ctx.py.builds.get_or_init(|| {
+        let source = std::fs::read_to_string(root().join("examples/py-hello/hello.py"))
+            .expect("read py-hello");
+        let dir = std::env::temp_dir().join(format!("wasmpool-bench-py-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let once = |n: u32| {
+            let file = dir.join(format!("bench_project_{n}.py"));
+            std::fs::write(&file, format!("{source}\n# bench build {stamp}-{n}\n"))
+                .expect("write project");
+            let t = Instant::now();
+            let m = Module::load(&file).expect("build the Python project");
+            m.tasks().expect("tasks");
+            t.elapsed().as_secs_f64()
+        };
+        let first = once(1);
+        let second = once(2);
+        let _ = std::fs::remove_dir_all(&dir);
+        (first, second)
+    })
 }
 
 struct Ctx {
     testkit: Module,
     compute: Module,
     smoke: bool,
+    py: PyCtx,
 }
 
 /// Milliseconds per `Process` start + join of a no-op task.
@@ -323,6 +443,7 @@ fn main() {
         testkit: Module::load(root().join("examples/testkit")).expect("build examples/testkit"),
         compute: Module::load(root().join("examples/compute")).expect("build examples/compute"),
         smoke,
+        py: PyCtx::default(),
     };
     ctx.testkit.tasks().expect("tasks");
     ctx.compute.tasks().expect("tasks");
@@ -475,6 +596,60 @@ fn main() {
             Box::new(move |c| wasm_vs_native(c, iters * 4)),
         ),
     ];
+    // Python guests: a first build of each takes ~30 CPU-seconds, so smoke runs (CI) leave
+    // them out.
+    if !smoke {
+        rows.extend([
+            row(
+                "Python guest: map 200k tiny tasks (the seeds' `job`), default chunksize",
+                "tasks/s",
+                true,
+                ("≥ 1x", Some(1.0)),
+                Some(("map_tiny", "map_tiny_200k")),
+                Box::new(move |c| py_map_tiny(c, map_n)),
+            ),
+            row(
+                "Python guest: guest / native CPython time, the seeds' countdown (200**3)",
+                "x",
+                false,
+                ("report", None),
+                None,
+                Box::new(|c| py_kernel_vs_native(c, 200)),
+            ),
+            row(
+                "Python guest: build + compile a first new project (measured once)",
+                "s",
+                false,
+                ("report", None),
+                None,
+                Box::new(|c| py_builds(c).0),
+            ),
+            row(
+                "Python guest: build + compile a second new project (measured once)",
+                "s",
+                false,
+                ("< 1/3 of the first", None),
+                None,
+                Box::new(|c| py_builds(c).1),
+            ),
+            row(
+                "Python guest: resident memory (RSS) per idle worker, pool of 4",
+                "MiB",
+                false,
+                ("report", None),
+                Some(("idle_rss", "idle_worker_rss")),
+                Box::new(|c| idle_worker_memory(py_testkit(c), "pid_after", vm_rss_mib)),
+            ),
+            row(
+                "Python guest: private memory per idle worker, pool of 4",
+                "MiB",
+                false,
+                ("report", None),
+                None,
+                Box::new(|c| idle_worker_memory(py_testkit(c), "pid_after", private_mib)),
+            ),
+        ]);
+    }
     // `--only WORD` keeps the rows whose name contains WORD.
     let args: Vec<String> = std::env::args().collect();
     if let Some(word) = args

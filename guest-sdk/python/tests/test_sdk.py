@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from wasmpool_guest import _msgpack, _registry  # noqa: E402
+import queue  # noqa: E402
+import threading  # noqa: E402
+from typing import Optional  # noqa: E402
+
+from wasmpool_guest import _msgpack, _registry, objects  # noqa: E402
 
 
 class Codec(unittest.TestCase):
@@ -129,10 +133,139 @@ class Registry(unittest.TestCase):
         self.assertTrue(e.exception.message.startswith("ModuleNotFoundError: "))
         self.assertIn("import it at the top of the module", e.exception.message)
 
+    def test_a_batchs_fast_path_answers_as_a_call(self):
+        @_registry.task
+        def sq(x):
+            return x * x
+
+        @_registry.task
+        def typed(x: int):
+            return -x
+
+        for name in ("sq", "typed"):
+            run = _registry.batch_caller(name)
+            for args in ([0], [127], [128], [300], [70000], [2**31], [-5], [2**40], ["s"], [1, 2], []):
+                data = b"pad" + _msgpack.packb(args) + b"pad"
+                outcomes = []
+                for f in (lambda: run(data, 3, len(data) - 3), lambda: _registry.call(name, data[3:-3])):
+                    try:
+                        outcomes.append(f())
+                    except _registry.TaskFailure as e:
+                        outcomes.append((e.kind, e.message.split("\n")[0]))
+                self.assertEqual(outcomes[0], outcomes[1], (name, args))
+        self.assertIsNone(_registry.batch_caller("nope"))
+
     def test_two_tasks_of_one_name_are_refused(self):
         _registry.task(lambda: 1, name="x")
         with self.assertRaises(ValueError):
             _registry.task(lambda: 2, name="x")
+
+
+class FakeHost:
+    """A transport that records operations and answers from a script."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def invoke(self, handle, op, arg, timeout_ms):
+        self.calls.append((handle, op, arg, timeout_ms))
+        answer = self.answers.pop(0)
+        if isinstance(answer, objects.ObjectFault):
+            raise answer
+        return answer
+
+
+class Objects(unittest.TestCase):
+    def setUp(self):
+        self.saved = objects.transport
+
+    def tearDown(self):
+        objects.transport = self.saved
+
+    def test_a_handle_decodes_to_the_object_and_encodes_back(self):
+        raw = _msgpack.packb([["wasmpool:queue", 3, 99], ["wasmpool:dict", 4, 5], ["x", 1, 2]])
+        q, d, other = _msgpack.unpackb(raw)
+        self.assertIsInstance(q, objects.Queue)
+        self.assertIsInstance(d, objects.Dict)
+        self.assertEqual(other, ["x", 1, 2])
+        self.assertEqual(_msgpack.packb([q, d, other]), raw)
+        self.assertEqual(_msgpack.packb({"q": q}), _msgpack.packb({"q": ["wasmpool:queue", 3, 99]}))
+
+    def test_timeouts_are_seconds_and_errors_are_pythons(self):
+        host = FakeHost([objects.ObjectFault("empty"), b"\x07", objects.ObjectFault("full")])
+        objects.transport = host
+        q = objects.Queue(1, 2)
+        with self.assertRaises(queue.Empty):
+            q.get(timeout=0.25)
+        self.assertEqual(q.get(block=False), 7)
+        with self.assertRaises(queue.Full):
+            q.put("x", timeout=0.0001)
+        self.assertEqual(
+            [(c[1], c[3]) for c in host.calls],
+            [("queue-get", 250), ("queue-get", 0), ("queue-put", 1)],
+        )
+        with self.assertRaises(ValueError):
+            q.get(timeout=-1)
+
+    def test_pipe_and_barrier_errors(self):
+        objects.transport = FakeHost([
+            objects.ObjectFault("closed", "end of file: the other end of the pipe is closed"),
+            objects.ObjectFault("closed", "broken pipe: the other end is closed"),
+            objects.ObjectFault("timeout"),
+            objects.ObjectFault("missing", "KeyError: no such key"),
+        ])
+        c = objects.Connection(1, 1)
+        with self.assertRaises(EOFError):
+            c.recv()
+        with self.assertRaises(BrokenPipeError):
+            c.send(1)
+        with self.assertRaises(threading.BrokenBarrierError):
+            objects.Barrier(2, 2).wait(0.1)
+        with self.assertRaises(KeyError) as e:
+            del objects.Dict(3, 3)["k"]
+        self.assertEqual(e.exception.args, ("k",))
+
+
+class Hints(unittest.TestCase):
+    def setUp(self):
+        self.saved = dict(_registry.TASKS)
+        _registry.TASKS.clear()
+
+    def tearDown(self):
+        _registry.TASKS.clear()
+        _registry.TASKS.update(self.saved)
+
+    def test_hints_are_checked_with_the_rust_sdks_wording(self):
+        @_registry.task
+        def f(x: int, xs: list[int], m: dict[str, int], o: Optional[str], t: tuple[int, str]):
+            return [x, xs, m, o, list(t), type(t).__name__]
+
+        ok = _registry.call("f", _msgpack.packb([1, [2], {"a": 3}, None, [4, "s"]]))
+        self.assertEqual(_msgpack.unpackb(ok), [1, [2], {"a": 3}, None, [4, "s"], "tuple"])
+        cases = [
+            ([True, [], {}, None, [1, ""]], "argument 1 (`x: int`): expected int, got a boolean"),
+            ([1, [1, "a"], {}, None, [1, ""]],
+             "argument 2 (`xs: list[int]`): expected list[int], got an array (item 2: got a string)"),
+            ([1, [], {"a": 1.5}, None, [1, ""]],
+             "argument 3 (`m: dict[str, int]`): expected dict[str, int], got a map (value of 'a': got a float)"),
+            ([1, [], {}, 5, [1, ""]], "argument 4 (`o: Optional[str]`): expected Optional[str], got an integer"),
+        ]
+        for args, wording in cases:
+            with self.assertRaises(_registry.TaskFailure) as e:
+                _registry.call("f", _msgpack.packb(args))
+            self.assertEqual(e.exception.kind, "bad-args")
+            self.assertEqual(e.exception.message, f"task `f`: {wording}")
+
+    def test_a_float_takes_an_int_and_objects_their_class(self):
+        @_registry.task
+        def g(x: float, q: objects.Queue):
+            return x
+
+        self.assertEqual(_registry.call("g", _msgpack.packb([2, ["wasmpool:queue", 1, 1]])), b"\x02")
+        with self.assertRaises(_registry.TaskFailure) as e:
+            _registry.call("g", _msgpack.packb([2, ["wasmpool:lock", 1, 1]]))
+        self.assertIn("expected Queue, got a Lock handle", e.exception.message)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,9 @@ def _pack(v, out, depth):
         _pack(bytes(v), out, depth)
     elif _is_dataclass(v) and not isinstance(v, type):
         _pack({f.name: getattr(v, f.name) for f in _fields(v)}, out, depth)
+    elif isinstance(v, _handle_base):
+        # A shared object travels as its handle, `[tag, id, token]`.
+        _pack(v.__wasmpool_handle__(), out, depth)
     else:
         raise EncodeError(f"a value of type `{t.__name__}` has no MessagePack form")
 
@@ -146,14 +149,55 @@ def _pack(v, out, depth):
 def packb(value):
     """``value`` as MessagePack bytes. Raises :class:`EncodeError` for what has no form."""
     t = type(value)
-    if t is int and 0 <= value < 128:
-        return _FIXINT[value]
+    if t is int:
+        # The common result of a tiny task, without a buffer.
+        if 0 <= value < 128:
+            return _FIXINT[value]
+        if value >= 0:
+            if value < 0x100:
+                return b"\xcc" + _pack_B(value)
+            if value < 0x10000:
+                return b"\xcd" + _pack_H(value)
+            if value < 0x100000000:
+                return b"\xce" + _pack_I(value)
+            if value < 0x10000000000000000:
+                return b"\xcf" + _pack_Q(value)
+        elif value >= -32:
+            return _NEGFIX[value]
     out = bytearray()
     _pack(value, out, 0)
     return bytes(out)
 
 
 _unpack_from = struct.unpack_from
+
+
+class _NoHandles:
+    pass
+
+
+# Shared objects (set by `wasmpool_guest.objects`): their base class, and the class of
+# each handle tag, so a `[tag, id, token]` array decodes to the object.
+_handle_base = _NoHandles
+_handle_kinds = {}
+
+
+def register_handles(base, kinds):
+    """Makes instances of ``base`` encode as their handle, and ``[tag, id, token]`` arrays
+    whose tag is in ``kinds`` decode as ``kinds[tag](id, token)``."""
+    global _handle_base, _handle_kinds
+    _handle_base = base
+    _handle_kinds = dict(kinds)
+
+
+def _maybe_handle(items):
+    # A three-item array: a handle if it looks exactly like one.
+    tag = items[0]
+    if type(tag) is str and tag in _handle_kinds:
+        id, token = items[1], items[2]
+        if type(id) is int and type(token) is int and id >= 0 and token >= 0:
+            return _handle_kinds[tag](id, token)
+    return items
 
 
 class _Reader:
@@ -203,7 +247,10 @@ def _unpack(r, depth):
     if 0xA0 <= m <= 0xBF:
         return _str(r.take(m & 0x1F))
     if 0x90 <= m <= 0x9F:
-        return [_unpack(r, depth + 1) for _ in range(m & 0x0F)]
+        items = [_unpack(r, depth + 1) for _ in range(m & 0x0F)]
+        if m == 0x93 and _handle_kinds:
+            return _maybe_handle(items)
+        return items
     if 0x80 <= m <= 0x8F:
         return _map(r, m & 0x0F, depth)
     if m == 0xC0:

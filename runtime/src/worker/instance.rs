@@ -21,6 +21,17 @@ use crate::protocol::{
     EXIT_STATUS, FromWorker, Limits, Load, ObjectCall, Outcome, Stream, describe_bytes,
 };
 
+/// The environment variable every instance is given: the host's CPU count, as
+/// [`crate::cpu_count`] answers it (read by the Python guest SDK).
+const CPU_COUNT_VAR: &str = "WASMPOOL_CPU_COUNT";
+
+/// The CPU count as text, computed once per worker (at its first instance, before its
+/// files are narrowed).
+fn cpu_count_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| crate::process::cpu_count().to_string())
+}
+
 /// Deadline for calls without a time limit: effectively never.
 const NO_DEADLINE: u64 = u64::MAX / 4;
 
@@ -153,6 +164,9 @@ impl Loaded {
             stream: Stream::Stderr,
             channel: self.channel.clone(),
         });
+        // What `multiprocessing.cpu_count()` answers in a Python task (the WASI interpreter
+        // has no way to ask); a grant of the same name overrides it.
+        wasi.env(CPU_COUNT_VAR, cpu_count_text());
         self.grants.apply(&mut wasi)?;
         let wasi = wasi.build();
         let state = State {
