@@ -659,6 +659,15 @@ fn main() {
     {
         rows.retain(|r| r.workload.contains(word.as_str()));
     }
+    // `--skip WORD` drops the rows whose name contains WORD (`--skip Python` runs the
+    // rows an earlier version had, for an A/B comparison).
+    if let Some(word) = args
+        .iter()
+        .position(|a| a == "--skip")
+        .and_then(|i| args.get(i + 1))
+    {
+        rows.retain(|r| !r.workload.contains(word.as_str()));
+    }
     for rep in 0..reps {
         eprintln!("repetition {}/{reps}", rep + 1);
         let mut peer_runs: Vec<(&str, Vec<(String, f64)>)> = Vec::new();

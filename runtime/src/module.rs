@@ -15,7 +15,7 @@ pub use crate::guest_build::BuildOptions;
 use crate::protocol::Limits;
 use crate::runtime::Runtime;
 use crate::spawn::{ReadyWorker, start_worker, start_worker_with};
-use crate::worker::state::State;
+use crate::worker::state::InstanceState;
 
 /// The default stack limit: spares and task listing load into the engine with it.
 const DEFAULT_STACK: u64 = crate::Limits::DEFAULT_STACK_BYTES;
@@ -460,7 +460,7 @@ fn check_world(
     engine: &wasmtime::Engine,
     component: &Component,
 ) -> std::result::Result<(), String> {
-    let linker = crate::bindings::linker::<State>(engine).map_err(|e| e.to_string())?;
+    let linker = crate::bindings::linker::<InstanceState>(engine).map_err(|e| e.to_string())?;
     let pre = linker.instantiate_pre(component).map_err(|e| {
         format!(
             "does not fit the wasmpool:task world (imports): {}",

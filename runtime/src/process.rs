@@ -106,12 +106,12 @@ struct Inner {
     error_report: bool,
     limits: Limits,
     grants: Grants,
-    state: Mutex<State>,
+    state: Mutex<ProcessState>,
     changed: Condvar,
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct ProcessState {
     started: bool,
     worker: Option<WorkerHandle>,
     pid: Option<u32>,
@@ -166,7 +166,7 @@ impl Process {
                 error_report: true,
                 limits: Limits::default(),
                 grants: Grants::default(),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(ProcessState::default()),
                 changed: Condvar::new(),
             }),
         })
@@ -262,7 +262,7 @@ impl Process {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, ProcessState> {
         lock(&self.inner.state)
     }
 

@@ -20,7 +20,7 @@ use crate::protocol::packed::Packed;
 
 /// The state shared by every item of a segment.
 #[derive(Debug, Clone)]
-enum State {
+enum SegmentState {
     Pending,
     /// Successes: the segment's `k`-th item is item `first + k` of batch `batch`'s results.
     Ok {
@@ -33,11 +33,11 @@ enum State {
     Taken,
 }
 
-impl State {
+impl SegmentState {
     /// The state of the part of a segment that starts `offset` items into it.
-    fn skip(&self, offset: usize) -> State {
+    fn skip(&self, offset: usize) -> SegmentState {
         match self {
-            State::Ok { batch, first } => State::Ok {
+            SegmentState::Ok { batch, first } => SegmentState::Ok {
                 batch: *batch,
                 first: first.saturating_add(u32::try_from(offset).unwrap_or(u32::MAX)),
             },
@@ -50,7 +50,7 @@ impl State {
 struct Segment {
     start: usize,
     end: usize,
-    state: State,
+    state: SegmentState,
 }
 
 /// The results of one batch, shared by its successful items.
@@ -120,11 +120,11 @@ impl Items {
         }
         self.len += n;
         match self.segments.back_mut() {
-            Some(last) if matches!(last.state, State::Pending) => last.end = self.len,
+            Some(last) if matches!(last.state, SegmentState::Pending) => last.end = self.len,
             _ => self.segments.push_back(Segment {
                 start: first,
                 end: self.len,
-                state: State::Pending,
+                state: SegmentState::Pending,
             }),
         }
         first
@@ -142,7 +142,7 @@ impl Items {
         debug_assert!(
             self.segments
                 .range(keep..)
-                .all(|s| matches!(s.state, State::Pending)),
+                .all(|s| matches!(s.state, SegmentState::Pending)),
             "only pending items are truncated"
         );
         self.segments.truncate(keep);
@@ -157,8 +157,8 @@ impl Items {
         let seg = self.segments.get(self.find(index)?)?;
         let start = seg.start;
         Some(match &seg.state {
-            State::Pending => Item::Pending,
-            State::Ok { batch, first } => match self.batch(*batch) {
+            SegmentState::Pending => Item::Pending,
+            SegmentState::Ok { batch, first } => match self.batch(*batch) {
                 Some(b) => Item::Ok {
                     results: &b.results,
                     index: *first as usize + (index - start),
@@ -166,8 +166,8 @@ impl Items {
                 },
                 None => Item::Taken,
             },
-            State::Done(slot) => Item::Done(slot),
-            State::Taken => Item::Taken,
+            SegmentState::Done(slot) => Item::Done(slot),
+            SegmentState::Taken => Item::Taken,
         })
     }
 
@@ -187,7 +187,7 @@ impl Items {
     /// Gives every still pending item of `range` the outcome `slot`; calls `recorded` with
     /// each run of items that took it, in order.
     pub fn record(&mut self, range: Range<usize>, slot: Slot, recorded: impl FnMut(Range<usize>)) {
-        self.fill(range, State::Done(Box::new(slot)), recorded);
+        self.fill(range, SegmentState::Done(Box::new(slot)), recorded);
     }
 
     /// Adds a batch's results; its items are recorded with [`record_ok`](Items::record_ok).
@@ -210,7 +210,7 @@ impl Items {
         mut recorded: impl FnMut(Range<usize>),
     ) {
         let mut live = 0;
-        let state = State::Ok {
+        let state = SegmentState::Ok {
             batch,
             first: u32::try_from(first).unwrap_or(u32::MAX),
         };
@@ -242,8 +242,8 @@ impl Items {
         self.split_at(index + 1);
         let pos = self.find(index);
         if let Some(seg) = pos.and_then(|p| self.segments.get_mut(p)) {
-            let was = std::mem::replace(&mut seg.state, State::Taken);
-            if let State::Ok { batch, .. } = was
+            let was = std::mem::replace(&mut seg.state, SegmentState::Taken);
+            if let SegmentState::Ok { batch, .. } = was
                 && let Some(b) = self.batch_mut(batch)
             {
                 b.live = b.live.saturating_sub(1);
@@ -258,7 +258,7 @@ impl Items {
         while self
             .segments
             .front()
-            .is_some_and(|s| matches!(s.state, State::Taken))
+            .is_some_and(|s| matches!(s.state, SegmentState::Taken))
         {
             if let Some(seg) = self.segments.pop_front() {
                 self.base = seg.end;
@@ -273,7 +273,12 @@ impl Items {
 
     /// Gives the pending items of `range` the state `state` (as the part of a segment
     /// starting at `range.start` that they would be), segment by segment.
-    fn fill(&mut self, range: Range<usize>, state: State, mut recorded: impl FnMut(Range<usize>)) {
+    fn fill(
+        &mut self,
+        range: Range<usize>,
+        state: SegmentState,
+        mut recorded: impl FnMut(Range<usize>),
+    ) {
         let Range { start, end } = range;
         let (origin, start, end) = (start, start.max(self.base), end.min(self.len));
         if start >= end {
@@ -288,7 +293,7 @@ impl Items {
         if let Some(pos) = self.find(start)
             && let Some(seg) = self.segments.get_mut(pos)
             && end <= seg.end
-            && matches!(seg.state, State::Pending)
+            && matches!(seg.state, SegmentState::Pending)
         {
             let (at, tail) = (seg.start, seg.end);
             let filled = Segment { start, end, state };
@@ -306,7 +311,7 @@ impl Items {
                     Segment {
                         start: end,
                         end: tail,
-                        state: State::Pending,
+                        state: SegmentState::Pending,
                     },
                 );
             }
@@ -322,7 +327,7 @@ impl Items {
             if seg.start >= end {
                 break;
             }
-            if matches!(seg.state, State::Pending) {
+            if matches!(seg.state, SegmentState::Pending) {
                 seg.state = state.skip(seg.start - start);
                 recorded(seg.start..seg.end);
             }
@@ -381,7 +386,7 @@ impl Items {
     /// Joins the taken segment at position `pos` with taken neighbours, so taking items
     /// out of order does not leave one segment per item.
     fn merge_taken(&mut self, pos: usize) {
-        let taken = |s: Option<&Segment>| s.is_some_and(|s| matches!(s.state, State::Taken));
+        let taken = |s: Option<&Segment>| s.is_some_and(|s| matches!(s.state, SegmentState::Taken));
         if taken(self.segments.get(pos + 1))
             && let Some(next) = self.segments.remove(pos + 1)
             && let Some(seg) = self.segments.get_mut(pos)

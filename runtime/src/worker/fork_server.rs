@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use super::instance::{prepare, usable_stack};
-use super::state::State;
+use super::state::InstanceState;
 use crate::bindings::TaskModulePre;
 use crate::fdpass;
 use crate::launch::WORKER_FD;
@@ -33,7 +33,7 @@ struct Prepared {
     file: Option<FileId>,
     metered: bool,
     stack_bytes: u64,
-    pre: TaskModulePre<State>,
+    pre: TaskModulePre<InstanceState>,
 }
 
 /// Serves fork requests from the host `host` on fd 3 until the host is gone.
@@ -180,7 +180,10 @@ fn file_id(path: &std::path::Path) -> Option<FileId> {
 }
 
 /// The module `load` names, prepared for its engine: from the cache, or loaded into it.
-fn prepared(cache: &mut Vec<Prepared>, load: &Load) -> Result<TaskModulePre<State>, String> {
+fn prepared(
+    cache: &mut Vec<Prepared>,
+    load: &Load,
+) -> Result<TaskModulePre<InstanceState>, String> {
     let file = file_id(&load.artifact);
     let found = cache.iter().position(|p| {
         p.artifact == load.artifact
@@ -256,7 +259,7 @@ fn child(
     host: u32,
     server: u32,
     load: Load,
-    pre: TaskModulePre<State>,
+    pre: TaskModulePre<InstanceState>,
 ) -> ! {
     // SAFETY: plain system calls on this process; the server's descriptors are closed here
     // and never used again (this function does not return), and `mask` is a valid set.

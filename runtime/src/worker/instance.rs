@@ -11,7 +11,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use super::objects::ObjectClient;
 use super::output::{Channel, GuestOutput};
 use super::progress::{BatchProgress, Stopped};
-use super::state::{CallClock, MemoryLimiter, ProcessIdentity, State};
+use super::state::{CallClock, InstanceState, MemoryLimiter, ProcessIdentity};
 use super::watchdog::{INIT_CALL, Watchdog, ticks, time_limit_message};
 use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 use crate::engine::engine_with;
@@ -37,7 +37,7 @@ const NO_DEADLINE: u64 = u64::MAX / 4;
 
 /// The loaded module and, while it is healthy, its instance.
 pub(crate) struct Loaded {
-    pre: TaskModulePre<State>,
+    pre: TaskModulePre<InstanceState>,
     /// The artifact `pre` was made from, to load again into an engine with another stack limit.
     artifact: PathBuf,
     /// The artifact, opened when the module was loaded: a narrowed worker (see
@@ -49,7 +49,7 @@ pub(crate) struct Loaded {
     stack_bytes: u64,
     identity: Arc<ProcessIdentity>,
     channel: Arc<Channel>,
-    live: Option<(Store<State>, TaskModule)>,
+    live: Option<(Store<InstanceState>, TaskModule)>,
     tasks: Vec<String>,
     watchdog: Arc<Watchdog>,
     objects: Arc<ObjectClient>,
@@ -66,7 +66,7 @@ impl Loaded {
     /// `pre` is that module, prepared (by [`prepare`]) for the engine of `load.metered` and
     /// `load.stack_bytes`: the stack limit its tasks will likely ask for.
     pub fn new(
-        pre: TaskModulePre<State>,
+        pre: TaskModulePre<InstanceState>,
         load: &Load,
         identity: Arc<ProcessIdentity>,
         channel: Arc<Channel>,
@@ -154,7 +154,7 @@ impl Loaded {
     /// Makes a fresh instance and runs the guest's init, under the memory and time limits
     /// of `limits` (a module whose memory starts over the limit is refused; an init that
     /// never returns is stopped at the time limit).
-    fn instantiate(&self, limits: &Limits) -> Result<(Store<State>, TaskModule), String> {
+    fn instantiate(&self, limits: &Limits) -> Result<(Store<InstanceState>, TaskModule), String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestOutput {
             stream: Stream::Stdout,
@@ -169,7 +169,7 @@ impl Loaded {
         wasi.env(CPU_COUNT_VAR, cpu_count_text());
         self.grants.apply(&mut wasi)?;
         let wasi = wasi.build();
-        let state = State {
+        let state = InstanceState {
             wasi,
             table: ResourceTable::new(),
             identity: self.identity.clone(),
@@ -219,7 +219,7 @@ impl Loaded {
         &mut self,
         id: u64,
         limits: &Limits,
-    ) -> Result<&mut (Store<State>, TaskModule), String> {
+    ) -> Result<&mut (Store<InstanceState>, TaskModule), String> {
         // Armed first: a fresh instance's init prints under this call's budget, not under
         // whatever the last call (perhaps one stopped by its output limit) left.
         self.channel.arm_output(limits.output_bytes);
@@ -531,7 +531,7 @@ impl Loaded {
 /// What the epoch deadline of a call's store does when it comes: traps if the call (or,
 /// inside a batch, what ran since the guest's last progress report) has run for its whole
 /// time limit, and otherwise moves the deadline to when it would have.
-fn past_deadline(state: &State) -> UpdateDeadline {
+fn past_deadline(state: &InstanceState) -> UpdateDeadline {
     let Some(timeout) = state.clock.timeout else {
         return UpdateDeadline::Continue(NO_DEADLINE);
     };
@@ -566,7 +566,7 @@ pub(super) fn prepare(
     artifact: &Path,
     metered: bool,
     stack_bytes: u64,
-) -> Result<TaskModulePre<State>, String> {
+) -> Result<TaskModulePre<InstanceState>, String> {
     let engine = engine_with(metered, stack_bytes)?;
     // SAFETY: the host wrote this artifact into its own content-addressed cache from a
     // component it compiled and validated with the same engine configuration (the stack
@@ -583,7 +583,7 @@ pub(super) fn prepare_open(
     artifact: &Path,
     metered: bool,
     stack_bytes: u64,
-) -> Result<TaskModulePre<State>, String> {
+) -> Result<TaskModulePre<InstanceState>, String> {
     use std::io::{Read, Seek};
     let engine = engine_with(metered, stack_bytes)?;
     let mut reader = file;
@@ -608,15 +608,18 @@ fn cannot_load(artifact: &Path, e: &dyn std::fmt::Display) -> String {
 }
 
 /// Links `component` for the task world, ready to instantiate.
-fn link(engine: &wasmtime::Engine, component: &Component) -> Result<TaskModulePre<State>, String> {
-    let linker = crate::bindings::linker::<State>(engine).map_err(|e| format!("{e:#}"))?;
+fn link(
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<TaskModulePre<InstanceState>, String> {
+    let linker = crate::bindings::linker::<InstanceState>(engine).map_err(|e| format!("{e:#}"))?;
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| format!("{e:#}"))?;
     TaskModulePre::new(instance_pre).map_err(|e| format!("{e:#}"))
 }
 
-fn is_limit(store: &Store<State>, e: &wasmtime::Error) -> bool {
+fn is_limit(store: &Store<InstanceState>, e: &wasmtime::Error) -> bool {
     store.data().limiter.exceeded
         || store.data().channel.output_exceeded()
         || matches!(
@@ -628,7 +631,7 @@ fn is_limit(store: &Store<State>, e: &wasmtime::Error) -> bool {
 /// What went wrong in a module's `stage` (instantiation, init) that trapped or hit a limit.
 fn init_failure(
     stage: &str,
-    store: &mut Store<State>,
+    store: &mut Store<InstanceState>,
     e: &wasmtime::Error,
     limits: &Limits,
 ) -> String {
@@ -644,7 +647,7 @@ fn init_failure(
 const NIL: u8 = 0xc0;
 
 /// How a call that returned an error ended: an exit, a limit, a panic, or another trap.
-fn failure(store: &mut Store<State>, e: &wasmtime::Error, limits: &Limits) -> Outcome {
+fn failure(store: &mut Store<InstanceState>, e: &wasmtime::Error, limits: &Limits) -> Outcome {
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return match exit.0 {
             0 => Outcome::Ok(vec![NIL]),

@@ -39,7 +39,7 @@ use self::instance::Loaded;
 use self::objects::{ObjectClient, Reply};
 use self::output::Channel;
 use self::progress::{BatchProgress, cap_result};
-use self::state::{ProcessIdentity, State};
+use self::state::{InstanceState, ProcessIdentity};
 use self::watchdog::Watchdog;
 
 use crate::launch::{FORKSERVER_ARG, PARENT_ENV, WORKER_ARG, WORKER_FD};
@@ -100,7 +100,7 @@ pub(crate) fn serve() -> i32 {
 /// prepared; returns the exit status. It runs on the thread it was forked on, whose stack
 /// is a task's (see [`tasks_stack_size`]). (No parent watchdog: the worker armed its death
 /// signal and then saw its server alive, so the signal cannot be missed.)
-fn serve_forked(sock: UnixStream, host: u32, load: Load, pre: TaskModulePre<State>) -> i32 {
+fn serve_forked(sock: UnixStream, host: u32, load: Load, pre: TaskModulePre<InstanceState>) -> i32 {
     serve_on(sock, host, Some((load, pre))).unwrap_or(1)
 }
 
@@ -142,7 +142,7 @@ fn start_parent_watchdog(parent: u32) {
 fn serve_on(
     sock: UnixStream,
     parent: u32,
-    prepared: Option<(Load, TaskModulePre<State>)>,
+    prepared: Option<(Load, TaskModulePre<InstanceState>)>,
 ) -> io::Result<i32> {
     let mut reader = BufReader::new(FdReader::new(sock.try_clone()?));
     let channel = Arc::new(Channel::new(sock));

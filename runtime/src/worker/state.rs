@@ -27,7 +27,7 @@ pub(crate) struct ProcessIdentity {
     pub name: Mutex<String>,
 }
 
-pub(crate) struct State {
+pub(crate) struct InstanceState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub identity: Arc<ProcessIdentity>,
@@ -90,15 +90,15 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-impl std::fmt::Debug for State {
+impl std::fmt::Debug for InstanceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
+        f.debug_struct("InstanceState")
             .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
 
-impl WasiView for State {
+impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -107,7 +107,7 @@ impl WasiView for State {
     }
 }
 
-impl bindings::Host for State {
+impl bindings::Host for InstanceState {
     fn process_info(&mut self) -> Identity {
         let name = match self.identity.name.lock() {
             Ok(n) => n.clone(),
@@ -133,9 +133,9 @@ impl bindings::Host for State {
     }
 }
 
-impl bindings::wasmpool::task::types::Host for State {}
+impl bindings::wasmpool::task::types::Host for InstanceState {}
 
-impl objects::Host for State {
+impl objects::Host for InstanceState {
     fn invoke(
         &mut self,
         target: objects::Handle,
