@@ -134,3 +134,36 @@ fn cancelling_queued_work_runs_none_of_it_and_finished_work_keeps_its_results() 
         assert_eq!(done.get().unwrap(), 9);
     });
 }
+
+#[test]
+fn a_results_worker_time_is_what_its_calls_ran_in_workers() {
+    let module = testkit();
+    within(LIMIT, move || {
+        let pool = Pool::new(&module, 2).unwrap();
+        let slow = pool.apply_async::<_, u64>("sleep_ms", &(200u64,)).unwrap();
+        assert_eq!(slow.get().unwrap(), 200);
+        assert!(
+            slow.worker_time() >= Duration::from_millis(200),
+            "{:?}",
+            slow.worker_time()
+        );
+        // A map sums its chunks: four chunks of 50 ms each.
+        let map = pool
+            .map_async::<u64, u64>("sleep_ms", [50u64; 4], Some(1))
+            .unwrap();
+        map.get().unwrap();
+        assert!(
+            map.worker_time() >= Duration::from_millis(200),
+            "{:?}",
+            map.worker_time()
+        );
+        // Work that never ran took no worker time.
+        let busy = pool
+            .map_async::<u64, u64>("sleep_ms", [300u64; 2], Some(1))
+            .unwrap();
+        let queued = pool.apply_async::<_, u64>("square", &(2u64,)).unwrap();
+        assert!(queued.cancel());
+        assert_eq!(queued.worker_time(), Duration::ZERO);
+        busy.get().unwrap();
+    });
+}

@@ -115,6 +115,8 @@ pub(crate) struct Job {
     fuel_used: Mutex<Option<u64>>,
     /// Set once the job is cancelled: none of its chunks is run or retried from then on.
     cancelled: std::sync::atomic::AtomicBool,
+    /// Worker time its answered chunks took, in microseconds.
+    worker_micros: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Job {
@@ -173,6 +175,7 @@ impl Job {
             wakers: Mutex::new(Vec::new()),
             fuel_used: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
+            worker_micros: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -190,6 +193,20 @@ impl Job {
 
     fn lock(&self) -> MutexGuard<'_, JobState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the worker time one of its chunks took (recorded before the chunk's outcomes).
+    pub fn add_worker_micros(&self, micros: u64) {
+        self.worker_micros
+            .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The worker time its answered chunks took.
+    pub fn worker_time(&self) -> Duration {
+        Duration::from_micros(
+            self.worker_micros
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Marks the job cancelled (see [`Job::is_cancelled`]).
@@ -746,6 +763,15 @@ impl<T> AsyncResult<T> {
             Some(scheduler) => scheduler.cancel_job(&self.job) > 0,
             None => false,
         }
+    }
+
+    /// The time workers spent running the work so far: each answered call's run time in its
+    /// worker, from the call's start to its answer (not the time it waited in the queue).
+    /// For `apply_async`, the task's run time once it is ready; for `map_async`, the sum
+    /// over its chunks answered so far (a chunk lost with its worker counts nothing). What
+    /// fair queuing charges a tenant, and what a service can meter.
+    pub fn worker_time(&self) -> Duration {
+        self.job.worker_time()
     }
 
     /// Whether the work succeeded; an error if it is not ready yet, as in Python.

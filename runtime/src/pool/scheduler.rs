@@ -346,6 +346,7 @@ impl Scheduler {
                 if let Some(fuel) = fuel {
                     chunk.job.add_fuel(fuel);
                 }
+                chunk.job.add_worker_micros(micros);
                 // Items after those answered in parts.
                 let (first, n) = (
                     chunk.first + flight.answered,
