@@ -12,6 +12,7 @@ mod conformance_futures;
 mod conformance_objects;
 mod conformance_output;
 mod executor;
+mod fairness;
 mod guest;
 mod hardening_cli;
 mod hardening_memory;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use wasmpool::{Manager, Module, Pool, Process};
 
+mod fairness;
 mod plot;
 
 fn root() -> PathBuf {
@@ -596,6 +597,64 @@ fn main() {
             Box::new(move |c| wasm_vs_native(c, iters * 4)),
         ),
     ];
+    // Tenants sharing one pool: the flood runs once a repetition, in its first row; the
+    // next three read what it measured.
+    let flood = std::rc::Rc::new(std::cell::Cell::new(None));
+    let (f0, f1, f2, f3) = (flood.clone(), flood.clone(), flood.clone(), flood);
+    let flood_run = move |c: &Ctx| {
+        let v = fairness::flood(&c.testkit, c.smoke);
+        f0.set(Some(v));
+        v
+    };
+    let flood_read = |cell: std::rc::Rc<std::cell::Cell<Option<fairness::Flood>>>| {
+        move |c: &Ctx| {
+            cell.get()
+                .unwrap_or_else(|| fairness::flood(&c.testkit, c.smoke))
+        }
+    };
+    let (f1, f2, f3) = (flood_read(f1), flood_read(f2), flood_read(f3));
+    rows.extend([
+        row(
+            "Fair queuing: a light tenant's task wait behind a 100k-task flood (9 light tenants), p50",
+            "ms",
+            false,
+            ("report", None),
+            None,
+            Box::new(move |c| flood_run(c).p50_ms),
+        ),
+        row(
+            "Fair queuing: a light tenant's task wait behind a 100k-task flood (9 light tenants), p99",
+            "ms",
+            false,
+            ("≤ one round (20 ms)", None),
+            None,
+            Box::new(move |c| f1(c).p99_ms),
+        ),
+        row(
+            "Fair queuing: Jain's index of the 9 light tenants' mean waits",
+            "index",
+            true,
+            ("≥ 0.95", None),
+            None,
+            Box::new(move |c| f2(c).jain),
+        ),
+        row(
+            "The same light task behind the same flood, no tenants (FIFO, as Python's Pool)",
+            "ms",
+            false,
+            ("report", None),
+            None,
+            Box::new(move |c| f3(c).fifo_ms),
+        ),
+        row(
+            "Fair queuing: Jain's index of 4 equal backlogged tenants' work done (FIFO: 0.25)",
+            "index",
+            true,
+            ("≥ 0.95", None),
+            None,
+            Box::new(|c| fairness::backlogged(&c.testkit, c.smoke)),
+        ),
+    ]);
     // Python guests: a first build of each takes ~30 CPU-seconds, so smoke runs (CI) leave
     // them out.
     if !smoke {

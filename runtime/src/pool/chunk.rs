@@ -40,9 +40,14 @@ impl Chunk {
         }
     }
 
-    /// The queue the chunk waits in: its job's.
+    /// The queue the chunk waits in: its job's tenant's.
     pub fn key(&self) -> QueueKey {
-        self.job.opts.queue
+        QueueKey(self.job.opts.tenant.id())
+    }
+
+    /// Its tenant's weight.
+    pub fn weight(&self) -> u32 {
+        self.job.opts.tenant.weight()
     }
 
     /// The chunk's items as chunks of one, for a retry: a worker died under the chunk, and

@@ -3,13 +3,14 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use super::items::{Item, Items};
-use super::queue_policy::QueueKey;
+use super::scheduler::Scheduler;
+use super::tenant::Tenant;
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::process::outcome_error;
@@ -91,9 +92,9 @@ pub(crate) struct TaskOptions {
     pub retries: u32,
     /// Time and memory limits for each item.
     pub limits: Limits,
-    /// The queue its chunks wait in (one for every submission today; see
+    /// Whose work it is: the queue its chunks wait in (see
     /// [`QueuePolicy`](super::queue_policy::QueuePolicy)).
-    pub queue: QueueKey,
+    pub tenant: Tenant,
 }
 
 /// The shared state of one job.
@@ -112,6 +113,8 @@ pub(crate) struct Job {
     wakers: Mutex<Vec<std::task::Waker>>,
     /// Fuel its finished items used, in a pool that meters fuel.
     fuel_used: Mutex<Option<u64>>,
+    /// Set once the job is cancelled: none of its chunks is run or retried from then on.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Job {
@@ -169,6 +172,7 @@ impl Job {
             callback_thread,
             wakers: Mutex::new(Vec::new()),
             fuel_used: Mutex::new(None),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -186,6 +190,23 @@ impl Job {
 
     fn lock(&self) -> MutexGuard<'_, JobState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the job cancelled (see [`Job::is_cancelled`]).
+    pub fn mark_cancelled(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the job was cancelled: its chunks still queued or in a worker's pipeline
+    /// are dropped, not run, and one a worker was stopped under is not retried.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How many items the job has.
+    pub fn len(&self) -> usize {
+        total(&self.lock())
     }
 
     /// Adds `n` more pending items (for `imap`, fed lazily); returns the first new index.
@@ -631,6 +652,8 @@ fn note_finished(
 pub struct AsyncResult<T> {
     job: Arc<Job>,
     finish: fn(&Job) -> Result<T>,
+    /// Its pool's scheduler, to cancel the work (the result does not keep the pool alive).
+    scheduler: Weak<Scheduler>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -644,10 +667,15 @@ impl<T> std::fmt::Debug for AsyncResult<T> {
 }
 
 impl<T> AsyncResult<T> {
-    pub(crate) fn new(job: Arc<Job>, finish: fn(&Job) -> Result<T>) -> Self {
+    pub(crate) fn new(
+        job: Arc<Job>,
+        finish: fn(&Job) -> Result<T>,
+        scheduler: Weak<Scheduler>,
+    ) -> Self {
         AsyncResult {
             job,
             finish,
+            scheduler,
             _t: PhantomData,
         }
     }
@@ -694,6 +722,30 @@ impl<T> AsyncResult<T> {
     /// the total of the items finished so far (an item whose worker died counts nothing).
     pub fn fuel_used(&self) -> Option<u64> {
         self.job.fuel_used()
+    }
+
+    /// Cancels the work (Python's `AsyncResult` has no such method; `concurrent.futures`
+    /// cancels only work not started). Items still queued never run; an item running is
+    /// stopped: its worker is killed and replaced, as after a crash, and the pool's other
+    /// work goes on (a chunk of another task that was waiting in that worker's pipeline runs
+    /// on another worker; nothing of it is lost or run twice). Every item not finished
+    /// fails with [`Error::Cancelled`]; finished items keep their results. Returns whether
+    /// anything was cancelled: false when all of it had finished already, or its pool is
+    /// gone.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// let pool = wasmpool::Pool::new(&module, 2)?;
+    /// let r = pool.apply_async::<_, u64>("sleep_ms", &(60_000u64,))?;
+    /// assert!(r.cancel());
+    /// assert!(matches!(r.get(), Err(wasmpool::Error::Cancelled { .. })));
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn cancel(&self) -> bool {
+        match self.scheduler.upgrade() {
+            Some(scheduler) => scheduler.cancel_job(&self.job) > 0,
+            None => false,
+        }
     }
 
     /// Whether the work succeeded; an error if it is not ready yet, as in Python.

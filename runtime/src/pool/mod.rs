@@ -10,6 +10,7 @@ mod pipeline;
 mod queue_policy;
 mod scheduler;
 mod submit;
+mod tenant;
 mod wait;
 mod workers;
 
@@ -22,8 +23,8 @@ pub use self::executor::{AsCompleted, Executor, MapStream, TaskFuture, as_comple
 pub use self::imap::Imap;
 pub use self::job::AsyncResult;
 use self::job::{Hook, Job, Slot, TaskOptions, finish_all, finish_one};
-use self::queue_policy::QueueKey;
 use self::scheduler::{PoolConfig, Scheduler};
+pub use self::tenant::Tenant;
 pub use self::wait::{ReturnWhen, Waitable, wait_futures, wait_objects};
 use crate::error::{Error, Result};
 use crate::grants::Grants;
@@ -221,7 +222,7 @@ impl PoolBuilder {
             opts: TaskOptions {
                 retries: self.retries,
                 limits: self.limits,
-                queue: QueueKey::default(),
+                tenant: Tenant::DEFAULT,
             },
         };
         pool.scheduler.start_workers()?;
@@ -351,6 +352,27 @@ impl Pool {
         pool
     }
 
+    /// A handle to this pool whose submissions are `tenant`'s work: queued apart from
+    /// other tenants' and given the share of the workers its weight is owed (see
+    /// [`Tenant`]). It shares the workers; the pool stops when its last handle is dropped.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// use wasmpool::{Pool, Tenant};
+    /// let pool = Pool::new(&module, 2)?;
+    /// let flood = pool.with_tenant(Tenant::new(1, 1)?);
+    /// let light = pool.with_tenant(Tenant::new(2, 1)?);
+    /// let many = flood.map_async::<_, u64>("square", 0..100_000u64)?;
+    /// // Runs after about one round of the flood's work, not after all of it.
+    /// let one: u64 = light.apply("square", &(3u64,))?;
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn with_tenant(&self, tenant: Tenant) -> Pool {
+        let mut pool = self.clone();
+        pool.opts.tenant = tenant;
+        pool
+    }
+
     /// Runs `task(*args)` in a worker and waits for its result (Python's `apply`).
     pub fn apply<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
@@ -367,7 +389,11 @@ impl Pool {
         args: &A,
     ) -> Result<AsyncResult<R>> {
         let job = self.submit_call(task, args, None)?;
-        Ok(AsyncResult::new(job, finish_one::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_one::<R>,
+            Arc::downgrade(&self.scheduler),
+        ))
     }
 
     /// As [`apply_async`](Pool::apply_async), with Python's `callback` (given the result) and
@@ -394,7 +420,11 @@ impl Pool {
             Err(e) => error_callback(e),
         });
         let job = self.submit_call(task, args, Some(Hook { run, gating: true }))?;
-        Ok(AsyncResult::new(job, finish_one::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_one::<R>,
+            Arc::downgrade(&self.scheduler),
+        ))
     }
 
     /// Gives a `map` job its callbacks: `callback` with every result once all are in, or
@@ -453,7 +483,11 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let job =
             self.submit_streamed(task, items, chunksize, |buf, a| encode_arg_into(buf, &a))?;
-        Ok(AsyncResult::new(job, finish_all::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_all::<R>,
+            Arc::downgrade(&self.scheduler),
+        ))
     }
 
     /// As [`map_async`](Pool::map_async), with Python's `callback` (given every result, in
@@ -498,7 +532,11 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let job =
             self.submit_streamed(task, items, chunksize, |buf, a| encode_args_into(buf, &a))?;
-        Ok(AsyncResult::new(job, finish_all::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_all::<R>,
+            Arc::downgrade(&self.scheduler),
+        ))
     }
 
     /// As [`starmap_async`](Pool::starmap_async), with callbacks as
@@ -529,7 +567,11 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
         let job = self.submit_packed(task, items.into_iter().collect(), chunksize)?;
-        Ok(AsyncResult::new(job, finish_all::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_all::<R>,
+            Arc::downgrade(&self.scheduler),
+        ))
     }
 
     /// A lazy, ordered `map` (Python's `imap`, chunk size 1): one `Result` per item, so a

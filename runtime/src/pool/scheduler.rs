@@ -1,5 +1,5 @@
 //! The scheduler: submission and dispatch. Submitted chunks wait in the queue policy
-//! ([`QueuePolicy`], FIFO today) until a worker has room; what a worker answers is recorded
+//! ([`QueuePolicy`]: fair across tenants, FIFO within one) until a worker has room; what a worker answers is recorded
 //! in its job, and a chunk a worker died under is retried or failed here. The worker set
 //! (starting, replacing and watching workers) is in `workers.rs`, the callbacks in
 //! `callbacks.rs`, the pipeline's depth in `pipeline.rs`.
@@ -19,7 +19,7 @@ use super::callbacks::Callbacks;
 use super::chunk::{Chunk, SendAs};
 use super::job::{Job, Slot};
 use super::pipeline::{Timing, ewma, pipeline_depth};
-use super::queue_policy::{Cost, CostHint, Fifo, QueuePolicy};
+use super::queue_policy::{Cost, CostHint, Fair, QueuePolicy};
 use super::workers::{InFlight, PoolWorker};
 use crate::error::{Error, Result};
 use crate::grants::Grants;
@@ -141,13 +141,14 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler with no workers yet (see `start_workers`), queuing first in, first out.
+    /// A scheduler with no workers yet (see `start_workers`), queuing fairly across
+    /// tenants and first in, first out within one.
     pub fn new(module: Module, config: PoolConfig) -> Arc<Scheduler> {
         let callbacks = Callbacks::start();
         Arc::new_cyclic(|me| Scheduler {
             module,
             config,
-            state: Mutex::new(SchedulerState::new(Box::new(Fifo::default()))),
+            state: Mutex::new(SchedulerState::new(Box::new(Fair::default()))),
             changed: Condvar::new(),
             callbacks,
             silence_watched: std::sync::atomic::AtomicBool::new(false),
@@ -233,6 +234,10 @@ impl Scheduler {
             let Some(chunk) = s.queue.pop() else {
                 break;
             };
+            if chunk.job.is_cancelled() {
+                // Put back after its job was cancelled (its items are answered already).
+                continue;
+            }
             let id = s.next_id;
             s.next_id += 1;
             let frame = if chunk.send_as == SendAs::Call {
@@ -383,6 +388,7 @@ impl Scheduler {
                 }
             }
         }
+        self.skip_cancelled_next(&mut s, wi);
         let w = &mut s.workers[wi];
         if let Some(max) = self.config.maxtasksperchild
             && w.given >= max

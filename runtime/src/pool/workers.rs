@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::chunk::Chunk;
-use super::job::Slot;
+use super::job::{Job, Slot};
 use super::scheduler::{Answers, Ran, Scheduler, SchedulerState};
 use crate::error::{Error, Result};
 use crate::output::{OutputEvent, OutputRouter};
@@ -354,7 +354,8 @@ impl WorkerEvents for Scheduler {
         };
         let mut flights = std::mem::take(&mut worker.inflight).into_iter();
         // The first chunk in flight was running when the worker died: it is lost. The others
-        // never started: they go back to the front of the queue, in order.
+        // never started: they go back to the front of the queue, in order. A cancelled
+        // job's chunks (its items are answered already) are neither retried nor run.
         let lost = if watchdog {
             None
         } else {
@@ -362,8 +363,14 @@ impl WorkerEvents for Scheduler {
             flights
                 .next()
                 .and_then(|running| running.chunk?.rest(running.answered))
+                .filter(|chunk| !chunk.job.is_cancelled())
         };
-        s.queue.requeue(flights.filter_map(|f| f.chunk).collect());
+        s.queue.requeue(
+            flights
+                .filter_map(|f| f.chunk)
+                .filter(|chunk| !chunk.job.is_cancelled())
+                .collect(),
+        );
         if let Some(chunk) = lost {
             self.lose_chunk(&mut s, chunk, pid, signal, reason);
         }
@@ -392,5 +399,53 @@ impl WorkerEvents for Scheduler {
         }
         self.dispatch(&mut s);
         self.changed.notify_all();
+    }
+}
+
+impl Scheduler {
+    /// Cancels `job`: its queued chunks are dropped, a worker running one of them is killed
+    /// (and replaced, as after a crash: what else it held goes back to the queue, not
+    /// started), and every item not finished fails as cancelled. Returns how many items
+    /// were cancelled.
+    pub fn cancel_job(&self, job: &Arc<Job>) -> usize {
+        job.mark_cancelled();
+        let mut s = self.lock();
+        // Dropped: their items are answered below, with the rest.
+        drop(s.queue.remove(&mut |c| Arc::ptr_eq(&c.job, job)));
+        for w in &mut s.workers {
+            stop_if_running(w, job);
+        }
+        let cancelled = job.complete_run(0, job.len(), Slot::Cancelled);
+        if cancelled > 0 {
+            self.callbacks.run_hooks(job);
+        }
+        self.changed.notify_all();
+        cancelled
+    }
+
+    /// After worker `wi` answered a call: if what it runs next is a cancelled job's chunk
+    /// (sent ahead before the cancel), it is killed rather than left to run it.
+    pub(super) fn skip_cancelled_next(&self, s: &mut SchedulerState, wi: usize) {
+        let next = s.workers[wi]
+            .inflight
+            .front()
+            .and_then(|f| f.chunk.as_ref())
+            .map(|c| c.job.clone());
+        if let Some(job) = next.filter(|j| j.is_cancelled()) {
+            stop_if_running(&mut s.workers[wi], &job);
+        }
+    }
+}
+
+/// Kills `w` if the chunk it runs (its first in flight) is `job`'s.
+fn stop_if_running(w: &mut PoolWorker, job: &Arc<Job>) {
+    let running = w
+        .inflight
+        .front()
+        .and_then(|f| f.chunk.as_ref())
+        .is_some_and(|c| Arc::ptr_eq(&c.job, job));
+    if running && w.killed_for.is_none() {
+        w.killed_for = Some("was killed: the task it ran was cancelled".into());
+        w.handle.signal(libc::SIGKILL);
     }
 }

@@ -1,0 +1,136 @@
+//! Tenants in one pool: each tenant's work is queued apart and the workers are shared by
+//! deficit round robin, so a light tenant's task runs after about one round of a flood, not
+//! behind all of it; work that names no tenant keeps Python's first-in, first-out order.
+//! And cancelling: queued work never runs, running work is stopped, the rest goes on.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use wasmpool::{Error, Manager, Pool, Tenant};
+
+use crate::util::{eventually, testkit, within};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The testkit's `Misdeed`, as the host encodes it.
+#[derive(Debug, Clone, Copy, Serialize)]
+enum Misdeed {
+    #[serde(rename = "None")]
+    Nothing,
+    Spin,
+}
+
+/// A flood of 1 ms tasks, one per chunk: 2000 of them take a worker at least 2 s.
+const FLOOD: u64 = 2_000;
+
+#[test]
+fn a_light_tenants_task_runs_before_a_flood_queued_ahead_of_it_has_finished() {
+    let module = testkit();
+    within(LIMIT, move || {
+        let pool = Pool::new(&module, 1).unwrap();
+        let flood = pool.with_tenant(Tenant::new(1, 1).unwrap());
+        let light = pool.with_tenant(Tenant::new(2, 1).unwrap());
+        let all = flood
+            .map_async::<u64, u64>("sleep_ms", std::iter::repeat_n(1, FLOOD as usize), Some(1))
+            .unwrap();
+        let one: u64 = light.apply("square", &(9u64,)).unwrap();
+        assert_eq!(one, 81);
+        assert!(
+            !all.ready(),
+            "the light tenant's task waited for the whole flood"
+        );
+        // The flood loses nothing for it.
+        assert_eq!(all.get().unwrap(), vec![1; FLOOD as usize]);
+    });
+}
+
+#[test]
+fn without_tenants_a_pool_runs_work_in_the_order_it_was_submitted() {
+    let module = testkit();
+    within(LIMIT, move || {
+        let pool = Pool::new(&module, 1).unwrap();
+        let first = pool
+            .map_async::<u64, u64>("sleep_ms", std::iter::repeat_n(1, 200), Some(1))
+            .unwrap();
+        let _: u64 = pool.apply("square", &(9u64,)).unwrap();
+        assert!(first.ready(), "work submitted later ran first");
+        // The same tenant named twice is one queue: splitting work gains nothing.
+        let tenant = Tenant::new(5, 3).unwrap();
+        let a = pool.with_tenant(tenant);
+        let b = pool.with_tenant(tenant);
+        let first = a
+            .map_async::<u64, u64>("sleep_ms", std::iter::repeat_n(1, 200), Some(1))
+            .unwrap();
+        let _: u64 = b.apply("square", &(9u64,)).unwrap();
+        assert!(first.ready(), "one tenant's later work ran first");
+    });
+}
+
+#[test]
+fn a_weight_of_zero_is_refused() {
+    let e = Tenant::new(1, 0).unwrap_err();
+    assert!(matches!(e, Error::State(_)), "{e:?}");
+    assert!(e.to_string().contains("from 1 to"), "{e}");
+    assert!(Tenant::new(1, Tenant::MAX_WEIGHT + 1).is_err());
+}
+
+#[test]
+fn cancelling_a_running_task_stops_it_and_the_pool_and_other_work_go_on() {
+    let module = testkit();
+    within(LIMIT, move || {
+        let manager = Manager::new();
+        let runs = manager.dict::<String, i64>();
+        // Retries would run a task again after its worker died: a cancel is no crash.
+        let pool = Pool::builder(&module)
+            .processes(2)
+            .retries(3)
+            .build()
+            .unwrap();
+        let other = pool.apply_async::<_, u64>("sleep_ms", &(300u64,)).unwrap();
+        let endless = pool
+            .apply_async::<_, u64>("counted", &(&runs, 7u64, 7u64, Misdeed::Spin))
+            .unwrap();
+        assert!(eventually(Duration::from_secs(60), || {
+            runs.get(&"run:7".to_string()).unwrap() == Some(1)
+        }));
+        assert!(endless.cancel(), "a running task is cancelled");
+        let e = endless.get().unwrap_err();
+        assert!(matches!(e, Error::Cancelled { .. }), "{e:?}");
+        assert!(!endless.cancel(), "a second cancel finds nothing to cancel");
+        assert_eq!(other.get().unwrap(), 300, "the other task is not hurt");
+        // The pool replaced the worker and runs on; the cancelled task never ran again.
+        let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
+        assert_eq!(squares[99], 99 * 99);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(runs.get(&"run:7".to_string()).unwrap(), Some(1));
+        assert_eq!(pool.pids().len(), 2);
+    });
+}
+
+#[test]
+fn cancelling_queued_work_runs_none_of_it_and_finished_work_keeps_its_results() {
+    let module = testkit();
+    within(LIMIT, move || {
+        let manager = Manager::new();
+        let runs = manager.dict::<String, i64>();
+        let pool = Pool::new(&module, 1).unwrap();
+        let busy = pool.apply_async::<_, u64>("sleep_ms", &(500u64,)).unwrap();
+        let items: Vec<_> = (0..50u64)
+            .map(|x| (&runs, x, u64::MAX, Misdeed::Nothing))
+            .collect();
+        let queued = pool
+            .starmap_async::<_, u64>("counted", items, None)
+            .unwrap();
+        assert!(queued.cancel());
+        assert!(matches!(queued.get(), Err(Error::Cancelled { .. })));
+        assert_eq!(busy.get().unwrap(), 500);
+        let after: u64 = pool.apply("square", &(4u64,)).unwrap();
+        assert_eq!(after, 16);
+        assert!(runs.items().unwrap().is_empty(), "cancelled work ran");
+        // Finished work is not cancelled.
+        let done = pool.apply_async::<_, u64>("square", &(3u64,)).unwrap();
+        assert_eq!(done.get().unwrap(), 9);
+        assert!(!done.cancel());
+        assert_eq!(done.get().unwrap(), 9);
+    });
+}
