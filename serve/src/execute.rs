@@ -16,11 +16,13 @@ use crate::tenants::Tenant;
 
 /// The handle a tenant's submissions go through: the ONE place that says how a tenant's
 /// work enters a shared pool.
-fn tenant_pool(pool: &Pool, _tenant: &Tenant) -> Pool {
-    // Once the pool has fair queuing across tenants (deficit round robin by measured
-    // cost), this becomes:
-    // pool.with_tenant(wasmpool::Tenant::new(_tenant.id, _tenant.entry.weight)?)
-    pool.clone()
+/// The pool queues each tenant's work apart and takes it in deficit round robin, charged by
+/// the worker time it really took.
+fn tenant_pool(pool: &Pool, tenant: &Tenant) -> Pool {
+    // The tenants file allows only weights the pool takes (checked when it is read).
+    let fair =
+        wasmpool::Tenant::new(tenant.id, tenant.entry.weight).unwrap_or(wasmpool::Tenant::DEFAULT);
+    pool.with_tenant(fair)
 }
 
 /// A stable code for each way a task can fail.
@@ -84,14 +86,14 @@ impl CancelSlot {
     pub fn request(&self) {
         self.requested
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(_r) = self
+        if let Some(r) = self
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            // With the library's cancel, a running task stops within 100 ms:
-            // _r.cancel();
+            // Queued in the pool: dropped; running: its worker is killed (and replaced).
+            r.cancel();
         }
     }
 

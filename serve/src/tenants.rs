@@ -143,10 +143,11 @@ pub fn parse(text: &str, origin: &Path) -> Result<Vec<Tenant>, ServeError> {
                 entry.name
             ))
         })?;
-        if entry.weight == 0 {
+        if entry.weight == 0 || entry.weight > wasmpool::Tenant::MAX_WEIGHT {
             return Err(bad(format!(
-                "tenant {:?}: weight must be at least 1",
-                entry.name
+                "tenant {:?}: weight must be from 1 to {}",
+                entry.name,
+                wasmpool::Tenant::MAX_WEIGHT
             )));
         }
         check_quotas(&entry.quotas).map_err(|m| bad(format!("tenant {:?}: {m}", entry.name)))?;
