@@ -392,7 +392,11 @@ fn serve_quotas_answer_429_with_retry_after_and_the_tenants_file_reloads() {
 #[test]
 fn serve_a_guest_that_traps_or_loops_fails_alone_and_a_task_can_be_cancelled() {
     within(Duration::from_secs(300), || {
-        let s = setup("serve-guest", &[A, B]);
+        let b = T {
+            name: "bob",
+            quotas: "max_timeout_s = 300.0",
+        };
+        let s = setup("serve-guest", &[A, b]);
         let server = Server::start(&s.state, &s.tenants, &[]);
         let module = server.upload_testkit(&A);
         server.upload_testkit(&B);
@@ -411,10 +415,11 @@ fn serve_a_guest_that_traps_or_loops_fails_alone_and_a_task_can_be_cancelled() {
         let trap = server.wait(&A, &trap);
         assert_eq!(trap["error"]["code"], "trap", "{trap}");
 
-        // Cancel a running task (its worker is stopped) and a queued one.
+        // Cancel a running task: its worker is stopped, so it is done long before the
+        // 120 s it would sleep (the wait below gives up after 60 s).
         let long = server.submit(
             &B,
-            &json!({"module": module, "task": "sleep_ms", "args": [50_000]}),
+            &json!({"module": module, "task": "sleep_ms", "args": [120_000], "limits": {"timeout_s": 200.0}}),
         );
         assert!(eventually(Duration::from_secs(30), || server
             .state(&B, &long)
@@ -652,6 +657,63 @@ fn serve_work_accepted_before_a_kill_9_runs_once_after_the_restart() {
         assert_eq!(retried["attempt"], 2, "{retried}");
         let usage: Value = server.get(&two, "/v1/usage").json().unwrap();
         assert_eq!(usage["totals"]["tasks"], 5, "each task finished once");
+        drop(s.dir);
+    });
+}
+
+#[test]
+fn serve_events_stream_a_tenants_state_changes_and_resume_from_last_event_id() {
+    within(Duration::from_secs(300), || {
+        let s = setup("serve-events", &[A, B]);
+        let server = Server::start(&s.state, &s.tenants, &[]);
+        let module = server.upload_testkit(&A);
+        server.upload_testkit(&B);
+        let mine = server.run(
+            &A,
+            &json!({"module": module, "task": "add", "args": [1, 2]}),
+        );
+        let theirs = server.run(
+            &B,
+            &json!({"module": module, "task": "add", "args": [3, 4]}),
+        );
+        // Reads events until one of `task` is `done`: (id, state) of each of them.
+        let read = |last: Option<&str>, task: &str| {
+            let mut r = server.req(reqwest::Method::GET, "/v1/events", Some(&A.token()));
+            if let Some(last) = last {
+                r = r.header("last-event-id", last);
+            }
+            let r = r.send().unwrap();
+            assert_eq!(r.headers()["content-type"], "text/event-stream");
+            let mut seen = Vec::new();
+            let (mut id, mut event) = (String::new(), String::new());
+            for line in BufReader::new(r).lines() {
+                let line = line.unwrap();
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_string();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    let data: Value = serde_json::from_str(v).unwrap();
+                    assert_ne!(data["task"], theirs["id"], "another tenant's event");
+                    seen.push((id.clone(), event.clone()));
+                    if data["task"] == task && event == "done" {
+                        break;
+                    }
+                }
+            }
+            seen
+        };
+        let seen = read(None, mine["id"].as_str().unwrap());
+        let states: Vec<&str> = seen.iter().map(|(_, e)| e.as_str()).collect();
+        assert_eq!(states, ["queued", "running", "done"]);
+        // Resumed after the first: the rest, not the first again.
+        let later = server.run(
+            &A,
+            &json!({"module": module, "task": "add", "args": [5, 6]}),
+        );
+        let resumed = read(Some(&seen[0].0), later["id"].as_str().unwrap());
+        assert_eq!(resumed[0], seen[1]);
+        assert_eq!(resumed.len(), 2 + 3);
         drop(s.dir);
     });
 }
