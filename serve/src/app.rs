@@ -118,6 +118,46 @@ impl App {
         self.announce(tenant.name(), &spec.id, spec.map_id.as_deref());
     }
 
+    /// Stores how several of a map's items ended, in one transaction, and tells whoever
+    /// waits.
+    fn store_batch(&self, tenant: &Tenant, specs: &[RunSpec], batch: Vec<ItemOutcome>) {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        for item in batch {
+            let Some(spec) = specs.get(item.index) else {
+                continue;
+            };
+            let ok = item.outcome.is_ok();
+            ids.push(spec);
+            done.push(Finished {
+                id: spec.id.clone(),
+                outcome: item.outcome,
+                line: item.line,
+                usage: UsageRow { ok, ..item.usage },
+            });
+        }
+        match self
+            .store
+            .finish_many(tenant.name(), tenant.quotas().result_ttl_s, &done)
+        {
+            Ok(stored) => {
+                for (d, stored) in done.iter().zip(stored) {
+                    if stored {
+                        inc(if d.outcome.is_ok() {
+                            &self.metrics.succeeded
+                        } else {
+                            &self.metrics.failed
+                        });
+                    }
+                }
+            }
+            Err(e) => tracing::error!("storing {} results: {e}", done.len()),
+        }
+        for spec in ids {
+            self.announce(tenant.name(), &spec.id, spec.map_id.as_deref());
+        }
+    }
+
     /// Runs `work` of `tenant` to its end, on this (blocking) thread.
     fn run(&self, tenant: &Tenant, work: Work) {
         let items = work.items();
@@ -144,10 +184,28 @@ impl App {
                 self.store_finished(tenant, spec, item);
             }
             (Work::Items { .. }, Some(_)) => {
-                self.exec.run_items(tenant, &specs, |item| {
-                    if let Some(spec) = specs.get(item.index) {
-                        self.store_finished(tenant, spec, item);
-                    }
+                // Group commit: items that finish while a batch is being written go in the
+                // next transaction together, so a chunk of tiny items costs a few commits.
+                let (sender, finished) = std::sync::mpsc::channel::<ItemOutcome>();
+                std::thread::scope(|scope| {
+                    let specs = &specs;
+                    scope.spawn(move || {
+                        while let Ok(first) = finished.recv() {
+                            let mut batch = vec![first];
+                            while batch.len() < 512 {
+                                match finished.try_recv() {
+                                    Ok(item) => batch.push(item),
+                                    Err(_) => break,
+                                }
+                            }
+                            self.store_batch(tenant, specs, batch);
+                        }
+                    });
+                    self.exec.run_items(tenant, specs, |item| {
+                        // The writer ends only when this sender is dropped.
+                        let _ = sender.send(item);
+                    });
+                    drop(sender);
                 });
             }
             _ => {}

@@ -478,9 +478,37 @@ impl Store {
     /// and the event, in one transaction. A task already done (cancelled meanwhile) keeps
     /// what it had; returns whether this was stored.
     pub fn finish(&self, tenant: &str, ttl_s: u64, done: &Finished) -> Result<bool, ServeError> {
+        Ok(self.finish_many(tenant, ttl_s, std::slice::from_ref(done))?[0])
+    }
+
+    /// As [`finish`](Store::finish) for several tasks of one tenant, in one transaction
+    /// (a map's items as they finish); whether each was stored.
+    pub fn finish_many(
+        &self,
+        tenant: &str,
+        ttl_s: u64,
+        done: &[Finished],
+    ) -> Result<Vec<bool>, ServeError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let now = now_ms();
+        let mut stored = Vec::with_capacity(done.len());
+        for d in done {
+            stored.push(finish_in(&tx, tenant, ttl_s, d, now)?);
+        }
+        tx.commit()?;
+        Ok(stored)
+    }
+}
+
+fn finish_in(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    ttl_s: u64,
+    done: &Finished,
+    now: i64,
+) -> Result<bool, ServeError> {
+    {
         let expires = now.saturating_add(to_i64(ttl_s).saturating_mul(1000));
         let row: Option<(Option<String>, Option<i64>)> = tx
             .query_row(
@@ -537,11 +565,12 @@ impl Store {
                 to_i64(u.bytes_out)
             ],
         )?;
-        event(&tx, tenant, &done.id, map_id.as_deref(), "done", now)?;
-        tx.commit()?;
+        event(tx, tenant, &done.id, map_id.as_deref(), "done", now)?;
         Ok(true)
     }
+}
 
+impl Store {
     /// At start-up: tasks found `running` (the service stopped under them) are queued again
     /// if they have attempts left (`attempt <= retries`); the others are returned, to fail.
     /// Then every queued task, in the order accepted.
