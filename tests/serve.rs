@@ -717,3 +717,31 @@ fn serve_events_stream_a_tenants_state_changes_and_resume_from_last_event_id() {
         drop(s.dir);
     });
 }
+
+#[test]
+fn serve_a_half_sent_body_is_answered_408_and_the_service_goes_on() {
+    within(Duration::from_secs(120), || {
+        use std::io::Write;
+        let s = setup("serve-slow", &[A]);
+        let server = Server::start(&s.state, &s.tenants, &["--body-timeout", "0.5"]);
+        let addr = server.url.strip_prefix("http://").unwrap();
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            sock,
+            "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"module\"",
+            A.token()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let mut reader = BufReader::new(sock.try_clone().unwrap());
+        reader.read_line(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        let mut rest = String::new();
+        while reader.read_line(&mut rest).unwrap() > 0 && !rest.contains("body_timeout") {}
+        assert!(rest.contains("\"code\":\"body_timeout\""), "{rest}");
+        drop(sock);
+        assert_eq!(server.get(&A, "/v1/quota").status().as_u16(), 200);
+        drop(s.dir);
+    });
+}

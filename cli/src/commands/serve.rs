@@ -32,6 +32,10 @@ pub struct ServeCommand {
     /// The largest module upload, in bytes.
     #[arg(long, value_name = "BYTES")]
     max_module_bytes: Option<usize>,
+    /// How long a request's body may take to arrive, in seconds (default 10): a slow or
+    /// half-sent body is answered 408.
+    #[arg(long, value_name = "SECONDS")]
+    body_timeout: Option<f64>,
 }
 
 impl ServeCommand {
@@ -55,6 +59,14 @@ impl ServeCommand {
         }
         if let Some(n) = self.max_module_bytes {
             config.max_module_bytes = n;
+        }
+        if let Some(t) = self.body_timeout {
+            config.body_timeout = std::time::Duration::try_from_secs_f64(t)
+                .ok()
+                .filter(|d| !d.is_zero() && d.as_secs() <= 3600)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--body-timeout {t}: must be above 0 and at most 3600 seconds")
+                })?;
         }
         wasmpool_serve::run(config)?;
         Ok(ExitCode::SUCCESS)
