@@ -745,3 +745,70 @@ fn serve_a_half_sent_body_is_answered_408_and_the_service_goes_on() {
         drop(s.dir);
     });
 }
+
+#[test]
+fn serve_results_expire_after_the_tenants_ttl_and_sighup_reloads_the_tenants() {
+    within(Duration::from_secs(120), || {
+        let brief = T {
+            name: "brief",
+            quotas: "result_ttl_s = 1",
+        };
+        let s = setup("serve-ttl", &[brief]);
+        let brief = T {
+            name: "brief",
+            quotas: "",
+        };
+        let server = Server::start(&s.state, &s.tenants, &[]);
+        let module = server.upload_testkit(&brief);
+        let done = server.run(
+            &brief,
+            &json!({"module": module, "task": "add", "args": [1, 2]}),
+        );
+        let id = done["id"].as_str().unwrap();
+        // The sweeper deletes the result, its task and its usage row; the hourly sums stay.
+        assert!(eventually(Duration::from_secs(30), || {
+            server
+                .get(&brief, &format!("/v1/tasks/{id}"))
+                .status()
+                .as_u16()
+                == 404
+        }));
+        let usage: Value = server.get(&brief, "/v1/usage").json().unwrap();
+        assert_eq!(usage["tasks"], json!([]));
+        assert_eq!(usage["totals"]["tasks"], 1);
+
+        // A new tenant written with the file's old modification time: only SIGHUP sees it.
+        let mtime = std::fs::metadata(&s.tenants).unwrap().modified().unwrap();
+        let dave = T {
+            name: "dave",
+            quotas: "",
+        };
+        write_tenants(
+            &s.tenants,
+            &[
+                T {
+                    name: "brief",
+                    quotas: "result_ttl_s = 1",
+                },
+                T {
+                    name: "dave",
+                    quotas: "",
+                },
+            ],
+        );
+        std::fs::File::options()
+            .write(true)
+            .open(&s.tenants)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(server.get(&dave, "/v1/quota").status().as_u16(), 401);
+        // SAFETY: a signal to the server this test started.
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+        assert!(eventually(Duration::from_secs(20), || {
+            server.get(&dave, "/v1/quota").status().as_u16() == 200
+        }));
+        drop(s.dir);
+    });
+}
