@@ -25,4 +25,5 @@ mod process;
 mod python_guests;
 mod runtime;
 mod seeds;
+mod serve;
 mod supervision;

@@ -21,6 +21,8 @@ enum Command {
     Map(commands::map::MapCommand),
     Tasks(commands::tasks::TasksCommand),
     Compile(commands::compile::CompileCommand),
+    Serve(commands::serve::ServeCommand),
+    Tenant(commands::serve::TenantCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,8 @@ fn main() -> ExitCode {
         Command::Map(c) => c.execute(),
         Command::Tasks(c) => c.execute(),
         Command::Compile(c) => c.execute(),
+        Command::Serve(c) => c.execute(),
+        Command::Tenant(c) => c.execute(),
     };
     match result {
         Ok(code) => code,

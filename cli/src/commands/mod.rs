@@ -4,6 +4,7 @@ pub mod compile;
 pub mod map;
 pub mod objects;
 pub mod run;
+pub mod serve;
 pub mod tasks;
 
 use std::time::Duration;

@@ -1,0 +1,420 @@
+//! Running tasks: one [`wasmpool::Runtime`] for the service, one shared [`Pool`] per module
+//! (and per metering: a pool that meters fuel is another engine), the least recently used
+//! dropped past a cap. Every call here blocks; the dispatcher runs them on blocking threads.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wasmpool::lines::{Json, Objects, RecordWriter, encode_input};
+use wasmpool::{AsyncResult, Limits, Module, Output, Pool, Runtime};
+
+use crate::store::{RunSpec, TaskError, TaskLimits, UsageRow};
+use crate::tenants::Tenant;
+
+/// The handle a tenant's submissions go through: the ONE place that says how a tenant's
+/// work enters a shared pool.
+/// The pool queues each tenant's work apart and takes it in deficit round robin, charged by
+/// the worker time it really took.
+fn tenant_pool(pool: &Pool, tenant: &Tenant) -> Pool {
+    // The tenants file allows only weights the pool takes (checked when it is read).
+    let fair =
+        wasmpool::Tenant::new(tenant.id, tenant.entry.weight).unwrap_or(wasmpool::Tenant::DEFAULT);
+    pool.with_tenant(fair)
+}
+
+/// A stable code for each way a task can fail.
+pub fn error_code(e: &wasmpool::Error) -> &'static str {
+    use wasmpool::Error as E;
+    match e {
+        E::Task { .. } => "task_failed",
+        E::Trap { .. } => "trap",
+        E::Limit { .. } => "limit_exceeded",
+        E::UnknownTask { .. } => "unknown_task",
+        E::BadArgs(_) => "bad_args",
+        E::WorkerLost { .. } => "worker_lost",
+        E::RestartLimit { .. } => "restart_limit",
+        E::Cancelled { .. } => "cancelled",
+        E::Decode { .. } => "decode",
+        E::BadModule { .. } => "bad_module",
+        _ => "internal",
+    }
+}
+
+fn task_error(e: &wasmpool::Error) -> TaskError {
+    TaskError {
+        code: error_code(e).to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The library's limits for a task's resolved ones.
+pub fn limits_of(l: &TaskLimits) -> Limits {
+    let mut limits = Limits::default()
+        .memory_mib(l.memory_mib)
+        .output_bytes(l.output_mib.saturating_mul(1 << 20));
+    if let Ok(t) = Duration::try_from_secs_f64(l.timeout_s)
+        && !t.is_zero()
+    {
+        limits = limits.timeout(t.min(Limits::MAX_TIMEOUT));
+    }
+    if let Some(fuel) = l.fuel {
+        limits = limits.fuel(fuel);
+    }
+    limits
+}
+
+/// A running task's cancellation: asked for by the API, honoured by the runner.
+#[derive(Default)]
+pub struct CancelSlot {
+    requested: std::sync::atomic::AtomicBool,
+    running: Mutex<Option<Arc<AsyncResult<Json>>>>,
+}
+
+impl std::fmt::Debug for CancelSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelSlot")
+            .field("requested", &self.is_requested())
+            .finish()
+    }
+}
+
+impl CancelSlot {
+    /// Asks for the task to stop.
+    pub fn request(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(r) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            // Queued in the pool: dropped; running: its worker is killed (and replaced).
+            r.cancel();
+        }
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// How one item ended, and what it used.
+#[derive(Debug)]
+pub struct ItemOutcome {
+    /// The index of the item within its chunk.
+    pub index: usize,
+    /// The result, or the error.
+    pub outcome: Result<Value, TaskError>,
+    /// A map item's record line.
+    pub line: Option<String>,
+    /// What it used.
+    pub usage: UsageRow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    module: String,
+    metered: bool,
+}
+
+/// The modules and pools of the service.
+#[derive(Debug)]
+pub struct Executor {
+    runtime: Runtime,
+    modules_dir: PathBuf,
+    workers: usize,
+    max_pools: usize,
+    state: Mutex<ExecState>,
+}
+
+#[derive(Debug, Default)]
+struct ExecState {
+    modules: HashMap<String, Module>,
+    pools: HashMap<PoolKey, (Pool, u64)>,
+    tick: u64,
+}
+
+impl Executor {
+    /// An executor whose modules are `<modules_dir>/<sha256>.wasm`, with pools of `workers`
+    /// processes, at most `max_pools` of them alive.
+    pub fn new(
+        runtime: Runtime,
+        modules_dir: PathBuf,
+        workers: usize,
+        max_pools: usize,
+    ) -> Executor {
+        Executor {
+            runtime,
+            modules_dir,
+            workers,
+            max_pools: max_pools.max(1),
+            state: Mutex::new(ExecState::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ExecState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where module `sha256`'s bytes are kept.
+    pub fn module_path(&self, sha256: &str) -> PathBuf {
+        self.modules_dir.join(format!("{sha256}.wasm"))
+    }
+
+    /// Worker processes per pool.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// How many pools are alive.
+    pub fn pools(&self) -> usize {
+        self.lock().pools.len()
+    }
+
+    /// Validates and compiles `bytes` (a module's upload) and keeps it as module `sha256`.
+    pub fn add_module(&self, sha256: &str, bytes: &[u8]) -> Result<Vec<String>, wasmpool::Error> {
+        if let Some(m) = self.lock().modules.get(sha256) {
+            return m.tasks();
+        }
+        let path = self.module_path(sha256);
+        let module = self.runtime.module_from_bytes(bytes, &path)?;
+        let tasks = module.tasks()?;
+        if !path.exists() {
+            let tmp = path.with_extension("wasm.tmp");
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| wasmpool::Error::Worker(format!("storing the module: {e}")))?;
+        }
+        self.lock().modules.insert(sha256.to_string(), module);
+        Ok(tasks)
+    }
+
+    /// Module `sha256`, loaded from its file if not in memory.
+    pub fn module(&self, sha256: &str) -> Result<Module, wasmpool::Error> {
+        if let Some(m) = self.lock().modules.get(sha256) {
+            return Ok(m.clone());
+        }
+        let module = self.runtime.load(self.module_path(sha256))?;
+        self.lock()
+            .modules
+            .insert(sha256.to_string(), module.clone());
+        Ok(module)
+    }
+
+    /// The shared pool of module `sha256` (metering fuel or not).
+    fn pool(&self, sha256: &str, metered: bool) -> Result<Pool, wasmpool::Error> {
+        let key = PoolKey {
+            module: sha256.to_string(),
+            metered,
+        };
+        {
+            let mut s = self.lock();
+            s.tick += 1;
+            let tick = s.tick;
+            if let Some((pool, used)) = s.pools.get_mut(&key) {
+                *used = tick;
+                return Ok(pool.clone());
+            }
+        }
+        let module = self.module(sha256)?;
+        let mut builder = Pool::builder(&module)
+            .processes(self.workers)
+            .output(Output::Discard);
+        if metered {
+            // Metering on: submissions bring their own fuel limits.
+            builder = builder.limits(Limits::default().fuel(u64::MAX));
+        }
+        let pool = builder.build()?;
+        let mut s = self.lock();
+        s.tick += 1;
+        let tick = s.tick;
+        if let Some((existing, used)) = s.pools.get_mut(&key) {
+            // Built twice at once: keep the first.
+            *used = tick;
+            return Ok(existing.clone());
+        }
+        while s.pools.len() >= self.max_pools {
+            // Work in flight holds its own handle: dropping this one ends the pool after it.
+            let Some(oldest) = s
+                .pools
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            s.pools.remove(&oldest);
+        }
+        s.pools.insert(key, (pool.clone(), tick));
+        Ok(pool)
+    }
+
+    /// Runs one task to its end (or its cancellation).
+    pub fn run_task(&self, tenant: &Tenant, spec: &RunSpec, cancel: &CancelSlot) -> ItemOutcome {
+        let started = Instant::now();
+        let bytes_in = spec.args.len() as u64;
+        let mut fuel = None;
+        let outcome = (|| -> Result<Value, TaskError> {
+            let args: Vec<Value> = serde_json::from_str(&spec.args).map_err(|e| TaskError {
+                code: "bad_args".into(),
+                message: format!("the stored arguments do not parse: {e}"),
+            })?;
+            let pool = self
+                .pool(&spec.module, spec.limits.fuel.is_some())
+                .map_err(|e| task_error(&e))?;
+            let retries = spec.retries.saturating_sub(spec.attempt.saturating_sub(1));
+            let pool = tenant_pool(&pool, tenant)
+                .with_limits(limits_of(&spec.limits))
+                .with_retries(retries);
+            let result = Arc::new(
+                pool.apply_async::<[Value], Json>(&spec.task, &args[..])
+                    .map_err(|e| task_error(&e))?,
+            );
+            *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
+            if cancel.is_requested() {
+                cancel.request();
+            }
+            let got = result.get();
+            fuel = result.fuel_used();
+            *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            drop(pool);
+            got.map(|Json(v)| v).map_err(|e| task_error(&e))
+        })();
+        let outcome = if cancel.is_requested() {
+            Err(TaskError {
+                code: "cancelled".into(),
+                message: format!("task `{}` was cancelled", spec.task),
+            })
+        } else {
+            outcome
+        };
+        let bytes_out = match &outcome {
+            Ok(v) => v.to_string().len() as u64,
+            Err(e) => e.message.len() as u64,
+        };
+        ItemOutcome {
+            index: 0,
+            outcome,
+            line: None,
+            usage: UsageRow {
+                id: spec.id.clone(),
+                finished_ms: 0,
+                ok: false,
+                wall_ms: started.elapsed().as_millis() as u64,
+                fuel,
+                bytes_in,
+                bytes_out,
+            },
+        }
+    }
+
+    /// Runs a chunk of one map's items (same module, task, limits and retries) as one batch,
+    /// calling `done` for each as it finishes, in completion order. Each item's fuel is what
+    /// the chunk's total grew by when it finished, so the items' fuel adds up to the chunk's.
+    pub fn run_items(&self, tenant: &Tenant, specs: &[RunSpec], mut done: impl FnMut(ItemOutcome)) {
+        let Some(first) = specs.first() else {
+            return;
+        };
+        let inputs: Vec<Value> = specs
+            .iter()
+            .map(|s| serde_json::from_str(&s.args).unwrap_or(Value::Null))
+            .collect();
+        let fail_all = |e: &wasmpool::Error, done: &mut dyn FnMut(ItemOutcome)| {
+            for (i, input) in inputs.iter().enumerate() {
+                let mut w = RecordWriter::new(&first.task, Vec::new());
+                let _ = w.write_error(input, &e.to_string());
+                let line = String::from_utf8(w.into_inner()).unwrap_or_default();
+                done(ItemOutcome {
+                    index: i,
+                    outcome: Err(task_error(e)),
+                    usage: UsageRow {
+                        id: specs[i].id.clone(),
+                        bytes_in: specs[i].args.len() as u64,
+                        bytes_out: line.len() as u64,
+                        ..UsageRow::default()
+                    },
+                    line: Some(line),
+                });
+            }
+        };
+        let pool = match self.pool(&first.module, first.limits.fuel.is_some()) {
+            Ok(p) => p,
+            Err(e) => return fail_all(&e, &mut done),
+        };
+        let retries = first
+            .retries
+            .saturating_sub(first.attempt.saturating_sub(1));
+        let pool = tenant_pool(&pool, tenant)
+            .with_limits(limits_of(&first.limits))
+            .with_retries(retries);
+        let objects = Objects::new();
+        let star = first.star;
+        let encoded: Vec<_> = inputs
+            .iter()
+            .map(|input| encode_input(&objects, input, star))
+            .collect();
+        let started = Instant::now();
+        let mut results =
+            match pool.imap_encoded::<()>(&first.task, encoded.into_iter(), specs.len(), false) {
+                Ok(it) => it,
+                Err(e) => return fail_all(&e, &mut done),
+            };
+        let mut last_fuel = 0u64;
+        let mut last_at = Duration::ZERO;
+        while let Some((index, result)) = results.next_indexed_bytes() {
+            let Some(spec) = specs.get(index) else {
+                continue;
+            };
+            let fuel = results.fuel_used().map(|total| {
+                let used = total.saturating_sub(last_fuel);
+                last_fuel = total;
+                used
+            });
+            let now = started.elapsed();
+            let wall = now.saturating_sub(last_at);
+            last_at = now;
+            let mut w = RecordWriter::new(&spec.task, Vec::new());
+            let error = match &result {
+                Err(e) => Some(task_error(e)),
+                Ok(_) => None,
+            };
+            let ok = w.write(&inputs[index], result).unwrap_or(false);
+            let line = String::from_utf8(w.into_inner()).unwrap_or_default();
+            let outcome = match (ok, error) {
+                (true, _) => Ok(Value::Null),
+                (false, Some(e)) => Err(e),
+                (false, None) => Err(TaskError {
+                    code: "decode".into(),
+                    message: w_first_error(&line),
+                }),
+            };
+            done(ItemOutcome {
+                index,
+                outcome,
+                usage: UsageRow {
+                    id: spec.id.clone(),
+                    finished_ms: 0,
+                    ok,
+                    wall_ms: wall.as_millis() as u64,
+                    fuel,
+                    bytes_in: spec.args.len() as u64,
+                    bytes_out: line.len() as u64,
+                },
+                line: Some(line),
+            });
+        }
+    }
+}
+
+/// The error message of an error record line.
+fn w_first_error(line: &str) -> String {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "the result does not convert to JSON".into())
+}
