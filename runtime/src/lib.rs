@@ -36,6 +36,7 @@ mod fork_client;
 mod function_cache;
 mod grants;
 mod guest_build;
+mod http_denied;
 mod launch;
 pub mod lines;
 mod manager;

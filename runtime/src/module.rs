@@ -470,7 +470,8 @@ fn check_world(
     engine: &wasmtime::Engine,
     component: &Component,
 ) -> std::result::Result<(), String> {
-    let linker = crate::bindings::linker::<InstanceState>(engine).map_err(|e| e.to_string())?;
+    let linker = crate::bindings::linker_for::<InstanceState>(engine, component)
+        .map_err(|e| e.to_string())?;
     let pre = linker.instantiate_pre(component).map_err(|e| {
         format!(
             "does not fit the wasmpool:task world (imports): {}",

@@ -12,7 +12,9 @@
 //! built into this library and written out next to each build, so a build needs nothing
 //! from the source tree. A build is kept in `<cache_dir>/python/builds`, named by the hash
 //! of everything that goes into it (the project's files, the SDK, the toolchain's version):
-//! loading an unchanged project again does not run componentize-py.
+//! loading an unchanged project again does not run componentize-py. The builds (~19 MB
+//! each) are kept under the compile cache's bound (`$WASMPOOL_CACHE_MAX_MIB`), the least
+//! recently used removed first.
 //!
 //! As with a Cargo project, building runs the project's code natively (componentize-py runs
 //! the module's top level to snapshot it): a project is trusted input, like any source you
