@@ -980,3 +980,53 @@ fn the_seeds_manager_dict_and_lock_functions_run_verbatim() {
         }
     });
 }
+
+/// Every componentize-py component carries the same CPython: a second Python project, new
+/// to the compile cache, takes nearly all its functions from the function cache the first
+/// one filled (counted by the runtime, not timed: the benchmark times it).
+#[test]
+fn a_second_python_project_reuses_the_first_ones_compiled_functions() {
+    setup();
+    // Both built (componentize-py) once, shared with the other tests; compiled here into a
+    // compile cache of this test's own, so neither is compiled yet.
+    let cache = TempDir::new("fncache");
+    within(2 * FIRST_BUILD, move || {
+        let runtime = wasmpool::Runtime::builder()
+            .cache_dir(cache.0.join("cache"))
+            .build()
+            .unwrap();
+        runtime
+            .load(root().join("examples/py-hello/hello.py"))
+            .unwrap();
+        let first = runtime.compile_stats();
+        assert!(
+            first.functions_compiled > 1000,
+            "the interpreter's functions are compiled the first time: {first:?}"
+        );
+        runtime
+            .load(root().join("examples/py-testkit/testkit.py"))
+            .unwrap();
+        let second = runtime.compile_stats();
+        let reused = second.functions_reused - first.functions_reused;
+        let compiled = second.functions_compiled - first.functions_compiled;
+        // About 95% here: the first project's compile reuses about 40% on its own (a
+        // component repeats functions), so a cache kept only within a compile fails this.
+        assert!(
+            reused * 10 >= (reused + compiled) * 9,
+            "the second project reuses at least 90% of its functions: {reused} reused, \
+             {compiled} compiled"
+        );
+        // A new runtime over the same cache (as the next process would be) reads the
+        // functions from disk: a third project reuses them as well.
+        let again = wasmpool::Runtime::builder()
+            .cache_dir(cache.0.join("cache"))
+            .build()
+            .unwrap();
+        again.load(root().join("examples/py-seeds")).unwrap();
+        let third = again.compile_stats();
+        assert!(
+            third.functions_reused * 10 >= (third.functions_reused + third.functions_compiled) * 9,
+            "{third:?}"
+        );
+    });
+}

@@ -166,6 +166,7 @@ struct PyCtx {
     seeds: std::sync::OnceLock<Module>,
     testkit: std::sync::OnceLock<Module>,
     builds: std::sync::OnceLock<(f64, f64)>,
+    compiles: std::sync::OnceLock<(f64, f64)>,
 }
 
 fn py_seeds(ctx: &Ctx) -> &Module {
@@ -228,6 +229,93 @@ fn py_kernel_vs_native(ctx: &Ctx, data: u64) -> f64 {
         .parse()
         .expect("python3 printed its time");
     guest / native
+}
+
+/// CPU seconds this process has used so far, all its threads (wasmtime compiles on several).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF needs nothing else.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU seconds to compile (not build: the builds are cached) a first and then a second
+/// Python component, examples/py-hello and examples/py-testkit, into a compile cache of
+/// their own, empty at the start: the second takes most of its functions from the
+/// function cache the first filled. Measured once per run (the first is ~20 CPU-seconds).
+fn py_compiles(ctx: &Ctx) -> (f64, f64) {
+    *ctx.py.compiles.get_or_init(|| {
+        // Built (componentize-py) before the timing.
+        let _ = py_testkit(ctx);
+        let _ = Module::load(root().join("examples/py-hello/hello.py")).expect("py-hello");
+        let dir = std::env::temp_dir().join(format!("wasmpool-bench-fn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let runtime = wasmpool::Runtime::builder()
+            .cache_dir(&dir)
+            .build()
+            .expect("runtime");
+        let once = |path: &str| {
+            let t = cpu_seconds();
+            runtime.load(root().join(path)).expect("compile");
+            cpu_seconds() - t
+        };
+        let first = once("examples/py-hello/hello.py");
+        let second = once("examples/py-testkit/testkit.py");
+        let _ = std::fs::remove_dir_all(&dir);
+        (first, second)
+    })
+}
+
+/// A new program's run of one task, as `wasmpool run` is: load the module (its artifact is
+/// cached), start a worker, run the task; the benchmark's own executable started with
+/// `--cold-run MODULE TASK`.
+fn cold_run_main(args: &[String]) {
+    let (Some(module), Some(task)) = (args.first(), args.get(1)) else {
+        panic!("--cold-run MODULE TASK");
+    };
+    let module = Module::load(module).expect("load");
+    let p = Process::new(&module, task, &(7u64,)).expect("process");
+    p.start().expect("start");
+    p.join().expect("join");
+    let out: u64 = p.result().expect("result");
+    assert_eq!(out, 49);
+}
+
+/// Median wall seconds of a cold run of `square 7` from `module`.
+fn cold_run(module: &Path) -> f64 {
+    let exe = std::env::current_exe().expect("the benchmark's executable");
+    let mut times: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            let ok = Command::new(&exe)
+                .arg("--cold-run")
+                .arg(module)
+                .arg("square")
+                .status()
+                .expect("run")
+                .success();
+            assert!(ok, "cold run of {}", module.display());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// A cold run of a Python task (its build and artifact cached) ÷ the same of the Rust guest.
+fn py_cold_run_vs_rust(ctx: &Ctx) -> f64 {
+    let _ = py_testkit(ctx);
+    let py = root().join("examples/py-testkit/testkit.py");
+    // The component examples/testkit built to (a Cargo project given as the module would
+    // time cargo's check that it is up to date, not wasmpool).
+    let _ = &ctx.testkit;
+    let rust = root().join("examples/target/wasm32-wasip2/release/testkit.wasm");
+    // Each once first: builds and compiles are not what is measured.
+    cold_run(&py);
+    cold_run(&rust);
+    cold_run(&py) / cold_run(&rust)
 }
 
 /// Seconds to build and compile a Python project never built before (componentize-py,
@@ -438,6 +526,11 @@ fn fmt(v: f64) -> String {
 
 fn main() {
     wasmpool::run_worker_if_requested();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--cold-run") {
+        cold_run_main(&args[i + 1..]);
+        return;
+    }
     let smoke = std::env::args().any(|a| a == "--smoke");
     let reps = if smoke { 1 } else { 5 };
     let ctx = Ctx {
@@ -690,6 +783,30 @@ fn main() {
                 ("< 1/3 of the first", None),
                 None,
                 Box::new(|c| py_builds(c).1),
+            ),
+            row(
+                "Python guest: compile a first new component, CPU s (its build cached)",
+                "s",
+                false,
+                ("report", None),
+                None,
+                Box::new(|c| py_compiles(c).0),
+            ),
+            row(
+                "Python guest: compile a second new component, CPU s (function cache warm)",
+                "s",
+                false,
+                ("< 1/3 of the first", None),
+                None,
+                Box::new(|c| py_compiles(c).1),
+            ),
+            row(
+                "Python guest: cold run of a cached task (a new program), ÷ the Rust guest's",
+                "x",
+                false,
+                ("≤ 3x", None),
+                None,
+                Box::new(py_cold_run_vs_rust),
             ),
             row(
                 "Python guest: resident memory (RSS) per idle worker, pool of 4",

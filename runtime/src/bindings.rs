@@ -23,3 +23,17 @@ where
     TaskModule::add_to_linker::<T, HasSelf<T>>(&mut linker, |s| s)?;
     Ok(linker)
 }
+
+/// The linker for `component`: [`linker`], and the `wasi:http` interfaces it imports
+/// linked to stubs that deny every request (see `http_denied.rs`).
+pub(crate) fn linker_for<T>(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> wasmtime::Result<Linker<T>>
+where
+    T: wasmtime_wasi::WasiView + Host + objects::Host + self::wasmpool::task::types::Host + 'static,
+{
+    let mut linker = linker(engine)?;
+    crate::http_denied::link_denied_http(&mut linker, component)?;
+    Ok(linker)
+}

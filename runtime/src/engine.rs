@@ -11,10 +11,12 @@
 //! on: a worker makes one engine per stack limit its tasks ask for, and loads the same
 //! artifact into it.
 
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::{Config, Engine, OptLevel};
 
+use crate::function_cache::FunctionCache;
 use crate::protocol::Limits;
 
 /// How often a worker advances the epoch: the resolution of time limits.
@@ -43,23 +45,42 @@ fn config(metered: bool, stack_bytes: u64) -> Config {
 static ENGINES: Mutex<Vec<(bool, u64, &'static Engine)>> = Mutex::new(Vec::new());
 
 /// The engines a runtime compiles with, plain and metered (made the first time each is
-/// asked for).
-#[derive(Default)]
+/// asked for), and the function cache they share.
 pub(crate) struct Engines {
     made: Mutex<[Option<Engine>; 2]>,
+    functions: Arc<FunctionCache>,
 }
 
 impl Engines {
+    /// The engines of a runtime whose compile cache is `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Engines {
+        Engines {
+            made: Mutex::default(),
+            functions: Arc::new(FunctionCache::new(cache_dir)),
+        }
+    }
+
     /// The engine with the default stack limit, plain or metered: the one that compiles.
+    /// It looks every function up in the function cache first (the code is the same as
+    /// without it, so workers' engines, which never compile, need no cache).
     pub fn compiling(&self, metered: bool) -> Engine {
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         made[usize::from(metered)]
             .get_or_insert_with(|| {
-                Engine::new(&config(metered, Limits::default().stack_bytes)).unwrap_or_else(|e| {
+                let mut config = config(metered, Limits::default().stack_bytes);
+                let engine = config
+                    .enable_incremental_compilation(self.functions.clone())
+                    .and_then(|config| Engine::new(config));
+                engine.unwrap_or_else(|e| {
                     panic!("wasmtime rejected wasmpool's engine configuration: {e}")
                 })
             })
             .clone()
+    }
+
+    /// The function cache the compiling engines use.
+    pub fn functions(&self) -> &FunctionCache {
+        &self.functions
     }
 }
 

@@ -43,7 +43,7 @@ struct ModuleInner {
     runtime: Runtime,
     origin: PathBuf,
     /// The component, kept to compile the metered artifact the first time fuel is asked for.
-    bytes: Arc<[u8]>,
+    bytes: Arc<Vec<u8>>,
     artifact: PathBuf,
     /// The artifact compiled for the metered (fuel-counting) engine, once compiled.
     metered_artifact: Mutex<Option<PathBuf>>,
@@ -147,7 +147,7 @@ impl Module {
             )));
         }
         let bytes = std::fs::read(file).map_err(|e| bad(format!("cannot read: {e}")))?;
-        Self::from_bytes_in(runtime, &bytes, origin)
+        Self::from_vec_in(runtime, bytes, origin)
     }
 
     /// Validates and compiles a component from memory; `origin` names it in errors.
@@ -161,18 +161,24 @@ impl Module {
         bytes: &[u8],
         origin: impl AsRef<Path>,
     ) -> Result<Module> {
+        Self::from_vec_in(runtime, bytes.to_vec(), origin)
+    }
+
+    /// As [`Module::from_bytes_in`], keeping `bytes` (a component is up to 256 MiB: not
+    /// copied again).
+    fn from_vec_in(runtime: &Runtime, bytes: Vec<u8>, origin: impl AsRef<Path>) -> Result<Module> {
         let origin = origin.as_ref().to_path_buf();
         let bad = |message: String| Error::BadModule {
             path: origin.clone(),
             message,
         };
-        check_header(bytes).map_err(bad)?;
-        let artifact = compile(runtime, bytes, &origin, false)?;
+        check_header(&bytes).map_err(bad)?;
+        let artifact = compile(runtime, &bytes, &origin, false)?;
         Ok(Module {
             inner: Arc::new(ModuleInner {
                 runtime: runtime.clone(),
                 origin,
-                bytes: Arc::from(bytes),
+                bytes: Arc::new(bytes),
                 artifact,
                 metered_artifact: Mutex::new(None),
                 tasks: Mutex::new(None),
@@ -447,8 +453,12 @@ fn compile(runtime: &Runtime, bytes: &[u8], origin: &Path, metered: bool) -> Res
     if let Some(artifact) = cache.verified(&name) {
         return Ok(artifact);
     }
-    let component = Component::new(&engine, bytes)
-        .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
+    let component = {
+        // Functions compiled before, by any module, are taken from the function cache.
+        let _session = runtime.engines().functions().session(&name);
+        Component::new(&engine, bytes)
+    }
+    .map_err(|e| bad(format!("not a valid component: {}", first_line(&e))))?;
     check_world(&engine, &component).map_err(bad)?;
     let compiled = component
         .serialize()
@@ -460,7 +470,8 @@ fn check_world(
     engine: &wasmtime::Engine,
     component: &Component,
 ) -> std::result::Result<(), String> {
-    let linker = crate::bindings::linker::<InstanceState>(engine).map_err(|e| e.to_string())?;
+    let linker = crate::bindings::linker_for::<InstanceState>(engine, component)
+        .map_err(|e| e.to_string())?;
     let pre = linker.instantiate_pre(component).map_err(|e| {
         format!(
             "does not fit the wasmpool:task world (imports): {}",
@@ -498,6 +509,13 @@ fn artifact_name(engine: &wasmtime::Engine, bytes: &[u8], metered: bool) -> Stri
 }
 
 pub(crate) use cache::private_dir;
+/// What the function cache (`function_cache.rs`) shares with the artifact cache: the key,
+/// the bound, and the careful file operations.
+pub(crate) mod cache_files {
+    pub(crate) use super::cache::{
+        KEY_BYTES, STALE_TEMP, hmac, key, max_bytes, open_own, write_atomically,
+    };
+}
 
 /// The compile cache on disk: a private directory, a key, artifacts with their digests.
 mod cache {
@@ -512,8 +530,8 @@ mod cache {
     use crate::error::{Error, Result};
 
     /// A temporary file older than this was left by a write that was killed.
-    const STALE_TEMP: Duration = Duration::from_secs(600);
-    const KEY_BYTES: usize = 32;
+    pub(crate) const STALE_TEMP: Duration = Duration::from_secs(600);
+    pub(crate) const KEY_BYTES: usize = 32;
 
     pub(super) struct Cache {
         artifacts: PathBuf,
@@ -576,7 +594,7 @@ mod cache {
     }
 
     /// The cache's bound in bytes: `$WASMPOOL_CACHE_MAX_MIB`, else the default.
-    fn max_bytes() -> Result<u64> {
+    pub(crate) fn max_bytes() -> Result<u64> {
         match std::env::var("WASMPOOL_CACHE_MAX_MIB") {
             Err(_) => Ok(super::DEFAULT_CACHE_MAX_BYTES),
             Ok(v) => v
@@ -607,7 +625,7 @@ mod cache {
     }
 
     /// Writes `data` to `path` through a temporary file in its directory (mode 0600).
-    fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(temp_name("w"));
         let written = OpenOptions::new()
@@ -628,7 +646,7 @@ mod cache {
 
     /// Opens a file of this cache for reading: not through a symbolic link, and only if it
     /// belongs to this user and no one else can write it.
-    fn open_own(path: &Path) -> io::Result<File> {
+    pub(crate) fn open_own(path: &Path) -> io::Result<File> {
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -643,8 +661,58 @@ mod cache {
         Ok(file)
     }
 
+    /// A file of this cache mapped read-only (never truncated in place: files are only
+    /// replaced by renames, or removed, which leaves a mapping whole).
+    struct Mapped {
+        ptr: *mut libc::c_void,
+        len: usize,
+    }
+
+    impl Mapped {
+        fn file(file: &File) -> Option<Mapped> {
+            use std::os::fd::AsRawFd;
+            let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+            if len == 0 {
+                return Some(Mapped {
+                    ptr: std::ptr::null_mut(),
+                    len: 0,
+                });
+            }
+            // SAFETY: a fresh read-only private mapping of an open file; no memory of this
+            // program is touched.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            (ptr != libc::MAP_FAILED).then_some(Mapped { ptr, len })
+        }
+
+        fn bytes(&self) -> &[u8] {
+            if self.len == 0 {
+                return &[];
+            }
+            // SAFETY: `ptr` maps `len` readable bytes until `self` is dropped.
+            unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+        }
+    }
+
+    impl Drop for Mapped {
+        fn drop(&mut self) {
+            if self.len != 0 {
+                // SAFETY: unmaps exactly the mapping `file` made, which nothing borrows now.
+                unsafe { libc::munmap(self.ptr, self.len) };
+            }
+        }
+    }
+
     /// HMAC-SHA256 (RFC 2104) of the concatenated `parts` under `key`.
-    fn hmac(key: &[u8; KEY_BYTES], parts: &[&[u8]]) -> [u8; 32] {
+    pub(crate) fn hmac(key: &[u8; KEY_BYTES], parts: &[&[u8]]) -> [u8; 32] {
         let mut ipad = [0x36u8; 64];
         let mut opad = [0x5cu8; 64];
         for (i, k) in key.iter().enumerate() {
@@ -667,7 +735,7 @@ mod cache {
     }
 
     /// The cache's key, made (random, mode 0600) the first time.
-    fn key(dir: &Path) -> Result<[u8; KEY_BYTES]> {
+    pub(crate) fn key(dir: &Path) -> Result<[u8; KEY_BYTES]> {
         let path = dir.join("key");
         let refuse = |why: String| {
             Error::State(format!(
@@ -761,14 +829,16 @@ mod cache {
         /// maps afterwards is what was verified here.
         pub(super) fn verified(&self, name: &str) -> Option<PathBuf> {
             let path = self.artifact(name);
-            let mut bytes = Vec::new();
-            open_own(&path).ok()?.read_to_end(&mut bytes).ok()?;
+            // Mapped, not read: an interpreter's artifact is tens of MiB, read on every
+            // start of a program.
+            let mapped = Mapped::file(&open_own(&path).ok()?)?;
+            let bytes = mapped.bytes();
             let mut stored = String::new();
             open_own(&self.digest_file(name))
                 .ok()?
                 .read_to_string(&mut stored)
                 .ok()?;
-            let want = self.digest(name, &bytes);
+            let want = self.digest(name, bytes);
             // Compared in full whatever differs (no early exit to time).
             let same = stored.len() == want.len()
                 && stored

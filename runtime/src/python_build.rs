@@ -12,7 +12,9 @@
 //! built into this library and written out next to each build, so a build needs nothing
 //! from the source tree. A build is kept in `<cache_dir>/python/builds`, named by the hash
 //! of everything that goes into it (the project's files, the SDK, the toolchain's version):
-//! loading an unchanged project again does not run componentize-py.
+//! loading an unchanged project again does not run componentize-py. The builds (~19 MB
+//! each) are kept under the compile cache's bound (`$WASMPOOL_CACHE_MAX_MIB`), the least
+//! recently used removed first.
 //!
 //! As with a Cargo project, building runs the project's code natively (componentize-py runs
 //! the module's top level to snapshot it): a project is trusted input, like any source you
@@ -22,6 +24,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -233,6 +236,33 @@ fn version_of(bin: &Path) -> Option<String> {
     (out.status.success() && line.starts_with(VERSION_PREFIX)).then_some(line)
 }
 
+/// The `--version` line of the componentize-py pip installed in `venv`, read from its
+/// package metadata (`componentize_py-X.Y.Z.dist-info`) rather than by running it: starting
+/// the interpreter costs more than a cached module's whole `wasmpool run`.
+fn installed_version(venv: &Path) -> Option<String> {
+    let mut found = Vec::new();
+    for lib in fs::read_dir(venv.join("lib")).ok()?.flatten() {
+        let Ok(entries) = fs::read_dir(lib.path().join("site-packages")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if let Some(version) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("componentize_py-"))
+                .and_then(|n| n.strip_suffix(".dist-info"))
+            {
+                found.push(format!("componentize-py {version}"));
+            }
+        }
+    }
+    // One install, of an accepted version: else ask the binary.
+    match found.as_slice() {
+        [one] if one.starts_with(VERSION_PREFIX) => found.pop(),
+        _ => None,
+    }
+}
+
 /// The toolchain, installing componentize-py into wasmpool's virtualenv if it is missing.
 /// Once per process; a failure is tried again on the next call.
 pub(crate) fn toolchain() -> Result<Toolchain> {
@@ -267,6 +297,13 @@ fn find_or_install() -> Result<Toolchain> {
     }
     let venv = python_dir()?.join("venv-0.25");
     let bin = venv.join("bin").join("componentize-py");
+    if let Some(version) = installed_version(&venv).filter(|_| bin.is_file()) {
+        return Ok(Toolchain {
+            componentize_py: bin,
+            version,
+            venv: Some(venv),
+        });
+    }
     if let Some(version) = version_of(&bin) {
         return Ok(Toolchain {
             componentize_py: bin,
@@ -538,14 +575,67 @@ pub(crate) fn build(guest: &PythonGuest) -> Result<PathBuf> {
     crate::module::private_dir(&builds)?;
     let out = builds.join(format!("{}.wasm", plan.key));
     if out.is_file() {
+        // Its last use, for eviction.
+        let _ = fs::File::options()
+            .write(true)
+            .open(&out)
+            .and_then(|f| f.set_modified(SystemTime::now()));
         return Ok(out);
     }
     let stage = builds.join(format!("stage-{}-{}", &plan.key[..16], std::process::id()));
     let _ = fs::remove_dir_all(&stage);
     let result = build_in(&stage, &origin, &plan, &toolchain, &out);
     let _ = fs::remove_dir_all(&stage);
-    result.map(|()| out)
+    result?;
+    tidy_builds(&builds, &out, crate::module::cache_files::max_bytes()?);
+    Ok(out)
 }
+
+/// Keeps the builds in `builds` under `max` bytes, removing the least recently used first
+/// (never `keep`, the one just made), as the compile cache does with its artifacts; and
+/// removes staging directories that builds killed long ago left.
+fn tidy_builds(builds: &Path, keep: &Path, max: u64) {
+    let Ok(entries) = fs::read_dir(builds) else {
+        return;
+    };
+    let now = SystemTime::now();
+    let mut total = 0u64;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let path = entry.path();
+        let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("stage-") && meta.is_dir() {
+            if now.duration_since(used).unwrap_or_default() > STALE_STAGE {
+                let _ = fs::remove_dir_all(&path);
+            }
+            continue;
+        }
+        if !meta.is_file() || !name.ends_with(".wasm") {
+            continue;
+        }
+        total = total.saturating_add(meta.len());
+        if path != keep {
+            found.push((used, path, meta.len()));
+        }
+    }
+    found.sort();
+    for (_, path, len) in found {
+        if total <= max {
+            break;
+        }
+        if fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+}
+
+/// A staging directory older than this was left by a build that was killed.
+const STALE_STAGE: Duration = Duration::from_secs(3600);
 
 fn build_in(
     stage: &Path,
@@ -696,6 +786,69 @@ mod tests {
         .expect("write");
         assert!(detect(&dir.join("proj")).is_err());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn builds_over_the_bound_are_evicted_least_recently_used_first() {
+        let dir = std::env::temp_dir().join(format!("wasmpool-pyevict-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("stage-old-1")).expect("mkdir");
+        fs::create_dir_all(dir.join("stage-new-2")).expect("mkdir");
+        let t = SystemTime::now();
+        let build = |name: &str, secs_ago: u64| {
+            let path = dir.join(name);
+            fs::write(&path, vec![0u8; 400 << 10]).expect("write");
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(t - Duration::from_secs(secs_ago)))
+                .expect("set time");
+            path
+        };
+        let oldest = build("a.wasm", 400);
+        let older = build("b.wasm", 300);
+        let recent = build("c.wasm", 100);
+        let just_made = build("d.wasm", 500);
+        let other = build("notes.txt", 900);
+        let stale = dir.join("stage-old-1");
+        fs::File::open(&stale)
+            .and_then(|f| f.set_modified(t - Duration::from_secs(7200)))
+            .expect("set time");
+        // 1 MiB holds two builds of 400 KiB.
+        tidy_builds(&dir, &just_made, 1 << 20);
+        assert!(
+            !oldest.exists() && !older.exists(),
+            "the least recently used go"
+        );
+        assert!(recent.exists(), "the most recently used stays");
+        assert!(
+            just_made.exists(),
+            "the build just made stays, whatever its time"
+        );
+        assert!(other.exists(), "only builds are evicted");
+        assert!(!stale.exists(), "a stage left long ago is removed");
+        assert!(dir.join("stage-new-2").exists(), "a build under way is not");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_installed_version_is_read_from_the_package_metadata() {
+        let venv = std::env::temp_dir().join(format!("wasmpool-pyver-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&venv);
+        let site = venv.join("lib/python3.11/site-packages");
+        fs::create_dir_all(site.join("componentize_py-0.25.1.dist-info")).expect("mkdir");
+        fs::create_dir_all(site.join("msgpack-1.0.dist-info")).expect("mkdir");
+        assert_eq!(
+            installed_version(&venv).as_deref(),
+            Some("componentize-py 0.25.1"),
+            "the same line `componentize-py --version` prints"
+        );
+        // Two installs, or one of another version: not trusted (the binary is asked).
+        fs::create_dir_all(site.join("componentize_py-0.26.0.dist-info")).expect("mkdir");
+        assert_eq!(installed_version(&venv), None);
+        fs::remove_dir_all(site.join("componentize_py-0.25.1.dist-info")).expect("rm");
+        assert_eq!(installed_version(&venv), None);
+        let _ = fs::remove_dir_all(&venv);
     }
 
     #[test]

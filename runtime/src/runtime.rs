@@ -179,6 +179,7 @@ impl RuntimeBuilder {
             self.max_message_bytes,
             SegmentBudget::new(self.max_shared_segments),
         );
+        let cache_dir = self.cache_dir.unwrap_or_else(crate::module::cache_dir);
         let inner = Arc::new(RuntimeInner {
             tag,
             broker: broker.clone(),
@@ -186,8 +187,8 @@ impl RuntimeBuilder {
             worker_exe: Mutex::new(self.worker_exe),
             fork_servers: ForkServers::default(),
             processes: Processes::default(),
-            engines: Engines::default(),
-            cache_dir: self.cache_dir.unwrap_or_else(crate::module::cache_dir),
+            engines: Engines::new(&cache_dir),
+            cache_dir,
             frame_stall_ms: AtomicU64::new(stall_ms(self.frame_stall)),
         });
         routes().register(tag, &broker);
@@ -285,6 +286,13 @@ impl Runtime {
     /// Where this runtime keeps compiled artifacts.
     pub fn cache_dir(&self) -> &Path {
         &self.inner.cache_dir
+    }
+
+    /// How many functions this runtime's compiles took from the function cache, and how
+    /// many they compiled: a guest that shares most of its code with one compiled before
+    /// (every Python guest carries the same interpreter) compiles only what is new.
+    pub fn compile_stats(&self) -> crate::CompileStats {
+        self.inner.engines.functions().stats()
     }
 
     /// The running processes this runtime started (as Python's `active_children`).

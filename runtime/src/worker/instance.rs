@@ -612,7 +612,8 @@ fn link(
     engine: &wasmtime::Engine,
     component: &Component,
 ) -> Result<TaskModulePre<InstanceState>, String> {
-    let linker = crate::bindings::linker::<InstanceState>(engine).map_err(|e| format!("{e:#}"))?;
+    let linker = crate::bindings::linker_for::<InstanceState>(engine, component)
+        .map_err(|e| format!("{e:#}"))?;
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| format!("{e:#}"))?;
