@@ -21,6 +21,7 @@ enum Command {
     Map(commands::map::MapCommand),
     Tasks(commands::tasks::TasksCommand),
     Compile(commands::compile::CompileCommand),
+    Worker(commands::worker::WorkerCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Map(c) => c.execute(),
         Command::Tasks(c) => c.execute(),
         Command::Compile(c) => c.execute(),
+        Command::Worker(c) => c.execute(),
     };
     match result {
         Ok(code) => code,

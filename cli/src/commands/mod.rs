@@ -5,6 +5,7 @@ pub mod map;
 pub mod objects;
 pub mod run;
 pub mod tasks;
+pub mod worker;
 
 use std::time::Duration;
 
