@@ -4,6 +4,8 @@
 //! `redis-server` is found on the `PATH`; when it is missing and the tests run as root, it is
 //! installed from Debian's packages (`apt-get install -y redis-server`, after an
 //! `apt-get update` if the first try fails).
+//!
+//! Shared by the tests (`tests/cluster.rs`) and the cluster benchmark (`cli/benches/cluster.rs`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +14,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::util::TempDir;
+/// A directory of the server's own (its log), removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wasmpool-redis-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Where `program` is on the `PATH`, if it is.
 fn on_path(program: &str) -> Option<PathBuf> {
@@ -106,7 +125,7 @@ impl RedisServer {
     /// answers `PING`.
     pub fn start() -> RedisServer {
         let bin = redis_server_binary();
-        let dir = TempDir::new("redis");
+        let dir = TempDir::new();
         for _ in 0..5 {
             let port = free_port();
             let mut child = spawn(&bin, port, &dir.0);
