@@ -126,6 +126,8 @@ impl ClusterBuilder {
             redis_timeout: self.redis_timeout,
             con: Mutex::new(Some(con)),
             jobs: Mutex::new(Jobs::default()),
+            outbox: Mutex::new(Vec::new()),
+            outbox_ready: Condvar::new(),
             changed: Condvar::new(),
             callbacks: Callbacks::start(),
             closed: AtomicBool::new(false),
@@ -136,6 +138,8 @@ impl ClusterBuilder {
         threads.push(spawn("wasmpool-cluster-results", move || {
             reader.read_results()
         })?);
+        let sender = inner.clone();
+        threads.push(spawn("wasmpool-cluster-send", move || sender.send_loop())?);
         let (ttl, l, c, s) = (
             self.result_ttl,
             liveness.clone(),
@@ -244,6 +248,7 @@ impl Drop for Owner {
     fn drop(&mut self) {
         self.inner.fail_all("the pool was dropped");
         self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.outbox_ready.notify_all();
         for t in std::mem::take(&mut *self.inner_threads()) {
             let _ = t.join();
         }
@@ -260,6 +265,16 @@ impl Owner {
     fn inner_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.threads.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Chunks of one submission, waiting for the sender.
+#[derive(Debug)]
+struct Outgoing {
+    id: String,
+    first_chunk: u32,
+    parts: Vec<(usize, Packed)>,
+    call: bool,
+    job: Arc<Job>,
 }
 
 /// A job with chunks in the cluster.
@@ -306,6 +321,9 @@ struct Inner {
     /// The connection submissions use (`None` after it failed, until the next one).
     con: Mutex<Option<redis::Connection>>,
     jobs: Mutex<Jobs>,
+    /// Chunks submitted and not yet sent.
+    outbox: Mutex<Vec<Outgoing>>,
+    outbox_ready: Condvar,
     /// Notified when a job is forgotten (every chunk answered).
     changed: Condvar,
     callbacks: Callbacks,
@@ -356,7 +374,9 @@ impl Inner {
         }
     }
 
-    /// Sends `parts` (first item, items) of `job` to the cluster, one stream entry each.
+    /// Queues `parts` (first item, items) of `job` for the sender, which sends them to the
+    /// cluster, one stream entry each. Fails only when the pool is closed; a chunk that
+    /// cannot be sent fails its items.
     fn submit(&self, job: &Arc<Job>, parts: Vec<(usize, Packed)>, call: bool) -> Result<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::State(
@@ -398,76 +418,115 @@ impl Inner {
             running.next_chunk += parts.len() as u32;
             (id, first_chunk)
         };
+        self.lock_outbox().push(Outgoing {
+            id,
+            first_chunk,
+            parts,
+            call,
+            job: job.clone(),
+        });
+        self.outbox_ready.notify_one();
+        Ok(())
+    }
+
+    fn lock_outbox(&self) -> MutexGuard<'_, Vec<Outgoing>> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sender: sends what the submissions queued, all that is queued in one pipeline
+    /// (many `apply_async` calls cost one round trip), until stopped.
+    fn send_loop(&self) {
+        loop {
+            let batch = {
+                let mut out = self.lock_outbox();
+                while out.is_empty() && !self.stop.load(Ordering::Relaxed) {
+                    out = self
+                        .outbox_ready
+                        .wait_timeout(out, Duration::from_millis(200))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                if out.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut *out)
+            };
+            if let Err(e) = self.send(&batch) {
+                // Whether any entry went out is unknown: the chunks fail here, so that
+                // nothing waits on them (a result that comes anyway is ignored).
+                let mut jobs = self.lock_jobs();
+                for out in &batch {
+                    if let Some(running) = jobs.by_id.get_mut(&out.id) {
+                        for i in 0..out.parts.len() as u32 {
+                            if let Some((first, n)) = running.chunks.remove(&(out.first_chunk + i))
+                            {
+                                running
+                                    .job
+                                    .complete_run(first, n, Slot::Aborted(e.to_string()));
+                            }
+                        }
+                        self.callbacks.run_hooks(&running.job);
+                    }
+                    jobs.forget_if_done(&out.id);
+                }
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    /// Sends queued chunks, one stream entry each, in one pipeline.
+    fn send(&self, batch: &[Outgoing]) -> Result<()> {
         let mut pipe = redis::pipe();
         let tasks = self.keys.tasks();
-        for (i, (_, items)) in parts.iter().enumerate() {
-            let spec = ChunkSpec {
-                module: self.sha.clone(),
-                task: job.task.to_string(),
-                items: items.clone(),
-                call,
-                limits: job.opts.limits,
-            };
-            let payload = postcard::to_stdvec(&spec)
-                .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
-            pipe.cmd("XADD")
-                .arg(&tasks)
-                .arg("*")
-                .arg("j")
-                .arg(&id)
-                .arg("c")
-                .arg(first_chunk + i as u32)
-                .arg("a")
-                .arg(0)
-                .arg("r")
-                .arg(&self.client)
-                .arg("n")
-                .arg(job.opts.retries)
-                .arg("t")
-                .arg(self.result_ttl.as_millis() as u64)
-                .arg("p")
-                .arg(payload)
-                .ignore();
+        for out in batch {
+            let job = &out.job;
+            for (i, (_, items)) in out.parts.iter().enumerate() {
+                let spec = ChunkSpec {
+                    module: self.sha.clone(),
+                    task: job.task.to_string(),
+                    items: items.clone(),
+                    call: out.call,
+                    limits: job.opts.limits,
+                };
+                let payload = postcard::to_stdvec(&spec)
+                    .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
+                pipe.cmd("XADD")
+                    .arg(&tasks)
+                    .arg("*")
+                    .arg("j")
+                    .arg(&out.id)
+                    .arg("c")
+                    .arg(out.first_chunk + i as u32)
+                    .arg("a")
+                    .arg(0)
+                    .arg("r")
+                    .arg(&self.client)
+                    .arg("n")
+                    .arg(job.opts.retries)
+                    .arg("t")
+                    .arg(self.result_ttl.as_millis() as u64)
+                    .arg("p")
+                    .arg(payload)
+                    .ignore();
+            }
         }
         pipe.cmd("EXPIRE")
             .arg(self.keys.module(&self.sha))
             .arg(MODULE_TTL.as_secs());
-        let sent = self.with_con("submitting chunks", |c| pipe.query::<(i64,)>(c));
-        match sent {
-            Ok((kept,)) => {
-                if kept == 0 {
-                    // The module expired (a pool idle for a day): store it again.
-                    self.with_con("storing the module", |c| {
-                        redis::cmd("SET")
-                            .arg(self.keys.module(&self.sha))
-                            .arg(self.module.bytes())
-                            .arg("NX")
-                            .arg("EX")
-                            .arg(MODULE_TTL.as_secs())
-                            .query::<Option<String>>(c)
-                    })?;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Whether any entry went out is unknown: the chunks fail here, so that
-                // nothing waits on them (a result that comes anyway is ignored).
-                let mut jobs = self.lock_jobs();
-                if let Some(running) = jobs.by_id.get_mut(&id) {
-                    for i in 0..parts.len() as u32 {
-                        if let Some((first, n)) = running.chunks.remove(&(first_chunk + i)) {
-                            running
-                                .job
-                                .complete_run(first, n, Slot::Aborted(e.to_string()));
-                        }
-                    }
-                    self.callbacks.run_hooks(&running.job);
-                }
-                jobs.forget_if_done(&id);
-                self.changed.notify_all();
-                Err(e)
-            }
+        let (kept,) = self.with_con("submitting chunks", |c| pipe.query::<(i64,)>(c))?;
+        if kept == 0 {
+            // The module expired (a pool idle for a day): store it again.
+            self.with_con("storing the module", |c| {
+                redis::cmd("SET")
+                    .arg(self.keys.module(&self.sha))
+                    .arg(self.module.bytes())
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(MODULE_TTL.as_secs())
+                    .query::<Option<String>>(c)
+            })?;
         }
+        Ok(())
     }
 
     /// The result reader: takes this submitter's records from Redis and records them in

@@ -25,11 +25,15 @@ use crate::protocol::Limits;
 /// travels in each entry).
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
+/// A chunk done this quickly (claim to result) lets a host hold more at once.
+const SHORT_CHUNK: Duration = Duration::from_millis(5);
+
 /// A host of a cluster: `Host::join(url, slots)?.run()` serves until
 /// [`stop`](Host::stop).
 ///
-/// It claims at most two chunks per slot at a time (one running, one ready), and only
-/// while its lease is current: a host that cannot reach Redis stops claiming.
+/// It claims at most two chunks per slot at a time (one running, one ready; more while
+/// chunks take only milliseconds), and only while its lease is current: a host that cannot
+/// reach Redis stops claiming.
 #[derive(Debug, Clone)]
 pub struct Host {
     inner: Arc<HostInner>,
@@ -57,6 +61,8 @@ struct Claimed {
     reply: String,
     /// How long its submitter's results are kept, in ms.
     ttl_ms: u64,
+    /// When it was claimed.
+    started: Instant,
 }
 
 struct HostInner {
@@ -69,6 +75,8 @@ struct HostInner {
     /// Chunks claimed and not yet committed.
     inflight: Mutex<usize>,
     room: Condvar,
+    /// How long a chunk takes from claim to result, lately (seconds; `None` before one has).
+    recent: Mutex<Option<f64>>,
     claimed: AtomicU64,
     committed: AtomicU64,
     dropped: AtomicU64,
@@ -138,6 +146,7 @@ impl Host {
             liveness: liveness.clone(),
             inflight: Mutex::new(0),
             room: Condvar::new(),
+            recent: Mutex::new(None),
             claimed: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -277,15 +286,29 @@ impl HostInner {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_recent(&self) -> MutexGuard<'_, Option<f64>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many chunks to hold at once: two per slot (one running, one ready), or, while
+    /// chunks take under a few milliseconds, enough that claiming and committing (a
+    /// round trip each) do not leave the slots idle.
+    fn cap(&self) -> usize {
+        match *self.lock_recent() {
+            Some(t) if t < SHORT_CHUNK.as_secs_f64() => self.slots * 32,
+            _ => self.slots * 2,
+        }
+    }
+
     fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.threads.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Claims entries while there is room and the lease is current.
     fn claim_loop(self: &Arc<Self>) {
-        let cap = self.slots * 2;
         let mut con: Option<redis::Connection> = None;
         while !self.stop.load(Ordering::Relaxed) {
+            let cap = self.cap();
             let free = {
                 let n = self.lock_inflight();
                 let (n, _) = self
@@ -381,6 +404,7 @@ impl HostInner {
             attempt,
             reply,
             ttl_ms,
+            started: Instant::now(),
         };
         *self.lock_inflight() += 1;
         self.claimed.fetch_add(1, Ordering::Relaxed);
@@ -460,13 +484,14 @@ impl HostInner {
         Ok(pool)
     }
 
-    /// Commits finished chunks, in the order they finish, until the host stops and none is
-    /// left; a commit that cannot reach Redis is tried again.
+    /// Commits finished chunks, in the order they finish, those ready together in one
+    /// pipeline, until the host stops and none is left; a commit that cannot reach Redis is
+    /// sent again (the script tells a repeat of the same attempt from a late result).
     fn commit_loop(&self, results: Receiver<(Claimed, ChunkResult)>) {
         let scripts = Scripts::default();
         let mut con: Option<redis::Connection> = None;
         loop {
-            let (claimed, result) = match results.recv_timeout(Duration::from_millis(200)) {
+            let first = match results.recv_timeout(Duration::from_millis(200)) {
                 Ok(r) => r,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if self.stop.load(Ordering::Relaxed) && *self.lock_inflight() == 0 {
@@ -476,16 +501,37 @@ impl HostInner {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             };
-            let record = match committed_record(&claimed.job, claimed.chunk, &result) {
-                Ok(r) => r,
-                Err(e) => {
-                    let failed = ChunkResult::failed(result.answers.len(), &e.to_string());
-                    match committed_record(&claimed.job, claimed.chunk, &failed) {
-                        Ok(r) => r,
-                        Err(_) => continue,
-                    }
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match results.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
-            };
+            }
+            let n = batch.len();
+            {
+                let mut recent = self.lock_recent();
+                for (claimed, _) in &batch {
+                    let t = claimed.started.elapsed().as_secs_f64();
+                    *recent = Some(recent.map_or(t, |r| 0.8 * r + 0.2 * t));
+                }
+            }
+            let records: Vec<(Claimed, Vec<u8>)> = batch
+                .into_iter()
+                .filter_map(|(claimed, result)| {
+                    let record = committed_record(&claimed.job, claimed.chunk, &result)
+                        .or_else(|e| {
+                            let n = result.answers.len();
+                            committed_record(
+                                &claimed.job,
+                                claimed.chunk,
+                                &ChunkResult::failed(n, &e.to_string()),
+                            )
+                        })
+                        .ok()?;
+                    Some((claimed, record))
+                })
+                .collect();
             let started = Instant::now();
             loop {
                 if con.is_none() {
@@ -495,33 +541,44 @@ impl HostInner {
                     }
                 }
                 if let Some(c) = con.as_mut() {
-                    let ok: redis::RedisResult<i64> = scripts
-                        .commit
-                        .key(self.keys.tasks())
-                        .key(self.keys.job(&claimed.job))
-                        .key(self.keys.results(&claimed.reply))
-                        .key(self.keys.stats())
-                        .arg(&claimed.id)
-                        .arg(claimed.chunk)
-                        .arg(&claimed.attempt)
-                        .arg(&record)
-                        .arg(claimed.ttl_ms)
-                        .arg(GROUP)
-                        .invoke(c);
-                    match ok {
-                        Ok(1) => {
-                            self.committed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Ok(_) => {
-                            self.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(
-                                "cluster host: the result of chunk {} of job {} (attempt {}) \
-                                 was dropped: the chunk was given to another host",
-                                claimed.chunk,
-                                claimed.job,
-                                claimed.attempt
-                            );
+                    let mut pipe = redis::pipe();
+                    pipe.load_script(&scripts.commit).ignore();
+                    for (claimed, record) in &records {
+                        pipe.invoke_script(
+                            scripts
+                                .commit
+                                .key(self.keys.tasks())
+                                .key(self.keys.job(&claimed.job))
+                                .key(self.keys.results(&claimed.reply))
+                                .key(self.keys.stats())
+                                .arg(&claimed.id)
+                                .arg(claimed.chunk)
+                                .arg(&claimed.attempt)
+                                .arg(record)
+                                .arg(claimed.ttl_ms)
+                                .arg(GROUP),
+                        );
+                    }
+                    match pipe.query::<Vec<i64>>(c) {
+                        Ok(answers) => {
+                            for ((claimed, _), answer) in records.iter().zip(answers) {
+                                match answer {
+                                    1 | 2 => {
+                                        self.committed.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    _ => {
+                                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                                        tracing::info!(
+                                            "cluster host: the result of chunk {} of job {} \
+                                             (attempt {}) was dropped: the chunk was given to \
+                                             another host",
+                                            claimed.chunk,
+                                            claimed.job,
+                                            claimed.attempt
+                                        );
+                                    }
+                                }
+                            }
                             break;
                         }
                         Err(e) => {
@@ -530,13 +587,14 @@ impl HostInner {
                         }
                     }
                 }
-                // Past a few leases the chunk is someone else's: its result would be refused.
+                // Past a few leases the chunks are someone else's: their results would be
+                // refused.
                 if started.elapsed() > LEASE * 15 {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            *self.lock_inflight() -= 1;
+            *self.lock_inflight() -= n;
             self.room.notify_all();
         }
     }

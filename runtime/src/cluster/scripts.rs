@@ -20,17 +20,22 @@ return now
 /// stream entry is acknowledged and deleted; a refused (late) result is counted as dropped.
 ///
 /// KEYS: tasks, job, results, stats. ARGV: entry id, chunk, attempt, record, ttl (ms), group.
-/// Returns 1 when committed, 0 when dropped.
+/// Returns 1 when committed, 0 when dropped, 2 when this very attempt was committed already
+/// (a commit sent again after a lost connection: not a late result, not counted).
 pub(crate) const COMMIT: &str = r#"
 redis.call('XACK', KEYS[1], ARGV[6], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 local cur = redis.call('HGET', KEYS[2], 'a:' .. ARGV[2])
 if not cur then cur = '0' end
-if cur ~= ARGV[3] or redis.call('HEXISTS', KEYS[2], 'd:' .. ARGV[2]) == 1 then
+local done = redis.call('HEXISTS', KEYS[2], 'd:' .. ARGV[2]) == 1
+if cur == ARGV[3] and done and redis.call('HGET', KEYS[2], 'd:' .. ARGV[2]) == ARGV[3] then
+  return 2
+end
+if cur ~= ARGV[3] or done then
   redis.call('HINCRBY', KEYS[4], 'dropped', 1)
   return 0
 end
-redis.call('HSET', KEYS[2], 'd:' .. ARGV[2], '1')
+redis.call('HSET', KEYS[2], 'd:' .. ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
@@ -86,7 +91,7 @@ for _, c in ipairs(consumers) do
               redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
               moved = moved + 1
             else
-              redis.call('HSET', job, 'd:' .. f['c'], '1')
+              redis.call('HSET', job, 'd:' .. f['c'], 'lost')
               redis.call('PEXPIRE', job, ttl)
               local list = ARGV[3] .. 'results:' .. f['r']
               redis.call('RPUSH', list, 'L ' .. f['j'] .. ' ' .. f['c'] .. ' ' .. name)
