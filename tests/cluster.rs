@@ -329,3 +329,28 @@ fn a_redis_holding_another_versions_keys_is_refused() {
         crate::util::assert_cli_error(&out, 2, "another version of wasmpool");
     });
 }
+
+#[test]
+fn a_redis_restarted_without_its_data_fails_what_was_pending_and_the_cluster_carries_on() {
+    within(Duration::from_secs(120), || {
+        let mut redis = RedisServer::start();
+        let a = WorkerHost::start(&redis, 1);
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 1);
+        let r = pool.apply_async::<_, u64>("sleep_ms", &(3000u64,)).unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work(&redis, a.pid())),
+            "host A claimed nothing: {}",
+            a.log()
+        );
+        redis.restart();
+        match r.get_timeout(Duration::from_secs(20)) {
+            Err(Error::State(m)) => assert!(m.contains("lost its data"), "{m}"),
+            other => panic!("expected a clear error, got {other:?}"),
+        }
+        // The host and the pool carry on with the new Redis.
+        wait_for_hosts(&pool, 1);
+        let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
+        assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    });
+}

@@ -7,6 +7,9 @@
 //!
 //! Shared by the tests (`tests/cluster.rs`) and the cluster benchmark (`cli/benches/cluster.rs`).
 
+// Shared with the benchmark, which uses only part of it.
+#![allow(dead_code)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -117,7 +120,7 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     /// Its files (log); removed with it.
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl RedisServer {
@@ -135,7 +138,7 @@ impl RedisServer {
                     return RedisServer {
                         child: Some(child),
                         port,
-                        _dir: dir,
+                        dir,
                     };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
@@ -160,6 +163,23 @@ impl RedisServer {
     /// Sends one inline command (no arguments with spaces) and returns the raw reply.
     pub fn command(&self, command: &str) -> String {
         inline(self.port, command).unwrap_or_default()
+    }
+
+    /// Kills the server and starts a new one on the same port, with no data: a Redis
+    /// restarted without persistence.
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = redis_server_binary();
+        let mut child = spawn(&bin, self.port, &self.dir.0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !inline(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            if let Ok(Some(_)) = child.try_wait() {
+                child = spawn(&bin, self.port, &self.dir.0);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
     }
 
     /// Kills the server now (SIGKILL) and waits for it.

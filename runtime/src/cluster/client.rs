@@ -110,7 +110,8 @@ impl ClusterBuilder {
             .arg(keys.clients())
             .query(&mut con)
             .map_err(|e| redis_error(&url, "naming this submitter", e))?;
-        let client = format!("c{n}");
+        // The number is unique while Redis keeps its data; the tag, after it lost them.
+        let client = format!("c{n}x{}", super::tag());
         let stop = Arc::new(AtomicBool::new(false));
         let liveness = Arc::new(Liveness::default());
         let counts = Arc::new(ReapCounts::default());
@@ -354,23 +355,32 @@ impl Inner {
     fn with_con<T>(
         &self,
         doing: &str,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let mut con = self.lock_con();
-        if con.is_none() {
+        let fresh = con.is_none();
+        if fresh {
             *con = Some(connect(&self.url)?);
         }
         let Some(c) = con.as_mut() else {
             return Err(Error::Cluster("no connection".into()));
         };
+        let mut f = f;
         match f(c) {
             Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    *con = None;
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                *con = None;
+                if fresh {
+                    return Err(redis_error(&self.url, doing, e));
                 }
-                Err(redis_error(&self.url, doing, e))
+                // A connection that went stale (Redis restarted, an idle timeout): once more
+                // on a new one. Sent twice, a chunk may run twice; it is committed once.
+                let mut c = connect(&self.url)?;
+                let v = f(&mut c).map_err(|e| redis_error(&self.url, doing, e))?;
+                *con = Some(c);
+                Ok(v)
             }
+            Err(e) => Err(redis_error(&self.url, doing, e)),
         }
     }
 
@@ -553,7 +563,24 @@ impl Inner {
             let got: redis::RedisResult<Option<(String, Vec<u8>)>> =
                 redis::cmd("BLPOP").arg(&self.results_key).arg(0.5).query(c);
             match got {
-                Ok(None) => {}
+                Ok(None) => {
+                    // A Redis that restarted without its data has lost the chunks in it:
+                    // what waits on them would wait for ever.
+                    let kept: redis::RedisResult<bool> =
+                        redis::cmd("EXISTS").arg(self.keys.clients()).query(c);
+                    if kept.is_ok_and(|k| !k) {
+                        self.fail_all(&format!(
+                            "the cluster's Redis at {} lost its data (restarted without \
+                             persistence?), and the chunks in it with it",
+                            self.url
+                        ));
+                        let _: redis::RedisResult<()> =
+                            redis::cmd("INCR").arg(self.keys.clients()).query(c);
+                        let _ = check_layout(c, &self.keys, &self.url);
+                        let _ =
+                            store_module(c, &self.keys, &self.url, &self.sha, self.module.bytes());
+                    }
+                }
                 Ok(Some((_, first))) => {
                     let more: Vec<Vec<u8>> = redis::cmd("LPOP")
                         .arg(&self.results_key)

@@ -104,15 +104,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "host".into())
 }
 
-/// A tag that tells apart hosts of the same pid (a restarted container).
-fn tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
-        .unwrap_or(0);
-    format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
-}
-
 impl Host {
     /// Joins the cluster at `url` with `slots` local worker processes (1 to
     /// [`Pool::MAX_PROCESSES`]): checks Redis's keys are this version's, takes a lease,
@@ -122,7 +113,7 @@ impl Host {
         let keys = Keys::default();
         let mut con = connect(url)?;
         check_layout(&mut con, &keys, url)?;
-        let id = format!("{}:{}:{}", hostname(), std::process::id(), tag());
+        let id = format!("{}:{}:{}", hostname(), std::process::id(), super::tag());
         let scripts = Scripts::default();
         let _: i64 = scripts
             .heartbeat
@@ -355,6 +346,15 @@ impl HostInner {
                 Ok(reply) => {
                     for (id, fields) in entries(reply) {
                         self.start(c, id, fields);
+                    }
+                }
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // Redis lost its data (a restart without persistence): set the stream
+                    // and its group up again.
+                    tracing::warn!("cluster host: the task stream is gone; setting it up again");
+                    if let Err(e) = check_layout(c, &self.keys, &self.url) {
+                        tracing::warn!("cluster host: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
                     }
                 }
                 Err(e) => {
