@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 
 rustup toolchain install 1.95.0 --profile minimal --component rustfmt,clippy >/dev/null 2>&1 || true
 rustup target add wasm32-wasip2 >/dev/null
+# The cluster tests start their own redis-server (loopback, persistence off).
+if ! command -v redis-server >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y redis-server >/dev/null 2>&1 ||
+        { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

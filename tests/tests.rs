@@ -7,6 +7,7 @@ mod util;
 
 mod batches;
 mod cli;
+mod cluster;
 mod conformance;
 mod conformance_futures;
 mod conformance_objects;

@@ -23,6 +23,7 @@ enum Command {
     Compile(commands::compile::CompileCommand),
     Serve(commands::serve::ServeCommand),
     Tenant(commands::serve::TenantCommand),
+    Worker(commands::worker::WorkerCommand),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Compile(c) => c.execute(),
         Command::Serve(c) => c.execute(),
         Command::Tenant(c) => c.execute(),
+        Command::Worker(c) => c.execute(),
     };
     match result {
         Ok(code) => code,

@@ -116,6 +116,10 @@ pub enum Error {
     /// An operation on a shared object failed (empty queue, end of file on a pipe, …).
     #[error(transparent)]
     Object(#[from] wasmpool_objects::ObjectError),
+    /// The cluster's Redis cannot be reached, refused a command, or holds keys this version
+    /// of wasmpool does not read (see [`crate::cluster`]).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// An I/O error on the host (reading a module, writing the cache, …).
     #[error("{context}: {source}")]
     Io {

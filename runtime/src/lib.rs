@@ -29,6 +29,7 @@
 
 mod bindings;
 mod broker;
+pub mod cluster;
 mod engine;
 mod error;
 mod fdpass;

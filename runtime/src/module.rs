@@ -188,6 +188,11 @@ impl Module {
         })
     }
 
+    /// The component's bytes, as loaded (what a cluster stores under their SHA-256).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.inner.bytes
+    }
+
     /// The runtime the module was loaded into: its pools and processes run there.
     pub fn runtime(&self) -> &Runtime {
         &self.inner.runtime

@@ -6,6 +6,7 @@ pub mod objects;
 pub mod run;
 pub mod serve;
 pub mod tasks;
+pub mod worker;
 
 use std::time::Duration;
 

@@ -24,7 +24,7 @@ use crate::protocol::packed::Packed;
 /// [`Error::Timeout`] when the next result is not in within the time, and the iteration
 /// goes on (the result comes with a later call).
 pub struct Imap<'a, R> {
-    pool: &'a Pool,
+    pool: &'a dyn ImapSink,
     job: Arc<Job>,
     input: Box<dyn Iterator<Item = Result<Vec<u8>>> + 'a>,
     chunksize: usize,
@@ -40,6 +40,26 @@ pub struct Imap<'a, R> {
     /// give up), on a thread of its own; started at its first use.
     taker: Option<Taker>,
     _r: PhantomData<fn() -> R>,
+}
+
+/// Where an [`Imap`] sends its chunks: a local [`Pool`], or a cluster's
+/// ([`ClusterPool`](crate::cluster::ClusterPool)).
+pub(crate) trait ImapSink {
+    /// How many workers take the chunks (sets how far ahead the input is drawn).
+    fn slots(&self) -> usize;
+
+    /// Submits items `first..first + part.len()` of `job` as one chunk.
+    fn submit_part(&self, job: &Arc<Job>, first: usize, part: Packed) -> Result<()>;
+}
+
+impl ImapSink for Pool {
+    fn slots(&self) -> usize {
+        self.processes()
+    }
+
+    fn submit_part(&self, job: &Arc<Job>, first: usize, part: Packed) -> Result<()> {
+        self.submit(job, first, [part], SendAs::Batch)
+    }
 }
 
 /// Unparks a thread: a [`Waker`] for a thread that waits with `park_timeout`.
@@ -117,14 +137,14 @@ impl<R> std::fmt::Debug for Imap<'_, R> {
 
 impl<'a, R> Imap<'a, R> {
     pub(crate) fn new(
-        pool: &'a Pool,
+        pool: &'a dyn ImapSink,
         job: Arc<Job>,
         input: Box<dyn Iterator<Item = Result<Vec<u8>>> + 'a>,
         chunksize: usize,
         ordered: bool,
     ) -> Self {
         let chunksize = chunksize.max(1);
-        let window = chunksize * pool.processes() * 8;
+        let window = chunksize * pool.slots() * 8;
         Imap {
             pool,
             job,
@@ -162,7 +182,7 @@ impl<'a, R> Imap<'a, R> {
             self.submitted += n;
             if bad.is_empty() {
                 let part: Packed = items.into_iter().collect();
-                if let Err(e) = self.pool.submit(&self.job, first, [part], SendAs::Batch) {
+                if let Err(e) = self.pool.submit_part(&self.job, first, part) {
                     for i in 0..n {
                         self.job.complete(first + i, Slot::Aborted(e.to_string()));
                     }
@@ -180,10 +200,7 @@ impl<'a, R> Imap<'a, R> {
                     None => {
                         let Some(bytes) = good.next() else { break };
                         let part = Packed::one(&bytes);
-                        if let Err(e) =
-                            self.pool
-                                .submit(&self.job, first + i, [part], SendAs::Batch)
-                        {
+                        if let Err(e) = self.pool.submit_part(&self.job, first + i, part) {
                             self.job.complete(first + i, Slot::Aborted(e.to_string()));
                         }
                     }

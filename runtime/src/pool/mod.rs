@@ -1,15 +1,15 @@
 //! `Pool`: Python's `multiprocessing.Pool`, over worker processes running wasm tasks.
 
-mod callbacks;
-mod chunk;
+pub(crate) mod callbacks;
+pub(crate) mod chunk;
 mod executor;
-mod imap;
+pub(crate) mod imap;
 mod items;
-mod job;
+pub(crate) mod job;
 mod pipeline;
 mod queue_policy;
 mod scheduler;
-mod submit;
+pub(crate) mod submit;
 mod tenant;
 mod wait;
 mod workers;
@@ -164,6 +164,41 @@ impl PoolBuilder {
     pub fn output(mut self, output: Output) -> Self {
         self.output = output;
         self
+    }
+
+    /// Runs this pool's work on a cluster of hosts through the Redis at `url`
+    /// (`redis://HOST:PORT`) instead of on local workers: see [`crate::cluster`]. The
+    /// module, limits and retries set so far carry over; an initializer, a
+    /// `maxtasksperchild`, grants or an output other than the default make
+    /// [`ClusterBuilder::build`](crate::cluster::ClusterBuilder::build) fail, as a cluster
+    /// does not carry them yet.
+    pub fn cluster(self, url: &str) -> crate::cluster::ClusterBuilder {
+        let unsupported = if self.initializer.is_some() {
+            Some("an initializer")
+        } else if self.maxtasksperchild.is_some() {
+            Some("maxtasksperchild")
+        } else if self.grants != Grants::default() {
+            Some("grants")
+        } else if !matches!(self.output, Output::Inherit) {
+            Some("an output other than the default")
+        } else {
+            None
+        };
+        let error = self.error.or_else(|| {
+            unsupported.map(|what| {
+                Error::State(format!(
+                    "{what} is not supported on a cluster pool yet; build a local pool for it"
+                ))
+            })
+        });
+        crate::cluster::ClusterBuilder::new(
+            self.module,
+            url,
+            self.limits,
+            self.retries,
+            self.processes,
+            error,
+        )
     }
 
     /// Starts the workers and returns the pool once they are ready.
@@ -641,6 +676,30 @@ impl Pool {
     /// only (the callbacks run one at a time, on the thread that would wait).
     pub fn join(&self) -> Result<()> {
         self.scheduler.join()
+    }
+}
+
+impl Pool {
+    /// Runs already-encoded items of `task` as one chunk (a `Call` when `call`, else a
+    /// batch) under `limits` and `retries`, and returns its job: what a cluster host does
+    /// with a chunk it claimed.
+    pub(crate) fn run_chunk(
+        &self,
+        task: &str,
+        items: crate::protocol::packed::Packed,
+        call: bool,
+        limits: Limits,
+        retries: u32,
+    ) -> Result<Arc<Job>> {
+        let handle = self.with_limits(limits).with_retries(retries);
+        let job = handle.job(task, items.len())?;
+        let send_as = if call && items.len() == 1 {
+            chunk::SendAs::Call
+        } else {
+            chunk::SendAs::Batch
+        };
+        handle.submit(&job, 0, [items], send_as)?;
+        Ok(job)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::protocol::packed::Packed;
 use crate::values::encode_args;
 
 /// Encodes every item straight into one buffer (no allocation per item).
-pub(super) fn pack<A>(
+pub(crate) fn pack<A>(
     items: impl IntoIterator<Item = A>,
     mut encode: impl FnMut(&mut Vec<u8>, A) -> Result<()>,
 ) -> Result<Packed> {
@@ -35,7 +35,7 @@ const FIRST_GROUP_ITEMS: usize = 64;
 const MAX_GROUP_ITEMS: usize = 8192;
 
 /// Python's default `map` chunk size: the items spread over four chunks per worker.
-pub(super) fn default_chunksize(items: usize, workers: usize) -> usize {
+pub(crate) fn default_chunksize(items: usize, workers: usize) -> usize {
     let per = workers.max(1) * 4;
     let (q, r) = (items / per, items % per);
     (q + usize::from(r != 0)).max(1)

@@ -1,0 +1,194 @@
+//! The cluster's benchmark: the same tiny tasks through Redis (a `redis-server` of its own on
+//! loopback, two `wasmpool worker --join` hosts of one slot each) and on a local pool of two
+//! processes, in the same sitting.
+//!
+//! `cargo bench -p wasmpool-cli --bench cluster [-- --smoke]`
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../tests/cluster/redis.rs"]
+mod redis;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasmpool::{Module, Pool};
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct HostProcess(Child);
+
+impl HostProcess {
+    fn start(url: &str) -> HostProcess {
+        HostProcess(
+            Command::new(env!("CARGO_BIN_EXE_wasmpool"))
+                .args(["worker", "--join", url, "--slots", "1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("wasmpool worker"),
+        )
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Items per second of `f`, which runs `n` items; median of `reps`.
+fn rate(reps: usize, n: usize, mut f: impl FnMut()) -> f64 {
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                n as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let (map_items, calls, trips, reps) = if smoke {
+        (10_000, 200, 50, 1)
+    } else {
+        (1_000_000, 10_000, 1_000, 3)
+    };
+    wasmpool::set_worker_exe(env!("CARGO_BIN_EXE_wasmpool"));
+    let module = Module::load(root().join("examples/testkit")).unwrap();
+    let server = redis::RedisServer::start();
+    let url = server.url();
+    let hosts = [HostProcess::start(&url), HostProcess::start(&url)];
+    let cluster = Pool::builder(&module)
+        .retries(1)
+        .cluster(&url)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.hosts().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the hosts did not join");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let local = Pool::new(&module, 2).unwrap();
+    // Warm: each host has loaded and compiled the module.
+    let _: Vec<u64> = cluster.map_chunked("square", 0..1000u64, 10).unwrap();
+    let _: Vec<u64> = local.map("square", 0..1000u64).unwrap();
+
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |name: &str, cluster: f64, local: f64, unit: &str| {
+        rows.push((
+            name.to_string(),
+            format!("{cluster:.0} {unit}"),
+            format!("{local:.0} {unit} ({:.2}x)", cluster / local),
+        ));
+    };
+
+    let map_c = rate(reps, map_items, || {
+        let v: Vec<u64> = cluster.map("square", 0..map_items as u64).unwrap();
+        assert_eq!(v.len(), map_items);
+    });
+    let map_l = rate(reps, map_items, || {
+        let v: Vec<u64> = local.map("square", 0..map_items as u64).unwrap();
+        assert_eq!(v.len(), map_items);
+    });
+    row(
+        "chunked `map` of tiny tasks (square), default chunk size",
+        map_c,
+        map_l,
+        "items/s",
+    );
+
+    let apply_c = rate(reps, calls, || {
+        let rs: Vec<_> = (0..calls as u64)
+            .map(|i| cluster.apply_async::<_, u64>("square", &(i,)).unwrap())
+            .collect();
+        for r in rs {
+            r.get().unwrap();
+        }
+    });
+    let apply_l = rate(reps, calls, || {
+        let rs: Vec<_> = (0..calls as u64)
+            .map(|i| local.apply_async::<_, u64>("square", &(i,)).unwrap())
+            .collect();
+        for r in rs {
+            r.get().unwrap();
+        }
+    });
+    row(
+        "`apply_async` per item (square), all queued then all read",
+        apply_c,
+        apply_l,
+        "tasks/s",
+    );
+
+    let round_trips = |pool: &dyn Fn() -> u64| {
+        let mut t: Vec<f64> = (0..trips)
+            .map(|_| {
+                let s = Instant::now();
+                pool();
+                s.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        (t[t.len() / 2], t[t.len() * 99 / 100])
+    };
+    let (p50c, p99c) = round_trips(&|| cluster.apply::<_, u64>("square", &(3u64,)).unwrap());
+    let (p50l, p99l) = round_trips(&|| local.apply::<_, u64>("square", &(3u64,)).unwrap());
+    rows.push((
+        "`apply` round trip, p50 / p99".into(),
+        format!("{p50c:.0} / {p99c:.0} µs"),
+        format!("{p50l:.0} / {p99l:.0} µs"),
+    ));
+
+    // A host killed under a task: how long until its result arrives from another host,
+    // less the task's own time.
+    let task_ms = 300u64;
+    let r = cluster
+        .apply_async::<_, u64>("sleep_ms", &(task_ms,))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        assert!(Instant::now() < deadline, "no host claimed the task");
+        let pending = server.command("XPENDING wasmpool:v1:tasks hosts");
+        if let Some(h) = hosts
+            .iter()
+            .find(|h| pending.contains(&format!(":{}:", h.0.id())))
+        {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let killed = Instant::now();
+    // SAFETY: a signal to a child process of this program.
+    unsafe { libc::kill(holder.0.id() as i32, libc::SIGKILL) };
+    assert_eq!(r.get().unwrap(), task_ms);
+    let redelivery = killed.elapsed().as_secs_f64() - task_ms as f64 / 1e3;
+    rows.push((
+        "dead host → its task's result from another host (less the task's 0.3 s)".into(),
+        format!("{redelivery:.2} s"),
+        "—".into(),
+    ));
+    let s = cluster.stats().unwrap();
+
+    println!("| workload | through Redis (2 hosts × 1 slot) | local pool of 2 (cluster / local) |");
+    println!("|---|---|---|");
+    for (name, c, l) in rows {
+        println!("| {name} | {c} | {l} |");
+    }
+    println!(
+        "\ncommitted {}, dropped {}, redelivered {}, lost {}",
+        s.committed, s.dropped, s.redelivered, s.lost
+    );
+}

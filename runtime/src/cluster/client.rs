@@ -1,0 +1,1009 @@
+//! The submitting side: [`ClusterPool`], a pool whose chunks go to Redis and whose results
+//! come back from it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::keys::{Keys, check_layout};
+use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
+use super::wire::{ChunkSpec, Record, parse_record};
+use super::{connect, redis_error, sha256_hex};
+use crate::error::{Error, Result};
+use crate::module::Module;
+use crate::pool::callbacks::Callbacks;
+use crate::pool::imap::ImapSink;
+use crate::pool::job::{
+    AsyncResult, Completion, Hook, Job, Slot, TaskOptions, finish_all, finish_one,
+};
+use crate::pool::submit::{default_chunksize, pack};
+use crate::pool::{Imap, check_chunksize};
+use crate::protocol::Limits;
+use crate::protocol::packed::Packed;
+use crate::values::{encode_arg_into, encode_args, encode_args_into};
+
+/// How long results are kept in Redis by default (an hour), for a submitter that is slow to
+/// read them or gone.
+const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a submitter waits for a Redis it lost before it fails every pending result, by
+/// default.
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a module's bytes are kept in Redis after the last submission that used it.
+const MODULE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Options for a [`ClusterPool`]: `Pool::builder(&module).cluster(url)`, then these, then
+/// [`build`](ClusterBuilder::build).
+#[derive(Debug)]
+pub struct ClusterBuilder {
+    module: Module,
+    url: String,
+    limits: Limits,
+    retries: u32,
+    slots_hint: Option<usize>,
+    result_ttl: Duration,
+    redis_timeout: Duration,
+    error: Option<Error>,
+}
+
+impl ClusterBuilder {
+    pub(crate) fn new(
+        module: Module,
+        url: &str,
+        limits: Limits,
+        retries: u32,
+        slots_hint: Option<usize>,
+        error: Option<Error>,
+    ) -> ClusterBuilder {
+        ClusterBuilder {
+            module,
+            url: url.to_string(),
+            limits,
+            retries,
+            slots_hint,
+            result_ttl: DEFAULT_RESULT_TTL,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            error,
+        }
+    }
+
+    /// How long results (and a job's record) are kept in Redis (default one hour): a
+    /// submitter that goes away leaves nothing behind for longer. At least a second.
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    /// How long pending results wait for a Redis that stopped answering before they fail
+    /// (default 30 s); they resume if it answers again within that.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// Connects to Redis, checks its keys are this version's, stores the module (once, by
+    /// its SHA-256), and returns the pool. Fails with [`Error::Cluster`], within a few
+    /// seconds, when Redis cannot be reached or holds another version's keys.
+    pub fn build(self) -> Result<ClusterPool> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.limits.check().map_err(Error::State)?;
+        if self.result_ttl < Duration::from_secs(1) {
+            return Err(Error::State(
+                "the result TTL must be at least a second".into(),
+            ));
+        }
+        let keys = Keys::default();
+        let url = self.url;
+        let mut con = connect(&url)?;
+        check_layout(&mut con, &keys, &url)?;
+        let sha = sha256_hex(self.module.bytes());
+        store_module(&mut con, &keys, &url, &sha, self.module.bytes())?;
+        let n: u64 = redis::cmd("INCR")
+            .arg(keys.clients())
+            .query(&mut con)
+            .map_err(|e| redis_error(&url, "naming this submitter", e))?;
+        // The number is unique while Redis keeps its data; the tag, after it lost them.
+        let client = format!("c{n}x{}", super::tag());
+        let stop = Arc::new(AtomicBool::new(false));
+        let liveness = Arc::new(Liveness::default());
+        let counts = Arc::new(ReapCounts::default());
+        let inner = Arc::new(Inner {
+            url: url.clone(),
+            results_key: keys.results(&client),
+            keys: keys.clone(),
+            client,
+            module: self.module,
+            sha,
+            slots_hint: self.slots_hint,
+            result_ttl: self.result_ttl,
+            redis_timeout: self.redis_timeout,
+            con: Mutex::new(Some(con)),
+            jobs: Mutex::new(Jobs::default()),
+            outbox: Mutex::new(Vec::new()),
+            outbox_ready: Condvar::new(),
+            changed: Condvar::new(),
+            callbacks: Callbacks::start(),
+            closed: AtomicBool::new(false),
+            stop: stop.clone(),
+        });
+        let mut threads = Vec::new();
+        let reader = inner.clone();
+        threads.push(spawn("wasmpool-cluster-results", move || {
+            reader.read_results()
+        })?);
+        let sender = inner.clone();
+        threads.push(spawn("wasmpool-cluster-send", move || sender.send_loop())?);
+        let (ttl, l, c, s) = (
+            self.result_ttl,
+            liveness.clone(),
+            counts.clone(),
+            stop.clone(),
+        );
+        threads.push(spawn("wasmpool-cluster-beat", move || {
+            beat_loop(url, keys, BeatAs { host: None }, ttl, l, c, s)
+        })?);
+        let owner = Arc::new(Owner {
+            inner: inner.clone(),
+            threads: Mutex::new(threads),
+        });
+        Ok(ClusterPool {
+            inner,
+            _owner: owner,
+            opts: TaskOptions {
+                retries: self.retries,
+                limits: self.limits,
+                queue: Default::default(),
+            },
+        })
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::io(format!("starting the thread {name}"), e))
+}
+
+/// Stores a module's bytes under their SHA-256, unless they are there, and keeps them for
+/// [`MODULE_TTL`] more.
+fn store_module(
+    con: &mut redis::Connection,
+    keys: &Keys,
+    url: &str,
+    sha: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let key = keys.module(sha);
+    let (_, _): (Option<String>, i64) = redis::pipe()
+        .cmd("SET")
+        .arg(&key)
+        .arg(bytes)
+        .arg("NX")
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(MODULE_TTL.as_secs())
+        .query(con)
+        .map_err(|e| redis_error(url, "storing the module", e))?;
+    Ok(())
+}
+
+/// A pool whose work runs on the hosts of a cluster (see [`crate::cluster`]), built with
+/// `Pool::builder(&module).cluster("redis://HOST:PORT").build()`.
+///
+/// Its methods are the local [`Pool`](crate::Pool)'s and return the same
+/// [`AsyncResult`]s and [`Imap`]s: results come in order, a task's error is the error it is
+/// locally, and a host that dies mid-chunk has its chunks run again elsewhere (with
+/// retries), or failed with [`Error::WorkerLost`] (retries 0: work that may not run twice).
+///
+/// ```no_run
+/// use wasmpool::{Module, Pool};
+///
+/// let module = Module::load("examples/testkit")?;
+/// // Hosts joined with `wasmpool worker --join redis://127.0.0.1:6379 --slots 4`.
+/// let pool = Pool::builder(&module).retries(1).cluster("redis://127.0.0.1:6379").build()?;
+/// let squares: Vec<u64> = pool.map("square", 0..1000u64)?;
+/// assert_eq!(squares[999], 998_001);
+/// assert_eq!(pool.apply::<_, i64>("add", &(2, 3))?, 5);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), wasmpool::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClusterPool {
+    inner: Arc<Inner>,
+    _owner: Arc<Owner>,
+    opts: TaskOptions,
+}
+
+/// What the cluster's Redis has counted since it started (for every pool and host on it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Chunks whose results were committed.
+    pub committed: u64,
+    /// Results refused by the fence: from a host presumed dead whose chunk was given to
+    /// another (a late result, never committed twice).
+    pub dropped: u64,
+    /// Chunks of dead hosts run again elsewhere.
+    pub redelivered: u64,
+    /// Chunks of dead hosts failed as lost (their retries spent).
+    pub lost: u64,
+}
+
+/// Stops the threads and fails what is pending when the last handle goes.
+#[derive(Debug)]
+struct Owner {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.inner.fail_all("the pool was dropped");
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.outbox_ready.notify_all();
+        for t in std::mem::take(&mut *self.inner_threads()) {
+            let _ = t.join();
+        }
+        // Results still to come for this submitter have nobody to read them.
+        if let Some(con) = self.inner.lock_con().as_mut() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(&self.inner.results_key).query(con);
+        }
+        self.inner.callbacks.stop();
+    }
+}
+
+impl Owner {
+    fn inner_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Chunks of one submission, waiting for the sender.
+#[derive(Debug)]
+struct Outgoing {
+    id: String,
+    first_chunk: u32,
+    parts: Vec<(usize, Packed)>,
+    call: bool,
+    job: Arc<Job>,
+}
+
+/// A job with chunks in the cluster.
+#[derive(Debug)]
+struct Running {
+    job: Arc<Job>,
+    /// Chunks not yet answered: index → (first item, items).
+    chunks: HashMap<u32, (usize, usize)>,
+    next_chunk: u32,
+}
+
+#[derive(Debug, Default)]
+struct Jobs {
+    next: u64,
+    by_id: HashMap<String, Running>,
+    /// A job's id, by the address of its `Job` (alive while it is in `by_id`).
+    by_ptr: HashMap<usize, String>,
+}
+
+impl Jobs {
+    /// Forgets job `id` if none of its chunks is out and it has finished.
+    fn forget_if_done(&mut self, id: &str) {
+        if let Some(r) = self.by_id.get(id)
+            && r.chunks.is_empty()
+            && r.job.finished()
+        {
+            let ptr = Arc::as_ptr(&r.job) as usize;
+            self.by_id.remove(id);
+            self.by_ptr.remove(&ptr);
+        }
+    }
+}
+
+struct Inner {
+    url: String,
+    keys: Keys,
+    client: String,
+    results_key: String,
+    module: Module,
+    sha: String,
+    slots_hint: Option<usize>,
+    result_ttl: Duration,
+    redis_timeout: Duration,
+    /// The connection submissions use (`None` after it failed, until the next one).
+    con: Mutex<Option<redis::Connection>>,
+    jobs: Mutex<Jobs>,
+    /// Chunks submitted and not yet sent.
+    outbox: Mutex<Vec<Outgoing>>,
+    outbox_ready: Condvar,
+    /// Notified when a job is forgotten (every chunk answered).
+    changed: Condvar,
+    callbacks: Callbacks,
+    closed: AtomicBool,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPool")
+            .field("url", &self.url)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn lock_jobs(&self) -> MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_con(&self) -> MutexGuard<'_, Option<redis::Connection>> {
+        self.con.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the submission connection, connecting first if need be; a connection
+    /// that failed is dropped, so the next call connects again.
+    fn with_con<T>(
+        &self,
+        doing: &str,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let mut con = self.lock_con();
+        let fresh = con.is_none();
+        if fresh {
+            *con = Some(connect(&self.url)?);
+        }
+        let Some(c) = con.as_mut() else {
+            return Err(Error::Cluster("no connection".into()));
+        };
+        let mut f = f;
+        match f(c) {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                *con = None;
+                if fresh {
+                    return Err(redis_error(&self.url, doing, e));
+                }
+                // A connection that went stale (Redis restarted, an idle timeout): once more
+                // on a new one. Sent twice, a chunk may run twice; it is committed once.
+                let mut c = connect(&self.url)?;
+                let v = f(&mut c).map_err(|e| redis_error(&self.url, doing, e))?;
+                *con = Some(c);
+                Ok(v)
+            }
+            Err(e) => Err(redis_error(&self.url, doing, e)),
+        }
+    }
+
+    /// Queues `parts` (first item, items) of `job` for the sender, which sends them to the
+    /// cluster, one stream entry each. Fails only when the pool is closed; a chunk that
+    /// cannot be sent fails its items.
+    fn submit(&self, job: &Arc<Job>, parts: Vec<(usize, Packed)>, call: bool) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::State(
+                "the pool is closed: no new work is accepted".into(),
+            ));
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let (id, first_chunk) = {
+            let mut jobs = self.lock_jobs();
+            let ptr = Arc::as_ptr(job) as usize;
+            let id = match jobs.by_ptr.get(&ptr) {
+                Some(id) => id.clone(),
+                None => {
+                    jobs.next += 1;
+                    let id = format!("{}.{}", self.client, jobs.next);
+                    jobs.by_ptr.insert(ptr, id.clone());
+                    jobs.by_id.insert(
+                        id.clone(),
+                        Running {
+                            job: job.clone(),
+                            chunks: HashMap::new(),
+                            next_chunk: 0,
+                        },
+                    );
+                    id
+                }
+            };
+            let Some(running) = jobs.by_id.get_mut(&id) else {
+                return Err(Error::State("the job is gone".into()));
+            };
+            let first_chunk = running.next_chunk;
+            for (i, (first, items)) in parts.iter().enumerate() {
+                running
+                    .chunks
+                    .insert(first_chunk + i as u32, (*first, items.len()));
+            }
+            running.next_chunk += parts.len() as u32;
+            (id, first_chunk)
+        };
+        self.lock_outbox().push(Outgoing {
+            id,
+            first_chunk,
+            parts,
+            call,
+            job: job.clone(),
+        });
+        self.outbox_ready.notify_one();
+        Ok(())
+    }
+
+    fn lock_outbox(&self) -> MutexGuard<'_, Vec<Outgoing>> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sender: sends what the submissions queued, all that is queued in one pipeline
+    /// (many `apply_async` calls cost one round trip), until stopped.
+    fn send_loop(&self) {
+        loop {
+            let batch = {
+                let mut out = self.lock_outbox();
+                while out.is_empty() && !self.stop.load(Ordering::Relaxed) {
+                    out = self
+                        .outbox_ready
+                        .wait_timeout(out, Duration::from_millis(200))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                if out.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut *out)
+            };
+            if let Err(e) = self.send(&batch) {
+                // Whether any entry went out is unknown: the chunks fail here, so that
+                // nothing waits on them (a result that comes anyway is ignored).
+                let mut jobs = self.lock_jobs();
+                for out in &batch {
+                    if let Some(running) = jobs.by_id.get_mut(&out.id) {
+                        for i in 0..out.parts.len() as u32 {
+                            if let Some((first, n)) = running.chunks.remove(&(out.first_chunk + i))
+                            {
+                                running
+                                    .job
+                                    .complete_run(first, n, Slot::Aborted(e.to_string()));
+                            }
+                        }
+                        self.callbacks.run_hooks(&running.job);
+                    }
+                    jobs.forget_if_done(&out.id);
+                }
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    /// Sends queued chunks, one stream entry each, in one pipeline.
+    fn send(&self, batch: &[Outgoing]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        let tasks = self.keys.tasks();
+        for out in batch {
+            let job = &out.job;
+            for (i, (_, items)) in out.parts.iter().enumerate() {
+                let spec = ChunkSpec {
+                    module: self.sha.clone(),
+                    task: job.task.to_string(),
+                    items: items.clone(),
+                    call: out.call,
+                    limits: job.opts.limits,
+                };
+                let payload = postcard::to_stdvec(&spec)
+                    .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
+                pipe.cmd("XADD")
+                    .arg(&tasks)
+                    .arg("*")
+                    .arg("j")
+                    .arg(&out.id)
+                    .arg("c")
+                    .arg(out.first_chunk + i as u32)
+                    .arg("a")
+                    .arg(0)
+                    .arg("r")
+                    .arg(&self.client)
+                    .arg("n")
+                    .arg(job.opts.retries)
+                    .arg("t")
+                    .arg(self.result_ttl.as_millis() as u64)
+                    .arg("p")
+                    .arg(payload)
+                    .ignore();
+            }
+        }
+        pipe.cmd("EXPIRE")
+            .arg(self.keys.module(&self.sha))
+            .arg(MODULE_TTL.as_secs());
+        let (kept,) = self.with_con("submitting chunks", |c| pipe.query::<(i64,)>(c))?;
+        if kept == 0 {
+            // The module expired (a pool idle for a day): store it again.
+            self.with_con("storing the module", |c| {
+                redis::cmd("SET")
+                    .arg(self.keys.module(&self.sha))
+                    .arg(self.module.bytes())
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(MODULE_TTL.as_secs())
+                    .query::<Option<String>>(c)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The result reader: takes this submitter's records from Redis and records them in
+    /// their jobs, until stopped. A Redis lost for longer than the timeout fails what is
+    /// pending.
+    fn read_results(&self) {
+        let mut con: Option<redis::Connection> = None;
+        let mut down_since: Option<Instant> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            if con.is_none() {
+                match connect(&self.url) {
+                    Ok(c) => {
+                        con = Some(c);
+                        down_since = None;
+                    }
+                    Err(e) => {
+                        self.note_down(&mut down_since, &e.to_string());
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = con.as_mut() else { continue };
+            let got: redis::RedisResult<Option<(String, Vec<u8>)>> =
+                redis::cmd("BLPOP").arg(&self.results_key).arg(0.5).query(c);
+            match got {
+                Ok(None) => {
+                    // A Redis that restarted without its data has lost the chunks in it:
+                    // what waits on them would wait for ever.
+                    let kept: redis::RedisResult<bool> =
+                        redis::cmd("EXISTS").arg(self.keys.clients()).query(c);
+                    if kept.is_ok_and(|k| !k) {
+                        self.fail_all(&format!(
+                            "the cluster's Redis at {} lost its data (restarted without \
+                             persistence?), and the chunks in it with it",
+                            self.url
+                        ));
+                        let _: redis::RedisResult<()> =
+                            redis::cmd("INCR").arg(self.keys.clients()).query(c);
+                        let _ = check_layout(c, &self.keys, &self.url);
+                        let _ =
+                            store_module(c, &self.keys, &self.url, &self.sha, self.module.bytes());
+                    }
+                }
+                Ok(Some((_, first))) => {
+                    let more: Vec<Vec<u8>> = redis::cmd("LPOP")
+                        .arg(&self.results_key)
+                        .arg(1000)
+                        .query(c)
+                        .unwrap_or_default();
+                    self.record(std::iter::once(first).chain(more));
+                }
+                Err(e) => {
+                    con = None;
+                    self.note_down(
+                        &mut down_since,
+                        &redis_error(&self.url, "reading results", e).to_string(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Redis did not answer: once it has not for the timeout, every pending result fails.
+    fn note_down(&self, since: &mut Option<Instant>, why: &str) {
+        let t = *since.get_or_insert_with(Instant::now);
+        if t.elapsed() >= self.redis_timeout {
+            self.fail_all(&format!(
+                "the cluster's Redis did not answer for {:?}, so these results are not \
+                 coming: {why}",
+                self.redis_timeout
+            ));
+            *since = Some(Instant::now());
+        }
+    }
+
+    /// Records records read from the result list.
+    fn record(&self, records: impl Iterator<Item = Vec<u8>>) {
+        let mut jobs = self.lock_jobs();
+        for bytes in records {
+            let Some(record) = parse_record(&bytes) else {
+                tracing::warn!("cluster: a result record this version cannot read");
+                continue;
+            };
+            let (id, chunk) = match &record {
+                Record::Committed { job, chunk, .. } | Record::Lost { job, chunk, .. } => {
+                    (job.clone(), *chunk)
+                }
+            };
+            let Some(running) = jobs.by_id.get_mut(&id) else {
+                continue;
+            };
+            let Some((first, n)) = running.chunks.remove(&chunk) else {
+                continue;
+            };
+            let job = running.job.clone();
+            let recorded = match record {
+                Record::Committed { result, .. } => result.record(&job, first, n),
+                Record::Lost { host, .. } => job.complete_run(
+                    first,
+                    n,
+                    Slot::Lost {
+                        pid: host_pid(&host),
+                        signal: None,
+                        reason: format!(
+                            "on cluster host `{host}` was lost: the host stopped renewing its \
+                             lease (killed, or cut off from Redis), and the work may not run \
+                             twice (retries 0)"
+                        ),
+                    },
+                ),
+            };
+            if recorded > 0 {
+                self.callbacks.run_hooks(&job);
+            }
+            jobs.forget_if_done(&id);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Fails every pending chunk with `why`, and forgets them.
+    fn fail_all(&self, why: &str) {
+        let mut jobs = self.lock_jobs();
+        for running in jobs.by_id.values_mut() {
+            for (_, (first, n)) in running.chunks.drain() {
+                running
+                    .job
+                    .complete_run(first, n, Slot::Aborted(why.to_string()));
+            }
+            self.callbacks.run_hooks(&running.job);
+        }
+        let ids: Vec<String> = jobs.by_id.keys().cloned().collect();
+        for id in ids {
+            jobs.forget_if_done(&id);
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// Redis's time, the hosts' leases, and their slots.
+type HostsReply = ((u64, u64), Vec<(String, f64)>, HashMap<String, usize>);
+
+/// The pid in a host id (`HOSTNAME:PID:TAG`), or 0.
+fn host_pid(host: &str) -> u32 {
+    host.split(':')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+impl ImapSink for ClusterPool {
+    fn slots(&self) -> usize {
+        self.slots_or_default()
+    }
+
+    fn submit_part(&self, job: &Arc<Job>, first: usize, part: Packed) -> Result<()> {
+        self.inner.submit(job, vec![(first, part)], false)
+    }
+}
+
+impl ClusterPool {
+    /// A handle whose submissions are run again up to `n` times when their host (or
+    /// worker) dies, rather than failing with [`Error::WorkerLost`]. It shares the pool.
+    pub fn with_retries(&self, n: u32) -> ClusterPool {
+        let mut pool = self.clone();
+        pool.opts.retries = n;
+        pool
+    }
+
+    /// A handle whose submissions run under `limits`. It shares the pool.
+    pub fn with_limits(&self, limits: Limits) -> ClusterPool {
+        let mut pool = self.clone();
+        pool.opts.limits = limits;
+        pool
+    }
+
+    /// The ids of the hosts whose lease is current (`HOSTNAME:PID:TAG`).
+    pub fn hosts(&self) -> Result<Vec<String>> {
+        Ok(self.live_hosts()?.into_iter().map(|(h, _)| h).collect())
+    }
+
+    /// The live hosts and their slots.
+    fn live_hosts(&self) -> Result<Vec<(String, usize)>> {
+        let keys = &self.inner.keys;
+        let ((secs, micros), leases, slots): HostsReply =
+            self.inner.with_con("listing hosts", |c| {
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("ZRANGE")
+                    .arg(keys.hosts())
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .cmd("HGETALL")
+                    .arg(keys.slots())
+                    .query(c)
+            })?;
+        let now = (secs * 1000 + micros / 1000) as f64;
+        Ok(leases
+            .into_iter()
+            .filter(|(_, lease)| *lease >= now)
+            .map(|(h, _)| {
+                let n = slots.get(&h).copied().unwrap_or(1);
+                (h, n)
+            })
+            .collect())
+    }
+
+    /// The slots of the live hosts together (what the default chunk size spreads over), or
+    /// the builder's `processes`, or 1 when none can be counted.
+    fn slots_or_default(&self) -> usize {
+        if let Some(n) = self.inner.slots_hint {
+            return n.max(1);
+        }
+        self.live_hosts()
+            .map(|h| h.iter().map(|(_, n)| n).sum::<usize>())
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    /// What the cluster's Redis has counted (see [`ClusterStats`]).
+    pub fn stats(&self) -> Result<ClusterStats> {
+        let m: HashMap<String, u64> = self.inner.with_con("reading the stats", |c| {
+            redis::cmd("HGETALL").arg(self.inner.keys.stats()).query(c)
+        })?;
+        let get = |k: &str| m.get(k).copied().unwrap_or(0);
+        Ok(ClusterStats {
+            committed: get("committed"),
+            dropped: get("dropped"),
+            redelivered: get("redelivered"),
+            lost: get("lost"),
+        })
+    }
+
+    /// A job of `items` items of `task`, run as this handle says.
+    fn job(&self, task: &str, items: usize) -> Result<Arc<Job>> {
+        self.inner.module.check_task(task)?;
+        self.opts.limits.check().map_err(Error::State)?;
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(Error::State(
+                "the pool is closed: no new work is accepted".into(),
+            ));
+        }
+        Ok(Job::new(
+            Arc::from(task),
+            self.inner.module.clone(),
+            self.opts,
+            items,
+            self.inner.callbacks.thread(),
+        ))
+    }
+
+    /// Runs `task(*args)` on a host and waits for its result (Python's `apply`).
+    pub fn apply<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: &A,
+    ) -> Result<R> {
+        self.apply_async(task, args)?.get()
+    }
+
+    /// Queues `task(*args)` and returns at once (Python's `apply_async`).
+    pub fn apply_async<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: &A,
+    ) -> Result<AsyncResult<R>> {
+        let job = self.submit_call(task, args, None)?;
+        Ok(AsyncResult::new(job, finish_one::<R>))
+    }
+
+    /// As [`apply_async`](ClusterPool::apply_async), with a `callback` and an
+    /// `error_callback`, run on this pool's callback thread as
+    /// [`Pool::apply_async_with`](crate::Pool::apply_async_with) runs them.
+    pub fn apply_async_with<A, R, C, E>(
+        &self,
+        task: &str,
+        args: &A,
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<R>>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + 'static,
+        C: FnOnce(R) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        let run: Completion = Box::new(move |job: &Job| match finish_one::<R>(job) {
+            Ok(v) => callback(v),
+            Err(e) => error_callback(e),
+        });
+        let job = self.submit_call(task, args, Some(Hook { run, gating: true }))?;
+        Ok(AsyncResult::new(job, finish_one::<R>))
+    }
+
+    fn submit_call<A: Serialize + ?Sized>(
+        &self,
+        task: &str,
+        args: &A,
+        hook: Option<Hook>,
+    ) -> Result<Arc<Job>> {
+        let job = self.job(task, 1)?;
+        let args = encode_args(args)?;
+        if let Some(hook) = hook {
+            let _ = job.add_hook(hook);
+        }
+        self.inner
+            .submit(&job, vec![(0, Packed::one(&args))], true)?;
+        Ok(job)
+    }
+
+    /// Applies `task` to every item and returns the results in order, or the first error
+    /// (Python's `map`); the items travel in chunks, one stream entry each.
+    pub fn map<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>> {
+        self.map_async(task, items, None)?.get()
+    }
+
+    /// [`map`](ClusterPool::map) with an explicit chunk size.
+    pub fn map_chunked<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>> {
+        self.map_async(task, items, Some(chunksize))?.get()
+    }
+
+    /// Queues a `map` and returns at once (Python's `map_async`). The default chunk size
+    /// spreads the items over four chunks per slot of the live hosts.
+    pub fn map_async<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let packed = pack(items, |buf, a| encode_arg_into(buf, &a))?;
+        let job = self.submit_packed(task, packed, chunksize)?;
+        Ok(AsyncResult::new(job, finish_all::<R>))
+    }
+
+    /// Like [`map`](ClusterPool::map), but each item is a tuple of arguments (Python's
+    /// `starmap`).
+    pub fn starmap<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>> {
+        self.starmap_async(task, items, None)?.get()
+    }
+
+    /// Queues a `starmap` and returns at once (Python's `starmap_async`).
+    pub fn starmap_async<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let packed = pack(items, |buf, a| encode_args_into(buf, &a))?;
+        let job = self.submit_packed(task, packed, chunksize)?;
+        Ok(AsyncResult::new(job, finish_all::<R>))
+    }
+
+    fn submit_packed(
+        &self,
+        task: &str,
+        items: Packed,
+        chunksize: Option<usize>,
+    ) -> Result<Arc<Job>> {
+        if let Some(c) = chunksize {
+            check_chunksize(c)?;
+        }
+        let job = self.job(task, items.len())?;
+        if items.is_empty() {
+            return Ok(job);
+        }
+        let chunksize =
+            chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.slots_or_default()));
+        let parts = if items.len() <= chunksize {
+            vec![items]
+        } else {
+            items.split(chunksize)
+        };
+        let mut first = 0;
+        let parts = parts
+            .into_iter()
+            .map(|p| {
+                let at = first;
+                first += p.len();
+                (at, p)
+            })
+            .collect();
+        self.inner.submit(&job, parts, false)?;
+        Ok(job)
+    }
+
+    /// A lazy, ordered `map` (Python's `imap`, chunk size 1), with memory bounded as
+    /// [`Pool::imap`](crate::Pool::imap)'s.
+    pub fn imap<'a, A: Serialize + 'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'a,
+    ) -> Result<Imap<'a, R>> {
+        self.imap_chunked(task, items, 1)
+    }
+
+    /// [`imap`](ClusterPool::imap) with an explicit chunk size.
+    pub fn imap_chunked<'a, A: Serialize + 'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'a,
+        chunksize: usize,
+    ) -> Result<Imap<'a, R>> {
+        check_chunksize(chunksize)?;
+        let job = self.job(task, 0)?;
+        let input = items.into_iter().map(|a| encode_args(&(a,)));
+        Ok(Imap::new(self, job, Box::new(input), chunksize, true))
+    }
+
+    /// As [`imap_chunked`](ClusterPool::imap_chunked), with results as they finish
+    /// (Python's `imap_unordered`).
+    pub fn imap_unordered<'a, A: Serialize + 'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'a,
+        chunksize: usize,
+    ) -> Result<Imap<'a, R>> {
+        check_chunksize(chunksize)?;
+        let job = self.job(task, 0)?;
+        let input = items.into_iter().map(|a| encode_args(&(a,)));
+        Ok(Imap::new(self, job, Box::new(input), chunksize, false))
+    }
+
+    /// Stops accepting work; what was submitted still runs (Python's `close`).
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops accepting work and fails what is pending here at once (Python's `terminate`).
+    /// The hosts finish the chunks they hold; their results are not read.
+    pub fn terminate(&self) {
+        self.close();
+        self.inner.fail_all("the pool was terminated");
+    }
+
+    /// Waits until every result submitted has come back and its callbacks have run; needs
+    /// [`close`](ClusterPool::close) or [`terminate`](ClusterPool::terminate) first.
+    pub fn join(&self) -> Result<()> {
+        if !self.inner.closed.load(Ordering::Relaxed) {
+            return Err(Error::State(
+                "join() needs close() or terminate() first".into(),
+            ));
+        }
+        let mut jobs = self.inner.lock_jobs();
+        while !jobs.by_id.is_empty() {
+            jobs = self
+                .inner
+                .changed
+                .wait_timeout(jobs, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(jobs);
+        self.inner.callbacks.wait_all_run();
+        Ok(())
+    }
+}

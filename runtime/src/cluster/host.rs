@@ -1,0 +1,601 @@
+//! A host of a cluster: claims chunks from Redis, runs them in a local [`Pool`], and commits
+//! their results, fenced by attempt. What `wasmpool worker --join` runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::keys::{GROUP, Keys, check_layout};
+use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
+use super::scripts::Scripts;
+use super::wire::{ChunkResult, ChunkSpec, committed_record};
+use super::{LEASE, connect, redis_error, sha256_hex};
+use crate::error::{Error, Result};
+use crate::module::Module;
+use crate::pool::job::Hook;
+use crate::pool::{Pool, check_processes};
+use crate::protocol::Limits;
+
+/// How long results are kept for an entry that does not say (its submitter's result TTL
+/// travels in each entry).
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// A chunk done this quickly (claim to result) lets a host hold more at once.
+const SHORT_CHUNK: Duration = Duration::from_millis(5);
+
+/// A host of a cluster: `Host::join(url, slots)?.run()` serves until
+/// [`stop`](Host::stop).
+///
+/// It claims at most two chunks per slot at a time (one running, one ready; more while
+/// chunks take only milliseconds), and only while its lease is current: a host that cannot
+/// reach Redis stops claiming.
+#[derive(Debug, Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+/// What one host has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// Chunks it claimed.
+    pub claimed: u64,
+    /// Chunks whose results it committed.
+    pub committed: u64,
+    /// Results of its that the fence refused: it had been presumed dead, and the chunk
+    /// given to another host.
+    pub dropped: u64,
+}
+
+/// A claimed stream entry, what its commit needs.
+#[derive(Debug, Clone)]
+struct Claimed {
+    id: String,
+    job: String,
+    chunk: u32,
+    attempt: String,
+    reply: String,
+    /// How long its submitter's results are kept, in ms.
+    ttl_ms: u64,
+    /// When it was claimed.
+    started: Instant,
+}
+
+struct HostInner {
+    url: String,
+    keys: Keys,
+    id: String,
+    slots: usize,
+    stop: Arc<AtomicBool>,
+    liveness: Arc<Liveness>,
+    /// Chunks claimed and not yet committed.
+    inflight: Mutex<usize>,
+    room: Condvar,
+    /// How long a chunk takes from claim to result, lately (seconds; `None` before one has).
+    recent: Mutex<Option<f64>>,
+    claimed: AtomicU64,
+    committed: AtomicU64,
+    dropped: AtomicU64,
+    /// Local pools, by module SHA-256 and whether they meter fuel.
+    pools: Mutex<HashMap<(String, bool), Pool>>,
+    done: Sender<(Claimed, ChunkResult)>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for HostInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("id", &self.id)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This machine's name, for host ids.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().replace([':', ' '], "-"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+impl Host {
+    /// Joins the cluster at `url` with `slots` local worker processes (1 to
+    /// [`Pool::MAX_PROCESSES`]): checks Redis's keys are this version's, takes a lease,
+    /// and starts renewing it and reaping dead hosts. [`run`](Host::run) then claims work.
+    pub fn join(url: &str, slots: usize) -> Result<Host> {
+        check_processes(slots)?;
+        let keys = Keys::default();
+        let mut con = connect(url)?;
+        check_layout(&mut con, &keys, url)?;
+        let id = format!("{}:{}:{}", hostname(), std::process::id(), super::tag());
+        let scripts = Scripts::default();
+        let _: i64 = scripts
+            .heartbeat
+            .key(keys.hosts())
+            .key(keys.slots())
+            .arg(&id)
+            .arg(LEASE.as_millis() as u64)
+            .arg(slots)
+            .invoke(&mut con)
+            .map_err(|e| redis_error(url, "taking a lease", e))?;
+        let liveness = Arc::new(Liveness::default());
+        liveness.ok();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done, results) = channel();
+        let inner = Arc::new(HostInner {
+            url: url.to_string(),
+            keys: keys.clone(),
+            id: id.clone(),
+            slots,
+            stop: stop.clone(),
+            liveness: liveness.clone(),
+            inflight: Mutex::new(0),
+            room: Condvar::new(),
+            recent: Mutex::new(None),
+            claimed: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            pools: Mutex::new(HashMap::new()),
+            done,
+            threads: Mutex::new(Vec::new()),
+        });
+        let counts = Arc::new(ReapCounts::default());
+        let beat_url = url.to_string();
+        let beat = std::thread::Builder::new()
+            .name("wasmpool-host-beat".into())
+            .spawn(move || {
+                beat_loop(
+                    beat_url,
+                    keys,
+                    BeatAs {
+                        host: Some((id, slots)),
+                    },
+                    DEFAULT_TTL,
+                    liveness,
+                    counts,
+                    stop,
+                )
+            })
+            .map_err(|e| Error::io("starting the host's beat thread", e))?;
+        let committer = inner.clone();
+        let commits = std::thread::Builder::new()
+            .name("wasmpool-host-commit".into())
+            .spawn(move || committer.commit_loop(results))
+            .map_err(|e| Error::io("starting the host's commit thread", e))?;
+        inner.lock_threads().extend([beat, commits]);
+        Ok(Host { inner })
+    }
+
+    /// This host's id in the cluster, `HOSTNAME:PID:TAG`.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// What this host has done so far.
+    pub fn stats(&self) -> HostStats {
+        HostStats {
+            claimed: self.inner.claimed.load(Ordering::Relaxed),
+            committed: self.inner.committed.load(Ordering::Relaxed),
+            dropped: self.inner.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Claims and runs chunks until [`stop`](Host::stop); then waits (up to a lease) for the
+    /// chunks it holds to be committed.
+    pub fn run(&self) -> Result<()> {
+        self.inner.claim_loop();
+        let deadline = Instant::now() + LEASE;
+        let mut n = self.inner.lock_inflight();
+        while *n > 0 && Instant::now() < deadline {
+            n = self
+                .inner
+                .room
+                .wait_timeout(n, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Stops claiming; [`run`](Host::run) returns once the chunks held are committed.
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.room.notify_all();
+    }
+}
+
+impl Drop for HostInner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The string in a reply value.
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// The entries of an `XREADGROUP` reply: (id, fields).
+fn entries(reply: Value) -> Vec<(String, HashMap<String, Vec<u8>>)> {
+    let mut out = Vec::new();
+    let streams = match reply {
+        Value::Array(s) => s,
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return out,
+    };
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
+        let Some(Value::Array(list)) = parts.pop() else {
+            continue;
+        };
+        for entry in list {
+            let Value::Array(mut e) = entry else { continue };
+            if e.len() != 2 {
+                continue;
+            }
+            let fields = e.pop();
+            let Some(id) = e.pop().as_ref().and_then(text) else {
+                continue;
+            };
+            let mut map = HashMap::new();
+            let flat = match fields {
+                Some(Value::Array(f)) => f,
+                Some(Value::Map(m)) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => Vec::new(),
+            };
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                let (Some(k), Value::BulkString(v)) = (text(&k), v) else {
+                    continue;
+                };
+                map.insert(k, v);
+            }
+            out.push((id, map));
+        }
+    }
+    out
+}
+
+impl HostInner {
+    fn lock_inflight(&self) -> MutexGuard<'_, usize> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_recent(&self) -> MutexGuard<'_, Option<f64>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many chunks to hold at once: two per slot (one running, one ready), or, while
+    /// chunks take under a few milliseconds, enough that claiming and committing (a
+    /// round trip each) do not leave the slots idle.
+    fn cap(&self) -> usize {
+        match *self.lock_recent() {
+            Some(t) if t < SHORT_CHUNK.as_secs_f64() => self.slots * 32,
+            _ => self.slots * 2,
+        }
+    }
+
+    fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims entries while there is room and the lease is current.
+    fn claim_loop(self: &Arc<Self>) {
+        let mut con: Option<redis::Connection> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            let cap = self.cap();
+            let free = {
+                let n = self.lock_inflight();
+                let (n, _) = self
+                    .room
+                    .wait_timeout_while(n, Duration::from_millis(200), |n| {
+                        *n >= cap && !self.stop.load(Ordering::Relaxed)
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+                cap.saturating_sub(*n)
+            };
+            if free == 0 || self.stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            // A host that cannot renew its lease claims nothing: what it took would only be
+            // taken from it again.
+            if !self.liveness.fresh(LEASE / 2) {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            if con.is_none() {
+                match connect(&self.url) {
+                    Ok(c) => con = Some(c),
+                    Err(e) => {
+                        tracing::warn!("cluster host: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = con.as_mut() else { continue };
+            let reply: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.id)
+                .arg("COUNT")
+                .arg(free)
+                .arg("BLOCK")
+                .arg(500)
+                .arg("STREAMS")
+                .arg(self.keys.tasks())
+                .arg(">")
+                .query(c);
+            match reply {
+                Ok(reply) => {
+                    for (id, fields) in entries(reply) {
+                        self.start(c, id, fields);
+                    }
+                }
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // Redis lost its data (a restart without persistence): set the stream
+                    // and its group up again.
+                    tracing::warn!("cluster host: the task stream is gone; setting it up again");
+                    if let Err(e) = check_layout(c, &self.keys, &self.url) {
+                        tracing::warn!("cluster host: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cluster host: claiming: {e}");
+                    con = None;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Starts a claimed entry in a local pool; its results go to the commit thread.
+    fn start(
+        self: &Arc<Self>,
+        con: &mut redis::Connection,
+        id: String,
+        f: HashMap<String, Vec<u8>>,
+    ) {
+        let field = |k: &str| f.get(k).and_then(|v| String::from_utf8(v.clone()).ok());
+        let (Some(job), Some(chunk), Some(attempt), Some(reply), Some(retries)) = (
+            field("j"),
+            field("c").and_then(|c| c.parse::<u32>().ok()),
+            field("a"),
+            field("r"),
+            field("n").and_then(|n| n.parse::<u32>().ok()),
+        ) else {
+            // Not an entry of this layout: acknowledge it so it is not claimed again.
+            tracing::warn!("cluster host: entry {id} is not a chunk; dropped");
+            let _: redis::RedisResult<()> = redis::pipe()
+                .cmd("XACK")
+                .arg(self.keys.tasks())
+                .arg(GROUP)
+                .arg(&id)
+                .cmd("XDEL")
+                .arg(self.keys.tasks())
+                .arg(&id)
+                .query(con);
+            return;
+        };
+        let ttl_ms = field("t")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(DEFAULT_TTL.as_millis() as u64);
+        let claimed = Claimed {
+            id,
+            job,
+            chunk,
+            attempt,
+            reply,
+            ttl_ms,
+            started: Instant::now(),
+        };
+        *self.lock_inflight() += 1;
+        self.claimed.fetch_add(1, Ordering::Relaxed);
+        let spec: ChunkSpec = match f.get("p").map(|p| postcard::from_bytes(p)) {
+            Some(Ok(spec)) => spec,
+            _ => {
+                let _ = self.done.send((
+                    claimed,
+                    ChunkResult::failed(1, "the chunk does not decode on this host"),
+                ));
+                return;
+            }
+        };
+        let n = spec.items.len();
+        let fail = |why: String| {
+            let _ = self
+                .done
+                .send((claimed.clone(), ChunkResult::failed(n, &why)));
+        };
+        let pool = match self.pool_for(con, &spec.module, spec.limits.fuel.is_some()) {
+            Ok(pool) => pool,
+            Err(e) => return fail(e.to_string()),
+        };
+        let job = match pool.run_chunk(&spec.task, spec.items, spec.call, spec.limits, retries) {
+            Ok(job) => job,
+            Err(e) => return fail(e.to_string()),
+        };
+        let done = self.done.clone();
+        let meta = claimed.clone();
+        let hook = Hook {
+            run: Box::new(move |job| {
+                let _ = done.send((meta, ChunkResult::from_job(job, n)));
+            }),
+            gating: false,
+        };
+        if let Some(hook) = job.add_hook(hook) {
+            (hook.run)(&job);
+        }
+    }
+
+    /// The local pool for a module, loading it from Redis (and compiling it into this
+    /// host's cache) the first time.
+    fn pool_for(&self, con: &mut redis::Connection, sha: &str, metered: bool) -> Result<Pool> {
+        let key = (sha.to_string(), metered);
+        if let Some(p) = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.module(sha))
+            .query(con)
+            .map_err(|e| redis_error(&self.url, "fetching a module", e))?;
+        let Some(bytes) = bytes else {
+            return Err(Error::Cluster(format!(
+                "module {sha} is not in Redis (expired, or stored under another layout)"
+            )));
+        };
+        if sha256_hex(&bytes) != sha {
+            return Err(Error::Cluster(format!(
+                "the bytes stored for module {sha} have another SHA-256"
+            )));
+        }
+        let module = Module::from_bytes(&bytes, format!("cluster module {sha}"))?;
+        let mut builder = Pool::builder(&module).processes(self.slots);
+        if metered {
+            builder = builder.limits(Limits::default().fuel(u64::MAX));
+        }
+        let pool = builder.build()?;
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pool.clone());
+        Ok(pool)
+    }
+
+    /// Commits finished chunks, in the order they finish, those ready together in one
+    /// pipeline, until the host stops and none is left; a commit that cannot reach Redis is
+    /// sent again (the script tells a repeat of the same attempt from a late result).
+    fn commit_loop(&self, results: Receiver<(Claimed, ChunkResult)>) {
+        let scripts = Scripts::default();
+        let mut con: Option<redis::Connection> = None;
+        loop {
+            let first = match results.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if self.stop.load(Ordering::Relaxed) && *self.lock_inflight() == 0 {
+                        return;
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match results.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let n = batch.len();
+            {
+                let mut recent = self.lock_recent();
+                for (claimed, _) in &batch {
+                    let t = claimed.started.elapsed().as_secs_f64();
+                    *recent = Some(recent.map_or(t, |r| 0.8 * r + 0.2 * t));
+                }
+            }
+            let records: Vec<(Claimed, Vec<u8>)> = batch
+                .into_iter()
+                .filter_map(|(claimed, result)| {
+                    let record = committed_record(&claimed.job, claimed.chunk, &result)
+                        .or_else(|e| {
+                            let n = result.answers.len();
+                            committed_record(
+                                &claimed.job,
+                                claimed.chunk,
+                                &ChunkResult::failed(n, &e.to_string()),
+                            )
+                        })
+                        .ok()?;
+                    Some((claimed, record))
+                })
+                .collect();
+            let started = Instant::now();
+            loop {
+                if con.is_none() {
+                    match connect(&self.url) {
+                        Ok(c) => con = Some(c),
+                        Err(e) => tracing::warn!("cluster host: committing: {e}"),
+                    }
+                }
+                if let Some(c) = con.as_mut() {
+                    let mut pipe = redis::pipe();
+                    pipe.load_script(&scripts.commit).ignore();
+                    for (claimed, record) in &records {
+                        pipe.invoke_script(
+                            scripts
+                                .commit
+                                .key(self.keys.tasks())
+                                .key(self.keys.job(&claimed.job))
+                                .key(self.keys.results(&claimed.reply))
+                                .key(self.keys.stats())
+                                .arg(&claimed.id)
+                                .arg(claimed.chunk)
+                                .arg(&claimed.attempt)
+                                .arg(record)
+                                .arg(claimed.ttl_ms)
+                                .arg(GROUP),
+                        );
+                    }
+                    match pipe.query::<Vec<i64>>(c) {
+                        Ok(answers) => {
+                            for ((claimed, _), answer) in records.iter().zip(answers) {
+                                match answer {
+                                    1 | 2 => {
+                                        self.committed.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    _ => {
+                                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                                        tracing::info!(
+                                            "cluster host: the result of chunk {} of job {} \
+                                             (attempt {}) was dropped: the chunk was given to \
+                                             another host",
+                                            claimed.chunk,
+                                            claimed.job,
+                                            claimed.attempt
+                                        );
+                                    }
+                                }
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("cluster host: committing: {e}");
+                            con = None;
+                        }
+                    }
+                }
+                // Past a few leases the chunks are someone else's: their results would be
+                // refused.
+                if started.elapsed() > LEASE * 15 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            *self.lock_inflight() -= n;
+            self.room.notify_all();
+        }
+    }
+}

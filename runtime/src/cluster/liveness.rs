@@ -1,0 +1,156 @@
+//! The beat every cluster process runs: a host renews its lease, a submitter checks that it
+//! reaches Redis, and either runs the reaper, but only while it can vouch for its own
+//! connection (wasmCloud#5502's trap: a process cut off from the engine must not declare
+//! everybody else dead).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::keys::{GROUP, Keys};
+use super::scripts::Scripts;
+use super::{BEAT, LEASE, MIN_IDLE, connect};
+
+/// When this process last reached Redis, and since when without a gap.
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    state: Mutex<LivenessState>,
+}
+
+#[derive(Debug, Default)]
+struct LivenessState {
+    last_ok: Option<Instant>,
+    /// The start of the current run of beats with no gap longer than half a lease.
+    since: Option<Instant>,
+}
+
+impl Liveness {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LivenessState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A beat reached Redis.
+    pub fn ok(&self) {
+        let mut s = self.lock();
+        let now = Instant::now();
+        // A gap (a failed beat, a slow one, this process stopped, Redis paused) starts the
+        // run anew: leases others could not renew meanwhile are not theirs to lose.
+        if s.last_ok.is_none_or(|t| now - t > LEASE / 2) {
+            s.since = Some(now);
+        }
+        s.last_ok = Some(now);
+    }
+
+    /// A beat failed.
+    pub fn failed(&self) {
+        let mut s = self.lock();
+        s.since = None;
+    }
+
+    /// Whether the last beat to reach Redis was within `within`.
+    pub fn fresh(&self, within: Duration) -> bool {
+        let s = self.lock();
+        s.since.is_some() && s.last_ok.is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// Whether this process may judge other hosts' leases: its beats have reached Redis
+    /// with no gap for a whole lease.
+    pub fn may_judge(&self) -> bool {
+        let s = self.lock();
+        s.since.is_some_and(|t| t.elapsed() >= LEASE)
+            && s.last_ok.is_some_and(|t| t.elapsed() < LEASE / 2)
+    }
+}
+
+/// What the beat renews: a host's lease, or nothing (a submitter only reaps).
+#[derive(Debug, Clone)]
+pub(crate) struct BeatAs {
+    pub host: Option<(String, usize)>,
+}
+
+/// Counts of what this process's reaper did.
+#[derive(Debug, Default)]
+pub(crate) struct ReapCounts {
+    pub redelivered: std::sync::atomic::AtomicU64,
+    pub lost: std::sync::atomic::AtomicU64,
+}
+
+/// Beats every [`BEAT`] until `stop`: renews the lease (a host), then reaps if this process
+/// may judge others.
+pub(crate) fn beat_loop(
+    url: String,
+    keys: Keys,
+    beat_as: BeatAs,
+    result_ttl: Duration,
+    liveness: Arc<Liveness>,
+    counts: Arc<ReapCounts>,
+    stop: Arc<AtomicBool>,
+) {
+    let scripts = Scripts::default();
+    let mut con: Option<redis::Connection> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        if con.is_none() {
+            match connect(&url) {
+                Ok(c) => con = Some(c),
+                Err(e) => {
+                    tracing::warn!("cluster beat: {e}");
+                    liveness.failed();
+                }
+            }
+        }
+        if let Some(c) = con.as_mut() {
+            let beat: redis::RedisResult<i64> = match &beat_as.host {
+                Some((host, slots)) => scripts
+                    .heartbeat
+                    .key(keys.hosts())
+                    .key(keys.slots())
+                    .arg(host)
+                    .arg(LEASE.as_millis() as u64)
+                    .arg(*slots)
+                    .invoke(c),
+                None => redis::cmd("TIME").query::<(i64, i64)>(c).map(|(s, _)| s),
+            };
+            match beat {
+                Ok(_) => {
+                    liveness.ok();
+                    if liveness.may_judge() {
+                        let reaped: redis::RedisResult<(u64, u64)> = scripts
+                            .reap
+                            .key(keys.hosts())
+                            .key(keys.tasks())
+                            .key(keys.stats())
+                            .key(keys.slots())
+                            .arg(GROUP)
+                            .arg(MIN_IDLE.as_millis() as u64)
+                            .arg(keys.prefix())
+                            .arg(result_ttl.as_millis() as u64)
+                            .arg(1000)
+                            .invoke(c);
+                        match reaped {
+                            Ok((moved, lost)) => {
+                                if moved + lost > 0 {
+                                    tracing::info!(
+                                        "cluster reaper: {moved} chunks of dead hosts redelivered, {lost} failed as lost"
+                                    );
+                                }
+                                counts.redelivered.fetch_add(moved, Ordering::Relaxed);
+                                counts.lost.fetch_add(lost, Ordering::Relaxed);
+                            }
+                            Err(e) => tracing::warn!("cluster reaper: {e}"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cluster beat: {e}");
+                    liveness.failed();
+                    con = None;
+                }
+            }
+        }
+        // The next beat a BEAT after this one started, in short sleeps so `stop` is prompt.
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < BEAT {
+            std::thread::sleep((BEAT - started.elapsed().min(BEAT)).min(Duration::from_millis(50)));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! A cluster: one pool's work run on many hosts through Redis.
+//!
+//! A submitting program builds a [`ClusterPool`] (`Pool::builder(&module).cluster(url)`) and
+//! uses it as a local [`Pool`](crate::Pool): `map`, `starmap`, `imap`, `apply_async` and
+//! their results are the same types, and a task's error is the same error. Hosts join with
+//! `wasmpool worker --join redis://HOST:PORT --slots N` (or [`Host::join`] in a program):
+//! each claims chunks from Redis and runs them in a local pool of N worker processes.
+//!
+//! How it works, in Redis (keys in `keys.rs`, scripts in `scripts.rs`):
+//! - Modules travel by SHA-256: the submitter stores the component once (`SET NX`), each
+//!   host fetches it and compiles it into its own cache.
+//! - A map chunk (or one `apply_async` call) is one entry of a stream read through a
+//!   consumer group; a host claims entries with `XREADGROUP`.
+//! - A host renews a lease every 500 ms (Redis server time, `TIME`, in a script); it stops
+//!   claiming when it cannot, and only a process whose own Redis calls have all succeeded
+//!   for a whole lease judges other hosts dead (so one cut off from Redis, or just back,
+//!   declares nobody dead).
+//! - Every live host and every submitter runs the reaper: the entries of a host whose
+//!   lease has expired are added again with their attempt one higher within about 2.5 s
+//!   (lease 2 s, entries idle at least 2 s, reaper every 500 ms), or, for work that may not
+//!   run twice (retries 0, as locally), failed with [`Error::WorkerLost`].
+//! - A host commits a chunk's results with a script fenced by the attempt: a result whose
+//!   attempt is not the chunk's current one (a host presumed dead, and back) is dropped
+//!   and counted ([`ClusterStats::dropped`]), so no chunk is committed twice.
+//! - Results wait in a list per submitter, and both it and a job's record expire (the
+//!   result TTL, default one hour).
+//!
+//! Why a type of its own rather than a `Pool` with a remote worker set: the local pool's
+//! scheduler is built around worker processes it starts, pipelines to and watches; the
+//! cluster's dispatch is Redis's consumer group, and its failure handling is leases and
+//! fences. Both produce the same [`Job`](crate::AsyncResult)s, so the caller sees one API.
+
+mod client;
+mod host;
+mod keys;
+mod liveness;
+mod scripts;
+mod wire;
+
+use std::time::Duration;
+
+pub use self::client::{ClusterBuilder, ClusterPool, ClusterStats};
+pub use self::host::{Host, HostStats};
+use crate::error::Error;
+
+/// How long a host's lease lasts after each renewal (Redis server time).
+pub const LEASE: Duration = Duration::from_millis(2000);
+
+/// How often a host renews its lease, and how often the reaper runs.
+pub(crate) const BEAT: Duration = Duration::from_millis(500);
+
+/// How long a claimed entry must have been idle before the reaper takes it from a host whose
+/// lease has expired.
+pub(crate) const MIN_IDLE: Duration = Duration::from_millis(2000);
+
+/// How long connecting to Redis may take before it is an error.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one Redis command may take (blocking reads excepted: they ask for less).
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Redis error, with what we were doing and where.
+pub(crate) fn redis_error(url: &str, doing: &str, e: redis::RedisError) -> Error {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        Error::Cluster(format!("{doing}: cannot reach Redis at {url}: {e}"))
+    } else {
+        Error::Cluster(format!("{doing}: Redis at {url} refused it: {e}"))
+    }
+}
+
+/// Opens a connection to `url` with the cluster's timeouts: a clear error, never a hang,
+/// when nothing answers there.
+pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
+    let client = redis::Client::open(url).map_err(|e| {
+        Error::Cluster(format!(
+            "`{url}` is not a Redis URL (redis://HOST:PORT): {e}"
+        ))
+    })?;
+    let con = client
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .map_err(|e| redis_error(url, "connecting", e))?;
+    con.set_read_timeout(Some(COMMAND_TIMEOUT))
+        .and_then(|()| con.set_write_timeout(Some(COMMAND_TIMEOUT)))
+        .map_err(|e| redis_error(url, "connecting", e))?;
+    Ok(con)
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A tag that tells apart ids made with the same number or pid (a restarted container, a
+/// Redis that lost its counters).
+pub(crate) fn tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
+}

@@ -1,0 +1,356 @@
+//! A pool's work on many hosts through Redis: real `redis-server`s started here (loopback,
+//! persistence off), real `wasmpool worker --join` processes, real signals.
+
+mod redis;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use wasmpool::cluster::{ClusterPool, ClusterStats};
+use wasmpool::{Error, Pool};
+
+use self::redis::RedisServer;
+use crate::util::{TempDir, cli, eventually, testkit, within};
+
+/// A `wasmpool worker --join` process, killed when dropped.
+struct WorkerHost {
+    child: Child,
+    _dir: TempDir,
+    log: std::path::PathBuf,
+}
+
+impl WorkerHost {
+    fn start(redis: &RedisServer, slots: usize) -> WorkerHost {
+        let dir = TempDir::new("host");
+        let log = dir.0.join("stderr");
+        let child = cli()
+            .args([
+                "worker",
+                "--join",
+                &redis.url(),
+                "--slots",
+                &slots.to_string(),
+            ])
+            .env("WASMPOOL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("cannot start wasmpool worker");
+        WorkerHost {
+            child,
+            _dir: dir,
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to a child process of this test.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// What it wrote to stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerHost {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cluster_pool(redis: &RedisServer, retries: u32) -> ClusterPool {
+    Pool::builder(&testkit())
+        .retries(retries)
+        .cluster(&redis.url())
+        .build()
+        .expect("a cluster pool")
+}
+
+/// Waits until `n` hosts hold a current lease.
+fn wait_for_hosts(pool: &ClusterPool, n: usize) {
+    assert!(
+        eventually(Duration::from_secs(30), || pool
+            .hosts()
+            .is_ok_and(|h| h.len() >= n)),
+        "{n} hosts did not join: {:?}",
+        pool.hosts()
+    );
+}
+
+/// Whether the host with this pid holds a claimed entry (the consumer group's summary of
+/// pending entries lists it).
+fn holds_work(redis: &RedisServer, pid: u32) -> bool {
+    redis
+        .command("XPENDING wasmpool:v1:tasks hosts")
+        .contains(&format!(":{pid}:"))
+}
+
+fn stats(pool: &ClusterPool) -> ClusterStats {
+    pool.stats().expect("stats")
+}
+
+#[test]
+fn cluster_map_on_two_hosts_returns_every_result_in_order() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let (a, b) = (WorkerHost::start(&redis, 2), WorkerHost::start(&redis, 2));
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 2);
+
+        let squares: Vec<u64> = pool.map("square", 0..20_000u64).unwrap();
+        assert_eq!(squares, (0..20_000u64).map(|x| x * x).collect::<Vec<_>>());
+        let small: Vec<u64> = pool.map_chunked("square", 0..300u64, 7).unwrap();
+        assert_eq!(small, (0..300u64).map(|x| x * x).collect::<Vec<_>>());
+        let sums: Vec<i64> = pool.starmap("add", (0..100i64).map(|i| (i, 1000))).unwrap();
+        assert_eq!(sums, (0..100i64).map(|i| i + 1000).collect::<Vec<_>>());
+        let pending: Vec<_> = (0..20i64)
+            .map(|i| pool.apply_async::<_, i64>("add", &(i, i)).unwrap())
+            .collect();
+        for (i, r) in pending.iter().enumerate() {
+            assert_eq!(r.get().unwrap(), 2 * i as i64);
+        }
+        let it: Vec<u64> = pool
+            .imap_chunked::<_, u64>("square", 0..500u64, 9)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(it, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
+        let mut unordered: Vec<u64> = pool
+            .imap_unordered::<_, u64>("square", 0..100u64, 3)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        unordered.sort();
+        assert_eq!(unordered, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+
+        // Both hosts ran some of it, and each chunk was committed once.
+        let s = stats(&pool);
+        assert_eq!((s.dropped, s.redelivered, s.lost), (0, 0, 0), "{s:?}");
+        assert!(s.committed > 0);
+        // Results and jobs' records expire: no key is left without a TTL.
+        for key in ["wasmpool:v1:job:", "wasmpool:v1:results:"] {
+            let keys = redis.command(&format!("KEYS {key}*"));
+            for name in keys
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| l.starts_with(key))
+            {
+                let ttl = redis.command(&format!("PTTL {name}"));
+                let ms: i64 = ttl.trim().trim_start_matches(':').parse().unwrap_or(-9);
+                assert!(ms > 0, "{name} has no TTL ({ttl:?})");
+            }
+        }
+        pool.close();
+        pool.join().unwrap();
+        assert!(
+            pool.map::<u64, u64>("square", [1]).is_err(),
+            "a closed pool takes no work"
+        );
+        drop((a, b));
+    });
+}
+
+#[test]
+fn a_task_error_on_a_cluster_is_the_error_it_is_locally() {
+    within(Duration::from_secs(120), || {
+        let redis = RedisServer::start();
+        let _host = WorkerHost::start(&redis, 1);
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 1);
+        let local = Pool::new(&testkit(), 1).unwrap();
+
+        let remote = pool.apply::<_, u64>("fail", &("no good",)).unwrap_err();
+        let here = local.apply::<_, u64>("fail", &("no good",)).unwrap_err();
+        assert!(matches!(remote, Error::Task { .. }), "{remote:?}");
+        assert_eq!(remote.to_string(), here.to_string());
+
+        let remote = pool
+            .map::<_, u64>("square_or_panic", [1u64, 2, 13, 4])
+            .unwrap_err();
+        let here = local
+            .map::<_, u64>("square_or_panic", [1u64, 2, 13, 4])
+            .unwrap_err();
+        assert_eq!(remote.to_string(), here.to_string());
+
+        let unknown = pool.apply::<_, u64>("no_such_task", &()).unwrap_err();
+        assert!(matches!(unknown, Error::UnknownTask { .. }), "{unknown:?}");
+    });
+}
+
+#[test]
+fn a_host_killed_mid_map_has_its_chunks_redelivered_and_every_result_arrives_in_order() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let pool = cluster_pool(&redis, 1);
+        let a = WorkerHost::start(&redis, 2);
+        wait_for_hosts(&pool, 1);
+        let items: Vec<u64> = (0..16u64).map(|i| 300 + i).collect();
+        let result = pool
+            .map_async::<_, u64>("sleep_ms", items.clone(), Some(1))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work(&redis, a.pid())),
+            "host A claimed nothing: {}",
+            a.log()
+        );
+        let b = WorkerHost::start(&redis, 2);
+        a.signal(libc::SIGKILL);
+        assert_eq!(result.get().unwrap(), items);
+        let s = stats(&pool);
+        assert!(s.redelivered >= 1, "A's chunks were redelivered: {s:?}");
+        assert_eq!(
+            s.committed,
+            items.len() as u64,
+            "each chunk committed once: {s:?}"
+        );
+        assert_eq!(s.lost, 0, "{s:?}");
+        drop(b);
+    });
+}
+
+#[test]
+fn a_host_stopped_past_its_lease_has_its_late_results_dropped_and_none_committed_twice() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let pool = cluster_pool(&redis, 1);
+        let a = WorkerHost::start(&redis, 1);
+        wait_for_hosts(&pool, 1);
+        let items: Vec<u64> = (0..4u64).map(|i| 1000 + i).collect();
+        let result = pool
+            .map_async::<_, u64>("sleep_ms", items.clone(), Some(1))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work(&redis, a.pid())),
+            "host A claimed nothing: {}",
+            a.log()
+        );
+        a.signal(libc::SIGSTOP);
+        let b = WorkerHost::start(&redis, 1);
+        // A's lease runs out; its chunks go to B.
+        assert!(
+            eventually(Duration::from_secs(20), || stats(&pool).redelivered >= 1),
+            "A's chunks were not redelivered: {:?}",
+            stats(&pool)
+        );
+        a.signal(libc::SIGCONT);
+        assert_eq!(result.get().unwrap(), items);
+        // A finishes what it held, late: refused by the fence, and counted.
+        assert!(
+            eventually(Duration::from_secs(20), || stats(&pool).dropped >= 1),
+            "A's late results were not dropped: {:?}; A: {}",
+            stats(&pool),
+            a.log()
+        );
+        let s = stats(&pool);
+        assert_eq!(
+            s.committed,
+            items.len() as u64,
+            "each chunk committed once: {s:?}"
+        );
+        drop(b);
+    });
+}
+
+#[test]
+fn work_that_may_not_run_twice_fails_with_worker_lost_when_its_host_dies() {
+    within(Duration::from_secs(120), || {
+        let redis = RedisServer::start();
+        let pool = cluster_pool(&redis, 0);
+        let a = WorkerHost::start(&redis, 1);
+        wait_for_hosts(&pool, 1);
+        let r = pool
+            .apply_async::<_, u64>("sleep_ms", &(20_000u64,))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work(&redis, a.pid())),
+            "host A claimed nothing: {}",
+            a.log()
+        );
+        let _b = WorkerHost::start(&redis, 1);
+        a.signal(libc::SIGKILL);
+        match r.get_timeout(Duration::from_secs(15)) {
+            Err(Error::WorkerLost { pid, reason, .. }) => {
+                assert_eq!(pid, a.pid());
+                assert!(reason.contains("lease"), "{reason}");
+            }
+            other => panic!("expected WorkerLost, got {other:?}"),
+        }
+        let s = stats(&pool);
+        assert_eq!((s.lost, s.redelivered, s.committed), (1, 0, 0), "{s:?}");
+    });
+}
+
+#[test]
+fn an_unreachable_redis_is_a_clear_error_not_a_hang() {
+    within(Duration::from_secs(60), || {
+        // A port nothing listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://127.0.0.1:{port}");
+        let e = Pool::builder(&testkit()).cluster(&url).build().unwrap_err();
+        assert!(matches!(e, Error::Cluster(_)), "{e:?}");
+        assert!(e.to_string().contains("cannot reach Redis"), "{e}");
+        assert!(e.to_string().contains(&url), "{e}");
+
+        let out = cli()
+            .args(["worker", "--join", &url, "--slots", "1"])
+            .output()
+            .unwrap();
+        crate::util::assert_cli_error(&out, 2, "cannot reach Redis");
+    });
+}
+
+#[test]
+fn a_redis_holding_another_versions_keys_is_refused() {
+    within(Duration::from_secs(60), || {
+        let redis = RedisServer::start();
+        assert!(redis.command("SET wasmpool:layout v2").starts_with("+OK"));
+        let e = Pool::builder(&testkit())
+            .cluster(&redis.url())
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("another version of wasmpool"), "{e}");
+        let out = cli()
+            .args(["worker", "--join", &redis.url()])
+            .output()
+            .unwrap();
+        crate::util::assert_cli_error(&out, 2, "another version of wasmpool");
+    });
+}
+
+#[test]
+fn a_redis_restarted_without_its_data_fails_what_was_pending_and_the_cluster_carries_on() {
+    within(Duration::from_secs(120), || {
+        let mut redis = RedisServer::start();
+        let a = WorkerHost::start(&redis, 1);
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 1);
+        let r = pool.apply_async::<_, u64>("sleep_ms", &(3000u64,)).unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work(&redis, a.pid())),
+            "host A claimed nothing: {}",
+            a.log()
+        );
+        redis.restart();
+        match r.get_timeout(Duration::from_secs(20)) {
+            Err(Error::State(m)) => assert!(m.contains("lost its data"), "{m}"),
+            other => panic!("expected a clear error, got {other:?}"),
+        }
+        // The host and the pool carry on with the new Redis.
+        wait_for_hosts(&pool, 1);
+        let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
+        assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    });
+}

@@ -1,0 +1,214 @@
+//! A Redis server of the test's own: `redis-server` on 127.0.0.1, on a free port, with
+//! persistence off, killed when dropped. No test touches a Redis it did not start.
+//!
+//! `redis-server` is found on the `PATH`; when it is missing and the tests run as root, it is
+//! installed from Debian's packages (`apt-get install -y redis-server`, after an
+//! `apt-get update` if the first try fails).
+//!
+//! Shared by the tests (`tests/cluster.rs`) and the cluster benchmark (`cli/benches/cluster.rs`).
+
+// Shared with the benchmark, which uses only part of it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A directory of the server's own (its log), removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wasmpool-redis-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where `program` is on the `PATH`, if it is.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Runs `apt-get` with `args`, quietly; whether it succeeded.
+fn apt_get(args: &[&str]) -> bool {
+    Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The `redis-server` binary, installed first if it is missing and we may install it.
+pub fn redis_server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = on_path("redis-server") {
+            return p;
+        }
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "redis-server is not installed and these tests are not root, so they cannot \
+             install it: run `apt-get install -y redis-server`"
+        );
+        if !apt_get(&["install", "-y", "redis-server"]) {
+            assert!(apt_get(&["update"]), "apt-get update failed");
+            assert!(
+                apt_get(&["install", "-y", "redis-server"]),
+                "apt-get install -y redis-server failed"
+            );
+        }
+        on_path("redis-server").expect("redis-server is not on the PATH after installing it")
+    })
+    .clone()
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked: the server may still lose a race for it,
+/// which `RedisServer::start` retries).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// Sends one inline command and reads what comes back (enough for `PING`).
+fn inline(port: u16, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().ok()?,
+        Duration::from_millis(200),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The first read waits for the reply; the rest take whatever follows it quickly.
+    let n = s.read(&mut buf).ok()?;
+    out.extend_from_slice(&buf[..n]);
+    s.set_read_timeout(Some(Duration::from_millis(50))).ok()?;
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A `redis-server` this test started; killed (and its directory removed) when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its files (log); removed with it.
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port of 127.0.0.1 with persistence off, and waits until it
+    /// answers `PING`.
+    pub fn start() -> RedisServer {
+        let bin = redis_server_binary();
+        let dir = TempDir::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = spawn(&bin, port, &dir.0);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if inline(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+                    return RedisServer {
+                        child: Some(child),
+                        port,
+                        dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // lost the race for the port: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "redis-server did not start; its log: {}",
+            std::fs::read_to_string(dir.0.join("redis.log")).unwrap_or_default()
+        );
+    }
+
+    /// Its URL, `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one inline command (no arguments with spaces) and returns the raw reply.
+    pub fn command(&self, command: &str) -> String {
+        inline(self.port, command).unwrap_or_default()
+    }
+
+    /// Kills the server and starts a new one on the same port, with no data: a Redis
+    /// restarted without persistence.
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = redis_server_binary();
+        let mut child = spawn(&bin, self.port, &self.dir.0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !inline(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            if let Ok(Some(_)) = child.try_wait() {
+                child = spawn(&bin, self.port, &self.dir.0);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Kills the server now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(bin: &Path, port: u16, dir: &Path) -> Child {
+    Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .args(["--daemonize", "no", "--protected-mode", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start redis-server")
+}
