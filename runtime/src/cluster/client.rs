@@ -160,7 +160,7 @@ impl ClusterBuilder {
             opts: TaskOptions {
                 retries: self.retries,
                 limits: self.limits,
-                queue: Default::default(),
+                tenant: Default::default(),
             },
         })
     }
@@ -805,7 +805,11 @@ impl ClusterPool {
         args: &A,
     ) -> Result<AsyncResult<R>> {
         let job = self.submit_call(task, args, None)?;
-        Ok(AsyncResult::new(job, finish_one::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_one::<R>,
+            std::sync::Weak::new(),
+        ))
     }
 
     /// As [`apply_async`](ClusterPool::apply_async), with a `callback` and an
@@ -829,7 +833,11 @@ impl ClusterPool {
             Err(e) => error_callback(e),
         });
         let job = self.submit_call(task, args, Some(Hook { run, gating: true }))?;
-        Ok(AsyncResult::new(job, finish_one::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_one::<R>,
+            std::sync::Weak::new(),
+        ))
     }
 
     fn submit_call<A: Serialize + ?Sized>(
@@ -878,7 +886,11 @@ impl ClusterPool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let packed = pack(items, |buf, a| encode_arg_into(buf, &a))?;
         let job = self.submit_packed(task, packed, chunksize)?;
-        Ok(AsyncResult::new(job, finish_all::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_all::<R>,
+            std::sync::Weak::new(),
+        ))
     }
 
     /// Like [`map`](ClusterPool::map), but each item is a tuple of arguments (Python's
@@ -900,7 +912,11 @@ impl ClusterPool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let packed = pack(items, |buf, a| encode_args_into(buf, &a))?;
         let job = self.submit_packed(task, packed, chunksize)?;
-        Ok(AsyncResult::new(job, finish_all::<R>))
+        Ok(AsyncResult::new(
+            job,
+            finish_all::<R>,
+            std::sync::Weak::new(),
+        ))
     }
 
     fn submit_packed(

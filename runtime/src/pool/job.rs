@@ -748,7 +748,7 @@ impl<T> AsyncResult<T> {
     /// on another worker; nothing of it is lost or run twice). Every item not finished
     /// fails with [`Error::Cancelled`]; finished items keep their results. Returns whether
     /// anything was cancelled: false when all of it had finished already, or its pool is
-    /// gone.
+    /// gone, and (for now) always for a cluster pool's results, which cannot be cancelled.
     ///
     /// ```no_run
     /// # let module = wasmpool::Module::load("examples/testkit")?;
