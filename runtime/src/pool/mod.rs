@@ -397,7 +397,7 @@ impl Pool {
     /// let pool = Pool::new(&module, 2)?;
     /// let flood = pool.with_tenant(Tenant::new(1, 1)?);
     /// let light = pool.with_tenant(Tenant::new(2, 1)?);
-    /// let many = flood.map_async::<_, u64>("square", 0..100_000u64)?;
+    /// let many = flood.map_async::<_, u64>("square", 0..100_000u64, None)?;
     /// // Runs after about one round of the flood's work, not after all of it.
     /// let one: u64 = light.apply("square", &(3u64,))?;
     /// # Ok::<(), wasmpool::Error>(())
