@@ -846,6 +846,58 @@ fn a_python_batch_item_that_touched_an_object_is_never_run_twice() {
     });
 }
 
+/// A batch whose items are one number each is decoded, mapped and encoded as a whole (the
+/// SDK's whole-batch path): what comes back is exactly what the same items give one call
+/// at a time, failures included.
+#[test]
+fn a_python_map_in_large_chunks_answers_as_item_by_item() {
+    let pool = Pool::new(&py_testkit(), 2).unwrap();
+    within(PY_LIMIT, move || {
+        let run = |chunksize: usize| -> Vec<String> {
+            let items = (-2000i64..70_000).map(|x| wasmpool::encode_args(&(x,)));
+            pool.imap_encoded::<serde_json::Value>("cube_or_fail", items, chunksize, true)
+                .unwrap()
+                .map(|r| match r {
+                    Ok(v) => v.to_string(),
+                    Err(e) => format!("error: {e}"),
+                })
+                .collect()
+        };
+        let whole = run(9000);
+        let single = run(1);
+        assert_eq!(whole.len(), 72_000);
+        assert!(whole == single, "the whole-batch path answered differently");
+        let at = |x: i64| &whole[(x + 2000) as usize];
+        assert_eq!(at(-2000), "-500.0");
+        assert_eq!(at(0), "0");
+        assert_eq!(*at(69_999), 69_999i64.pow(3).to_string());
+        assert!(at(5).contains("ValueError: no 5"), "{}", at(5));
+        assert!(at(5).contains("in cube_or_fail"), "{}", at(5));
+    });
+}
+
+/// In a batch where only some items touch a shared object, every item's result is its own
+/// (an item that reported the ones before it while it ran is not given their bytes).
+#[test]
+fn a_python_batch_mixing_pure_items_and_side_effects_keeps_each_result() {
+    let pool = Pool::new(&py_testkit(), 1).unwrap();
+    within(PY_LIMIT, move || {
+        let runs = Manager::new().dict::<String, i64>();
+        let items: Vec<wasmpool::Result<Vec<u8>>> = (0..200u64)
+            .map(|x| wasmpool::encode_args(&(&runs, x, 10u64)))
+            .collect();
+        let results: Vec<u64> = pool
+            .imap_encoded::<u64>("counted_some", items.into_iter(), 200, true)
+            .unwrap()
+            .collect::<wasmpool::Result<_>>()
+            .unwrap();
+        assert_eq!(results, (0..200).map(|x| 3 * x).collect::<Vec<u64>>());
+        for x in (0..200).step_by(10) {
+            assert_eq!(runs.get(&format!("run:{x}")).unwrap(), Some(1), "item {x}");
+        }
+    });
+}
+
 /// A seed task in a `Process` whose output is captured.
 fn seed_process(task: &str, args: &impl Serialize) -> Process {
     let p = Process::new(&py_seeds(), task, args)

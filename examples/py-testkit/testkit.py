@@ -380,3 +380,23 @@ def counted(runs: Dict, x: int, bad: int) -> int:
         while True:
             pass
     return x
+
+
+@task
+def counted_some(runs: Dict, x: int, every: int) -> int:
+    """Counts a run of item ``x`` in ``runs`` when ``x`` is a multiple of ``every`` (so a
+    batch mixes items with and without a side effect); answers ``3 * x``."""
+    if x % every == 0:
+        runs.increment(f"run:{x}")
+    return 3 * x
+
+
+@task
+def cube_or_fail(x):
+    """For a `map` in large chunks: ints of every width in and out, floats out for the
+    negative ones, and an exception every 1009th item."""
+    if x % 1009 == 5:
+        raise ValueError(f"no {x}")
+    if x < 0:
+        return x / 4
+    return x * x * x

@@ -57,6 +57,14 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../guest-sdk/python/wasmpool_guest/_hints.py"),
     ),
     (
+        "wasmpool_guest/_vector.py",
+        include_str!("../../guest-sdk/python/wasmpool_guest/_vector.py"),
+    ),
+    (
+        "wasmpool_guest/_batch.py",
+        include_str!("../../guest-sdk/python/wasmpool_guest/_batch.py"),
+    ),
+    (
         "wasmpool_guest/_identity.py",
         include_str!("../../guest-sdk/python/wasmpool_guest/_identity.py"),
     ),
@@ -683,6 +691,10 @@ fn build_in(
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("PYTHONPATH")
         .env_remove("PYTHONHOME")
+        // componentize-py is a Rust program: with a backtrace asked for, its error's last
+        // lines (what the message keeps) are its own frames, not the Python traceback.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .arg("-q")
         .arg("-d")
         .arg(sdk.join("wasmpool_guest").join("wit"))

@@ -12,7 +12,9 @@ import queue  # noqa: E402
 import threading  # noqa: E402
 from typing import Optional  # noqa: E402
 
-from wasmpool_guest import _msgpack, _registry, objects  # noqa: E402
+import random  # noqa: E402
+
+from wasmpool_guest import _batch, _msgpack, _registry, _vector, objects  # noqa: E402
 
 
 class Codec(unittest.TestCase):
@@ -160,6 +162,152 @@ class Registry(unittest.TestCase):
         with self.assertRaises(ValueError):
             _registry.task(lambda: 2, name="x")
 
+
+def _items(values):
+    """A batch's `packed` items: each value as a one-argument call."""
+    data = bytearray()
+    ends = []
+    for v in values:
+        data += _msgpack.packb([v])
+        ends.append(len(data))
+    return bytes(data), ends
+
+
+class WholeBatchCodec(unittest.TestCase):
+    """The whole-batch codec gives exactly what the item-by-item one gives."""
+
+    def assert_encodes_as_packb(self, values):
+        out, ends = bytearray(), []
+        _vector.encode_into(values, out, ends)
+        want, want_ends = bytearray(), []
+        for v in values:
+            want += _msgpack.packb(v)
+            want_ends.append(len(want))
+        self.assertEqual((bytes(out), ends), (bytes(want), want_ends), values[:8])
+
+    def test_runs_of_numbers_decode_as_the_item_codec_decodes_them(self):
+        rnd = random.Random(7)
+        cases = [
+            list(range(200)),
+            list(range(-300, 300)),
+            list(range(0, 200000, 7)),
+            sorted(rnd.randint(0, 2**64 - 1) for _ in range(500)),
+            sorted(-rnd.randint(1, 2**63) for _ in range(500)),
+            [rnd.random() for _ in range(100)],
+        ]
+        for values in cases:
+            got = _vector.decode_single(*_items(values))
+            self.assertEqual(got, values)
+            self.assertEqual([type(v) for v in got], [type(v) for v in values])
+
+    def test_what_it_cannot_decode_at_once_is_left_to_the_item_path(self):
+        rnd = random.Random(8)
+        for values in (
+            [None] * 40, [True] * 40, ["a"] * 40, [[1]] * 40, list(range(5)),
+            [rnd.randint(-2**63, 2**64 - 1) for _ in range(100)],  # no long runs
+        ):
+            self.assertIsNone(_vector.decode_single(*_items(values)), values[:4])
+        data, ends = _items(list(range(100)))
+        self.assertIsNone(_vector.decode_single(data, [e + 1 for e in ends[:-1]] + [ends[-1]]))
+        self.assertIsNone(_vector.decode_single(b"\x92\x01\x02" * 20, list(range(3, 61, 3))))
+
+    def test_results_encode_byte_for_byte_as_packb(self):
+        rnd = random.Random(9)
+        kinds = [0, 1, -1, 200, -200, 70000, -70000, 2**40, -2**40, 1.5, None, False, "x", [1]]
+        for values in (
+            list(range(300)), [x * x for x in range(0, 200000, 3)], list(range(-40000, 0)),
+            [rnd.random() for _ in range(100)], [rnd.randint(-2**63, 2**64 - 1) for _ in range(999)],
+            [None] * 40, [True, False] * 40, ["ab"] * 40, [1, 2.5, None, True] * 40,
+            [rnd.choice(kinds) for _ in range(5000)], [], [3],
+        ):
+            self.assert_encodes_as_packb(values)
+
+    def test_a_result_without_a_form_is_an_encode_error(self):
+        with self.assertRaises(_msgpack.EncodeError):
+            _vector.encode_into([1] * 20 + [2**64] + [1] * 20, bytearray(), [])
+
+
+class WholeBatch(unittest.TestCase):
+    """A batch run at once answers as the same batch run item by item."""
+
+    def setUp(self):
+        self.saved = dict(_registry.TASKS)
+        _registry.TASKS.clear()
+
+    def tearDown(self):
+        _registry.TASKS.clear()
+        _registry.TASKS.update(self.saved)
+
+    def outcomes(self, name, values, whole=True):
+        reports = []
+        data, ends = _items(values)
+        b = _batch.Batch(name, data, ends, reports.append)
+        if not whole:
+            b._run_items(0)
+            out, out_ends, errors = bytes(b.out), b.out_ends, b.errors
+        else:
+            out, out_ends, errors = b.run()
+        reports.append(("final", out, out_ends, [(i, f.kind, f.message) for i, f in errors]))
+        flat = []
+        for r in reports:
+            if isinstance(r, tuple):
+                _, out, out_ends, errors = r
+                errs = {i: (k, m) for i, k, m in errors}
+                start = 0
+                for i, end in enumerate(out_ends):
+                    flat.append(errs.get(i) or out[start:end])
+                    start = end
+            else:
+                flat += [(o.kind, o.message) if isinstance(o, _registry.TaskFailure) else o for o in r]
+        return flat, reports
+
+    def test_results_and_failures_match_the_item_path(self):
+        @_registry.task
+        def sq(x):
+            if x % 97 == 5:
+                raise ValueError(f"bad {x}")
+            return x * x if x % 2 else float(x)
+
+        @_registry.task
+        def typed(x: int) -> int:
+            return x + 1
+
+        @_registry.task
+        def huge(x):
+            return 2**64 if x == 30 else x
+
+        for name in ("sq", "typed", "huge"):
+            for values in (list(range(1000)), list(range(-500, 500, 3)), [0.5] * 50):
+                whole, _ = self.outcomes(name, values)
+                items, _ = self.outcomes(name, values, whole=False)
+                self.assertEqual(whole, items, (name, values[:3]))
+                self.assertEqual(len(whole), len(values))
+        whole, _ = self.outcomes("sq", list(range(200)))
+        self.assertTrue(whole[5][1].startswith("ValueError: bad 5\n\nTraceback"), whole[5])
+        self.assertIn("in sq", whole[5][1])
+        self.assertNotIn("_batch.py", whole[5][1])
+
+    def test_an_item_with_an_effect_is_reported_as_soon_as_it_finishes(self):
+        batch = []
+
+        @_registry.task
+        def touch(x):
+            if x in (40, 41, 70):
+                batch[0].before_effect()  # what an object operation calls first
+            return x
+
+        reports = []
+        data, ends = _items(list(range(100)))
+        b = _batch.Batch("touch", data, ends, reports.append)
+        batch.append(b)
+        out, out_ends, errors = b.run()
+        lengths = [len(r) for r in reports]
+        # Items 0..39 reported before 40's operation, 40 right after it, 41 before and
+        # after its own, and so on; the rest come back with the batch.
+        self.assertEqual(lengths, [40, 1, 1, 28, 1])
+        self.assertEqual(len(out_ends), 29)
+        flat = [o for r in reports for o in r]
+        self.assertEqual(flat, [_msgpack.packb(i) for i in range(71)])
 
 class FakeHost:
     """A transport that records operations and answers from a script."""

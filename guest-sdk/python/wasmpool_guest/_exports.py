@@ -12,6 +12,7 @@ from wit_world import exports
 from wit_world.imports import host, types
 from wit_world.imports import objects as wit_objects
 
+from . import _batch as _batch_mod
 from . import _identity, _registry, objects
 
 _KINDS = {
@@ -39,46 +40,18 @@ _identity.provider = _process_info
 # ---- batch progress (see `batch-progress` in the WIT world) -------------------------
 
 
-class _Batch:
-    """The running `call-batch`'s outcomes since its last progress report."""
-
-    __slots__ = ("out", "ends", "errors", "effect")
-
-    def __init__(self):
-        self.out = bytearray()
-        self.ends = []
-        self.errors = []
-        self.effect = False
-
-    def report(self):
-        """Hands the outcomes recorded since the last report to the host, which keeps
-        them: a later trap in this batch never runs those items again."""
-        if not self.ends:
-            return
-        errors = dict(self.errors)
-        done = []
-        start = 0
-        for i, end in enumerate(self.ends):
-            e = errors.get(i)
-            done.append(Err(e) if e is not None else Ok(bytes(self.out[start:end])))
-            start = end
-        self.out = bytearray()
-        self.ends = []
-        self.errors = []
-        host.batch_progress(done)
+def _progress(done):
+    host.batch_progress([Err(_error(o)) if isinstance(o, _registry.TaskFailure) else Ok(o) for o in done])
 
 
 _batch = None
 
 
 def _before_effect():
-    # Before every call to `objects` inside a batch: the items finished so far are
-    # reported (so the host knows which item makes the call), and the running item is
-    # marked as having a side effect (so it is reported as soon as it finishes).
+    # Before every call to `objects` inside a batch (see `_batch`).
     b = _batch
     if b is not None:
-        b.report()
-        b.effect = True
+        b.before_effect()
 
 
 # ---- objects ------------------------------------------------------------------------
@@ -179,35 +152,22 @@ class Tasks(exports.Tasks):
 
     def call_batch(self, task, items):
         global _batch
-        data = items.data
         ends = items.ends
         if len(ends) > 1:
             # Says that this guest reports its progress: one host call per batch.
             host.batch_progress([])
-        run = _registry.batch_caller(task)
-        if run is None:
+        if _registry.TASKS.get(task) is None:
             failure = types.TaskError_UnknownTask(task)
             return types.BatchOutcome(
                 types.Packed(b"", [0] * len(ends)), [(i, failure) for i in range(len(ends))]
             )
-        b = _Batch()
+        b = _batch_mod.Batch(task, items.data, ends, _progress)
         _batch = b
-        start = 0
         try:
-            for end in ends:
-                b.effect = False
-                try:
-                    b.out += run(data, start, end)
-                except _registry.TaskFailure as f:
-                    b.errors.append((len(b.ends), _error(f)))
-                except BaseException as e:  # noqa: BLE001 - as in `call`
-                    b.errors.append((len(b.ends), types.TaskError_Failed(_registry.describe(e))))
-                start = end
-                b.ends.append(len(b.out))
-                if b.effect:
-                    # An item with side effects is reported as soon as it finishes.
-                    b.report()
+            data, out_ends, errors = b.run()
         finally:
             _batch = None
             _registry._flush()
-        return types.BatchOutcome(types.Packed(bytes(b.out), b.ends), b.errors)
+        return types.BatchOutcome(
+            types.Packed(data, out_ends), [(i, _error(f)) for i, f in errors]
+        )

@@ -251,7 +251,44 @@ def call(name, args, flush=True):
     try:
         return _msgpack.packb(result)
     except _msgpack.EncodeError as e:
-        raise TaskFailure("failed", f"task `{name}`: cannot encode its result: {e}") from None
+        raise encode_failure(name, e) from None
+
+
+def encode_failure(name, e):
+    """The failure of a task whose result MessagePack cannot hold."""
+    return TaskFailure("failed", f"task `{name}`: cannot encode its result: {e}")
+
+
+def _all_of(kinds):
+    def check(values):
+        return values if set(map(type, values)) <= kinds else None
+
+    return check
+
+
+def whole_batch_caller(name):
+    """``(func, check)`` for a task that can be mapped over a whole batch of single
+    arguments at once (see :mod:`._batch`): ``check(values)`` answers the values as the
+    task's type hint takes them, or None where some value does not fit it (the batch then
+    goes item by item, which words each mismatch). None for a task of other parameters."""
+    t = TASKS.get(name)
+    if t is None or t.min_args > 1 or (t.max_args is not None and t.max_args < 1):
+        return None
+    hint_check = t.checks[0][1] if t.checks and t.checks[0][0] == 0 else None
+    if hint_check is None:
+        return t.func, lambda values: values
+    if hint_check is _hints._check_int:
+        return t.func, _all_of({int})
+    if hint_check is _hints._check_float:
+        return t.func, _all_of({int, float})
+
+    def check(values):
+        try:
+            return [hint_check(v) for v in values]
+        except _hints.Mismatch:
+            return None
+
+    return t.func, check
 
 
 def batch_caller(name):
@@ -305,6 +342,6 @@ def batch_caller(name):
         try:
             return packb(result)
         except _msgpack.EncodeError as e:
-            raise TaskFailure("failed", f"task `{name}`: cannot encode its result: {e}") from None
+            raise encode_failure(name, e) from None
 
     return run

@@ -1,0 +1,187 @@
+"""Running one `call-batch` (the items of a `map` chunk), independent of the component
+bindings (so it runs, and is tested, in any Python).
+
+Two ways through a batch, with the same outcomes:
+
+- *Whole batch*: when every item is one number for a one-parameter task (what `map` over a
+  range sends), the arguments are decoded at once (:mod:`._vector`), the task is mapped
+  over them in C (``list.extend(map(func, ...))``), and the results are encoded at once.
+  An exception fails its own item and the map goes on from the next one.
+- *Item by item*, for everything else, and for the rest of a batch once an item touches a
+  shared object.
+
+Progress (see `batch-progress` in the WIT world): before an item's first object operation
+the items finished so far are reported, and an item that made one is reported as soon as it
+finishes, so a later trap never runs it again. On the whole-batch path the running item is
+found as the number of results so far, and the map is stopped after it by cutting the list
+it iterates; the batch then goes on item by item.
+"""
+
+from . import _msgpack, _registry, _vector
+from ._registry import TaskFailure
+
+
+class Batch:
+    """One batch's run. ``progress(outcomes)`` hands the host a list of finished outcomes
+    (each the encoded result, or a :class:`TaskFailure`)."""
+
+    __slots__ = (
+        "name", "data", "ends", "progress", "out", "out_ends", "errors", "effect",
+        "whole", "values", "results", "failed", "taken", "cut",
+    )
+
+    def __init__(self, name, data, ends, progress):
+        self.name = name
+        self.data = data
+        self.ends = ends
+        self.progress = progress
+        # The outcomes not yet reported: results, their ends, `(index, TaskFailure)`.
+        self.out = bytearray()
+        self.out_ends = []
+        self.errors = []
+        self.effect = False
+        # The whole-batch path: its arguments, results so far, failures by index, how many
+        # results have been moved into `out`, and the item after which it stops.
+        self.whole = False
+        self.values = None
+        self.results = None
+        self.failed = None
+        self.taken = 0
+        self.cut = None
+
+    def run(self):
+        """Runs every item; the outcomes not reported: ``(data, ends, errors)``."""
+        first = 0
+        fast = _registry.whole_batch_caller(self.name)
+        if fast is not None:
+            func, check = fast
+            values = _vector.decode_single(self.data, self.ends)
+            if values is not None:
+                values = check(values)
+            if values is not None:
+                first = self._run_whole(func, values)
+        if first < len(self.ends):
+            self._run_items(first)
+        return bytes(self.out), self.out_ends, self.errors
+
+    # ---- progress ----------------------------------------------------------------
+
+    def before_effect(self):
+        """Called before each object operation a task makes (see the module's doc)."""
+        if self.whole:
+            running = len(self.results)
+            self._take(running)
+            self.report()
+            if self.cut is None:
+                self.cut = running
+                del self.values[running + 1 :]
+        else:
+            self.report()
+            self.effect = True
+
+    def report(self):
+        """Hands the outcomes recorded since the last report to the host."""
+        if not self.out_ends:
+            return
+        errors = dict(self.errors)
+        done = []
+        start = 0
+        out = self.out
+        for i, end in enumerate(self.out_ends):
+            e = errors.get(i)
+            done.append(e if e is not None else bytes(out[start:end]))
+            start = end
+        self.out = bytearray()
+        self.out_ends = []
+        self.errors = []
+        self.progress(done)
+
+    # ---- the whole-batch path -----------------------------------------------------
+
+    def _run_whole(self, func, values):
+        """Maps ``func`` over ``values``; the index from which the items are left to the
+        item-by-item path (the item after one that touched an object), or all of them."""
+        self.values = values
+        results = self.results = []
+        failed = self.failed = {}
+        items = iter(values)
+        self.whole = True
+        try:
+            while True:
+                try:
+                    results.extend(map(func, items))
+                    break
+                except BaseException as e:  # noqa: BLE001 - SystemExit too is the item's error
+                    # `results` holds every result before the failing item's: it is that one.
+                    tb = e.__traceback__
+                    failed[len(results)] = TaskFailure(
+                        "failed", _registry.describe(e, tb.tb_next if tb else None)
+                    )
+                    results.append(None)
+                    if self.cut is not None:
+                        break
+        finally:
+            self.whole = False
+        done = len(results)
+        self._take(done)
+        if self.cut is not None:
+            self.report()
+        self.values = self.results = self.failed = None
+        return done
+
+    def _take(self, upto):
+        """Moves the results before ``upto`` not yet moved into the unreported outcomes."""
+        start = self.taken
+        if upto <= start:
+            return
+        results = self.results
+        for i in sorted(k for k in self.failed if start <= k < upto):
+            self._encode(results[start:i])
+            self.errors.append((len(self.out_ends), self.failed[i]))
+            self.out_ends.append(len(self.out))
+            start = i + 1
+        self._encode(results[start:upto])
+        self.taken = upto
+
+    def _encode(self, values):
+        if not values:
+            return
+        mark = len(self.out)
+        count = len(self.out_ends)
+        try:
+            _vector.encode_into(values, self.out, self.out_ends)
+            return
+        except _msgpack.EncodeError:
+            del self.out[mark:]
+            del self.out_ends[count:]
+        for v in values:
+            try:
+                self.out += _msgpack.packb(v)
+            except _msgpack.EncodeError as e:
+                self.errors.append((len(self.out_ends), _registry.encode_failure(self.name, e)))
+            self.out_ends.append(len(self.out))
+
+    # ---- the item-by-item path ----------------------------------------------------
+
+    def _run_items(self, first):
+        run = _registry.batch_caller(self.name)
+        data = self.data
+        ends = self.ends
+        start = ends[first - 1] if first else 0
+        for index in range(first, len(ends)):
+            end = ends[index]
+            self.effect = False
+            try:
+                # Not `self.out += run(...)`: the item may report (and so replace `out`)
+                # while it runs.
+                result = run(data, start, end)
+                self.out += result
+            except TaskFailure as f:
+                self.errors.append((len(self.out_ends), f))
+            except BaseException as e:  # noqa: BLE001 - an SDK fault must not trap the worker
+                self.errors.append((len(self.out_ends), TaskFailure("failed", _registry.describe(e))))
+            start = end
+            self.out_ends.append(len(self.out))
+            if self.effect:
+                # An item with side effects is reported as soon as it finishes.
+                self.report()
