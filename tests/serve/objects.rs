@@ -490,3 +490,49 @@ fn serve_object_quotas_bound_a_tenant_and_a_deleted_object_fails_the_task_that_n
         drop(s.dir);
     });
 }
+
+#[test]
+fn serve_objects_do_not_survive_a_restart_and_a_task_naming_one_then_fails_alone() {
+    within(Duration::from_secs(300), || {
+        let one = T {
+            name: "one",
+            quotas: "running = 1",
+        };
+        let s = setup("serve-objects-restart", &[one]);
+        let one = T {
+            name: "one",
+            quotas: "",
+        };
+        let mut server = Server::start(&s.state, &s.tenants, &[]);
+        let module = server.upload_testkit(&one);
+        server.create(&one, &json!({"kind": "dict", "name": "d"}));
+        let busy = server.submit(
+            &one,
+            &json!({"module": module, "task": "sleep_ms", "args": [20_000]}),
+        );
+        let named = server.submit(
+            &one,
+            &json!({"module": module, "task": "atomic_increments", "args": ["@d", 1]}),
+        );
+        let plain = server.submit(
+            &one,
+            &json!({"module": module, "task": "add", "args": [1, 2]}),
+        );
+        assert!(eventually(Duration::from_secs(30), || server
+            .state(&one, &busy)
+            == "running"));
+        assert_eq!(server.state(&one, &named), "queued");
+        server.kill();
+
+        let server = Server::start(&s.state, &s.tenants, &[]);
+        let listed: Value = server.get(&one, "/v1/objects").json().unwrap();
+        assert_eq!(listed["objects"], json!([]), "objects live in memory only");
+        let named = server.wait(&one, &named);
+        assert_eq!(named["error"]["code"], "object_not_found", "{named}");
+        assert_eq!(server.wait(&one, &plain)["result"], 3);
+        // A new object of the old name is a new, empty one.
+        server.create(&one, &json!({"kind": "dict", "name": "d"}));
+        assert_eq!(server.op(&one, "d", "len", &json!({})), 0);
+        drop(s.dir);
+    });
+}
