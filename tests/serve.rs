@@ -812,3 +812,6 @@ fn serve_results_expire_after_the_tenants_ttl_and_sighup_reloads_the_tenants() {
         drop(s.dir);
     });
 }
+
+mod neighbours;
+mod objects;

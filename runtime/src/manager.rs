@@ -181,6 +181,24 @@ impl Manager {
         List::__from_created(self.create(Kind::List, ObjectState::list()))
     }
 
+    /// Runs `f` with the calling thread acting as owner `owner` of the objects it uses: a
+    /// recursive lock or a condition acquired inside `f` is held by `owner`, not by the
+    /// thread, and can be released by another call acting as the same owner, on any thread.
+    /// A service that operates objects for its clients from a pool of threads gives each
+    /// client its own owner. (A plain [`Lock`] has no owner: anyone may release it.)
+    ///
+    /// ```
+    /// let m = wasmpool::Manager::new();
+    /// let lock = m.rlock();
+    /// wasmpool::Manager::acting_as(7, || lock.acquire())?;
+    /// let other = std::thread::spawn(move || wasmpool::Manager::acting_as(7, || lock.release()));
+    /// other.join().expect("the thread ran")?;
+    /// # Ok::<(), wasmpool::ObjectError>(())
+    /// ```
+    pub fn acting_as<R>(owner: u64, f: impl FnOnce() -> R) -> R {
+        crate::broker::act_as(owner, f)
+    }
+
     /// How many shared objects are alive in this program (objects are freed when nothing
     /// can reach them any more).
     pub fn live_objects(&self) -> usize {

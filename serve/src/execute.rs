@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wasmpool::lines::{Json, Objects, RecordWriter, encode_input};
+use wasmpool::lines::{Json, RecordWriter};
 use wasmpool::{AsyncResult, Limits, Module, Output, Pool, Runtime};
 
+use crate::objects::{Registry, Resolved};
 use crate::store::{RunSpec, TaskError, TaskLimits, UsageRow};
 use crate::tenants::Tenant;
 
@@ -130,6 +131,7 @@ pub struct Executor {
     workers: usize,
     max_pools: usize,
     state: Mutex<ExecState>,
+    objects: Registry,
 }
 
 #[derive(Debug, Default)]
@@ -149,12 +151,18 @@ impl Executor {
         max_pools: usize,
     ) -> Executor {
         Executor {
+            objects: Registry::new(runtime.manager()),
             runtime,
             modules_dir,
             workers,
             max_pools: max_pools.max(1),
             state: Mutex::new(ExecState::default()),
         }
+    }
+
+    /// The tenants' shared objects, which tasks' arguments name.
+    pub fn objects(&self) -> &Registry {
+        &self.objects
     }
 
     fn lock(&self) -> MutexGuard<'_, ExecState> {
@@ -264,6 +272,12 @@ impl Executor {
                 code: "bad_args".into(),
                 message: format!("the stored arguments do not parse: {e}"),
             })?;
+            // Named objects are looked up as the task starts; the resolved handles keep
+            // them alive until it ends, even if the tenant deletes them meanwhile.
+            let args = self
+                .objects
+                .resolve(tenant.name(), &args)
+                .map_err(|e| object_error(&e))?;
             let pool = self
                 .pool(&spec.module, spec.limits.fuel.is_some())
                 .map_err(|e| task_error(&e))?;
@@ -272,7 +286,7 @@ impl Executor {
                 .with_limits(limits_of(&spec.limits))
                 .with_retries(retries);
             let result = Arc::new(
-                pool.apply_async::<[Value], Json>(&spec.task, &args[..])
+                pool.apply_async::<[Resolved], Json>(&spec.task, &args[..])
                     .map_err(|e| task_error(&e))?,
             );
             *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
@@ -283,6 +297,7 @@ impl Executor {
             fuel = result.fuel_used();
             *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
             drop(pool);
+            drop(args);
             got.map(|Json(v)| v).map_err(|e| task_error(&e))
         })();
         let outcome = if cancel.is_requested() {
@@ -352,11 +367,27 @@ impl Executor {
         let pool = tenant_pool(&pool, tenant)
             .with_limits(limits_of(&first.limits))
             .with_retries(retries);
-        let objects = Objects::new();
         let star = first.star;
+        // The items' objects, held until the chunk is done; the items naming an object the
+        // tenant no longer has fail alone, with that code.
+        let mut held = Vec::new();
+        let mut unresolved = HashMap::new();
         let encoded: Vec<_> = inputs
             .iter()
-            .map(|input| encode_input(&objects, input, star))
+            .enumerate()
+            .map(|(i, input)| {
+                let args = self
+                    .objects
+                    .resolve_item(tenant.name(), input, star)
+                    .map_err(|e| {
+                        let e = object_error(&e);
+                        unresolved.insert(i, e.clone());
+                        wasmpool::Error::BadArgs(e.message)
+                    })?;
+                let bytes = wasmpool::encode_args(&args);
+                held.push(args);
+                bytes
+            })
             .collect();
         let started = Instant::now();
         let mut results =
@@ -380,6 +411,7 @@ impl Executor {
             last_at = now;
             let mut w = RecordWriter::new(&spec.task, Vec::new());
             let error = match &result {
+                Err(_) if unresolved.contains_key(&index) => unresolved.remove(&index),
                 Err(e) => Some(task_error(e)),
                 Ok(_) => None,
             };
@@ -408,6 +440,18 @@ impl Executor {
                 line: Some(line),
             });
         }
+    }
+}
+
+/// How a task whose arguments name an object its tenant does not have fails.
+fn object_error(e: &crate::objects::RefError) -> TaskError {
+    TaskError {
+        code: match e {
+            crate::objects::RefError::NotFound { .. } => "object_not_found",
+            crate::objects::RefError::Forged { .. } => "forged_handle",
+        }
+        .into(),
+        message: e.to_string(),
     }
 }
 

@@ -20,6 +20,7 @@ mod error;
 mod execute;
 mod hangup;
 mod metrics;
+mod objects;
 mod problem;
 mod rate;
 mod store;

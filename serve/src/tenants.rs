@@ -14,6 +14,8 @@
 //! max_output_mib = 16
 //! max_fuel = 1000000000  # optional: when set, every task is metered (default: this)
 //! result_ttl_s = 86400   # how long results are kept
+//! max_objects = 16       # shared objects held at once (each holds at most 256 MiB)
+//! object_calls = 16      # operations on them in progress at once (blocked ones count)
 //! ```
 //!
 //! Only the SHA-256 of each token is in the file. A request's token is hashed and its digest
@@ -50,6 +52,13 @@ pub struct Quotas {
     pub max_fuel: Option<u64>,
     /// How long a finished task's result is kept, in seconds.
     pub result_ttl_s: u64,
+    /// The most shared objects the tenant may hold at once (`/v1/objects`). The library caps
+    /// what one object stores at 256 MiB, so this bounds the host memory a tenant's objects
+    /// can take.
+    pub max_objects: u32,
+    /// The most operations on the tenant's objects in progress at once (one blocked in a
+    /// `get` or an `acquire` counts until it is answered).
+    pub object_calls: u32,
 }
 
 impl Default for Quotas {
@@ -63,6 +72,8 @@ impl Default for Quotas {
             max_output_mib: 16,
             max_fuel: None,
             result_ttl_s: 86_400,
+            max_objects: 16,
+            object_calls: 16,
         }
     }
 }
@@ -188,6 +199,9 @@ fn check_quotas(q: &Quotas) -> Result<(), String> {
     }
     if q.result_ttl_s == 0 {
         return Err("quotas.result_ttl_s must be at least 1".into());
+    }
+    if q.object_calls == 0 {
+        return Err("quotas.object_calls must be at least 1".into());
     }
     Ok(())
 }

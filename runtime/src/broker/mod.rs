@@ -41,13 +41,37 @@ pub(crate) enum Owner {
     Host(u64),
 }
 
+thread_local! {
+    /// The owner this host thread acts as, inside [`act_as`].
+    static ACTING: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The high bit of an owner id set by [`act_as`]: never a thread's (those count from 1).
+const ACTING_BIT: u64 = 1 << 63;
+
 impl Owner {
-    /// The calling host thread.
+    /// The calling host thread, or the owner it acts as (see [`act_as`]).
     pub fn host_thread() -> Owner {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+        if let Some(id) = ACTING.with(std::cell::Cell::get) {
+            return Owner::Host(id);
+        }
         Owner::Host(ID.with(|id| *id))
     }
+}
+
+/// Runs `f` with the calling host thread acting as owner `owner` (what a recursive lock or a
+/// condition records as its holder), whatever thread it is.
+pub(crate) fn act_as<R>(owner: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTING.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTING.with(|a| a.replace(Some(owner | ACTING_BIT))));
+    f()
 }
 
 /// Where an answer goes.

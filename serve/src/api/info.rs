@@ -66,6 +66,7 @@ pub async fn quota(State(app): State<Arc<App>>, Caller(tenant): Caller) -> Respo
         "quotas": q,
         "queued": queued,
         "running": running,
+        "objects": app.exec.objects().count(tenant.name()),
         "submissions_available": app.rates.available(tenant.name(), q.rate).floor(),
     }))
     .into_response()

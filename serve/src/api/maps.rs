@@ -189,6 +189,7 @@ pub async fn submit(
         None => n.div_ceil(app.exec.workers() * 4).max(1),
     };
     check_task(&app, &tenant, &req.module, &req.task).await?;
+    super::objects::check_refs(&app, &tenant, "items", &req.items, req.star, false)?;
     check_queue(&app, &tenant, n)?;
     let map_id = new_id()?;
     let mut items = Vec::with_capacity(n);

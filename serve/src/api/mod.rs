@@ -5,6 +5,7 @@ mod events;
 mod info;
 mod maps;
 mod modules;
+mod objects;
 mod tasks;
 
 use std::sync::Arc;
@@ -34,6 +35,12 @@ pub fn router(app: Arc<App>, request_timeout: Duration) -> Router {
         .route("/v1/maps", post(maps::submit))
         .route("/v1/maps/{id}", get(maps::show))
         .route("/v1/maps/{id}/results", get(maps::results))
+        .route("/v1/objects", post(objects::create).get(objects::list))
+        .route(
+            "/v1/objects/{reference}",
+            get(objects::show).delete(objects::delete),
+        )
+        .route("/v1/objects/{reference}/{op}", post(objects::operate))
         .route("/v1/events", get(events::stream))
         .route("/v1/usage", get(info::usage))
         .route("/v1/quota", get(info::quota))

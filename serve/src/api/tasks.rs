@@ -224,6 +224,7 @@ pub async fn submit(
         },
     };
     check_task(&app, &tenant, &req.module, &req.task).await?;
+    super::objects::check_refs(&app, &tenant, "args", &req.args, false, true)?;
     check_queue(&app, &tenant, 1)?;
     let body_sha = hex(&Sha256::digest(&body));
     let task = NewTask {
