@@ -53,6 +53,27 @@ _FIXARRAY_1 = 0x91
 _MIN_RUN = 16
 
 
+# Lists of item ends made recently, by (first end, step, count): a `map`'s batches share
+# their shape, so each is built once per worker instead of an int object per item per batch.
+_ARITH = {}
+# At most this many ints in them (a few MiB).
+_ARITH_ITEMS = 1 << 17
+
+
+def _arith(first, step, count):
+    """``list(range(first, first + step * count, step))``, cached."""
+    key = (first, step, count)
+    made = _ARITH.get(key)
+    if made is None:
+        made = list(range(first, first + step * count, step))
+        if count > _ARITH_ITEMS:
+            return made
+        if sum(map(len, _ARITH.values())) + count > _ARITH_ITEMS:
+            _ARITH.clear()
+        _ARITH[key] = made
+    return made
+
+
 def _payloads(seg, count, size, width):
     """The ``width``-byte payloads of ``count`` items of ``size`` bytes each (an array
     header byte, a marker byte, then the payload), as one buffer."""
@@ -105,7 +126,7 @@ def _run_end(ends, i, base, size):
             good = mid
         else:
             bad = mid
-    if ends[i:good] != list(range(base + size, base + size * (good - i) + 1, size)):
+    if ends[i:good] != _arith(base + size, size, good - i):
         return None
     return good
 
@@ -183,7 +204,7 @@ def _fixed(values, marker, width, code, out, ends):
         buf[1 + k :: size] = raw[k::width]
     base = len(out)
     out += buf
-    ends += range(base + size, base + size * count + 1, size)
+    ends += _arith(base + size, size, count)
 
 
 def _ints(values, out, ends):
@@ -200,7 +221,7 @@ def _ints(values, out, ends):
     if marker is None:
         base = len(out)
         out += array(_SIGNED[1], values).tobytes() if signed else bytes(values)
-        ends += range(base + 1, base + len(values) + 1)
+        ends += _arith(base + 1, 1, len(values))
         return True
     code = (_SIGNED if signed else _UNSIGNED)[width]
     if code is None:
@@ -230,7 +251,7 @@ def _one_kind(values, out, ends):
         out += bytes(values).translate(_BOOLS)
     else:
         return False
-    ends += range(base + 1, base + len(values) + 1)
+    ends += _arith(base + 1, 1, len(values))
     return True
 
 
