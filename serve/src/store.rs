@@ -30,18 +30,19 @@ CREATE TABLE IF NOT EXISTS results (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL, map_id TEXT, idx INTEGER,
     ok INTEGER NOT NULL, value TEXT, error_code TEXT, error TEXT, line TEXT,
-    expires_ms INTEGER NOT NULL);
+    expires_ms INTEGER NOT NULL, stdout TEXT, stderr TEXT);
 CREATE INDEX IF NOT EXISTS results_map ON results (map_id, idx);
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_ms);
 CREATE TABLE IF NOT EXISTS usage (
     task_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, finished_ms INTEGER NOT NULL,
     ok INTEGER NOT NULL, wall_ms INTEGER NOT NULL, fuel INTEGER,
-    bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+    bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+    cpu_us INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS usage_tenant ON usage (tenant, finished_ms);
 CREATE TABLE IF NOT EXISTS usage_hourly (
     tenant TEXT NOT NULL, hour INTEGER NOT NULL, tasks INTEGER NOT NULL, failed INTEGER NOT NULL,
     wall_ms INTEGER NOT NULL, fuel INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
-    bytes_out INTEGER NOT NULL, PRIMARY KEY (tenant, hour));
+    bytes_out INTEGER NOT NULL, cpu_us INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant, hour));
 CREATE TABLE IF NOT EXISTS maps (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, module TEXT NOT NULL, task TEXT NOT NULL,
     chunksize INTEGER NOT NULL, ordered INTEGER NOT NULL, star INTEGER NOT NULL,
@@ -54,6 +55,29 @@ CREATE TABLE IF NOT EXISTS events (
     map_id TEXT, state TEXT NOT NULL, at_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, id);
 ";
+
+/// Columns added since the first schema, added to a state file made before them:
+/// (table, column, declaration).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("results", "stdout", "TEXT"),
+    ("results", "stderr", "TEXT"),
+    ("usage", "cpu_us", "INTEGER NOT NULL DEFAULT 0"),
+    ("usage_hourly", "cpu_us", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Adds the [`ADDED_COLUMNS`] a table lacks.
+fn migrate(conn: &Connection) -> Result<(), ServeError> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(1))?
+            .collect::<Result<Vec<_>, _>>()?;
+        if !names.iter().any(|n| n == column) {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// How long events and the hourly usage sums are kept, in milliseconds.
 const EVENTS_KEPT_MS: i64 = 24 * 3600 * 1000;
@@ -133,6 +157,13 @@ pub struct TaskView {
     /// Its error, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
+    /// What it wrote to stdout (UTF-8, invalid bytes replaced), once finished; at most
+    /// its output limit together with `stderr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// What it wrote to stderr, once finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
     /// What it used, once finished.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageRow>,
@@ -161,10 +192,34 @@ pub struct UsageRow {
     pub wall_ms: u64,
     /// Fuel used, when metered.
     pub fuel: Option<u64>,
+    /// Worker time.
+    #[serde(flatten)]
+    pub cpu: Cpu,
     /// Bytes of its arguments (JSON).
     pub bytes_in: u64,
-    /// Bytes of its result or error (JSON).
+    /// Bytes of its result or error (JSON) and of its output.
     pub bytes_out: u64,
+}
+
+/// The time a worker spent running a task, from its call's start to its answer (what fair
+/// queuing charges; it includes time the task blocked in host calls such as sleep), in
+/// microseconds (exact, and what sums add) and milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cpu {
+    /// Microseconds.
+    pub cpu_us: u64,
+    /// The same in milliseconds.
+    pub cpu_ms: f64,
+}
+
+impl Cpu {
+    /// `us` microseconds.
+    pub fn from_micros(us: u64) -> Cpu {
+        Cpu {
+            cpu_us: us,
+            cpu_ms: us as f64 / 1000.0,
+        }
+    }
 }
 
 /// One hour's sums of a tenant's usage.
@@ -181,6 +236,9 @@ pub struct UsageSums {
     pub wall_ms: u64,
     /// Fuel (metered tasks only).
     pub fuel: u64,
+    /// Worker time.
+    #[serde(flatten)]
+    pub cpu: Cpu,
     /// Bytes in.
     pub bytes_in: u64,
     /// Bytes out.
@@ -196,6 +254,8 @@ pub struct Finished {
     pub outcome: Result<serde_json::Value, TaskError>,
     /// A map item's record line (with its newline).
     pub line: Option<String>,
+    /// A task's stdout and stderr (not a map item's).
+    pub output: Option<(String, String)>,
     /// What it used.
     pub usage: UsageRow,
 }
@@ -301,6 +361,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -474,6 +535,25 @@ impl Store {
         Ok(specs)
     }
 
+    /// The items of `tenant`'s map `map` still queued: (id, task, args).
+    pub fn queued_items(
+        &self,
+        tenant: &str,
+        map: &str,
+    ) -> Result<Vec<(String, String, String)>, ServeError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, task, args FROM tasks \
+             WHERE map_id = ?1 AND tenant = ?2 AND state = 'queued' ORDER BY idx",
+        )?;
+        let rows = stmt
+            .query_map(params![map, tenant], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Stores how a task ended: its result, its usage row and the hour's sums, its state,
     /// and the event, in one transaction. A task already done (cancelled meanwhile) keeps
     /// what it had; returns whether this was stored.
@@ -528,15 +608,19 @@ fn finish_in(
             Ok(v) => (true, Some(v.to_string()), None, None),
             Err(e) => (false, None, Some(e.code.as_str()), Some(e.message.as_str())),
         };
+        let (stdout, stderr) = match &done.output {
+            Some((out, err)) => (Some(out.as_str()), Some(err.as_str())),
+            None => (None, None),
+        };
         tx.execute(
-            "INSERT INTO results (task_id, tenant, map_id, idx, ok, value, error_code, error, line, expires_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![done.id, tenant, map_id, idx, ok, value, code, message, done.line, expires],
+            "INSERT INTO results (task_id, tenant, map_id, idx, ok, value, error_code, error, line, expires_ms, stdout, stderr) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![done.id, tenant, map_id, idx, ok, value, code, message, done.line, expires, stdout, stderr],
         )?;
         let u = &done.usage;
         tx.execute(
-            "INSERT INTO usage (task_id, tenant, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out, expires_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO usage (task_id, tenant, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out, expires_ms, cpu_us) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 done.id,
                 tenant,
@@ -546,15 +630,17 @@ fn finish_in(
                 u.fuel.map(to_i64),
                 to_i64(u.bytes_in),
                 to_i64(u.bytes_out),
-                expires
+                expires,
+                to_i64(u.cpu.cpu_us)
             ],
         )?;
         let hour = now - now.rem_euclid(3_600_000);
         tx.execute(
-            "INSERT INTO usage_hourly (tenant, hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out) \
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7) \
+            "INSERT INTO usage_hourly (tenant, hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out, cpu_us) \
+             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (tenant, hour) DO UPDATE SET tasks = tasks + 1, failed = failed + ?3, \
-             wall_ms = wall_ms + ?4, fuel = fuel + ?5, bytes_in = bytes_in + ?6, bytes_out = bytes_out + ?7",
+             wall_ms = wall_ms + ?4, fuel = fuel + ?5, bytes_in = bytes_in + ?6, bytes_out = bytes_out + ?7, \
+             cpu_us = cpu_us + ?8",
             params![
                 tenant,
                 hour,
@@ -562,7 +648,8 @@ fn finish_in(
                 to_i64(u.wall_ms),
                 to_i64(u.fuel.unwrap_or(0)),
                 to_i64(u.bytes_in),
-                to_i64(u.bytes_out)
+                to_i64(u.bytes_out),
+                to_i64(u.cpu.cpu_us)
             ],
         )?;
         event(tx, tenant, &done.id, map_id.as_deref(), "done", now)?;
@@ -641,7 +728,8 @@ impl Store {
             .query_row(
                 "SELECT t.id, t.state, t.module, t.task, t.attempt, t.created_ms, t.started_ms, \
                  t.finished_ms, r.ok, r.value, r.error_code, r.error, \
-                 u.finished_ms, u.wall_ms, u.fuel, u.bytes_in, u.bytes_out \
+                 u.finished_ms, u.wall_ms, u.fuel, u.bytes_in, u.bytes_out, u.cpu_us, \
+                 r.stdout, r.stderr \
                  FROM tasks t LEFT JOIN results r ON r.task_id = t.id \
                  LEFT JOIN usage u ON u.task_id = t.id \
                  WHERE t.id = ?1 AND t.tenant = ?2 AND t.map_id IS NULL",
@@ -658,6 +746,7 @@ impl Store {
                             ok: ok.unwrap_or(false),
                             wall_ms: to_u64(r.get(13)?),
                             fuel: r.get::<_, Option<i64>>(14)?.map(to_u64),
+                            cpu: Cpu::from_micros(to_u64(r.get(17)?)),
                             bytes_in: to_u64(r.get(15)?),
                             bytes_out: to_u64(r.get(16)?),
                         }),
@@ -682,6 +771,8 @@ impl Store {
                             }
                             _ => None,
                         },
+                        stdout: r.get(18)?,
+                        stderr: r.get(19)?,
                         usage,
                     })
                 },
@@ -799,7 +890,7 @@ impl Store {
     ) -> Result<(Vec<UsageRow>, Vec<UsageSums>), ServeError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT task_id, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out FROM usage \
+            "SELECT task_id, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out, cpu_us FROM usage \
              WHERE tenant = ?1 AND finished_ms >= ?2 ORDER BY finished_ms DESC LIMIT ?3",
         )?;
         let rows = stmt
@@ -810,13 +901,14 @@ impl Store {
                     ok: r.get(2)?,
                     wall_ms: to_u64(r.get(3)?),
                     fuel: r.get::<_, Option<i64>>(4)?.map(to_u64),
+                    cpu: Cpu::from_micros(to_u64(r.get(7)?)),
                     bytes_in: to_u64(r.get(5)?),
                     bytes_out: to_u64(r.get(6)?),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut stmt = conn.prepare(
-            "SELECT hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out FROM usage_hourly \
+            "SELECT hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out, cpu_us FROM usage_hourly \
              WHERE tenant = ?1 AND hour >= ?2 - 3599999 ORDER BY hour",
         )?;
         let hours = stmt
@@ -827,6 +919,7 @@ impl Store {
                     failed: to_u64(r.get(2)?),
                     wall_ms: to_u64(r.get(3)?),
                     fuel: to_u64(r.get(4)?),
+                    cpu: Cpu::from_micros(to_u64(r.get(7)?)),
                     bytes_in: to_u64(r.get(5)?),
                     bytes_out: to_u64(r.get(6)?),
                 })
