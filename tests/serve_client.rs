@@ -215,6 +215,9 @@ fn serve_client_run_map_and_tasks_print_over_the_service_as_they_do_locally() {
         std::fs::write(&inputs, "1\n2\n3\n\n4\n").unwrap();
         let bad = server.dir.0.join("bad.jsonl");
         std::fs::write(&bad, "1\n2\nnot json\n4\n").unwrap();
+        let pairs = server.dir.0.join("pairs.jsonl");
+        std::fs::write(&pairs, "[1, 2]\n[3, -4]\n").unwrap();
+        let pairs = pairs.display().to_string();
         let inputs = inputs.display().to_string();
         let bad = bad.display().to_string();
         for args in [
@@ -222,7 +225,7 @@ fn serve_client_run_map_and_tasks_print_over_the_service_as_they_do_locally() {
             vec!["map", w, "square_or_panic", "--range", "10..20"],
             vec!["map", w, "square", "--input", &inputs],
             vec!["map", w, "square", "--input", &bad],
-            vec!["map", w, "add", "--star", "--range", "0..3"],
+            vec!["map", w, "add", "--star", "--input", &pairs],
         ] {
             let (l, r) = (local(&args), server.remote(&args, &token));
             same(&args.join(" "), &l, &r);
@@ -334,15 +337,20 @@ fn serve_results_carry_the_tasks_output_and_usage_sums_worker_time() {
         assert_eq!(done["result"], 2);
         assert_eq!(done["stdout"], "tick 0\ntick 1\n");
         assert_eq!(done["stderr"], "");
-        // A panic's message is on stderr, beside the error.
+        let done = server.post(
+            "/v1/tasks?wait=60",
+            &json!({"module": module, "task": "greet", "args": ["dora"]}),
+        );
+        assert_eq!(done["stderr"], "to stderr, dora\n", "{done}");
+        // A failed task's output is kept too (a panic's message is in its error).
         let done = server.post(
             "/v1/tasks?wait=60",
             &json!({"module": module, "task": "boom", "args": ["kaboom"]}),
         );
         assert_eq!(done["error"]["code"], "task_failed", "{done}");
-        assert!(
-            done["stderr"].as_str().unwrap().contains("kaboom"),
-            "{done}"
+        assert_eq!(
+            (done["stdout"].as_str(), done["stderr"].as_str()),
+            (Some(""), Some(""))
         );
         // Output past the limit: the task fails, and what is kept is at most the limit.
         let done = server.post(
@@ -381,7 +389,7 @@ fn serve_results_carry_the_tasks_output_and_usage_sums_worker_time() {
         // The sums are the sums over the results, and every item's worker time is counted.
         let usage = server.get("/v1/usage");
         let rows = usage["tasks"].as_array().unwrap();
-        assert_eq!(rows.len(), 8, "{usage}");
+        assert_eq!(rows.len(), 9, "{usage}");
         let total: u64 = rows.iter().map(|r| r["cpu_us"].as_u64().unwrap()).sum();
         assert_eq!(usage["totals"]["cpu_us"].as_u64(), Some(total));
         let hours: u64 = usage["hours"]
@@ -414,8 +422,11 @@ fn serve_a_map_is_cancelled_and_its_stream_ends_with_the_cancelled_items() {
             events["done"] == 0 && server.get("/v1/quota")["running"].as_u64() == Some(2)
         }));
         let cancelled = server.post(&format!("/v1/maps/{id}/cancel"), &json!({}));
-        assert_eq!(cancelled["cancelled_queued"], 18, "{cancelled}");
-        assert_eq!(cancelled["running_chunks_stopped"], 2, "{cancelled}");
+        // Eighteen at least were still queued (a chunk taken from the queue may not have
+        // started yet: then it is cancelled as queued, or as it starts).
+        let queued = cancelled["cancelled_queued"].as_u64().unwrap();
+        let stopped = cancelled["running_chunks_stopped"].as_u64().unwrap();
+        assert!((18..=20).contains(&queued) && stopped <= 2, "{cancelled}");
         // The stream ends (well before the items' 60 s) with every item's record.
         let lines = server
             .http

@@ -219,6 +219,11 @@ impl<'a, R> Imap<'a, R> {
             }
             let first = self.job.grow(n);
             self.submitted += n;
+            if self.job.is_cancelled() {
+                // Cancelled (by an `ImapCanceller`) before these were drawn: never run.
+                self.job.complete_run(first, n, Slot::Cancelled);
+                continue;
+            }
             if bad.is_empty() {
                 let part: Packed = items.into_iter().collect();
                 if let Err(e) = self.pool.submit_part(&self.job, first, part) {
