@@ -55,7 +55,7 @@ pub struct Config {
     /// How long a request's body may take to arrive (default 10 s).
     pub body_timeout: Duration,
     /// How long a request's line and headers may take to arrive, and how long a kept-alive
-    /// connection may sit idle (default 10 s): a client that stalls is disconnected.
+    /// connection may sit idle (default 30 s): a client that stalls is disconnected.
     pub header_timeout: Duration,
     /// The longest `?wait=` honoured (default 60 s).
     pub max_wait: Duration,
@@ -76,7 +76,7 @@ impl Config {
             max_body_bytes: 8 << 20,
             max_module_bytes: 64 << 20,
             body_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(60),
         }
     }

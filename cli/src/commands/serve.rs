@@ -36,7 +36,7 @@ pub struct ServeCommand {
     /// half-sent body is answered 408.
     #[arg(long, value_name = "SECONDS")]
     body_timeout: Option<f64>,
-    /// How long a request's line and headers may take to arrive, in seconds (default 10),
+    /// How long a request's line and headers may take to arrive, in seconds (default 30),
     /// and how long a kept-alive connection may sit idle: a stalled client is disconnected.
     #[arg(long, value_name = "SECONDS")]
     header_timeout: Option<f64>,
