@@ -70,3 +70,53 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), ServeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn columns(conn: &Connection, table: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_state_file_made_before_the_added_columns_gets_them_and_keeps_its_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        // The tables as the first schema made them (without the added columns).
+        conn.execute_batch(
+            "CREATE TABLE results (task_id TEXT NOT NULL UNIQUE, ok INTEGER NOT NULL);
+             CREATE TABLE usage (task_id TEXT PRIMARY KEY, wall_ms INTEGER NOT NULL);
+             CREATE TABLE usage_hourly (tenant TEXT NOT NULL, wall_ms INTEGER NOT NULL);
+             INSERT INTO usage VALUES ('t1', 7);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        // Twice is once: a migrated file is left as it is.
+        migrate(&conn).unwrap();
+        for (table, column, _) in ADDED_COLUMNS {
+            assert!(
+                columns(&conn, table).iter().any(|c| c == column),
+                "{table}.{column}"
+            );
+        }
+        let (wall, cpu): (i64, i64) = conn
+            .query_row("SELECT wall_ms, cpu_us FROM usage", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((wall, cpu), (7, 0));
+        // A fresh file has them from the schema itself.
+        let fresh = Connection::open_in_memory().unwrap();
+        fresh.execute_batch(SCHEMA).unwrap();
+        migrate(&fresh).unwrap();
+        assert!(columns(&fresh, "results").iter().any(|c| c == "stdout"));
+    }
+}
