@@ -27,4 +27,5 @@ mod python_guests;
 mod runtime;
 mod seeds;
 mod serve;
+mod serve_client;
 mod supervision;

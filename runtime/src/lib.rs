@@ -66,8 +66,8 @@ pub use manager::Manager;
 pub use module::{BuildOptions, DEFAULT_CACHE_MAX_BYTES, MAX_MODULE_BYTES, Module, cache_dir};
 pub use output::{Captured, Output, OutputEvent, Stream, TAGGED_PIECE_BYTES};
 pub use pool::{
-    AsCompleted, AsyncResult, Executor, Imap, MapStream, Pool, PoolBuilder, TaskFuture, Tenant,
-    as_completed,
+    AsCompleted, AsyncResult, Executor, Imap, ImapCanceller, MapStream, Pool, PoolBuilder,
+    TaskFuture, Tenant, as_completed,
 };
 pub use process::{ChildInfo, Process, active_children, cpu_count};
 pub use runtime::{DEFAULT_MAX_SHARED_SEGMENTS, Runtime, RuntimeBuilder};

@@ -188,8 +188,9 @@ impl Module {
         })
     }
 
-    /// The component's bytes, as loaded (what a cluster stores under their SHA-256).
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The component's bytes, as loaded (what a cluster stores under their SHA-256, and
+    /// what `wasmpool run --server` uploads).
+    pub fn bytes(&self) -> &[u8] {
         &self.inner.bytes
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
@@ -59,7 +59,19 @@ pub struct App {
     /// HTTP limits.
     pub http: HttpLimits,
     running: Mutex<HashMap<String, Arc<CancelSlot>>>,
+    maps: Mutex<MapRuns>,
 }
+
+/// The chunks of maps running, and the maps cancelled lately (a chunk taken from the
+/// queue as its map is cancelled sees it when it starts).
+#[derive(Debug, Default)]
+struct MapRuns {
+    running: HashMap<String, Vec<Arc<CancelSlot>>>,
+    cancelled: HashMap<String, Instant>,
+}
+
+/// How long a cancelled map is remembered for a chunk that starts after the cancel.
+const CANCELLED_KEPT: Duration = Duration::from_secs(600);
 
 impl App {
     /// The shared state.
@@ -80,6 +92,7 @@ impl App {
             metrics: Metrics::default(),
             http,
             running: Mutex::new(HashMap::new()),
+            maps: Mutex::new(MapRuns::default()),
         }
     }
 
@@ -99,6 +112,7 @@ impl App {
             id: spec.id.clone(),
             outcome: item.outcome,
             line: item.line,
+            output: item.output,
             usage: UsageRow { ok, ..item.usage },
         };
         match self
@@ -133,6 +147,7 @@ impl App {
                 id: spec.id.clone(),
                 outcome: item.outcome,
                 line: item.line,
+                output: item.output,
                 usage: UsageRow { ok, ..item.usage },
             });
         }
@@ -183,7 +198,18 @@ impl App {
                 self.lock_running().remove(id);
                 self.store_finished(tenant, spec, item);
             }
-            (Work::Items { .. }, Some(_)) => {
+            (Work::Items { map, .. }, Some(_)) => {
+                let slot = Arc::new(CancelSlot::default());
+                {
+                    let mut maps = self.lock_maps();
+                    maps.running
+                        .entry(map.clone())
+                        .or_default()
+                        .push(slot.clone());
+                    if maps.cancelled.contains_key(map) {
+                        slot.request();
+                    }
+                }
                 // Group commit: items that finish while a batch is being written go in the
                 // next transaction together, so a chunk of tiny items costs a few commits.
                 let (sender, finished) = std::sync::mpsc::channel::<ItemOutcome>();
@@ -201,12 +227,19 @@ impl App {
                             self.store_batch(tenant, specs, batch);
                         }
                     });
-                    self.exec.run_items(tenant, specs, |item| {
+                    self.exec.run_items(tenant, specs, &slot, |item| {
                         // The writer ends only when this sender is dropped.
                         let _ = sender.send(item);
                     });
                     drop(sender);
                 });
+                let mut maps = self.lock_maps();
+                if let Some(slots) = maps.running.get_mut(map) {
+                    slots.retain(|s| !Arc::ptr_eq(s, &slot));
+                    if slots.is_empty() {
+                        maps.running.remove(map);
+                    }
+                }
             }
             _ => {}
         }
@@ -215,6 +248,65 @@ impl App {
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CancelSlot>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_maps(&self) -> std::sync::MutexGuard<'_, MapRuns> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancels what of `tenant`'s map `map` has not finished: its queued items fail at once
+    /// (`cancelled`, with their records), its running chunks are stopped and their items
+    /// not finished fail the same way. Returns how many queued items were cancelled and
+    /// how many chunks were running.
+    pub fn cancel_map(&self, tenant: &Tenant, map: &str) -> Result<(usize, usize), ServeError> {
+        let running = {
+            let mut maps = self.lock_maps();
+            let now = Instant::now();
+            maps.cancelled
+                .retain(|_, at| now.duration_since(*at) < CANCELLED_KEPT);
+            maps.cancelled.insert(map.to_string(), now);
+            let slots = maps.running.get(map).cloned().unwrap_or_default();
+            for slot in &slots {
+                slot.request();
+            }
+            slots.len()
+        };
+        let removed = self.dispatch.remove_map(tenant.name(), map);
+        let queued = self.store.queued_items(tenant.name(), map)?;
+        let mut done = Vec::with_capacity(queued.len());
+        for (id, task, args) in queued {
+            let error = crate::execute::cancelled_items(&task);
+            let input = serde_json::from_str(&args).unwrap_or_default();
+            let mut w = wasmpool::lines::RecordWriter::new(&task, Vec::new());
+            let _ = w.write_error(&input, &error.message);
+            let line = String::from_utf8(w.into_inner()).unwrap_or_default();
+            done.push(Finished {
+                id,
+                outcome: Err(error),
+                output: None,
+                usage: UsageRow {
+                    bytes_in: args.len() as u64,
+                    bytes_out: line.len() as u64,
+                    ..UsageRow::default()
+                },
+                line: Some(line),
+            });
+        }
+        let stored = self
+            .store
+            .finish_many(tenant.name(), tenant.quotas().result_ttl_s, &done)?;
+        let mut cancelled = 0;
+        for (d, stored) in done.iter().zip(stored) {
+            if stored {
+                cancelled += 1;
+                inc(&self.metrics.failed);
+            }
+            self.announce(tenant.name(), &d.id, Some(map));
+        }
+        if removed > 0 {
+            self.dispatch.wake.notify_one();
+        }
+        Ok((cancelled, running))
     }
 
     /// Cancels task `id` of `tenant`: a queued one at once; a running one is asked to stop.
@@ -228,6 +320,7 @@ impl App {
                     message: "the task was cancelled before it started".into(),
                 }),
                 line: None,
+                output: None,
                 usage: UsageRow::default(),
             };
             let stored = self
@@ -274,6 +367,7 @@ impl App {
                     message,
                 }),
                 line,
+                output: None,
                 usage: UsageRow {
                     id: spec.id.clone(),
                     bytes_in: spec.args.len() as u64,

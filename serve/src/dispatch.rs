@@ -114,6 +114,25 @@ impl Dispatcher {
         removed
     }
 
+    /// Takes every queued chunk of map `map` out of `tenant`'s queue; how many items they
+    /// held.
+    pub fn remove_map(&self, tenant: &str, map: &str) -> usize {
+        let mut s = self.lock();
+        let Some(q) = s.queues.get_mut(tenant) else {
+            return 0;
+        };
+        let mut removed = 0;
+        q.work.retain(|w| match w {
+            Work::Items { map: m, ids } if m == map => {
+                removed += ids.len();
+                false
+            }
+            _ => true,
+        });
+        q.queued -= removed;
+        removed
+    }
+
     /// The next work to run, by weighted round robin: the tenant at the cursor may take up
     /// to its weight in units of work before the turn passes, and a tenant at its `running`
     /// quota (or whose queue is empty, or who is no longer in the tenants file) is passed

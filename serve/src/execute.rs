@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wasmpool::lines::{Json, RecordWriter};
-use wasmpool::{AsyncResult, Limits, Module, Output, Pool, Runtime};
+use wasmpool::{AsyncResult, ImapCanceller, Limits, Module, Output, Pool, Runtime};
 
 use crate::objects::{Registry, Resolved};
-use crate::store::{RunSpec, TaskError, TaskLimits, UsageRow};
+use crate::store::{Cpu, RunSpec, TaskError, TaskLimits, UsageRow};
 use crate::tenants::Tenant;
 
 /// The handle a tenant's submissions go through: the ONE place that says how a tenant's
@@ -72,6 +72,8 @@ pub fn limits_of(l: &TaskLimits) -> Limits {
 pub struct CancelSlot {
     requested: std::sync::atomic::AtomicBool,
     running: Mutex<Option<Arc<AsyncResult<Json>>>>,
+    /// A chunk of map items running.
+    items: Mutex<Option<ImapCanceller>>,
 }
 
 impl std::fmt::Debug for CancelSlot {
@@ -96,6 +98,15 @@ impl CancelSlot {
             // Queued in the pool: dropped; running: its worker is killed (and replaced).
             r.cancel();
         }
+        if let Some(items) = self
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            // The chunk's items not finished fail as cancelled.
+            items.cancel();
+        }
     }
 
     /// Whether a stop was asked for.
@@ -113,6 +124,8 @@ pub struct ItemOutcome {
     pub outcome: Result<Value, TaskError>,
     /// A map item's record line.
     pub line: Option<String>,
+    /// A task's stdout and stderr (UTF-8, invalid bytes replaced).
+    pub output: Option<(String, String)>,
     /// What it used.
     pub usage: UsageRow,
 }
@@ -262,11 +275,12 @@ impl Executor {
         Ok(pool)
     }
 
-    /// Runs one task to its end (or its cancellation).
+    /// Runs one task to its end (or its cancellation), keeping its output.
     pub fn run_task(&self, tenant: &Tenant, spec: &RunSpec, cancel: &CancelSlot) -> ItemOutcome {
         let started = Instant::now();
         let bytes_in = spec.args.len() as u64;
-        let mut fuel = None;
+        let (mut fuel, mut cpu_us) = (None, 0u64);
+        let mut output = (String::new(), String::new());
         let outcome = (|| -> Result<Value, TaskError> {
             let args: Vec<Value> = serde_json::from_str(&spec.args).map_err(|e| TaskError {
                 code: "bad_args".into(),
@@ -284,7 +298,8 @@ impl Executor {
             let retries = spec.retries.saturating_sub(spec.attempt.saturating_sub(1));
             let pool = tenant_pool(&pool, tenant)
                 .with_limits(limits_of(&spec.limits))
-                .with_retries(retries);
+                .with_retries(retries)
+                .with_captured_output();
             let result = Arc::new(
                 pool.apply_async::<[Resolved], Json>(&spec.task, &args[..])
                     .map_err(|e| task_error(&e))?,
@@ -295,6 +310,12 @@ impl Executor {
             }
             let got = result.get();
             fuel = result.fuel_used();
+            cpu_us = u64::try_from(result.worker_time().as_micros()).unwrap_or(u64::MAX);
+            let captured = result.captured_output();
+            output = (
+                String::from_utf8_lossy(&captured.stdout).into_owned(),
+                String::from_utf8_lossy(&captured.stderr).into_owned(),
+            );
             *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
             drop(pool);
             drop(args);
@@ -311,17 +332,19 @@ impl Executor {
         let bytes_out = match &outcome {
             Ok(v) => v.to_string().len() as u64,
             Err(e) => e.message.len() as u64,
-        };
+        } + (output.0.len() + output.1.len()) as u64;
         ItemOutcome {
             index: 0,
             outcome,
             line: None,
+            output: Some(output),
             usage: UsageRow {
                 id: spec.id.clone(),
                 finished_ms: 0,
                 ok: false,
                 wall_ms: started.elapsed().as_millis() as u64,
                 fuel,
+                cpu: Cpu::from_micros(cpu_us),
                 bytes_in,
                 bytes_out,
             },
@@ -329,9 +352,17 @@ impl Executor {
     }
 
     /// Runs a chunk of one map's items (same module, task, limits and retries) as one batch,
-    /// calling `done` for each as it finishes, in completion order. Each item's fuel is what
-    /// the chunk's total grew by when it finished, so the items' fuel adds up to the chunk's.
-    pub fn run_items(&self, tenant: &Tenant, specs: &[RunSpec], mut done: impl FnMut(ItemOutcome)) {
+    /// calling `done` for each as it finishes, in completion order. Each item's fuel and
+    /// worker time are what the chunk's totals grew by when it finished, so the items' add
+    /// up to the chunk's (an answered part of a chunk falls on its first item). `cancel`
+    /// stops the items not finished.
+    pub fn run_items(
+        &self,
+        tenant: &Tenant,
+        specs: &[RunSpec],
+        cancel: &CancelSlot,
+        mut done: impl FnMut(ItemOutcome),
+    ) {
         let Some(first) = specs.first() else {
             return;
         };
@@ -339,14 +370,15 @@ impl Executor {
             .iter()
             .map(|s| serde_json::from_str(&s.args).unwrap_or(Value::Null))
             .collect();
-        let fail_all = |e: &wasmpool::Error, done: &mut dyn FnMut(ItemOutcome)| {
+        let fail_all = |e: TaskError, done: &mut dyn FnMut(ItemOutcome)| {
             for (i, input) in inputs.iter().enumerate() {
                 let mut w = RecordWriter::new(&first.task, Vec::new());
-                let _ = w.write_error(input, &e.to_string());
+                let _ = w.write_error(input, &e.message);
                 let line = String::from_utf8(w.into_inner()).unwrap_or_default();
                 done(ItemOutcome {
                     index: i,
-                    outcome: Err(task_error(e)),
+                    outcome: Err(e.clone()),
+                    output: None,
                     usage: UsageRow {
                         id: specs[i].id.clone(),
                         bytes_in: specs[i].args.len() as u64,
@@ -357,9 +389,12 @@ impl Executor {
                 });
             }
         };
+        if cancel.is_requested() {
+            return fail_all(cancelled_items(&first.task), &mut done);
+        }
         let pool = match self.pool(&first.module, first.limits.fuel.is_some()) {
             Ok(p) => p,
-            Err(e) => return fail_all(&e, &mut done),
+            Err(e) => return fail_all(task_error(&e), &mut done),
         };
         let retries = first
             .retries
@@ -393,9 +428,14 @@ impl Executor {
         let mut results =
             match pool.imap_encoded::<()>(&first.task, encoded.into_iter(), specs.len(), false) {
                 Ok(it) => it,
-                Err(e) => return fail_all(&e, &mut done),
+                Err(e) => return fail_all(task_error(&e), &mut done),
             };
+        *cancel.items.lock().unwrap_or_else(|p| p.into_inner()) = Some(results.canceller());
+        if cancel.is_requested() {
+            cancel.request();
+        }
         let mut last_fuel = 0u64;
+        let mut last_cpu = Duration::ZERO;
         let mut last_at = Duration::ZERO;
         while let Some((index, result)) = results.next_indexed_bytes() {
             let Some(spec) = specs.get(index) else {
@@ -406,6 +446,9 @@ impl Executor {
                 last_fuel = total;
                 used
             });
+            let cpu_total = results.worker_time();
+            let cpu = cpu_total.saturating_sub(last_cpu);
+            last_cpu = cpu_total;
             let now = started.elapsed();
             let wall = now.saturating_sub(last_at);
             last_at = now;
@@ -428,18 +471,29 @@ impl Executor {
             done(ItemOutcome {
                 index,
                 outcome,
+                output: None,
                 usage: UsageRow {
                     id: spec.id.clone(),
                     finished_ms: 0,
                     ok,
                     wall_ms: wall.as_millis() as u64,
                     fuel,
+                    cpu: Cpu::from_micros(u64::try_from(cpu.as_micros()).unwrap_or(u64::MAX)),
                     bytes_in: spec.args.len() as u64,
                     bytes_out: line.len() as u64,
                 },
                 line: Some(line),
             });
         }
+        *cancel.items.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The error of a map's items cancelled before they ran.
+pub fn cancelled_items(task: &str) -> TaskError {
+    TaskError {
+        code: "cancelled".into(),
+        message: format!("task `{task}` was cancelled: its map was cancelled"),
     }
 }
 

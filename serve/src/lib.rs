@@ -55,6 +55,9 @@ pub struct Config {
     pub max_module_bytes: usize,
     /// How long a request's body may take to arrive (default 10 s).
     pub body_timeout: Duration,
+    /// How long a request's line and headers may take to arrive, and how long a kept-alive
+    /// connection may sit idle (default 30 s): a client that stalls is disconnected.
+    pub header_timeout: Duration,
     /// The longest `?wait=` honoured (default 60 s).
     pub max_wait: Duration,
 }
@@ -74,6 +77,7 @@ impl Config {
             max_body_bytes: 8 << 20,
             max_module_bytes: 64 << 20,
             body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(60),
         }
     }
@@ -144,7 +148,45 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         let _ = out.flush();
     }
     let request_timeout = config.body_timeout + config.max_wait + Duration::from_secs(5);
-    axum::serve(listener, api::router(app, request_timeout))
-        .await
-        .map_err(|e| ServeError::io("serving", e))
+    accept_loop(
+        listener,
+        api::router(app, request_timeout),
+        config.header_timeout,
+    )
+    .await;
+    Ok(())
+}
+
+/// Serves each connection accepted on `listener` with `router` (HTTP/1.1, kept alive), for
+/// ever. A connection whose request line and headers do not all arrive within
+/// `header_timeout` (or that sits idle that long between requests) is closed.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, keep serving.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
 }

@@ -77,6 +77,8 @@ pub struct MapCommand {
     /// Write the JSON lines here instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    server: super::remote::ServerArgs,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -189,6 +191,9 @@ impl MapCommand {
         };
 
         self.check_counts()?;
+        if let Some(remote) = self.server.connect()? {
+            return self.execute_remote(&remote, inputs);
+        }
         let objects = self.objects.create()?;
         let module = Module::load(&self.module)?;
         // Stdout carries the JSON lines: the tasks' own output goes to stderr, tagged.
@@ -299,6 +304,54 @@ impl MapCommand {
             return Ok(ExitCode::from(1));
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl MapCommand {
+    /// `map --server`: the inputs go to the service as one map; its records are written as
+    /// they come, as here. Ctrl-C cancels the map there.
+    fn execute_remote(
+        &self,
+        remote: &super::remote::Remote,
+        inputs: Box<dyn Iterator<Item = Result<Value, LinesError>>>,
+    ) -> Result<ExitCode> {
+        use super::remote::refuse;
+        let no_grants = "the service grants tasks no directories or variables";
+        refuse(!self.grants.dirs.is_empty(), "--dir", no_grants)?;
+        refuse(!self.grants.env.is_empty(), "--env", no_grants)?;
+        refuse(
+            !self.objects.is_empty(),
+            "--object/--send/--close",
+            "shared objects of the service are not reachable from the command line yet",
+        )?;
+        refuse(
+            self.workers.is_some(),
+            "-j/--workers",
+            "the service runs its own workers",
+        )?;
+        refuse(
+            self.restart_limit != 5,
+            "--restart-limit",
+            "the service sets it",
+        )?;
+        refuse(
+            self.limits.show_fuel,
+            "--show-fuel",
+            "a map's fuel is in GET /v1/usage",
+        )?;
+        let limits = remote.limits(&self.limits)?;
+        let request = super::remote::MapRequest {
+            module: &self.module,
+            task: &self.task,
+            inputs,
+            star: self.star,
+            chunksize: self.chunksize,
+            ordered: !self.unordered,
+            retries: self.retries,
+            limits,
+            output: self.output.as_deref(),
+        };
+        super::remote::map(remote, request, &INTERRUPTED)
     }
 }
 

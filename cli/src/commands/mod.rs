@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod map;
 pub mod objects;
+pub mod remote;
 pub mod run;
 pub mod serve;
 pub mod tasks;
@@ -44,28 +45,20 @@ pub struct LimitArgs {
     /// Stop a task that runs longer than this many seconds (wall clock, including sleeps).
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub timeout: Option<f64>,
-    /// The most memory a task's instance may use, in MiB.
-    #[arg(
-        long,
-        value_name = "MIB",
-        default_value_t = 256,
-        allow_negative_numbers = true
-    )]
-    pub memory: u64,
-    /// The most a task may write to stdout and stderr together, in MiB.
-    #[arg(
-        long,
-        value_name = "MIB",
-        default_value_t = 64,
-        allow_negative_numbers = true
-    )]
-    pub max_output: u64,
+    /// The most memory a task's instance may use, in MiB [default: 256; with --server, the
+    /// tenant's ceiling, at most 256].
+    #[arg(long, value_name = "MIB", allow_negative_numbers = true)]
+    pub memory: Option<u64>,
+    /// The most a task may write to stdout and stderr together, in MiB [default: 64; with
+    /// --server, the tenant's ceiling].
+    #[arg(long, value_name = "MIB", allow_negative_numbers = true)]
+    pub max_output: Option<u64>,
     /// The most wasm stack a task may use, in KiB (64 to 65536); deeper recursion is a
     /// "stack overflow" error.
     #[arg(
         long,
         value_name = "KIB",
-        default_value_t = 1024,
+        default_value_t = LimitArgs::DEFAULT_STACK_KIB,
         allow_negative_numbers = true
     )]
     pub max_stack: u64,
@@ -80,21 +73,28 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// `--memory` when not given, in MiB.
+    pub const DEFAULT_MEMORY_MIB: u64 = 256;
+    /// `--max-output` when not given, in MiB.
+    pub const DEFAULT_OUTPUT_MIB: u64 = 64;
+    /// `--max-stack` when not given, in KiB.
+    pub const DEFAULT_STACK_KIB: u64 = 1024;
+
     /// The limits these flags ask for. Each flag out of range is refused by name, with its
     /// bounds; nothing is clamped.
     pub fn limits(&self) -> anyhow::Result<wasmpool::Limits> {
         let max_memory_mib = wasmpool::Limits::MAX_MEMORY_BYTES >> 20;
-        if self.memory == 0 || self.memory > max_memory_mib {
+        let memory = self.memory.unwrap_or(Self::DEFAULT_MEMORY_MIB);
+        if memory == 0 || memory > max_memory_mib {
             anyhow::bail!(
-                "--memory {}: the memory limit must be from 1 to {max_memory_mib} MiB \
-                 (4 GiB, all that a wasm32 instance can address)",
-                self.memory
+                "--memory {memory}: the memory limit must be from 1 to {max_memory_mib} MiB \
+                 (4 GiB, all that a wasm32 instance can address)"
             );
         }
-        let output_bytes = self.max_output.checked_mul(1 << 20).ok_or_else(|| {
+        let max_output = self.max_output.unwrap_or(Self::DEFAULT_OUTPUT_MIB);
+        let output_bytes = max_output.checked_mul(1 << 20).ok_or_else(|| {
             anyhow::anyhow!(
-                "--max-output {}: too large; it must be at most {} MiB",
-                self.max_output,
+                "--max-output {max_output}: too large; it must be at most {} MiB",
                 u64::MAX >> 20
             )
         })?;
@@ -111,7 +111,7 @@ impl LimitArgs {
             );
         }
         let mut limits = wasmpool::Limits::default()
-            .memory_mib(self.memory)
+            .memory_mib(memory)
             .output_bytes(output_bytes)
             .stack_kib(self.max_stack);
         if let Some(t) = self.timeout {

@@ -31,6 +31,11 @@ pub struct ObjectArgs {
 }
 
 impl ObjectArgs {
+    /// Whether no object, send or close was asked for.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.sends.is_empty() && self.closes.is_empty()
+    }
+
     /// Creates the objects these flags ask for, then does the sends and closes.
     pub fn create(&self) -> Result<Objects> {
         let manager = Manager::new();

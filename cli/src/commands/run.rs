@@ -33,11 +33,16 @@ pub struct RunCommand {
     /// The process name the task sees (default `Process-1`).
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    server: super::remote::ServerArgs,
 }
 
 impl RunCommand {
     pub fn execute(self) -> Result<ExitCode> {
         let args = parse_json_args(&self.args)?;
+        if let Some(remote) = self.server.connect()? {
+            return self.execute_remote(&remote, args);
+        }
         let limits = self.limits.limits()?;
         let objects = self.objects.create()?;
         let module = Module::load(&self.module)?;
@@ -100,6 +105,47 @@ impl RunCommand {
                 Ok(ExitCode::from(1))
             }
         }
+    }
+}
+
+impl RunCommand {
+    /// `run --server`: the task runs on the service; its output and result are printed as
+    /// they would be here. Ctrl-C cancels it there.
+    fn execute_remote(
+        &self,
+        remote: &super::remote::Remote,
+        args: Vec<serde_json::Value>,
+    ) -> Result<ExitCode> {
+        use super::remote::refuse;
+        let no_grants = "the service grants tasks no directories or variables";
+        refuse(!self.grants.dirs.is_empty(), "--dir", no_grants)?;
+        refuse(!self.grants.env.is_empty(), "--env", no_grants)?;
+        refuse(
+            !self.objects.is_empty(),
+            "--object/--send/--close",
+            "shared objects of the service are not reachable from the command line yet",
+        )?;
+        refuse(
+            self.tag_output,
+            "--tag-output",
+            "the output comes back with the result",
+        )?;
+        refuse(
+            self.name.is_some(),
+            "--name",
+            "the service names its processes",
+        )?;
+        let limits = remote.limits(&self.limits)?;
+        let module = remote.module(&self.module)?;
+        let body = serde_json::json!({
+            "module": module.sha256,
+            "task": self.task,
+            "args": args,
+            "limits": limits,
+        });
+        let interrupted = super::remote::interrupt_flag();
+        let view = remote.run_task(&body, interrupted)?;
+        super::remote::print_task(&view, &self.task, self.limits.show_fuel)
     }
 }
 

@@ -36,6 +36,10 @@ pub struct ServeCommand {
     /// half-sent body is answered 408.
     #[arg(long, value_name = "SECONDS")]
     body_timeout: Option<f64>,
+    /// How long a request's line and headers may take to arrive, in seconds (default 30),
+    /// and how long a kept-alive connection may sit idle: a stalled client is disconnected.
+    #[arg(long, value_name = "SECONDS")]
+    header_timeout: Option<f64>,
 }
 
 impl ServeCommand {
@@ -66,6 +70,16 @@ impl ServeCommand {
                 .filter(|d| !d.is_zero() && d.as_secs() <= 3600)
                 .ok_or_else(|| {
                     anyhow::anyhow!("--body-timeout {t}: must be above 0 and at most 3600 seconds")
+                })?;
+        }
+        if let Some(t) = self.header_timeout {
+            config.header_timeout = std::time::Duration::try_from_secs_f64(t)
+                .ok()
+                .filter(|d| !d.is_zero() && d.as_secs() <= 3600)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--header-timeout {t}: must be above 0 and at most 3600 seconds"
+                    )
                 })?;
         }
         wasmpool_serve::run(config)?;

@@ -16,10 +16,15 @@ pub struct TasksCommand {
     /// Print a JSON array instead.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    server: super::remote::ServerArgs,
 }
 
 impl TasksCommand {
     pub fn execute(self) -> Result<ExitCode> {
+        if let Some(remote) = self.server.connect()? {
+            return super::remote::tasks(&remote, &self.module, self.json);
+        }
         let tasks = Module::load(&self.module)?.tasks()?;
         if self.json {
             println!("{}", serde_json::to_string(&tasks)?);

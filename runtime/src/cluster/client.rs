@@ -161,6 +161,7 @@ impl ClusterBuilder {
                 retries: self.retries,
                 limits: self.limits,
                 tenant: Default::default(),
+                capture_output: false,
             },
         })
     }

@@ -48,6 +48,12 @@ pub(crate) trait ImapSink {
     /// How many workers take the chunks (sets how far ahead the input is drawn).
     fn slots(&self) -> usize;
 
+    /// The scheduler that cancels its jobs (none for a cluster's, which cannot be
+    /// cancelled yet).
+    fn scheduler(&self) -> std::sync::Weak<super::scheduler::Scheduler> {
+        std::sync::Weak::new()
+    }
+
     /// Submits items `first..first + part.len()` of `job` as one chunk.
     fn submit_part(&self, job: &Arc<Job>, first: usize, part: Packed) -> Result<()>;
 }
@@ -59,6 +65,39 @@ impl ImapSink for Pool {
 
     fn submit_part(&self, job: &Arc<Job>, first: usize, part: Packed) -> Result<()> {
         self.submit(job, first, [part], SendAs::Batch)
+    }
+
+    fn scheduler(&self) -> std::sync::Weak<super::scheduler::Scheduler> {
+        Arc::downgrade(&self.scheduler)
+    }
+}
+
+/// Cancels an [`Imap`]'s work from another thread (the iterating one may be waiting for
+/// its next result): see [`Imap::canceller`].
+#[derive(Clone)]
+pub struct ImapCanceller {
+    job: Arc<Job>,
+    scheduler: std::sync::Weak<super::scheduler::Scheduler>,
+}
+
+impl std::fmt::Debug for ImapCanceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapCanceller")
+            .field("task", &self.job.task)
+            .finish()
+    }
+}
+
+impl ImapCanceller {
+    /// Cancels the items not finished, as [`AsyncResult::cancel`](crate::AsyncResult::cancel)
+    /// does: the queued ones never run, a running one's worker is stopped, and each comes
+    /// out of the iterator as [`Error::Cancelled`]. Whether anything was cancelled (false
+    /// when all had finished, the pool is gone, or on a cluster's pool).
+    pub fn cancel(&self) -> bool {
+        match self.scheduler.upgrade() {
+            Some(scheduler) => scheduler.cancel_job(&self.job) > 0,
+            None => false,
+        }
     }
 }
 
@@ -180,6 +219,11 @@ impl<'a, R> Imap<'a, R> {
             }
             let first = self.job.grow(n);
             self.submitted += n;
+            if self.job.is_cancelled() {
+                // Cancelled (by an `ImapCanceller`) before these were drawn: never run.
+                self.job.complete_run(first, n, Slot::Cancelled);
+                continue;
+            }
             if bad.is_empty() {
                 let part: Packed = items.into_iter().collect();
                 if let Err(e) = self.pool.submit_part(&self.job, first, part) {
@@ -214,6 +258,20 @@ impl<R> Imap<'_, R> {
     /// The fuel the items finished so far used together, in a pool built with a fuel limit.
     pub fn fuel_used(&self) -> Option<u64> {
         self.job.fuel_used()
+    }
+
+    /// The time workers spent running its chunks answered so far (see
+    /// [`AsyncResult::worker_time`](crate::AsyncResult::worker_time)).
+    pub fn worker_time(&self) -> Duration {
+        self.job.worker_time()
+    }
+
+    /// A handle that cancels this iterator's work from another thread.
+    pub fn canceller(&self) -> ImapCanceller {
+        ImapCanceller {
+            job: self.job.clone(),
+            scheduler: self.pool.scheduler(),
+        }
     }
 
     fn next_slot(&mut self) -> Option<(usize, Slot)> {

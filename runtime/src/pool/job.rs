@@ -95,6 +95,8 @@ pub(crate) struct TaskOptions {
     /// Whose work it is: the queue its chunks wait in (see
     /// [`QueuePolicy`](super::queue_policy::QueuePolicy)).
     pub tenant: Tenant,
+    /// Keep the output its items write with the job (see [`Pool::with_captured_output`](super::Pool::with_captured_output)).
+    pub capture_output: bool,
 }
 
 /// The shared state of one job.
@@ -117,6 +119,8 @@ pub(crate) struct Job {
     cancelled: std::sync::atomic::AtomicBool,
     /// Worker time its answered chunks took, in microseconds.
     worker_micros: std::sync::atomic::AtomicU64,
+    /// The output its items wrote, when `opts.capture_output`.
+    captured: Mutex<crate::output::Captured>,
 }
 
 impl std::fmt::Debug for Job {
@@ -176,7 +180,34 @@ impl Job {
             fuel_used: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
             worker_micros: std::sync::atomic::AtomicU64::new(0),
+            captured: Mutex::new(crate::output::Captured::default()),
         })
+    }
+
+    /// Keeps `data`, which one of its items wrote to `stream`, when the job captures its
+    /// output: at most the output limit in all (a worker stops a task past it; the bound
+    /// also holds across retries).
+    pub fn capture(&self, stream: crate::output::Stream, data: &[u8]) {
+        if !self.opts.capture_output {
+            return;
+        }
+        let mut c = self.captured.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = (c.stdout.len() + c.stderr.len()) as u64;
+        let room = self.opts.limits.output_bytes.saturating_sub(kept);
+        let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let into = match stream {
+            crate::output::Stream::Stdout => &mut c.stdout,
+            crate::output::Stream::Stderr => &mut c.stderr,
+        };
+        into.extend_from_slice(&data[..take]);
+    }
+
+    /// The output kept so far (see [`Job::capture`]).
+    pub fn captured(&self) -> crate::output::Captured {
+        self.captured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Adds fuel its items used (recorded before their outcomes, so it is there when a
@@ -772,6 +803,15 @@ impl<T> AsyncResult<T> {
     /// fair queuing charges a tenant, and what a service can meter.
     pub fn worker_time(&self) -> Duration {
         self.job.worker_time()
+    }
+
+    /// What the work wrote to stdout and stderr, when it was submitted through a handle
+    /// from [`Pool::with_captured_output`](super::Pool::with_captured_output) (empty
+    /// otherwise): at most its output limit in all. For `apply_async`, the task's output
+    /// (of every attempt, when its worker died and it was retried); for `map_async`, its
+    /// items' together, in the order the workers wrote it.
+    pub fn captured_output(&self) -> crate::output::Captured {
+        self.job.captured()
     }
 
     /// Whether the work succeeded; an error if it is not ready yet, as in Python.

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::executor::{AsCompleted, Executor, MapStream, TaskFuture, as_completed};
-pub use self::imap::Imap;
+pub use self::imap::{Imap, ImapCanceller};
 pub use self::job::AsyncResult;
 use self::job::{Hook, Job, Slot, TaskOptions, finish_all, finish_one};
 use self::scheduler::{PoolConfig, Scheduler};
@@ -258,6 +258,7 @@ impl PoolBuilder {
                 retries: self.retries,
                 limits: self.limits,
                 tenant: Tenant::DEFAULT,
+                capture_output: false,
             },
         };
         pool.scheduler.start_workers()?;
@@ -384,6 +385,26 @@ impl Pool {
     pub fn with_limits(&self, limits: Limits) -> Pool {
         let mut pool = self.clone();
         pool.opts.limits = limits;
+        pool
+    }
+
+    /// A handle to this pool whose submissions keep their tasks' stdout and stderr with
+    /// their results, read back with [`AsyncResult::captured_output`] (at most the output
+    /// limit each), besides sending it where the pool's [`output`](PoolBuilder::output)
+    /// goes. What a service returns with each task's result. It shares the workers; the
+    /// pool stops when its last handle is dropped.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// let pool = wasmpool::Pool::builder(&module).output(wasmpool::Output::Discard).build()?;
+    /// let r = pool.with_captured_output().apply_async::<_, u32>("tick", &(3u32, 0u64))?;
+    /// r.wait();
+    /// let printed = String::from_utf8_lossy(&r.captured_output().stdout).into_owned();
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn with_captured_output(&self) -> Pool {
+        let mut pool = self.clone();
+        pool.opts.capture_output = true;
         pool
     }
 

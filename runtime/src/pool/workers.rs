@@ -286,7 +286,7 @@ impl WorkerEvents for Scheduler {
                 micros,
             } => self.finish_call(pid, id, Answers::Batch(answers), Ran { fuel, micros }, more),
             CallEvent::BatchPart { id, answers } => self.part_of_call(pid, id, answers),
-            CallEvent::Output { stream, data, .. } => {
+            CallEvent::Output { id, stream, data } => {
                 let found = {
                     let mut s = self.lock();
                     self.heard_from(&mut s, pid);
@@ -297,10 +297,27 @@ impl WorkerEvents for Scheduler {
                             .and_then(|f| f.chunk.as_ref().map(|c| c.job.task.to_string()))
                             .or_else(|| self.config.initializer.as_ref().map(|(t, _)| t.clone()))
                             .unwrap_or_default();
-                        (w.router.clone(), w.name.clone(), task, w.routing.clone())
+                        // The call that wrote it keeps it too, if its job captures output.
+                        let job = w
+                            .inflight
+                            .iter()
+                            .find(|f| f.id == id)
+                            .and_then(|f| f.chunk.as_ref())
+                            .filter(|c| c.job.opts.capture_output)
+                            .map(|c| c.job.clone());
+                        (
+                            w.router.clone(),
+                            w.name.clone(),
+                            task,
+                            w.routing.clone(),
+                            job,
+                        )
                     })
                 };
-                if let Some((router, name, task, routing)) = found {
+                if let Some((router, name, task, routing, job)) = found {
+                    if let Some(job) = job {
+                        job.capture(stream, &data);
+                    }
                     let event = OutputEvent {
                         pid,
                         process: &name,

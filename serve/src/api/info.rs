@@ -44,6 +44,7 @@ pub async fn usage(
         totals.failed += h.failed;
         totals.wall_ms += h.wall_ms;
         totals.fuel += h.fuel;
+        totals.cpu = crate::store::Cpu::from_micros(totals.cpu.cpu_us + h.cpu.cpu_us);
         totals.bytes_in += h.bytes_in;
         totals.bytes_out += h.bytes_out;
     }
@@ -52,7 +53,6 @@ pub async fn usage(
         "tasks": tasks,
         "hours": hours,
         "totals": totals,
-        "cpu_ms": null,
     }))
     .into_response())
 }

@@ -264,6 +264,29 @@ pub async fn show(
     }
 }
 
+/// `POST /v1/maps/{id}/cancel`: what of the map has not finished fails as `cancelled`
+/// (queued items at once, running ones as their workers are stopped); finished items keep
+/// their results. The results stream then ends with the cancelled items' records.
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if app.store.map(tenant.name(), &id)?.is_none() {
+        return Err(ApiError::not_found("map"));
+    }
+    let (a, t, m) = (app.clone(), tenant.clone(), id.clone());
+    let (queued, running) = super::blocking(move || a.cancel_map(&t, &m)).await?;
+    let view = app.store.map(tenant.name(), &id)?;
+    Ok(Json(json!({
+        "id": id,
+        "cancelled_queued": queued,
+        "running_chunks_stopped": running,
+        "map": view,
+    }))
+    .into_response())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsQuery {

@@ -29,12 +29,14 @@ use crate::tenants::Tenant;
 pub fn router(app: Arc<App>, request_timeout: Duration) -> Router {
     Router::new()
         .route("/v1/modules", post(modules::upload).get(modules::list))
+        .route("/v1/modules/{sha256}", get(modules::show))
         .route("/v1/tasks", post(tasks::submit))
         .route("/v1/tasks/{id}", get(tasks::show))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/maps", post(maps::submit))
         .route("/v1/maps/{id}", get(maps::show))
         .route("/v1/maps/{id}/results", get(maps::results))
+        .route("/v1/maps/{id}/cancel", post(maps::cancel))
         .route("/v1/objects", post(objects::create).get(objects::list))
         .route(
             "/v1/objects/{reference}",

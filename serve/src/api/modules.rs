@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -62,4 +62,26 @@ pub async fn list(
         .map(|(sha256, size)| json!({"sha256": sha256, "size": size}))
         .collect();
     Ok(Json(json!({ "modules": modules })).into_response())
+}
+
+/// `GET /v1/modules/{sha256}`: a module this tenant uploaded, with its tasks (404 for any
+/// other): a client asks before it uploads the same bytes again.
+pub async fn show(
+    State(app): State<Arc<App>>,
+    Caller(tenant): Caller,
+    Path(sha): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(size) = app
+        .store
+        .modules(tenant.name())?
+        .into_iter()
+        .find_map(|(s, size)| (s == sha).then_some(size))
+    else {
+        return Err(ApiError::not_found("module"));
+    };
+    let a = app.clone();
+    let s = sha.clone();
+    let tasks = blocking(move || Ok(a.exec.module(&s).and_then(|m| m.tasks()))).await?;
+    let tasks = tasks.map_err(ApiError::internal)?;
+    Ok(Json(json!({"sha256": sha, "size": size, "tasks": tasks})).into_response())
 }
