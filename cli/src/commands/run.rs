@@ -39,7 +39,7 @@ impl RunCommand {
     pub fn execute(self) -> Result<ExitCode> {
         let args = parse_json_args(&self.args)?;
         let limits = self.limits.limits()?;
-        let objects = self.objects.create()?;
+        let objects = self.objects.create(None)?;
         let module = Module::load(&self.module)?;
         // With objects, arguments go through `Process::new`, which holds the objects it is
         // given for the process (a pipe end stays open while it runs, as an inherited fd).

@@ -34,6 +34,8 @@ mod client;
 mod host;
 mod keys;
 mod liveness;
+mod manager;
+mod objects;
 mod scripts;
 mod wire;
 
@@ -41,6 +43,12 @@ use std::time::Duration;
 
 pub use self::client::{ClusterBuilder, ClusterPool, ClusterStats};
 pub use self::host::{Host, HostStats};
+pub use self::manager::{ClusterManager, ClusterManagerBuilder};
+pub use self::objects::DEFAULT_OBJECT_TTL;
+pub(crate) use self::objects::{
+    CLUSTER_TAG, ClusterLane, ClusterObjects, MAX_ROUTES, is_cluster as is_cluster_handle,
+    release_dead_hosts, route_of,
+};
 use crate::error::Error;
 
 /// How long a host's lease lasts after each renewal (Redis server time).
