@@ -10,7 +10,7 @@ use wasmpool::cluster::{ClusterManager, ClusterPool};
 
 use crate::cluster::redis::RedisServer;
 use crate::cluster::{WorkerHost, cluster_pool, wait_for_hosts};
-use crate::util::{eventually, testkit, within};
+use crate::util::{eventually, within};
 
 /// A Redis, `hosts` worker hosts of `slots` slots each, a pool and a manager on them.
 fn cluster(

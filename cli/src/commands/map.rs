@@ -294,7 +294,7 @@ impl MapCommand {
             });
             let result = (|| -> Result<()> {
                 let mut results =
-                    pool.imap_encoded::<()>(&self.task, items, self.chunksize, !self.unordered)?;
+                    pool.imap_encoded(&self.task, items, self.chunksize, !self.unordered)?;
                 while let Some((index, result)) = results.next_indexed_bytes() {
                     if INTERRUPTED.load(Ordering::SeqCst) {
                         break;
