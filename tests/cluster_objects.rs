@@ -167,10 +167,7 @@ fn a_counter_under_a_cluster_lock_is_exact_and_its_fence_counts_every_acquisitio
         assert_eq!(other.1, Ok(false));
         r.release().unwrap();
         r.release().unwrap();
-        assert_eq!(
-            pool.apply::<_, bool>("try_lock", &(lock.clone(),)).unwrap(),
-            true
-        );
+        assert!(pool.apply::<_, bool>("try_lock", &(lock.clone(),)).unwrap());
     });
 }
 
