@@ -64,9 +64,17 @@ end
 local function held()
   local host = string.match(owner, '^h:([^/]+)/')
   if host then
-    redis.call('SADD', prefix .. 'holds:' .. host, base)
+    local holds = prefix .. 'holds:' .. host
+    redis.call('SADD', holds, base)
+    -- Kept as long as the longest-lived object in it.
+    if redis.call('PTTL', holds) < tonumber(ttl) then redis.call('PEXPIRE', holds, ttl) end
     redis.call('SADD', prefix .. 'holders', host)
   end
+end
+-- A lock's one holder let go: its host holds nothing of it any more.
+local function unheld(o)
+  local host = string.match(o, '^h:([^/]+)/')
+  if host then redis.call('SREM', prefix .. 'holds:' .. host, base) end
 end
 local function invalid() return err('invalid', op .. ' is not an operation of a ' .. (f['name'] or kind)) end
 
@@ -175,6 +183,7 @@ local function release_lock(recursive, any)
   local c = tonumber(f['c'] or '1') - 1
   if c <= 0 or not recursive then
     redis.call('HSET', base, 'o', '', 'c', 0)
+    unheld(o)
     wake('l', false)
   else
     redis.call('HSET', base, 'c', c)
@@ -561,9 +570,13 @@ local function wake(base, ch, ttl)
   redis.call('HSET', base, nf, n - k)
 end
 local function starts(s, p) return string.sub(s, 1, #p) == p end
-local function release(base, who)
+local function release(base, who, holds)
   local kind = redis.call('HGET', base, 'k')
-  if not kind then return end
+  if not kind then
+    -- Expired: nothing to give back, nothing to remember.
+    redis.call('SREM', holds, base)
+    return
+  end
   local ttl = redis.call('HGET', base, 'ttl') or '60000'
   if kind == 'lock' or kind == 'rlock' or kind == 'condition' then
     local o = redis.call('HGET', base, 'o') or ''
@@ -605,8 +618,9 @@ local function release(base, who)
   end
 end
 if ARGV[2] ~= '' then
-  for _, base in ipairs(redis.call('SMEMBERS', prefix .. 'holds:' .. ARGV[3])) do
-    release(base, ARGV[2])
+  local holds = prefix .. 'holds:' .. ARGV[3]
+  for _, base in ipairs(redis.call('SMEMBERS', holds)) do
+    release(base, ARGV[2], holds)
   end
   return changed
 end
@@ -617,7 +631,7 @@ for _, host in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if (not lease) or tonumber(lease) < now then
     local holds = prefix .. 'holds:' .. host
     for _, base in ipairs(redis.call('SMEMBERS', holds)) do
-      release(base, 'h:' .. host .. '/')
+      release(base, 'h:' .. host .. '/', holds)
     end
     redis.call('DEL', holds)
     redis.call('SREM', KEYS[2], host)
