@@ -453,6 +453,26 @@ fn a_handle_of_another_redis_or_a_forged_token_is_refused() {
         )
         .unwrap();
         assert!(matches!(forged.put(&3), Err(ObjectError::Stale(_))));
+
+        // A get blocked for 2 s waits on Redis, it does not poll it: a handful of scripts
+        // run (one per wake-up, at least every 500 ms), not thousands.
+        let calls = |r: &RedisServer| -> u64 {
+            let info = r.command("INFO commandstats");
+            ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
+                .iter()
+                .filter_map(|k| {
+                    let at = info.find(k)? + k.len();
+                    info[at..].split(',').next()?.parse::<u64>().ok()
+                })
+                .sum()
+        };
+        let before = calls(&r1);
+        assert_eq!(
+            q1.get_timeout(Some(Duration::from_secs(2))),
+            Err(ObjectError::Empty)
+        );
+        let ran = calls(&r1) - before;
+        assert!(ran <= 12, "{ran} scripts ran for one blocked get");
         assert!(
             ClusterManager::builder(&r1.url())
                 .object_ttl(Duration::from_millis(10))
