@@ -989,9 +989,9 @@ impl ClusterPool {
         Ok(Imap::new(self, job, Box::new(input), chunksize, false))
     }
 
-    /// As [`imap_chunked`](ClusterPool::imap_chunked) / [`imap_unordered`]
-    /// (ClusterPool::imap_unordered) over already-encoded argument arrays (what `wasmpool
-    /// map --cluster` uses), as [`Pool::imap_encoded`](crate::Pool::imap_encoded).
+    /// As [`imap_unordered`](ClusterPool::imap_unordered), or (`ordered`) as
+    /// [`imap_chunked`](ClusterPool::imap_chunked), over already-encoded argument arrays
+    /// (what `wasmpool map --cluster` uses), as [`Pool::imap_encoded`](crate::Pool::imap_encoded).
     pub fn imap_encoded<'a, R: DeserializeOwned>(
         &'a self,
         task: &str,
