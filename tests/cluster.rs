@@ -1,7 +1,7 @@
 //! A pool's work on many hosts through Redis: real `redis-server`s started here (loopback,
 //! persistence off), real `wasmpool worker --join` processes, real signals.
 
-mod redis;
+pub(crate) mod redis;
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -13,14 +13,14 @@ use self::redis::RedisServer;
 use crate::util::{TempDir, cli, eventually, testkit, within};
 
 /// A `wasmpool worker --join` process, killed when dropped.
-struct WorkerHost {
+pub(crate) struct WorkerHost {
     child: Child,
     _dir: TempDir,
     log: std::path::PathBuf,
 }
 
 impl WorkerHost {
-    fn start(redis: &RedisServer, slots: usize) -> WorkerHost {
+    pub(crate) fn start(redis: &RedisServer, slots: usize) -> WorkerHost {
         let dir = TempDir::new("host");
         let log = dir.0.join("stderr");
         let child = cli()
@@ -44,17 +44,17 @@ impl WorkerHost {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: a signal to a child process of this test.
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
     /// What it wrote to stderr so far.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -67,7 +67,7 @@ impl Drop for WorkerHost {
     }
 }
 
-fn cluster_pool(redis: &RedisServer, retries: u32) -> ClusterPool {
+pub(crate) fn cluster_pool(redis: &RedisServer, retries: u32) -> ClusterPool {
     Pool::builder(&testkit())
         .retries(retries)
         .cluster(&redis.url())
@@ -76,7 +76,7 @@ fn cluster_pool(redis: &RedisServer, retries: u32) -> ClusterPool {
 }
 
 /// Waits until `n` hosts hold a current lease.
-fn wait_for_hosts(pool: &ClusterPool, n: usize) {
+pub(crate) fn wait_for_hosts(pool: &ClusterPool, n: usize) {
     assert!(
         eventually(Duration::from_secs(30), || pool
             .hosts()
@@ -88,7 +88,7 @@ fn wait_for_hosts(pool: &ClusterPool, n: usize) {
 
 /// Whether the host with this pid holds a claimed entry (the consumer group's summary of
 /// pending entries lists it).
-fn holds_work(redis: &RedisServer, pid: u32) -> bool {
+pub(crate) fn holds_work(redis: &RedisServer, pid: u32) -> bool {
     redis
         .command("XPENDING wasmpool:v1:tasks hosts")
         .contains(&format!(":{pid}:"))
@@ -352,5 +352,93 @@ fn a_redis_restarted_without_its_data_fails_what_was_pending_and_the_cluster_car
         wait_for_hosts(&pool, 1);
         let squares: Vec<u64> = pool.map("square", 0..100u64).unwrap();
         assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    });
+}
+
+/// Runs `wasmpool map` with `args`, on the cluster at `url` if given; answers its exit
+/// code, its stdout, and its stderr's last line.
+fn cli_map(args: &[&str], url: Option<&str>) -> (Option<i32>, String, String) {
+    let mut all: Vec<String> = ["map", "examples/testkit"]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(url) = url {
+        all.extend(["--cluster".to_string(), url.to_string()]);
+    }
+    let out = within(Duration::from_secs(120), move || {
+        cli().args(&all).output().expect("cannot run wasmpool map")
+    });
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last = err
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        last,
+    )
+}
+
+#[test]
+fn cli_map_on_a_cluster_writes_what_a_local_map_writes() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        let (_a, _b) = (WorkerHost::start(&redis, 2), WorkerHost::start(&redis, 2));
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 2);
+        let url = redis.url();
+
+        // Every item succeeds: the same lines in the same order, exit 0.
+        let args = ["square", "--range", "0..500", "--chunksize", "7"];
+        let local = cli_map(&args, None);
+        let remote = cli_map(&args, Some(&url));
+        assert_eq!(local.0, Some(0), "local: {}", local.2);
+        assert_eq!(remote.0, Some(0), "cluster: {}", remote.2);
+        assert_eq!(remote.1.lines().count(), 500);
+        assert_eq!(remote.1, local.1);
+
+        // Some items fail: the same per-item errors, the same summary, exit 1.
+        let args = ["square_or_panic", "--range", "0..30", "--chunksize", "4"];
+        let local = cli_map(&args, None);
+        let remote = cli_map(&args, Some(&url));
+        assert_eq!(local.0, Some(1));
+        assert_eq!(remote.0, Some(1), "cluster: {}", remote.2);
+        assert_eq!(remote.1, local.1);
+        assert!(remote.1.contains("\"error\""), "{}", remote.1);
+        assert_eq!(remote.2, local.2);
+
+        // Unordered: the same lines, in some order.
+        let args = ["square", "--range", "0..100", "--unordered"];
+        let mut local: Vec<String> = cli_map(&args, None).1.lines().map(String::from).collect();
+        let mut remote: Vec<String> = cli_map(&args, Some(&url))
+            .1
+            .lines()
+            .map(String::from)
+            .collect();
+        local.sort();
+        remote.sort();
+        assert_eq!(remote, local);
+
+        // A shared object named on the command line lives in Redis: every host's tasks
+        // add to the same dict.
+        let input = TempDir::new("cluster-map");
+        let path = input.0.join("in.jsonl");
+        std::fs::write(&path, "[\"@d\", 50]\n".repeat(6)).unwrap();
+        let path = path.to_string_lossy().into_owned();
+        let out = within(Duration::from_secs(120), move || {
+            cli()
+                .args(["map", "examples/testkit", "atomic_increments", "--star"])
+                .args(["--input", &path, "--object", "d=dict", "--chunksize", "1"])
+                .args(["--cluster", &url])
+                .output()
+                .unwrap()
+        });
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("[\"count\",300]"), "the dict's report: {err}");
     });
 }

@@ -8,6 +8,7 @@ mod util;
 mod batches;
 mod cli;
 mod cluster;
+mod cluster_objects;
 mod conformance;
 mod conformance_futures;
 mod conformance_objects;

@@ -59,6 +59,15 @@ fn rate(reps: usize, n: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
+/// A table row of two rates, with their ratio.
+fn rate_row(name: &str, cluster: f64, local: f64, unit: &str) -> (String, String, String) {
+    (
+        name.to_string(),
+        format!("{cluster:.0} {unit}"),
+        format!("{local:.0} {unit} ({:.2}x)", cluster / local),
+    )
+}
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let (map_items, calls, trips, reps) = if smoke {
@@ -148,6 +157,87 @@ fn main() {
     let (p50l, p99l) = round_trips(&|| local.apply::<_, u64>("square", &(3u64,)).unwrap());
     rows.push((
         "`apply` round trip, p50 / p99".into(),
+        format!("{p50c:.0} / {p99c:.0} µs"),
+        format!("{p50l:.0} / {p99l:.0} µs"),
+    ));
+
+    // Shared objects: a counter under a lock and dict increments, from one task per host
+    // (cluster objects in Redis) or per worker (a local manager's), and a program's queue
+    // put + get round trip.
+    let incs = if smoke { 200u64 } else { 5_000 };
+    let cm = cluster.manager().unwrap();
+    let lm = wasmpool::Manager::new();
+    let locked_c = rate(reps, 2 * incs as usize, || {
+        let (d, l) = (cm.dict::<String, i64>().unwrap(), cm.lock().unwrap());
+        let _: Vec<()> = cluster
+            .starmap_async(
+                "locked_increments",
+                (0..2).map(|_| (d.clone(), l.clone(), incs)),
+                Some(1),
+            )
+            .unwrap()
+            .get()
+            .unwrap();
+    });
+    let locked_l = rate(reps, 2 * incs as usize, || {
+        let (d, l) = (lm.dict::<String, i64>(), lm.lock());
+        let _: Vec<()> = local
+            .starmap_async(
+                "locked_increments",
+                (0..2).map(|_| (d.clone(), l.clone(), incs)),
+                Some(1),
+            )
+            .unwrap()
+            .get()
+            .unwrap();
+    });
+    rows.push(rate_row(
+        "counter under a shared `Lock` (acquire, get, set, release), 2 tasks",
+        locked_c,
+        locked_l,
+        "increments/s",
+    ));
+    let atomic_c = rate(reps, 2 * incs as usize, || {
+        let d = cm.dict::<String, i64>().unwrap();
+        let _: Vec<()> = cluster
+            .starmap_async(
+                "atomic_increments",
+                (0..2).map(|_| (d.clone(), incs)),
+                Some(1),
+            )
+            .unwrap()
+            .get()
+            .unwrap();
+    });
+    let atomic_l = rate(reps, 2 * incs as usize, || {
+        let d = lm.dict::<String, i64>();
+        let _: Vec<()> = local
+            .starmap_async(
+                "atomic_increments",
+                (0..2).map(|_| (d.clone(), incs)),
+                Some(1),
+            )
+            .unwrap()
+            .get()
+            .unwrap();
+    });
+    rows.push(rate_row(
+        "`Dict::increment` of one key, 2 tasks",
+        atomic_c,
+        atomic_l,
+        "increments/s",
+    ));
+    let (qc, ql) = (cm.queue::<u64>().unwrap(), lm.queue::<u64>());
+    let (p50c, p99c) = round_trips(&|| {
+        qc.put(&1).unwrap();
+        qc.get().unwrap()
+    });
+    let (p50l, p99l) = round_trips(&|| {
+        ql.put(&1).unwrap();
+        ql.get().unwrap()
+    });
+    rows.push((
+        "`Queue` put + get from this program, p50 / p99".into(),
         format!("{p50c:.0} / {p99c:.0} µs"),
         format!("{p50l:.0} / {p99l:.0} µs"),
     ));

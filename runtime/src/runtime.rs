@@ -28,8 +28,9 @@ use crate::shm::SegmentBudget;
 
 /// Where a handle's id keeps the tag of the runtime that made it: the bits from here up.
 pub(crate) const TAG_SHIFT: u32 = 40;
-/// The largest runtime tag (24 bits); tags are never reused.
-const MAX_TAG: u32 = (1 << (64 - TAG_SHIFT)) - 1;
+/// The largest runtime tag (24 bits, less the one of cluster objects); tags are never
+/// reused.
+const MAX_TAG: u32 = crate::cluster::CLUSTER_TAG - 1;
 
 /// The tag of the runtime that made handle `h`.
 pub(crate) fn tag_of(h: Handle) -> u32 {
@@ -357,6 +358,42 @@ impl Drop for RuntimeInner {
 struct Routes {
     global: OnceLock<Arc<Broker>>,
     others: RwLock<HashMap<u32, Weak<Broker>>>,
+    /// The clusters whose objects this program made or was given, by route number (in
+    /// their handles' ids), and the route number of each Redis URL.
+    clusters: RwLock<ClusterRoutes>,
+}
+
+#[derive(Default)]
+struct ClusterRoutes {
+    by_url: HashMap<String, u32>,
+    objects: Vec<Arc<crate::cluster::ClusterObjects>>,
+}
+
+/// The objects of the cluster at `url` for this program: the route made for it before, or a
+/// new one (connecting to it).
+pub(crate) fn cluster_route(url: &str) -> Result<Arc<crate::cluster::ClusterObjects>> {
+    let routes = routes();
+    let mut clusters = routes.clusters.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(&n) = clusters.by_url.get(url)
+        && let Some(objects) = clusters.objects.get(n as usize)
+    {
+        return Ok(objects.clone());
+    }
+    let n = clusters.objects.len() as u32;
+    if n >= crate::cluster::MAX_ROUTES {
+        return Err(Error::Cluster(format!(
+            "this program has reached {n} Redis servers for shared objects, as many as \
+             handles can tell apart"
+        )));
+    }
+    let objects = Arc::new(crate::cluster::ClusterObjects::connect(
+        url,
+        n,
+        crate::broker::DEFAULT_MAX_MESSAGE_BYTES,
+    )?);
+    clusters.by_url.insert(url.to_string(), n);
+    clusters.objects.push(objects.clone());
+    Ok(objects)
 }
 
 fn routes() -> &'static Routes {
@@ -382,6 +419,14 @@ impl Routes {
         if let Ok(mut others) = self.others.write() {
             others.remove(&tag);
         }
+    }
+
+    fn cluster(&self, target: Handle) -> Option<Arc<crate::cluster::ClusterObjects>> {
+        let clusters = self.clusters.read().unwrap_or_else(|p| p.into_inner());
+        clusters
+            .objects
+            .get(crate::cluster::route_of(target) as usize)
+            .cloned()
     }
 
     fn find(&self, target: Handle) -> Option<Arc<Broker>> {
@@ -411,6 +456,14 @@ impl wasmpool_objects::Transport for Router {
         req: Request,
         timeout: Option<Duration>,
     ) -> std::result::Result<Response, ObjectError> {
+        if crate::cluster::is_cluster_handle(target) {
+            let objects = routes().cluster(target).ok_or_else(|| {
+                ObjectError::Stale(
+                    "a cluster object this program has no connection to its Redis for".into(),
+                )
+            })?;
+            return objects.invoke(&objects.client_owner(), target, req, timeout, &|| false);
+        }
         routes()
             .find(target)
             .ok_or_else(gone)?
@@ -418,12 +471,19 @@ impl wasmpool_objects::Transport for Router {
     }
 
     fn retain(&self, target: Handle) {
+        // A cluster object lives until it has been idle for its TTL: not counted.
+        if crate::cluster::is_cluster_handle(target) {
+            return;
+        }
         if let Some(broker) = routes().find(target) {
             broker.retain_for_host(target);
         }
     }
 
     fn release(&self, target: Handle) {
+        if crate::cluster::is_cluster_handle(target) {
+            return;
+        }
         if let Some(broker) = routes().find(target) {
             broker.release_for_host(target);
         }

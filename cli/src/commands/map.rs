@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+use wasmpool::cluster::ClusterPool;
 use wasmpool::lines::{Items, Lines, LinesError, RecordWriter};
 use wasmpool::{Module, Output, Pool};
 
@@ -79,6 +80,40 @@ pub struct MapCommand {
     output: Option<PathBuf>,
     #[command(flatten)]
     server: super::remote::ServerArgs,
+    /// Run on a cluster through its Redis, `redis://HOST:PORT`: the hosts that joined it
+    /// (`wasmpool worker --join`) run the chunks, and --object makes its objects in Redis.
+    /// The output is the same as a local map's; -j is then the slots the chunk size is
+    /// reckoned for (default: those of the live hosts).
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+}
+
+/// The pool a map runs in: local worker processes, or a cluster's hosts.
+enum AnyPool {
+    Local(Pool),
+    Cluster(ClusterPool),
+}
+
+impl AnyPool {
+    fn imap_encoded<'a>(
+        &'a self,
+        task: &str,
+        items: impl Iterator<Item = wasmpool::Result<Vec<u8>>> + 'a,
+        chunksize: usize,
+        ordered: bool,
+    ) -> wasmpool::Result<wasmpool::Imap<'a, ()>> {
+        match self {
+            AnyPool::Local(p) => p.imap_encoded(task, items, chunksize, ordered),
+            AnyPool::Cluster(p) => p.imap_encoded(task, items, chunksize, ordered),
+        }
+    }
+
+    fn terminate(&self) {
+        match self {
+            AnyPool::Local(p) => p.terminate(),
+            AnyPool::Cluster(p) => p.terminate(),
+        }
+    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -192,9 +227,12 @@ impl MapCommand {
 
         self.check_counts()?;
         if let Some(remote) = self.server.connect()? {
+            if self.cluster.is_some() {
+                anyhow::bail!("--cluster and --server cannot be used together");
+            }
             return self.execute_remote(&remote, inputs);
         }
-        let objects = self.objects.create()?;
+        let objects = self.objects.create(self.cluster.as_deref())?;
         let module = Module::load(&self.module)?;
         // Stdout carries the JSON lines: the tasks' own output goes to stderr, tagged.
         let to_stderr = Output::Callback(std::sync::Arc::new(|e: wasmpool::OutputEvent<'_>| {
@@ -202,7 +240,6 @@ impl MapCommand {
             let _ = err.write_all(e.data);
         }));
         let mut builder = Pool::builder(&module)
-            .output(to_stderr)
             .limits(self.limits.limits()?)
             .grants(self.grants.grants()?)
             .retries(self.retries)
@@ -210,7 +247,11 @@ impl MapCommand {
         if let Some(n) = self.workers {
             builder = builder.processes(n);
         }
-        let pool = builder.build()?;
+        let pool = match &self.cluster {
+            // The tasks' own output goes to the stderr of the host that runs them.
+            Some(url) => AnyPool::Cluster(builder.cluster(url).build()?),
+            None => AnyPool::Local(builder.output(to_stderr).build()?),
+        };
         module.tasks()?;
 
         let out: Box<dyn Write> = match &self.output {
@@ -261,7 +302,7 @@ impl MapCommand {
             });
             let result = (|| -> Result<()> {
                 let mut results =
-                    pool.imap_encoded::<()>(&self.task, items, self.chunksize, !self.unordered)?;
+                    pool.imap_encoded(&self.task, items, self.chunksize, !self.unordered)?;
                 while let Some((index, result)) = results.next_indexed_bytes() {
                     if INTERRUPTED.load(Ordering::SeqCst) {
                         break;

@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::Value;
 use wasmpool::Manager;
-use wasmpool::lines::{Json, Objects};
+use wasmpool::cluster::ClusterManager;
+use wasmpool::lines::{Json, ObjectKind, Objects};
 
 /// Shared objects for the tasks, shared by the commands that run tasks.
 #[derive(Args, Debug)]
@@ -36,17 +37,31 @@ impl ObjectArgs {
         self.objects.is_empty() && self.sends.is_empty() && self.closes.is_empty()
     }
 
-    /// Creates the objects these flags ask for, then does the sends and closes.
-    pub fn create(&self) -> Result<Objects> {
+    /// Creates the objects these flags ask for (in the cluster's Redis, given its URL),
+    /// then does the sends and closes.
+    pub fn create(&self, cluster: Option<&str>) -> Result<Objects> {
         let manager = Manager::new();
+        let in_cluster = match cluster {
+            Some(url) if !self.objects.is_empty() => Some(ClusterManager::connect(url)?),
+            _ => None,
+        };
         let mut objects = Objects::new();
         for spec in &self.objects {
             let Some((name, kind)) = spec.split_once('=') else {
                 bail!("--object looks like NAME=KIND (e.g. counts=dict), not `{spec}`");
             };
-            objects
-                .create(&manager, name, kind)
-                .map_err(|e| anyhow::anyhow!("--object `{spec}`: {e}"))?;
+            let made = match &in_cluster {
+                Some(m) => kind
+                    .parse::<ObjectKind>()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|k| Ok(k.create_in_cluster(m)?))
+                    .and_then(|o| Ok(objects.insert(name, o).map(|_| ())?)),
+                None => objects
+                    .create(&manager, name, kind)
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from),
+            };
+            made.map_err(|e| anyhow::anyhow!("--object `{spec}`: {e}"))?;
         }
         for spec in &self.sends {
             send(&objects, spec)?;

@@ -44,7 +44,7 @@ impl RunCommand {
             return self.execute_remote(&remote, args);
         }
         let limits = self.limits.limits()?;
-        let objects = self.objects.create()?;
+        let objects = self.objects.create(None)?;
         let module = Module::load(&self.module)?;
         // With objects, arguments go through `Process::new`, which holds the objects it is
         // given for the process (a pipe end stays open while it runs, as an inherited fd).

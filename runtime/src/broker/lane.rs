@@ -28,11 +28,24 @@ impl WorkerLine {
             refused: Arc::new(Refusals::default()),
         }
     }
+
+    /// The worker's socket, where answers are written.
+    pub fn writer(&self) -> &Arc<Mutex<UnixStream>> {
+        &self.writer
+    }
+}
+
+/// The handle an object-lane frame names, if it names one.
+fn target_of(call: &ObjectCall) -> Option<wasmpool_objects::wire::Handle> {
+    match call {
+        ObjectCall::Invoke { target, .. } | ObjectCall::Attach { target, .. } => Some(*target),
+        ObjectCall::Sync { .. } | ObjectCall::InstanceLost => None,
+    }
 }
 
 /// What serves the object lane of the workers: the operations they perform on shared
 /// objects, and the clean-up when one of them goes.
-pub(crate) trait ObjectBackend: Send + Sync {
+pub(crate) trait ObjectBackend: Send + Sync + std::fmt::Debug {
     /// Serves one object-lane frame of worker `pid`, in the order the worker sent it; the
     /// answers go to `line`, now or later.
     fn serve(&self, pid: u32, call: ObjectCall, line: &WorkerLine);
@@ -42,6 +55,15 @@ pub(crate) trait ObjectBackend: Send + Sync {
 
 impl ObjectBackend for Broker {
     fn serve(&self, pid: u32, call: ObjectCall, line: &WorkerLine) {
+        // A cluster host's workers: the objects made in Redis are served there.
+        if let Some(cluster) = self.cluster()
+            && target_of(&call).is_some_and(crate::cluster::is_cluster_handle)
+        {
+            return cluster.serve(pid, call, line);
+        }
+        if let (Some(cluster), ObjectCall::InstanceLost) = (self.cluster(), &call) {
+            cluster.serve(pid, ObjectCall::InstanceLost, line);
+        }
         match call {
             ObjectCall::Invoke {
                 req,
@@ -90,6 +112,9 @@ impl ObjectBackend for Broker {
     }
 
     fn worker_exited(&self, pid: u32) {
+        if let Some(cluster) = self.cluster() {
+            cluster.worker_exited(pid);
+        }
         Broker::worker_exited(self, pid);
     }
 }

@@ -315,6 +315,8 @@ pub(crate) struct Broker {
     timer: Arc<timer::Timer>,
     /// The shared-memory segments its objects may keep.
     segments: SegmentBudget,
+    /// On a cluster host: where its workers' operations on cluster objects go.
+    cluster: OnceLock<Arc<dyn ObjectBackend>>,
 }
 
 impl Drop for Broker {
@@ -404,7 +406,18 @@ impl Broker {
             max_message: AtomicUsize::new(max_message.min(MESSAGE_CAP)),
             timer: timer::Timer::start(me.clone()),
             segments,
+            cluster: OnceLock::new(),
         })
+    }
+
+    /// Sends its workers' operations on cluster objects to `lane` (once; a cluster host).
+    pub fn set_cluster(&self, lane: Arc<dyn ObjectBackend>) {
+        let _ = self.cluster.set(lane);
+    }
+
+    /// Where its workers' operations on cluster objects go, if anywhere.
+    pub fn cluster(&self) -> Option<&Arc<dyn ObjectBackend>> {
+        self.cluster.get()
     }
 
     /// The largest message its objects accept now.

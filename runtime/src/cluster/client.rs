@@ -990,6 +990,26 @@ impl ClusterPool {
         Ok(Imap::new(self, job, Box::new(input), chunksize, false))
     }
 
+    /// As [`imap_unordered`](ClusterPool::imap_unordered), or (`ordered`) as
+    /// [`imap_chunked`](ClusterPool::imap_chunked), over already-encoded argument arrays
+    /// (what `wasmpool map --cluster` uses), as [`Pool::imap_encoded`](crate::Pool::imap_encoded).
+    pub fn imap_encoded<'a, R: DeserializeOwned>(
+        &'a self,
+        task: &str,
+        items: impl Iterator<Item = Result<Vec<u8>>> + 'a,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<Imap<'a, R>> {
+        check_chunksize(chunksize)?;
+        let job = self.job(task, 0)?;
+        Ok(Imap::new(self, job, Box::new(items), chunksize, ordered))
+    }
+
+    /// The cluster's Redis URL.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
     /// Stops accepting work; what was submitted still runs (Python's `close`).
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);

@@ -16,7 +16,6 @@ use super::scripts::Scripts;
 use super::wire::{ChunkResult, ChunkSpec, committed_record};
 use super::{LEASE, connect, redis_error, sha256_hex};
 use crate::error::{Error, Result};
-use crate::module::Module;
 use crate::pool::job::Hook;
 use crate::pool::{Pool, check_processes};
 use crate::protocol::Limits;
@@ -82,6 +81,9 @@ struct HostInner {
     dropped: AtomicU64,
     /// Local pools, by module SHA-256 and whether they meter fuel.
     pools: Mutex<HashMap<(String, bool), Pool>>,
+    /// The runtime its local pools run in: its workers' operations on cluster objects go to
+    /// Redis.
+    runtime: crate::Runtime,
     done: Sender<(Claimed, ChunkResult)>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -96,7 +98,7 @@ impl std::fmt::Debug for HostInner {
 }
 
 /// This machine's name, for host ids.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().replace([':', ' '], "-"))
@@ -124,6 +126,12 @@ impl Host {
             .arg(slots)
             .invoke(&mut con)
             .map_err(|e| redis_error(url, "taking a lease", e))?;
+        let runtime = crate::Runtime::builder().build()?;
+        let objects =
+            super::ClusterObjects::connect(url, 0, crate::broker::DEFAULT_MAX_MESSAGE_BYTES)?;
+        runtime
+            .broker()
+            .set_cluster(Arc::new(super::ClusterLane::new(Arc::new(objects), &id)));
         let liveness = Arc::new(Liveness::default());
         liveness.ok();
         let stop = Arc::new(AtomicBool::new(false));
@@ -142,6 +150,7 @@ impl Host {
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
+            runtime,
             done,
             threads: Mutex::new(Vec::new()),
         });
@@ -471,7 +480,9 @@ impl HostInner {
                 "the bytes stored for module {sha} have another SHA-256"
             )));
         }
-        let module = Module::from_bytes(&bytes, format!("cluster module {sha}"))?;
+        let module = self
+            .runtime
+            .module_from_bytes(&bytes, format!("cluster module {sha}"))?;
         let mut builder = Pool::builder(&module).processes(self.slots);
         if metered {
             builder = builder.limits(Limits::default().fuel(u64::MAX));

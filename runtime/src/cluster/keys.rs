@@ -13,6 +13,13 @@
 //! wasmpool:v1:slots               HASH   host -> its slots
 //! wasmpool:v1:stats               HASH   committed, dropped, redelivered, lost
 //! wasmpool:v1:clients             STRING the last client number given out (INCR)
+//! wasmpool:v1:objects             STRING the last shared object number given out
+//! wasmpool:v1:o:<n>[:…]           a shared object: HASH of its kind and state, and by kind a
+//!                                        LIST or HASH of its contents (see
+//!                                        `objects/lua.rs`); expire when idle
+//! wasmpool:v1:holds:<host>        SET    the objects a host's workers hold (locks,
+//!                                        semaphores, barrier places)
+//! wasmpool:v1:holders             SET    the hosts that hold any
 //! ```
 
 use redis::Connection;
@@ -78,6 +85,18 @@ impl Keys {
 
     pub fn clients(&self) -> String {
         format!("{}clients", self.prefix)
+    }
+
+    pub fn objects_counter(&self) -> String {
+        format!("{}objects", self.prefix)
+    }
+
+    pub fn object(&self, n: u64) -> String {
+        format!("{}o:{n}", self.prefix)
+    }
+
+    pub fn holders(&self) -> String {
+        format!("{}holders", self.prefix)
     }
 }
 

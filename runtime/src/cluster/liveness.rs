@@ -139,6 +139,13 @@ pub(crate) fn beat_loop(
                             }
                             Err(e) => tracing::warn!("cluster reaper: {e}"),
                         }
+                        match super::release_dead_hosts(c, &keys) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(
+                                "cluster reaper: {n} shared objects given back from dead hosts"
+                            ),
+                            Err(e) => tracing::warn!("cluster reaper: {e}"),
+                        }
                     }
                 }
                 Err(e) => {

@@ -24,6 +24,11 @@
 //!   and counted ([`ClusterStats::dropped`]), so no chunk is committed twice.
 //! - Results wait in a list per submitter, and both it and a job's record expire (the
 //!   result TTL, default one hour).
+//! - Shared objects made by a [`ClusterManager`] (`pool.manager()`) live in Redis, one Lua
+//!   script per operation (`objects/`); tasks on every host and the submitting program use
+//!   them through the same typed handles as local objects. A dead worker's or host's locks
+//!   are released with their fence advanced, its semaphore permits returned, and the
+//!   barriers it waited at broken.
 //!
 //! Why a type of its own rather than a `Pool` with a remote worker set: the local pool's
 //! scheduler is built around worker processes it starts, pipelines to and watches; the
@@ -34,6 +39,8 @@ mod client;
 mod host;
 mod keys;
 mod liveness;
+mod manager;
+mod objects;
 mod scripts;
 mod wire;
 
@@ -41,6 +48,12 @@ use std::time::Duration;
 
 pub use self::client::{ClusterBuilder, ClusterPool, ClusterStats};
 pub use self::host::{Host, HostStats};
+pub use self::manager::{ClusterManager, ClusterManagerBuilder};
+pub use self::objects::DEFAULT_OBJECT_TTL;
+pub(crate) use self::objects::{
+    CLUSTER_TAG, ClusterLane, ClusterObjects, MAX_ROUTES, is_cluster as is_cluster_handle,
+    release_dead_hosts, route_of,
+};
 use crate::error::Error;
 
 /// How long a host's lease lasts after each renewal (Redis server time).

@@ -160,6 +160,28 @@ impl ObjectKind {
             ObjectKind::Barrier(n) => Object::Barrier(manager.barrier(n)),
         }
     }
+
+    /// Makes an object of this kind in a cluster's Redis (tasks on every host share it).
+    pub fn create_in_cluster(
+        self,
+        manager: &crate::cluster::ClusterManager,
+    ) -> crate::Result<Object> {
+        Ok(match self {
+            ObjectKind::Queue => Object::Queue(manager.queue()?),
+            ObjectKind::Dict => Object::Dict(manager.dict()?),
+            ObjectKind::List => Object::List(manager.list()?),
+            ObjectKind::Pipe => {
+                let (a, b) = manager.pipe(true)?;
+                Object::Pipe(a, b)
+            }
+            ObjectKind::Lock => Object::Lock(manager.lock()?),
+            ObjectKind::RLock => Object::RLock(manager.rlock()?),
+            ObjectKind::Event => Object::Event(manager.event()?),
+            ObjectKind::Condition => Object::Condition(manager.condition()?),
+            ObjectKind::Semaphore(n) => Object::Semaphore(manager.semaphore(u64::from(n))?),
+            ObjectKind::Barrier(n) => Object::Barrier(manager.barrier(n)?),
+        })
+    }
 }
 
 /// A positional argument after [`Objects::substitute`]: a JSON value, or a named object's

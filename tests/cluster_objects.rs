@@ -1,0 +1,483 @@
+//! Shared objects across the hosts of a cluster: made in Redis by a `ClusterManager`, used
+//! by tasks on real `wasmpool worker --join` processes and by this program, with the
+//! semantics they have locally; real kills of hosts holding locks and semaphores.
+
+use std::time::Duration;
+
+use wasmpool::Error;
+use wasmpool::ObjectError;
+use wasmpool::cluster::{ClusterManager, ClusterPool};
+
+use crate::cluster::redis::RedisServer;
+use crate::cluster::{WorkerHost, cluster_pool, wait_for_hosts};
+use crate::util::{eventually, within};
+
+/// A Redis, `hosts` worker hosts of `slots` slots each, a pool and a manager on them.
+fn cluster(
+    hosts: usize,
+    slots: usize,
+) -> (RedisServer, Vec<WorkerHost>, ClusterPool, ClusterManager) {
+    let redis = RedisServer::start();
+    let workers: Vec<WorkerHost> = (0..hosts)
+        .map(|_| WorkerHost::start(&redis, slots))
+        .collect();
+    let pool = cluster_pool(&redis, 0);
+    wait_for_hosts(&pool, hosts);
+    let manager = pool.manager().expect("a cluster manager");
+    (redis, workers, pool, manager)
+}
+
+#[test]
+fn a_queue_carries_items_between_tasks_on_the_hosts_and_this_program() {
+    within(Duration::from_secs(180), || {
+        let (_redis, _hosts, pool, m) = cluster(2, 4);
+        // Two producer and two consumer tasks, spread over the hosts (each runs all it
+        // claims at once: no consumer waits in front of a producer).
+        let q = m.queue::<Option<u64>>().unwrap();
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                pool.apply_async::<_, ()>("queue_produce", &(q.clone(), 500u64))
+                    .unwrap()
+            })
+            .collect();
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                pool.apply_async::<_, u64>("queue_consume", &(q.clone(),))
+                    .unwrap()
+            })
+            .collect();
+        for p in producers {
+            p.get().unwrap();
+        }
+        let total: u64 = consumers.into_iter().map(|c| c.get().unwrap()).sum();
+        assert_eq!(total, 2 * (0..500u64).sum::<u64>());
+
+        // This program produces, a task on a host consumes.
+        let q = m.queue::<Option<u64>>().unwrap();
+        let consumer = pool
+            .apply_async::<_, u64>("queue_consume", &(q.clone(),))
+            .unwrap();
+        for i in 0..100u64 {
+            q.put(&Some(i)).unwrap();
+        }
+        q.put(&None).unwrap();
+        assert_eq!(consumer.get().unwrap(), (0..100u64).sum::<u64>());
+
+        // A task's get with a timeout on an empty queue answers what it answers locally.
+        let empty = m.queue::<String>().unwrap();
+        let err = pool
+            .apply::<_, String>("get_timeout", &(empty.clone(), 200u64))
+            .unwrap_err();
+        let local = wasmpool::Manager::new().queue::<String>();
+        let here = crate::util::run::<String>("get_timeout", &(local, 200u64)).unwrap_err();
+        assert_eq!(err.to_string(), here.to_string());
+
+        // A bounded queue: a put blocks while it is full, up to its timeout.
+        let b = m.bounded_queue::<u32>(2).unwrap();
+        b.put(&1).unwrap();
+        b.put(&2).unwrap();
+        assert!(b.full().unwrap());
+        assert_eq!(
+            b.put_timeout(&3, Some(Duration::from_millis(200))),
+            Err(ObjectError::Full)
+        );
+        assert_eq!(b.get().unwrap(), 1);
+        b.put_timeout(&3, Some(Duration::from_secs(5))).unwrap();
+        assert_eq!((b.qsize().unwrap(), b.maxsize().unwrap()), (2, 2));
+        // A get blocked here is let through by a put from another thread.
+        let e = m.queue::<u32>().unwrap();
+        let putter = {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                e.put(&7).unwrap();
+            })
+        };
+        assert_eq!(e.get_timeout(Some(Duration::from_secs(10))).unwrap(), 7);
+        putter.join().unwrap();
+        // Closed: puts fail, gets drain and then fail.
+        b.close().unwrap();
+        assert!(matches!(b.put(&9), Err(ObjectError::Closed(_))));
+        assert_eq!(b.get().unwrap(), 2);
+        assert_eq!(b.get().unwrap(), 3);
+        assert!(matches!(b.get(), Err(ObjectError::Closed(_))));
+        // A task closing a queue, then putting, gets the queue's own error, as locally.
+        let c = m.queue::<u32>().unwrap();
+        let seen = pool
+            .apply::<_, Vec<String>>("put_after_own_close", &(c.clone(),))
+            .unwrap();
+        assert_eq!(seen, vec!["the queue is closed".to_string(); 2]);
+        // Joinable: join waits for every task_done.
+        let j = m.joinable_queue::<u32>(0).unwrap();
+        j.put(&1).unwrap();
+        assert_eq!(
+            j.join_timeout(Some(Duration::from_millis(100))),
+            Err(ObjectError::Timeout)
+        );
+        j.get().unwrap();
+        j.task_done().unwrap();
+        j.join_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(j.task_done(), Err(ObjectError::Invalid(_))));
+    });
+}
+
+#[test]
+fn a_counter_under_a_cluster_lock_is_exact_and_its_fence_counts_every_acquisition() {
+    within(Duration::from_secs(180), || {
+        let (_redis, _hosts, pool, m) = cluster(2, 2);
+        let (d, lock) = (m.dict::<String, i64>().unwrap(), m.lock().unwrap());
+        let tasks = pool
+            .starmap_async::<_, ()>(
+                "locked_increments",
+                (0..4).map(|_| (d.clone(), lock.clone(), 200u64)),
+                Some(1),
+            )
+            .unwrap();
+        // This program increments under the same lock meanwhile.
+        let key = "count".to_string();
+        for _ in 0..200 {
+            let _held = lock.lock().unwrap();
+            let v = d.get(&key).unwrap().unwrap_or(0);
+            d.set(&key, &(v + 1)).unwrap();
+        }
+        tasks.get().unwrap();
+        assert_eq!(d.get(&key).unwrap(), Some(1000));
+        assert_eq!(m.fence(&lock).unwrap(), 1000);
+        assert!(!lock.locked().unwrap());
+        // As locally: releasing an unlocked lock is refused.
+        assert!(matches!(lock.release(), Err(ObjectError::NotOwner(_))));
+
+        // An RLock: its owner acquires it again; no one else releases it.
+        let r = m.rlock().unwrap();
+        pool.apply::<_, ()>("rlock_twice", &(r.clone(),)).unwrap();
+        r.acquire().unwrap();
+        r.acquire().unwrap();
+        let other = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                (
+                    r.release(),
+                    r.acquire_timeout(Some(Duration::from_millis(100))),
+                )
+            })
+            .join()
+            .unwrap()
+        };
+        assert!(matches!(other.0, Err(ObjectError::NotOwner(_))));
+        assert_eq!(other.1, Ok(false));
+        r.release().unwrap();
+        r.release().unwrap();
+        assert!(pool.apply::<_, bool>("try_lock", &(lock.clone(),)).unwrap());
+    });
+}
+
+#[test]
+fn a_dict_increment_race_across_hosts_is_exact_and_dict_and_list_ops_answer_as_locally() {
+    within(Duration::from_secs(180), || {
+        let (_redis, _hosts, pool, m) = cluster(2, 2);
+        let d = m.dict::<String, i64>().unwrap();
+        let tasks = pool
+            .starmap_async::<_, ()>(
+                "atomic_increments",
+                (0..4).map(|_| (d.clone(), 250u64)),
+                Some(1),
+            )
+            .unwrap();
+        for _ in 0..250 {
+            d.increment(&"count".to_string(), 1).unwrap();
+        }
+        tasks.get().unwrap();
+        assert_eq!(d.get(&"count".to_string()).unwrap(), Some(1250));
+        assert!(
+            d.compare_and_swap(&"count".to_string(), Some(&1250), &0)
+                .unwrap()
+        );
+        assert!(
+            !d.compare_and_swap(&"count".to_string(), Some(&1250), &1)
+                .unwrap()
+        );
+        assert!(d.compare_and_swap(&"new".to_string(), None, &5).unwrap());
+        assert_eq!(d.len().unwrap(), 2);
+
+        // The same sequence of dict and list operations, here and on a cluster.
+        let (cd, cl) = (
+            m.dict::<String, i64>().unwrap(),
+            m.list::<String>().unwrap(),
+        );
+        let remote = pool
+            .apply::<_, Vec<String>>("dict_list_ops", &(cd.clone(), cl.clone()))
+            .unwrap();
+        let local_m = wasmpool::Manager::new();
+        let here = crate::util::run::<Vec<String>>(
+            "dict_list_ops",
+            &(local_m.dict::<String, i64>(), local_m.list::<String>()),
+        )
+        .unwrap();
+        assert_eq!(remote, here);
+        // The list from this side: insert, slice, remove, pop at an index.
+        let l = m.list::<i64>().unwrap();
+        l.extend([&1, &2, &3, &4]).unwrap();
+        l.insert(1, &9).unwrap();
+        assert_eq!(l.items().unwrap(), vec![1, 9, 2, 3, 4]);
+        assert_eq!(l.slice(Some(1), Some(-1)).unwrap(), vec![9, 2, 3]);
+        l.remove(&9).unwrap();
+        assert_eq!(l.pop(Some(0)).unwrap(), 1);
+        assert_eq!(l.items().unwrap(), vec![2, 3, 4]);
+        assert!(matches!(l.get(7), Err(ObjectError::Missing(_))));
+    });
+}
+
+#[test]
+fn a_lock_held_by_a_killed_host_is_released_to_another_with_its_fence_advanced() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let a = WorkerHost::start(&redis, 1);
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 1);
+        let m = pool.manager().unwrap();
+        let (lock, held) = (m.lock().unwrap(), m.event().unwrap());
+        let holder = pool
+            .apply_async::<_, ()>("hold_lock", &(lock.clone(), held.clone(), 120_000u64))
+            .unwrap();
+        assert!(
+            held.wait_timeout(Some(Duration::from_secs(60))).unwrap(),
+            "host A did not take the lock: {}",
+            a.log()
+        );
+        let taken = m.fence(&lock).unwrap();
+        assert!(lock.locked().unwrap());
+        assert!(!lock.try_acquire().unwrap(), "held by the task on A");
+        let b = WorkerHost::start(&redis, 1);
+        wait_for_hosts(&pool, 2);
+        a.signal(libc::SIGKILL);
+        // This program gets it once A's lease has run out and its lock is given back.
+        assert!(
+            lock.acquire_timeout(Some(Duration::from_secs(20))).unwrap(),
+            "the dead host's lock was not released"
+        );
+        // Released by the reaper (one step), then acquired here (another).
+        assert_eq!(m.fence(&lock).unwrap(), taken + 2);
+        lock.release().unwrap();
+        assert!(matches!(holder.get(), Err(Error::WorkerLost { .. })));
+        drop(b);
+    });
+}
+
+#[test]
+fn a_semaphore_held_by_a_killed_host_gets_its_permits_back_and_a_dead_party_breaks_a_barrier() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let a = WorkerHost::start(&redis, 2);
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 1);
+        let m = pool.manager().unwrap();
+        let (sem, held) = (m.semaphore(3).unwrap(), m.event().unwrap());
+        let barrier = m.barrier(2).unwrap();
+        let _holder = pool
+            .apply_async::<_, ()>(
+                "hold_semaphore",
+                &(sem.clone(), 2u32, held.clone(), 120_000u64),
+            )
+            .unwrap();
+        let _party = pool
+            .apply_async::<_, u32>("barrier_wait", &(barrier.clone(), None::<u64>))
+            .unwrap();
+        assert!(
+            held.wait_timeout(Some(Duration::from_secs(60))).unwrap(),
+            "host A did not take the permits: {}",
+            a.log()
+        );
+        assert_eq!(sem.value().unwrap(), 1);
+        assert!(
+            eventually(Duration::from_secs(30), || barrier.n_waiting().unwrap()
+                == 1),
+            "the party on A did not arrive"
+        );
+        // The reaper of this program's pool (and of host B) judges A dead.
+        let _b = WorkerHost::start(&redis, 1);
+        a.signal(libc::SIGKILL);
+        assert!(
+            eventually(Duration::from_secs(20), || sem.value().unwrap() == 3),
+            "the dead host's permits were not returned: {}",
+            sem.value().unwrap()
+        );
+        assert_eq!(
+            barrier.wait_timeout(Some(Duration::from_secs(20))),
+            Err(ObjectError::Broken)
+        );
+        assert!(barrier.broken().unwrap());
+        // Acquired up to its value, then a timed acquire times out.
+        for _ in 0..3 {
+            sem.acquire().unwrap();
+        }
+        assert_eq!(
+            sem.acquire_timeout(Some(Duration::from_millis(100))),
+            Ok(false)
+        );
+        // Bounded: released no higher than its value.
+        let bs = m.bounded_semaphore(1).unwrap();
+        assert!(matches!(bs.release(), Err(ObjectError::NotOwner(_))));
+    });
+}
+
+#[test]
+fn a_task_dying_with_a_lock_on_a_live_host_gives_it_back() {
+    within(Duration::from_secs(120), || {
+        let (_redis, _hosts, pool, m) = cluster(1, 1);
+        let lock = m.lock().unwrap();
+        assert!(
+            pool.apply::<_, ()>("lock_then_panic", &(lock.clone(),))
+                .is_err()
+        );
+        assert!(
+            lock.acquire_timeout(Some(Duration::from_secs(10))).unwrap(),
+            "the lock of the task that died was not given back"
+        );
+    });
+}
+
+#[test]
+fn events_barriers_pipes_and_conditions_work_across_hosts() {
+    within(Duration::from_secs(180), || {
+        let (_redis, _hosts, pool, m) = cluster(2, 2);
+        // Event: tasks wait until this program sets it.
+        let gate = m.event().unwrap();
+        let squares = pool
+            .starmap_async::<_, u64>(
+                "gated_square",
+                (0..4u64).map(|x| (gate.clone(), x)),
+                Some(1),
+            )
+            .unwrap();
+        assert!(!gate.is_set().unwrap());
+        assert!(!gate.wait_timeout(Some(Duration::from_millis(100))).unwrap());
+        gate.set().unwrap();
+        assert_eq!(squares.get().unwrap(), vec![0, 1, 4, 9]);
+        gate.clear().unwrap();
+        assert!(!gate.is_set().unwrap());
+
+        // Barrier: two tasks and this program meet; each gets a different index.
+        let barrier = m.barrier(3).unwrap();
+        let parties: Vec<_> = (0..2)
+            .map(|_| {
+                pool.apply_async::<_, u32>("barrier_wait", &(barrier.clone(), None::<u64>))
+                    .unwrap()
+            })
+            .collect();
+        let mine = barrier.wait_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut indices: Vec<u32> = parties.into_iter().map(|p| p.get().unwrap()).collect();
+        indices.push(mine);
+        indices.sort();
+        assert_eq!(indices, vec![0, 1, 2]);
+        // A wait that times out breaks it, as in Python.
+        let lone = m.barrier(2).unwrap();
+        assert_eq!(
+            lone.wait_timeout(Some(Duration::from_millis(100))),
+            Err(ObjectError::Broken)
+        );
+        assert!(lone.broken().unwrap());
+        lone.reset().unwrap();
+        assert!(!lone.broken().unwrap());
+        assert_eq!(lone.parties().unwrap(), 2);
+
+        // Pipe: a task echoes what this end sends.
+        let (here, there) = m.pipe::<u64>(true).unwrap();
+        let pong = pool
+            .apply_async::<_, ()>("pipe_pong", &(there.clone(), 20u64))
+            .unwrap();
+        for i in 0..20u64 {
+            here.send(&i).unwrap();
+            assert_eq!(here.recv_timeout(Some(Duration::from_secs(10))).unwrap(), i);
+        }
+        pong.get().unwrap();
+        assert!(!here.poll(Some(Duration::from_millis(50))).unwrap());
+        // A task reads until end of file: this end's close.
+        let (w, r) = m.pipe::<String>(true).unwrap();
+        let reader = pool
+            .apply_async::<_, Vec<String>>("recv_all", &(r.clone(),))
+            .unwrap();
+        for s in ["a", "b", "c"] {
+            w.send(&s.to_string()).unwrap();
+        }
+        w.close().unwrap();
+        assert_eq!(reader.get().unwrap(), vec!["a", "b", "c"]);
+        assert!(matches!(
+            w.send(&"d".to_string()),
+            Err(ObjectError::Closed(_))
+        ));
+        // One-way: the first end only receives.
+        let (rx, tx) = m.pipe::<u32>(false).unwrap();
+        tx.send(&5).unwrap();
+        assert_eq!(rx.recv().unwrap(), 5);
+        assert!(matches!(rx.send(&1), Err(ObjectError::Invalid(_))));
+
+        // Condition: a task waits until this program sets "ready" and notifies.
+        let (cond, d) = (m.condition().unwrap(), m.dict::<String, i64>().unwrap());
+        let waiter = pool
+            .apply_async::<_, bool>("condition_wait", &(cond.clone(), d.clone()))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || d
+                .get(&"waiting".to_string())
+                .unwrap()
+                .is_some()),
+            "the task did not start waiting"
+        );
+        {
+            let _held = cond.lock().unwrap();
+            d.set(&"ready".to_string(), &1).unwrap();
+            cond.notify_all().unwrap();
+        }
+        assert!(waiter.get().unwrap(), "the waiter was notified");
+        assert!(matches!(cond.notify(1), Err(ObjectError::NotOwner(_))));
+    });
+}
+
+#[test]
+fn a_handle_of_another_redis_or_a_forged_token_is_refused() {
+    within(Duration::from_secs(60), || {
+        let (r1, r2) = (RedisServer::start(), RedisServer::start());
+        let (m1, m2) = (
+            ClusterManager::connect(&r1.url()).unwrap(),
+            ClusterManager::connect(&r2.url()).unwrap(),
+        );
+        let (q1, q2) = (m1.queue::<u32>().unwrap(), m2.queue::<u32>().unwrap());
+        q1.put(&1).unwrap();
+        q2.put(&2).unwrap();
+        // Each handle goes to the Redis it was made in.
+        assert_eq!(q2.get().unwrap(), 2);
+        assert_eq!(q1.get().unwrap(), 1);
+        // The same object number with another token names nothing.
+        let forged: wasmpool::Queue<u32> = rmp_serde::from_slice(
+            &rmp_serde::to_vec(&("wasmpool:queue", q1.handle().id, q1.handle().token ^ 1)).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(forged.put(&3), Err(ObjectError::Stale(_))));
+
+        // A get blocked for 2 s waits on Redis, it does not poll it: a handful of scripts
+        // run (one per wake-up, at least every 500 ms), not thousands.
+        let calls = |r: &RedisServer| -> u64 {
+            let info = r.command("INFO commandstats");
+            ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
+                .iter()
+                .filter_map(|k| {
+                    let at = info.find(k)? + k.len();
+                    info[at..].split(',').next()?.parse::<u64>().ok()
+                })
+                .sum()
+        };
+        let before = calls(&r1);
+        assert_eq!(
+            q1.get_timeout(Some(Duration::from_secs(2))),
+            Err(ObjectError::Empty)
+        );
+        let ran = calls(&r1) - before;
+        assert!(ran <= 12, "{ran} scripts ran for one blocked get");
+        assert!(
+            ClusterManager::builder(&r1.url())
+                .object_ttl(Duration::from_millis(10))
+                .build()
+                .is_err()
+        );
+    });
+}
