@@ -590,7 +590,15 @@ pub(crate) fn build(guest: &PythonGuest) -> Result<PathBuf> {
             .and_then(|f| f.set_modified(SystemTime::now()));
         return Ok(out);
     }
-    let stage = builds.join(format!("stage-{}-{}", &plan.key[..16], std::process::id()));
+    // A stage of this build's own: two threads of one process may build the same project
+    // at once (the second finding no build yet), and must not clear each other's files.
+    static STAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stage = builds.join(format!(
+        "stage-{}-{}-{n}",
+        &plan.key[..16],
+        std::process::id()
+    ));
     let _ = fs::remove_dir_all(&stage);
     let result = build_in(&stage, &origin, &plan, &toolchain, &out);
     let _ = fs::remove_dir_all(&stage);
