@@ -68,11 +68,12 @@ pub enum Error {
         /// How many workers it took down in a row.
         losses: u32,
     },
-    /// The work was cancelled before it started
+    /// The work was cancelled: before it started
     /// ([`TaskFuture::cancel`](crate::TaskFuture::cancel), or
-    /// [`Executor::shutdown`](crate::Executor::shutdown) with `cancel_futures`): Python's
-    /// `CancelledError`.
-    #[error("task `{task}` was cancelled before it started")]
+    /// [`Executor::shutdown`](crate::Executor::shutdown) with `cancel_futures`: Python's
+    /// `CancelledError`), or queued or running ([`AsyncResult::cancel`](crate::AsyncResult::cancel),
+    /// [`ImapCanceller`](crate::ImapCanceller)), its worker then stopped.
+    #[error("task `{task}` was cancelled")]
     Cancelled {
         /// The task's name.
         task: String,

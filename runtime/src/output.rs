@@ -34,7 +34,8 @@ pub enum Output {
     /// them. The host holds back at most one piece per stream: a task that writes one
     /// endless line costs it no more memory than that, and time linear in the bytes.
     Tagged,
-    /// Keep it in memory; read it back from the handle (e.g. [`Process::output`](crate::Process::output)).
+    /// Keep it in memory; read it back from the handle (e.g.
+    /// [`Process::captured_output`](crate::Process::captured_output)).
     Capture,
     /// Drop it.
     Discard,
