@@ -3,14 +3,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 use wasmpool_serve::tenants::{hex, token_digest};
 
-use crate::util::{TempDir, cli, eventually, testkit, wasm_of, within};
+use crate::util::{TempDir, eventually, start_serve, testkit, wasm_of, within};
 
 /// A tenant of a test: its name, token and the TOML of its quotas.
 struct T {
@@ -46,29 +46,7 @@ struct Server {
 
 impl Server {
     fn start(state: &Path, tenants: &Path, extra: &[&str]) -> Server {
-        let mut child = cli()
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
-            .arg("--tenants")
-            .arg(tenants)
-            .arg("--state")
-            .arg(state)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start wasmpool serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        // Keep draining stdout, so the server never blocks on it.
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        });
+        let (child, url) = start_serve(tenants, state, extra);
         let http = Client::builder()
             .timeout(Duration::from_secs(90))
             .build()

@@ -4,7 +4,7 @@
 //! temporary state directory, the `wasmpool` CLI run locally and against it, reqwest and
 //! raw TCP. Each test runs under an outer timeout.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -14,7 +14,7 @@ use reqwest::blocking::Client;
 use serde_json::{Value, json};
 use wasmpool_serve::tenants::{hex, token_digest};
 
-use crate::util::{TempDir, cli, stderr, stdout, testkit, wasm_of, within};
+use crate::util::{TempDir, cli, start_serve, stderr, stdout, testkit, wasm_of, within};
 
 const TOKEN: &str = "token-of-carol";
 
@@ -40,28 +40,7 @@ impl Server {
         .unwrap();
         std::fs::write(dir.0.join("token"), format!("{TOKEN}\n")).unwrap();
         std::fs::write(dir.0.join("bad-token"), "token-of-mallory\n").unwrap();
-        let mut child = cli()
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
-            .arg("--tenants")
-            .arg(&tenants)
-            .arg("--state")
-            .arg(dir.0.join("state"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start wasmpool serve");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut out, &mut std::io::sink());
-        });
+        let (child, url) = start_serve(&tenants, &dir.0.join("state"), extra);
         let http = Client::builder()
             .timeout(Duration::from_secs(90))
             .build()

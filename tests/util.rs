@@ -94,6 +94,38 @@ pub fn cli() -> Command {
     cmd
 }
 
+/// Starts `wasmpool serve` on 127.0.0.1 port 0 (two workers) with these tenants and state
+/// directory, and returns the child and the URL its first line announces; the rest of its
+/// stdout is drained, so the server never blocks on it.
+pub fn start_serve(tenants: &Path, state: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cli()
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+        .arg("--tenants")
+        .arg(tenants)
+        .arg("--state")
+        .arg(state)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("cannot start wasmpool serve");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("the server's first line");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+    });
+    (child, url)
+}
+
 /// Runs the CLI with `args` (under an outer timeout) and returns its output.
 pub fn run_cli(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
