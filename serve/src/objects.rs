@@ -622,6 +622,27 @@ pub fn call(owner: u64, entry: &Entry, op: &str, args: &OpArgs) -> Result<Value,
     Manager::acting_as(owner, || call_as_owner(entry, op, args))
 }
 
+/// The operations of a lock and of a recursive lock: the same names on two types.
+macro_rules! lock_ops {
+    ($l:expr, $op:expr, $a:expr, $unknown:expr) => {
+        match $op {
+            "acquire" => {
+                $a.only(&["timeout"])?;
+                out($l.acquire_timeout(Some($a.timeout()?))?)
+            }
+            "release" => {
+                $a.only(&[])?;
+                done($l.release())
+            }
+            "locked" => {
+                $a.only(&[])?;
+                out($l.locked()?)
+            }
+            _ => Err($unknown()),
+        }
+    };
+}
+
 fn call_as_owner(entry: &Entry, op: &str, a: &OpArgs) -> Result<Value, OpError> {
     let unknown = || {
         field(
@@ -691,36 +712,8 @@ fn call_as_owner(entry: &Entry, op: &str, a: &OpArgs) -> Result<Value, OpError> 
                 _ => Err(unknown()),
             }
         }
-        Object::Lock(l) => match op {
-            "acquire" => {
-                a.only(&["timeout"])?;
-                out(l.acquire_timeout(Some(a.timeout()?))?)
-            }
-            "release" => {
-                a.only(&[])?;
-                done(l.release())
-            }
-            "locked" => {
-                a.only(&[])?;
-                out(l.locked()?)
-            }
-            _ => Err(unknown()),
-        },
-        Object::RLock(l) => match op {
-            "acquire" => {
-                a.only(&["timeout"])?;
-                out(l.acquire_timeout(Some(a.timeout()?))?)
-            }
-            "release" => {
-                a.only(&[])?;
-                done(l.release())
-            }
-            "locked" => {
-                a.only(&[])?;
-                out(l.locked()?)
-            }
-            _ => Err(unknown()),
-        },
+        Object::Lock(l) => lock_ops!(l, op, a, unknown),
+        Object::RLock(l) => lock_ops!(l, op, a, unknown),
         Object::Semaphore(s) => match op {
             "acquire" => {
                 a.only(&["timeout"])?;
