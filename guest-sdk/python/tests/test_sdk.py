@@ -287,6 +287,49 @@ class WholeBatch(unittest.TestCase):
         self.assertIn("in sq", whole[5][1])
         self.assertNotIn("_batch.py", whole[5][1])
 
+    def test_a_stop_iteration_fails_its_item_once(self):
+        # `map` takes a StopIteration from the task for the end of its input.
+        batch, calls = [], []
+
+        @_registry.task
+        def stops(x):
+            calls.append(x)
+            if x == 20:
+                batch[0].before_effect()
+                raise StopIteration("early")
+            return x
+
+        reports = []
+        data, ends = _items(list(range(40)))
+        b = _batch.Batch("stops", data, ends, reports.append)
+        batch.append(b)
+        out, out_ends, errors = b.run()
+        self.assertEqual(calls, list(range(40)), "every item ran once")
+        self.assertEqual([len(r) for r in reports], [20, 1])
+        self.assertIsInstance(reports[1][0], _registry.TaskFailure)
+        self.assertIn("StopIteration", reports[1][0].message)
+        self.assertEqual((len(out_ends), errors), (19, []))
+
+    def test_a_result_that_fails_to_encode_fails_only_its_item(self):
+        @_registry.task
+        def odd(x):
+            return "\ud800" if x == 5 else x  # a lone surrogate: no UTF-8
+
+        def heads(outcomes):
+            # An error's first line: the SDK frames of its traceback differ by path.
+            return [o if isinstance(o, bytes) else (o[0], o[1].split("\n")[0]) for o in outcomes]
+
+        whole, _ = self.outcomes("odd", list(range(40)))
+        items, _ = self.outcomes("odd", list(range(40)), whole=False)
+        self.assertEqual(heads(whole), heads(items))
+        self.assertTrue(whole[5][1].startswith("UnicodeEncodeError"), whole[5])
+        self.assertEqual(whole[6], _msgpack.packb(6))
+
+    def test_ends_past_the_data_are_left_to_the_item_path(self):
+        data = bytes([0x91, 0xCD, 1, 2]) * 16
+        self.assertIsNone(_vector.decode_single(data[:-1], list(range(4, 65, 4))))
+        self.assertIsNone(_vector.decode_single((bytes([0x91, 0xCC, 200]) * 16)[:-1], list(range(3, 49, 3))))
+
     def test_an_item_with_an_effect_is_reported_as_soon_as_it_finishes(self):
         batch = []
 

@@ -123,6 +123,17 @@ class Batch:
         finally:
             self.whole = False
         done = len(results)
+        if done < len(values):
+            # The map ended early: only a StopIteration from the task ends it so (`map`
+            # takes it for the end of its input), raised by item `done`, which is over. Its
+            # exception is gone with it; the item fails, and is not run again.
+            failed[done] = TaskFailure(
+                "failed",
+                "StopIteration: raised by the task (a batch run as a whole loses its message "
+                "and traceback: Python's map ends at it)",
+            )
+            results.append(None)
+            done += 1
         self._take(done)
         if self.cut is not None:
             self.report()
@@ -151,14 +162,17 @@ class Batch:
         try:
             _vector.encode_into(values, self.out, self.out_ends)
             return
-        except _msgpack.EncodeError:
+        except BaseException:  # noqa: BLE001 - found again, item by item, below
             del self.out[mark:]
             del self.out_ends[count:]
         for v in values:
+            # As the item path fails an item whose result cannot be encoded.
             try:
                 self.out += _msgpack.packb(v)
             except _msgpack.EncodeError as e:
                 self.errors.append((len(self.out_ends), _registry.encode_failure(self.name, e)))
+            except BaseException as e:  # noqa: BLE001 - e.g. a str with a lone surrogate
+                self.errors.append((len(self.out_ends), TaskFailure("failed", _registry.describe(e))))
             self.out_ends.append(len(self.out))
 
     # ---- the item-by-item path ----------------------------------------------------

@@ -56,21 +56,25 @@ _MIN_RUN = 16
 # Lists of item ends made recently, by (first end, step, count): a `map`'s batches share
 # their shape, so each is built once per worker instead of an int object per item per batch.
 _ARITH = {}
-# At most this many ints in them (a few MiB).
+# At most this many ints in them (a few MiB), and how many they hold now.
 _ARITH_ITEMS = 1 << 17
+_ARITH_HELD = 0
 
 
 def _arith(first, step, count):
     """``list(range(first, first + step * count, step))``, cached."""
+    global _ARITH_HELD
+    if count < _MIN_RUN or count > _ARITH_ITEMS:
+        return list(range(first, first + step * count, step))
     key = (first, step, count)
     made = _ARITH.get(key)
     if made is None:
         made = list(range(first, first + step * count, step))
-        if count > _ARITH_ITEMS:
-            return made
-        if sum(map(len, _ARITH.values())) + count > _ARITH_ITEMS:
+        if _ARITH_HELD + count > _ARITH_ITEMS:
             _ARITH.clear()
+            _ARITH_HELD = 0
         _ARITH[key] = made
+        _ARITH_HELD += count
     return made
 
 
@@ -136,7 +140,7 @@ def decode_single(data, ends):
     number (an int or float in any of MessagePack's fixed forms), in the order of the
     items; None if some item is not, or the runs of one encoding are too short to gain."""
     n = len(ends)
-    if n < _MIN_RUN:
+    if n < _MIN_RUN or ends[-1] != len(data):
         return None
     values = []
     i = 0
