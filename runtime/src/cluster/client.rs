@@ -970,10 +970,8 @@ impl ClusterPool {
         items: impl IntoIterator<Item = A> + 'a,
         chunksize: usize,
     ) -> Result<Imap<'a, R>> {
-        check_chunksize(chunksize)?;
-        let job = self.job(task, 0)?;
         let input = items.into_iter().map(|a| encode_args(&(a,)));
-        Ok(Imap::new(self, job, Box::new(input), chunksize, true))
+        self.imap_encoded(task, input, chunksize, true)
     }
 
     /// As [`imap_chunked`](ClusterPool::imap_chunked), with results as they finish
@@ -984,10 +982,8 @@ impl ClusterPool {
         items: impl IntoIterator<Item = A> + 'a,
         chunksize: usize,
     ) -> Result<Imap<'a, R>> {
-        check_chunksize(chunksize)?;
-        let job = self.job(task, 0)?;
         let input = items.into_iter().map(|a| encode_args(&(a,)));
-        Ok(Imap::new(self, job, Box::new(input), chunksize, false))
+        self.imap_encoded(task, input, chunksize, false)
     }
 
     /// As [`imap_unordered`](ClusterPool::imap_unordered), or (`ordered`) as
