@@ -6,6 +6,8 @@ from ``wit/wasmpool.wit`` when it builds the module.
 """
 
 import dataclasses
+import sys
+from array import array
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
@@ -151,23 +153,47 @@ class Tasks(exports.Tasks):
             return Err(types.TaskError_Failed(_registry.describe(e)))
 
     def call_batch(self, task, items):
-        global _batch
-        ends = items.ends
-        if len(ends) > 1:
-            # Says that this guest reports its progress: one host call per batch.
-            host.batch_progress([])
-        if _registry.TASKS.get(task) is None:
-            failure = types.TaskError_UnknownTask(task)
-            return types.BatchOutcome(
-                types.Packed(b"", [0] * len(ends)), [(i, failure) for i in range(len(ends))]
-            )
-        b = _batch_mod.Batch(task, items.data, ends, _progress)
-        _batch = b
-        try:
-            data, out_ends, errors = b.run()
-        finally:
-            _batch = None
-            _registry._flush()
-        return types.BatchOutcome(
-            types.Packed(data, out_ends), [(i, _error(f)) for i, f in errors]
-        )
+        data, ends, errors = _call_batch(task, items.data, items.ends)
+        return types.BatchOutcome(types.Packed(data, ends), errors)
+
+
+class BatchBytes(exports.BatchBytes):
+    """The `batch-bytes` interface: `call-batch` with the item ends as bytes, which cross
+    into and out of the interpreter in one copy each rather than one int object per item."""
+
+    def call_batch_bytes(self, task, data, ends):
+        if len(ends) % _END.itemsize:
+            raise ValueError("the batch's ends are not whole u32s")
+        parsed = array(_END.typecode)
+        parsed.frombytes(ends)
+        if _SWAP:
+            parsed.byteswap()
+        out, out_ends, errors = _call_batch(task, data, parsed.tolist())
+        packed = array(_END.typecode, out_ends)
+        if _SWAP:
+            packed.byteswap()
+        return (out, packed.tobytes(), errors)
+
+
+# The ends are u32s, little-endian: an array type of four bytes.
+_END = array("I")
+_SWAP = sys.byteorder != "little"
+
+
+def _call_batch(task, data, ends):
+    """Runs a batch: ``(results' data, their ends, [(index, task-error)])``."""
+    global _batch
+    if len(ends) > 1:
+        # Says that this guest reports its progress: one host call per batch.
+        host.batch_progress([])
+    if _registry.TASKS.get(task) is None:
+        failure = types.TaskError_UnknownTask(task)
+        return b"", [0] * len(ends), [(i, failure) for i in range(len(ends))]
+    b = _batch_mod.Batch(task, data, ends, _progress)
+    _batch = b
+    try:
+        out, out_ends, errors = b.run()
+    finally:
+        _batch = None
+        _registry._flush()
+    return out, out_ends, [(i, _error(f)) for i, f in errors]

@@ -14,6 +14,19 @@ use super::progress::{BatchProgress, Stopped};
 use super::state::{CallClock, InstanceState, MemoryLimiter, ProcessIdentity};
 use super::watchdog::{INIT_CALL, Watchdog, ticks, time_limit_message};
 use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
+
+/// A live instance's exports: the world's, and the optional `batch-bytes` one.
+struct Exports {
+    tasks: TaskModule,
+    /// `call-batch-bytes`, when the module exports it (see [`bindings::batch_bytes`]).
+    batch_bytes: Option<wasmtime::component::Func>,
+}
+
+impl Exports {
+    fn wasmpool_task_tasks(&self) -> &bindings::exports::wasmpool::task::tasks::Guest {
+        self.tasks.wasmpool_task_tasks()
+    }
+}
 use crate::engine::engine_with;
 use crate::grants::Grants;
 use crate::protocol::packed::{BatchAnswers, Packed};
@@ -49,7 +62,7 @@ pub(crate) struct Loaded {
     stack_bytes: u64,
     identity: Arc<ProcessIdentity>,
     channel: Arc<Channel>,
-    live: Option<(Store<InstanceState>, TaskModule)>,
+    live: Option<(Store<InstanceState>, Exports)>,
     tasks: Vec<String>,
     watchdog: Arc<Watchdog>,
     objects: Arc<ObjectClient>,
@@ -154,7 +167,7 @@ impl Loaded {
     /// Makes a fresh instance and runs the guest's init, under the memory and time limits
     /// of `limits` (a module whose memory starts over the limit is refused; an init that
     /// never returns is stopped at the time limit).
-    fn instantiate(&self, limits: &Limits) -> Result<(Store<InstanceState>, TaskModule), String> {
+    fn instantiate(&self, limits: &Limits) -> Result<(Store<InstanceState>, Exports), String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestOutput {
             stream: Stream::Stdout,
@@ -196,8 +209,8 @@ impl Loaded {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| Ok(past_deadline(ctx.data())));
         store.set_epoch_deadline(limits.timeout.map_or(NO_DEADLINE, ticks));
-        let module = match self.pre.instantiate(&mut store) {
-            Ok(module) => module,
+        let instance = match self.pre.instance_pre().instantiate(&mut store) {
+            Ok(instance) => instance,
             Err(e) if store.data().limiter.exceeded => {
                 return Err(format!(
                     "cannot instantiate the module: its memory at start is over the memory \
@@ -206,6 +219,11 @@ impl Loaded {
                 ));
             }
             Err(e) => return Err(init_failure("instantiation", &mut store, &e, limits)),
+        };
+        let module = Exports {
+            tasks: TaskModule::new(&mut store, &instance)
+                .map_err(|e| init_failure("instantiation", &mut store, &e, limits))?,
+            batch_bytes: bindings::batch_bytes(&mut store, &instance),
         };
         match module.wasmpool_task_tasks().call_init(&mut store) {
             Ok(Ok(())) => Ok((store, module)),
@@ -219,7 +237,7 @@ impl Loaded {
         &mut self,
         id: u64,
         limits: &Limits,
-    ) -> Result<&mut (Store<InstanceState>, TaskModule), String> {
+    ) -> Result<&mut (Store<InstanceState>, Exports), String> {
         // Armed first: a fresh instance's init prints under this call's budget, not under
         // whatever the last call (perhaps one stopped by its output limit) left.
         self.channel.arm_output(limits.output_bytes);
@@ -409,14 +427,25 @@ impl Loaded {
                     break;
                 }
             };
-            // Moved into the call (no copy) and recovered from it only on the slow paths.
-            let wit = bindings::Packed {
-                data: items.data,
-                ends: items.ends,
+            let (result, items) = match module.batch_bytes {
+                Some(func) => (bindings::call_batch_bytes(store, func, task, &items), items),
+                None => {
+                    // Moved into the call (no copy) and recovered from it.
+                    let wit = bindings::Packed {
+                        data: items.data,
+                        ends: items.ends,
+                    };
+                    let result =
+                        module
+                            .wasmpool_task_tasks()
+                            .call_call_batch(&mut *store, task, &wit);
+                    let items = Packed {
+                        data: wit.data,
+                        ends: wit.ends,
+                    };
+                    (result, items)
+                }
             };
-            let result = module
-                .wasmpool_task_tasks()
-                .call_call_batch(&mut *store, task, &wit);
             let e = match result {
                 Ok(out) => {
                     self.channel.end_hold(true);
@@ -438,10 +467,6 @@ impl Loaded {
             let _ = self
                 .channel
                 .queue(&FromWorker::Object(ObjectCall::InstanceLost));
-            let items = Packed {
-                data: wit.data,
-                ends: wit.ends,
-            };
             // Items of this crossing the guest reported finished.
             let reported = self.progress.answered().saturating_sub(base);
             let stopped = self.progress.stopped();
