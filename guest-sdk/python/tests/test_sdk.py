@@ -219,6 +219,7 @@ class WholeBatchCodec(unittest.TestCase):
             [rnd.random() for _ in range(100)], [rnd.randint(-2**63, 2**64 - 1) for _ in range(999)],
             [None] * 40, [True, False] * 40, ["ab"] * 40, [1, 2.5, None, True] * 40,
             [rnd.choice(kinds) for _ in range(5000)], [], [3],
+            [100, 200, 70000, 5, 2**33] * 50, [2**64 - 1, 0] * 30,  # a run per item
         ):
             self.assert_encodes_as_packb(values)
 

@@ -11,6 +11,7 @@ Both produce exactly what the item-by-item codec (:mod:`._msgpack`) produces, an
 ``None`` where they cannot (the caller then takes the item-by-item path).
 """
 
+import re
 import sys
 from array import array
 
@@ -211,9 +212,49 @@ def _fixed(values, marker, width, code, out, ends):
     ends += _arith(base + size, size, count)
 
 
+# A non-negative int's form by its bit length: the index of its row in `_UINT_FORMS`, or
+# `_NO_FORM` (over 64 bits).
+_NO_FORM = len(_UINT_FORMS)
+_UINT_FORM_OF_LENGTH = bytes(
+    next((i for i, (bound, _, _) in enumerate(_UINT_FORMS) if n <= bound.bit_length() - 1),
+         _NO_FORM)
+    for n in range(256)
+)
+# A run of one form (one alternative per form: a literal's repetition is matched in a
+# tight loop, where a backreference is not).
+_RUNS = re.compile(b"|".join(re.escape(bytes((i,))) + b"+" for i in range(_NO_FORM + 1)))
+
+
+def _uints(values, out, ends):
+    """Appends the non-negative ints ``values``, each in its own smallest form, a run of one
+    form at a time: the forms are found in C (bit lengths, translated), not by comparing.
+    False if one has no form."""
+    try:
+        forms = bytes(map(int.bit_length, values)).translate(_UINT_FORM_OF_LENGTH)
+    except ValueError:  # a bit length over 255: no form
+        return False
+    if _NO_FORM in forms or (_UNSIGNED[8] is None and 4 in forms):
+        return False
+    n = len(forms)
+    runs = ((0, n),) if forms.count(forms[0]) == n else (m.span() for m in _RUNS.finditer(forms))
+    for a, b in runs:
+        part = values if b - a == n else values[a:b]
+        _, marker, width = _UINT_FORMS[forms[a]]
+        if marker is None:
+            base = len(out)
+            out += bytes(part)
+            ends += _arith(base + 1, 1, len(part))
+        else:
+            _fixed(part, marker, width, _UNSIGNED[width], out, ends)
+    return True
+
+
 def _ints(values, out, ends):
-    """Appends the ints ``values``, or answers False if they do not share one form."""
+    """Appends the ints ``values``, or answers False if they do not share one form (the
+    non-negative ones always do, each in its own: see `_uints`)."""
     lo = min(values)
+    if lo >= 0:
+        return _uints(values, out, ends)
     hi = max(values)
     if (lo < 0) != (hi < 0):
         return False
