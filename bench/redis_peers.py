@@ -2,9 +2,12 @@
 """The task queues people run on Redis, on the same tiny task, as the peers of wasmpool's
 service and cluster rows.
 
-    python3 bench/redis_peers.py [N]
+    python3 bench/redis_peers.py [N] [--redis-port PORT]
 
-Starts its own `redis-server` on a free loopback port (persistence off) and, for each of
+Starts its own `redis-server` on a free loopback port (persistence off), or uses the one on
+127.0.0.1:PORT (database 1 for the Python peers; the caller's server, left running: the
+cluster benchmark passes its own, so the peers run on the same Redis as wasmpool), and, for
+each of
 Celery (prefork pool, 2 processes), RQ (2 `rq worker` processes, RQ's default forking
 worker), Dramatiq (2 processes, 1 thread each) and BullMQ (bench/bullmq_peer.mjs: 2 worker
 processes of concurrency 1, when `node` and `npm` are there), starts the peer's own workers,
@@ -158,12 +161,29 @@ def bullmq(port, n):
     subprocess.run([node, copy, str(port), str(n)], check=True, timeout=600)
 
 
+def args():
+    """(N, the port of a Redis to use or None)."""
+    rest = sys.argv[1:]
+    port = None
+    if "--redis-port" in rest:
+        i = rest.index("--redis-port")
+        if i + 1 >= len(rest):
+            sys.exit("--redis-port needs a port")
+        port = int(rest[i + 1])
+        del rest[i : i + 2]
+    return (int(rest[0]) if rest else 2000), port
+
+
 def main():
     in_venv()
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    n, given_port = args()
     tmp = tempfile.mkdtemp(prefix="wasmpool-peers-")
-    redis_proc, port = start_redis(tmp)
-    url = f"redis://127.0.0.1:{port}/0"
+    if given_port is None:
+        redis_proc, port = start_redis(tmp)
+        url = f"redis://127.0.0.1:{port}/0"
+    else:
+        redis_proc, port = None, given_port
+        url = f"redis://127.0.0.1:{port}/1"
     env = {**os.environ, "PEER_REDIS": url, "PYTHONPATH": tmp}
     os.environ.update(env)
     sys.path.insert(0, tmp)
@@ -222,8 +242,9 @@ def main():
 
         bullmq(port, n)
     finally:
-        redis_proc.kill()
-        redis_proc.wait()
+        if redis_proc is not None:
+            redis_proc.kill()
+            redis_proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

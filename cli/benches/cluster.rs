@@ -2,7 +2,11 @@
 //! loopback, two `wasmpool worker --join` hosts of one slot each) and on a local pool of two
 //! processes, in the same sitting.
 //!
-//! `cargo bench -p wasmpool-cli --bench cluster [-- --smoke]`
+//! Then, unless `--smoke` or `--no-peers`, the task queues people run on Redis (Celery, RQ,
+//! Dramatiq, BullMQ: `bench/redis_peers.py`) on the same Redis server, on their own tiny
+//! task, beside the cluster's `apply_async` rate and round trip, as ratios.
+//!
+//! `cargo bench -p wasmpool-cli --bench cluster [-- --smoke] [--no-peers]`
 
 #![allow(clippy::unwrap_used)]
 
@@ -68,8 +72,64 @@ fn rate_row(name: &str, cluster: f64, local: f64, unit: &str) -> (String, String
     )
 }
 
+/// One peer's figures from `bench/redis_peers.py`: tasks/s, round trip p50 and p99 (ms).
+#[derive(Debug, Default)]
+struct PeerFigures {
+    tasks_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs `bench/redis_peers.py` against the Redis on `port`: each peer's figures, in the order
+/// it printed them. A peer that could not run (no `node` for BullMQ) is absent; a script
+/// that fails is reported and gives none.
+fn peers(port: u16, n: usize) -> Vec<(String, PeerFigures)> {
+    let out = Command::new("python3")
+        .arg(root().join("bench/redis_peers.py"))
+        .arg(n.to_string())
+        .arg("--redis-port")
+        .arg(port.to_string())
+        .stderr(Stdio::inherit())
+        .output();
+    let out = match out {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            eprintln!("bench/redis_peers.py failed ({}): no peer rows", out.status);
+            return Vec::new();
+        }
+        Err(e) => {
+            eprintln!("cannot run python3 bench/redis_peers.py ({e}): no peer rows");
+            return Vec::new();
+        }
+    };
+    let mut found: Vec<(String, PeerFigures)> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(peer), Some(name), Some(value)) =
+            (v["peer"].as_str(), v["name"].as_str(), v["value"].as_f64())
+        else {
+            continue;
+        };
+        if !found.iter().any(|(p, _)| p == peer) {
+            found.push((peer.to_string(), PeerFigures::default()));
+        }
+        if let Some((_, f)) = found.iter_mut().find(|(p, _)| p == peer) {
+            match name {
+                "tasks_per_s" => f.tasks_per_s = value,
+                "roundtrip_p50_ms" => f.p50_ms = value,
+                "roundtrip_p99_ms" => f.p99_ms = value,
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let with_peers = !smoke && !std::env::args().any(|a| a == "--no-peers");
     let (map_items, calls, trips, reps) = if smoke {
         (10_000, 200, 50, 1)
     } else {
@@ -228,18 +288,18 @@ fn main() {
         "increments/s",
     ));
     let (qc, ql) = (cm.queue::<u64>().unwrap(), lm.queue::<u64>());
-    let (p50c, p99c) = round_trips(&|| {
+    let (q50c, q99c) = round_trips(&|| {
         qc.put(&1).unwrap();
         qc.get().unwrap()
     });
-    let (p50l, p99l) = round_trips(&|| {
+    let (q50l, q99l) = round_trips(&|| {
         ql.put(&1).unwrap();
         ql.get().unwrap()
     });
     rows.push((
         "`Queue` put + get from this program, p50 / p99".into(),
-        format!("{p50c:.0} / {p99c:.0} µs"),
-        format!("{p50l:.0} / {p99l:.0} µs"),
+        format!("{q50c:.0} / {q99c:.0} µs"),
+        format!("{q50l:.0} / {q99l:.0} µs"),
     ));
 
     // A host killed under a task: how long until its result arrives from another host,
@@ -281,4 +341,27 @@ fn main() {
         "\ncommitted {}, dropped {}, redelivered {}, lost {}",
         s.committed, s.dropped, s.redelivered, s.lost
     );
+    if with_peers {
+        let found = peers(server.port, 500);
+        println!(
+            "\n| on the same Redis (2 worker processes each) | tasks/s ({calls} / 500 at once) | \
+             wasmpool ÷ peer | round trip p50 / p99 | peer ÷ wasmpool (p50) |"
+        );
+        println!("|---|---|---|---|---|");
+        println!(
+            "| wasmpool cluster, `apply_async` / `apply` of `square` (2 hosts × 1 slot) | {apply_c:.0} | — | {:.2} / {:.2} ms | — |",
+            p50c / 1e3,
+            p99c / 1e3
+        );
+        for (peer, f) in &found {
+            println!(
+                "| {peer}, `add(2, 3)` | {:.0} | {:.1}x | {:.2} / {:.2} ms | {:.1}x |",
+                f.tasks_per_s,
+                apply_c / f.tasks_per_s,
+                f.p50_ms,
+                f.p99_ms,
+                f.p50_ms / (p50c / 1e3)
+            );
+        }
+    }
 }
