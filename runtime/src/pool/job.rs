@@ -862,6 +862,12 @@ impl<T> AsyncResult<T> {
     }
 }
 
+/// Waits for a one-item job (not for its callbacks) and returns its result undecoded.
+pub(crate) fn finish_one_bytes(job: &Job) -> Result<Vec<u8>> {
+    job.wait_finished(None);
+    job.peek(0).into_bytes(&job.task, &job.module)
+}
+
 /// Waits for a one-item job (not for its callbacks) and decodes its result.
 pub(crate) fn finish_one<R: DeserializeOwned>(job: &Job) -> Result<R> {
     job.wait_finished(None);
