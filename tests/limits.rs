@@ -92,6 +92,70 @@ fn a_task_that_allocates_without_end_hits_its_memory_limit() {
 }
 
 #[test]
+fn a_results_peak_memory_is_the_largest_its_instance_had_while_it_ran() {
+    const MIB: u64 = 1 << 20;
+    within(LIMIT, || {
+        // One worker: the calls share its instance, in this order.
+        let pool = Pool::builder(&testkit())
+            .processes(1)
+            .limits(Limits::default().memory_mib(256))
+            .build()
+            .unwrap();
+        let tiny = pool.apply_async::<_, u64>("square", &(3u64,)).unwrap();
+        assert_eq!(tiny.get().unwrap(), 9);
+        assert!(
+            tiny.peak_memory() > 0 && tiny.peak_memory() < 16 * MIB,
+            "{}",
+            tiny.peak_memory()
+        );
+        // Refused past its limit: what it had when the growth was refused, at most the limit.
+        let over = pool
+            .with_limits(Limits::default().memory_mib(32))
+            .apply_async::<_, u64>("alloc_mib", &(400u64,))
+            .unwrap();
+        assert!(matches!(over.get(), Err(Error::Limit { .. })));
+        assert!(
+            over.peak_memory() > tiny.peak_memory() && over.peak_memory() <= 32 * MIB,
+            "{}",
+            over.peak_memory()
+        );
+        // A fresh instance (the last one was discarded) that allocates 40 MiB.
+        let big = pool.apply_async::<_, u64>("alloc_mib", &(40u64,)).unwrap();
+        assert_eq!(big.get().unwrap(), 40 * MIB);
+        assert!(
+            big.peak_memory() >= 40 * MIB && big.peak_memory() <= 256 * MIB,
+            "{}",
+            big.peak_memory()
+        );
+        // The same instance, which never shrinks: a tiny task now reports its size.
+        let after = pool.apply_async::<_, u64>("square", &(3u64,)).unwrap();
+        after.get().unwrap();
+        assert_eq!(after.peak_memory(), big.peak_memory());
+        // A map: the largest over its chunks; an imap likewise.
+        let map = pool
+            .map_async::<u64, u64>("alloc_mib", [1u64, 60], Some(1))
+            .unwrap();
+        map.get().unwrap();
+        assert!(map.peak_memory() >= 60 * MIB, "{}", map.peak_memory());
+        let mut it = pool.imap::<u64, u64>("alloc_mib", [2u64]).unwrap();
+        assert_eq!(it.next().unwrap().unwrap(), 2 * MIB);
+        assert!(
+            it.peak_memory() >= map.peak_memory(),
+            "{}",
+            it.peak_memory()
+        );
+        // Work that never ran: nothing.
+        let cancelled = pool
+            .apply_async::<_, u64>("sleep_ms", &(60_000u64,))
+            .unwrap();
+        let queued = pool.apply_async::<_, u64>("square", &(2u64,)).unwrap();
+        assert!(queued.cancel());
+        assert_eq!(queued.peak_memory(), 0);
+        assert!(cancelled.cancel());
+    });
+}
+
+#[test]
 fn unbounded_recursion_is_a_stack_overflow() {
     within(LIMIT, || {
         let pool = limited_pool(Limits::default());

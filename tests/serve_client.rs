@@ -164,6 +164,8 @@ fn serve_client_run_map_and_tasks_print_over_the_service_as_they_do_locally() {
             vec!["run", w, "add", "2", "3"],
             vec!["run", w, "greet", "\"service\""],
             vec!["run", w, "scale", "{\"x\": 1.5, \"y\": -2}", "2"],
+            vec!["run", w, "unsorted", "1", "2"],
+            vec!["run", w, "not_utf8"],
             vec!["run", w, "tick", "3", "0"],
             vec!["run", w, "fail", "\"no luck\""],
             vec!["run", w, "trap"],
@@ -174,6 +176,9 @@ fn serve_client_run_map_and_tasks_print_over_the_service_as_they_do_locally() {
         }
         let l = local(&["run", w, "tick", "3", "0"]);
         assert_eq!(stdout(&l), "tick 0\ntick 1\ntick 2\n3\n");
+        // A record's keys as the task wrote them, not sorted (compared with remote above).
+        let l = local(&["run", w, "unsorted", "1", "2"]);
+        assert_eq!(stdout(&l), "{\"b\":1,\"a\":2}\n");
         // Bad input is refused before anything runs, in the same words where it can be.
         let l = local(&["run", w, "add", "two"]);
         let r = server.remote(&["run", w, "add", "two"], &token);
@@ -205,10 +210,17 @@ fn serve_client_run_map_and_tasks_print_over_the_service_as_they_do_locally() {
             vec!["map", w, "square", "--input", &inputs],
             vec!["map", w, "square", "--input", &bad],
             vec!["map", w, "add", "--star", "--input", &pairs],
+            vec!["map", w, "unsorted", "--star", "--input", &pairs],
         ] {
             let (l, r) = (local(&args), server.remote(&args, &token));
             same(&args.join(" "), &l, &r);
         }
+        let l = local(&["map", w, "unsorted", "--star", "--input", &pairs]);
+        assert!(
+            stdout(&l).starts_with("{\"input\":[1,2],\"result\":{\"b\":1,\"a\":2}}\n"),
+            "{}",
+            stdout(&l)
+        );
         let args = ["map", w, "square_slowly", "--range", "0..40", "--unordered"];
         let (l, r) = (local(&args), server.remote(&args, &token));
         assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
@@ -379,6 +391,83 @@ fn serve_results_carry_the_tasks_output_and_usage_sums_worker_time() {
             .sum();
         assert_eq!(hours, total);
         assert!(total >= 300_000 + 4 * 20_000, "{usage}");
+        drop(server);
+    });
+}
+
+#[test]
+fn serve_a_tasks_peak_memory_is_in_its_result_and_an_hour_keeps_the_largest() {
+    within(Duration::from_secs(300), || {
+        testkit();
+        let server = Server::start("serve-peak", "running = 2\nmax_memory_mib = 256", &[]);
+        let module = server.upload_testkit();
+        const MIB: u64 = 1 << 20;
+        let peak = |done: &Value| done["usage"]["peak_memory_bytes"].as_u64().unwrap();
+        // A tiny task first, on a fresh worker (an instance's memory never shrinks, so it
+        // must not follow the large one on the same worker).
+        let tiny = server.post(
+            "/v1/tasks?wait=60",
+            &json!({"module": module, "task": "add", "args": [1, 2]}),
+        );
+        assert_eq!(tiny["result"], 3, "{tiny}");
+        let big = server.post(
+            "/v1/tasks?wait=60",
+            &json!({"module": module, "task": "alloc_mib", "args": [40]}),
+        );
+        assert_eq!(big["result"], 40 * MIB, "{big}");
+        assert!(peak(&tiny) > 0 && peak(&tiny) < 16 * MIB, "{tiny}");
+        assert!(peak(&big) >= 40 * MIB && peak(&big) <= 256 * MIB, "{big}");
+        // A map's items carry their chunk's peak.
+        let map = server.post(
+            "/v1/maps",
+            &json!({"module": module, "task": "alloc_mib", "items": [48], "chunksize": 1}),
+        );
+        let id = map["id"].as_str().unwrap();
+        let lines = server
+            .http
+            .get(format!("{}/v1/maps/{id}/results", server.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+
+        // The rows are the results', and the hour (all of them, here or in two hours) keeps
+        // the largest, not the sum.
+        let usage = server.get("/v1/usage");
+        let rows = usage["tasks"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{usage}");
+        for done in [&tiny, &big] {
+            let row = rows.iter().find(|r| r["id"] == done["id"]).unwrap();
+            assert_eq!(row["peak_memory_bytes"], done["usage"]["peak_memory_bytes"]);
+        }
+        let item = rows
+            .iter()
+            .find(|r| r["id"] != tiny["id"] && r["id"] != big["id"])
+            .unwrap();
+        assert!(
+            item["peak_memory_bytes"].as_u64().unwrap() >= 48 * MIB,
+            "{item}"
+        );
+        let largest = rows
+            .iter()
+            .map(|r| r["peak_memory_bytes"].as_u64().unwrap())
+            .max()
+            .unwrap();
+        let hours: Vec<u64> = usage["hours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["peak_memory_bytes"].as_u64().unwrap())
+            .collect();
+        assert_eq!(hours.iter().max(), Some(&largest), "{usage}");
+        assert_eq!(usage["totals"]["peak_memory_bytes"], largest, "{usage}");
+        let sum: u64 = rows
+            .iter()
+            .map(|r| r["peak_memory_bytes"].as_u64().unwrap())
+            .sum();
+        assert!(largest < sum, "a maximum, not a sum: {usage}");
         drop(server);
     });
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wasmpool::lines::{Json, RecordWriter};
+use wasmpool::lines::RecordWriter;
 use wasmpool::{AsyncResult, ImapCanceller, Limits, Module, Output, Pool, Runtime};
 
 use crate::objects::{Registry, Resolved};
@@ -71,7 +71,7 @@ pub fn limits_of(l: &TaskLimits) -> Limits {
 #[derive(Default)]
 pub struct CancelSlot {
     requested: std::sync::atomic::AtomicBool,
-    running: Mutex<Option<Arc<AsyncResult<Json>>>>,
+    running: Mutex<Option<Arc<AsyncResult<Vec<u8>>>>>,
     /// A chunk of map items running.
     items: Mutex<Option<ImapCanceller>>,
 }
@@ -120,8 +120,9 @@ impl CancelSlot {
 pub struct ItemOutcome {
     /// The index of the item within its chunk.
     pub index: usize,
-    /// The result, or the error.
-    pub outcome: Result<Value, TaskError>,
+    /// The result as JSON text (a map's entries in the order the task wrote them), or the
+    /// error. A map item's is `null`: its record is in `line`.
+    pub outcome: Result<String, TaskError>,
     /// A map item's record line.
     pub line: Option<String>,
     /// A task's stdout and stderr (UTF-8, invalid bytes replaced).
@@ -279,9 +280,9 @@ impl Executor {
     pub fn run_task(&self, tenant: &Tenant, spec: &RunSpec, cancel: &CancelSlot) -> ItemOutcome {
         let started = Instant::now();
         let bytes_in = spec.args.len() as u64;
-        let (mut fuel, mut cpu_us) = (None, 0u64);
+        let (mut fuel, mut cpu_us, mut peak_memory_bytes) = (None, 0u64, 0u64);
         let mut output = (String::new(), String::new());
-        let outcome = (|| -> Result<Value, TaskError> {
+        let outcome = (|| -> Result<String, TaskError> {
             let args: Vec<Value> = serde_json::from_str(&spec.args).map_err(|e| TaskError {
                 code: "bad_args".into(),
                 message: format!("the stored arguments do not parse: {e}"),
@@ -300,8 +301,10 @@ impl Executor {
                 .with_limits(limits_of(&spec.limits))
                 .with_retries(retries)
                 .with_captured_output();
+            // Undecoded: converted to JSON text as `wasmpool run` prints it, keeping the
+            // order of a map's entries as the task wrote them.
             let result = Arc::new(
-                pool.apply_async::<[Resolved], Json>(&spec.task, &args[..])
+                pool.apply_async_bytes::<[Resolved]>(&spec.task, &args[..])
                     .map_err(|e| task_error(&e))?,
             );
             *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
@@ -311,6 +314,7 @@ impl Executor {
             let got = result.get();
             fuel = result.fuel_used();
             cpu_us = u64::try_from(result.worker_time().as_micros()).unwrap_or(u64::MAX);
+            peak_memory_bytes = result.peak_memory();
             let captured = result.captured_output();
             output = (
                 String::from_utf8_lossy(&captured.stdout).into_owned(),
@@ -319,7 +323,13 @@ impl Executor {
             *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
             drop(pool);
             drop(args);
-            got.map(|Json(v)| v).map_err(|e| task_error(&e))
+            let bytes = got.map_err(|e| task_error(&e))?;
+            let mut json = Vec::new();
+            wasmpool::write_json(&spec.task, &bytes, &mut json).map_err(|e| task_error(&e))?;
+            String::from_utf8(json).map_err(|e| TaskError {
+                code: "decode".into(),
+                message: format!("the result of task `{}` is not UTF-8: {e}", spec.task),
+            })
         })();
         let outcome = if cancel.is_requested() {
             Err(TaskError {
@@ -330,7 +340,7 @@ impl Executor {
             outcome
         };
         let bytes_out = match &outcome {
-            Ok(v) => v.to_string().len() as u64,
+            Ok(v) => v.len() as u64,
             Err(e) => e.message.len() as u64,
         } + (output.0.len() + output.1.len()) as u64;
         ItemOutcome {
@@ -345,6 +355,7 @@ impl Executor {
                 wall_ms: started.elapsed().as_millis() as u64,
                 fuel,
                 cpu: Cpu::from_micros(cpu_us),
+                peak_memory_bytes,
                 bytes_in,
                 bytes_out,
             },
@@ -449,6 +460,10 @@ impl Executor {
             let cpu_total = results.worker_time();
             let cpu = cpu_total.saturating_sub(last_cpu);
             last_cpu = cpu_total;
+            // The largest of the calls that ran this chunk, as far as they had answered:
+            // the chunk's items run in one call (an item answered in an early part of a
+            // large batch gets what was known by then).
+            let peak_memory_bytes = results.peak_memory();
             let now = started.elapsed();
             let wall = now.saturating_sub(last_at);
             last_at = now;
@@ -461,7 +476,7 @@ impl Executor {
             let ok = w.write(&inputs[index], result).unwrap_or(false);
             let line = String::from_utf8(w.into_inner()).unwrap_or_default();
             let outcome = match (ok, error) {
-                (true, _) => Ok(Value::Null),
+                (true, _) => Ok("null".to_string()),
                 (false, Some(e)) => Err(e),
                 (false, None) => Err(TaskError {
                     code: "decode".into(),
@@ -479,6 +494,7 @@ impl Executor {
                     wall_ms: wall.as_millis() as u64,
                     fuel,
                     cpu: Cpu::from_micros(u64::try_from(cpu.as_micros()).unwrap_or(u64::MAX)),
+                    peak_memory_bytes,
                     bytes_in: spec.args.len() as u64,
                     bytes_out: line.len() as u64,
                 },

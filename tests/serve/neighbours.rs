@@ -180,6 +180,25 @@ fn serve_usage_is_exactly_the_sum_over_the_tenants_results() {
             let sum: u64 = hours.iter().map(|h| h[field].as_u64().unwrap()).sum();
             assert_eq!(totals[field].as_u64().unwrap(), sum, "{field}");
         }
+        // Peak memory: every task that ran has one; an hour keeps the largest of its rows
+        // (a maximum, not a sum), and the totals the largest of the hours.
+        let peak = |v: &Value| v["peak_memory_bytes"].as_u64().unwrap();
+        for row in rows {
+            assert!(peak(row) > 0, "{row}");
+        }
+        for h in hours {
+            let start = h["hour_ms"].as_i64().unwrap();
+            let largest = rows
+                .iter()
+                .filter(|r| {
+                    (start..start + 3_600_000).contains(&r["finished_ms"].as_i64().unwrap())
+                })
+                .map(peak)
+                .max();
+            assert_eq!(Some(peak(h)), largest, "{h}");
+        }
+        let largest = rows.iter().map(peak).max();
+        assert_eq!(Some(peak(totals)), largest, "{usage}");
         let theirs: Value = server.get(&B, "/v1/usage").json().unwrap();
         assert_eq!(theirs["totals"]["tasks"], 0);
         assert_eq!(theirs["tasks"], json!([]));

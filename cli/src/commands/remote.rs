@@ -266,20 +266,20 @@ impl Remote {
 
     /// Submits task `task` of `module` with `args` and waits for it to finish; answers the
     /// task as the service shows it (`state` `done`, with `result` or `error`).
-    pub fn run_task(&self, body: &Value, interrupted: &AtomicBool) -> Result<Value> {
+    pub fn run_task(&self, body: &Value, interrupted: &AtomicBool) -> Result<TaskAnswer> {
         let request = self
             .request(reqwest::Method::POST, &format!("/v1/tasks?wait={WAIT_S}"))
             .timeout(self.timeout + Duration::from_secs(WAIT_S))
             .json(body);
-        let mut view = read_json(
+        let mut task = read_task(
             "submitting the task",
             self.send("submitting the task", request)?,
         )?;
-        let id = view["id"]
+        let id = task.view["id"]
             .as_str()
             .ok_or_else(|| anyhow!("the service's answer to the submission has no id"))?
             .to_string();
-        while view["state"] != "done" {
+        while task.view["state"] != "done" {
             if interrupted.load(Ordering::SeqCst) {
                 let request = self
                     .request(reqwest::Method::POST, &format!("/v1/tasks/{id}/cancel"))
@@ -292,12 +292,12 @@ impl Remote {
             let request = self
                 .request(reqwest::Method::GET, &format!("/v1/tasks/{id}?wait=1"))
                 .timeout(self.timeout + Duration::from_secs(1));
-            view = read_json(
+            task = read_task(
                 "waiting for the task",
                 self.send("waiting for the task", request)?,
             )?;
         }
-        Ok(view)
+        Ok(task)
     }
 
     /// Submits a map of `items` (NDJSON) with the query `params`; answers its id and total.
@@ -381,6 +381,29 @@ fn read_json(what: &str, response: Response) -> Result<Value> {
         .with_context(|| format!("{what}: the service's answer is not JSON"))
 }
 
+/// A task as the service answered it: its view, and its result's JSON text as the service
+/// sent it (a map's entries in the order the task wrote them, which a [`Value`] would sort).
+#[derive(Debug)]
+pub struct TaskAnswer {
+    view: Value,
+    result: Option<Box<serde_json::value::RawValue>>,
+}
+
+fn read_task(what: &str, response: Response) -> Result<TaskAnswer> {
+    #[derive(serde::Deserialize)]
+    struct ResultText {
+        #[serde(default)]
+        result: Option<Box<serde_json::value::RawValue>>,
+    }
+    let text = response
+        .text()
+        .with_context(|| format!("{what}: reading the service's answer"))?;
+    let not_json = || format!("{what}: the service's answer is not JSON");
+    let view = serde_json::from_str(&text).with_context(not_json)?;
+    let ResultText { result } = serde_json::from_str(&text).with_context(not_json)?;
+    Ok(TaskAnswer { view, result })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -428,8 +451,10 @@ pub fn tasks(remote: &Remote, module: &Path, as_json: bool) -> Result<ExitCode> 
 }
 
 /// Prints a finished task as local `run` does: its output to stdout and stderr, then its
-/// result as one JSON line (exit 0) or `wasmpool: ERROR` on stderr (exit 1).
-pub fn print_task(view: &Value, task: &str, show_fuel: bool) -> Result<ExitCode> {
+/// result as one JSON line, the text the service sent (exit 0), or `wasmpool: ERROR` on
+/// stderr (exit 1).
+pub fn print_task(answer: &TaskAnswer, task: &str, show_fuel: bool) -> Result<ExitCode> {
+    let view = &answer.view;
     for (field, to_stdout) in [("stdout", true), ("stderr", false)] {
         if let Some(text) = view[field].as_str() {
             if to_stdout {
@@ -453,7 +478,10 @@ pub fn print_task(view: &Value, task: &str, show_fuel: bool) -> Result<ExitCode>
         return Ok(ExitCode::from(1));
     }
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &view["result"])?;
+    match &answer.result {
+        Some(text) => out.write_all(text.get().as_bytes())?,
+        None => out.write_all(b"null")?,
+    }
     writeln!(out)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -130,6 +130,20 @@ fn scale(p: Point, k: f64) -> Point {
     }
 }
 
+/// A record whose fields are not in alphabetical order.
+#[derive(Debug, Serialize)]
+struct Unsorted {
+    b: i64,
+    a: i64,
+}
+
+/// Returns `{"b": b, "a": a}`: a result whose keys a front end must print in this order,
+/// not sorted.
+#[task]
+fn unsorted(b: i64, a: i64) -> Unsorted {
+    Unsorted { b, a }
+}
+
 /// Counts calls in this instance: state persists across tasks in one worker.
 #[task]
 fn counter() -> u64 {
@@ -600,6 +614,7 @@ wasmpool_guest::export_tasks!(
     whoami,
     clock_and_random,
     scale,
+    unsorted,
     counter,
     spin,
     square_or_panic,

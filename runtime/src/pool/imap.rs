@@ -266,6 +266,21 @@ impl<R> Imap<'_, R> {
         self.job.worker_time()
     }
 
+    /// The largest linear memory a task's instance had while running its chunks answered
+    /// so far, in bytes (see [`AsyncResult::peak_memory`](crate::AsyncResult::peak_memory)).
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// let pool = wasmpool::Pool::new(&module, 2)?;
+    /// let mut it = pool.imap::<u64, u64>("alloc_mib", [1u64, 40])?;
+    /// let held: Vec<u64> = it.by_ref().collect::<Result<_, _>>()?;
+    /// assert!(it.peak_memory() >= 40 << 20);
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn peak_memory(&self) -> u64 {
+        self.job.peak_memory()
+    }
+
     /// A handle that cancels this iterator's work from another thread.
     pub fn canceller(&self) -> ImapCanceller {
         ImapCanceller {

@@ -119,6 +119,8 @@ pub(crate) struct Job {
     cancelled: std::sync::atomic::AtomicBool,
     /// Worker time its answered chunks took, in microseconds.
     worker_micros: std::sync::atomic::AtomicU64,
+    /// The largest peak memory of its answered chunks' calls, in bytes.
+    peak_memory: std::sync::atomic::AtomicU64,
     /// The output its items wrote, when `opts.capture_output`.
     captured: Mutex<crate::output::Captured>,
 }
@@ -180,6 +182,7 @@ impl Job {
             fuel_used: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
             worker_micros: std::sync::atomic::AtomicU64::new(0),
+            peak_memory: std::sync::atomic::AtomicU64::new(0),
             captured: Mutex::new(crate::output::Captured::default()),
         })
     }
@@ -238,6 +241,18 @@ impl Job {
             self.worker_micros
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// Records the peak memory of one of its chunks' calls (recorded before the chunk's
+    /// outcomes).
+    pub fn raise_peak_memory(&self, bytes: u64) {
+        self.peak_memory
+            .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The largest peak memory of its answered chunks' calls, in bytes (0 before any).
+    pub fn peak_memory(&self) -> u64 {
+        self.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks the job cancelled (see [`Job::is_cancelled`]).
@@ -805,6 +820,30 @@ impl<T> AsyncResult<T> {
         self.job.worker_time()
     }
 
+    /// The largest linear memory, in bytes, that a task's instance had while it ran this
+    /// work (the guest's memory, all its memories together; not the host's or the worker
+    /// process's): for `apply_async`, the task's call once it is ready; for `map_async`, the
+    /// largest over its chunks answered so far (a chunk's items run in one call); 0 before
+    /// any answered, and for a cluster pool's results (not carried back yet).
+    ///
+    /// A worker reuses its instance from call to call and a wasm memory never shrinks, so
+    /// this is the instance's size while the call ran, not what the call itself allocated:
+    /// it counts what the init and earlier calls on that worker left, and a small task after
+    /// a large one on the same worker reports the large one's size. A task that grew past
+    /// its memory limit reports the size it had when the growth was refused.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// let pool = wasmpool::Pool::new(&module, 1)?;
+    /// let r = pool.apply_async::<_, u64>("alloc_mib", &(40u64,))?;
+    /// r.wait();
+    /// assert!(r.peak_memory() >= 40 << 20);
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn peak_memory(&self) -> u64 {
+        self.job.peak_memory()
+    }
+
     /// What the work wrote to stdout and stderr, when it was submitted through a handle
     /// from [`Pool::with_captured_output`](super::Pool::with_captured_output) (empty
     /// otherwise): at most its output limit in all. For `apply_async`, the task's output
@@ -821,6 +860,12 @@ impl<T> AsyncResult<T> {
         }
         Ok(self.job.successful())
     }
+}
+
+/// Waits for a one-item job (not for its callbacks) and returns its result undecoded.
+pub(crate) fn finish_one_bytes(job: &Job) -> Result<Vec<u8>> {
+    job.wait_finished(None);
+    job.peek(0).into_bytes(&job.task, &job.module)
 }
 
 /// Waits for a one-item job (not for its callbacks) and decodes its result.

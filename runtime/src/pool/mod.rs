@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 pub use self::executor::{AsCompleted, Executor, MapStream, TaskFuture, as_completed};
 pub use self::imap::{Imap, ImapCanceller};
 pub use self::job::AsyncResult;
-use self::job::{Hook, Job, Slot, TaskOptions, finish_all, finish_one};
+use self::job::{Hook, Job, Slot, TaskOptions, finish_all, finish_one, finish_one_bytes};
 use self::scheduler::{PoolConfig, Scheduler};
 pub use self::tenant::Tenant;
 pub use self::wait::{ReturnWhen, Waitable, wait_futures, wait_objects};
@@ -448,6 +448,34 @@ impl Pool {
         Ok(AsyncResult::new(
             job,
             finish_one::<R>,
+            Arc::downgrade(&self.scheduler),
+        ))
+    }
+
+    /// As [`apply_async`](Pool::apply_async), but the result is the task's MessagePack,
+    /// undecoded (as [`Process::result_bytes`](crate::Process::result_bytes)): for a front
+    /// end that converts it itself, as `wasmpool serve` does with
+    /// [`write_json`](crate::write_json), which keeps a map's entries in the order the task
+    /// wrote them.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// let pool = wasmpool::Pool::new(&module, 1)?;
+    /// let bytes = pool.apply_async_bytes("scale", &(serde_json::json!({"x": 1, "y": 2}), 3.0))?.get()?;
+    /// let mut json = Vec::new();
+    /// wasmpool::write_json("scale", &bytes, &mut json)?;
+    /// assert_eq!(json, br#"{"x":3.0,"y":6.0}"#);
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn apply_async_bytes<A: Serialize + ?Sized>(
+        &self,
+        task: &str,
+        args: &A,
+    ) -> Result<AsyncResult<Vec<u8>>> {
+        let job = self.submit_call(task, args, None)?;
+        Ok(AsyncResult::new(
+            job,
+            finish_one_bytes,
             Arc::downgrade(&self.scheduler),
         ))
     }

@@ -56,6 +56,8 @@ pub(super) struct Ran {
     pub fuel: Option<u64>,
     /// How long it ran in the worker.
     pub micros: u64,
+    /// The largest linear memory its instance had while it ran, in bytes.
+    pub peak_memory: u64,
 }
 
 /// The scheduler's state, under its lock.
@@ -308,7 +310,11 @@ impl Scheduler {
             return;
         };
         s.workers[wi].heard = Instant::now();
-        let Ran { fuel, micros } = ran;
+        let Ran {
+            fuel,
+            micros,
+            peak_memory,
+        } = ran;
         match flight.chunk {
             None => {
                 // The initializer's answer.
@@ -347,6 +353,7 @@ impl Scheduler {
                     chunk.job.add_fuel(fuel);
                 }
                 chunk.job.add_worker_micros(micros);
+                chunk.job.raise_peak_memory(peak_memory);
                 // Items after those answered in parts.
                 let (first, n) = (
                     chunk.first + flight.answered,

@@ -278,13 +278,29 @@ impl WorkerEvents for Scheduler {
                 outcome,
                 fuel,
                 micros,
-            } => self.finish_call(pid, id, Answers::One(outcome), Ran { fuel, micros }, more),
+                peak_memory,
+            } => {
+                let ran = Ran {
+                    fuel,
+                    micros,
+                    peak_memory,
+                };
+                self.finish_call(pid, id, Answers::One(outcome), ran, more)
+            }
             CallEvent::BatchDone {
                 id,
                 answers,
                 fuel,
                 micros,
-            } => self.finish_call(pid, id, Answers::Batch(answers), Ran { fuel, micros }, more),
+                peak_memory,
+            } => {
+                let ran = Ran {
+                    fuel,
+                    micros,
+                    peak_memory,
+                };
+                self.finish_call(pid, id, Answers::Batch(answers), ran, more)
+            }
             CallEvent::BatchPart { id, answers } => self.part_of_call(pid, id, answers),
             CallEvent::Output { id, stream, data } => {
                 let found = {

@@ -258,6 +258,55 @@ mod tests {
     }
 
     #[test]
+    fn an_answers_run_figures_round_trip_and_a_cut_one_is_an_error() {
+        use crate::protocol::Outcome;
+        use crate::protocol::packed::BatchAnswers;
+        for peak in [0, 1, 40 << 20, u64::MAX] {
+            let done = FromWorker::Call(CallEvent::Done {
+                id: 9,
+                outcome: Outcome::Ok(vec![0x2a]),
+                fuel: Some(3),
+                micros: 77,
+                peak_memory: peak,
+            });
+            let mut answers = BatchAnswers::default();
+            answers.push(Outcome::Ok(vec![1]));
+            let batch = FromWorker::Call(CallEvent::BatchDone {
+                id: 10,
+                answers,
+                fuel: None,
+                micros: 78,
+                peak_memory: peak,
+            });
+            for msg in [done, batch] {
+                let mut wire = Vec::new();
+                write_frame(&mut wire, &msg).unwrap();
+                let back: FromWorker = read_frame(&mut wire.as_slice(), &mut Vec::new())
+                    .unwrap()
+                    .unwrap();
+                match back {
+                    FromWorker::Call(CallEvent::Done {
+                        micros: 77,
+                        peak_memory,
+                        ..
+                    })
+                    | FromWorker::Call(CallEvent::BatchDone {
+                        micros: 78,
+                        peak_memory,
+                        ..
+                    }) => assert_eq!(peak_memory, peak),
+                    other => panic!("{other:?}"),
+                }
+                // The last field cut off (a frame of a layout without it, or cut short
+                // inside it): an error, never a frame with a made-up value.
+                let body = &wire[4..];
+                let err = decode_frame::<FromWorker>(&body[..body.len() - 1]).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            }
+        }
+    }
+
+    #[test]
     fn oversized_length_is_refused_without_allocating() {
         let wire = (u32::MAX).to_le_bytes();
         let mut buf = Vec::new();

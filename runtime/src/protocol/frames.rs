@@ -173,12 +173,16 @@ pub(crate) enum CallEvent {
         data: Vec<u8>,
     },
     /// Call `id` finished. `fuel`: what it used, on a metered worker; `micros`: how long
-    /// it ran in the worker (what the pool's pipelining is based on).
+    /// it ran in the worker (what the pool's pipelining is based on); `peak_memory`: the
+    /// largest linear memory, in bytes, the instance running it had while it ran (all its
+    /// memories together; what it started with counts, since an instance is reused and its
+    /// memory never shrinks; 0 if it was refused before it ran).
     Done {
         id: u64,
         outcome: Outcome,
         fuel: Option<u64>,
         micros: u64,
+        peak_memory: u64,
     },
     /// The next `answers.len()` items of batch call `id` (after those of earlier parts)
     /// finished; more answers follow. A batch's answers come in parts when they are large
@@ -190,12 +194,15 @@ pub(crate) enum CallEvent {
     /// Batch call `id` finished: one outcome per item after those of its parts. Fewer
     /// answers than items means the rest never ran (the worker's watchdog stopped the batch
     /// in a host call): they are to be run again. `fuel`: what the items used together, on
-    /// a metered worker; `micros`: how long the batch ran in the worker.
+    /// a metered worker; `micros`: how long the batch ran in the worker; `peak_memory`: as
+    /// `Done`'s, over the whole batch (the largest of the instances it ran in, when one was
+    /// replaced after a trap).
     BatchDone {
         id: u64,
         answers: super::packed::BatchAnswers,
         fuel: Option<u64>,
         micros: u64,
+        peak_memory: u64,
     },
 }
 

@@ -231,6 +231,7 @@ mod tests {
                 outcome: Outcome::Ok(vec![0x31]),
                 fuel: Some(1_234),
                 micros: 56,
+                peak_memory: 17 << 20,
             }),
             FromWorker::Call(CallEvent::BatchPart {
                 id: 4,
@@ -245,6 +246,7 @@ mod tests {
                 id: 4,
                 fuel: None,
                 micros: 1_000_000,
+                peak_memory: u64::MAX,
                 answers: {
                     let mut a = crate::protocol::packed::BatchAnswers::default();
                     for outcome in [

@@ -138,6 +138,15 @@ impl Loaded {
         self.fuel_used.take()
     }
 
+    /// The last call's peak linear memory, in bytes (see
+    /// [`PeakMemory`](super::state::PeakMemory)): the largest the instance running it was
+    /// while it ran, all its memories together. An instance is reused across calls and its
+    /// memory never shrinks, so a call after a larger one in the same instance reports at
+    /// least that one's size. 0 for a call refused before it ran.
+    pub fn peak_memory(&self) -> u64 {
+        self.watchdog.peak_memory().get()
+    }
+
     /// Gives later instances these capabilities; the current one (made without them) goes.
     pub fn set_grants(&mut self, grants: Grants) {
         self.grants = grants;
@@ -194,10 +203,7 @@ impl Loaded {
                 timeout: limits.timeout,
                 started: Instant::now(),
             },
-            limiter: MemoryLimiter {
-                max_bytes: limits.memory_bytes,
-                exceeded: false,
-            },
+            limiter: MemoryLimiter::new(limits.memory_bytes, self.watchdog.peak_memory().clone()),
         };
         let mut store = Store::new(self.pre.engine(), state);
         if self.metered {
@@ -261,10 +267,12 @@ impl Loaded {
             .live
             .as_mut()
             .ok_or_else(|| "no instance".to_string())?;
-        live.0.data_mut().limiter = MemoryLimiter {
-            max_bytes: limits.memory_bytes,
-            exceeded: false,
-        };
+        let limiter = &mut live.0.data_mut().limiter;
+        limiter.max_bytes = limits.memory_bytes;
+        limiter.exceeded = false;
+        // The memory the call starts with is its own too: what earlier calls and the init
+        // left (or, for a fresh instance, what its instantiation and init made).
+        self.watchdog.peak_memory().raise(limiter.size_bytes());
         live.0.data_mut().clock = CallClock {
             timeout: limits.timeout,
             started: Instant::now(),
@@ -300,6 +308,7 @@ impl Loaded {
     /// Runs one task.
     pub fn call(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {
         self.fuel_used = None;
+        self.watchdog.peak_memory().reset();
         if let Some(refused) = self.refuse(limits) {
             return refused;
         }
@@ -364,6 +373,7 @@ impl Loaded {
         limits: &Limits,
     ) -> BatchAnswers {
         self.fuel_used = None;
+        self.watchdog.peak_memory().reset();
         self.progress.begin(id, items.len());
         if let Some(refused) = self.refuse(limits) {
             for _ in 0..items.len() {

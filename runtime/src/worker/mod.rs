@@ -286,6 +286,7 @@ fn serve_on(
                 channel.end_lines(id)?;
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
+                let peak_memory = loaded.peak_memory();
                 let ok = matches!(outcome, Outcome::Ok(_));
                 if !loaded.has_instance() {
                     loaded.forget_attachments();
@@ -297,6 +298,7 @@ fn serve_on(
                         outcome,
                         fuel,
                         micros,
+                        peak_memory,
                     }))?;
                     // The answer is written; tearing down the instance and the engine would
                     // only delay the exit the host is waiting for.
@@ -308,6 +310,7 @@ fn serve_on(
                     outcome,
                     fuel,
                     micros,
+                    peak_memory,
                 }))?;
             }
             ToWorker::Call(CallRequest::Batch {
@@ -323,6 +326,7 @@ fn serve_on(
                 channel.end_lines(id)?;
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
+                let peak_memory = loaded.peak_memory();
                 if !loaded.has_instance() {
                     loaded.forget_attachments();
                     channel.queue(&FromWorker::Object(ObjectCall::InstanceLost))?;
@@ -332,6 +336,7 @@ fn serve_on(
                     answers,
                     fuel,
                     micros,
+                    peak_memory,
                 }))?;
             }
             ToWorker::Control(Control::Shutdown) => {

@@ -1,6 +1,7 @@
 //! The per-instance store state: WASI context, resource table, and the wasmpool host
 //! interface (process identity, panic reports).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,16 +61,69 @@ impl Default for CallClock {
 
 /// Refuses memory growth past the limit with a trap, and remembers that it did, so the
 /// failure is reported as "memory limit" rather than as whatever the guest's allocator does.
+/// It also counts the instance's linear memory, for the peak each call reports.
 #[derive(Debug)]
 pub(crate) struct MemoryLimiter {
     pub max_bytes: u64,
     pub exceeded: bool,
+    /// The instance's linear memory, all its memories together, in bytes: what the growths
+    /// allowed so far add up to (wasmtime creates a memory by growing it from 0 to its
+    /// initial size, and a memory never shrinks). A growth allowed here that the host then
+    /// could not make (out of memory itself) still counts: wasmtime's failure notice does
+    /// not say which growth failed.
+    size_bytes: u64,
+    /// The running call's peak, raised as the memory grows.
+    peak: Arc<PeakMemory>,
+}
+
+impl MemoryLimiter {
+    /// A limiter for a new instance (no memory yet) under `max_bytes` per memory, raising
+    /// `peak` as the instance's memory grows.
+    pub fn new(max_bytes: u64, peak: Arc<PeakMemory>) -> Self {
+        MemoryLimiter {
+            max_bytes,
+            exceeded: false,
+            size_bytes: 0,
+            peak,
+        }
+    }
+
+    /// The instance's linear memory now, in bytes (all its memories together).
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+}
+
+/// The largest linear memory the instance running a call had while the call ran, in bytes:
+/// its memory when the call began (what earlier calls and the init left, since memory never
+/// shrinks) and every growth during it; across instances when the call's instance was
+/// replaced (a batch resumed after a trap). One per worker, reset as each call begins; shared
+/// by the instances' limiters, the worker loop and the watchdog (which answers for a call it
+/// stops).
+#[derive(Debug, Default)]
+pub(crate) struct PeakMemory(AtomicU64);
+
+impl PeakMemory {
+    /// A call begins: nothing of it is counted yet.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// The call's instance has `bytes` of linear memory now.
+    pub fn raise(&self, bytes: u64) {
+        self.0.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The peak so far, in bytes.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -77,7 +131,13 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.exceeded = true;
             wasmtime::bail!("memory limit of {} bytes reached", self.max_bytes);
         }
-        Ok(maximum.is_none_or(|m| desired <= m))
+        let allowed = maximum.is_none_or(|m| desired <= m);
+        if allowed {
+            let grown = desired.saturating_sub(current) as u64;
+            self.size_bytes = self.size_bytes.saturating_add(grown);
+            self.peak.raise(self.size_bytes);
+        }
+        Ok(allowed)
     }
 
     fn table_growing(

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::output::Channel;
 use super::progress::BatchProgress;
+use super::state::PeakMemory;
 use crate::engine::{EPOCH_TICK, tick_all};
 use crate::protocol::{CallEvent, FromWorker, Outcome, Status, WATCHDOG_EXIT};
 
@@ -53,6 +54,8 @@ pub(crate) struct Watchdog {
     /// The running batch's progress: its time limit restarts at each report, and what
     /// finished is answered when the watchdog stops it.
     progress: Arc<BatchProgress>,
+    /// The running call's peak memory, which the watchdog reports when it answers for it.
+    peak_memory: Arc<PeakMemory>,
     ticker: Once,
 }
 
@@ -65,8 +68,15 @@ impl Watchdog {
             clock: Mutex::new(None),
             channel,
             progress,
+            peak_memory: Arc::new(PeakMemory::default()),
             ticker: Once::new(),
         })
+    }
+
+    /// The running call's peak memory: the instances' limiters raise it, the worker
+    /// reports it with each answer.
+    pub fn peak_memory(&self) -> &Arc<PeakMemory> {
+        &self.peak_memory
     }
 
     /// Advances the epoch by the ticks due since the ticker started and not yet made, so
@@ -135,6 +145,7 @@ impl Watchdog {
                         let (id, timeout) = (r.id, r.timeout);
                         let outcome = Outcome::Limit(time_limit_message(timeout));
                         let micros = timeout.as_micros().try_into().unwrap_or(u64::MAX);
+                        let peak_memory = watched.peak_memory.get();
                         // A batch keeps the answers of its items that finished; those that
                         // did not go back to the host, to run again one by one.
                         let answer = match watched.progress.stop(id, outcome.clone()) {
@@ -148,6 +159,7 @@ impl Watchdog {
                                     answers,
                                     fuel: None,
                                     micros,
+                                    peak_memory,
                                 })
                             }
                             None => FromWorker::Call(CallEvent::Done {
@@ -155,6 +167,7 @@ impl Watchdog {
                                 outcome,
                                 fuel: None,
                                 micros,
+                                peak_memory,
                             }),
                         };
                         let _ = channel.send(&answer);

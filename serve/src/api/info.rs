@@ -45,6 +45,8 @@ pub async fn usage(
         totals.wall_ms += h.wall_ms;
         totals.fuel += h.fuel;
         totals.cpu = crate::store::Cpu::from_micros(totals.cpu.cpu_us + h.cpu.cpu_us);
+        // The largest, as each hour's is.
+        totals.peak_memory_bytes = totals.peak_memory_bytes.max(h.peak_memory_bytes);
         totals.bytes_in += h.bytes_in;
         totals.bytes_out += h.bytes_out;
     }

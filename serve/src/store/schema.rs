@@ -29,12 +29,13 @@ CREATE TABLE IF NOT EXISTS usage (
     task_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, finished_ms INTEGER NOT NULL,
     ok INTEGER NOT NULL, wall_ms INTEGER NOT NULL, fuel INTEGER,
     bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-    cpu_us INTEGER NOT NULL DEFAULT 0);
+    cpu_us INTEGER NOT NULL DEFAULT 0, peak_memory_bytes INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS usage_tenant ON usage (tenant, finished_ms);
 CREATE TABLE IF NOT EXISTS usage_hourly (
     tenant TEXT NOT NULL, hour INTEGER NOT NULL, tasks INTEGER NOT NULL, failed INTEGER NOT NULL,
     wall_ms INTEGER NOT NULL, fuel INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
-    bytes_out INTEGER NOT NULL, cpu_us INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant, hour));
+    bytes_out INTEGER NOT NULL, cpu_us INTEGER NOT NULL DEFAULT 0,
+    peak_memory_bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant, hour));
 CREATE TABLE IF NOT EXISTS maps (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, module TEXT NOT NULL, task TEXT NOT NULL,
     chunksize INTEGER NOT NULL, ordered INTEGER NOT NULL, star INTEGER NOT NULL,
@@ -55,6 +56,12 @@ pub(super) const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("results", "stderr", "TEXT"),
     ("usage", "cpu_us", "INTEGER NOT NULL DEFAULT 0"),
     ("usage_hourly", "cpu_us", "INTEGER NOT NULL DEFAULT 0"),
+    ("usage", "peak_memory_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    (
+        "usage_hourly",
+        "peak_memory_bytes",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
 ];
 
 /// Adds the [`ADDED_COLUMNS`] a table lacks.
@@ -113,10 +120,50 @@ mod tests {
             })
             .unwrap();
         assert_eq!((wall, cpu), (7, 0));
+        let peak: i64 = conn
+            .query_row("SELECT peak_memory_bytes FROM usage", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(peak, 0, "a row stored before it was measured");
         // A fresh file has them from the schema itself.
         let fresh = Connection::open_in_memory().unwrap();
         fresh.execute_batch(SCHEMA).unwrap();
         migrate(&fresh).unwrap();
         assert!(columns(&fresh, "results").iter().any(|c| c == "stdout"));
+    }
+
+    #[test]
+    fn a_state_dir_of_the_version_before_peak_memory_opens_and_reads_its_usage() {
+        let dir = std::env::temp_dir().join(format!(
+            "wasmpool-serve-schema-{}-{}",
+            std::process::id(),
+            super::super::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            // The usage tables as the version before made them, with a row in each.
+            let old = Connection::open(dir.join("state.sqlite3")).unwrap();
+            old.execute_batch(
+                "CREATE TABLE usage (
+                    task_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, finished_ms INTEGER NOT NULL,
+                    ok INTEGER NOT NULL, wall_ms INTEGER NOT NULL, fuel INTEGER,
+                    bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+                    cpu_us INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE usage_hourly (
+                    tenant TEXT NOT NULL, hour INTEGER NOT NULL, tasks INTEGER NOT NULL, failed INTEGER NOT NULL,
+                    wall_ms INTEGER NOT NULL, fuel INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
+                    bytes_out INTEGER NOT NULL, cpu_us INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant, hour));
+                 INSERT INTO usage VALUES ('t1', 'alice', 3600005, 1, 7, NULL, 5, 1, 9999999999999, 412);
+                 INSERT INTO usage_hourly VALUES ('alice', 3600000, 1, 0, 7, 0, 5, 1, 412);",
+            )
+            .unwrap();
+        }
+        let store = super::super::Store::open(&dir).unwrap();
+        let (rows, hours) = store.usage("alice", 0, 10).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].wall_ms, rows[0].cpu.cpu_us), (7, 412));
+        assert_eq!(rows[0].peak_memory_bytes, 0);
+        assert_eq!(hours.len(), 1);
+        assert_eq!((hours[0].tasks, hours[0].peak_memory_bytes), (1, 0));
     }
 }

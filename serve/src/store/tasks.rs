@@ -69,9 +69,10 @@ pub struct TaskView {
     pub started_ms: Option<i64>,
     /// When it finished.
     pub finished_ms: Option<i64>,
-    /// Its result, when it succeeded.
+    /// Its result, when it succeeded: the JSON text stored, served as it is (a map's
+    /// entries in the order the task wrote them, as `wasmpool run` prints them).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
     /// Its error, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
@@ -101,8 +102,8 @@ pub struct TaskError {
 pub struct Finished {
     /// Its id.
     pub id: String,
-    /// The JSON result, or the error.
-    pub outcome: Result<serde_json::Value, TaskError>,
+    /// The result as JSON text, or the error.
+    pub outcome: Result<String, TaskError>,
     /// A map item's record line (with its newline).
     pub line: Option<String>,
     /// A task's stdout and stderr (not a map item's).
@@ -324,7 +325,7 @@ impl Store {
                 "SELECT t.id, t.state, t.module, t.task, t.attempt, t.created_ms, t.started_ms, \
                  t.finished_ms, r.ok, r.value, r.error_code, r.error, \
                  u.finished_ms, u.wall_ms, u.fuel, u.bytes_in, u.bytes_out, u.cpu_us, \
-                 r.stdout, r.stderr \
+                 r.stdout, r.stderr, u.peak_memory_bytes \
                  FROM tasks t LEFT JOIN results r ON r.task_id = t.id \
                  LEFT JOIN usage u ON u.task_id = t.id \
                  WHERE t.id = ?1 AND t.tenant = ?2 AND t.map_id IS NULL",
@@ -342,6 +343,7 @@ impl Store {
                             wall_ms: to_u64(r.get(13)?),
                             fuel: r.get::<_, Option<i64>>(14)?.map(to_u64),
                             cpu: Cpu::from_micros(to_u64(r.get(17)?)),
+                            peak_memory_bytes: to_u64(r.get(20)?),
                             bytes_in: to_u64(r.get(15)?),
                             bytes_out: to_u64(r.get(16)?),
                         }),
@@ -357,7 +359,9 @@ impl Store {
                         started_ms: r.get(6)?,
                         finished_ms: r.get(7)?,
                         result: match (ok, value) {
-                            (Some(true), Some(v)) => serde_json::from_str(&v).ok(),
+                            (Some(true), Some(v)) => {
+                                serde_json::value::RawValue::from_string(v).ok()
+                            }
                             _ => None,
                         },
                         error: match (ok, code, message) {
@@ -417,7 +421,7 @@ fn finish_in(
             params![done.id, now, expires],
         )?;
         let (ok, value, code, message) = match &done.outcome {
-            Ok(v) => (true, Some(v.to_string()), None, None),
+            Ok(v) => (true, Some(v.as_str()), None, None),
             Err(e) => (false, None, Some(e.code.as_str()), Some(e.message.as_str())),
         };
         let (stdout, stderr) = match &done.output {
@@ -431,8 +435,8 @@ fn finish_in(
         )?;
         let u = &done.usage;
         tx.execute(
-            "INSERT INTO usage (task_id, tenant, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out, expires_ms, cpu_us) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO usage (task_id, tenant, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out, expires_ms, cpu_us, peak_memory_bytes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 done.id,
                 tenant,
@@ -443,16 +447,18 @@ fn finish_in(
                 to_i64(u.bytes_in),
                 to_i64(u.bytes_out),
                 expires,
-                to_i64(u.cpu.cpu_us)
+                to_i64(u.cpu.cpu_us),
+                to_i64(u.peak_memory_bytes)
             ],
         )?;
         let hour = now - now.rem_euclid(3_600_000);
+        // Sums, but for the peak memory: the hour's largest (a sum of peaks means nothing).
         tx.execute(
-            "INSERT INTO usage_hourly (tenant, hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out, cpu_us) \
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8) \
+            "INSERT INTO usage_hourly (tenant, hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out, cpu_us, peak_memory_bytes) \
+             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
              ON CONFLICT (tenant, hour) DO UPDATE SET tasks = tasks + 1, failed = failed + ?3, \
              wall_ms = wall_ms + ?4, fuel = fuel + ?5, bytes_in = bytes_in + ?6, bytes_out = bytes_out + ?7, \
-             cpu_us = cpu_us + ?8",
+             cpu_us = cpu_us + ?8, peak_memory_bytes = MAX(peak_memory_bytes, ?9)",
             params![
                 tenant,
                 hour,
@@ -461,7 +467,8 @@ fn finish_in(
                 to_i64(u.fuel.unwrap_or(0)),
                 to_i64(u.bytes_in),
                 to_i64(u.bytes_out),
-                to_i64(u.cpu.cpu_us)
+                to_i64(u.cpu.cpu_us),
+                to_i64(u.peak_memory_bytes)
             ],
         )?;
         event(tx, tenant, &done.id, map_id.as_deref(), "done", now)?;

@@ -23,6 +23,12 @@ pub struct UsageRow {
     /// Worker time.
     #[serde(flatten)]
     pub cpu: Cpu,
+    /// The largest linear memory its instance had while it ran, in bytes (see
+    /// `wasmpool::AsyncResult::peak_memory`): a reused instance's memory never shrinks, so
+    /// what earlier tasks on that worker left counts. A map item's is its chunk's (the
+    /// items run in one call). 0 for a task that never ran, and in rows stored before it
+    /// was measured.
+    pub peak_memory_bytes: u64,
     /// Bytes of its arguments (JSON).
     pub bytes_in: u64,
     /// Bytes of its result or error (JSON) and of its output.
@@ -67,6 +73,8 @@ pub struct UsageSums {
     /// Worker time.
     #[serde(flatten)]
     pub cpu: Cpu,
+    /// The largest of the tasks' peak memories, in bytes: a maximum, not a sum.
+    pub peak_memory_bytes: u64,
     /// Bytes in.
     pub bytes_in: u64,
     /// Bytes out.
@@ -84,7 +92,7 @@ impl Store {
     ) -> Result<(Vec<UsageRow>, Vec<UsageSums>), ServeError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT task_id, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out, cpu_us FROM usage \
+            "SELECT task_id, finished_ms, ok, wall_ms, fuel, bytes_in, bytes_out, cpu_us, peak_memory_bytes FROM usage \
              WHERE tenant = ?1 AND finished_ms >= ?2 ORDER BY finished_ms DESC LIMIT ?3",
         )?;
         let rows = stmt
@@ -96,13 +104,14 @@ impl Store {
                     wall_ms: to_u64(r.get(3)?),
                     fuel: r.get::<_, Option<i64>>(4)?.map(to_u64),
                     cpu: Cpu::from_micros(to_u64(r.get(7)?)),
+                    peak_memory_bytes: to_u64(r.get(8)?),
                     bytes_in: to_u64(r.get(5)?),
                     bytes_out: to_u64(r.get(6)?),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut stmt = conn.prepare(
-            "SELECT hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out, cpu_us FROM usage_hourly \
+            "SELECT hour, tasks, failed, wall_ms, fuel, bytes_in, bytes_out, cpu_us, peak_memory_bytes FROM usage_hourly \
              WHERE tenant = ?1 AND hour >= ?2 - 3599999 ORDER BY hour",
         )?;
         let hours = stmt
@@ -114,6 +123,7 @@ impl Store {
                     wall_ms: to_u64(r.get(3)?),
                     fuel: to_u64(r.get(4)?),
                     cpu: Cpu::from_micros(to_u64(r.get(7)?)),
+                    peak_memory_bytes: to_u64(r.get(8)?),
                     bytes_in: to_u64(r.get(5)?),
                     bytes_out: to_u64(r.get(6)?),
                 })
