@@ -500,11 +500,9 @@ fn chaos(a: &Args) -> Res<bool> {
     }
     let started = Instant::now();
     let chunks = a.tasks.div_ceil(a.chunk);
-    let every = if a.lock_tasks == 0 {
-        u64::MAX
-    } else {
-        (chunks / a.lock_tasks).max(1)
-    };
+    let every = chunks
+        .checked_div(a.lock_tasks)
+        .map_or(u64::MAX, |n| n.max(1));
     println!(
         "submitting {} items in {chunks} chunks of {} ({} ms each item), {} lock tasks of {} \
          increments",
@@ -760,7 +758,7 @@ fn soak(a: &Args, secs: u64) -> Res<bool> {
     let base = usage(&mut con)?;
     show("baseline (warm-up's TTL passed)", &base);
     let started = Instant::now();
-    let (mut rounds, mut peak) = (0u64, base);
+    let (mut rounds, mut peak, mut shown) = (0u64, base, Instant::now());
     while started.elapsed() < Duration::from_secs(secs) {
         rounds += 1;
         wrong += soak_round(&pool, &m, rounds)?;
@@ -769,6 +767,10 @@ fn soak(a: &Args, secs: u64) -> Res<bool> {
             if u.keys > peak.keys {
                 peak = u;
             }
+            if shown.elapsed() < Duration::from_secs(10) {
+                continue;
+            }
+            shown = Instant::now();
             println!(
                 "  {:.0} s: {rounds} rounds, {} keys, used_memory {} B",
                 started.elapsed().as_secs_f64(),
