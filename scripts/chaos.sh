@@ -2,7 +2,7 @@
 # The cluster's chaos run (issue 21; not part of scripts/test.sh). As root:
 #
 #   scripts/chaos.sh            # 100k tasks, 3 hosts x 2 slots (a few minutes)
-#   scripts/chaos.sh --short    # 10k tasks, about 30 s
+#   scripts/chaos.sh --short    # 10k tasks, about 40 s
 #
 # Three hosts, each `wasmpool worker --join` in a network namespace of its own (veth pairs
 # on a private bridge), against a redis-server this script starts (persistence off, bound
@@ -75,6 +75,12 @@ cleanup() {
     done
     [ -n "$REDIS_PID" ] && kill -KILL "$REDIS_PID" 2>/dev/null
     wait 2>/dev/null
+    for i in "${!HOST_PID[@]}"; do
+        for _ in $(seq 1 50); do
+            [ -n "${HOST_PID[$i]}" ] && kill -0 "${HOST_PID[$i]}" 2>/dev/null || break
+            sleep 0.05
+        done
+    done
     for i in "${!NS[@]}"; do
         ip link del "${TAG}h$i" 2>/dev/null
         ip netns del "${NS[$i]}" 2>/dev/null
@@ -148,6 +154,8 @@ start_host() {
     WASMPOOL_CACHE_DIR="$WORK/h$i-cache" ip netns exec "${NS[$i]}" \
         setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
         "$WASMPOOL" worker --join "$URL" --slots "$SLOTS" >>"$WORK/h$i.log" 2>&1 &
+    # Not a job of this shell's: its kills are the point, not news.
+    disown $!
     for _ in $(seq 1 100); do
         [ -s "$pidfile" ] && break
         sleep 0.02
