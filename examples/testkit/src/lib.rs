@@ -369,6 +369,34 @@ fn locked_increments(d: Dict<String, i64>, lock: Lock, n: u64) -> Result<(), Obj
     Ok(())
 }
 
+/// `n` increments of `d["count"]` under the lock, each a read and a compare-and-swap from
+/// the value read: a swap that fails means someone changed the count while this task held
+/// the lock, so the lock did not exclude them. Each such failure is also counted in
+/// `d["violations"]` (so a run whose result is dropped still counts it); answers how many
+/// this run saw.
+#[task]
+fn locked_cas(d: Dict<String, i64>, lock: Lock, n: u64) -> Result<u64, ObjectError> {
+    let (key, bad) = ("count".to_string(), "violations".to_string());
+    let mut seen = 0;
+    for _ in 0..n {
+        let _held = lock.lock()?;
+        let v = d.get(&key)?;
+        if !d.compare_and_swap(&key, v.as_ref(), &(v.unwrap_or(0) + 1))? {
+            seen += 1;
+            d.increment(&bad, 1)?;
+        }
+    }
+    Ok(seen)
+}
+
+/// Sleeps `ms` milliseconds, then returns `x * x` (a task of a chosen length with a result
+/// that tells which item it was).
+#[task]
+fn square_after(x: u64, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x * x
+}
+
 /// `n` atomic increments of `d["count"]`, no lock.
 #[task]
 fn atomic_increments(d: Dict<String, i64>, n: u64) -> Result<(), ObjectError> {
@@ -633,6 +661,8 @@ wasmpool_guest::export_tasks!(
     send_numbered,
     send_numbered_forever,
     locked_increments,
+    locked_cas,
+    square_after,
     atomic_increments,
     dict_fill,
     hold_lock,
