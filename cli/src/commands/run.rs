@@ -155,6 +155,9 @@ impl RunCommand {
             builder = builder.tenant(t);
         }
         let pool = builder.build()?;
+        // Its tasks known here, an unknown task is refused before anything is submitted,
+        // as locally (exit 2), not failed on a host.
+        module.tasks()?;
         let encoded = if objects.is_empty() {
             wasmpool::json_args(&args)?
         } else {
