@@ -21,6 +21,11 @@ pub(crate) struct WorkerHost {
 
 impl WorkerHost {
     pub(crate) fn start(redis: &RedisServer, slots: usize) -> WorkerHost {
+        WorkerHost::start_with(redis, slots, &[])
+    }
+
+    /// As [`start`](WorkerHost::start), with more flags (`--tenant T`, `--all-tenants`).
+    pub(crate) fn start_with(redis: &RedisServer, slots: usize, extra: &[&str]) -> WorkerHost {
         let dir = TempDir::new("host");
         let log = dir.0.join("stderr");
         let child = cli()
@@ -31,6 +36,7 @@ impl WorkerHost {
                 "--slots",
                 &slots.to_string(),
             ])
+            .args(extra)
             .env("WASMPOOL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,8 +95,13 @@ pub(crate) fn wait_for_hosts(pool: &ClusterPool, n: usize) {
 /// Whether the host with this pid holds a claimed entry (the consumer group's summary of
 /// pending entries lists it).
 pub(crate) fn holds_work(redis: &RedisServer, pid: u32) -> bool {
+    holds_work_on(redis, "wasmpool:v1:tasks", pid)
+}
+
+/// As [`holds_work`], on the task stream `stream` (a tenant's: `wasmpool:v1:tasks:T`).
+pub(crate) fn holds_work_on(redis: &RedisServer, stream: &str, pid: u32) -> bool {
     redis
-        .command("XPENDING wasmpool:v1:tasks hosts")
+        .command(&format!("XPENDING {stream} hosts"))
         .contains(&format!(":{pid}:"))
 }
 
@@ -358,7 +369,17 @@ fn a_redis_restarted_without_its_data_fails_what_was_pending_and_the_cluster_car
 /// Runs `wasmpool map` with `args`, on the cluster at `url` if given; answers its exit
 /// code, its stdout, and its stderr's last line.
 fn cli_map(args: &[&str], url: Option<&str>) -> (Option<i32>, String, String) {
-    let mut all: Vec<String> = ["map", "examples/testkit"]
+    cli_on_cluster("map", args, url)
+}
+
+/// Runs `wasmpool COMMAND examples/testkit ARGS…`, with `--cluster URL` if given; answers
+/// its exit code, its stdout, and its stderr's last line.
+pub(crate) fn cli_on_cluster(
+    command: &str,
+    args: &[&str],
+    url: Option<&str>,
+) -> (Option<i32>, String, String) {
+    let mut all: Vec<String> = [command, "examples/testkit"]
         .iter()
         .chain(args)
         .map(|s| s.to_string())
@@ -367,7 +388,7 @@ fn cli_map(args: &[&str], url: Option<&str>) -> (Option<i32>, String, String) {
         all.extend(["--cluster".to_string(), url.to_string()]);
     }
     let out = within(Duration::from_secs(120), move || {
-        cli().args(&all).output().expect("cannot run wasmpool map")
+        cli().args(&all).output().expect("cannot run wasmpool")
     });
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let last = err

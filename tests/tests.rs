@@ -9,6 +9,8 @@ mod batches;
 mod cli;
 mod cluster;
 mod cluster_objects;
+mod cluster_run;
+mod cluster_tenants;
 mod conformance;
 mod conformance_futures;
 mod conformance_objects;

@@ -86,6 +86,10 @@ pub struct MapCommand {
     /// reckoned for (default: those of the live hosts).
     #[arg(long, value_name = "URL")]
     cluster: Option<String>,
+    /// With --cluster: submit as this tenant, so only hosts joined with `--tenant T` or
+    /// `--all-tenants` run its chunks.
+    #[arg(long, value_name = "T", requires = "cluster")]
+    tenant: Option<String>,
 }
 
 /// The pool a map runs in: local worker processes, or a cluster's hosts.
@@ -249,7 +253,13 @@ impl MapCommand {
         }
         let pool = match &self.cluster {
             // The tasks' own output goes to the stderr of the host that runs them.
-            Some(url) => AnyPool::Cluster(builder.cluster(url).build()?),
+            Some(url) => {
+                let mut cluster = builder.cluster(url);
+                if let Some(t) = &self.tenant {
+                    cluster = cluster.tenant(t);
+                }
+                AnyPool::Cluster(cluster.build()?)
+            }
             None => AnyPool::Local(builder.output(to_stderr).build()?),
         };
         module.tasks()?;

@@ -35,13 +35,29 @@ pub struct RunCommand {
     name: Option<String>,
     #[command(flatten)]
     server: super::remote::ServerArgs,
+    /// Run on a cluster through its Redis, `redis://HOST:PORT`: a host that joined it
+    /// (`wasmpool worker --join`) runs the task, and --object makes its objects in Redis.
+    /// The result, error and exit status are a local run's; the task's own output goes to
+    /// the stderr of the host that runs it.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// With --cluster: submit as this tenant, so only hosts joined with `--tenant T` or
+    /// `--all-tenants` run it.
+    #[arg(long, value_name = "T", requires = "cluster")]
+    tenant: Option<String>,
 }
 
 impl RunCommand {
     pub fn execute(self) -> Result<ExitCode> {
         let args = parse_json_args(&self.args)?;
+        if self.cluster.is_some() && self.server.server.is_some() {
+            bail!("--cluster and --server cannot be used together");
+        }
         if let Some(remote) = self.server.connect()? {
             return self.execute_remote(&remote, args);
+        }
+        if let Some(url) = &self.cluster {
+            return self.execute_cluster(url, args);
         }
         let limits = self.limits.limits()?;
         let objects = self.objects.create(None)?;
@@ -109,6 +125,81 @@ impl RunCommand {
 }
 
 impl RunCommand {
+    /// `run --cluster`: the task runs on a host of the cluster; its result, error and exit
+    /// status are printed as a local run's.
+    fn execute_cluster(&self, url: &str, args: Vec<serde_json::Value>) -> Result<ExitCode> {
+        let refuse = |given: bool, flag: &str, why: &str| -> Result<()> {
+            if given {
+                bail!("{flag} is not supported with --cluster ({why})");
+            }
+            Ok(())
+        };
+        let no_grants = "a cluster does not carry grants to its hosts yet";
+        refuse(!self.grants.dirs.is_empty(), "--dir", no_grants)?;
+        refuse(!self.grants.env.is_empty(), "--env", no_grants)?;
+        refuse(
+            self.tag_output,
+            "--tag-output",
+            "the task's output goes to the stderr of the host that runs it",
+        )?;
+        refuse(
+            self.name.is_some(),
+            "--name",
+            "the task runs in a worker process of a host's pool, named by it",
+        )?;
+        let limits = self.limits.limits()?;
+        let objects = self.objects.create(Some(url))?;
+        let module = Module::load(&self.module)?;
+        let mut builder = wasmpool::Pool::builder(&module).limits(limits).cluster(url);
+        if let Some(t) = &self.tenant {
+            builder = builder.tenant(t);
+        }
+        let pool = builder.build()?;
+        // Its tasks known here, an unknown task is refused before anything is submitted,
+        // as locally (exit 2), not failed on a host.
+        module.tasks()?;
+        let encoded = if objects.is_empty() {
+            wasmpool::json_args(&args)?
+        } else {
+            wasmpool::encode_args(&objects.substitute(&args))?
+        };
+        let pending = pool.apply_encoded(&self.task, encoded)?;
+        let result = pending.get();
+        let _ = objects.report(&mut std::io::stderr().lock());
+        let show_fuel = || {
+            if self.limits.show_fuel
+                && let Some(fuel) = pending.fuel_used()
+            {
+                eprintln!("wasmpool: task `{}` used {fuel} fuel", self.task);
+            }
+        };
+        match result {
+            Ok(bytes) => {
+                show_fuel();
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                match wasmpool::write_json(&self.task, &bytes, &mut out) {
+                    Ok(()) => {}
+                    Err(e @ wasmpool::Error::Decode { .. }) => {
+                        eprintln!("wasmpool: {e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                writeln!(out)?;
+                out.flush()?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ (wasmpool::Error::BadArgs(_) | wasmpool::Error::UnknownTask { .. })) => {
+                Err(e.into())
+            }
+            Err(e) => {
+                eprintln!("wasmpool: {e}");
+                show_fuel();
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+
     /// `run --server`: the task runs on the service; its output and result are printed as
     /// they would be here. Ctrl-C cancels it there.
     fn execute_remote(

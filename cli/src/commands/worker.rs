@@ -1,11 +1,15 @@
-//! `wasmpool worker --join redis://HOST:PORT [--slots N]`: this machine as a host of a
-//! cluster, running the chunks it claims in a local pool of N worker processes.
+//! `wasmpool worker --join redis://HOST:PORT [--slots N] [--tenant T | --all-tenants]`: this
+//! machine as a host of a cluster, running the chunks it claims in a local pool of N worker
+//! processes.
 
 use std::process::ExitCode;
 
 use clap::Args;
 
 /// Join a cluster: claim work from its Redis and run it here, until killed.
+///
+/// With neither --tenant nor --all-tenants the host serves untenanted pools only (as before
+/// tenants); a tenant's pool needs a host that serves it.
 #[derive(Args, Debug)]
 pub struct WorkerCommand {
     /// The cluster's Redis, `redis://HOST:PORT`.
@@ -14,6 +18,14 @@ pub struct WorkerCommand {
     /// How many worker processes run chunks here (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub slots: Option<usize>,
+    /// Serve this tenant's pools only (1 to 64 of A-Z a-z 0-9 _ -), not untenanted ones.
+    /// Repeatable.
+    #[arg(long, value_name = "T")]
+    pub tenant: Vec<String>,
+    /// Serve every tenant's pools and untenanted ones, claiming from each in turn so that
+    /// one tenant's backlog does not starve another.
+    #[arg(long, conflicts_with = "tenant")]
+    pub all_tenants: bool,
 }
 
 impl WorkerCommand {
@@ -21,12 +33,28 @@ impl WorkerCommand {
         let slots = self
             .slots
             .unwrap_or_else(|| wasmpool::cpu_count().min(wasmpool::Pool::MAX_PROCESSES));
-        let host = wasmpool::cluster::Host::join(&self.join, slots)?;
-        eprintln!(
-            "wasmpool worker: host {} joined {} with {slots} slots",
-            host.id(),
-            self.join
-        );
+        let mut builder = wasmpool::cluster::Host::builder(&self.join).slots(slots);
+        for t in &self.tenant {
+            builder = builder.tenant(t);
+        }
+        if self.all_tenants {
+            builder = builder.all_tenants();
+        }
+        let host = builder.join()?;
+        if self.tenant.is_empty() && !self.all_tenants {
+            eprintln!(
+                "wasmpool worker: host {} joined {} with {slots} slots",
+                host.id(),
+                self.join
+            );
+        } else {
+            eprintln!(
+                "wasmpool worker: host {} joined {} with {slots} slots, serving {}",
+                host.id(),
+                self.join,
+                host.serves()
+            );
+        }
         host.run()?;
         Ok(ExitCode::SUCCESS)
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::keys::{Keys, check_layout};
+use super::keys::{Keys, check_layout, check_tenant, register_tenant};
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
 use super::wire::{ChunkSpec, Record, parse_record};
 use super::{connect, redis_error, sha256_hex};
@@ -49,6 +49,7 @@ pub struct ClusterBuilder {
     slots_hint: Option<usize>,
     result_ttl: Duration,
     redis_timeout: Duration,
+    tenant: Option<String>,
     error: Option<Error>,
 }
 
@@ -69,8 +70,20 @@ impl ClusterBuilder {
             slots_hint,
             result_ttl: DEFAULT_RESULT_TTL,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            tenant: None,
             error,
         }
+    }
+
+    /// Submits as tenant `name` (1 to 64 of `A-Z a-z 0-9 _ -`; another name makes
+    /// [`build`](ClusterBuilder::build) fail): the chunks go to that tenant's own task
+    /// stream, which only hosts joined with `--tenant NAME` or `--all-tenants` serve (see
+    /// [`HostBuilder`](crate::cluster::HostBuilder)); hosts joined with neither serve only
+    /// untenanted pools. Like an untenanted pool with no host, a tenant's pool whose tenant
+    /// no live host serves waits for one to join (`get_timeout` bounds the wait).
+    pub fn tenant(mut self, name: &str) -> Self {
+        self.tenant = Some(name.to_string());
+        self
     }
 
     /// How long results (and a job's record) are kept in Redis (default one hour): a
@@ -100,10 +113,16 @@ impl ClusterBuilder {
                 "the result TTL must be at least a second".into(),
             ));
         }
+        if let Some(t) = &self.tenant {
+            check_tenant(t)?;
+        }
         let keys = Keys::default();
         let url = self.url;
         let mut con = connect(&url)?;
         check_layout(&mut con, &keys, &url)?;
+        if let Some(t) = &self.tenant {
+            register_tenant(&mut con, &keys, t, &url)?;
+        }
         let sha = sha256_hex(self.module.bytes());
         store_module(&mut con, &keys, &url, &sha, self.module.bytes())?;
         let n: u64 = redis::cmd("INCR")
@@ -118,6 +137,8 @@ impl ClusterBuilder {
         let inner = Arc::new(Inner {
             url: url.clone(),
             results_key: keys.results(&client),
+            tasks_key: keys.stream(self.tenant.as_deref()),
+            tenant: self.tenant,
             keys: keys.clone(),
             client,
             module: self.module,
@@ -315,6 +336,9 @@ struct Inner {
     keys: Keys,
     client: String,
     results_key: String,
+    /// The stream its chunks go to: its tenant's, or that of untenanted pools.
+    tasks_key: String,
+    tenant: Option<String>,
     module: Module,
     sha: String,
     slots_hint: Option<usize>,
@@ -488,7 +512,7 @@ impl Inner {
     /// Sends queued chunks, one stream entry each, in one pipeline.
     fn send(&self, batch: &[Outgoing]) -> Result<()> {
         let mut pipe = redis::pipe();
-        let tasks = self.keys.tasks();
+        let tasks = &self.tasks_key;
         for out in batch {
             let job = &out.job;
             for (i, (_, items)) in out.parts.iter().enumerate() {
@@ -502,7 +526,7 @@ impl Inner {
                 let payload = postcard::to_stdvec(&spec)
                     .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
                 pipe.cmd("XADD")
-                    .arg(&tasks)
+                    .arg(tasks)
                     .arg("*")
                     .arg("j")
                     .arg(&out.id)
@@ -578,6 +602,9 @@ impl Inner {
                         let _: redis::RedisResult<()> =
                             redis::cmd("INCR").arg(self.keys.clients()).query(c);
                         let _ = check_layout(c, &self.keys, &self.url);
+                        if let Some(t) = &self.tenant {
+                            let _ = register_tenant(c, &self.keys, t, &self.url);
+                        }
                         let _ =
                             store_module(c, &self.keys, &self.url, &self.sha, self.module.bytes());
                     }
@@ -677,6 +704,12 @@ impl Inner {
     }
 }
 
+/// The one result of a call, as its MessagePack bytes.
+fn result_bytes(job: &Job) -> Result<Vec<u8>> {
+    job.wait_finished(None);
+    job.peek(0).into_bytes(&job.task, &job.module)
+}
+
 /// Redis's time, the hosts' leases, and their slots.
 type HostsReply = ((u64, u64), Vec<(String, f64)>, HashMap<String, usize>);
 
@@ -714,7 +747,8 @@ impl ClusterPool {
         pool
     }
 
-    /// The ids of the hosts whose lease is current (`HOSTNAME:PID:TAG`).
+    /// The ids of the hosts whose lease is current (`HOSTNAME:PID:TAG`), whichever tenants
+    /// they serve (the default chunk size is reckoned from all of their slots too).
     pub fn hosts(&self) -> Result<Vec<String>> {
         Ok(self.live_hosts()?.into_iter().map(|(h, _)| h).collect())
     }
@@ -839,6 +873,22 @@ impl ClusterPool {
             finish_one::<R>,
             std::sync::Weak::new(),
         ))
+    }
+
+    /// As [`apply_async`](ClusterPool::apply_async), with the arguments already encoded
+    /// (an argument array, as [`encode_args`](crate::encode_args) makes it), and a result
+    /// that is the task's MessagePack bytes, undecoded (what `wasmpool run --cluster`
+    /// prints with [`write_json`](crate::write_json)).
+    pub fn apply_encoded(&self, task: &str, args: Vec<u8>) -> Result<AsyncResult<Vec<u8>>> {
+        let job = self.job(task, 1)?;
+        self.inner
+            .submit(&job, vec![(0, Packed::one(&args))], true)?;
+        Ok(AsyncResult::new(job, result_bytes, std::sync::Weak::new()))
+    }
+
+    /// The tenant this pool submits as (`None`: untenanted).
+    pub fn tenant(&self) -> Option<&str> {
+        self.inner.tenant.as_deref()
     }
 
     fn submit_call<A: Serialize + ?Sized>(

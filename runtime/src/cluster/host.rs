@@ -1,5 +1,9 @@
 //! A host of a cluster: claims chunks from Redis, runs them in a local [`Pool`], and commits
 //! their results, fenced by attempt. What `wasmpool worker --join` runs.
+//!
+//! A host claims from the task stream of untenanted pools (the default), from those of the
+//! tenants it is told to serve, or from every tenant's and the untenanted one in turn
+//! ([`HostBuilder::all_tenants`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::keys::{GROUP, Keys, check_layout};
+use super::keys::{
+    GROUP, Keys, check_layout, check_tenant, ensure_stream, known_tenants, register_tenant,
+};
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
 use super::scripts::Scripts;
 use super::wire::{ChunkResult, ChunkSpec, committed_record};
@@ -26,6 +32,83 @@ const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// A chunk done this quickly (claim to result) lets a host hold more at once.
 const SHORT_CHUNK: Duration = Duration::from_millis(5);
+
+/// How often a host serving every tenant looks for tenants that are new.
+const TENANTS_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a claim waits for work when every stream it reads is empty, in ms.
+const CLAIM_BLOCK_MS: u64 = 500;
+
+/// Which task streams a host claims from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Serves {
+    /// That of untenanted pools (a host joined with neither `--tenant` nor
+    /// `--all-tenants`, as before tenants).
+    Untenanted,
+    /// Those of these tenants only.
+    Tenants(Vec<String>),
+    /// That of untenanted pools and every tenant's, in turn.
+    All,
+}
+
+/// Options of a [`Host`]: [`Host::builder`], then these, then [`join`](HostBuilder::join).
+#[derive(Debug, Clone)]
+pub struct HostBuilder {
+    url: String,
+    slots: usize,
+    tenants: Vec<String>,
+    all_tenants: bool,
+}
+
+impl HostBuilder {
+    /// How many local worker processes run the chunks (1 to [`Pool::MAX_PROCESSES`];
+    /// default: the number of CPUs).
+    pub fn slots(mut self, n: usize) -> Self {
+        self.slots = n;
+        self
+    }
+
+    /// Serves tenant `name`'s pools ([`ClusterBuilder::tenant`](crate::cluster::ClusterBuilder::tenant)),
+    /// and only the tenants named so (repeatable); no untenanted pool's work. A name is 1 to
+    /// 64 of `A-Z a-z 0-9 _ -`.
+    pub fn tenant(mut self, name: &str) -> Self {
+        if !self.tenants.iter().any(|t| t == name) {
+            self.tenants.push(name.to_string());
+        }
+        self
+    }
+
+    /// Serves every tenant's pools and the untenanted ones, claiming from each task stream
+    /// in turn, so one tenant's backlog does not starve another: with room for fewer chunks
+    /// than there are streams it reads the next streams in the round, one chunk each;
+    /// otherwise it reads them all, an equal share of its room each. Tenants that appear
+    /// later are found within about a second.
+    pub fn all_tenants(mut self) -> Self {
+        self.all_tenants = true;
+        self
+    }
+
+    /// Joins the cluster: checks Redis's keys are this version's, takes a lease, and
+    /// starts renewing it and reaping dead hosts. [`Host::run`] then claims work. Fails
+    /// with [`Error::State`] for a bad tenant name, or tenants named together with
+    /// [`all_tenants`](HostBuilder::all_tenants).
+    pub fn join(self) -> Result<Host> {
+        for t in &self.tenants {
+            check_tenant(t)?;
+        }
+        let serves = match (self.tenants.is_empty(), self.all_tenants) {
+            (true, false) => Serves::Untenanted,
+            (false, false) => Serves::Tenants(self.tenants),
+            (true, true) => Serves::All,
+            (false, true) => {
+                return Err(Error::State(
+                    "a host serves either the tenants it names or all of them, not both".into(),
+                ));
+            }
+        };
+        Host::join_serving(&self.url, self.slots, serves)
+    }
+}
 
 /// A host of a cluster: `Host::join(url, slots)?.run()` serves until
 /// [`stop`](Host::stop).
@@ -53,6 +136,8 @@ pub struct HostStats {
 /// A claimed stream entry, what its commit needs.
 #[derive(Debug, Clone)]
 struct Claimed {
+    /// The task stream it came from.
+    stream: Arc<str>,
     id: String,
     job: String,
     chunk: u32,
@@ -69,6 +154,7 @@ struct HostInner {
     keys: Keys,
     id: String,
     slots: usize,
+    serves: Serves,
     stop: Arc<AtomicBool>,
     liveness: Arc<Liveness>,
     /// Chunks claimed and not yet committed.
@@ -108,13 +194,33 @@ pub(crate) fn hostname() -> String {
 
 impl Host {
     /// Joins the cluster at `url` with `slots` local worker processes (1 to
-    /// [`Pool::MAX_PROCESSES`]): checks Redis's keys are this version's, takes a lease,
-    /// and starts renewing it and reaping dead hosts. [`run`](Host::run) then claims work.
+    /// [`Pool::MAX_PROCESSES`]), serving untenanted pools: checks Redis's keys are this
+    /// version's, takes a lease, and starts renewing it and reaping dead hosts.
+    /// [`run`](Host::run) then claims work. [`Host::builder`] serves tenants.
     pub fn join(url: &str, slots: usize) -> Result<Host> {
+        Host::join_serving(url, slots, Serves::Untenanted)
+    }
+
+    /// Options first (slots, tenants), then [`join`](HostBuilder::join).
+    pub fn builder(url: &str) -> HostBuilder {
+        HostBuilder {
+            url: url.to_string(),
+            slots: crate::cpu_count().min(Pool::MAX_PROCESSES),
+            tenants: Vec::new(),
+            all_tenants: false,
+        }
+    }
+
+    fn join_serving(url: &str, slots: usize, serves: Serves) -> Result<Host> {
         check_processes(slots)?;
         let keys = Keys::default();
         let mut con = connect(url)?;
         check_layout(&mut con, &keys, url)?;
+        if let Serves::Tenants(tenants) = &serves {
+            for t in tenants {
+                register_tenant(&mut con, &keys, t, url)?;
+            }
+        }
         let id = format!("{}:{}:{}", hostname(), std::process::id(), super::tag());
         let scripts = Scripts::default();
         let _: i64 = scripts
@@ -141,6 +247,7 @@ impl Host {
             keys: keys.clone(),
             id: id.clone(),
             slots,
+            serves,
             stop: stop.clone(),
             liveness: liveness.clone(),
             inflight: Mutex::new(0),
@@ -184,6 +291,20 @@ impl Host {
     /// This host's id in the cluster, `HOSTNAME:PID:TAG`.
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// What this host serves, in words: `untenanted pools`, `tenant a, b`, or `every
+    /// tenant and untenanted pools`.
+    pub fn serves(&self) -> String {
+        match &self.inner.serves {
+            Serves::Untenanted => "untenanted pools".into(),
+            Serves::Tenants(t) => format!(
+                "tenant{} {}",
+                if t.len() > 1 { "s" } else { "" },
+                t.join(", ")
+            ),
+            Serves::All => "every tenant and untenanted pools".into(),
+        }
     }
 
     /// What this host has done so far.
@@ -235,8 +356,11 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// The entries of an `XREADGROUP` reply: (id, fields).
-fn entries(reply: Value) -> Vec<(String, HashMap<String, Vec<u8>>)> {
+/// An entry of an `XREADGROUP` reply: its stream, its id, its fields.
+type Entry = (Arc<str>, String, HashMap<String, Vec<u8>>);
+
+/// The entries of an `XREADGROUP` reply.
+fn entries(reply: Value) -> Vec<Entry> {
     let mut out = Vec::new();
     let streams = match reply {
         Value::Array(s) => s,
@@ -253,6 +377,10 @@ fn entries(reply: Value) -> Vec<(String, HashMap<String, Vec<u8>>)> {
         let Some(Value::Array(list)) = parts.pop() else {
             continue;
         };
+        let Some(stream) = parts.pop().as_ref().and_then(text) else {
+            continue;
+        };
+        let stream: Arc<str> = Arc::from(stream);
         for entry in list {
             let Value::Array(mut e) = entry else { continue };
             if e.len() != 2 {
@@ -275,7 +403,7 @@ fn entries(reply: Value) -> Vec<(String, HashMap<String, Vec<u8>>)> {
                 };
                 map.insert(k, v);
             }
-            out.push((id, map));
+            out.push((stream.clone(), id, map));
         }
     }
     out
@@ -307,6 +435,7 @@ impl HostInner {
     /// Claims entries while there is room and the lease is current.
     fn claim_loop(self: &Arc<Self>) {
         let mut con: Option<redis::Connection> = None;
+        let mut streams = Streams::new(&self.serves, &self.keys);
         while !self.stop.load(Ordering::Relaxed) {
             let cap = self.cap();
             let free = {
@@ -339,29 +468,42 @@ impl HostInner {
                 }
             }
             let Some(c) = con.as_mut() else { continue };
-            let reply: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
+            if let Err(e) = streams.refresh(c, &self.keys, &self.url) {
+                tracing::warn!("cluster host: {e}");
+                con = None;
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            let read = streams.next_read(free);
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.id)
                 .arg("COUNT")
-                .arg(free)
-                .arg("BLOCK")
-                .arg(500)
-                .arg("STREAMS")
-                .arg(self.keys.tasks())
-                .arg(">")
-                .query(c);
-            match reply {
+                .arg(read.count);
+            if read.block {
+                cmd.arg("BLOCK").arg(CLAIM_BLOCK_MS);
+            }
+            cmd.arg("STREAMS");
+            for stream in &read.streams {
+                cmd.arg(&**stream);
+            }
+            for _ in &read.streams {
+                cmd.arg(">");
+            }
+            match cmd.query::<Value>(c) {
                 Ok(reply) => {
-                    for (id, fields) in entries(reply) {
-                        self.start(c, id, fields);
+                    let got = entries(reply);
+                    streams.read(&read, got.len());
+                    for (stream, id, fields) in got {
+                        self.start(c, stream, id, fields);
                     }
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
-                    // Redis lost its data (a restart without persistence): set the stream
-                    // and its group up again.
-                    tracing::warn!("cluster host: the task stream is gone; setting it up again");
-                    if let Err(e) = check_layout(c, &self.keys, &self.url) {
+                    // Redis lost its data (a restart without persistence): set the streams
+                    // and their group up again.
+                    tracing::warn!("cluster host: a task stream is gone; setting it up again");
+                    if let Err(e) = self.set_up_streams(c, &read.streams) {
                         tracing::warn!("cluster host: {e}");
                         std::thread::sleep(Duration::from_millis(200));
                     }
@@ -375,10 +517,26 @@ impl HostInner {
         }
     }
 
+    /// Sets up again the key layout and the streams this host reads (the tenants it
+    /// serves recorded again, so the reaper finds their streams).
+    fn set_up_streams(&self, c: &mut redis::Connection, streams: &[Arc<str>]) -> Result<()> {
+        check_layout(c, &self.keys, &self.url)?;
+        if let Serves::Tenants(tenants) = &self.serves {
+            for t in tenants {
+                register_tenant(c, &self.keys, t, &self.url)?;
+            }
+        }
+        for stream in streams {
+            ensure_stream(c, stream, &self.url)?;
+        }
+        Ok(())
+    }
+
     /// Starts a claimed entry in a local pool; its results go to the commit thread.
     fn start(
         self: &Arc<Self>,
         con: &mut redis::Connection,
+        stream: Arc<str>,
         id: String,
         f: HashMap<String, Vec<u8>>,
     ) {
@@ -394,11 +552,11 @@ impl HostInner {
             tracing::warn!("cluster host: entry {id} is not a chunk; dropped");
             let _: redis::RedisResult<()> = redis::pipe()
                 .cmd("XACK")
-                .arg(self.keys.tasks())
+                .arg(&*stream)
                 .arg(GROUP)
                 .arg(&id)
                 .cmd("XDEL")
-                .arg(self.keys.tasks())
+                .arg(&*stream)
                 .arg(&id)
                 .query(con);
             return;
@@ -407,6 +565,7 @@ impl HostInner {
             .and_then(|t| t.parse().ok())
             .unwrap_or(DEFAULT_TTL.as_millis() as u64);
         let claimed = Claimed {
+            stream,
             id,
             job,
             chunk,
@@ -558,7 +717,7 @@ impl HostInner {
                         pipe.invoke_script(
                             scripts
                                 .commit
-                                .key(self.keys.tasks())
+                                .key(&*claimed.stream)
                                 .key(self.keys.job(&claimed.job))
                                 .key(self.keys.results(&claimed.reply))
                                 .key(self.keys.stats())
@@ -608,5 +767,153 @@ impl HostInner {
             *self.lock_inflight() -= n;
             self.room.notify_all();
         }
+    }
+}
+
+/// One claim's read: which streams, how many entries from each at most, and whether it
+/// waits for work.
+#[derive(Debug)]
+struct Read {
+    streams: Vec<Arc<str>>,
+    count: usize,
+    block: bool,
+}
+
+/// The task streams a host reads and whose turn it is: the round robin of a host that
+/// serves several.
+#[derive(Debug)]
+struct Streams {
+    all_tenants: bool,
+    keys: Vec<Arc<str>>,
+    /// The stream the next partial read starts at.
+    next: usize,
+    /// Streams found empty by non-blocking reads since anything was claimed.
+    idle: usize,
+    refreshed: Option<Instant>,
+}
+
+impl Streams {
+    fn new(serves: &Serves, keys: &Keys) -> Streams {
+        let list = match serves {
+            Serves::Untenanted | Serves::All => vec![keys.tasks()],
+            Serves::Tenants(tenants) => tenants.iter().map(|t| keys.tenant_tasks(t)).collect(),
+        };
+        Streams {
+            all_tenants: *serves == Serves::All,
+            keys: list.into_iter().map(Arc::from).collect(),
+            next: 0,
+            idle: 0,
+            refreshed: None,
+        }
+    }
+
+    /// A host serving every tenant: the untenanted stream and every known tenant's, read
+    /// again from Redis every [`TENANTS_REFRESH`]. Others read a fixed list: no round trip.
+    fn refresh(&mut self, con: &mut redis::Connection, keys: &Keys, url: &str) -> Result<()> {
+        if !self.all_tenants
+            || self
+                .refreshed
+                .is_some_and(|t| t.elapsed() < TENANTS_REFRESH)
+        {
+            return Ok(());
+        }
+        let tenants = known_tenants(con, keys, url)?;
+        self.keys = std::iter::once(keys.tasks())
+            .chain(tenants.iter().map(|t| keys.tenant_tasks(t)))
+            .map(Arc::from)
+            .collect();
+        self.next %= self.keys.len();
+        self.refreshed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// What to read with room for `free` entries. With room for one from each stream,
+    /// every stream, an equal share each, waiting for work (one stream: all the room, as
+    /// a host of untenanted pools has always read). With less room, the next `free`
+    /// streams in the round, one entry each, without waiting (a read that waited on some
+    /// streams would miss work on the others); once a whole round found nothing, every
+    /// stream, one entry each, waiting (then a few more entries than the room may come,
+    /// fewer than there are streams).
+    fn next_read(&mut self, free: usize) -> Read {
+        let n = self.keys.len().max(1);
+        if free >= n || self.idle >= n {
+            return Read {
+                streams: self.keys.clone(),
+                count: (free / n).max(1),
+                block: true,
+            };
+        }
+        let streams = (0..free)
+            .map(|i| self.keys[(self.next + i) % n].clone())
+            .collect();
+        self.next = (self.next + free) % n;
+        Read {
+            streams,
+            count: 1,
+            block: false,
+        }
+    }
+
+    /// What a read claimed.
+    fn read(&mut self, read: &Read, claimed: usize) {
+        if claimed > 0 {
+            self.idle = 0;
+        } else if !read.block {
+            self.idle += read.streams.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(read: &Read) -> Vec<&str> {
+        read.streams.iter().map(|s| &**s).collect()
+    }
+
+    #[test]
+    fn a_host_of_one_stream_reads_it_with_all_its_room_and_waits() {
+        let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
+        let read = s.next_read(7);
+        assert_eq!(names(&read), ["wasmpool:v1:tasks"]);
+        assert_eq!((read.count, read.block), (7, true));
+        let mut s = Streams::new(&Serves::Tenants(vec!["a".into()]), &Keys::default());
+        let read = s.next_read(1);
+        assert_eq!(names(&read), ["wasmpool:v1:tasks:a"]);
+        assert_eq!((read.count, read.block), (1, true));
+    }
+
+    #[test]
+    fn streams_take_turns_when_the_room_is_short() {
+        let keys = Keys::default();
+        let mut s = Streams::new(&Serves::All, &keys);
+        s.keys = ["x", "a", "b"].into_iter().map(Arc::from).collect();
+        // Room for one: each stream in turn, without waiting.
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            let read = s.next_read(1);
+            assert_eq!((read.count, read.block), (1, false));
+            order.extend(names(&read).iter().map(|n| n.to_string()));
+            s.read(&read, 1);
+        }
+        assert_eq!(order, ["x", "a", "b", "x", "a", "b"]);
+        // Room for all: each its share.
+        let read = s.next_read(7);
+        assert_eq!(names(&read), ["x", "a", "b"]);
+        assert_eq!((read.count, read.block), (2, true));
+        // A round that found nothing: wait on all of them.
+        for _ in 0..3 {
+            let read = s.next_read(1);
+            assert!(!read.block);
+            s.read(&read, 0);
+        }
+        let read = s.next_read(1);
+        assert_eq!((names(&read).len(), read.count, read.block), (3, 1, true));
+        s.read(&read, 1);
+        assert!(
+            !s.next_read(1).block,
+            "claiming something starts the round again"
+        );
     }
 }

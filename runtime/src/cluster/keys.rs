@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! wasmpool:layout                 STRING "v1": the layout the keys follow (set NX on first use)
-//! wasmpool:v1:tasks               STREAM one entry per chunk {j job, c chunk, a attempt,
-//!                                        r client, n retries, p chunk (postcard)}; group "hosts"
+//! wasmpool:v1:tasks               STREAM one entry per chunk of an untenanted pool {j job,
+//!                                        c chunk, a attempt, r client, n retries, t result
+//!                                        TTL (ms), p chunk (postcard)}; group "hosts"
+//! wasmpool:v1:tasks:<tenant>      STREAM the same, for the pools of one tenant
+//!                                        (`ClusterBuilder::tenant`); group "hosts"
+//! wasmpool:v1:tenants             SET    the tenants that have a stream: what
+//!                                        `--all-tenants` hosts and the reaper read
 //! wasmpool:v1:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed;
 //!                                        expires (the result TTL)
 //! wasmpool:v1:results:<client>    LIST   committed chunks for one submitting pool; expires
@@ -36,6 +41,27 @@ pub(crate) const LAYOUT_KEY: &str = "wasmpool:layout";
 /// The consumer group of the task stream: every host reads through it.
 pub(crate) const GROUP: &str = "hosts";
 
+/// The longest tenant name, in bytes.
+pub(crate) const MAX_TENANT_LEN: usize = 64;
+
+/// Checks that `name` may name a tenant of a cluster: 1 to [`MAX_TENANT_LEN`] of
+/// `A-Z a-z 0-9 _ -` (it becomes part of a Redis key, and of what a host is told to serve).
+pub(crate) fn check_tenant(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_TENANT_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::State(format!(
+            "{name:?} is not a tenant name: a tenant is named by 1 to {MAX_TENANT_LEN} of \
+             A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
 /// The keys of one layout version.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
@@ -55,8 +81,27 @@ impl Keys {
         &self.prefix
     }
 
+    /// The task stream of untenanted pools.
     pub fn tasks(&self) -> String {
         format!("{}tasks", self.prefix)
+    }
+
+    /// The task stream of `tenant`'s pools (a name [`check_tenant`] passed).
+    pub fn tenant_tasks(&self, tenant: &str) -> String {
+        format!("{}tasks:{tenant}", self.prefix)
+    }
+
+    /// The task stream of a pool of `tenant`, or of an untenanted one.
+    pub fn stream(&self, tenant: Option<&str>) -> String {
+        match tenant {
+            Some(t) => self.tenant_tasks(t),
+            None => self.tasks(),
+        }
+    }
+
+    /// The set of tenants that have a task stream.
+    pub fn tenants(&self) -> String {
+        format!("{}tenants", self.prefix)
     }
 
     pub fn job(&self, job: &str) -> String {
@@ -125,9 +170,16 @@ pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Resu
             )));
         }
     }
+    ensure_stream(con, &keys.tasks(), url)
+}
+
+/// Makes sure the task stream `stream` and its consumer group exist. The group starts at
+/// the stream's first entry, so entries added before it (by a submitter that got there
+/// first, after Redis lost its data) are claimed all the same.
+pub(crate) fn ensure_stream(con: &mut Connection, stream: &str, url: &str) -> Result<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(keys.tasks())
+        .arg(stream)
         .arg(GROUP)
         .arg("0")
         .arg("MKSTREAM")
@@ -136,5 +188,52 @@ pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Resu
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         Err(e) => Err(redis_error(url, "creating the task stream", e)),
+    }
+}
+
+/// Records `tenant` among the tenants with a stream (so `--all-tenants` hosts and the
+/// reaper find it) and makes sure its stream and group exist.
+pub(crate) fn register_tenant(
+    con: &mut Connection,
+    keys: &Keys,
+    tenant: &str,
+    url: &str,
+) -> Result<()> {
+    let _: i64 = redis::cmd("SADD")
+        .arg(keys.tenants())
+        .arg(tenant)
+        .query(con)
+        .map_err(|e| redis_error(url, "recording the tenant", e))?;
+    ensure_stream(con, &keys.tenant_tasks(tenant), url)
+}
+
+/// The tenants with a task stream, sorted.
+pub(crate) fn known_tenants(con: &mut Connection, keys: &Keys, url: &str) -> Result<Vec<String>> {
+    let mut tenants: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.tenants())
+        .query(con)
+        .map_err(|e| redis_error(url, "listing the tenants", e))?;
+    // Only names this version would write: anything else is not a stream of ours.
+    tenants.retain(|t| check_tenant(t).is_ok());
+    tenants.sort();
+    Ok(tenants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_are_short_and_plain() {
+        for ok in ["a", "team-7", "A_b-C", &"x".repeat(MAX_TENANT_LEN)] {
+            assert!(check_tenant(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a:b", "ü", "a*", &"x".repeat(MAX_TENANT_LEN + 1)] {
+            let e = check_tenant(bad).unwrap_err().to_string();
+            assert!(e.contains("not a tenant name"), "{e}");
+        }
+        let keys = Keys::default();
+        assert_eq!(keys.stream(None), "wasmpool:v1:tasks");
+        assert_eq!(keys.stream(Some("b")), "wasmpool:v1:tasks:b");
     }
 }

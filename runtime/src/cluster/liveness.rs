@@ -121,6 +121,7 @@ pub(crate) fn beat_loop(
                             .key(keys.tasks())
                             .key(keys.stats())
                             .key(keys.slots())
+                            .key(keys.tenants())
                             .arg(GROUP)
                             .arg(MIN_IDLE.as_millis() as u64)
                             .arg(keys.prefix())

@@ -11,12 +11,21 @@
 //!   host fetches it and compiles it into its own cache.
 //! - A map chunk (or one `apply_async` call) is one entry of a stream read through a
 //!   consumer group; a host claims entries with `XREADGROUP`.
+//! - Tenants: a pool built with [`ClusterBuilder::tenant`] submits to its tenant's own
+//!   stream (`wasmpool:v1:tasks:<tenant>`, recorded in the set `wasmpool:v1:tenants`);
+//!   untenanted pools keep the one stream `wasmpool:v1:tasks`. A host joined with
+//!   `--tenant T` ([`HostBuilder::tenant`]) claims only from T's stream; one joined with
+//!   `--all-tenants` ([`HostBuilder::all_tenants`]) from the untenanted stream and every
+//!   tenant's in turn, so one tenant's backlog does not starve another; one joined with
+//!   neither serves untenanted pools only, as before tenants. A tenant's pool that no live
+//!   host serves waits for one, as an untenanted pool waits when no host has joined.
 //! - A host renews a lease every 500 ms (Redis server time, `TIME`, in a script); it stops
 //!   claiming when it cannot, and only a process whose own Redis calls have all succeeded
 //!   for a whole lease judges other hosts dead (so one cut off from Redis, or just back,
 //!   declares nobody dead).
 //! - Every live host and every submitter runs the reaper: the entries of a host whose
-//!   lease has expired are added again with their attempt one higher within about 2.5 s
+//!   lease has expired, on every task stream (each tenant's too), are added again to their
+//!   stream with their attempt one higher within about 2.5 s
 //!   (lease 2 s, entries idle at least 2 s, reaper every 500 ms), or, for work that may not
 //!   run twice (retries 0, as locally), failed with [`Error::WorkerLost`].
 //! - A host commits a chunk's results with a script fenced by the attempt: a result whose
@@ -47,7 +56,7 @@ mod wire;
 use std::time::Duration;
 
 pub use self::client::{ClusterBuilder, ClusterPool, ClusterStats};
-pub use self::host::{Host, HostStats};
+pub use self::host::{Host, HostBuilder, HostStats};
 pub use self::manager::{ClusterManager, ClusterManagerBuilder};
 pub use self::objects::DEFAULT_OBJECT_TTL;
 pub(crate) use self::objects::{

@@ -19,7 +19,7 @@ return now
 /// the chunk is the one the host ran and no result is committed yet. Either way the host's
 /// stream entry is acknowledged and deleted; a refused (late) result is counted as dropped.
 ///
-/// KEYS: tasks, job, results, stats. ARGV: entry id, chunk, attempt, record, ttl (ms), group.
+/// KEYS: the entry's task stream, job, results, stats. ARGV: entry id, chunk, attempt, record, ttl (ms), group.
 /// Returns 1 when committed, 0 when dropped, 2 when this very attempt was committed already
 /// (a commit sent again after a lost connection: not a late result, not counted).
 pub(crate) const COMMIT: &str = r#"
@@ -43,14 +43,17 @@ redis.call('HINCRBY', KEYS[4], 'committed', 1)
 return 1
 "#;
 
-/// Reclaims the chunks of hosts whose lease has expired (or that hold none): each stream
-/// entry pending with such a host, idle at least `min idle`, is acknowledged and deleted,
-/// then either added again with its attempt one higher (the old attempt's result will be
-/// refused), or, when its retries are spent, failed as lost (its submitter is told). A dead
-/// host with nothing pending is forgotten.
+/// Reclaims the chunks of hosts whose lease has expired (or that hold none), on the task
+/// stream of untenanted pools and on every tenant's: each stream entry pending with such a
+/// host, idle at least `min idle`, is acknowledged and deleted, then either added again to
+/// its stream with its attempt one higher (the old attempt's result will be refused), or,
+/// when its retries are spent, failed as lost (its submitter is told). A dead host with
+/// nothing pending on a stream leaves its group; one with nothing pending anywhere is
+/// forgotten.
 ///
-/// KEYS: hosts, tasks, stats, slots. ARGV: group, min idle (ms), key prefix, ttl (ms) for
-/// an entry without its submitter's, count. Returns {redelivered, lost}.
+/// KEYS: hosts, tasks, stats, slots, tenants. ARGV: group, min idle (ms), key prefix, ttl
+/// (ms) for an entry without its submitter's, count (per host and stream). Returns
+/// {redelivered, lost}.
 pub(crate) const REAP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -59,54 +62,69 @@ local function dead(host)
   return (not lease) or tonumber(lease) < now
 end
 local moved, lost = 0, 0
-local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[1])
-for _, c in ipairs(consumers) do
-  local name, pending = nil, 0
-  for i = 1, #c, 2 do
-    if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pending = tonumber(c[i + 1]) end
-  end
-  if name and dead(name) then
-    if pending > 0 then
-      local entries = redis.call('XPENDING', KEYS[2], ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[5], name)
-      for _, p in ipairs(entries) do
-        local id = p[1]
-        local e = redis.call('XRANGE', KEYS[2], id, id)
-        redis.call('XACK', KEYS[2], ARGV[1], id)
-        redis.call('XDEL', KEYS[2], id)
-        if e[1] then
-          local f = {}
-          local flat = e[1][2]
-          for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-          local job = ARGV[3] .. 'job:' .. f['j']
-          local ttl = f['t'] or ARGV[4]
-          local cur = redis.call('HGET', job, 'a:' .. f['c'])
-          if not cur then cur = '0' end
-          if cur == f['a'] and redis.call('HEXISTS', job, 'd:' .. f['c']) == 0 then
-            local a = tonumber(f['a'])
-            if a < tonumber(f['n']) then
-              redis.call('HSET', job, 'a:' .. f['c'], tostring(a + 1))
-              redis.call('PEXPIRE', job, ttl)
-              redis.call('XADD', KEYS[2], '*', 'j', f['j'], 'c', f['c'], 'a', tostring(a + 1),
-                'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[4], 'p', f['p'])
-              redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
-              moved = moved + 1
-            else
-              redis.call('HSET', job, 'd:' .. f['c'], 'lost')
-              redis.call('PEXPIRE', job, ttl)
-              local list = ARGV[3] .. 'results:' .. f['r']
-              redis.call('RPUSH', list, 'L ' .. f['j'] .. ' ' .. f['c'] .. ' ' .. name)
-              redis.call('PEXPIRE', list, ttl)
-              redis.call('HINCRBY', KEYS[3], 'lost', 1)
-              lost = lost + 1
+local busy = {}
+local function reap(stream)
+  local consumers = redis.pcall('XINFO', 'CONSUMERS', stream, ARGV[1])
+  -- A tenant's stream without its group yet (Redis lost its data): nothing claimed there.
+  if type(consumers) ~= 'table' or consumers.err then return end
+  for _, c in ipairs(consumers) do
+    local name, pending = nil, 0
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pending = tonumber(c[i + 1]) end
+    end
+    if name and dead(name) then
+      if pending > 0 then
+        busy[name] = true
+        local entries = redis.call('XPENDING', stream, ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[5], name)
+        for _, p in ipairs(entries) do
+          local id = p[1]
+          local e = redis.call('XRANGE', stream, id, id)
+          redis.call('XACK', stream, ARGV[1], id)
+          redis.call('XDEL', stream, id)
+          if e[1] then
+            local f = {}
+            local flat = e[1][2]
+            for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+            local job = ARGV[3] .. 'job:' .. f['j']
+            local ttl = f['t'] or ARGV[4]
+            local cur = redis.call('HGET', job, 'a:' .. f['c'])
+            if not cur then cur = '0' end
+            if cur == f['a'] and redis.call('HEXISTS', job, 'd:' .. f['c']) == 0 then
+              local a = tonumber(f['a'])
+              if a < tonumber(f['n']) then
+                redis.call('HSET', job, 'a:' .. f['c'], tostring(a + 1))
+                redis.call('PEXPIRE', job, ttl)
+                redis.call('XADD', stream, '*', 'j', f['j'], 'c', f['c'], 'a', tostring(a + 1),
+                  'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[4], 'p', f['p'])
+                redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
+                moved = moved + 1
+              else
+                redis.call('HSET', job, 'd:' .. f['c'], 'lost')
+                redis.call('PEXPIRE', job, ttl)
+                local list = ARGV[3] .. 'results:' .. f['r']
+                redis.call('RPUSH', list, 'L ' .. f['j'] .. ' ' .. f['c'] .. ' ' .. name)
+                redis.call('PEXPIRE', list, ttl)
+                redis.call('HINCRBY', KEYS[3], 'lost', 1)
+                lost = lost + 1
+              end
             end
           end
         end
+      else
+        redis.call('XGROUP', 'DELCONSUMER', stream, ARGV[1], name)
+        if not busy[name] then busy[name] = false end
       end
-    else
-      redis.call('XGROUP', 'DELCONSUMER', KEYS[2], ARGV[1], name)
-      redis.call('ZREM', KEYS[1], name)
-      redis.call('HDEL', KEYS[4], name)
     end
+  end
+end
+reap(KEYS[2])
+for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  reap(ARGV[3] .. 'tasks:' .. tenant)
+end
+for name, held in pairs(busy) do
+  if not held then
+    redis.call('ZREM', KEYS[1], name)
+    redis.call('HDEL', KEYS[4], name)
   end
 end
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)

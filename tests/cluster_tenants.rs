@@ -1,0 +1,191 @@
+//! Tenants on a cluster: each tenant's pools submit to a task stream of its own, which
+//! hosts joined with `--tenant T` or `--all-tenants` serve (real `redis-server`, real
+//! `wasmpool worker --join` processes, real signals).
+
+use std::time::Duration;
+
+use wasmpool::cluster::ClusterPool;
+use wasmpool::{Error, Pool};
+
+use crate::cluster::redis::RedisServer;
+use crate::cluster::{WorkerHost, cluster_pool, holds_work_on, wait_for_hosts};
+use crate::util::{assert_cli_error, cli, eventually, testkit, within};
+
+fn tenant_pool(redis: &RedisServer, tenant: &str, retries: u32) -> ClusterPool {
+    Pool::builder(&testkit())
+        .retries(retries)
+        .cluster(&redis.url())
+        .tenant(tenant)
+        .build()
+        .expect("a tenant's cluster pool")
+}
+
+/// Whether the host with this pid has read from the task stream `stream` (it is a consumer
+/// of the stream's group).
+fn reads(redis: &RedisServer, stream: &str, pid: u32) -> bool {
+    redis
+        .command(&format!("XINFO CONSUMERS {stream} hosts"))
+        .contains(&format!(":{pid}:"))
+}
+
+#[test]
+fn a_tenant_host_claims_only_its_tenants_work_and_a_plain_host_only_untenanted_work() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let plain = WorkerHost::start(&redis, 1);
+        let of_a = WorkerHost::start_with(&redis, 1, &["--tenant", "a"]);
+        let untenanted = cluster_pool(&redis, 0);
+        let a = tenant_pool(&redis, "a", 0);
+        assert_eq!(a.tenant(), Some("a"));
+        wait_for_hosts(&a, 2);
+        assert!(
+            of_a.log().contains("serving tenant a"),
+            "its first line says what it serves: {}",
+            of_a.log()
+        );
+
+        let squares: Vec<u64> = a.map_chunked("square", 0..400u64, 5).unwrap();
+        assert_eq!(squares, (0..400u64).map(|x| x * x).collect::<Vec<_>>());
+        let sums: Vec<i64> = untenanted
+            .starmap("add", (0..50i64).map(|i| (i, 1)))
+            .unwrap();
+        assert_eq!(sums, (1..51i64).collect::<Vec<_>>());
+        assert_eq!(a.apply::<_, i64>("add", &(2, 3)).unwrap(), 5);
+
+        // Each host read only its own stream.
+        let (tasks, tasks_a) = ("wasmpool:v1:tasks", "wasmpool:v1:tasks:a");
+        assert!(reads(&redis, tasks_a, of_a.pid()));
+        assert!(
+            !reads(&redis, tasks_a, plain.pid()),
+            "a plain host took a's work"
+        );
+        assert!(reads(&redis, tasks, plain.pid()));
+        assert!(
+            !reads(&redis, tasks, of_a.pid()),
+            "a's host took untenanted work"
+        );
+        assert!(redis.command("SMEMBERS wasmpool:v1:tenants").contains("a"));
+
+        // A tenant no host serves waits, as an untenanted pool with no host does, and runs
+        // once a host that serves it joins.
+        let b = tenant_pool(&redis, "b", 0);
+        let r = b.apply_async::<_, u64>("square", &(9u64,)).unwrap();
+        assert!(matches!(
+            r.get_timeout(Duration::from_secs(2)),
+            Err(Error::Timeout(_))
+        ));
+        let _of_b = WorkerHost::start_with(&redis, 1, &["--tenant", "b"]);
+        assert_eq!(r.get().unwrap(), 81);
+    });
+}
+
+#[test]
+fn tenant_names_and_flags_are_checked_with_a_clear_error() {
+    within(Duration::from_secs(60), || {
+        let redis = RedisServer::start();
+        for bad in ["", "a b", "a:b", "t*", &"x".repeat(65)] {
+            let e = Pool::builder(&testkit())
+                .cluster(&redis.url())
+                .tenant(bad)
+                .build()
+                .unwrap_err();
+            assert!(e.to_string().contains("not a tenant name"), "{bad:?}: {e}");
+        }
+        let out = cli()
+            .args(["worker", "--join", &redis.url(), "--tenant", "a:b"])
+            .output()
+            .unwrap();
+        assert_cli_error(&out, 2, "not a tenant name");
+        let out = cli()
+            .args(["worker", "--join", &redis.url(), "--tenant", "a"])
+            .arg("--all-tenants")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--all-tenants"),
+            "{out:?}"
+        );
+        let e = wasmpool::cluster::Host::builder(&redis.url())
+            .slots(1)
+            .tenant("a")
+            .all_tenants()
+            .join()
+            .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+    });
+}
+
+#[test]
+fn an_all_tenants_host_takes_turns_so_a_tenants_backlog_does_not_starve_another() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
+        let a = tenant_pool(&redis, "a", 0);
+        let b = tenant_pool(&redis, "b", 0);
+        let untenanted = cluster_pool(&redis, 0);
+        wait_for_hosts(&a, 1);
+
+        // Tenant a queues a backlog of 200 chunks of 30 ms for a host with one slot.
+        let backlog: Vec<u64> = vec![30; 200];
+        let flood = a
+            .map_async::<_, u64>("sleep_ms", backlog.clone(), Some(1))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work_on(
+                &redis,
+                "wasmpool:v1:tasks:a",
+                host.pid()
+            )),
+            "the host claimed none of a's backlog: {}",
+            host.log()
+        );
+        // Tenant b's few tasks, and an untenanted pool's, are served in turn with it.
+        let few: Vec<_> = (0..3u64)
+            .map(|i| b.apply_async::<_, u64>("square", &(i,)).unwrap())
+            .collect();
+        let plain = untenanted
+            .apply_async::<_, u64>("square", &(7u64,))
+            .unwrap();
+        for (i, r) in few.iter().enumerate() {
+            assert_eq!(r.get().unwrap(), (i * i) as u64);
+        }
+        assert_eq!(plain.get().unwrap(), 49);
+        assert!(
+            !flood.ready(),
+            "b's tasks waited for a's whole backlog to drain"
+        );
+        assert_eq!(flood.get().unwrap(), backlog);
+    });
+}
+
+#[test]
+fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let pool = tenant_pool(&redis, "t", 1);
+        let a = WorkerHost::start_with(&redis, 2, &["--tenant", "t"]);
+        wait_for_hosts(&pool, 1);
+        let items: Vec<u64> = (0..16u64).map(|i| 300 + i).collect();
+        let result = pool
+            .map_async::<_, u64>("sleep_ms", items.clone(), Some(1))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work_on(
+                &redis,
+                "wasmpool:v1:tasks:t",
+                a.pid()
+            )),
+            "host A claimed nothing: {}",
+            a.log()
+        );
+        let _b = WorkerHost::start_with(&redis, 2, &["--all-tenants"]);
+        a.signal(libc::SIGKILL);
+        // Bounded: a reaper that missed the tenant's stream would leave A's chunks there.
+        assert_eq!(result.get_timeout(Duration::from_secs(60)).unwrap(), items);
+        let s = pool.stats().unwrap();
+        assert!(s.redelivered >= 1, "A's chunks were redelivered: {s:?}");
+        assert_eq!(s.committed, items.len() as u64, "each chunk once: {s:?}");
+        assert_eq!(s.lost, 0, "{s:?}");
+    });
+}
