@@ -439,6 +439,23 @@ pub async fn reload_loop(app: Arc<App>) {
     }
 }
 
+/// How often the store's write-ahead log is checkpointed.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Checkpoints the store's write-ahead log every [`CHECKPOINT_EVERY`], off the requests'
+/// path (see `store::WAL_CEILING_PAGES`): often, so that each copies little.
+pub async fn checkpoint_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let a = app.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.store.checkpoint()).await {
+            tracing::error!("checkpointing the store: {e}");
+        }
+    }
+}
+
 /// Deletes expired results every second.
 pub async fn sweep_loop(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));

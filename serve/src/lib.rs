@@ -134,6 +134,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     tokio::spawn(app::dispatch_loop(app.clone()));
     tokio::spawn(app::reload_loop(app.clone()));
     tokio::spawn(app::sweep_loop(app.clone()));
+    tokio::spawn(app::checkpoint_loop(app.clone()));
     hangup::reload_on_sighup(app.clone());
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
