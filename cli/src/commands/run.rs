@@ -91,36 +91,7 @@ impl RunCommand {
                 eprintln!("wasmpool: task `{}` used {fuel} fuel", self.task);
             }
         };
-        let result = process.result_bytes();
-        if result.is_ok() {
-            show_fuel(&process);
-        }
-        match result {
-            Ok(bytes) => {
-                // Streamed: a result of millions of values builds no tree of them. A result
-                // that does not decode is the task's failure (exit 1), named.
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                match wasmpool::write_json(&self.task, &bytes, &mut out) {
-                    Ok(()) => {}
-                    Err(e @ wasmpool::Error::Decode { .. }) => {
-                        eprintln!("wasmpool: {e}");
-                        return Ok(ExitCode::from(1));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                writeln!(out)?;
-                out.flush()?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e @ (wasmpool::Error::BadArgs(_) | wasmpool::Error::UnknownTask { .. })) => {
-                Err(e.into())
-            }
-            Err(e) => {
-                eprintln!("wasmpool: {e}");
-                show_fuel(&process);
-                Ok(ExitCode::from(1))
-            }
-        }
+        print_outcome(&self.task, process.result_bytes(), || show_fuel(&process))
     }
 }
 
@@ -173,31 +144,7 @@ impl RunCommand {
                 eprintln!("wasmpool: task `{}` used {fuel} fuel", self.task);
             }
         };
-        match result {
-            Ok(bytes) => {
-                show_fuel();
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                match wasmpool::write_json(&self.task, &bytes, &mut out) {
-                    Ok(()) => {}
-                    Err(e @ wasmpool::Error::Decode { .. }) => {
-                        eprintln!("wasmpool: {e}");
-                        return Ok(ExitCode::from(1));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                writeln!(out)?;
-                out.flush()?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e @ (wasmpool::Error::BadArgs(_) | wasmpool::Error::UnknownTask { .. })) => {
-                Err(e.into())
-            }
-            Err(e) => {
-                eprintln!("wasmpool: {e}");
-                show_fuel();
-                Ok(ExitCode::from(1))
-            }
-        }
+        print_outcome(&self.task, result, show_fuel)
     }
 
     /// `run --server`: the task runs on the service; its output and result are printed as
@@ -256,4 +203,42 @@ pub fn parse_json_args(raw: &[String]) -> Result<Vec<serde_json::Value>> {
             }
             Ok(v)
         })
+}
+
+/// Prints a task's outcome as `run` does, locally or on a cluster: the result as JSON on
+/// stdout (exit 0), or its error on stderr (exit 1; bad arguments and an unknown task are
+/// the caller's errors, exit 2). `show_fuel` reports the fuel used: after the result is
+/// known good, or after the error.
+fn print_outcome(
+    task: &str,
+    result: wasmpool::Result<Vec<u8>>,
+    show_fuel: impl Fn(),
+) -> Result<ExitCode> {
+    match result {
+        Ok(bytes) => {
+            show_fuel();
+            // Streamed: a result of millions of values builds no tree of them. A result
+            // that does not decode is the task's failure (exit 1), named.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match wasmpool::write_json(task, &bytes, &mut out) {
+                Ok(()) => {}
+                Err(e @ wasmpool::Error::Decode { .. }) => {
+                    eprintln!("wasmpool: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            writeln!(out)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ (wasmpool::Error::BadArgs(_) | wasmpool::Error::UnknownTask { .. })) => {
+            Err(e.into())
+        }
+        Err(e) => {
+            eprintln!("wasmpool: {e}");
+            show_fuel();
+            Ok(ExitCode::from(1))
+        }
+    }
 }
