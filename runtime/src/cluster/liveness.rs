@@ -34,8 +34,9 @@ impl Liveness {
         let mut s = self.lock();
         let now = Instant::now();
         // A gap (a failed beat, a slow one, this process stopped, Redis paused) starts the
-        // run anew: leases others could not renew meanwhile are not theirs to lose.
-        if s.last_ok.is_none_or(|t| now - t > LEASE / 2) {
+        // run anew: leases others could not renew meanwhile are not theirs to lose. A
+        // failed beat ended the run (`since` is None) even when the next one comes soon.
+        if s.since.is_none() || s.last_ok.is_none_or(|t| now - t > LEASE / 2) {
             s.since = Some(now);
         }
         s.last_ok = Some(now);
@@ -160,5 +161,27 @@ pub(crate) fn beat_loop(
         while !stop.load(Ordering::Relaxed) && started.elapsed() < BEAT {
             std::thread::sleep((BEAT - started.elapsed().min(BEAT)).min(Duration::from_millis(50)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_beat_after_a_failed_one_starts_a_new_run_at_once() {
+        let l = Liveness::default();
+        l.ok();
+        assert!(l.fresh(LEASE / 2));
+        l.failed();
+        assert!(!l.fresh(LEASE / 2), "a failed beat ends the run");
+        // The next beat, well within half a lease of the last good one: the host may claim
+        // again, but may not judge others until a whole lease of beats has passed.
+        l.ok();
+        assert!(
+            l.fresh(LEASE / 2),
+            "a host whose beat came back claims again"
+        );
+        assert!(!l.may_judge());
     }
 }
