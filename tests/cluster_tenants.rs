@@ -38,8 +38,12 @@ fn a_tenant_host_claims_only_its_tenants_work_and_a_plain_host_only_untenanted_w
         let a = tenant_pool(&redis, "a", 0);
         assert_eq!(a.tenant(), Some("a"));
         wait_for_hosts(&a, 2);
+        // The host registers its lease before it prints its first line, so the line may
+        // come a moment after the pool sees the host.
         assert!(
-            of_a.log().contains("serving tenant a"),
+            eventually(Duration::from_secs(10), || of_a
+                .log()
+                .contains("serving tenant a")),
             "its first line says what it serves: {}",
             of_a.log()
         );
