@@ -167,3 +167,30 @@ fn a_results_worker_time_is_what_its_calls_ran_in_workers() {
         busy.get().unwrap();
     });
 }
+
+#[test]
+fn a_results_queue_wait_is_none_while_queued_and_then_at_least_the_wait_behind_earlier_work() {
+    let module = testkit();
+    within(LIMIT, move || {
+        let pool = Pool::new(&module, 1).unwrap();
+        let first = pool.apply_async::<_, u64>("sleep_ms", &(400u64,)).unwrap();
+        let second = pool.apply_async::<_, u64>("square", &(7u64,)).unwrap();
+        // The first holds the only worker, and a task of unknown length is not queued in a
+        // busy worker's pipeline: the second is still in the pool's queue.
+        assert!(
+            eventually(Duration::from_secs(30), || first.queue_wait().is_some()),
+            "the first task was never given to the worker"
+        );
+        assert_eq!(second.queue_wait(), None, "not yet given to a worker");
+        assert_eq!(second.get().unwrap(), 49);
+        let waited = second.queue_wait().expect("it ran");
+        // It could not start before the first's 400 ms were over (a lower bound: the wait
+        // can only be longer on a loaded machine).
+        assert!(
+            waited >= Duration::from_millis(350),
+            "queued for only {waited:?} behind a 400 ms task"
+        );
+        assert!(first.get().is_ok());
+        assert!(first.queue_wait().expect("it ran") <= waited);
+    });
+}

@@ -123,6 +123,11 @@ pub(crate) struct Job {
     peak_memory: std::sync::atomic::AtomicU64,
     /// The output its items wrote, when `opts.capture_output`.
     captured: Mutex<crate::output::Captured>,
+    /// When it was submitted.
+    submitted: Instant,
+    /// How long after `submitted` a worker was first given one of its chunks, in
+    /// nanoseconds plus one (0: not yet).
+    first_given: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Job {
@@ -184,7 +189,30 @@ impl Job {
             worker_micros: std::sync::atomic::AtomicU64::new(0),
             peak_memory: std::sync::atomic::AtomicU64::new(0),
             captured: Mutex::new(crate::output::Captured::default()),
+            submitted: Instant::now(),
+            first_given: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Records that a worker is being given one of its chunks (the first such moment is
+    /// kept: what [`queue_wait`](Self::queue_wait) reports).
+    pub fn mark_given(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.first_given.load(Relaxed) == 0 {
+            let nanos = u64::try_from(self.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let _ = self
+                .first_given
+                .compare_exchange(0, nanos.saturating_add(1), Relaxed, Relaxed);
+        }
+    }
+
+    /// How long it waited, from its submission, before a worker was first given one of its
+    /// chunks; `None` until then.
+    pub fn queue_wait(&self) -> Option<Duration> {
+        match self.first_given.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        }
     }
 
     /// Keeps `data`, which one of its items wrote to `stream`, when the job captures its
@@ -842,6 +870,24 @@ impl<T> AsyncResult<T> {
     /// ```
     pub fn peak_memory(&self) -> u64 {
         self.job.peak_memory()
+    }
+
+    /// How long the work waited in the pool's queue: from its submission until a worker
+    /// was first given any of it (for `map_async`, its first chunk); `None` while all of it
+    /// is still queued. It counts the wait behind other work and behind other tenants' turns
+    /// ([`Pool::with_tenant`](super::Pool::with_tenant)), not the run or the result's trip
+    /// back; what fair queuing bounds. A cluster pool's results report `None`.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// let pool = wasmpool::Pool::new(&module, 1)?;
+    /// let r = pool.apply_async::<_, u64>("square", &(3u64,))?;
+    /// r.wait();
+    /// assert!(r.queue_wait().is_some());
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn queue_wait(&self) -> Option<Duration> {
+        self.job.queue_wait()
     }
 
     /// What the work wrote to stdout and stderr, when it was submitted through a handle

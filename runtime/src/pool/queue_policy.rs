@@ -137,8 +137,42 @@ struct Lane<C> {
     /// its chunks cost more than estimated (a debt carried to its next turns).
     deficit: i64,
     weight: u32,
-    /// What an item of this tenant's has cost in a worker recently (a moving average).
-    item_micros: Option<f64>,
+    /// What this tenant's answered chunks cost recently: decayed sums of their cost and
+    /// of their items, whose ratio is what an item is expected to cost.
+    recent: Option<Recent>,
+}
+
+/// Decayed sums of what a tenant's answered chunks cost and how many items they had.
+///
+/// A ratio of sums, not a moving average of each chunk's cost per item: the pool charges a
+/// chunk for the time it held its worker since the worker's previous answer, and answers
+/// come in bursts (a worker writes them when it runs out of work), so one chunk of a burst
+/// carries the burst's time and the others almost none. Averaged chunk by chunk, a run of
+/// the cheap ones would make a turn take many more chunks than its quantum pays for.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    micros: f64,
+    items: f64,
+}
+
+/// How much of the sums each answered chunk keeps: about the last hundred chunks count.
+const RECENT_DECAY: f64 = 0.99;
+
+impl Recent {
+    fn add(this: Option<Recent>, micros: u64, items: usize) -> Recent {
+        let r = this.unwrap_or(Recent {
+            micros: 0.0,
+            items: 0.0,
+        });
+        Recent {
+            micros: r.micros * RECENT_DECAY + micros as f64,
+            items: r.items * RECENT_DECAY + items as f64,
+        }
+    }
+
+    fn per_item(&self) -> f64 {
+        self.micros / self.items.max(1e-9)
+    }
 }
 
 impl<C> Lane<C> {
@@ -147,13 +181,13 @@ impl<C> Lane<C> {
             chunks: VecDeque::new(),
             deficit: 0,
             weight,
-            item_micros: None,
+            recent: None,
         }
     }
 
     /// The worker time `items` of this tenant's are expected to take.
     fn estimate(&self, items: usize) -> i64 {
-        let per_item = self.item_micros.unwrap_or(DEFAULT_ITEM_MICROS);
+        let per_item = self.recent.map_or(DEFAULT_ITEM_MICROS, |r| r.per_item());
         ((per_item * items as f64).ceil() as i64).max(1)
     }
 
@@ -382,11 +416,7 @@ impl<C: Queued> Fair<C> {
         let estimated = lane.estimate(cost.items);
         lane.deficit = lane.deficit.saturating_add(estimated).saturating_sub(real);
         if cost.items > 0 {
-            let per_item = cost.micros as f64 / cost.items as f64;
-            lane.item_micros = Some(match lane.item_micros {
-                Some(avg) => avg * 0.75 + per_item * 0.25,
-                None => per_item,
-            });
+            lane.recent = Some(Recent::add(lane.recent, cost.micros, cost.items));
         }
     }
 }
@@ -461,7 +491,7 @@ mod tests {
 
     /// Takes the next chunk and charges its tenant `micros` per item, as a worker answering
     /// it at once would.
-    fn run_one(q: &mut Fair<Fake>, micros: impl Fn(u64) -> u64) -> Option<Fake> {
+    fn run_one(q: &mut Fair<Fake>, mut micros: impl FnMut(u64) -> u64) -> Option<Fake> {
         let peeked = q.peek_chunk().copied();
         let f = q.pop_chunk()?;
         assert_eq!(peeked, Some(f), "pop takes the chunk peek showed");
@@ -511,6 +541,38 @@ mod tests {
             .expect("the light tenant's chunk runs");
         // One turn of the flood is 2 ms / 100 µs = 20 chunks.
         assert!(wait <= 21, "waited behind {wait} of the flood's chunks");
+    }
+
+    #[test]
+    fn a_flood_charged_in_bursts_still_takes_turns_of_about_one_quantum() {
+        // The pool charges a chunk for the time it held its worker since the worker's last
+        // answer, and answers come in bursts: one chunk in ten carries the burst's 200 µs,
+        // the others none (20 µs an item on average).
+        let mut q = Fair::default();
+        for tag in 0..20_000 {
+            push(&mut q, fake(1, 1, tag));
+        }
+        let mut n = 0u64;
+        let mut bursty = |_key: u64| {
+            n += 1;
+            if n.is_multiple_of(10) { 200 } else { 0 }
+        };
+        for _ in 0..1_000 {
+            run_one(&mut q, &mut bursty);
+        }
+        let lane = &q.lanes[&QueueKey(1)];
+        let per_item = lane.recent.map(|r| r.per_item()).unwrap_or_default();
+        assert!(
+            (15.0..=25.0).contains(&per_item),
+            "an item is expected to cost the chunks' mean, 20 µs, not the last few's: {per_item}"
+        );
+        // So a light tenant's chunk waits about one turn of the flood: 2 ms / 20 µs = 100
+        // chunks, not the thousands a turn of "free" chunks would take.
+        push(&mut q, fake(2, 1, 99));
+        let wait = std::iter::from_fn(|| run_one(&mut q, &mut bursty))
+            .position(|f| f.key == 2)
+            .expect("the light tenant's chunk runs");
+        assert!(wait <= 130, "waited behind {wait} of the flood's chunks");
     }
 
     #[test]

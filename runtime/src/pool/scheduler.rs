@@ -240,6 +240,7 @@ impl Scheduler {
                 // Put back after its job was cancelled (its items are answered already).
                 continue;
             }
+            chunk.job.mark_given();
             let id = s.next_id;
             s.next_id += 1;
             let frame = if chunk.send_as == SendAs::Call {
@@ -309,7 +310,14 @@ impl Scheduler {
         let Some(flight) = s.workers[wi].inflight.remove(pos) else {
             return;
         };
-        s.workers[wi].heard = Instant::now();
+        let now = Instant::now();
+        s.workers[wi].heard = now;
+        // How long the chunk held its worker: since the worker's previous answer, or since
+        // it was sent if that is later. More than its run time by what the worker spends
+        // between calls (reading frames, writing answers), which for tiny tasks is most
+        // of it.
+        let held = now.saturating_duration_since(flight.sent.max(s.workers[wi].answered_at));
+        s.workers[wi].answered_at = now;
         let Ran {
             fuel,
             micros,
@@ -359,11 +367,15 @@ impl Scheduler {
                     chunk.first + flight.answered,
                     chunk.items.len() - flight.answered,
                 );
+                // Charged what it cost the pool, not only what it ran: a flood of tiny
+                // tasks charged only their run time would take turns many times longer
+                // than the quantum in wall time.
+                let held = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
                 s.queue.charge(
                     chunk.key(),
                     Cost {
                         items: n,
-                        micros,
+                        micros: micros.max(held),
                         fuel,
                     },
                 );

@@ -50,6 +50,9 @@ pub(super) struct PoolWorker {
     /// call with a time limit that is silent far longer (see [`SILENCE_GRACE`]) is stopped
     /// or wedged, and is killed.
     pub heard: Instant,
+    /// When it last answered a call: a chunk answered after another held the worker since
+    /// that answer (or since it was sent, if later), which is what fair queuing charges.
+    pub answered_at: Instant,
     /// Why the pool killed the worker, if it did.
     killed_for: Option<String>,
     /// Set while its output is handed to the caller's callback: a slow callback holds up
@@ -157,6 +160,7 @@ impl Scheduler {
             retiring: false,
             router: Arc::default(),
             heard: Instant::now(),
+            answered_at: Instant::now(),
             killed_for: None,
             routing: Arc::default(),
         };
