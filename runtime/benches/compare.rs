@@ -834,6 +834,8 @@ fn main() {
     }
     // `--only WORD` keeps the rows whose name contains WORD.
     let args: Vec<String> = std::env::args().collect();
+    // A run of some rows writes its own files, never the full run's table and chart.
+    let partial = args.iter().any(|a| a == "--only" || a == "--skip");
     if let Some(word) = args
         .iter()
         .position(|a| a == "--only")
@@ -912,10 +914,12 @@ fn main() {
     println!("{table}");
     let dir = root().join("results");
     if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(
-            dir.join(if smoke { "bench-smoke.md" } else { "bench.md" }),
-            &table,
-        );
+        let name = match (smoke, partial) {
+            (true, _) => "bench-smoke",
+            (false, true) => "bench-partial",
+            (false, false) => "bench",
+        };
+        let _ = std::fs::write(dir.join(format!("{name}.md")), &table);
         let bars: Vec<plot::Bar> = rows
             .iter()
             .map(|r| plot::Bar {
@@ -931,11 +935,7 @@ fn main() {
             wasmpool::cpu_count(),
             if smoke { ", SMOKE sizes" } else { "" }
         );
-        let png = dir.join(if smoke {
-            "bench-smoke.png"
-        } else {
-            "bench.png"
-        });
+        let png = dir.join(format!("{name}.png"));
         if let Err(e) = plot::write_png(&png, &subtitle, &bars) {
             eprintln!("could not write {}: {e}", png.display());
         }
