@@ -12,8 +12,8 @@
 //! - A map chunk (or one `apply_async` call) is one entry of a stream read through a
 //!   consumer group; a host claims entries with `XREADGROUP`.
 //! - Tenants: a pool built with [`ClusterBuilder::tenant`] submits to its tenant's own
-//!   stream (`wasmpool:v1:tasks:<tenant>`, recorded in the set `wasmpool:v1:tenants`);
-//!   untenanted pools keep the one stream `wasmpool:v1:tasks`. A host joined with
+//!   stream (`wasmpool:v2:tasks:<tenant>`, recorded in the set `wasmpool:v2:tenants`);
+//!   untenanted pools keep the one stream `wasmpool:v2:tasks`. A host joined with
 //!   `--tenant T` ([`HostBuilder::tenant`]) claims only from T's stream; one joined with
 //!   `--all-tenants` ([`HostBuilder::all_tenants`]) from the untenanted stream and every
 //!   tenant's in turn, so one tenant's backlog does not starve another; one joined with
@@ -63,6 +63,7 @@ pub(crate) use self::objects::{
     CLUSTER_TAG, ClusterLane, ClusterObjects, MAX_ROUTES, is_cluster as is_cluster_handle,
     release_dead_hosts, route_of,
 };
+pub(crate) use self::wire::{HostOutput, WorkerSetup};
 use crate::error::Error;
 
 /// How long a host's lease lasts after each renewal (Redis server time).
@@ -74,6 +75,10 @@ pub(crate) const BEAT: Duration = Duration::from_millis(500);
 /// How long a claimed entry must have been idle before the reaper takes it from a host whose
 /// lease has expired.
 pub(crate) const MIN_IDLE: Duration = Duration::from_millis(2000);
+
+/// A cancelled chunk's fence (`d:<chunk>` of its job's record): hosts stop it, the reaper
+/// does not redeliver it, the commit refuses its result without counting it as dropped.
+pub(crate) const CANCELLED: &str = "x";
 
 /// How long connecting to Redis may take before it is an error.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
