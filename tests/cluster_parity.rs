@@ -333,25 +333,23 @@ fn cancelling_a_running_cluster_task_stops_it_on_its_host() {
 fn cancelled_cluster_work_still_queued_never_runs() {
     within(Duration::from_secs(120), || {
         let redis = RedisServer::start();
-        let host = WorkerHost::start(&redis, 1);
-        let pool = on(&redis, Pool::builder(&testkit()));
+        // No host yet: the work waits in Redis, and is cancelled there.
+        let pool = Pool::builder(&testkit())
+            .cluster(&redis.url())
+            .build()
+            .unwrap();
         let m = pool.manager().unwrap();
         let d = m.dict::<String, i64>().unwrap();
-
-        // One slot: the sleep runs; the host holds one more chunk, the rest wait in Redis.
-        let blocker = pool
-            .apply_async::<_, u64>("sleep_ms", &(3_000u64,))
-            .unwrap();
-        assert!(
-            eventually(Duration::from_secs(20), || holds_work(&redis, host.pid())),
-            "the host never claimed it"
-        );
-        let queued: Vec<_> = (0..4)
-            .map(|_| {
-                pool.apply_async::<_, ()>("atomic_increments", &(d.clone(), 1u64))
-                    .unwrap()
-            })
-            .collect();
+        let count = || d.get(&"count".to_string()).unwrap().unwrap_or(0);
+        let increments = |n: usize| -> Vec<_> {
+            (0..n)
+                .map(|_| {
+                    pool.apply_async::<_, ()>("atomic_increments", &(d.clone(), 1u64))
+                        .unwrap()
+                })
+                .collect()
+        };
+        let waiting = increments(3);
         let map = pool
             .map_async::<_, ()>(
                 "atomic_increments",
@@ -360,20 +358,44 @@ fn cancelled_cluster_work_still_queued_never_runs() {
             )
             .unwrap();
         // Sent (their entries are in the stream) before they are cancelled.
-        std::thread::sleep(Duration::from_millis(500));
-        for r in &queued {
+        assert!(
+            eventually(Duration::from_secs(10), || redis
+                .command("XLEN wasmpool:v2:tasks")
+                .trim()
+                == ":6"),
+            "{}",
+            redis.command("XLEN wasmpool:v2:tasks")
+        );
+        for r in &waiting {
             assert!(r.cancel());
             assert!(matches!(r.get(), Err(Error::Cancelled { .. })));
         }
         assert!(map.cancel());
         assert!(matches!(map.get(), Err(Error::Cancelled { .. })));
-        assert_eq!(blocker.get().unwrap(), 3_000, "the running task goes on");
+        let host = WorkerHost::start(&redis, 1);
+        wait_for_hosts(&pool, 1);
+        pool.apply::<_, ()>("atomic_increments", &(d.clone(), 1u64))
+            .unwrap();
+        assert_eq!(count(), 1, "only the work not cancelled ran");
 
-        // Work after them runs, and is the only increment.
+        // Held by the host, queued behind a task on its one slot: cancelled there.
+        let blocker = pool
+            .apply_async::<_, u64>("sleep_ms", &(3_000u64,))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || holds_work(&redis, host.pid())),
+            "the host never claimed it"
+        );
+        let held = increments(4);
+        std::thread::sleep(Duration::from_millis(500));
+        for r in &held {
+            assert!(r.cancel());
+        }
+        assert_eq!(blocker.get().unwrap(), 3_000, "the running task goes on");
         pool.apply::<_, ()>("atomic_increments", &(d.clone(), 1u64))
             .unwrap();
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(d.get(&"count".to_string()).unwrap(), Some(1));
+        assert_eq!(count(), 2, "only the work not cancelled ran");
         let s = pool.stats().unwrap();
         assert_eq!((s.dropped, s.redelivered), (0, 0), "{s:?}");
         assert!(
