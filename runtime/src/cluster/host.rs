@@ -52,6 +52,9 @@ const MAX_POOLS: usize = 8;
 /// fuel, and how its workers are set up.
 type PoolKey = (String, bool, WorkerSetup);
 
+/// The chunks running on a host, by job and chunk: their local pool and job.
+type Running = HashMap<(String, u32), (Pool, Arc<crate::pool::job::Job>)>;
+
 /// Which task streams a host claims from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Serves {
@@ -187,7 +190,7 @@ struct HostInner {
     pools: Mutex<HashMap<PoolKey, (Pool, Instant)>>,
     /// The chunks running here, by job and chunk: their local pool and job (what a cancel
     /// stops), until their results reach the commit thread. They keep their pool alive.
-    running: Mutex<HashMap<(String, u32), (Pool, Arc<crate::pool::job::Job>)>>,
+    running: Mutex<Running>,
     /// The runtime its local pools run in: its workers' operations on cluster objects go to
     /// Redis.
     runtime: crate::Runtime,
@@ -660,9 +663,7 @@ impl HostInner {
         }
     }
 
-    fn lock_running(
-        &self,
-    ) -> MutexGuard<'_, HashMap<(String, u32), (Pool, Arc<crate::pool::job::Job>)>> {
+    fn lock_running(&self) -> MutexGuard<'_, Running> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
