@@ -52,8 +52,9 @@ const MAX_POOLS: usize = 8;
 /// fuel, and how its workers are set up.
 type PoolKey = (String, bool, WorkerSetup);
 
-/// The chunks running on a host, by job and chunk: their local pool and job.
-type Running = HashMap<(String, u32), (Pool, Arc<crate::pool::job::Job>)>;
+/// The chunks running on a host, by job, chunk and attempt (a host back from a pause may
+/// hold two attempts of one chunk): their local pool and job.
+type Running = HashMap<(String, u32, String), (Pool, Arc<crate::pool::job::Job>)>;
 
 /// Which task streams a host claims from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,7 +648,7 @@ impl HostInner {
         };
         // Before its hook: a chunk that finished at once is forgotten by the commit thread.
         self.lock_running().insert(
-            (claimed.job.clone(), claimed.chunk),
+            (claimed.job.clone(), claimed.chunk, claimed.attempt.clone()),
             (pool.clone(), job.clone()),
         );
         let done = self.done.clone();
@@ -739,7 +740,7 @@ impl HostInner {
         let mut con: Option<redis::Connection> = None;
         loop {
             std::thread::sleep(CANCEL_POLL);
-            let held: Vec<(String, u32)> = self.lock_running().keys().cloned().collect();
+            let held: Vec<(String, u32, String)> = self.lock_running().keys().cloned().collect();
             if held.is_empty() {
                 if self.stop.load(Ordering::Relaxed) && *self.lock_inflight() == 0 {
                     return;
@@ -757,7 +758,7 @@ impl HostInner {
             }
             let Some(c) = con.as_mut() else { continue };
             let mut pipe = redis::pipe();
-            for (job, chunk) in &held {
+            for (job, chunk, _) in &held {
                 pipe.cmd("HGET")
                     .arg(self.keys.job(job))
                     .arg(format!("d:{chunk}"));
@@ -820,7 +821,9 @@ impl HostInner {
                 let mut running = self.lock_running();
                 batch
                     .iter()
-                    .filter_map(|(c, _)| running.remove(&(c.job.clone(), c.chunk)))
+                    .filter_map(|(c, _)| {
+                        running.remove(&(c.job.clone(), c.chunk, c.attempt.clone()))
+                    })
                     .collect()
             };
             drop(finished);
