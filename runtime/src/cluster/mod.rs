@@ -31,6 +31,13 @@
 //! - A host commits a chunk's results with a script fenced by the attempt: a result whose
 //!   attempt is not the chunk's current one (a host presumed dead, and back) is dropped
 //!   and counted ([`ClusterStats::dropped`]), so no chunk is committed twice.
+//! - A chunk carries its pool's worker setup (initializer, `maxtasksperchild`, where the
+//!   host writes output); a host runs it in a local pool per module, metering and setup.
+//!   Its results carry back fuel, worker time, peak memory and, when asked, its output.
+//! - A cancel deletes the job's entries not yet claimed and sets its chunks' fences to
+//!   `x`: the reaper does not redeliver them, the commit refuses their
+//!   results (uncounted), and a host polls the fences of the chunks it runs every 50 ms
+//!   and cancels those in its local pool.
 //! - Results wait in a list per submitter, and both it and a job's record expire (the
 //!   result TTL, default one hour).
 //! - Shared objects made by a [`ClusterManager`] (`pool.manager()`) live in Redis, one Lua
