@@ -95,10 +95,10 @@ pub(crate) fn wait_for_hosts(pool: &ClusterPool, n: usize) {
 /// Whether the host with this pid holds a claimed entry (the consumer group's summary of
 /// pending entries lists it).
 pub(crate) fn holds_work(redis: &RedisServer, pid: u32) -> bool {
-    holds_work_on(redis, "wasmpool:v1:tasks", pid)
+    holds_work_on(redis, "wasmpool:v2:tasks", pid)
 }
 
-/// As [`holds_work`], on the task stream `stream` (a tenant's: `wasmpool:v1:tasks:T`).
+/// As [`holds_work`], on the task stream `stream` (a tenant's: `wasmpool:v2:tasks:T`).
 pub(crate) fn holds_work_on(redis: &RedisServer, stream: &str, pid: u32) -> bool {
     redis
         .command(&format!("XPENDING {stream} hosts"))
@@ -148,7 +148,7 @@ fn cluster_map_on_two_hosts_returns_every_result_in_order() {
         assert_eq!((s.dropped, s.redelivered, s.lost), (0, 0, 0), "{s:?}");
         assert!(s.committed > 0);
         // Results and jobs' records expire: no key is left without a TTL.
-        for key in ["wasmpool:v1:job:", "wasmpool:v1:results:"] {
+        for key in ["wasmpool:v2:job:", "wasmpool:v2:results:"] {
             let keys = redis.command(&format!("KEYS {key}*"));
             for name in keys
                 .lines()
@@ -327,7 +327,7 @@ fn an_unreachable_redis_is_a_clear_error_not_a_hang() {
 fn a_redis_holding_another_versions_keys_is_refused() {
     within(Duration::from_secs(60), || {
         let redis = RedisServer::start();
-        assert!(redis.command("SET wasmpool:layout v2").starts_with("+OK"));
+        assert!(redis.command("SET wasmpool:layout v1").starts_with("+OK"));
         let e = Pool::builder(&testkit())
             .cluster(&redis.url())
             .build()

@@ -57,7 +57,7 @@ fn a_tenant_host_claims_only_its_tenants_work_and_a_plain_host_only_untenanted_w
         assert_eq!(a.apply::<_, i64>("add", &(2, 3)).unwrap(), 5);
 
         // Each host read only its own stream.
-        let (tasks, tasks_a) = ("wasmpool:v1:tasks", "wasmpool:v1:tasks:a");
+        let (tasks, tasks_a) = ("wasmpool:v2:tasks", "wasmpool:v2:tasks:a");
         assert!(reads(&redis, tasks_a, of_a.pid()));
         assert!(
             !reads(&redis, tasks_a, plain.pid()),
@@ -68,7 +68,7 @@ fn a_tenant_host_claims_only_its_tenants_work_and_a_plain_host_only_untenanted_w
             !reads(&redis, tasks, of_a.pid()),
             "a's host took untenanted work"
         );
-        assert!(redis.command("SMEMBERS wasmpool:v1:tenants").contains("a"));
+        assert!(redis.command("SMEMBERS wasmpool:v2:tenants").contains("a"));
 
         // A tenant no host serves waits, as an untenanted pool with no host does, and runs
         // once a host that serves it joins.
@@ -138,7 +138,7 @@ fn an_all_tenants_host_takes_turns_so_a_tenants_backlog_does_not_starve_another(
         assert!(
             eventually(Duration::from_secs(30), || holds_work_on(
                 &redis,
-                "wasmpool:v1:tasks:a",
+                "wasmpool:v2:tasks:a",
                 host.pid()
             )),
             "the host claimed none of a's backlog: {}",
@@ -177,7 +177,7 @@ fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
         assert!(
             eventually(Duration::from_secs(30), || holds_work_on(
                 &redis,
-                "wasmpool:v1:tasks:t",
+                "wasmpool:v2:tasks:t",
                 a.pid()
             )),
             "host A claimed nothing: {}",

@@ -791,5 +791,6 @@ fn serve_results_expire_after_the_tenants_ttl_and_sighup_reloads_the_tenants() {
     });
 }
 
+mod cluster;
 mod neighbours;
 mod objects;

@@ -9,6 +9,7 @@ mod batches;
 mod cli;
 mod cluster;
 mod cluster_objects;
+mod cluster_parity;
 mod cluster_run;
 mod cluster_tenants;
 mod conformance;

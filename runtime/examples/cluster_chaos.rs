@@ -37,7 +37,7 @@ use wasmpool::cluster::{ClusterManager, ClusterPool};
 use wasmpool::{AsyncResult, Module, Pool};
 
 /// The task stream and its consumer group (`runtime/src/cluster/keys.rs`).
-const TASKS: &str = "wasmpool:v1:tasks";
+const TASKS: &str = "wasmpool:v2:tasks";
 const GROUP: &str = "hosts";
 
 /// How often the watcher polls the pending entries.

@@ -1,6 +1,9 @@
 //! Running tasks: one [`wasmpool::Runtime`] for the service, one shared [`Pool`] per module
 //! (and per metering: a pool that meters fuel is another engine), the least recently used
-//! dropped past a cap. Every call here blocks; the dispatcher runs them on blocking threads.
+//! dropped past a cap. With a cluster (`serve --cluster URL`), one [`ClusterPool`] per
+//! module and tenant instead, submitting as that tenant (its own task stream, which hosts
+//! joined with `--all-tenants` or `--tenant NAME` serve). Every call here blocks; the
+//! dispatcher runs them on blocking threads.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,8 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wasmpool::cluster::ClusterPool;
 use wasmpool::lines::RecordWriter;
-use wasmpool::{AsyncResult, ImapCanceller, Limits, Module, Output, Pool, Runtime};
+use wasmpool::{AsyncResult, Imap, ImapCanceller, Limits, Module, Output, Pool, Runtime};
 
 use crate::objects::{Registry, Resolved};
 use crate::store::{Cpu, RunSpec, TaskError, TaskLimits, UsageRow};
@@ -144,6 +148,8 @@ pub struct Executor {
     modules_dir: PathBuf,
     workers: usize,
     max_pools: usize,
+    /// The Redis of the cluster the tasks run on (`None`: local pools).
+    cluster: Option<String>,
     state: Mutex<ExecState>,
     objects: Registry,
 }
@@ -152,7 +158,45 @@ pub struct Executor {
 struct ExecState {
     modules: HashMap<String, Module>,
     pools: HashMap<PoolKey, (Pool, u64)>,
+    /// On a cluster: by module and tenant.
+    cluster_pools: HashMap<(String, String), (ClusterPool, u64)>,
     tick: u64,
+}
+
+/// The handle a task is submitted through, held until it is done.
+enum Handle {
+    Local(Pool),
+    Cluster(ClusterPool),
+}
+
+impl Handle {
+    fn imap_encoded<'a>(
+        &'a self,
+        task: &str,
+        items: impl Iterator<Item = wasmpool::Result<Vec<u8>>> + 'a,
+        chunksize: usize,
+    ) -> wasmpool::Result<Imap<'a, ()>> {
+        match self {
+            Handle::Local(p) => p.imap_encoded(task, items, chunksize, false),
+            Handle::Cluster(c) => c.imap_encoded(task, items, chunksize, false),
+        }
+    }
+}
+
+/// What a task naming a shared object fails with on a cluster: the service's objects live
+/// in this process, where the hosts cannot reach them.
+fn objects_unsupported() -> TaskError {
+    TaskError {
+        code: "bad_args".into(),
+        message: "a task whose arguments name a shared object cannot run on this service's \
+                  cluster yet (serve --cluster): the objects live in this server, not in Redis"
+            .into(),
+    }
+}
+
+/// Whether every argument is a plain value (no object).
+fn plain(args: &[Resolved]) -> bool {
+    args.iter().all(|a| matches!(a, Resolved::Value(_)))
 }
 
 impl Executor {
@@ -170,8 +214,62 @@ impl Executor {
             modules_dir,
             workers,
             max_pools: max_pools.max(1),
+            cluster: None,
             state: Mutex::new(ExecState::default()),
         }
+    }
+
+    /// Runs the tasks on the cluster whose Redis is at `url` (`None`: local pools).
+    pub fn with_cluster(mut self, url: Option<String>) -> Executor {
+        self.cluster = url;
+        self
+    }
+
+    /// The cluster pool of module `sha256` for `tenant` (its task stream is the tenant's).
+    fn cluster_pool(
+        &self,
+        url: &str,
+        sha256: &str,
+        tenant: &str,
+    ) -> Result<ClusterPool, wasmpool::Error> {
+        let key = (sha256.to_string(), tenant.to_string());
+        {
+            let mut s = self.lock();
+            s.tick += 1;
+            let tick = s.tick;
+            if let Some((pool, used)) = s.cluster_pools.get_mut(&key) {
+                *used = tick;
+                return Ok(pool.clone());
+            }
+        }
+        let module = self.module(sha256)?;
+        let pool = Pool::builder(&module)
+            .processes(self.workers)
+            .output(Output::Discard)
+            .cluster(url)
+            .tenant(tenant)
+            .build()?;
+        let mut s = self.lock();
+        s.tick += 1;
+        let tick = s.tick;
+        if let Some((existing, used)) = s.cluster_pools.get_mut(&key) {
+            *used = tick;
+            return Ok(existing.clone());
+        }
+        while s.cluster_pools.len() >= self.max_pools {
+            // Work in flight holds its own handle: dropping this one ends the pool after it.
+            let Some(oldest) = s
+                .cluster_pools
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            s.cluster_pools.remove(&oldest);
+        }
+        s.cluster_pools.insert(key, (pool.clone(), tick));
+        Ok(pool)
     }
 
     /// The tenants' shared objects, which tasks' arguments name.
@@ -293,20 +391,42 @@ impl Executor {
                 .objects
                 .resolve(tenant.name(), &args)
                 .map_err(|e| object_error(&e))?;
-            let pool = self
-                .pool(&spec.module, spec.limits.fuel.is_some())
-                .map_err(|e| task_error(&e))?;
             let retries = spec.retries.saturating_sub(spec.attempt.saturating_sub(1));
-            let pool = tenant_pool(&pool, tenant)
-                .with_limits(limits_of(&spec.limits))
-                .with_retries(retries)
-                .with_captured_output();
+            let limits = limits_of(&spec.limits);
             // Undecoded: converted to JSON text as `wasmpool run` prints it, keeping the
             // order of a map's entries as the task wrote them.
-            let result = Arc::new(
-                pool.apply_async_bytes::<[Resolved]>(&spec.task, &args[..])
-                    .map_err(|e| task_error(&e))?,
-            );
+            let (pool, result) = match &self.cluster {
+                Some(url) => {
+                    if !plain(&args) {
+                        return Err(objects_unsupported());
+                    }
+                    let pool = self
+                        .cluster_pool(url, &spec.module, tenant.name())
+                        .map_err(|e| task_error(&e))?
+                        .with_limits(limits)
+                        .with_retries(retries)
+                        .with_captured_output();
+                    let encoded = wasmpool::encode_args(&args[..]).map_err(|e| task_error(&e))?;
+                    let result = pool
+                        .apply_encoded(&spec.task, encoded)
+                        .map_err(|e| task_error(&e))?;
+                    (Handle::Cluster(pool), result)
+                }
+                None => {
+                    let pool = self
+                        .pool(&spec.module, spec.limits.fuel.is_some())
+                        .map_err(|e| task_error(&e))?;
+                    let pool = tenant_pool(&pool, tenant)
+                        .with_limits(limits)
+                        .with_retries(retries)
+                        .with_captured_output();
+                    let result = pool
+                        .apply_async_bytes::<[Resolved]>(&spec.task, &args[..])
+                        .map_err(|e| task_error(&e))?;
+                    (Handle::Local(pool), result)
+                }
+            };
+            let result = Arc::new(result);
             *cancel.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
             if cancel.is_requested() {
                 cancel.request();
@@ -403,16 +523,25 @@ impl Executor {
         if cancel.is_requested() {
             return fail_all(cancelled_items(&first.task), &mut done);
         }
-        let pool = match self.pool(&first.module, first.limits.fuel.is_some()) {
-            Ok(p) => p,
-            Err(e) => return fail_all(task_error(&e), &mut done),
-        };
         let retries = first
             .retries
             .saturating_sub(first.attempt.saturating_sub(1));
-        let pool = tenant_pool(&pool, tenant)
-            .with_limits(limits_of(&first.limits))
-            .with_retries(retries);
+        let limits = limits_of(&first.limits);
+        let pool = match &self.cluster {
+            Some(url) => match self.cluster_pool(url, &first.module, tenant.name()) {
+                Ok(p) => Handle::Cluster(p.with_limits(limits).with_retries(retries)),
+                Err(e) => return fail_all(task_error(&e), &mut done),
+            },
+            None => match self.pool(&first.module, first.limits.fuel.is_some()) {
+                Ok(p) => Handle::Local(
+                    tenant_pool(&p, tenant)
+                        .with_limits(limits)
+                        .with_retries(retries),
+                ),
+                Err(e) => return fail_all(task_error(&e), &mut done),
+            },
+        };
+        let on_cluster = matches!(pool, Handle::Cluster(_));
         let star = first.star;
         // The items' objects, held until the chunk is done; the items naming an object the
         // tenant no longer has fail alone, with that code.
@@ -425,8 +554,15 @@ impl Executor {
                 let args = self
                     .objects
                     .resolve_item(tenant.name(), input, star)
+                    .map_err(|e| object_error(&e))
+                    .and_then(|args| {
+                        if on_cluster && !plain(&args) {
+                            Err(objects_unsupported())
+                        } else {
+                            Ok(args)
+                        }
+                    })
                     .map_err(|e| {
-                        let e = object_error(&e);
                         unresolved.insert(i, e.clone());
                         wasmpool::Error::BadArgs(e.message)
                     })?;
@@ -436,11 +572,10 @@ impl Executor {
             })
             .collect();
         let started = Instant::now();
-        let mut results =
-            match pool.imap_encoded::<()>(&first.task, encoded.into_iter(), specs.len(), false) {
-                Ok(it) => it,
-                Err(e) => return fail_all(task_error(&e), &mut done),
-            };
+        let mut results = match pool.imap_encoded(&first.task, encoded.into_iter(), specs.len()) {
+            Ok(it) => it,
+            Err(e) => return fail_all(task_error(&e), &mut done),
+        };
         *cancel.items.lock().unwrap_or_else(|p| p.into_inner()) = Some(results.canceller());
         if cancel.is_requested() {
             cancel.request();

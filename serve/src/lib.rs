@@ -60,6 +60,10 @@ pub struct Config {
     pub header_timeout: Duration,
     /// The longest `?wait=` honoured (default 60 s).
     pub max_wait: Duration,
+    /// Run the tasks on the hosts of the cluster whose Redis is at this URL, each tenant's
+    /// on its own task stream (hosts joined with `--all-tenants` serve them all), rather
+    /// than in local pools (default: local).
+    pub cluster: Option<String>,
 }
 
 impl Config {
@@ -79,6 +83,7 @@ impl Config {
             body_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(60),
+            cluster: None,
         }
     }
 }
@@ -114,7 +119,8 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     std::fs::create_dir_all(&modules_dir)
         .map_err(|e| ServeError::io(format!("creating {}", modules_dir.display()), e))?;
     let runtime = wasmpool::Runtime::builder().build()?;
-    let exec = execute::Executor::new(runtime, modules_dir, config.workers, config.max_pools);
+    let exec = execute::Executor::new(runtime, modules_dir, config.workers, config.max_pools)
+        .with_cluster(config.cluster.clone());
     let app = Arc::new(app::App::new(
         registry,
         store,

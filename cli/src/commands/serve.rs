@@ -40,11 +40,18 @@ pub struct ServeCommand {
     /// and how long a kept-alive connection may sit idle: a stalled client is disconnected.
     #[arg(long, value_name = "SECONDS")]
     header_timeout: Option<f64>,
+    /// Run the tasks on the hosts of a cluster (`redis://HOST:PORT`) instead of local
+    /// workers: each tenant's on its own task stream, served by hosts joined with
+    /// `wasmpool worker --join URL --all-tenants` (or `--tenant NAME`). Tenant names must
+    /// then be 1 to 64 of A-Z a-z 0-9 _ -, and tasks cannot name shared objects.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
 }
 
 impl ServeCommand {
     pub fn execute(self) -> Result<ExitCode> {
         let mut config = wasmpool_serve::Config::new(self.listen, self.tenants);
+        config.cluster = self.cluster;
         if let Some(state) = self.state {
             config.state = state;
         }

@@ -12,14 +12,14 @@ use serde::de::DeserializeOwned;
 
 use super::keys::{Keys, check_layout, check_tenant, register_tenant};
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
-use super::wire::{ChunkSpec, Record, parse_record};
-use super::{connect, redis_error, sha256_hex};
+use super::wire::{BadRecord, ChunkSpec, Record, WorkerSetup, parse_record};
+use super::{CANCELLED, connect, redis_error, sha256_hex};
 use crate::error::{Error, Result};
 use crate::module::Module;
 use crate::pool::callbacks::Callbacks;
 use crate::pool::imap::ImapSink;
 use crate::pool::job::{
-    AsyncResult, Completion, Hook, Job, Slot, TaskOptions, finish_all, finish_one,
+    AsyncResult, CancelJobs, Completion, Hook, Job, Slot, TaskOptions, finish_all, finish_one,
 };
 use crate::pool::submit::{default_chunksize, pack};
 use crate::pool::{Imap, check_chunksize};
@@ -50,6 +50,7 @@ pub struct ClusterBuilder {
     result_ttl: Duration,
     redis_timeout: Duration,
     tenant: Option<String>,
+    setup: WorkerSetup,
     error: Option<Error>,
 }
 
@@ -60,6 +61,7 @@ impl ClusterBuilder {
         limits: Limits,
         retries: u32,
         slots_hint: Option<usize>,
+        setup: WorkerSetup,
         error: Option<Error>,
     ) -> ClusterBuilder {
         ClusterBuilder {
@@ -68,6 +70,7 @@ impl ClusterBuilder {
             limits,
             retries,
             slots_hint,
+            setup,
             result_ttl: DEFAULT_RESULT_TTL,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             tenant: None,
@@ -116,6 +119,18 @@ impl ClusterBuilder {
         if let Some(t) = &self.tenant {
             check_tenant(t)?;
         }
+        // Refused here as a local pool refuses them, not on every host.
+        if self.setup.maxtasksperchild == Some(0) {
+            return Err(Error::State(
+                "maxtasksperchild must be at least 1 (or unset, for workers that live as \
+                 long as the pool)"
+                    .into(),
+            ));
+        }
+        if let Some((task, _)) = &self.setup.initializer {
+            self.module.tasks()?;
+            self.module.check_task(task)?;
+        }
         let keys = Keys::default();
         let url = self.url;
         let mut con = connect(&url)?;
@@ -143,6 +158,7 @@ impl ClusterBuilder {
             client,
             module: self.module,
             sha,
+            setup: self.setup,
             slots_hint: self.slots_hint,
             result_ttl: self.result_ttl,
             redis_timeout: self.redis_timeout,
@@ -306,6 +322,8 @@ struct Running {
     job: Arc<Job>,
     /// Chunks not yet answered: index → (first item, items).
     chunks: HashMap<u32, (usize, usize)>,
+    /// The stream entries of the chunks sent and not answered (what a cancel deletes).
+    entries: HashMap<u32, String>,
     next_chunk: u32,
 }
 
@@ -341,6 +359,8 @@ struct Inner {
     tenant: Option<String>,
     module: Module,
     sha: String,
+    /// How its workers are set up (travels with each chunk).
+    setup: WorkerSetup,
     slots_hint: Option<usize>,
     result_ttl: Duration,
     redis_timeout: Duration,
@@ -421,6 +441,14 @@ impl Inner {
         if parts.is_empty() {
             return Ok(());
         }
+        if job.is_cancelled() {
+            // More of a cancelled job (an `imap` still fed): it never goes out.
+            for (first, items) in &parts {
+                job.complete_run(*first, items.len(), Slot::Cancelled);
+            }
+            self.callbacks.run_hooks(job);
+            return Ok(());
+        }
         let (id, first_chunk) = {
             let mut jobs = self.lock_jobs();
             let ptr = Arc::as_ptr(job) as usize;
@@ -435,6 +463,7 @@ impl Inner {
                         Running {
                             job: job.clone(),
                             chunks: HashMap::new(),
+                            entries: HashMap::new(),
                             next_chunk: 0,
                         },
                     );
@@ -486,35 +515,74 @@ impl Inner {
                 }
                 std::mem::take(&mut *out)
             };
-            if let Err(e) = self.send(&batch) {
-                // Whether any entry went out is unknown: the chunks fail here, so that
-                // nothing waits on them (a result that comes anyway is ignored).
-                let mut jobs = self.lock_jobs();
-                for out in &batch {
-                    if let Some(running) = jobs.by_id.get_mut(&out.id) {
-                        for i in 0..out.parts.len() as u32 {
-                            if let Some((first, n)) = running.chunks.remove(&(out.first_chunk + i))
-                            {
-                                running
-                                    .job
-                                    .complete_run(first, n, Slot::Aborted(e.to_string()));
-                            }
-                        }
-                        self.callbacks.run_hooks(&running.job);
-                    }
-                    jobs.forget_if_done(&out.id);
-                }
-                self.changed.notify_all();
+            match self.send(&batch) {
+                Ok(ids) => self.sent(&batch, ids),
+                Err(e) => self.not_sent(&batch, &e),
             }
         }
     }
 
-    /// Sends queued chunks, one stream entry each, in one pipeline.
-    fn send(&self, batch: &[Outgoing]) -> Result<()> {
+    /// Records the stream entries of chunks sent; those of a job cancelled meanwhile are
+    /// deleted and fenced at once.
+    fn sent(&self, batch: &[Outgoing], ids: Vec<Vec<Option<String>>>) {
+        let mut fence: Vec<(String, Vec<u32>, Vec<String>)> = Vec::new();
+        {
+            let mut jobs = self.lock_jobs();
+            for (out, ids) in batch.iter().zip(ids) {
+                let chunks = (out.first_chunk..).zip(ids);
+                if out.job.is_cancelled() {
+                    let (c, e): (Vec<u32>, Vec<Option<String>>) = chunks.unzip();
+                    fence.push((out.id.clone(), c, e.into_iter().flatten().collect()));
+                } else if let Some(running) = jobs.by_id.get_mut(&out.id) {
+                    for (chunk, id) in chunks {
+                        if let Some(id) = id
+                            && running.chunks.contains_key(&chunk)
+                        {
+                            running.entries.insert(chunk, id);
+                        }
+                    }
+                }
+            }
+        }
+        for (job, chunks, entries) in fence {
+            self.fence_cancelled(&job, &chunks, &entries);
+        }
+    }
+
+    /// Fails the chunks of a batch that could not be sent.
+    fn not_sent(&self, batch: &[Outgoing], e: &Error) {
+        // Whether any entry went out is unknown: the chunks fail here, so that nothing
+        // waits on them (a result that comes anyway is ignored).
+        let mut jobs = self.lock_jobs();
+        for out in batch {
+            if let Some(running) = jobs.by_id.get_mut(&out.id) {
+                for i in 0..out.parts.len() as u32 {
+                    if let Some((first, n)) = running.chunks.remove(&(out.first_chunk + i)) {
+                        running
+                            .job
+                            .complete_run(first, n, Slot::Aborted(e.to_string()));
+                    }
+                }
+                self.callbacks.run_hooks(&running.job);
+            }
+            jobs.forget_if_done(&out.id);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Sends queued chunks, one stream entry each, in one pipeline; returns their entries'
+    /// ids (`None` for the chunks of a job cancelled before they went out).
+    fn send(&self, batch: &[Outgoing]) -> Result<Vec<Vec<Option<String>>>> {
         let mut pipe = redis::pipe();
         let tasks = &self.tasks_key;
+        let mut sent = 0;
+        let mut skipped = Vec::with_capacity(batch.len());
         for out in batch {
             let job = &out.job;
+            skipped.push(job.is_cancelled());
+            if job.is_cancelled() {
+                continue;
+            }
             for (i, (_, items)) in out.parts.iter().enumerate() {
                 let spec = ChunkSpec {
                     module: self.sha.clone(),
@@ -522,6 +590,8 @@ impl Inner {
                     items: items.clone(),
                     call: out.call,
                     limits: job.opts.limits,
+                    setup: self.setup.clone(),
+                    capture: job.opts.capture_output,
                 };
                 let payload = postcard::to_stdvec(&spec)
                     .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
@@ -541,15 +611,32 @@ impl Inner {
                     .arg("t")
                     .arg(self.result_ttl.as_millis() as u64)
                     .arg("p")
-                    .arg(payload)
-                    .ignore();
+                    .arg(payload);
+                sent += 1;
             }
         }
         pipe.cmd("EXPIRE")
             .arg(self.keys.module(&self.sha))
             .arg(MODULE_TTL.as_secs());
-        let (kept,) = self.with_con("submitting chunks", |c| pipe.query::<(i64,)>(c))?;
-        if kept == 0 {
+        let replies = self.with_con("submitting chunks", |c| pipe.query::<Vec<redis::Value>>(c))?;
+        let kept = matches!(replies.get(sent), Some(redis::Value::Int(1)));
+        let mut ids = replies.into_iter().take(sent).map(|v| match v {
+            redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+            redis::Value::SimpleString(s) => Some(s),
+            _ => None,
+        });
+        let ids = batch
+            .iter()
+            .zip(skipped)
+            .map(|(out, skipped)| {
+                if skipped {
+                    vec![None; out.parts.len()]
+                } else {
+                    out.parts.iter().map(|_| ids.next().flatten()).collect()
+                }
+            })
+            .collect();
+        if !kept {
             // The module expired (a pool idle for a day): store it again.
             self.with_con("storing the module", |c| {
                 redis::cmd("SET")
@@ -561,7 +648,7 @@ impl Inner {
                     .query::<Option<String>>(c)
             })?;
         }
-        Ok(())
+        Ok(ids)
     }
 
     /// The result reader: takes this submitter's records from Redis and records them in
@@ -645,13 +732,19 @@ impl Inner {
     fn record(&self, records: impl Iterator<Item = Vec<u8>>) {
         let mut jobs = self.lock_jobs();
         for bytes in records {
-            let Some(record) = parse_record(&bytes) else {
-                tracing::warn!("cluster: a result record this version cannot read");
-                continue;
-            };
-            let (id, chunk) = match &record {
-                Record::Committed { job, chunk, .. } | Record::Lost { job, chunk, .. } => {
-                    (job.clone(), *chunk)
+            let (id, chunk, record) = match parse_record(&bytes) {
+                Ok(record) => match &record {
+                    Record::Committed { job, chunk, .. } | Record::Lost { job, chunk, .. } => {
+                        (job.clone(), *chunk, Ok(record))
+                    }
+                },
+                Err(BadRecord {
+                    chunk: Some((job, chunk)),
+                    why,
+                }) => (job, chunk, Err(why)),
+                Err(BadRecord { chunk: None, why }) => {
+                    tracing::warn!("cluster: a result record this version cannot read: {why}");
+                    continue;
                 }
             };
             let Some(running) = jobs.by_id.get_mut(&id) else {
@@ -660,10 +753,11 @@ impl Inner {
             let Some((first, n)) = running.chunks.remove(&chunk) else {
                 continue;
             };
+            running.entries.remove(&chunk);
             let job = running.job.clone();
             let recorded = match record {
-                Record::Committed { result, .. } => result.record(&job, first, n),
-                Record::Lost { host, .. } => job.complete_run(
+                Ok(Record::Committed { result, .. }) => result.record(&job, first, n),
+                Ok(Record::Lost { host, .. }) => job.complete_run(
                     first,
                     n,
                     Slot::Lost {
@@ -676,6 +770,7 @@ impl Inner {
                         ),
                     },
                 ),
+                Err(why) => job.complete_run(first, n, Slot::Aborted(why)),
             };
             if recorded > 0 {
                 self.callbacks.run_hooks(&job);
@@ -704,6 +799,65 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Tells the cluster that chunks `chunks` of job `job` are cancelled: their stream
+    /// entries not yet claimed are deleted (no host will run them), and each chunk's fence
+    /// is set to `x`, which a host running one polls for (it stops it), the reaper reads as
+    /// done (it never redelivers it) and the commit refuses (a result that comes anyway).
+    fn fence_cancelled(&self, job: &str, chunks: &[u32], entries: &[String]) {
+        if chunks.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        if !entries.is_empty() {
+            pipe.cmd("XDEL").arg(&self.tasks_key).arg(entries).ignore();
+        }
+        let key = self.keys.job(job);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key);
+        for c in chunks {
+            hset.arg(format!("d:{c}")).arg(CANCELLED);
+        }
+        pipe.add_command(hset).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.result_ttl.as_millis() as u64)
+            .ignore();
+        if let Err(e) = self.with_con("cancelling", |c| pipe.query::<()>(c)) {
+            // Its hosts run it to its end; the result is ignored here all the same.
+            tracing::warn!("cluster: cancelling job {job}: {e}");
+        }
+    }
+}
+
+impl CancelJobs for Inner {
+    fn cancel_job(&self, job: &Arc<Job>) -> usize {
+        job.mark_cancelled();
+        let taken = {
+            let mut jobs = self.lock_jobs();
+            let id = jobs.by_ptr.get(&(Arc::as_ptr(job) as usize)).cloned();
+            id.and_then(|id| {
+                let running = jobs.by_id.get_mut(&id)?;
+                let chunks: Vec<u32> = running.chunks.drain().map(|(c, _)| c).collect();
+                let entries: Vec<String> = running.entries.drain().map(|(_, e)| e).collect();
+                Some((id, chunks, entries))
+            })
+        };
+        if let Some((id, chunks, entries)) = &taken {
+            self.fence_cancelled(id, chunks, entries);
+        }
+        let cancelled = job.complete_run(0, job.len(), Slot::Cancelled);
+        if cancelled > 0 {
+            self.callbacks.run_hooks(job);
+        }
+        if let Some((id, _, _)) = taken {
+            self.lock_jobs().forget_if_done(&id);
+        }
+        self.changed.notify_all();
+        cancelled
+    }
+}
+
 /// The one result of a call, as its MessagePack bytes.
 fn result_bytes(job: &Job) -> Result<Vec<u8>> {
     job.wait_finished(None);
@@ -726,6 +880,10 @@ impl ImapSink for ClusterPool {
         self.slots_or_default()
     }
 
+    fn scheduler(&self) -> std::sync::Weak<dyn CancelJobs> {
+        self.canceller()
+    }
+
     fn submit_part(&self, job: &Arc<Job>, first: usize, part: Packed) -> Result<()> {
         self.inner.submit(job, vec![(first, part)], false)
     }
@@ -738,6 +896,22 @@ impl ClusterPool {
         let mut pool = self.clone();
         pool.opts.retries = n;
         pool
+    }
+
+    /// A handle whose submissions keep their tasks' stdout and stderr with their results,
+    /// as [`Pool::with_captured_output`](crate::Pool::with_captured_output): the host keeps
+    /// what each item writes (at most the output limit, as locally) and sends it back with
+    /// the chunk's results, read with [`AsyncResult::captured_output`]. It shares the pool.
+    pub fn with_captured_output(&self) -> ClusterPool {
+        let mut pool = self.clone();
+        pool.opts.capture_output = true;
+        pool
+    }
+
+    /// What cancels this pool's results.
+    fn canceller(&self) -> std::sync::Weak<dyn CancelJobs> {
+        let weak: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
+        weak
     }
 
     /// A handle whose submissions run under `limits`. It shares the pool.
@@ -840,11 +1014,7 @@ impl ClusterPool {
         args: &A,
     ) -> Result<AsyncResult<R>> {
         let job = self.submit_call(task, args, None)?;
-        Ok(AsyncResult::new(
-            job,
-            finish_one::<R>,
-            std::sync::Weak::new(),
-        ))
+        Ok(AsyncResult::new(job, finish_one::<R>, self.canceller()))
     }
 
     /// As [`apply_async`](ClusterPool::apply_async), with a `callback` and an
@@ -868,11 +1038,7 @@ impl ClusterPool {
             Err(e) => error_callback(e),
         });
         let job = self.submit_call(task, args, Some(Hook { run, gating: true }))?;
-        Ok(AsyncResult::new(
-            job,
-            finish_one::<R>,
-            std::sync::Weak::new(),
-        ))
+        Ok(AsyncResult::new(job, finish_one::<R>, self.canceller()))
     }
 
     /// As [`apply_async`](ClusterPool::apply_async), with the arguments already encoded
@@ -883,7 +1049,7 @@ impl ClusterPool {
         let job = self.job(task, 1)?;
         self.inner
             .submit(&job, vec![(0, Packed::one(&args))], true)?;
-        Ok(AsyncResult::new(job, result_bytes, std::sync::Weak::new()))
+        Ok(AsyncResult::new(job, result_bytes, self.canceller()))
     }
 
     /// The tenant this pool submits as (`None`: untenanted).
@@ -937,11 +1103,7 @@ impl ClusterPool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let packed = pack(items, |buf, a| encode_arg_into(buf, &a))?;
         let job = self.submit_packed(task, packed, chunksize)?;
-        Ok(AsyncResult::new(
-            job,
-            finish_all::<R>,
-            std::sync::Weak::new(),
-        ))
+        Ok(AsyncResult::new(job, finish_all::<R>, self.canceller()))
     }
 
     /// Like [`map`](ClusterPool::map), but each item is a tuple of arguments (Python's
@@ -963,11 +1125,7 @@ impl ClusterPool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let packed = pack(items, |buf, a| encode_args_into(buf, &a))?;
         let job = self.submit_packed(task, packed, chunksize)?;
-        Ok(AsyncResult::new(
-            job,
-            finish_all::<R>,
-            std::sync::Weak::new(),
-        ))
+        Ok(AsyncResult::new(job, finish_all::<R>, self.canceller()))
     }
 
     fn submit_packed(

@@ -19,7 +19,7 @@ use super::keys::{
 };
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
 use super::scripts::Scripts;
-use super::wire::{ChunkResult, ChunkSpec, committed_record};
+use super::wire::{ChunkResult, ChunkSpec, WorkerSetup, committed_record};
 use super::{LEASE, connect, redis_error, sha256_hex};
 use crate::error::{Error, Result};
 use crate::pool::job::Hook;
@@ -38,6 +38,23 @@ const TENANTS_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long a claim waits for work when every stream it reads is empty, in ms.
 const CLAIM_BLOCK_MS: u64 = 500;
+
+/// How often a host holding chunks looks for those of them cancelled (one round trip for
+/// all of them): how soon a cancelled chunk running here is stopped.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// The most local pools a host keeps (one per module, metering and worker setup: each has
+/// its own worker processes, `slots` of them): past it the one used least recently is let
+/// go (once the chunks it runs are committed).
+const MAX_POOLS: usize = 8;
+
+/// What a host's local pools are told apart by: the module's SHA-256, whether it meters
+/// fuel, and how its workers are set up.
+type PoolKey = (String, bool, WorkerSetup);
+
+/// The chunks running on a host, by job, chunk and attempt (a host back from a pause may
+/// hold two attempts of one chunk): their local pool and job.
+type Running = HashMap<(String, u32, String), (Pool, Arc<crate::pool::job::Job>)>;
 
 /// Which task streams a host claims from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +148,9 @@ pub struct HostStats {
     /// Results of its that the fence refused: it had been presumed dead, and the chunk
     /// given to another host.
     pub dropped: u64,
+    /// Chunks it held when their submitter cancelled them (stopped here if running; their
+    /// results refused, not counted as dropped).
+    pub cancelled: u64,
 }
 
 /// A claimed stream entry, what its commit needs.
@@ -165,8 +185,13 @@ struct HostInner {
     claimed: AtomicU64,
     committed: AtomicU64,
     dropped: AtomicU64,
-    /// Local pools, by module SHA-256 and whether they meter fuel.
-    pools: Mutex<HashMap<(String, bool), Pool>>,
+    cancelled: AtomicU64,
+    /// Local pools, by module SHA-256, whether they meter fuel, and worker setup, each with
+    /// when it was last used; at most [`MAX_POOLS`].
+    pools: Mutex<HashMap<PoolKey, (Pool, Instant)>>,
+    /// The chunks running here, by job and chunk: their local pool and job (what a cancel
+    /// stops), until their results reach the commit thread. They keep their pool alive.
+    running: Mutex<Running>,
     /// The runtime its local pools run in: its workers' operations on cluster objects go to
     /// Redis.
     runtime: crate::Runtime,
@@ -256,7 +281,9 @@ impl Host {
             claimed: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             runtime,
             done,
             threads: Mutex::new(Vec::new()),
@@ -284,7 +311,12 @@ impl Host {
             .name("wasmpool-host-commit".into())
             .spawn(move || committer.commit_loop(results))
             .map_err(|e| Error::io("starting the host's commit thread", e))?;
-        inner.lock_threads().extend([beat, commits]);
+        let poller = inner.clone();
+        let cancels = std::thread::Builder::new()
+            .name("wasmpool-host-cancel".into())
+            .spawn(move || poller.cancel_loop())
+            .map_err(|e| Error::io("starting the host's cancel thread", e))?;
+        inner.lock_threads().extend([beat, commits, cancels]);
         Ok(Host { inner })
     }
 
@@ -313,6 +345,7 @@ impl Host {
             claimed: self.inner.claimed.load(Ordering::Relaxed),
             committed: self.inner.committed.load(Ordering::Relaxed),
             dropped: self.inner.dropped.load(Ordering::Relaxed),
+            cancelled: self.inner.cancelled.load(Ordering::Relaxed),
         }
     }
 
@@ -578,11 +611,16 @@ impl HostInner {
         self.claimed.fetch_add(1, Ordering::Relaxed);
         let spec: ChunkSpec = match f.get("p").map(|p| postcard::from_bytes(p)) {
             Some(Ok(spec)) => spec,
-            _ => {
-                let _ = self.done.send((
-                    claimed,
-                    ChunkResult::failed(1, "the chunk does not decode on this host"),
-                ));
+            other => {
+                let why = match other {
+                    Some(Err(e)) => format!(
+                        "the chunk does not decode on host {} ({e}): is every host the same \
+                         version as its submitter?",
+                        self.id
+                    ),
+                    _ => format!("the chunk reached host {} without its items", self.id),
+                };
+                let _ = self.done.send((claimed, ChunkResult::failed(1, &why)));
                 return;
             }
         };
@@ -592,14 +630,27 @@ impl HostInner {
                 .done
                 .send((claimed.clone(), ChunkResult::failed(n, &why)));
         };
-        let pool = match self.pool_for(con, &spec.module, spec.limits.fuel.is_some()) {
+        let key = (spec.module, spec.limits.fuel.is_some(), spec.setup);
+        let pool = match self.pool_for(con, key) {
             Ok(pool) => pool,
             Err(e) => return fail(e.to_string()),
         };
-        let job = match pool.run_chunk(&spec.task, spec.items, spec.call, spec.limits, retries) {
+        let job = match pool.run_chunk(
+            &spec.task,
+            spec.items,
+            spec.call,
+            spec.limits,
+            retries,
+            spec.capture,
+        ) {
             Ok(job) => job,
             Err(e) => return fail(e.to_string()),
         };
+        // Before its hook: a chunk that finished at once is forgotten by the commit thread.
+        self.lock_running().insert(
+            (claimed.job.clone(), claimed.chunk, claimed.attempt.clone()),
+            (pool.clone(), job.clone()),
+        );
         let done = self.done.clone();
         let meta = claimed.clone();
         let hook = Hook {
@@ -613,18 +664,24 @@ impl HostInner {
         }
     }
 
-    /// The local pool for a module, loading it from Redis (and compiling it into this
-    /// host's cache) the first time.
-    fn pool_for(&self, con: &mut redis::Connection, sha: &str, metered: bool) -> Result<Pool> {
-        let key = (sha.to_string(), metered);
-        if let Some(p) = self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+    fn lock_running(&self) -> MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pools(&self) -> MutexGuard<'_, HashMap<PoolKey, (Pool, Instant)>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local pool for a module, metering and worker setup, loading the module from
+    /// Redis (and compiling it into this host's cache) the first time. Its workers run the
+    /// setup's initializer before their first task, and are replaced after its
+    /// `maxtasksperchild`, as the submitting pool's would be.
+    fn pool_for(&self, con: &mut redis::Connection, key: PoolKey) -> Result<Pool> {
+        if let Some((p, used)) = self.lock_pools().get_mut(&key) {
+            *used = Instant::now();
             return Ok(p.clone());
         }
+        let (sha, metered, setup) = &key;
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.module(sha))
             .query(con)
@@ -634,7 +691,7 @@ impl HostInner {
                 "module {sha} is not in Redis (expired, or stored under another layout)"
             )));
         };
-        if sha256_hex(&bytes) != sha {
+        if sha256_hex(&bytes) != *sha {
             return Err(Error::Cluster(format!(
                 "the bytes stored for module {sha} have another SHA-256"
             )));
@@ -642,16 +699,95 @@ impl HostInner {
         let module = self
             .runtime
             .module_from_bytes(&bytes, format!("cluster module {sha}"))?;
-        let mut builder = Pool::builder(&module).processes(self.slots);
-        if metered {
+        let mut builder = Pool::builder(&module)
+            .processes(self.slots)
+            .output(setup.output.output());
+        if *metered {
             builder = builder.limits(Limits::default().fuel(u64::MAX));
         }
+        if let Some((task, args)) = &setup.initializer {
+            builder = builder.initializer_encoded(task.clone(), args.clone());
+        }
+        if let Some(n) = setup.maxtasksperchild {
+            builder = builder.maxtasksperchild(n);
+        }
         let pool = builder.build()?;
-        self.pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, pool.clone());
+        let evicted = {
+            let mut pools = self.lock_pools();
+            let evicted = if pools.len() >= MAX_POOLS {
+                let oldest = pools
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(k, _)| k.clone());
+                oldest.and_then(|k| pools.remove(&k))
+            } else {
+                None
+            };
+            pools.insert(key, (pool.clone(), Instant::now()));
+            evicted
+        };
+        // Let go outside the lock: the last handle's drop stops its workers (the chunks it
+        // still runs hold handles of their own).
+        drop(evicted);
         Ok(pool)
+    }
+
+    /// Stops the chunks held here whose submitter cancelled them: every [`CANCEL_POLL`],
+    /// while it holds any, reads their fences in one round trip, and cancels in its local
+    /// pool each one fenced `x` (queued there, it never runs; running, its worker is
+    /// killed, as a local cancel does). Until the host stops and holds nothing.
+    fn cancel_loop(&self) {
+        let mut con: Option<redis::Connection> = None;
+        loop {
+            std::thread::sleep(CANCEL_POLL);
+            let held: Vec<(String, u32, String)> = self.lock_running().keys().cloned().collect();
+            if held.is_empty() {
+                if self.stop.load(Ordering::Relaxed) && *self.lock_inflight() == 0 {
+                    return;
+                }
+                continue;
+            }
+            if con.is_none() {
+                match connect(&self.url) {
+                    Ok(c) => con = Some(c),
+                    Err(e) => {
+                        tracing::warn!("cluster host: polling for cancels: {e}");
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = con.as_mut() else { continue };
+            let mut pipe = redis::pipe();
+            for (job, chunk, _) in &held {
+                pipe.cmd("HGET")
+                    .arg(self.keys.job(job))
+                    .arg(format!("d:{chunk}"));
+            }
+            match pipe.query::<Vec<Option<String>>>(c) {
+                Ok(fences) => {
+                    for (key, fence) in held.iter().zip(fences) {
+                        if fence.as_deref() != Some(super::CANCELLED) {
+                            continue;
+                        }
+                        let found = self.lock_running().get(key).cloned();
+                        if let Some((pool, job)) = found
+                            && !job.is_cancelled()
+                        {
+                            tracing::info!(
+                                "cluster host: chunk {} of job {} was cancelled; stopping it",
+                                key.1,
+                                key.0
+                            );
+                            pool.cancel_job(&job);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cluster host: polling for cancels: {e}");
+                    con = None;
+                }
+            }
+        }
     }
 
     /// Commits finished chunks, in the order they finish, those ready together in one
@@ -679,6 +815,18 @@ impl HostInner {
                 }
             }
             let n = batch.len();
+            // Out of the running set: nothing of them is left to cancel. (Their pools, if
+            // let go meanwhile, stop here, on this thread.)
+            let finished: Vec<_> = {
+                let mut running = self.lock_running();
+                batch
+                    .iter()
+                    .filter_map(|(c, _)| {
+                        running.remove(&(c.job.clone(), c.chunk, c.attempt.clone()))
+                    })
+                    .collect()
+            };
+            drop(finished);
             {
                 let mut recent = self.lock_recent();
                 for (claimed, _) in &batch {
@@ -735,6 +883,9 @@ impl HostInner {
                                 match answer {
                                     1 | 2 => {
                                         self.committed.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    3 => {
+                                        self.cancelled.fetch_add(1, Ordering::Relaxed);
                                     }
                                     _ => {
                                         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -876,11 +1027,11 @@ mod tests {
     fn a_host_of_one_stream_reads_it_with_all_its_room_and_waits() {
         let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
         let read = s.next_read(7);
-        assert_eq!(names(&read), ["wasmpool:v1:tasks"]);
+        assert_eq!(names(&read), ["wasmpool:v2:tasks"]);
         assert_eq!((read.count, read.block), (7, true));
         let mut s = Streams::new(&Serves::Tenants(vec!["a".into()]), &Keys::default());
         let read = s.next_read(1);
-        assert_eq!(names(&read), ["wasmpool:v1:tasks:a"]);
+        assert_eq!(names(&read), ["wasmpool:v2:tasks:a"]);
         assert_eq!((read.count, read.block), (1, true));
     }
 

@@ -1,30 +1,31 @@
 //! The cluster's keys in Redis, all under one prefix that names the data layout's version
-//! (`wasmpool:v1:`), and the check that a Redis holds no other version's keys.
+//! (`wasmpool:v2:`), and the check that a Redis holds no other version's keys.
 //!
 //! ```text
-//! wasmpool:layout                 STRING "v1": the layout the keys follow (set NX on first use)
-//! wasmpool:v1:tasks               STREAM one entry per chunk of an untenanted pool {j job,
+//! wasmpool:layout                 STRING "v2": the layout the keys follow (set NX on first use)
+//! wasmpool:v2:tasks               STREAM one entry per chunk of an untenanted pool {j job,
 //!                                        c chunk, a attempt, r client, n retries, t result
 //!                                        TTL (ms), p chunk (postcard)}; group "hosts"
-//! wasmpool:v1:tasks:<tenant>      STREAM the same, for the pools of one tenant
+//! wasmpool:v2:tasks:<tenant>      STREAM the same, for the pools of one tenant
 //!                                        (`ClusterBuilder::tenant`); group "hosts"
-//! wasmpool:v1:tenants             SET    the tenants that have a stream: what
+//! wasmpool:v2:tenants             SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
-//! wasmpool:v1:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed;
+//! wasmpool:v2:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
+//!                                        (attempt), lost, or `x` cancelled;
 //!                                        expires (the result TTL)
-//! wasmpool:v1:results:<client>    LIST   committed chunks for one submitting pool; expires
-//! wasmpool:v1:module:<sha256>     STRING the component's bytes (SET NX); expires, refreshed
-//! wasmpool:v1:hosts               ZSET   host -> lease expiry (ms, Redis server time)
-//! wasmpool:v1:slots               HASH   host -> its slots
-//! wasmpool:v1:stats               HASH   committed, dropped, redelivered, lost
-//! wasmpool:v1:clients             STRING the last client number given out (INCR)
-//! wasmpool:v1:objects             STRING the last shared object number given out
-//! wasmpool:v1:o:<n>[:…]           a shared object: HASH of its kind and state, and by kind a
+//! wasmpool:v2:results:<client>    LIST   committed chunks for one submitting pool; expires
+//! wasmpool:v2:module:<sha256>     STRING the component's bytes (SET NX); expires, refreshed
+//! wasmpool:v2:hosts               ZSET   host -> lease expiry (ms, Redis server time)
+//! wasmpool:v2:slots               HASH   host -> its slots
+//! wasmpool:v2:stats               HASH   committed, dropped, redelivered, lost
+//! wasmpool:v2:clients             STRING the last client number given out (INCR)
+//! wasmpool:v2:objects             STRING the last shared object number given out
+//! wasmpool:v2:o:<n>[:…]           a shared object: HASH of its kind and state, and by kind a
 //!                                        LIST or HASH of its contents (see
 //!                                        `objects/lua.rs`); expire when idle
-//! wasmpool:v1:holds:<host>        SET    the objects a host's workers hold (locks,
+//! wasmpool:v2:holds:<host>        SET    the objects a host's workers hold (locks,
 //!                                        semaphores, barrier places)
-//! wasmpool:v1:holders             SET    the hosts that hold any
+//! wasmpool:v2:holders             SET    the hosts that hold any
 //! ```
 
 use redis::Connection;
@@ -33,7 +34,7 @@ use super::redis_error;
 use crate::error::{Error, Result};
 
 /// The version of the data layout this wasmpool reads and writes.
-pub(crate) const LAYOUT: &str = "v1";
+pub(crate) const LAYOUT: &str = "v2";
 
 /// The key that names the layout a Redis's wasmpool keys follow.
 pub(crate) const LAYOUT_KEY: &str = "wasmpool:layout";
@@ -233,7 +234,7 @@ mod tests {
             assert!(e.contains("not a tenant name"), "{e}");
         }
         let keys = Keys::default();
-        assert_eq!(keys.stream(None), "wasmpool:v1:tasks");
-        assert_eq!(keys.stream(Some("b")), "wasmpool:v1:tasks:b");
+        assert_eq!(keys.stream(None), "wasmpool:v2:tasks");
+        assert_eq!(keys.stream(Some("b")), "wasmpool:v2:tasks:b");
     }
 }

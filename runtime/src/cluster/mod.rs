@@ -12,8 +12,8 @@
 //! - A map chunk (or one `apply_async` call) is one entry of a stream read through a
 //!   consumer group; a host claims entries with `XREADGROUP`.
 //! - Tenants: a pool built with [`ClusterBuilder::tenant`] submits to its tenant's own
-//!   stream (`wasmpool:v1:tasks:<tenant>`, recorded in the set `wasmpool:v1:tenants`);
-//!   untenanted pools keep the one stream `wasmpool:v1:tasks`. A host joined with
+//!   stream (`wasmpool:v2:tasks:<tenant>`, recorded in the set `wasmpool:v2:tenants`);
+//!   untenanted pools keep the one stream `wasmpool:v2:tasks`. A host joined with
 //!   `--tenant T` ([`HostBuilder::tenant`]) claims only from T's stream; one joined with
 //!   `--all-tenants` ([`HostBuilder::all_tenants`]) from the untenanted stream and every
 //!   tenant's in turn, so one tenant's backlog does not starve another; one joined with
@@ -31,6 +31,13 @@
 //! - A host commits a chunk's results with a script fenced by the attempt: a result whose
 //!   attempt is not the chunk's current one (a host presumed dead, and back) is dropped
 //!   and counted ([`ClusterStats::dropped`]), so no chunk is committed twice.
+//! - A chunk carries its pool's worker setup (initializer, `maxtasksperchild`, where the
+//!   host writes output); a host runs it in a local pool per module, metering and setup.
+//!   Its results carry back fuel, worker time, peak memory and, when asked, its output.
+//! - A cancel deletes the job's entries not yet claimed and sets its chunks' fences to
+//!   `x`: the reaper does not redeliver them, the commit refuses their
+//!   results (uncounted), and a host polls the fences of the chunks it runs every 50 ms
+//!   and cancels those in its local pool.
 //! - Results wait in a list per submitter, and both it and a job's record expire (the
 //!   result TTL, default one hour).
 //! - Shared objects made by a [`ClusterManager`] (`pool.manager()`) live in Redis, one Lua
@@ -63,6 +70,7 @@ pub(crate) use self::objects::{
     CLUSTER_TAG, ClusterLane, ClusterObjects, MAX_ROUTES, is_cluster as is_cluster_handle,
     release_dead_hosts, route_of,
 };
+pub(crate) use self::wire::{HostOutput, WorkerSetup};
 use crate::error::Error;
 
 /// How long a host's lease lasts after each renewal (Redis server time).
@@ -74,6 +82,10 @@ pub(crate) const BEAT: Duration = Duration::from_millis(500);
 /// How long a claimed entry must have been idle before the reaper takes it from a host whose
 /// lease has expired.
 pub(crate) const MIN_IDLE: Duration = Duration::from_millis(2000);
+
+/// A cancelled chunk's fence (`d:<chunk>` of its job's record): hosts stop it, the reaper
+/// does not redeliver it, the commit refuses its result without counting it as dropped.
+pub(crate) const CANCELLED: &str = "x";
 
 /// How long connecting to Redis may take before it is an error.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

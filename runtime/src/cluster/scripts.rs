@@ -21,10 +21,12 @@ return now
 ///
 /// KEYS: the entry's task stream, job, results, stats. ARGV: entry id, chunk, attempt, record, ttl (ms), group.
 /// Returns 1 when committed, 0 when dropped, 2 when this very attempt was committed already
-/// (a commit sent again after a lost connection: not a late result, not counted).
+/// (a commit sent again after a lost connection: not a late result, not counted), 3 when
+/// the chunk was cancelled (its fence `x`: not counted either).
 pub(crate) const COMMIT: &str = r#"
 redis.call('XACK', KEYS[1], ARGV[6], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[2], 'd:' .. ARGV[2]) == 'x' then return 3 end
 local cur = redis.call('HGET', KEYS[2], 'a:' .. ARGV[2])
 if not cur then cur = '0' end
 local done = redis.call('HEXISTS', KEYS[2], 'd:' .. ARGV[2]) == 1

@@ -48,11 +48,8 @@ pub(crate) trait ImapSink {
     /// How many workers take the chunks (sets how far ahead the input is drawn).
     fn slots(&self) -> usize;
 
-    /// The scheduler that cancels its jobs (none for a cluster's, which cannot be
-    /// cancelled yet).
-    fn scheduler(&self) -> std::sync::Weak<super::scheduler::Scheduler> {
-        std::sync::Weak::new()
-    }
+    /// What cancels its jobs: a pool's scheduler, or a cluster pool.
+    fn scheduler(&self) -> std::sync::Weak<dyn super::job::CancelJobs>;
 
     /// Submits items `first..first + part.len()` of `job` as one chunk.
     fn submit_part(&self, job: &Arc<Job>, first: usize, part: Packed) -> Result<()>;
@@ -67,8 +64,9 @@ impl ImapSink for Pool {
         self.submit(job, first, [part], SendAs::Batch)
     }
 
-    fn scheduler(&self) -> std::sync::Weak<super::scheduler::Scheduler> {
-        Arc::downgrade(&self.scheduler)
+    fn scheduler(&self) -> std::sync::Weak<dyn super::job::CancelJobs> {
+        let weak: std::sync::Weak<super::scheduler::Scheduler> = Arc::downgrade(&self.scheduler);
+        weak
     }
 }
 
@@ -77,7 +75,7 @@ impl ImapSink for Pool {
 #[derive(Clone)]
 pub struct ImapCanceller {
     job: Arc<Job>,
-    scheduler: std::sync::Weak<super::scheduler::Scheduler>,
+    scheduler: std::sync::Weak<dyn super::job::CancelJobs>,
 }
 
 impl std::fmt::Debug for ImapCanceller {
@@ -92,7 +90,7 @@ impl ImapCanceller {
     /// Cancels the items not finished, as [`AsyncResult::cancel`](crate::AsyncResult::cancel)
     /// does: the queued ones never run, a running one's worker is stopped, and each comes
     /// out of the iterator as [`Error::Cancelled`]. Whether anything was cancelled (false
-    /// when all had finished, the pool is gone, or on a cluster's pool).
+    /// when all had finished, or the pool is gone).
     pub fn cancel(&self) -> bool {
         match self.scheduler.upgrade() {
             Some(scheduler) => scheduler.cancel_job(&self.job) > 0,

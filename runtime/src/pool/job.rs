@@ -725,6 +725,19 @@ fn note_finished(
     }
 }
 
+/// What cancels a job's work: a local pool's scheduler, or a cluster pool (which tells
+/// the hosts).
+pub(crate) trait CancelJobs: Send + Sync {
+    /// Cancels `job` (see [`AsyncResult::cancel`]); returns how many items were cancelled.
+    fn cancel_job(&self, job: &Arc<Job>) -> usize;
+}
+
+impl CancelJobs for Scheduler {
+    fn cancel_job(&self, job: &Arc<Job>) -> usize {
+        Scheduler::cancel_job(self, job)
+    }
+}
+
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) or
 /// [`Pool::map_async`](crate::Pool::map_async): Python's `AsyncResult`.
 ///
@@ -743,8 +756,9 @@ fn note_finished(
 pub struct AsyncResult<T> {
     job: Arc<Job>,
     finish: fn(&Job) -> Result<T>,
-    /// Its pool's scheduler, to cancel the work (the result does not keep the pool alive).
-    scheduler: Weak<Scheduler>,
+    /// Its pool's scheduler (or cluster pool), to cancel the work (the result does not keep
+    /// the pool alive).
+    scheduler: Weak<dyn CancelJobs>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -761,7 +775,7 @@ impl<T> AsyncResult<T> {
     pub(crate) fn new(
         job: Arc<Job>,
         finish: fn(&Job) -> Result<T>,
-        scheduler: Weak<Scheduler>,
+        scheduler: Weak<dyn CancelJobs>,
     ) -> Self {
         AsyncResult {
             job,
@@ -822,7 +836,13 @@ impl<T> AsyncResult<T> {
     /// on another worker; nothing of it is lost or run twice). Every item not finished
     /// fails with [`Error::Cancelled`]; finished items keep their results. Returns whether
     /// anything was cancelled: false when all of it had finished already, or its pool is
-    /// gone, and (for now) always for a cluster pool's results, which cannot be cancelled.
+    /// gone.
+    ///
+    /// On a cluster ([`ClusterPool`](crate::cluster::ClusterPool)) the same: chunks still
+    /// in Redis are deleted and fenced (a host that has one redelivered skips it, and a
+    /// result that comes anyway is refused, as a late result is), and a host running one
+    /// stops it within about 50 ms (it polls the fence of what it runs), killing its worker
+    /// as a local cancel does.
     ///
     /// ```no_run
     /// # let module = wasmpool::Module::load("examples/testkit")?;
@@ -852,7 +872,9 @@ impl<T> AsyncResult<T> {
     /// work (the guest's memory, all its memories together; not the host's or the worker
     /// process's): for `apply_async`, the task's call once it is ready; for `map_async`, the
     /// largest over its chunks answered so far (a chunk's items run in one call); 0 before
-    /// any answered, and for a cluster pool's results (not carried back yet).
+    /// any answered. On a cluster, what the hosts measured, carried back with each chunk's
+    /// results (as are [`worker_time`](AsyncResult::worker_time) and
+    /// [`fuel_used`](AsyncResult::fuel_used)).
     ///
     /// A worker reuses its instance from call to call and a wasm memory never shrinks, so
     /// this is the instance's size while the call ran, not what the call itself allocated:

@@ -168,37 +168,49 @@ impl PoolBuilder {
 
     /// Runs this pool's work on a cluster of hosts through the Redis at `url`
     /// (`redis://HOST:PORT`) instead of on local workers: see [`crate::cluster`]. The
-    /// module, limits and retries set so far carry over; an initializer, a
-    /// `maxtasksperchild`, grants or an output other than the default make
+    /// module, limits, retries, initializer, `maxtasksperchild` and output set so far carry
+    /// over: each host runs the chunks in local workers set up the same way (the
+    /// initializer once in each of its worker processes, before its first task; a failing
+    /// one fails the work as it does locally). The output goes to the host's stdout and
+    /// stderr ([`Output::Inherit`], [`Output::Tagged`]) or nowhere ([`Output::Discard`]);
+    /// [`ClusterPool::with_captured_output`](crate::cluster::ClusterPool::with_captured_output)
+    /// brings it back with each result. Grants (the hosts' own files), [`Output::Capture`]
+    /// and [`Output::Callback`] make
     /// [`ClusterBuilder::build`](crate::cluster::ClusterBuilder::build) fail, as a cluster
-    /// does not carry them yet.
+    /// does not carry them.
     pub fn cluster(self, url: &str) -> crate::cluster::ClusterBuilder {
-        let unsupported = if self.initializer.is_some() {
-            Some("an initializer")
-        } else if self.maxtasksperchild.is_some() {
-            Some("maxtasksperchild")
-        } else if self.grants != Grants::default() {
-            Some("grants")
-        } else if !matches!(self.output, Output::Inherit) {
-            Some("an output other than the default")
+        let output = crate::cluster::HostOutput::of(&self.output);
+        let unsupported = if self.grants != Grants::default() {
+            Some(
+                "grants are not supported on a cluster pool yet (the tasks run on other \
+                 hosts, with their files); build a local pool for them"
+                    .to_string(),
+            )
         } else {
-            None
+            output.err().map(str::to_string)
         };
-        let error = self.error.or_else(|| {
-            unsupported.map(|what| {
-                Error::State(format!(
-                    "{what} is not supported on a cluster pool yet; build a local pool for it"
-                ))
-            })
-        });
+        let error = self.error.or_else(|| unsupported.map(Error::State));
+        let setup = crate::cluster::WorkerSetup {
+            initializer: self.initializer,
+            maxtasksperchild: self.maxtasksperchild,
+            output: output.unwrap_or_default(),
+        };
         crate::cluster::ClusterBuilder::new(
             self.module,
             url,
             self.limits,
             self.retries,
             self.processes,
+            setup,
             error,
         )
+    }
+
+    /// The initializer as a task and its already-encoded argument array (a cluster host
+    /// sets up its workers as a chunk's submitting pool did).
+    pub(crate) fn initializer_encoded(mut self, task: String, args: Vec<u8>) -> Self {
+        self.initializer = Some((task, args));
+        self
     }
 
     /// Starts the workers and returns the pool once they are ready.
@@ -445,11 +457,7 @@ impl Pool {
         args: &A,
     ) -> Result<AsyncResult<R>> {
         let job = self.submit_call(task, args, None)?;
-        Ok(AsyncResult::new(
-            job,
-            finish_one::<R>,
-            Arc::downgrade(&self.scheduler),
-        ))
+        Ok(AsyncResult::new(job, finish_one::<R>, self.canceller()))
     }
 
     /// As [`apply_async`](Pool::apply_async), but the result is the task's MessagePack,
@@ -473,11 +481,7 @@ impl Pool {
         args: &A,
     ) -> Result<AsyncResult<Vec<u8>>> {
         let job = self.submit_call(task, args, None)?;
-        Ok(AsyncResult::new(
-            job,
-            finish_one_bytes,
-            Arc::downgrade(&self.scheduler),
-        ))
+        Ok(AsyncResult::new(job, finish_one_bytes, self.canceller()))
     }
 
     /// As [`apply_async`](Pool::apply_async), with Python's `callback` (given the result) and
@@ -504,11 +508,7 @@ impl Pool {
             Err(e) => error_callback(e),
         });
         let job = self.submit_call(task, args, Some(Hook { run, gating: true }))?;
-        Ok(AsyncResult::new(
-            job,
-            finish_one::<R>,
-            Arc::downgrade(&self.scheduler),
-        ))
+        Ok(AsyncResult::new(job, finish_one::<R>, self.canceller()))
     }
 
     /// Gives a `map` job its callbacks: `callback` with every result once all are in, or
@@ -567,11 +567,7 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let job =
             self.submit_streamed(task, items, chunksize, |buf, a| encode_arg_into(buf, &a))?;
-        Ok(AsyncResult::new(
-            job,
-            finish_all::<R>,
-            Arc::downgrade(&self.scheduler),
-        ))
+        Ok(AsyncResult::new(job, finish_all::<R>, self.canceller()))
     }
 
     /// As [`map_async`](Pool::map_async), with Python's `callback` (given every result, in
@@ -616,11 +612,7 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>> {
         let job =
             self.submit_streamed(task, items, chunksize, |buf, a| encode_args_into(buf, &a))?;
-        Ok(AsyncResult::new(
-            job,
-            finish_all::<R>,
-            Arc::downgrade(&self.scheduler),
-        ))
+        Ok(AsyncResult::new(job, finish_all::<R>, self.canceller()))
     }
 
     /// As [`starmap_async`](Pool::starmap_async), with callbacks as
@@ -651,11 +643,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
         let job = self.submit_packed(task, items.into_iter().collect(), chunksize)?;
-        Ok(AsyncResult::new(
-            job,
-            finish_all::<R>,
-            Arc::downgrade(&self.scheduler),
-        ))
+        Ok(AsyncResult::new(job, finish_all::<R>, self.canceller()))
     }
 
     /// A lazy, ordered `map` (Python's `imap`, chunk size 1): one `Result` per item, so a
@@ -730,8 +718,8 @@ impl Pool {
 
 impl Pool {
     /// Runs already-encoded items of `task` as one chunk (a `Call` when `call`, else a
-    /// batch) under `limits` and `retries`, and returns its job: what a cluster host does
-    /// with a chunk it claimed.
+    /// batch) under `limits` and `retries` (keeping its output when `capture`), and returns
+    /// its job: what a cluster host does with a chunk it claimed.
     pub(crate) fn run_chunk(
         &self,
         task: &str,
@@ -739,8 +727,10 @@ impl Pool {
         call: bool,
         limits: Limits,
         retries: u32,
+        capture: bool,
     ) -> Result<Arc<Job>> {
-        let handle = self.with_limits(limits).with_retries(retries);
+        let mut handle = self.with_limits(limits).with_retries(retries);
+        handle.opts.capture_output = capture;
         let job = handle.job(task, items.len())?;
         let send_as = if call && items.len() == 1 {
             chunk::SendAs::Call
@@ -749,6 +739,20 @@ impl Pool {
         };
         handle.submit(&job, 0, [items], send_as)?;
         Ok(job)
+    }
+}
+
+impl Pool {
+    /// What cancels this pool's results (without keeping the pool alive).
+    fn canceller(&self) -> std::sync::Weak<dyn job::CancelJobs> {
+        let weak: std::sync::Weak<Scheduler> = Arc::downgrade(&self.scheduler);
+        weak
+    }
+
+    /// Cancels `job`, one of this pool's (what a cluster host does with a chunk whose
+    /// submitter cancelled it); returns how many items were cancelled.
+    pub(crate) fn cancel_job(&self, job: &Arc<Job>) -> usize {
+        self.scheduler.cancel_job(job)
     }
 }
 
