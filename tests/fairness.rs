@@ -194,3 +194,45 @@ fn a_results_queue_wait_is_none_while_queued_and_then_at_least_the_wait_behind_e
         assert!(first.queue_wait().expect("it ran") <= waited);
     });
 }
+
+#[test]
+fn cancelled_calls_sent_ahead_to_a_busy_worker_never_run_and_cost_no_worker() {
+    let module = testkit();
+    within(LIMIT, move || {
+        let manager = Manager::new();
+        let (warm, runs) = (manager.dict::<String, i64>(), manager.dict::<String, i64>());
+        let pool = Pool::new(&module, 1).unwrap();
+        // Timed as short, `counted` is pipelined: sent ahead into a busy worker.
+        let items =
+            |d, n: u64| -> Vec<_> { (0..n).map(|x| (d, x, u64::MAX, Misdeed::Nothing)).collect() };
+        let _: Vec<u64> = pool
+            .starmap_async("counted", items(&warm, 50), Some(1))
+            .unwrap()
+            .get()
+            .unwrap();
+        let pid = pool.pids();
+        for round in 0..5 {
+            let busy = pool.apply_async::<_, u64>("sleep_ms", &(300u64,)).unwrap();
+            let queued = pool
+                .starmap_async::<_, u64>("counted", items(&runs, 20), Some(1))
+                .unwrap();
+            assert!(queued.cancel());
+            // Submitted right after the cancel, with no retries: it must not meet a
+            // worker the cancel dooms.
+            let next = pool.apply_async::<_, u64>("square", &(round,)).unwrap();
+            assert!(matches!(queued.get(), Err(Error::Cancelled { .. })));
+            assert_eq!(busy.get().unwrap(), 300);
+            assert_eq!(next.get().unwrap(), round * round, "round {round}");
+        }
+        assert!(
+            runs.items().unwrap().is_empty(),
+            "cancelled calls ran: {:?}",
+            runs.items().unwrap()
+        );
+        assert_eq!(
+            pool.pids(),
+            pid,
+            "the worker was killed for calls it never started"
+        );
+    });
+}

@@ -226,6 +226,7 @@ impl Scheduler {
                 .filter(|(_, w)| {
                     w.ready
                         && !w.retiring
+                        && !w.doomed()
                         && w.inflight.len() < depth
                         && max_tasks.is_none_or(|m| w.given < m)
                 })
@@ -345,6 +346,26 @@ impl Scheduler {
                     }
                 }
             }
+            Some(chunk) if chunk.job.is_cancelled() => {
+                // Its items are answered already (cancelled): what the worker says of them,
+                // run or skipped unrun, changes nothing, and a skipped call's zero run time
+                // is no measure of the task. What it ran is still its tenant's cost.
+                drop(answers);
+                if let Some(fuel) = fuel {
+                    chunk.job.add_fuel(fuel);
+                }
+                chunk.job.add_worker_micros(micros);
+                chunk.job.raise_peak_memory(peak_memory);
+                let held = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+                s.queue.charge(
+                    chunk.key(),
+                    Cost {
+                        items: chunk.items.len() - flight.answered,
+                        micros: micros.max(held),
+                        fuel,
+                    },
+                );
+            }
             Some(chunk) => {
                 let run = micros as f64 / 1e6;
                 let t = s.timing.entry(chunk.job.task.clone()).or_default();
@@ -408,7 +429,6 @@ impl Scheduler {
                 }
             }
         }
-        self.skip_cancelled_next(&mut s, wi);
         let w = &mut s.workers[wi];
         if let Some(max) = self.config.maxtasksperchild
             && w.given >= max

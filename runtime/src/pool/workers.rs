@@ -13,7 +13,7 @@ use super::job::{Job, Slot};
 use super::scheduler::{Answers, Ran, Scheduler, SchedulerState};
 use crate::error::{Error, Result};
 use crate::output::{OutputEvent, OutputRouter};
-use crate::protocol::{CallEvent, CallRequest, Control, ToWorker, WATCHDOG_EXIT};
+use crate::protocol::{CANCELLED_EXIT, CallEvent, CallRequest, Control, ToWorker, WATCHDOG_EXIT};
 use crate::spawn::start_worker;
 use crate::supervisor::{WorkerEvents, WorkerHandle, describe_exit};
 
@@ -386,6 +386,9 @@ impl WorkerEvents for Scheduler {
             ),
             None => match worker.killed_for.take() {
                 Some(why) => (Some(libc::SIGKILL), why),
+                None if status.and_then(|s| s.code()) == Some(CANCELLED_EXIT) => {
+                    (None, "stopped itself: the task it ran was cancelled".into())
+                }
                 None => describe_exit(status),
             },
         };
@@ -440,17 +443,31 @@ impl WorkerEvents for Scheduler {
 }
 
 impl Scheduler {
-    /// Cancels `job`: its queued chunks are dropped, a worker running one of them is killed
-    /// (and replaced, as after a crash: what else it held goes back to the queue, not
-    /// started), and every item not finished fails as cancelled. Returns how many items
-    /// were cancelled.
+    /// Cancels `job`: its queued chunks are dropped, the workers it was sent to are told
+    /// (`Control::Skip`) and skip those of its calls they have not started, a worker running
+    /// one stops itself (and is replaced, as after a crash: what else it held goes back to
+    /// the queue, not started), and every item not finished fails as cancelled. Returns
+    /// how many items were cancelled.
+    ///
+    /// The worker, not the pool, decides what is running: the pool's view lags by the
+    /// answers in transit, and a kill decided on it could land on a call started since,
+    /// of other work (lost with it), or after the worker had run cancelled calls sent ahead.
     pub fn cancel_job(&self, job: &Arc<Job>) -> usize {
         job.mark_cancelled();
         let mut s = self.lock();
         // Dropped: their items are answered below, with the rest.
         drop(s.queue.remove(&mut |c| Arc::ptr_eq(&c.job, job)));
-        for w in &mut s.workers {
-            stop_if_running(w, job);
+        for w in &s.workers {
+            let ids: Vec<u64> = w
+                .inflight
+                .iter()
+                .filter(|f| f.chunk.as_ref().is_some_and(|c| Arc::ptr_eq(&c.job, job)))
+                .map(|f| f.id)
+                .collect();
+            if !ids.is_empty() {
+                // A failed write means the worker is dying: its exit drops the chunks.
+                let _ = w.handle.send(&ToWorker::Control(Control::Skip(ids)));
+            }
         }
         let cancelled = job.complete_run(0, job.len(), Slot::Cancelled);
         if cancelled > 0 {
@@ -459,30 +476,11 @@ impl Scheduler {
         self.changed.notify_all();
         cancelled
     }
-
-    /// After worker `wi` answered a call: if what it runs next is a cancelled job's chunk
-    /// (sent ahead before the cancel), it is killed rather than left to run it.
-    pub(super) fn skip_cancelled_next(&self, s: &mut SchedulerState, wi: usize) {
-        let next = s.workers[wi]
-            .inflight
-            .front()
-            .and_then(|f| f.chunk.as_ref())
-            .map(|c| c.job.clone());
-        if let Some(job) = next.filter(|j| j.is_cancelled()) {
-            stop_if_running(&mut s.workers[wi], &job);
-        }
-    }
 }
 
-/// Kills `w` if the chunk it runs (its first in flight) is `job`'s.
-fn stop_if_running(w: &mut PoolWorker, job: &Arc<Job>) {
-    let running = w
-        .inflight
-        .front()
-        .and_then(|f| f.chunk.as_ref())
-        .is_some_and(|c| Arc::ptr_eq(&c.job, job));
-    if running && w.killed_for.is_none() {
-        w.killed_for = Some("was killed: the task it ran was cancelled".into());
-        w.handle.signal(libc::SIGKILL);
+impl PoolWorker {
+    /// Whether the pool has killed it (it is dying): it is given no more work.
+    pub(super) fn doomed(&self) -> bool {
+        self.killed_for.is_some()
     }
 }

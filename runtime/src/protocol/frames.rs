@@ -13,6 +13,10 @@ use super::Limits;
 /// answered that task first, so no task was running when it exited.
 pub(crate) const WATCHDOG_EXIT: i32 = 75;
 
+/// The exit status of a worker that stopped itself because the call it was running was
+/// cancelled (`Control::Skip` named it): that call's work was cancelled, nothing else ran.
+pub(crate) const CANCELLED_EXIT: i32 = 76;
+
 /// Which output stream of the guest a chunk of bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stream {
@@ -87,6 +91,10 @@ pub(crate) enum Control {
     Grant(crate::grants::Grants),
     /// Exit now, with status 0.
     Shutdown,
+    /// These calls' work was cancelled after they were sent: each not started yet is
+    /// answered unrun (with a `Failed` outcome the host ignores), and if one is running the
+    /// worker exits at once with [`CANCELLED_EXIT`]. One answered already is not affected.
+    Skip(Vec<u64>),
 }
 
 /// The call lane, host → worker.

@@ -127,6 +127,7 @@ impl ToWorker {
             ToWorker::Control(Control::Rename(_)) => "Rename",
             ToWorker::Control(Control::Grant(_)) => "Grant",
             ToWorker::Control(Control::Shutdown) => "Shutdown",
+            ToWorker::Control(Control::Skip(_)) => "Skip",
             ToWorker::Call(CallRequest::One { .. }) => "Call",
             ToWorker::Call(CallRequest::Batch { .. }) => "CallBatch",
             ToWorker::Object(ObjectAnswer::Reply { .. }) => "ObjectReply",
@@ -215,6 +216,7 @@ mod tests {
                 error: ObjectError::Closed("the queue is closed".into()),
             }),
             ToWorker::Control(Control::Shutdown),
+            ToWorker::Control(Control::Skip(vec![7, u64::MAX])),
         ];
         let from_worker = [
             FromWorker::Control(Status::Ready {

@@ -20,8 +20,8 @@ pub(crate) use self::codec::{
 };
 pub use self::frames::Stream;
 pub(crate) use self::frames::{
-    CallEvent, CallRequest, Control, EXIT_STATUS, FromWorker, Load, ObjectAnswer, ObjectCall,
-    Outcome, Status, ToWorker, WATCHDOG_EXIT,
+    CANCELLED_EXIT, CallEvent, CallRequest, Control, EXIT_STATUS, FromWorker, Load, ObjectAnswer,
+    ObjectCall, Outcome, Status, ToWorker, WATCHDOG_EXIT,
 };
 pub use self::limits::Limits;
 pub(crate) use self::limits::describe_bytes;

@@ -162,6 +162,8 @@ fn serve_on(
     // first call; what it reads waits in `rx` until the worker is ready.
     let (reply_tx, reply_rx) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel::<ToWorker>();
+    let skips = Arc::new(Skips::default());
+    let skipped = skips.clone();
     std::thread::Builder::new()
         .name("frames".into())
         .spawn(move || {
@@ -179,6 +181,14 @@ fn serve_on(
                         result,
                         postable,
                     });
+                } else if let ToWorker::Control(Control::Skip(ids)) = msg {
+                    // Noted at once, ahead of the calls queued before it; the running call
+                    // is stopped with the process (its instance is not to be trusted
+                    // midway, and a guest in a host call cannot be interrupted).
+                    if skipped.add(ids) {
+                        // SAFETY: _exit is always safe to call; the call's work is cancelled.
+                        unsafe { libc::_exit(crate::protocol::CANCELLED_EXIT) };
+                    }
                 } else if let ToWorker::Object(ObjectAnswer::Refused { req, target, error }) = msg {
                     let _ = reply_tx.send(Reply::Refused { req, target, error });
                 } else if let ToWorker::Object(ObjectAnswer::Attached { req, result }) = msg {
@@ -256,7 +266,21 @@ fn serve_on(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
         match msg {
+            ToWorker::Call(CallRequest::One { id, .. } | CallRequest::Batch { id, .. })
+                if skips.start(id) =>
+            {
+                // Cancelled after it was sent: answered unrun (the host has failed its
+                // items as cancelled already, and ignores this).
+                channel.queue(&FromWorker::Call(CallEvent::Done {
+                    id,
+                    outcome: Outcome::Failed("cancelled before it started".into()),
+                    fuel: None,
+                    micros: 0,
+                    peak_memory: loaded.peak_memory(),
+                }))?;
+            }
             ToWorker::Control(Control::Load(_))
+            | ToWorker::Control(Control::Skip(_))
             | ToWorker::Object(ObjectAnswer::Reply { .. })
             | ToWorker::Object(ObjectAnswer::Refused { .. })
             | ToWorker::Object(ObjectAnswer::Attached { .. }) => {
@@ -283,6 +307,7 @@ fn serve_on(
                 let started = Instant::now();
                 // A result too large for a frame fails the task, not the worker.
                 let outcome = cap_result(loaded.call(id, &task, &args, &limits));
+                skips.finish();
                 channel.end_lines(id)?;
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
@@ -323,6 +348,7 @@ fn serve_on(
                 channel.current_call.store(id, Ordering::Relaxed);
                 let started = Instant::now();
                 let answers = loaded.call_batch(id, &task, items, &limits);
+                skips.finish();
                 channel.end_lines(id)?;
                 let micros = micros_since(started);
                 let fuel = loaded.take_fuel_used();
@@ -404,3 +430,52 @@ fn keep_heap_memory() {
 /// Other C libraries keep their allocator's defaults.
 #[cfg(not(target_env = "gnu"))]
 fn keep_heap_memory() {}
+
+/// The calls whose work the host cancelled after sending them (`Control::Skip`), noted by
+/// the frame reader as the frame arrives, and the call running now: a call named before it
+/// starts is skipped, and one named while it runs stops the worker.
+#[derive(Default)]
+struct Skips {
+    /// Whether `ids` holds any: the common case costs a load, not a lock.
+    any: std::sync::atomic::AtomicBool,
+    ids: Mutex<Vec<u64>>,
+    /// The running call's id plus one; 0 between calls.
+    running: std::sync::atomic::AtomicU64,
+}
+
+impl Skips {
+    /// Notes `ids` (on the frame reader); whether the running call is one of them.
+    ///
+    /// With [`start`](Self::start), in sequentially consistent order: a call named as it
+    /// starts is either seen here as running or seen there as named, never neither.
+    fn add(&self, ids: Vec<u64>) -> bool {
+        let mut held = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        held.extend(ids);
+        self.any.store(!held.is_empty(), Ordering::SeqCst);
+        let running = self.running.load(Ordering::SeqCst);
+        running != 0 && held.contains(&(running - 1))
+    }
+
+    /// Call `id` is about to start: whether it is to be skipped instead. A worker is sent
+    /// its calls in increasing id order, so ids below it were answered already and are
+    /// forgotten.
+    fn start(&self, id: u64) -> bool {
+        self.running.store(id.saturating_add(1), Ordering::SeqCst);
+        if !self.any.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut held = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = held.contains(&id);
+        held.retain(|&i| i > id);
+        self.any.store(!held.is_empty(), Ordering::SeqCst);
+        if skip {
+            self.running.store(0, Ordering::SeqCst);
+        }
+        skip
+    }
+
+    /// The running call has ended.
+    fn finish(&self) {
+        self.running.store(0, Ordering::SeqCst);
+    }
+}
