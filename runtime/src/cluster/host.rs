@@ -434,6 +434,7 @@ impl HostInner {
 
     /// Claims entries while there is room and the lease is current.
     fn claim_loop(self: &Arc<Self>) {
+        let scripts = Scripts::default();
         let mut con: Option<redis::Connection> = None;
         let mut streams = Streams::new(&self.serves, &self.keys);
         while !self.stop.load(Ordering::Relaxed) {
@@ -475,35 +476,32 @@ impl HostInner {
                 continue;
             }
             let read = streams.next_read(free);
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.id)
-                .arg("COUNT")
-                .arg(read.count);
-            if read.block {
-                cmd.arg("BLOCK").arg(CLAIM_BLOCK_MS);
-            }
-            cmd.arg("STREAMS");
-            for stream in &read.streams {
-                cmd.arg(&**stream);
-            }
-            for _ in &read.streams {
-                cmd.arg(">");
-            }
-            match cmd.query::<Value>(c) {
-                Ok(reply) => {
-                    let got = entries(reply);
-                    streams.read(&read, got.len());
+            let claimed = if read.block {
+                self.claim_waiting(c, &read)
+            } else {
+                self.claim_now(c, &scripts, &read)
+            };
+            match claimed {
+                Ok((got, missing)) => {
+                    streams.read(&read, &got);
                     for (stream, id, fields) in got {
                         self.start(c, stream, id, fields);
+                    }
+                    if !missing.is_empty() {
+                        tracing::warn!("cluster host: a task stream is gone; setting it up again");
+                        if let Err(e) = self.set_up_streams(c, &missing) {
+                            tracing::warn!("cluster host: {e}");
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
                     }
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
                     // Redis lost its data (a restart without persistence): set the streams
                     // and their group up again.
                     tracing::warn!("cluster host: a task stream is gone; setting it up again");
-                    if let Err(e) = self.set_up_streams(c, &read.streams) {
+                    let all: Vec<Arc<str>> =
+                        read.redo.iter().chain(&read.streams).cloned().collect();
+                    if let Err(e) = self.set_up_streams(c, &all) {
                         tracing::warn!("cluster host: {e}");
                         std::thread::sleep(Duration::from_millis(200));
                     }
@@ -515,6 +513,70 @@ impl HostInner {
                 }
             }
         }
+    }
+
+    /// Claims without waiting, in one script: the redelivery streams first, then the task
+    /// streams, never more than the read's room in all. Answers the entries and the
+    /// streams found without their group.
+    fn claim_now(
+        &self,
+        c: &mut redis::Connection,
+        scripts: &Scripts,
+        read: &Read,
+    ) -> redis::RedisResult<(Vec<Entry>, Vec<Arc<str>>)> {
+        let mut inv = scripts.claim.prepare_invoke();
+        for stream in read.redo.iter().chain(&read.streams) {
+            inv.key(&**stream);
+        }
+        inv.arg(GROUP).arg(&self.id).arg(read.room);
+        for _ in &read.redo {
+            inv.arg(read.room);
+        }
+        for _ in &read.streams {
+            inv.arg(read.count);
+        }
+        let reply: Value = inv.invoke(c)?;
+        let Value::Array(parts) = reply else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut parts = parts.into_iter();
+        let got = parts.next().map(entries).unwrap_or_default();
+        let names = |v: Option<Value>| match v {
+            Some(Value::Array(a)) => a.iter().filter_map(text).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        let missing = names(parts.next()).into_iter().map(Arc::from).collect();
+        for e in names(parts.next()) {
+            tracing::warn!("cluster host: claiming from {e}");
+        }
+        Ok((got, missing))
+    }
+
+    /// Claims from every stream the read names, its redelivery streams too, waiting (up to
+    /// [`CLAIM_BLOCK_MS`]) for work: what a host with nothing left to claim does, in one
+    /// `XREADGROUP`.
+    fn claim_waiting(
+        &self,
+        c: &mut redis::Connection,
+        read: &Read,
+    ) -> redis::RedisResult<(Vec<Entry>, Vec<Arc<str>>)> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.id)
+            .arg("COUNT")
+            .arg(read.count)
+            .arg("BLOCK")
+            .arg(CLAIM_BLOCK_MS)
+            .arg("STREAMS");
+        let all: Vec<&Arc<str>> = read.redo.iter().chain(&read.streams).collect();
+        for stream in &all {
+            cmd.arg(&***stream);
+        }
+        for _ in &all {
+            cmd.arg(">");
+        }
+        Ok((entries(cmd.query::<Value>(c)?), Vec::new()))
     }
 
     /// Sets up again the key layout and the streams this host reads (the tenants it
@@ -770,25 +832,38 @@ impl HostInner {
     }
 }
 
-/// One claim's read: which streams, how many entries from each at most, and whether it
-/// waits for work.
+/// One claim's read: which streams, how many entries from each at most and in all, and
+/// whether it waits for work.
 #[derive(Debug)]
 struct Read {
+    /// The task streams.
     streams: Vec<Arc<str>>,
+    /// The redelivery streams of every task stream the host serves, read first.
+    redo: Vec<Arc<str>>,
+    /// The most entries from each task stream (and, waiting, from each redelivery stream).
     count: usize,
+    /// The most entries in all (a read that does not wait).
+    room: usize,
     block: bool,
 }
 
 /// The task streams a host reads and whose turn it is: the round robin of a host that
-/// serves several.
+/// serves several. A read that does not wait is a claim script that reads the redelivery
+/// streams first and the task streams with the room left; a host waits for work (a
+/// blocking `XREADGROUP` on every stream) only once a read found the streams drained.
 #[derive(Debug)]
 struct Streams {
     all_tenants: bool,
     keys: Vec<Arc<str>>,
+    /// The redelivery stream of each of `keys`.
+    redo: Vec<Arc<str>>,
     /// The stream the next partial read starts at.
     next: usize,
     /// Streams found empty by non-blocking reads since anything was claimed.
     idle: usize,
+    /// Whether the last read may have left entries behind (a stream gave all that was
+    /// asked of it, or the room ran out): then the next read does not wait.
+    backlog: bool,
     refreshed: Option<Instant>,
 }
 
@@ -798,13 +873,22 @@ impl Streams {
             Serves::Untenanted | Serves::All => vec![keys.tasks()],
             Serves::Tenants(tenants) => tenants.iter().map(|t| keys.tenant_tasks(t)).collect(),
         };
-        Streams {
+        let mut s = Streams {
             all_tenants: *serves == Serves::All,
-            keys: list.into_iter().map(Arc::from).collect(),
+            keys: Vec::new(),
+            redo: Vec::new(),
             next: 0,
             idle: 0,
+            backlog: false,
             refreshed: None,
-        }
+        };
+        s.set(keys, list);
+        s
+    }
+
+    fn set(&mut self, keys: &Keys, list: Vec<String>) {
+        self.redo = list.iter().map(|s| Arc::from(keys.redo_of(s))).collect();
+        self.keys = list.into_iter().map(Arc::from).collect();
     }
 
     /// A host serving every tenant: the untenanted stream and every known tenant's, read
@@ -818,49 +902,64 @@ impl Streams {
             return Ok(());
         }
         let tenants = known_tenants(con, keys, url)?;
-        self.keys = std::iter::once(keys.tasks())
+        let list = std::iter::once(keys.tasks())
             .chain(tenants.iter().map(|t| keys.tenant_tasks(t)))
-            .map(Arc::from)
             .collect();
+        self.set(keys, list);
         self.next %= self.keys.len();
         self.refreshed = Some(Instant::now());
         Ok(())
     }
 
-    /// What to read with room for `free` entries. With room for one from each stream,
-    /// every stream, an equal share each, waiting for work (one stream: all the room, as
-    /// a host of untenanted pools has always read). With less room, the next `free`
-    /// streams in the round, one entry each, without waiting (a read that waited on some
-    /// streams would miss work on the others); once a whole round found nothing, every
-    /// stream, one entry each, waiting (then a few more entries than the room may come,
-    /// fewer than there are streams).
+    /// What to read with room for `free` entries. Every read starts with the redelivery
+    /// streams. With less room than there are task streams, the next `free` of them in the
+    /// round, one entry each, without waiting (a read that waited on some streams would
+    /// miss work on the others). Otherwise every task stream, an equal share of the room
+    /// each (one stream: all of it, as a host of untenanted pools has always read): without
+    /// waiting while the last read may have left work behind, and once the streams are
+    /// drained (or a whole round found nothing) waiting for work on every stream, its
+    /// redelivery streams too, a share each (then, when several streams get work in the
+    /// same instant, a few more entries than the room may come: at most one more per
+    /// stream).
     fn next_read(&mut self, free: usize) -> Read {
         let n = self.keys.len().max(1);
-        if free >= n || self.idle >= n {
+        if free < n && self.idle < n {
+            let streams = (0..free)
+                .map(|i| self.keys[(self.next + i) % n].clone())
+                .collect();
+            self.next = (self.next + free) % n;
             return Read {
-                streams: self.keys.clone(),
-                count: (free / n).max(1),
-                block: true,
+                streams,
+                redo: self.redo.clone(),
+                count: 1,
+                room: free,
+                block: false,
             };
         }
-        let streams = (0..free)
-            .map(|i| self.keys[(self.next + i) % n].clone())
-            .collect();
-        self.next = (self.next + free) % n;
+        let block = !self.backlog;
         Read {
-            streams,
-            count: 1,
-            block: false,
+            streams: self.keys.clone(),
+            redo: self.redo.clone(),
+            count: if block {
+                (free / (2 * n)).max(1)
+            } else {
+                (free / n).max(1)
+            },
+            room: free,
+            block,
         }
     }
 
     /// What a read claimed.
-    fn read(&mut self, read: &Read, claimed: usize) {
-        if claimed > 0 {
+    fn read(&mut self, read: &Read, got: &[Entry]) {
+        if !got.is_empty() {
             self.idle = 0;
         } else if !read.block {
             self.idle += read.streams.len();
         }
+        let filled = |s: &Arc<str>| got.iter().filter(|e| e.0 == *s).count() >= read.count;
+        self.backlog = !got.is_empty()
+            && (got.len() >= read.room || read.streams.iter().chain(&read.redo).any(filled));
     }
 }
 
@@ -872,45 +971,90 @@ mod tests {
         read.streams.iter().map(|s| &**s).collect()
     }
 
+    /// `n` entries claimed from `stream`.
+    fn got(stream: &str, n: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| (Arc::from(stream), format!("1-{i}"), HashMap::new()))
+            .collect()
+    }
+
     #[test]
-    fn a_host_of_one_stream_reads_it_with_all_its_room_and_waits() {
+    fn a_host_of_one_stream_waits_on_it_and_its_redelivery_stream() {
         let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
         let read = s.next_read(7);
         assert_eq!(names(&read), ["wasmpool:v1:tasks"]);
-        assert_eq!((read.count, read.block), (7, true));
+        assert_eq!(read.redo, [Arc::from("wasmpool:v1:redo")]);
+        // A share of the room from each of the two streams: never more than the room.
+        assert_eq!((read.count, read.room, read.block), (3, 7, true));
         let mut s = Streams::new(&Serves::Tenants(vec!["a".into()]), &Keys::default());
         let read = s.next_read(1);
         assert_eq!(names(&read), ["wasmpool:v1:tasks:a"]);
+        assert_eq!(read.redo, [Arc::from("wasmpool:v1:redo:a")]);
         assert_eq!((read.count, read.block), (1, true));
+    }
+
+    #[test]
+    fn a_read_that_may_have_left_work_is_followed_by_one_that_does_not_wait() {
+        let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
+        let read = s.next_read(8);
+        assert!(read.block);
+        // The stream gave all that was asked of it: more may wait, redelivered work too.
+        s.read(&read, &got("wasmpool:v1:tasks", read.count));
+        let read = s.next_read(8);
+        assert_eq!((read.count, read.room, read.block), (8, 8, false));
+        // The room ran out (redelivered chunks first): read again without waiting.
+        s.read(&read, &got("wasmpool:v1:redo", 8));
+        assert!(!s.next_read(8).block);
+        // Less than was asked: the streams are drained; wait for work.
+        let read = s.next_read(8);
+        s.read(&read, &got("wasmpool:v1:tasks", 3));
+        assert!(s.next_read(8).block);
+        let read = s.next_read(8);
+        s.read(&read, &[]);
+        assert!(s.next_read(8).block, "nothing found: wait");
     }
 
     #[test]
     fn streams_take_turns_when_the_room_is_short() {
         let keys = Keys::default();
         let mut s = Streams::new(&Serves::All, &keys);
-        s.keys = ["x", "a", "b"].into_iter().map(Arc::from).collect();
-        // Room for one: each stream in turn, without waiting.
+        let (x, a, b) = (
+            "wasmpool:v1:tasks",
+            "wasmpool:v1:tasks:a",
+            "wasmpool:v1:tasks:b",
+        );
+        s.set(&keys, vec![x.into(), a.into(), b.into()]);
+        // Room for one: each stream in turn, without waiting, after every redelivery stream.
         let mut order = Vec::new();
         for _ in 0..6 {
             let read = s.next_read(1);
-            assert_eq!((read.count, read.block), (1, false));
+            assert_eq!((read.count, read.room, read.block), (1, 1, false));
+            assert_eq!(
+                read.redo.iter().map(|r| &**r).collect::<Vec<_>>(),
+                [
+                    "wasmpool:v1:redo",
+                    "wasmpool:v1:redo:a",
+                    "wasmpool:v1:redo:b"
+                ]
+            );
             order.extend(names(&read).iter().map(|n| n.to_string()));
-            s.read(&read, 1);
+            let stream = read.streams[0].clone();
+            s.read(&read, &got(&stream, 1));
         }
-        assert_eq!(order, ["x", "a", "b", "x", "a", "b"]);
-        // Room for all: each its share.
+        assert_eq!(order, [x, a, b, x, a, b]);
+        // Room for all, after a read that filled its room: each its share, without waiting.
         let read = s.next_read(7);
-        assert_eq!(names(&read), ["x", "a", "b"]);
-        assert_eq!((read.count, read.block), (2, true));
+        assert_eq!(names(&read), [x, a, b]);
+        assert_eq!((read.count, read.block), (2, false));
         // A round that found nothing: wait on all of them.
         for _ in 0..3 {
             let read = s.next_read(1);
             assert!(!read.block);
-            s.read(&read, 0);
+            s.read(&read, &[]);
         }
         let read = s.next_read(1);
         assert_eq!((names(&read).len(), read.count, read.block), (3, 1, true));
-        s.read(&read, 1);
+        s.read(&read, &got(a, 1));
         assert!(
             !s.next_read(1).block,
             "claiming something starts the round again"

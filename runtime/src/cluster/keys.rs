@@ -8,6 +8,10 @@
 //!                                        TTL (ms), p chunk (postcard)}; group "hosts"
 //! wasmpool:v1:tasks:<tenant>      STREAM the same, for the pools of one tenant
 //!                                        (`ClusterBuilder::tenant`); group "hosts"
+//! wasmpool:v1:redo                STREAM the chunks of untenanted pools redelivered by the
+//!                                        reaper (fields as a task's), read before the task
+//!                                        stream; group "hosts"
+//! wasmpool:v1:redo:<tenant>       STREAM the same, for one tenant's pools
 //! wasmpool:v1:tenants             SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
 //! wasmpool:v1:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed;
@@ -99,6 +103,20 @@ impl Keys {
         }
     }
 
+    /// The redelivery stream of the task stream `stream` (one of [`tasks`](Keys::tasks),
+    /// [`tenant_tasks`](Keys::tenant_tasks)): where the reaper puts a dead host's chunks, so
+    /// that they are claimed before the chunks still waiting in the task stream. It is
+    /// `…:redo` for `…:tasks` and `…:redo:T` for `…:tasks:T` (never a task stream's name: a
+    /// tenant's name has no `:`). A redelivery stream's own is itself.
+    pub fn redo_of(&self, stream: &str) -> String {
+        let tasks = self.tasks();
+        match stream.strip_prefix(tasks.as_str()) {
+            Some("") => format!("{}redo", self.prefix),
+            Some(rest) if rest.starts_with(':') => format!("{}redo{rest}", self.prefix),
+            _ => stream.to_string(),
+        }
+    }
+
     /// The set of tenants that have a task stream.
     pub fn tenants(&self) -> String {
         format!("{}tenants", self.prefix)
@@ -146,7 +164,8 @@ impl Keys {
 }
 
 /// Checks that the Redis behind `con` holds this layout's keys, or none yet (then claims it
-/// for this layout), and that the task stream and its consumer group exist.
+/// for this layout), and that the task stream, its redelivery stream and their consumer
+/// group exist.
 pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Result<()> {
     let _: Option<String> = redis::cmd("SET")
         .arg(LAYOUT_KEY)
@@ -170,7 +189,8 @@ pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Resu
             )));
         }
     }
-    ensure_stream(con, &keys.tasks(), url)
+    ensure_stream(con, &keys.tasks(), url)?;
+    ensure_stream(con, &keys.redo_of(&keys.tasks()), url)
 }
 
 /// Makes sure the task stream `stream` and its consumer group exist. The group starts at
@@ -192,7 +212,7 @@ pub(crate) fn ensure_stream(con: &mut Connection, stream: &str, url: &str) -> Re
 }
 
 /// Records `tenant` among the tenants with a stream (so `--all-tenants` hosts and the
-/// reaper find it) and makes sure its stream and group exist.
+/// reaper find it) and makes sure its task and redelivery streams and their group exist.
 pub(crate) fn register_tenant(
     con: &mut Connection,
     keys: &Keys,
@@ -204,7 +224,8 @@ pub(crate) fn register_tenant(
         .arg(tenant)
         .query(con)
         .map_err(|e| redis_error(url, "recording the tenant", e))?;
-    ensure_stream(con, &keys.tenant_tasks(tenant), url)
+    ensure_stream(con, &keys.tenant_tasks(tenant), url)?;
+    ensure_stream(con, &keys.redo_of(&keys.tenant_tasks(tenant)), url)
 }
 
 /// The tenants with a task stream, sorted.
@@ -235,5 +256,14 @@ mod tests {
         let keys = Keys::default();
         assert_eq!(keys.stream(None), "wasmpool:v1:tasks");
         assert_eq!(keys.stream(Some("b")), "wasmpool:v1:tasks:b");
+        assert_eq!(keys.redo_of("wasmpool:v1:tasks"), "wasmpool:v1:redo");
+        assert_eq!(keys.redo_of("wasmpool:v1:tasks:b"), "wasmpool:v1:redo:b");
+        assert_eq!(keys.redo_of("wasmpool:v1:redo:b"), "wasmpool:v1:redo:b");
+        // A tenant named `redo` has its own streams.
+        assert_eq!(
+            keys.redo_of(&keys.tenant_tasks("redo")),
+            "wasmpool:v1:redo:redo"
+        );
+        assert_ne!(keys.tenant_tasks("redo"), keys.redo_of(&keys.tasks()));
     }
 }

@@ -123,6 +123,7 @@ pub(crate) fn beat_loop(
                             .key(keys.stats())
                             .key(keys.slots())
                             .key(keys.tenants())
+                            .key(keys.redo_of(&keys.tasks()))
                             .arg(GROUP)
                             .arg(MIN_IDLE.as_millis() as u64)
                             .arg(keys.prefix())

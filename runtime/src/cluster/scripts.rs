@@ -1,6 +1,6 @@
 //! The Lua scripts that make each cluster step one atomic step in Redis: a host's heartbeat,
-//! the fenced commit of a chunk's results, and the reaper that redelivers a dead host's
-//! chunks. Times are Redis's own (`TIME`), never a host's clock.
+//! its claim of chunks (redelivered ones first), the fenced commit of a chunk's results, and
+//! the reaper that redelivers a dead host's chunks. Times are Redis's own (`TIME`), never a host's clock.
 
 use redis::Script;
 
@@ -44,16 +44,17 @@ return 1
 "#;
 
 /// Reclaims the chunks of hosts whose lease has expired (or that hold none), on the task
-/// stream of untenanted pools and on every tenant's: each stream entry pending with such a
-/// host, idle at least `min idle`, is acknowledged and deleted, then either added again to
-/// its stream with its attempt one higher (the old attempt's result will be refused), or,
-/// when its retries are spent, failed as lost (its submitter is told). A dead host with
-/// nothing pending on a stream leaves its group; one with nothing pending anywhere is
-/// forgotten.
+/// stream of untenanted pools and on every tenant's, and on their redelivery streams: each
+/// stream entry pending with such a host, idle at least `min idle`, is acknowledged and
+/// deleted, then either added with its attempt one higher to the redelivery stream of its
+/// task stream (which hosts read before the task stream, so it runs ahead of the chunks
+/// still waiting there; the old attempt's result will be refused), or, when its retries are
+/// spent, failed as lost (its submitter is told). A dead host with nothing pending on a
+/// stream leaves its group; one with nothing pending anywhere is forgotten.
 ///
-/// KEYS: hosts, tasks, stats, slots, tenants. ARGV: group, min idle (ms), key prefix, ttl
-/// (ms) for an entry without its submitter's, count (per host and stream). Returns
-/// {redelivered, lost}.
+/// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks). ARGV: group, min idle (ms),
+/// key prefix, ttl (ms) for an entry without its submitter's, count (per host and stream).
+/// Returns {redelivered, lost}.
 pub(crate) const REAP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -63,7 +64,15 @@ local function dead(host)
 end
 local moved, lost = 0, 0
 local busy = {}
-local function reap(stream)
+-- The redelivery stream's group, made when Redis lost it (a restart) before a host did.
+local grouped = {}
+local function group(redo)
+  if not grouped[redo] then
+    redis.pcall('XGROUP', 'CREATE', redo, ARGV[1], '0', 'MKSTREAM')
+    grouped[redo] = true
+  end
+end
+local function reap(stream, redo)
   local consumers = redis.pcall('XINFO', 'CONSUMERS', stream, ARGV[1])
   -- A tenant's stream without its group yet (Redis lost its data): nothing claimed there.
   if type(consumers) ~= 'table' or consumers.err then return end
@@ -94,7 +103,8 @@ local function reap(stream)
               if a < tonumber(f['n']) then
                 redis.call('HSET', job, 'a:' .. f['c'], tostring(a + 1))
                 redis.call('PEXPIRE', job, ttl)
-                redis.call('XADD', stream, '*', 'j', f['j'], 'c', f['c'], 'a', tostring(a + 1),
+                group(redo)
+                redis.call('XADD', redo, '*', 'j', f['j'], 'c', f['c'], 'a', tostring(a + 1),
                   'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[4], 'p', f['p'])
                 redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
                 moved = moved + 1
@@ -117,9 +127,12 @@ local function reap(stream)
     end
   end
 end
-reap(KEYS[2])
+reap(KEYS[2], KEYS[6])
+reap(KEYS[6], KEYS[6])
 for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  reap(ARGV[3] .. 'tasks:' .. tenant)
+  local redo = ARGV[3] .. 'redo:' .. tenant
+  reap(ARGV[3] .. 'tasks:' .. tenant, redo)
+  reap(redo, redo)
 end
 for name, held in pairs(busy) do
   if not held then
@@ -135,13 +148,47 @@ end
 return {moved, lost}
 "#;
 
-/// The three scripts, loaded once per connection's first use (EVALSHA, with EVAL on
-/// NOSCRIPT, which `redis::Script` does).
+/// A host's claim without waiting: reads the streams in the order given (the redelivery
+/// streams first, then the task streams), each for at most its own count and never more in
+/// all than the room, so redelivered chunks are claimed ahead of those waiting in the task
+/// streams, in one round trip. A stream without the group (Redis lost its data) is skipped
+/// and named, for the host to set up again; so is one that fails otherwise (with its
+/// error), rather than losing what the streams before it gave.
+///
+/// KEYS: the streams. ARGV: group, consumer, room, then each stream's most entries.
+/// Returns {{{stream, entries}, …} as `XREADGROUP` does, {stream without the group, …},
+/// {error, …}}.
+pub(crate) const CLAIM: &str = r#"
+local room = tonumber(ARGV[3])
+local got, missing, errors = {}, {}, {}
+for i, stream in ipairs(KEYS) do
+  if room <= 0 then break end
+  local n = math.min(room, tonumber(ARGV[3 + i]))
+  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', stream, '>')
+  if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 7) == 'NOGROUP' then
+      table.insert(missing, stream)
+    else
+      table.insert(errors, stream .. ': ' .. r.err)
+    end
+  elseif type(r) == 'table' then
+    for _, s in ipairs(r) do
+      table.insert(got, s)
+      room = room - #s[2]
+    end
+  end
+end
+return {got, missing, errors}
+"#;
+
+/// The scripts, loaded once per connection's first use (EVALSHA, with EVAL on NOSCRIPT,
+/// which `redis::Script` does).
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub heartbeat: Script,
     pub commit: Script,
     pub reap: Script,
+    pub claim: Script,
 }
 
 impl Default for Scripts {
@@ -150,6 +197,7 @@ impl Default for Scripts {
             heartbeat: Script::new(HEARTBEAT),
             commit: Script::new(COMMIT),
             reap: Script::new(REAP),
+            claim: Script::new(CLAIM),
         }
     }
 }
