@@ -359,6 +359,10 @@ fn text(v: &Value) -> Option<String> {
 /// An entry of an `XREADGROUP` reply: its stream, its id, its fields.
 type Entry = (Arc<str>, String, HashMap<String, Vec<u8>>);
 
+/// What a claim got: the entries, the streams found without their group (to set up again),
+/// and whether the redelivery streams hold entries (claimed or not).
+type Claim = (Vec<Entry>, Vec<Arc<str>>, bool);
+
 /// The entries of an `XREADGROUP` reply.
 fn entries(reply: Value) -> Vec<Entry> {
     let mut out = Vec::new();
@@ -476,14 +480,14 @@ impl HostInner {
                 continue;
             }
             let read = streams.next_read(free);
-            let claimed = if read.block {
-                self.claim_waiting(c, &read)
-            } else {
+            let claimed = if read.script {
                 self.claim_now(c, &scripts, &read)
+            } else {
+                self.claim_direct(c, &read)
             };
             match claimed {
-                Ok((got, missing)) => {
-                    streams.read(&read, &got);
+                Ok((got, missing, redo_left)) => {
+                    streams.read(&read, &got, redo_left);
                     for (stream, id, fields) in got {
                         self.start(c, stream, id, fields);
                     }
@@ -516,19 +520,22 @@ impl HostInner {
     }
 
     /// Claims without waiting, in one script: the redelivery streams first, then the task
-    /// streams, never more than the read's room in all. Answers the entries and the
-    /// streams found without their group.
+    /// streams, never more than the read's room in all. Answers the entries, the streams
+    /// found without their group, and whether the redelivery streams still hold entries.
     fn claim_now(
         &self,
         c: &mut redis::Connection,
         scripts: &Scripts,
         read: &Read,
-    ) -> redis::RedisResult<(Vec<Entry>, Vec<Arc<str>>)> {
+    ) -> redis::RedisResult<Claim> {
         let mut inv = scripts.claim.prepare_invoke();
         for stream in read.redo.iter().chain(&read.streams) {
             inv.key(&**stream);
         }
-        inv.arg(GROUP).arg(&self.id).arg(read.room);
+        inv.arg(GROUP)
+            .arg(&self.id)
+            .arg(read.room)
+            .arg(read.redo.len());
         for _ in &read.redo {
             inv.arg(read.room);
         }
@@ -537,7 +544,7 @@ impl HostInner {
         }
         let reply: Value = inv.invoke(c)?;
         let Value::Array(parts) = reply else {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok((Vec::new(), Vec::new(), false));
         };
         let mut parts = parts.into_iter();
         let got = parts.next().map(entries).unwrap_or_default();
@@ -549,34 +556,46 @@ impl HostInner {
         for e in names(parts.next()) {
             tracing::warn!("cluster host: claiming from {e}");
         }
-        Ok((got, missing))
+        let left = matches!(parts.next(), Some(Value::Int(n)) if n > 0);
+        Ok((got, missing, left))
     }
 
-    /// Claims from every stream the read names, its redelivery streams too, waiting (up to
-    /// [`CLAIM_BLOCK_MS`]) for work: what a host with nothing left to claim does, in one
-    /// `XREADGROUP`.
-    fn claim_waiting(
-        &self,
-        c: &mut redis::Connection,
-        read: &Read,
-    ) -> redis::RedisResult<(Vec<Entry>, Vec<Arc<str>>)> {
+    /// Claims with one `XREADGROUP` (the fast path, while the redelivery streams are
+    /// empty): from the read's task streams without waiting, or, waiting up to
+    /// [`CLAIM_BLOCK_MS`] for work, from them and the redelivery streams. The redelivery
+    /// streams' lengths come back in the same round trip: whether the next read needs the
+    /// claim script.
+    fn claim_direct(&self, c: &mut redis::Connection, read: &Read) -> redis::RedisResult<Claim> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&self.id)
             .arg("COUNT")
-            .arg(read.count)
-            .arg("BLOCK")
-            .arg(CLAIM_BLOCK_MS)
-            .arg("STREAMS");
-        let all: Vec<&Arc<str>> = read.redo.iter().chain(&read.streams).collect();
-        for stream in &all {
+            .arg(read.count);
+        if read.block {
+            cmd.arg("BLOCK").arg(CLAIM_BLOCK_MS);
+        }
+        cmd.arg("STREAMS");
+        let from: Vec<&Arc<str>> = if read.block {
+            read.redo.iter().chain(&read.streams).collect()
+        } else {
+            read.streams.iter().collect()
+        };
+        for stream in &from {
             cmd.arg(&***stream);
         }
-        for _ in &all {
+        for _ in &from {
             cmd.arg(">");
         }
-        Ok((entries(cmd.query::<Value>(c)?), Vec::new()))
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        for stream in &read.redo {
+            pipe.cmd("XLEN").arg(&**stream);
+        }
+        let mut replies = pipe.query::<Vec<Value>>(c)?.into_iter();
+        let got = replies.next().map(entries).unwrap_or_default();
+        let left = replies.any(|v| matches!(v, Value::Int(n) if n > 0));
+        Ok((got, Vec::new(), left))
     }
 
     /// Sets up again the key layout and the streams this host reads (the tenants it
@@ -845,12 +864,18 @@ struct Read {
     /// The most entries in all (a read that does not wait).
     room: usize,
     block: bool,
+    /// Whether it is the claim script (the redelivery streams hold entries) rather than one
+    /// `XREADGROUP`.
+    script: bool,
 }
 
 /// The task streams a host reads and whose turn it is: the round robin of a host that
-/// serves several. A read that does not wait is a claim script that reads the redelivery
-/// streams first and the task streams with the room left; a host waits for work (a
-/// blocking `XREADGROUP` on every stream) only once a read found the streams drained.
+/// serves several. While the redelivery streams hold entries, a read that does not wait is
+/// the claim script, which reads them first and the task streams with the room left;
+/// otherwise it is one `XREADGROUP` of the task streams (no more round trips than before
+/// redelivery streams), which also learns their lengths. A host waits for work (a blocking
+/// `XREADGROUP` on every stream, the redelivery streams too) only once a read found the
+/// streams drained.
 #[derive(Debug)]
 struct Streams {
     all_tenants: bool,
@@ -864,6 +889,9 @@ struct Streams {
     /// Whether the last read may have left entries behind (a stream gave all that was
     /// asked of it, or the room ran out): then the next read does not wait.
     backlog: bool,
+    /// Whether the redelivery streams held entries at the last read (claimed or not): then
+    /// reads that do not wait are the claim script.
+    redo_waiting: bool,
     refreshed: Option<Instant>,
 }
 
@@ -880,6 +908,7 @@ impl Streams {
             next: 0,
             idle: 0,
             backlog: false,
+            redo_waiting: false,
             refreshed: None,
         };
         s.set(keys, list);
@@ -934,6 +963,7 @@ impl Streams {
                 count: 1,
                 room: free,
                 block: false,
+                script: self.redo_waiting,
             };
         }
         let block = !self.backlog;
@@ -947,11 +977,13 @@ impl Streams {
             },
             room: free,
             block,
+            script: !block && self.redo_waiting,
         }
     }
 
-    /// What a read claimed.
-    fn read(&mut self, read: &Read, got: &[Entry]) {
+    /// What a read claimed, and whether the redelivery streams still hold entries.
+    fn read(&mut self, read: &Read, got: &[Entry], redo_left: bool) {
+        self.redo_waiting = redo_left;
         if !got.is_empty() {
             self.idle = 0;
         } else if !read.block {
@@ -999,18 +1031,24 @@ mod tests {
         let read = s.next_read(8);
         assert!(read.block);
         // The stream gave all that was asked of it: more may wait, redelivered work too.
-        s.read(&read, &got("wasmpool:v1:tasks", read.count));
+        // The redelivery stream holds entries: the read is the claim script.
+        s.read(&read, &got("wasmpool:v1:tasks", read.count), true);
         let read = s.next_read(8);
-        assert_eq!((read.count, read.room, read.block), (8, 8, false));
-        // The room ran out (redelivered chunks first): read again without waiting.
-        s.read(&read, &got("wasmpool:v1:redo", 8));
-        assert!(!s.next_read(8).block);
+        assert_eq!(
+            (read.count, read.room, read.block, read.script),
+            (8, 8, false, true)
+        );
+        // The room ran out (redelivered chunks first): read again without waiting; the
+        // redelivery stream is empty now: one `XREADGROUP`.
+        s.read(&read, &got("wasmpool:v1:redo", 8), false);
+        let read = s.next_read(8);
+        assert!(!read.block && !read.script);
         // Less than was asked: the streams are drained; wait for work.
         let read = s.next_read(8);
-        s.read(&read, &got("wasmpool:v1:tasks", 3));
+        s.read(&read, &got("wasmpool:v1:tasks", 3), false);
         assert!(s.next_read(8).block);
         let read = s.next_read(8);
-        s.read(&read, &[]);
+        s.read(&read, &[], false);
         assert!(s.next_read(8).block, "nothing found: wait");
     }
 
@@ -1039,7 +1077,7 @@ mod tests {
             );
             order.extend(names(&read).iter().map(|n| n.to_string()));
             let stream = read.streams[0].clone();
-            s.read(&read, &got(&stream, 1));
+            s.read(&read, &got(&stream, 1), false);
         }
         assert_eq!(order, [x, a, b, x, a, b]);
         // Room for all, after a read that filled its room: each its share, without waiting.
@@ -1050,11 +1088,11 @@ mod tests {
         for _ in 0..3 {
             let read = s.next_read(1);
             assert!(!read.block);
-            s.read(&read, &[]);
+            s.read(&read, &[], false);
         }
         let read = s.next_read(1);
         assert_eq!((names(&read).len(), read.count, read.block), (3, 1, true));
-        s.read(&read, &got(a, 1));
+        s.read(&read, &got(a, 1), false);
         assert!(
             !s.next_read(1).block,
             "claiming something starts the round again"

@@ -148,22 +148,25 @@ end
 return {moved, lost}
 "#;
 
-/// A host's claim without waiting: reads the streams in the order given (the redelivery
-/// streams first, then the task streams), each for at most its own count and never more in
-/// all than the room, so redelivered chunks are claimed ahead of those waiting in the task
-/// streams, in one round trip. A stream without the group (Redis lost its data) is skipped
-/// and named, for the host to set up again; so is one that fails otherwise (with its
-/// error), rather than losing what the streams before it gave.
+/// A host's claim without waiting, while its redelivery streams hold entries: reads the
+/// streams in the order given (the redelivery streams first, then the task streams), each
+/// for at most its own count and never more in all than the room, so redelivered chunks are
+/// claimed ahead of those waiting in the task streams, in one round trip. A stream without
+/// the group (Redis lost its data) is skipped and named, for the host to set up again; so
+/// is one that fails otherwise (with its error), rather than losing what the streams
+/// before it gave. Also answers how many entries the redelivery streams still hold
+/// (claimed or not), so the host knows whether its next read needs this script.
 ///
-/// KEYS: the streams. ARGV: group, consumer, room, then each stream's most entries.
-/// Returns {{{stream, entries}, …} as `XREADGROUP` does, {stream without the group, …},
-/// {error, …}}.
+/// KEYS: the redelivery streams, then the task streams. ARGV: group, consumer, room, how
+/// many of KEYS are redelivery streams, then each stream's most entries. Returns
+/// {{{stream, entries}, …} as `XREADGROUP` does, {stream without the group, …}, {error, …},
+/// entries left in the redelivery streams}.
 pub(crate) const CLAIM: &str = r#"
 local room = tonumber(ARGV[3])
 local got, missing, errors = {}, {}, {}
 for i, stream in ipairs(KEYS) do
   if room <= 0 then break end
-  local n = math.min(room, tonumber(ARGV[3 + i]))
+  local n = math.min(room, tonumber(ARGV[4 + i]))
   local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', stream, '>')
   if type(r) == 'table' and r.err then
     if string.sub(r.err, 1, 7) == 'NOGROUP' then
@@ -178,7 +181,12 @@ for i, stream in ipairs(KEYS) do
     end
   end
 end
-return {got, missing, errors}
+local left = 0
+for i = 1, tonumber(ARGV[4]) do
+  local n = redis.pcall('XLEN', KEYS[i])
+  if type(n) == 'number' then left = left + n end
+end
+return {got, missing, errors, left}
 "#;
 
 /// The scripts, loaded once per connection's first use (EVALSHA, with EVAL on NOSCRIPT,
