@@ -168,8 +168,11 @@ struct HostInner {
     /// Local pools, by module SHA-256 and whether they meter fuel.
     pools: Mutex<HashMap<(String, bool), Pool>>,
     /// The runtime its local pools run in: its workers' operations on cluster objects go to
-    /// Redis.
-    runtime: crate::Runtime,
+    /// Redis, through its object lane. Replaced (and the pools with it) when the host learns
+    /// it was declared dead.
+    runtime: Mutex<crate::Runtime>,
+    /// When (Redis time, ms) the runtime's object lane was admitted.
+    since: AtomicU64,
     done: Sender<(Claimed, ChunkResult)>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -223,21 +226,18 @@ impl Host {
         }
         let id = format!("{}:{}:{}", hostname(), std::process::id(), super::tag());
         let scripts = Scripts::default();
-        let _: i64 = scripts
+        let (now, _): (i64, i64) = scripts
             .heartbeat
             .key(keys.hosts())
             .key(keys.slots())
+            .key(keys.dead())
             .arg(&id)
             .arg(LEASE.as_millis() as u64)
             .arg(slots)
             .invoke(&mut con)
             .map_err(|e| redis_error(url, "taking a lease", e))?;
-        let runtime = crate::Runtime::builder().build()?;
-        let objects =
-            super::ClusterObjects::connect(url, 0, crate::broker::DEFAULT_MAX_MESSAGE_BYTES)?;
-        runtime
-            .broker()
-            .set_cluster(Arc::new(super::ClusterLane::new(Arc::new(objects), &id)));
+        let since = u64::try_from(now).unwrap_or(0) + 1;
+        let runtime = object_runtime(url, &id, since)?;
         let liveness = Arc::new(Liveness::default());
         liveness.ok();
         let stop = Arc::new(AtomicBool::new(false));
@@ -257,7 +257,8 @@ impl Host {
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
-            runtime,
+            runtime: Mutex::new(runtime),
+            since: AtomicU64::new(since),
             done,
             threads: Mutex::new(Vec::new()),
         });
@@ -344,6 +345,21 @@ impl Drop for HostInner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A runtime for a host's local pools whose workers' operations on cluster objects go to
+/// the Redis at `url`, through an object lane of host `id` admitted at `since`.
+fn object_runtime(url: &str, id: &str, since: u64) -> Result<crate::Runtime> {
+    let runtime = crate::Runtime::builder().build()?;
+    let objects = super::ClusterObjects::connect(url, 0, crate::broker::DEFAULT_MAX_MESSAGE_BYTES)?;
+    runtime
+        .broker()
+        .set_cluster(Arc::new(super::ClusterLane::new(
+            Arc::new(objects),
+            id,
+            since,
+        )));
+    Ok(runtime)
 }
 
 /// The string in a reply value.
@@ -461,6 +477,12 @@ impl HostInner {
             if !self.liveness.fresh(LEASE / 2) {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
+            }
+            if let Some(now) = self
+                .liveness
+                .declared_dead_since(self.since.load(Ordering::Relaxed))
+            {
+                self.readmit(now);
             }
             if con.is_none() {
                 match connect(&self.url) {
@@ -598,6 +620,57 @@ impl HostInner {
         Ok((got, Vec::new(), left))
     }
 
+    /// The host was declared dead (cut off past its lease) and is back: the tasks it still
+    /// runs are another host's work now, and Redis refuses their object operations (their
+    /// lane was admitted before the declaration). New work runs in new worker processes, of
+    /// a runtime whose lane is admitted now (`now`: Redis time at the beat that told); the
+    /// old pools take no more work, finish what they run, and go.
+    fn readmit(&self, now: u64) {
+        let since = now + 1;
+        let runtime = match object_runtime(&self.url, &self.id, since) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cluster host: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                return;
+            }
+        };
+        let old_runtime = std::mem::replace(
+            &mut *self.runtime.lock().unwrap_or_else(|p| p.into_inner()),
+            runtime,
+        );
+        let old: Vec<Pool> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        self.since.store(since, Ordering::Relaxed);
+        tracing::warn!(
+            "cluster host: this host was declared dead while cut off: its chunks went to other \
+             hosts and its shared objects' locks were given back; the {} pool(s) running its \
+             old tasks take no more work (their object operations are refused), new work runs \
+             in new workers",
+            old.len()
+        );
+        let retire = std::thread::Builder::new()
+            .name("wasmpool-host-retire".into())
+            .spawn(move || {
+                for pool in &old {
+                    pool.close();
+                }
+                for pool in &old {
+                    let _ = pool.join();
+                }
+                drop(old);
+                drop(old_runtime);
+            });
+        if let Err(e) = retire {
+            tracing::warn!("cluster host: cannot start a thread to retire old pools: {e}");
+        }
+    }
+
     /// Sets up again the key layout and the streams this host reads (the tenants it
     /// serves recorded again, so the reaper finds their streams).
     fn set_up_streams(&self, c: &mut redis::Connection, streams: &[Arc<str>]) -> Result<()> {
@@ -720,9 +793,12 @@ impl HostInner {
                 "the bytes stored for module {sha} have another SHA-256"
             )));
         }
-        let module = self
+        let runtime = self
             .runtime
-            .module_from_bytes(&bytes, format!("cluster module {sha}"))?;
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let module = runtime.module_from_bytes(&bytes, format!("cluster module {sha}"))?;
         let mut builder = Pool::builder(&module).processes(self.slots);
         if metered {
             builder = builder.limits(Limits::default().fuel(u64::MAX));

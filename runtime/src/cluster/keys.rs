@@ -20,6 +20,10 @@
 //! wasmpool:v1:module:<sha256>     STRING the component's bytes (SET NX); expires, refreshed
 //! wasmpool:v1:hosts               ZSET   host -> lease expiry (ms, Redis server time)
 //! wasmpool:v1:slots               HASH   host -> its slots
+//! wasmpool:v1:dead                ZSET   host -> when the reaper last declared it dead (ms,
+//!                                        Redis time: it took the host's chunks or gave back
+//!                                        its objects); an object operation of a task on a
+//!                                        host admitted before then is refused; kept a day
 //! wasmpool:v1:stats               HASH   committed, dropped, redelivered, lost
 //! wasmpool:v1:clients             STRING the last client number given out (INCR)
 //! wasmpool:v1:objects             STRING the last shared object number given out
@@ -140,6 +144,11 @@ impl Keys {
 
     pub fn slots(&self) -> String {
         format!("{}slots", self.prefix)
+    }
+
+    /// The hosts declared dead, and when (see the table above).
+    pub fn dead(&self) -> String {
+        format!("{}dead", self.prefix)
     }
 
     pub fn stats(&self) -> String {

@@ -6,13 +6,16 @@ use redis::Script;
 
 /// Renews a host's lease: `hosts[host] = now + lease`, and records its slots.
 ///
-/// KEYS: hosts, slots. ARGV: host, lease (ms), slots. Returns the server time (ms).
+/// KEYS: hosts, slots, dead. ARGV: host, lease (ms), slots. Returns {the server time (ms),
+/// when the host was last declared dead (ms) or -1}.
 pub(crate) const HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return now
+local dead = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if dead then dead = tonumber(dead) else dead = -1 end
+return {now, dead}
 "#;
 
 /// Commits one chunk's results, fenced by its attempt: only if the job's current attempt of
@@ -49,10 +52,12 @@ return 1
 /// deleted, then either added with its attempt one higher to the redelivery stream of its
 /// task stream (which hosts read before the task stream, so it runs ahead of the chunks
 /// still waiting there; the old attempt's result will be refused), or, when its retries are
-/// spent, failed as lost (its submitter is told). A dead host with nothing pending on a
-/// stream leaves its group; one with nothing pending anywhere is forgotten.
+/// spent, failed as lost (its submitter is told). A host whose chunks it took is recorded
+/// as declared dead, now (the objects' operations of its tasks are refused from then on;
+/// records older than a day are dropped). A dead host with nothing pending on a stream
+/// leaves its group; one with nothing pending anywhere is forgotten.
 ///
-/// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks). ARGV: group, min idle (ms),
+/// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead. ARGV: group, min idle (ms),
 /// key prefix, ttl (ms) for an entry without its submitter's, count (per host and stream).
 /// Returns {redelivered, lost}.
 pub(crate) const REAP: &str = r#"
@@ -85,6 +90,7 @@ local function reap(stream, redo)
       if pending > 0 then
         busy[name] = true
         local entries = redis.call('XPENDING', stream, ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[5], name)
+        if #entries > 0 then redis.call('ZADD', KEYS[7], now, name) end
         for _, p in ipairs(entries) do
           local id = p[1]
           local e = redis.call('XRANGE', stream, id, id)
@@ -140,6 +146,7 @@ for name, held in pairs(busy) do
     redis.call('HDEL', KEYS[4], name)
   end
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 86400000)
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
 for _, h in ipairs(gone) do
   redis.call('ZREM', KEYS[1], h)
