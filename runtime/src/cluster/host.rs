@@ -991,6 +991,7 @@ impl Streams {
         s
     }
 
+    /// Reads the task streams `list`, and their redelivery streams.
     fn set(&mut self, keys: &Keys, list: Vec<String>) {
         self.redo = list.iter().map(|s| Arc::from(keys.redo_of(s))).collect();
         self.keys = list.into_iter().map(Arc::from).collect();
