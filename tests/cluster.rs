@@ -124,6 +124,27 @@ fn int_reply(redis: &RedisServer, command: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The attempts of the entries of `stream` that the host with this pid holds (from the
+/// replies' text: `XPENDING`'s consumer names, then each entry's `a` field).
+fn attempts_held(redis: &RedisServer, stream: &str, pid: u32) -> Vec<u32> {
+    let pending = redis.command(&format!("XPENDING {stream} hosts - + 100"));
+    let lines: Vec<&str> = pending.lines().map(|l| l.trim_end_matches('\r')).collect();
+    // Each entry: *4, $len, id, $len, consumer, :idle, :deliveries.
+    let ids: Vec<&str> = (2..lines.len())
+        .filter(|&i| lines[i].contains(&format!(":{pid}:")) && !lines[i].starts_with(':'))
+        .map(|i| lines[i - 2])
+        .collect();
+    ids.iter()
+        .filter_map(|id| {
+            let entry = redis.command(&format!("XRANGE {stream} {id} {id}"));
+            let fields: Vec<&str> = entry.lines().map(|l| l.trim_end_matches('\r')).collect();
+            // Field names and values alternate, each after its `$len` line.
+            let at = fields.iter().position(|l| *l == "a")?;
+            fields.get(at + 2)?.parse().ok()
+        })
+        .collect()
+}
+
 /// How many entries of `stream` no host has claimed yet (entries are deleted when
 /// committed: what is left is claimed or waiting).
 fn unclaimed(redis: &RedisServer, stream: &str) -> i64 {
@@ -259,7 +280,7 @@ fn a_host_killed_mid_map_has_its_chunks_redelivered_and_every_result_arrives_in_
 fn a_dead_hosts_chunks_are_claimed_again_ahead_of_the_backlog() {
     within(Duration::from_secs(240), || {
         let redis = RedisServer::start();
-        let pool = cluster_pool(&redis, 1);
+        let pool = cluster_pool(&redis, 2);
         let (a, b) = (WorkerHost::start(&redis, 1), WorkerHost::start(&redis, 1));
         wait_for_hosts(&pool, 2);
         // A backlog: far more chunks than the two one-slot hosts hold at once (two each).
@@ -297,10 +318,29 @@ fn a_dead_hosts_chunks_are_claimed_again_ahead_of_the_backlog() {
             waiting >= many,
             "B claimed A's chunks again only once the backlog was down to {waiting}"
         );
+        // B dies too, holding what it claimed again: the reaper takes it from the
+        // redelivery stream and adds it there again (attempt 2), and C claims it, still
+        // ahead of the backlog.
+        b.signal(libc::SIGKILL);
+        let c = WorkerHost::start(&redis, 1);
+        let waiting = loop {
+            if attempts_held(&redis, REDO, c.pid()).iter().any(|&a| a >= 2) {
+                break unclaimed(&redis, TASKS);
+            }
+            let left = unclaimed(&redis, TASKS);
+            assert!(
+                left >= many,
+                "the backlog ran down to {left} chunks before C claimed B's again: {:?}; C: {}",
+                stats(&pool),
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(waiting >= many, "{waiting}");
         let s = stats(&pool);
-        assert!(s.redelivered >= 1, "{s:?}");
+        assert!(s.redelivered >= 2, "{s:?}");
         assert_eq!(s.lost, 0, "{s:?}");
-        drop((pool, b));
+        drop((pool, c));
     });
 }
 
