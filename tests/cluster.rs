@@ -92,17 +92,65 @@ pub(crate) fn wait_for_hosts(pool: &ClusterPool, n: usize) {
     );
 }
 
-/// Whether the host with this pid holds a claimed entry (the consumer group's summary of
-/// pending entries lists it).
+/// The task stream of untenanted pools, and its redelivery stream (where the reaper puts a
+/// dead host's chunks; hosts read it first).
+pub(crate) const TASKS: &str = "wasmpool:v2:tasks";
+pub(crate) const REDO: &str = "wasmpool:v2:redo";
+
+/// Whether the host with this pid holds a claimed entry of an untenanted pool (the consumer
+/// group's summary of pending entries lists it, on the task stream or on its redelivery
+/// stream).
 pub(crate) fn holds_work(redis: &RedisServer, pid: u32) -> bool {
-    holds_work_on(redis, "wasmpool:v2:tasks", pid)
+    holds_work_on(redis, TASKS, pid) || holds_work_on(redis, REDO, pid)
 }
 
-/// As [`holds_work`], on the task stream `stream` (a tenant's: `wasmpool:v2:tasks:T`).
+/// As [`holds_work`], on the one stream `stream` (a tenant's: `wasmpool:v2:tasks:T`, its
+/// redelivery stream `wasmpool:v2:redo:T`).
 pub(crate) fn holds_work_on(redis: &RedisServer, stream: &str, pid: u32) -> bool {
     redis
         .command(&format!("XPENDING {stream} hosts"))
         .contains(&format!(":{pid}:"))
+}
+
+/// The integer a command answers (`-1` when it answers something else).
+fn int_reply(redis: &RedisServer, command: &str) -> i64 {
+    let reply = redis.command(command);
+    // An integer (`:N`), or the first element of an array (`*4`, then `:N`).
+    reply
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find_map(|l| l.strip_prefix(':'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// The attempts of the entries of `stream` that the host with this pid holds (from the
+/// replies' text: `XPENDING`'s consumer names, then each entry's `a` field).
+fn attempts_held(redis: &RedisServer, stream: &str, pid: u32) -> Vec<u32> {
+    let pending = redis.command(&format!("XPENDING {stream} hosts - + 100"));
+    let lines: Vec<&str> = pending.lines().map(|l| l.trim_end_matches('\r')).collect();
+    // Each entry: *4, $len, id, $len, consumer, :idle, :deliveries.
+    let ids: Vec<&str> = (2..lines.len())
+        .filter(|&i| lines[i].contains(&format!(":{pid}:")) && !lines[i].starts_with(':'))
+        .map(|i| lines[i - 2])
+        .collect();
+    ids.iter()
+        .filter_map(|id| {
+            let entry = redis.command(&format!("XRANGE {stream} {id} {id}"));
+            let fields: Vec<&str> = entry.lines().map(|l| l.trim_end_matches('\r')).collect();
+            // Field names and values alternate, each after its `$len` line.
+            let at = fields.iter().position(|l| *l == "a")?;
+            fields.get(at + 2)?.parse().ok()
+        })
+        .collect()
+}
+
+/// How many entries of `stream` no host has claimed yet (entries are deleted when
+/// committed: what is left is claimed or waiting).
+fn unclaimed(redis: &RedisServer, stream: &str) -> i64 {
+    let len = int_reply(redis, &format!("XLEN {stream}"));
+    let pending = int_reply(redis, &format!("XPENDING {stream} hosts"));
+    len - pending
 }
 
 fn stats(pool: &ClusterPool) -> ClusterStats {
@@ -225,6 +273,74 @@ fn a_host_killed_mid_map_has_its_chunks_redelivered_and_every_result_arrives_in_
         );
         assert_eq!(s.lost, 0, "{s:?}");
         drop(b);
+    });
+}
+
+#[test]
+fn a_dead_hosts_chunks_are_claimed_again_ahead_of_the_backlog() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        let pool = cluster_pool(&redis, 2);
+        let (a, b) = (WorkerHost::start(&redis, 1), WorkerHost::start(&redis, 1));
+        wait_for_hosts(&pool, 2);
+        // A backlog: far more chunks than the two one-slot hosts hold at once (two each).
+        let backlog = 300;
+        let _result = pool
+            .map_async::<_, u64>("sleep_ms", vec![400u64; backlog], Some(1))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || holds_work(&redis, a.pid())
+                && holds_work(&redis, b.pid())),
+            "the hosts claimed nothing: A: {}; B: {}",
+            a.log(),
+            b.log()
+        );
+        a.signal(libc::SIGKILL);
+        // A's chunks are redelivered on the redelivery stream, and B claims them the next
+        // time it has room: while most of the backlog still waits, unclaimed, in the task
+        // stream (B alone needs two minutes for it).
+        let many = backlog as i64 * 5 / 6;
+        let waiting = loop {
+            if holds_work_on(&redis, REDO, b.pid()) {
+                break unclaimed(&redis, TASKS);
+            }
+            let left = unclaimed(&redis, TASKS);
+            assert!(
+                left >= many,
+                "the backlog ran down to {left} chunks before B claimed A's again: {:?}; \
+                 redo: {}",
+                stats(&pool),
+                redis.command(&format!("XLEN {REDO}"))
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            waiting >= many,
+            "B claimed A's chunks again only once the backlog was down to {waiting}"
+        );
+        // B dies too, holding what it claimed again: the reaper takes it from the
+        // redelivery stream and adds it there again (attempt 2), and C claims it, still
+        // ahead of the backlog.
+        b.signal(libc::SIGKILL);
+        let c = WorkerHost::start(&redis, 1);
+        let waiting = loop {
+            if attempts_held(&redis, REDO, c.pid()).iter().any(|&a| a >= 2) {
+                break unclaimed(&redis, TASKS);
+            }
+            let left = unclaimed(&redis, TASKS);
+            assert!(
+                left >= many,
+                "the backlog ran down to {left} chunks before C claimed B's again: {:?}; C: {}",
+                stats(&pool),
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(waiting >= many, "{waiting}");
+        let s = stats(&pool);
+        assert!(s.redelivered >= 2, "{s:?}");
+        assert_eq!(s.lost, 0, "{s:?}");
+        drop((pool, c));
     });
 }
 

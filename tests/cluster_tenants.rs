@@ -183,10 +183,17 @@ fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
             "host A claimed nothing: {}",
             a.log()
         );
-        let _b = WorkerHost::start_with(&redis, 2, &["--all-tenants"]);
+        let b = WorkerHost::start_with(&redis, 2, &["--all-tenants"]);
         a.signal(libc::SIGKILL);
         // Bounded: a reaper that missed the tenant's stream would leave A's chunks there.
         assert_eq!(result.get_timeout(Duration::from_secs(60)).unwrap(), items);
+        // A's chunks came back on the tenant's redelivery stream, and B claimed them there
+        // (a consumer of a group is made when it is first given an entry).
+        assert!(
+            reads(&redis, "wasmpool:v2:redo:t", b.pid()),
+            "B claimed nothing from the tenant's redelivery stream"
+        );
+        assert!(!reads(&redis, "wasmpool:v2:redo", b.pid()));
         let s = pool.stats().unwrap();
         assert!(s.redelivered >= 1, "A's chunks were redelivered: {s:?}");
         assert_eq!(s.committed, items.len() as u64, "each chunk once: {s:?}");

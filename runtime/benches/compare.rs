@@ -306,8 +306,8 @@ fn cold_run(module: &Path) -> f64 {
 
 /// A cold run of a Python task (its build and artifact cached) ÷ the same of the Rust guest.
 fn py_cold_run_vs_rust(ctx: &Ctx) -> f64 {
-    let _ = py_testkit(ctx);
-    let py = root().join("examples/py-testkit/testkit.py");
+    // The Python example with a `square` (py-testkit has none).
+    let py = root().join("examples/py-hello/hello.py");
     // The component examples/testkit built to (a Cargo project given as the module would
     // time cargo's check that it is up to date, not wasmpool).
     let _ = &ctx.testkit;

@@ -5,16 +5,17 @@
 //! then answers `x * x`), one job per chunk of `--chunk` items, with `--lock-tasks` calls of
 //! `locked_cas` (increments of a counter under a cluster `Lock`, each a compare-and-swap
 //! from the value read under it) spread among them, while the script kills and cuts off
-//! hosts. It watches the task stream's pending entries in Redis meanwhile, and at the end
+//! hosts. It watches the pending entries of the task stream and of its redelivery stream in
+//! Redis meanwhile, and at the end
 //! prints:
 //!
 //! - lost: items whose result is missing or wrong, and lock tasks that failed;
 //! - committed twice: commits counted by the cluster (`stats.committed`) beyond the chunks
 //!   answered (each chunk is answered once, by its committed result);
 //! - redelivery: for every chunk a killed (or cut off) host held, the time from the kill
-//!   (the script's clock, `--events`) to the chunk's next attempt added to the stream by
-//!   the reaper, to its claim by another host, and to its result committed, as seen polling
-//!   Redis every 20 ms;
+//!   (the script's clock, `--events`) to the chunk's next attempt added to the redelivery
+//!   stream by the reaper, to its claim by another host, and to its result committed, as
+//!   seen polling Redis every 20 ms;
 //! - lock-fence violations: compare-and-swaps that failed while their task held the lock
 //!   (someone else wrote the counter under it), counted in the dict by the tasks.
 //!
@@ -36,8 +37,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmpool::cluster::{ClusterManager, ClusterPool};
 use wasmpool::{AsyncResult, Module, Pool};
 
-/// The task stream and its consumer group (`runtime/src/cluster/keys.rs`).
+/// The task stream, its redelivery stream (where the reaper adds a dead host's chunks again,
+/// read by hosts before the task stream) and their consumer group
+/// (`runtime/src/cluster/keys.rs`).
 const TASKS: &str = "wasmpool:v2:tasks";
+const REDO: &str = "wasmpool:v2:redo";
 const GROUP: &str = "hosts";
 
 /// How often the watcher polls the pending entries.
@@ -214,8 +218,8 @@ struct Seen {
 /// A chunk's attempt: (job, chunk, attempt).
 type Attempt = (String, String, u32);
 
-/// What the watcher saw: pending entries by id, and when each redelivered attempt was added
-/// to the stream (by the reaper).
+/// What the watcher saw: pending entries by stream and id (`STREAM/ID`), and when each
+/// redelivered attempt was added to the redelivery stream (by the reaper).
 #[derive(Default)]
 struct Watched {
     seen: HashMap<String, Seen>,
@@ -230,71 +234,81 @@ fn field(f: &HashMap<String, Vec<u8>>, k: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Polls the task stream until stopped: its new entries (a redelivered attempt is added
-/// again by the reaper) and its pending entries (who holds which chunk, since when).
+/// Polls the task stream and the redelivery stream until stopped: their new entries (a
+/// redelivered attempt is added again, to the redelivery stream, by the reaper) and their
+/// pending entries (who holds which chunk, since when). Entries are known by stream and id.
 fn watch(url: String, stop: Arc<AtomicBool>) -> Watched {
     let mut w = Watched::default();
     let seen = &mut w.seen;
     let mut con: Option<redis::Connection> = None;
     let mut live: HashSet<String> = HashSet::new();
-    let mut last_id = "-".to_string();
-    while !stop.load(Ordering::Relaxed) {
+    let mut last_ids: HashMap<&str, String> = HashMap::new();
+    'poll: while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
         if con.is_none() {
             con = redis_con(&url).ok();
         }
         let Some(c) = con.as_mut() else { continue };
-        let start = if last_id == "-" {
-            last_id.clone()
-        } else {
-            format!("({last_id}")
-        };
-        let new: redis::RedisResult<Entries> =
-            redis::cmd("XRANGE").arg(TASKS).arg(start).arg("+").query(c);
-        let Ok(new) = new else {
-            con = None;
-            continue;
-        };
-        let now = epoch_ms();
-        for (id, f) in new {
-            let attempt: u32 = field(&f, "a").parse().unwrap_or(0);
-            if attempt > 0 {
-                w.added
-                    .entry((field(&f, "j"), field(&f, "c"), attempt))
-                    .or_insert(now);
-            }
-            last_id = id;
-        }
-        let pending: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
-            .arg(TASKS)
-            .arg(GROUP)
-            .arg("-")
-            .arg("+")
-            .arg(1_000_000)
-            .query(c);
-        let Ok(pending) = pending else {
-            con = None;
-            continue;
-        };
-        let now = epoch_ms();
         let mut current = HashSet::new();
-        let mut fresh = Vec::new();
-        for (id, consumer, _idle, _n) in pending {
-            if let Some(s) = seen.get_mut(&id) {
-                s.last = now;
+        for stream in [TASKS, REDO] {
+            let last_id = last_ids.entry(stream).or_insert_with(|| "-".to_string());
+            let start = if last_id == "-" {
+                last_id.clone()
             } else {
-                fresh.push((id.clone(), consumer));
+                format!("({last_id}")
+            };
+            let new: redis::RedisResult<Entries> = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(start)
+                .arg("+")
+                .query(c);
+            let Ok(new) = new else {
+                con = None;
+                continue 'poll;
+            };
+            let now = epoch_ms();
+            for (id, f) in new {
+                let attempt: u32 = field(&f, "a").parse().unwrap_or(0);
+                if attempt > 0 {
+                    w.added
+                        .entry((field(&f, "j"), field(&f, "c"), attempt))
+                        .or_insert(now);
+                }
+                *last_id = id;
             }
-            current.insert(id);
-        }
-        if !fresh.is_empty() {
+            let pending: redis::RedisResult<Vec<(String, String, u64, u64)>> =
+                redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1_000_000)
+                    .query(c);
+            let Ok(pending) = pending else {
+                con = None;
+                continue 'poll;
+            };
+            let now = epoch_ms();
+            let mut fresh = Vec::new();
+            for (id, consumer, _idle, _n) in pending {
+                let key = format!("{stream}/{id}");
+                if let Some(s) = seen.get_mut(&key) {
+                    s.last = now;
+                } else {
+                    fresh.push((id, consumer));
+                }
+                current.insert(key);
+            }
+            if fresh.is_empty() {
+                continue;
+            }
             let mut pipe = redis::pipe();
             for (id, _) in &fresh {
-                pipe.cmd("XRANGE").arg(TASKS).arg(id).arg(id);
+                pipe.cmd("XRANGE").arg(stream).arg(id).arg(id);
             }
             let Ok(ranges) = pipe.query::<Vec<Entries>>(c) else {
                 con = None;
-                continue;
+                continue 'poll;
             };
             for ((id, consumer), range) in fresh.into_iter().zip(ranges) {
                 // Gone between the two calls: committed within a poll; nothing to learn.
@@ -307,7 +321,7 @@ fn watch(url: String, stop: Arc<AtomicBool>) -> Watched {
                     .and_then(|p| p.parse().ok())
                     .unwrap_or(0);
                 seen.insert(
-                    id,
+                    format!("{stream}/{id}"),
                     Seen {
                         job: field(&f, "j"),
                         chunk: field(&f, "c"),
@@ -320,6 +334,7 @@ fn watch(url: String, stop: Arc<AtomicBool>) -> Watched {
                 );
             }
         }
+        let now = epoch_ms();
         for id in live.difference(&current) {
             if let Some(s) = seen.get_mut(id)
                 && s.gone.is_none()

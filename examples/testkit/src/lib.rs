@@ -425,6 +425,16 @@ fn hold_lock(lock: Lock, held: Event, ms: u64) -> Result<(), ObjectError> {
     Ok(())
 }
 
+/// Acquires the lock, says so on the event, sleeps `ms` holding it, and releases it (an
+/// error of the release is the task's).
+#[task]
+fn hold_then_release(lock: Lock, held: Event, ms: u64) -> Result<(), ObjectError> {
+    lock.acquire()?;
+    held.set()?;
+    std::thread::sleep(Duration::from_millis(ms));
+    lock.release()
+}
+
 /// Acquires the lock, then panics holding it.
 #[task]
 fn lock_then_panic(lock: Lock) -> Result<(), ObjectError> {
@@ -666,6 +676,7 @@ wasmpool_guest::export_tasks!(
     atomic_increments,
     dict_fill,
     hold_lock,
+    hold_then_release,
     lock_then_panic,
     hold_semaphore,
     barrier_wait,

@@ -193,8 +193,11 @@ struct HostInner {
     /// stops), until their results reach the commit thread. They keep their pool alive.
     running: Mutex<Running>,
     /// The runtime its local pools run in: its workers' operations on cluster objects go to
-    /// Redis.
-    runtime: crate::Runtime,
+    /// Redis, through its object lane. Replaced (and the pools with it) when the host learns
+    /// it was declared dead.
+    runtime: Mutex<crate::Runtime>,
+    /// When (Redis time, ms) the runtime's object lane was admitted.
+    since: AtomicU64,
     done: Sender<(Claimed, ChunkResult)>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -248,21 +251,18 @@ impl Host {
         }
         let id = format!("{}:{}:{}", hostname(), std::process::id(), super::tag());
         let scripts = Scripts::default();
-        let _: i64 = scripts
+        let (now, _): (i64, i64) = scripts
             .heartbeat
             .key(keys.hosts())
             .key(keys.slots())
+            .key(keys.dead())
             .arg(&id)
             .arg(LEASE.as_millis() as u64)
             .arg(slots)
             .invoke(&mut con)
             .map_err(|e| redis_error(url, "taking a lease", e))?;
-        let runtime = crate::Runtime::builder().build()?;
-        let objects =
-            super::ClusterObjects::connect(url, 0, crate::broker::DEFAULT_MAX_MESSAGE_BYTES)?;
-        runtime
-            .broker()
-            .set_cluster(Arc::new(super::ClusterLane::new(Arc::new(objects), &id)));
+        let since = u64::try_from(now).unwrap_or(0) + 1;
+        let runtime = object_runtime(url, &id, since)?;
         let liveness = Arc::new(Liveness::default());
         liveness.ok();
         let stop = Arc::new(AtomicBool::new(false));
@@ -284,7 +284,8 @@ impl Host {
             cancelled: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
-            runtime,
+            runtime: Mutex::new(runtime),
+            since: AtomicU64::new(since),
             done,
             threads: Mutex::new(Vec::new()),
         });
@@ -379,6 +380,21 @@ impl Drop for HostInner {
     }
 }
 
+/// A runtime for a host's local pools whose workers' operations on cluster objects go to
+/// the Redis at `url`, through an object lane of host `id` admitted at `since`.
+fn object_runtime(url: &str, id: &str, since: u64) -> Result<crate::Runtime> {
+    let runtime = crate::Runtime::builder().build()?;
+    let objects = super::ClusterObjects::connect(url, 0, crate::broker::DEFAULT_MAX_MESSAGE_BYTES)?;
+    runtime
+        .broker()
+        .set_cluster(Arc::new(super::ClusterLane::new(
+            Arc::new(objects),
+            id,
+            since,
+        )));
+    Ok(runtime)
+}
+
 /// The string in a reply value.
 fn text(v: &Value) -> Option<String> {
     match v {
@@ -391,6 +407,10 @@ fn text(v: &Value) -> Option<String> {
 
 /// An entry of an `XREADGROUP` reply: its stream, its id, its fields.
 type Entry = (Arc<str>, String, HashMap<String, Vec<u8>>);
+
+/// What a claim got: the entries, the streams found without their group (to set up again),
+/// and whether the redelivery streams hold entries (claimed or not).
+type Claim = (Vec<Entry>, Vec<Arc<str>>, bool);
 
 /// The entries of an `XREADGROUP` reply.
 fn entries(reply: Value) -> Vec<Entry> {
@@ -467,6 +487,7 @@ impl HostInner {
 
     /// Claims entries while there is room and the lease is current.
     fn claim_loop(self: &Arc<Self>) {
+        let scripts = Scripts::default();
         let mut con: Option<redis::Connection> = None;
         let mut streams = Streams::new(&self.serves, &self.keys);
         while !self.stop.load(Ordering::Relaxed) {
@@ -490,6 +511,12 @@ impl HostInner {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+            if let Some(now) = self
+                .liveness
+                .declared_dead_since(self.since.load(Ordering::Relaxed))
+            {
+                self.readmit(now);
+            }
             if con.is_none() {
                 match connect(&self.url) {
                     Ok(c) => con = Some(c),
@@ -508,35 +535,32 @@ impl HostInner {
                 continue;
             }
             let read = streams.next_read(free);
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.id)
-                .arg("COUNT")
-                .arg(read.count);
-            if read.block {
-                cmd.arg("BLOCK").arg(CLAIM_BLOCK_MS);
-            }
-            cmd.arg("STREAMS");
-            for stream in &read.streams {
-                cmd.arg(&**stream);
-            }
-            for _ in &read.streams {
-                cmd.arg(">");
-            }
-            match cmd.query::<Value>(c) {
-                Ok(reply) => {
-                    let got = entries(reply);
-                    streams.read(&read, got.len());
+            let claimed = if read.script {
+                self.claim_now(c, &scripts, &read)
+            } else {
+                self.claim_direct(c, &read)
+            };
+            match claimed {
+                Ok((got, missing, redo_left)) => {
+                    streams.read(&read, &got, redo_left);
                     for (stream, id, fields) in got {
                         self.start(c, stream, id, fields);
+                    }
+                    if !missing.is_empty() {
+                        tracing::warn!("cluster host: a task stream is gone; setting it up again");
+                        if let Err(e) = self.set_up_streams(c, &missing) {
+                            tracing::warn!("cluster host: {e}");
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
                     }
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
                     // Redis lost its data (a restart without persistence): set the streams
                     // and their group up again.
                     tracing::warn!("cluster host: a task stream is gone; setting it up again");
-                    if let Err(e) = self.set_up_streams(c, &read.streams) {
+                    let all: Vec<Arc<str>> =
+                        read.redo.iter().chain(&read.streams).cloned().collect();
+                    if let Err(e) = self.set_up_streams(c, &all) {
                         tracing::warn!("cluster host: {e}");
                         std::thread::sleep(Duration::from_millis(200));
                     }
@@ -547,6 +571,136 @@ impl HostInner {
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
+        }
+    }
+
+    /// Claims without waiting, in one script: the redelivery streams first, then the task
+    /// streams, never more than the read's room in all. Answers the entries, the streams
+    /// found without their group, and whether the redelivery streams still hold entries.
+    fn claim_now(
+        &self,
+        c: &mut redis::Connection,
+        scripts: &Scripts,
+        read: &Read,
+    ) -> redis::RedisResult<Claim> {
+        let mut inv = scripts.claim.prepare_invoke();
+        for stream in read.redo.iter().chain(&read.streams) {
+            inv.key(&**stream);
+        }
+        inv.arg(GROUP)
+            .arg(&self.id)
+            .arg(read.room)
+            .arg(read.redo.len());
+        for _ in &read.redo {
+            inv.arg(read.room);
+        }
+        for _ in &read.streams {
+            inv.arg(read.count);
+        }
+        let reply: Value = inv.invoke(c)?;
+        let Value::Array(parts) = reply else {
+            return Ok((Vec::new(), Vec::new(), false));
+        };
+        let mut parts = parts.into_iter();
+        let got = parts.next().map(entries).unwrap_or_default();
+        let names = |v: Option<Value>| match v {
+            Some(Value::Array(a)) => a.iter().filter_map(text).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        let missing = names(parts.next()).into_iter().map(Arc::from).collect();
+        for e in names(parts.next()) {
+            tracing::warn!("cluster host: claiming from {e}");
+        }
+        let left = matches!(parts.next(), Some(Value::Int(n)) if n > 0);
+        Ok((got, missing, left))
+    }
+
+    /// Claims with one `XREADGROUP` (the fast path, while the redelivery streams are
+    /// empty): from the read's task streams without waiting, or, waiting up to
+    /// [`CLAIM_BLOCK_MS`] for work, from them and the redelivery streams. The redelivery
+    /// streams' lengths come back in the same round trip: whether the next read needs the
+    /// claim script.
+    fn claim_direct(&self, c: &mut redis::Connection, read: &Read) -> redis::RedisResult<Claim> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.id)
+            .arg("COUNT")
+            .arg(read.count);
+        if read.block {
+            cmd.arg("BLOCK").arg(CLAIM_BLOCK_MS);
+        }
+        cmd.arg("STREAMS");
+        let from: Vec<&Arc<str>> = if read.block {
+            read.redo.iter().chain(&read.streams).collect()
+        } else {
+            read.streams.iter().collect()
+        };
+        for stream in &from {
+            cmd.arg(&***stream);
+        }
+        for _ in &from {
+            cmd.arg(">");
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        for stream in &read.redo {
+            pipe.cmd("XLEN").arg(&**stream);
+        }
+        let mut replies = pipe.query::<Vec<Value>>(c)?.into_iter();
+        let got = replies.next().map(entries).unwrap_or_default();
+        let left = replies.any(|v| matches!(v, Value::Int(n) if n > 0));
+        Ok((got, Vec::new(), left))
+    }
+
+    /// The host was declared dead (cut off past its lease) and is back: the tasks it still
+    /// runs are another host's work now, and Redis refuses their object operations (their
+    /// lane was admitted before the declaration). New work runs in new worker processes, of
+    /// a runtime whose lane is admitted now (`now`: Redis time at the beat that told); the
+    /// old pools take no more work, finish what they run, and go.
+    fn readmit(&self, now: u64) {
+        let since = now + 1;
+        let runtime = match object_runtime(&self.url, &self.id, since) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cluster host: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                return;
+            }
+        };
+        let old_runtime = std::mem::replace(
+            &mut *self.runtime.lock().unwrap_or_else(|p| p.into_inner()),
+            runtime,
+        );
+        let old: Vec<Pool> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, (p, _))| p)
+            .collect();
+        self.since.store(since, Ordering::Relaxed);
+        tracing::warn!(
+            "cluster host: this host was declared dead while cut off: its chunks went to other \
+             hosts and its shared objects' locks were given back; the {} pool(s) running its \
+             old tasks take no more work (their object operations are refused), new work runs \
+             in new workers",
+            old.len()
+        );
+        let retire = std::thread::Builder::new()
+            .name("wasmpool-host-retire".into())
+            .spawn(move || {
+                for pool in &old {
+                    pool.close();
+                }
+                for pool in &old {
+                    let _ = pool.join();
+                }
+                drop(old);
+                drop(old_runtime);
+            });
+        if let Err(e) = retire {
+            tracing::warn!("cluster host: cannot start a thread to retire old pools: {e}");
         }
     }
 
@@ -696,9 +850,12 @@ impl HostInner {
                 "the bytes stored for module {sha} have another SHA-256"
             )));
         }
-        let module = self
+        let runtime = self
             .runtime
-            .module_from_bytes(&bytes, format!("cluster module {sha}"))?;
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let module = runtime.module_from_bytes(&bytes, format!("cluster module {sha}"))?;
         let mut builder = Pool::builder(&module)
             .processes(self.slots)
             .output(setup.output.output());
@@ -921,25 +1078,47 @@ impl HostInner {
     }
 }
 
-/// One claim's read: which streams, how many entries from each at most, and whether it
-/// waits for work.
+/// One claim's read: which streams, how many entries from each at most and in all, and
+/// whether it waits for work.
 #[derive(Debug)]
 struct Read {
+    /// The task streams.
     streams: Vec<Arc<str>>,
+    /// The redelivery streams of every task stream the host serves, read first.
+    redo: Vec<Arc<str>>,
+    /// The most entries from each task stream (and, waiting, from each redelivery stream).
     count: usize,
+    /// The most entries in all (a read that does not wait).
+    room: usize,
     block: bool,
+    /// Whether it is the claim script (the redelivery streams hold entries) rather than one
+    /// `XREADGROUP`.
+    script: bool,
 }
 
 /// The task streams a host reads and whose turn it is: the round robin of a host that
-/// serves several.
+/// serves several. While the redelivery streams hold entries, a read that does not wait is
+/// the claim script, which reads them first and the task streams with the room left;
+/// otherwise it is one `XREADGROUP` of the task streams (no more round trips than before
+/// redelivery streams), which also learns their lengths. A host waits for work (a blocking
+/// `XREADGROUP` on every stream, the redelivery streams too) only once a read found the
+/// streams drained.
 #[derive(Debug)]
 struct Streams {
     all_tenants: bool,
     keys: Vec<Arc<str>>,
+    /// The redelivery stream of each of `keys`.
+    redo: Vec<Arc<str>>,
     /// The stream the next partial read starts at.
     next: usize,
     /// Streams found empty by non-blocking reads since anything was claimed.
     idle: usize,
+    /// Whether the last read may have left entries behind (a stream gave all that was
+    /// asked of it, or the room ran out): then the next read does not wait.
+    backlog: bool,
+    /// Whether the redelivery streams held entries at the last read (claimed or not): then
+    /// reads that do not wait are the claim script.
+    redo_waiting: bool,
     refreshed: Option<Instant>,
 }
 
@@ -949,13 +1128,24 @@ impl Streams {
             Serves::Untenanted | Serves::All => vec![keys.tasks()],
             Serves::Tenants(tenants) => tenants.iter().map(|t| keys.tenant_tasks(t)).collect(),
         };
-        Streams {
+        let mut s = Streams {
             all_tenants: *serves == Serves::All,
-            keys: list.into_iter().map(Arc::from).collect(),
+            keys: Vec::new(),
+            redo: Vec::new(),
             next: 0,
             idle: 0,
+            backlog: false,
+            redo_waiting: false,
             refreshed: None,
-        }
+        };
+        s.set(keys, list);
+        s
+    }
+
+    /// Reads the task streams `list`, and their redelivery streams.
+    fn set(&mut self, keys: &Keys, list: Vec<String>) {
+        self.redo = list.iter().map(|s| Arc::from(keys.redo_of(s))).collect();
+        self.keys = list.into_iter().map(Arc::from).collect();
     }
 
     /// A host serving every tenant: the untenanted stream and every known tenant's, read
@@ -969,49 +1159,67 @@ impl Streams {
             return Ok(());
         }
         let tenants = known_tenants(con, keys, url)?;
-        self.keys = std::iter::once(keys.tasks())
+        let list = std::iter::once(keys.tasks())
             .chain(tenants.iter().map(|t| keys.tenant_tasks(t)))
-            .map(Arc::from)
             .collect();
+        self.set(keys, list);
         self.next %= self.keys.len();
         self.refreshed = Some(Instant::now());
         Ok(())
     }
 
-    /// What to read with room for `free` entries. With room for one from each stream,
-    /// every stream, an equal share each, waiting for work (one stream: all the room, as
-    /// a host of untenanted pools has always read). With less room, the next `free`
-    /// streams in the round, one entry each, without waiting (a read that waited on some
-    /// streams would miss work on the others); once a whole round found nothing, every
-    /// stream, one entry each, waiting (then a few more entries than the room may come,
-    /// fewer than there are streams).
+    /// What to read with room for `free` entries. Every read starts with the redelivery
+    /// streams. With less room than there are task streams, the next `free` of them in the
+    /// round, one entry each, without waiting (a read that waited on some streams would
+    /// miss work on the others). Otherwise every task stream, an equal share of the room
+    /// each (one stream: all of it, as a host of untenanted pools has always read): without
+    /// waiting while the last read may have left work behind, and once the streams are
+    /// drained (or a whole round found nothing) waiting for work on every stream, its
+    /// redelivery streams too, a share each (then, when several streams get work in the
+    /// same instant, a few more entries than the room may come: at most one more per
+    /// stream).
     fn next_read(&mut self, free: usize) -> Read {
         let n = self.keys.len().max(1);
-        if free >= n || self.idle >= n {
+        if free < n && self.idle < n {
+            let streams = (0..free)
+                .map(|i| self.keys[(self.next + i) % n].clone())
+                .collect();
+            self.next = (self.next + free) % n;
             return Read {
-                streams: self.keys.clone(),
-                count: (free / n).max(1),
-                block: true,
+                streams,
+                redo: self.redo.clone(),
+                count: 1,
+                room: free,
+                block: false,
+                script: self.redo_waiting,
             };
         }
-        let streams = (0..free)
-            .map(|i| self.keys[(self.next + i) % n].clone())
-            .collect();
-        self.next = (self.next + free) % n;
+        let block = !self.backlog;
         Read {
-            streams,
-            count: 1,
-            block: false,
+            streams: self.keys.clone(),
+            redo: self.redo.clone(),
+            count: if block {
+                (free / (2 * n)).max(1)
+            } else {
+                (free / n).max(1)
+            },
+            room: free,
+            block,
+            script: !block && self.redo_waiting,
         }
     }
 
-    /// What a read claimed.
-    fn read(&mut self, read: &Read, claimed: usize) {
-        if claimed > 0 {
+    /// What a read claimed, and whether the redelivery streams still hold entries.
+    fn read(&mut self, read: &Read, got: &[Entry], redo_left: bool) {
+        self.redo_waiting = redo_left;
+        if !got.is_empty() {
             self.idle = 0;
         } else if !read.block {
             self.idle += read.streams.len();
         }
+        let filled = |s: &Arc<str>| got.iter().filter(|e| e.0 == *s).count() >= read.count;
+        self.backlog = !got.is_empty()
+            && (got.len() >= read.room || read.streams.iter().chain(&read.redo).any(filled));
     }
 }
 
@@ -1023,45 +1231,96 @@ mod tests {
         read.streams.iter().map(|s| &**s).collect()
     }
 
+    /// `n` entries claimed from `stream`.
+    fn got(stream: &str, n: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| (Arc::from(stream), format!("1-{i}"), HashMap::new()))
+            .collect()
+    }
+
     #[test]
-    fn a_host_of_one_stream_reads_it_with_all_its_room_and_waits() {
+    fn a_host_of_one_stream_waits_on_it_and_its_redelivery_stream() {
         let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
         let read = s.next_read(7);
         assert_eq!(names(&read), ["wasmpool:v2:tasks"]);
-        assert_eq!((read.count, read.block), (7, true));
+        assert_eq!(read.redo, [Arc::from("wasmpool:v2:redo")]);
+        // A share of the room from each of the two streams: never more than the room.
+        assert_eq!((read.count, read.room, read.block), (3, 7, true));
         let mut s = Streams::new(&Serves::Tenants(vec!["a".into()]), &Keys::default());
         let read = s.next_read(1);
         assert_eq!(names(&read), ["wasmpool:v2:tasks:a"]);
+        assert_eq!(read.redo, [Arc::from("wasmpool:v2:redo:a")]);
         assert_eq!((read.count, read.block), (1, true));
+    }
+
+    #[test]
+    fn a_read_that_may_have_left_work_is_followed_by_one_that_does_not_wait() {
+        let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
+        let read = s.next_read(8);
+        assert!(read.block);
+        // The stream gave all that was asked of it: more may wait, redelivered work too.
+        // The redelivery stream holds entries: the read is the claim script.
+        s.read(&read, &got("wasmpool:v2:tasks", read.count), true);
+        let read = s.next_read(8);
+        assert_eq!(
+            (read.count, read.room, read.block, read.script),
+            (8, 8, false, true)
+        );
+        // The room ran out (redelivered chunks first): read again without waiting; the
+        // redelivery stream is empty now: one `XREADGROUP`.
+        s.read(&read, &got("wasmpool:v2:redo", 8), false);
+        let read = s.next_read(8);
+        assert!(!read.block && !read.script);
+        // Less than was asked: the streams are drained; wait for work.
+        let read = s.next_read(8);
+        s.read(&read, &got("wasmpool:v2:tasks", 3), false);
+        assert!(s.next_read(8).block);
+        let read = s.next_read(8);
+        s.read(&read, &[], false);
+        assert!(s.next_read(8).block, "nothing found: wait");
     }
 
     #[test]
     fn streams_take_turns_when_the_room_is_short() {
         let keys = Keys::default();
         let mut s = Streams::new(&Serves::All, &keys);
-        s.keys = ["x", "a", "b"].into_iter().map(Arc::from).collect();
-        // Room for one: each stream in turn, without waiting.
+        let (x, a, b) = (
+            "wasmpool:v2:tasks",
+            "wasmpool:v2:tasks:a",
+            "wasmpool:v2:tasks:b",
+        );
+        s.set(&keys, vec![x.into(), a.into(), b.into()]);
+        // Room for one: each stream in turn, without waiting, after every redelivery stream.
         let mut order = Vec::new();
         for _ in 0..6 {
             let read = s.next_read(1);
-            assert_eq!((read.count, read.block), (1, false));
+            assert_eq!((read.count, read.room, read.block), (1, 1, false));
+            assert_eq!(
+                read.redo.iter().map(|r| &**r).collect::<Vec<_>>(),
+                [
+                    "wasmpool:v2:redo",
+                    "wasmpool:v2:redo:a",
+                    "wasmpool:v2:redo:b"
+                ]
+            );
             order.extend(names(&read).iter().map(|n| n.to_string()));
-            s.read(&read, 1);
+            let stream = read.streams[0].clone();
+            s.read(&read, &got(&stream, 1), false);
         }
-        assert_eq!(order, ["x", "a", "b", "x", "a", "b"]);
-        // Room for all: each its share.
+        assert_eq!(order, [x, a, b, x, a, b]);
+        // Room for all, after a read that filled its room: each its share, without waiting.
         let read = s.next_read(7);
-        assert_eq!(names(&read), ["x", "a", "b"]);
-        assert_eq!((read.count, read.block), (2, true));
+        assert_eq!(names(&read), [x, a, b]);
+        assert_eq!((read.count, read.block), (2, false));
         // A round that found nothing: wait on all of them.
         for _ in 0..3 {
             let read = s.next_read(1);
             assert!(!read.block);
-            s.read(&read, 0);
+            s.read(&read, &[], false);
         }
         let read = s.next_read(1);
         assert_eq!((names(&read).len(), read.count, read.block), (3, 1, true));
-        s.read(&read, 1);
+        s.read(&read, &got(a, 1), false);
         assert!(
             !s.next_read(1).block,
             "claiming something starts the round again"

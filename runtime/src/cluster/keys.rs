@@ -8,6 +8,10 @@
 //!                                        TTL (ms), p chunk (postcard)}; group "hosts"
 //! wasmpool:v2:tasks:<tenant>      STREAM the same, for the pools of one tenant
 //!                                        (`ClusterBuilder::tenant`); group "hosts"
+//! wasmpool:v2:redo                STREAM the chunks of untenanted pools redelivered by the
+//!                                        reaper (fields as a task's), read before the task
+//!                                        stream; group "hosts"
+//! wasmpool:v2:redo:<tenant>       STREAM the same, for one tenant's pools
 //! wasmpool:v2:tenants             SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
 //! wasmpool:v2:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
@@ -17,6 +21,10 @@
 //! wasmpool:v2:module:<sha256>     STRING the component's bytes (SET NX); expires, refreshed
 //! wasmpool:v2:hosts               ZSET   host -> lease expiry (ms, Redis server time)
 //! wasmpool:v2:slots               HASH   host -> its slots
+//! wasmpool:v2:dead                ZSET   host -> when the reaper last declared it dead (ms,
+//!                                        Redis time: it took the host's chunks or gave back
+//!                                        its objects); an object operation of a task on a
+//!                                        host admitted before then is refused; kept a day
 //! wasmpool:v2:stats               HASH   committed, dropped, redelivered, lost
 //! wasmpool:v2:clients             STRING the last client number given out (INCR)
 //! wasmpool:v2:objects             STRING the last shared object number given out
@@ -100,6 +108,20 @@ impl Keys {
         }
     }
 
+    /// The redelivery stream of the task stream `stream` (one of [`tasks`](Keys::tasks),
+    /// [`tenant_tasks`](Keys::tenant_tasks)): where the reaper puts a dead host's chunks, so
+    /// that they are claimed before the chunks still waiting in the task stream. It is
+    /// `…:redo` for `…:tasks` and `…:redo:T` for `…:tasks:T` (never a task stream's name: a
+    /// tenant's name has no `:`). A redelivery stream's own is itself.
+    pub fn redo_of(&self, stream: &str) -> String {
+        let tasks = self.tasks();
+        match stream.strip_prefix(tasks.as_str()) {
+            Some("") => format!("{}redo", self.prefix),
+            Some(rest) if rest.starts_with(':') => format!("{}redo{rest}", self.prefix),
+            _ => stream.to_string(),
+        }
+    }
+
     /// The set of tenants that have a task stream.
     pub fn tenants(&self) -> String {
         format!("{}tenants", self.prefix)
@@ -125,6 +147,11 @@ impl Keys {
         format!("{}slots", self.prefix)
     }
 
+    /// The hosts declared dead, and when (see the table above).
+    pub fn dead(&self) -> String {
+        format!("{}dead", self.prefix)
+    }
+
     pub fn stats(&self) -> String {
         format!("{}stats", self.prefix)
     }
@@ -147,7 +174,8 @@ impl Keys {
 }
 
 /// Checks that the Redis behind `con` holds this layout's keys, or none yet (then claims it
-/// for this layout), and that the task stream and its consumer group exist.
+/// for this layout), and that the task stream, its redelivery stream and their consumer
+/// group exist.
 pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Result<()> {
     let _: Option<String> = redis::cmd("SET")
         .arg(LAYOUT_KEY)
@@ -171,7 +199,8 @@ pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Resu
             )));
         }
     }
-    ensure_stream(con, &keys.tasks(), url)
+    ensure_stream(con, &keys.tasks(), url)?;
+    ensure_stream(con, &keys.redo_of(&keys.tasks()), url)
 }
 
 /// Makes sure the task stream `stream` and its consumer group exist. The group starts at
@@ -193,7 +222,7 @@ pub(crate) fn ensure_stream(con: &mut Connection, stream: &str, url: &str) -> Re
 }
 
 /// Records `tenant` among the tenants with a stream (so `--all-tenants` hosts and the
-/// reaper find it) and makes sure its stream and group exist.
+/// reaper find it) and makes sure its task and redelivery streams and their group exist.
 pub(crate) fn register_tenant(
     con: &mut Connection,
     keys: &Keys,
@@ -205,7 +234,8 @@ pub(crate) fn register_tenant(
         .arg(tenant)
         .query(con)
         .map_err(|e| redis_error(url, "recording the tenant", e))?;
-    ensure_stream(con, &keys.tenant_tasks(tenant), url)
+    ensure_stream(con, &keys.tenant_tasks(tenant), url)?;
+    ensure_stream(con, &keys.redo_of(&keys.tenant_tasks(tenant)), url)
 }
 
 /// The tenants with a task stream, sorted.
@@ -236,5 +266,14 @@ mod tests {
         let keys = Keys::default();
         assert_eq!(keys.stream(None), "wasmpool:v2:tasks");
         assert_eq!(keys.stream(Some("b")), "wasmpool:v2:tasks:b");
+        assert_eq!(keys.redo_of("wasmpool:v2:tasks"), "wasmpool:v2:redo");
+        assert_eq!(keys.redo_of("wasmpool:v2:tasks:b"), "wasmpool:v2:redo:b");
+        assert_eq!(keys.redo_of("wasmpool:v2:redo:b"), "wasmpool:v2:redo:b");
+        // A tenant named `redo` has its own streams.
+        assert_eq!(
+            keys.redo_of(&keys.tenant_tasks("redo")),
+            "wasmpool:v2:redo:redo"
+        );
+        assert_ne!(keys.tenant_tasks("redo"), keys.redo_of(&keys.tasks()));
     }
 }

@@ -22,6 +22,9 @@ struct LivenessState {
     last_ok: Option<Instant>,
     /// The start of the current run of beats with no gap longer than half a lease.
     since: Option<Instant>,
+    /// A host's: when it was last declared dead (Redis time, ms), and Redis's time at the
+    /// beat that said so.
+    declared: Option<(u64, u64)>,
 }
 
 impl Liveness {
@@ -40,6 +43,25 @@ impl Liveness {
             s.since = Some(now);
         }
         s.last_ok = Some(now);
+    }
+
+    /// A host's beat read when the host was last declared dead (`dead`, Redis time in ms,
+    /// or -1 for never), at Redis time `now`. Recorded before [`ok`](Liveness::ok), so a
+    /// host that comes back learns it before it claims again.
+    pub fn declared(&self, now: i64, dead: i64) {
+        let mut s = self.lock();
+        s.declared = u64::try_from(dead)
+            .ok()
+            .map(|d| (d, u64::try_from(now).unwrap_or(d)));
+    }
+
+    /// Whether the host was declared dead at or after `since` (Redis time, ms): then
+    /// Redis's time at the beat that told.
+    pub fn declared_dead_since(&self, since: u64) -> Option<u64> {
+        let s = self.lock();
+        s.declared
+            .filter(|(dead, _)| *dead >= since)
+            .map(|(_, now)| now)
     }
 
     /// A beat failed.
@@ -101,19 +123,25 @@ pub(crate) fn beat_loop(
             }
         }
         if let Some(c) = con.as_mut() {
-            let beat: redis::RedisResult<i64> = match &beat_as.host {
+            let beat: redis::RedisResult<(i64, i64)> = match &beat_as.host {
                 Some((host, slots)) => scripts
                     .heartbeat
                     .key(keys.hosts())
                     .key(keys.slots())
+                    .key(keys.dead())
                     .arg(host)
                     .arg(LEASE.as_millis() as u64)
                     .arg(*slots)
                     .invoke(c),
-                None => redis::cmd("TIME").query::<(i64, i64)>(c).map(|(s, _)| s),
+                None => redis::cmd("TIME")
+                    .query::<(i64, i64)>(c)
+                    .map(|(s, _)| (s, -1)),
             };
             match beat {
-                Ok(_) => {
+                Ok((now, dead)) => {
+                    if beat_as.host.is_some() {
+                        liveness.declared(now, dead);
+                    }
                     liveness.ok();
                     if liveness.may_judge() {
                         let reaped: redis::RedisResult<(u64, u64)> = scripts
@@ -123,6 +151,8 @@ pub(crate) fn beat_loop(
                             .key(keys.stats())
                             .key(keys.slots())
                             .key(keys.tenants())
+                            .key(keys.redo_of(&keys.tasks()))
+                            .key(keys.dead())
                             .arg(GROUP)
                             .arg(MIN_IDLE.as_millis() as u64)
                             .arg(keys.prefix())

@@ -24,10 +24,13 @@
 //!   for a whole lease judges other hosts dead (so one cut off from Redis, or just back,
 //!   declares nobody dead).
 //! - Every live host and every submitter runs the reaper: the entries of a host whose
-//!   lease has expired, on every task stream (each tenant's too), are added again to their
-//!   stream with their attempt one higher within about 2.5 s
-//!   (lease 2 s, entries idle at least 2 s, reaper every 500 ms), or, for work that may not
-//!   run twice (retries 0, as locally), failed with [`Error::WorkerLost`].
+//!   lease has expired, on every task stream (each tenant's too), are added with their
+//!   attempt one higher to the task stream's redelivery stream (`wasmpool:v2:redo`,
+//!   `wasmpool:v2:redo:<tenant>`) within about 2.5 s (lease 2 s, entries idle at least 2 s,
+//!   reaper every 500 ms), or, for work that may not run twice (retries 0, as locally),
+//!   failed with [`Error::WorkerLost`]. Hosts read the redelivery streams before the task
+//!   streams (one claim script while they hold entries, never more than the host's room; a
+//!   plain `XREADGROUP` otherwise), so a redelivered chunk runs ahead of a backlog.
 //! - A host commits a chunk's results with a script fenced by the attempt: a result whose
 //!   attempt is not the chunk's current one (a host presumed dead, and back) is dropped
 //!   and counted ([`ClusterStats::dropped`]), so no chunk is committed twice.
@@ -44,7 +47,10 @@
 //!   script per operation (`objects/`); tasks on every host and the submitting program use
 //!   them through the same typed handles as local objects. A dead worker's or host's locks
 //!   are released with their fence advanced, its semaphore permits returned, and the
-//!   barriers it waited at broken.
+//!   barriers it waited at broken; a host so declared dead is recorded
+//!   (`wasmpool:v2:dead`), and the operations of the tasks it ran then are refused in the
+//!   operation script if it comes back (a `SIGSTOP`, a partition), so its late release
+//!   cannot free a lock another task now holds; it runs new work in new workers.
 //!
 //! Why a type of its own rather than a `Pool` with a remote worker set: the local pool's
 //! scheduler is built around worker processes it starts, pipelines to and watches; the

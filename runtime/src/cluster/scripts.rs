@@ -1,18 +1,21 @@
 //! The Lua scripts that make each cluster step one atomic step in Redis: a host's heartbeat,
-//! the fenced commit of a chunk's results, and the reaper that redelivers a dead host's
-//! chunks. Times are Redis's own (`TIME`), never a host's clock.
+//! its claim of chunks (redelivered ones first), the fenced commit of a chunk's results, and
+//! the reaper that redelivers a dead host's chunks. Times are Redis's own (`TIME`), never a host's clock.
 
 use redis::Script;
 
 /// Renews a host's lease: `hosts[host] = now + lease`, and records its slots.
 ///
-/// KEYS: hosts, slots. ARGV: host, lease (ms), slots. Returns the server time (ms).
+/// KEYS: hosts, slots, dead. ARGV: host, lease (ms), slots. Returns {the server time (ms),
+/// when the host was last declared dead (ms) or -1}.
 pub(crate) const HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return now
+local dead = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if dead then dead = tonumber(dead) else dead = -1 end
+return {now, dead}
 "#;
 
 /// Commits one chunk's results, fenced by its attempt: only if the job's current attempt of
@@ -46,16 +49,19 @@ return 1
 "#;
 
 /// Reclaims the chunks of hosts whose lease has expired (or that hold none), on the task
-/// stream of untenanted pools and on every tenant's: each stream entry pending with such a
-/// host, idle at least `min idle`, is acknowledged and deleted, then either added again to
-/// its stream with its attempt one higher (the old attempt's result will be refused), or,
-/// when its retries are spent, failed as lost (its submitter is told). A dead host with
-/// nothing pending on a stream leaves its group; one with nothing pending anywhere is
-/// forgotten.
+/// stream of untenanted pools and on every tenant's, and on their redelivery streams: each
+/// stream entry pending with such a host, idle at least `min idle`, is acknowledged and
+/// deleted, then either added with its attempt one higher to the redelivery stream of its
+/// task stream (which hosts read before the task stream, so it runs ahead of the chunks
+/// still waiting there; the old attempt's result will be refused), or, when its retries are
+/// spent, failed as lost (its submitter is told). A host whose chunks it took is recorded
+/// as declared dead, now (the objects' operations of its tasks are refused from then on;
+/// records older than a day are dropped). A dead host with nothing pending on a stream
+/// leaves its group; one with nothing pending anywhere is forgotten.
 ///
-/// KEYS: hosts, tasks, stats, slots, tenants. ARGV: group, min idle (ms), key prefix, ttl
-/// (ms) for an entry without its submitter's, count (per host and stream). Returns
-/// {redelivered, lost}.
+/// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead. ARGV: group, min idle (ms),
+/// key prefix, ttl (ms) for an entry without its submitter's, count (per host and stream).
+/// Returns {redelivered, lost}.
 pub(crate) const REAP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -65,7 +71,15 @@ local function dead(host)
 end
 local moved, lost = 0, 0
 local busy = {}
-local function reap(stream)
+-- The redelivery stream's group, made when Redis lost it (a restart) before a host did.
+local grouped = {}
+local function group(redo)
+  if not grouped[redo] then
+    redis.pcall('XGROUP', 'CREATE', redo, ARGV[1], '0', 'MKSTREAM')
+    grouped[redo] = true
+  end
+end
+local function reap(stream, redo)
   local consumers = redis.pcall('XINFO', 'CONSUMERS', stream, ARGV[1])
   -- A tenant's stream without its group yet (Redis lost its data): nothing claimed there.
   if type(consumers) ~= 'table' or consumers.err then return end
@@ -78,6 +92,7 @@ local function reap(stream)
       if pending > 0 then
         busy[name] = true
         local entries = redis.call('XPENDING', stream, ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[5], name)
+        if #entries > 0 then redis.call('ZADD', KEYS[7], now, name) end
         for _, p in ipairs(entries) do
           local id = p[1]
           local e = redis.call('XRANGE', stream, id, id)
@@ -96,7 +111,8 @@ local function reap(stream)
               if a < tonumber(f['n']) then
                 redis.call('HSET', job, 'a:' .. f['c'], tostring(a + 1))
                 redis.call('PEXPIRE', job, ttl)
-                redis.call('XADD', stream, '*', 'j', f['j'], 'c', f['c'], 'a', tostring(a + 1),
+                group(redo)
+                redis.call('XADD', redo, '*', 'j', f['j'], 'c', f['c'], 'a', tostring(a + 1),
                   'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[4], 'p', f['p'])
                 redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
                 moved = moved + 1
@@ -119,9 +135,12 @@ local function reap(stream)
     end
   end
 end
-reap(KEYS[2])
+reap(KEYS[2], KEYS[6])
+reap(KEYS[6], KEYS[6])
 for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  reap(ARGV[3] .. 'tasks:' .. tenant)
+  local redo = ARGV[3] .. 'redo:' .. tenant
+  reap(ARGV[3] .. 'tasks:' .. tenant, redo)
+  reap(redo, redo)
 end
 for name, held in pairs(busy) do
   if not held then
@@ -129,6 +148,7 @@ for name, held in pairs(busy) do
     redis.call('HDEL', KEYS[4], name)
   end
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 86400000)
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
 for _, h in ipairs(gone) do
   redis.call('ZREM', KEYS[1], h)
@@ -137,13 +157,55 @@ end
 return {moved, lost}
 "#;
 
-/// The three scripts, loaded once per connection's first use (EVALSHA, with EVAL on
-/// NOSCRIPT, which `redis::Script` does).
+/// A host's claim without waiting, while its redelivery streams hold entries: reads the
+/// streams in the order given (the redelivery streams first, then the task streams), each
+/// for at most its own count and never more in all than the room, so redelivered chunks are
+/// claimed ahead of those waiting in the task streams, in one round trip. A stream without
+/// the group (Redis lost its data) is skipped and named, for the host to set up again; so
+/// is one that fails otherwise (with its error), rather than losing what the streams
+/// before it gave. Also answers how many entries the redelivery streams still hold
+/// (claimed or not), so the host knows whether its next read needs this script.
+///
+/// KEYS: the redelivery streams, then the task streams. ARGV: group, consumer, room, how
+/// many of KEYS are redelivery streams, then each stream's most entries. Returns
+/// {{{stream, entries}, …} as `XREADGROUP` does, {stream without the group, …}, {error, …},
+/// entries left in the redelivery streams}.
+pub(crate) const CLAIM: &str = r#"
+local room = tonumber(ARGV[3])
+local got, missing, errors = {}, {}, {}
+for i, stream in ipairs(KEYS) do
+  if room <= 0 then break end
+  local n = math.min(room, tonumber(ARGV[4 + i]))
+  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', stream, '>')
+  if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 7) == 'NOGROUP' then
+      table.insert(missing, stream)
+    else
+      table.insert(errors, stream .. ': ' .. r.err)
+    end
+  elseif type(r) == 'table' then
+    for _, s in ipairs(r) do
+      table.insert(got, s)
+      room = room - #s[2]
+    end
+  end
+end
+local left = 0
+for i = 1, tonumber(ARGV[4]) do
+  local n = redis.pcall('XLEN', KEYS[i])
+  if type(n) == 'number' then left = left + n end
+end
+return {got, missing, errors, left}
+"#;
+
+/// The scripts, loaded once per connection's first use (EVALSHA, with EVAL on NOSCRIPT,
+/// which `redis::Script` does).
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub heartbeat: Script,
     pub commit: Script,
     pub reap: Script,
+    pub claim: Script,
 }
 
 impl Default for Scripts {
@@ -152,6 +214,7 @@ impl Default for Scripts {
             heartbeat: Script::new(HEARTBEAT),
             commit: Script::new(COMMIT),
             reap: Script::new(REAP),
+            claim: Script::new(CLAIM),
         }
     }
 }

@@ -2,6 +2,12 @@
 //! a handle made in Redis is performed there, by a thread of that worker's own (an operation
 //! may block for as long as its timeout; the supervisor's reader must not), and answered on
 //! the worker's socket. What a worker held is given back when it exits.
+//!
+//! A lane is admitted at a time (Redis's, in ms) that its workers' owner names carry: once
+//! the reaper has declared the host dead after that time, Redis refuses every operation
+//! through this lane (`OBJECT_OP`), so a task of a host that was only cut off, and comes
+//! back, cannot release a lock another task now holds, or change any object. The host then
+//! runs new work in new worker processes, through a lane admitted anew.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
@@ -36,6 +42,8 @@ pub(crate) struct ClusterLane {
     objects: Arc<ClusterObjects>,
     /// The host's id in the cluster.
     host: String,
+    /// When (Redis time, ms) this lane was admitted.
+    since: u64,
     workers: Mutex<HashMap<u32, WorkerOps>>,
 }
 
@@ -48,10 +56,13 @@ impl std::fmt::Debug for ClusterLane {
 }
 
 impl ClusterLane {
-    pub fn new(objects: Arc<ClusterObjects>, host: &str) -> ClusterLane {
+    /// The lane of host `host`'s workers, admitted at `since` (Redis time, ms: later than
+    /// any time the host was declared dead).
+    pub fn new(objects: Arc<ClusterObjects>, host: &str, since: u64) -> ClusterLane {
         ClusterLane {
             objects,
             host: host.to_string(),
+            since,
             workers: Mutex::new(HashMap::new()),
         }
     }
@@ -60,7 +71,8 @@ impl ClusterLane {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The owner name of worker `pid` of this host, as the holders of objects record it.
+    /// The owner name of worker `pid` of this host, as the holders of objects record it
+    /// (what is given back when the worker exits: every owner name that starts so).
     fn owner(host: &str, pid: u32) -> String {
         format!("h:{host}/{pid}/")
     }
@@ -80,10 +92,12 @@ impl ClusterLane {
         let (tx, rx) = channel::<Op>();
         let gone = Arc::new(AtomicBool::new(false));
         let (objects, host, gone2) = (self.objects.clone(), self.host.clone(), gone.clone());
+        let since = self.since;
         let spawned = std::thread::Builder::new()
             .name(format!("wasmpool-cluster-objects-{pid}"))
             .spawn(move || {
-                let owner = Self::owner(&host, pid);
+                // The operations' owner: the worker's, and when its lane was admitted.
+                let owner = format!("{}{since}", Self::owner(&host, pid));
                 let is_gone = || gone2.load(Ordering::Relaxed);
                 for op in rx {
                     let result = objects.invoke(

@@ -17,10 +17,22 @@
 
 /// One operation. KEYS: the object's hash. ARGV: op, end, token, owner, state, final
 /// ("1" when the deadline has passed), key prefix, then the operation's arguments.
+///
+/// An owner that is a host's worker, `h:HOST/PID/SINCE`, names when (Redis time, ms) the
+/// host's object lane was admitted: if the reaper has declared the host dead since (`dead`
+/// ZSET), the operation comes from a task whose work and objects were given to others, and
+/// is refused, before it changes anything.
 pub(crate) const OBJECT_OP: &str = r#"
 local base = KEYS[1]
 local op, e, token, owner, state, final, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6] == '1', ARGV[7]
 local a1, a2, a3 = ARGV[8], ARGV[9], ARGV[10]
+local from_host, since = string.match(owner, '^h:([^/]+)/%d+/(%d+)$')
+if from_host then
+  local dead = redis.call('ZSCORE', prefix .. 'dead', from_host)
+  if dead and tonumber(dead) >= tonumber(since) then
+    return {'E', 'stale', 'refused: the host running this task (' .. from_host .. ') was declared dead (its lease expired) and its chunks and shared objects given to others'}
+  end
+end
 local m = redis.call('HGETALL', base)
 local stale = {'E', 'stale', 'no such object: it expired (idle past its TTL), or the handle was not made in this cluster'}
 if #m == 0 then return stale end
@@ -551,7 +563,9 @@ return redis.error_reply('no free object number in this Redis')
 /// Gives back what owners whose name starts with a prefix held: a lock's ownership (its
 /// fence advanced), a semaphore's acquisitions, a condition's lock; a barrier they waited at
 /// is broken. With no prefix given, it does so for every host whose lease has expired (or
-/// that has none), for all of the host's owners, and forgets the host's holdings.
+/// that has none), for all of the host's owners, forgets the host's holdings, and records
+/// the host as declared dead now (`dead`: the operations of its tasks are refused from then
+/// on).
 ///
 /// KEYS: hosts, holders. ARGV: key prefix, owner prefix (or ""), host (with an owner
 /// prefix). Returns how many objects it changed.
@@ -629,6 +643,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, host in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local lease = redis.call('ZSCORE', KEYS[1], host)
   if (not lease) or tonumber(lease) < now then
+    redis.call('ZADD', prefix .. 'dead', now, host)
     local holds = prefix .. 'holds:' .. host
     for _, base in ipairs(redis.call('SMEMBERS', holds)) do
       release(base, 'h:' .. host .. '/', holds)

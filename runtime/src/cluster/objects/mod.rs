@@ -500,7 +500,8 @@ impl ClusterObjects {
         Ok(parse_step(reply))
     }
 
-    /// Performs `req` on `target` for `owner` (`h:HOST/PID` for a host's worker, `c:…` for
+    /// Performs `req` on `target` for `owner` (`h:HOST/PID/SINCE` for a host's worker, whose
+    /// operations Redis refuses once the host has been declared dead after SINCE; `c:…` for
     /// a thread of a submitting program), blocking at most `timeout`; `gone` says the caller
     /// went away (its answer is not wanted).
     pub fn invoke(
