@@ -10,6 +10,10 @@ Two ways through a batch, with the same outcomes:
 - *Item by item*, for everything else, and for the rest of a batch once an item touches a
   shared object.
 
+Asked for packed results (the `batch-packed` export), a batch run wholly on the first path
+with no object operation, whose results are of one kind that packs, answers them as one
+native array (:func:`._vector.pack_results`) with no encoding at all: :attr:`Batch.packed`.
+
 Progress (see `batch-progress` in the WIT world): before an item's first object operation
 the items finished so far are reported, and an item that made one is reported as soon as it
 finishes, so a later trap never runs it again. On the whole-batch path the running item is
@@ -27,10 +31,10 @@ class Batch:
 
     __slots__ = (
         "name", "data", "ends", "progress", "out", "out_ends", "errors", "effect",
-        "whole", "values", "results", "failed", "taken", "cut",
+        "whole", "values", "results", "failed", "taken", "cut", "pack", "packed",
     )
 
-    def __init__(self, name, data, ends, progress):
+    def __init__(self, name, data, ends, progress, pack=False):
         self.name = name
         self.data = data
         self.ends = ends
@@ -48,9 +52,14 @@ class Batch:
         self.failed = None
         self.taken = 0
         self.cut = None
+        # Whether the results may be answered packed, and then `(kind, payload)`.
+        self.pack = pack
+        self.packed = None
 
     def run(self):
-        """Runs every item; the outcomes not reported: ``(data, ends, errors)``."""
+        """Runs every item; the outcomes not reported: ``(data, ends, errors)``. When
+        :attr:`packed` is set after it, the results are that instead (``data`` and ``ends``
+        are empty; ``errors`` index the packed items)."""
         first = 0
         fast = _registry.whole_batch_caller(self.name)
         if fast is not None:
@@ -123,6 +132,14 @@ class Batch:
         finally:
             self.whole = False
         done = len(results)
+        if self.pack and self.cut is None and done == len(self.ends):
+            # Every item ran here and none was reported: perhaps nothing to encode.
+            packed = _vector.pack_results(results, failed)
+            if packed is not None:
+                self.packed = packed
+                self.errors = sorted(failed.items())
+                self.values = self.results = self.failed = None
+                return done
         if done < len(values):
             # The map ended early: only a StopIteration from the task ends it so (`map`
             # takes it for the end of its input), raised by item `done`, which is over. Its
