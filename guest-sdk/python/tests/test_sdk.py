@@ -374,6 +374,14 @@ class PackedResults(unittest.TestCase):
     """Results of one kind come back as one native array (the `batch-packed` export),
     and what does not pack is left to the encoder."""
 
+    def setUp(self):
+        self.saved = dict(_registry.TASKS)
+        _registry.TASKS.clear()
+
+    def tearDown(self):
+        _registry.TASKS.clear()
+        _registry.TASKS.update(self.saved)
+
     def test_each_kind_packs_to_its_array(self):
         ints = [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, -1, -32,
                 -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)] * 2
@@ -419,12 +427,17 @@ class PackedResults(unittest.TestCase):
         self.assertEqual(values[3], None, "the caller's list is left as it was")
         self.assertIsNone(_vector.pack_results([None, None], {0: 1, 1: 1}))
 
-    def outcomes(self, name, values, pack):
+    def outcomes(self, name, values, pack, args=False):
         """A batch's outcomes, item by item, with packed results written out as the host
-        writes them; and whether they came packed."""
+        writes them; and whether they came packed. ``args``: the items come packed too."""
         reports = []
-        data, ends = _items(values)
-        b = _batch.Batch(name, data, ends, reports.append, pack)
+        if args:
+            kind = "floats" if type(values[0]) is float else "ints"
+            payload = struct.pack("<%d%s" % (len(values), "d" if kind == "floats" else "q"), *values)
+            b = _batch.Batch(name, b"", None, reports.append, pack, _vector.unpack_items(kind, payload))
+        else:
+            data, ends = _items(values)
+            b = _batch.Batch(name, data, ends, reports.append, pack)
         out, out_ends, errors = b.run()
         flat = [(o.kind, o.message) if isinstance(o, _registry.TaskFailure) else o
                 for r in reports for o in r]
@@ -486,6 +499,70 @@ class PackedResults(unittest.TestCase):
         self.assertTrue(packed[5][1].startswith("ValueError: bad 5\n"), packed[5])
         self.assertEqual(packed[102][0], "failed")
         self.assertEqual(packed[6], b"\x24")
+
+    def test_packed_items_answer_as_the_same_items_encoded(self):
+        batch = []
+
+        @_registry.task
+        def sq(x):
+            if x % 97 == 5:
+                raise ValueError(f"bad {x}")
+            return x * x
+
+        @_registry.task
+        def typed(x: int) -> str:
+            return str(x)
+
+        @_registry.task
+        def as_float(x: float) -> float:
+            return x * 2
+
+        @_registry.task
+        def stops(x):
+            if x == 20:
+                raise StopIteration("early")
+            return x
+
+        @_registry.task
+        def touch(x):
+            if x in (40, 41):
+                batch[0].before_effect()
+            return x + 0.5
+
+        @_registry.task
+        def two(x, y):
+            return x + y
+
+        ints = list(range(-300, 700, 3)) + [2**63 - 1, -(2**63)] * 8
+        floats = [0.5 * i for i in range(-50, 50)] + [float("inf"), -0.0] * 8
+        for name in ("sq", "typed", "as_float", "stops", "two"):
+            for values in (ints, floats):
+                for pack in (False, True):
+                    given, _ = self.outcomes(name, values, pack, args=True)
+                    encoded, _ = self.outcomes(name, values, pack)
+                    self.assertEqual(given, encoded, (name, values[0], pack))
+        # A float hint takes ints; an int hint words its mismatch for floats, item by item.
+        given, packed = self.outcomes("as_float", ints[:-16], True, args=True)
+        self.assertTrue(packed)
+        self.assertEqual(given[0], _msgpack.packb(-600))
+        given, packed = self.outcomes("typed", floats, True, args=True)
+        self.assertFalse(packed)
+        self.assertEqual(given[0][0], "bad-args")
+        # An item that touched an object: the rest of the batch goes item by item.
+        reports = []
+        payload = struct.pack("<100q", *range(100))
+        b = _batch.Batch("touch", b"", None, reports.append, True, _vector.unpack_items("ints", payload))
+        batch.append(b)
+        out, out_ends, errors = b.run()
+        self.assertIsNone(b.packed)
+        self.assertEqual([len(r) for r in reports], [40, 1, 1])
+        flat = [o for r in reports for o in r]
+        start = 0
+        for end in out_ends:
+            flat.append(out[start:end])
+            start = end
+        self.assertEqual(flat, [_msgpack.packb(i + 0.5) for i in range(100)])
+        self.assertIsNone(_vector.unpack_items("bools", b"\x01"))
 
     def test_a_batch_that_touched_an_object_is_not_packed(self):
         batch = []

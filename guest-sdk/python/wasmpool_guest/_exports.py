@@ -16,7 +16,7 @@ from wit_world.exports import batch_packed as _batch_packed
 from wit_world.imports import objects as wit_objects
 
 from . import _batch as _batch_mod
-from . import _identity, _registry, objects
+from . import _identity, _registry, _vector, objects
 
 _KINDS = {
     "failed": types.TaskError_Failed,
@@ -168,13 +168,22 @@ class BatchBytes(exports.BatchBytes):
 
 
 class BatchPacked(exports.BatchPacked):
-    """The `batch-packed` interface: `call-batch-bytes` whose results, when they are all
-    of one kind that packs (ints, floats, bools, None), come back as one native array that
-    the host encodes (see :func:`._vector.pack_results`)."""
+    """The `batch-packed` interface: `call-batch-bytes` whose items, when each is one
+    number, come as one native array, and whose results, when they are all of one kind
+    that packs (ints, floats, bools, None), go back as one that the host encodes (see
+    :func:`._vector.unpack_items` and :func:`._vector.pack_results`)."""
 
-    def call_batch_packed(self, task, data, ends):
-        parsed = _parse_ends(ends)
-        out, out_ends, errors, packed = _call_batch(task, data, parsed, pack=True)
+    def call_batch_packed(self, task, items):
+        if isinstance(items, _batch_packed.BatchItems_Encoded):
+            data, ends = items.value
+            batch = (data, _parse_ends(ends), None)
+        else:
+            kind = "ints" if isinstance(items, _batch_packed.BatchItems_Ints) else "floats"
+            args = _vector.unpack_items(kind, items.value)
+            if args is None:
+                raise ValueError(f"packed items of kind {kind} cannot be read here")
+            batch = (b"", None, args)
+        out, out_ends, errors, packed = _call_batch(task, *batch, pack=True)
         if packed is None:
             return (_batch_packed.BatchResults_Encoded((out, _pack_ends(out_ends))), errors)
         kind, payload = packed
@@ -212,18 +221,20 @@ _END = array("I")
 _SWAP = sys.byteorder != "little"
 
 
-def _call_batch(task, data, ends, pack=False):
-    """Runs a batch: ``(results' data, their ends, [(index, task-error)], packed)``, with
-    ``packed`` the results as ``(kind, payload)`` instead when ``pack`` is asked and they
-    pack (the data and ends are then empty)."""
+def _call_batch(task, data, ends, args=None, pack=False):
+    """Runs a batch (its items ``data`` and ``ends``, or ``args``: see
+    :class:`._batch.Batch`): ``(results' data, their ends, [(index, task-error)], packed)``,
+    with ``packed`` the results as ``(kind, payload)`` instead when ``pack`` is asked and
+    they pack (the data and ends are then empty)."""
     global _batch
-    if len(ends) > 1:
+    count = len(args[0]) if args is not None else len(ends)
+    if count > 1:
         # Says that this guest reports its progress: one host call per batch.
         host.batch_progress([])
     if _registry.TASKS.get(task) is None:
         failure = types.TaskError_UnknownTask(task)
-        return b"", [0] * len(ends), [(i, failure) for i in range(len(ends))], None
-    b = _batch_mod.Batch(task, data, ends, _progress, pack)
+        return b"", [0] * count, [(i, failure) for i in range(count)], None
+    b = _batch_mod.Batch(task, data, ends, _progress, pack, args)
     _batch = b
     try:
         out, out_ends, errors = b.run()

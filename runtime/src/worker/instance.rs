@@ -442,10 +442,7 @@ impl Loaded {
                 }
             };
             let (result, items) = match (module.batch_packed, module.batch_bytes) {
-                (Some(func), _) => (
-                    bindings::call_batch_packed(store, func, task, &items),
-                    items,
-                ),
+                (Some(func), _) => bindings::call_batch_packed(store, func, task, items),
                 (None, Some(func)) => {
                     (bindings::call_batch_bytes(store, func, task, &items), items)
                 }

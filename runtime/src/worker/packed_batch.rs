@@ -1,13 +1,81 @@
-//! A batch's results that the guest packed as one native array (the WIT world's
-//! `batch-packed` export), written out as each item's MessagePack.
+//! A batch's items and results as packed native arrays (the WIT world's `batch-packed`
+//! export): a batch whose every item is one number goes to the guest as one array of them,
+//! and results the guest packed as one array are written out as each item's MessagePack.
 //!
-//! The bytes are written by `rmp`'s own functions, as `rmp_serde` (and so the Rust guest
+//! The results are written by `rmp`'s own functions, as `rmp_serde` (and so the Rust guest
 //! SDK, and the Python item codec, which is tested against it) writes the same value: an
 //! integer in its most compact form (positive or negative fixint, then the smallest of
 //! uint8..64 or int8..64 by value), a float as float64 with its bits as they are (NaN
-//! payloads, -0.0), booleans and nil in their one byte.
+//! payloads, -0.0), booleans and nil in their one byte. An item is packed only when the
+//! array holds exactly the value the guest would decode from it.
 
 use crate::protocol::packed::Packed;
+
+/// Batches of fewer items cross encoded (as the Python SDK's `_MIN_RUN`: below it a batch
+/// runs item by item anyway).
+const MIN_PACKED_ITEMS: usize = 16;
+
+/// A batch's items as one array: each item's one argument, little-endian.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Items {
+    /// An s64 an item.
+    Ints(Vec<u8>),
+    /// An f64 an item.
+    Floats(Vec<u8>),
+}
+
+/// `items` as one array when each is `[x]` with `x` an integer that fits an s64 (in any of
+/// MessagePack's integer forms) or each a float64, and there are enough of them; else `None`
+/// (they cross encoded).
+pub(crate) fn pack_items(items: &Packed) -> Option<Items> {
+    if items.len() < MIN_PACKED_ITEMS {
+        return None;
+    }
+    let mut out = Vec::with_capacity(items.len() * 8);
+    let floats = matches!(single(items.get(0)?)?, Single::Float(_));
+    for item in items.iter() {
+        match single(item)? {
+            Single::Int(v) if !floats => out.extend_from_slice(&v.to_le_bytes()),
+            Single::Float(v) if floats => out.extend_from_slice(&v.to_le_bytes()),
+            _ => return None,
+        }
+    }
+    Some(if floats {
+        Items::Floats(out)
+    } else {
+        Items::Ints(out)
+    })
+}
+
+/// The one argument of an item.
+enum Single {
+    Int(i64),
+    Float(f64),
+}
+
+/// The argument of `item` if it is exactly `[x]`, `x` an s64 or a float64.
+fn single(item: &[u8]) -> Option<Single> {
+    let (&0x91, rest) = item.split_first()? else {
+        return None;
+    };
+    let (&marker, p) = rest.split_first()?;
+    // `p` must be exactly the marker's payload: `try_into` refuses another length.
+    let int = match marker {
+        0x00..=0x7f if p.is_empty() => i64::from(marker),
+        0xe0..=0xff if p.is_empty() => i64::from(marker as i8),
+        0xcc => i64::from(u8::from_be_bytes(p.try_into().ok()?)),
+        0xcd => i64::from(u16::from_be_bytes(p.try_into().ok()?)),
+        0xce => i64::from(u32::from_be_bytes(p.try_into().ok()?)),
+        0xcf => i64::try_from(u64::from_be_bytes(p.try_into().ok()?)).ok()?,
+        0xd0 => i64::from(i8::from_be_bytes(p.try_into().ok()?)),
+        0xd1 => i64::from(i16::from_be_bytes(p.try_into().ok()?)),
+        0xd2 => i64::from(i32::from_be_bytes(p.try_into().ok()?)),
+        0xd3 => i64::from_be_bytes(p.try_into().ok()?),
+        0xcb => return Some(Single::Float(f64::from_be_bytes(p.try_into().ok()?))),
+        _ => return None,
+    };
+    Some(Single::Int(int))
+}
 
 /// The kind of every result in a packed array, and how many bytes one takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +300,106 @@ mod tests {
             got.iter().collect::<Vec<_>>(),
             [&[][..], &[NIL], &[NIL], &[]]
         );
+    }
+
+    fn items_of<T: serde::Serialize>(values: &[T]) -> Packed {
+        let mut p = Packed::default();
+        for v in values {
+            p.push(&rmp_serde::to_vec(&(v,)).expect("encode"));
+        }
+        p
+    }
+
+    #[test]
+    fn items_of_one_number_pack_to_the_values_they_decode_to() {
+        let ints: Vec<i64> = INTS.iter().cycle().take(40).copied().collect();
+        assert_eq!(
+            pack_items(&items_of(&ints)),
+            Some(Items::Ints(le(&ints, i64::to_le_bytes)))
+        );
+        // u64s up to i64::MAX, in their own forms (uint8..64), read as the same integers.
+        let uints: Vec<u64> = [
+            0,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            1 << 32,
+            i64::MAX as u64,
+        ]
+        .into_iter()
+        .cycle()
+        .take(20)
+        .collect();
+        let want: Vec<i64> = uints.iter().map(|&u| u as i64).collect();
+        assert_eq!(
+            pack_items(&items_of(&uints)),
+            Some(Items::Ints(le(&want, i64::to_le_bytes)))
+        );
+        // Every width of each sign, also where the Rust SDK would not choose it.
+        let mut wide = Packed::default();
+        for item in [
+            &[0x91, 0xcc, 5][..],
+            &[0x91, 0xcd, 0, 5],
+            &[0x91, 0xce, 0, 0, 0, 5],
+            &[0x91, 0xcf, 0, 0, 0, 0, 0, 0, 0, 5],
+            &[0x91, 0xd0, 0xfb],
+            &[0x91, 0xd1, 0xff, 0xfb],
+            &[0x91, 0xd2, 0xff, 0xff, 0xff, 0xfb],
+            &[0x91, 0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb],
+        ]
+        .iter()
+        .cycle()
+        .take(16)
+        {
+            wide.push(item);
+        }
+        let want: Vec<i64> = [5, 5, 5, 5, -5, -5, -5, -5].repeat(2);
+        assert_eq!(
+            pack_items(&wide),
+            Some(Items::Ints(le(&want, i64::to_le_bytes)))
+        );
+        let floats: Vec<f64> = [0.0, -0.0, 1.5, f64::NAN, f64::INFINITY, f64::MIN]
+            .into_iter()
+            .cycle()
+            .take(18)
+            .collect();
+        assert_eq!(
+            pack_items(&items_of(&floats)),
+            Some(Items::Floats(le(&floats, f64::to_le_bytes)))
+        );
+    }
+
+    #[test]
+    fn other_items_cross_encoded() {
+        let n = MIN_PACKED_ITEMS;
+        assert_eq!(pack_items(&items_of(&vec![1i64; n - 1])), None, "too few");
+        assert_eq!(
+            pack_items(&items_of(&vec![1u64 << 63; n])),
+            None,
+            "past s64"
+        );
+        assert_eq!(pack_items(&items_of(&vec![1.5f32; n])), None, "float32");
+        assert_eq!(pack_items(&items_of(&vec![true; n])), None);
+        assert_eq!(pack_items(&items_of(&vec!["a"; n])), None);
+        assert_eq!(pack_items(&items_of(&vec![(); n])), None);
+        // A mix of ints and floats, two arguments, trailing bytes, a short item.
+        let mut mixed = items_of(&vec![1i64; n]);
+        mixed.push(&rmp_serde::to_vec(&(1.5f64,)).expect("encode"));
+        assert_eq!(pack_items(&mixed), None);
+        for odd in [
+            &[0x92, 1, 2][..],
+            &[0x91, 1, 2],
+            &[0x91, 0xcd, 1],
+            &[0x91],
+            &[],
+        ] {
+            let mut items = items_of(&vec![1i64; n]);
+            items.push(odd);
+            assert_eq!(pack_items(&items), None, "{odd:?}");
+        }
     }
 
     #[test]
