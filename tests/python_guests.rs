@@ -876,6 +876,57 @@ fn a_python_map_in_large_chunks_answers_as_item_by_item() {
     });
 }
 
+/// A chunk whose results are all of one kind that packs (ints, floats, bools, None) comes
+/// back from the guest as one native array, which the worker encodes; one whose items are
+/// one number each goes in as one. Every kind, and what does not pack (ints past 64 bits,
+/// strings, a mix), answers exactly as the same items one call at a time, failures
+/// included.
+#[test]
+fn a_python_map_of_packed_results_answers_as_item_by_item() {
+    let pool = Pool::new(&py_testkit(), 2).unwrap();
+    within(PY_LIMIT, move || {
+        let run = |items: &[Vec<u8>], chunksize: usize| -> Vec<String> {
+            let items = items.iter().map(|i| Ok(i.clone()));
+            pool.imap_encoded::<serde_json::Value>("of_one_kind", items, chunksize, true)
+                .unwrap()
+                .map(|r| match r {
+                    Ok(v) => v.to_string(),
+                    Err(e) => format!("error: {e}"),
+                })
+                .collect()
+        };
+        let ints: Vec<Vec<u8>> = (0..1800i64)
+            .map(|x| wasmpool::encode_args(&(x,)).unwrap())
+            .collect();
+        let floats: Vec<Vec<u8>> = (0..400)
+            .map(|x| wasmpool::encode_args(&(f64::from(x) / 4.0,)).unwrap())
+            .collect();
+        for items in [&ints, &floats] {
+            let whole = run(items, 100);
+            let single = run(items, 1);
+            assert_eq!(whole.len(), items.len());
+            assert!(whole == single, "the packed path answered differently");
+        }
+        let whole = run(&ints, 100);
+        assert_eq!(whole[99], (99 * 99).to_string());
+        assert_eq!(whole[98], (-98 * 98).to_string());
+        assert_eq!(whole[104], "13.0");
+        assert_eq!(whole[201], "true");
+        assert_eq!(whole[301], "null");
+        assert_eq!(whole[401], ((1u64 << 63) + 401).to_string());
+        assert_eq!(whole[501], "-501");
+        assert!(
+            whole[607].contains("does not fit in 64 bits"),
+            "{}",
+            whole[607]
+        );
+        assert_eq!(whole[701], "\"701\"");
+        assert!(whole[5].contains("ValueError: no 5"), "{}", whole[5]);
+        assert!(whole[102].contains("ValueError: no 102"), "{}", whole[102]);
+        assert_eq!(run(&floats, 100)[3], "1.125");
+    });
+}
+
 /// In a batch where only some items touch a shared object, every item's result is its own
 /// (an item that reported the ones before it while it ran is not given their bytes).
 #[test]

@@ -400,3 +400,33 @@ def cube_or_fail(x):
     if x < 0:
         return x / 4
     return x * x * x
+
+
+@task
+def of_one_kind(x):
+    """For a `map` in chunks of 100: results of one kind a chunk (ints, floats, bools,
+    None, ints past the s64s, ints that fit neither s64s nor u64s, some past 64 bits,
+    strings, ints and floats mixed), an exception every 97th item; float arguments give
+    floats."""
+    if x % 97 == 5:
+        raise ValueError(f"no {x}")
+    if type(x) is float:
+        return x * 1.5
+    kind = (x // 100) % 9
+    if kind == 0:
+        return x * x if x % 2 else -x * x
+    if kind == 1:
+        return x / 8
+    if kind == 2:
+        return x % 3 == 0
+    if kind == 3:
+        return None
+    if kind == 4:
+        return 2**63 + x
+    if kind == 5:
+        return -x if x % 2 else 2**63 + x
+    if kind == 6:
+        return 2**64 + x if x % 50 == 7 else x
+    if kind == 7:
+        return str(x)
+    return x if x % 2 else float(x)

@@ -33,8 +33,9 @@ use crate::error::{Error, Result};
 /// The componentize-py versions accepted (pip's requirement, and the version prefix checked).
 const REQUIREMENT: &str = "componentize-py>=0.25,<0.26";
 const VERSION_PREFIX: &str = "componentize-py 0.25.";
-/// The WIT world a Python guest targets: the task world with the `batch-bytes` export.
-const WORLD: &str = "task-module-batch-bytes";
+/// The WIT world a Python guest targets: the task world with the `batch-bytes` and
+/// `batch-packed` exports.
+const WORLD: &str = "task-module-batch-packed";
 /// The module componentize-py wraps: it imports the user's module and the SDK's exports.
 const ENTRY: &str = "wasmpool_component_entry";
 
@@ -679,7 +680,7 @@ fn build_in(
              # even for names the module imports from os at its top.\n\
              import wasmpool_guest._exports\n\
              import {module}  # the tasks register themselves as it is imported\n\
-             from wasmpool_guest._exports import BatchBytes, Tasks\n",
+             from wasmpool_guest._exports import BatchBytes, BatchPacked, Tasks\n",
             module = plan.module
         ),
     )

@@ -13,6 +13,8 @@ import threading  # noqa: E402
 from typing import Optional  # noqa: E402
 
 import random  # noqa: E402
+import struct  # noqa: E402
+from array import array  # noqa: E402
 
 from wasmpool_guest import _batch, _msgpack, _registry, _vector, objects  # noqa: E402
 
@@ -352,6 +354,238 @@ class WholeBatch(unittest.TestCase):
         self.assertEqual(len(out_ends), 29)
         flat = [o for r in reports for o in r]
         self.assertEqual(flat, [_msgpack.packb(i) for i in range(71)])
+
+def _unpacked(packed):
+    """What the host makes of packed results (see `worker/packed_results.rs`): each item's
+    value, as the item codec would encode it."""
+    kind, payload = packed
+    if kind == "nils":
+        return [None] * payload
+    if kind == "bools":
+        return [bool(b) for b in payload]
+    values = array({"ints": "q", "uints": "Q", "floats": "d"}[kind])
+    values.frombytes(payload)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
+
+
+class PackedResults(unittest.TestCase):
+    """Results of one kind come back as one native array (the `batch-packed` export),
+    and what does not pack is left to the encoder."""
+
+    def setUp(self):
+        self.saved = dict(_registry.TASKS)
+        _registry.TASKS.clear()
+
+    def tearDown(self):
+        _registry.TASKS.clear()
+        _registry.TASKS.update(self.saved)
+
+    def test_each_kind_packs_to_its_array(self):
+        ints = [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, -1, -32,
+                -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)] * 2
+        uints = [0, 1, 2**63, 2**64 - 1] * 5
+        floats = [0.0, -0.0, 1.5, float("inf"), float("-inf"), float("nan"), 5e-324] * 3
+        for values, kind in ((ints, "ints"), (uints, "uints"), (floats, "floats"),
+                             ([True, False] * 10, "bools"), ([None] * 20, "nils")):
+            packed = _vector.pack_results(values)
+            self.assertEqual(packed[0], kind, values[:4])
+            got = _unpacked(packed)
+            self.assertEqual([_msgpack.packb(v) for v in got], [_msgpack.packb(v) for v in values])
+            self.assertEqual([type(v) for v in got], [type(v) for v in values])
+        # The float bits go as they are: -0.0 and NaN included.
+        self.assertEqual(_vector.pack_results(floats)[1][8:16], struct.pack("<d", -0.0))
+
+    def test_what_does_not_pack_is_none(self):
+        class Small(int):
+            pass
+
+        for values in (
+            [1, 2.5] * 10,             # ints and floats
+            [1, True] * 10,            # a bool is no int here
+            [1.0, True] * 10,
+            [1, None] * 10,
+            [2**64] + [1] * 19,        # past 64 bits
+            [-1] + [2**63] * 19,       # fits neither s64s nor u64s
+            [-(2**63) - 1] * 20,
+            ["a"] * 20,
+            [[1]] * 20,
+            [Small(1)] * 20,
+            [],
+        ):
+            self.assertIsNone(_vector.pack_results(values), values[:3])
+
+    def test_failed_slots_take_a_value_of_the_kind(self):
+        values = [None if i % 7 == 3 else i * 1.5 for i in range(40)]
+        failed = {i: "x" for i in range(40) if i % 7 == 3}
+        kind, payload = _vector.pack_results(values, failed)
+        self.assertEqual(kind, "floats")
+        got = _unpacked((kind, payload))
+        self.assertEqual([v for i, v in enumerate(got) if i not in failed],
+                         [v for i, v in enumerate(values) if i not in failed])
+        self.assertEqual(values[3], None, "the caller's list is left as it was")
+        self.assertIsNone(_vector.pack_results([None, None], {0: 1, 1: 1}))
+
+    def outcomes(self, name, values, pack, args=False):
+        """A batch's outcomes, item by item, with packed results written out as the host
+        writes them; and whether they came packed. ``args``: the items come packed too."""
+        reports = []
+        if args:
+            kind = "floats" if type(values[0]) is float else "ints"
+            payload = struct.pack("<%d%s" % (len(values), "d" if kind == "floats" else "q"), *values)
+            b = _batch.Batch(name, b"", None, reports.append, pack, _vector.unpack_items(kind, payload))
+        else:
+            data, ends = _items(values)
+            b = _batch.Batch(name, data, ends, reports.append, pack)
+        out, out_ends, errors = b.run()
+        flat = [(o.kind, o.message) if isinstance(o, _registry.TaskFailure) else o
+                for r in reports for o in r]
+        errs = {i: (f.kind, f.message) for i, f in errors}
+        if b.packed is not None:
+            self.assertEqual((out, out_ends), (b"", []))
+            got = _unpacked(b.packed)
+            self.assertEqual(len(got), len(values))
+            flat += [errs.get(i) or _msgpack.packb(v) for i, v in enumerate(got)]
+        else:
+            start = 0
+            for i, end in enumerate(out_ends):
+                flat.append(errs.get(i) or out[start:end])
+                start = end
+        return flat, b.packed is not None
+
+    def test_a_batch_answers_packed_exactly_what_it_answers_encoded(self):
+        @_registry.task
+        def sq(x):
+            if x % 97 == 5:
+                raise ValueError(f"bad {x}")
+            return x * x
+
+        @_registry.task
+        def half(x: int) -> float:
+            return x / 2
+
+        @_registry.task
+        def mixed(x):
+            return x if x % 3 else x / 3
+
+        @_registry.task
+        def big(x):
+            return 2**70 if x == 30 else x
+
+        @_registry.task
+        def text(x):
+            return str(x)
+
+        @_registry.task
+        def stops(x):
+            if x == 20:
+                raise StopIteration
+            return x
+
+        cases = {
+            "sq": (range(1000), True), "half": (range(-500, 500, 3), True),
+            "mixed": (range(100), False), "big": (range(100), False),
+            "text": (range(50), False), "stops": (range(50), False),
+        }
+        for name, (values, packs) in cases.items():
+            values = list(values)
+            packed, was_packed = self.outcomes(name, values, True)
+            encoded, was_encoded = self.outcomes(name, values, False)
+            self.assertEqual(packed, encoded, name)
+            self.assertEqual(len(packed), len(values), name)
+            self.assertEqual((was_packed, was_encoded), (packs, False), name)
+        packed, _ = self.outcomes("sq", list(range(1000)), True)
+        self.assertTrue(packed[5][1].startswith("ValueError: bad 5\n"), packed[5])
+        self.assertEqual(packed[102][0], "failed")
+        self.assertEqual(packed[6], b"\x24")
+
+    def test_packed_items_answer_as_the_same_items_encoded(self):
+        batch = []
+
+        @_registry.task
+        def sq(x):
+            if x % 97 == 5:
+                raise ValueError(f"bad {x}")
+            return x * x
+
+        @_registry.task
+        def typed(x: int) -> str:
+            return str(x)
+
+        @_registry.task
+        def as_float(x: float) -> float:
+            return x * 2
+
+        @_registry.task
+        def stops(x):
+            if x == 20:
+                raise StopIteration("early")
+            return x
+
+        @_registry.task
+        def touch(x):
+            if x in (40, 41):
+                batch[0].before_effect()
+            return x + 0.5
+
+        @_registry.task
+        def two(x, y):
+            return x + y
+
+        ints = list(range(-300, 700, 3)) + [2**63 - 1, -(2**63)] * 8
+        floats = [0.5 * i for i in range(-50, 50)] + [float("inf"), -0.0] * 8
+        for name in ("sq", "typed", "as_float", "stops", "two"):
+            for values in (ints, floats):
+                for pack in (False, True):
+                    given, _ = self.outcomes(name, values, pack, args=True)
+                    encoded, _ = self.outcomes(name, values, pack)
+                    self.assertEqual(given, encoded, (name, values[0], pack))
+        # A float hint takes ints; an int hint words its mismatch for floats, item by item.
+        given, packed = self.outcomes("as_float", ints[:-16], True, args=True)
+        self.assertTrue(packed)
+        self.assertEqual(given[0], _msgpack.packb(-600))
+        given, packed = self.outcomes("typed", floats, True, args=True)
+        self.assertFalse(packed)
+        self.assertEqual(given[0][0], "bad-args")
+        # An item that touched an object: the rest of the batch goes item by item.
+        reports = []
+        payload = struct.pack("<100q", *range(100))
+        b = _batch.Batch("touch", b"", None, reports.append, True, _vector.unpack_items("ints", payload))
+        batch.append(b)
+        out, out_ends, errors = b.run()
+        self.assertIsNone(b.packed)
+        self.assertEqual([len(r) for r in reports], [40, 1, 1])
+        flat = [o for r in reports for o in r]
+        start = 0
+        for end in out_ends:
+            flat.append(out[start:end])
+            start = end
+        self.assertEqual(flat, [_msgpack.packb(i + 0.5) for i in range(100)])
+        self.assertIsNone(_vector.unpack_items("bools", b"\x01"))
+
+    def test_a_batch_that_touched_an_object_is_not_packed(self):
+        batch = []
+
+        @_registry.task
+        def touch(x):
+            if x == 40:
+                batch[0].before_effect()
+            return x
+
+        reports = []
+        data, ends = _items(list(range(100)))
+        b = _batch.Batch("touch", data, ends, reports.append, True)
+        batch.append(b)
+        out, out_ends, errors = b.run()
+        self.assertIsNone(b.packed)
+        flat = [o for r in reports for o in r]
+        start = 0
+        for end in out_ends:
+            flat.append(out[start:end])
+            start = end
+        self.assertEqual(flat, [_msgpack.packb(i) for i in range(100)])
+
 
 class FakeHost:
     """A transport that records operations and answers from a script."""

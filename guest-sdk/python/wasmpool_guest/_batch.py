@@ -10,6 +10,13 @@ Two ways through a batch, with the same outcomes:
 - *Item by item*, for everything else, and for the rest of a batch once an item touches a
   shared object.
 
+Through the `batch-packed` export a batch's items may come as one native array of numbers
+(``args``: nothing to decode; the item-by-item path gets them encoded again, which only
+the rare batch that leaves the first path pays for), and its results may go as one
+(:attr:`Batch.packed`, from :func:`._vector.pack_results`: nothing to encode) when the
+batch ran wholly on the first path, with no object operation, and every result is of one
+kind that packs.
+
 Progress (see `batch-progress` in the WIT world): before an item's first object operation
 the items finished so far are reported, and an item that made one is reported as soon as it
 finishes, so a later trap never runs it again. On the whole-batch path the running item is
@@ -27,13 +34,18 @@ class Batch:
 
     __slots__ = (
         "name", "data", "ends", "progress", "out", "out_ends", "errors", "effect",
-        "whole", "values", "results", "failed", "taken", "cut",
+        "whole", "values", "results", "failed", "taken", "cut", "pack", "packed", "args",
+        "count",
     )
 
-    def __init__(self, name, data, ends, progress):
+    def __init__(self, name, data, ends, progress, pack=False, args=None):
+        """``args``, instead of ``data`` and ``ends``: the items' one argument each, and
+        their one type, ``(values, type)``."""
         self.name = name
         self.data = data
         self.ends = ends
+        self.args = args
+        self.count = len(args[0]) if args is not None else len(ends)
         self.progress = progress
         # The outcomes not yet reported: results, their ends, `(index, TaskFailure)`.
         self.out = bytearray()
@@ -48,19 +60,31 @@ class Batch:
         self.failed = None
         self.taken = 0
         self.cut = None
+        # Whether the results may be answered packed, and then `(kind, payload)`.
+        self.pack = pack
+        self.packed = None
 
     def run(self):
-        """Runs every item; the outcomes not reported: ``(data, ends, errors)``."""
+        """Runs every item; the outcomes not reported: ``(data, ends, errors)``. When
+        :attr:`packed` is set after it, the results are that instead (``data`` and ``ends``
+        are empty; ``errors`` index the packed items)."""
         first = 0
+        args = self.args
         fast = _registry.whole_batch_caller(self.name)
         if fast is not None:
             func, check = fast
-            values = _vector.decode_single(self.data, self.ends)
-            if values is not None:
-                values = check(values)
+            if args is not None:
+                # A copy: a cut shortens the list the map runs over.
+                values = check(list(args[0]), args[1])
+            else:
+                values = _vector.decode_single(self.data, self.ends)
+                if values is not None:
+                    values = check(values)
             if values is not None:
                 first = self._run_whole(func, values)
-        if first < len(self.ends):
+        if first < self.count:
+            if args is not None:
+                self.data, self.ends = _vector.encode_items(args[0], first)
             self._run_items(first)
         return bytes(self.out), self.out_ends, self.errors
 
@@ -123,6 +147,14 @@ class Batch:
         finally:
             self.whole = False
         done = len(results)
+        if self.pack and self.cut is None and done == self.count:
+            # Every item ran here and none was reported: perhaps nothing to encode.
+            packed = _vector.pack_results(results, failed)
+            if packed is not None:
+                self.packed = packed
+                self.errors = sorted(failed.items())
+                self.values = self.results = self.failed = None
+                return done
         if done < len(values):
             # The map ended early: only a StopIteration from the task ends it so (`map`
             # takes it for the end of its input), raised by item `done`, which is over. Its

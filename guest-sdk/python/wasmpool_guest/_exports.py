@@ -12,10 +12,11 @@ from array import array
 from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import host, types
+from wit_world.exports import batch_packed as _batch_packed
 from wit_world.imports import objects as wit_objects
 
 from . import _batch as _batch_mod
-from . import _identity, _registry, objects
+from . import _identity, _registry, _vector, objects
 
 _KINDS = {
     "failed": types.TaskError_Failed,
@@ -153,7 +154,7 @@ class Tasks(exports.Tasks):
             return Err(types.TaskError_Failed(_registry.describe(e)))
 
     def call_batch(self, task, items):
-        data, ends, errors = _call_batch(task, items.data, items.ends)
+        data, ends, errors, _ = _call_batch(task, items.data, items.ends)
         return types.BatchOutcome(types.Packed(data, ends), errors)
 
 
@@ -162,17 +163,57 @@ class BatchBytes(exports.BatchBytes):
     into and out of the interpreter in one copy each rather than one int object per item."""
 
     def call_batch_bytes(self, task, data, ends):
-        if len(ends) % _END.itemsize:
-            raise ValueError("the batch's ends are not whole u32s")
-        parsed = array(_END.typecode)
-        parsed.frombytes(ends)
-        if _SWAP:
-            parsed.byteswap()
-        out, out_ends, errors = _call_batch(task, data, parsed.tolist())
-        packed = array(_END.typecode, out_ends)
-        if _SWAP:
-            packed.byteswap()
-        return (out, packed.tobytes(), errors)
+        out, out_ends, errors, _ = _call_batch(task, data, _parse_ends(ends))
+        return (out, _pack_ends(out_ends), errors)
+
+
+class BatchPacked(exports.BatchPacked):
+    """The `batch-packed` interface: `call-batch-bytes` whose items, when each is one
+    number, come as one native array, and whose results, when they are all of one kind
+    that packs (ints, floats, bools, None), go back as one that the host encodes (see
+    :func:`._vector.unpack_items` and :func:`._vector.pack_results`)."""
+
+    def call_batch_packed(self, task, items):
+        if isinstance(items, _batch_packed.BatchItems_Encoded):
+            data, ends = items.value
+            batch = (data, _parse_ends(ends), None)
+        else:
+            kind = "ints" if isinstance(items, _batch_packed.BatchItems_Ints) else "floats"
+            args = _vector.unpack_items(kind, items.value)
+            if args is None:
+                raise ValueError(f"packed items of kind {kind} cannot be read here")
+            batch = (b"", None, args)
+        out, out_ends, errors, packed = _call_batch(task, *batch, pack=True)
+        if packed is None:
+            return (_batch_packed.BatchResults_Encoded((out, _pack_ends(out_ends))), errors)
+        kind, payload = packed
+        return (_PACKED[kind](payload), errors)
+
+
+def _parse_ends(ends):
+    if len(ends) % _END.itemsize:
+        raise ValueError("the batch's ends are not whole u32s")
+    parsed = array(_END.typecode)
+    parsed.frombytes(ends)
+    if _SWAP:
+        parsed.byteswap()
+    return parsed.tolist()
+
+
+def _pack_ends(out_ends):
+    packed = array(_END.typecode, out_ends)
+    if _SWAP:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+_PACKED = {
+    "ints": _batch_packed.BatchResults_Ints,
+    "uints": _batch_packed.BatchResults_Uints,
+    "floats": _batch_packed.BatchResults_Floats,
+    "bools": _batch_packed.BatchResults_Bools,
+    "nils": _batch_packed.BatchResults_Nils,
+}
 
 
 # The ends are u32s, little-endian: an array type of four bytes.
@@ -180,20 +221,24 @@ _END = array("I")
 _SWAP = sys.byteorder != "little"
 
 
-def _call_batch(task, data, ends):
-    """Runs a batch: ``(results' data, their ends, [(index, task-error)])``."""
+def _call_batch(task, data, ends, args=None, pack=False):
+    """Runs a batch (its items ``data`` and ``ends``, or ``args``: see
+    :class:`._batch.Batch`): ``(results' data, their ends, [(index, task-error)], packed)``,
+    with ``packed`` the results as ``(kind, payload)`` instead when ``pack`` is asked and
+    they pack (the data and ends are then empty)."""
     global _batch
-    if len(ends) > 1:
+    count = len(args[0]) if args is not None else len(ends)
+    if count > 1:
         # Says that this guest reports its progress: one host call per batch.
         host.batch_progress([])
     if _registry.TASKS.get(task) is None:
         failure = types.TaskError_UnknownTask(task)
-        return b"", [0] * len(ends), [(i, failure) for i in range(len(ends))]
-    b = _batch_mod.Batch(task, data, ends, _progress)
+        return b"", [0] * count, [(i, failure) for i in range(count)], None
+    b = _batch_mod.Batch(task, data, ends, _progress, pack, args)
     _batch = b
     try:
         out, out_ends, errors = b.run()
     finally:
         _batch = None
         _registry._flush()
-    return out, out_ends, [(i, _error(f)) for i, f in errors]
+    return out, out_ends, [(i, _error(f)) for i, f in errors], b.packed

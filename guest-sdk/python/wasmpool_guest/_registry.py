@@ -260,7 +260,9 @@ def encode_failure(name, e):
 
 
 def _all_of(kinds):
-    def check(values):
+    def check(values, kind=None):
+        if kind is not None:
+            return values if kind in kinds else None
         return values if set(map(type, values)) <= kinds else None
 
     return check
@@ -268,21 +270,22 @@ def _all_of(kinds):
 
 def whole_batch_caller(name):
     """``(func, check)`` for a task that can be mapped over a whole batch of single
-    arguments at once (see :mod:`._batch`): ``check(values)`` answers the values as the
-    task's type hint takes them, or None where some value does not fit it (the batch then
-    goes item by item, which words each mismatch). None for a task of other parameters."""
+    arguments at once (see :mod:`._batch`): ``check(values, kind=None)`` answers the values
+    as the task's type hint takes them, or None where some value does not fit it (the batch
+    then goes item by item, which words each mismatch); ``kind``, when given, is the type of
+    every value. None for a task of other parameters."""
     t = TASKS.get(name)
     if t is None or t.min_args > 1 or (t.max_args is not None and t.max_args < 1):
         return None
     hint_check = t.checks[0][1] if t.checks and t.checks[0][0] == 0 else None
     if hint_check is None:
-        return t.func, lambda values: values
+        return t.func, lambda values, kind=None: values
     if hint_check is _hints._check_int:
         return t.func, _all_of({int})
     if hint_check is _hints._check_float:
         return t.func, _all_of({int, float})
 
-    def check(values):
+    def check(values, kind=None):
         try:
             return [hint_check(v) for v in values]
         except _hints.Mismatch:

@@ -15,11 +15,14 @@ use super::state::{CallClock, InstanceState, MemoryLimiter, ProcessIdentity};
 use super::watchdog::{INIT_CALL, Watchdog, ticks, time_limit_message};
 use crate::bindings::{self, BatchOutcome, TaskError, TaskModule, TaskModulePre};
 
-/// A live instance's exports: the world's, and the optional `batch-bytes` one.
+/// A live instance's exports: the world's, and the optional `batch-bytes` and
+/// `batch-packed` ones.
 struct Exports {
     tasks: TaskModule,
     /// `call-batch-bytes`, when the module exports it (see [`bindings::batch_bytes`]).
     batch_bytes: Option<wasmtime::component::Func>,
+    /// `call-batch-packed`, when the module exports it (see [`bindings::batch_packed`]).
+    batch_packed: Option<wasmtime::component::Func>,
 }
 
 impl Exports {
@@ -230,6 +233,7 @@ impl Loaded {
             tasks: TaskModule::new(&mut store, &instance)
                 .map_err(|e| init_failure("instantiation", &mut store, &e, limits))?,
             batch_bytes: bindings::batch_bytes(&mut store, &instance),
+            batch_packed: bindings::batch_packed(&mut store, &instance),
         };
         match module.wasmpool_task_tasks().call_init(&mut store) {
             Ok(Ok(())) => Ok((store, module)),
@@ -437,9 +441,12 @@ impl Loaded {
                     break;
                 }
             };
-            let (result, items) = match module.batch_bytes {
-                Some(func) => (bindings::call_batch_bytes(store, func, task, &items), items),
-                None => {
+            let (result, items) = match (module.batch_packed, module.batch_bytes) {
+                (Some(func), _) => bindings::call_batch_packed(store, func, task, items),
+                (None, Some(func)) => {
+                    (bindings::call_batch_bytes(store, func, task, &items), items)
+                }
+                (None, None) => {
                     // Moved into the call (no copy) and recovered from it.
                     let wit = bindings::Packed {
                         data: items.data,

@@ -13,6 +13,7 @@ mod fork_server;
 mod instance;
 mod objects;
 mod output;
+pub(crate) mod packed_batch;
 mod progress;
 mod sandbox;
 pub(crate) mod state;
