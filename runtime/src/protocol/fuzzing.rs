@@ -356,7 +356,7 @@ mod tests {
         // The samples themselves decode whole.
         let whole = fuzzing::read_to_worker(&to_worker);
         assert_eq!(whole.error, None);
-        assert_eq!(whole.kinds.len(), 9);
+        assert_eq!(whole.kinds.len(), 10);
         let whole = fuzzing::read_from_worker(&from_worker);
         assert_eq!(whole.error, None);
         assert_eq!(whole.kinds.len(), 10);
@@ -412,6 +412,7 @@ mod tests {
             "Call",
             "CallBatch",
             "Shutdown",
+            "Skip",
             "ObjectReply",
             "ObjectRefused",
             "Ready",
