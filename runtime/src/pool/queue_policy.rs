@@ -46,6 +46,9 @@ pub(crate) struct Cost {
     /// The fuel it used, on a metered worker.
     #[allow(dead_code)]
     pub fuel: Option<u64>,
+    /// Whether it tells what its tenant's items cost (a cancelled chunk, skipped unrun or
+    /// stopped midway, does not).
+    pub typical: bool,
 }
 
 /// The chunks waiting for a worker, and the order in which workers take them.
@@ -415,7 +418,7 @@ impl<C: Queued> Fair<C> {
         let real = i64::try_from(cost.micros).unwrap_or(i64::MAX);
         let estimated = lane.estimate(cost.items);
         lane.deficit = lane.deficit.saturating_add(estimated).saturating_sub(real);
-        if cost.items > 0 {
+        if cost.items > 0 && cost.typical {
             lane.recent = Some(Recent::add(lane.recent, cost.micros, cost.items));
         }
     }
@@ -501,6 +504,7 @@ mod tests {
                 items: f.items,
                 micros: micros(f.key) * f.items as u64,
                 fuel: None,
+                typical: true,
             },
         );
         Some(f)

@@ -19,7 +19,7 @@ use super::callbacks::Callbacks;
 use super::chunk::{Chunk, SendAs};
 use super::job::{Job, Slot};
 use super::pipeline::{Timing, ewma, pipeline_depth};
-use super::queue_policy::{Cost, CostHint, Fair, QueuePolicy};
+use super::queue_policy::{Cost, CostHint, Fair, QueueKey, QueuePolicy};
 use super::workers::{InFlight, PoolWorker};
 use crate::error::{Error, Result};
 use crate::grants::Grants;
@@ -313,10 +313,8 @@ impl Scheduler {
         };
         let now = Instant::now();
         s.workers[wi].heard = now;
-        // How long the chunk held its worker: since the worker's previous answer, or since
-        // it was sent if that is later. More than its run time by what the worker spends
-        // between calls (reading frames, writing answers), which for tiny tasks is most
-        // of it.
+        // How long the worker was held since its previous answer (or since this call was
+        // sent, if later): what it ran and what it spent between calls.
         let held = now.saturating_duration_since(flight.sent.max(s.workers[wi].answered_at));
         s.workers[wi].answered_at = now;
         let Ran {
@@ -356,13 +354,14 @@ impl Scheduler {
                 }
                 chunk.job.add_worker_micros(micros);
                 chunk.job.raise_peak_memory(peak_memory);
-                let held = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
-                s.queue.charge(
+                s.workers[wi].burst.add(
+                    held,
                     chunk.key(),
                     Cost {
                         items: chunk.items.len() - flight.answered,
-                        micros: micros.max(held),
+                        micros,
                         fuel,
+                        typical: false,
                     },
                 );
             }
@@ -388,16 +387,15 @@ impl Scheduler {
                     chunk.first + flight.answered,
                     chunk.items.len() - flight.answered,
                 );
-                // Charged what it cost the pool, not only what it ran: a flood of tiny
-                // tasks charged only their run time would take turns many times longer
-                // than the quantum in wall time.
-                let held = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
-                s.queue.charge(
+                // Charged what it cost the pool, not only what it ran (see `Burst`).
+                s.workers[wi].burst.add(
+                    held,
                     chunk.key(),
                     Cost {
                         items: n,
-                        micros: micros.max(held),
+                        micros,
                         fuel,
+                        typical: true,
                     },
                 );
                 match answers {
@@ -439,6 +437,12 @@ impl Scheduler {
             let _ = w.handle.send(&ToWorker::Control(Control::Shutdown));
         }
         // Refill once this worker's buffered answers are all handled: one write, not one per answer.
+        if !more || s.workers[wi].burst.is_full() {
+            let burst = std::mem::take(&mut s.workers[wi].burst);
+            for (key, cost) in burst.settle() {
+                s.queue.charge(key, cost);
+            }
+        }
         if !more {
             self.dispatch(&mut s);
         }
@@ -646,4 +650,91 @@ fn queue(s: &mut SchedulerState, chunk: Chunk, micros: Option<u64>) {
         micros,
     };
     s.queue.push(chunk.key(), hint, chunk);
+}
+
+/// The answers read from one worker since it last went quiet, charged together once its
+/// buffered answers are all handled.
+///
+/// A task costs the pool more than its run time in the worker: the worker's reading of the
+/// call and writing of the answer between calls, which for tiny tasks is most of it (a flood
+/// charged only its ~1 µs run time a task would take turns of thousands of tasks). The wall
+/// time the worker was held, from answer to answer, shows it; but a worker writes its
+/// answers when it runs out of work, so they come in bursts, and the first answer of a burst
+/// carries the time of every call in it, whoever's. So a burst's time is shared out: each
+/// chunk pays its own run time and an equal share of what the burst spent beyond the run
+/// times.
+#[derive(Debug, Default)]
+pub(super) struct Burst {
+    held: std::time::Duration,
+    chunks: Vec<(QueueKey, Cost)>,
+}
+
+/// Answers charged together at most: a worker that never goes quiet is charged in bursts
+/// of this many.
+const BURST_MAX: usize = 256;
+
+impl Burst {
+    /// One more answer: the worker was held `held` since the one before.
+    pub(super) fn add(&mut self, held: std::time::Duration, key: QueueKey, cost: Cost) {
+        self.held = self.held.saturating_add(held);
+        self.chunks.push((key, cost));
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.chunks.len() >= BURST_MAX
+    }
+
+    /// What each chunk of the burst is charged: its run time and its share of the rest.
+    pub(super) fn settle(self) -> impl Iterator<Item = (QueueKey, Cost)> {
+        let held = u64::try_from(self.held.as_micros()).unwrap_or(u64::MAX);
+        let ran: u64 = self.chunks.iter().map(|(_, c)| c.micros).sum();
+        let share = held.saturating_sub(ran) / self.chunks.len().max(1) as u64;
+        self.chunks.into_iter().map(move |(key, cost)| {
+            (
+                key,
+                Cost {
+                    micros: cost.micros.saturating_add(share),
+                    ..cost
+                },
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cost(micros: u64) -> Cost {
+        Cost {
+            items: 1,
+            micros,
+            fuel: None,
+            typical: true,
+        }
+    }
+
+    #[test]
+    fn a_burst_charges_each_chunk_its_run_time_and_an_equal_share_of_the_rest() {
+        // A light tenant's 1 µs chunk answered first in a burst, with a heavy tenant's
+        // 100 ms one behind it: the first answer carries the whole burst's time.
+        let (light, heavy) = (QueueKey(1), QueueKey(2));
+        let mut b = Burst::default();
+        b.add(Duration::from_micros(100_060), light, cost(1));
+        b.add(Duration::from_micros(0), heavy, cost(100_000));
+        let charged: Vec<(QueueKey, u64)> = b.settle().map(|(k, c)| (k, c.micros)).collect();
+        // 59 µs beyond the run times, shared: 29 each.
+        assert_eq!(charged, [(light, 30), (heavy, 100_029)]);
+
+        // A flood's tiny chunks: each pays its share of the time between calls.
+        let mut b = Burst::default();
+        b.add(Duration::from_micros(3_000), light, cost(1));
+        for _ in 1..1000 {
+            b.add(Duration::ZERO, light, cost(1));
+        }
+        let total: u64 = b.settle().map(|(_, c)| c.micros).sum();
+        assert_eq!(total, 3_000);
+    }
 }

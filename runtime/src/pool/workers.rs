@@ -51,8 +51,11 @@ pub(super) struct PoolWorker {
     /// or wedged, and is killed.
     pub heard: Instant,
     /// When it last answered a call: a chunk answered after another held the worker since
-    /// that answer (or since it was sent, if later), which is what fair queuing charges.
+    /// that answer (or since it was sent, if later).
     pub answered_at: Instant,
+    /// The answers read since the worker last went quiet, not yet charged: see
+    /// [`Burst`](super::scheduler::Burst).
+    pub burst: super::scheduler::Burst,
     /// Why the pool killed the worker, if it did.
     killed_for: Option<String>,
     /// Set while its output is handed to the caller's callback: a slow callback holds up
@@ -161,6 +164,7 @@ impl Scheduler {
             router: Arc::default(),
             heard: Instant::now(),
             answered_at: Instant::now(),
+            burst: Default::default(),
             killed_for: None,
             routing: Arc::default(),
         };

@@ -165,6 +165,7 @@ fn serve_on(
     let (tx, rx) = std::sync::mpsc::channel::<ToWorker>();
     let skips = Arc::new(Skips::default());
     let skipped = skips.clone();
+    let exit_channel = channel.clone();
     std::thread::Builder::new()
         .name("frames".into())
         .spawn(move || {
@@ -187,8 +188,8 @@ fn serve_on(
                     // is stopped with the process (its instance is not to be trusted
                     // midway, and a guest in a host call cannot be interrupted).
                     if skipped.add(ids) {
-                        // SAFETY: _exit is always safe to call; the call's work is cancelled.
-                        unsafe { libc::_exit(crate::protocol::CANCELLED_EXIT) };
+                        // The answers of the calls before it (other work) go out first.
+                        exit_channel.flush_and_exit(crate::protocol::CANCELLED_EXIT);
                     }
                 } else if let ToWorker::Object(ObjectAnswer::Refused { req, target, error }) = msg {
                     let _ = reply_tx.send(Reply::Refused { req, target, error });

@@ -125,6 +125,17 @@ impl Channel {
         self.flush_locked(&mut w)
     }
 
+    /// Writes whatever is queued and exits the process with `code`, holding the writer
+    /// throughout: the answers of calls finished before are not lost, and no frame another
+    /// thread is writing is cut in the middle.
+    pub fn flush_and_exit(&self, code: i32) -> ! {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.flush_locked(&mut w);
+        // SAFETY: _exit is always safe to call; the writer stays locked until the process
+        // is gone, so nothing is written after this.
+        unsafe { libc::_exit(code) }
+    }
+
     /// Writes whatever is queued.
     pub fn flush(&self) -> io::Result<()> {
         self.flush_locked(&mut *self.lock()?)
