@@ -113,7 +113,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 }
 
 async fn serve(config: Config) -> Result<(), ServeError> {
-    let registry = tenants::Registry::load(&config.tenants)?;
+    let registry = tenants::Registry::load_checked(&config.tenants, config.cluster.is_some())?;
     let store = store::Store::open(&config.state)?;
     let modules_dir = config.state.join("modules");
     std::fs::create_dir_all(&modules_dir)

@@ -248,16 +248,27 @@ pub struct Registry {
     path: PathBuf,
     current: RwLock<Arc<Vec<Tenant>>>,
     mtime: RwLock<Option<SystemTime>>,
+    /// Whether tenant names must also be cluster tenant names (`serve --cluster`).
+    cluster_names: bool,
 }
 
 impl Registry {
     /// Loads `path`.
     pub fn load(path: &Path) -> Result<Registry, ServeError> {
-        let (tenants, mtime) = read(path)?;
+        Registry::load_checked(path, false)
+    }
+
+    /// Loads `path`; with `cluster_names`, every tenant's name (on this load and every
+    /// reload) must also name a tenant on a cluster
+    /// ([`wasmpool::cluster::check_tenant_name`]), as `serve --cluster` runs each tenant's
+    /// work as that cluster tenant.
+    pub fn load_checked(path: &Path, cluster_names: bool) -> Result<Registry, ServeError> {
+        let (tenants, mtime) = read(path, cluster_names)?;
         Ok(Registry {
             path: path.to_path_buf(),
             current: RwLock::new(Arc::new(tenants)),
             mtime: RwLock::new(mtime),
+            cluster_names,
         })
     }
 
@@ -300,19 +311,28 @@ impl Registry {
         }
         // Remembered first: a bad file is reported once, not every second.
         *self.mtime.write().unwrap_or_else(|p| p.into_inner()) = mtime;
-        let (tenants, _) = read(&self.path)?;
+        let (tenants, _) = read(&self.path, self.cluster_names)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tenants);
         Ok(true)
     }
 }
 
-fn read(path: &Path) -> Result<(Vec<Tenant>, Option<SystemTime>), ServeError> {
+fn read(path: &Path, cluster_names: bool) -> Result<(Vec<Tenant>, Option<SystemTime>), ServeError> {
     let text = std::fs::read_to_string(path).map_err(|e| ServeError::Tenants {
         path: path.to_path_buf(),
         message: format!("cannot read: {e}"),
     })?;
     let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Ok((parse(&text, path)?, mtime))
+    let tenants = parse(&text, path)?;
+    if cluster_names {
+        for t in &tenants {
+            wasmpool::cluster::check_tenant_name(t.name()).map_err(|e| ServeError::Tenants {
+                path: path.to_path_buf(),
+                message: format!("with --cluster, {e}"),
+            })?;
+        }
+    }
+    Ok((tenants, mtime))
 }
 
 /// Adds tenant `name` with `weight` (and default quotas) to the tenants file at `path`

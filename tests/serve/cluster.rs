@@ -119,3 +119,29 @@ fn serve_on_a_cluster_runs_tasks_and_maps_on_its_hosts_and_cancels_there() {
         drop(s.dir);
     });
 }
+
+#[test]
+fn serve_on_a_cluster_refuses_a_tenant_name_a_cluster_cannot_use_at_startup() {
+    within(Duration::from_secs(60), || {
+        // A fine name for a local service; a cluster tenant is 1 to 64 of A-Z a-z 0-9 _ -.
+        let spaced = T {
+            name: "team alice",
+            quotas: "",
+        };
+        let s = setup("serve-cluster-names", &[spaced]);
+        let out = crate::util::cli()
+            .args(["serve", "--listen", "127.0.0.1:0", "--tenants"])
+            .arg(&s.tenants)
+            .arg("--state")
+            .arg(&s.state)
+            .args(["--cluster", "redis://127.0.0.1:1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("with --cluster") && stderr.contains("team alice"),
+            "{stderr}"
+        );
+    });
+}

@@ -590,7 +590,8 @@ impl HostInner {
         inv.arg(GROUP)
             .arg(&self.id)
             .arg(read.room)
-            .arg(read.redo.len());
+            .arg(read.redo.len())
+            .arg(self.keys.prefix());
         for _ in &read.redo {
             inv.arg(read.room);
         }

@@ -72,6 +72,18 @@ pub use self::client::{ClusterBuilder, ClusterPool, ClusterStats};
 pub use self::host::{Host, HostBuilder, HostStats};
 pub use self::manager::{ClusterManager, ClusterManagerBuilder};
 pub use self::objects::DEFAULT_OBJECT_TTL;
+
+/// Checks that `name` may name a tenant on a cluster ([`ClusterBuilder::tenant`],
+/// `wasmpool worker --tenant`): 1 to 64 of `A-Z a-z 0-9 _ -`, as it becomes part of Redis
+/// keys. An [`Error::State`](crate::Error::State) names what is wrong.
+///
+/// ```
+/// assert!(wasmpool::cluster::check_tenant_name("team-a_1").is_ok());
+/// assert!(wasmpool::cluster::check_tenant_name("a b").is_err());
+/// ```
+pub fn check_tenant_name(name: &str) -> crate::Result<()> {
+    keys::check_tenant(name)
+}
 pub(crate) use self::objects::{
     CLUSTER_TAG, ClusterLane, ClusterObjects, MAX_ROUTES, is_cluster as is_cluster_handle,
     release_dead_hosts, route_of,

@@ -164,18 +164,28 @@ return {moved, lost}
 /// the group (Redis lost its data) is skipped and named, for the host to set up again; so
 /// is one that fails otherwise (with its error), rather than losing what the streams
 /// before it gave. Also answers how many entries the redelivery streams still hold
-/// (claimed or not), so the host knows whether its next read needs this script.
+/// (claimed or not), so the host knows whether its next read needs this script. A
+/// redelivered entry whose chunk was cancelled since (its fence is `x`) is acknowledged and
+/// deleted, not returned: the submitter deleted the entries it knew, not the copies the
+/// reaper made.
 ///
 /// KEYS: the redelivery streams, then the task streams. ARGV: group, consumer, room, how
-/// many of KEYS are redelivery streams, then each stream's most entries. Returns
+/// many of KEYS are redelivery streams, key prefix, then each stream's most entries. Returns
 /// {{{stream, entries}, …} as `XREADGROUP` does, {stream without the group, …}, {error, …},
 /// entries left in the redelivery streams}.
 pub(crate) const CLAIM: &str = r#"
 local room = tonumber(ARGV[3])
 local got, missing, errors = {}, {}, {}
+local redo = tonumber(ARGV[4])
+local function cancelled(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  if not (f['j'] and f['c']) then return false end
+  return redis.call('HGET', ARGV[5] .. 'job:' .. f['j'], 'a:' .. f['c']) == 'x'
+end
 for i, stream in ipairs(KEYS) do
   if room <= 0 then break end
-  local n = math.min(room, tonumber(ARGV[4 + i]))
+  local n = math.min(room, tonumber(ARGV[5 + i]))
   local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', stream, '>')
   if type(r) == 'table' and r.err then
     if string.sub(r.err, 1, 7) == 'NOGROUP' then
@@ -185,13 +195,27 @@ for i, stream in ipairs(KEYS) do
     end
   elseif type(r) == 'table' then
     for _, s in ipairs(r) do
-      table.insert(got, s)
-      room = room - #s[2]
+      local kept = s[2]
+      if i <= redo then
+        kept = {}
+        for _, e in ipairs(s[2]) do
+          if cancelled(e[2]) then
+            redis.call('XACK', stream, ARGV[1], e[1])
+            redis.call('XDEL', stream, e[1])
+          else
+            table.insert(kept, e)
+          end
+        end
+      end
+      if #kept > 0 then
+        table.insert(got, {s[1], kept})
+        room = room - #kept
+      end
     end
   end
 end
 local left = 0
-for i = 1, tonumber(ARGV[4]) do
+for i = 1, redo do
   local n = redis.pcall('XLEN', KEYS[i])
   if type(n) == 'number' then left = left + n end
 end

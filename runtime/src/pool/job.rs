@@ -830,19 +830,21 @@ impl<T> AsyncResult<T> {
     }
 
     /// Cancels the work (Python's `AsyncResult` has no such method; `concurrent.futures`
-    /// cancels only work not started). Items still queued never run; an item running is
-    /// stopped: its worker is killed and replaced, as after a crash, and the pool's other
-    /// work goes on (a chunk of another task that was waiting in that worker's pipeline runs
-    /// on another worker; nothing of it is lost or run twice). Every item not finished
+    /// cancels only work not started). Items still queued never run, nor do those already
+    /// sent ahead into a worker's pipeline (the worker is told, and skips them); an item
+    /// running is stopped: its worker writes the answers it had of other work and exits, and
+    /// is replaced as after a crash, and the pool's other work goes on (a chunk of another
+    /// task that was waiting in that worker's pipeline runs on another worker; nothing of it
+    /// is lost or run twice). Every item not finished
     /// fails with [`Error::Cancelled`]; finished items keep their results. Returns whether
     /// anything was cancelled: false when all of it had finished already, or its pool is
     /// gone.
     ///
     /// On a cluster ([`ClusterPool`](crate::cluster::ClusterPool)) the same: chunks still
-    /// in Redis are deleted and fenced (a host that has one redelivered skips it, and a
-    /// result that comes anyway is refused, as a late result is), and a host running one
-    /// stops it within about 50 ms (it polls the fence of what it runs), killing its worker
-    /// as a local cancel does.
+    /// in Redis are deleted and fenced (a host that claims a redelivered copy drops it, and
+    /// a result that comes anyway is refused, as a late result is), and a host running one
+    /// stops it within about 50 ms (it polls the fence of what it runs) as a local cancel
+    /// does.
     ///
     /// ```no_run
     /// # let module = wasmpool::Module::load("examples/testkit")?;
