@@ -16,6 +16,7 @@ use wasmpool::lines::RecordWriter;
 use wasmpool::{AsyncResult, Imap, ImapCanceller, Limits, Module, Output, Pool, Runtime};
 
 use crate::objects::{Registry, Resolved};
+use crate::pool_cache::PoolCache;
 use crate::store::{Cpu, RunSpec, TaskError, TaskLimits, UsageRow};
 use crate::tenants::Tenant;
 
@@ -157,10 +158,9 @@ pub struct Executor {
 #[derive(Debug, Default)]
 struct ExecState {
     modules: HashMap<String, Module>,
-    pools: HashMap<PoolKey, (Pool, u64)>,
+    pools: PoolCache<PoolKey, Pool>,
     /// On a cluster: by module and tenant.
-    cluster_pools: HashMap<(String, String), (ClusterPool, u64)>,
-    tick: u64,
+    cluster_pools: PoolCache<(String, String), ClusterPool>,
 }
 
 /// The handle a task is submitted through, held until it is done.
@@ -233,14 +233,8 @@ impl Executor {
         tenant: &str,
     ) -> Result<ClusterPool, wasmpool::Error> {
         let key = (sha256.to_string(), tenant.to_string());
-        {
-            let mut s = self.lock();
-            s.tick += 1;
-            let tick = s.tick;
-            if let Some((pool, used)) = s.cluster_pools.get_mut(&key) {
-                *used = tick;
-                return Ok(pool.clone());
-            }
+        if let Some(pool) = self.lock().cluster_pools.get(&key) {
+            return Ok(pool);
         }
         let module = self.module(sha256)?;
         let pool = Pool::builder(&module)
@@ -249,27 +243,7 @@ impl Executor {
             .cluster(url)
             .tenant(tenant)
             .build()?;
-        let mut s = self.lock();
-        s.tick += 1;
-        let tick = s.tick;
-        if let Some((existing, used)) = s.cluster_pools.get_mut(&key) {
-            *used = tick;
-            return Ok(existing.clone());
-        }
-        while s.cluster_pools.len() >= self.max_pools {
-            // Work in flight holds its own handle: dropping this one ends the pool after it.
-            let Some(oldest) = s
-                .cluster_pools
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            s.cluster_pools.remove(&oldest);
-        }
-        s.cluster_pools.insert(key, (pool.clone(), tick));
-        Ok(pool)
+        Ok(self.lock().cluster_pools.insert(key, pool, self.max_pools))
     }
 
     /// The tenants' shared objects, which tasks' arguments name.
@@ -332,14 +306,8 @@ impl Executor {
             module: sha256.to_string(),
             metered,
         };
-        {
-            let mut s = self.lock();
-            s.tick += 1;
-            let tick = s.tick;
-            if let Some((pool, used)) = s.pools.get_mut(&key) {
-                *used = tick;
-                return Ok(pool.clone());
-            }
+        if let Some(pool) = self.lock().pools.get(&key) {
+            return Ok(pool);
         }
         let module = self.module(sha256)?;
         let mut builder = Pool::builder(&module)
@@ -350,28 +318,7 @@ impl Executor {
             builder = builder.limits(Limits::default().fuel(u64::MAX));
         }
         let pool = builder.build()?;
-        let mut s = self.lock();
-        s.tick += 1;
-        let tick = s.tick;
-        if let Some((existing, used)) = s.pools.get_mut(&key) {
-            // Built twice at once: keep the first.
-            *used = tick;
-            return Ok(existing.clone());
-        }
-        while s.pools.len() >= self.max_pools {
-            // Work in flight holds its own handle: dropping this one ends the pool after it.
-            let Some(oldest) = s
-                .pools
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            s.pools.remove(&oldest);
-        }
-        s.pools.insert(key, (pool.clone(), tick));
-        Ok(pool)
+        Ok(self.lock().pools.insert(key, pool, self.max_pools))
     }
 
     /// Runs one task to its end (or its cancellation), keeping its output.

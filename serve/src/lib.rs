@@ -21,6 +21,7 @@ mod execute;
 mod hangup;
 mod metrics;
 mod objects;
+mod pool_cache;
 mod problem;
 mod rate;
 mod store;
