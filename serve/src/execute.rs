@@ -183,22 +183,6 @@ impl Handle {
     }
 }
 
-/// What a task naming a shared object fails with on a cluster: the service's objects live
-/// in this process, where the hosts cannot reach them.
-fn objects_unsupported() -> TaskError {
-    TaskError {
-        code: "bad_args".into(),
-        message: "a task whose arguments name a shared object cannot run on this service's \
-                  cluster yet (serve --cluster): the objects live in this server, not in Redis"
-            .into(),
-    }
-}
-
-/// Whether every argument is a plain value (no object).
-fn plain(args: &[Resolved]) -> bool {
-    args.iter().all(|a| matches!(a, Resolved::Value(_)))
-}
-
 impl Executor {
     /// An executor whose modules are `<modules_dir>/<sha256>.wasm`, with pools of `workers`
     /// processes, at most `max_pools` of them alive.
@@ -219,8 +203,12 @@ impl Executor {
         }
     }
 
-    /// Runs the tasks on the cluster whose Redis is at `url` (`None`: local pools).
+    /// Runs the tasks on the cluster whose Redis is at `url` (`None`: local pools), and
+    /// keeps the tenants' shared objects there, where the hosts' tasks reach them.
     pub fn with_cluster(mut self, url: Option<String>) -> Executor {
+        if let Some(url) = &url {
+            self.objects = Registry::on_cluster(url);
+        }
         self.cluster = url;
         self
     }
@@ -344,9 +332,6 @@ impl Executor {
             // order of a map's entries as the task wrote them.
             let (pool, result) = match &self.cluster {
                 Some(url) => {
-                    if !plain(&args) {
-                        return Err(objects_unsupported());
-                    }
                     let pool = self
                         .cluster_pool(url, &spec.module, tenant.name())
                         .map_err(|e| task_error(&e))?
@@ -488,7 +473,6 @@ impl Executor {
                 Err(e) => return fail_all(task_error(&e), &mut done),
             },
         };
-        let on_cluster = matches!(pool, Handle::Cluster(_));
         let star = first.star;
         // The items' objects, held until the chunk is done; the items naming an object the
         // tenant no longer has fail alone, with that code.
@@ -502,13 +486,6 @@ impl Executor {
                     .objects
                     .resolve_item(tenant.name(), input, star)
                     .map_err(|e| object_error(&e))
-                    .and_then(|args| {
-                        if on_cluster && !plain(&args) {
-                            Err(objects_unsupported())
-                        } else {
-                            Ok(args)
-                        }
-                    })
                     .map_err(|e| {
                         unresolved.insert(i, e.clone());
                         wasmpool::Error::BadArgs(e.message)

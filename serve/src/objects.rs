@@ -2,7 +2,10 @@
 //! arguments resolve to, and the operations the API does on the objects.
 //!
 //! Every object lives in the service's one [`wasmpool::Runtime`], in memory: a restart of
-//! the service loses them (a task that still names one fails with `object_not_found`). A
+//! the service loses them (a task that still names one fails with `object_not_found`).
+//! With `serve --cluster` they live in the cluster's Redis instead, where the hosts' tasks
+//! reach them ([`ClusterManager`]); the table of names is still this process's, and a
+//! deleted object is kept there only while tasks use it (then [`DELETED_IDLE`]). A
 //! tenant reaches only the objects of its own table, by id or name; a task reaches only the
 //! objects its arguments name, resolved against its tenant's table when it starts. A raw
 //! handle written into arguments (what a task may answer when it returns an object) is
@@ -15,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use wasmpool::cluster::ClusterManager;
 
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
@@ -120,6 +125,27 @@ impl Spec {
         }
     }
 
+    /// As [`create`](Self::create), in a cluster's Redis.
+    fn create_on(&self, m: &ClusterManager) -> wasmpool::Result<Object> {
+        Ok(match *self {
+            Spec::Queue { maxsize } => Object::Queue(m.bounded_queue(maxsize)?),
+            Spec::JoinableQueue { maxsize } => Object::Queue(m.joinable_queue(maxsize)?),
+            Spec::Pipe { duplex } => {
+                let (a, b) = m.pipe(duplex)?;
+                Object::Pipe(a, b)
+            }
+            Spec::Lock => Object::Lock(m.lock()?),
+            Spec::RLock => Object::RLock(m.rlock()?),
+            Spec::Semaphore { value } => Object::Semaphore(m.semaphore(value)?),
+            Spec::BoundedSemaphore { value } => Object::Semaphore(m.bounded_semaphore(value)?),
+            Spec::Event => Object::Event(m.event()?),
+            Spec::Barrier { parties } => Object::Barrier(m.barrier(parties)?),
+            Spec::Condition => Object::Condition(m.condition()?),
+            Spec::Dict => Object::Dict(m.dict()?),
+            Spec::List => Object::List(m.list()?),
+        })
+    }
+
     /// The operations `POST /v1/objects/{id}/{op}` takes for this kind.
     pub fn ops(&self) -> &'static [&'static str] {
         match self {
@@ -208,6 +234,9 @@ pub enum CreateError {
     /// Another object of the tenant has that name.
     #[error("this tenant already has an object named `{0}`")]
     NameTaken(String),
+    /// The cluster's Redis, where the objects live, could not make it.
+    #[error("the cluster's Redis could not make the object: {0}")]
+    Unavailable(String),
 }
 
 /// What a task's argument named that is not (or no longer) the tenant's.
@@ -281,10 +310,26 @@ impl TenantObjects {
     }
 }
 
+/// How long an object deleted from a tenant's table is kept in a cluster's Redis once no
+/// task uses it (a local one is freed when the last task holding it ends).
+pub const DELETED_IDLE: Duration = Duration::from_secs(60);
+
+/// Where the objects live.
+#[derive(Debug)]
+enum Home {
+    /// In the service's runtime.
+    Local(Manager),
+    /// In a cluster's Redis, connected at the first object made.
+    Cluster {
+        url: String,
+        manager: Mutex<Option<ClusterManager>>,
+    },
+}
+
 /// Every tenant's objects.
 #[derive(Debug)]
 pub struct Registry {
-    manager: Manager,
+    home: Home,
     tenants: Mutex<HashMap<String, TenantObjects>>,
 }
 
@@ -322,8 +367,62 @@ impl Registry {
     /// The objects made by `manager` (the service's runtime's).
     pub fn new(manager: Manager) -> Registry {
         Registry {
-            manager,
+            home: Home::Local(manager),
             tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The objects made in the Redis of the cluster at `url` (connected when the first is
+    /// made, and again after a failure).
+    pub fn on_cluster(url: &str) -> Registry {
+        Registry {
+            home: Home::Cluster {
+                url: url.to_string(),
+                manager: Mutex::new(None),
+            },
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes the object of `spec` where the objects live. On a cluster this is a round trip
+    /// to its Redis (and a connection, the first time).
+    fn make(&self, spec: Spec) -> Result<Object, CreateError> {
+        match &self.home {
+            Home::Local(m) => Ok(spec.create(m)),
+            Home::Cluster { url, manager } => {
+                let unavailable = |e: wasmpool::Error| CreateError::Unavailable(e.to_string());
+                let m = {
+                    let mut slot = manager.lock().unwrap_or_else(|p| p.into_inner());
+                    match &*slot {
+                        Some(m) => m.clone(),
+                        None => {
+                            let m = ClusterManager::connect(url).map_err(unavailable)?;
+                            *slot = Some(m.clone());
+                            m
+                        }
+                    }
+                };
+                spec.create_on(&m).map_err(unavailable)
+            }
+        }
+    }
+
+    /// Lets an object taken out of a table go: a local one is freed with its last handle;
+    /// one in a cluster's Redis is kept only [`DELETED_IDLE`] once idle. A failure to reach
+    /// Redis leaves it to expire after its own idle TTL.
+    fn let_go(&self, entry: &Entry) {
+        let Home::Cluster { manager, .. } = &self.home else {
+            return;
+        };
+        let m = manager.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(m) = m
+            && let Err(e) = m.set_ttl(entry.object.handle(), DELETED_IDLE)
+        {
+            eprintln!(
+                "wasmpool serve: object {} deleted from its table; its TTL in Redis was not \
+                 shortened ({e}), so it expires when idle for its full TTL",
+                entry.id
+            );
         }
     }
 
@@ -331,7 +430,8 @@ impl Registry {
         self.tenants.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes an object of `spec` for `tenant`, within its quota of `max` objects.
+    /// Makes an object of `spec` for `tenant`, within its quota of `max` objects. On a
+    /// cluster this is a round trip to its Redis: call it from a blocking thread.
     pub fn create(
         &self,
         tenant: &str,
@@ -340,23 +440,34 @@ impl Registry {
         spec: Spec,
         max: u32,
     ) -> Result<Entry, CreateError> {
-        let mut all = self.lock();
-        let objects = all.entry(tenant.to_string()).or_default();
-        if objects.entries.len() >= max as usize {
-            return Err(CreateError::Quota(max));
-        }
-        if let Some(n) = &name
-            && objects.find(n).is_some()
-        {
-            return Err(CreateError::NameTaken(n.clone()));
-        }
+        let admit = |objects: &TenantObjects| {
+            if objects.entries.len() >= max as usize {
+                return Err(CreateError::Quota(max));
+            }
+            if let Some(n) = &name
+                && objects.find(n).is_some()
+            {
+                return Err(CreateError::NameTaken(n.clone()));
+            }
+            Ok(())
+        };
+        // Checked before the object is made (so a refusal costs nothing), and again when
+        // it is kept: the table is not locked while Redis makes it.
+        admit(self.lock().entry(tenant.to_string()).or_default())?;
         let entry = Entry {
             id,
-            name,
+            name: name.clone(),
             spec,
             created_ms: crate::store::now_ms(),
-            object: spec.create(&self.manager),
+            object: self.make(spec)?,
         };
+        let mut all = self.lock();
+        let objects = all.entry(tenant.to_string()).or_default();
+        if let Err(e) = admit(objects) {
+            drop(all);
+            self.let_go(&entry);
+            return Err(e);
+        }
         objects.entries.push(entry.clone());
         Ok(entry)
     }
@@ -380,15 +491,21 @@ impl Registry {
     }
 
     /// Takes `tenant`'s object `reference` out of its table; answers it. The object lives
-    /// on while a running task holds it, and is freed after.
+    /// on while a running task holds it, and is freed after (on a cluster: once no task
+    /// has used it for [`DELETED_IDLE`]; a round trip to its Redis, so call this from a
+    /// blocking thread).
     pub fn delete(&self, tenant: &str, reference: &str) -> Option<Entry> {
-        let mut all = self.lock();
-        let objects = all.get_mut(tenant)?;
-        let at = objects
-            .entries
-            .iter()
-            .position(|e| e.id == reference || e.name.as_deref() == Some(reference))?;
-        Some(objects.entries.remove(at))
+        let entry = {
+            let mut all = self.lock();
+            let objects = all.get_mut(tenant)?;
+            let at = objects
+                .entries
+                .iter()
+                .position(|e| e.id == reference || e.name.as_deref() == Some(reference))?;
+            objects.entries.remove(at)
+        };
+        self.let_go(&entry);
+        Some(entry)
     }
 
     /// Counts one more operation of `tenant` in progress, unless it has `max` already.

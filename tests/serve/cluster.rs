@@ -145,3 +145,133 @@ fn serve_on_a_cluster_refuses_a_tenant_name_a_cluster_cannot_use_at_startup() {
         );
     });
 }
+
+/// The keys of the objects in `redis` whose kind is `kind` (their hashes, `o:<n>`).
+fn object_keys(redis: &RedisServer, kind: &str) -> Vec<String> {
+    redis
+        .command("KEYS wasmpool:v2:o:*")
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .filter(|k| k.matches(':').count() == 3)
+        .filter(|k| redis.command(&format!("HGET {k} k")).contains(kind))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The milliseconds `key` has left to live (negative: none, or no key).
+fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    let reply = redis.command(&format!("PTTL {key}"));
+    reply.trim().trim_start_matches(':').parse().unwrap_or(-3)
+}
+
+#[test]
+fn serve_on_a_cluster_keeps_its_tenants_objects_in_redis_where_the_hosts_tasks_use_them() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        let _host = WorkerHost::start_with(&redis, 2, &["--all-tenants"]);
+        let s = setup("serve-cluster-objects", &[A]);
+        let server = Server::start(&s.state, &s.tenants, &["--cluster", &redis.url()]);
+        let module = server.upload_testkit(&A);
+        let none = json!({});
+        server.create(&A, &json!({"kind": "dict", "name": "counts"}));
+        server.create(&A, &json!({"kind": "lock", "name": "l"}));
+        server.create(&A, &json!({"kind": "queue", "name": "q"}));
+        // They are made in Redis, not in the service.
+        assert_eq!(object_keys(&redis, "dict").len(), 1);
+        assert_eq!(object_keys(&redis, "lock").len(), 1);
+
+        // Two tasks on the host's two slots share the dict under the lock.
+        let ids: Vec<String> = (0..2)
+            .map(|_| {
+                server.submit(
+                    &A,
+                    &json!({"module": module, "task": "locked_increments", "args": ["@counts", "@l", 50]}),
+                )
+            })
+            .collect();
+        for id in &ids {
+            let done = server.wait(&A, id);
+            assert!(done.get("error").is_none(), "{done}");
+        }
+        assert_eq!(
+            server.op(&A, "counts", "get", &json!({"key": "count"})),
+            100
+        );
+        assert_eq!(server.op(&A, "l", "locked", &none), false);
+        // A host's task fills a queue the service reads; a map's items name the dict.
+        let done = server.run(
+            &A,
+            &json!({"module": module, "task": "queue_produce", "args": ["@q", 2]}),
+        );
+        assert!(done.get("error").is_none(), "{done}");
+        let got: Vec<Value> = (0..3).map(|_| server.op(&A, "q", "get", &none)).collect();
+        assert_eq!(got, [json!(0), json!(1), Value::Null]);
+        let map = server.post_json(
+            &A,
+            "/v1/maps",
+            &json!({"module": module, "task": "atomic_increments", "star": true,
+                    "items": [["@counts", 1], ["@counts", 2]]}),
+        );
+        assert_eq!(map.status().as_u16(), 202);
+        let map: Value = map.json().unwrap();
+        let lines: Vec<Value> = BufReader::new(server.get(
+            &A,
+            &format!("/v1/maps/{}/results", map["id"].as_str().unwrap()),
+        ))
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+        assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+        assert_eq!(
+            server.op(&A, "counts", "get", &json!({"key": "count"})),
+            103
+        );
+
+        // Deleted, the dict is kept in Redis only a minute once idle; the lock as it was.
+        let dict = object_keys(&redis, "dict").remove(0);
+        let lock = object_keys(&redis, "lock").remove(0);
+        let r = server
+            .req(
+                reqwest::Method::DELETE,
+                "/v1/objects/counts",
+                Some(&A.token()),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        let left = pttl(&redis, &dict);
+        assert!(
+            left > 0 && left <= 60_000,
+            "the deleted dict's PTTL: {left}"
+        );
+        assert!(pttl(&redis, &lock) > 60_000, "the lock's TTL was changed");
+        let (status, _) = server.op_fails(&A, "counts", "get", &json!({"key": "count"}));
+        assert_eq!(status, 404);
+        drop(s.dir);
+    });
+}
+
+#[test]
+fn serve_on_a_cluster_whose_redis_is_down_answers_503_for_a_new_object_and_keeps_serving() {
+    within(Duration::from_secs(60), || {
+        let s = setup("serve-cluster-no-redis", &[A]);
+        // Nothing listens on port 1.
+        let server = Server::start(&s.state, &s.tenants, &["--cluster", "redis://127.0.0.1:1"]);
+        let r = server.post_json(&A, "/v1/objects", &json!({"kind": "dict", "name": "d"}));
+        let (status, p) = super::problem(r);
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (503, Some("objects_unavailable")),
+            "{p}"
+        );
+        // Nothing was kept: the name is free, the quota untouched.
+        let listed: Value = server.get(&A, "/v1/objects").json().unwrap();
+        assert_eq!(listed["objects"], json!([]), "{listed}");
+        let health = server
+            .req(reqwest::Method::GET, "/healthz", None)
+            .send()
+            .unwrap();
+        assert!(health.status().is_success());
+        drop(s.dir);
+    });
+}

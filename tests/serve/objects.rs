@@ -4,18 +4,18 @@
 use super::*;
 
 impl Server {
-    fn create(&self, t: &T, body: &Value) -> Value {
+    pub(super) fn create(&self, t: &T, body: &Value) -> Value {
         let r = self.post_json(t, "/v1/objects", body);
         assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
         r.json().unwrap()
     }
 
-    fn op_raw(&self, t: &T, reference: &str, op: &str, body: &Value) -> Response {
+    pub(super) fn op_raw(&self, t: &T, reference: &str, op: &str, body: &Value) -> Response {
         self.post_json(t, &format!("/v1/objects/{reference}/{op}"), body)
     }
 
     /// An operation that succeeds; answers its `value`.
-    fn op(&self, t: &T, reference: &str, op: &str, body: &Value) -> Value {
+    pub(super) fn op(&self, t: &T, reference: &str, op: &str, body: &Value) -> Value {
         let r = self.op_raw(t, reference, op, body);
         assert_eq!(
             r.status().as_u16(),
@@ -28,7 +28,7 @@ impl Server {
     }
 
     /// An operation that fails; answers its status and code.
-    fn op_fails(&self, t: &T, reference: &str, op: &str, body: &Value) -> (u16, String) {
+    pub(super) fn op_fails(&self, t: &T, reference: &str, op: &str, body: &Value) -> (u16, String) {
         let (status, p) = problem(self.op_raw(t, reference, op, body));
         (status, p["code"].as_str().unwrap_or("").to_string())
     }

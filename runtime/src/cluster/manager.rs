@@ -172,6 +172,24 @@ impl ClusterManager {
         Ok(List::__from_created(self.one(Spec::list())?))
     }
 
+    /// Sets how long the object behind `handle` (any object's [`handle`](Lock::handle)) is
+    /// kept once idle, counted from now and renewed by every operation as the TTL it was
+    /// made with was: a program that is done with an object can let it go sooner, while
+    /// the tasks still using it keep it alive. Answers whether there was such an object
+    /// (`false`: it had expired already, or the handle is not of this cluster).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let m = wasmpool::cluster::ClusterManager::connect("redis://127.0.0.1:6379")?;
+    /// let results = m.dict::<String, i64>()?;
+    /// // … tasks fill it, the program reads it …
+    /// assert!(m.set_ttl(results.handle(), Duration::from_secs(60))?);
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn set_ttl(&self, handle: Handle, ttl: Duration) -> Result<bool> {
+        Ok(self.objects.set_ttl(handle, ttl)?)
+    }
+
     /// The fence of a lock of this cluster: it goes up by one at every acquisition and
     /// every time the lock is taken back from a holder that died, so a holder can tell
     /// whether the lock is still the one it took.

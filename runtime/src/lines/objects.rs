@@ -54,6 +54,22 @@ impl Object {
             Object::Barrier(_) => "barrier",
         }
     }
+
+    /// The handle (id and token) of the object; a pipe's is its end 0's.
+    pub fn handle(&self) -> wasmpool_objects::wire::Handle {
+        match self {
+            Object::Queue(h) => h.handle(),
+            Object::Dict(h) => h.handle(),
+            Object::List(h) => h.handle(),
+            Object::Pipe(h, _) => h.handle(),
+            Object::Lock(h) => h.handle(),
+            Object::RLock(h) => h.handle(),
+            Object::Event(h) => h.handle(),
+            Object::Condition(h) => h.handle(),
+            Object::Semaphore(h) => h.handle(),
+            Object::Barrier(h) => h.handle(),
+        }
+    }
 }
 
 impl Serialize for Object {

@@ -117,20 +117,30 @@ pub async fn create(
         ));
     }
     let max = tenant.quotas().max_objects;
-    let entry = app
-        .exec
-        .objects()
-        .create(tenant.name(), new_id()?, req.name, spec, max)
-        .map_err(|e| match e {
-            CreateError::Quota(_) => ApiError::too_many(
-                "object_quota",
-                format!("{e}; delete one to make another"),
-                1,
-            ),
-            CreateError::NameTaken(_) => {
-                ApiError::new(StatusCode::CONFLICT, "name_taken", e.to_string()).field("name")
-            }
-        })?;
+    let id = new_id()?;
+    let name = tenant.name().to_string();
+    let made = app.clone();
+    // On a cluster, a round trip to its Redis.
+    let entry = tokio::task::spawn_blocking(move || {
+        made.exec.objects().create(&name, id, req.name, spec, max)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| match e {
+        CreateError::Quota(_) => ApiError::too_many(
+            "object_quota",
+            format!("{e}; delete one to make another"),
+            1,
+        ),
+        CreateError::NameTaken(_) => {
+            ApiError::new(StatusCode::CONFLICT, "name_taken", e.to_string()).field("name")
+        }
+        CreateError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "objects_unavailable",
+            e.to_string(),
+        ),
+    })?;
     Ok((StatusCode::CREATED, Json(entry.view())).into_response())
 }
 
@@ -174,13 +184,12 @@ pub async fn delete(
     Caller(tenant): Caller,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
-    let entry = app
-        .exec
-        .objects()
-        .delete(tenant.name(), &reference)
+    // On a cluster, a round trip to its Redis. Running tasks that were given the object
+    // hold it until they end.
+    tokio::task::spawn_blocking(move || app.exec.objects().delete(tenant.name(), &reference))
+        .await
+        .map_err(ApiError::internal)?
         .ok_or_else(not_found)?;
-    // Running tasks that were given it hold it until they end.
-    drop(entry);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

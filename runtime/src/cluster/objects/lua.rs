@@ -541,6 +541,21 @@ end
 return err('invalid', 'not an object of this version of wasmpool: ' .. tostring(kind))
 "#;
 
+/// Sets how long an object is kept once idle, from now: its `ttl` field (which every
+/// operation renews its keys by) and the expiry of each of its keys.
+///
+/// KEYS: the object's hash. ARGV: end, token, ttl (ms). Returns 1, or 0 when there is no
+/// such object (expired, or the token is not its).
+pub(crate) const SET_TTL: &str = r#"
+local base = KEYS[1]
+if redis.call('HGET', base, 't' .. ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', base, 'ttl', ARGV[3])
+for _, s in ipairs({'', ':q', ':q0', ':q1', ':h', ':d', ':L', ':wb', ':wc', ':we', ':wg', ':wj', ':wl', ':wp', ':wr', ':ws'}) do
+  redis.call('PEXPIRE', base .. s, ARGV[3])
+end
+return 1
+"#;
+
 /// Makes an object: takes the next free object number and writes its hash.
 ///
 /// KEYS: the object counter. ARGV: key prefix, ttl (ms), then the hash's field/value pairs.

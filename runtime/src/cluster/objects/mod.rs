@@ -68,6 +68,7 @@ pub(crate) struct ClusterObjects {
     op: Script,
     create: Script,
     release: Script,
+    set_ttl: Script,
     /// Connections not in use.
     idle: Mutex<Vec<redis::Connection>>,
 }
@@ -353,6 +354,7 @@ impl ClusterObjects {
             op: Script::new(lua::OBJECT_OP),
             create: Script::new(lua::CREATE),
             release: Script::new(lua::RELEASE),
+            set_ttl: Script::new(lua::SET_TTL),
             idle: Mutex::new(vec![con]),
         })
     }
@@ -461,6 +463,26 @@ impl ClusterObjects {
                 token: tokens[1],
             },
         ])
+    }
+
+    /// Sets how long the object `target` names is kept once idle, from now (at least a
+    /// millisecond); answers whether there was such an object.
+    pub fn set_ttl(&self, target: Handle, ttl: Duration) -> std::result::Result<bool, ObjectError> {
+        let base = self.base(target);
+        let end = (target.id & 1).to_string();
+        let token = target.token.to_string();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let found: i64 = self
+            .with_con(|c| {
+                self.set_ttl
+                    .key(&base)
+                    .arg(&end)
+                    .arg(&token)
+                    .arg(ms)
+                    .invoke(c)
+            })
+            .map_err(|e| self.unreachable(e))?;
+        Ok(found == 1)
     }
 
     /// The Redis key of the object `target` names.
