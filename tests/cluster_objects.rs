@@ -228,6 +228,79 @@ fn a_dict_increment_race_across_hosts_is_exact_and_dict_and_list_ops_answer_as_l
 }
 
 #[test]
+fn a_cluster_queue_pipe_dict_and_list_hold_at_most_256_mib_as_locally_and_taking_out_makes_room() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let m = ClusterManager::connect(&redis.url()).unwrap();
+        let big = "x".repeat(8 << 20);
+        let limit = 256usize << 20;
+        // Puts of 8 MiB until one is refused: the 32nd (each costs its bytes and more).
+        let fill = |put: &dyn Fn(usize) -> Result<(), ObjectError>| {
+            let mut n = 0;
+            loop {
+                match put(n) {
+                    Ok(()) => n += 1,
+                    Err(ObjectError::TooLarge(msg)) => {
+                        assert!(msg.contains("268435456"), "{msg}");
+                        return n;
+                    }
+                    Err(e) => panic!("put {n}: {e}"),
+                }
+                assert!(n * (8 << 20) <= limit, "{n} puts of 8 MiB were taken");
+            }
+        };
+        let q = m.queue::<String>().unwrap();
+        assert_eq!(fill(&|_| q.put(&big)), 31);
+        assert_eq!(q.get().unwrap().len(), big.len());
+        q.put(&big).expect("room again once an item was taken out");
+        assert!(matches!(q.put(&big), Err(ObjectError::TooLarge(_))));
+
+        let (a, b) = m.pipe::<String>(true).unwrap();
+        assert_eq!(fill(&|_| a.send(&big)), 31);
+        assert_eq!(b.recv().unwrap().len(), big.len());
+        a.send(&big).expect("room again once an item was received");
+
+        let d = m.dict::<String, String>().unwrap();
+        // Replacing a value costs only the difference.
+        for _ in 0..40 {
+            d.set(&"same".to_string(), &big).unwrap();
+        }
+        assert_eq!(fill(&|n| d.set(&format!("k{n}"), &big)), 30);
+        d.delete(&"k0".to_string()).unwrap();
+        d.set(&"k0".to_string(), &big)
+            .expect("room again once a key was deleted");
+        assert_eq!(
+            d.pop(&"k1".to_string()).unwrap().map(|v| v.len()),
+            Some(big.len())
+        );
+        d.set(&"k1".to_string(), &big)
+            .expect("room again once a key was popped");
+        // An update that would not fit changes nothing.
+        let more: Vec<(String, String)> =
+            vec![("u1".into(), big.clone()), ("u2".into(), big.clone())];
+        assert!(matches!(
+            d.update(more.iter().map(|(k, v)| (k, v))),
+            Err(ObjectError::TooLarge(_))
+        ));
+        assert_eq!(d.get(&"u1".to_string()).unwrap(), None);
+        d.clear().unwrap();
+        assert_eq!(fill(&|n| d.set(&format!("k{n}"), &big)), 31);
+
+        let l = m.list::<String>().unwrap();
+        assert_eq!(fill(&|_| l.append(&big)), 31);
+        l.pop(None).unwrap();
+        l.append(&big).expect("room again once an item was popped");
+        l.set(0, &String::new()).unwrap();
+        l.append(&big)
+            .expect("room again once an item was made smaller");
+        l.clear().unwrap();
+        let mib = "y".repeat(1 << 20);
+        l.extend([&mib, &mib]).unwrap();
+        assert_eq!(l.len().unwrap(), 2);
+    });
+}
+
+#[test]
 fn a_lock_held_by_a_killed_host_is_released_to_another_with_its_fence_advanced() {
     within(Duration::from_secs(180), || {
         let redis = RedisServer::start();

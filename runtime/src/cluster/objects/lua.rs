@@ -6,7 +6,9 @@
 //! `:q` (a queue's items, a LIST), `:q0`/`:q1` (what each pipe end receives), `:h` (holders:
 //! owner -> count, a HASH), `:d` (a dict, a HASH), `:L` (a list, a LIST) and `:w<ch>` (wake
 //! tokens of one wait channel, a LIST that waiters `BLPOP`). Every key of an object expires
-//! after its idle TTL (the `ttl` field, in ms), renewed by every operation.
+//! after its idle TTL (the `ttl` field, in ms), renewed by every operation. A container's
+//! `sz` field counts what it holds (its items' bytes and an overhead for each, as the local
+//! broker counts them), at most 256 MiB.
 //!
 //! The answer of the operation script is an array: `{'K', form, …}` done (form `u` unit,
 //! `v` a value, `m` maybe a value, `V` values (an array), `e` entries (an array of keys and
@@ -89,6 +91,20 @@ local function unheld(o)
   if host then redis.call('SREM', prefix .. 'holds:' .. host, base) end
 end
 local function invalid() return err('invalid', op .. ' is not an operation of a ' .. (f['name'] or kind)) end
+-- What a queue, pipe, dict or list holds, 'sz': its items' bytes and an overhead for each
+-- (ITEM an item, ENTRY a dict entry), at most MAX_BYTES, as a local object costs its host.
+local MAX_BYTES, ITEM, ENTRY = 268435456, 48, 144
+local stored = tonumber(f['sz'] or '0')
+-- Changes what the object holds by `delta` bytes; false (nothing changed) past the limit.
+local function resize(delta)
+  if delta > 0 and stored + delta > MAX_BYTES then return false end
+  stored = math.max(stored + delta, 0)
+  redis.call('HSET', base, 'sz', stored)
+  return true
+end
+local function too_big()
+  return err('toolarge', 'the ' .. (f['name'] or kind) .. ' already holds ' .. stored .. ' bytes (its items and an overhead for each); the limit is ' .. MAX_BYTES .. ': take items out first, or keep large data in a file')
+end
 
 if kind == 'queue' then
   local q = key(':q')
@@ -97,6 +113,7 @@ if kind == 'queue' then
     if f['closed'] == '1' then return err('closed', 'the queue is closed') end
     local max = tonumber(f['max'])
     if max > 0 and redis.call('LLEN', q) >= max then return wait('p') end
+    if not resize(#a1 + ITEM) then return too_big() end
     redis.call('RPUSH', q, a1)
     redis.call('PEXPIRE', q, ttl)
     if f['j'] == '1' then redis.call('HINCRBY', base, 'u', 1) end
@@ -105,6 +122,7 @@ if kind == 'queue' then
   elseif op == 'get' then
     local v = redis.call('LPOP', q)
     if v then
+      resize(-(#v + ITEM))
       wake('p', false)
       return ok('v', v)
     end
@@ -147,6 +165,7 @@ if kind == 'pipe' then
   if op == 'send' then
     if not duplex and me == 0 then return err('invalid', 'this end of a one-way pipe only receives') end
     if closed_other then return err('closed', 'the other end of the pipe is closed') end
+    if not resize(#a1 + ITEM) then return too_big() end
     redis.call('RPUSH', key(':q' .. other), a1)
     redis.call('PEXPIRE', key(':q' .. other), ttl)
     wake('r' .. other, false)
@@ -157,7 +176,10 @@ if kind == 'pipe' then
   end
   if op == 'recv' then
     local v = redis.call('LPOP', key(':q' .. me))
-    if v then return ok('v', v) end
+    if v then
+      resize(-(#v + ITEM))
+      return ok('v', v)
+    end
     if closed_other then return err('closed', 'end of file: the other end of the pipe is closed') end
     return wait('r' .. me)
   elseif op == 'poll' then
@@ -402,16 +424,27 @@ end
 if kind == 'dict' then
   local d = key(':d')
   touch(':d')
+  -- What setting k to v (or, v nil, removing k) adds, its old value `old` (nil: absent).
+  local function change(k, old, v)
+    local delta = 0
+    if old then delta = delta - (#k + #old + ENTRY) end
+    if v then delta = delta + #k + #v + ENTRY end
+    return delta
+  end
   if op == 'get' then
     local v = redis.call('HGET', d, a1)
     if v then return ok('m', v) end
     return ok('m')
   elseif op == 'set' then
+    if not resize(change(a1, redis.call('HGET', d, a1), a2)) then return too_big() end
     redis.call('HSET', d, a1, a2)
     redis.call('PEXPIRE', d, ttl)
     return ok('u')
   elseif op == 'delete' then
-    if redis.call('HDEL', d, a1) == 0 then return err('missing', 'KeyError: no such key') end
+    local old = redis.call('HGET', d, a1)
+    if not old then return err('missing', 'KeyError: no such key') end
+    redis.call('HDEL', d, a1)
+    resize(change(a1, old, nil))
     return ok('u')
   elseif op == 'contains' then return ok('f', redis.call('HEXISTS', d, a1))
   elseif op == 'keys' then return ok('V', redis.call('HKEYS', d))
@@ -419,12 +452,23 @@ if kind == 'dict' then
   elseif op == 'items' then return ok('e', redis.call('HGETALL', d))
   elseif op == 'len' then return ok('c', redis.call('HLEN', d))
   elseif op == 'update' then
+    -- Refused whole, before anything changes, if the result would not fit.
+    local now, delta = {}, 0
+    for i = 8, #ARGV - 1, 2 do
+      local k, v = ARGV[i], ARGV[i + 1]
+      local old = now[k]
+      if old == nil then old = redis.call('HGET', d, k) or false end
+      delta = delta + change(k, old or nil, v)
+      now[k] = v
+    end
+    if not resize(delta) then return too_big() end
     for i = 8, #ARGV - 1, 2 do redis.call('HSET', d, ARGV[i], ARGV[i + 1]) end
     redis.call('PEXPIRE', d, ttl)
     return ok('u')
   elseif op == 'setdefault' then
     local v = redis.call('HGET', d, a1)
     if v then return ok('v', v) end
+    if not resize(change(a1, nil, a2)) then return too_big() end
     redis.call('HSET', d, a1, a2)
     redis.call('PEXPIRE', d, ttl)
     return ok('v', a2)
@@ -432,6 +476,7 @@ if kind == 'dict' then
     local v = redis.call('HGET', d, a1)
     if v then
       redis.call('HDEL', d, a1)
+      resize(change(a1, v, nil))
       return ok('m', v)
     end
     return ok('m')
@@ -440,9 +485,11 @@ if kind == 'dict' then
     if not k then return err('missing', "KeyError: 'popitem(): dictionary is empty'") end
     local v = redis.call('HGET', d, k)
     redis.call('HDEL', d, k)
+    resize(change(k, v, nil))
     return ok('e', {k, v})
   elseif op == 'clear' then
     redis.call('DEL', d)
+    resize(-stored)
     return ok('u')
   elseif op == 'cas' then
     -- a1 key, a2 '1' if a value is expected, a3 the expected value, ARGV[11] the new one.
@@ -450,6 +497,7 @@ if kind == 'dict' then
     local matches
     if a2 == '1' then matches = (cur == a3) else matches = (not cur) end
     if matches then
+      if not resize(change(a1, cur or nil, ARGV[11])) then return too_big() end
       redis.call('HSET', d, a1, ARGV[11])
       redis.call('PEXPIRE', d, ttl)
     end
@@ -470,10 +518,14 @@ if kind == 'list' then
   end
   local range = 'IndexError: list index out of range'
   if op == 'append' then
+    if not resize(#a1 + ITEM) then return too_big() end
     redis.call('RPUSH', l, a1)
     redis.call('PEXPIRE', l, ttl)
     return ok('u')
   elseif op == 'extend' then
+    local delta = 0
+    for i = 8, #ARGV do delta = delta + #ARGV[i] + ITEM end
+    if not resize(delta) then return too_big() end
     for i = 8, #ARGV, 512 do redis.call('RPUSH', l, unpack(ARGV, i, math.min(i + 511, #ARGV))) end
     redis.call('PEXPIRE', l, ttl)
     return ok('u')
@@ -484,6 +536,7 @@ if kind == 'list' then
   elseif op == 'set' then
     local i = at(a1)
     if not i then return err('missing', 'IndexError: list assignment index out of range') end
+    if not resize(#a2 - #redis.call('LINDEX', l, i)) then return too_big() end
     redis.call('LSET', l, i, a2)
     return ok('u')
   elseif op == 'len' then return ok('c', n)
@@ -493,6 +546,7 @@ if kind == 'list' then
     if a1 ~= '' then i = at(a1) end
     if not i then return err('missing', 'IndexError: pop index out of range') end
     local v = redis.call('LINDEX', l, i)
+    resize(-(#v + ITEM))
     -- 0xc1 is no MessagePack value: a tombstone no stored item can equal.
     redis.call('LSET', l, i, '\193')
     redis.call('LREM', l, 1, '\193')
@@ -503,6 +557,7 @@ if kind == 'list' then
     return ok('c', i)
   elseif op == 'items' then return ok('V', redis.call('LRANGE', l, 0, -1))
   elseif op == 'insert' then
+    if not resize(#a2 + ITEM) then return too_big() end
     local i = tonumber(a1)
     if i < 0 then i = math.max(i + n, 0) end
     if i >= n then
@@ -521,9 +576,11 @@ if kind == 'list' then
     if redis.call('LREM', l, 1, a1) == 0 then
       return err('missing', 'ValueError: list.remove(x): x not in list')
     end
+    resize(-(#a1 + ITEM))
     return ok('u')
   elseif op == 'clear' then
     redis.call('DEL', l)
+    resize(-stored)
     return ok('u')
   elseif op == 'slice' then
     local function bound(s, default)

@@ -176,6 +176,7 @@ fn parse_step(reply: Value) -> Step {
                 "notowner" => ObjectError::NotOwner(message),
                 "missing" => ObjectError::Missing(message),
                 "stale" => ObjectError::Stale(message),
+                "toolarge" => ObjectError::TooLarge(message),
                 _ => ObjectError::Invalid(message),
             })
         }
