@@ -381,28 +381,28 @@ fn a_late_release_from_a_host_declared_dead_does_not_free_the_lock_another_task_
         // A comes back: its task, done sleeping, releases the lock it no longer holds; the
         // release is refused, and its late result dropped.
         a.signal(libc::SIGCONT);
-        // Failed as lost when the reaper took A's chunk; or, when A came back after its
-        // objects were given back but before the reaper's pass took the chunk (entries
-        // idle under 2 s are left), with the refusal of its release as its error (the
-        // Roadmap's open edge). Either way it fails once, clearly, and is not run again.
+        // Failed as lost (its retries are 0), once: by the reaper, when its pass took A's
+        // chunk before A came back; or by A itself, when A came back first (its objects
+        // given back, its chunk claimed under 2 s before and so not taken yet): A gives
+        // back what it ran then rather than commit the refusal of its release.
         let lost = first.get_timeout(Duration::from_secs(30));
         assert!(
-            match &lost {
-                Err(Error::WorkerLost { .. }) => true,
-                Err(Error::Task { message, .. }) => message.contains("declared dead"),
-                _ => false,
-            },
-            "A's task was not failed when A was declared dead: {lost:?}"
+            matches!(lost, Err(Error::WorkerLost { .. })),
+            "A's task was not failed as lost when A was declared dead: {lost:?}; A: {}",
+            a.log()
         );
-        // Failed as lost, its own result (the refused release) comes late and is dropped.
+        // A's own outcome of the chunk is never committed: dropped by the fence (the
+        // reaper took it), or given back by A (and failed as lost there).
         assert!(
-            !matches!(lost, Err(Error::WorkerLost { .. }))
-                || eventually(Duration::from_secs(30), || pool
-                    .stats()
-                    .is_ok_and(|s| s.dropped >= 1)),
+            eventually(Duration::from_secs(30), || pool
+                .stats()
+                .is_ok_and(|s| s.dropped >= 1)
+                || a.log().contains("given back, not committed")),
             "A's task did not finish after A came back: {}",
             a.log()
         );
+        let s = pool.stats().unwrap();
+        assert_eq!((s.lost, s.redelivered), (1, 0), "{s:?}");
         assert!(
             eventually(Duration::from_secs(10), || a
                 .log()
@@ -431,6 +431,87 @@ fn a_late_release_from_a_host_declared_dead_does_not_free_the_lock_another_task_
             "this program could not take the lock"
         );
         lock.release().unwrap();
+    });
+}
+
+/// Records host `id` as declared dead now (Redis time), as a reaper's pass does when it
+/// gives back a dead host's objects before its chunks are idle long enough to take.
+fn declare_dead(redis: &RedisServer, id: &str) {
+    let time = redis.command("TIME");
+    let lines: Vec<&str> = time.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let (secs, micros): (u64, u64) = (lines[2].parse().unwrap(), lines[4].parse().unwrap());
+    let reply = redis.command(&format!(
+        "ZADD wasmpool:v2:dead {} {id}",
+        secs * 1000 + micros / 1000
+    ));
+    assert!(reply.starts_with(':'), "ZADD: {reply}");
+}
+
+#[test]
+fn a_host_declared_dead_before_the_reaper_took_its_chunk_gives_it_back_not_the_refusal() {
+    within(Duration::from_secs(180), || {
+        // The edge, made certain: host A is declared dead (its object operations refused
+        // from then on) while it runs a chunk, and keeps its lease, so the reaper never
+        // takes the chunk. A must not commit the refusal of the task's release as its
+        // result: it gives the chunk back, which is redelivered (retries left) or failed as
+        // lost (none left), as the reaper would have done.
+        let redis = RedisServer::start();
+        let a = WorkerHost::start(&redis, 1);
+        let retried = cluster_pool(&redis, 1);
+        let once = cluster_pool(&redis, 0);
+        wait_for_hosts(&retried, 1);
+        let id = retried.hosts().unwrap().remove(0);
+        let m = retried.manager().unwrap();
+        let lock = m.lock().unwrap();
+
+        let held = m.event().unwrap();
+        let r = retried
+            .apply_async::<_, ()>("hold_then_release", &(lock.clone(), held.clone(), 3000u64))
+            .unwrap();
+        assert!(
+            held.wait_timeout(Some(Duration::from_secs(60))).unwrap(),
+            "A did not take the lock: {}",
+            a.log()
+        );
+        declare_dead(&redis, &id);
+        // Redelivered, and run again in A's new workers: the whole task, its release too.
+        r.get_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("the redelivered task: {e}; A: {}", a.log()));
+        let s = retried.stats().unwrap();
+        assert_eq!((s.redelivered, s.lost), (1, 0), "{s:?}");
+        assert!(
+            a.log().contains("given back, not committed"),
+            "A did not give the chunk back: {}",
+            a.log()
+        );
+        assert!(
+            !lock.locked().unwrap(),
+            "the rerun's release did not go through"
+        );
+
+        let held = m.event().unwrap();
+        let r = once
+            .apply_async::<_, ()>("hold_then_release", &(lock.clone(), held.clone(), 3000u64))
+            .unwrap();
+        assert!(
+            held.wait_timeout(Some(Duration::from_secs(60))).unwrap(),
+            "A did not take the lock again: {}",
+            a.log()
+        );
+        declare_dead(&redis, &id);
+        let lost = r.get_timeout(Duration::from_secs(60));
+        assert!(
+            matches!(lost, Err(Error::WorkerLost { .. })),
+            "a task that may not run twice: {lost:?}; A: {}",
+            a.log()
+        );
+        let s = once.stats().unwrap();
+        assert_eq!((s.redelivered, s.lost, s.dropped), (1, 1, 0), "{s:?}");
+        // A runs new work, in workers admitted anew.
+        let again = m.event().unwrap();
+        once.apply::<_, ()>("hold_then_release", &(lock.clone(), again.clone(), 10u64))
+            .unwrap_or_else(|e| panic!("A's new task: {e}; A: {}", a.log()));
+        assert!(again.is_set().unwrap());
     });
 }
 

@@ -151,6 +151,11 @@ pub struct HostStats {
     /// Chunks it held when their submitter cancelled them (stopped here if running; their
     /// results refused, not counted as dropped).
     pub cancelled: u64,
+    /// Chunks it gave back rather than commit: they ran in workers whose object operations
+    /// were refused, because the host had been declared dead meanwhile (cut off or stopped
+    /// past its lease) and came back before the reaper took them. Each was redelivered, or
+    /// failed as lost when its retries were spent, as the reaper would have done.
+    pub given_back: u64,
 }
 
 /// A claimed stream entry, what its commit needs.
@@ -167,6 +172,9 @@ struct Claimed {
     ttl_ms: u64,
     /// When it was claimed.
     started: Instant,
+    /// When (Redis time, ms) the object lane of the workers it runs in was admitted: once
+    /// the host is declared dead at or after it, its result is given back, not committed.
+    since: u64,
 }
 
 struct HostInner {
@@ -186,6 +194,7 @@ struct HostInner {
     committed: AtomicU64,
     dropped: AtomicU64,
     cancelled: AtomicU64,
+    given_back: AtomicU64,
     /// Local pools, by module SHA-256, whether they meter fuel, and worker setup, each with
     /// when it was last used; at most [`MAX_POOLS`].
     pools: Mutex<HashMap<PoolKey, (Pool, Instant)>>,
@@ -282,6 +291,7 @@ impl Host {
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            given_back: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             runtime: Mutex::new(runtime),
@@ -347,6 +357,7 @@ impl Host {
             committed: self.inner.committed.load(Ordering::Relaxed),
             dropped: self.inner.dropped.load(Ordering::Relaxed),
             cancelled: self.inner.cancelled.load(Ordering::Relaxed),
+            given_back: self.inner.given_back.load(Ordering::Relaxed),
         }
     }
 
@@ -409,8 +420,9 @@ fn text(v: &Value) -> Option<String> {
 type Entry = (Arc<str>, String, HashMap<String, Vec<u8>>);
 
 /// What a claim got: the entries, the streams found without their group (to set up again),
-/// and whether the redelivery streams hold entries (claimed or not).
-type Claim = (Vec<Entry>, Vec<Arc<str>>, bool);
+/// whether the redelivery streams hold entries (claimed or not), and when the host was last
+/// declared dead (Redis time, ms), if ever.
+type Claim = (Vec<Entry>, Vec<Arc<str>>, bool, Option<u64>);
 
 /// The entries of an `XREADGROUP` reply.
 fn entries(reply: Value) -> Vec<Entry> {
@@ -541,8 +553,16 @@ impl HostInner {
                 self.claim_direct(c, &read)
             };
             match claimed {
-                Ok((got, missing, redo_left)) => {
+                Ok((got, missing, redo_left, dead)) => {
                     streams.read(&read, &got, redo_left);
+                    // Declared dead since its lane was admitted (and not yet told by its
+                    // beat): what it just claimed runs in new workers, whose operations
+                    // are not refused.
+                    if let Some(dead) = dead
+                        && dead >= self.since.load(Ordering::Relaxed)
+                    {
+                        self.readmit(dead);
+                    }
                     for (stream, id, fields) in got {
                         self.start(c, stream, id, fields);
                     }
@@ -600,7 +620,7 @@ impl HostInner {
         }
         let reply: Value = inv.invoke(c)?;
         let Value::Array(parts) = reply else {
-            return Ok((Vec::new(), Vec::new(), false));
+            return Ok((Vec::new(), Vec::new(), false, None));
         };
         let mut parts = parts.into_iter();
         let got = parts.next().map(entries).unwrap_or_default();
@@ -613,14 +633,18 @@ impl HostInner {
             tracing::warn!("cluster host: claiming from {e}");
         }
         let left = matches!(parts.next(), Some(Value::Int(n)) if n > 0);
-        Ok((got, missing, left))
+        let dead = match parts.next() {
+            Some(Value::Int(n)) => u64::try_from(n).ok(),
+            _ => None,
+        };
+        Ok((got, missing, left, dead))
     }
 
     /// Claims with one `XREADGROUP` (the fast path, while the redelivery streams are
     /// empty): from the read's task streams without waiting, or, waiting up to
     /// [`CLAIM_BLOCK_MS`] for work, from them and the redelivery streams. The redelivery
-    /// streams' lengths come back in the same round trip: whether the next read needs the
-    /// claim script.
+    /// streams' lengths come back in the same round trip (whether the next read needs the
+    /// claim script), and when the host was last declared dead.
     fn claim_direct(&self, c: &mut redis::Connection, read: &Read) -> redis::RedisResult<Claim> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -645,20 +669,31 @@ impl HostInner {
         }
         let mut pipe = redis::pipe();
         pipe.add_command(cmd);
+        pipe.cmd("ZSCORE").arg(self.keys.dead()).arg(&self.id);
         for stream in &read.redo {
             pipe.cmd("XLEN").arg(&**stream);
         }
         let mut replies = pipe.query::<Vec<Value>>(c)?.into_iter();
         let got = replies.next().map(entries).unwrap_or_default();
+        let dead = match replies.next() {
+            Some(Value::Double(d)) => Some(d),
+            Some(v) => text(&v).and_then(|d| d.parse::<f64>().ok()),
+            None => None,
+        }
+        .filter(|d| *d >= 0.0)
+        .map(|d| d as u64);
         let left = replies.any(|v| matches!(v, Value::Int(n) if n > 0));
-        Ok((got, Vec::new(), left))
+        Ok((got, Vec::new(), left, dead))
     }
 
     /// The host was declared dead (cut off past its lease) and is back: the tasks it still
-    /// runs are another host's work now, and Redis refuses their object operations (their
-    /// lane was admitted before the declaration). New work runs in new worker processes, of
-    /// a runtime whose lane is admitted now (`now`: Redis time at the beat that told); the
-    /// old pools take no more work, finish what they run, and go.
+    /// runs may be redelivered (or failed as lost) and Redis refuses their object
+    /// operations (their lane was admitted before the declaration). New work runs in new
+    /// worker processes, of a runtime whose lane is admitted after `now` (Redis time at the
+    /// beat that told, or the declaration's); the chunks the old pools run are stopped,
+    /// and given back rather than committed (the commit script sees the declaration), so
+    /// their submitters get what the reaper would have given them, never the refusal; the
+    /// old pools take no more work and go.
     fn readmit(&self, now: u64) {
         let since = now + 1;
         let runtime = match object_runtime(&self.url, &self.id, since) {
@@ -681,13 +716,25 @@ impl HostInner {
             .map(|(_, (p, _))| p)
             .collect();
         self.since.store(since, Ordering::Relaxed);
+        // Every chunk running now runs in the old pools (this is the claim thread, the one
+        // that starts chunks): stopped, their results go to the commit thread, which gives
+        // them back.
+        let stale: Vec<(Pool, Arc<crate::pool::job::Job>)> =
+            self.lock_running().values().cloned().collect();
         tracing::warn!(
-            "cluster host: this host was declared dead while cut off: its chunks went to other \
-             hosts and its shared objects' locks were given back; the {} pool(s) running its \
-             old tasks take no more work (their object operations are refused), new work runs \
-             in new workers",
+            "cluster host: this host was declared dead while cut off: its chunks go to other \
+             hosts and its shared objects' locks were given back; the {} chunk(s) it still \
+             ran are stopped and given back (their object operations are refused), the {} \
+             old pool(s) take no more work, new work runs in new workers",
+            stale.len(),
             old.len()
         );
+        for (pool, job) in &stale {
+            if !job.is_cancelled() {
+                pool.cancel_job(job);
+            }
+        }
+        drop(stale);
         let retire = std::thread::Builder::new()
             .name("wasmpool-host-retire".into())
             .spawn(move || {
@@ -761,6 +808,7 @@ impl HostInner {
             reply,
             ttl_ms,
             started: Instant::now(),
+            since: self.since.load(Ordering::Relaxed),
         };
         *self.lock_inflight() += 1;
         self.claimed.fetch_add(1, Ordering::Relaxed);
@@ -1027,12 +1075,17 @@ impl HostInner {
                                 .key(self.keys.job(&claimed.job))
                                 .key(self.keys.results(&claimed.reply))
                                 .key(self.keys.stats())
+                                .key(self.keys.dead())
+                                .key(self.keys.redo_of(&claimed.stream))
                                 .arg(&claimed.id)
                                 .arg(claimed.chunk)
                                 .arg(&claimed.attempt)
                                 .arg(record)
                                 .arg(claimed.ttl_ms)
-                                .arg(GROUP),
+                                .arg(GROUP)
+                                .arg(&self.id)
+                                .arg(claimed.since)
+                                .arg(&claimed.job),
                         );
                     }
                     match pipe.query::<Vec<i64>>(c) {
@@ -1044,6 +1097,22 @@ impl HostInner {
                                     }
                                     3 => {
                                         self.cancelled.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    4 | 5 => {
+                                        self.given_back.fetch_add(1, Ordering::Relaxed);
+                                        tracing::info!(
+                                            "cluster host: chunk {} of job {} (attempt {}) \
+                                             was given back, not committed: this host was \
+                                             declared dead while it ran it; {}",
+                                            claimed.chunk,
+                                            claimed.job,
+                                            claimed.attempt,
+                                            if answer == 4 {
+                                                "it is redelivered"
+                                            } else {
+                                                "its retries spent, it failed as lost"
+                                            }
+                                        );
                                     }
                                     _ => {
                                         self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -22,26 +22,64 @@ return {now, dead}
 /// the chunk is the one the host ran and no result is committed yet. Either way the host's
 /// stream entry is acknowledged and deleted; a refused (late) result is counted as dropped.
 ///
-/// KEYS: the entry's task stream, job, results, stats. ARGV: entry id, chunk, attempt, record, ttl (ms), group.
+/// Fenced also by the host's declaration: a chunk run in workers whose object lane was
+/// admitted at or before the host was last declared dead (`wasmpool:v2:dead`; its object
+/// operations were refused from then on, so its result may be the refusal) is not
+/// committed but given back, as the reaper would have given it had its pass come before
+/// the host came back: added with its attempt one higher to the redelivery stream, or,
+/// when its retries are spent, failed as lost (its submitter is told).
+///
+/// KEYS: the entry's task stream, job, results, stats, dead, the stream's redelivery
+/// stream. ARGV: entry id, chunk, attempt, record, ttl (ms), group, host, when the lane
+/// the chunk ran in was admitted (Redis time, ms), job.
 /// Returns 1 when committed, 0 when dropped, 2 when this very attempt was committed already
 /// (a commit sent again after a lost connection: not a late result, not counted), 3 when
-/// the chunk was cancelled (its fence `x`: not counted either).
+/// the chunk was cancelled (its fence `x`: not counted either), 4 when given back and
+/// redelivered (or given back already: a give-back sent again), 5 when given back and
+/// failed as lost.
 pub(crate) const COMMIT: &str = r#"
+local job, c, att = KEYS[2], ARGV[2], ARGV[3]
+local dead = redis.call('ZSCORE', KEYS[5], ARGV[7])
+local fenced = dead and tonumber(dead) >= tonumber(ARGV[8])
+local entry = nil
+if fenced then entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1] end
 redis.call('XACK', KEYS[1], ARGV[6], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
-if redis.call('HGET', KEYS[2], 'd:' .. ARGV[2]) == 'x' then return 3 end
-local cur = redis.call('HGET', KEYS[2], 'a:' .. ARGV[2])
+local d = redis.call('HGET', job, 'd:' .. c)
+if d == 'x' then return 3 end
+if redis.call('HGET', job, 'g:' .. c) == att then return 4 end
+local cur = redis.call('HGET', job, 'a:' .. c)
 if not cur then cur = '0' end
-local done = redis.call('HEXISTS', KEYS[2], 'd:' .. ARGV[2]) == 1
-if cur == ARGV[3] and done and redis.call('HGET', KEYS[2], 'd:' .. ARGV[2]) == ARGV[3] then
-  return 2
-end
-if cur ~= ARGV[3] or done then
+if cur == att and d == att then return 2 end
+if cur ~= att or d then
   redis.call('HINCRBY', KEYS[4], 'dropped', 1)
   return 0
 end
-redis.call('HSET', KEYS[2], 'd:' .. ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if fenced then
+  redis.call('HSET', job, 'g:' .. c, att)
+  redis.call('PEXPIRE', job, ARGV[5])
+  local f = {}
+  if entry then
+    local flat = entry[2]
+    for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  end
+  local a = tonumber(att)
+  if entry and f['p'] and a and a < tonumber(f['n'] or '0') then
+    redis.call('HSET', job, 'a:' .. c, tostring(a + 1))
+    redis.pcall('XGROUP', 'CREATE', KEYS[6], ARGV[6], '0', 'MKSTREAM')
+    redis.call('XADD', KEYS[6], '*', 'j', f['j'], 'c', c, 'a', tostring(a + 1),
+      'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[5], 'p', f['p'])
+    redis.call('HINCRBY', KEYS[4], 'redelivered', 1)
+    return 4
+  end
+  redis.call('HSET', job, 'd:' .. c, 'lost')
+  redis.call('RPUSH', KEYS[3], 'L ' .. ARGV[9] .. ' ' .. c .. ' ' .. ARGV[7])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  redis.call('HINCRBY', KEYS[4], 'lost', 1)
+  return 5
+end
+redis.call('HSET', job, 'd:' .. c, att)
+redis.call('PEXPIRE', job, ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
 redis.call('HINCRBY', KEYS[4], 'committed', 1)
@@ -164,7 +202,9 @@ return {moved, lost}
 /// the group (Redis lost its data) is skipped and named, for the host to set up again; so
 /// is one that fails otherwise (with its error), rather than losing what the streams
 /// before it gave. Also answers how many entries the redelivery streams still hold
-/// (claimed or not), so the host knows whether its next read needs this script. A
+/// (claimed or not), so the host knows whether its next read needs this script, and when
+/// the host was last declared dead (so it starts what it claimed in workers admitted
+/// after that, not in workers whose object operations are refused). A
 /// redelivered entry whose chunk was cancelled since (its fence is `x`) is acknowledged and
 /// deleted, not returned: the submitter deleted the entries it knew, not the copies the
 /// reaper made.
@@ -172,7 +212,8 @@ return {moved, lost}
 /// KEYS: the redelivery streams, then the task streams. ARGV: group, consumer, room, how
 /// many of KEYS are redelivery streams, key prefix, then each stream's most entries. Returns
 /// {{{stream, entries}, …} as `XREADGROUP` does, {stream without the group, …}, {error, …},
-/// entries left in the redelivery streams}.
+/// entries left in the redelivery streams, when the host was last declared dead (ms) or
+/// -1}.
 pub(crate) const CLAIM: &str = r#"
 local room = tonumber(ARGV[3])
 local got, missing, errors = {}, {}, {}
@@ -181,7 +222,7 @@ local function cancelled(flat)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
   if not (f['j'] and f['c']) then return false end
-  return redis.call('HGET', ARGV[5] .. 'job:' .. f['j'], 'a:' .. f['c']) == 'x'
+  return redis.call('HGET', ARGV[5] .. 'job:' .. f['j'], 'd:' .. f['c']) == 'x'
 end
 for i, stream in ipairs(KEYS) do
   if room <= 0 then break end
@@ -219,7 +260,8 @@ for i = 1, redo do
   local n = redis.pcall('XLEN', KEYS[i])
   if type(n) == 'number' then left = left + n end
 end
-return {got, missing, errors, left}
+local dead = redis.call('ZSCORE', ARGV[5] .. 'dead', ARGV[2])
+return {got, missing, errors, left, dead and tonumber(dead) or -1}
 "#;
 
 /// The scripts, loaded once per connection's first use (EVALSHA, with EVAL on NOSCRIPT,
