@@ -6,12 +6,12 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmpool::cluster::ClusterPool;
+use wasmpool::cluster::{ClusterManager, ClusterPool};
 use wasmpool::{Error, Limits, Output, Pool, PoolBuilder};
 
 use crate::cluster::redis::RedisServer;
 use crate::cluster::{WorkerHost, holds_work, wait_for_hosts};
-use crate::util::{TempDir, cli, eventually, testkit, within};
+use crate::util::{TempDir, cli, eventually, pid_alive, testkit, within};
 
 fn on(redis: &RedisServer, builder: PoolBuilder) -> ClusterPool {
     let pool = builder
@@ -102,6 +102,75 @@ fn the_initializer_and_maxtasksperchild_work_on_a_cluster_as_locally() {
             .build()
             .unwrap_err();
         assert!(matches!(e, Error::UnknownTask { .. }), "{e:?}");
+    });
+}
+
+#[test]
+fn a_host_lets_go_a_pool_whose_initializer_failed_so_the_next_chunk_gets_a_fresh_one() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let host = WorkerHost::start(&redis, 1);
+        let m = ClusterManager::connect(&redis.url()).unwrap();
+        // The initializer fails until the event is set.
+        let ready = m.event().unwrap();
+        let pool = on(
+            &redis,
+            Pool::builder(&testkit())
+                .processes(1)
+                .initializer("fail_unless_set", &(ready.clone(),)),
+        );
+        let e = pool.apply::<_, u64>("square", &(3u64,)).unwrap_err();
+        assert!(e.to_string().contains("not ready yet"), "{e}");
+        // Ready now: the host's next chunk of this setup runs in a new pool, whose
+        // initializer passes, not in the broken one.
+        ready.set().unwrap();
+        assert_eq!(
+            pool.apply::<_, u64>("square", &(3u64,))
+                .unwrap_or_else(|e| panic!(
+                    "after the initializer's failure: {e}; host: {}",
+                    host.log()
+                )),
+            9
+        );
+        assert_eq!(pool.map::<_, u64>("square", 0..10u64).unwrap().len(), 10);
+    });
+}
+
+#[test]
+fn a_host_keeps_at_most_eight_local_pools_counting_one_let_go_that_still_runs() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        let host = WorkerHost::start(&redis, 1);
+        let m = ClusterManager::connect(&redis.url()).unwrap();
+        // Ten worker setups (one worker each, never replaced here): ten local pools.
+        let pools: Vec<ClusterPool> = (0..10)
+            .map(|i| on(&redis, Pool::builder(&testkit()).maxtasksperchild(1000 + i)))
+            .collect();
+        let pid_of = |p: &ClusterPool| p.apply::<_, u32>("pid_after", &(0u64,)).unwrap();
+        // The first pool's worker is kept busy, holding a lock.
+        let busy = pid_of(&pools[0]);
+        let (lock, held) = (m.lock().unwrap(), m.event().unwrap());
+        let _long = pools[0]
+            .apply_async::<_, ()>("hold_lock", &(lock, held.clone(), 120_000u64))
+            .unwrap();
+        assert!(held.wait_timeout(Some(Duration::from_secs(60))).unwrap());
+        // Nine more setups, one after another: the host lets idle pools go, never the
+        // busy one, and the busy one counts against the bound of eight.
+        let mut pids = vec![busy];
+        pids.extend(pools[1..].iter().map(pid_of));
+        assert!(
+            eventually(Duration::from_secs(20), || pids
+                .iter()
+                .filter(|p| pid_alive(**p))
+                .count()
+                <= 8),
+            "more than eight pools' workers alive: {:?}; host: {}",
+            pids.iter().map(|p| (*p, pid_alive(*p))).collect::<Vec<_>>(),
+            host.log()
+        );
+        assert!(pid_alive(busy), "the busy pool was let go");
+        // The pools let go come back (new workers) when their work does.
+        assert_ne!(pid_of(&pools[1]), pids[1]);
     });
 }
 

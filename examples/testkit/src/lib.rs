@@ -435,6 +435,16 @@ fn hold_then_release(lock: Lock, held: Event, ms: u64) -> Result<(), ObjectError
     lock.release()
 }
 
+/// Fails unless the event is set (an initializer that fails until something is ready).
+#[task]
+fn fail_unless_set(ready: Event) -> Result<(), String> {
+    match ready.is_set() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("not ready yet".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Acquires the lock, then panics holding it.
 #[task]
 fn lock_then_panic(lock: Lock) -> Result<(), ObjectError> {
@@ -678,6 +688,7 @@ wasmpool_guest::export_tasks!(
     hold_lock,
     hold_then_release,
     lock_then_panic,
+    fail_unless_set,
     hold_semaphore,
     barrier_wait,
     hold_conn,

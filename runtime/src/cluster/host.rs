@@ -43,10 +43,39 @@ const CLAIM_BLOCK_MS: u64 = 500;
 /// all of them): how soon a cancelled chunk running here is stopped.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
 
-/// The most local pools a host keeps (one per module, metering and worker setup: each has
-/// its own worker processes, `slots` of them): past it the one used least recently is let
-/// go (once the chunks it runs are committed).
+/// The most local pools a host has (one per module, metering and worker setup: each has
+/// its own worker processes, `slots` of them), counting those it let go whose chunks still
+/// run: past it the idle one used least recently is let go, and with none idle a new pool
+/// waits for a chunk to finish (see [`SEAT_WAIT`]).
 const MAX_POOLS: usize = 8;
+
+/// How long a chunk that needs a new pool waits for a seat when every pool runs chunks,
+/// before it starts one over [`MAX_POOLS`] (with a warning): tasks of more setups than that
+/// waiting on each other must not hang a host.
+const SEAT_WAIT: Duration = Duration::from_secs(30);
+
+/// What a host does about a new local pool, given its pools (each with when it was last
+/// used and whether chunks run in it) and how many pools it let go still run chunks.
+#[derive(Debug, PartialEq, Eq)]
+enum Seat<K> {
+    /// There is room: start it.
+    Free,
+    /// Let go this idle pool first (the least recently used).
+    Evict(K),
+    /// Every pool runs chunks: wait for one to finish.
+    Wait,
+}
+
+fn seat<K: Clone>(pools: &[(K, Instant, bool)], let_go_running: usize, max: usize) -> Seat<K> {
+    if pools.len() + let_go_running < max {
+        return Seat::Free;
+    }
+    pools
+        .iter()
+        .filter(|(_, _, busy)| !busy)
+        .min_by_key(|(_, used, _)| *used)
+        .map_or(Seat::Wait, |(k, _, _)| Seat::Evict(k.clone()))
+}
 
 /// What a host's local pools are told apart by: the module's SHA-256, whether it meters
 /// fuel, and how its workers are set up.
@@ -879,11 +908,31 @@ impl HostInner {
     /// Redis (and compiling it into this host's cache) the first time. Its workers run the
     /// setup's initializer before their first task, and are replaced after its
     /// `maxtasksperchild`, as the submitting pool's would be.
+    ///
+    /// A pool whose initializer failed (it can run nothing more) is let go here, so this
+    /// chunk gets a fresh one. A new pool takes a seat of [`MAX_POOLS`] first
+    /// ([`take_seat`](HostInner::take_seat)).
     fn pool_for(&self, con: &mut redis::Connection, key: PoolKey) -> Result<Pool> {
-        if let Some((p, used)) = self.lock_pools().get_mut(&key) {
-            *used = Instant::now();
-            return Ok(p.clone());
+        let broken = {
+            let mut pools = self.lock_pools();
+            match pools.get_mut(&key) {
+                Some((p, used)) if !p.is_broken() => {
+                    *used = Instant::now();
+                    return Ok(p.clone());
+                }
+                Some(_) => pools.remove(&key),
+                None => None,
+            }
+        };
+        if broken.is_some() {
+            tracing::info!(
+                "cluster host: a local pool's initializer failed; the next chunk of its \
+                 module and setup gets a new pool"
+            );
         }
+        // Outside the lock: the last handle's drop stops its workers.
+        drop(broken);
+        self.take_seat();
         let (sha, metered, setup) = &key;
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.module(sha))
@@ -918,24 +967,56 @@ impl HostInner {
             builder = builder.maxtasksperchild(n);
         }
         let pool = builder.build()?;
-        let evicted = {
-            let mut pools = self.lock_pools();
-            let evicted = if pools.len() >= MAX_POOLS {
-                let oldest = pools
-                    .iter()
-                    .min_by_key(|(_, (_, used))| *used)
-                    .map(|(k, _)| k.clone());
-                oldest.and_then(|k| pools.remove(&k))
-            } else {
-                None
-            };
-            pools.insert(key, (pool.clone(), Instant::now()));
-            evicted
-        };
-        // Let go outside the lock: the last handle's drop stops its workers (the chunks it
-        // still runs hold handles of their own).
-        drop(evicted);
+        self.lock_pools()
+            .insert(key, (pool.clone(), Instant::now()));
         Ok(pool)
+    }
+
+    /// Makes room for one more local pool within [`MAX_POOLS`], counting the pools let go
+    /// whose chunks still run (they keep their workers until then): lets go the idle pool
+    /// used least recently, or, with every pool running chunks, waits for one to finish,
+    /// up to [`SEAT_WAIT`]. Only the claim thread adds pools, so the seat stays free.
+    fn take_seat(&self) {
+        let deadline = Instant::now() + SEAT_WAIT;
+        loop {
+            let evicted = {
+                let mut pools = self.lock_pools();
+                let running = self.lock_running();
+                let mut let_go: Vec<&Pool> = Vec::new();
+                for (p, _) in running.values() {
+                    let kept = pools.values().any(|(q, _)| q.same_pool(p));
+                    if !kept && !let_go.iter().any(|q| q.same_pool(p)) {
+                        let_go.push(p);
+                    }
+                }
+                let listed: Vec<(PoolKey, Instant, bool)> = pools
+                    .iter()
+                    .map(|(k, (p, used))| {
+                        let busy = running.values().any(|(q, _)| q.same_pool(p));
+                        (k.clone(), *used, busy)
+                    })
+                    .collect();
+                match seat(&listed, let_go.len(), MAX_POOLS) {
+                    Seat::Free => return,
+                    Seat::Evict(k) => pools.remove(&k),
+                    Seat::Wait
+                        if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) =>
+                    {
+                        tracing::warn!(
+                            "cluster host: every one of its {MAX_POOLS} local pools still runs \
+                             chunks after {SEAT_WAIT:?}; starting one more"
+                        );
+                        return;
+                    }
+                    Seat::Wait => None,
+                }
+            };
+            match evicted {
+                // Let go outside the locks: the last handle's drop stops its workers.
+                Some(e) => drop(e),
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 
     /// Stops the chunks held here whose submitter cancelled them: every [`CANCEL_POLL`],
@@ -1306,6 +1387,21 @@ mod tests {
         (0..n)
             .map(|i| (Arc::from(stream), format!("1-{i}"), HashMap::new()))
             .collect()
+    }
+
+    #[test]
+    fn a_new_pool_counts_the_pools_let_go_that_still_run_and_evicts_only_idle_ones() {
+        let t = Instant::now();
+        let (old, new) = (t, t + Duration::from_secs(1));
+        // Room: start it.
+        assert_eq!(seat(&[("a", old, true)], 1, 3), Seat::Free);
+        // Full with the one let go that still runs: the idle pool used least recently goes.
+        let pools = [("a", new, false), ("b", old, false), ("c", old, true)];
+        assert_eq!(seat(&pools[..2], 1, 3), Seat::Evict("b"));
+        assert_eq!(seat(&pools, 0, 3), Seat::Evict("b"));
+        // A busy pool is never let go for it (its workers would stay): wait.
+        assert_eq!(seat(&[("c", old, true)], 2, 3), Seat::Wait);
+        assert_eq!(seat::<&str>(&[], 3, 3), Seat::Wait);
     }
 
     #[test]

@@ -754,6 +754,17 @@ impl Pool {
     pub(crate) fn cancel_job(&self, job: &Arc<Job>) -> usize {
         self.scheduler.cancel_job(job)
     }
+
+    /// Whether the pool can run nothing more (its initializer failed, or no worker can
+    /// start): what a cluster host lets go, so the next chunk gets a fresh pool.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.scheduler.is_broken()
+    }
+
+    /// Whether `other` is a handle of this very pool.
+    pub(crate) fn same_pool(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.scheduler, &other.scheduler)
+    }
 }
 
 /// Decodes one finished item for iterators.

@@ -162,6 +162,11 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the pool can run nothing more (see `SchedulerState::broken`).
+    pub fn is_broken(&self) -> bool {
+        self.lock().broken.is_some()
+    }
+
     /// Queues chunks and dispatches them.
     pub fn submit(&self, chunks: impl IntoIterator<Item = Chunk>) -> Result<()> {
         let mut s = self.lock();
