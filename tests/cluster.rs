@@ -337,6 +337,16 @@ fn a_dead_hosts_chunks_are_claimed_again_ahead_of_the_backlog() {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(waiting >= many, "{waiting}");
+        // Once C has claimed every redelivered chunk, the redelivery stream leaves the set
+        // of those with work to claim, though what C claimed there is not committed yet:
+        // hosts go back to one `XREADGROUP` a claim.
+        assert!(
+            eventually(Duration::from_secs(10), || redis
+                .command(&format!("SISMEMBER wasmpool:v2:redoing {REDO}"))
+                .starts_with(":0")),
+            "the drained redelivery stream is still named as holding work; XLEN {}",
+            redis.command(&format!("XLEN {REDO}"))
+        );
         let s = stats(&pool);
         assert!(s.redelivered >= 2, "{s:?}");
         assert_eq!(s.lost, 0, "{s:?}");

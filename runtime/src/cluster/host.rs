@@ -449,7 +449,8 @@ fn text(v: &Value) -> Option<String> {
 type Entry = (Arc<str>, String, HashMap<String, Vec<u8>>);
 
 /// What a claim got: the entries, the streams found without their group (to set up again),
-/// whether the redelivery streams hold entries (claimed or not), and when the host was last
+/// whether the redelivery streams may hold entries to claim (they are in the set
+/// `redoing`), and when the host was last
 /// declared dead (Redis time, ms), if ever.
 type Claim = (Vec<Entry>, Vec<Arc<str>>, bool, Option<u64>);
 
@@ -625,23 +626,29 @@ impl HostInner {
 
     /// Claims without waiting, in one script: the redelivery streams first, then the task
     /// streams, never more than the read's room in all. Answers the entries, the streams
-    /// found without their group, and whether the redelivery streams still hold entries.
+    /// found without their group, and whether the redelivery streams may still hold entries
+    /// to claim.
     fn claim_now(
         &self,
         c: &mut redis::Connection,
         scripts: &Scripts,
         read: &Read,
     ) -> redis::RedisResult<Claim> {
+        // A host serving every tenant names no redelivery stream: the script reads those
+        // of the set that hold entries to claim, not every tenant's.
+        let every = self.serves == Serves::All;
+        let redo: &[Arc<str>] = if every { &[] } else { &read.redo };
         let mut inv = scripts.claim.prepare_invoke();
-        for stream in read.redo.iter().chain(&read.streams) {
+        for stream in redo.iter().chain(&read.streams) {
             inv.key(&**stream);
         }
         inv.arg(GROUP)
             .arg(&self.id)
             .arg(read.room)
-            .arg(read.redo.len())
-            .arg(self.keys.prefix());
-        for _ in &read.redo {
+            .arg(redo.len())
+            .arg(self.keys.prefix())
+            .arg(if every { "1" } else { "0" });
+        for _ in redo {
             inv.arg(read.room);
         }
         for _ in &read.streams {
@@ -672,7 +679,8 @@ impl HostInner {
     /// Claims with one `XREADGROUP` (the fast path, while the redelivery streams are
     /// empty): from the read's task streams without waiting, or, waiting up to
     /// [`CLAIM_BLOCK_MS`] for work, from them and the redelivery streams. The redelivery
-    /// streams' lengths come back in the same round trip (whether the next read needs the
+    /// streams' membership of the set `redoing` comes back in the same round trip (whether
+    /// the next read needs the
     /// claim script), and when the host was last declared dead.
     fn claim_direct(&self, c: &mut redis::Connection, read: &Read) -> redis::RedisResult<Claim> {
         let mut cmd = redis::cmd("XREADGROUP");
@@ -699,8 +707,16 @@ impl HostInner {
         let mut pipe = redis::pipe();
         pipe.add_command(cmd);
         pipe.cmd("ZSCORE").arg(self.keys.dead()).arg(&self.id);
-        for stream in &read.redo {
-            pipe.cmd("XLEN").arg(&**stream);
+        // Whether redelivered entries wait to be claimed: one of the set for a host serving
+        // every tenant, its own streams' membership otherwise (never a length per tenant).
+        if self.serves == Serves::All {
+            pipe.cmd("SCARD").arg(self.keys.redoing());
+        } else {
+            for stream in &read.redo {
+                pipe.cmd("SISMEMBER")
+                    .arg(self.keys.redoing())
+                    .arg(&**stream);
+            }
         }
         let mut replies = pipe.query::<Vec<Value>>(c)?.into_iter();
         let got = replies.next().map(entries).unwrap_or_default();
@@ -1158,6 +1174,7 @@ impl HostInner {
                                 .key(self.keys.stats())
                                 .key(self.keys.dead())
                                 .key(self.keys.redo_of(&claimed.stream))
+                                .key(self.keys.redoing())
                                 .arg(&claimed.id)
                                 .arg(claimed.chunk)
                                 .arg(&claimed.attempt)
@@ -1242,16 +1259,18 @@ struct Read {
     /// The most entries in all (a read that does not wait).
     room: usize,
     block: bool,
-    /// Whether it is the claim script (the redelivery streams hold entries) rather than one
+    /// Whether it is the claim script (the redelivery streams may hold entries to claim)
+    /// rather than one
     /// `XREADGROUP`.
     script: bool,
 }
 
 /// The task streams a host reads and whose turn it is: the round robin of a host that
-/// serves several. While the redelivery streams hold entries, a read that does not wait is
+/// serves several. While the redelivery streams may hold entries to claim (the set
+/// `redoing` names them), a read that does not wait is
 /// the claim script, which reads them first and the task streams with the room left;
 /// otherwise it is one `XREADGROUP` of the task streams (no more round trips than before
-/// redelivery streams), which also learns their lengths. A host waits for work (a blocking
+/// redelivery streams), which also learns whether they are in that set. A host waits for work (a blocking
 /// `XREADGROUP` on every stream, the redelivery streams too) only once a read found the
 /// streams drained.
 #[derive(Debug)]
@@ -1267,7 +1286,7 @@ struct Streams {
     /// Whether the last read may have left entries behind (a stream gave all that was
     /// asked of it, or the room ran out): then the next read does not wait.
     backlog: bool,
-    /// Whether the redelivery streams held entries at the last read (claimed or not): then
+    /// Whether the redelivery streams were in the set `redoing` at the last read: then
     /// reads that do not wait are the claim script.
     redo_waiting: bool,
     refreshed: Option<Instant>,
@@ -1360,7 +1379,8 @@ impl Streams {
         }
     }
 
-    /// What a read claimed, and whether the redelivery streams still hold entries.
+    /// What a read claimed, and whether the redelivery streams may still hold entries to
+    /// claim.
     fn read(&mut self, read: &Read, got: &[Entry], redo_left: bool) {
         self.redo_waiting = redo_left;
         if !got.is_empty() {

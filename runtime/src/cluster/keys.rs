@@ -12,6 +12,11 @@
 //!                                        reaper (fields as a task's), read before the task
 //!                                        stream; group "hosts"
 //! wasmpool:v2:redo:<tenant>       STREAM the same, for one tenant's pools
+//! wasmpool:v2:redoing             SET    the redelivery streams that may hold entries no
+//!                                        host has claimed yet: added to by the reaper (and
+//!                                        a host giving a chunk back), taken out by the claim
+//!                                        that drains one; what a claim asks instead of
+//!                                        every stream's length
 //! wasmpool:v2:tenants             SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
 //! wasmpool:v2:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
@@ -120,6 +125,11 @@ impl Keys {
             Some(rest) if rest.starts_with(':') => format!("{}redo{rest}", self.prefix),
             _ => stream.to_string(),
         }
+    }
+
+    /// The set of redelivery streams that may hold entries not yet claimed.
+    pub fn redoing(&self) -> String {
+        format!("{}redoing", self.prefix)
     }
 
     /// The set of tenants that have a task stream.

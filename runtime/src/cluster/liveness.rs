@@ -153,6 +153,7 @@ pub(crate) fn beat_loop(
                             .key(keys.tenants())
                             .key(keys.redo_of(&keys.tasks()))
                             .key(keys.dead())
+                            .key(keys.redoing())
                             .arg(GROUP)
                             .arg(MIN_IDLE.as_millis() as u64)
                             .arg(keys.prefix())

@@ -30,7 +30,7 @@ return {now, dead}
 /// when its retries are spent, failed as lost (its submitter is told).
 ///
 /// KEYS: the entry's task stream, job, results, stats, dead, the stream's redelivery
-/// stream. ARGV: entry id, chunk, attempt, record, ttl (ms), group, host, when the lane
+/// stream, redoing (the redelivery streams with entries to claim). ARGV: entry id, chunk, attempt, record, ttl (ms), group, host, when the lane
 /// the chunk ran in was admitted (Redis time, ms), job.
 /// Returns 1 when committed, 0 when dropped, 2 when this very attempt was committed already
 /// (a commit sent again after a lost connection: not a late result, not counted), 3 when
@@ -69,6 +69,7 @@ if fenced then
     redis.pcall('XGROUP', 'CREATE', KEYS[6], ARGV[6], '0', 'MKSTREAM')
     redis.call('XADD', KEYS[6], '*', 'j', f['j'], 'c', c, 'a', tostring(a + 1),
       'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[5], 'p', f['p'])
+    redis.call('SADD', KEYS[7], KEYS[6])
     redis.call('HINCRBY', KEYS[4], 'redelivered', 1)
     return 4
   end
@@ -97,7 +98,8 @@ return 1
 /// records older than a day are dropped). A dead host with nothing pending on a stream
 /// leaves its group; one with nothing pending anywhere is forgotten.
 ///
-/// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead. ARGV: group, min idle (ms),
+/// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead, redoing (the
+/// redelivery streams with entries to claim: each one added to). ARGV: group, min idle (ms),
 /// key prefix, ttl (ms) for an entry without its submitter's, count (per host and stream).
 /// Returns {redelivered, lost}.
 pub(crate) const REAP: &str = r#"
@@ -152,6 +154,7 @@ local function reap(stream, redo)
                 group(redo)
                 redis.call('XADD', redo, '*', 'j', f['j'], 'c', f['c'], 'a', tostring(a + 1),
                   'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[4], 'p', f['p'])
+                redis.call('SADD', KEYS[8], redo)
                 redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
                 moved = moved + 1
               else
@@ -195,38 +198,60 @@ end
 return {moved, lost}
 "#;
 
-/// A host's claim without waiting, while its redelivery streams hold entries: reads the
-/// streams in the order given (the redelivery streams first, then the task streams), each
-/// for at most its own count and never more in all than the room, so redelivered chunks are
-/// claimed ahead of those waiting in the task streams, in one round trip. A stream without
-/// the group (Redis lost its data) is skipped and named, for the host to set up again; so
-/// is one that fails otherwise (with its error), rather than losing what the streams
-/// before it gave. Also answers how many entries the redelivery streams still hold
-/// (claimed or not), so the host knows whether its next read needs this script, and when
-/// the host was last declared dead (so it starts what it claimed in workers admitted
-/// after that, not in workers whose object operations are refused). A
+/// A host's claim without waiting, while its redelivery streams may hold entries not yet
+/// claimed: reads the streams in the order given (the redelivery streams first, then the
+/// task streams), each for at most its own count and never more in all than the room, so
+/// redelivered chunks are claimed ahead of those waiting in the task streams, in one round
+/// trip. Only the redelivery streams named in the set `redoing` are read (those the reaper
+/// or a host giving a chunk back added entries to since a read drained them), and a read
+/// that gets fewer entries than it asked takes its stream out of the set: so with many
+/// tenants a claim reads only the few streams with redelivered work waiting, and entries
+/// claimed but not yet committed do not count. A host serving every tenant names none: it
+/// reads every stream of the set. A stream without the group (Redis lost its data) is
+/// skipped and named, for the host to set up again; so is one that fails otherwise (with
+/// its error), rather than losing what the streams before it gave. Also answers whether
+/// this host's redelivery streams are still in the set (whether its next read needs this
+/// script), and when the host was last declared dead (so it starts what it claimed in
+/// workers admitted after that, not in workers whose object operations are refused). A
 /// redelivered entry whose chunk was cancelled since (its fence is `x`) is acknowledged and
 /// deleted, not returned: the submitter deleted the entries it knew, not the copies the
 /// reaper made.
 ///
 /// KEYS: the redelivery streams, then the task streams. ARGV: group, consumer, room, how
-/// many of KEYS are redelivery streams, key prefix, then each stream's most entries. Returns
+/// many of KEYS are redelivery streams, key prefix, `1` to read every redelivery stream of
+/// the set (none named in KEYS) or `0`, then each stream's most entries. Returns
 /// {{{stream, entries}, …} as `XREADGROUP` does, {stream without the group, …}, {error, …},
-/// entries left in the redelivery streams, when the host was last declared dead (ms) or
-/// -1}.
+/// how many of the host's redelivery streams are still in the set, when the host was last
+/// declared dead (ms) or -1}.
 pub(crate) const CLAIM: &str = r#"
 local room = tonumber(ARGV[3])
 local got, missing, errors = {}, {}, {}
 local redo = tonumber(ARGV[4])
+local redoing = ARGV[5] .. 'redoing'
+local every = ARGV[6] == '1'
 local function cancelled(flat)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
   if not (f['j'] and f['c']) then return false end
   return redis.call('HGET', ARGV[5] .. 'job:' .. f['j'], 'd:' .. f['c']) == 'x'
 end
+-- What to read: {stream, most entries, whether it is a redelivery stream}.
+local reads = {}
+if every then
+  for _, stream in ipairs(redis.call('SMEMBERS', redoing)) do
+    table.insert(reads, {stream, room, true})
+  end
+end
 for i, stream in ipairs(KEYS) do
+  local isredo = i <= redo
+  if (not isredo) or redis.call('SISMEMBER', redoing, stream) == 1 then
+    table.insert(reads, {stream, tonumber(ARGV[6 + i]), isredo})
+  end
+end
+for _, read in ipairs(reads) do
   if room <= 0 then break end
-  local n = math.min(room, tonumber(ARGV[5 + i]))
+  local stream, isredo = read[1], read[3]
+  local n = math.min(room, read[2])
   local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', stream, '>')
   if type(r) == 'table' and r.err then
     if string.sub(r.err, 1, 7) == 'NOGROUP' then
@@ -234,31 +259,38 @@ for i, stream in ipairs(KEYS) do
     else
       table.insert(errors, stream .. ': ' .. r.err)
     end
-  elseif type(r) == 'table' then
-    for _, s in ipairs(r) do
-      local kept = s[2]
-      if i <= redo then
-        kept = {}
-        for _, e in ipairs(s[2]) do
-          if cancelled(e[2]) then
-            redis.call('XACK', stream, ARGV[1], e[1])
-            redis.call('XDEL', stream, e[1])
-          else
-            table.insert(kept, e)
+  else
+    local raw = 0
+    if type(r) == 'table' then
+      for _, s in ipairs(r) do
+        raw = raw + #s[2]
+        local kept = s[2]
+        if isredo then
+          kept = {}
+          for _, e in ipairs(s[2]) do
+            if cancelled(e[2]) then
+              redis.call('XACK', stream, ARGV[1], e[1])
+              redis.call('XDEL', stream, e[1])
+            else
+              table.insert(kept, e)
+            end
           end
         end
-      end
-      if #kept > 0 then
-        table.insert(got, {s[1], kept})
-        room = room - #kept
+        if #kept > 0 then
+          table.insert(got, {s[1], kept})
+          room = room - #kept
+        end
       end
     end
+    -- Drained: nothing in it is left to claim.
+    if isredo and raw < n then redis.call('SREM', redoing, stream) end
   end
 end
 local left = 0
-for i = 1, redo do
-  local n = redis.pcall('XLEN', KEYS[i])
-  if type(n) == 'number' then left = left + n end
+if every then
+  left = redis.call('SCARD', redoing)
+else
+  for i = 1, redo do left = left + redis.call('SISMEMBER', redoing, KEYS[i]) end
 end
 local dead = redis.call('ZSCORE', ARGV[5] .. 'dead', ARGV[2])
 return {got, missing, errors, left, dead and tonumber(dead) or -1}
