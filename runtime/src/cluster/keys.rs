@@ -20,7 +20,8 @@
 //! wasmpool:v2:tenants             SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
 //! wasmpool:v2:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
-//!                                        (attempt), lost, or `x` cancelled;
+//!                                        (attempt), lost, or `x` cancelled; g:<chunk>
+//!                                        the attempt a host declared dead gave back;
 //!                                        expires (the result TTL)
 //! wasmpool:v2:results:<client>    LIST   committed chunks for one submitting pool; expires
 //! wasmpool:v2:module:<sha256>     STRING the component's bytes (SET NX); expires, refreshed

@@ -29,8 +29,9 @@
 //!   `wasmpool:v2:redo:<tenant>`) within about 2.5 s (lease 2 s, entries idle at least 2 s,
 //!   reaper every 500 ms), or, for work that may not run twice (retries 0, as locally),
 //!   failed with [`Error::WorkerLost`]. Hosts read the redelivery streams before the task
-//!   streams (one claim script while they hold entries, never more than the host's room; a
-//!   plain `XREADGROUP` otherwise), so a redelivered chunk runs ahead of a backlog.
+//!   streams (one claim script while the set `wasmpool:v2:redoing` names one of theirs
+//!   with entries to claim, never more than the host's room; a plain `XREADGROUP`
+//!   otherwise), so a redelivered chunk runs ahead of a backlog.
 //! - A host commits a chunk's results with a script fenced by the attempt: a result whose
 //!   attempt is not the chunk's current one (a host presumed dead, and back) is dropped
 //!   and counted ([`ClusterStats::dropped`]), so no chunk is committed twice.
@@ -50,7 +51,9 @@
 //!   barriers it waited at broken; a host so declared dead is recorded
 //!   (`wasmpool:v2:dead`), and the operations of the tasks it ran then are refused in the
 //!   operation script if it comes back (a `SIGSTOP`, a partition), so its late release
-//!   cannot free a lock another task now holds; it runs new work in new workers.
+//!   cannot free a lock another task now holds; it runs new work in new workers. The
+//!   chunks it ran in the fenced workers are given back by the commit script (redelivered,
+//!   or failed as lost), never committed with a refusal as their result.
 //!
 //! Why a type of its own rather than a `Pool` with a remote worker set: the local pool's
 //! scheduler is built around worker processes it starts, pipelines to and watches; the
