@@ -164,6 +164,40 @@ fn an_all_tenants_host_takes_turns_so_a_tenants_backlog_does_not_starve_another(
 }
 
 #[test]
+fn an_all_tenants_host_shares_its_claims_by_the_tenants_weights() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        wasmpool::cluster::set_tenant_weight(&redis.url(), "heavy", 3).unwrap();
+        let err = wasmpool::cluster::set_tenant_weight(&redis.url(), "heavy", 0).unwrap_err();
+        assert!(err.to_string().contains("weight is from 1"), "{err}");
+        let heavy = tenant_pool(&redis, "heavy", 0);
+        let light = tenant_pool(&redis, "light", 0);
+        // Both backlogs are queued before any host claims: 60 chunks of 20 ms each, for
+        // one host with one slot.
+        let heavy_work: Vec<_> = (0..60)
+            .map(|_| heavy.apply_async::<_, u64>("sleep_ms", &(20u64,)).unwrap())
+            .collect();
+        let light_work: Vec<_> = (0..60)
+            .map(|_| light.apply_async::<_, u64>("sleep_ms", &(20u64,)).unwrap())
+            .collect();
+        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
+        for r in &heavy_work {
+            r.wait();
+        }
+        // Taken in turn, about 60 of light's would be done by now; by weight, about 20.
+        let light_done = light_work.iter().filter(|r| r.ready()).count();
+        assert!(
+            (5..=40).contains(&light_done),
+            "when heavy (weight 3) was done, light (weight 1) had {light_done} of 60 done: {}",
+            host.log()
+        );
+        for r in light_work {
+            assert_eq!(r.get().unwrap(), 20);
+        }
+    });
+}
+
+#[test]
 fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
     within(Duration::from_secs(180), || {
         let redis = RedisServer::start();

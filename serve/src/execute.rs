@@ -161,6 +161,8 @@ struct ExecState {
     pools: PoolCache<PoolKey, Pool>,
     /// On a cluster: by module and tenant.
     cluster_pools: PoolCache<(String, String), ClusterPool>,
+    /// On a cluster: the weight last written for each tenant.
+    cluster_weights: HashMap<String, u32>,
 }
 
 /// The handle a task is submitted through, held until it is done.
@@ -218,8 +220,10 @@ impl Executor {
         &self,
         url: &str,
         sha256: &str,
-        tenant: &str,
+        tenant: &Tenant,
     ) -> Result<ClusterPool, wasmpool::Error> {
+        self.cluster_weight(url, tenant)?;
+        let tenant = tenant.name();
         let key = (sha256.to_string(), tenant.to_string());
         if let Some(pool) = self.lock().cluster_pools.get(&key) {
             return Ok(pool);
@@ -232,6 +236,20 @@ impl Executor {
             .tenant(tenant)
             .build()?;
         Ok(self.lock().cluster_pools.insert(key, pool, self.max_pools))
+    }
+
+    /// Writes `tenant`'s weight to the cluster when it has not been written yet or changed
+    /// (a reload of the tenants file), so the hosts share their claims by it.
+    fn cluster_weight(&self, url: &str, tenant: &Tenant) -> Result<(), wasmpool::Error> {
+        let weight = tenant.entry.weight;
+        if self.lock().cluster_weights.get(tenant.name()) == Some(&weight) {
+            return Ok(());
+        }
+        wasmpool::cluster::set_tenant_weight(url, tenant.name(), weight)?;
+        self.lock()
+            .cluster_weights
+            .insert(tenant.name().to_string(), weight);
+        Ok(())
     }
 
     /// The tenants' shared objects, which tasks' arguments name.
@@ -333,7 +351,7 @@ impl Executor {
             let (pool, result) = match &self.cluster {
                 Some(url) => {
                     let pool = self
-                        .cluster_pool(url, &spec.module, tenant.name())
+                        .cluster_pool(url, &spec.module, tenant)
                         .map_err(|e| task_error(&e))?
                         .with_limits(limits)
                         .with_retries(retries)
@@ -460,7 +478,7 @@ impl Executor {
             .saturating_sub(first.attempt.saturating_sub(1));
         let limits = limits_of(&first.limits);
         let pool = match &self.cluster {
-            Some(url) => match self.cluster_pool(url, &first.module, tenant.name()) {
+            Some(url) => match self.cluster_pool(url, &first.module, tenant) {
                 Ok(p) => Handle::Cluster(p.with_limits(limits).with_retries(retries)),
                 Err(e) => return fail_all(task_error(&e), &mut done),
             },

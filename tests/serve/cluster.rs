@@ -43,6 +43,11 @@ fn serve_on_a_cluster_runs_tasks_and_maps_on_its_hosts_and_cancels_there() {
                 .command("SMEMBERS wasmpool:v2:tenants")
                 .contains("alice")
         );
+        // Its weight (the file's default, 1) was written for the hosts to share by.
+        assert_eq!(
+            redis.command("HGET wasmpool:v2:weights alice").trim(),
+            "$1\r\n1"
+        );
         let out = server.run(
             &A,
             &json!({"module": module, "task": "tick", "args": [2, 0]}),

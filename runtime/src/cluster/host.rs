@@ -16,6 +16,7 @@ use redis::Value;
 
 use super::keys::{
     GROUP, Keys, check_layout, check_tenant, ensure_stream, known_tenants, register_tenant,
+    tenant_weights,
 };
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
 use super::scripts::Scripts;
@@ -1290,6 +1291,13 @@ struct Streams {
     /// reads that do not wait are the claim script.
     redo_waiting: bool,
     refreshed: Option<Instant>,
+    /// Each task stream's weight (`keys`' order): its tenant's
+    /// ([`set_tenant_weight`](super::set_tenant_weight)), 1 for the untenanted stream.
+    weights: Vec<f64>,
+    /// The chunks claimed from each task stream, less what all streams' shares have in
+    /// common (see [`Streams::charge`]): a host whose tenants have unequal weights reads
+    /// the stream with the least of them for its weight first.
+    served: Vec<f64>,
 }
 
 impl Streams {
@@ -1307,15 +1315,97 @@ impl Streams {
             backlog: false,
             redo_waiting: false,
             refreshed: None,
+            weights: Vec::new(),
+            served: Vec::new(),
         };
-        s.set(keys, list);
+        let weights = vec![1.0; list.len()];
+        s.set(keys, list, weights);
         s
     }
 
-    /// Reads the task streams `list`, and their redelivery streams.
-    fn set(&mut self, keys: &Keys, list: Vec<String>) {
+    /// Reads the task streams `list`, of `weights`, and their redelivery streams. A stream
+    /// read before keeps what it was served; a new one starts level with the least served
+    /// (for its weight), so it does not take every claim until it has caught up.
+    fn set(&mut self, keys: &Keys, list: Vec<String>, weights: Vec<f64>) {
+        let level = self.level();
+        let served = list
+            .iter()
+            .zip(&weights)
+            .map(|(name, w)| {
+                self.keys
+                    .iter()
+                    .position(|k| **k == **name)
+                    .map_or(level * w, |i| self.served[i])
+            })
+            .collect();
         self.redo = list.iter().map(|s| Arc::from(keys.redo_of(s))).collect();
         self.keys = list.into_iter().map(Arc::from).collect();
+        self.weights = weights;
+        self.served = served;
+    }
+
+    /// Whether the streams' weights differ (else every stream gets an equal share).
+    fn weighted(&self) -> bool {
+        self.weights.windows(2).any(|w| w[0] != w[1])
+    }
+
+    /// The least any stream was served for its weight.
+    fn level(&self) -> f64 {
+        let least = self
+            .served
+            .iter()
+            .zip(&self.weights)
+            .map(|(s, w)| s / w)
+            .fold(f64::INFINITY, f64::min);
+        if least.is_finite() {
+            least.max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// Counts what a read claimed from each task stream. A stream found empty (the read
+    /// came to it with room left and it gave nothing) is raised to the level of those that
+    /// gave, so an idle tenant does not save up turns to spend all at once later; then the
+    /// level common to all is taken off.
+    fn charge(&mut self, read: &Read, got: &[Entry]) {
+        if !self.weighted() {
+            return;
+        }
+        let mut gave = vec![0usize; self.keys.len()];
+        for (stream, ..) in got {
+            if let Some(i) = self.keys.iter().position(|k| k == stream) {
+                self.served[i] += 1.0;
+                gave[i] += 1;
+            }
+        }
+        // The claim script reads the streams in the read's order until the room is full.
+        let mut room = if read.block { usize::MAX } else { read.room };
+        let mut empty = Vec::new();
+        for stream in &read.streams {
+            if room == 0 {
+                break;
+            }
+            if let Some(i) = self.keys.iter().position(|k| k == stream) {
+                if gave[i] == 0 {
+                    empty.push(i);
+                }
+                room = room.saturating_sub(gave[i]);
+            }
+        }
+        let busy = (0..self.keys.len())
+            .filter(|&i| gave[i] > 0)
+            .map(|i| self.served[i] / self.weights[i])
+            .fold(f64::INFINITY, f64::min);
+        if busy.is_finite() {
+            for i in empty {
+                self.served[i] = self.served[i].max(busy * self.weights[i]);
+            }
+        }
+        let level = self.level();
+        for (s, w) in self.served.iter_mut().zip(&self.weights) {
+            *s -= level * w;
+        }
     }
 
     /// A host serving every tenant: the untenanted stream and every known tenant's, read
@@ -1329,10 +1419,18 @@ impl Streams {
             return Ok(());
         }
         let tenants = known_tenants(con, keys, url)?;
+        let weights = tenant_weights(con, keys, url)?;
+        let weights = std::iter::once(1.0)
+            .chain(
+                tenants
+                    .iter()
+                    .map(|t| f64::from(weights.get(t).copied().unwrap_or(1))),
+            )
+            .collect();
         let list = std::iter::once(keys.tasks())
             .chain(tenants.iter().map(|t| keys.tenant_tasks(t)))
             .collect();
-        self.set(keys, list);
+        self.set(keys, list, weights);
         self.next %= self.keys.len();
         self.refreshed = Some(Instant::now());
         Ok(())
@@ -1350,6 +1448,22 @@ impl Streams {
     /// stream).
     fn next_read(&mut self, free: usize) -> Read {
         let n = self.keys.len().max(1);
+        if self.weighted() && (self.backlog || self.idle < n) {
+            // Weighted: every stream, the least served for its weight first, in the claim
+            // script, which takes from them in that order until the room is filled.
+            let mut order: Vec<usize> = (0..self.keys.len()).collect();
+            order.sort_by(|&a, &b| {
+                (self.served[a] / self.weights[a]).total_cmp(&(self.served[b] / self.weights[b]))
+            });
+            return Read {
+                streams: order.into_iter().map(|i| self.keys[i].clone()).collect(),
+                redo: self.redo.clone(),
+                count: free,
+                room: free,
+                block: false,
+                script: true,
+            };
+        }
         if free < n && self.idle < n {
             let streams = (0..free)
                 .map(|i| self.keys[(self.next + i) % n].clone())
@@ -1382,6 +1496,7 @@ impl Streams {
     /// What a read claimed, and whether the redelivery streams may still hold entries to
     /// claim.
     fn read(&mut self, read: &Read, got: &[Entry], redo_left: bool) {
+        self.charge(read, got);
         self.redo_waiting = redo_left;
         if !got.is_empty() {
             self.idle = 0;
@@ -1466,6 +1581,67 @@ mod tests {
         assert!(s.next_read(8).block, "nothing found: wait");
     }
 
+    /// What `reads` reads of claiming from streams that all have work (but those named in
+    /// `empty`): each read takes its room from the streams in its order. Answers how many
+    /// each stream gave.
+    fn claim_weighted(s: &mut Streams, reads: usize, free: usize, empty: &[&str]) -> Vec<usize> {
+        let mut given = vec![0; s.keys.len()];
+        for _ in 0..reads {
+            let read = s.next_read(free);
+            assert!(
+                read.script && !read.block,
+                "a weighted read is the claim script"
+            );
+            let mut got_now = Vec::new();
+            for stream in &read.streams {
+                if got_now.len() < free && !empty.contains(&&**stream) {
+                    let i = s.keys.iter().position(|k| k == stream).unwrap();
+                    given[i] += free - got_now.len();
+                    got_now.extend(got(stream, free - got_now.len()));
+                }
+            }
+            s.read(&read, &got_now, false);
+        }
+        given
+    }
+
+    #[test]
+    fn streams_of_unequal_weights_share_the_claims_by_weight_and_an_idle_one_saves_no_turns() {
+        let keys = Keys::default();
+        let mut s = Streams::new(&Serves::All, &keys);
+        let (x, a, b) = (
+            "wasmpool:v2:tasks",
+            "wasmpool:v2:tasks:a",
+            "wasmpool:v2:tasks:b",
+        );
+        s.set(
+            &keys,
+            vec![x.into(), a.into(), b.into()],
+            vec![1.0, 3.0, 1.0],
+        );
+        assert!(s.weighted());
+        // Every stream with work: 1 : 3 : 1, one chunk a read or four.
+        assert_eq!(claim_weighted(&mut s, 500, 1, &[]), [100, 300, 100]);
+        assert_eq!(claim_weighted(&mut s, 100, 4, &[]), [80, 240, 80]);
+        // `a` idle for a while, then busy again: it gets its share, not what it missed.
+        assert_eq!(claim_weighted(&mut s, 200, 1, &[a])[1], 0);
+        let after = claim_weighted(&mut s, 50, 1, &[]);
+        assert!(after[1] <= 32, "the idle stream caught up: {after:?}");
+        assert_eq!(after.iter().sum::<usize>(), 50);
+        // A new stream starts level with the others.
+        let c = "wasmpool:v2:tasks:c";
+        s.set(
+            &keys,
+            vec![x.into(), a.into(), b.into(), c.into()],
+            vec![1.0, 3.0, 1.0, 1.0],
+        );
+        let shares = claim_weighted(&mut s, 600, 1, &[]);
+        assert_eq!(shares, [100, 300, 100, 100]);
+        // Equal weights: the unweighted turns.
+        s.set(&keys, vec![x.into(), a.into()], vec![2.0, 2.0]);
+        assert!(!s.weighted());
+    }
+
     #[test]
     fn streams_take_turns_when_the_room_is_short() {
         let keys = Keys::default();
@@ -1475,7 +1651,7 @@ mod tests {
             "wasmpool:v2:tasks:a",
             "wasmpool:v2:tasks:b",
         );
-        s.set(&keys, vec![x.into(), a.into(), b.into()]);
+        s.set(&keys, vec![x.into(), a.into(), b.into()], vec![1.0; 3]);
         // Room for one: each stream in turn, without waiting, after every redelivery stream.
         let mut order = Vec::new();
         for _ in 0..6 {

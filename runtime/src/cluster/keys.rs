@@ -19,6 +19,8 @@
 //!                                        every stream's length
 //! wasmpool:v2:tenants             SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
+//! wasmpool:v2:weights             HASH   tenant -> its weight (absent: 1), by which
+//!                                        `--all-tenants` hosts share their claims
 //! wasmpool:v2:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
 //!                                        (attempt), lost, or `x` cancelled; g:<chunk>
 //!                                        the attempt a host declared dead gave back;
@@ -136,6 +138,11 @@ impl Keys {
     /// The set of tenants that have a task stream.
     pub fn tenants(&self) -> String {
         format!("{}tenants", self.prefix)
+    }
+
+    /// The tenants' weights.
+    pub fn weights(&self) -> String {
+        format!("{}weights", self.prefix)
     }
 
     pub fn job(&self, job: &str) -> String {
@@ -259,6 +266,20 @@ pub(crate) fn known_tenants(con: &mut Connection, keys: &Keys, url: &str) -> Res
     tenants.retain(|t| check_tenant(t).is_ok());
     tenants.sort();
     Ok(tenants)
+}
+
+/// The tenants' weights that were set (a weight out of range is left out: 1).
+pub(crate) fn tenant_weights(
+    con: &mut Connection,
+    keys: &Keys,
+    url: &str,
+) -> Result<std::collections::HashMap<String, u32>> {
+    let mut weights: std::collections::HashMap<String, u32> = redis::cmd("HGETALL")
+        .arg(keys.weights())
+        .query(con)
+        .map_err(|e| redis_error(url, "reading the tenants' weights", e))?;
+    weights.retain(|_, w| (1..=crate::Tenant::MAX_WEIGHT).contains(w));
+    Ok(weights)
 }
 
 #[cfg(test)]

@@ -87,6 +87,37 @@ pub use self::objects::DEFAULT_OBJECT_TTL;
 pub fn check_tenant_name(name: &str) -> crate::Result<()> {
     keys::check_tenant(name)
 }
+
+/// Sets the weight of tenant `name` on the cluster at `url` (from 1 to
+/// [`Tenant::MAX_WEIGHT`](crate::Tenant::MAX_WEIGHT); a tenant never given one weighs 1).
+/// A host serving every tenant (`wasmpool worker --all-tenants`) shares its claims by
+/// weight while several tenants have work waiting: a tenant of weight 3 gets about three
+/// chunks for each one of a tenant of weight 1, as a local pool shares its workers. Hosts
+/// read the weights again every second. A host serving named tenants takes them in turn.
+///
+/// ```no_run
+/// wasmpool::cluster::set_tenant_weight("redis://127.0.0.1:6379", "team-a", 3)?;
+/// # Ok::<(), wasmpool::Error>(())
+/// ```
+pub fn set_tenant_weight(url: &str, name: &str, weight: u32) -> crate::Result<()> {
+    keys::check_tenant(name)?;
+    if !(1..=crate::Tenant::MAX_WEIGHT).contains(&weight) {
+        return Err(Error::State(format!(
+            "a tenant's weight is from 1 to {}, not {weight}",
+            crate::Tenant::MAX_WEIGHT
+        )));
+    }
+    let keys = keys::Keys::default();
+    let mut con = connect(url)?;
+    keys::check_layout(&mut con, &keys, url)?;
+    let _: i64 = redis::cmd("HSET")
+        .arg(keys.weights())
+        .arg(name)
+        .arg(weight)
+        .query(&mut con)
+        .map_err(|e| redis_error(url, "setting the tenant's weight", e))?;
+    Ok(())
+}
 pub(crate) use self::objects::{
     CLUSTER_TAG, ClusterLane, ClusterObjects, MAX_ROUTES, is_cluster as is_cluster_handle,
     release_dead_hosts, route_of,
