@@ -95,9 +95,7 @@ fn a_cluster_executor_submits_maps_and_calls_back_as_a_local_one() {
             }
             assert_eq!(got, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
             // With the default chunk size, and an item that fails among the others.
-            let mut stream = ex
-                .map::<&str, u64>("fail", ["a", "b", "c"], None)
-                .unwrap();
+            let mut stream = ex.map::<&str, u64>("fail", ["a", "b", "c"], None).unwrap();
             let mut errors = Vec::new();
             while let Some(r) = stream.next().await {
                 match r {
@@ -189,7 +187,11 @@ fn cancelling_a_queued_cluster_future_removes_it_and_spares_the_running_one() {
             assert_eq!(filled.keys().unwrap(), ["kept-0".to_string()]);
         });
         ex.shutdown(true, false).unwrap();
-        assert_eq!(pool.stats().unwrap().committed, 3, "the cancelled one never ran");
+        assert_eq!(
+            pool.stats().unwrap().committed,
+            3,
+            "the cancelled one never ran"
+        );
         assert_eq!(redis.command(&format!("XLEN {TASKS}")).trim(), ":0");
     });
 }
@@ -234,7 +236,12 @@ fn shutdown_with_cancel_futures_on_a_cluster_cancels_unclaimed_work_and_waits_fo
         let len: u64 = after
             .apply("dict_fill", &(&filled, "after-", 1u64))
             .unwrap();
-        assert_eq!(len, 1, "only the work not cancelled ran: {:?}", filled.keys());
+        assert_eq!(
+            len,
+            1,
+            "only the work not cancelled ran: {:?}",
+            filled.keys()
+        );
         assert_eq!(pool.stats().unwrap().committed, 3);
         assert_eq!(redis.command(&format!("XLEN {TASKS}")).trim(), ":0");
         let e = pool.apply::<_, u64>("square", &(1u64,)).unwrap_err();

@@ -21,7 +21,8 @@ use crate::module::Module;
 use crate::pool::callbacks::Callbacks;
 use crate::pool::imap::ImapSink;
 use crate::pool::job::{
-    AsyncResult, CancelJobs, CancelQueued, Completion, Hook, Job, Slot, TaskOptions, finish_all, finish_one,
+    AsyncResult, CancelJobs, CancelQueued, Completion, Hook, Job, Slot, TaskOptions, finish_all,
+    finish_one,
 };
 use crate::pool::submit::{default_chunksize, pack};
 use crate::pool::{Imap, check_chunksize};
