@@ -8,6 +8,7 @@ mod util;
 mod batches;
 mod cli;
 mod cluster;
+mod cluster_executor;
 mod cluster_objects;
 mod cluster_parity;
 mod cluster_run;

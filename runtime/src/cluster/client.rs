@@ -1,6 +1,8 @@
 //! The submitting side: [`ClusterPool`], a pool whose chunks go to Redis and whose results
 //! come back from it.
 
+mod queued;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -19,7 +21,8 @@ use crate::module::Module;
 use crate::pool::callbacks::Callbacks;
 use crate::pool::imap::ImapSink;
 use crate::pool::job::{
-    AsyncResult, CancelJobs, Completion, Hook, Job, Slot, TaskOptions, finish_all, finish_one,
+    AsyncResult, CancelJobs, CancelQueued, Completion, Hook, Job, Slot, TaskOptions, finish_all,
+    finish_one,
 };
 use crate::pool::submit::{default_chunksize, pack};
 use crate::pool::{Imap, check_chunksize};
@@ -103,6 +106,24 @@ impl ClusterBuilder {
         self
     }
 
+    /// Builds the pool (as [`build`](ClusterBuilder::build)) and returns an
+    /// [`Executor`](crate::Executor) over it: Python's `ProcessPoolExecutor`, its work run
+    /// by the cluster's hosts (see [`Executor::from_cluster`](crate::Executor::from_cluster)).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> wasmpool::Result<()> {
+    /// let module = wasmpool::Module::load("examples/testkit")?;
+    /// let ex = wasmpool::Pool::builder(&module)
+    ///     .cluster("redis://127.0.0.1:6379")
+    ///     .executor()?;
+    /// let fut = ex.submit::<_, i64>("add", &(2, 3))?;
+    /// assert_eq!(fut.await?, 5);
+    /// # Ok(()) }
+    /// ```
+    pub fn executor(self) -> Result<crate::Executor> {
+        self.build().map(crate::Executor::from_cluster)
+    }
+
     /// Connects to Redis, checks its keys are this version's, stores the module (once, by
     /// its SHA-256), and returns the pool. Fails with [`Error::Cluster`], within a few
     /// seconds, when Redis cannot be reached or holds another version's keys.
@@ -166,6 +187,7 @@ impl ClusterBuilder {
             jobs: Mutex::new(Jobs::default()),
             outbox: Mutex::new(Vec::new()),
             outbox_ready: Condvar::new(),
+            sending: Mutex::new(()),
             changed: Condvar::new(),
             callbacks: Callbacks::start(),
             closed: AtomicBool::new(false),
@@ -370,6 +392,10 @@ struct Inner {
     /// Chunks submitted and not yet sent.
     outbox: Mutex<Vec<Outgoing>>,
     outbox_ready: Condvar,
+    /// Held by the sender from taking a batch out of the outbox until its entries are
+    /// recorded (or its chunks failed), and by a cancel of queued work: which so finds each
+    /// chunk either still in the outbox or with its entry known, never on its way.
+    sending: Mutex<()>,
     /// Notified when a job is forgotten (every chunk answered).
     changed: Condvar,
     callbacks: Callbacks,
@@ -497,11 +523,15 @@ impl Inner {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_sending(&self) -> MutexGuard<'_, ()> {
+        self.sending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The sender: sends what the submissions queued, all that is queued in one pipeline
     /// (many `apply_async` calls cost one round trip), until stopped.
     fn send_loop(&self) {
         loop {
-            let batch = {
+            {
                 let mut out = self.lock_outbox();
                 while out.is_empty() && !self.stop.load(Ordering::Relaxed) {
                     out = self
@@ -513,8 +543,13 @@ impl Inner {
                 if out.is_empty() {
                     return;
                 }
-                std::mem::take(&mut *out)
-            };
+            }
+            let _sending = self.lock_sending();
+            // Empty if a cancel took it meanwhile.
+            let batch = std::mem::take(&mut *self.lock_outbox());
+            if batch.is_empty() {
+                continue;
+            }
             match self.send(&batch) {
                 Ok(ids) => self.sent(&batch, ids),
                 Err(e) => self.not_sent(&batch, &e),
@@ -914,6 +949,13 @@ impl ClusterPool {
         weak
     }
 
+    /// What cancels this pool's work no host has claimed (an executor's `cancel`, and its
+    /// `shutdown` with `cancel_futures`).
+    pub(crate) fn queued_canceller(&self) -> std::sync::Weak<dyn CancelQueued> {
+        let weak: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
+        weak
+    }
+
     /// A handle whose submissions run under `limits`. It shares the pool.
     pub fn with_limits(&self, limits: Limits) -> ClusterPool {
         let mut pool = self.clone();
@@ -1057,7 +1099,7 @@ impl ClusterPool {
         self.inner.tenant.as_deref()
     }
 
-    fn submit_call<A: Serialize + ?Sized>(
+    pub(crate) fn submit_call<A: Serialize + ?Sized>(
         &self,
         task: &str,
         args: &A,
@@ -1128,7 +1170,7 @@ impl ClusterPool {
         Ok(AsyncResult::new(job, finish_all::<R>, self.canceller()))
     }
 
-    fn submit_packed(
+    pub(crate) fn submit_packed(
         &self,
         task: &str,
         items: Packed,

@@ -1,25 +1,30 @@
 //! `Executor`: Python's `concurrent.futures.ProcessPoolExecutor`, for async programs.
 //!
-//! Futures here are plain `std::future::Future`s woken by the pool's supervisor threads when
-//! results arrive: they work under tokio or any other executor, and waiting on one never
-//! blocks a thread.
+//! Futures here are plain `std::future::Future`s woken by the thread that records their
+//! results (a local pool's supervisor threads, a cluster pool's result reader): they work
+//! under tokio or any other executor, and waiting on one never blocks a thread.
+//!
+//! An executor runs over a local [`Pool`] or a [`ClusterPool`]: both record results in the
+//! same jobs, so everything here but submitting, cancelling queued work and stopping is
+//! the same code for both.
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::job::{Hook, Job, Slot, finish_one};
-use super::scheduler::Scheduler;
+use super::job::{CancelQueued, Hook, Job, Slot, finish_one};
 use super::submit::pack;
 use super::{Pool, check_chunksize, decode_slot};
+use crate::cluster::ClusterPool;
 use crate::error::{Error, Result};
 use crate::module::Module;
+use crate::protocol::packed::Packed;
 use crate::values::encode_arg_into;
 
 /// A pool for async code, as Python's `ProcessPoolExecutor`: `submit` returns a future of the
@@ -43,11 +48,69 @@ use crate::values::encode_arg_into;
 /// Dropping an executor is Python's `shutdown(wait=False)`: no new work, and the work
 /// already submitted finishes in the background (its futures resolve), after which the
 /// workers exit.
+///
+/// On a cluster ([`Executor::from_cluster`], [`ClusterBuilder::executor`]) it is the same
+/// executor: the same futures, streams and shutdown, its work run by the cluster's hosts.
+///
+/// [`ClusterBuilder::executor`]: crate::cluster::ClusterBuilder::executor
 #[derive(Debug)]
 pub struct Executor {
-    pool: Pool,
+    pool: Backend,
     /// Set by `shutdown`, which has done what dropping would.
     shut_down: bool,
+}
+
+/// What an executor runs its work on.
+#[derive(Debug, Clone)]
+enum Backend {
+    Local(Pool),
+    Cluster(ClusterPool),
+}
+
+impl Backend {
+    fn submit_call<A: Serialize + ?Sized>(&self, task: &str, args: &A) -> Result<Arc<Job>> {
+        match self {
+            Backend::Local(p) => p.submit_call(task, args, None),
+            Backend::Cluster(p) => p.submit_call(task, args, None),
+        }
+    }
+
+    fn submit_packed(
+        &self,
+        task: &str,
+        items: Packed,
+        chunksize: Option<usize>,
+    ) -> Result<Arc<Job>> {
+        match self {
+            Backend::Local(p) => p.submit_packed(task, items, chunksize),
+            Backend::Cluster(p) => p.submit_packed(task, items, chunksize),
+        }
+    }
+
+    /// What cancels its queued work (without keeping the pool alive).
+    fn canceller(&self) -> Weak<dyn CancelQueued> {
+        match self {
+            Backend::Local(p) => {
+                let weak: Weak<super::scheduler::Scheduler> = Arc::downgrade(&p.scheduler);
+                weak
+            }
+            Backend::Cluster(p) => p.queued_canceller(),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Backend::Local(p) => p.close(),
+            Backend::Cluster(p) => p.close(),
+        }
+    }
+
+    fn join(&self) -> Result<()> {
+        match self {
+            Backend::Local(p) => p.join(),
+            Backend::Cluster(p) => p.join(),
+        }
+    }
 }
 
 impl Executor {
@@ -61,7 +124,38 @@ impl Executor {
     /// An executor over a pool built with [`Pool::builder`] (for limits, initializer, …).
     pub fn from_pool(pool: Pool) -> Executor {
         Executor {
-            pool,
+            pool: Backend::Local(pool),
+            shut_down: false,
+        }
+    }
+
+    /// An executor whose work runs on the hosts of a cluster (also
+    /// [`ClusterBuilder::executor`](crate::cluster::ClusterBuilder::executor)): the same
+    /// API and semantics as over a local pool. Work not started, which `cancel` and
+    /// `shutdown` with `cancel_futures` cancel, is work no host has claimed yet (a host
+    /// claims a little ahead of its slots, as a local pool sends a little ahead to its
+    /// workers and Python's executor to its call queue). `shutdown(true, _)` returns once
+    /// the work is done and its callbacks have run (the hosts stay, for other pools).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> wasmpool::Result<()> {
+    /// use wasmpool::{Executor, Module, Pool};
+    ///
+    /// let module = Module::load("examples/testkit")?;
+    /// // Hosts joined with `wasmpool worker --join redis://127.0.0.1:6379 --slots 4`.
+    /// let pool = Pool::builder(&module).cluster("redis://127.0.0.1:6379").build()?;
+    /// let ex = Executor::from_cluster(pool);
+    /// assert_eq!(ex.submit::<_, u64>("square", &(9u64,))?.await?, 81);
+    /// let mut squares = ex.map::<u64, u64>("square", 0..1000, None)?;
+    /// while let Some(r) = squares.next().await {
+    ///     println!("{}", r?);
+    /// }
+    /// ex.shutdown(true, false)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_cluster(pool: ClusterPool) -> Executor {
+        Executor {
+            pool: Backend::Cluster(pool),
             shut_down: false,
         }
     }
@@ -72,10 +166,10 @@ impl Executor {
         task: &str,
         args: &A,
     ) -> Result<TaskFuture<R>> {
-        let job = self.pool.submit_call(task, args, None)?;
+        let job = self.pool.submit_call(task, args)?;
         Ok(TaskFuture {
             job,
-            pool: self.pool.scheduler.clone(),
+            canceller: self.pool.canceller(),
             _r: PhantomData,
         })
     }
@@ -112,11 +206,12 @@ impl Executor {
     /// have exited; without it, this returns at once and the work finishes in the
     /// background (the workers exit after it). Dropping the executor is
     /// `shutdown(false, false)`. With `wait`, this call blocks: from async code, run it on
-    /// a blocking thread (e.g. `spawn_blocking`).
+    /// a blocking thread (e.g. `spawn_blocking`). On a cluster, `cancel_futures` cancels
+    /// what no host has claimed (one Redis round trip), and `wait` waits for the rest.
     pub fn shutdown(mut self, wait: bool, cancel_futures: bool) -> Result<()> {
         self.shut_down = true;
-        if cancel_futures {
-            self.pool.scheduler.cancel_queued(None);
+        if cancel_futures && let Some(queued) = self.pool.canceller().upgrade() {
+            queued.cancel_queued(None);
         }
         self.pool.close();
         if wait {
@@ -140,7 +235,7 @@ impl Drop for Executor {
 /// Lets a closed pool's work finish on a thread of its own, which holds the pool until
 /// then (the pool stops when its last handle goes). Without a thread, it is waited for
 /// here rather than cut short.
-fn finish_in_background(pool: Pool) {
+fn finish_in_background(pool: Backend) {
     let held = pool.clone();
     let spawned = std::thread::Builder::new()
         .name("wasmpool-shutdown".into())
@@ -161,7 +256,8 @@ fn finish_in_background(pool: Pool) {
 #[must_use = "a TaskFuture does nothing unless awaited (the task runs either way)"]
 pub struct TaskFuture<R> {
     job: Arc<Job>,
-    pool: Arc<Scheduler>,
+    /// Its pool's queue (a local scheduler's, or a cluster's), to cancel it there.
+    canceller: Weak<dyn CancelQueued>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -169,7 +265,7 @@ impl<R> Clone for TaskFuture<R> {
     fn clone(&self) -> Self {
         TaskFuture {
             job: self.job.clone(),
-            pool: self.pool.clone(),
+            canceller: self.canceller.clone(),
             _r: PhantomData,
         }
     }
@@ -197,9 +293,14 @@ impl<R> TaskFuture<R> {
     /// Cancels the task if it has not started: it is removed from the queue and the future
     /// resolves to [`Error::Cancelled`]. Returns whether the task is cancelled, as Python's
     /// `Future.cancel`: true also for one cancelled before, false for one running or
-    /// finished, which is left alone. Nothing else is affected either way.
+    /// finished, which is left alone. Nothing else is affected either way. On a cluster,
+    /// not started means not claimed by a host yet (see [`Executor::from_cluster`]).
     pub fn cancel(&self) -> bool {
-        self.cancelled() || self.pool.cancel_queued(Some(&self.job)) > 0
+        self.cancelled()
+            || self
+                .canceller
+                .upgrade()
+                .is_some_and(|q| q.cancel_queued(Some(&self.job)) > 0)
     }
 
     /// Whether the task was cancelled (by [`cancel`](TaskFuture::cancel), or by

@@ -738,6 +738,22 @@ impl CancelJobs for Scheduler {
     }
 }
 
+/// What cancels work not started, as Python's `Future.cancel` and `shutdown(cancel_futures)`
+/// do: a local pool's scheduler (the chunks still in its queue), or a cluster pool (the
+/// chunks no host has claimed). Work running, or already handed to a worker (or host), is
+/// left alone.
+pub(crate) trait CancelQueued: Send + Sync {
+    /// Cancels the chunks of `job` (of every job, with `None`) not started, whose items
+    /// fail with [`Error::Cancelled`]; returns how many items were cancelled.
+    fn cancel_queued(&self, job: Option<&Arc<Job>>) -> usize;
+}
+
+impl CancelQueued for Scheduler {
+    fn cancel_queued(&self, job: Option<&Arc<Job>>) -> usize {
+        Scheduler::cancel_queued(self, job)
+    }
+}
+
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) or
 /// [`Pool::map_async`](crate::Pool::map_async): Python's `AsyncResult`.
 ///
