@@ -300,6 +300,56 @@ fn a_cluster_queue_pipe_dict_and_list_hold_at_most_256_mib_as_locally_and_taking
     });
 }
 
+/// The keys of `redis` that match `pattern`.
+fn redis_keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    redis
+        .command(&format!("KEYS {pattern}"))
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The milliseconds `key` has left to live (negative: none, or no key).
+fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    let reply = redis.command(&format!("PTTL {key}"));
+    reply.trim().trim_start_matches(':').parse().unwrap_or(-3)
+}
+
+/// `set_ttl` (what serve --cluster does to a deleted object) reaches every key of a pipe,
+/// also the wake lists of its ends' receive channels (`:wr0`, `:wr1`): a receiver that went
+/// away mid-wait (a task killed while it waited in `recv`) is still counted as waiting, so
+/// the next send leaves a wake token there that nobody takes, kept for the pipe's full TTL
+/// (a day) however soon the pipe itself goes.
+#[test]
+fn set_ttl_shortens_every_key_of_a_pipe_also_the_wake_lists_of_its_ends() {
+    within(Duration::from_secs(60), || {
+        let redis = RedisServer::start();
+        let m = ClusterManager::connect(&redis.url()).unwrap();
+        let (a, b) = m.pipe::<u32>(true).unwrap();
+        let base = redis_keys(&redis, "wasmpool:v2:o:*")
+            .into_iter()
+            .find(|k| k.matches(':').count() == 3)
+            .expect("the pipe's hash");
+        // A receiver on each end that went away while it waited (as `wait` counts one).
+        for ch in ["r0", "r1"] {
+            redis.command(&format!("HINCRBY {base} n{ch} 1"));
+        }
+        a.send(&1).unwrap();
+        b.send(&2).unwrap();
+        let wake = [format!("{base}:wr0"), format!("{base}:wr1")];
+        for k in &wake {
+            assert!(pttl(&redis, k) > 60_000, "{k} holds a token for a day");
+        }
+        assert!(m.set_ttl(a.handle(), Duration::from_secs(5)).unwrap());
+        for k in redis_keys(&redis, &format!("{base}*")) {
+            let left = pttl(&redis, &k);
+            assert!(left > 0 && left <= 5_000, "{k} is kept {left} ms");
+        }
+        assert_eq!(b.recv().unwrap(), 1, "the pipe still works");
+    });
+}
+
 #[test]
 fn a_lock_held_by_a_killed_host_is_released_to_another_with_its_fence_advanced() {
     within(Duration::from_secs(180), || {

@@ -155,14 +155,18 @@ pub struct Executor {
     objects: Registry,
 }
 
+/// How long a tenant's weight written to the cluster is trusted to be there: its next task
+/// after that writes it again (a Redis restarted without persistence forgets it).
+const WEIGHT_REFRESH: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Default)]
 struct ExecState {
     modules: HashMap<String, Module>,
     pools: PoolCache<PoolKey, Pool>,
     /// On a cluster: by module and tenant.
     cluster_pools: PoolCache<(String, String), ClusterPool>,
-    /// On a cluster: the weight last written for each tenant.
-    cluster_weights: HashMap<String, u32>,
+    /// On a cluster: the weight last written for each tenant, and when.
+    cluster_weights: HashMap<String, (u32, Instant)>,
 }
 
 /// The handle a task is submitted through, held until it is done.
@@ -238,17 +242,21 @@ impl Executor {
         Ok(self.lock().cluster_pools.insert(key, pool, self.max_pools))
     }
 
-    /// Writes `tenant`'s weight to the cluster when it has not been written yet or changed
-    /// (a reload of the tenants file), so the hosts share their claims by it.
+    /// Writes `tenant`'s weight to the cluster when it has not been written yet, changed (a
+    /// reload of the tenants file) or was written more than [`WEIGHT_REFRESH`] ago (a Redis
+    /// restarted without persistence lost it), so the hosts share their claims by it.
     fn cluster_weight(&self, url: &str, tenant: &Tenant) -> Result<(), wasmpool::Error> {
         let weight = tenant.entry.weight;
-        if self.lock().cluster_weights.get(tenant.name()) == Some(&weight) {
+        if let Some((written, at)) = self.lock().cluster_weights.get(tenant.name())
+            && *written == weight
+            && at.elapsed() < WEIGHT_REFRESH
+        {
             return Ok(());
         }
         wasmpool::cluster::set_tenant_weight(url, tenant.name(), weight)?;
         self.lock()
             .cluster_weights
-            .insert(tenant.name().to_string(), weight);
+            .insert(tenant.name().to_string(), (weight, Instant::now()));
         Ok(())
     }
 

@@ -280,3 +280,42 @@ fn serve_on_a_cluster_whose_redis_is_down_answers_503_for_a_new_object_and_keeps
         drop(s.dir);
     });
 }
+
+/// A tenant's weight is written again after the cluster's Redis lost its data (restarted
+/// without persistence, as the cluster allows): else the hosts share by weight 1 from then
+/// on, until the service restarts.
+#[test]
+fn serve_on_a_cluster_writes_a_tenants_weight_again_after_its_redis_lost_its_data() {
+    within(Duration::from_secs(120), || {
+        let mut redis = RedisServer::start();
+        let s = setup("serve-cluster-weight-again", &[A]);
+        let text = std::fs::read_to_string(&s.tenants)
+            .unwrap()
+            .replace("[tenant.quotas]", "weight = 3\n[tenant.quotas]");
+        std::fs::write(&s.tenants, text).unwrap();
+        let server = Server::start(&s.state, &s.tenants, &["--cluster", &redis.url()]);
+        let module = server.upload_testkit(&A);
+        let weight = |r: &RedisServer| r.command("HGET wasmpool:v2:weights alice");
+        let task = json!({"module": module, "task": "tick", "args": [2, 0]});
+        // No host: the tasks wait in Redis; the weight is written as they are submitted.
+        server.submit(&A, &task);
+        assert!(
+            eventually(Duration::from_secs(30), || weight(&redis).trim()
+                == "$1\r\n3"),
+            "{:?}",
+            weight(&redis)
+        );
+        redis.restart();
+        assert!(weight(&redis).starts_with("$-1"), "the data is gone");
+        // Past the service's WEIGHT_REFRESH (5 s), after which it writes the weight again.
+        std::thread::sleep(Duration::from_secs(6));
+        server.submit(&A, &task);
+        assert!(
+            eventually(Duration::from_secs(30), || weight(&redis).trim()
+                == "$1\r\n3"),
+            "not written again after Redis lost it: {:?}",
+            weight(&redis)
+        );
+        drop(s.dir);
+    });
+}

@@ -607,7 +607,9 @@ pub(crate) const SET_TTL: &str = r#"
 local base = KEYS[1]
 if redis.call('HGET', base, 't' .. ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', base, 'ttl', ARGV[3])
-for _, s in ipairs({'', ':q', ':q0', ':q1', ':h', ':d', ':L', ':wb', ':wc', ':we', ':wg', ':wj', ':wl', ':wp', ':wr', ':ws'}) do
+-- Every key OBJECT_OP makes: the containers and each wait channel's wake list (a pipe's
+-- are its ends' receive channels, r0 and r1).
+for _, s in ipairs({'', ':q', ':q0', ':q1', ':h', ':d', ':L', ':wb', ':wc', ':we', ':wg', ':wj', ':wl', ':wp', ':wr0', ':wr1', ':ws'}) do
   redis.call('PEXPIRE', base .. s, ARGV[3])
 end
 return 1
