@@ -316,6 +316,25 @@ fn pttl(redis: &RedisServer, key: &str) -> i64 {
     reply.trim().trim_start_matches(':').parse().unwrap_or(-3)
 }
 
+#[test]
+fn destroy_removes_an_object_and_its_handles_are_stale_after() {
+    within(Duration::from_secs(60), || {
+        let redis = RedisServer::start();
+        let m = ClusterManager::connect(&redis.url()).unwrap();
+        let q = m.queue::<u32>().unwrap();
+        q.put(&1).unwrap();
+        let keep = m.dict::<String, u32>().unwrap();
+        keep.set(&"a".to_string(), &1).unwrap();
+        assert!(m.destroy(q.handle()).unwrap());
+        assert!(matches!(q.put(&2), Err(ObjectError::Stale(_))));
+        assert!(!m.destroy(q.handle()).unwrap(), "destroyed twice");
+        // Its keys are gone; the other object is untouched.
+        let keys = redis.command("KEYS wasmpool:v2:o:*");
+        assert_eq!(keys.matches("wasmpool:v2:o:").count(), 2, "{keys}");
+        assert_eq!(keep.get(&"a".to_string()).unwrap(), Some(1));
+    });
+}
+
 /// `set_ttl` (what serve --cluster does to a deleted object) reaches every key of a pipe,
 /// also the wake lists of its ends' receive channels (`:wr0`, `:wr1`): a receiver that went
 /// away mid-wait (a task killed while it waited in `recv`) is still counted as waiting, so

@@ -4,8 +4,9 @@
 //! Every object lives in the service's one [`wasmpool::Runtime`], in memory: a restart of
 //! the service loses them (a task that still names one fails with `object_not_found`).
 //! With `serve --cluster` they live in the cluster's Redis instead, where the hosts' tasks
-//! reach them ([`ClusterManager`]); the table of names is still this process's, and a
-//! deleted object is kept there only while tasks use it (then [`DELETED_IDLE`]). A
+//! reach them ([`ClusterManager`]); the table of names is still this process's. Either
+//! way a deleted object lives on while tasks given it run ([`Holders`]), counted against
+//! its tenant's quota, and is freed (removed from Redis) when the last one ends. A
 //! tenant reaches only the objects of its own table, by id or name; a task reaches only the
 //! objects its arguments name, resolved against its tenant's table when it starts. A raw
 //! handle written into arguments (what a task may answer when it returns an object) is
@@ -16,7 +17,8 @@
 //! another request of the same tenant (or when nothing holds the object any more).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use wasmpool::cluster::ClusterManager;
@@ -205,8 +207,41 @@ pub struct Entry {
     pub spec: Spec,
     /// When it was made, ms since the epoch.
     pub created_ms: i64,
-    /// The handles (a clone holds the object alive).
+    /// The handles (a clone holds a local object alive).
     pub object: Object,
+    /// Who holds the object: the table and every task and request given it.
+    pub holders: Arc<Holders>,
+}
+
+/// What an object's holders share: the table's entry and each task or request given the
+/// object holds one. Once the object is deleted from its table, the last holder to let go
+/// frees it: an object of a cluster's Redis is removed from there (a local one is freed
+/// with its last handle anyway).
+#[derive(Debug)]
+pub struct Holders {
+    /// Taken out of its tenant's table.
+    deleted: AtomicBool,
+    /// On a cluster: where it lives, and the object.
+    cluster: Option<(ClusterManager, Object)>,
+    /// Its id, for what is logged.
+    id: String,
+}
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        if !self.deleted.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some((m, object)) = &self.cluster
+            && let Err(e) = m.destroy(object.handle())
+        {
+            eprintln!(
+                "wasmpool serve: object {} was deleted, but removing it from Redis failed \
+                 ({e}); it expires there once idle for its TTL",
+                self.id
+            );
+        }
+    }
 }
 
 impl Entry {
@@ -279,18 +314,28 @@ impl RefError {
 pub enum Resolved {
     /// A plain value.
     Value(Value),
-    /// A whole object (a pipe as the pair of its ends).
-    Object(Object),
-    /// One end of a pipe.
-    End(Connection<Json>),
+    /// A whole object (a pipe as the pair of its ends), held while this lives.
+    Object {
+        /// The object.
+        object: Object,
+        /// Its hold (see [`Holders`]).
+        _held: Arc<Holders>,
+    },
+    /// One end of a pipe, the pipe held while this lives.
+    End {
+        /// The end.
+        end: Connection<Json>,
+        /// The pipe's hold.
+        _held: Arc<Holders>,
+    },
 }
 
 impl Serialize for Resolved {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Resolved::Value(v) => v.serialize(s),
-            Resolved::Object(o) => o.serialize(s),
-            Resolved::End(e) => e.serialize(s),
+            Resolved::Object { object, .. } => object.serialize(s),
+            Resolved::End { end, .. } => end.serialize(s),
         }
     }
 }
@@ -298,21 +343,26 @@ impl Serialize for Resolved {
 #[derive(Debug, Default)]
 struct TenantObjects {
     entries: Vec<Entry>,
+    /// The objects deleted from `entries` that tasks still hold.
+    deleted: Vec<Weak<Holders>>,
     /// Operations of this tenant in progress.
     calls: usize,
 }
 
 impl TenantObjects {
+    /// The objects this tenant holds: those of its table and those deleted from it that
+    /// running tasks (or requests) still hold.
+    fn held(&mut self) -> usize {
+        self.deleted.retain(|h| h.strong_count() > 0);
+        self.entries.len() + self.deleted.len()
+    }
+
     fn find(&self, reference: &str) -> Option<&Entry> {
         self.entries
             .iter()
             .find(|e| e.id == reference || e.name.as_deref() == Some(reference))
     }
 }
-
-/// How long an object deleted from a tenant's table is kept in a cluster's Redis once no
-/// task uses it (a local one is freed when the last task holding it ends).
-pub const DELETED_IDLE: Duration = Duration::from_secs(60);
 
 /// Where the objects live.
 #[derive(Debug)]
@@ -407,23 +457,21 @@ impl Registry {
         }
     }
 
-    /// Lets an object taken out of a table go: a local one is freed with its last handle;
-    /// one in a cluster's Redis is kept only [`DELETED_IDLE`] once idle. A failure to reach
-    /// Redis leaves it to expire after its own idle TTL.
-    fn let_go(&self, entry: &Entry) {
-        let Home::Cluster { manager, .. } = &self.home else {
-            return;
+    /// The holders of `object`, made now for its table entry.
+    fn holders(&self, id: &str, object: &Object) -> Arc<Holders> {
+        let cluster = match &self.home {
+            Home::Local(_) => None,
+            Home::Cluster { manager, .. } => manager
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .map(|m| (m, object.clone())),
         };
-        let m = manager.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(m) = m
-            && let Err(e) = m.set_ttl(entry.object.handle(), DELETED_IDLE)
-        {
-            eprintln!(
-                "wasmpool serve: object {} deleted from its table; its TTL in Redis was not \
-                 shortened ({e}), so it expires when idle for its full TTL",
-                entry.id
-            );
-        }
+        Arc::new(Holders {
+            deleted: AtomicBool::new(false),
+            cluster,
+            id: id.to_string(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, TenantObjects>> {
@@ -440,8 +488,8 @@ impl Registry {
         spec: Spec,
         max: u32,
     ) -> Result<Entry, CreateError> {
-        let admit = |objects: &TenantObjects| {
-            if objects.entries.len() >= max as usize {
+        let admit = |objects: &mut TenantObjects| {
+            if objects.held() >= max as usize {
                 return Err(CreateError::Quota(max));
             }
             if let Some(n) = &name
@@ -454,58 +502,88 @@ impl Registry {
         // Checked before the object is made (so a refusal costs nothing), and again when
         // it is kept: the table is not locked while Redis makes it.
         admit(self.lock().entry(tenant.to_string()).or_default())?;
+        let object = self.make(spec)?;
         let entry = Entry {
+            holders: self.holders(&id, &object),
             id,
             name: name.clone(),
             spec,
             created_ms: crate::store::now_ms(),
-            object: self.make(spec)?,
+            object,
         };
         let mut all = self.lock();
         let objects = all.entry(tenant.to_string()).or_default();
         if let Err(e) = admit(objects) {
             drop(all);
-            self.let_go(&entry);
+            // Nobody else holds it: dropped, it is freed.
+            entry.holders.deleted.store(true, Ordering::Release);
             return Err(e);
         }
         objects.entries.push(entry.clone());
         Ok(entry)
     }
 
-    /// `tenant`'s objects, in the order they were made.
-    pub fn list(&self, tenant: &str) -> Vec<Entry> {
+    /// `tenant`'s objects as the API shows them, in the order they were made. (Views, not
+    /// entries: a clone of an entry deleted meanwhile could be the last holder, and free
+    /// it, a round trip to Redis, on the caller's thread.)
+    pub fn views(&self, tenant: &str) -> Vec<Value> {
         self.lock()
             .get(tenant)
-            .map(|t| t.entries.clone())
+            .map(|t| t.entries.iter().map(Entry::view).collect())
             .unwrap_or_default()
     }
 
-    /// `tenant`'s object of id or name `reference`.
+    /// `tenant`'s object of id or name `reference`, held by the answer: drop it where a
+    /// round trip to Redis may be made (see [`Holders`]).
     pub fn get(&self, tenant: &str, reference: &str) -> Option<Entry> {
         self.lock().get(tenant)?.find(reference).cloned()
     }
 
-    /// How many objects `tenant` holds.
-    pub fn count(&self, tenant: &str) -> usize {
-        self.lock().get(tenant).map_or(0, |t| t.entries.len())
+    /// `tenant`'s object `reference` as `GET /v1/objects/{ref}` shows it: its view and
+    /// its operations.
+    pub fn show(&self, tenant: &str, reference: &str) -> Option<Value> {
+        let all = self.lock();
+        let entry = all.get(tenant)?.find(reference)?;
+        let mut view = entry.view();
+        view["ops"] = json!(entry.spec.ops());
+        Some(view)
     }
 
-    /// Takes `tenant`'s object `reference` out of its table; answers it. The object lives
-    /// on while a running task holds it, and is freed after (on a cluster: once no task
-    /// has used it for [`DELETED_IDLE`]; a round trip to its Redis, so call this from a
-    /// blocking thread).
-    pub fn delete(&self, tenant: &str, reference: &str) -> Option<Entry> {
+    /// What `tenant`'s object `reference` is.
+    pub fn spec(&self, tenant: &str, reference: &str) -> Option<Spec> {
+        Some(self.lock().get(tenant)?.find(reference)?.spec)
+    }
+
+    /// How many objects `tenant` holds, counting those deleted that tasks still hold.
+    pub fn count(&self, tenant: &str) -> usize {
+        self.lock().get_mut(tenant).map_or(0, TenantObjects::held)
+    }
+
+    /// Takes `tenant`'s object `reference` out of its table; answers whether there was
+    /// one. The object lives on while running tasks hold it (counted against the tenant's
+    /// quota) and is freed when the last one ends, or now when none does: on a cluster a
+    /// round trip to its Redis, so call this from a blocking thread.
+    pub fn delete(&self, tenant: &str, reference: &str) -> bool {
         let entry = {
             let mut all = self.lock();
-            let objects = all.get_mut(tenant)?;
-            let at = objects
+            let Some(objects) = all.get_mut(tenant) else {
+                return false;
+            };
+            let Some(at) = objects
                 .entries
                 .iter()
-                .position(|e| e.id == reference || e.name.as_deref() == Some(reference))?;
-            objects.entries.remove(at)
+                .position(|e| e.id == reference || e.name.as_deref() == Some(reference))
+            else {
+                return false;
+            };
+            let entry = objects.entries.remove(at);
+            entry.holders.deleted.store(true, Ordering::Release);
+            objects.deleted.push(Arc::downgrade(&entry.holders));
+            entry
         };
-        self.let_go(&entry);
-        Some(entry)
+        // Outside the table's lock: if this was the last holder, the object is freed now.
+        drop(entry);
+        true
     }
 
     /// Counts one more operation of `tenant` in progress, unless it has `max` already.
@@ -555,13 +633,23 @@ impl Registry {
             };
             let objects = objects.ok_or_else(not_found)?;
             if let Some(e) = objects.find(reference) {
-                out.push(Resolved::Object(e.object.clone()));
+                out.push(Resolved::Object {
+                    object: e.object.clone(),
+                    _held: e.holders.clone(),
+                });
                 continue;
             }
             let (pipe, end) = reference.rsplit_once('.').ok_or_else(not_found)?;
-            match (objects.find(pipe).map(|e| &e.object), end) {
-                (Some(Object::Pipe(a, _)), "0") => out.push(Resolved::End(a.clone())),
-                (Some(Object::Pipe(_, b)), "1") => out.push(Resolved::End(b.clone())),
+            let pipe = objects.find(pipe);
+            match (pipe.map(|e| (&e.object, &e.holders)), end) {
+                (Some((Object::Pipe(a, _), h)), "0") => out.push(Resolved::End {
+                    end: a.clone(),
+                    _held: h.clone(),
+                }),
+                (Some((Object::Pipe(_, b), h)), "1") => out.push(Resolved::End {
+                    end: b.clone(),
+                    _held: h.clone(),
+                }),
                 _ => return Err(not_found()),
             }
         }

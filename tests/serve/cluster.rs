@@ -232,7 +232,8 @@ fn serve_on_a_cluster_keeps_its_tenants_objects_in_redis_where_the_hosts_tasks_u
             103
         );
 
-        // Deleted, the dict is kept in Redis only a minute once idle; the lock as it was.
+        // Deleted with no task holding it, the dict is removed from Redis at once; the
+        // lock is kept as it was.
         let dict = object_keys(&redis, "dict").remove(0);
         let lock = object_keys(&redis, "lock").remove(0);
         let r = server
@@ -244,14 +245,70 @@ fn serve_on_a_cluster_keeps_its_tenants_objects_in_redis_where_the_hosts_tasks_u
             .send()
             .unwrap();
         assert_eq!(r.status().as_u16(), 204);
-        let left = pttl(&redis, &dict);
-        assert!(
-            left > 0 && left <= 60_000,
-            "the deleted dict's PTTL: {left}"
-        );
+        assert_eq!(object_keys(&redis, "dict"), Vec::<String>::new());
+        for pattern in [dict.clone(), format!("{dict}:*")] {
+            let left = redis.command(&format!("KEYS {pattern}"));
+            assert_eq!(
+                left.trim(),
+                "*0",
+                "keys of the deleted dict are left: {left}"
+            );
+        }
         assert!(pttl(&redis, &lock) > 60_000, "the lock's TTL was changed");
         let (status, _) = server.op_fails(&A, "counts", "get", &json!({"key": "count"}));
         assert_eq!(status, 404);
+        drop(s.dir);
+    });
+}
+
+#[test]
+fn serve_on_a_cluster_keeps_a_deleted_object_a_task_holds_counted_in_the_quota_until_it_ends() {
+    within(Duration::from_secs(240), || {
+        const ONE: T = T {
+            name: "carol",
+            quotas: "max_objects = 1",
+        };
+        let redis = RedisServer::start();
+        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
+        let s = setup("serve-cluster-deleted-held", &[ONE]);
+        let server = Server::start(&s.state, &s.tenants, &["--cluster", &redis.url()]);
+        let module = server.upload_testkit(&ONE);
+        server.create(&ONE, &json!({"kind": "queue", "name": "q"}));
+        // A task waits on the queue for 3 s (and then fails `empty`).
+        let id = server.submit(
+            &ONE,
+            &json!({"module": module, "task": "get_timeout", "args": ["@q", 3000]}),
+        );
+        assert!(eventually(Duration::from_secs(30), || holds_work_on(
+            &redis,
+            "wasmpool:v2:tasks:carol",
+            host.pid()
+        )));
+        let r = server
+            .req(reqwest::Method::DELETE, "/v1/objects/q", Some(&ONE.token()))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        // Out of the table, but the running task still holds it: in Redis, and counted.
+        assert_eq!(object_keys(&redis, "queue").len(), 1);
+        let r = server.post_json(&ONE, "/v1/objects", &json!({"kind": "dict"}));
+        let (status, p) = super::problem(r);
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (429, Some("object_quota")),
+            "{p}"
+        );
+        let quota: Value = server.get(&ONE, "/v1/quota").json().unwrap();
+        assert_eq!(quota["objects"], 1, "{quota}");
+        // The task ends: the queue is removed from Redis and the quota is free again.
+        let done = server.wait(&ONE, &id);
+        assert!(done.get("error").is_some(), "{done}");
+        assert!(
+            eventually(Duration::from_secs(10), || object_keys(&redis, "queue")
+                .is_empty()),
+            "the deleted queue outlived the task that held it"
+        );
+        server.create(&ONE, &json!({"kind": "dict"}));
         drop(s.dir);
     });
 }

@@ -190,6 +190,22 @@ impl ClusterManager {
         Ok(self.objects.set_ttl(handle, ttl)?)
     }
 
+    /// Removes the object behind `handle` from Redis now: its contents are gone, and every
+    /// handle to it (in this program, in tasks, inside other objects) is stale from then on
+    /// (`ObjectError::Stale`; a waiter finds that at its next poll). Answers whether there
+    /// was such an object.
+    ///
+    /// ```no_run
+    /// let m = wasmpool::cluster::ClusterManager::connect("redis://127.0.0.1:6379")?;
+    /// let scratch = m.list::<String>()?;
+    /// // … tasks use it …
+    /// assert!(m.destroy(scratch.handle())?);
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn destroy(&self, handle: Handle) -> Result<bool> {
+        Ok(self.objects.destroy(handle)?)
+    }
+
     /// The fence of a lock of this cluster: it goes up by one at every acquisition and
     /// every time the lock is taken back from a holder that died, so a holder can tell
     /// whether the lock is still the one it took.

@@ -121,8 +121,12 @@ pub async fn create(
     let name = tenant.name().to_string();
     let made = app.clone();
     // On a cluster, a round trip to its Redis.
-    let entry = tokio::task::spawn_blocking(move || {
-        made.exec.objects().create(&name, id, req.name, spec, max)
+    // The view is made here: the entry's handle is dropped on the blocking thread.
+    let view = tokio::task::spawn_blocking(move || {
+        made.exec
+            .objects()
+            .create(&name, id, req.name, spec, max)
+            .map(|entry| entry.view())
     })
     .await
     .map_err(ApiError::internal)?
@@ -141,18 +145,12 @@ pub async fn create(
             e.to_string(),
         ),
     })?;
-    Ok((StatusCode::CREATED, Json(entry.view())).into_response())
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 pub async fn list(State(app): State<Arc<App>>, Caller(tenant): Caller) -> Response {
     let q = tenant.quotas();
-    let objects: Vec<Value> = app
-        .exec
-        .objects()
-        .list(tenant.name())
-        .iter()
-        .map(objects::Entry::view)
-        .collect();
+    let objects: Vec<Value> = app.exec.objects().views(tenant.name());
     Json(json!({"objects": objects, "max_objects": q.max_objects})).into_response()
 }
 
@@ -169,13 +167,11 @@ pub async fn show(
     Caller(tenant): Caller,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
-    let entry = app
+    let view = app
         .exec
         .objects()
-        .get(tenant.name(), &reference)
+        .show(tenant.name(), &reference)
         .ok_or_else(not_found)?;
-    let mut view = entry.view();
-    view["ops"] = json!(entry.spec.ops());
     Ok(Json(view).into_response())
 }
 
@@ -186,10 +182,13 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     // On a cluster, a round trip to its Redis. Running tasks that were given the object
     // hold it until they end.
-    tokio::task::spawn_blocking(move || app.exec.objects().delete(tenant.name(), &reference))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(not_found)?;
+    let deleted =
+        tokio::task::spawn_blocking(move || app.exec.objects().delete(tenant.name(), &reference))
+            .await
+            .map_err(ApiError::internal)?;
+    if !deleted {
+        return Err(not_found());
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -212,19 +211,19 @@ pub async fn operate(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let entry = app
+    let spec = app
         .exec
         .objects()
-        .get(tenant.name(), &reference)
+        .spec(tenant.name(), &reference)
         .ok_or_else(not_found)?;
-    if !entry.spec.ops().contains(&op.as_str()) {
+    if !spec.ops().contains(&op.as_str()) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_operation",
             format!(
                 "a {} has no operation `{op}`; its operations are {}",
-                entry.spec.kind(),
-                entry.spec.ops().join(", ")
+                spec.kind(),
+                spec.ops().join(", ")
             ),
         ));
     }
@@ -254,16 +253,21 @@ pub async fn operate(
         tenant: tenant.name().to_string(),
     };
     let owner = tenant.id;
+    let registry = app.clone();
+    // Looked up again on the blocking thread, which holds it (and may free it) while the
+    // operation runs; deleted meanwhile, it is gone.
     let result = tokio::task::spawn_blocking(move || {
+        let entry = registry.exec.objects().get(tenant.name(), &reference)?;
         let r = objects::call(owner, &entry, &op, &args);
         drop(guard);
-        r
+        Some(r)
     })
     .await
     .map_err(ApiError::internal)?;
     match result {
-        Ok(value) => Ok(Json(json!({ "value": value })).into_response()),
-        Err(e) => Err(op_problem(e)),
+        None => Err(not_found()),
+        Some(Ok(value)) => Ok(Json(json!({ "value": value })).into_response()),
+        Some(Err(e)) => Err(op_problem(e)),
     }
 }
 

@@ -598,6 +598,21 @@ end
 return err('invalid', 'not an object of this version of wasmpool: ' .. tostring(kind))
 "#;
 
+/// Removes an object from Redis: its hash and every key OBJECT_OP makes for it (the
+/// containers and the wake lists). Handles to it are stale from then on; a waiter wakes at
+/// its next poll and finds it gone.
+///
+/// KEYS: the object's hash. ARGV: end, token. Returns 1, or 0 when there is no such object
+/// (expired, or the token is not its).
+pub(crate) const DESTROY: &str = r#"
+local base = KEYS[1]
+if redis.call('HGET', base, 't' .. ARGV[1]) ~= ARGV[2] then return 0 end
+for _, s in ipairs({'', ':q', ':q0', ':q1', ':h', ':d', ':L', ':wb', ':wc', ':we', ':wg', ':wj', ':wl', ':wp', ':wr0', ':wr1', ':ws'}) do
+  redis.call('DEL', base .. s)
+end
+return 1
+"#;
+
 /// Sets how long an object is kept once idle, from now: its `ttl` field (which every
 /// operation renews its keys by) and the expiry of each of its keys.
 ///

@@ -69,6 +69,7 @@ pub(crate) struct ClusterObjects {
     create: Script,
     release: Script,
     set_ttl: Script,
+    destroy: Script,
     /// Connections not in use.
     idle: Mutex<Vec<redis::Connection>>,
 }
@@ -356,6 +357,7 @@ impl ClusterObjects {
             create: Script::new(lua::CREATE),
             release: Script::new(lua::RELEASE),
             set_ttl: Script::new(lua::SET_TTL),
+            destroy: Script::new(lua::DESTROY),
             idle: Mutex::new(vec![con]),
         })
     }
@@ -482,6 +484,18 @@ impl ClusterObjects {
                     .arg(ms)
                     .invoke(c)
             })
+            .map_err(|e| self.unreachable(e))?;
+        Ok(found == 1)
+    }
+
+    /// Removes the object `target` names from Redis; answers whether there was such an
+    /// object.
+    pub fn destroy(&self, target: Handle) -> std::result::Result<bool, ObjectError> {
+        let base = self.base(target);
+        let end = (target.id & 1).to_string();
+        let token = target.token.to_string();
+        let found: i64 = self
+            .with_con(|c| self.destroy.key(&base).arg(&end).arg(&token).invoke(c))
             .map_err(|e| self.unreachable(e))?;
         Ok(found == 1)
     }
