@@ -53,3 +53,101 @@ fn module_tasks_lists_exports_in_declaration_order() {
     });
     assert_eq!(&tasks[..3], ["noop", "square", "add"]);
 }
+
+/// `component` with a custom section of `pad` bytes appended (still the same component).
+fn padded(component: &[u8], pad: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"padding";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.resize(body.len() + pad, 0);
+    let mut out = component.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn a_large_component_loaded_again_is_taken_by_its_stamp_until_its_file_changes() {
+    testkit();
+    let dir = TempDir::new("stamped");
+    // Over the 1 MiB from which a component's digest is recorded.
+    let bytes = padded(&std::fs::read(wasm_of("testkit")).unwrap(), 2 << 20);
+    let file = dir.file("big.wasm", &bytes);
+    let runtime = wasmpool::Runtime::builder()
+        .cache_dir(dir.0.join("cache"))
+        .build()
+        .unwrap();
+    let square = |m: &Module| {
+        let p = wasmpool::Process::new(m, "square", &(9u64,)).unwrap();
+        p.start().unwrap();
+        p.join().unwrap();
+        p.result::<u64>().unwrap()
+    };
+    let first = runtime.load(&file).unwrap();
+    assert_eq!(square(&first), 81);
+    let records = |sub: &str, suffix: &str| -> usize {
+        std::fs::read_dir(dir.0.join("cache").join(sub))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        records("digests", ""),
+        0,
+        "a file just written is not recorded"
+    );
+    // Past the 2 s after which a file's times have settled.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let second = runtime.load(&file).unwrap();
+    assert_eq!(records("digests", ""), 1, "its digest recorded");
+    assert_eq!(
+        records("artifacts", ".seen"),
+        1,
+        "its artifact's stamp recorded"
+    );
+    // Taken by its stamp: its bytes are read when asked for, and are the file's.
+    let lazy = runtime.load(&file).unwrap();
+    assert_eq!(lazy.artifact(), first.artifact());
+    assert_eq!(second.artifact(), first.artifact());
+    assert_eq!(square(&lazy), 81);
+    assert_eq!(lazy.bytes().unwrap(), &bytes[..]);
+    // Changed in place (same size, a byte of the padding): a module loaded before cannot
+    // read it as its own any more, and a new load hashes it again.
+    let unread = runtime.load(&file).unwrap();
+    let mut changed = bytes.clone();
+    let last = changed.len() - 1;
+    changed[last] = 1;
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(std::io::SeekFrom::Start(last as u64)).unwrap();
+        f.write_all(&[1]).unwrap();
+    }
+    let err = unread.bytes().unwrap_err().to_string();
+    assert!(err.contains("changed in place"), "{err}");
+    assert_eq!(lazy.bytes().unwrap(), &bytes[..], "what was read stays");
+    let again = runtime.load(&file).unwrap();
+    assert_ne!(
+        again.artifact(),
+        first.artifact(),
+        "other bytes, other artifact"
+    );
+    assert_eq!(again.bytes().unwrap(), &changed[..]);
+    assert_eq!(square(&again), 81);
+}

@@ -30,6 +30,7 @@
 mod bindings;
 mod broker;
 pub mod cluster;
+mod component_bytes;
 mod engine;
 mod error;
 mod fdpass;
@@ -52,6 +53,7 @@ mod runtime;
 mod scalars;
 mod shm;
 mod spawn;
+mod stamps;
 mod supervisor;
 mod values;
 mod wire_bytes;

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::bindings::TaskModulePre;
+use crate::component_bytes::ComponentBytes;
 use crate::error::{Error, Result};
 pub use crate::guest_build::BuildOptions;
 use crate::protocol::Limits;
@@ -43,7 +44,9 @@ struct ModuleInner {
     runtime: Runtime,
     origin: PathBuf,
     /// The component, kept to compile the metered artifact the first time fuel is asked for.
-    bytes: Arc<Vec<u8>>,
+    bytes: ComponentBytes,
+    /// The component's SHA-256, which names its artifacts.
+    digest: [u8; 32],
     artifact: PathBuf,
     /// The artifact compiled for the metered (fuel-counting) engine, once compiled.
     metered_artifact: Mutex<Option<PathBuf>>,
@@ -135,19 +138,51 @@ impl Module {
     }
 
     fn load_file(runtime: &Runtime, file: &Path, origin: &Path) -> Result<Module> {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
         let bad = |message: String| Error::BadModule {
             path: origin.to_path_buf(),
             message,
         };
-        let meta = std::fs::metadata(file).map_err(|e| bad(format!("cannot read: {e}")))?;
-        if meta.len() > MAX_MODULE_BYTES {
+        let mut opened = std::fs::File::open(file).map_err(|e| bad(format!("cannot read: {e}")))?;
+        // Stamped before it is read (see `stamps`): what is read is this version or a later
+        // one, which has another stamp.
+        let (stamp, at) = crate::stamps::of_file(&opened)
+            .ok_or_else(|| bad("cannot read its metadata".into()))?;
+        let len = stamp.len();
+        if len > MAX_MODULE_BYTES {
             return Err(bad(format!(
-                "is {} bytes; the limit is {MAX_MODULE_BYTES}",
-                meta.len()
+                "is {len} bytes; the limit is {MAX_MODULE_BYTES}"
             )));
         }
-        let bytes = std::fs::read(file).map_err(|e| bad(format!("cannot read: {e}")))?;
-        Self::from_vec_in(runtime, bytes, origin)
+        let cache = cache::Cache::open(runtime.cache_dir())?;
+        if let Some(digest) = cache.recorded_digest(&stamp) {
+            // Hashed before, as this very file: only its header is read now, the rest when
+            // something needs it (see `component_bytes`).
+            let mut head = [0u8; 8];
+            let n = opened
+                .read_at(&mut head, 0)
+                .map_err(|e| bad(format!("cannot read: {e}")))?;
+            check_header(&head[..n]).map_err(bad)?;
+            let bytes = ComponentBytes::in_file(opened, stamp, digest);
+            return Self::new_in(runtime, &cache, bytes, digest, origin.to_path_buf());
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        (&mut opened)
+            .take(MAX_MODULE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_MODULE_BYTES {
+            return Err(bad(format!(
+                "grew past the limit of {MAX_MODULE_BYTES} bytes while it was read"
+            )));
+        }
+        check_header(&bytes).map_err(bad)?;
+        // A file that changed while it was read is hashed, not recorded.
+        let seen = (bytes.len() as u64 == len).then_some((stamp, at));
+        let digest = cache.component_digest(&bytes, seen);
+        let bytes = ComponentBytes::held(bytes);
+        Self::new_in(runtime, &cache, bytes, digest, origin.to_path_buf())
     }
 
     /// Validates and compiles a component from memory; `origin` names it in errors.
@@ -161,24 +196,33 @@ impl Module {
         bytes: &[u8],
         origin: impl AsRef<Path>,
     ) -> Result<Module> {
-        Self::from_vec_in(runtime, bytes.to_vec(), origin)
-    }
-
-    /// As [`Module::from_bytes_in`], keeping `bytes` (a component is up to 256 MiB: not
-    /// copied again).
-    fn from_vec_in(runtime: &Runtime, bytes: Vec<u8>, origin: impl AsRef<Path>) -> Result<Module> {
         let origin = origin.as_ref().to_path_buf();
-        let bad = |message: String| Error::BadModule {
+        check_header(bytes).map_err(|message| Error::BadModule {
             path: origin.clone(),
             message,
-        };
-        check_header(&bytes).map_err(bad)?;
-        let artifact = compile(runtime, &bytes, &origin, false)?;
+        })?;
+        let cache = cache::Cache::open(runtime.cache_dir())?;
+        let digest = Sha256::digest(bytes).into();
+        let bytes = ComponentBytes::held(bytes.to_vec());
+        Self::new_in(runtime, &cache, bytes, digest, origin)
+    }
+
+    /// The module of the component `bytes` (whose header was checked and whose SHA-256 is
+    /// `digest`), compiled into `cache` unless it holds it already.
+    fn new_in(
+        runtime: &Runtime,
+        cache: &cache::Cache,
+        bytes: ComponentBytes,
+        digest: [u8; 32],
+        origin: PathBuf,
+    ) -> Result<Module> {
+        let artifact = compile_in(cache, runtime, &bytes, &digest, &origin, false)?;
         Ok(Module {
             inner: Arc::new(ModuleInner {
                 runtime: runtime.clone(),
                 origin,
-                bytes: Arc::new(bytes),
+                bytes,
+                digest,
                 artifact,
                 metered_artifact: Mutex::new(None),
                 tasks: Mutex::new(None),
@@ -189,9 +233,12 @@ impl Module {
     }
 
     /// The component's bytes, as loaded (what a cluster stores under their SHA-256, and
-    /// what `wasmpool run --server` uploads).
-    pub fn bytes(&self) -> &[u8] {
-        &self.inner.bytes
+    /// what `wasmpool run --server` uploads). A large component loaded from a file that
+    /// was loaded before is read from it only now, the first time they are asked for:
+    /// [`Error::BadModule`] if the file was changed in place since the module was loaded
+    /// (a file put at its path by a rename, as builds do, changes nothing).
+    pub fn bytes(&self) -> Result<&[u8]> {
+        self.inner.bytes.get(&self.inner.origin)
     }
 
     /// The runtime the module was loaded into: its pools and processes run there.
@@ -219,6 +266,7 @@ impl Module {
                 return compile(
                     &self.inner.runtime,
                     &self.inner.bytes,
+                    &self.inner.digest,
                     &self.inner.origin,
                     false,
                 );
@@ -239,6 +287,7 @@ impl Module {
         let path = compile(
             &self.inner.runtime,
             &self.inner.bytes,
+            &self.inner.digest,
             &self.inner.origin,
             true,
         )?;
@@ -446,19 +495,39 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
     }
 }
 
-/// Compiles `bytes` for the plain or the metered engine into the cache, unless the cache has
-/// it already (and it verifies); returns the artifact's path.
-fn compile(runtime: &Runtime, bytes: &[u8], origin: &Path, metered: bool) -> Result<PathBuf> {
+/// Compiles `bytes` (whose SHA-256 is `digest`) for the plain or the metered engine into
+/// the cache, unless the cache has it already (and it verifies: then `bytes` need not be
+/// read); returns the artifact's path.
+fn compile(
+    runtime: &Runtime,
+    bytes: &ComponentBytes,
+    digest: &[u8; 32],
+    origin: &Path,
+    metered: bool,
+) -> Result<PathBuf> {
+    let cache = cache::Cache::open(runtime.cache_dir())?;
+    compile_in(&cache, runtime, bytes, digest, origin, metered)
+}
+
+/// As [`compile`], into `cache` (the runtime's, open).
+fn compile_in(
+    cache: &cache::Cache,
+    runtime: &Runtime,
+    bytes: &ComponentBytes,
+    digest: &[u8; 32],
+    origin: &Path,
+    metered: bool,
+) -> Result<PathBuf> {
     let bad = |message: String| Error::BadModule {
         path: origin.to_path_buf(),
         message,
     };
-    let cache = cache::Cache::open(runtime.cache_dir())?;
     let engine = runtime.engines().compiling(metered);
-    let name = artifact_name(&engine, bytes, metered);
+    let name = artifact_name(&engine, digest, metered);
     if let Some(artifact) = cache.verified(&name) {
         return Ok(artifact);
     }
+    let bytes = bytes.get(origin)?;
     let component = {
         // Functions compiled before, by any module, are taken from the function cache.
         let _session = runtime.engines().functions().session(&name);
@@ -497,13 +566,14 @@ fn first_line(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
 
-/// The artifact's name in the cache: a digest of the component, the engine's compatibility
-/// hash and this version.
-fn artifact_name(engine: &wasmtime::Engine, bytes: &[u8], metered: bool) -> String {
+/// The artifact's name in the cache: a digest of the component's SHA-256 (`digest`), the
+/// engine's compatibility hash and this version.
+fn artifact_name(engine: &wasmtime::Engine, digest: &[u8; 32], metered: bool) -> String {
     let mut compat = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut compat);
     let mut h = Sha256::new();
-    h.update(bytes);
+    h.update(b"wasmpool-artifact-2\0");
+    h.update(digest);
     h.update(compat.finish().to_le_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     if metered {
@@ -534,13 +604,23 @@ mod cache {
     use sha2::{Digest, Sha256};
 
     use crate::error::{Error, Result};
+    use crate::stamps::{self, Stamp};
 
     /// A temporary file older than this was left by a write that was killed.
     pub(crate) const STALE_TEMP: Duration = Duration::from_secs(600);
     pub(crate) const KEY_BYTES: usize = 32;
 
+    /// A component at least this large has its digest recorded (see `component_digest`);
+    /// a smaller one is hashed in well under a millisecond.
+    const RECORD_DIGEST_BYTES: u64 = 1 << 20;
+
+    /// A component's recorded digest unused this long is removed.
+    const STALE_DIGEST: Duration = Duration::from_secs(30 * 24 * 3600);
+
     pub(super) struct Cache {
         artifacts: PathBuf,
+        /// The recorded digests of large components (see `component_digest`).
+        digests: PathBuf,
         key: [u8; KEY_BYTES],
         max_bytes: u64,
     }
@@ -740,6 +820,18 @@ mod cache {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The 32 bytes that `text` (64 hex digits) spells.
+    fn unhex(text: &str) -> Option<[u8; 32]> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(out)
+    }
+
     /// The cache's key, made (random, mode 0600) the first time.
     pub(crate) fn key(dir: &Path) -> Result<[u8; KEY_BYTES]> {
         let path = dir.join("key");
@@ -812,6 +904,7 @@ mod cache {
             Ok(Cache {
                 key: key(dir)?,
                 artifacts,
+                digests: dir.join("digests"),
                 max_bytes: max_bytes()?,
             })
         }
@@ -830,42 +923,111 @@ mod cache {
             hex(&hmac(&self.key, &[name.as_bytes(), b"\0", bytes]))
         }
 
+        /// Where the stamp of artifact `name` is recorded once it verified (see `stamps`).
+        fn seen_file(&self, name: &str) -> PathBuf {
+            self.artifacts.join(format!("{name}.seen"))
+        }
+
+        /// Where the digest of the large component file of `stamp` is recorded.
+        fn digest_record(&self, stamp: &Stamp) -> PathBuf {
+            self.digests
+                .join(format!("{}-{}", stamp.dev(), stamp.ino()))
+        }
+
+        /// The SHA-256 recorded for the component file of `stamp` when it was hashed, if
+        /// it is a large one and still that very file.
+        pub(super) fn recorded_digest(&self, stamp: &Stamp) -> Option<[u8; 32]> {
+            if stamp.len() < RECORD_DIGEST_BYTES {
+                return None;
+            }
+            let hex = stamps::read(
+                &self.key,
+                &self.digest_record(stamp),
+                "component",
+                "sha256",
+                stamp,
+            )?;
+            unhex(&hex)
+        }
+
+        /// The SHA-256 of `bytes`, recorded (see `recorded_digest`) when they are the
+        /// whole of a large component file that has settled (`seen`: its stamp and when
+        /// it was taken, before the bytes were read).
+        pub(super) fn component_digest(
+            &self,
+            bytes: &[u8],
+            seen: Option<(Stamp, SystemTime)>,
+        ) -> [u8; 32] {
+            let digest: [u8; 32] = Sha256::digest(bytes).into();
+            if let Some((stamp, now)) = seen
+                && stamp.len() >= RECORD_DIGEST_BYTES
+                && stamp.settled(now)
+                && private_dir(&self.digests).is_ok()
+            {
+                stamps::write(
+                    &self.key,
+                    &self.digest_record(&stamp),
+                    "component",
+                    "sha256",
+                    &stamp,
+                    &hex(&digest),
+                );
+            }
+            digest
+        }
+
         /// The path of artifact `name` if it is there and its digest verifies. Files only
         /// this user can write, in a directory only this user can write: what a worker
-        /// maps afterwards is what was verified here.
+        /// maps afterwards is what was verified here. An artifact verified before is not
+        /// read again while it is the very file that verified (its stamp recorded then).
         pub(super) fn verified(&self, name: &str) -> Option<PathBuf> {
             let path = self.artifact(name);
-            // Mapped, not read: an interpreter's artifact is tens of MiB, read on every
-            // start of a program.
-            let mapped = Mapped::file(&open_own(&path).ok()?)?;
-            let bytes = mapped.bytes();
-            let mut stored = String::new();
-            open_own(&self.digest_file(name))
-                .ok()?
-                .read_to_string(&mut stored)
-                .ok()?;
-            let want = self.digest(name, bytes);
-            // Compared in full whatever differs (no early exit to time).
-            let same = stored.len() == want.len()
-                && stored
-                    .bytes()
-                    .zip(want.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            if !same {
+            let file = open_own(&path).ok()?;
+            let (stamp, now) = stamps::of_file(&file)?;
+            let seen = self.seen_file(name);
+            let known = stamps::read(&self.key, &seen, "artifact", name, &stamp).is_some();
+            if !known && !self.digest_verifies(name, &path, &file) {
                 tracing::warn!(
                     "the compiled artifact {} does not match its digest: compiling it again",
                     path.display()
                 );
                 return None;
             }
+            if !known && stamp.settled(now) {
+                stamps::write(&self.key, &seen, "artifact", name, &stamp, "verified");
+            }
             // Its last use, for eviction: the digest file's time (the artifact's own is
-            // left alone, as fork servers tell a replaced artifact by it).
+            // left alone, as fork servers tell a replaced artifact by it, and its stamp
+            // has its change time).
             let _ = File::options()
                 .write(true)
                 .open(self.digest_file(name))
                 .and_then(|f| f.set_modified(SystemTime::now()));
             Some(path)
+        }
+
+        /// Whether the artifact `name`, open as `file`, matches its keyed digest.
+        fn digest_verifies(&self, name: &str, path: &Path, file: &File) -> bool {
+            // Mapped, not read: an interpreter's artifact is tens of MiB.
+            let Some(mapped) = Mapped::file(file) else {
+                return false;
+            };
+            let mut stored = String::new();
+            if open_own(&self.digest_file(name))
+                .and_then(|mut f| f.read_to_string(&mut stored))
+                .is_err()
+            {
+                tracing::debug!("no digest for {}", path.display());
+                return false;
+            }
+            let want = self.digest(name, mapped.bytes());
+            // Compared in full whatever differs (no early exit to time).
+            stored.len() == want.len()
+                && stored
+                    .bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
         }
 
         /// Stores artifact `name` and its digest; then clears what killed writes left and
@@ -907,6 +1069,12 @@ mod cache {
                     }
                     continue;
                 }
+                if let Some(name) = file.strip_suffix(".seen")
+                    && !self.artifact(name).exists()
+                {
+                    let _ = fs::remove_file(entry.path());
+                    continue;
+                }
                 let Some(name) = file.strip_suffix(".cwasm") else {
                     continue;
                 };
@@ -928,6 +1096,20 @@ mod cache {
                     total -= len;
                 }
                 let _ = fs::remove_file(self.digest_file(&name));
+                let _ = fs::remove_file(self.seen_file(&name));
+            }
+            // The components' digests: a few hundred bytes each, rewritten whenever their
+            // file changes; those untouched for long go (the next load hashes again).
+            for entry in fs::read_dir(&self.digests).into_iter().flatten().flatten() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|age| age > STALE_DIGEST);
+                if old {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
     }

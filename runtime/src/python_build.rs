@@ -21,6 +21,7 @@
 //! build.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -584,10 +585,14 @@ pub(crate) fn build(guest: &PythonGuest) -> Result<PathBuf> {
     crate::module::private_dir(&builds)?;
     let out = builds.join(format!("{}.wasm", plan.key));
     if out.is_file() {
-        // Its last use, for eviction.
+        // Its last use, for eviction: the time of a file beside it, not its own, which
+        // would change its stamp and have the compile cache hash it again (see `stamps`).
         let _ = fs::File::options()
             .write(true)
-            .open(&out)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(used_file(&out))
             .and_then(|f| f.set_modified(SystemTime::now()));
         return Ok(out);
     }
@@ -606,6 +611,11 @@ pub(crate) fn build(guest: &PythonGuest) -> Result<PathBuf> {
     result?;
     tidy_builds(&builds, &out, crate::module::cache_files::max_bytes()?);
     Ok(out)
+}
+
+/// The file whose time tells when the build `wasm` was last used.
+fn used_file(wasm: &Path) -> PathBuf {
+    wasm.with_extension("used")
 }
 
 /// Keeps the builds in `builds` under `max` bytes, removing the least recently used first
@@ -632,11 +642,19 @@ fn tidy_builds(builds: &Path, keep: &Path, max: u64) {
             }
             continue;
         }
+        if name.ends_with(".used") && !path.with_extension("wasm").exists() {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
         if !meta.is_file() || !name.ends_with(".wasm") {
             continue;
         }
         total = total.saturating_add(meta.len());
         if path != keep {
+            // Its last use: when it was made, or the time of the file beside it.
+            let used = fs::metadata(used_file(&path))
+                .and_then(|m| m.modified())
+                .map_or(used, |u| u.max(used));
             found.push((used, path, meta.len()));
         }
     }
@@ -648,6 +666,7 @@ fn tidy_builds(builds: &Path, keep: &Path, max: u64) {
         if fs::remove_file(&path).is_ok() {
             total -= len;
         }
+        let _ = fs::remove_file(used_file(&path));
     }
 }
 
@@ -831,6 +850,20 @@ mod tests {
         let recent = build("c.wasm", 100);
         let just_made = build("d.wasm", 500);
         let other = build("notes.txt", 900);
+        // A build's use since it was made is the time of the file beside it.
+        let used = |wasm: &Path, secs_ago: u64| {
+            let path = used_file(wasm);
+            fs::write(&path, b"").expect("write");
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(t - Duration::from_secs(secs_ago)))
+                .expect("set time");
+            path
+        };
+        let oldest_used = used(&oldest, 450);
+        let older_used = used(&older, 50);
+        let orphan = used(&dir.join("e.wasm"), 10);
         let stale = dir.join("stage-old-1");
         fs::File::open(&stale)
             .and_then(|f| f.set_modified(t - Duration::from_secs(7200)))
@@ -838,10 +871,15 @@ mod tests {
         // 1 MiB holds two builds of 400 KiB.
         tidy_builds(&dir, &just_made, 1 << 20);
         assert!(
-            !oldest.exists() && !older.exists(),
+            !oldest.exists() && !recent.exists(),
             "the least recently used go"
         );
-        assert!(recent.exists(), "the most recently used stays");
+        assert!(!oldest_used.exists(), "with the file of their last use");
+        assert!(
+            older.exists() && older_used.exists(),
+            "the most recently used stays (used 50 s ago, made 300 s ago)"
+        );
+        assert!(!orphan.exists(), "a last use of no build is removed");
         assert!(
             just_made.exists(),
             "the build just made stays, whatever its time"

@@ -425,7 +425,7 @@ fn module_bytes(path: &Path) -> Result<Vec<u8>> {
         }
         return std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
     }
-    Ok(wasmpool::Module::load(path)?.bytes().to_vec())
+    Ok(wasmpool::Module::load(path)?.bytes()?.to_vec())
 }
 
 /// Refuses, by name, a flag the service does not carry out.

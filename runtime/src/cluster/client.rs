@@ -159,8 +159,9 @@ impl ClusterBuilder {
         if let Some(t) = &self.tenant {
             register_tenant(&mut con, &keys, t, &url)?;
         }
-        let sha = sha256_hex(self.module.bytes());
-        store_module(&mut con, &keys, &url, &sha, self.module.bytes())?;
+        let bytes = self.module.bytes()?;
+        let sha = sha256_hex(bytes);
+        store_module(&mut con, &keys, &url, &sha, bytes)?;
         let n: u64 = redis::cmd("INCR")
             .arg(keys.clients())
             .query(&mut con)
@@ -673,10 +674,11 @@ impl Inner {
             .collect();
         if !kept {
             // The module expired (a pool idle for a day): store it again.
+            let bytes = self.module.bytes()?;
             self.with_con("storing the module", |c| {
                 redis::cmd("SET")
                     .arg(self.keys.module(&self.sha))
-                    .arg(self.module.bytes())
+                    .arg(bytes)
                     .arg("NX")
                     .arg("EX")
                     .arg(MODULE_TTL.as_secs())
@@ -727,8 +729,9 @@ impl Inner {
                         if let Some(t) = &self.tenant {
                             let _ = register_tenant(c, &self.keys, t, &self.url);
                         }
-                        let _ =
-                            store_module(c, &self.keys, &self.url, &self.sha, self.module.bytes());
+                        if let Ok(bytes) = self.module.bytes() {
+                            let _ = store_module(c, &self.keys, &self.url, &self.sha, bytes);
+                        }
                     }
                 }
                 Ok(Some((_, first))) => {
