@@ -492,6 +492,52 @@ fn serve_object_quotas_bound_a_tenant_and_a_deleted_object_fails_the_task_that_n
 }
 
 #[test]
+fn serve_a_deleted_object_a_running_task_holds_counts_in_the_quota_until_the_task_ends() {
+    within(Duration::from_secs(120), || {
+        const ONE: T = T {
+            name: "one",
+            quotas: "max_objects = 1",
+        };
+        let one = ONE;
+        let s = setup("serve-objects-deleted-held", &[ONE]);
+        let server = Server::start(&s.state, &s.tenants, &[]);
+        let module = server.upload_testkit(&one);
+        server.create(&one, &json!({"kind": "queue", "name": "q"}));
+        // A task holds the queue, waiting on it for 2 s; the tenant deletes it meanwhile.
+        let id = server.submit(
+            &one,
+            &json!({"module": module, "task": "get_timeout", "args": ["@q", 2000]}),
+        );
+        assert!(eventually(Duration::from_secs(20), || {
+            let t: Value = server.get(&one, &format!("/v1/tasks/{id}")).json().unwrap();
+            t["state"] == "running"
+        }));
+        let r = server
+            .req(reqwest::Method::DELETE, "/v1/objects/q", Some(&one.token()))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        // Out of the table (404 by name), but held: still counted.
+        let (status, _) = server.op_fails(&one, "q", "qsize", &json!({}));
+        assert_eq!(status, 404);
+        let (status, p) = problem(server.post_json(&one, "/v1/objects", &json!({"kind": "dict"})));
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (429, Some("object_quota")),
+            "{p}"
+        );
+        let done = server.wait(&one, &id);
+        assert!(
+            done.get("error").is_some(),
+            "the get should time out: {done}"
+        );
+        // The task is over: the queue is freed and the quota's place with it.
+        server.create(&one, &json!({"kind": "dict"}));
+        drop(s.dir);
+    });
+}
+
+#[test]
 fn serve_objects_do_not_survive_a_restart_and_a_task_naming_one_then_fails_alone() {
     within(Duration::from_secs(300), || {
         let one = T {
