@@ -1379,8 +1379,14 @@ impl Streams {
                 gave[i] += 1;
             }
         }
-        // The claim script reads the streams in the read's order until the room is full.
-        let mut room = if read.block { usize::MAX } else { read.room };
+        // The claim script reads the redelivery streams first, then the task streams in the
+        // read's order, until the room is full.
+        let redelivered = got.iter().filter(|e| !self.keys.contains(&e.0)).count();
+        let mut room = if read.block {
+            usize::MAX
+        } else {
+            read.room.saturating_sub(redelivered)
+        };
         let mut empty = Vec::new();
         for stream in &read.streams {
             if room == 0 {
@@ -1637,6 +1643,25 @@ mod tests {
         );
         let shares = claim_weighted(&mut s, 600, 1, &[]);
         assert_eq!(shares, [100, 300, 100, 100]);
+        // Redelivered chunks take two of a read's three places and its first task stream
+        // the third: the claim never reached the others, which are not raised (`b`, far
+        // ahead, would be lowered by the level they were raised to).
+        s.set(
+            &keys,
+            vec![x.into(), a.into(), b.into()],
+            vec![1.0, 3.0, 1.0],
+        );
+        s.served = vec![0.0, 0.0, 5.0];
+        let read = s.next_read(3);
+        assert_eq!(names(&read), [x, a, b]);
+        let mut claimed = got("wasmpool:v2:redo:a", 2);
+        claimed.extend(got(x, 1));
+        s.read(&read, &claimed, false);
+        assert_eq!(
+            s.served,
+            [1.0, 0.0, 5.0],
+            "a stream the claim never reached was raised"
+        );
         // Equal weights: the unweighted turns.
         s.set(&keys, vec![x.into(), a.into()], vec![2.0, 2.0]);
         assert!(!s.weighted());
