@@ -300,22 +300,6 @@ fn a_cluster_queue_pipe_dict_and_list_hold_at_most_256_mib_as_locally_and_taking
     });
 }
 
-/// The keys of `redis` that match `pattern`.
-fn redis_keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
-    redis
-        .command(&format!("KEYS {pattern}"))
-        .lines()
-        .filter(|l| !l.starts_with(['*', '$']))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The milliseconds `key` has left to live (negative: none, or no key).
-fn pttl(redis: &RedisServer, key: &str) -> i64 {
-    let reply = redis.command(&format!("PTTL {key}"));
-    reply.trim().trim_start_matches(':').parse().unwrap_or(-3)
-}
-
 #[test]
 fn destroy_removes_an_object_and_its_handles_are_stale_after() {
     within(Duration::from_secs(60), || {
@@ -329,8 +313,8 @@ fn destroy_removes_an_object_and_its_handles_are_stale_after() {
         assert!(matches!(q.put(&2), Err(ObjectError::Stale(_))));
         assert!(!m.destroy(q.handle()).unwrap(), "destroyed twice");
         // Its keys are gone; the other object is untouched.
-        let keys = redis.command("KEYS wasmpool:v2:o:*");
-        assert_eq!(keys.matches("wasmpool:v2:o:").count(), 2, "{keys}");
+        let keys = redis.keys("wasmpool:v2:o:*");
+        assert_eq!(keys.len(), 2, "{keys:?}");
         assert_eq!(keep.get(&"a".to_string()).unwrap(), Some(1));
     });
 }
@@ -346,7 +330,8 @@ fn set_ttl_shortens_every_key_of_a_pipe_also_the_wake_lists_of_its_ends() {
         let redis = RedisServer::start();
         let m = ClusterManager::connect(&redis.url()).unwrap();
         let (a, b) = m.pipe::<u32>(true).unwrap();
-        let base = redis_keys(&redis, "wasmpool:v2:o:*")
+        let base = redis
+            .keys("wasmpool:v2:o:*")
             .into_iter()
             .find(|k| k.matches(':').count() == 3)
             .expect("the pipe's hash");
@@ -358,11 +343,11 @@ fn set_ttl_shortens_every_key_of_a_pipe_also_the_wake_lists_of_its_ends() {
         b.send(&2).unwrap();
         let wake = [format!("{base}:wr0"), format!("{base}:wr1")];
         for k in &wake {
-            assert!(pttl(&redis, k) > 60_000, "{k} holds a token for a day");
+            assert!(redis.pttl(k) > 60_000, "{k} holds a token for a day");
         }
         assert!(m.set_ttl(a.handle(), Duration::from_secs(5)).unwrap());
-        for k in redis_keys(&redis, &format!("{base}*")) {
-            let left = pttl(&redis, &k);
+        for k in redis.keys(&format!("{base}*")) {
+            let left = redis.pttl(&k);
             assert!(left > 0 && left <= 5_000, "{k} is kept {left} ms");
         }
         assert_eq!(b.recv().unwrap(), 1, "the pipe still works");

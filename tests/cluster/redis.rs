@@ -165,6 +165,21 @@ impl RedisServer {
         inline(self.port, command).unwrap_or_default()
     }
 
+    /// The keys that match `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.command(&format!("KEYS {pattern}"))
+            .lines()
+            .filter(|l| !l.starts_with(['*', '$']))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The milliseconds `key` has left to live (negative: none, or no key).
+    pub fn pttl(&self, key: &str) -> i64 {
+        let reply = self.command(&format!("PTTL {key}"));
+        reply.trim().trim_start_matches(':').parse().unwrap_or(-3)
+    }
+
     /// Kills the server and starts a new one on the same port, with no data: a Redis
     /// restarted without persistence.
     pub fn restart(&mut self) {

@@ -154,19 +154,11 @@ fn serve_on_a_cluster_refuses_a_tenant_name_a_cluster_cannot_use_at_startup() {
 /// The keys of the objects in `redis` whose kind is `kind` (their hashes, `o:<n>`).
 fn object_keys(redis: &RedisServer, kind: &str) -> Vec<String> {
     redis
-        .command("KEYS wasmpool:v2:o:*")
-        .lines()
-        .filter(|l| !l.starts_with(['*', '$']))
+        .keys("wasmpool:v2:o:*")
+        .into_iter()
         .filter(|k| k.matches(':').count() == 3)
         .filter(|k| redis.command(&format!("HGET {k} k")).contains(kind))
-        .map(str::to_string)
         .collect()
-}
-
-/// The milliseconds `key` has left to live (negative: none, or no key).
-fn pttl(redis: &RedisServer, key: &str) -> i64 {
-    let reply = redis.command(&format!("PTTL {key}"));
-    reply.trim().trim_start_matches(':').parse().unwrap_or(-3)
 }
 
 #[test]
@@ -247,14 +239,13 @@ fn serve_on_a_cluster_keeps_its_tenants_objects_in_redis_where_the_hosts_tasks_u
         assert_eq!(r.status().as_u16(), 204);
         assert_eq!(object_keys(&redis, "dict"), Vec::<String>::new());
         for pattern in [dict.clone(), format!("{dict}:*")] {
-            let left = redis.command(&format!("KEYS {pattern}"));
-            assert_eq!(
-                left.trim(),
-                "*0",
-                "keys of the deleted dict are left: {left}"
+            let left = redis.keys(&pattern);
+            assert!(
+                left.is_empty(),
+                "keys of the deleted dict are left: {left:?}"
             );
         }
-        assert!(pttl(&redis, &lock) > 60_000, "the lock's TTL was changed");
+        assert!(redis.pttl(&lock) > 60_000, "the lock's TTL was changed");
         let (status, _) = server.op_fails(&A, "counts", "get", &json!({"key": "count"}));
         assert_eq!(status, 404);
         drop(s.dir);
