@@ -598,23 +598,10 @@ end
 return err('invalid', 'not an object of this version of wasmpool: ' .. tostring(kind))
 "#;
 
-/// Removes an object from Redis: its hash and every key OBJECT_OP makes for it (the
-/// containers and the wake lists). Handles to it are stale from then on; a waiter wakes at
-/// its next poll and finds it gone.
-///
-/// KEYS: the object's hash. ARGV: end, token. Returns 1, or 0 when there is no such object
-/// (expired, or the token is not its).
-pub(crate) const DESTROY: &str = r#"
-local base = KEYS[1]
-if redis.call('HGET', base, 't' .. ARGV[1]) ~= ARGV[2] then return 0 end
-for _, s in ipairs({'', ':q', ':q0', ':q1', ':h', ':d', ':L', ':wb', ':wc', ':we', ':wg', ':wj', ':wl', ':wp', ':wr0', ':wr1', ':ws'}) do
-  redis.call('DEL', base .. s)
-end
-return 1
-"#;
-
 /// Sets how long an object is kept once idle, from now: its `ttl` field (which every
-/// operation renews its keys by) and the expiry of each of its keys.
+/// operation renews its keys by) and the expiry of each of its keys. A ttl of 0 removes the
+/// object now (Redis deletes a key given an expiry not in the future): handles to it are
+/// stale from then on, and a waiter finds it gone at its next poll.
 ///
 /// KEYS: the object's hash. ARGV: end, token, ttl (ms). Returns 1, or 0 when there is no
 /// such object (expired, or the token is not its).

@@ -69,7 +69,6 @@ pub(crate) struct ClusterObjects {
     create: Script,
     release: Script,
     set_ttl: Script,
-    destroy: Script,
     /// Connections not in use.
     idle: Mutex<Vec<redis::Connection>>,
 }
@@ -357,7 +356,6 @@ impl ClusterObjects {
             create: Script::new(lua::CREATE),
             release: Script::new(lua::RELEASE),
             set_ttl: Script::new(lua::SET_TTL),
-            destroy: Script::new(lua::DESTROY),
             idle: Mutex::new(vec![con]),
         })
     }
@@ -471,10 +469,22 @@ impl ClusterObjects {
     /// Sets how long the object `target` names is kept once idle, from now (at least a
     /// millisecond); answers whether there was such an object.
     pub fn set_ttl(&self, target: Handle, ttl: Duration) -> std::result::Result<bool, ObjectError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.expire(target, ms)
+    }
+
+    /// Removes the object `target` names from Redis; answers whether there was such an
+    /// object.
+    pub fn destroy(&self, target: Handle) -> std::result::Result<bool, ObjectError> {
+        self.expire(target, 0)
+    }
+
+    /// Gives every key of the object `target` names `ms` to live once idle (0: none, it is
+    /// removed now).
+    fn expire(&self, target: Handle, ms: u64) -> std::result::Result<bool, ObjectError> {
         let base = self.base(target);
         let end = (target.id & 1).to_string();
         let token = target.token.to_string();
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let found: i64 = self
             .with_con(|c| {
                 self.set_ttl
@@ -484,18 +494,6 @@ impl ClusterObjects {
                     .arg(ms)
                     .invoke(c)
             })
-            .map_err(|e| self.unreachable(e))?;
-        Ok(found == 1)
-    }
-
-    /// Removes the object `target` names from Redis; answers whether there was such an
-    /// object.
-    pub fn destroy(&self, target: Handle) -> std::result::Result<bool, ObjectError> {
-        let base = self.base(target);
-        let end = (target.id & 1).to_string();
-        let token = target.token.to_string();
-        let found: i64 = self
-            .with_con(|c| self.destroy.key(&base).arg(&end).arg(&token).invoke(c))
             .map_err(|e| self.unreachable(e))?;
         Ok(found == 1)
     }
