@@ -73,6 +73,32 @@ pub const KINDS: &[&str] = &[
     "list",
 ];
 
+/// The object `spec` asks for, made by manager `m` (a local [`Manager`] or a
+/// [`ClusterManager`], whose makers are fallible: pass `?`).
+macro_rules! make_object {
+    ($spec:expr, $m:expr $(, $try:tt)?) => {
+        match *$spec {
+            Spec::Queue { maxsize } => Object::Queue($m.bounded_queue(maxsize)$($try)?),
+            Spec::JoinableQueue { maxsize } => Object::Queue($m.joinable_queue(maxsize)$($try)?),
+            Spec::Pipe { duplex } => {
+                let (a, b) = $m.pipe(duplex)$($try)?;
+                Object::Pipe(a, b)
+            }
+            Spec::Lock => Object::Lock($m.lock()$($try)?),
+            Spec::RLock => Object::RLock($m.rlock()$($try)?),
+            Spec::Semaphore { value } => Object::Semaphore($m.semaphore(value)$($try)?),
+            Spec::BoundedSemaphore { value } => {
+                Object::Semaphore($m.bounded_semaphore(value)$($try)?)
+            }
+            Spec::Event => Object::Event($m.event()$($try)?),
+            Spec::Barrier { parties } => Object::Barrier($m.barrier(parties)$($try)?),
+            Spec::Condition => Object::Condition($m.condition()$($try)?),
+            Spec::Dict => Object::Dict($m.dict()$($try)?),
+            Spec::List => Object::List($m.list()$($try)?),
+        }
+    };
+}
+
 impl Spec {
     /// The kind's name.
     pub fn kind(&self) -> &'static str {
@@ -108,44 +134,12 @@ impl Spec {
     }
 
     fn create(&self, m: &Manager) -> Object {
-        match *self {
-            Spec::Queue { maxsize } => Object::Queue(m.bounded_queue(maxsize)),
-            Spec::JoinableQueue { maxsize } => Object::Queue(m.joinable_queue(maxsize)),
-            Spec::Pipe { duplex } => {
-                let (a, b) = m.pipe(duplex);
-                Object::Pipe(a, b)
-            }
-            Spec::Lock => Object::Lock(m.lock()),
-            Spec::RLock => Object::RLock(m.rlock()),
-            Spec::Semaphore { value } => Object::Semaphore(m.semaphore(value)),
-            Spec::BoundedSemaphore { value } => Object::Semaphore(m.bounded_semaphore(value)),
-            Spec::Event => Object::Event(m.event()),
-            Spec::Barrier { parties } => Object::Barrier(m.barrier(parties)),
-            Spec::Condition => Object::Condition(m.condition()),
-            Spec::Dict => Object::Dict(m.dict()),
-            Spec::List => Object::List(m.list()),
-        }
+        make_object!(self, m)
     }
 
     /// As [`create`](Self::create), in a cluster's Redis.
     fn create_on(&self, m: &ClusterManager) -> wasmpool::Result<Object> {
-        Ok(match *self {
-            Spec::Queue { maxsize } => Object::Queue(m.bounded_queue(maxsize)?),
-            Spec::JoinableQueue { maxsize } => Object::Queue(m.joinable_queue(maxsize)?),
-            Spec::Pipe { duplex } => {
-                let (a, b) = m.pipe(duplex)?;
-                Object::Pipe(a, b)
-            }
-            Spec::Lock => Object::Lock(m.lock()?),
-            Spec::RLock => Object::RLock(m.rlock()?),
-            Spec::Semaphore { value } => Object::Semaphore(m.semaphore(value)?),
-            Spec::BoundedSemaphore { value } => Object::Semaphore(m.bounded_semaphore(value)?),
-            Spec::Event => Object::Event(m.event()?),
-            Spec::Barrier { parties } => Object::Barrier(m.barrier(parties)?),
-            Spec::Condition => Object::Condition(m.condition()?),
-            Spec::Dict => Object::Dict(m.dict()?),
-            Spec::List => Object::List(m.list()?),
-        })
+        Ok(make_object!(self, m, ?))
     }
 
     /// The operations `POST /v1/objects/{id}/{op}` takes for this kind.
