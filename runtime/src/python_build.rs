@@ -835,9 +835,9 @@ mod tests {
         fs::create_dir_all(dir.join("stage-old-1")).expect("mkdir");
         fs::create_dir_all(dir.join("stage-new-2")).expect("mkdir");
         let t = SystemTime::now();
-        let build = |name: &str, secs_ago: u64| {
-            let path = dir.join(name);
-            fs::write(&path, vec![0u8; 400 << 10]).expect("write");
+        // A file of `bytes`, last modified `secs_ago`.
+        let aged = |path: PathBuf, bytes: &[u8], secs_ago: u64| {
+            fs::write(&path, bytes).expect("write");
             fs::File::options()
                 .write(true)
                 .open(&path)
@@ -845,22 +845,15 @@ mod tests {
                 .expect("set time");
             path
         };
+        let build =
+            |name: &str, secs_ago: u64| aged(dir.join(name), &vec![0u8; 400 << 10], secs_ago);
         let oldest = build("a.wasm", 400);
         let older = build("b.wasm", 300);
         let recent = build("c.wasm", 100);
         let just_made = build("d.wasm", 500);
         let other = build("notes.txt", 900);
         // A build's use since it was made is the time of the file beside it.
-        let used = |wasm: &Path, secs_ago: u64| {
-            let path = used_file(wasm);
-            fs::write(&path, b"").expect("write");
-            fs::File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(t - Duration::from_secs(secs_ago)))
-                .expect("set time");
-            path
-        };
+        let used = |wasm: &Path, secs_ago: u64| aged(used_file(wasm), b"", secs_ago);
         let oldest_used = used(&oldest, 450);
         let older_used = used(&older, 50);
         let orphan = used(&dir.join("e.wasm"), 10);
