@@ -201,9 +201,7 @@ pub struct Entry {
     pub spec: Spec,
     /// When it was made, ms since the epoch.
     pub created_ms: i64,
-    /// The handles (a clone holds a local object alive).
-    pub object: Object,
-    /// Who holds the object: the table and every task and request given it.
+    /// The object, shared by the table and every task and request given it.
     pub holders: Arc<Holders>,
 }
 
@@ -213,10 +211,12 @@ pub struct Entry {
 /// with its last handle anyway).
 #[derive(Debug)]
 pub struct Holders {
+    /// The handles (a local object lives while they do).
+    object: Object,
     /// Taken out of its tenant's table.
     deleted: AtomicBool,
-    /// On a cluster: where it lives, and the object.
-    cluster: Option<(ClusterManager, Object)>,
+    /// On a cluster: where it lives.
+    cluster: Option<ClusterManager>,
     /// Its id, for what is logged.
     id: String,
 }
@@ -226,8 +226,8 @@ impl Drop for Holders {
         if !self.deleted.load(Ordering::Acquire) {
             return;
         }
-        if let Some((m, object)) = &self.cluster
-            && let Err(e) = m.destroy(object.handle())
+        if let Some(m) = &self.cluster
+            && let Err(e) = m.destroy(self.object.handle())
         {
             eprintln!(
                 "wasmpool serve: object {} was deleted, but removing it from Redis failed \
@@ -239,6 +239,11 @@ impl Drop for Holders {
 }
 
 impl Entry {
+    /// The object's handles.
+    pub fn object(&self) -> &Object {
+        &self.holders.object
+    }
+
     /// The object as the API shows it.
     pub fn view(&self) -> Value {
         let mut v = json!({
@@ -309,12 +314,7 @@ pub enum Resolved {
     /// A plain value.
     Value(Value),
     /// A whole object (a pipe as the pair of its ends), held while this lives.
-    Object {
-        /// The object.
-        object: Object,
-        /// Its hold (see [`Holders`]).
-        _held: Arc<Holders>,
-    },
+    Object(Arc<Holders>),
     /// One end of a pipe, the pipe held while this lives.
     End {
         /// The end.
@@ -328,7 +328,7 @@ impl Serialize for Resolved {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Resolved::Value(v) => v.serialize(s),
-            Resolved::Object { object, .. } => object.serialize(s),
+            Resolved::Object(held) => held.object.serialize(s),
             Resolved::End { end, .. } => end.serialize(s),
         }
     }
@@ -452,16 +452,15 @@ impl Registry {
     }
 
     /// The holders of `object`, made now for its table entry.
-    fn holders(&self, id: &str, object: &Object) -> Arc<Holders> {
+    fn holders(&self, id: &str, object: Object) -> Arc<Holders> {
         let cluster = match &self.home {
             Home::Local(_) => None,
-            Home::Cluster { manager, .. } => manager
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .map(|m| (m, object.clone())),
+            Home::Cluster { manager, .. } => {
+                manager.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            }
         };
         Arc::new(Holders {
+            object,
             deleted: AtomicBool::new(false),
             cluster,
             id: id.to_string(),
@@ -498,12 +497,11 @@ impl Registry {
         admit(self.lock().entry(tenant.to_string()).or_default())?;
         let object = self.make(spec)?;
         let entry = Entry {
-            holders: self.holders(&id, &object),
+            holders: self.holders(&id, object),
             id,
             name: name.clone(),
             spec,
             created_ms: crate::store::now_ms(),
-            object,
         };
         let mut all = self.lock();
         let objects = all.entry(tenant.to_string()).or_default();
@@ -627,15 +625,12 @@ impl Registry {
             };
             let objects = objects.ok_or_else(not_found)?;
             if let Some(e) = objects.find(reference) {
-                out.push(Resolved::Object {
-                    object: e.object.clone(),
-                    _held: e.holders.clone(),
-                });
+                out.push(Resolved::Object(e.holders.clone()));
                 continue;
             }
             let (pipe, end) = reference.rsplit_once('.').ok_or_else(not_found)?;
             let pipe = objects.find(pipe);
-            match (pipe.map(|e| (&e.object, &e.holders)), end) {
+            match (pipe.map(|e| (e.object(), &e.holders)), end) {
                 (Some((Object::Pipe(a, _), h)), "0") => out.push(Resolved::End {
                     end: a.clone(),
                     _held: h.clone(),
@@ -675,7 +670,7 @@ impl Registry {
                     o.find(reference).is_some()
                         || reference.rsplit_once('.').is_some_and(|(pipe, end)| {
                             matches!(
-                                (o.find(pipe).map(|e| &e.object), end),
+                                (o.find(pipe).map(Entry::object), end),
                                 (Some(Object::Pipe(..)), "0" | "1")
                             )
                         })
@@ -849,7 +844,7 @@ fn call_as_owner(entry: &Entry, op: &str, a: &OpArgs) -> Result<Value, OpError> 
             format!("a {} has no operation `{op}`", entry.spec.kind()),
         )
     };
-    match &entry.object {
+    match entry.object() {
         Object::Queue(q) => match op {
             "put" => {
                 a.only(&["value", "timeout"])?;
