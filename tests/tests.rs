@@ -9,6 +9,7 @@ mod batches;
 mod cli;
 mod cluster;
 mod cluster_executor;
+mod cluster_grants;
 mod cluster_objects;
 mod cluster_parity;
 mod cluster_run;

@@ -19,14 +19,14 @@ use crate::error::{Error, Result};
 ///     .env("GREETING", "hello");
 /// assert!(!grants.is_empty());
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Grants {
     dirs: Vec<DirGrant>,
     env: Vec<(String, String)>,
 }
 
 /// One host directory, as the guest sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct DirGrant {
     host: PathBuf,
     guest: String,
@@ -113,9 +113,18 @@ impl Grants {
     /// Checks the grants on the host and makes every host path absolute (workers need not
     /// share this process's working directory), so a bad grant fails before any task runs.
     pub(crate) fn resolved(&self) -> Result<Grants> {
+        self.check_shape()?;
         let mut out = self.clone();
         for dir in &mut out.dirs {
             dir.host = resolve_dir(&dir.host)?;
+        }
+        Ok(out)
+    }
+
+    /// Checks what does not depend on the host that opens the directories: each guest path
+    /// is absolute, each variable's name valid.
+    fn check_shape(&self) -> Result<()> {
+        for dir in &self.dirs {
             if !dir.guest.starts_with('/') && dir.guest != "." {
                 return Err(Error::BadArgs(format!(
                     "the guest path of a directory grant must be absolute, not `{}`",
@@ -123,12 +132,41 @@ impl Grants {
                 )));
             }
         }
-        for (key, _) in &out.env {
+        for (key, _) in &self.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(Error::BadArgs(format!(
                     "`{key}` is not a valid environment variable name"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks grants that travel to a cluster's hosts, where the directories are theirs:
+    /// as [`resolved`](Grants::resolved) does, but without opening anything here, and each
+    /// host path must be absolute (a relative one would name a host's working directory).
+    pub(crate) fn check_for_cluster(&self) -> Result<()> {
+        self.check_shape()?;
+        for dir in &self.dirs {
+            if !dir.host.is_absolute() {
+                return Err(Error::BadArgs(format!(
+                    "a directory granted on a cluster names an absolute path on its hosts, not `{}`",
+                    dir.host.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same grants with each directory's host path replaced by what `admit` answers
+    /// for it (its path and whether the grant is read-only), or the first error.
+    pub(crate) fn with_host_dirs(
+        &self,
+        mut admit: impl FnMut(&Path, bool) -> Result<PathBuf>,
+    ) -> Result<Grants> {
+        let mut out = self.clone();
+        for dir in &mut out.dirs {
+            dir.host = admit(&dir.host, dir.read_only)?;
         }
         Ok(out)
     }

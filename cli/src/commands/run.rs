@@ -105,9 +105,6 @@ impl RunCommand {
             }
             Ok(())
         };
-        let no_grants = "a cluster does not carry grants to its hosts yet";
-        refuse(!self.grants.dirs.is_empty(), "--dir", no_grants)?;
-        refuse(!self.grants.env.is_empty(), "--env", no_grants)?;
         refuse(
             self.tag_output,
             "--tag-output",
@@ -121,7 +118,10 @@ impl RunCommand {
         let limits = self.limits.limits()?;
         let objects = self.objects.create(Some(url))?;
         let module = Module::load(&self.module)?;
-        let mut builder = wasmpool::Pool::builder(&module).limits(limits).cluster(url);
+        let mut builder = wasmpool::Pool::builder(&module)
+            .limits(limits)
+            .grants(self.grants.grants()?)
+            .cluster(url);
         if let Some(t) = &self.tenant {
             builder = builder.tenant(t);
         }

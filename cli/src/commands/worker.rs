@@ -1,4 +1,5 @@
-//! `wasmpool worker --join redis://HOST:PORT [--slots N] [--tenant T | --all-tenants]`: this
+//! `wasmpool worker --join redis://HOST:PORT [--slots N] [--tenant T | --all-tenants]
+//! [--allow-dir PATH[:ro]]`: this
 //! machine as a host of a cluster, running the chunks it claims in a local pool of N worker
 //! processes.
 
@@ -26,6 +27,11 @@ pub struct WorkerCommand {
     /// one tenant's backlog does not starve another.
     #[arg(long, conflicts_with = "tenant")]
     pub all_tenants: bool,
+    /// Let the tasks open this directory of this machine, where a pool's grant names it
+    /// (`--dir PATH:GUEST` on `run`/`map --cluster`); with `:ro`, read-only grants only.
+    /// Only the directories named, nothing under them; none by default. Repeatable.
+    #[arg(long = "allow-dir", value_name = "PATH[:ro]")]
+    pub allow_dir: Vec<String>,
 }
 
 impl WorkerCommand {
@@ -39,6 +45,12 @@ impl WorkerCommand {
         }
         if self.all_tenants {
             builder = builder.all_tenants();
+        }
+        for dir in &self.allow_dir {
+            builder = match dir.strip_suffix(":ro") {
+                Some(path) => builder.allow_dir_read_only(path),
+                None => builder.allow_dir(dir.strip_suffix(":rw").unwrap_or(dir)),
+            };
         }
         let host = builder.join()?;
         if self.tenant.is_empty() && !self.all_tenants {

@@ -6,6 +6,7 @@
 //! ([`HostBuilder::all_tenants`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
+use super::allowed_dirs::AllowedDirs;
 use super::keys::{
     GROUP, Keys, check_layout, check_tenant, ensure_stream, known_tenants, register_tenant,
     tenant_weights,
@@ -105,6 +107,8 @@ pub struct HostBuilder {
     slots: usize,
     tenants: Vec<String>,
     all_tenants: bool,
+    /// Directories the pools may open, each with whether only read-only.
+    allowed: Vec<(PathBuf, bool)>,
 }
 
 impl HostBuilder {
@@ -135,13 +139,45 @@ impl HostBuilder {
         self
     }
 
+    /// Lets the chunks' pools open the host directory `path`, read-write, where their
+    /// grants name it ([`Grants::dir`](crate::Grants::dir) on the submitting pool, with
+    /// this path). Only this directory: a grant of one under it is refused, as is any
+    /// directory not allowed (the default), and the chunk fails saying so. Repeatable.
+    ///
+    /// A host serving tenants allows the directory to every tenant it serves.
+    ///
+    /// ```no_run
+    /// let host = wasmpool::cluster::Host::builder("redis://127.0.0.1:6379")
+    ///     .allow_dir_read_only("/srv/models")
+    ///     .allow_dir("/srv/scratch")
+    ///     .join()?;
+    /// host.run()?;
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn allow_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.allowed.push((path.into(), false));
+        self
+    }
+
+    /// As [`allow_dir`](HostBuilder::allow_dir), for read-only grants only
+    /// ([`Grants::dir_read_only`](crate::Grants::dir_read_only)).
+    pub fn allow_dir_read_only(mut self, path: impl Into<PathBuf>) -> Self {
+        self.allowed.push((path.into(), true));
+        self
+    }
+
     /// Joins the cluster: checks Redis's keys are this version's, takes a lease, and
     /// starts renewing it and reaping dead hosts. [`Host::run`] then claims work. Fails
     /// with [`Error::State`] for a bad tenant name, or tenants named together with
-    /// [`all_tenants`](HostBuilder::all_tenants).
+    /// [`all_tenants`](HostBuilder::all_tenants), and with [`Error::BadArgs`] for an
+    /// allowed directory that is not one.
     pub fn join(self) -> Result<Host> {
         for t in &self.tenants {
             check_tenant(t)?;
+        }
+        let mut allowed = AllowedDirs::default();
+        for (path, read_only) in &self.allowed {
+            allowed.allow(path, *read_only)?;
         }
         let serves = match (self.tenants.is_empty(), self.all_tenants) {
             (true, false) => Serves::Untenanted,
@@ -153,7 +189,7 @@ impl HostBuilder {
                 ));
             }
         };
-        Host::join_serving(&self.url, self.slots, serves)
+        Host::join_serving(&self.url, self.slots, serves, allowed)
     }
 }
 
@@ -213,6 +249,8 @@ struct HostInner {
     id: String,
     slots: usize,
     serves: Serves,
+    /// The directories its pools may open.
+    allowed: AllowedDirs,
     stop: Arc<AtomicBool>,
     liveness: Arc<Liveness>,
     /// Chunks claimed and not yet committed.
@@ -265,7 +303,7 @@ impl Host {
     /// version's, takes a lease, and starts renewing it and reaping dead hosts.
     /// [`run`](Host::run) then claims work. [`Host::builder`] serves tenants.
     pub fn join(url: &str, slots: usize) -> Result<Host> {
-        Host::join_serving(url, slots, Serves::Untenanted)
+        Host::join_serving(url, slots, Serves::Untenanted, AllowedDirs::default())
     }
 
     /// Options first (slots, tenants), then [`join`](HostBuilder::join).
@@ -275,10 +313,11 @@ impl Host {
             slots: crate::cpu_count().min(Pool::MAX_PROCESSES),
             tenants: Vec::new(),
             all_tenants: false,
+            allowed: Vec::new(),
         }
     }
 
-    fn join_serving(url: &str, slots: usize, serves: Serves) -> Result<Host> {
+    fn join_serving(url: &str, slots: usize, serves: Serves, allowed: AllowedDirs) -> Result<Host> {
         check_processes(slots)?;
         let keys = Keys::default();
         let mut con = connect(url)?;
@@ -312,6 +351,7 @@ impl Host {
             id: id.clone(),
             slots,
             serves,
+            allowed,
             stop: stop.clone(),
             liveness: liveness.clone(),
             inflight: Mutex::new(0),
@@ -949,8 +989,10 @@ impl HostInner {
         }
         // Outside the lock: the last handle's drop stops its workers.
         drop(broken);
-        self.take_seat();
         let (sha, metered, setup) = &key;
+        // Before a seat or the module: a grant this host refuses costs it nothing.
+        let grants = self.allowed.admit(&setup.grants, &self.id)?;
+        self.take_seat();
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.module(sha))
             .query(con)
@@ -973,7 +1015,8 @@ impl HostInner {
         let module = runtime.module_from_bytes(&bytes, format!("cluster module {sha}"))?;
         let mut builder = Pool::builder(&module)
             .processes(self.slots)
-            .output(setup.output.output());
+            .output(setup.output.output())
+            .grants(grants);
         if *metered {
             builder = builder.limits(Limits::default().fuel(u64::MAX));
         }

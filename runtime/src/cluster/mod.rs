@@ -60,6 +60,7 @@
 //! cluster's dispatch is Redis's consumer group, and its failure handling is leases and
 //! fences. Both produce the same [`Job`](crate::AsyncResult)s, so the caller sees one API.
 
+mod allowed_dirs;
 mod client;
 mod host;
 mod keys;

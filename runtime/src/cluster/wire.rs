@@ -38,6 +38,9 @@ pub(crate) struct WorkerSetup {
     pub maxtasksperchild: Option<u64>,
     /// Where the host writes the tasks' output.
     pub output: HostOutput,
+    /// What the tasks may reach: directories named by their path on the hosts, which a
+    /// host opens only if it allows them, and environment variables.
+    pub grants: crate::Grants,
 }
 
 /// Where a host writes its tasks' stdout and stderr (the submitting pool's
@@ -386,6 +389,9 @@ mod tests {
                 initializer: Some(("counter".into(), vec![0x90])),
                 maxtasksperchild: Some(3),
                 output: HostOutput::Tagged,
+                grants: crate::Grants::new()
+                    .dir_read_only("/srv/data", "/data")
+                    .env("A", "b"),
             },
             capture: true,
         };

@@ -174,26 +174,25 @@ impl PoolBuilder {
     /// one fails the work as it does locally). The output goes to the host's stdout and
     /// stderr ([`Output::Inherit`], [`Output::Tagged`]) or nowhere ([`Output::Discard`]);
     /// [`ClusterPool::with_captured_output`](crate::cluster::ClusterPool::with_captured_output)
-    /// brings it back with each result. Grants (the hosts' own files), [`Output::Capture`]
-    /// and [`Output::Callback`] make
+    /// brings it back with each result. [`Output::Capture`] and [`Output::Callback`] make
     /// [`ClusterBuilder::build`](crate::cluster::ClusterBuilder::build) fail, as a cluster
-    /// does not carry them.
+    /// does not carry them. Grants travel with the chunks: environment variables as they
+    /// are, directories by their path on the hosts, which each host opens only if its
+    /// operator allowed exactly that directory
+    /// ([`HostBuilder::allow_dir`](crate::cluster::HostBuilder::allow_dir)); a host that
+    /// does not fails the chunk, saying so.
     pub fn cluster(self, url: &str) -> crate::cluster::ClusterBuilder {
         let output = crate::cluster::HostOutput::of(&self.output);
-        let unsupported = if self.grants != Grants::default() {
-            Some(
-                "grants are not supported on a cluster pool yet (the tasks run on other \
-                 hosts, with their files); build a local pool for them"
-                    .to_string(),
-            )
-        } else {
-            output.err().map(str::to_string)
+        let unsupported = match self.grants.check_for_cluster() {
+            Err(e) => Some(e),
+            Ok(()) => output.err().map(|e| Error::State(e.to_string())),
         };
-        let error = self.error.or_else(|| unsupported.map(Error::State));
+        let error = self.error.or(unsupported);
         let setup = crate::cluster::WorkerSetup {
             initializer: self.initializer,
             maxtasksperchild: self.maxtasksperchild,
             output: output.unwrap_or_default(),
+            grants: self.grants,
         };
         crate::cluster::ClusterBuilder::new(
             self.module,

@@ -1,0 +1,207 @@
+//! The host directories a cluster host lets its chunks' pools open
+//! ([`HostBuilder::allow_dir`](crate::cluster::HostBuilder::allow_dir)): a submitter's
+//! directory grant names a host path, and a host opens it only if its operator allowed
+//! exactly that directory, read-only where the operator said so. Nothing is allowed by
+//! default.
+//!
+//! Only the directories named, not what is under them: a task given one read-write could
+//! put a symbolic link there, and a later grant of a path under it would follow the link
+//! out. The operator's own path is what the pool opens.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::grants::Grants;
+
+/// One directory an operator allowed.
+#[derive(Debug, Clone)]
+struct Allowed {
+    /// As the operator named it, in its lexical normal form.
+    named: PathBuf,
+    /// Its canonical path: what a pool opens.
+    real: PathBuf,
+    read_only: bool,
+}
+
+/// The directories a host allows, each read-write or read-only.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AllowedDirs {
+    dirs: Vec<Allowed>,
+}
+
+impl AllowedDirs {
+    /// Allows `path` (which must be an existing directory), read-only if asked. Allowed
+    /// twice, the read-write allowance wins.
+    pub fn allow(&mut self, path: &Path, read_only: bool) -> Result<()> {
+        let named = normal(path).ok_or_else(|| {
+            Error::BadArgs(format!(
+                "an allowed directory is an absolute path without `..`, not `{}`",
+                path.display()
+            ))
+        })?;
+        let real = path.canonicalize().map_err(|e| {
+            Error::BadArgs(format!(
+                "cannot allow the directory {}: {e}",
+                path.display()
+            ))
+        })?;
+        if !real.is_dir() {
+            return Err(Error::BadArgs(format!(
+                "cannot allow {}: not a directory",
+                path.display()
+            )));
+        }
+        self.dirs.push(Allowed {
+            named,
+            real,
+            read_only,
+        });
+        Ok(())
+    }
+
+    /// `grants` as the pool of host `host` opens them: each directory granted replaced by
+    /// the allowed directory it names, or an error saying which grant this host refuses
+    /// and why.
+    pub fn admit(&self, grants: &Grants, host: &str) -> Result<Grants> {
+        grants.with_host_dirs(|path, read_only| {
+            let wanted = normal(path);
+            let matching: Vec<&Allowed> = self
+                .dirs
+                .iter()
+                .filter(|a| {
+                    wanted
+                        .as_deref()
+                        .is_some_and(|w| w == a.named || w == a.real)
+                })
+                .collect();
+            if let Some(a) = matching.iter().find(|a| read_only || !a.read_only) {
+                return Ok(a.real.clone());
+            }
+            let shown = path.display();
+            Err(Error::BadArgs(if matching.is_empty() {
+                format!(
+                    "host {host} does not allow the directory {shown}: a directory granted on \
+                     a cluster must be one its hosts allow (`wasmpool worker --allow-dir \
+                     {shown}`), and this host allows {}",
+                    self.listed()
+                )
+            } else {
+                format!(
+                    "host {host} allows the directory {shown} read-only: grant it read-only \
+                     (`{shown}:GUEST:ro`, `Grants::dir_read_only`)"
+                )
+            }))
+        })
+    }
+
+    /// What is allowed, for an error message.
+    fn listed(&self) -> String {
+        if self.dirs.is_empty() {
+            return "none".into();
+        }
+        let shown: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|a| {
+                let mode = if a.read_only { " (read-only)" } else { "" };
+                format!("{}{mode}", a.named.display())
+            })
+            .collect();
+        shown.join(", ")
+    }
+}
+
+/// `path` without `.` components or a trailing `/`, if it is absolute and has no `..`
+/// (which the lexical form cannot resolve without following links).
+fn normal(path: &Path) -> Option<PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir => out.push("/"),
+            Component::CurDir => {}
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "wasmpool-allowed-{}-{}",
+            std::process::id(),
+            crate::cluster::tag()
+        ));
+        std::fs::create_dir_all(dir.join("inner")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_the_directories_allowed_are_admitted_and_read_only_stays_read_only() {
+        let root = temp();
+        let ro = root.join("inner");
+        let mut allowed = AllowedDirs::default();
+        allowed.allow(&root, false).unwrap();
+        allowed.allow(&ro, true).unwrap();
+        let real = root.canonicalize().unwrap();
+
+        // The path as allowed, in another spelling of the same form, read-write.
+        let spelled = format!("{}/./", root.display());
+        let g = Grants::new().dir(&spelled, "/data");
+        assert_eq!(
+            allowed.admit(&g, "h").unwrap(),
+            Grants::new().dir(&real, "/data")
+        );
+        // Read-only where only that is allowed; read-write there is refused.
+        let g = Grants::new().dir_read_only(&ro, "/ro");
+        assert!(allowed.admit(&g, "h").is_ok());
+        let err = allowed
+            .admit(&Grants::new().dir(&ro, "/ro"), "h")
+            .unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
+
+        // What is under an allowed directory, a `..` way out of it, and anything else are
+        // refused, naming the host and what it allows.
+        for path in [
+            root.join("inner/x"),
+            root.join("inner/.."),
+            PathBuf::from("/etc"),
+            PathBuf::from("relative"),
+        ] {
+            let err = allowed
+                .admit(&Grants::new().dir_read_only(&path, "/d"), "h1")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("host h1 does not allow"), "{path:?}: {err}");
+            assert!(err.contains("--allow-dir"), "{err}");
+        }
+        // Nothing allowed, nothing admitted; environment variables pass.
+        let none = AllowedDirs::default();
+        let err = none
+            .admit(&Grants::new().dir_read_only(&root, "/d"), "h")
+            .unwrap_err();
+        assert!(err.to_string().contains("allows none"), "{err}");
+        let env = Grants::new().env("A", "b");
+        assert_eq!(none.admit(&env, "h").unwrap(), env);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_relative_directory_cannot_be_allowed() {
+        let mut allowed = AllowedDirs::default();
+        assert!(
+            allowed
+                .allow(Path::new("/no/such/dir/anywhere"), true)
+                .is_err()
+        );
+        assert!(allowed.allow(Path::new("rel"), true).is_err());
+        assert!(allowed.allow(Path::new("/tmp/../tmp"), true).is_err());
+    }
+}
