@@ -94,8 +94,8 @@ pub(crate) fn wait_for_hosts(pool: &ClusterPool, n: usize) {
 
 /// The task stream of untenanted pools, and its redelivery stream (where the reaper puts a
 /// dead host's chunks; hosts read it first).
-pub(crate) const TASKS: &str = "wasmpool:v2:tasks";
-pub(crate) const REDO: &str = "wasmpool:v2:redo";
+pub(crate) const TASKS: &str = "{wasmpool}:v3:tasks";
+pub(crate) const REDO: &str = "{wasmpool}:v3:redo";
 
 /// Whether the host with this pid holds a claimed entry of an untenanted pool (the consumer
 /// group's summary of pending entries lists it, on the task stream or on its redelivery
@@ -104,8 +104,8 @@ pub(crate) fn holds_work(redis: &RedisServer, pid: u32) -> bool {
     holds_work_on(redis, TASKS, pid) || holds_work_on(redis, REDO, pid)
 }
 
-/// As [`holds_work`], on the one stream `stream` (a tenant's: `wasmpool:v2:tasks:T`, its
-/// redelivery stream `wasmpool:v2:redo:T`).
+/// As [`holds_work`], on the one stream `stream` (a tenant's: `{wasmpool}:v3:tasks:T`, its
+/// redelivery stream `{wasmpool}:v3:redo:T`).
 pub(crate) fn holds_work_on(redis: &RedisServer, stream: &str, pid: u32) -> bool {
     redis
         .command(&format!("XPENDING {stream} hosts"))
@@ -196,7 +196,7 @@ fn cluster_map_on_two_hosts_returns_every_result_in_order() {
         assert_eq!((s.dropped, s.redelivered, s.lost), (0, 0, 0), "{s:?}");
         assert!(s.committed > 0);
         // Results and jobs' records expire: no key is left without a TTL.
-        for key in ["wasmpool:v2:job:", "wasmpool:v2:results:"] {
+        for key in ["{wasmpool}:v3:job:", "{wasmpool}:v3:results:"] {
             let keys = redis.command(&format!("KEYS {key}*"));
             for name in keys
                 .lines()
@@ -342,7 +342,7 @@ fn a_dead_hosts_chunks_are_claimed_again_ahead_of_the_backlog() {
         // hosts go back to one `XREADGROUP` a claim.
         assert!(
             eventually(Duration::from_secs(10), || redis
-                .command(&format!("SISMEMBER wasmpool:v2:redoing {REDO}"))
+                .command(&format!("SISMEMBER {{wasmpool}}:v3:redoing {REDO}"))
                 .starts_with(":0")),
             "the drained redelivery stream is still named as holding work; XLEN {}",
             redis.command(&format!("XLEN {REDO}"))
@@ -452,18 +452,22 @@ fn an_unreachable_redis_is_a_clear_error_not_a_hang() {
 #[test]
 fn a_redis_holding_another_versions_keys_is_refused() {
     within(Duration::from_secs(60), || {
-        let redis = RedisServer::start();
-        assert!(redis.command("SET wasmpool:layout v1").starts_with("+OK"));
-        let e = Pool::builder(&testkit())
-            .cluster(&redis.url())
-            .build()
-            .unwrap_err();
-        assert!(e.to_string().contains("another version of wasmpool"), "{e}");
-        let out = cli()
-            .args(["worker", "--join", &redis.url()])
-            .output()
-            .unwrap();
-        crate::util::assert_cli_error(&out, 2, "another version of wasmpool");
+        // The layout key of the versions before the hash tag, and that of a later one.
+        for key in ["wasmpool:layout", "{wasmpool}:layout"] {
+            let redis = RedisServer::start();
+            assert!(redis.command(&format!("SET {key} v1")).starts_with("+OK"));
+            let e = Pool::builder(&testkit())
+                .cluster(&redis.url())
+                .build()
+                .unwrap_err();
+            assert!(e.to_string().contains("another version of wasmpool"), "{e}");
+            assert!(e.to_string().contains(key), "{e}");
+            let out = cli()
+                .args(["worker", "--join", &redis.url()])
+                .output()
+                .unwrap();
+            crate::util::assert_cli_error(&out, 2, "another version of wasmpool");
+        }
     });
 }
 

@@ -313,7 +313,7 @@ fn destroy_removes_an_object_and_its_handles_are_stale_after() {
         assert!(matches!(q.put(&2), Err(ObjectError::Stale(_))));
         assert!(!m.destroy(q.handle()).unwrap(), "destroyed twice");
         // Its keys are gone; the other object is untouched.
-        let keys = redis.keys("wasmpool:v2:o:*");
+        let keys = redis.keys("{wasmpool}:v3:o:*");
         assert_eq!(keys.len(), 2, "{keys:?}");
         assert_eq!(keep.get(&"a".to_string()).unwrap(), Some(1));
     });
@@ -331,7 +331,7 @@ fn set_ttl_shortens_every_key_of_a_pipe_also_the_wake_lists_of_its_ends() {
         let m = ClusterManager::connect(&redis.url()).unwrap();
         let (a, b) = m.pipe::<u32>(true).unwrap();
         let base = redis
-            .keys("wasmpool:v2:o:*")
+            .keys("{wasmpool}:v3:o:*")
             .into_iter()
             .find(|k| k.matches(':').count() == 3)
             .expect("the pipe's hash");
@@ -495,7 +495,7 @@ fn declare_dead(redis: &RedisServer, id: &str) {
     let lines: Vec<&str> = time.lines().map(|l| l.trim_end_matches('\r')).collect();
     let (secs, micros): (u64, u64) = (lines[2].parse().unwrap(), lines[4].parse().unwrap());
     let reply = redis.command(&format!(
-        "ZADD wasmpool:v2:dead {} {id}",
+        "ZADD {{wasmpool}}:v3:dead {} {id}",
         secs * 1000 + micros / 1000
     ));
     assert!(reply.starts_with(':'), "ZADD: {reply}");

@@ -429,11 +429,11 @@ fn cancelled_cluster_work_still_queued_never_runs() {
         // Sent (their entries are in the stream) before they are cancelled.
         assert!(
             eventually(Duration::from_secs(10), || redis
-                .command("XLEN wasmpool:v2:tasks")
+                .command("XLEN {wasmpool}:v3:tasks")
                 .trim()
                 == ":6"),
             "{}",
-            redis.command("XLEN wasmpool:v2:tasks")
+            redis.command("XLEN {wasmpool}:v3:tasks")
         );
         for r in &waiting {
             assert!(r.cancel());
@@ -487,11 +487,11 @@ fn cancelled_cluster_work_still_queued_never_runs() {
         assert_eq!((s.dropped, s.redelivered), (0, 0), "{s:?}");
         assert!(
             eventually(Duration::from_secs(10), || redis
-                .command("XLEN wasmpool:v2:tasks")
+                .command("XLEN {wasmpool}:v3:tasks")
                 .trim()
                 == ":0"),
             "entries left: {}",
-            redis.command("XRANGE wasmpool:v2:tasks - +")
+            redis.command("XRANGE {wasmpool}:v3:tasks - +")
         );
     });
 }

@@ -57,7 +57,7 @@ fn a_tenant_host_claims_only_its_tenants_work_and_a_plain_host_only_untenanted_w
         assert_eq!(a.apply::<_, i64>("add", &(2, 3)).unwrap(), 5);
 
         // Each host read only its own stream.
-        let (tasks, tasks_a) = ("wasmpool:v2:tasks", "wasmpool:v2:tasks:a");
+        let (tasks, tasks_a) = ("{wasmpool}:v3:tasks", "{wasmpool}:v3:tasks:a");
         assert!(reads(&redis, tasks_a, of_a.pid()));
         assert!(
             !reads(&redis, tasks_a, plain.pid()),
@@ -68,7 +68,11 @@ fn a_tenant_host_claims_only_its_tenants_work_and_a_plain_host_only_untenanted_w
             !reads(&redis, tasks, of_a.pid()),
             "a's host took untenanted work"
         );
-        assert!(redis.command("SMEMBERS wasmpool:v2:tenants").contains("a"));
+        assert!(
+            redis
+                .command("SMEMBERS {wasmpool}:v3:tenants")
+                .contains("a")
+        );
 
         // A tenant no host serves waits, as an untenanted pool with no host does, and runs
         // once a host that serves it joins.
@@ -138,7 +142,7 @@ fn an_all_tenants_host_takes_turns_so_a_tenants_backlog_does_not_starve_another(
         assert!(
             eventually(Duration::from_secs(30), || holds_work_on(
                 &redis,
-                "wasmpool:v2:tasks:a",
+                "{wasmpool}:v3:tasks:a",
                 host.pid()
             )),
             "the host claimed none of a's backlog: {}",
@@ -211,7 +215,7 @@ fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
         assert!(
             eventually(Duration::from_secs(30), || holds_work_on(
                 &redis,
-                "wasmpool:v2:tasks:t",
+                "{wasmpool}:v3:tasks:t",
                 a.pid()
             )),
             "host A claimed nothing: {}",
@@ -224,10 +228,10 @@ fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
         // A's chunks came back on the tenant's redelivery stream, and B claimed them there
         // (a consumer of a group is made when it is first given an entry).
         assert!(
-            reads(&redis, "wasmpool:v2:redo:t", b.pid()),
+            reads(&redis, "{wasmpool}:v3:redo:t", b.pid()),
             "B claimed nothing from the tenant's redelivery stream"
         );
-        assert!(!reads(&redis, "wasmpool:v2:redo", b.pid()));
+        assert!(!reads(&redis, "{wasmpool}:v3:redo", b.pid()));
         let s = pool.stats().unwrap();
         assert!(s.redelivered >= 1, "A's chunks were redelivered: {s:?}");
         assert_eq!(s.committed, items.len() as u64, "each chunk once: {s:?}");

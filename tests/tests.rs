@@ -12,6 +12,7 @@ mod cluster_executor;
 mod cluster_grants;
 mod cluster_objects;
 mod cluster_parity;
+mod cluster_redis_cluster;
 mod cluster_run;
 mod cluster_tenants;
 mod conformance;

@@ -311,7 +311,7 @@ fn main() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let holder = loop {
         assert!(Instant::now() < deadline, "no host claimed the task");
-        let pending = server.command("XPENDING wasmpool:v2:tasks hosts");
+        let pending = server.command("XPENDING {wasmpool}:v3:tasks hosts");
         if let Some(h) = hosts
             .iter()
             .find(|h| pending.contains(&format!(":{}:", h.0.id())))

@@ -40,8 +40,8 @@ use wasmpool::{AsyncResult, Module, Pool};
 /// The task stream, its redelivery stream (where the reaper adds a dead host's chunks again,
 /// read by hosts before the task stream) and their consumer group
 /// (`runtime/src/cluster/keys.rs`).
-const TASKS: &str = "wasmpool:v2:tasks";
-const REDO: &str = "wasmpool:v2:redo";
+const TASKS: &str = "{wasmpool}:v3:tasks";
+const REDO: &str = "{wasmpool}:v3:redo";
 const GROUP: &str = "hosts";
 
 /// How often the watcher polls the pending entries.

@@ -121,17 +121,25 @@ pub struct RedisServer {
     pub port: u16,
     /// Its files (log); removed with it.
     dir: TempDir,
+    /// Its flags beyond those every server of the tests gets.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port of 127.0.0.1 with persistence off, and waits until it
     /// answers `PING`.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// As [`start`](RedisServer::start), with more flags.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let bin = redis_server_binary();
         let dir = TempDir::new();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(&bin, port, &dir.0);
+            let mut child = spawn(&bin, port, &dir.0, &extra);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if inline(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
@@ -139,6 +147,7 @@ impl RedisServer {
                         child: Some(child),
                         port,
                         dir,
+                        extra,
                     };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
@@ -185,12 +194,12 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let bin = redis_server_binary();
-        let mut child = spawn(&bin, self.port, &self.dir.0);
+        let mut child = spawn(&bin, self.port, &self.dir.0, &self.extra);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !inline(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
             assert!(Instant::now() < deadline, "redis-server did not restart");
             if let Ok(Some(_)) = child.try_wait() {
-                child = spawn(&bin, self.port, &self.dir.0);
+                child = spawn(&bin, self.port, &self.dir.0, &self.extra);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -212,7 +221,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(bin: &Path, port: u16, dir: &Path) -> Child {
+fn spawn(bin: &Path, port: u16, dir: &Path, extra: &[String]) -> Child {
     Command::new(bin)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -221,9 +230,69 @@ fn spawn(bin: &Path, port: u16, dir: &Path) -> Child {
         .arg("--logfile")
         .arg(dir.join("redis.log"))
         .args(["--daemonize", "no", "--protected-mode", "yes"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("cannot start redis-server")
+}
+
+/// A Redis Cluster of the test's own: `n` masters (no replicas) on 127.0.0.1, the 16384
+/// slots split evenly among them; killed when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, gives each its slots, introduces them, and waits until every node
+    /// says the cluster is up.
+    pub fn start(n: usize) -> RedisCluster {
+        assert!(n > 0);
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+            })
+            .collect();
+        for (i, node) in nodes.iter().enumerate() {
+            let (first, last) = (16384 * i / n, 16384 * (i + 1) / n - 1);
+            let reply = node.command(&format!("CLUSTER ADDSLOTSRANGE {first} {last}"));
+            assert!(reply.starts_with("+OK"), "ADDSLOTSRANGE: {reply}");
+        }
+        for node in &nodes[1..] {
+            let reply = nodes[0].command(&format!("CLUSTER MEET 127.0.0.1 {}", node.port));
+            assert!(reply.starts_with("+OK"), "MEET: {reply}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes.iter().all(|node| {
+            let info = node.command("CLUSTER INFO");
+            info.contains("cluster_state:ok") && info.contains(&format!("cluster_known_nodes:{n}"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The node that serves the slot of `key`.
+    pub fn owner_of(&self, key: &str) -> &RedisServer {
+        let reply = self.nodes[0].command(&format!("CLUSTER KEYSLOT {key}"));
+        let slot: usize = reply
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .expect("a slot");
+        let n = self.nodes.len();
+        &self.nodes[(0..n)
+            .find(|&i| (16384 * i / n..16384 * (i + 1) / n).contains(&slot))
+            .expect("every slot has a node")]
+    }
 }

@@ -33,19 +33,19 @@ fn serve_on_a_cluster_runs_tasks_and_maps_on_its_hosts_and_cancels_there() {
         );
         assert_eq!(done["result"], 5, "{done}");
         // It ran on the host, through the tenant's own stream.
-        let committed = redis.command("HGET wasmpool:v2:stats committed");
+        let committed = redis.command("HGET {wasmpool}:v3:stats committed");
         assert!(
             !committed.contains("$-1"),
             "nothing committed: {committed:?}"
         );
         assert!(
             redis
-                .command("SMEMBERS wasmpool:v2:tenants")
+                .command("SMEMBERS {wasmpool}:v3:tenants")
                 .contains("alice")
         );
         // Its weight (the file's default, 1) was written for the hosts to share by.
         assert_eq!(
-            redis.command("HGET wasmpool:v2:weights alice").trim(),
+            redis.command("HGET {wasmpool}:v3:weights alice").trim(),
             "$1\r\n1"
         );
         let out = server.run(
@@ -99,7 +99,7 @@ fn serve_on_a_cluster_runs_tasks_and_maps_on_its_hosts_and_cancels_there() {
         );
         assert!(eventually(Duration::from_secs(30), || holds_work_on(
             &redis,
-            "wasmpool:v2:tasks:alice",
+            "{wasmpool}:v3:tasks:alice",
             host.pid()
         )));
         let r: Value = server
@@ -154,7 +154,7 @@ fn serve_on_a_cluster_refuses_a_tenant_name_a_cluster_cannot_use_at_startup() {
 /// The keys of the objects in `redis` whose kind is `kind` (their hashes, `o:<n>`).
 fn object_keys(redis: &RedisServer, kind: &str) -> Vec<String> {
     redis
-        .keys("wasmpool:v2:o:*")
+        .keys("{wasmpool}:v3:o:*")
         .into_iter()
         .filter(|k| k.matches(':').count() == 3)
         .filter(|k| redis.command(&format!("HGET {k} k")).contains(kind))
@@ -272,7 +272,7 @@ fn serve_on_a_cluster_keeps_a_deleted_object_a_task_holds_counted_in_the_quota_u
         );
         assert!(eventually(Duration::from_secs(30), || holds_work_on(
             &redis,
-            "wasmpool:v2:tasks:carol",
+            "{wasmpool}:v3:tasks:carol",
             host.pid()
         )));
         let r = server
@@ -343,7 +343,7 @@ fn serve_on_a_cluster_writes_a_tenants_weight_again_after_its_redis_lost_its_dat
         std::fs::write(&s.tenants, text).unwrap();
         let server = Server::start(&s.state, &s.tenants, &["--cluster", &redis.url()]);
         let module = server.upload_testkit(&A);
-        let weight = |r: &RedisServer| r.command("HGET wasmpool:v2:weights alice");
+        let weight = |r: &RedisServer| r.command("HGET {wasmpool}:v3:weights alice");
         let task = json!({"module": module, "task": "tick", "args": [2, 0]});
         // No host: the tasks wait in Redis; the weight is written as they are submitted.
         server.submit(&A, &task);

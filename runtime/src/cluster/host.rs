@@ -1592,14 +1592,14 @@ mod tests {
     fn a_host_of_one_stream_waits_on_it_and_its_redelivery_stream() {
         let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
         let read = s.next_read(7);
-        assert_eq!(names(&read), ["wasmpool:v2:tasks"]);
-        assert_eq!(read.redo, [Arc::from("wasmpool:v2:redo")]);
+        assert_eq!(names(&read), ["{wasmpool}:v3:tasks"]);
+        assert_eq!(read.redo, [Arc::from("{wasmpool}:v3:redo")]);
         // A share of the room from each of the two streams: never more than the room.
         assert_eq!((read.count, read.room, read.block), (3, 7, true));
         let mut s = Streams::new(&Serves::Tenants(vec!["a".into()]), &Keys::default());
         let read = s.next_read(1);
-        assert_eq!(names(&read), ["wasmpool:v2:tasks:a"]);
-        assert_eq!(read.redo, [Arc::from("wasmpool:v2:redo:a")]);
+        assert_eq!(names(&read), ["{wasmpool}:v3:tasks:a"]);
+        assert_eq!(read.redo, [Arc::from("{wasmpool}:v3:redo:a")]);
         assert_eq!((read.count, read.block), (1, true));
     }
 
@@ -1610,7 +1610,7 @@ mod tests {
         assert!(read.block);
         // The stream gave all that was asked of it: more may wait, redelivered work too.
         // The redelivery stream holds entries: the read is the claim script.
-        s.read(&read, &got("wasmpool:v2:tasks", read.count), true);
+        s.read(&read, &got("{wasmpool}:v3:tasks", read.count), true);
         let read = s.next_read(8);
         assert_eq!(
             (read.count, read.room, read.block, read.script),
@@ -1618,12 +1618,12 @@ mod tests {
         );
         // The room ran out (redelivered chunks first): read again without waiting; the
         // redelivery stream is empty now: one `XREADGROUP`.
-        s.read(&read, &got("wasmpool:v2:redo", 8), false);
+        s.read(&read, &got("{wasmpool}:v3:redo", 8), false);
         let read = s.next_read(8);
         assert!(!read.block && !read.script);
         // Less than was asked: the streams are drained; wait for work.
         let read = s.next_read(8);
-        s.read(&read, &got("wasmpool:v2:tasks", 3), false);
+        s.read(&read, &got("{wasmpool}:v3:tasks", 3), false);
         assert!(s.next_read(8).block);
         let read = s.next_read(8);
         s.read(&read, &[], false);
@@ -1659,9 +1659,9 @@ mod tests {
         let keys = Keys::default();
         let mut s = Streams::new(&Serves::All, &keys);
         let (x, a, b) = (
-            "wasmpool:v2:tasks",
-            "wasmpool:v2:tasks:a",
-            "wasmpool:v2:tasks:b",
+            "{wasmpool}:v3:tasks",
+            "{wasmpool}:v3:tasks:a",
+            "{wasmpool}:v3:tasks:b",
         );
         s.set(
             &keys,
@@ -1678,7 +1678,7 @@ mod tests {
         assert!(after[1] <= 32, "the idle stream caught up: {after:?}");
         assert_eq!(after.iter().sum::<usize>(), 50);
         // A new stream starts level with the others.
-        let c = "wasmpool:v2:tasks:c";
+        let c = "{wasmpool}:v3:tasks:c";
         s.set(
             &keys,
             vec![x.into(), a.into(), b.into(), c.into()],
@@ -1697,7 +1697,7 @@ mod tests {
         s.served = vec![0.0, 0.0, 5.0];
         let read = s.next_read(3);
         assert_eq!(names(&read), [x, a, b]);
-        let mut claimed = got("wasmpool:v2:redo:a", 2);
+        let mut claimed = got("{wasmpool}:v3:redo:a", 2);
         claimed.extend(got(x, 1));
         s.read(&read, &claimed, false);
         assert_eq!(
@@ -1715,9 +1715,9 @@ mod tests {
         let keys = Keys::default();
         let mut s = Streams::new(&Serves::All, &keys);
         let (x, a, b) = (
-            "wasmpool:v2:tasks",
-            "wasmpool:v2:tasks:a",
-            "wasmpool:v2:tasks:b",
+            "{wasmpool}:v3:tasks",
+            "{wasmpool}:v3:tasks:a",
+            "{wasmpool}:v3:tasks:b",
         );
         s.set(&keys, vec![x.into(), a.into(), b.into()], vec![1.0; 3]);
         // Room for one: each stream in turn, without waiting, after every redelivery stream.
@@ -1728,9 +1728,9 @@ mod tests {
             assert_eq!(
                 read.redo.iter().map(|r| &**r).collect::<Vec<_>>(),
                 [
-                    "wasmpool:v2:redo",
-                    "wasmpool:v2:redo:a",
-                    "wasmpool:v2:redo:b"
+                    "{wasmpool}:v3:redo",
+                    "{wasmpool}:v3:redo:a",
+                    "{wasmpool}:v3:redo:b"
                 ]
             );
             order.extend(names(&read).iter().map(|n| n.to_string()));

@@ -1,47 +1,51 @@
 //! The cluster's keys in Redis, all under one prefix that names the data layout's version
-//! (`wasmpool:v2:`), and the check that a Redis holds no other version's keys.
+//! (`{wasmpool}:v3:`), and the check that a Redis holds no other version's keys.
+//!
+//! The prefix's `{wasmpool}` is a hash tag: on a Redis Cluster every key of the layout
+//! hashes to the one slot of `wasmpool`, so each script's keys (those it names and those it
+//! builds from the prefix) live on one node, which [`connect`](super::connect) finds.
 //!
 //! ```text
-//! wasmpool:layout                 STRING "v2": the layout the keys follow (set NX on first use)
-//! wasmpool:v2:tasks               STREAM one entry per chunk of an untenanted pool {j job,
+//! {wasmpool}:layout               STRING "v3": the layout the keys follow (set NX on first use)
+//! {wasmpool}:v3:tasks             STREAM one entry per chunk of an untenanted pool {j job,
 //!                                        c chunk, a attempt, r client, n retries, t result
 //!                                        TTL (ms), p chunk (postcard)}; group "hosts"
-//! wasmpool:v2:tasks:<tenant>      STREAM the same, for the pools of one tenant
+//! {wasmpool}:v3:tasks:<tenant>    STREAM the same, for the pools of one tenant
 //!                                        (`ClusterBuilder::tenant`); group "hosts"
-//! wasmpool:v2:redo                STREAM the chunks of untenanted pools redelivered by the
+//! {wasmpool}:v3:redo              STREAM the chunks of untenanted pools redelivered by the
 //!                                        reaper (fields as a task's), read before the task
 //!                                        stream; group "hosts"
-//! wasmpool:v2:redo:<tenant>       STREAM the same, for one tenant's pools
-//! wasmpool:v2:redoing             SET    the redelivery streams that may hold entries no
+//! {wasmpool}:v3:redo:<tenant>     STREAM the same, for one tenant's pools
+//! {wasmpool}:v3:redoing           SET    the redelivery streams that may hold entries no
 //!                                        host has claimed yet: added to by the reaper (and
 //!                                        a host giving a chunk back), taken out by the claim
 //!                                        that drains one; what a claim asks instead of
 //!                                        every stream's length
-//! wasmpool:v2:tenants             SET    the tenants that have a stream: what
+//! {wasmpool}:v3:tenants           SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
-//! wasmpool:v2:weights             HASH   tenant -> its weight (absent: 1), by which
+//! {wasmpool}:v3:weights           HASH   tenant -> its weight (absent: 1), by which
 //!                                        `--all-tenants` hosts share their claims
-//! wasmpool:v2:job:<job>           HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
+//! {wasmpool}:v3:job:<job>         HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
 //!                                        (attempt), lost, or `x` cancelled; g:<chunk>
 //!                                        the attempt a host declared dead gave back;
 //!                                        expires (the result TTL)
-//! wasmpool:v2:results:<client>    LIST   committed chunks for one submitting pool; expires
-//! wasmpool:v2:module:<sha256>     STRING the component's bytes (SET NX); expires, refreshed
-//! wasmpool:v2:hosts               ZSET   host -> lease expiry (ms, Redis server time)
-//! wasmpool:v2:slots               HASH   host -> its slots
-//! wasmpool:v2:dead                ZSET   host -> when the reaper last declared it dead (ms,
+//! {wasmpool}:v3:results:<client>  LIST   committed chunks for one submitting pool; expires
+//! {wasmpool}:v3:module:<sha256>   STRING the component's bytes (SET NX); expires, refreshed
+//! {wasmpool}:v3:hosts             ZSET   host -> lease expiry (ms, Redis server time)
+//! {wasmpool}:v3:slots             HASH   host -> its slots
+//! {wasmpool}:v3:dead              ZSET   host -> when the reaper last declared it dead (ms,
 //!                                        Redis time: it took the host's chunks or gave back
 //!                                        its objects); an object operation of a task on a
 //!                                        host admitted before then is refused; kept a day
-//! wasmpool:v2:stats               HASH   committed, dropped, redelivered, lost
-//! wasmpool:v2:clients             STRING the last client number given out (INCR)
-//! wasmpool:v2:objects             STRING the last shared object number given out
-//! wasmpool:v2:o:<n>[:…]           a shared object: HASH of its kind and state, and by kind a
+//! {wasmpool}:v3:stats             HASH   committed, dropped, redelivered, lost
+//! {wasmpool}:v3:clients           STRING the last client number given out (INCR)
+//! {wasmpool}:v3:objects           STRING the last shared object number given out
+//! {wasmpool}:v3:o:<n>[:…]         a shared object: HASH of its kind and state, and by kind a
 //!                                        LIST or HASH of its contents (see
 //!                                        `objects/lua.rs`); expire when idle
-//! wasmpool:v2:holds:<host>        SET    the objects a host's workers hold (locks,
+//! {wasmpool}:v3:holds:<host>      SET    the objects a host's workers hold (locks,
 //!                                        semaphores, barrier places)
-//! wasmpool:v2:holders             SET    the hosts that hold any
+//! {wasmpool}:v3:holders           SET    the hosts that hold any
 //! ```
 
 use redis::Connection;
@@ -50,10 +54,16 @@ use super::redis_error;
 use crate::error::{Error, Result};
 
 /// The version of the data layout this wasmpool reads and writes.
-pub(crate) const LAYOUT: &str = "v2";
+pub(crate) const LAYOUT: &str = "v3";
 
 /// The key that names the layout a Redis's wasmpool keys follow.
-pub(crate) const LAYOUT_KEY: &str = "wasmpool:layout";
+pub(crate) const LAYOUT_KEY: &str = "{wasmpool}:layout";
+
+/// Where the layouts before v3 (keys `wasmpool:v2:*`, no hash tag) named theirs.
+const OLD_LAYOUT_KEY: &str = "wasmpool:layout";
+
+/// The hash tag of every key: on a Redis Cluster, the one slot they share.
+pub(crate) const HASH_TAG: &str = "{wasmpool}";
 
 /// The consumer group of the task stream: every host reads through it.
 pub(crate) const GROUP: &str = "hosts";
@@ -88,7 +98,7 @@ pub(crate) struct Keys {
 impl Default for Keys {
     fn default() -> Self {
         Keys {
-            prefix: format!("wasmpool:{LAYOUT}:"),
+            prefix: format!("{HASH_TAG}:{LAYOUT}:"),
         }
     }
 }
@@ -195,6 +205,15 @@ impl Keys {
 /// for this layout), and that the task stream, its redelivery stream and their consumer
 /// group exist.
 pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Result<()> {
+    // An older layout's keys: on a Redis Cluster that key may hash to another node, which
+    // an older wasmpool (it ran on no cluster) cannot have used.
+    let old: redis::RedisResult<Option<String>> = redis::cmd("GET").arg(OLD_LAYOUT_KEY).query(con);
+    match old {
+        Ok(Some(v)) => return Err(other_version(url, OLD_LAYOUT_KEY, &format!("{v:?}"))),
+        Ok(None) => {}
+        Err(e) if e.code() == Some("MOVED") || e.code() == Some("ASK") => {}
+        Err(e) => return Err(redis_error(url, "reading the key layout", e)),
+    }
     let _: Option<String> = redis::cmd("SET")
         .arg(LAYOUT_KEY)
         .arg(LAYOUT)
@@ -208,17 +227,22 @@ pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Resu
     match found.as_deref() {
         Some(LAYOUT) => {}
         other => {
-            return Err(Error::Cluster(format!(
-                "the Redis at {url} holds the keys of another version of wasmpool: `{LAYOUT_KEY}` \
-                 is {}, and this wasmpool reads and writes layout {LAYOUT} (keys \
-                 `wasmpool:{LAYOUT}:*`); use another Redis (or database), or run the same \
-                 version of wasmpool on every host",
-                other.map_or("not a layout name".to_string(), |v| format!("{v:?}"))
-            )));
+            let found = other.map_or("not a layout name".to_string(), |v| format!("{v:?}"));
+            return Err(other_version(url, LAYOUT_KEY, &found));
         }
     }
     ensure_stream(con, &keys.tasks(), url)?;
     ensure_stream(con, &keys.redo_of(&keys.tasks()), url)
+}
+
+/// The error for a Redis whose layout key `key` says `found`.
+fn other_version(url: &str, key: &str, found: &str) -> Error {
+    Error::Cluster(format!(
+        "the Redis at {url} holds the keys of another version of wasmpool: `{key}` is \
+         {found}, and this wasmpool reads and writes layout {LAYOUT} (keys \
+         `{HASH_TAG}:{LAYOUT}:*`); use another Redis (or database), or run the same version \
+         of wasmpool on every host"
+    ))
 }
 
 /// Makes sure the task stream `stream` and its consumer group exist. The group starts at
@@ -296,15 +320,18 @@ mod tests {
             assert!(e.contains("not a tenant name"), "{e}");
         }
         let keys = Keys::default();
-        assert_eq!(keys.stream(None), "wasmpool:v2:tasks");
-        assert_eq!(keys.stream(Some("b")), "wasmpool:v2:tasks:b");
-        assert_eq!(keys.redo_of("wasmpool:v2:tasks"), "wasmpool:v2:redo");
-        assert_eq!(keys.redo_of("wasmpool:v2:tasks:b"), "wasmpool:v2:redo:b");
-        assert_eq!(keys.redo_of("wasmpool:v2:redo:b"), "wasmpool:v2:redo:b");
+        assert_eq!(keys.stream(None), "{wasmpool}:v3:tasks");
+        assert_eq!(keys.stream(Some("b")), "{wasmpool}:v3:tasks:b");
+        assert_eq!(keys.redo_of("{wasmpool}:v3:tasks"), "{wasmpool}:v3:redo");
+        assert_eq!(
+            keys.redo_of("{wasmpool}:v3:tasks:b"),
+            "{wasmpool}:v3:redo:b"
+        );
+        assert_eq!(keys.redo_of("{wasmpool}:v3:redo:b"), "{wasmpool}:v3:redo:b");
         // A tenant named `redo` has its own streams.
         assert_eq!(
             keys.redo_of(&keys.tenant_tasks("redo")),
-            "wasmpool:v2:redo:redo"
+            "{wasmpool}:v3:redo:redo"
         );
         assert_ne!(keys.tenant_tasks("redo"), keys.redo_of(&keys.tasks()));
     }

@@ -12,8 +12,8 @@
 //! - A map chunk (or one `apply_async` call) is one entry of a stream read through a
 //!   consumer group; a host claims entries with `XREADGROUP`.
 //! - Tenants: a pool built with [`ClusterBuilder::tenant`] submits to its tenant's own
-//!   stream (`wasmpool:v2:tasks:<tenant>`, recorded in the set `wasmpool:v2:tenants`);
-//!   untenanted pools keep the one stream `wasmpool:v2:tasks`. A host joined with
+//!   stream (`{wasmpool}:v3:tasks:<tenant>`, recorded in the set `{wasmpool}:v3:tenants`);
+//!   untenanted pools keep the one stream `{wasmpool}:v3:tasks`. A host joined with
 //!   `--tenant T` ([`HostBuilder::tenant`]) claims only from T's stream; one joined with
 //!   `--all-tenants` ([`HostBuilder::all_tenants`]) from the untenanted stream and every
 //!   tenant's in turn, so one tenant's backlog does not starve another; one joined with
@@ -25,11 +25,11 @@
 //!   declares nobody dead).
 //! - Every live host and every submitter runs the reaper: the entries of a host whose
 //!   lease has expired, on every task stream (each tenant's too), are added with their
-//!   attempt one higher to the task stream's redelivery stream (`wasmpool:v2:redo`,
-//!   `wasmpool:v2:redo:<tenant>`) within about 2.5 s (lease 2 s, entries idle at least 2 s,
+//!   attempt one higher to the task stream's redelivery stream (`{wasmpool}:v3:redo`,
+//!   `{wasmpool}:v3:redo:<tenant>`) within about 2.5 s (lease 2 s, entries idle at least 2 s,
 //!   reaper every 500 ms), or, for work that may not run twice (retries 0, as locally),
 //!   failed with [`Error::WorkerLost`]. Hosts read the redelivery streams before the task
-//!   streams (one claim script while the set `wasmpool:v2:redoing` names one of theirs
+//!   streams (one claim script while the set `{wasmpool}:v3:redoing` names one of theirs
 //!   with entries to claim, never more than the host's room; a plain `XREADGROUP`
 //!   otherwise), so a redelivered chunk runs ahead of a backlog.
 //! - A host commits a chunk's results with a script fenced by the attempt: a result whose
@@ -49,11 +49,13 @@
 //!   them through the same typed handles as local objects. A dead worker's or host's locks
 //!   are released with their fence advanced, its semaphore permits returned, and the
 //!   barriers it waited at broken; a host so declared dead is recorded
-//!   (`wasmpool:v2:dead`), and the operations of the tasks it ran then are refused in the
+//!   (`{wasmpool}:v3:dead`), and the operations of the tasks it ran then are refused in the
 //!   operation script if it comes back (a `SIGSTOP`, a partition), so its late release
 //!   cannot free a lock another task now holds; it runs new work in new workers. The
 //!   chunks it ran in the fenced workers are given back by the commit script (redelivered,
 //!   or failed as lost), never committed with a refusal as their result.
+//! - On a Redis Cluster, every key shares the hash tag `{wasmpool}`, so one slot, one node;
+//!   [`connect`] goes to that node whichever one the URL names.
 //!
 //! Why a type of its own rather than a `Pool` with a remote worker set: the local pool's
 //! scheduler is built around worker processes it starts, pipelines to and watches; the
@@ -157,8 +159,54 @@ pub(crate) fn redis_error(url: &str, doing: &str, e: redis::RedisError) -> Error
 
 /// Opens a connection to `url` with the cluster's timeouts: a clear error, never a hang,
 /// when nothing answers there.
+///
+/// When `url` is a node of a Redis Cluster, the connection is to the node that serves the
+/// slot of every key of the layout (they share the hash tag [`keys::HASH_TAG`]), which may
+/// be another: its address is what the cluster's slot table says, with the URL's
+/// credentials. After a failover or a slot's move, commands there fail (`MOVED`) and the
+/// caller connects again, as after any lost connection.
 pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
-    let client = redis::Client::open(url).map_err(|e| {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
+        Error::Cluster(format!(
+            "`{url}` is not a Redis URL (redis://HOST:PORT): {e}"
+        ))
+    })?;
+    let mut con = open(info.clone(), url)?;
+    let (url_host, url_port) = match info.addr() {
+        redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        _ => return Ok(con),
+    };
+    let Some((host, port)) = home_node(&mut con) else {
+        return Ok(con);
+    };
+    // A node that does not know its own address says "" (or "?"): the URL's host, then.
+    let host = if host.is_empty() || host == "?" {
+        url_host.clone()
+    } else {
+        host
+    };
+    if (host.as_str(), port) == (url_host.as_str(), url_port) {
+        return Ok(con);
+    }
+    let addr = match info.addr() {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host, port),
+    };
+    open(info.set_addr(addr), url)
+}
+
+fn open(info: redis::ConnectionInfo, url: &str) -> crate::Result<redis::Connection> {
+    let client = redis::Client::open(info).map_err(|e| {
         Error::Cluster(format!(
             "`{url}` is not a Redis URL (redis://HOST:PORT): {e}"
         ))
@@ -170,6 +218,48 @@ pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
         .and_then(|()| con.set_write_timeout(Some(COMMAND_TIMEOUT)))
         .map_err(|e| redis_error(url, "connecting", e))?;
     Ok(con)
+}
+
+/// On a node of a Redis Cluster, the address of the master that serves the layout's slot;
+/// `None` on a Redis that is not a cluster's (or does not say).
+fn home_node(con: &mut redis::Connection) -> Option<(String, u16)> {
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(keys::HASH_TAG)
+        .query(con)
+        .ok()?;
+    let table: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(con).ok()?;
+    slot_master(&table, slot)
+}
+
+/// The master of `slot` in a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id], …], …]`.
+fn slot_master(table: &redis::Value, slot: i64) -> Option<(String, u16)> {
+    use redis::Value;
+    let Value::Array(ranges) = table else {
+        return None;
+    };
+    ranges.iter().find_map(|range| {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            return None;
+        };
+        if !(*start..=*end).contains(&slot) {
+            return None;
+        }
+        let host = match master.first() {
+            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok()?,
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => return None,
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            return None;
+        };
+        Some((host, u16::try_from(*port).ok()?))
+    })
 }
 
 /// The SHA-256 of `bytes`, in hex.
@@ -189,4 +279,44 @@ pub(crate) fn tag() -> String {
         .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
         .unwrap_or(0);
     format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::slot_master;
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn the_master_of_a_slot_is_read_from_the_slot_table() {
+        let table = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node("10.0.0.2", 7001),
+                node("10.0.0.3", 7002),
+            ]),
+        ]);
+        assert_eq!(slot_master(&table, 0), Some(("10.0.0.1".into(), 7000)));
+        assert_eq!(slot_master(&table, 5460), Some(("10.0.0.1".into(), 7000)));
+        // The master, not its replica.
+        assert_eq!(slot_master(&table, 5461), Some(("10.0.0.2".into(), 7001)));
+        assert_eq!(slot_master(&table, 16384), None);
+        assert_eq!(slot_master(&Value::Nil, 3), None);
+        let bad = Value::Array(vec![Value::Array(vec![Value::Int(0)])]);
+        assert_eq!(slot_master(&bad, 0), None);
+    }
 }

@@ -23,7 +23,7 @@ return {now, dead}
 /// stream entry is acknowledged and deleted; a refused (late) result is counted as dropped.
 ///
 /// Fenced also by the host's declaration: a chunk run in workers whose object lane was
-/// admitted at or before the host was last declared dead (`wasmpool:v2:dead`; its object
+/// admitted at or before the host was last declared dead (`{wasmpool}:v3:dead`; its object
 /// operations were refused from then on, so its result may be the refusal) is not
 /// committed but given back, as the reaper would have given it had its pass come before
 /// the host came back: added with its attempt one higher to the redelivery stream, or,

@@ -1,0 +1,51 @@
+//! A wasmpool cluster on a Redis Cluster: every key shares one hash slot, and hosts, pools
+//! and managers reach its node whichever node their URL names.
+
+use std::time::Duration;
+
+use wasmpool::Pool;
+
+use crate::cluster::WorkerHost;
+use crate::cluster::redis::RedisCluster;
+use crate::cluster::wait_for_hosts;
+use crate::util::{testkit, within};
+
+#[test]
+fn a_cluster_on_a_redis_cluster_runs_maps_and_objects_through_any_node() {
+    within(Duration::from_secs(300), || {
+        testkit();
+        let redis = RedisCluster::start(3);
+        let owner = redis.owner_of("{wasmpool}");
+        // The host and the pool name the two nodes that do not hold wasmpool's slot.
+        let others: Vec<_> = redis
+            .nodes
+            .iter()
+            .filter(|n| n.port != owner.port)
+            .collect();
+        assert_eq!(others.len(), 2);
+        let _host = WorkerHost::start(others[0], 2);
+        let pool = Pool::builder(&testkit())
+            .cluster(&others[1].url())
+            .build()
+            .expect("a cluster pool through a node without the slot");
+        wait_for_hosts(&pool, 1);
+
+        let squares: Vec<u64> = pool.map("square", 0..2_000u64).unwrap();
+        assert_eq!(squares, (0..2_000u64).map(|x| x * x).collect::<Vec<_>>());
+        let sum: i64 = pool.apply("add", &(40i64, 2i64)).unwrap();
+        assert_eq!(sum, 42);
+
+        // Shared objects too, from a manager on the URL of the slot's own node.
+        let m = wasmpool::cluster::ClusterManager::connect(&owner.url()).unwrap();
+        let d = m.dict::<String, i64>().unwrap();
+        pool.starmap::<_, ()>("atomic_increments", (0..2).map(|_| (d.clone(), 50u64)))
+            .unwrap();
+        assert_eq!(d.get(&"count".to_string()).unwrap(), Some(100));
+
+        // Every key is on the slot's node; the others hold none.
+        assert!(!owner.keys("{wasmpool}:*").is_empty());
+        for node in &others {
+            assert_eq!(node.command("DBSIZE").trim(), ":0", "node {}", node.port);
+        }
+    });
+}
