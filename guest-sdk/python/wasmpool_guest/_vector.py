@@ -332,6 +332,11 @@ def encode_into(values, out, ends, depth=0):
 # ---- packed results (the `batch-packed` export) -------------------------------------
 
 
+# The `struct` format of ``n`` little-endian 8-byte values of one code: native (no padding
+# between 8-byte items of one code) where that is little-endian with 8-byte `q`/`Q`/`d`.
+_PACK = "%d%s" if _LITTLE and all(struct.calcsize(c) == 8 for c in "qQd") else "<%d%s"
+
+
 def pack_results(values, failed=()):
     """``(kind, payload)`` for the results ``values`` when every one (those at the indices
     in ``failed`` aside: their slots get some value of the kind) is of one kind that packs:
@@ -353,18 +358,20 @@ def pack_results(values, failed=()):
     # Exact types only, as `encode_into`: a bool is an int to `struct`, an int a float.
     if countOf(map(type, values), kind) != n:
         return None
-    # `struct` converts a list faster than `array` (which parses a format per item).
+    # `struct` converts a list faster than `array` (which parses a format per item), and
+    # its native forms (`_PACK`, on a little-endian machine such as wasm32) faster than its
+    # standard ones (which go through a byte-array conversion per int).
     if kind is int:
         try:
-            return "ints", struct.pack("<%dq" % n, *values)
+            return "ints", struct.pack(_PACK % (n, "q"), *values)
         except struct.error:  # past the s64s
             pass
         try:
-            return "uints", struct.pack("<%dQ" % n, *values)
+            return "uints", struct.pack(_PACK % (n, "Q"), *values)
         except struct.error:  # a negative one, or past 64 bits
             return None
     if kind is float:
-        return "floats", struct.pack("<%dd" % n, *values)
+        return "floats", struct.pack(_PACK % (n, "d"), *values)
     if kind is bool:
         return "bools", bytes(values)
     if values[0] is None:
@@ -379,7 +386,9 @@ _ITEM_CODES = {"ints": (_SIGNED[8], int), "floats": (_FLOAT[8], float)}
 
 def unpack_items(kind, payload):
     """The arguments of a batch's packed items (``kind`` ``"ints"``: s64s, ``"floats"``:
-    f64s, little-endian) and their type, or None if ``kind`` is another."""
+    f64s, little-endian) and their type, or None if ``kind`` is another. The arguments are
+    an ``array`` (its items are made one at a time as a map iterates it, not all at once
+    into a list; copying it is one memory copy)."""
     entry = _ITEM_CODES.get(kind)
     if entry is None or entry[0] is None:
         return None
@@ -390,7 +399,7 @@ def unpack_items(kind, payload):
     values.frombytes(payload)
     if not _LITTLE:
         values.byteswap()
-    return values.tolist(), typ
+    return values, typ
 
 
 def encode_items(values, first):
