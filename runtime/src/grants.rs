@@ -116,7 +116,7 @@ impl Grants {
         self.check_shape()?;
         let mut out = self.clone();
         for dir in &mut out.dirs {
-            dir.host = resolve_dir(&dir.host)?;
+            dir.host = canonical_dir(&dir.host, "grant")?;
         }
         Ok(out)
     }
@@ -192,16 +192,18 @@ impl Grants {
     }
 }
 
-fn resolve_dir(host: &Path) -> Result<PathBuf> {
+/// The canonical path of the directory `host`, or an error saying it cannot be given as
+/// `verb` says (`grant`, `allow`): it is missing, or not a directory.
+pub(crate) fn canonical_dir(host: &Path, verb: &str) -> Result<PathBuf> {
     let path = host.canonicalize().map_err(|e| {
         Error::BadArgs(format!(
-            "cannot grant the directory {}: {e}",
+            "cannot {verb} the directory {}: {e}",
             host.display()
         ))
     })?;
     if !path.is_dir() {
         return Err(Error::BadArgs(format!(
-            "cannot grant {}: not a directory",
+            "cannot {verb} {}: not a directory",
             host.display()
         )));
     }

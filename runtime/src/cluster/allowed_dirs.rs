@@ -11,7 +11,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::grants::Grants;
+use crate::grants::{Grants, canonical_dir};
 
 /// One directory an operator allowed.
 #[derive(Debug, Clone)]
@@ -39,18 +39,7 @@ impl AllowedDirs {
                 path.display()
             ))
         })?;
-        let real = path.canonicalize().map_err(|e| {
-            Error::BadArgs(format!(
-                "cannot allow the directory {}: {e}",
-                path.display()
-            ))
-        })?;
-        if !real.is_dir() {
-            return Err(Error::BadArgs(format!(
-                "cannot allow {}: not a directory",
-                path.display()
-            )));
-        }
+        let real = canonical_dir(path, "allow")?;
         self.dirs.push(Allowed {
             named,
             real,
