@@ -129,8 +129,9 @@ impl HostInner {
                 }
             };
             let made = self.pool_for(&mut con, &key);
-            // Taken after the pool is in the table: an entry of this key claimed meanwhile
-            // either found the pool or waits here (and its key is queued again).
+            // Taken after the pool is in the table: an entry of this key claimed during the
+            // setup joined this list; one claimed after finds the pool (or, if the setup
+            // failed, queues the key again).
             let waiting = self.lock_setups().waiting.remove(&key).unwrap_or_default();
             for w in waiting {
                 match &made {
