@@ -113,7 +113,7 @@ pub(crate) fn holds_work_on(redis: &RedisServer, stream: &str, pid: u32) -> bool
 }
 
 /// The integer a command answers (`-1` when it answers something else).
-fn int_reply(redis: &RedisServer, command: &str) -> i64 {
+pub(crate) fn int_reply(redis: &RedisServer, command: &str) -> i64 {
     let reply = redis.command(command);
     // An integer (`:N`), or the first element of an array (`*4`, then `:N`).
     reply

@@ -8,7 +8,7 @@ use wasmpool::cluster::ClusterPool;
 use wasmpool::{Error, Pool};
 
 use crate::cluster::redis::RedisServer;
-use crate::cluster::{WorkerHost, cluster_pool, holds_work_on, wait_for_hosts};
+use crate::cluster::{WorkerHost, cluster_pool, holds_work_on, int_reply, wait_for_hosts};
 use crate::util::{assert_cli_error, cli, eventually, testkit, within};
 
 fn tenant_pool(redis: &RedisServer, tenant: &str, retries: u32) -> ClusterPool {
@@ -198,6 +198,76 @@ fn an_all_tenants_host_shares_its_claims_by_the_tenants_weights() {
         for r in light_work {
             assert_eq!(r.get().unwrap(), 20);
         }
+    });
+}
+
+/// A pool of tenant `tenant` whose workers are set up apart from every other's (each
+/// `maxtasksperchild` is a setup of its own, so a local pool of its own on a host).
+fn tenant_pool_set_up(redis: &RedisServer, tenant: &str, maxtasksperchild: u64) -> ClusterPool {
+    Pool::builder(&testkit())
+        .maxtasksperchild(maxtasksperchild)
+        .cluster(&redis.url())
+        .tenant(tenant)
+        .build()
+        .expect("a tenant's cluster pool")
+}
+
+#[test]
+fn a_host_whose_pool_setup_for_one_tenant_waits_still_runs_another_tenants_chunks() {
+    within(Duration::from_secs(300), || {
+        let redis = RedisServer::start();
+        // Five slots: room for ten chunks at once (two per slot).
+        let host = WorkerHost::start_with(&redis, 5, &["--all-tenants"]);
+        let b = tenant_pool(&redis, "b", 0);
+        wait_for_hosts(&b, 1);
+        // Tenant b's local pool is set up on the host.
+        assert_eq!(b.apply::<_, u64>("square", &(3u64,)).unwrap(), 9);
+
+        // A chunk of b's that runs until cancelled, and seven more setups each with one:
+        // the host's eight local pools all run chunks (b's with four slots free).
+        let mut long = vec![b.apply_async::<_, u64>("sleep_ms", &(600_000u64,)).unwrap()];
+        let busy: Vec<ClusterPool> = (1..=7)
+            .map(|n| tenant_pool_set_up(&redis, "busy", n))
+            .collect();
+        long.extend(
+            busy.iter()
+                .map(|p| p.apply_async::<_, u64>("sleep_ms", &(600_000u64,)).unwrap()),
+        );
+        let held = || int_reply(&redis, "XPENDING {wasmpool}:v3:tasks:busy hosts");
+        assert!(
+            eventually(Duration::from_secs(120), || held() == 7),
+            "the host did not claim the seven long chunks ({} held): {}",
+            held(),
+            host.log()
+        );
+        // Tenant a's chunk needs a ninth setup: it waits for a seat (up to 30 s).
+        let a = tenant_pool_set_up(&redis, "a", 100);
+        let waits = a.apply_async::<_, u64>("square", &(5u64,)).unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || holds_work_on(
+                &redis,
+                "{wasmpool}:v3:tasks:a",
+                host.pid()
+            )),
+            "the host never claimed a's chunk: {}",
+            host.log()
+        );
+
+        // b's chunk, for a pool the host has, is claimed and run meanwhile: a's setup waits
+        // off the claim thread.
+        let b_again = b.apply_async::<_, u64>("square", &(4u64,)).unwrap();
+        assert_eq!(b_again.get().unwrap(), 16);
+        let log = host.log();
+        assert!(
+            !waits.ready() && !log.contains("still runs chunks after"),
+            "b's chunk waited for a's setup to take a seat: {log}"
+        );
+
+        // The long chunks cancelled, a's pool gets a seat and its chunk runs.
+        for r in &long {
+            assert!(r.cancel());
+        }
+        assert_eq!(waits.get().unwrap(), 25);
     });
 }
 

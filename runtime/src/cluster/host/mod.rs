@@ -27,7 +27,10 @@ use super::{LEASE, connect, redis_error, sha256_hex};
 use crate::error::{Error, Result};
 use crate::pool::job::Hook;
 use crate::pool::{Pool, check_processes};
-use crate::protocol::Limits;
+
+mod setup;
+
+use self::setup::{Setups, Waiting};
 
 /// How long results are kept for an entry that does not say (its submitter's result TTL
 /// travels in each entry).
@@ -269,6 +272,10 @@ struct HostInner {
     /// The chunks running here, by job and chunk: their local pool and job (what a cancel
     /// stops), until their results reach the commit thread. They keep their pool alive.
     running: Mutex<Running>,
+    /// The claimed entries whose local pool the setup thread is setting up.
+    setups: Mutex<Setups>,
+    /// Wakes the setup thread.
+    setup_wake: Condvar,
     /// The runtime its local pools run in: its workers' operations on cluster objects go to
     /// Redis, through its object lane. Replaced (and the pools with it) when the host learns
     /// it was declared dead.
@@ -364,6 +371,8 @@ impl Host {
             given_back: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            setups: Mutex::new(Setups::default()),
+            setup_wake: Condvar::new(),
             runtime: Mutex::new(runtime),
             since: AtomicU64::new(since),
             done,
@@ -397,7 +406,14 @@ impl Host {
             .name("wasmpool-host-cancel".into())
             .spawn(move || poller.cancel_loop())
             .map_err(|e| Error::io("starting the host's cancel thread", e))?;
-        inner.lock_threads().extend([beat, commits, cancels]);
+        let setter = inner.clone();
+        let setups = std::thread::Builder::new()
+            .name("wasmpool-host-setup".into())
+            .spawn(move || setter.setup_loop())
+            .map_err(|e| Error::io("starting the host's setup thread", e))?;
+        inner
+            .lock_threads()
+            .extend([beat, commits, cancels, setups]);
         Ok(Host { inner })
     }
 
@@ -794,17 +810,17 @@ impl HostInner {
             &mut *self.runtime.lock().unwrap_or_else(|p| p.into_inner()),
             runtime,
         );
-        let old: Vec<Pool> = self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, (p, _))| p)
-            .collect();
-        self.since.store(since, Ordering::Relaxed);
-        // Every chunk running now runs in the old pools (this is the claim thread, the one
-        // that starts chunks): stopped, their results go to the commit thread, which gives
-        // them back.
+        // `since` is stored under the table's lock, after the runtime: the setup thread,
+        // which checks it under that lock before adding a pool, never keeps one of the old
+        // runtime.
+        let old: Vec<Pool> = {
+            let mut pools = self.lock_pools();
+            self.since.store(since, Ordering::Relaxed);
+            pools.drain().map(|(_, (p, _))| p).collect()
+        };
+        // Every chunk running now runs in the old pools (a pool the setup thread builds
+        // meanwhile, in the old runtime, is built again: it sees `since` changed): stopped,
+        // their results go to the commit thread, which gives them back.
         let stale: Vec<(Pool, Arc<crate::pool::job::Job>)> =
             self.lock_running().values().cloned().collect();
         tracing::warn!(
@@ -853,9 +869,11 @@ impl HostInner {
         Ok(())
     }
 
-    /// Starts a claimed entry in a local pool; its results go to the commit thread.
+    /// Starts a claimed entry in its local pool, or, when that pool is not set up yet, hands
+    /// it to the setup thread (it stays in flight meanwhile); its results go to the commit
+    /// thread.
     fn start(
-        self: &Arc<Self>,
+        &self,
         con: &mut redis::Connection,
         stream: Arc<str>,
         id: String,
@@ -913,17 +931,31 @@ impl HostInner {
                 return;
             }
         };
+        let key = (
+            spec.module.clone(),
+            spec.limits.fuel.is_some(),
+            spec.setup.clone(),
+        );
+        let waiting = Waiting {
+            claimed,
+            spec,
+            retries,
+        };
+        match self.ready_pool(&key) {
+            Some(pool) => self.launch(&pool, waiting),
+            // Set up on the setup thread: the claims of other modules and setups go on.
+            None => self.wait_for_setup(key, waiting),
+        }
+    }
+
+    /// Runs a claimed chunk in its local pool; its results go to the commit thread.
+    fn launch(&self, pool: &Pool, waiting: Waiting) {
+        let Waiting {
+            claimed,
+            spec,
+            retries,
+        } = waiting;
         let n = spec.items.len();
-        let fail = |why: String| {
-            let _ = self
-                .done
-                .send((claimed.clone(), ChunkResult::failed(n, &why)));
-        };
-        let key = (spec.module, spec.limits.fuel.is_some(), spec.setup);
-        let pool = match self.pool_for(con, key) {
-            Ok(pool) => pool,
-            Err(e) => return fail(e.to_string()),
-        };
         let job = match pool.run_chunk(
             &spec.task,
             spec.items,
@@ -933,7 +965,12 @@ impl HostInner {
             spec.capture,
         ) {
             Ok(job) => job,
-            Err(e) => return fail(e.to_string()),
+            Err(e) => {
+                let _ = self
+                    .done
+                    .send((claimed, ChunkResult::failed(n, &e.to_string())));
+                return;
+            }
         };
         // Before its hook: a chunk that finished at once is forgotten by the commit thread.
         self.lock_running().insert(
@@ -941,10 +978,9 @@ impl HostInner {
             (pool.clone(), job.clone()),
         );
         let done = self.done.clone();
-        let meta = claimed.clone();
         let hook = Hook {
             run: Box::new(move |job| {
-                let _ = done.send((meta, ChunkResult::from_job(job, n)));
+                let _ = done.send((claimed, ChunkResult::from_job(job, n)));
             }),
             gating: false,
         };
@@ -961,124 +997,6 @@ impl HostInner {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The local pool for a module, metering and worker setup, loading the module from
-    /// Redis (and compiling it into this host's cache) the first time. Its workers run the
-    /// setup's initializer before their first task, and are replaced after its
-    /// `maxtasksperchild`, as the submitting pool's would be.
-    ///
-    /// A pool whose initializer failed (it can run nothing more) is let go here, so this
-    /// chunk gets a fresh one. A new pool takes a seat of [`MAX_POOLS`] first
-    /// ([`take_seat`](HostInner::take_seat)).
-    fn pool_for(&self, con: &mut redis::Connection, key: PoolKey) -> Result<Pool> {
-        let broken = {
-            let mut pools = self.lock_pools();
-            match pools.get_mut(&key) {
-                Some((p, used)) if !p.is_broken() => {
-                    *used = Instant::now();
-                    return Ok(p.clone());
-                }
-                Some(_) => pools.remove(&key),
-                None => None,
-            }
-        };
-        if broken.is_some() {
-            tracing::info!(
-                "cluster host: a local pool's initializer failed; the next chunk of its \
-                 module and setup gets a new pool"
-            );
-        }
-        // Outside the lock: the last handle's drop stops its workers.
-        drop(broken);
-        let (sha, metered, setup) = &key;
-        // Before a seat or the module: a grant this host refuses costs it nothing.
-        let grants = self.allowed.admit(&setup.grants, &self.id)?;
-        self.take_seat();
-        let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.keys.module(sha))
-            .query(con)
-            .map_err(|e| redis_error(&self.url, "fetching a module", e))?;
-        let Some(bytes) = bytes else {
-            return Err(Error::Cluster(format!(
-                "module {sha} is not in Redis (expired, or stored under another layout)"
-            )));
-        };
-        if sha256_hex(&bytes) != *sha {
-            return Err(Error::Cluster(format!(
-                "the bytes stored for module {sha} have another SHA-256"
-            )));
-        }
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let module = runtime.module_from_bytes(&bytes, format!("cluster module {sha}"))?;
-        let mut builder = Pool::builder(&module)
-            .processes(self.slots)
-            .output(setup.output.output())
-            .grants(grants);
-        if *metered {
-            builder = builder.limits(Limits::default().fuel(u64::MAX));
-        }
-        if let Some((task, args)) = &setup.initializer {
-            builder = builder.initializer_encoded(task.clone(), args.clone());
-        }
-        if let Some(n) = setup.maxtasksperchild {
-            builder = builder.maxtasksperchild(n);
-        }
-        let pool = builder.build()?;
-        self.lock_pools()
-            .insert(key, (pool.clone(), Instant::now()));
-        Ok(pool)
-    }
-
-    /// Makes room for one more local pool within [`MAX_POOLS`], counting the pools let go
-    /// whose chunks still run (they keep their workers until then): lets go the idle pool
-    /// used least recently, or, with every pool running chunks, waits for one to finish,
-    /// up to [`SEAT_WAIT`]. Only the claim thread adds pools, so the seat stays free.
-    fn take_seat(&self) {
-        let deadline = Instant::now() + SEAT_WAIT;
-        loop {
-            let evicted = {
-                let mut pools = self.lock_pools();
-                let running = self.lock_running();
-                let mut let_go: Vec<&Pool> = Vec::new();
-                for (p, _) in running.values() {
-                    let kept = pools.values().any(|(q, _)| q.same_pool(p));
-                    if !kept && !let_go.iter().any(|q| q.same_pool(p)) {
-                        let_go.push(p);
-                    }
-                }
-                let listed: Vec<(PoolKey, Instant, bool)> = pools
-                    .iter()
-                    .map(|(k, (p, used))| {
-                        let busy = running.values().any(|(q, _)| q.same_pool(p));
-                        (k.clone(), *used, busy)
-                    })
-                    .collect();
-                match seat(&listed, let_go.len(), MAX_POOLS) {
-                    Seat::Free => return,
-                    Seat::Evict(k) => pools.remove(&k),
-                    Seat::Wait
-                        if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) =>
-                    {
-                        tracing::warn!(
-                            "cluster host: every one of its {MAX_POOLS} local pools still runs \
-                             chunks after {SEAT_WAIT:?}; starting one more"
-                        );
-                        return;
-                    }
-                    Seat::Wait => None,
-                }
-            };
-            match evicted {
-                // Let go outside the locks: the last handle's drop stops its workers.
-                Some(e) => drop(e),
-                None => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
     /// Stops the chunks held here whose submitter cancelled them: every [`CANCEL_POLL`],
     /// while it holds any, reads their fences in one round trip, and cancels in its local
     /// pool each one fenced `x` (queued there, it never runs; running, its worker is
@@ -1087,7 +1005,9 @@ impl HostInner {
         let mut con: Option<redis::Connection> = None;
         loop {
             std::thread::sleep(CANCEL_POLL);
-            let held: Vec<(String, u32, String)> = self.lock_running().keys().cloned().collect();
+            let mut held: Vec<(String, u32, String)> =
+                self.lock_running().keys().cloned().collect();
+            held.extend(self.waiting_keys());
             if held.is_empty() {
                 if self.stop.load(Ordering::Relaxed) && *self.lock_inflight() == 0 {
                     return;
@@ -1114,6 +1034,15 @@ impl HostInner {
                 Ok(fences) => {
                     for (key, fence) in held.iter().zip(fences) {
                         if fence.as_deref() != Some(super::CANCELLED) {
+                            continue;
+                        }
+                        if self.cancel_waiting(key) {
+                            tracing::info!(
+                                "cluster host: chunk {} of job {} was cancelled while its \
+                                 pool was set up; it will not run",
+                                key.1,
+                                key.0
+                            );
                             continue;
                         }
                         let found = self.lock_running().get(key).cloned();

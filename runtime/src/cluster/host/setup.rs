@@ -1,0 +1,284 @@
+//! A host's local pools are set up off its claim thread: an entry whose pool does not
+//! exist yet waits here, by pool key, while the setup thread (one per host) takes a seat
+//! for the pool, fetches the module from Redis and compiles it, then starts the entries
+//! that waited for it. The claim thread goes on claiming for the pools that exist, so one
+//! tenant's new module (or a host whose pools are all busy) does not stall the others.
+//!
+//! Entries waiting here are in flight (claimed, counted against the host's room): a setup
+//! that fails fails each with its error, a cancel fails them as cancelled (the commit
+//! script refuses a cancelled chunk's result), and a host that stops still sets them up
+//! and runs them, as it runs every chunk it claimed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{
+    Claimed, HostInner, MAX_POOLS, PoolKey, SEAT_WAIT, Seat, connect, redis_error, seat, sha256_hex,
+};
+use crate::cluster::wire::{ChunkResult, ChunkSpec};
+use crate::error::{Error, Result};
+use crate::pool::Pool;
+use crate::protocol::Limits;
+
+/// A claimed chunk, decoded, until it starts in its local pool.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    pub(super) claimed: Claimed,
+    pub(super) spec: ChunkSpec,
+    /// How many times its tasks may be retried.
+    pub(super) retries: u32,
+}
+
+/// The entries waiting for their local pool to be set up.
+#[derive(Debug, Default)]
+pub(super) struct Setups {
+    /// The keys of the pools to set up, in the order first asked for, each once.
+    queue: VecDeque<PoolKey>,
+    /// The entries waiting, by their pool's key, in claim order.
+    waiting: HashMap<PoolKey, Vec<Waiting>>,
+}
+
+impl HostInner {
+    fn lock_setups(&self) -> MutexGuard<'_, Setups> {
+        self.setups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The local pool for `key`, if it is set up and can run chunks (marked used now).
+    pub(super) fn ready_pool(&self, key: &PoolKey) -> Option<Pool> {
+        let mut pools = self.lock_pools();
+        match pools.get_mut(key) {
+            Some((p, used)) if !p.is_broken() => {
+                *used = Instant::now();
+                Some(p.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Hands a claimed entry whose pool is not set up to the setup thread.
+    pub(super) fn wait_for_setup(&self, key: PoolKey, waiting: Waiting) {
+        let mut setups = self.lock_setups();
+        if !setups.waiting.contains_key(&key) {
+            setups.queue.push_back(key.clone());
+        }
+        setups.waiting.entry(key).or_default().push(waiting);
+        drop(setups);
+        self.setup_wake.notify_all();
+    }
+
+    /// The chunks waiting for a setup, by job, chunk and attempt (what a cancel looks for).
+    pub(super) fn waiting_keys(&self) -> Vec<(String, u32, String)> {
+        self.lock_setups()
+            .waiting
+            .values()
+            .flatten()
+            .map(|w| {
+                let c = &w.claimed;
+                (c.job.clone(), c.chunk, c.attempt.clone())
+            })
+            .collect()
+    }
+
+    /// Takes the chunk `key` (job, chunk, attempt) out of the setup's wait, cancelled: its
+    /// result goes to the commit thread, which finds it cancelled. Whether it waited.
+    pub(super) fn cancel_waiting(&self, key: &(String, u32, String)) -> bool {
+        let taken = {
+            let mut setups = self.lock_setups();
+            let mut taken = None;
+            for list in setups.waiting.values_mut() {
+                if let Some(i) = list.iter().position(|w| {
+                    w.claimed.job == key.0 && w.claimed.chunk == key.1 && w.claimed.attempt == key.2
+                }) {
+                    taken = Some(list.remove(i));
+                    break;
+                }
+            }
+            // A key left with no entry stays queued: its setup finds nothing to start.
+            taken
+        };
+        let Some(w) = taken else { return false };
+        let n = w.spec.items.len();
+        let _ = self.done.send((
+            w.claimed,
+            ChunkResult::failed(n, "the chunk was cancelled before its pool was set up"),
+        ));
+        true
+    }
+
+    /// Sets up the pools asked for, one at a time, and starts the entries that waited for
+    /// each; until the host stops and holds nothing. The one thread that adds local pools.
+    pub(super) fn setup_loop(&self) {
+        let mut con: Option<redis::Connection> = None;
+        loop {
+            let key = {
+                let mut setups = self.lock_setups();
+                loop {
+                    if let Some(key) = setups.queue.pop_front() {
+                        break key;
+                    }
+                    if self.stop.load(Ordering::Relaxed) && *self.lock_inflight() == 0 {
+                        return;
+                    }
+                    setups = self
+                        .setup_wake
+                        .wait_timeout(setups, Duration::from_millis(200))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            };
+            let made = self.pool_for(&mut con, &key);
+            // Taken after the pool is in the table: an entry of this key claimed during the
+            // setup joined this list; one claimed after finds the pool (or, if the setup
+            // failed, queues the key again).
+            let waiting = self.lock_setups().waiting.remove(&key).unwrap_or_default();
+            for w in waiting {
+                match &made {
+                    Ok(pool) => self.launch(pool, w),
+                    Err(e) => {
+                        let n = w.spec.items.len();
+                        let _ = self
+                            .done
+                            .send((w.claimed, ChunkResult::failed(n, &e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The local pool for a module, metering and worker setup, loading the module from
+    /// Redis (and compiling it into this host's cache) the first time. Its workers run the
+    /// setup's initializer before their first task, and are replaced after its
+    /// `maxtasksperchild`, as the submitting pool's would be.
+    ///
+    /// A pool whose initializer failed (it can run nothing more) is let go here, so this
+    /// chunk gets a fresh one. A new pool takes a seat of [`MAX_POOLS`] first
+    /// ([`take_seat`](HostInner::take_seat)). A pool built while the host was readmitted
+    /// (its runtime replaced) is built again, in the new runtime.
+    fn pool_for(&self, con: &mut Option<redis::Connection>, key: &PoolKey) -> Result<Pool> {
+        let broken = {
+            let mut pools = self.lock_pools();
+            match pools.get_mut(key) {
+                Some((p, used)) if !p.is_broken() => {
+                    *used = Instant::now();
+                    return Ok(p.clone());
+                }
+                Some(_) => pools.remove(key),
+                None => None,
+            }
+        };
+        if broken.is_some() {
+            tracing::info!(
+                "cluster host: a local pool's initializer failed; the next chunk of its \
+                 module and setup gets a new pool"
+            );
+        }
+        // Outside the lock: the last handle's drop stops its workers.
+        drop(broken);
+        let (sha, metered, setup) = key;
+        // Before a seat or the module: a grant this host refuses costs it nothing.
+        let grants = self.allowed.admit(&setup.grants, &self.id)?;
+        self.take_seat();
+        if con.is_none() {
+            *con = Some(connect(&self.url)?);
+        }
+        let Some(c) = con.as_mut() else {
+            return Err(Error::Cluster("no connection to Redis".into()));
+        };
+        let bytes: Option<Vec<u8>> = match redis::cmd("GET").arg(self.keys.module(sha)).query(c) {
+            Ok(b) => b,
+            Err(e) => {
+                *con = None;
+                return Err(redis_error(&self.url, "fetching a module", e));
+            }
+        };
+        let Some(bytes) = bytes else {
+            return Err(Error::Cluster(format!(
+                "module {sha} is not in Redis (expired, or stored under another layout)"
+            )));
+        };
+        if sha256_hex(&bytes) != *sha {
+            return Err(Error::Cluster(format!(
+                "the bytes stored for module {sha} have another SHA-256"
+            )));
+        }
+        loop {
+            let since = self.since.load(Ordering::Relaxed);
+            let runtime = self
+                .runtime
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let module = runtime.module_from_bytes(&bytes, format!("cluster module {sha}"))?;
+            let mut builder = Pool::builder(&module)
+                .processes(self.slots)
+                .output(setup.output.output())
+                .grants(grants.clone());
+            if *metered {
+                builder = builder.limits(Limits::default().fuel(u64::MAX));
+            }
+            if let Some((task, args)) = &setup.initializer {
+                builder = builder.initializer_encoded(task.clone(), args.clone());
+            }
+            if let Some(n) = setup.maxtasksperchild {
+                builder = builder.maxtasksperchild(n);
+            }
+            let pool = builder.build()?;
+            let mut pools = self.lock_pools();
+            // A readmit replaces the runtime, then stores `since` and empties the table under
+            // this lock: a pool of the old runtime is never kept.
+            if self.since.load(Ordering::Relaxed) == since {
+                pools.insert(key.clone(), (pool.clone(), Instant::now()));
+                return Ok(pool);
+            }
+        }
+    }
+
+    /// Makes room for one more local pool within [`MAX_POOLS`], counting the pools let go
+    /// whose chunks still run (they keep their workers until then): lets go the idle pool
+    /// used least recently, or, with every pool running chunks, waits for one to finish,
+    /// up to [`SEAT_WAIT`]. Only the setup thread adds pools, so the seat stays free.
+    fn take_seat(&self) {
+        let deadline = Instant::now() + SEAT_WAIT;
+        loop {
+            let evicted = {
+                let mut pools = self.lock_pools();
+                let running = self.lock_running();
+                let mut let_go: Vec<&Pool> = Vec::new();
+                for (p, _) in running.values() {
+                    let kept = pools.values().any(|(q, _)| q.same_pool(p));
+                    if !kept && !let_go.iter().any(|q| q.same_pool(p)) {
+                        let_go.push(p);
+                    }
+                }
+                let listed: Vec<(PoolKey, Instant, bool)> = pools
+                    .iter()
+                    .map(|(k, (p, used))| {
+                        let busy = running.values().any(|(q, _)| q.same_pool(p));
+                        (k.clone(), *used, busy)
+                    })
+                    .collect();
+                match seat(&listed, let_go.len(), MAX_POOLS) {
+                    Seat::Free => return,
+                    Seat::Evict(k) => pools.remove(&k),
+                    Seat::Wait
+                        if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) =>
+                    {
+                        tracing::warn!(
+                            "cluster host: every one of its {MAX_POOLS} local pools still runs \
+                             chunks after {SEAT_WAIT:?}; starting one more"
+                        );
+                        return;
+                    }
+                    Seat::Wait => None,
+                }
+            };
+            match evicted {
+                // Let go outside the locks: the last handle's drop stops its workers.
+                Some(e) => drop(e),
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
