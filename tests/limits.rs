@@ -58,6 +58,75 @@ fn a_task_that_loops_forever_hits_its_time_limit_and_the_worker_carries_on() {
     });
 }
 
+/// A pool built without a time limit runs code that does not check the time (faster); a
+/// submission's time limit still holds there: the watchdog answers the task and replaces
+/// its worker.
+#[test]
+fn a_time_limit_given_to_a_submission_of_an_untimed_pool_holds_at_the_cost_of_its_worker() {
+    within(LIMIT, || {
+        let pool = limited_pool(Limits::default());
+        let pids = pool.pids();
+        let quick = pool.with_limits(Limits::default().timeout(Duration::from_millis(300)));
+        let err = beside_ordinary_tasks(&quick, "spin", &());
+        match &err {
+            Error::Limit { task, message } => {
+                assert_eq!(task, "spin");
+                assert!(message.contains("time limit of 300ms"), "{message}");
+            }
+            other => panic!("expected a time limit, got {other:?}"),
+        }
+        pool.wait_for_workers();
+        let now = pool.pids();
+        assert_eq!(now.len(), 2, "the stopped worker was replaced");
+        assert_ne!(
+            now, pids,
+            "a worker whose code cannot be interrupted was ended"
+        );
+
+        // A chunk of a map with a runaway item in wasm code: it fails with the limit, and
+        // every other item's result arrives, in order.
+        let results: Vec<Result<u64, Error>> = quick
+            .imap_chunked::<u64, u64>("square_or_spin", 10..16u64, 6)
+            .unwrap()
+            .collect();
+        assert_eq!(results.len(), 6);
+        for (x, r) in (10..16u64).zip(&results) {
+            match r {
+                Err(Error::Limit { message, .. }) if x == 13 => {
+                    assert!(message.contains("time limit of 300ms"), "{message}")
+                }
+                Ok(y) if x != 13 => assert_eq!(*y, x * x),
+                other => panic!("item {x}: {other:?}"),
+            }
+        }
+    });
+}
+
+/// `interruptible(true)`: a pool without a time limit of its own whose code checks the
+/// time, so a submission's limit stops the task and keeps the worker.
+#[test]
+fn an_interruptible_pool_keeps_its_worker_when_a_submission_reaches_its_time_limit() {
+    within(LIMIT, || {
+        let pool = Pool::builder(&testkit())
+            .processes(2)
+            .interruptible(true)
+            .build()
+            .unwrap();
+        let pids = pool.pids();
+        let quick = pool.with_limits(Limits::default().timeout(Duration::from_millis(300)));
+        let err = beside_ordinary_tasks(&quick, "spin", &());
+        assert!(
+            matches!(&err, Error::Limit { message, .. } if message.contains("time limit of 300ms")),
+            "{err:?}"
+        );
+        assert_eq!(
+            pool.pids(),
+            pids,
+            "an interrupted task does not cost its worker"
+        );
+    });
+}
+
 #[test]
 fn a_task_sleeping_past_its_time_limit_in_a_host_call_is_stopped() {
     within(LIMIT, || {
@@ -181,8 +250,9 @@ fn unbounded_recursion_is_a_stack_overflow() {
 
 /// Deep enough to overflow a 64 KiB wasm stack, shallow enough for 1 MiB.
 const DEPTH_UNDER_1_MIB: u64 = 10_000;
-/// Deep enough to overflow 1 MiB, shallow enough for 4 MiB.
-const DEPTH_UNDER_4_MIB: u64 = 30_000;
+/// Deep enough to overflow 1 MiB, shallow enough for 4 MiB, on both engines: an
+/// interruptible engine's frames (which check the epoch) are larger than a plain one's.
+const DEPTH_UNDER_4_MIB: u64 = 60_000;
 
 #[test]
 fn the_stack_limit_is_set_per_pool_and_overridden_per_submission() {

@@ -2,10 +2,18 @@
 //! only deserialize): the two must agree on everything the compiled code depends on, or an
 //! artifact will not load.
 //!
-//! There are two such configurations: the plain engine every pool and process uses by default, and a metered
-//! one that counts fuel (`Config::consume_fuel`). Fuel changes the compiled code (a counter
-//! update in every basic block) and costs speed, so it is compiled, loaded and paid for only
-//! by pools and processes built with a fuel limit.
+//! Two settings change the compiled code, so an artifact is compiled for one [`EngineKind`]
+//! and loads only into an engine of that kind:
+//! - *metered*: counting fuel (`Config::consume_fuel`), a counter update in every basic
+//!   block, for pools and processes built with a fuel limit;
+//! - *interruptible*: checking the epoch (`Config::epoch_interruption`) at every function
+//!   entry and loop back edge, so a task past its time limit traps where it is. For pools and
+//!   processes built with a time limit. The check costs: an interpreter (CPython in a Python
+//!   guest) runs about a third faster without it. A time limit given later to a worker that
+//!   does not check (a submission's, through `Pool::with_limits`) is enforced by its
+//!   watchdog, which answers the call and ends the worker (see `worker/watchdog.rs`).
+//!
+//! Each is compiled, loaded and paid for only by the pools and processes that ask for it.
 //!
 //! The wasm stack limit is an engine setting too, but one the compiled code does not depend
 //! on: a worker makes one engine per stack limit its tasks ask for, and loads the same
@@ -14,6 +22,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use wasmtime::{Config, Engine, OptLevel};
 
 use crate::function_cache::FunctionCache;
@@ -22,7 +31,39 @@ use crate::protocol::Limits;
 /// How often a worker advances the epoch: the resolution of time limits.
 pub(crate) const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
-fn config(metered: bool, stack_bytes: u64) -> Config {
+/// The code-changing settings of an engine (see the module's doc): which artifact of a module
+/// a worker loads, and which engine it loads it into.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct EngineKind {
+    /// Counts fuel, for fuel limits.
+    pub metered: bool,
+    /// Checks the epoch, so wasm code stops at its time limit.
+    pub interruptible: bool,
+}
+
+impl EngineKind {
+    /// Neither: the fastest code, what a pool or process without limits runs.
+    pub const PLAIN: EngineKind = EngineKind {
+        metered: false,
+        interruptible: false,
+    };
+
+    /// The kind for workers whose own limits are `limits`: metered with a fuel limit,
+    /// interruptible with a time limit.
+    pub fn for_limits(limits: &Limits) -> EngineKind {
+        EngineKind {
+            metered: limits.fuel.is_some(),
+            interruptible: limits.timeout.is_some(),
+        }
+    }
+
+    /// Its index among the four kinds.
+    fn index(self) -> usize {
+        usize::from(self.metered) | usize::from(self.interruptible) << 1
+    }
+}
+
+fn config(kind: EngineKind, stack_bytes: u64) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.cranelift_opt_level(OptLevel::Speed);
@@ -34,20 +75,20 @@ fn config(metered: bool, stack_bytes: u64) -> Config {
     // could hold the wasm stack limit too.
     config.async_stack_size(stack.saturating_add(ASYNC_STACK_MARGIN));
     // Time limits: the worker's ticker advances the epoch; a store past its deadline traps.
-    config.epoch_interruption(true);
+    config.epoch_interruption(kind.interruptible);
     // Fuel limits: deterministic CPU metering, for the engine that asks for it only.
-    config.consume_fuel(metered);
+    config.consume_fuel(kind.metered);
     config
 }
 
-/// Every engine this worker process has made, by (metered, stack limit in bytes). A worker
+/// Every engine this worker process has made, by (kind, stack limit in bytes). A worker
 /// process serves one runtime, so its engines are the process's.
-static ENGINES: Mutex<Vec<(bool, u64, &'static Engine)>> = Mutex::new(Vec::new());
+static ENGINES: Mutex<Vec<(EngineKind, u64, &'static Engine)>> = Mutex::new(Vec::new());
 
-/// The engines a runtime compiles with, plain and metered (made the first time each is
-/// asked for), and the function cache they share.
+/// The engines a runtime compiles with, one per [`EngineKind`] (made the first time each
+/// is asked for), and the function cache they share.
 pub(crate) struct Engines {
-    made: Mutex<[Option<Engine>; 2]>,
+    made: Mutex<[Option<Engine>; 4]>,
     functions: Arc<FunctionCache>,
 }
 
@@ -60,14 +101,14 @@ impl Engines {
         }
     }
 
-    /// The engine with the default stack limit, plain or metered: the one that compiles.
+    /// The engine of `kind` with the default stack limit: the one that compiles.
     /// It looks every function up in the function cache first (the code is the same as
     /// without it, so workers' engines, which never compile, need no cache).
-    pub fn compiling(&self, metered: bool) -> Engine {
+    pub fn compiling(&self, kind: EngineKind) -> Engine {
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
-        made[usize::from(metered)]
+        made[kind.index()]
             .get_or_insert_with(|| {
-                let mut config = config(metered, Limits::default().stack_bytes);
+                let mut config = config(kind, Limits::default().stack_bytes);
                 let engine = config
                     .enable_incremental_compilation(self.functions.clone())
                     .and_then(|config| Engine::new(config));
@@ -88,21 +129,21 @@ impl Engines {
 /// async stack is 2 MiB for a 512 KiB wasm stack).
 const ASYNC_STACK_MARGIN: usize = 1536 << 10;
 
-/// The worker process's engine, plain or metered, with this stack limit. Each is made the first
-/// time it is asked for (and kept: a worker meets few distinct limits), so a process that
-/// never meters fuel never builds the metered one.
-pub(crate) fn engine_with(metered: bool, stack_bytes: u64) -> Result<&'static Engine, String> {
+/// The worker process's engine of `kind` with this stack limit. Each is made the first time
+/// it is asked for (and kept: a worker meets few distinct limits), so a process that never
+/// meters fuel never builds a metered one.
+pub(crate) fn engine_with(kind: EngineKind, stack_bytes: u64) -> Result<&'static Engine, String> {
     let mut engines = ENGINES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, _, engine)) = engines
         .iter()
-        .find(|(m, s, _)| *m == metered && *s == stack_bytes)
+        .find(|(k, s, _)| *k == kind && *s == stack_bytes)
     {
         return Ok(engine);
     }
-    let engine = Engine::new(&config(metered, stack_bytes))
+    let engine = Engine::new(&config(kind, stack_bytes))
         .map_err(|e| format!("wasmtime rejected the engine configuration: {e:#}"))?;
     let engine: &'static Engine = Box::leak(Box::new(engine));
-    engines.push((metered, stack_bytes, engine));
+    engines.push((kind, stack_bytes, engine));
     Ok(engine)
 }
 

@@ -11,6 +11,7 @@ use wasmtime::component::Component;
 
 use crate::bindings::TaskModulePre;
 use crate::component_bytes::ComponentBytes;
+use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 pub use crate::guest_build::BuildOptions;
 use crate::protocol::Limits;
@@ -43,13 +44,15 @@ struct ModuleInner {
     /// The runtime its pools and processes run in.
     runtime: Runtime,
     origin: PathBuf,
-    /// The component, kept to compile the metered artifact the first time fuel is asked for.
+    /// The component, kept to compile the artifact of another engine kind the first time
+    /// one is asked for.
     bytes: ComponentBytes,
     /// The component's SHA-256, which names its artifacts.
     digest: [u8; 32],
+    /// The artifact for the plain engine ([`EngineKind::PLAIN`]), compiled on load.
     artifact: PathBuf,
-    /// The artifact compiled for the metered (fuel-counting) engine, once compiled.
-    metered_artifact: Mutex<Option<PathBuf>>,
+    /// The artifacts compiled for the other engine kinds, once asked for.
+    others: Mutex<Vec<(EngineKind, PathBuf)>>,
     tasks: Mutex<Option<Vec<String>>>,
     /// A warm spare worker; `Process::start` takes it when its engine is the one wanted.
     spare: Mutex<Option<ReadyWorker>>,
@@ -216,7 +219,7 @@ impl Module {
         digest: [u8; 32],
         origin: PathBuf,
     ) -> Result<Module> {
-        let artifact = compile_in(cache, runtime, &bytes, &digest, &origin, false)?;
+        let artifact = compile_in(cache, runtime, &bytes, &digest, &origin, EngineKind::PLAIN)?;
         Ok(Module {
             inner: Arc::new(ModuleInner {
                 runtime: runtime.clone(),
@@ -224,7 +227,7 @@ impl Module {
                 bytes,
                 digest,
                 artifact,
-                metered_artifact: Mutex::new(None),
+                others: Mutex::new(Vec::new()),
                 tasks: Mutex::new(None),
                 spare: Mutex::new(None),
                 keep_spare: AtomicBool::new(true),
@@ -251,15 +254,17 @@ impl Module {
         &self.inner.origin
     }
 
-    /// The precompiled artifact that workers map.
+    /// The precompiled artifact that workers map (compiled for a pool or process with no
+    /// fuel or time limit of its own; those with one map another, compiled when first asked
+    /// for).
     pub fn artifact(&self) -> &Path {
         &self.inner.artifact
     }
 
-    /// The artifact for the plain or the metered engine. The metered one is compiled (or
-    /// found in the cache) the first time a pool or process with a fuel limit asks for it.
-    pub(crate) fn artifact_for(&self, metered: bool) -> Result<PathBuf> {
-        if !metered {
+    /// The artifact for an engine of kind `engine`. One but the plain engine's is compiled
+    /// (or found in the cache) the first time a pool or process asks for it.
+    pub(crate) fn artifact_for(&self, engine: EngineKind) -> Result<PathBuf> {
+        if engine == EngineKind::PLAIN {
             // Evicted from the cache since (by another program's compile): compiled again
             // to the same path.
             if !self.inner.artifact.is_file() {
@@ -268,18 +273,14 @@ impl Module {
                     &self.inner.bytes,
                     &self.inner.digest,
                     &self.inner.origin,
-                    false,
+                    engine,
                 );
             }
             return Ok(self.inner.artifact.clone());
         }
         // Held while compiling: workers starting together wait for one compilation.
-        let mut slot = self
-            .inner
-            .metered_artifact
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(path) = &*slot
+        let mut others = self.inner.others.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, path)) = others.iter().find(|(kind, _)| *kind == engine)
             && path.is_file()
         {
             return Ok(path.clone());
@@ -289,9 +290,10 @@ impl Module {
             &self.inner.bytes,
             &self.inner.digest,
             &self.inner.origin,
-            true,
+            engine,
         )?;
-        *slot = Some(path.clone());
+        others.retain(|(kind, _)| *kind != engine);
+        others.push((engine, path.clone()));
         Ok(path)
     }
 
@@ -300,7 +302,7 @@ impl Module {
         if let Some(tasks) = self.known_tasks() {
             return Ok(tasks);
         }
-        let worker = self.ready_worker("wasmpool-tasks", false, &Limits::default())?;
+        let worker = self.ready_worker("wasmpool-tasks", EngineKind::PLAIN, &Limits::default())?;
         let tasks = worker.tasks.clone();
         self.put_spare(worker);
         Ok(tasks)
@@ -328,16 +330,16 @@ impl Module {
         }
     }
 
-    /// A worker with this module loaded on the plain or the metered engine, with the stack
+    /// A worker with this module loaded on an engine of kind `engine`, with the stack
     /// limit of `limits`: the warm spare if there is one of that kind, else a new one, whose
     /// first instance is made under `limits`.
     pub(crate) fn ready_worker(
         &self,
         name: &str,
-        metered: bool,
+        engine: EngineKind,
         limits: &Limits,
     ) -> Result<ReadyWorker> {
-        self.ready_worker_with(name, metered, limits, &[])
+        self.ready_worker_with(name, engine, limits, &[])
     }
 
     /// As [`ready_worker`](Module::ready_worker), with the encoded frames `first` already
@@ -345,7 +347,7 @@ impl Module {
     pub(crate) fn ready_worker_with(
         &self,
         name: &str,
-        metered: bool,
+        engine: EngineKind,
         limits: &Limits,
         first: &[u8],
     ) -> Result<ReadyWorker> {
@@ -355,7 +357,7 @@ impl Module {
             .spare
             .lock()
             .ok()
-            .and_then(|mut s| s.take_if(|w| w.is_kind(metered, stack_bytes)))
+            .and_then(|mut s| s.take_if(|w| w.is_kind(engine, stack_bytes)))
             // A spare that died while it waited (killed, or with its fork server) is
             // reaped here, not handed out.
             .filter(ReadyWorker::is_alive);
@@ -371,9 +373,9 @@ impl Module {
             }
             None => start_worker_with(
                 &self.inner.runtime,
-                &self.artifact_for(metered)?,
+                &self.artifact_for(engine)?,
                 name,
-                metered,
+                engine,
                 limits,
                 first,
             )?,
@@ -408,22 +410,25 @@ impl Module {
 
     /// Starts a warm spare worker now, unless one is ready, and waits until it is: the next
     /// [`Process::start`](crate::Process::start) then skips starting a worker.
-    /// The spare runs on the plain engine; a process with a fuel limit starts its own.
+    /// The spare runs on the plain engine; a process with a fuel or time limit starts its own.
     pub fn prepare_spare(&self) -> Result<()> {
         if self
             .inner
             .spare
             .lock()
-            .map(|s| s.as_ref().is_some_and(|w| w.is_kind(false, DEFAULT_STACK)))
+            .map(|s| {
+                s.as_ref()
+                    .is_some_and(|w| w.is_kind(EngineKind::PLAIN, DEFAULT_STACK))
+            })
             .unwrap_or(false)
         {
             return Ok(());
         }
         let worker = start_worker(
             &self.inner.runtime,
-            &self.artifact_for(false)?,
+            &self.artifact_for(EngineKind::PLAIN)?,
             "spare",
-            false,
+            EngineKind::PLAIN,
             &Limits::default(),
         )?;
         self.put_spare(worker);
@@ -431,9 +436,9 @@ impl Module {
     }
 
     /// Starts a spare worker in the background, so the next `Process::start` is warm: on the
-    /// engine the last one used (`metered`, `stack_bytes`), as the next is likely to want the
+    /// engine the last one used (`engine`, `stack_bytes`), as the next is likely to want the
     /// same.
-    pub(crate) fn refill_spare(&self, metered: bool, stack_bytes: u64) {
+    pub(crate) fn refill_spare(&self, engine: EngineKind, stack_bytes: u64) {
         if !self.inner.keep_spare.load(Ordering::Relaxed) {
             return;
         }
@@ -445,17 +450,17 @@ impl Module {
                     .inner
                     .spare
                     .lock()
-                    .map(|s| s.as_ref().is_some_and(|w| w.is_kind(metered, stack_bytes)))
+                    .map(|s| s.as_ref().is_some_and(|w| w.is_kind(engine, stack_bytes)))
                     .unwrap_or(true)
                 {
                     return;
                 }
-                let worker = module.artifact_for(metered).and_then(|artifact| {
+                let worker = module.artifact_for(engine).and_then(|artifact| {
                     let limits = Limits {
                         stack_bytes,
                         ..Limits::default()
                     };
-                    start_worker(&module.inner.runtime, &artifact, "spare", metered, &limits)
+                    start_worker(&module.inner.runtime, &artifact, "spare", engine, &limits)
                 });
                 // Kept only if spares still are: one turned off meanwhile must not find a
                 // spare started before it was (checked under the lock `set_keep_spare`
@@ -495,7 +500,7 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
     }
 }
 
-/// Compiles `bytes` (whose SHA-256 is `digest`) for the plain or the metered engine into
+/// Compiles `bytes` (whose SHA-256 is `digest`) for an engine of kind `engine` into
 /// the cache, unless the cache has it already (and it verifies: then `bytes` need not be
 /// read); returns the artifact's path.
 fn compile(
@@ -503,10 +508,10 @@ fn compile(
     bytes: &ComponentBytes,
     digest: &[u8; 32],
     origin: &Path,
-    metered: bool,
+    engine: EngineKind,
 ) -> Result<PathBuf> {
     let cache = cache::Cache::open(runtime.cache_dir())?;
-    compile_in(&cache, runtime, bytes, digest, origin, metered)
+    compile_in(&cache, runtime, bytes, digest, origin, engine)
 }
 
 /// As [`compile`], into `cache` (the runtime's, open).
@@ -516,14 +521,14 @@ fn compile_in(
     bytes: &ComponentBytes,
     digest: &[u8; 32],
     origin: &Path,
-    metered: bool,
+    kind: EngineKind,
 ) -> Result<PathBuf> {
     let bad = |message: String| Error::BadModule {
         path: origin.to_path_buf(),
         message,
     };
-    let engine = runtime.engines().compiling(metered);
-    let name = artifact_name(&engine, digest, metered);
+    let engine = runtime.engines().compiling(kind);
+    let name = artifact_name(&engine, digest, kind);
     if let Some(artifact) = cache.verified(&name) {
         return Ok(artifact);
     }
@@ -568,7 +573,7 @@ fn first_line(e: &wasmtime::Error) -> String {
 
 /// The artifact's name in the cache: a digest of the component's SHA-256 (`digest`), the
 /// engine's compatibility hash and this version.
-fn artifact_name(engine: &wasmtime::Engine, digest: &[u8; 32], metered: bool) -> String {
+fn artifact_name(engine: &wasmtime::Engine, digest: &[u8; 32], kind: EngineKind) -> String {
     let mut compat = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut compat);
     let mut h = Sha256::new();
@@ -576,9 +581,13 @@ fn artifact_name(engine: &wasmtime::Engine, digest: &[u8; 32], metered: bool) ->
     h.update(digest);
     h.update(compat.finish().to_le_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
-    if metered {
-        // The engine hash covers fuel too; this keeps the two apart whatever it covers.
+    // The engine hash covers fuel and epochs too; this keeps the kinds apart whatever it
+    // covers.
+    if kind.metered {
         h.update(b"metered");
+    }
+    if kind.interruptible {
+        h.update(b"interruptible");
     }
     let digest = h.finalize();
     digest.iter().map(|b| format!("{b:02x}")).collect()

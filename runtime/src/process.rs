@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::broker::collect_grants;
+use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
@@ -216,7 +217,9 @@ impl Process {
 
     /// Sets the task's limits (memory, time, stack, output, fuel); a task that exceeds one fails with
     /// [`Error::Limit`]. With a fuel limit the process runs on the metered engine and
-    /// reports the fuel the task used ([`fuel_used`](Process::fuel_used)). Before
+    /// reports the fuel the task used ([`fuel_used`](Process::fuel_used)); with a time limit,
+    /// on one whose code checks the time (slower wasm code, see
+    /// [`PoolBuilder::interruptible`](crate::PoolBuilder::interruptible)). Before
     /// [`start`](Process::start) only (see [`with_name`](Process::with_name)).
     pub fn with_limits(self, limits: Limits) -> Self {
         self.configure("the limits", |i| i.limits = limits)
@@ -278,7 +281,7 @@ impl Process {
         let inner = &self.inner;
         inner.limits.check().map_err(Error::State)?;
         let grants = inner.grants.resolved()?;
-        let metered = inner.limits.fuel.is_some();
+        let engine = EngineKind::for_limits(&inner.limits);
         let stack = inner.limits.stack_bytes;
         let mut frames = Vec::new();
         let encoded = self.first_frames(grants, &mut frames);
@@ -288,7 +291,7 @@ impl Process {
         let first: &[u8] = if pipelined { &frames } else { &[] };
         let worker = inner
             .module
-            .ready_worker_with(&inner.name, metered, &inner.limits, first)?;
+            .ready_worker_with(&inner.name, engine, &inner.limits, first)?;
         if !worker.tasks.iter().any(|t| *t == inner.task) {
             return Err(Error::UnknownTask {
                 task: inner.task.clone(),
@@ -323,7 +326,7 @@ impl Process {
         state.worker = Some(handle);
         drop(state);
         inner.module.runtime().processes().started(&self.inner);
-        inner.module.refill_spare(metered, stack);
+        inner.module.refill_spare(engine, stack);
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use std::sync::mpsc::{Sender, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 use crate::fork_client::{ForkError, ForkServer, StartMethod};
 use crate::launch::{LOG_ENV, PARENT_ENV, WORKER_ARG, WORKER_FD};
@@ -245,8 +246,8 @@ pub(crate) struct ReadyWorker {
     pub sock: UnixStream,
     pub child: WorkerProcess,
     pub tasks: Vec<String>,
-    /// Whether it loaded the artifact for the metered (fuel-counting) engine.
-    pub metered: bool,
+    /// The engine kind it loaded its artifact for.
+    pub engine: EngineKind,
     /// The wasm stack limit its engine was made with.
     pub stack_bytes: u64,
     /// The runtime it serves: the broker of its object calls, its limits.
@@ -263,12 +264,12 @@ impl Drop for ReadyWorker {
 }
 
 impl ReadyWorker {
-    /// Whether it runs on the engine `metered` and `stack_bytes` ask for, and was started
+    /// Whether it runs on the engine `engine` and `stack_bytes` ask for, and was started
     /// by the start method now in force (a spare started before `set_start_method` changed
     /// it is not what the program asked for).
-    pub fn is_kind(&self, metered: bool, stack_bytes: u64) -> bool {
+    pub fn is_kind(&self, engine: EngineKind, stack_bytes: u64) -> bool {
         let forked = matches!(self.child, WorkerProcess::Forked { .. });
-        self.metered == metered
+        self.engine == engine
             && self.stack_bytes == stack_bytes
             && forked == (self.runtime.start_method() == StartMethod::ForkServer)
     }
@@ -306,17 +307,17 @@ impl ReadyWorker {
     }
 }
 
-/// Starts a worker process, has it load `artifact` (compiled for the metered engine when
-/// `metered`) into an engine with the stack limit of `limits`, make its first instance
+/// Starts a worker process, has it load `artifact` (compiled for an engine of kind
+/// `engine`) into such an engine with the stack limit of `limits`, make its first instance
 /// under their memory and time limits, and waits until it is ready.
 pub(crate) fn start_worker(
     runtime: &Runtime,
     artifact: &Path,
     name: &str,
-    metered: bool,
+    engine: EngineKind,
     limits: &Limits,
 ) -> Result<ReadyWorker> {
-    start_worker_with(runtime, artifact, name, metered, limits, &[])
+    start_worker_with(runtime, artifact, name, engine, limits, &[])
 }
 
 /// How long the host waits for a new worker to be ready: its start, plus its module's
@@ -336,7 +337,7 @@ pub(crate) fn start_worker_with(
     runtime: &Runtime,
     artifact: &Path,
     name: &str,
-    metered: bool,
+    engine: EngineKind,
     limits: &Limits,
     first: &[u8],
 ) -> Result<ReadyWorker> {
@@ -345,7 +346,7 @@ pub(crate) fn start_worker_with(
     let load = Load {
         artifact: artifact.to_path_buf(),
         name: name.to_string(),
-        metered,
+        engine,
         stack_bytes,
         init_limits: *limits,
     };
@@ -398,7 +399,7 @@ pub(crate) fn start_worker_with(
             sock,
             child,
             tasks,
-            metered,
+            engine,
             stack_bytes,
             runtime: runtime.clone(),
         }),

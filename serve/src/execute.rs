@@ -324,9 +324,12 @@ impl Executor {
             return Ok(pool);
         }
         let module = self.module(sha256)?;
+        // Every task of a tenant has a time limit (its quota's at most): its code checks the
+        // time, so one that reaches it stops without costing its worker.
         let mut builder = Pool::builder(&module)
             .processes(self.workers)
-            .output(Output::Discard);
+            .output(Output::Discard)
+            .interruptible(true);
         if metered {
             // Metering on: submissions bring their own fuel limits.
             builder = builder.limits(Limits::default().fuel(u64::MAX));

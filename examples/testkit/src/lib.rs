@@ -170,6 +170,16 @@ fn square_or_trap(x: u64) -> u64 {
     x * x
 }
 
+/// The square of `x`, except that 13 loops forever in wasm code: one runaway item in a
+/// batch.
+#[task]
+fn square_or_spin(x: u64) -> u64 {
+    if x == 13 {
+        return spin();
+    }
+    x * x
+}
+
 /// The worker's pid, after sleeping `ms` milliseconds (which worker ran a task).
 #[task]
 fn pid_after(ms: u64) -> u32 {
@@ -667,6 +677,7 @@ wasmpool_guest::export_tasks!(
     spin,
     square_or_panic,
     square_or_trap,
+    square_or_spin,
     pid_after,
     alloc_mib,
     recurse,

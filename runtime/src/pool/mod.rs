@@ -26,6 +26,7 @@ use self::job::{Hook, Job, Slot, TaskOptions, finish_all, finish_one, finish_one
 use self::scheduler::{PoolConfig, Scheduler};
 pub use self::tenant::Tenant;
 pub use self::wait::{ReturnWhen, Waitable, wait_futures, wait_objects};
+use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
@@ -90,6 +91,7 @@ pub struct PoolBuilder {
     maxtasksperchild: Option<u64>,
     output: Output,
     limits: Limits,
+    interruptible: Option<bool>,
     retries: u32,
     restart_limit: u32,
     grants: Grants,
@@ -127,9 +129,36 @@ impl PoolBuilder {
     ///
     /// With a fuel limit ([`Limits::fuel`]) the workers run on the metered engine (slower
     /// wasm code) and report the fuel used ([`AsyncResult::fuel_used`]); only such a pool
-    /// accepts fuel limits from [`Pool::with_limits`].
+    /// accepts fuel limits from [`Pool::with_limits`]. With a time limit
+    /// ([`Limits::timeout`]) they run on an interruptible engine (see
+    /// [`interruptible`](PoolBuilder::interruptible)).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Whether the workers' wasm code checks the time as it runs, so a task past its time
+    /// limit stops where it is and its worker carries on (default: when the pool's own
+    /// [`limits`](PoolBuilder::limits) have a time limit).
+    ///
+    /// The checks cost speed: CPython in a Python guest runs about a third faster without
+    /// them, Rust code less. In a pool without them a time limit still holds, for the
+    /// submissions of [`Pool::with_limits`]: the worker's watchdog answers the task with
+    /// the same [`Error::Limit`] at its limit, then ends the worker, which the pool
+    /// replaces (a new worker, so a slower next task). Turn this on for a pool whose
+    /// submissions bring time limits of their own and may often reach them.
+    ///
+    /// ```no_run
+    /// # let module = wasmpool::Module::load("examples/testkit")?;
+    /// use std::time::Duration;
+    /// let pool = wasmpool::Pool::builder(&module).interruptible(true).build()?;
+    /// let quick = pool.with_limits(wasmpool::Limits::default().timeout(Duration::from_secs(1)));
+    /// let r: Result<u64, _> = quick.apply("spin", &());
+    /// assert!(matches!(r, Err(wasmpool::Error::Limit(_))));
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn interruptible(mut self, on: bool) -> Self {
+        self.interruptible = Some(on);
         self
     }
 
@@ -245,10 +274,14 @@ impl PoolBuilder {
             self.module.tasks()?;
             self.module.check_task(task)?;
         }
-        if self.limits.fuel.is_some() {
+        let engine = EngineKind {
+            metered: self.limits.fuel.is_some(),
+            interruptible: self.interruptible.unwrap_or(self.limits.timeout.is_some()),
+        };
+        if engine != EngineKind::PLAIN {
             // Compiled once here, so the workers starting together need not wait on it and
             // a failure is the build's error.
-            self.module.artifact_for(true)?;
+            self.module.artifact_for(engine)?;
         }
         let scheduler = Scheduler::new(
             self.module,
@@ -258,6 +291,7 @@ impl PoolBuilder {
                 maxtasksperchild: self.maxtasksperchild,
                 output: self.output,
                 limits: self.limits,
+                engine,
                 restart_limit: self.restart_limit,
                 grants: self.grants.resolved()?,
             },
@@ -339,6 +373,7 @@ impl Pool {
             maxtasksperchild: None,
             output: Output::Inherit,
             limits: Limits::default(),
+            interruptible: None,
             retries: 0,
             restart_limit: DEFAULT_RESTART_LIMIT,
             grants: Grants::default(),
@@ -384,6 +419,9 @@ impl Pool {
     ///
     /// A fuel limit needs a pool built with one (its workers meter fuel): in any other pool,
     /// submissions with a fuel limit fail with [`Error::State`] rather than run unmetered.
+    /// A time limit holds in any pool; in one built without a time limit (and not
+    /// [`interruptible`](PoolBuilder::interruptible)) a task that reaches it also ends its
+    /// worker, which the pool replaces.
     ///
     /// ```no_run
     /// # let module = wasmpool::Module::load("examples/testkit")?;

@@ -21,6 +21,7 @@ use super::job::{Job, Slot};
 use super::pipeline::{Timing, ewma, pipeline_depth};
 use super::queue_policy::{Cost, CostHint, Fair, QueueKey, QueuePolicy};
 use super::workers::{InFlight, PoolWorker};
+use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 use crate::grants::Grants;
 use crate::module::Module;
@@ -111,9 +112,11 @@ pub(crate) struct PoolConfig {
     pub initializer: Option<(String, Vec<u8>)>,
     pub maxtasksperchild: Option<u64>,
     pub output: Output,
-    /// Limits for the initializer (each job carries its own). With a fuel limit, the
-    /// workers run on the metered engine.
+    /// Limits for the initializer (each job carries its own).
     pub limits: Limits,
+    /// The engine the workers run on: metered with a fuel limit, interruptible with a time
+    /// limit (or when asked for).
+    pub engine: EngineKind,
     /// Workers a task may take down in a row before its work is failed instead of run.
     pub restart_limit: u32,
     /// Capabilities for every worker's tasks (already resolved).

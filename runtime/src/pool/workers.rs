@@ -117,13 +117,13 @@ impl Scheduler {
 
     /// Starts one worker and adds it to the pool (its slot in `starting` is released).
     fn add_worker(&self, name: String) -> Result<()> {
-        let metered = self.config.limits.fuel.is_some();
-        let started = self.module.artifact_for(metered).and_then(|artifact| {
+        let engine = self.config.engine;
+        let started = self.module.artifact_for(engine).and_then(|artifact| {
             start_worker(
                 self.module.runtime(),
                 &artifact,
                 &name,
-                metered,
+                engine,
                 &self.config.limits,
             )
         });

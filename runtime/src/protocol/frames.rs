@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use wasmpool_objects::wire::{Handle, ObjectError, Request, Response};
 
 use super::Limits;
+use crate::engine::EngineKind;
 
 /// The exit status of a worker whose watchdog stopped a task stuck past its time limit. It
 /// answered that task first, so no task was running when it exited.
@@ -55,9 +56,9 @@ pub(crate) struct Load {
     pub artifact: PathBuf,
     /// The process name tasks see (`Process-1`, `PoolWorker-3`, …).
     pub name: String,
-    /// Whether `artifact` was compiled for the metered (fuel-counting) engine: the worker
-    /// must deserialize it with that engine.
-    pub metered: bool,
+    /// The engine kind `artifact` was compiled for: the worker must deserialize it with an
+    /// engine of that kind.
+    pub engine: EngineKind,
     /// The stack limit of the engine to load it into: the one its tasks are likely to ask
     /// for (the pool's or process's), so the first call need not load it again.
     pub stack_bytes: u64,

@@ -175,7 +175,10 @@ mod tests {
             ToWorker::Control(Control::Load(Load {
                 artifact: "/cache/artifacts/0123.cwasm".into(),
                 name: "PoolWorker-1".into(),
-                metered: true,
+                engine: crate::engine::EngineKind {
+                    metered: true,
+                    interruptible: true,
+                },
                 stack_bytes: 256 << 10,
                 init_limits: Limits::default().timeout(Duration::from_secs(2)),
             })),

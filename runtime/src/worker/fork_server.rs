@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use super::instance::{prepare, usable_stack};
 use super::state::InstanceState;
 use crate::bindings::TaskModulePre;
+use crate::engine::EngineKind;
 use crate::fdpass;
 use crate::launch::WORKER_FD;
 use crate::launch::{FromForkServer, ToForkServer};
@@ -31,7 +32,7 @@ struct Prepared {
     /// The file the artifact path named when it was mapped: a path the host has since
     /// recompiled into (a corrupt artifact replaced) names another, which is mapped anew.
     file: Option<FileId>,
-    metered: bool,
+    engine: EngineKind,
     stack_bytes: u64,
     pre: TaskModulePre<InstanceState>,
 }
@@ -186,9 +187,7 @@ fn prepared(
 ) -> Result<TaskModulePre<InstanceState>, String> {
     let file = file_id(&load.artifact);
     let found = cache.iter().position(|p| {
-        p.artifact == load.artifact
-            && p.metered == load.metered
-            && p.stack_bytes == load.stack_bytes
+        p.artifact == load.artifact && p.engine == load.engine && p.stack_bytes == load.stack_bytes
     });
     // A mapped file that is still the one its path names is used; one replaced since is
     // mapped anew (a path gone, as after eviction from the cache, keeps the mapped copy).
@@ -204,9 +203,9 @@ fn prepared(
         None => Prepared {
             artifact: load.artifact.clone(),
             file,
-            metered: load.metered,
+            engine: load.engine,
             stack_bytes: load.stack_bytes,
-            pre: prepare(&load.artifact, load.metered, load.stack_bytes)?,
+            pre: prepare(&load.artifact, load.engine, load.stack_bytes)?,
         },
     };
     let pre = entry.pre.clone();

@@ -30,7 +30,7 @@ impl Exports {
         self.tasks.wasmpool_task_tasks()
     }
 }
-use crate::engine::engine_with;
+use crate::engine::{EngineKind, engine_with};
 use crate::grants::Grants;
 use crate::protocol::packed::{BatchAnswers, Packed};
 use crate::protocol::{
@@ -71,15 +71,16 @@ pub(crate) struct Loaded {
     objects: Arc<ObjectClient>,
     progress: Arc<BatchProgress>,
     grants: Grants,
-    /// Whether the engine counts fuel (the artifact was compiled for the metered engine).
-    metered: bool,
+    /// The kind of engine `pre` is for: whether it counts fuel, and whether its code checks
+    /// the epoch (else the watchdog alone enforces time limits).
+    engine: EngineKind,
     /// Fuel used by the current call (every item of a batch), when metered.
     fuel_used: Option<u64>,
 }
 
 impl Loaded {
     /// Instantiates the module `load` names, runs the guest's init and asks for its tasks.
-    /// `pre` is that module, prepared (by [`prepare`]) for the engine of `load.metered` and
+    /// `pre` is that module, prepared (by [`prepare`]) for the engine of `load.engine` and
     /// `load.stack_bytes`: the stack limit its tasks will likely ask for.
     pub fn new(
         pre: TaskModulePre<InstanceState>,
@@ -103,12 +104,16 @@ impl Loaded {
             objects,
             progress,
             grants: Grants::default(),
-            metered: load.metered,
+            engine: load.engine,
             fuel_used: None,
         };
         // The first instance's init runs under the limits of the pool or process the worker
         // is for, with a watchdog for an init blocked in a host call.
-        loaded.watchdog.arm(INIT_CALL, load.init_limits.timeout);
+        loaded.watchdog.arm(
+            INIT_CALL,
+            load.init_limits.timeout,
+            load.engine.interruptible,
+        );
         let first = loaded
             .instantiate(&load.init_limits)
             .and_then(|(mut store, module)| {
@@ -209,7 +214,7 @@ impl Loaded {
             limiter: MemoryLimiter::new(limits.memory_bytes, self.watchdog.peak_memory().clone()),
         };
         let mut store = Store::new(self.pre.engine(), state);
-        if self.metered {
+        if self.engine.metered {
             // Instantiation and the guest's init are not any task's: they run unmetered.
             store
                 .set_fuel(u64::MAX)
@@ -256,17 +261,19 @@ impl Loaded {
             // instance (of the old engine) is made again, as after a trap.
             self.discard_instance();
             self.pre = match &self.artifact_file {
-                Some(file) => prepare_open(file, &self.artifact, self.metered, limits.stack_bytes)?,
-                None => prepare(&self.artifact, self.metered, limits.stack_bytes)?,
+                Some(file) => prepare_open(file, &self.artifact, self.engine, limits.stack_bytes)?,
+                None => prepare(&self.artifact, self.engine, limits.stack_bytes)?,
             };
             self.stack_bytes = limits.stack_bytes;
         }
         if self.live.is_none() {
             // A fresh instance's init runs under this call's limits, and its watchdog.
-            self.watchdog.arm(id, limits.timeout);
+            self.watchdog
+                .arm(id, limits.timeout, self.engine.interruptible);
             self.live = Some(self.instantiate(limits)?);
         }
-        self.watchdog.arm(id, limits.timeout);
+        self.watchdog
+            .arm(id, limits.timeout, self.engine.interruptible);
         let live = self
             .live
             .as_mut()
@@ -283,7 +290,7 @@ impl Loaded {
         };
         live.0
             .set_epoch_deadline(limits.timeout.map_or(NO_DEADLINE, ticks));
-        if self.metered {
+        if self.engine.metered {
             // Without a budget of its own (a per-submission override) a task is only measured.
             live.0
                 .set_fuel(limits.fuel.unwrap_or(u64::MAX))
@@ -301,7 +308,7 @@ impl Loaded {
             return Some(Outcome::BadArgs(message));
         }
         match limits.fuel {
-            Some(fuel) if !self.metered => Some(Outcome::BadArgs(format!(
+            Some(fuel) if !self.engine.metered => Some(Outcome::BadArgs(format!(
                 "a fuel limit ({fuel}) needs a worker that meters fuel: give the pool or \
                  process the fuel limit when it is built"
             ))),
@@ -328,7 +335,7 @@ impl Loaded {
     }
 
     fn call_armed(&mut self, id: u64, task: &str, args: &[u8], limits: &Limits) -> Outcome {
-        let metered = self.metered;
+        let metered = self.engine.metered;
         let (store, module) = match self.live(id, limits) {
             Ok(l) => l,
             Err(message) => return Outcome::Trap(message),
@@ -383,7 +390,7 @@ impl Loaded {
             for _ in 0..items.len() {
                 self.progress.push(refused.clone(), &self.channel);
             }
-        } else if self.metered {
+        } else if self.engine.metered {
             self.call_each(id, task, &items, limits);
         } else {
             self.call_batch_armed(id, task, items, limits);
@@ -589,7 +596,7 @@ fn past_deadline(state: &InstanceState) -> UpdateDeadline {
     }
 }
 
-/// Loads the artifact into the engine for `metered` and `stack_bytes`, ready to instantiate.
+/// Loads the artifact into the engine for `engine` and `stack_bytes`, ready to instantiate.
 /// The stack limit a worker loads its module for: the one asked for, or the default when it
 /// is out of range (a call asking for such a limit is refused anyway).
 pub(super) fn usable_stack(stack_bytes: u64) -> u64 {
@@ -603,13 +610,13 @@ pub(super) fn usable_stack(stack_bytes: u64) -> u64 {
     }
 }
 
-/// Maps the compiled module into the engine of `metered` and `stack_bytes`, and links it.
+/// Maps the compiled module into the engine of kind `kind` and `stack_bytes`, and links it.
 pub(super) fn prepare(
     artifact: &Path,
-    metered: bool,
+    kind: EngineKind,
     stack_bytes: u64,
 ) -> Result<TaskModulePre<InstanceState>, String> {
-    let engine = engine_with(metered, stack_bytes)?;
+    let engine = engine_with(kind, stack_bytes)?;
     // SAFETY: the host wrote this artifact into its own content-addressed cache from a
     // component it compiled and validated with the same engine configuration (the stack
     // limit, which may differ, is not part of the compiled code).
@@ -623,11 +630,11 @@ pub(super) fn prepare(
 pub(super) fn prepare_open(
     file: &std::fs::File,
     artifact: &Path,
-    metered: bool,
+    kind: EngineKind,
     stack_bytes: u64,
 ) -> Result<TaskModulePre<InstanceState>, String> {
     use std::io::{Read, Seek};
-    let engine = engine_with(metered, stack_bytes)?;
+    let engine = engine_with(kind, stack_bytes)?;
     let mut reader = file;
     let mut bytes = Vec::new();
     reader

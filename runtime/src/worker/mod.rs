@@ -227,7 +227,7 @@ fn serve_on(
         Some(pre) => Ok(pre),
         None => {
             load.stack_bytes = instance::usable_stack(load.stack_bytes);
-            instance::prepare(&load.artifact, load.metered, load.stack_bytes)
+            instance::prepare(&load.artifact, load.engine, load.stack_bytes)
         }
     };
     let loaded = pre.and_then(|pre| {

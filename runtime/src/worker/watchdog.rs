@@ -1,10 +1,12 @@
-//! Time limits. A ticker thread advances the epoch of the engines the worker runs on (plain or
-//! metered, one per stack limit) every `EPOCH_TICK`; a store whose deadline has passed traps at its next check,
-//! which wasm code reaches quickly. The thread starts with the first call that has a time
-//! limit: a worker that never meets one never pays for it. Time spent blocked in a host call (a guest sleeping, say)
-//! is not wasm code: if a task is still running well past its deadline, the watchdog answers
-//! the call itself with a time-limit error and ends the worker process, which the host then
-//! replaces.
+//! Time limits. A ticker thread advances the epoch of the engines the worker runs on (one per
+//! kind and stack limit) every `EPOCH_TICK`; on an interruptible engine a store whose deadline
+//! has passed traps at its next check, which wasm code reaches quickly. The thread starts with
+//! the first call that has a time limit: a worker that never meets one never pays for it.
+//! Time spent blocked in a host call (a guest sleeping, say) is not wasm code: if a task is
+//! still running well past its deadline, the watchdog answers the call itself with a
+//! time-limit error and ends the worker process, which the host then replaces. On an engine
+//! whose code does not check the epoch (a pool built without a time limit, see
+//! `engine.rs`) nothing traps, so the watchdog does so at the deadline itself, with no grace.
 
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -34,6 +36,9 @@ struct Running {
     timeout: Duration,
     /// The ticker's passes that found the deadline passed (with the epoch past it).
     overdue_passes: u32,
+    /// Whether the call's code traps at the epoch deadline: if not, nothing but the
+    /// watchdog stops it, so it does not wait `GRACE` for a trap.
+    interrupts: bool,
 }
 
 /// When the ticker started, and how many ticks the epoch has been advanced since.
@@ -139,7 +144,8 @@ impl Watchdog {
                         continue;
                     }
                     r.overdue_passes += 1;
-                    if r.overdue_passes > grace_passes {
+                    let grace = if r.interrupts { grace_passes } else { 0 };
+                    if r.overdue_passes > grace {
                         // Still holding `running`: the call cannot end (its end disarms
                         // the watchdog first) and be answered twice.
                         let (id, timeout) = (r.id, r.timeout);
@@ -171,7 +177,8 @@ impl Watchdog {
                             }),
                         };
                         let _ = channel.send(&answer);
-                        // The guest is blocked in the host and cannot be interrupted: end the process.
+                        // The guest is blocked in the host, or runs code that does not check
+                        // the epoch, and cannot be interrupted: end the process.
                         // SAFETY: _exit is always safe to call.
                         unsafe { libc::_exit(WATCHDOG_EXIT) };
                     }
@@ -179,8 +186,9 @@ impl Watchdog {
             });
     }
 
-    /// Times call `id`, if it has a timeout.
-    pub fn arm(self: &Arc<Self>, id: u64, timeout: Option<Duration>) {
+    /// Times call `id`, if it has a timeout; `interrupts`: whether its code traps at the
+    /// epoch deadline (runs on an interruptible engine).
+    pub fn arm(self: &Arc<Self>, id: u64, timeout: Option<Duration>, interrupts: bool) {
         self.busy.store(true, std::sync::atomic::Ordering::Relaxed);
         if timeout.is_some() {
             self.ticker.call_once(|| self.start_ticker());
@@ -192,6 +200,7 @@ impl Watchdog {
                 deadline: Instant::now() + timeout,
                 timeout,
                 overdue_passes: 0,
+                interrupts,
             });
         }
     }

@@ -24,6 +24,7 @@ use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
 use super::scripts::Scripts;
 use super::wire::{ChunkResult, ChunkSpec, WorkerSetup, committed_record};
 use super::{LEASE, connect, redis_error, sha256_hex};
+use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 use crate::pool::job::Hook;
 use crate::pool::{Pool, check_processes};
@@ -83,9 +84,9 @@ fn seat<K: Clone>(pools: &[(K, Instant, bool)], let_go_running: usize, max: usiz
         .map_or(Seat::Wait, |(k, _, _)| Seat::Evict(k.clone()))
 }
 
-/// What a host's local pools are told apart by: the module's SHA-256, whether it meters
-/// fuel, and how its workers are set up.
-type PoolKey = (String, bool, WorkerSetup);
+/// What a host's local pools are told apart by: the module's SHA-256, its engine (whether it
+/// meters fuel, whether its code checks time limits), and how its workers are set up.
+type PoolKey = (String, EngineKind, WorkerSetup);
 
 /// The chunks running on a host, by job, chunk and attempt (a host back from a pause may
 /// hold two attempts of one chunk): their local pool and job.
@@ -931,9 +932,10 @@ impl HostInner {
                 return;
             }
         };
+        // The chunk's own limits choose the engine, as a local pool's do.
         let key = (
             spec.module.clone(),
-            spec.limits.fuel.is_some(),
+            EngineKind::for_limits(&spec.limits),
             spec.setup.clone(),
         );
         let waiting = Waiting {

@@ -176,7 +176,7 @@ impl HostInner {
         }
         // Outside the lock: the last handle's drop stops its workers.
         drop(broken);
-        let (sha, metered, setup) = key;
+        let (sha, engine, setup) = key;
         // Before a seat or the module: a grant this host refuses costs it nothing.
         let grants = self.allowed.admit(&setup.grants, &self.id)?;
         self.take_seat();
@@ -214,8 +214,9 @@ impl HostInner {
             let mut builder = Pool::builder(&module)
                 .processes(self.slots)
                 .output(setup.output.output())
-                .grants(grants.clone());
-            if *metered {
+                .grants(grants.clone())
+                .interruptible(engine.interruptible);
+            if engine.metered {
                 builder = builder.limits(Limits::default().fuel(u64::MAX));
             }
             if let Some((task, args)) = &setup.initializer {
