@@ -154,7 +154,7 @@ impl PoolBuilder {
     /// let pool = wasmpool::Pool::builder(&module).interruptible(true).build()?;
     /// let quick = pool.with_limits(wasmpool::Limits::default().timeout(Duration::from_secs(1)));
     /// let r: Result<u64, _> = quick.apply("spin", &());
-    /// assert!(matches!(r, Err(wasmpool::Error::Limit(_))));
+    /// assert!(matches!(r, Err(wasmpool::Error::Limit { .. })));
     /// # Ok::<(), wasmpool::Error>(())
     /// ```
     pub fn interruptible(mut self, on: bool) -> Self {
