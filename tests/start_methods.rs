@@ -189,3 +189,73 @@ fn a_module_the_fork_server_cannot_load_is_a_clear_error_and_the_server_serves_o
         assert_eq!(parent_of_a_worker(), server, "the same server serves on");
     });
 }
+
+/// The test guest plus a custom section named `tag`: a module (and an artifact) of its own.
+fn distinct_testkit(tag: &str) -> Module {
+    let mut bytes = std::fs::read(util::wasm_of("testkit")).unwrap();
+    let name = format!("wasmpool-start-methods-{tag}");
+    let name = name.as_bytes();
+    bytes.extend_from_slice(&[0, name.len() as u8 + 1, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    let module = Module::from_bytes(&bytes, tag).unwrap();
+    module.set_keep_spare(false);
+    module
+}
+
+/// Whether process `pid` has the file at `path` mapped.
+fn maps(pid: u32, path: &std::path::Path) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.contains(path.to_str().unwrap())
+}
+
+/// Runs a process of `module`'s `sleep_ms` to its end; the fork server it came from.
+fn server_of_a_process(module: &Module) -> u32 {
+    let p = Process::new(module, "sleep_ms", &(300u64,)).unwrap();
+    p.start().unwrap();
+    let server = parent_of(p.pid().unwrap());
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    server
+}
+
+/// A fork server per module: a worker is a copy of its server, so one shared with another
+/// module would carry that module's mappings too (a large Python component's page tables,
+/// copied at every fork). Servers whose workers have all exited are kept only for the
+/// modules used most recently (four), and one with live workers is never stopped.
+#[test]
+fn each_module_has_a_fork_server_of_its_own_and_idle_ones_are_bounded() {
+    let _serial = serial();
+    within(LIMIT, || {
+        set_start_method(StartMethod::ForkServer);
+        let modules: Vec<Module> = (0..7).map(|i| distinct_testkit(&format!("m{i}"))).collect();
+        let a = Pool::new(&modules[0], 1).unwrap();
+        let b = Pool::new(&modules[1], 1).unwrap();
+        let (wa, wb) = (a.pids()[0], b.pids()[0]);
+        assert_ne!(parent_of(wa), parent_of(wb), "one server per module");
+        assert!(maps(wa, modules[0].artifact()), "a worker maps its module");
+        assert!(!maps(wa, modules[1].artifact()), "and not another's");
+        assert!(maps(wb, modules[1].artifact()));
+        assert!(!maps(wb, modules[0].artifact()));
+
+        // Module 0's server goes idle; then modules 2 to 6 each start one, in turn, and
+        // leave it idle. When a fifth idle server would start, the one used least recently
+        // stops (0's, then 2's; before them another test's, if idle), and so on.
+        let (s0, s1) = (parent_of(wa), parent_of(wb));
+        drop(a);
+        let servers: Vec<u32> = modules[2..].iter().map(server_of_a_process).collect();
+        assert!(
+            eventually(Duration::from_secs(5), || !pid_alive(s0)
+                && !pid_alive(servers[0])),
+            "the idle servers used least recently (modules 0 and 2) were stopped"
+        );
+        for (i, &server) in servers.iter().enumerate().skip(2) {
+            assert!(pid_alive(server), "the server of module {} is kept", i + 2);
+        }
+        assert!(pid_alive(s1), "a server with a live worker is kept");
+        let squares: Vec<u64> = b.map("square", 0..10u64).unwrap();
+        assert_eq!(squares[9], 81, "and its worker serves on");
+        // Module 0 gets a new server.
+        let again = server_of_a_process(&modules[0]);
+        assert_ne!(again, s0);
+    });
+}

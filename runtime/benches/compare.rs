@@ -160,11 +160,11 @@ fn idle_worker_memory(module: &Module, pid_after: &str, measure: fn(u32) -> Opti
 
 // ---- Python guests (examples/py-*): full runs only (a first build takes ~30 CPU-s) ----
 
-/// The Python guests, built on first use, in a runtime of their own: a fork server keeps
-/// every module it was asked for, and forking from one that holds a Python component
-/// (~100 MB deserialized) copies its page tables for every worker, so the Rust rows of the
-/// later repetitions would measure that (cold start 1.6 → 4.2 ms, an idle worker 8.4 →
-/// 15.7 MiB in one run), not what a program of Rust modules sees.
+/// The Python guests, built on first use, in a runtime of their own. (Before each module had
+/// a fork server of its own, forking from one that held a Python component, ~100 MB
+/// deserialized, copied its page tables for every worker, so the Rust rows of the later
+/// repetitions measured that: cold start 1.6 → 4.2 ms, an idle worker 8.4 → 15.7 MiB in one
+/// run.)
 #[derive(Default)]
 struct PyCtx {
     runtime: std::sync::OnceLock<wasmpool::Runtime>,
