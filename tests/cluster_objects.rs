@@ -787,3 +787,48 @@ fn a_handle_of_another_redis_or_a_forged_token_is_refused() {
         );
     });
 }
+
+/// An operation made while the cluster's Redis is down (also one blocked in Redis when it
+/// goes) is `Unavailable`, retryable, saying Redis cannot be reached: not `Invalid`, which
+/// blames the caller. Once Redis is back the same handles reach it again.
+#[test]
+fn an_operation_while_redis_is_down_is_unavailable_and_retryable_not_invalid() {
+    within(Duration::from_secs(60), || {
+        let mut redis = RedisServer::start();
+        let m = ClusterManager::connect(&redis.url()).unwrap();
+        let q = m.queue::<u32>().unwrap();
+        let d = m.dict::<String, u32>().unwrap();
+        let lock = m.lock().unwrap();
+        q.put(&1).unwrap();
+        // A get blocked in Redis when it goes.
+        let q2 = q.clone();
+        let blocked = std::thread::spawn(move || {
+            assert_eq!(q2.get().unwrap(), 1);
+            q2.get_timeout(Some(Duration::from_secs(30)))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        redis.kill();
+        let unavailable = |e: &ObjectError| {
+            matches!(e, ObjectError::Unavailable(m) if m.contains("cannot reach Redis"))
+                && e.is_retryable()
+        };
+        let e = blocked.join().unwrap().unwrap_err();
+        assert!(unavailable(&e), "{e:?}");
+        for e in [
+            q.put(&2).unwrap_err(),
+            d.get(&"a".to_string()).unwrap_err(),
+            lock.acquire_timeout(Some(Duration::from_secs(1)))
+                .map(|_| ())
+                .unwrap_err(),
+        ] {
+            assert!(unavailable(&e), "{e:?}");
+        }
+        match m.destroy(q.handle()) {
+            Err(Error::Object(e)) => assert!(unavailable(&e), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        // Back (without its data): the handle reaches Redis again, which no longer has it.
+        redis.restart();
+        assert!(matches!(q.put(&3), Err(ObjectError::Stale(_))));
+    });
+}
