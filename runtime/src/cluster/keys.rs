@@ -50,7 +50,8 @@
 //!                                        LIST or HASH of its contents (see
 //!                                        `objects/lua.rs`); expire when idle
 //! {wasmpool}:v3:holds:<host>      SET    the objects a host's workers hold (locks,
-//!                                        semaphores, barrier places)
+//!                                        semaphores, barrier places); an object leaves it
+//!                                        when the host's last holder of it lets go
 //! {wasmpool}:v3:holders           SET    the hosts that hold any
 //! ```
 
