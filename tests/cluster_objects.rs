@@ -787,3 +787,115 @@ fn a_handle_of_another_redis_or_a_forged_token_is_refused() {
         );
     });
 }
+
+/// An operation made while the cluster's Redis is down (also one blocked in Redis when it
+/// goes) is `Unavailable`, retryable, saying Redis cannot be reached: not `Invalid`, which
+/// blames the caller. Once Redis is back the same handles reach it again.
+#[test]
+fn an_operation_while_redis_is_down_is_unavailable_and_retryable_not_invalid() {
+    within(Duration::from_secs(60), || {
+        let mut redis = RedisServer::start();
+        let m = ClusterManager::connect(&redis.url()).unwrap();
+        let q = m.queue::<u32>().unwrap();
+        let d = m.dict::<String, u32>().unwrap();
+        let lock = m.lock().unwrap();
+        q.put(&1).unwrap();
+        // A get blocked in Redis when it goes.
+        let q2 = q.clone();
+        let blocked = std::thread::spawn(move || {
+            assert_eq!(q2.get().unwrap(), 1);
+            q2.get_timeout(Some(Duration::from_secs(30)))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        redis.kill();
+        let unavailable = |e: &ObjectError| {
+            matches!(e, ObjectError::Unavailable(m) if m.contains("cannot reach Redis"))
+                && e.is_retryable()
+        };
+        let e = blocked.join().unwrap().unwrap_err();
+        assert!(unavailable(&e), "{e:?}");
+        for e in [
+            q.put(&2).unwrap_err(),
+            d.get(&"a".to_string()).unwrap_err(),
+            lock.acquire_timeout(Some(Duration::from_secs(1)))
+                .map(|_| ())
+                .unwrap_err(),
+        ] {
+            assert!(unavailable(&e), "{e:?}");
+        }
+        match m.destroy(q.handle()) {
+            Err(Error::Object(e)) => assert!(unavailable(&e), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        // Back (without its data): the handle reaches Redis again, which no longer has it.
+        redis.restart();
+        assert!(matches!(q.put(&3), Err(ObjectError::Stale(_))));
+    });
+}
+
+/// What a host holds (`holds:HOST`: what is given back if it dies) loses an object once the
+/// host's last holder of it lets go, so it does not grow with every object ever held:
+/// semaphores acquired by tasks and released, barriers whose rounds completed, locks given
+/// back by tasks that died holding them leave it empty.
+#[test]
+fn a_hosts_holds_lose_what_it_let_go_and_do_not_grow_across_acquire_release_cycles() {
+    within(Duration::from_secs(180), || {
+        let (redis, _hosts, pool, m) = cluster(1, 2);
+        let held = || -> Vec<String> {
+            redis
+                .keys("{wasmpool}:v3:holds:*")
+                .iter()
+                .flat_map(|k| {
+                    redis
+                        .command(&format!("SMEMBERS {k}"))
+                        .lines()
+                        .filter(|l| !l.starts_with(['*', '$']))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for i in 0..20 {
+            let (sem, taken) = (m.semaphore(1).unwrap(), m.event().unwrap());
+            pool.apply::<_, ()>("hold_semaphore", &(sem.clone(), 1u32, taken, 0u64))
+                .unwrap();
+            if i == 0 {
+                assert_eq!(held().len(), 1, "the host holds the permit");
+            }
+            // This program gives back the permit the task kept.
+            sem.release().unwrap();
+            assert_eq!(sem.value().unwrap(), 1);
+        }
+        assert_eq!(held(), Vec::<String>::new(), "semaphores released");
+        for i in 0..10 {
+            let barrier = m.barrier(2).unwrap();
+            let party = pool
+                .apply_async::<_, u32>("barrier_wait", &(barrier.clone(), None::<u64>))
+                .unwrap();
+            assert!(eventually(Duration::from_secs(30), || barrier
+                .n_waiting()
+                .unwrap()
+                == 1));
+            if i == 0 {
+                assert_eq!(held().len(), 1, "the host holds a place at the barrier");
+            }
+            barrier.wait().unwrap();
+            party.get().unwrap();
+        }
+        assert_eq!(held(), Vec::<String>::new(), "barriers' rounds completed");
+        for _ in 0..5 {
+            let lock = m.lock().unwrap();
+            assert!(
+                pool.apply::<_, ()>("lock_then_panic", &(lock.clone(),))
+                    .is_err()
+            );
+            assert!(lock.acquire_timeout(Some(Duration::from_secs(10))).unwrap());
+            lock.release().unwrap();
+        }
+        assert_eq!(
+            held(),
+            Vec::<String>::new(),
+            "locks given back by dying tasks"
+        );
+    });
+}

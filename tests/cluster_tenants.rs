@@ -308,3 +308,111 @@ fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
         assert_eq!(s.lost, 0, "{s:?}");
     });
 }
+
+/// Every key of the layout, sorted.
+fn all_keys(redis: &RedisServer) -> Vec<String> {
+    let mut keys = redis.keys("*");
+    keys.sort();
+    keys
+}
+
+/// After the pools of two tenants are finished and dropped, and the TTLs the cluster uses
+/// have passed (a result TTL of a second here; a tenant's lease on its streams), Redis
+/// holds the keys it held before them: neither tenant leaves its task stream, its
+/// redelivery stream, or any key of its pools.
+#[test]
+fn the_key_count_returns_to_the_baseline_after_two_tenants_pools_are_dropped() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let _host = WorkerHost::start_with(&redis, 2, &["--all-tenants"]);
+        let pool = |tenant: Option<&str>| {
+            let b = Pool::builder(&testkit())
+                .cluster(&redis.url())
+                .result_ttl(Duration::from_secs(1));
+            match tenant {
+                Some(t) => b.tenant(t),
+                None => b,
+            }
+            .build()
+            .expect("a cluster pool")
+        };
+        // A warm-up with an untenanted pool: the module's key, the counters, the host's.
+        let warm = pool(None);
+        wait_for_hosts(&warm, 1);
+        assert_eq!(warm.map::<_, u64>("square", 0..10u64).unwrap()[9], 81);
+        drop(warm);
+        std::thread::sleep(Duration::from_millis(1500));
+        let baseline = all_keys(&redis);
+        for tenant in ["alice", "bob"] {
+            let p = pool(Some(tenant));
+            let squares: Vec<u64> = p.map("square", 0..20u64).unwrap();
+            assert_eq!(squares[19], 361);
+            assert_eq!(p.apply::<_, i64>("add", &(2, 3)).unwrap(), 5);
+            p.close();
+            p.join().unwrap();
+        }
+        assert!(
+            redis.keys("{wasmpool}:v3:tasks:*").len() == 2,
+            "{:?}",
+            all_keys(&redis)
+        );
+        let back = eventually(Duration::from_secs(60), || all_keys(&redis) == baseline);
+        let now = all_keys(&redis);
+        assert!(
+            back,
+            "left: {:?}; gone: {:?}",
+            now.iter()
+                .filter(|k| !baseline.contains(k))
+                .collect::<Vec<_>>(),
+            baseline
+                .iter()
+                .filter(|k| !now.contains(k))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            int_reply(&redis, "DBSIZE"),
+            i64::try_from(baseline.len()).unwrap()
+        );
+    });
+}
+
+/// A host serving every tenant does not make again the streams of a tenant the reaper
+/// removed (as it removes those nothing renews, once they are empty), even while it claims
+/// another tenant's work without pause: were it to, they would be left where nobody
+/// removes them (the tenant is no longer in `tenants`).
+#[test]
+fn an_all_tenants_host_does_not_make_again_the_streams_of_a_removed_tenant() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
+        let busy = tenant_pool(&redis, "busy", 0);
+        wait_for_hosts(&busy, 1);
+        for round in 0..3 {
+            let tenant = format!("gone{round}");
+            let tasks = format!("{{wasmpool}}:v3:tasks:{tenant}");
+            let p = tenant_pool(&redis, &tenant, 0);
+            assert_eq!(p.apply::<_, i64>("add", &(2, 3)).unwrap(), 5);
+            assert!(eventually(Duration::from_secs(10), || reads(
+                &redis,
+                &tasks,
+                host.pid()
+            )));
+            drop(p);
+            // The host claims one short task after another, reading every stream.
+            let work = busy
+                .map_async::<_, u64>("sleep_ms", vec![10u64; 200], Some(1))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            // What the reaper does (in one step) once the tenant's lease has expired, while
+            // the host still reads the streams.
+            let redo = format!("{{wasmpool}}:v3:redo:{tenant}");
+            redis.command(&format!("SREM {{wasmpool}}:v3:tenants {tenant}"));
+            redis.command(&format!(
+                "DEL {tasks} {redo} {{wasmpool}}:v3:tenant:{tenant}"
+            ));
+            assert_eq!(work.get().unwrap().len(), 200);
+            let left = redis.keys(&format!("*{tenant}*"));
+            assert!(left.is_empty(), "made again: {left:?}");
+        }
+    });
+}

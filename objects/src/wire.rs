@@ -266,6 +266,20 @@ pub enum ObjectError {
     /// A stored value could not be decoded as the handle's type.
     #[error("cannot decode the value: {0}")]
     Decode(String),
+    /// What keeps the object (a cluster's Redis) cannot be reached now: not the caller's
+    /// fault; the same operation may be tried again once it is back (one whose answer was
+    /// lost with the connection may have been done). A task's guest sees it as `stale`,
+    /// the WIT world having no case of its own for it.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ObjectError {
+    /// Whether the operation may succeed if tried again unchanged: what keeps the object
+    /// could not be reached ([`ObjectError::Unavailable`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ObjectError::Unavailable(_))
+    }
 }
 
 /// The kinds of shared object, and the name each travels under inside task arguments.

@@ -329,6 +329,40 @@ fn serve_on_a_cluster_whose_redis_is_down_answers_503_for_a_new_object_and_keeps
     });
 }
 
+/// An operation on an object while the cluster's Redis is down is 503 `objects_unavailable`
+/// (not the caller's fault: worth trying again), not 422 `invalid_operation`; the service
+/// keeps serving, and the object's operations answer again once Redis is back.
+#[test]
+fn serve_on_a_cluster_answers_503_for_an_operation_while_its_redis_is_down() {
+    within(Duration::from_secs(90), || {
+        let mut redis = RedisServer::start();
+        let s = setup("serve-cluster-op-no-redis", &[A]);
+        let server = Server::start(&s.state, &s.tenants, &["--cluster", &redis.url()]);
+        server.create(&A, &json!({"kind": "dict", "name": "d"}));
+        assert_eq!(server.op(&A, "d", "get", &json!({"key": "k"})), Value::Null);
+        redis.kill();
+        let r = server.op_raw(&A, "d", "get", &json!({"key": "k"}));
+        let (status, p) = super::problem(r);
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (503, Some("objects_unavailable")),
+            "{p}"
+        );
+        let detail = p["detail"].as_str().unwrap_or("");
+        assert!(detail.contains("cannot reach Redis"), "{p}");
+        let health = server
+            .req(reqwest::Method::GET, "/healthz", None)
+            .send()
+            .unwrap();
+        assert!(health.status().is_success());
+        // Back, without its data: the object is gone there (410), no longer unreachable.
+        redis.restart();
+        let (status, code) = server.op_fails(&A, "d", "get", &json!({"key": "k"}));
+        assert_eq!((status, code.as_str()), (410, "object_gone"));
+        drop(s.dir);
+    });
+}
+
 /// A tenant's weight is written again after the cluster's Redis lost its data (restarted
 /// without persistence, as the cluster allows): else the hosts share by weight 1 from then
 /// on, until the service restarts.

@@ -207,8 +207,13 @@ impl ClusterBuilder {
             counts.clone(),
             stop.clone(),
         );
+        // A tenant's pool keeps its tenant's streams while it lives.
+        let beat_as = BeatAs {
+            host: None,
+            tenants: inner.tenant.iter().cloned().collect(),
+        };
         threads.push(spawn("wasmpool-cluster-beat", move || {
-            beat_loop(url, keys, BeatAs { host: None }, ttl, l, c, s)
+            beat_loop(url, keys, beat_as, ttl, l, c, s)
         })?);
         let owner = Arc::new(Owner {
             inner: inner.clone(),

@@ -23,6 +23,12 @@
 //!                                        every stream's length
 //! {wasmpool}:v3:tenants           SET    the tenants that have a stream: what
 //!                                        `--all-tenants` hosts and the reaper read
+//! {wasmpool}:v3:tenant:<tenant>   STRING a lease on the tenant's streams, renewed (for
+//!                                        TENANT_LEASE) by each beat of its live pools and
+//!                                        of hosts joined with `--tenant` it; once it has
+//!                                        expired, the reaper removes the tenant's task and
+//!                                        redelivery streams when both are empty with
+//!                                        nothing pending, and the tenant from `tenants`
 //! {wasmpool}:v3:weights           HASH   tenant -> its weight (absent: 1), by which
 //!                                        `--all-tenants` hosts share their claims
 //! {wasmpool}:v3:job:<job>         HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
@@ -44,7 +50,8 @@
 //!                                        LIST or HASH of its contents (see
 //!                                        `objects/lua.rs`); expire when idle
 //! {wasmpool}:v3:holds:<host>      SET    the objects a host's workers hold (locks,
-//!                                        semaphores, barrier places)
+//!                                        semaphores, barrier places); an object leaves it
+//!                                        when the host's last holder of it lets go
 //! {wasmpool}:v3:holders           SET    the hosts that hold any
 //! ```
 
@@ -64,6 +71,11 @@ const OLD_LAYOUT_KEY: &str = "wasmpool:layout";
 
 /// The hash tag of every key: on a Redis Cluster, the one slot they share.
 pub(crate) const HASH_TAG: &str = "{wasmpool}";
+
+/// How long a tenant's lease on its streams lasts unrenewed (see the table above): many
+/// beats, so a submitter that loses Redis for a while keeps them; one that comes back
+/// after it has gone registers its tenant again at its next beat.
+pub(crate) const TENANT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The consumer group of the task stream: every host reads through it.
 pub(crate) const GROUP: &str = "hosts";
@@ -150,6 +162,19 @@ impl Keys {
         format!("{}tenants", self.prefix)
     }
 
+    /// The lease on `tenant`'s streams.
+    pub fn tenant_lease(&self, tenant: &str) -> String {
+        format!("{}tenant:{tenant}", self.prefix)
+    }
+
+    /// The tenant whose task or redelivery stream `stream` is (`None`: the untenanted
+    /// pools' streams, or not a stream of this layout).
+    pub fn tenant_of<'a>(&self, stream: &'a str) -> Option<&'a str> {
+        let rest = stream.strip_prefix(self.prefix.as_str())?;
+        rest.strip_prefix("tasks:")
+            .or_else(|| rest.strip_prefix("redo:"))
+    }
+
     /// The tenants' weights.
     pub fn weights(&self) -> String {
         format!("{}weights", self.prefix)
@@ -231,8 +256,8 @@ pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Resu
             return Err(other_version(url, LAYOUT_KEY, &found));
         }
     }
-    ensure_stream(con, &keys.tasks(), url)?;
-    ensure_stream(con, &keys.redo_of(&keys.tasks()), url)
+    ensure_stream(con, keys, &keys.tasks(), url)?;
+    ensure_stream(con, keys, &keys.redo_of(&keys.tasks()), url)
 }
 
 /// The error for a Redis whose layout key `key` says `found`.
@@ -248,36 +273,78 @@ fn other_version(url: &str, key: &str, found: &str) -> Error {
 /// Makes sure the task stream `stream` and its consumer group exist. The group starts at
 /// the stream's first entry, so entries added before it (by a submitter that got there
 /// first, after Redis lost its data) are claimed all the same.
-pub(crate) fn ensure_stream(con: &mut Connection, stream: &str, url: &str) -> Result<()> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
+///
+/// A tenant's stream is made only while the tenant is registered (in `tenants`), in the
+/// same atomic step: a host serving every tenant that still reads the streams of a
+/// tenant the reaper has just removed does not make them again, left where nobody would
+/// remove them. (Whoever registers a tenant adds it first.)
+pub(crate) fn ensure_stream(
+    con: &mut Connection,
+    keys: &Keys,
+    stream: &str,
+    url: &str,
+) -> Result<()> {
+    let Some(tenant) = keys.tenant_of(stream) else {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(con);
+        return match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(redis_error(url, "creating the task stream", e)),
+        };
+    };
+    let _: i64 = redis::Script::new(ENSURE_TENANT_STREAM)
+        .key(stream)
+        .key(keys.tenants())
         .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(con);
-    match created {
-        Ok(()) => Ok(()),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        Err(e) => Err(redis_error(url, "creating the task stream", e)),
-    }
+        .arg(tenant)
+        .invoke(con)
+        .map_err(|e| redis_error(url, "creating the tenant's task stream", e))?;
+    Ok(())
 }
+
+/// Makes a registered tenant's stream and its group (see [`ensure_stream`]).
+///
+/// KEYS: the stream, tenants. ARGV: group, tenant. Returns 1 when the stream has its
+/// group, 0 when the tenant is not registered (nothing made).
+const ENSURE_TENANT_STREAM: &str = r#"
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then return 0 end
+local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(r) == 'table' and r.err and string.sub(r.err, 1, 9) ~= 'BUSYGROUP' then
+  return redis.error_reply(r.err)
+end
+return 1
+"#;
 
 /// Records `tenant` among the tenants with a stream (so `--all-tenants` hosts and the
 /// reaper find it) and makes sure its task and redelivery streams and their group exist.
+/// Its lease is taken first (for [`TENANT_LEASE`]; the caller's beat renews it), so the
+/// reaper does not remove what this makes before the caller uses it.
 pub(crate) fn register_tenant(
     con: &mut Connection,
     keys: &Keys,
     tenant: &str,
     url: &str,
 ) -> Result<()> {
+    let _: () = redis::cmd("SET")
+        .arg(keys.tenant_lease(tenant))
+        .arg(1)
+        .arg("PX")
+        .arg(TENANT_LEASE.as_millis() as u64)
+        .query(con)
+        .map_err(|e| redis_error(url, "taking the tenant's lease", e))?;
     let _: i64 = redis::cmd("SADD")
         .arg(keys.tenants())
         .arg(tenant)
         .query(con)
         .map_err(|e| redis_error(url, "recording the tenant", e))?;
-    ensure_stream(con, &keys.tenant_tasks(tenant), url)?;
-    ensure_stream(con, &keys.redo_of(&keys.tenant_tasks(tenant)), url)
+    ensure_stream(con, keys, &keys.tenant_tasks(tenant), url)?;
+    ensure_stream(con, keys, &keys.redo_of(&keys.tenant_tasks(tenant)), url)
 }
 
 /// The tenants with a task stream, sorted.
@@ -334,5 +401,10 @@ mod tests {
             "{wasmpool}:v3:redo:redo"
         );
         assert_ne!(keys.tenant_tasks("redo"), keys.redo_of(&keys.tasks()));
+        assert_eq!(keys.tenant_of("{wasmpool}:v3:tasks:b"), Some("b"));
+        assert_eq!(keys.tenant_of("{wasmpool}:v3:redo:b"), Some("b"));
+        assert_eq!(keys.tenant_of(&keys.tasks()), None);
+        assert_eq!(keys.tenant_of(&keys.redo_of(&keys.tasks())), None);
+        assert_eq!(keys.tenant_of(&keys.tenant_tasks("redo")), Some("redo"));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::keys::{GROUP, Keys};
+use super::keys::{GROUP, Keys, TENANT_LEASE};
 use super::scripts::Scripts;
 use super::{BEAT, LEASE, MIN_IDLE, connect};
 
@@ -85,10 +85,12 @@ impl Liveness {
     }
 }
 
-/// What the beat renews: a host's lease, or nothing (a submitter only reaps).
+/// What the beat renews: a host's lease, or nothing (a submitter only reaps); and the
+/// leases on the streams of these tenants (a tenant's pool's own; a host's named tenants).
 #[derive(Debug, Clone)]
 pub(crate) struct BeatAs {
     pub host: Option<(String, usize)>,
+    pub tenants: Vec<String>,
 }
 
 /// Counts of what this process's reaper did.
@@ -143,6 +145,24 @@ pub(crate) fn beat_loop(
                         liveness.declared(now, dead);
                     }
                     liveness.ok();
+                    if !beat_as.tenants.is_empty() {
+                        let mut renew = scripts.tenant_lease.key(keys.tenants());
+                        renew
+                            .arg(keys.prefix())
+                            .arg(TENANT_LEASE.as_millis() as u64)
+                            .arg(GROUP);
+                        for t in &beat_as.tenants {
+                            renew.arg(t);
+                        }
+                        let renewed: redis::RedisResult<i64> = renew.invoke(c);
+                        match renewed {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(
+                                "cluster beat: {n} tenants' streams were gone; registered again"
+                            ),
+                            Err(e) => tracing::warn!("cluster beat: renewing tenants' leases: {e}"),
+                        }
+                    }
                     if liveness.may_judge() {
                         let reaped: redis::RedisResult<(u64, u64)> = scripts
                             .reap

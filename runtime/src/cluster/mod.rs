@@ -148,9 +148,31 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one Redis command may take (blocking reads excepted: they ask for less).
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether `e` says Redis could not be reached (or cannot serve now: loading its data, a
+/// Redis Cluster down or failing over), rather than that it refused the command: worth
+/// trying again once it is back.
+pub(crate) fn unreachable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::ReadOnly
+            )
+        )
+}
+
 /// A Redis error, with what we were doing and where.
 pub(crate) fn redis_error(url: &str, doing: &str, e: redis::RedisError) -> Error {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+    if unreachable(&e) {
         Error::Cluster(format!("{doing}: cannot reach Redis at {url}: {e}"))
     } else {
         Error::Cluster(format!("{doing}: Redis at {url} refused it: {e}"))

@@ -18,6 +18,30 @@ if dead then dead = tonumber(dead) else dead = -1 end
 return {now, dead}
 "#;
 
+/// Renews the leases on tenants' streams (`{wasmpool}:v3:tenant:<T>`), and registers again
+/// a tenant whose lease had expired (its streams may have been removed by the reaper, or
+/// lost with Redis's data): adds it to `tenants` and makes its task and redelivery
+/// streams and their group (at their first entry, so entries added meanwhile are
+/// claimed).
+///
+/// KEYS: tenants. ARGV: key prefix, lease (ms), group, then the tenants. Returns how many
+/// were registered again.
+pub(crate) const TENANT_LEASE: &str = r#"
+local again = 0
+for i = 4, #ARGV do
+  local t = ARGV[i]
+  local lease = ARGV[1] .. 'tenant:' .. t
+  if redis.call('EXISTS', lease) == 0 then
+    redis.call('SADD', KEYS[1], t)
+    redis.pcall('XGROUP', 'CREATE', ARGV[1] .. 'tasks:' .. t, ARGV[3], '0', 'MKSTREAM')
+    redis.pcall('XGROUP', 'CREATE', ARGV[1] .. 'redo:' .. t, ARGV[3], '0', 'MKSTREAM')
+    again = again + 1
+  end
+  redis.call('SET', lease, '1', 'PX', ARGV[2])
+end
+return again
+"#;
+
 /// Commits one chunk's results, fenced by its attempt: only if the job's current attempt of
 /// the chunk is the one the host ran and no result is committed yet. Either way the host's
 /// stream entry is acknowledged and deleted; a refused (late) result is counted as dropped.
@@ -96,7 +120,11 @@ return 1
 /// spent, failed as lost (its submitter is told). A host whose chunks it took is recorded
 /// as declared dead, now (the objects' operations of its tasks are refused from then on;
 /// records older than a day are dropped). A dead host with nothing pending on a stream
-/// leaves its group; one with nothing pending anywhere is forgotten.
+/// leaves its group; one with nothing pending anywhere is forgotten. A tenant whose lease
+/// on its streams has expired (no live pool of it, no host joined for it renews it) and
+/// whose task and redelivery streams are both empty with nothing pending has them removed,
+/// and is taken out of `tenants` (and its redelivery stream out of `redoing`): a pool of
+/// it registers it again.
 ///
 /// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead, redoing (the
 /// redelivery streams with entries to claim: each one added to). ARGV: group, min idle (ms),
@@ -178,10 +206,22 @@ local function reap(stream, redo)
 end
 reap(KEYS[2], KEYS[6])
 reap(KEYS[6], KEYS[6])
+-- Whether a stream holds no entry and its group none pending (true for one that is gone).
+local function drained(stream)
+  if redis.call('XLEN', stream) > 0 then return false end
+  local p = redis.pcall('XPENDING', stream, ARGV[1])
+  return not (type(p) == 'table' and not p.err and tonumber(p[1]) and tonumber(p[1]) > 0)
+end
 for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  local redo = ARGV[3] .. 'redo:' .. tenant
-  reap(ARGV[3] .. 'tasks:' .. tenant, redo)
+  local tasks, redo = ARGV[3] .. 'tasks:' .. tenant, ARGV[3] .. 'redo:' .. tenant
+  reap(tasks, redo)
   reap(redo, redo)
+  if redis.call('EXISTS', ARGV[3] .. 'tenant:' .. tenant) == 0
+      and drained(tasks) and drained(redo) then
+    redis.call('DEL', tasks, redo)
+    redis.call('SREM', KEYS[5], tenant)
+    redis.call('SREM', KEYS[8], redo)
+  end
 end
 for name, held in pairs(busy) do
   if not held then
@@ -304,6 +344,7 @@ pub(crate) struct Scripts {
     pub commit: Script,
     pub reap: Script,
     pub claim: Script,
+    pub tenant_lease: Script,
 }
 
 impl Default for Scripts {
@@ -313,6 +354,7 @@ impl Default for Scripts {
             commit: Script::new(COMMIT),
             reap: Script::new(REAP),
             claim: Script::new(CLAIM),
+            tenant_lease: Script::new(TENANT_LEASE),
         }
     }
 }

@@ -524,5 +524,7 @@ fn error(e: ObjectError) -> wit::ObjectError {
         ObjectError::TooLarge(m) => R::TooLarge(m),
         ObjectError::Stale(m) => R::Stale(m),
         ObjectError::Encode(m) | ObjectError::Decode(m) => R::Invalid(m),
+        // The WIT world has no case for it: the handle cannot be used now, as `stale` says.
+        ObjectError::Unavailable(m) => R::Stale(m),
     }
 }

@@ -290,6 +290,13 @@ fn op_problem(e: OpError) -> ApiError {
                 e.to_string(),
             ),
             ObjectError::Stale(_) => ApiError::new(StatusCode::GONE, "object_gone", e.to_string()),
+            // The cluster's Redis is down: not the caller's fault, and worth trying again
+            // (as a new object then is: the same 503 and code).
+            ObjectError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "objects_unavailable",
+                e.to_string(),
+            ),
             ObjectError::Invalid(_) | ObjectError::Encode(_) | ObjectError::Decode(_) => {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

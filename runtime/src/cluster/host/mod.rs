@@ -296,6 +296,16 @@ impl std::fmt::Debug for HostInner {
     }
 }
 
+/// The error code Redis answered (`NOGROUP`, `UNBLOCKED`, …), also when it is inside a
+/// pipeline's failure (whose own `code` is none).
+fn server_code(e: &redis::RedisError) -> Option<String> {
+    if let Some(code) = e.code() {
+        return Some(code.to_string());
+    }
+    let errors = e.clone().into_server_errors()?;
+    errors.first().map(|(_, s)| s.code().to_string())
+}
+
 /// This machine's name, for host ids.
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -381,6 +391,12 @@ impl Host {
         });
         let counts = Arc::new(ReapCounts::default());
         let beat_url = url.to_string();
+        // A host serving named tenants keeps their streams (the reaper removes a tenant's
+        // once nothing renews its lease).
+        let beat_tenants = match &inner.serves {
+            Serves::Tenants(t) => t.clone(),
+            Serves::Untenanted | Serves::All => Vec::new(),
+        };
         let beat = std::thread::Builder::new()
             .name("wasmpool-host-beat".into())
             .spawn(move || {
@@ -389,6 +405,7 @@ impl Host {
                     keys,
                     BeatAs {
                         host: Some((id, slots)),
+                        tenants: beat_tenants,
                     },
                     DEFAULT_TTL,
                     liveness,
@@ -660,9 +677,17 @@ impl HostInner {
                             tracing::warn!("cluster host: {e}");
                             std::thread::sleep(Duration::from_millis(200));
                         }
+                        // A tenant's streams the reaper removed are not made again: the
+                        // tenants are read again, without it.
+                        streams.refresh_soon();
                     }
                 }
-                Err(e) if e.code() == Some("NOGROUP") => {
+                Err(e) if server_code(&e).as_deref() == Some("UNBLOCKED") => {
+                    // A stream it waited on was removed (the reaper removes a tenant's that
+                    // nothing renews): the tenants are read again.
+                    streams.refresh_soon();
+                }
+                Err(e) if server_code(&e).as_deref() == Some("NOGROUP") => {
                     // Redis lost its data (a restart without persistence): set the streams
                     // and their group up again.
                     tracing::warn!("cluster host: a task stream is gone; setting it up again");
@@ -672,6 +697,7 @@ impl HostInner {
                         tracing::warn!("cluster host: {e}");
                         std::thread::sleep(Duration::from_millis(200));
                     }
+                    streams.refresh_soon();
                 }
                 Err(e) => {
                     tracing::warn!("cluster host: claiming: {e}");
@@ -865,7 +891,7 @@ impl HostInner {
             }
         }
         for stream in streams {
-            ensure_stream(c, stream, &self.url)?;
+            ensure_stream(c, &self.keys, stream, &self.url)?;
         }
         Ok(())
     }
@@ -1386,6 +1412,12 @@ impl Streams {
         for (s, w) in self.served.iter_mut().zip(&self.weights) {
             *s -= level * w;
         }
+    }
+
+    /// Reads the tenants again before the next read (a host serving every tenant): one of
+    /// its streams was gone, maybe removed with its tenant.
+    fn refresh_soon(&mut self) {
+        self.refreshed = None;
     }
 
     /// A host serving every tenant: the untenanted stream and every known tenant's, read

@@ -85,10 +85,36 @@ local function held()
     redis.call('SADD', prefix .. 'holders', host)
   end
 end
+-- Host `host` holds nothing of this object any more: out of its holds.
+local function unhold(host)
+  redis.call('SREM', prefix .. 'holds:' .. host, base)
+end
 -- A lock's one holder let go: its host holds nothing of it any more.
 local function unheld(o)
   local host = string.match(o, '^h:([^/]+)/')
-  if host then redis.call('SREM', prefix .. 'holds:' .. host, base) end
+  if host then unhold(host) end
+end
+-- Owner `o` gave up its last place in the holders hash `h` (a semaphore's): its host holds
+-- nothing of the object once no other owner of that host is there.
+local function unheld_in(h, o)
+  local host = string.match(o, '^h:([^/]+)/')
+  if not host then return end
+  local p = 'h:' .. host .. '/'
+  for _, other in ipairs(redis.call('HKEYS', h)) do
+    if string.sub(other, 1, #p) == p then return end
+  end
+  unhold(host)
+end
+-- Every owner in the holders hash `h` lets go (a barrier's waiters, as it is emptied).
+local function unheld_all(h)
+  local seen = {}
+  for _, o in ipairs(redis.call('HKEYS', h)) do
+    local host = string.match(o, '^h:([^/]+)/')
+    if host and not seen[host] then
+      seen[host] = true
+      unhold(host)
+    end
+  end
 end
 local function invalid() return err('invalid', op .. ' is not an operation of a ' .. (f['name'] or kind)) end
 -- What a queue, pipe, dict or list holds, 'sz': its items' bytes and an overhead for each
@@ -260,7 +286,10 @@ if kind == 'semaphore' then
     local from = owner
     if not redis.call('HGET', h, from) then from = redis.call('HRANDFIELD', h) end
     if from then
-      if redis.call('HINCRBY', h, from, -1) <= 0 then redis.call('HDEL', h, from) end
+      if redis.call('HINCRBY', h, from, -1) <= 0 then
+        redis.call('HDEL', h, from)
+        unheld_in(h, from)
+      end
     end
     wake('s', false)
     return ok('u')
@@ -296,11 +325,13 @@ if kind == 'barrier' then
   local broken = f['x'] == '1'
   local function release_round()
     redis.call('HSET', base, 'a', 0, 'g', g + 1, 'ra', '')
+    unheld_all(h)
     redis.call('DEL', h)
     wake('b', true)
   end
   local function break_it()
     redis.call('HSET', base, 'x', '1', 'a', 0, 'ra', '')
+    unheld_all(h)
     redis.call('DEL', h)
     wake('b', true)
   end
@@ -355,6 +386,7 @@ if kind == 'barrier' then
   elseif op == 'reset' then
     if a > 0 then redis.call('HSET', base, 'rb', tostring(g)) end
     redis.call('HSET', base, 'x', '0', 'a', 0, 'g', g + 1, 'ra', '')
+    unheld_all(h)
     redis.call('DEL', h)
     wake('b', true)
     return ok('u')
@@ -393,6 +425,8 @@ if kind == 'condition' then
       local t = redis.call('HINCRBY', base, 'tw', 1)
       local count = tonumber(f['c'] or '1')
       redis.call('HSET', base, 'o', '', 'c', 0)
+      -- Held again when it re-acquires the lock.
+      unheld(owner)
       wake('l', false)
       return wait('c', 'N:' .. t .. ':' .. count)
     end
@@ -641,7 +675,8 @@ return redis.error_reply('no free object number in this Redis')
 /// is broken. With no prefix given, it does so for every host whose lease has expired (or
 /// that has none), for all of the host's owners, forgets the host's holdings, and records
 /// the host as declared dead now (`dead`: the operations of its tasks are refused from then
-/// on).
+/// on). An object none of the host's owners holds any more leaves the host's `holds` (a
+/// barrier it breaks leaves every waiting host's).
 ///
 /// KEYS: hosts, holders. ARGV: key prefix, owner prefix (or ""), host (with an owner
 /// prefix). Returns how many objects it changed.
@@ -660,13 +695,15 @@ local function wake(base, ch, ttl)
   redis.call('HSET', base, nf, n - k)
 end
 local function starts(s, p) return string.sub(s, 1, #p) == p end
-local function release(base, who, holds)
-  local kind = redis.call('HGET', base, 'k')
-  if not kind then
-    -- Expired: nothing to give back, nothing to remember.
-    redis.call('SREM', holds, base)
-    return
+-- Whether an owner named `p…` is among the fields of hash `h`.
+local function any_in(h, p)
+  for _, o in ipairs(redis.call('HKEYS', h)) do
+    if starts(o, p) then return true end
   end
+  return false
+end
+-- Gives back what owners `who…` held of the object `base` (of kind `kind`).
+local function give_back(base, kind, who)
   local ttl = redis.call('HGET', base, 'ttl') or '60000'
   if kind == 'lock' or kind == 'rlock' or kind == 'condition' then
     local o = redis.call('HGET', base, 'o') or ''
@@ -699,6 +736,11 @@ local function release(base, who, holds)
     for _, o in ipairs(h) do
       if starts(o, who) then
         redis.call('HSET', base, 'x', '1', 'a', 0, 'ra', '')
+        -- Every waiter lets go, on every host.
+        for _, w in ipairs(h) do
+          local host = string.match(w, '^h:([^/]+)/')
+          if host then redis.call('SREM', prefix .. 'holds:' .. host, base) end
+        end
         redis.call('DEL', base .. ':h')
         wake(base, 'b', ttl)
         changed = changed + 1
@@ -707,10 +749,28 @@ local function release(base, who, holds)
     end
   end
 end
+-- Gives back what owners `who…` held of the object `base`; then, when no owner of the
+-- host (`hostp…`) holds anything of it any more, takes it out of the host's `holds`.
+local function release(base, who, holds, hostp)
+  local kind = redis.call('HGET', base, 'k')
+  if not kind then
+    -- Expired: nothing to give back, nothing to remember.
+    redis.call('SREM', holds, base)
+    return
+  end
+  give_back(base, kind, who)
+  local still = false
+  if kind == 'lock' or kind == 'rlock' or kind == 'condition' then
+    still = starts(redis.call('HGET', base, 'o') or '', hostp)
+  elseif kind == 'semaphore' or kind == 'barrier' then
+    still = any_in(base .. ':h', hostp)
+  end
+  if not still then redis.call('SREM', holds, base) end
+end
 if ARGV[2] ~= '' then
   local holds = prefix .. 'holds:' .. ARGV[3]
   for _, base in ipairs(redis.call('SMEMBERS', holds)) do
-    release(base, ARGV[2], holds)
+    release(base, ARGV[2], holds, 'h:' .. ARGV[3] .. '/')
   end
   return changed
 end
@@ -722,7 +782,7 @@ for _, host in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     redis.call('ZADD', prefix .. 'dead', now, host)
     local holds = prefix .. 'holds:' .. host
     for _, base in ipairs(redis.call('SMEMBERS', holds)) do
-      release(base, 'h:' .. host .. '/', holds)
+      release(base, 'h:' .. host .. '/', holds, 'h:' .. host .. '/')
     end
     redis.call('DEL', holds)
     redis.call('SREM', KEYS[2], host)

@@ -402,8 +402,17 @@ impl ClusterObjects {
         })
     }
 
+    /// A failed round trip to Redis as an object's error: [`ObjectError::Unavailable`] when
+    /// Redis could not be reached (not the caller's fault; it may try again), else (Redis
+    /// refused the script) [`ObjectError::Invalid`].
     fn unreachable(&self, e: redis::RedisError) -> ObjectError {
-        ObjectError::Invalid(redis_error(&self.url, "a shared object's operation", e).to_string())
+        let unavailable = super::unreachable(&e);
+        let message = redis_error(&self.url, "a shared object's operation", e).to_string();
+        if unavailable {
+            ObjectError::Unavailable(message)
+        } else {
+            ObjectError::Invalid(message)
+        }
     }
 
     /// The owner name of the calling thread of this (submitting) process.
