@@ -823,12 +823,17 @@ impl HostInner {
         // their results go to the commit thread, which gives them back.
         let stale: Vec<(Pool, Arc<crate::pool::job::Job>)> =
             self.lock_running().values().cloned().collect();
+        // Those waiting for a setup never run: a pool set up now is of the new runtime,
+        // where their object operations would be accepted.
+        let unstarted = self.give_back_waiting_before(since);
         tracing::warn!(
             "cluster host: this host was declared dead while cut off: its chunks go to other \
              hosts and its shared objects' locks were given back; the {} chunk(s) it still \
              ran are stopped and given back (their object operations are refused), the {} \
-             old pool(s) take no more work, new work runs in new workers",
+             waiting for a pool are given back unrun, the {} old pool(s) take no more work, \
+             new work runs in new workers",
             stale.len(),
+            unstarted,
             old.len()
         );
         for (pool, job) in &stale {
