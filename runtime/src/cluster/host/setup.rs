@@ -20,9 +20,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{
-    Claimed, HostInner, MAX_POOLS, PoolKey, SEAT_WAIT, Seat, connect, redis_error, seat, sha256_hex,
-};
+use super::{Claimed, HostInner, MAX_POOLS, PoolKey, SEAT_WAIT, Seat, seat, sha256_hex};
+use crate::cluster::reconnect::with_connection;
 use crate::cluster::wire::{ChunkResult, ChunkSpec};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
@@ -245,19 +244,12 @@ impl HostInner {
         // Before a seat or the module: a grant this host refuses costs it nothing.
         let grants = self.allowed.admit(&setup.grants, &self.id)?;
         self.take_seat();
-        if con.is_none() {
-            *con = Some(connect(&self.url)?);
-        }
-        let Some(c) = con.as_mut() else {
-            return Err(Error::Cluster("no connection to Redis".into()));
-        };
-        let bytes: Option<Vec<u8>> = match redis::cmd("GET").arg(self.keys.module(sha)).query(c) {
-            Ok(b) => b,
-            Err(e) => {
-                *con = None;
-                return Err(redis_error(&self.url, "fetching a module", e));
-            }
-        };
+        // The connection may have been idle for hours (Redis's `timeout` closes it), or
+        // the slot moved: connected again, once, before the chunks waiting fail.
+        let module = self.keys.module(sha);
+        let bytes: Option<Vec<u8>> = with_connection(con, &self.url, "fetching a module", |c| {
+            redis::cmd("GET").arg(&module).query(c)
+        })?;
         let Some(bytes) = bytes else {
             return Err(Error::Cluster(format!(
                 "module {sha} is not in Redis (expired, or stored under another layout)"
