@@ -4,8 +4,9 @@
 //! that waited for it. The claim thread goes on claiming for the pools that exist, so one
 //! tenant's new module (or a host whose pools are all busy) does not stall the others.
 //!
-//! Entries waiting here are in flight (claimed, counted against the host's room): a setup
-//! that fails fails each with its error, a cancel fails them as cancelled (the commit
+//! Entries waiting here are in flight (claimed, not yet committed) but take none of the
+//! host's room for chunks that run: the claim thread bounds them apart, by stream
+//! (`Streams::at_bound`). A setup that fails fails each with its error, a cancel fails them as cancelled (the commit
 //! script refuses a cancelled chunk's result), and a host that stops still sets them up
 //! and runs them, as it runs every chunk it claimed.
 //!
@@ -71,6 +72,17 @@ impl HostInner {
         setups.waiting.entry(key).or_default().push(waiting);
         drop(setups);
         self.setup_wake.notify_all();
+    }
+
+    /// The stream each chunk waiting for a setup was claimed from, one per chunk (what the
+    /// claim thread bounds them by).
+    pub(super) fn waiting_streams(&self) -> Vec<std::sync::Arc<str>> {
+        self.lock_setups()
+            .waiting
+            .values()
+            .flatten()
+            .map(|w| w.claimed.stream.clone())
+            .collect()
     }
 
     /// The chunks waiting for a setup, by job, chunk and attempt (what a cancel looks for).
@@ -166,6 +178,8 @@ impl HostInner {
             for w in later {
                 self.wait_for_setup(key.clone(), w);
             }
+            // The claim thread may read again the streams it skipped for them.
+            self.room.notify_all();
         }
     }
 
