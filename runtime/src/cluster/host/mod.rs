@@ -147,7 +147,9 @@ impl HostBuilder {
     /// this path). Only this directory: a grant of one under it is refused, as is any
     /// directory not allowed (the default), and the chunk fails saying so. Repeatable.
     ///
-    /// A host serving tenants allows the directory to every tenant it serves.
+    /// A host serving tenants allows the directory to every tenant it serves. No allowed
+    /// directory may be inside one allowed read-write ([`join`](HostBuilder::join) refuses
+    /// the pair: a task could replace the inner one with a symbolic link).
     ///
     /// ```no_run
     /// let host = wasmpool::cluster::Host::builder("redis://127.0.0.1:6379")
