@@ -450,6 +450,34 @@ fn an_unreachable_redis_is_a_clear_error_not_a_hang() {
 }
 
 #[test]
+fn a_host_whose_idle_setup_connection_redis_closed_still_sets_up_a_new_pool() {
+    within(Duration::from_secs(120), || {
+        // Redis closes a connection idle for a second (its `timeout`), as one configured so
+        // closes a host's setup connection between two new modules hours apart.
+        let redis = RedisServer::start_with(&["--timeout", "1"]);
+        let _host = WorkerHost::start(&redis, 1);
+        let set_up = |n: u64| {
+            Pool::builder(&testkit())
+                .maxtasksperchild(n)
+                .cluster(&redis.url())
+                .build()
+                .expect("a cluster pool")
+        };
+        let first = set_up(1);
+        wait_for_hosts(&first, 1);
+        assert_eq!(first.apply::<_, u64>("square", &(3u64,)).unwrap(), 9);
+        // Past the timeout, a chunk of another setup: the host sets up a pool for it, and
+        // fetches the module again on its setup connection, which Redis has closed.
+        std::thread::sleep(Duration::from_secs(3));
+        let second = set_up(2);
+        let got = second
+            .apply::<_, u64>("square", &(4u64,))
+            .unwrap_or_else(|e| panic!("the chunk failed on the closed connection: {e}"));
+        assert_eq!(got, 16);
+    });
+}
+
+#[test]
 fn a_redis_holding_another_versions_keys_is_refused() {
     within(Duration::from_secs(60), || {
         // The layout key of the versions before the hash tag, and that of a later one.

@@ -150,3 +150,23 @@ fn cli_run_on_a_cluster_carries_dir_and_env_as_a_local_run_does() {
         assert!(out.2.contains("read-only"), "{out:?}");
     });
 }
+
+#[test]
+fn a_worker_refuses_to_start_with_an_allowed_directory_inside_a_read_write_one() {
+    within(Duration::from_secs(60), || {
+        let scratch = TempDir::new("cluster-allow-nested");
+        let models = scratch.0.join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        let redis = RedisServer::start();
+        let (outer, inner) = (
+            scratch.0.display().to_string(),
+            format!("{}:ro", models.display()),
+        );
+        let out = crate::util::cli()
+            .args(["worker", "--join", &redis.url(), "--slots", "1"])
+            .args(["--allow-dir", &outer, "--allow-dir", &inner])
+            .output()
+            .unwrap();
+        crate::util::assert_cli_error(&out, 2, "symbolic link");
+    });
+}

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use wasmpool::Error;
 use wasmpool::ObjectError;
 use wasmpool::cluster::{ClusterManager, ClusterPool};
+use wasmpool::{Error, Pool};
 
 use crate::cluster::redis::RedisServer;
-use crate::cluster::{WorkerHost, cluster_pool, wait_for_hosts};
-use crate::util::{eventually, within};
+use crate::cluster::{WorkerHost, cluster_pool, int_reply, wait_for_hosts};
+use crate::util::{eventually, testkit, within};
 
 /// A Redis, `hosts` worker hosts of `slots` slots each, a pool and a manager on them.
 fn cluster(
@@ -566,6 +566,75 @@ fn a_host_declared_dead_before_the_reaper_took_its_chunk_gives_it_back_not_the_r
         once.apply::<_, ()>("hold_then_release", &(lock.clone(), again.clone(), 10u64))
             .unwrap_or_else(|e| panic!("A's new task: {e}; A: {}", a.log()));
         assert!(again.is_set().unwrap());
+    });
+}
+
+/// A pool whose workers are set up apart from every other's (each `maxtasksperchild` is a
+/// setup of its own: a local pool of its own on a host).
+fn pool_set_up(redis: &RedisServer, maxtasksperchild: u64, retries: u32) -> ClusterPool {
+    Pool::builder(&testkit())
+        .maxtasksperchild(maxtasksperchild)
+        .retries(retries)
+        .cluster(&redis.url())
+        .build()
+        .expect("a cluster pool")
+}
+
+#[test]
+fn a_chunk_waiting_for_its_pool_when_the_host_is_declared_dead_is_given_back_unrun() {
+    within(Duration::from_secs(240), || {
+        // Host A (room for ten chunks) runs a long chunk in each of its eight local pools;
+        // a chunk of a ninth setup, which counts its run in a dict, waits for a seat. A is
+        // declared dead meanwhile (and keeps its lease: the reaper never takes the chunk).
+        // The chunk must not run in the pool A sets up afterwards, of its new runtime,
+        // where its operations would be accepted: it is given back unrun, redelivered, and
+        // counted once.
+        let redis = RedisServer::start();
+        let a = WorkerHost::start(&redis, 5);
+        let busy: Vec<ClusterPool> = (1..=8).map(|n| pool_set_up(&redis, n, 0)).collect();
+        wait_for_hosts(&busy[0], 1);
+        let id = busy[0].hosts().unwrap().remove(0);
+        let _long: Vec<_> = busy
+            .iter()
+            .map(|p| p.apply_async::<_, u64>("sleep_ms", &(600_000u64,)).unwrap())
+            .collect();
+        let held = || int_reply(&redis, "XPENDING {wasmpool}:v3:tasks hosts");
+        assert!(
+            eventually(Duration::from_secs(120), || held() == 8),
+            "A did not claim the eight long chunks ({} held): {}",
+            held(),
+            a.log()
+        );
+        let counted = pool_set_up(&redis, 100, 1);
+        let m = counted.manager().unwrap();
+        let runs = m.dict::<String, i64>().unwrap();
+        let r = counted
+            .apply_async::<_, ()>("atomic_increments", &(runs.clone(), 1u64))
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || held() == 9),
+            "A did not claim the ninth chunk: {}",
+            a.log()
+        );
+        declare_dead(&redis, &id);
+        r.get_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("the redelivered chunk: {e}; A: {}", a.log()));
+        assert_eq!(
+            runs.get(&"count".to_string()).unwrap(),
+            Some(1),
+            "the chunk ran twice: A: {}",
+            a.log()
+        );
+        // The cluster's counts: the chunk redelivered once and committed; the long chunks,
+        // stopped by the readmit and not to run twice, lost.
+        let s = counted.stats().unwrap();
+        assert_eq!((s.redelivered, s.lost, s.committed), (1, 8, 1), "{s:?}");
+        assert!(
+            a.log()
+                .contains("1 waiting for a pool are given back unrun"),
+            "A: {}",
+            a.log()
+        );
     });
 }
 

@@ -49,3 +49,33 @@ fn a_cluster_on_a_redis_cluster_runs_maps_and_objects_through_any_node() {
         }
     });
 }
+
+#[test]
+fn a_pool_and_a_host_carry_on_after_the_redis_cluster_moves_wasmpools_slot() {
+    within(Duration::from_secs(300), || {
+        testkit();
+        let redis = RedisCluster::start(3);
+        let from = redis.first_owner_of("{wasmpool}");
+        let to = (from + 1) % 3;
+        let _host = WorkerHost::start(&redis.nodes[from], 2);
+        let pool = Pool::builder(&testkit())
+            .cluster(&redis.nodes[from].url())
+            .build()
+            .expect("a cluster pool");
+        wait_for_hosts(&pool, 1);
+        let squares: Vec<u64> = pool.map("square", 0..200u64).unwrap();
+        assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+
+        // A reshard moves the slot, and every key, to another node: the pool's submission
+        // connection, and the host's, are to a node that answers `MOVED` now.
+        redis.move_slot_of("{wasmpool}", from, to);
+        assert!(redis.nodes[from].keys("{wasmpool}:*").is_empty());
+        assert!(!redis.nodes[to].keys("{wasmpool}:*").is_empty());
+        let squares: Vec<u64> = pool
+            .map("square", 0..200u64)
+            .unwrap_or_else(|e| panic!("a map after the slot moved: {e}"));
+        assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+        assert_eq!(pool.apply::<_, i64>("add", &(40i64, 2i64)).unwrap(), 42);
+        assert!(redis.nodes[from].keys("{wasmpool}:*").is_empty());
+    });
+}

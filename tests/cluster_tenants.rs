@@ -213,7 +213,7 @@ fn tenant_pool_set_up(redis: &RedisServer, tenant: &str, maxtasksperchild: u64) 
 }
 
 #[test]
-fn a_host_whose_pool_setup_for_one_tenant_waits_still_runs_another_tenants_chunks() {
+fn a_host_whose_pool_setup_for_one_tenants_backlog_waits_still_runs_another_tenants_chunks() {
     within(Duration::from_secs(300), || {
         let redis = RedisServer::start();
         // Five slots: room for ten chunks at once (two per slot).
@@ -224,7 +224,8 @@ fn a_host_whose_pool_setup_for_one_tenant_waits_still_runs_another_tenants_chunk
         assert_eq!(b.apply::<_, u64>("square", &(3u64,)).unwrap(), 9);
 
         // A chunk of b's that runs until cancelled, and seven more setups each with one:
-        // the host's eight local pools all run chunks (b's with four slots free).
+        // the host's eight local pools all run chunks (b's with four slots free), and
+        // eight of its ten places are taken.
         let mut long = vec![b.apply_async::<_, u64>("sleep_ms", &(600_000u64,)).unwrap()];
         let busy: Vec<ClusterPool> = (1..=7)
             .map(|n| tenant_pool_set_up(&redis, "busy", n))
@@ -240,34 +241,52 @@ fn a_host_whose_pool_setup_for_one_tenant_waits_still_runs_another_tenants_chunk
             held(),
             host.log()
         );
-        // Tenant a's chunk needs a ninth setup: it waits for a seat (up to 30 s).
+        // A backlog of tenant a's chunks needs a ninth setup: they wait for a seat (up to
+        // 30 s); each counts its run.
         let a = tenant_pool_set_up(&redis, "a", 100);
-        let waits = a.apply_async::<_, u64>("square", &(5u64,)).unwrap();
+        let runs = a.manager().unwrap().dict::<String, i64>().unwrap();
+        let backlog: Vec<_> = (0..6)
+            .map(|_| {
+                a.apply_async::<_, ()>("atomic_increments", &(runs.clone(), 1u64))
+                    .unwrap()
+            })
+            .collect();
         assert!(
             eventually(Duration::from_secs(20), || holds_work_on(
                 &redis,
                 "{wasmpool}:v3:tasks:a",
                 host.pid()
             )),
-            "the host never claimed a's chunk: {}",
+            "the host never claimed a's chunks: {}",
             host.log()
         );
 
         // b's chunk, for a pool the host has, is claimed and run meanwhile: a's setup waits
-        // off the claim thread.
+        // off the claim thread, and a's chunks waiting for it do not take the host's last
+        // places. Before any of a's chunks ran (they run only once their pool is set up).
         let b_again = b.apply_async::<_, u64>("square", &(4u64,)).unwrap();
         assert_eq!(b_again.get().unwrap(), 16);
-        let log = host.log();
+        assert_eq!(
+            runs.get(&"count".to_string()).unwrap(),
+            None,
+            "b's chunk waited for a's setup: {}",
+            host.log()
+        );
+        let pending_a = int_reply(&redis, "XPENDING {wasmpool}:v3:tasks:a hosts");
         assert!(
-            !waits.ready() && !log.contains("still runs chunks after"),
-            "b's chunk waited for a's setup to take a seat: {log}"
+            (1..6).contains(&pending_a),
+            "the host held {pending_a} of a's six waiting chunks: {}",
+            host.log()
         );
 
-        // The long chunks cancelled, a's pool gets a seat and its chunk runs.
+        // The long chunks cancelled, a's pool gets a seat and its chunks run.
         for r in &long {
             assert!(r.cancel());
         }
-        assert_eq!(waits.get().unwrap(), 25);
+        for r in backlog {
+            r.get().unwrap();
+        }
+        assert_eq!(runs.get(&"count".to_string()).unwrap(), Some(6));
     });
 }
 

@@ -282,6 +282,79 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
+    /// Moves the slot of `key`, with its keys, from node `from` (which serves it) to node
+    /// `to`, as a reshard does: `to` imports it, `from` migrates it, every key of it goes
+    /// over (`MIGRATE`), then every node is told `to` serves it. Clients of `from` are then
+    /// redirected (`MOVED`).
+    pub fn move_slot_of(&self, key: &str, from: usize, to: usize) {
+        let slot = self.nodes[0]
+            .command(&format!("CLUSTER KEYSLOT {key}"))
+            .trim()
+            .trim_start_matches(':')
+            .parse::<u16>()
+            .expect("a slot");
+        let id = |i: usize| {
+            let reply = self.nodes[i].command("CLUSTER MYID");
+            let id = reply.lines().nth(1).unwrap_or_default().trim().to_string();
+            assert_eq!(id.len(), 40, "CLUSTER MYID: {reply}");
+            id
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let ok = |reply: String, what: &str| assert!(reply.starts_with("+OK"), "{what}: {reply}");
+        ok(
+            self.nodes[to].command(&format!("CLUSTER SETSLOT {slot} IMPORTING {from_id}")),
+            "IMPORTING",
+        );
+        ok(
+            self.nodes[from].command(&format!("CLUSTER SETSLOT {slot} MIGRATING {to_id}")),
+            "MIGRATING",
+        );
+        loop {
+            let keys: Vec<String> = self.nodes[from]
+                .command(&format!("CLUSTER GETKEYSINSLOT {slot} 100"))
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| !l.is_empty() && !l.starts_with(['*', '$']))
+                .map(str::to_string)
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let reply = self.nodes[from].command(&format!(
+                "MIGRATE 127.0.0.1 {} \"\" 0 5000 REPLACE KEYS {}",
+                self.nodes[to].port,
+                keys.join(" ")
+            ));
+            assert!(
+                reply.starts_with("+OK") || reply.starts_with("+NOKEY"),
+                "MIGRATE: {reply}"
+            );
+        }
+        for i in std::iter::once(to)
+            .chain(std::iter::once(from))
+            .chain((0..self.nodes.len()).filter(|&i| i != to && i != from))
+        {
+            ok(
+                self.nodes[i].command(&format!("CLUSTER SETSLOT {slot} NODE {to_id}")),
+                "SETSLOT NODE",
+            );
+        }
+    }
+
+    /// The index in `nodes` of the node that first served the slot of `key`.
+    pub fn first_owner_of(&self, key: &str) -> usize {
+        let reply = self.nodes[0].command(&format!("CLUSTER KEYSLOT {key}"));
+        let slot: usize = reply
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .expect("a slot");
+        let n = self.nodes.len();
+        (0..n)
+            .find(|&i| (16384 * i / n..16384 * (i + 1) / n).contains(&slot))
+            .expect("every slot has a node")
+    }
+
     /// The node that serves the slot of `key`.
     pub fn owner_of(&self, key: &str) -> &RedisServer {
         let reply = self.nodes[0].command(&format!("CLUSTER KEYSLOT {key}"));

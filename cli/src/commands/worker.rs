@@ -29,7 +29,8 @@ pub struct WorkerCommand {
     pub all_tenants: bool,
     /// Let the tasks open this directory of this machine, where a pool's grant names it
     /// (`--dir PATH:GUEST` on `run`/`map --cluster`); with `:ro`, read-only grants only.
-    /// Only the directories named, nothing under them; none by default. Repeatable.
+    /// Only the directories named, nothing under them; none by default. Repeatable; none
+    /// inside another allowed read-write.
     #[arg(long = "allow-dir", value_name = "PATH[:ro]")]
     pub allow_dir: Vec<String>,
 }

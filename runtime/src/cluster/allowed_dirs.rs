@@ -6,7 +6,10 @@
 //!
 //! Only the directories named, not what is under them: a task given one read-write could
 //! put a symbolic link there, and a later grant of a path under it would follow the link
-//! out. The operator's own path is what the pool opens.
+//! out. The operator's own path is what the pool opens. For the same reason no allowed
+//! directory may be inside a read-write one (a task could replace it with a link, and the
+//! pool, which opens it by name, would open what the link names), and a directory whose
+//! canonical path is no longer the one recorded when it was allowed is refused.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -31,7 +34,9 @@ pub(crate) struct AllowedDirs {
 
 impl AllowedDirs {
     /// Allows `path` (which must be an existing directory), read-only if asked. Allowed
-    /// twice, the read-write allowance wins.
+    /// twice, the read-write allowance wins. Refused when it is inside a directory allowed
+    /// read-write, or, read-write, holds one allowed: a task could replace the inner one
+    /// with a symbolic link.
     pub fn allow(&mut self, path: &Path, read_only: bool) -> Result<()> {
         let named = normal(path).ok_or_else(|| {
             Error::BadArgs(format!(
@@ -40,6 +45,22 @@ impl AllowedDirs {
             ))
         })?;
         let real = canonical_dir(path, "allow")?;
+        for a in &self.dirs {
+            let (outer, inner) = if real != a.real && real.starts_with(&a.real) && !a.read_only {
+                (&a.named, path)
+            } else if real != a.real && a.real.starts_with(&real) && !read_only {
+                (&named, a.named.as_path())
+            } else {
+                continue;
+            };
+            return Err(Error::BadArgs(format!(
+                "cannot allow both {} and {}: the first is allowed read-write and holds the \
+                 second, which a task could replace with a symbolic link to anywhere on the \
+                 host; allow directories side by side, or the outer one read-only",
+                outer.display(),
+                inner.display()
+            )));
+        }
         self.dirs.push(Allowed {
             named,
             real,
@@ -64,6 +85,17 @@ impl AllowedDirs {
                 })
                 .collect();
             if let Some(a) = matching.iter().find(|a| read_only || !a.read_only) {
+                // The pool opens it by name: it must still be the directory allowed.
+                let now = a.real.canonicalize().ok();
+                if now.as_deref() != Some(a.real.as_path()) || !a.real.is_dir() {
+                    return Err(Error::BadArgs(format!(
+                        "host {host} refuses the directory {}: it no longer resolves to the \
+                         directory it allowed, {} (now: {}); replaced by a symbolic link?",
+                        path.display(),
+                        a.real.display(),
+                        now.map_or_else(|| "missing".into(), |p| p.display().to_string())
+                    )));
+                }
                 return Ok(a.real.clone());
             }
             let shown = path.display();
@@ -134,8 +166,9 @@ mod tests {
 
     #[test]
     fn only_the_directories_allowed_are_admitted_and_read_only_stays_read_only() {
-        let root = temp();
-        let ro = root.join("inner");
+        let base = temp();
+        let (root, ro) = (base.join("rw"), base.join("inner"));
+        std::fs::create_dir_all(&root).unwrap();
         let mut allowed = AllowedDirs::default();
         allowed.allow(&root, false).unwrap();
         allowed.allow(&ro, true).unwrap();
@@ -159,8 +192,9 @@ mod tests {
         // What is under an allowed directory, a `..` way out of it, and anything else are
         // refused, naming the host and what it allows.
         for path in [
-            root.join("inner/x"),
-            root.join("inner/.."),
+            ro.join("x"),
+            ro.join(".."),
+            root.join("x"),
             PathBuf::from("/etc"),
             PathBuf::from("relative"),
         ] {
@@ -179,6 +213,61 @@ mod tests {
         assert!(err.to_string().contains("allows none"), "{err}");
         let env = Grants::new().env("A", "b");
         assert_eq!(none.admit(&env, "h").unwrap(), env);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_directory_inside_a_read_write_one_cannot_be_allowed_either_way_round() {
+        let root = temp();
+        let inner = root.join("inner");
+        // Inside one allowed read-write: refused, read-only or not, naming both.
+        let mut allowed = AllowedDirs::default();
+        allowed.allow(&root, false).unwrap();
+        for read_only in [true, false] {
+            let err = allowed.allow(&inner, read_only).unwrap_err().to_string();
+            assert!(err.contains("symbolic link"), "{err}");
+            assert!(err.contains(&*inner.to_string_lossy()), "{err}");
+        }
+        // Holding one allowed, read-write: refused too.
+        let mut allowed = AllowedDirs::default();
+        allowed.allow(&inner, true).unwrap();
+        let err = allowed.allow(&root, false).unwrap_err().to_string();
+        assert!(err.contains("cannot allow both"), "{err}");
+        // Read-only around it (no task can write there), or the same directory twice: fine.
+        allowed.allow(&root, true).unwrap();
+        allowed.allow(&inner, false).unwrap();
+        // Nested through a symbolic link's name: the canonical paths tell.
+        let link = std::env::temp_dir().join(format!(
+            "wasmpool-allowed-link-{}-{}",
+            std::process::id(),
+            crate::cluster::tag()
+        ));
+        std::os::unix::fs::symlink(&inner, &link).unwrap();
+        let mut allowed = AllowedDirs::default();
+        allowed.allow(&root, false).unwrap();
+        assert!(allowed.allow(&link, true).is_err());
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_allowed_directory_replaced_by_a_symbolic_link_is_refused() {
+        let root = temp();
+        let models = root.join("inner");
+        let mut allowed = AllowedDirs::default();
+        allowed.allow(&models, true).unwrap();
+        let g = Grants::new().dir_read_only(&models, "/models");
+        assert!(allowed.admit(&g, "h").is_ok());
+        // Something with write access to its parent swaps it for a link to `/`.
+        std::fs::remove_dir(&models).unwrap();
+        std::os::unix::fs::symlink("../..", &models).unwrap();
+        let err = allowed.admit(&g, "h").unwrap_err().to_string();
+        assert!(err.contains("no longer resolves"), "{err}");
+        assert!(err.contains("host h refuses"), "{err}");
+        // Gone altogether: refused as well.
+        std::fs::remove_file(&models).unwrap();
+        let err = allowed.admit(&g, "h").unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::keys::{Keys, check_layout, check_tenant, register_tenant};
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
+use super::reconnect::with_connection;
 use super::wire::{BadRecord, ChunkSpec, Record, WorkerSetup, parse_record};
 use super::{CANCELLED, connect, redis_error, sha256_hex};
 use crate::error::{Error, Result};
@@ -427,38 +428,17 @@ impl Inner {
         self.con.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the submission connection, connecting first if need be; a connection
-    /// that failed is dropped, so the next call connects again.
+    /// Runs `f` on the submission connection, connecting first if need be; after any error
+    /// the connection is dropped, so the next call connects again, and after a stale
+    /// connection's or a moved slot's (a Redis Cluster's failover or reshard) `f` runs once
+    /// more on a new one ([`with_connection`]). Sent twice, a chunk may run twice; it is
+    /// committed once.
     fn with_con<T>(
         &self,
         doing: &str,
         f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
-        let mut con = self.lock_con();
-        let fresh = con.is_none();
-        if fresh {
-            *con = Some(connect(&self.url)?);
-        }
-        let Some(c) = con.as_mut() else {
-            return Err(Error::Cluster("no connection".into()));
-        };
-        let mut f = f;
-        match f(c) {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-                *con = None;
-                if fresh {
-                    return Err(redis_error(&self.url, doing, e));
-                }
-                // A connection that went stale (Redis restarted, an idle timeout): once more
-                // on a new one. Sent twice, a chunk may run twice; it is committed once.
-                let mut c = connect(&self.url)?;
-                let v = f(&mut c).map_err(|e| redis_error(&self.url, doing, e))?;
-                *con = Some(c);
-                Ok(v)
-            }
-            Err(e) => Err(redis_error(&self.url, doing, e)),
-        }
+        with_connection(&mut self.lock_con(), &self.url, doing, f)
     }
 
     /// Queues `parts` (first item, items) of `job` for the sender, which sends them to the

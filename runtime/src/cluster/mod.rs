@@ -69,6 +69,7 @@ mod keys;
 mod liveness;
 mod manager;
 mod objects;
+mod reconnect;
 mod scripts;
 mod wire;
 

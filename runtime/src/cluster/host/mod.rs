@@ -148,7 +148,9 @@ impl HostBuilder {
     /// this path). Only this directory: a grant of one under it is refused, as is any
     /// directory not allowed (the default), and the chunk fails saying so. Repeatable.
     ///
-    /// A host serving tenants allows the directory to every tenant it serves.
+    /// A host serving tenants allows the directory to every tenant it serves. No allowed
+    /// directory may be inside one allowed read-write ([`join`](HostBuilder::join) refuses
+    /// the pair: a task could replace the inner one with a symbolic link).
     ///
     /// ```no_run
     /// let host = wasmpool::cluster::Host::builder("redis://127.0.0.1:6379")
@@ -201,8 +203,9 @@ impl HostBuilder {
 /// [`stop`](Host::stop).
 ///
 /// It claims at most two chunks per slot at a time (one running, one ready; more while
-/// chunks take only milliseconds), and only while its lease is current: a host that cannot
-/// reach Redis stops claiming.
+/// chunks take only milliseconds), besides those waiting for their local pool's setup
+/// (bounded apart: a stream's share of its slots each, a room's worth in all), and only
+/// while its lease is current: a host that cannot reach Redis stops claiming.
 #[derive(Debug, Clone)]
 pub struct Host {
     inner: Arc<HostInner>,
@@ -609,15 +612,25 @@ impl HostInner {
         let mut streams = Streams::new(&self.serves, &self.keys);
         while !self.stop.load(Ordering::Relaxed) {
             let cap = self.cap();
+            // The chunks waiting for a setup take none of the room of those that run: they
+            // are bounded apart, by stream (`Streams::at_bound`), and to a room's worth in
+            // all.
+            let waiting = self.waiting_streams();
+            let w = waiting.len();
             let free = {
                 let n = self.lock_inflight();
                 let (n, _) = self
                     .room
                     .wait_timeout_while(n, Duration::from_millis(200), |n| {
-                        *n >= cap && !self.stop.load(Ordering::Relaxed)
+                        (w >= cap || n.saturating_sub(w) >= cap)
+                            && !self.stop.load(Ordering::Relaxed)
                     })
                     .unwrap_or_else(|p| p.into_inner());
-                cap.saturating_sub(*n)
+                if w >= cap {
+                    0
+                } else {
+                    cap.saturating_sub(n.saturating_sub(w))
+                }
             };
             if free == 0 || self.stop.load(Ordering::Relaxed) {
                 continue;
@@ -651,7 +664,14 @@ impl HostInner {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            let read = streams.next_read(free);
+            let skip = streams.at_bound(&waiting, self.slots);
+            let Some(read) = streams.next_read(free, &skip) else {
+                // Every stream it reads has its share of chunks waiting for a setup: wait
+                // until one of them starts (the setup thread wakes it).
+                let n = self.lock_inflight();
+                let _ = self.room.wait_timeout(n, Duration::from_millis(200));
+                continue;
+            };
             let claimed = if read.script {
                 self.claim_now(c, &scripts, &read)
             } else {
@@ -850,12 +870,17 @@ impl HostInner {
         // their results go to the commit thread, which gives them back.
         let stale: Vec<(Pool, Arc<crate::pool::job::Job>)> =
             self.lock_running().values().cloned().collect();
+        // Those waiting for a setup never run: a pool set up now is of the new runtime,
+        // where their object operations would be accepted.
+        let unstarted = self.give_back_waiting_before(since);
         tracing::warn!(
             "cluster host: this host was declared dead while cut off: its chunks go to other \
              hosts and its shared objects' locks were given back; the {} chunk(s) it still \
              ran are stopped and given back (their object operations are refused), the {} \
-             old pool(s) take no more work, new work runs in new workers",
+             waiting for a pool are given back unrun, the {} old pool(s) take no more work, \
+             new work runs in new workers",
             stale.len(),
+            unstarted,
             old.len()
         );
         for (pool, job) in &stale {
@@ -1448,61 +1473,90 @@ impl Streams {
         Ok(())
     }
 
-    /// What to read with room for `free` entries. Every read starts with the redelivery
-    /// streams. With less room than there are task streams, the next `free` of them in the
-    /// round, one entry each, without waiting (a read that waited on some streams would
-    /// miss work on the others). Otherwise every task stream, an equal share of the room
-    /// each (one stream: all of it, as a host of untenanted pools has always read): without
-    /// waiting while the last read may have left work behind, and once the streams are
-    /// drained (or a whole round found nothing) waiting for work on every stream, its
-    /// redelivery streams too, a share each (then, when several streams get work in the
-    /// same instant, a few more entries than the room may come: at most one more per
-    /// stream).
-    fn next_read(&mut self, free: usize) -> Read {
+    /// Which of the task streams (`keys`' order) hold their share of the chunks waiting
+    /// for a setup (`waiting`: the stream each was claimed from; a redelivery stream's
+    /// count for its task stream): `slots` shared by the streams, at least one each. A
+    /// stream at its share is not read until one of them starts, so one tenant's backlog
+    /// for a pool whose setup waits does not fill the host's claims while the others' work
+    /// waits.
+    fn at_bound(&self, waiting: &[Arc<str>], slots: usize) -> Vec<bool> {
+        let share = (slots / self.keys.len().max(1)).max(1);
+        self.keys
+            .iter()
+            .zip(&self.redo)
+            .map(|(k, r)| waiting.iter().filter(|s| *s == k || *s == r).count() >= share)
+            .collect()
+    }
+
+    /// What to read with room for `free` entries, from the task streams not marked in
+    /// `skip` (`keys`' order; a stream past its end is read), or `None` when every one is.
+    /// Every read starts with the redelivery streams of those it reads. With less room than
+    /// there are such task streams, the next `free` of them in the round, one entry each,
+    /// without waiting (a read that waited on some streams would miss work on the others).
+    /// Otherwise every one of them, an equal share of the room each (one stream: all of it,
+    /// as a host of untenanted pools has always read): without waiting while the last read
+    /// may have left work behind, and once the streams are drained (or a whole round found
+    /// nothing) waiting for work on every one, their redelivery streams too, a share each
+    /// (then, when several streams get work in the same instant, a few more entries than
+    /// the room may come: at most one more per stream).
+    fn next_read(&mut self, free: usize, skip: &[bool]) -> Option<Read> {
         let n = self.keys.len().max(1);
-        if self.weighted() && (self.backlog || self.idle < n) {
+        let open: Vec<usize> = (0..self.keys.len())
+            .filter(|&i| !skip.get(i).copied().unwrap_or(false))
+            .collect();
+        if open.is_empty() {
+            return None;
+        }
+        let m = open.len();
+        let redo: Vec<Arc<str>> = open.iter().map(|&i| self.redo[i].clone()).collect();
+        if self.weighted() && (self.backlog || self.idle < m) {
             // Weighted: every stream, the least served for its weight first, in the claim
             // script, which takes from them in that order until the room is filled.
-            let mut order: Vec<usize> = (0..self.keys.len()).collect();
+            let mut order = open;
             order.sort_by(|&a, &b| {
                 (self.served[a] / self.weights[a]).total_cmp(&(self.served[b] / self.weights[b]))
             });
-            return Read {
+            return Some(Read {
                 streams: order.into_iter().map(|i| self.keys[i].clone()).collect(),
-                redo: self.redo.clone(),
+                redo,
                 count: free,
                 room: free,
                 block: false,
                 script: true,
-            };
+            });
         }
-        if free < n && self.idle < n {
-            let streams = (0..free)
-                .map(|i| self.keys[(self.next + i) % n].clone())
+        if free < m && self.idle < m {
+            // The next `free` open streams in the round, from `next`.
+            let picked: Vec<usize> = (0..n)
+                .map(|k| (self.next + k) % n)
+                .filter(|i| open.contains(i))
+                .take(free)
                 .collect();
-            self.next = (self.next + free) % n;
-            return Read {
-                streams,
-                redo: self.redo.clone(),
+            if let Some(last) = picked.last() {
+                self.next = (last + 1) % n;
+            }
+            return Some(Read {
+                streams: picked.iter().map(|&i| self.keys[i].clone()).collect(),
+                redo,
                 count: 1,
                 room: free,
                 block: false,
                 script: self.redo_waiting,
-            };
+            });
         }
         let block = !self.backlog;
-        Read {
-            streams: self.keys.clone(),
-            redo: self.redo.clone(),
+        Some(Read {
+            streams: open.iter().map(|&i| self.keys[i].clone()).collect(),
+            redo,
             count: if block {
-                (free / (2 * n)).max(1)
+                (free / (2 * m)).max(1)
             } else {
-                (free / n).max(1)
+                (free / m).max(1)
             },
             room: free,
             block,
             script: !block && self.redo_waiting,
-        }
+        })
     }
 
     /// What a read claimed, and whether the redelivery streams may still hold entries to
@@ -1554,13 +1608,13 @@ mod tests {
     #[test]
     fn a_host_of_one_stream_waits_on_it_and_its_redelivery_stream() {
         let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
-        let read = s.next_read(7);
+        let read = s.next_read(7, &[]).unwrap();
         assert_eq!(names(&read), ["{wasmpool}:v3:tasks"]);
         assert_eq!(read.redo, [Arc::from("{wasmpool}:v3:redo")]);
         // A share of the room from each of the two streams: never more than the room.
         assert_eq!((read.count, read.room, read.block), (3, 7, true));
         let mut s = Streams::new(&Serves::Tenants(vec!["a".into()]), &Keys::default());
-        let read = s.next_read(1);
+        let read = s.next_read(1, &[]).unwrap();
         assert_eq!(names(&read), ["{wasmpool}:v3:tasks:a"]);
         assert_eq!(read.redo, [Arc::from("{wasmpool}:v3:redo:a")]);
         assert_eq!((read.count, read.block), (1, true));
@@ -1569,12 +1623,12 @@ mod tests {
     #[test]
     fn a_read_that_may_have_left_work_is_followed_by_one_that_does_not_wait() {
         let mut s = Streams::new(&Serves::Untenanted, &Keys::default());
-        let read = s.next_read(8);
+        let read = s.next_read(8, &[]).unwrap();
         assert!(read.block);
         // The stream gave all that was asked of it: more may wait, redelivered work too.
         // The redelivery stream holds entries: the read is the claim script.
         s.read(&read, &got("{wasmpool}:v3:tasks", read.count), true);
-        let read = s.next_read(8);
+        let read = s.next_read(8, &[]).unwrap();
         assert_eq!(
             (read.count, read.room, read.block, read.script),
             (8, 8, false, true)
@@ -1582,15 +1636,15 @@ mod tests {
         // The room ran out (redelivered chunks first): read again without waiting; the
         // redelivery stream is empty now: one `XREADGROUP`.
         s.read(&read, &got("{wasmpool}:v3:redo", 8), false);
-        let read = s.next_read(8);
+        let read = s.next_read(8, &[]).unwrap();
         assert!(!read.block && !read.script);
         // Less than was asked: the streams are drained; wait for work.
-        let read = s.next_read(8);
+        let read = s.next_read(8, &[]).unwrap();
         s.read(&read, &got("{wasmpool}:v3:tasks", 3), false);
-        assert!(s.next_read(8).block);
-        let read = s.next_read(8);
+        assert!(s.next_read(8, &[]).unwrap().block);
+        let read = s.next_read(8, &[]).unwrap();
         s.read(&read, &[], false);
-        assert!(s.next_read(8).block, "nothing found: wait");
+        assert!(s.next_read(8, &[]).unwrap().block, "nothing found: wait");
     }
 
     /// What `reads` reads of claiming from streams that all have work (but those named in
@@ -1599,7 +1653,7 @@ mod tests {
     fn claim_weighted(s: &mut Streams, reads: usize, free: usize, empty: &[&str]) -> Vec<usize> {
         let mut given = vec![0; s.keys.len()];
         for _ in 0..reads {
-            let read = s.next_read(free);
+            let read = s.next_read(free, &[]).unwrap();
             assert!(
                 read.script && !read.block,
                 "a weighted read is the claim script"
@@ -1658,7 +1712,7 @@ mod tests {
             vec![1.0, 3.0, 1.0],
         );
         s.served = vec![0.0, 0.0, 5.0];
-        let read = s.next_read(3);
+        let read = s.next_read(3, &[]).unwrap();
         assert_eq!(names(&read), [x, a, b]);
         let mut claimed = got("{wasmpool}:v3:redo:a", 2);
         claimed.extend(got(x, 1));
@@ -1686,7 +1740,7 @@ mod tests {
         // Room for one: each stream in turn, without waiting, after every redelivery stream.
         let mut order = Vec::new();
         for _ in 0..6 {
-            let read = s.next_read(1);
+            let read = s.next_read(1, &[]).unwrap();
             assert_eq!((read.count, read.room, read.block), (1, 1, false));
             assert_eq!(
                 read.redo.iter().map(|r| &**r).collect::<Vec<_>>(),
@@ -1702,21 +1756,66 @@ mod tests {
         }
         assert_eq!(order, [x, a, b, x, a, b]);
         // Room for all, after a read that filled its room: each its share, without waiting.
-        let read = s.next_read(7);
+        let read = s.next_read(7, &[]).unwrap();
         assert_eq!(names(&read), [x, a, b]);
         assert_eq!((read.count, read.block), (2, false));
         // A round that found nothing: wait on all of them.
         for _ in 0..3 {
-            let read = s.next_read(1);
+            let read = s.next_read(1, &[]).unwrap();
             assert!(!read.block);
             s.read(&read, &[], false);
         }
-        let read = s.next_read(1);
+        let read = s.next_read(1, &[]).unwrap();
         assert_eq!((names(&read).len(), read.count, read.block), (3, 1, true));
         s.read(&read, &got(a, 1), false);
         assert!(
-            !s.next_read(1).block,
+            !s.next_read(1, &[]).unwrap().block,
             "claiming something starts the round again"
         );
+    }
+
+    #[test]
+    fn a_stream_with_its_share_of_chunks_waiting_for_a_setup_is_not_read() {
+        let keys = Keys::default();
+        let mut s = Streams::new(&Serves::All, &keys);
+        let (x, a, b) = (
+            "{wasmpool}:v3:tasks",
+            "{wasmpool}:v3:tasks:a",
+            "{wasmpool}:v3:tasks:b",
+        );
+        s.set(&keys, vec![x.into(), a.into(), b.into()], vec![1.0; 3]);
+        // Six slots, three streams: two chunks waiting each at most, a redelivered one
+        // counted for its task stream.
+        let waiting: Vec<Arc<str>> = vec![a.into(), "{wasmpool}:v3:redo:a".into(), b.into()];
+        let skip = s.at_bound(&waiting, 6);
+        assert_eq!(skip, [false, true, false]);
+        let read = s.next_read(8, &skip).unwrap();
+        assert_eq!(names(&read), [x, b]);
+        assert_eq!(
+            read.redo.iter().map(|r| &**r).collect::<Vec<_>>(),
+            ["{wasmpool}:v3:redo", "{wasmpool}:v3:redo:b"]
+        );
+        assert_eq!(read.count, 2, "a share of the room for each stream read");
+        // Room for one: the round goes on over the streams read.
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let read = s.next_read(1, &skip).unwrap();
+            order.extend(names(&read).iter().map(|n| n.to_string()));
+            let stream = read.streams[0].clone();
+            s.read(&read, &got(&stream, 1), false);
+        }
+        assert_eq!(order, [x, b, x, b]);
+        // One slot: each stream may hold one waiting; every stream at it: nothing to read.
+        let all: Vec<Arc<str>> = vec![x.into(), a.into(), b.into()];
+        assert!(s.next_read(4, &s.at_bound(&all, 1)).is_none());
+        // Weighted: the script reads the open streams only.
+        s.set(
+            &keys,
+            vec![x.into(), a.into(), b.into()],
+            vec![1.0, 3.0, 1.0],
+        );
+        let read = s.next_read(4, &skip).unwrap();
+        assert!(read.script);
+        assert_eq!(names(&read), [x, b]);
     }
 }

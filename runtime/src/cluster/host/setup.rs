@@ -4,19 +4,25 @@
 //! that waited for it. The claim thread goes on claiming for the pools that exist, so one
 //! tenant's new module (or a host whose pools are all busy) does not stall the others.
 //!
-//! Entries waiting here are in flight (claimed, counted against the host's room): a setup
-//! that fails fails each with its error, a cancel fails them as cancelled (the commit
+//! Entries waiting here are in flight (claimed, not yet committed) but take none of the
+//! host's room for chunks that run: the claim thread bounds them apart, by stream
+//! (`Streams::at_bound`). A setup that fails fails each with its error, a cancel fails them as cancelled (the commit
 //! script refuses a cancelled chunk's result), and a host that stops still sets them up
 //! and runs them, as it runs every chunk it claimed.
+//!
+//! An entry runs only in a pool of the runtime it was claimed under (its `since`): one
+//! claimed before the host was declared dead is given back unrun (its failure goes to the
+//! commit, whose fence gives it back: the reaper may have given it to another host), at
+//! the readmit or when its setup ends; one claimed after a readmit that let its new pool
+//! go waits for a pool of the new runtime.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{
-    Claimed, HostInner, MAX_POOLS, PoolKey, SEAT_WAIT, Seat, connect, redis_error, seat, sha256_hex,
-};
+use super::{Claimed, HostInner, MAX_POOLS, PoolKey, SEAT_WAIT, Seat, seat, sha256_hex};
+use crate::cluster::reconnect::with_connection;
 use crate::cluster::wire::{ChunkResult, ChunkSpec};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
@@ -66,6 +72,17 @@ impl HostInner {
         setups.waiting.entry(key).or_default().push(waiting);
         drop(setups);
         self.setup_wake.notify_all();
+    }
+
+    /// The stream each chunk waiting for a setup was claimed from, one per chunk (what the
+    /// claim thread bounds them by).
+    pub(super) fn waiting_streams(&self) -> Vec<std::sync::Arc<str>> {
+        self.lock_setups()
+            .waiting
+            .values()
+            .flatten()
+            .map(|w| w.claimed.stream.clone())
+            .collect()
     }
 
     /// The chunks waiting for a setup, by job, chunk and attempt (what a cancel looks for).
@@ -133,9 +150,23 @@ impl HostInner {
             // setup joined this list; one claimed after finds the pool (or, if the setup
             // failed, queues the key again).
             let waiting = self.lock_setups().waiting.remove(&key).unwrap_or_default();
+            let mut later = Vec::new();
             for w in waiting {
                 match &made {
-                    Ok(pool) => self.launch(pool, w),
+                    // Each entry runs only in workers of the lane it was claimed under:
+                    // its `since` is what the commit fences it by.
+                    Ok((pool, since)) => match w.claimed.since.cmp(since) {
+                        std::cmp::Ordering::Equal => self.launch(pool, w),
+                        // Claimed before the host was declared dead (the pool is of the
+                        // runtime that replaced its lane): the reaper may have given it to
+                        // another host already, and here its object operations would be
+                        // accepted. It does not run: its failure goes to the commit, whose
+                        // fence gives it back.
+                        std::cmp::Ordering::Less => self.give_back(w),
+                        // Claimed after a readmit that let this pool go: it waits for a
+                        // pool of its own runtime.
+                        std::cmp::Ordering::Greater => later.push(w),
+                    },
                     Err(e) => {
                         let n = w.spec.items.len();
                         let _ = self
@@ -144,7 +175,49 @@ impl HostInner {
                     }
                 }
             }
+            for w in later {
+                self.wait_for_setup(key.clone(), w);
+            }
+            // The claim thread may read again the streams it skipped for them.
+            self.room.notify_all();
         }
+    }
+
+    /// Sends an entry claimed before the host was last declared dead to the commit thread,
+    /// unrun: the commit script, fenced by its `since`, gives it back (redelivered, or
+    /// failed as lost), as it does a chunk stopped by a readmit.
+    fn give_back(&self, w: Waiting) {
+        let n = w.spec.items.len();
+        let _ = self.done.send((
+            w.claimed,
+            ChunkResult::failed(
+                n,
+                "the host was declared dead while the chunk waited for its pool to be set up",
+            ),
+        ));
+    }
+
+    /// After a readmit to `since`: gives back at once each entry waiting for a setup that
+    /// was claimed before it (see [`give_back`](HostInner::give_back)), rather than after
+    /// its setup. Answers how many.
+    pub(super) fn give_back_waiting_before(&self, since: u64) -> usize {
+        let stale: Vec<Waiting> = {
+            let mut setups = self.lock_setups();
+            let mut stale = Vec::new();
+            for list in setups.waiting.values_mut() {
+                let (old, kept): (Vec<Waiting>, Vec<Waiting>) =
+                    list.drain(..).partition(|w| w.claimed.since < since);
+                *list = kept;
+                stale.extend(old);
+            }
+            // A key left with no entry stays queued: its setup finds nothing to start.
+            stale
+        };
+        let n = stale.len();
+        for w in stale {
+            self.give_back(w);
+        }
+        n
     }
 
     /// The local pool for a module, metering and worker setup, loading the module from
@@ -156,13 +229,18 @@ impl HostInner {
     /// chunk gets a fresh one. A new pool takes a seat of [`MAX_POOLS`] first
     /// ([`take_seat`](HostInner::take_seat)). A pool built while the host was readmitted
     /// (its runtime replaced) is built again, in the new runtime.
-    fn pool_for(&self, con: &mut Option<redis::Connection>, key: &PoolKey) -> Result<Pool> {
+    ///
+    /// Answers the pool and the `since` of the runtime it runs in (when its
+    /// object lane was admitted): only entries claimed under that `since` may run in it.
+    fn pool_for(&self, con: &mut Option<redis::Connection>, key: &PoolKey) -> Result<(Pool, u64)> {
         let broken = {
             let mut pools = self.lock_pools();
             match pools.get_mut(key) {
+                // The table holds pools of the current runtime only: a readmit stores the
+                // new `since` and empties it under this lock.
                 Some((p, used)) if !p.is_broken() => {
                     *used = Instant::now();
-                    return Ok(p.clone());
+                    return Ok((p.clone(), self.since.load(Ordering::Relaxed)));
                 }
                 Some(_) => pools.remove(key),
                 None => None,
@@ -180,19 +258,12 @@ impl HostInner {
         // Before a seat or the module: a grant this host refuses costs it nothing.
         let grants = self.allowed.admit(&setup.grants, &self.id)?;
         self.take_seat();
-        if con.is_none() {
-            *con = Some(connect(&self.url)?);
-        }
-        let Some(c) = con.as_mut() else {
-            return Err(Error::Cluster("no connection to Redis".into()));
-        };
-        let bytes: Option<Vec<u8>> = match redis::cmd("GET").arg(self.keys.module(sha)).query(c) {
-            Ok(b) => b,
-            Err(e) => {
-                *con = None;
-                return Err(redis_error(&self.url, "fetching a module", e));
-            }
-        };
+        // The connection may have been idle for hours (Redis's `timeout` closes it), or
+        // the slot moved: connected again, once, before the chunks waiting fail.
+        let module = self.keys.module(sha);
+        let bytes: Option<Vec<u8>> = with_connection(con, &self.url, "fetching a module", |c| {
+            redis::cmd("GET").arg(&module).query(c)
+        })?;
         let Some(bytes) = bytes else {
             return Err(Error::Cluster(format!(
                 "module {sha} is not in Redis (expired, or stored under another layout)"
@@ -231,7 +302,7 @@ impl HostInner {
             // this lock: a pool of the old runtime is never kept.
             if self.since.load(Ordering::Relaxed) == since {
                 pools.insert(key.clone(), (pool.clone(), Instant::now()));
-                return Ok(pool);
+                return Ok((pool, since));
             }
         }
     }

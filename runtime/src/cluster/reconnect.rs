@@ -1,0 +1,95 @@
+//! A connection kept between calls: connected first when there is none, dropped after any
+//! error (the next call connects again), and connected again for one more try when it went
+//! stale (lost, timed out, closed by Redis's `timeout` while idle) or its node no longer
+//! serves the layout's slot (`MOVED`, `ASK`: a Redis Cluster's failover or reshard;
+//! [`connect`] goes to the node that serves it now).
+
+use redis::{ErrorKind, ServerErrorKind};
+
+use super::{connect, redis_error};
+use crate::error::{Error, Result};
+
+/// Whether `e` says the connection's node no longer serves the slot of the keys.
+fn moved(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+    )
+}
+
+/// Whether a call that failed with `e` is tried once more, on a new connection: when the
+/// node moved the slot away (a new connection goes to its new node), or when the
+/// connection was lost and was not `fresh` (made for this call: then Redis is not reachable
+/// now, and a second try would only wait as long again).
+fn retried(e: &redis::RedisError, fresh: bool) -> bool {
+    moved(e) || (!fresh && (e.is_io_error() || e.is_timeout() || e.is_connection_dropped()))
+}
+
+/// Runs `f` on `*con`, connecting to `url` first if there is none. After any error the
+/// connection is dropped; after a stale connection's or a moved slot's (see the module's
+/// text) `f` runs once more on a new one, kept if it works. `doing` says what for, in
+/// the error. A call sent twice may have taken effect twice: callers' commands are
+/// idempotent or fenced.
+pub(crate) fn with_connection<T>(
+    con: &mut Option<redis::Connection>,
+    url: &str,
+    doing: &str,
+    mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> Result<T> {
+    let fresh = con.is_none();
+    if fresh {
+        *con = Some(connect(url)?);
+    }
+    let Some(c) = con.as_mut() else {
+        return Err(Error::Cluster("no connection to Redis".into()));
+    };
+    match f(c) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            *con = None;
+            if !retried(&e, fresh) {
+                return Err(redis_error(url, doing, e));
+            }
+            let mut c = connect(url)?;
+            let v = f(&mut c).map_err(|e| redis_error(url, doing, e))?;
+            *con = Some(c);
+            Ok(v)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a reply's bytes make, as a command's reply parses into it.
+    fn error_of(reply: &[u8]) -> redis::RedisError {
+        let value = redis::parse_redis_value(reply).expect("a reply");
+        value.extract_error().expect_err("an error reply")
+    }
+
+    #[test]
+    fn a_moved_slot_is_retried_on_a_new_connection_even_a_fresh_one_and_a_refusal_is_not() {
+        let moved = error_of(b"-MOVED 6918 127.0.0.1:7002\r\n");
+        let ask = error_of(b"-ASK 6918 127.0.0.1:7002\r\n");
+        for e in [&moved, &ask] {
+            assert!(retried(e, false), "{e:?}");
+            assert!(retried(e, true), "{e:?}");
+        }
+        // A script's or a command's refusal: the same on any connection.
+        for reply in [
+            &b"-ERR unknown command 'NOPE'\r\n"[..],
+            b"-NOGROUP No such key\r\n",
+            b"-NOSCRIPT No matching script\r\n",
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        ] {
+            let e = error_of(reply);
+            assert!(!retried(&e, false) && !retried(&e, true), "{e:?}");
+        }
+        // A lost connection: once more, unless it was made for this call.
+        let lost =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(retried(&lost, false));
+        assert!(!retried(&lost, true));
+    }
+}
