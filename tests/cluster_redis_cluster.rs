@@ -65,6 +65,13 @@ fn a_pool_and_a_host_carry_on_after_the_redis_cluster_moves_wasmpools_slot() {
         wait_for_hosts(&pool, 1);
         let squares: Vec<u64> = pool.map("square", 0..200u64).unwrap();
         assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+        // A dict used before the move: its manager's connection, and the host's objects
+        // connections, are pooled, to the old node.
+        let m = wasmpool::cluster::ClusterManager::connect(&redis.nodes[from].url()).unwrap();
+        let d = m.dict::<String, i64>().unwrap();
+        pool.starmap::<_, ()>("atomic_increments", (0..2).map(|_| (d.clone(), 10u64)))
+            .unwrap();
+        assert_eq!(d.get(&"count".to_string()).unwrap(), Some(20));
 
         // A reshard moves the slot, and every key, to another node: the pool's submission
         // connection, and the host's, are to a node that answers `MOVED` now.
@@ -76,6 +83,15 @@ fn a_pool_and_a_host_carry_on_after_the_redis_cluster_moves_wasmpools_slot() {
             .unwrap_or_else(|e| panic!("a map after the slot moved: {e}"));
         assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
         assert_eq!(pool.apply::<_, i64>("add", &(40i64, 2i64)).unwrap(), 42);
+        // Its operations, the manager's and the tasks', go on at the new node.
+        assert_eq!(
+            d.get(&"count".to_string())
+                .unwrap_or_else(|e| panic!("a dict's get after the slot moved: {e}")),
+            Some(20)
+        );
+        pool.starmap::<_, ()>("atomic_increments", (0..2).map(|_| (d.clone(), 10u64)))
+            .unwrap();
+        assert_eq!(d.get(&"count".to_string()).unwrap(), Some(40));
         assert!(redis.nodes[from].keys("{wasmpool}:*").is_empty());
     });
 }

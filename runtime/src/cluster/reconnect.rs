@@ -9,8 +9,9 @@ use redis::{ErrorKind, ServerErrorKind};
 use super::{connect, redis_error};
 use crate::error::{Error, Result};
 
-/// Whether `e` says the connection's node no longer serves the slot of the keys.
-fn moved(e: &redis::RedisError) -> bool {
+/// Whether `e` says the connection's node no longer serves the slot of the keys (the
+/// command did not run there).
+pub(crate) fn moved(e: &redis::RedisError) -> bool {
     matches!(
         e.kind(),
         ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)

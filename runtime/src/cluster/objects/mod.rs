@@ -377,8 +377,15 @@ impl ClusterObjects {
             Some(c) => c,
             None => self.new_con()?,
         };
+        // Tried again on a new connection: one that went stale while pooled, or whose node
+        // no longer serves the slot (a Redis Cluster's reshard or failover: the command did
+        // not run, and a new connection goes to the node that serves it now). Not after a
+        // timeout: a blocking operation may have taken effect.
         let result = match f(&mut con) {
-            Err(e) if !fresh && (e.is_io_error() || e.is_connection_dropped()) => {
+            Err(e)
+                if crate::cluster::reconnect::moved(&e)
+                    || (!fresh && (e.is_io_error() || e.is_connection_dropped())) =>
+            {
                 con = self.new_con()?;
                 f(&mut con)
             }
