@@ -201,6 +201,43 @@ fn an_all_tenants_host_shares_its_claims_by_the_tenants_weights() {
     });
 }
 
+/// Weighted turns share a host's worker time, not its chunks: a tenant of weight 2 whose
+/// chunks are ten times as long as another's (weight 1) gets twice its time, not twenty
+/// times (as by chunks: two of its chunks for one of the other's).
+#[test]
+fn an_all_tenants_host_shares_its_workers_time_by_the_tenants_weights() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        wasmpool::cluster::set_tenant_weight(&redis.url(), "long", 2).unwrap();
+        let long = tenant_pool(&redis, "long", 0);
+        let short = tenant_pool(&redis, "short", 0);
+        // Both backlogs queued before any host claims, for one host with one slot: 20
+        // chunks of 100 ms, 150 of 10 ms.
+        let long_work: Vec<_> = (0..20)
+            .map(|_| long.apply_async::<_, u64>("sleep_ms", &(100u64,)).unwrap())
+            .collect();
+        let short_work: Vec<_> = (0..150)
+            .map(|_| short.apply_async::<_, u64>("sleep_ms", &(10u64,)).unwrap())
+            .collect();
+        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
+        for r in &long_work {
+            r.wait();
+        }
+        // By time, long's 2 s are two thirds: short had 1 s, about 100 of its chunks. By
+        // chunks, two of long's for one of short's: about 10.
+        let short_done = short_work.iter().filter(|r| r.ready()).count();
+        assert!(
+            short_done >= 50,
+            "when long (weight 2, 100 ms chunks) was done, short (weight 1, 10 ms chunks) had \
+             {short_done} of 150 done: {}",
+            host.log()
+        );
+        for r in short_work {
+            assert_eq!(r.get().unwrap(), 10);
+        }
+    });
+}
+
 /// A pool of tenant `tenant` whose workers are set up apart from every other's (each
 /// `maxtasksperchild` is a setup of its own, so a local pool of its own on a host).
 fn tenant_pool_set_up(redis: &RedisServer, tenant: &str, maxtasksperchild: u64) -> ClusterPool {

@@ -245,6 +245,9 @@ struct Claimed {
     ttl_ms: u64,
     /// When it was claimed.
     started: Instant,
+    /// The run time its stream was charged for it when claimed (its stream's estimate, in
+    /// seconds): corrected to its real run time when it is committed.
+    charged: f64,
     /// When (Redis time, ms) the object lane of the workers it runs in was admitted: once
     /// the host is declared dead at or after it, its result is given back, not committed.
     since: u64,
@@ -265,6 +268,9 @@ struct HostInner {
     room: Condvar,
     /// How long a chunk takes from claim to result, lately (seconds; `None` before one has).
     recent: Mutex<Option<f64>>,
+    /// The chunks committed since the claim thread last looked: their stream, what it was
+    /// charged for them when claimed, and their run time in the workers (seconds).
+    ran: Mutex<Vec<(Arc<str>, f64, f64)>>,
     claimed: AtomicU64,
     committed: AtomicU64,
     dropped: AtomicU64,
@@ -378,6 +384,7 @@ impl Host {
             inflight: Mutex::new(0),
             room: Condvar::new(),
             recent: Mutex::new(None),
+            ran: Mutex::new(Vec::new()),
             claimed: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -664,6 +671,8 @@ impl HostInner {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
+            let ran = std::mem::take(&mut *self.ran.lock().unwrap_or_else(|p| p.into_inner()));
+            streams.ran(&ran);
             let skip = streams.at_bound(&waiting, self.slots);
             let Some(read) = streams.next_read(free, &skip) else {
                 // Every stream it reads has its share of chunks waiting for a setup: wait
@@ -679,7 +688,7 @@ impl HostInner {
             };
             match claimed {
                 Ok((got, missing, redo_left, dead)) => {
-                    streams.read(&read, &got, redo_left);
+                    let charged = streams.read(&read, &got, redo_left);
                     // Declared dead since its lane was admitted (and not yet told by its
                     // beat): what it just claimed runs in new workers, whose operations
                     // are not refused.
@@ -688,8 +697,8 @@ impl HostInner {
                     {
                         self.readmit(dead);
                     }
-                    for (stream, id, fields) in got {
-                        self.start(c, stream, id, fields);
+                    for ((stream, id, fields), charged) in got.into_iter().zip(charged) {
+                        self.start(c, stream, id, fields, charged);
                     }
                     if !missing.is_empty() {
                         tracing::warn!("cluster host: a task stream is gone; setting it up again");
@@ -930,6 +939,7 @@ impl HostInner {
         stream: Arc<str>,
         id: String,
         f: HashMap<String, Vec<u8>>,
+        charged: f64,
     ) {
         let field = |k: &str| f.get(k).and_then(|v| String::from_utf8(v.clone()).ok());
         let (Some(job), Some(chunk), Some(attempt), Some(reply), Some(retries)) = (
@@ -964,6 +974,7 @@ impl HostInner {
             reply,
             ttl_ms,
             started: Instant::now(),
+            charged,
             since: self.since.load(Ordering::Relaxed),
         };
         *self.lock_inflight() += 1;
@@ -1163,6 +1174,13 @@ impl HostInner {
                     *recent = Some(recent.map_or(t, |r| 0.8 * r + 0.2 * t));
                 }
             }
+            self.ran
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch.iter().map(|(claimed, result)| {
+                    let ran = result.micros as f64 / 1e6;
+                    (claimed.stream.clone(), claimed.charged, ran)
+                }));
             let records: Vec<(Claimed, Vec<u8>)> = batch
                 .into_iter()
                 .filter_map(|(claimed, result)| {
@@ -1319,10 +1337,15 @@ struct Streams {
     /// Each task stream's weight (`keys`' order): its tenant's
     /// ([`set_tenant_weight`](super::set_tenant_weight)), 1 for the untenanted stream.
     weights: Vec<f64>,
-    /// The chunks claimed from each task stream, less what all streams' shares have in
-    /// common (see [`Streams::charge`]): a host whose tenants have unequal weights reads
-    /// the stream with the least of them for its weight first.
+    /// The run time (seconds) of the chunks claimed from each task stream and its
+    /// redelivery stream, less what all streams' shares have in common (see
+    /// [`Streams::charge`]): a host whose tenants have unequal weights reads the stream with
+    /// the least of it for its weight first, so its workers' time, not its chunks, is
+    /// shared by weight (as a local pool's is). A chunk is charged its stream's estimate
+    /// when claimed and corrected to its real run time when committed ([`Streams::ran`]).
     served: Vec<f64>,
+    /// Each task stream's run time per chunk, lately (seconds; `None` before one ran).
+    estimate: Vec<Option<f64>>,
 }
 
 impl Streams {
@@ -1342,6 +1365,7 @@ impl Streams {
             refreshed: None,
             weights: Vec::new(),
             served: Vec::new(),
+            estimate: Vec::new(),
         };
         let weights = vec![1.0; list.len()];
         s.set(keys, list, weights);
@@ -1353,16 +1377,17 @@ impl Streams {
     /// (for its weight), so it does not take every claim until it has caught up.
     fn set(&mut self, keys: &Keys, list: Vec<String>, weights: Vec<f64>) {
         let level = self.level();
+        let before = |name: &String| self.keys.iter().position(|k| **k == **name);
         let served = list
             .iter()
             .zip(&weights)
-            .map(|(name, w)| {
-                self.keys
-                    .iter()
-                    .position(|k| **k == **name)
-                    .map_or(level * w, |i| self.served[i])
-            })
+            .map(|(name, w)| before(name).map_or(level * w, |i| self.served[i]))
             .collect();
+        let estimate = list
+            .iter()
+            .map(|name| before(name).and_then(|i| self.estimate[i]))
+            .collect();
+        self.estimate = estimate;
         self.redo = list.iter().map(|s| Arc::from(keys.redo_of(s))).collect();
         self.keys = list.into_iter().map(Arc::from).collect();
         self.weights = weights;
@@ -1389,18 +1414,66 @@ impl Streams {
         }
     }
 
-    /// Counts what a read claimed from each task stream. A stream found empty (the read
-    /// came to it with room left and it gave nothing) is raised to the level of those that
-    /// gave, so an idle tenant does not save up turns to spend all at once later; then the
-    /// level common to all is taken off.
-    fn charge(&mut self, read: &Read, got: &[Entry]) {
+    /// The task stream (`keys`' index) of task or redelivery stream `stream`.
+    fn index_of(&self, stream: &Arc<str>) -> Option<usize> {
+        self.keys
+            .iter()
+            .position(|k| k == stream)
+            .or_else(|| self.redo.iter().position(|r| r == stream))
+    }
+
+    /// What a chunk of task stream `i` is charged when claimed: its estimate, else the
+    /// mean of the others' (a new tenant), else one second (nothing ran yet): the
+    /// correction when it is committed makes up the difference.
+    fn cost(&self, i: usize) -> f64 {
+        if let Some(Some(e)) = self.estimate.get(i) {
+            return *e;
+        }
+        let known: Vec<f64> = self.estimate.iter().flatten().copied().collect();
+        if known.is_empty() {
+            1.0
+        } else {
+            known.iter().sum::<f64>() / known.len() as f64
+        }
+    }
+
+    /// Counts the chunks committed since the last read (`ran`: their stream, what it was
+    /// charged for each when claimed, and its run time): the charge is corrected to the run
+    /// time, and the stream's estimate learns it.
+    fn ran(&mut self, ran: &[(Arc<str>, f64, f64)]) {
+        for (stream, charged, took) in ran {
+            let Some(i) = self.index_of(stream) else {
+                continue;
+            };
+            if self.weighted() {
+                self.served[i] += took - charged;
+            }
+            let e = &mut self.estimate[i];
+            *e = Some(e.map_or(*took, |e| 0.8 * e + 0.2 * took));
+        }
+    }
+
+    /// Charges what a read claimed to each task stream (a redelivered chunk to its task
+    /// stream), [`cost`](Streams::cost) a chunk; answers each chunk's charge, `got`'s
+    /// order (0 on a host whose streams' weights are equal: it takes them in turn). A stream
+    /// found empty (the read came to it with room left and it gave nothing) is raised to
+    /// the level of those that gave, so an idle tenant does not save up turns to spend all
+    /// at once later; then the level common to all is taken off.
+    fn charge(&mut self, read: &Read, got: &[Entry]) -> Vec<f64> {
         if !self.weighted() {
-            return;
+            return vec![0.0; got.len()];
         }
         let mut gave = vec![0usize; self.keys.len()];
+        let mut charges = Vec::with_capacity(got.len());
         for (stream, ..) in got {
-            if let Some(i) = self.keys.iter().position(|k| k == stream) {
-                self.served[i] += 1.0;
+            let Some(i) = self.index_of(stream) else {
+                charges.push(0.0);
+                continue;
+            };
+            let cost = self.cost(i);
+            self.served[i] += cost;
+            charges.push(cost);
+            if self.keys[i] == *stream {
                 gave[i] += 1;
             }
         }
@@ -1437,6 +1510,7 @@ impl Streams {
         for (s, w) in self.served.iter_mut().zip(&self.weights) {
             *s -= level * w;
         }
+        charges
     }
 
     /// Reads the tenants again before the next read (a host serving every tenant): one of
@@ -1560,9 +1634,9 @@ impl Streams {
     }
 
     /// What a read claimed, and whether the redelivery streams may still hold entries to
-    /// claim.
-    fn read(&mut self, read: &Read, got: &[Entry], redo_left: bool) {
-        self.charge(read, got);
+    /// claim; answers what each chunk was charged (see [`charge`](Streams::charge)).
+    fn read(&mut self, read: &Read, got: &[Entry], redo_left: bool) -> Vec<f64> {
+        let charges = self.charge(read, got);
         self.redo_waiting = redo_left;
         if !got.is_empty() {
             self.idle = 0;
@@ -1572,6 +1646,7 @@ impl Streams {
         let filled = |s: &Arc<str>| got.iter().filter(|e| e.0 == *s).count() >= read.count;
         self.backlog = !got.is_empty()
             && (got.len() >= read.room || read.streams.iter().chain(&read.redo).any(filled));
+        charges
     }
 }
 
@@ -1703,9 +1778,9 @@ mod tests {
         );
         let shares = claim_weighted(&mut s, 600, 1, &[]);
         assert_eq!(shares, [100, 300, 100, 100]);
-        // Redelivered chunks take two of a read's three places and its first task stream
-        // the third: the claim never reached the others, which are not raised (`b`, far
-        // ahead, would be lowered by the level they were raised to).
+        // Redelivered chunks (charged to `a`) take two of a read's three places and its
+        // first task stream the third: the claim never reached the others, which are not
+        // raised (`b`, far ahead, would be lowered by the level they were raised to).
         s.set(
             &keys,
             vec![x.into(), a.into(), b.into()],
@@ -1716,15 +1791,53 @@ mod tests {
         assert_eq!(names(&read), [x, a, b]);
         let mut claimed = got("{wasmpool}:v3:redo:a", 2);
         claimed.extend(got(x, 1));
-        s.read(&read, &claimed, false);
-        assert_eq!(
-            s.served,
-            [1.0, 0.0, 5.0],
-            "a stream the claim never reached was raised"
+        let charges = s.read(&read, &claimed, false);
+        assert_eq!(charges, [1.0; 3], "a chunk a second, before any ran");
+        // Served 1, 2 and 5 (for weights 1, 3, 1): less the level, 2/3 a weight.
+        let expected = [1.0 / 3.0, 0.0, 13.0 / 3.0];
+        assert!(
+            s.served
+                .iter()
+                .zip(expected)
+                .all(|(s, e)| (s - e).abs() < 1e-9),
+            "a stream the claim never reached was raised: {:?}",
+            s.served
         );
         // Equal weights: the unweighted turns.
         s.set(&keys, vec![x.into(), a.into()], vec![2.0, 2.0]);
         assert!(!s.weighted());
+    }
+
+    /// Weighted turns share the workers' time, as a local pool's do, not the chunks: a
+    /// chunk is charged its stream's estimate when claimed and corrected to its run time.
+    #[test]
+    fn streams_of_unequal_weights_share_the_run_time_by_weight_whatever_their_chunks_cost() {
+        let keys = Keys::default();
+        let mut s = Streams::new(&Serves::All, &keys);
+        let (a, b) = ("{wasmpool}:v3:tasks:a", "{wasmpool}:v3:tasks:b");
+        s.set(&keys, vec![a.into(), b.into()], vec![2.0, 1.0]);
+        // `a`'s chunks take a second each, `b`'s a tenth: by chunks, `a` would get 20 times
+        // `b`'s time; by time, twice.
+        let cost = |stream: &str| if stream == a { 1.0 } else { 0.1 };
+        let mut time = [0.0f64; 2];
+        let mut in_flight: Vec<(Arc<str>, f64, f64)> = Vec::new();
+        for _ in 0..600 {
+            let read = s.next_read(1, &[]).unwrap();
+            let stream = read.streams[0].clone();
+            let charges = s.read(&read, &got(&stream, 1), false);
+            let took = cost(&stream);
+            time[usize::from(&*stream == b)] += took;
+            // Committed one read later: a claim is charged before the one before it ran.
+            s.ran(&std::mem::take(&mut in_flight));
+            in_flight.push((stream, charges[0], took));
+        }
+        let ratio = time[0] / time[1];
+        assert!(
+            (1.8..=2.2).contains(&ratio),
+            "a's time is {ratio:.2} times b's (weights 2 : 1): {time:?}"
+        );
+        // A redelivered chunk counts for its task stream.
+        assert_eq!(s.index_of(&Arc::from("{wasmpool}:v3:redo:b")), Some(1));
     }
 
     #[test]
