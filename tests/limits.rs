@@ -250,8 +250,9 @@ fn unbounded_recursion_is_a_stack_overflow() {
 
 /// Deep enough to overflow a 64 KiB wasm stack, shallow enough for 1 MiB.
 const DEPTH_UNDER_1_MIB: u64 = 10_000;
-/// Deep enough to overflow 1 MiB, shallow enough for 4 MiB, on both engines: an
-/// interruptible engine's frames (which check the epoch) are larger than a plain one's.
+/// Deep enough to overflow 1 MiB, shallow enough for 4 MiB, on the plain engine these tests'
+/// pools and processes run on (an interruptible engine's frames, which check the epoch, are
+/// larger: 30,000 levels overflowed 1 MiB there).
 const DEPTH_UNDER_4_MIB: u64 = 60_000;
 
 #[test]

@@ -20,9 +20,11 @@
 //! server shared by a large module (a Python component, ~100 MB deserialized) and a small one
 //! would make each worker of the small one copy the large one's page tables (its cold start
 //! 1.6 → 4.2 ms and its idle worker 8.4 → 15.7 MiB, measured with a shared server). A server
-//! whose workers have all exited is idle; at most [`MAX_IDLE_SERVERS`] are kept, the least
-//! recently used stopped first when a new one starts (one with live workers is never
-//! stopped: they would die with it).
+//! whose workers have all exited, and that no fork request is on its way to, is idle; when a
+//! new server starts, at most [`MAX_IDLE_SERVERS`] idle ones are kept, the least recently
+//! used stopped first (one with live workers is never stopped: they would die with it).
+//! Idle servers are stopped only then, so after a burst of modules more may wait idle until
+//! the next new one, or the runtime's end.
 
 use std::collections::HashMap;
 use std::io;
@@ -97,6 +99,9 @@ struct Exits {
     statuses: HashMap<u32, i32>,
     /// Workers forked and not yet reported exited.
     live: usize,
+    /// Fork requests found this server (in [`server_for`]) and not yet answered: a server
+    /// loading a large module for one is not idle.
+    pending: usize,
     /// Set when the server is gone: no further status will be reported.
     closed: bool,
 }
@@ -192,7 +197,13 @@ pub(crate) fn fork_worker(
         let (host_end, child_end) =
             UnixStream::pair().map_err(|e| ForkError::Failed(e.to_string()))?;
         let sent = write_without_waiting(&host_end, first);
-        match server.fork(load, child_end) {
+        let forked = server.fork(load, child_end);
+        // Answered (a worker forked is live by now: its report came first).
+        {
+            let mut exits = lock(&server.exits);
+            exits.pending = exits.pending.saturating_sub(1);
+        }
+        match forked {
             Ok(pid) => {
                 return Ok(Forked {
                     pid,
@@ -245,6 +256,7 @@ fn server_for(servers: &ForkServers, exe: &Path, artifact: &Path) -> io::Result<
         .find(|s| s.exe == exe && s.artifact == artifact)
     {
         *lock(&s.used) = std::time::Instant::now();
+        lock(&s.exits).pending += 1;
         return Ok(s.clone());
     }
     stop_idle(&mut servers, MAX_IDLE_SERVERS.saturating_sub(1));
@@ -267,6 +279,7 @@ fn server_for(servers: &ForkServers, exe: &Path, artifact: &Path) -> io::Result<
     std::thread::Builder::new()
         .name(format!("wasmpool-forkserver-{}", child.id()))
         .spawn(move || watched.read_reports(child, tx))?;
+    lock(&server.exits).pending += 1;
     servers.push(server.clone());
     Ok(server)
 }
@@ -298,9 +311,10 @@ fn stop_idle(servers: &mut Vec<Arc<ForkServer>>, keep: usize) {
 }
 
 impl ForkServer {
-    /// Whether no worker of its is alive.
+    /// Whether no worker of its is alive and no fork request is on its way to it.
     fn is_idle(&self) -> bool {
-        lock(&self.exits).live == 0
+        let exits = lock(&self.exits);
+        exits.live == 0 && exits.pending == 0
     }
 
     /// Takes it out of use and makes it leave (it leaves when its socket shuts; its workers,

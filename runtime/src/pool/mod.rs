@@ -146,7 +146,9 @@ impl PoolBuilder {
     /// submissions of [`Pool::with_limits`]: the worker's watchdog answers the task with
     /// the same [`Error::Limit`] at its limit, then ends the worker, which the pool
     /// replaces (a new worker, so a slower next task). Turn this on for a pool whose
-    /// submissions bring time limits of their own and may often reach them.
+    /// submissions bring time limits of their own and may often reach them. A cluster pool
+    /// ([`cluster`](PoolBuilder::cluster)) ignores it: each host picks its workers' engine
+    /// by the time limit each chunk carries.
     ///
     /// ```no_run
     /// # let module = wasmpool::Module::load("examples/testkit")?;

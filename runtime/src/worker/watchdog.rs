@@ -176,11 +176,13 @@ impl Watchdog {
                                 peak_memory,
                             }),
                         };
-                        let _ = channel.send(&answer);
                         // The guest is blocked in the host, or runs code that does not check
-                        // the epoch, and cannot be interrupted: end the process.
-                        // SAFETY: _exit is always safe to call.
-                        unsafe { libc::_exit(WATCHDOG_EXIT) };
+                        // the epoch, and cannot be interrupted: end the process, the answer
+                        // written under the writer's lock, held until the end, so no output
+                        // the guest writes meanwhile follows it (and is taken for the next
+                        // call's).
+                        let _ = channel.queue(&answer);
+                        channel.flush_and_exit(WATCHDOG_EXIT);
                     }
                 }
             });
