@@ -246,13 +246,41 @@ fn open(info: redis::ConnectionInfo, url: &str) -> crate::Result<redis::Connecti
 /// On a node of a Redis Cluster, the address of the master that serves the layout's slot;
 /// `None` on a Redis that is not a cluster's (or does not say).
 fn home_node(con: &mut redis::Connection) -> Option<(String, u16)> {
-    let slot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(keys::HASH_TAG)
-        .query(con)
-        .ok()?;
+    // One round trip: the slot is computed here, as Redis computes it.
     let table: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(con).ok()?;
-    slot_master(&table, slot)
+    slot_master(&table, key_slot(keys::HASH_TAG))
+}
+
+/// The hash slot of `key` in a Redis Cluster: CRC16 (XMODEM) of its hash tag (what is
+/// between its first `{` and the next `}`, if not empty) or of the whole key, modulo 16384.
+fn key_slot(key: &str) -> i64 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    i64::from(crc16(hashed) & 0x3fff)
+}
+
+/// CRC16-CCITT in its XMODEM form (polynomial 0x1021, initial 0), as Redis Cluster uses.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// The master of `slot` in a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id], …], …]`.
@@ -308,7 +336,19 @@ pub(crate) fn tag() -> String {
 mod tests {
     use redis::Value;
 
-    use super::slot_master;
+    use super::{crc16, key_slot, slot_master};
+
+    /// Redis Cluster's own examples: CRC16's check value, the slot of `foo`, and hash tags.
+    #[test]
+    fn a_keys_slot_is_computed_as_redis_computes_it() {
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("somekey"), 11058);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+        // An empty first tag: the whole key is hashed.
+        assert_eq!(key_slot("foo{}{bar}"), i64::from(crc16(b"foo{}{bar}") & 0x3fff));
+        assert_eq!(key_slot("{wasmpool}:v3:tasks"), key_slot("wasmpool"));
+    }
 
     fn node(host: &str, port: i64) -> Value {
         Value::Array(vec![
