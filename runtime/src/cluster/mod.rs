@@ -346,7 +346,10 @@ mod tests {
         assert_eq!(key_slot("somekey"), 11058);
         assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
         // An empty first tag: the whole key is hashed.
-        assert_eq!(key_slot("foo{}{bar}"), i64::from(crc16(b"foo{}{bar}") & 0x3fff));
+        assert_eq!(
+            key_slot("foo{}{bar}"),
+            i64::from(crc16(b"foo{}{bar}") & 0x3fff)
+        );
         assert_eq!(key_slot("{wasmpool}:v3:tasks"), key_slot("wasmpool"));
     }
 
