@@ -324,12 +324,13 @@ impl Executor {
             return Ok(pool);
         }
         let module = self.module(sha256)?;
-        // Every task of a tenant has a time limit (its quota's at most): its code checks the
-        // time, so one that reaches it stops without costing its worker.
+        // Every task of a tenant has a time limit (its quota's at most), yet its code runs
+        // without epoch checks (faster; the module is compiled once, on upload, for this
+        // engine): a task that reaches its limit is answered by its worker's watchdog and
+        // ends the worker, which the pool replaces.
         let mut builder = Pool::builder(&module)
             .processes(self.workers)
-            .output(Output::Discard)
-            .interruptible(true);
+            .output(Output::Discard);
         if metered {
             // Metering on: submissions bring their own fuel limits.
             builder = builder.limits(Limits::default().fuel(u64::MAX));

@@ -147,8 +147,8 @@ impl PoolBuilder {
     /// the same [`Error::Limit`] at its limit, then ends the worker, which the pool
     /// replaces (a new worker, so a slower next task). Turn this on for a pool whose
     /// submissions bring time limits of their own and may often reach them. A cluster pool
-    /// ([`cluster`](PoolBuilder::cluster)) ignores it: each host picks its workers' engine
-    /// by the time limit each chunk carries.
+    /// ([`cluster`](PoolBuilder::cluster)) ignores it: hosts run chunks on the plain engine
+    /// (metered for a fuel limit), so a chunk at its time limit costs its worker there.
     ///
     /// ```no_run
     /// # let module = wasmpool::Module::load("examples/testkit")?;

@@ -994,10 +994,15 @@ impl HostInner {
                 return;
             }
         };
-        // The chunk's own limits choose the engine, as a local pool's do.
+        // Metered for a fuel limit; never interruptible: the host compiled the module for
+        // the plain engine when it fetched it, and a chunk at its time limit is answered by
+        // its worker's watchdog, which ends the worker (the local pool replaces it).
         let key = (
             spec.module.clone(),
-            EngineKind::for_limits(&spec.limits),
+            EngineKind {
+                metered: spec.limits.fuel.is_some(),
+                interruptible: false,
+            },
             spec.setup.clone(),
         );
         let waiting = Waiting {
