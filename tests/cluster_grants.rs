@@ -9,7 +9,7 @@ use wasmpool::{Grants, Pool};
 
 use crate::cluster::redis::RedisServer;
 use crate::cluster::{WorkerHost, cli_on_cluster, wait_for_hosts};
-use crate::util::{TempDir, testkit, within};
+use crate::util::{TempDir, assert_granted_and_nothing_else, testkit, within};
 
 fn granted_pool(redis: &RedisServer, grants: Grants) -> ClusterPool {
     Pool::builder(&testkit())
@@ -47,24 +47,13 @@ fn a_cluster_pool_reaches_the_directories_its_hosts_allow_and_nothing_else() {
         );
         wait_for_hosts(&pool, 1);
         let read = |pool: &ClusterPool, path: &str| pool.apply::<_, String>("read_file", &(path,));
-        assert_eq!(
-            read(&pool, "/data/hello.txt").unwrap(),
-            "hello from the host"
+        assert_granted_and_nothing_else(
+            &ro.0,
+            &rw.0,
+            |path| read(&pool, path),
+            |path| pool.apply("write_file", &(path, "written")),
+            |name| pool.apply("env_var", &(name,)),
         );
-        let write = |path: &str| pool.apply::<_, ()>("write_file", &(path, "written"));
-        assert!(
-            write("/data/new.txt").is_err(),
-            "a read-only grant refuses writes"
-        );
-        assert!(!ro.0.join("new.txt").exists());
-        write("/out/new.txt").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(rw.0.join("new.txt")).unwrap(),
-            "written"
-        );
-        let env = |name: &str| pool.apply::<_, Option<String>>("env_var", &(name,));
-        assert_eq!(env("GREETING").unwrap().as_deref(), Some("hi"));
-        assert_eq!(env("PATH").unwrap(), None, "no other variable");
 
         // A pool without grants reaches none of them.
         let plain = granted_pool(&redis, Grants::new());

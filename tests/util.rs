@@ -324,3 +324,32 @@ unsafe impl GlobalAlloc for CountingAlloc {
         p
     }
 }
+
+/// What the tasks of a pool granted `dir_read_only(ro, "/data")`, `dir(rw, "/out")` and
+/// `env("GREETING", "hi")` (and nothing else) see, through testkit's `read_file`
+/// (`read`), `write_file` (`write`) and `env_var` (`env`), on whatever runs them: the
+/// read-only directory reads (`ro` holds `hello.txt`, "hello from the host") and refuses
+/// writes, the read-write one takes them, the variable arrives, and no other file or
+/// variable is there.
+pub fn assert_granted_and_nothing_else(
+    ro: &Path,
+    rw: &Path,
+    read: impl Fn(&str) -> wasmpool::Result<String>,
+    write: impl Fn(&str) -> wasmpool::Result<()>,
+    env: impl Fn(&str) -> wasmpool::Result<Option<String>>,
+) {
+    assert_eq!(read("/data/hello.txt").unwrap(), "hello from the host");
+    assert!(read("/etc/passwd").is_err(), "only what was granted");
+    assert!(
+        write("/data/new.txt").is_err(),
+        "a read-only grant refuses writes"
+    );
+    assert!(!ro.join("new.txt").exists());
+    write("/out/new.txt").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rw.join("new.txt")).unwrap(),
+        "written"
+    );
+    assert_eq!(env("GREETING").unwrap().as_deref(), Some("hi"));
+    assert_eq!(env("PATH").unwrap(), None, "no other variable");
+}
