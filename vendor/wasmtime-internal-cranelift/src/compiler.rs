@@ -1279,6 +1279,13 @@ impl Compiler {
             cx: saved_context
                 .map(|mut ctx| {
                     ctx.codegen_context.clear();
+                    // wasmpool: `Context::clear` (cranelift-codegen 0.135.8's
+                    // `DataFlowGraph::clear`) leaves the DFG's exception tables (an
+                    // array-to-wasm trampoline's `try_call` table, say) in place, and the
+                    // incremental cache hashes them into the next function's key: the same
+                    // function got a key that depended on what its context compiled before,
+                    // and missed the cache (vendor/README.md).
+                    ctx.codegen_context.func.dfg.exception_tables.clear();
                     ctx
                 })
                 .unwrap_or_else(|| CompilerContext {

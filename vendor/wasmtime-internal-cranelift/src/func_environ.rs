@@ -35,10 +35,10 @@ use wasmparser::{
 use wasmtime_core::math::f64_cvt_to_int_bounds;
 use wasmtime_environ::{
     BuiltinFunctionIndex, ComponentPC, ConstExpr, ConstOp, DataIndex, DefinedFuncIndex,
-    DefinedGlobalIndex, DefinedTableIndex, ElemIndex, EngineOrModuleTypeIndex, FactInlineIntrinsic,
-    FrameStateSlotBuilder, FrameValType, FuncIndex, FuncKey, GlobalConstValue, GlobalIndex,
-    IndexType, KnownFunc, Memory, MemoryIndex, MemoryInit, MemorySegmentOffset, MemoryTunables,
-    Module, ModuleInternedTypeIndex, ModuleTranslation, ModuleTypesBuilder,
+    DefinedGlobalIndex, DefinedTableIndex, ElemIndex, EngineOrModuleTypeIndex, EntityIndex,
+    FactInlineIntrinsic, FrameStateSlotBuilder, FrameValType, FuncIndex, FuncKey, GlobalConstValue,
+    GlobalIndex, IndexType, KnownFunc, Memory, MemoryIndex, MemoryInit, MemorySegmentOffset,
+    MemoryTunables, Module, ModuleInternedTypeIndex, ModuleTranslation, ModuleTypesBuilder,
     NUM_COMPONENT_CONTEXT_SLOTS, PassiveElemIndex, PtrSize, RuntimeDataIndex, Table, TableIndex,
     TableInitialValue, TableSegment, TableSegmentElements, TagIndex, Tunables, TypeConvert,
     TypeIndex, VMOffsets, WasmCompositeInnerType, WasmFuncType, WasmHeapTopType, WasmHeapType,
@@ -240,6 +240,11 @@ pub struct FuncEnvironment<'module_environment> {
 
     /// Cached alias regions for alias analysis.
     pub(crate) alias_regions: AliasRegions<VMOffsets<u8>>,
+
+    /// wasmpool: whether a memory, table or global is exported, once found. The module's
+    /// `is_exported_*` scan all its exports, and each memory access asked: a module such as
+    /// CPython's, with ~1,900 exports, spent a seventh of its translation there.
+    exported_entities: std::collections::HashMap<EntityIndex, bool>,
 }
 
 impl<'module_environment> FuncEnvironment<'module_environment> {
@@ -310,6 +315,7 @@ impl<'module_environment> FuncEnvironment<'module_environment> {
             func_body_offset,
 
             alias_regions: AliasRegions::new(offsets),
+            exported_entities: std::collections::HashMap::new(),
         }
     }
 
@@ -342,12 +348,22 @@ impl<'module_environment> FuncEnvironment<'module_environment> {
         self.isa.pointer_type()
     }
 
+    /// wasmpool: whether `entity` is exported (as `Module::is_exported_*`), found once per
+    /// function (see `exported_entities`).
+    fn is_exported(&mut self, entity: EntityIndex) -> bool {
+        let module = self.module;
+        *self
+            .exported_entities
+            .entry(entity)
+            .or_insert_with(|| module.exports.values().any(|e| *e == entity))
+    }
+
     pub(crate) fn memory_alias_region(
         &mut self,
         func: &mut Function,
         memory: MemoryIndex,
     ) -> ir::AliasRegion {
-        if self.module.is_exported_memory(memory) {
+        if self.is_exported(memory.into()) {
             // A function that operates on an exported defined memory can be
             // inlined into a different module caller, where that that caller's
             // module also imports that exported memory. That caller will access
@@ -374,7 +390,7 @@ impl<'module_environment> FuncEnvironment<'module_environment> {
         func: &mut Function,
         table: TableIndex,
     ) -> ir::AliasRegion {
-        if self.module.is_exported_table(table) {
+        if self.is_exported(table.into()) {
             // See the comment in `memory_alias_region` for details.
             self.alias_regions.public_table_region(func)
         } else {
@@ -394,7 +410,7 @@ impl<'module_environment> FuncEnvironment<'module_environment> {
         func: &mut Function,
         global: GlobalIndex,
     ) -> ir::AliasRegion {
-        if self.module.is_exported_global(global) {
+        if self.is_exported(global.into()) {
             // See the comment in `memory_alias_region` for details.
             self.alias_regions.public_global_region(func)
         } else {
