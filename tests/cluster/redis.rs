@@ -355,17 +355,8 @@ impl RedisCluster {
             .expect("every slot has a node")
     }
 
-    /// The node that serves the slot of `key`.
+    /// The node that serves the slot of `key` (as the cluster was started).
     pub fn owner_of(&self, key: &str) -> &RedisServer {
-        let reply = self.nodes[0].command(&format!("CLUSTER KEYSLOT {key}"));
-        let slot: usize = reply
-            .trim()
-            .trim_start_matches(':')
-            .parse()
-            .expect("a slot");
-        let n = self.nodes.len();
-        &self.nodes[(0..n)
-            .find(|&i| (16384 * i / n..16384 * (i + 1) / n).contains(&slot))
-            .expect("every slot has a node")]
+        &self.nodes[self.first_owner_of(key)]
     }
 }
