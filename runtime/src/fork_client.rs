@@ -298,16 +298,10 @@ fn stop_idle(servers: &mut Vec<Arc<ForkServer>>, keep: usize) {
         return;
     }
     idle.sort();
-    let stop: Vec<usize> = idle[..idle.len() - keep].iter().map(|&(_, i)| i).collect();
-    let mut i = 0;
-    servers.retain(|s| {
-        let keep = !stop.contains(&i);
-        i += 1;
-        if !keep {
-            s.stop();
-        }
-        keep
-    });
+    for &(_, i) in &idle[..idle.len() - keep] {
+        servers[i].stop();
+    }
+    servers.retain(|s| !s.gone.load(Ordering::SeqCst));
 }
 
 impl ForkServer {

@@ -276,10 +276,10 @@ impl PoolBuilder {
             self.module.tasks()?;
             self.module.check_task(task)?;
         }
-        let engine = EngineKind {
-            metered: self.limits.fuel.is_some(),
-            interruptible: self.interruptible.unwrap_or(self.limits.timeout.is_some()),
-        };
+        let mut engine = EngineKind::for_limits(&self.limits);
+        if let Some(on) = self.interruptible {
+            engine.interruptible = on;
+        }
         if engine != EngineKind::PLAIN {
             // Compiled once here, so the workers starting together need not wait on it and
             // a failure is the build's error.

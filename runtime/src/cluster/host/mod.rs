@@ -1000,8 +1000,8 @@ impl HostInner {
         let key = (
             spec.module.clone(),
             EngineKind {
-                metered: spec.limits.fuel.is_some(),
                 interruptible: false,
+                ..EngineKind::for_limits(&spec.limits)
             },
             spec.setup.clone(),
         );
