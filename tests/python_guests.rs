@@ -1133,3 +1133,33 @@ fn a_second_python_project_reuses_the_first_ones_compiled_functions() {
         );
     });
 }
+
+/// A timed worker whose `@init` runs for more than a second says it is alive meanwhile (its
+/// watchdog does, as during any call); the host waits on for its answer instead of taking
+/// that for one and killing the worker.
+#[test]
+fn a_timed_worker_whose_init_runs_for_a_while_still_becomes_ready() {
+    let dir = TempDir::new("py-slow-init");
+    let file = dir.file(
+        "slow_init.py",
+        b"import time\n\
+          import wasmpool_guest\n\
+          \n\
+          @wasmpool_guest.init\n\
+          def warm_up():\n    time.sleep(1.5)\n\
+          \n\
+          @wasmpool_guest.task\n\
+          def square(x: int) -> int:\n    return x * x\n",
+    );
+    setup();
+    let module = within(FIRST_BUILD, move || Module::load(&file).unwrap());
+    let squares: Vec<u64> = within(PY_LIMIT, move || {
+        let pool = Pool::builder(&module)
+            .processes(1)
+            .limits(Limits::default().timeout(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        pool.map("square", 0..5u64).unwrap()
+    });
+    assert_eq!(squares, [0, 1, 4, 9, 16]);
+}

@@ -387,9 +387,21 @@ pub(crate) fn start_worker_with(
             // Fails only if the worker is gone, which the handshake reports better.
             let _ = sock.write_all(&first[sent..]);
         }
-        sock.set_read_timeout(Some(wait))?;
+        // A timed init that runs for a while says it is alive (the watchdog does, as during
+        // any call): not its answer, which must still come within `wait` in all.
+        let deadline = std::time::Instant::now() + wait;
         let mut buf = Vec::new();
-        let reply = read_frame::<_, FromWorker>(&mut sock, &mut buf)?;
+        let reply = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            sock.set_read_timeout(Some(left))?;
+            match read_frame::<_, FromWorker>(&mut sock, &mut buf)? {
+                Some(FromWorker::Control(Status::Alive)) => continue,
+                reply => break reply,
+            }
+        };
         sock.set_read_timeout(None)?;
         Ok(reply)
     })();
