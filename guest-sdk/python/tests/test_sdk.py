@@ -291,7 +291,8 @@ class WholeBatch(unittest.TestCase):
         self.assertNotIn("_batch.py", whole[5][1])
 
     def test_a_stop_iteration_fails_its_item_once(self):
-        # `map` takes a StopIteration from the task for the end of its input.
+        # (`map` took a StopIteration from the task for the end of its input: the batch
+        # now calls the task from a comprehension, where it is an exception as any other.)
         batch, calls = [], []
 
         @_registry.task
@@ -310,7 +311,9 @@ class WholeBatch(unittest.TestCase):
         self.assertEqual(calls, list(range(40)), "every item ran once")
         self.assertEqual([len(r) for r in reports], [20, 1])
         self.assertIsInstance(reports[1][0], _registry.TaskFailure)
-        self.assertIn("StopIteration", reports[1][0].message)
+        self.assertTrue(reports[1][0].message.startswith("StopIteration: early\n"), reports[1][0].message)
+        self.assertIn("in stops", reports[1][0].message)
+        self.assertNotIn("_batch.py", reports[1][0].message)
         self.assertEqual((len(out_ends), errors), (19, []))
 
     def test_a_result_that_fails_to_encode_fails_only_its_item(self):
@@ -483,10 +486,29 @@ class PackedResults(unittest.TestCase):
                 raise StopIteration
             return x
 
+        class Sub(int):
+            pass
+
+        # One result among ints of another type that `struct` takes for an int: never
+        # packed as one (a bool stays a bool, a subclass goes as the item path writes it).
+        @_registry.task
+        def one_bool(x):
+            return True if x == 37 else x
+
+        @_registry.task
+        def one_sub(x):
+            return Sub(x) if x == 37 else x
+
+        @_registry.task
+        def bools(x):
+            return x % 3 == 0
+
         cases = {
             "sq": (range(1000), True), "half": (range(-500, 500, 3), True),
             "mixed": (range(100), False), "big": (range(100), False),
-            "text": (range(50), False), "stops": (range(50), False),
+            "text": (range(50), False), "stops": (range(50), True),
+            "one_bool": (range(100), False), "one_sub": (range(100), False),
+            "bools": (range(100), True),
         }
         for name, (values, packs) in cases.items():
             values = list(values)

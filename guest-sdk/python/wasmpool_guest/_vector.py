@@ -337,13 +337,14 @@ def encode_into(values, out, ends, depth=0):
 _PACK = "%d%s" if _LITTLE and all(struct.calcsize(c) == 8 for c in "qQd") else "<%d%s"
 
 
-def pack_results(values, failed=()):
+def pack_results(values, failed=(), types=None):
     """``(kind, payload)`` for the results ``values`` when every one (those at the indices
     in ``failed`` aside: their slots get some value of the kind) is of one kind that packs:
     ``("ints", s64s)``, ``("uints", u64s)`` (an int past the s64s, none negative),
     ``("floats", f64s)`` (every array little-endian bytes), ``("bools", one byte each)``,
     ``("nils", count)``. None otherwise (a str, an int past 64 bits, a mix of kinds, a
-    subclass: the caller encodes them as :func:`encode_into` does)."""
+    subclass: the caller encodes them as :func:`encode_into` does). ``types``, if given, is
+    a list of the type of each value (then ``failed`` is empty)."""
     n = len(values)
     if failed:
         if len(failed) >= n:
@@ -356,7 +357,7 @@ def pack_results(values, failed=()):
         return None
     kind = type(values[0])
     # Exact types only, as `encode_into`: a bool is an int to `struct`, an int a float.
-    if countOf(map(type, values), kind) != n:
+    if (countOf(map(type, values), kind) if types is None else types.count(kind)) != n:
         return None
     # `struct` converts a list faster than `array` (which parses a format per item), and
     # its native forms (`_PACK`, on a little-endian machine such as wasm32) faster than its
