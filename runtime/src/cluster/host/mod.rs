@@ -2,8 +2,9 @@
 //! their results, fenced by attempt. What `wasmpool worker --join` runs.
 //!
 //! A host claims from the task stream of untenanted pools (the default), from those of the
-//! tenants it is told to serve, or from every tenant's and the untenanted one in turn
-//! ([`HostBuilder::all_tenants`]).
+//! tenants it is told to serve, or from every tenant's and the untenanted one
+//! ([`HostBuilder::all_tenants`]); a host of several streams shares its workers' time
+//! between them by weight (see `Streams`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -100,7 +101,7 @@ enum Serves {
     Untenanted,
     /// Those of these tenants only.
     Tenants(Vec<String>),
-    /// That of untenanted pools and every tenant's, in turn.
+    /// That of untenanted pools and every tenant's, their time shared by weight.
     All,
 }
 
@@ -133,11 +134,10 @@ impl HostBuilder {
         self
     }
 
-    /// Serves every tenant's pools and the untenanted ones, claiming from each task stream
-    /// in turn, so one tenant's backlog does not starve another: with room for fewer chunks
-    /// than there are streams it reads the next streams in the round, one chunk each;
-    /// otherwise it reads them all, an equal share of its room each. Tenants that appear
-    /// later are found within about a second.
+    /// Serves every tenant's pools and the untenanted ones, sharing its workers' time
+    /// between the task streams with work by their tenants' weights (equal weights: equal
+    /// time, whatever their chunks cost), so one tenant's backlog does not starve another.
+    /// Tenants that appear later are found within about a second.
     pub fn all_tenants(mut self) -> Self {
         self.all_tenants = true;
         self
