@@ -214,6 +214,9 @@ pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
     if (host.as_str(), port) == (url_host.as_str(), url_port) {
         return Ok(con);
     }
+    // An error names the node it could not reach (a failed master, during a failover), not
+    // only the URL's, which answered.
+    let at = format!("{url} (the node that serves its slot, {host}:{port})");
     let addr = match info.addr() {
         redis::ConnectionAddr::TcpTls {
             insecure,
@@ -227,7 +230,7 @@ pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
         },
         _ => redis::ConnectionAddr::Tcp(host, port),
     };
-    open(info.set_addr(addr), url)
+    open(info.set_addr(addr), &at)
 }
 
 fn open(info: redis::ConnectionInfo, url: &str) -> crate::Result<redis::Connection> {
