@@ -238,6 +238,46 @@ fn an_all_tenants_host_shares_its_workers_time_by_the_tenants_weights() {
     });
 }
 
+/// Tenants of equal weights (none set, the default) share a host's worker time equally, not
+/// its chunks: a tenant whose chunks are ten times as long as another's gets as much time,
+/// not ten times as much (as by chunks, taken in turn).
+#[test]
+fn an_all_tenants_host_shares_its_workers_time_equally_between_tenants_of_equal_weights() {
+    within(Duration::from_secs(120), || {
+        let redis = RedisServer::start();
+        let long = tenant_pool(&redis, "long", 0);
+        let short = tenant_pool(&redis, "short", 0);
+        // Both backlogs queued before any host claims, for one host with one slot: 10
+        // chunks of 100 ms, 200 of 10 ms.
+        let long_work: Vec<_> = (0..10)
+            .map(|_| long.apply_async::<_, u64>("sleep_ms", &(100u64,)).unwrap())
+            .collect();
+        let short_work: Vec<_> = (0..200)
+            .map(|_| short.apply_async::<_, u64>("sleep_ms", &(10u64,)).unwrap())
+            .collect();
+        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
+        for r in &long_work {
+            r.wait();
+        }
+        // By time, long's 1 s is half: short had about 1 s too, about 100 of its chunks. By
+        // chunks, one of long's for one of short's: about 10. Nor did short take the host:
+        // long was served meanwhile, not after all of short's.
+        let short_done = short_work.iter().filter(|r| r.ready()).count();
+        assert!(
+            (40..=170).contains(&short_done),
+            "when long (100 ms chunks) was done, short (10 ms chunks, the same weight) had \
+             {short_done} of 200 done: {}",
+            host.log()
+        );
+        for r in short_work {
+            assert_eq!(r.get().unwrap(), 10);
+        }
+        for r in long_work {
+            assert_eq!(r.get().unwrap(), 100);
+        }
+    });
+}
+
 /// A pool of tenant `tenant` whose workers are set up apart from every other's (each
 /// `maxtasksperchild` is a setup of its own, so a local pool of its own on a host).
 fn tenant_pool_set_up(redis: &RedisServer, tenant: &str, maxtasksperchild: u64) -> ClusterPool {

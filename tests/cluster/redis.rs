@@ -238,28 +238,40 @@ fn spawn(bin: &Path, port: u16, dir: &Path, extra: &[String]) -> Child {
         .expect("cannot start redis-server")
 }
 
-/// A Redis Cluster of the test's own: `n` masters (no replicas) on 127.0.0.1, the 16384
-/// slots split evenly among them; killed when dropped.
+/// A Redis Cluster of the test's own on 127.0.0.1: `masters` masters, the 16384 slots split
+/// evenly among them, and maybe a replica of each; killed when dropped.
 pub struct RedisCluster {
+    /// The masters as started (`..masters`), then the replica of each, in the same order.
     pub nodes: Vec<RedisServer>,
+    masters: usize,
 }
 
 impl RedisCluster {
-    /// Starts the nodes, gives each its slots, introduces them, and waits until every node
-    /// says the cluster is up.
+    /// Starts `n` masters (no replicas), gives each its slots, introduces them, and waits
+    /// until every node says the cluster is up.
     pub fn start(n: usize) -> RedisCluster {
+        RedisCluster::start_nodes(n, false, &[])
+    }
+
+    /// As [`start`](RedisCluster::start), with a replica of each master (`nodes[n + i]` of
+    /// `nodes[i]`, in sync when this returns) and a `cluster-node-timeout` of a second: a
+    /// master killed is failed over to its replica within a few seconds.
+    pub fn start_with_replicas(n: usize) -> RedisCluster {
+        RedisCluster::start_nodes(n, true, &["--cluster-node-timeout", "1000"])
+    }
+
+    fn start_nodes(n: usize, replicas: bool, extra: &[&str]) -> RedisCluster {
         assert!(n > 0);
-        let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-            })
-            .collect();
-        for (i, node) in nodes.iter().enumerate() {
+        let mut flags = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ];
+        flags.extend_from_slice(extra);
+        let all = if replicas { 2 * n } else { n };
+        let nodes: Vec<RedisServer> = (0..all).map(|_| RedisServer::start_with(&flags)).collect();
+        for (i, node) in nodes[..n].iter().enumerate() {
             let (first, last) = (16384 * i / n, 16384 * (i + 1) / n - 1);
             let reply = node.command(&format!("CLUSTER ADDSLOTSRANGE {first} {last}"));
             assert!(reply.starts_with("+OK"), "ADDSLOTSRANGE: {reply}");
@@ -268,18 +280,46 @@ impl RedisCluster {
             let reply = nodes[0].command(&format!("CLUSTER MEET 127.0.0.1 {}", node.port));
             assert!(reply.starts_with("+OK"), "MEET: {reply}");
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !nodes.iter().all(|node| {
+        let cluster = RedisCluster { nodes, masters: n };
+        cluster.wait_until("did not come up", |node| {
             let info = node.command("CLUSTER INFO");
-            info.contains("cluster_state:ok") && info.contains(&format!("cluster_known_nodes:{n}"))
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "the Redis Cluster did not come up"
-            );
+            info.contains("cluster_state:ok")
+                && info.contains(&format!("cluster_known_nodes:{all}"))
+        });
+        if replicas {
+            for i in 0..n {
+                let master = cluster.id(i);
+                let reply = cluster.nodes[n + i].command(&format!("CLUSTER REPLICATE {master}"));
+                assert!(reply.starts_with("+OK"), "REPLICATE: {reply}");
+            }
+            cluster.wait_until("replicas did not get in sync", |node| {
+                let info = node.command("INFO replication");
+                if info.contains("role:master") {
+                    info.contains("connected_slaves:1")
+                } else {
+                    info.contains("master_link_status:up")
+                        && info.contains("master_sync_in_progress:0")
+                }
+            });
+        }
+        cluster
+    }
+
+    /// Waits up to 30 s until `ready` holds of every node, else panics with `what`.
+    fn wait_until(&self, what: &str, ready: impl Fn(&RedisServer) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.nodes.iter().all(&ready) {
+            assert!(Instant::now() < deadline, "the Redis Cluster {what}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        RedisCluster { nodes }
+    }
+
+    /// The node id of `nodes[i]`.
+    pub fn id(&self, i: usize) -> String {
+        let reply = self.nodes[i].command("CLUSTER MYID");
+        let id = reply.lines().nth(1).unwrap_or_default().trim().to_string();
+        assert_eq!(id.len(), 40, "CLUSTER MYID: {reply}");
+        id
     }
 
     /// Moves the slot of `key`, with its keys, from node `from` (which serves it) to node
@@ -293,13 +333,7 @@ impl RedisCluster {
             .trim_start_matches(':')
             .parse::<u16>()
             .expect("a slot");
-        let id = |i: usize| {
-            let reply = self.nodes[i].command("CLUSTER MYID");
-            let id = reply.lines().nth(1).unwrap_or_default().trim().to_string();
-            assert_eq!(id.len(), 40, "CLUSTER MYID: {reply}");
-            id
-        };
-        let (from_id, to_id) = (id(from), id(to));
+        let (from_id, to_id) = (self.id(from), self.id(to));
         let ok = |reply: String, what: &str| assert!(reply.starts_with("+OK"), "{what}: {reply}");
         ok(
             self.nodes[to].command(&format!("CLUSTER SETSLOT {slot} IMPORTING {from_id}")),
@@ -349,7 +383,7 @@ impl RedisCluster {
             .trim_start_matches(':')
             .parse()
             .expect("a slot");
-        let n = self.nodes.len();
+        let n = self.masters;
         (0..n)
             .find(|&i| (16384 * i / n..16384 * (i + 1) / n).contains(&slot))
             .expect("every slot has a node")

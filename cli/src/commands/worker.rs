@@ -23,8 +23,8 @@ pub struct WorkerCommand {
     /// Repeatable.
     #[arg(long, value_name = "T")]
     pub tenant: Vec<String>,
-    /// Serve every tenant's pools and untenanted ones, claiming from each in turn so that
-    /// one tenant's backlog does not starve another.
+    /// Serve every tenant's pools and untenanted ones, sharing the workers' time between
+    /// them by weight so that one tenant's backlog does not starve another.
     #[arg(long, conflicts_with = "tenant")]
     pub all_tenants: bool,
     /// Let the tasks open this directory of this machine, where a pool's grant names it

@@ -16,7 +16,8 @@
 //!   untenanted pools keep the one stream `{wasmpool}:v3:tasks`. A host joined with
 //!   `--tenant T` ([`HostBuilder::tenant`]) claims only from T's stream; one joined with
 //!   `--all-tenants` ([`HostBuilder::all_tenants`]) from the untenanted stream and every
-//!   tenant's in turn, so one tenant's backlog does not starve another; one joined with
+//!   tenant's, their workers' time shared by weight, so one tenant's backlog does not
+//!   starve another; one joined with
 //!   neither serves untenanted pools only, as before tenants. A tenant's pool that no live
 //!   host serves waits for one, as an untenanted pool waits when no host has joined.
 //! - A host renews a lease every 500 ms (Redis server time, `TIME`, in a script); it stops
@@ -94,10 +95,11 @@ pub fn check_tenant_name(name: &str) -> crate::Result<()> {
 
 /// Sets the weight of tenant `name` on the cluster at `url` (from 1 to
 /// [`Tenant::MAX_WEIGHT`](crate::Tenant::MAX_WEIGHT); a tenant never given one weighs 1).
-/// A host serving every tenant (`wasmpool worker --all-tenants`) shares its claims by
-/// weight while several tenants have work waiting: a tenant of weight 3 gets about three
-/// chunks for each one of a tenant of weight 1, as a local pool shares its workers. Hosts
-/// read the weights again every second. A host serving named tenants takes them in turn.
+/// A host serving every tenant (`wasmpool worker --all-tenants`) shares its workers' time
+/// by weight while several tenants have work waiting: a tenant of weight 3 gets about three
+/// times the worker time of a tenant of weight 1, whatever their chunks cost, as a local
+/// pool shares its workers. Hosts read the weights again every second. A host serving named
+/// tenants weighs them the same: equal time each.
 ///
 /// ```no_run
 /// wasmpool::cluster::set_tenant_weight("redis://127.0.0.1:6379", "team-a", 3)?;
@@ -212,6 +214,9 @@ pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
     if (host.as_str(), port) == (url_host.as_str(), url_port) {
         return Ok(con);
     }
+    // An error names the node it could not reach (a failed master, during a failover), not
+    // only the URL's, which answered.
+    let at = format!("{url} (the node that serves its slot, {host}:{port})");
     let addr = match info.addr() {
         redis::ConnectionAddr::TcpTls {
             insecure,
@@ -225,7 +230,7 @@ pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
         },
         _ => redis::ConnectionAddr::Tcp(host, port),
     };
-    open(info.set_addr(addr), url)
+    open(info.set_addr(addr), &at)
 }
 
 fn open(info: redis::ConnectionInfo, url: &str) -> crate::Result<redis::Connection> {

@@ -2,8 +2,9 @@
 //! their results, fenced by attempt. What `wasmpool worker --join` runs.
 //!
 //! A host claims from the task stream of untenanted pools (the default), from those of the
-//! tenants it is told to serve, or from every tenant's and the untenanted one in turn
-//! ([`HostBuilder::all_tenants`]).
+//! tenants it is told to serve, or from every tenant's and the untenanted one
+//! ([`HostBuilder::all_tenants`]); a host of several streams shares its workers' time
+//! between them by weight (see `Streams`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -100,7 +101,7 @@ enum Serves {
     Untenanted,
     /// Those of these tenants only.
     Tenants(Vec<String>),
-    /// That of untenanted pools and every tenant's, in turn.
+    /// That of untenanted pools and every tenant's, their time shared by weight.
     All,
 }
 
@@ -133,11 +134,10 @@ impl HostBuilder {
         self
     }
 
-    /// Serves every tenant's pools and the untenanted ones, claiming from each task stream
-    /// in turn, so one tenant's backlog does not starve another: with room for fewer chunks
-    /// than there are streams it reads the next streams in the round, one chunk each;
-    /// otherwise it reads them all, an equal share of its room each. Tenants that appear
-    /// later are found within about a second.
+    /// Serves every tenant's pools and the untenanted ones, sharing its workers' time
+    /// between the task streams with work by their tenants' weights (equal weights: equal
+    /// time, whatever their chunks cost), so one tenant's backlog does not starve another.
+    /// Tenants that appear later are found within about a second.
     pub fn all_tenants(mut self) -> Self {
         self.all_tenants = true;
         self
@@ -1314,8 +1314,8 @@ struct Read {
     script: bool,
 }
 
-/// The task streams a host reads and whose turn it is: the round robin of a host that
-/// serves several. While the redelivery streams may hold entries to claim (the set
+/// The task streams a host reads and whose turn it is. A host that serves several shares its
+/// workers' time by their weights, equal weights equally (see [`Streams::served`]). While the redelivery streams may hold entries to claim (the set
 /// `redoing` names them), a read that does not wait is
 /// the claim script, which reads them first and the task streams with the room left;
 /// otherwise it is one `XREADGROUP` of the task streams (no more round trips than before
@@ -1328,8 +1328,6 @@ struct Streams {
     keys: Vec<Arc<str>>,
     /// The redelivery stream of each of `keys`.
     redo: Vec<Arc<str>>,
-    /// The stream the next partial read starts at.
-    next: usize,
     /// Streams found empty by non-blocking reads since anything was claimed.
     idle: usize,
     /// Whether the last read may have left entries behind (a stream gave all that was
@@ -1344,9 +1342,9 @@ struct Streams {
     weights: Vec<f64>,
     /// The run time (seconds) of the chunks claimed from each task stream and its
     /// redelivery stream, less what all streams' shares have in common (see
-    /// [`Streams::charge`]): a host whose tenants have unequal weights reads the stream with
-    /// the least of it for its weight first, so its workers' time, not its chunks, is
-    /// shared by weight (as a local pool's is). A chunk is charged its stream's estimate
+    /// [`Streams::charge`]): a host of several streams reads the stream with the least of it
+    /// for its weight first, so its workers' time, not its chunks, is shared by weight (as a
+    /// local pool's is; equal weights, the default, share it equally). A chunk is charged its stream's estimate
     /// when claimed and corrected to its real run time when committed ([`Streams::ran`]).
     served: Vec<f64>,
     /// Each task stream's run time per chunk, lately (seconds; `None` before one ran).
@@ -1363,7 +1361,6 @@ impl Streams {
             all_tenants: *serves == Serves::All,
             keys: Vec::new(),
             redo: Vec::new(),
-            next: 0,
             idle: 0,
             backlog: false,
             redo_waiting: false,
@@ -1399,9 +1396,11 @@ impl Streams {
         self.served = served;
     }
 
-    /// Whether the streams' weights differ (else every stream gets an equal share).
-    fn weighted(&self) -> bool {
-        self.weights.windows(2).any(|w| w[0] != w[1])
+    /// Whether the host reads several task streams: then their claims are charged by run
+    /// time and shared by weight, equal weights too (taken in turn by chunks, a tenant of
+    /// 100 ms chunks would get ten times the time of one of 10 ms chunks).
+    fn shared(&self) -> bool {
+        self.keys.len() > 1
     }
 
     /// The least any stream was served for its weight.
@@ -1450,7 +1449,7 @@ impl Streams {
             let Some(i) = self.index_of(stream) else {
                 continue;
             };
-            if self.weighted() {
+            if self.shared() {
                 self.served[i] += took - charged;
             }
             let e = &mut self.estimate[i];
@@ -1460,12 +1459,12 @@ impl Streams {
 
     /// Charges what a read claimed to each task stream (a redelivered chunk to its task
     /// stream), [`cost`](Streams::cost) a chunk; answers each chunk's charge, `got`'s
-    /// order (0 on a host whose streams' weights are equal: it takes them in turn). A stream
+    /// order (0 on a host of one stream: there is nothing to share). A stream
     /// found empty (the read came to it with room left and it gave nothing) is raised to
     /// the level of those that gave, so an idle tenant does not save up turns to spend all
     /// at once later; then the level common to all is taken off.
     fn charge(&mut self, read: &Read, got: &[Entry]) -> Vec<f64> {
-        if !self.weighted() {
+        if !self.shared() {
             return vec![0.0; got.len()];
         }
         let mut gave = vec![0usize; self.keys.len()];
@@ -1547,7 +1546,6 @@ impl Streams {
             .chain(tenants.iter().map(|t| keys.tenant_tasks(t)))
             .collect();
         self.set(keys, list, weights);
-        self.next %= self.keys.len();
         self.refreshed = Some(Instant::now());
         Ok(())
     }
@@ -1569,17 +1567,17 @@ impl Streams {
 
     /// What to read with room for `free` entries, from the task streams not marked in
     /// `skip` (`keys`' order; a stream past its end is read), or `None` when every one is.
-    /// Every read starts with the redelivery streams of those it reads. With less room than
-    /// there are such task streams, the next `free` of them in the round, one entry each,
-    /// without waiting (a read that waited on some streams would miss work on the others).
-    /// Otherwise every one of them, an equal share of the room each (one stream: all of it,
-    /// as a host of untenanted pools has always read): without waiting while the last read
-    /// may have left work behind, and once the streams are drained (or a whole round found
-    /// nothing) waiting for work on every one, their redelivery streams too, a share each
-    /// (then, when several streams get work in the same instant, a few more entries than
-    /// the room may come: at most one more per stream).
+    /// Every read starts with the redelivery streams of those it reads. Several streams,
+    /// while the last read may have left work behind or a read without waiting has not yet
+    /// found them all empty: the claim script, every one of them, the least served for its
+    /// weight first, which takes the room from them in that order. Otherwise every one of
+    /// them, an equal share of the room each: one stream (as a host of untenanted pools has
+    /// always read) without waiting while the last read may have left work behind; once the
+    /// streams are drained (several: once a read found them all empty) waiting for work on
+    /// every one, their redelivery streams too, a share each (then, when several streams get
+    /// work in the same instant, a few more entries than the room may come: at most one more
+    /// per stream).
     fn next_read(&mut self, free: usize, skip: &[bool]) -> Option<Read> {
-        let n = self.keys.len().max(1);
         let open: Vec<usize> = (0..self.keys.len())
             .filter(|&i| !skip.get(i).copied().unwrap_or(false))
             .collect();
@@ -1588,9 +1586,7 @@ impl Streams {
         }
         let m = open.len();
         let redo: Vec<Arc<str>> = open.iter().map(|&i| self.redo[i].clone()).collect();
-        if self.weighted() && (self.backlog || self.idle < m) {
-            // Weighted: every stream, the least served for its weight first, in the claim
-            // script, which takes from them in that order until the room is filled.
+        if self.shared() && (self.backlog || self.idle < m) {
             let mut order = open;
             order.sort_by(|&a, &b| {
                 (self.served[a] / self.weights[a]).total_cmp(&(self.served[b] / self.weights[b]))
@@ -1602,25 +1598,6 @@ impl Streams {
                 room: free,
                 block: false,
                 script: true,
-            });
-        }
-        if free < m && self.idle < m {
-            // The next `free` open streams in the round, from `next`.
-            let picked: Vec<usize> = (0..n)
-                .map(|k| (self.next + k) % n)
-                .filter(|i| open.contains(i))
-                .take(free)
-                .collect();
-            if let Some(last) = picked.last() {
-                self.next = (last + 1) % n;
-            }
-            return Some(Read {
-                streams: picked.iter().map(|&i| self.keys[i].clone()).collect(),
-                redo,
-                count: 1,
-                room: free,
-                block: false,
-                script: self.redo_waiting,
             });
         }
         let block = !self.backlog;
@@ -1765,7 +1742,7 @@ mod tests {
             vec![x.into(), a.into(), b.into()],
             vec![1.0, 3.0, 1.0],
         );
-        assert!(s.weighted());
+        assert!(s.shared());
         // Every stream with work: 1 : 3 : 1, one chunk a read or four.
         assert_eq!(claim_weighted(&mut s, 500, 1, &[]), [100, 300, 100]);
         assert_eq!(claim_weighted(&mut s, 100, 4, &[]), [80, 240, 80]);
@@ -1808,21 +1785,20 @@ mod tests {
             "a stream the claim never reached was raised: {:?}",
             s.served
         );
-        // Equal weights: the unweighted turns.
-        s.set(&keys, vec![x.into(), a.into()], vec![2.0, 2.0]);
-        assert!(!s.weighted());
+        // One stream: nothing to share, nothing charged.
+        s.set(&keys, vec![x.into()], vec![1.0]);
+        assert!(!s.shared());
+        let read = s.next_read(3, &[]).unwrap();
+        assert_eq!(s.read(&read, &got(x, 3), false), [0.0; 3]);
     }
 
-    /// Weighted turns share the workers' time, as a local pool's do, not the chunks: a
-    /// chunk is charged its stream's estimate when claimed and corrected to its run time.
-    #[test]
-    fn streams_of_unequal_weights_share_the_run_time_by_weight_whatever_their_chunks_cost() {
+    /// The share of the workers' time `a` gets of a host serving `a` (chunks of a second) and
+    /// `b` (a tenth), of these weights, each chunk committed one read after it was claimed.
+    fn time_share(weights: [f64; 2]) -> f64 {
         let keys = Keys::default();
         let mut s = Streams::new(&Serves::All, &keys);
         let (a, b) = ("{wasmpool}:v3:tasks:a", "{wasmpool}:v3:tasks:b");
-        s.set(&keys, vec![a.into(), b.into()], vec![2.0, 1.0]);
-        // `a`'s chunks take a second each, `b`'s a tenth: by chunks, `a` would get 20 times
-        // `b`'s time; by time, twice.
+        s.set(&keys, vec![a.into(), b.into()], weights.to_vec());
         let cost = |stream: &str| if stream == a { 1.0 } else { 0.1 };
         let mut time = [0.0f64; 2];
         let mut in_flight: Vec<(Arc<str>, f64, f64)> = Vec::new();
@@ -1836,17 +1812,31 @@ mod tests {
             s.ran(&std::mem::take(&mut in_flight));
             in_flight.push((stream, charges[0], took));
         }
-        let ratio = time[0] / time[1];
-        assert!(
-            (1.8..=2.2).contains(&ratio),
-            "a's time is {ratio:.2} times b's (weights 2 : 1): {time:?}"
-        );
         // A redelivered chunk counts for its task stream.
         assert_eq!(s.index_of(&Arc::from("{wasmpool}:v3:redo:b")), Some(1));
+        time[0] / time[1]
+    }
+
+    /// Turns share the workers' time, as a local pool's do, not the chunks: a chunk is
+    /// charged its stream's estimate when claimed and corrected to its run time. By chunks,
+    /// `a` (chunks ten times as long) would get 20 times `b`'s time at weights 2 : 1, and
+    /// 10 times at equal weights; by time, twice and as much.
+    #[test]
+    fn streams_share_the_run_time_by_weight_whatever_their_chunks_cost() {
+        let ratio = time_share([2.0, 1.0]);
+        assert!(
+            (1.8..=2.2).contains(&ratio),
+            "a's time is {ratio:.2} times b's (weights 2 : 1)"
+        );
+        let ratio = time_share([1.0, 1.0]);
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "a's time is {ratio:.2} times b's (equal weights)"
+        );
     }
 
     #[test]
-    fn streams_take_turns_when_the_room_is_short() {
+    fn streams_of_equal_cost_take_turns_and_wait_once_a_read_found_them_all_empty() {
         let keys = Keys::default();
         let mut s = Streams::new(&Serves::All, &keys);
         let (x, a, b) = (
@@ -1855,11 +1845,16 @@ mod tests {
             "{wasmpool}:v3:tasks:b",
         );
         s.set(&keys, vec![x.into(), a.into(), b.into()], vec![1.0; 3]);
-        // Room for one: each stream in turn, without waiting, after every redelivery stream.
+        // Room for one, every stream with work, chunks that cost the same (a second each,
+        // before any ran): each stream in turn, without waiting, after every redelivery
+        // stream.
         let mut order = Vec::new();
         for _ in 0..6 {
             let read = s.next_read(1, &[]).unwrap();
-            assert_eq!((read.count, read.room, read.block), (1, 1, false));
+            assert_eq!(
+                (read.count, read.room, read.block, read.script),
+                (1, 1, false, true)
+            );
             assert_eq!(
                 read.redo.iter().map(|r| &**r).collect::<Vec<_>>(),
                 [
@@ -1868,27 +1863,21 @@ mod tests {
                     "{wasmpool}:v3:redo:b"
                 ]
             );
-            order.extend(names(&read).iter().map(|n| n.to_string()));
             let stream = read.streams[0].clone();
-            s.read(&read, &got(&stream, 1), false);
+            order.push(stream.to_string());
+            assert_eq!(s.read(&read, &got(&stream, 1), false), [1.0]);
         }
         assert_eq!(order, [x, a, b, x, a, b]);
-        // Room for all, after a read that filled its room: each its share, without waiting.
-        let read = s.next_read(7, &[]).unwrap();
-        assert_eq!(names(&read), [x, a, b]);
-        assert_eq!((read.count, read.block), (2, false));
-        // A round that found nothing: wait on all of them.
-        for _ in 0..3 {
-            let read = s.next_read(1, &[]).unwrap();
-            assert!(!read.block);
-            s.read(&read, &[], false);
-        }
-        let read = s.next_read(1, &[]).unwrap();
+        // A read that found nothing: wait on all of them, a share of the room each.
+        let read = s.next_read(6, &[]).unwrap();
+        assert!(!read.block);
+        s.read(&read, &[], false);
+        let read = s.next_read(6, &[]).unwrap();
         assert_eq!((names(&read).len(), read.count, read.block), (3, 1, true));
         s.read(&read, &got(a, 1), false);
         assert!(
             !s.next_read(1, &[]).unwrap().block,
-            "claiming something starts the round again"
+            "claiming something starts the turns again"
         );
     }
 
@@ -1913,20 +1902,21 @@ mod tests {
             read.redo.iter().map(|r| &**r).collect::<Vec<_>>(),
             ["{wasmpool}:v3:redo", "{wasmpool}:v3:redo:b"]
         );
-        assert_eq!(read.count, 2, "a share of the room for each stream read");
-        // Room for one: the round goes on over the streams read.
+        assert!(read.script);
+        // Room for one: the turns go on over the streams read.
         let mut order = Vec::new();
         for _ in 0..4 {
             let read = s.next_read(1, &skip).unwrap();
-            order.extend(names(&read).iter().map(|n| n.to_string()));
+            assert_eq!(names(&read).len(), 2);
             let stream = read.streams[0].clone();
+            order.push(stream.to_string());
             s.read(&read, &got(&stream, 1), false);
         }
         assert_eq!(order, [x, b, x, b]);
         // One slot: each stream may hold one waiting; every stream at it: nothing to read.
         let all: Vec<Arc<str>> = vec![x.into(), a.into(), b.into()];
         assert!(s.next_read(4, &s.at_bound(&all, 1)).is_none());
-        // Weighted: the script reads the open streams only.
+        // Weighted too: the script reads the open streams only.
         s.set(
             &keys,
             vec![x.into(), a.into(), b.into()],
