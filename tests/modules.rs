@@ -1,5 +1,7 @@
 //! Modules: compiled once into a content-addressed cache, validated before any task runs.
 
+use std::time::Duration;
+
 use wasmpool::{Error, Module};
 
 use crate::util::*;
@@ -150,4 +152,70 @@ fn a_large_component_loaded_again_is_taken_by_its_stamp_until_its_file_changes()
     );
     assert_eq!(again.bytes().unwrap(), &changed[..]);
     assert_eq!(square(&again), 81);
+}
+
+/// The `.cwasm` artifacts in a cache directory.
+fn artifacts_in(cache: &std::path::Path) -> usize {
+    std::fs::read_dir(cache.join("artifacts"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A module loaded for a time limit compiles that code at load, and a timed process runs
+/// it with no second compile; a plain pool of it then compiles the plain code, once.
+#[test]
+fn a_module_loaded_for_a_time_limit_is_compiled_once_for_it() {
+    testkit();
+    let dir = TempDir::new("compile-for");
+    let cache = dir.0.join("cache");
+    let runtime = wasmpool::Runtime::builder()
+        .cache_dir(&cache)
+        .build()
+        .unwrap();
+    let limits = wasmpool::Limits::default().timeout(Duration::from_secs(30));
+    let options = wasmpool::BuildOptions::default().compile_for(&limits);
+    let module = within(Duration::from_secs(300), move || {
+        let module = runtime.load_with(wasm_of("testkit"), &options).unwrap();
+        assert!(module.tasks().unwrap().iter().any(|t| t == "square"));
+        let p = wasmpool::Process::new(&module, "square", &(9u64,))
+            .unwrap()
+            .with_limits(limits);
+        p.start().unwrap();
+        p.join().unwrap();
+        assert_eq!(p.result::<u64>().unwrap(), 81);
+        module
+    });
+    assert_eq!(artifacts_in(&cache), 1, "only the timed code was compiled");
+    let plain = within(Duration::from_secs(300), move || {
+        let pool = wasmpool::Pool::new(&module, 1).unwrap();
+        pool.apply::<_, u64>("square", &(4u64,)).unwrap()
+    });
+    assert_eq!(plain, 16);
+    assert_eq!(artifacts_in(&cache), 2, "the plain code, once asked for");
+}
+
+/// `wasmpool run --timeout` compiles a module once, for its time limit (before, the plain
+/// code at load and the timed code at start: a first Python run compiled twice).
+#[test]
+fn a_timed_cli_run_compiles_its_module_once() {
+    testkit();
+    let dir = TempDir::new("cli-compile-for");
+    let cache = dir.0.join("cache");
+    let wasm = wasm_of("testkit");
+    let out = within(Duration::from_secs(300), move || {
+        cli()
+            .env("WASMPOOL_CACHE_DIR", &cache)
+            .args(["run", "--timeout", "30"])
+            .arg(&wasm)
+            .args(["square", "9"])
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "81");
+    assert_eq!(artifacts_in(&dir.0.join("cache")), 1);
 }

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use crate::engine::EngineKind;
 use crate::error::{Error, Result};
+use crate::protocol::Limits;
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -84,19 +86,45 @@ fn ensure_target(dir: &Path) -> Result<()> {
         .map_err(|m| fail(dir, m))
 }
 
-/// How a guest project directory is built (see [`Module::load_with`](crate::Module::load_with)).
+/// How a guest project directory is built, and which code a module is compiled to when it
+/// loads (see [`Module::load_with`](crate::Module::load_with)).
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     /// Run the build scripts (`build.rs`) of the project's own packages. Off by default: a
     /// project with one is refused, since its build script would run natively, with the
     /// user's rights. `WASMPOOL_ALLOW_BUILD_SCRIPTS=1` turns it on as well.
     pub allow_build_scripts: bool,
+    /// The engine kind whose artifact is compiled at load (see [`BuildOptions::compile_for`]).
+    pub(crate) engine: EngineKind,
 }
 
 impl BuildOptions {
     /// Allows (or not) the build scripts of the project's own packages.
     pub fn allow_build_scripts(mut self, allow: bool) -> Self {
         self.allow_build_scripts = allow;
+        self
+    }
+
+    /// Compiles at load the code that pools and processes with these `limits` run: with a
+    /// time limit, code that checks the clock (so wasm stops at its deadline); with a fuel
+    /// limit, code that counts fuel; otherwise (the default) the fastest code, without
+    /// either. A module compiles the code of another kind too, the first time a pool or
+    /// process of that kind asks for it; this only saves that second compile (about 30
+    /// CPU-seconds for a Python component's first) for a module that is only ever run with
+    /// such limits, as `wasmpool run --timeout` runs one.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use wasmpool::{BuildOptions, Limits, Module, Process};
+    /// let limits = Limits::default().timeout(Duration::from_secs(5));
+    /// let module = Module::load_with("tasks.py", &BuildOptions::default().compile_for(&limits))?;
+    /// let p = Process::new(&module, "job", &(7u64,))?.with_limits(limits); // no compile here
+    /// p.start()?;
+    /// p.join()?;
+    /// # Ok::<(), wasmpool::Error>(())
+    /// ```
+    pub fn compile_for(mut self, limits: &Limits) -> Self {
+        self.engine = EngineKind::for_limits(limits);
         self
     }
 }

@@ -49,7 +49,10 @@ struct ModuleInner {
     bytes: ComponentBytes,
     /// The component's SHA-256, which names its artifacts.
     digest: [u8; 32],
-    /// The artifact for the plain engine ([`EngineKind::PLAIN`]), compiled on load.
+    /// The engine kind compiled for at load: plain unless [`BuildOptions::compile_for`]
+    /// said otherwise.
+    kind: EngineKind,
+    /// The artifact for `kind`, compiled on load.
     artifact: PathBuf,
     /// The artifacts compiled for the other engine kinds, once asked for.
     others: Mutex<Vec<(EngineKind, PathBuf)>>,
@@ -131,16 +134,21 @@ impl Module {
         let path = path.as_ref();
         if let Some(guest) = crate::python_build::detect(path)? {
             let wasm = crate::python_build::build(&guest)?;
-            return Self::load_file(runtime, &wasm, path);
+            return Self::load_file(runtime, &wasm, path, options.engine);
         }
         if path.is_dir() {
             let wasm = crate::guest_build::build(path, options)?;
-            return Self::load_file(runtime, &wasm, path);
+            return Self::load_file(runtime, &wasm, path, options.engine);
         }
-        Self::load_file(runtime, path, path)
+        Self::load_file(runtime, path, path, options.engine)
     }
 
-    fn load_file(runtime: &Runtime, file: &Path, origin: &Path) -> Result<Module> {
+    fn load_file(
+        runtime: &Runtime,
+        file: &Path,
+        origin: &Path,
+        kind: EngineKind,
+    ) -> Result<Module> {
         use std::io::Read;
         use std::os::unix::fs::FileExt;
         let bad = |message: String| Error::BadModule {
@@ -168,7 +176,7 @@ impl Module {
                 .map_err(|e| bad(format!("cannot read: {e}")))?;
             check_header(&head[..n]).map_err(bad)?;
             let bytes = ComponentBytes::in_file(opened, stamp, digest);
-            return Self::new_in(runtime, &cache, bytes, digest, origin.to_path_buf());
+            return Self::new_in(runtime, &cache, bytes, digest, origin.to_path_buf(), kind);
         }
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         (&mut opened)
@@ -185,7 +193,7 @@ impl Module {
         let seen = (bytes.len() as u64 == len).then_some((stamp, at));
         let digest = cache.component_digest(&bytes, seen);
         let bytes = ComponentBytes::held(bytes);
-        Self::new_in(runtime, &cache, bytes, digest, origin.to_path_buf())
+        Self::new_in(runtime, &cache, bytes, digest, origin.to_path_buf(), kind)
     }
 
     /// Validates and compiles a component from memory; `origin` names it in errors.
@@ -207,25 +215,27 @@ impl Module {
         let cache = cache::Cache::open(runtime.cache_dir())?;
         let digest = Sha256::digest(bytes).into();
         let bytes = ComponentBytes::held(bytes.to_vec());
-        Self::new_in(runtime, &cache, bytes, digest, origin)
+        Self::new_in(runtime, &cache, bytes, digest, origin, EngineKind::PLAIN)
     }
 
     /// The module of the component `bytes` (whose header was checked and whose SHA-256 is
-    /// `digest`), compiled into `cache` unless it holds it already.
+    /// `digest`), compiled for `kind` into `cache` unless it holds it already.
     fn new_in(
         runtime: &Runtime,
         cache: &cache::Cache,
         bytes: ComponentBytes,
         digest: [u8; 32],
         origin: PathBuf,
+        kind: EngineKind,
     ) -> Result<Module> {
-        let artifact = compile_in(cache, runtime, &bytes, &digest, &origin, EngineKind::PLAIN)?;
+        let artifact = compile_in(cache, runtime, &bytes, &digest, &origin, kind)?;
         Ok(Module {
             inner: Arc::new(ModuleInner {
                 runtime: runtime.clone(),
                 origin,
                 bytes,
                 digest,
+                kind,
                 artifact,
                 others: Mutex::new(Vec::new()),
                 tasks: Mutex::new(None),
@@ -254,17 +264,17 @@ impl Module {
         &self.inner.origin
     }
 
-    /// The precompiled artifact that workers map (compiled for a pool or process with no
-    /// fuel or time limit of its own; those with one map another, compiled when first asked
-    /// for).
+    /// The precompiled artifact compiled at load, that workers map: for pools and processes
+    /// with no fuel or time limit of their own, unless [`BuildOptions::compile_for`] named
+    /// other limits (the others map another, compiled when first asked for).
     pub fn artifact(&self) -> &Path {
         &self.inner.artifact
     }
 
-    /// The artifact for an engine of kind `engine`. One but the plain engine's is compiled
-    /// (or found in the cache) the first time a pool or process asks for it.
+    /// The artifact for an engine of kind `engine`. One but the kind compiled at load is
+    /// compiled (or found in the cache) the first time a pool or process asks for it.
     pub(crate) fn artifact_for(&self, engine: EngineKind) -> Result<PathBuf> {
-        if engine == EngineKind::PLAIN {
+        if engine == self.inner.kind {
             // Evicted from the cache since (by another program's compile): compiled again
             // to the same path.
             if !self.inner.artifact.is_file() {
@@ -302,7 +312,7 @@ impl Module {
         if let Some(tasks) = self.known_tasks() {
             return Ok(tasks);
         }
-        let worker = self.ready_worker("wasmpool-tasks", EngineKind::PLAIN, &Limits::default())?;
+        let worker = self.ready_worker("wasmpool-tasks", self.inner.kind, &Limits::default())?;
         let tasks = worker.tasks.clone();
         self.put_spare(worker);
         Ok(tasks)
@@ -410,25 +420,24 @@ impl Module {
 
     /// Starts a warm spare worker now, unless one is ready, and waits until it is: the next
     /// [`Process::start`](crate::Process::start) then skips starting a worker.
-    /// The spare runs on the plain engine; a process with a fuel or time limit starts its own.
+    /// The spare runs the code compiled at load (see [`BuildOptions::compile_for`]); a process
+    /// whose limits need other code starts its own.
     pub fn prepare_spare(&self) -> Result<()> {
+        let kind = self.inner.kind;
         if self
             .inner
             .spare
             .lock()
-            .map(|s| {
-                s.as_ref()
-                    .is_some_and(|w| w.is_kind(EngineKind::PLAIN, DEFAULT_STACK))
-            })
+            .map(|s| s.as_ref().is_some_and(|w| w.is_kind(kind, DEFAULT_STACK)))
             .unwrap_or(false)
         {
             return Ok(());
         }
         let worker = start_worker(
             &self.inner.runtime,
-            &self.artifact_for(EngineKind::PLAIN)?,
+            &self.artifact_for(kind)?,
             "spare",
-            EngineKind::PLAIN,
+            kind,
             &Limits::default(),
         )?;
         self.put_spare(worker);

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use wasmpool::cluster::ClusterPool;
 use wasmpool::lines::{Items, Lines, LinesError, RecordWriter};
-use wasmpool::{Module, Output, Pool};
+use wasmpool::{BuildOptions, Module, Output, Pool};
 
 /// Apply a task to every input in a pool of worker processes; write JSON lines.
 ///
@@ -237,14 +237,21 @@ impl MapCommand {
             return self.execute_remote(&remote, inputs);
         }
         let objects = self.objects.create(self.cluster.as_deref())?;
-        let module = Module::load(&self.module)?;
+        let limits = self.limits.limits()?;
+        // A local pool's code compiled at once for its limits (see `run`); on a cluster the
+        // hosts compile their own, and this module only lists the tasks.
+        let options = match self.cluster {
+            None => BuildOptions::default().compile_for(&limits),
+            Some(_) => BuildOptions::default(),
+        };
+        let module = Module::load_with(&self.module, &options)?;
         // Stdout carries the JSON lines: the tasks' own output goes to stderr, tagged.
         let to_stderr = Output::Callback(std::sync::Arc::new(|e: wasmpool::OutputEvent<'_>| {
             let mut err = std::io::stderr().lock();
             let _ = err.write_all(e.data);
         }));
         let mut builder = Pool::builder(&module)
-            .limits(self.limits.limits()?)
+            .limits(limits)
             .grants(self.grants.grants()?)
             .retries(self.retries)
             .restart_limit(self.restart_limit);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use wasmpool::{Module, Output, Process};
+use wasmpool::{BuildOptions, Module, Output, Process};
 
 /// Run one task in a fresh worker process and print its result as JSON.
 ///
@@ -61,7 +61,10 @@ impl RunCommand {
         }
         let limits = self.limits.limits()?;
         let objects = self.objects.create(None)?;
-        let module = Module::load(&self.module)?;
+        // Compiled at once for these limits: a time limit's code, not the plain code and then
+        // that too (a first Python run would compile twice).
+        let module =
+            Module::load_with(&self.module, &BuildOptions::default().compile_for(&limits))?;
         // With objects, arguments go through `Process::new`, which holds the objects it is
         // given for the process (a pipe end stays open while it runs, as an inherited fd).
         let process = if objects.is_empty() {

@@ -280,11 +280,9 @@ impl PoolBuilder {
         if let Some(on) = self.interruptible {
             engine.interruptible = on;
         }
-        if engine != EngineKind::PLAIN {
-            // Compiled once here, so the workers starting together need not wait on it and
-            // a failure is the build's error.
-            self.module.artifact_for(engine)?;
-        }
+        // Compiled here if the module was not compiled for `engine` at load, so the workers
+        // starting together need not wait on it and a failure is the build's error.
+        self.module.artifact_for(engine)?;
         let scheduler = Scheduler::new(
             self.module,
             PoolConfig {
