@@ -512,3 +512,63 @@ fn an_all_tenants_host_does_not_make_again_the_streams_of_a_removed_tenant() {
         }
     });
 }
+
+/// Calls of `XINFO CONSUMERS` Redis has answered (the reaper's read of a stream's hosts).
+fn xinfo_calls(redis: &RedisServer) -> u64 {
+    redis
+        .command("INFO commandstats")
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xinfo|consumers:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// With no host dead, the reaper reads the tenants' streams on a sweep every few seconds,
+/// not at every beat (every process runs it twice a second, and with many tenants that
+/// read was most of Redis's work); a chunk pending with a consumer that no host entry names
+/// any more is still taken back, by a sweep.
+#[test]
+fn with_no_host_dead_the_reaper_reads_idle_tenants_streams_only_on_its_sweeps() {
+    within(Duration::from_secs(120), || {
+        let redis = RedisServer::start();
+        let tenants = 50;
+        for t in 0..tenants {
+            redis.command(&format!("SADD {{wasmpool}}:v3:tenants t{t}"));
+            for kind in ["tasks", "redo"] {
+                redis.command(&format!(
+                    "XGROUP CREATE {{wasmpool}}:v3:{kind}:t{t} hosts 0 MKSTREAM"
+                ));
+            }
+            redis.command(&format!("SET {{wasmpool}}:v3:tenant:t{t} 1 EX 600"));
+        }
+        // A chunk of tenant t0 claimed by a consumer no host entry names.
+        redis.command("XADD {wasmpool}:v3:tasks:t0 * j ghostjob c 0 a 0 r 1 n 3 t 60000 p x");
+        redis.command("XREADGROUP GROUP hosts ghost COUNT 1 STREAMS {wasmpool}:v3:tasks:t0 >");
+        // A submitting pool: its beat runs the reaper (once it may judge others).
+        let pool = cluster_pool(&redis, 0);
+        let start = xinfo_calls(&redis);
+        assert!(
+            eventually(Duration::from_secs(30), || xinfo_calls(&redis) > start),
+            "the reaper never ran"
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || int_reply(
+                &redis,
+                "XLEN {wasmpool}:v3:redo:t0"
+            ) == 1),
+            "the ghost's chunk was not redelivered"
+        );
+        // Eight beats, at most two sweeps: 2 reads a beat for the untenanted streams, and
+        // 2 a tenant on a sweep (every beat: 102 a beat, ~800).
+        let before = xinfo_calls(&redis);
+        std::thread::sleep(Duration::from_secs(4));
+        let calls = xinfo_calls(&redis) - before;
+        assert!(calls > 0, "the reaper stopped");
+        assert!(
+            calls < 3 * (2 * tenants + 2),
+            "{calls} XINFO CONSUMERS in 4 s with {tenants} idle tenants and no host dead"
+        );
+        drop(pool);
+    });
+}

@@ -100,6 +100,10 @@ pub(crate) struct ReapCounts {
     pub lost: std::sync::atomic::AtomicU64,
 }
 
+/// Every how many reaper passes one reads every tenant's streams whatever the leases (see
+/// `scripts::REAP`): every 5 s at a [`BEAT`] of 500 ms.
+const SWEEP_EVERY: u32 = 10;
+
 /// Beats every [`BEAT`] until `stop`: renews the lease (a host), then reaps if this process
 /// may judge others.
 pub(crate) fn beat_loop(
@@ -113,6 +117,8 @@ pub(crate) fn beat_loop(
 ) {
     let scripts = Scripts::default();
     let mut con: Option<redis::Connection> = None;
+    // Reaper passes so far: the first is a sweep.
+    let mut passes: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         if con.is_none() {
@@ -179,7 +185,9 @@ pub(crate) fn beat_loop(
                             .arg(keys.prefix())
                             .arg(result_ttl.as_millis() as u64)
                             .arg(1000)
+                            .arg(u8::from(passes % SWEEP_EVERY == 0))
                             .invoke(c);
+                        passes = passes.wrapping_add(1);
                         match reaped {
                             Ok((moved, lost)) => {
                                 if moved + lost > 0 {

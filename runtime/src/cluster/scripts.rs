@@ -126,9 +126,18 @@ return 1
 /// and is taken out of `tenants` (and its redelivery stream out of `redoing`): a pool of
 /// it registers it again.
 ///
+/// The tenants' streams are read (two `XINFO CONSUMERS` a tenant) only on a sweep, or when
+/// some host's lease has expired: every process runs this every beat, and with many tenants
+/// reading them all each time is most of Redis's work when nothing has died. A host whose
+/// lease expired stays in `hosts` until its chunks are taken (or for a minute), so each
+/// pass while it is there reads every stream; a consumer no host entry names any more (a
+/// host forgotten with chunks still pending, which the reaper gave it a minute to lose) is
+/// found by the next sweep.
+///
 /// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead, redoing (the
 /// redelivery streams with entries to claim: each one added to). ARGV: group, min idle (ms),
-/// key prefix, ttl (ms) for an entry without its submitter's, count (per host and stream).
+/// key prefix, ttl (ms) for an entry without its submitter's, count (per host and stream),
+/// sweep (`1`: read every tenant's streams whatever the leases).
 /// Returns {redelivered, lost}.
 pub(crate) const REAP: &str = r#"
 local t = redis.call('TIME')
@@ -212,15 +221,19 @@ local function drained(stream)
   local p = redis.pcall('XPENDING', stream, ARGV[1])
   return not (type(p) == 'table' and not p.err and tonumber(p[1]) and tonumber(p[1]) > 0)
 end
-for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  local tasks, redo = ARGV[3] .. 'tasks:' .. tenant, ARGV[3] .. 'redo:' .. tenant
-  reap(tasks, redo)
-  reap(redo, redo)
-  if redis.call('EXISTS', ARGV[3] .. 'tenant:' .. tenant) == 0
-      and drained(tasks) and drained(redo) then
-    redis.call('DEL', tasks, redo)
-    redis.call('SREM', KEYS[5], tenant)
-    redis.call('SREM', KEYS[8], redo)
+local sweep = ARGV[6] == '1'
+  or #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 1) > 0
+if sweep then
+  for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    local tasks, redo = ARGV[3] .. 'tasks:' .. tenant, ARGV[3] .. 'redo:' .. tenant
+    reap(tasks, redo)
+    reap(redo, redo)
+    if redis.call('EXISTS', ARGV[3] .. 'tenant:' .. tenant) == 0
+        and drained(tasks) and drained(redo) then
+      redis.call('DEL', tasks, redo)
+      redis.call('SREM', KEYS[5], tenant)
+      redis.call('SREM', KEYS[8], redo)
+    end
   end
 end
 for name, held in pairs(busy) do
