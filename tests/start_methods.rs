@@ -193,6 +193,7 @@ fn a_module_the_fork_server_cannot_load_is_a_clear_error_and_the_server_serves_o
 /// The test guest plus a custom section named `tag`: a module (and an artifact) of its own,
 /// in `runtime`.
 fn distinct_testkit(runtime: &Runtime, tag: &str) -> Module {
+    testkit(); // builds the guest, if no test has yet
     let mut bytes = std::fs::read(util::wasm_of("testkit")).unwrap();
     let name = format!("wasmpool-start-methods-{tag}");
     let name = name.as_bytes();
@@ -265,5 +266,85 @@ fn each_module_has_a_fork_server_of_its_own_and_idle_ones_are_bounded() {
         // Module 0 gets a new server.
         let again = server_of_a_process(&modules[0]);
         assert_ne!(again, s0);
+    });
+}
+
+/// How many threads of this process have the name `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// A fork server holds its module loaded (a Python component's, ~100 MB), so one that has
+/// had no live worker and no fork request for its runtime's idle timeout stops, though no
+/// other server starts, and the module's next worker starts a new one; a server with a live
+/// pool's workers is never stopped, however long they idle. The runtime's one reaper thread
+/// ends with it.
+#[test]
+fn an_idle_fork_server_stops_after_the_idle_timeout_and_one_with_live_workers_never_does() {
+    let _serial = serial();
+    within(LIMIT, || {
+        let reapers = threads_named("wasmpool-fsidle");
+        let runtime = Runtime::builder()
+            .start_method(StartMethod::ForkServer)
+            .worker_exe(env!("CARGO_BIN_EXE_wasmpool"))
+            .fork_server_idle_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(runtime.fork_server_idle_timeout(), Duration::from_secs(1));
+        let (used, held) = (
+            distinct_testkit(&runtime, "idle-used"),
+            distinct_testkit(&runtime, "idle-held"),
+        );
+        let kept = Pool::new(&held, 1).unwrap();
+        let held_server = parent_of(kept.pids()[0]);
+        let pool = Pool::new(&used, 2).unwrap();
+        let squares: Vec<u64> = pool.map("square", 0..10u64).unwrap();
+        assert_eq!(squares[9], 81);
+        let used_server = parent_of(pool.pids()[0]);
+        assert_ne!(used_server, held_server);
+        assert_eq!(threads_named("wasmpool-fsidle"), reapers + 1, "one reaper");
+        drop(pool);
+        assert!(
+            eventually(Duration::from_secs(30), || !pid_alive(used_server)),
+            "the idle server stopped (two servers only: not the bound on idle ones)"
+        );
+        assert!(!runtime.fork_server_pids().contains(&used_server));
+
+        // Several idle timeouts later, the server of the live pool runs on, and so does
+        // the pool.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            pid_alive(held_server),
+            "a server with a live worker is kept"
+        );
+        assert_eq!(parent_of(kept.pids()[0]), held_server);
+        let squares: Vec<u64> = kept.map("square", 0..10u64).unwrap();
+        assert_eq!(squares[3], 9);
+
+        // The used module gets a new server, which stops in turn once idle; so does the
+        // kept one, once its pool is gone.
+        let again = Pool::new(&used, 1).unwrap();
+        let new_server = parent_of(again.pids()[0]);
+        assert_ne!(new_server, used_server);
+        let squares: Vec<u64> = again.map("square", 0..10u64).unwrap();
+        assert_eq!(squares[5], 25);
+        drop((again, kept));
+        assert!(
+            eventually(Duration::from_secs(30), || !pid_alive(new_server)
+                && !pid_alive(held_server)),
+            "both servers stopped once idle"
+        );
+
+        // The runtime's end ends its reaper.
+        drop((used, held, runtime));
+        assert!(
+            eventually(Duration::from_secs(10), || threads_named("wasmpool-fsidle")
+                == reapers),
+            "the reaper ended with its runtime"
+        );
     });
 }

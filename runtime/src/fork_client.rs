@@ -20,11 +20,12 @@
 //! server shared by a large module (a Python component, ~100 MB deserialized) and a small one
 //! would make each worker of the small one copy the large one's page tables (its cold start
 //! 1.6 → 4.2 ms and its idle worker 8.4 → 15.7 MiB, measured with a shared server). A server
-//! whose workers have all exited, and that no fork request is on its way to, is idle; when a
-//! new server starts, at most [`MAX_IDLE_SERVERS`] idle ones are kept, the least recently
-//! used stopped first (one with live workers is never stopped: they would die with it).
-//! Idle servers are stopped only then, so after a burst of modules more may wait idle until
-//! the next new one, or the runtime's end.
+//! whose workers have all exited, and that no fork request is on its way to, is idle (one
+//! with live workers is never stopped: they would die with it). An idle server is stopped
+//! when it has been idle for the runtime's idle timeout (a minute by default), by the one
+//! reaper thread of its runtime's [`ForkServers`], which sleeps until the next such deadline;
+//! and when a new server starts, at most [`MAX_IDLE_SERVERS`] idle ones are kept, the least
+//! recently used stopped first. A module used again after its server stopped gets a new one.
 
 use std::collections::HashMap;
 use std::io;
@@ -35,8 +36,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::fdpass;
 use crate::launch::{FORKSERVER_ARG, FromForkServer, ToForkServer};
@@ -48,7 +50,9 @@ use crate::protocol::Load;
 pub enum StartMethod {
     /// Fork each worker from a fork server that keeps the module loaded (the default): a
     /// worker is ready in well under a millisecond of its own work. The server is started
-    /// the first time a worker is needed and lives as long as its runtime.
+    /// the first time a worker is needed and lives while it has workers, until it has been
+    /// idle for the runtime's [fork server idle timeout](crate::RuntimeBuilder::fork_server_idle_timeout)
+    /// (then the next worker starts a new one).
     #[default]
     ForkServer,
     /// Execute the worker binary afresh for every worker: a few milliseconds per start,
@@ -104,10 +108,32 @@ struct Exits {
     pending: usize,
     /// Set when the server is gone: no further status will be reported.
     closed: bool,
+    /// Since when it has had no live worker and no pending request (`None` while it has).
+    idle_since: Option<Instant>,
+}
+
+impl Exits {
+    /// Brings `idle_since` up to date after a change to `live` or `pending`; whether the
+    /// server has just become idle (its reaper has a new deadline to wait for).
+    fn settle(&mut self) -> bool {
+        if self.live > 0 || self.pending > 0 {
+            self.idle_since = None;
+            false
+        } else if self.idle_since.is_none() {
+            self.idle_since = Some(Instant::now());
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Fork servers kept running with no live worker, for the modules used most recently.
 pub(crate) const MAX_IDLE_SERVERS: usize = 4;
+
+/// How long a fork server may stay idle (no live worker, no request on its way) before it
+/// is stopped, by default.
+pub const DEFAULT_FORK_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The host's handle on one fork server.
 pub(crate) struct ForkServer {
@@ -116,7 +142,9 @@ pub(crate) struct ForkServer {
     /// The module artifact its workers run.
     artifact: PathBuf,
     /// When a worker was last asked of it.
-    used: Mutex<std::time::Instant>,
+    used: Mutex<Instant>,
+    /// The servers it is one of, to wake their reaper when it becomes idle.
+    reaper: Weak<Shared>,
     ctrl: Arc<OwnedFd>,
     /// Held for the whole of a request: one at a time.
     replies: Mutex<Receiver<Reply>>,
@@ -139,25 +167,141 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The fork servers of one runtime, one per worker executable and module artifact.
-#[derive(Debug, Default)]
+/// The fork servers of one runtime, one per worker executable and module artifact, and the
+/// thread that stops those idle for longer than the idle timeout (started with the first
+/// server; it ends at [`shut_down`](ForkServers::shut_down)).
+#[derive(Debug)]
 pub(crate) struct ForkServers {
-    servers: Mutex<Vec<Arc<ForkServer>>>,
+    shared: Arc<Shared>,
+    reaper: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the servers' reaper shares with their users.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the reaper: a server became idle, the timeout changed, or the runtime ends.
+    wake: Condvar,
+    /// The idle timeout, in milliseconds (`u64::MAX`: never).
+    idle_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    servers: Vec<Arc<ForkServer>>,
+    /// Set by `shut_down`: no server is kept, and the reaper ends.
+    closed: bool,
+}
+
+fn timeout_ms(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ForkServers {
-    /// Stops every server: each leaves when its socket shuts, and its workers die with it.
+    /// No servers yet; an idle one is stopped once idle for `idle_timeout`.
+    pub fn new(idle_timeout: Duration) -> Self {
+        ForkServers {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                wake: Condvar::new(),
+                idle_ms: AtomicU64::new(timeout_ms(idle_timeout)),
+            }),
+            reaper: Mutex::new(None),
+        }
+    }
+
+    /// Sets how long a server may stay idle before it is stopped (servers idle already
+    /// count their idle time from when they became idle).
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        self.shared
+            .idle_ms
+            .store(timeout_ms(timeout), Ordering::Relaxed);
+        let _state = lock(&self.shared.state);
+        self.shared.wake.notify_all();
+    }
+
+    /// How long a server may stay idle before it is stopped.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.shared.idle_ms.load(Ordering::Relaxed))
+    }
+
+    /// Stops every server (each leaves when its socket shuts, and its workers die with it)
+    /// and ends the reaper.
     pub fn shut_down(&self) {
-        for server in lock(&self.servers).drain(..) {
-            server.stop();
+        {
+            let mut state = lock(&self.shared.state);
+            state.closed = true;
+            for server in state.servers.drain(..) {
+                server.stop();
+            }
+            self.shared.wake.notify_all();
+        }
+        if let Some(reaper) = lock(&self.reaper).take() {
+            let _ = reaper.join();
         }
     }
 
     /// The pids of the servers in use.
     pub fn pids(&self) -> Vec<u32> {
-        let mut servers = lock(&self.servers);
-        servers.retain(|s| !s.gone.load(Ordering::SeqCst));
-        servers.iter().map(|s| s.pid).collect()
+        let mut state = lock(&self.shared.state);
+        state.servers.retain(|s| !s.gone.load(Ordering::SeqCst));
+        state.servers.iter().map(|s| s.pid).collect()
+    }
+
+    /// Starts the reaper unless it runs (called with the state locked, as a server starts).
+    fn start_reaper(&self) -> io::Result<()> {
+        let mut reaper = lock(&self.reaper);
+        if reaper.is_none() {
+            let shared = self.shared.clone();
+            *reaper = Some(
+                std::thread::Builder::new()
+                    .name("wasmpool-fsidle".into())
+                    .spawn(move || shared.reap())?,
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ForkServers {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+impl Shared {
+    /// The reaper: stops each server idle for the idle timeout, sleeping until the next
+    /// server's deadline (or, with none idle, until one becomes idle); ends at `shut_down`.
+    /// It decides under the state lock, where a server is found for a request and counted
+    /// pending, so a server found for a request (even one still loading its module) is
+    /// never stopped.
+    fn reap(&self) {
+        let mut state = lock(&self.state);
+        while !state.closed {
+            let idle_for = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for server in &state.servers {
+                let Some(since) = lock(&server.exits).idle_since else {
+                    continue;
+                };
+                match since.checked_add(idle_for) {
+                    Some(deadline) if deadline <= now => server.stop(),
+                    Some(deadline) => next = Some(next.map_or(deadline, |n| n.min(deadline))),
+                    None => {}
+                }
+            }
+            state.servers.retain(|s| !s.gone.load(Ordering::SeqCst));
+            state = match next {
+                Some(deadline) => {
+                    self.wake
+                        .wait_timeout(state, deadline.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
     }
 }
 
@@ -202,6 +346,11 @@ pub(crate) fn fork_worker(
         {
             let mut exits = lock(&server.exits);
             exits.pending = exits.pending.saturating_sub(1);
+            let idle = exits.settle();
+            drop(exits);
+            if idle {
+                server.wake_reaper();
+            }
         }
         match forked {
             Ok(pid) => {
@@ -248,18 +397,23 @@ fn write_without_waiting(sock: &UnixStream, bytes: &[u8]) -> usize {
 
 /// The running fork server for `exe` and `artifact`, started if needed (then idle servers
 /// past [`MAX_IDLE_SERVERS`] are stopped, the least recently used first).
-fn server_for(servers: &ForkServers, exe: &Path, artifact: &Path) -> io::Result<Arc<ForkServer>> {
-    let mut servers = lock(&servers.servers);
+fn server_for(all: &ForkServers, exe: &Path, artifact: &Path) -> io::Result<Arc<ForkServer>> {
+    let mut state = lock(&all.shared.state);
+    if state.closed {
+        return Err(io::Error::other("the runtime is shutting down"));
+    }
+    let servers = &mut state.servers;
     servers.retain(|s| !s.gone.load(Ordering::SeqCst));
     if let Some(s) = servers
         .iter()
         .find(|s| s.exe == exe && s.artifact == artifact)
     {
-        *lock(&s.used) = std::time::Instant::now();
-        lock(&s.exits).pending += 1;
+        *lock(&s.used) = Instant::now();
+        s.claim();
         return Ok(s.clone());
     }
-    stop_idle(&mut servers, MAX_IDLE_SERVERS.saturating_sub(1));
+    stop_idle(servers, MAX_IDLE_SERVERS.saturating_sub(1));
+    all.start_reaper()?;
     let (host_end, server_end) = fdpass::pair()?;
     let child = crate::spawn::exec_worker(exe, server_end, Some(FORKSERVER_ARG))?;
     let (tx, rx) = sync_channel(16);
@@ -267,7 +421,8 @@ fn server_for(servers: &ForkServers, exe: &Path, artifact: &Path) -> io::Result<
         pid: child.id(),
         exe: exe.to_path_buf(),
         artifact: artifact.to_path_buf(),
-        used: Mutex::new(std::time::Instant::now()),
+        used: Mutex::new(Instant::now()),
+        reaper: Arc::downgrade(&all.shared),
         ctrl: Arc::new(host_end),
         replies: Mutex::new(rx),
         next: AtomicU64::new(1),
@@ -279,7 +434,7 @@ fn server_for(servers: &ForkServers, exe: &Path, artifact: &Path) -> io::Result<
     std::thread::Builder::new()
         .name(format!("wasmpool-forkserver-{}", child.id()))
         .spawn(move || watched.read_reports(child, tx))?;
-    lock(&server.exits).pending += 1;
+    server.claim();
     servers.push(server.clone());
     Ok(server)
 }
@@ -288,7 +443,7 @@ fn server_for(servers: &ForkServers, exe: &Path, artifact: &Path) -> io::Result<
 /// one meanwhile (it was found, but not yet asked) fails as from a server that died, and is
 /// asked of a new one.
 fn stop_idle(servers: &mut Vec<Arc<ForkServer>>, keep: usize) {
-    let mut idle: Vec<(std::time::Instant, usize)> = servers
+    let mut idle: Vec<(Instant, usize)> = servers
         .iter()
         .enumerate()
         .filter(|(_, s)| s.is_idle())
@@ -309,6 +464,22 @@ impl ForkServer {
     fn is_idle(&self) -> bool {
         let exits = lock(&self.exits);
         exits.live == 0 && exits.pending == 0
+    }
+
+    /// Counts a fork request on its way to it (it is not idle until answered).
+    fn claim(&self) {
+        let mut exits = lock(&self.exits);
+        exits.pending += 1;
+        exits.settle();
+    }
+
+    /// Tells its reaper it has become idle (called without its `exits` locked).
+    fn wake_reaper(&self) {
+        if let Some(shared) = self.reaper.upgrade() {
+            // Under the lock the reaper decides under, so the wake-up is not lost.
+            let _state = lock(&shared.state);
+            shared.wake.notify_all();
+        }
     }
 
     /// Takes it out of use and makes it leave (it leaves when its socket shuts; its workers,
@@ -379,7 +550,10 @@ impl ForkServer {
             };
             match postcard::from_bytes::<FromForkServer>(&buf[..n]) {
                 Ok(FromForkServer::Forked { id, pid }) => {
-                    lock(&self.exits).live += 1;
+                    let mut exits = lock(&self.exits);
+                    exits.live += 1;
+                    exits.settle();
+                    drop(exits);
                     let _ = replies.try_send(Reply::Forked(id, pid));
                 }
                 Ok(FromForkServer::Failed { id, message }) => {
@@ -389,8 +563,12 @@ impl ForkServer {
                     let mut exits = lock(&self.exits);
                     exits.statuses.insert(pid, status);
                     exits.live = exits.live.saturating_sub(1);
+                    let idle = exits.settle();
                     drop(exits);
                     self.exited.notify_all();
+                    if idle {
+                        self.wake_reaper();
+                    }
                 }
                 Err(_) => break true,
             }

@@ -61,7 +61,9 @@ mod worker;
 
 pub use broker::{DEFAULT_MAX_MESSAGE_BYTES, set_max_message_bytes};
 pub use error::{Error, Result};
-pub use fork_client::{StartMethod, set_start_method, start_method};
+pub use fork_client::{
+    DEFAULT_FORK_SERVER_IDLE_TIMEOUT, StartMethod, set_start_method, start_method,
+};
 pub use function_cache::CompileStats;
 pub use grants::Grants;
 pub use manager::Manager;

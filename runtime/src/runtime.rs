@@ -20,7 +20,7 @@ use wasmpool_objects::wire::{Handle, ObjectError, Request, Response};
 use crate::broker::Broker;
 use crate::engine::Engines;
 use crate::error::{Error, Result};
-use crate::fork_client::{ForkServers, StartMethod};
+use crate::fork_client::{DEFAULT_FORK_SERVER_IDLE_TIMEOUT, ForkServers, StartMethod};
 use crate::manager::Manager;
 use crate::module::{BuildOptions, Module};
 use crate::process::{ChildInfo, Processes};
@@ -106,6 +106,7 @@ pub struct RuntimeBuilder {
     worker_exe: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     frame_stall: Duration,
+    fork_server_idle: Duration,
 }
 
 impl Default for RuntimeBuilder {
@@ -117,6 +118,7 @@ impl Default for RuntimeBuilder {
             worker_exe: None,
             cache_dir: None,
             frame_stall: DEFAULT_FRAME_STALL,
+            fork_server_idle: DEFAULT_FORK_SERVER_IDLE_TIMEOUT,
         }
     }
 }
@@ -161,6 +163,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a fork server may go without live workers or fork requests before it is
+    /// stopped (default 60 s; `Duration::MAX`: never). A server holds its module loaded (a
+    /// Python component's, ~100 MB); one stopped is started again by the next worker of
+    /// its module, which then pays for its start (an exec and a load) once. A server with
+    /// live workers, a module's warm spare among them, is never stopped.
+    pub fn fork_server_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.fork_server_idle = timeout;
+        self
+    }
+
     /// Makes the runtime. Fails only when this process has made 16 million runtimes.
     pub fn build(self) -> Result<Runtime> {
         static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
@@ -186,7 +198,7 @@ impl RuntimeBuilder {
             broker: broker.clone(),
             start_method: AtomicU8::new(method_code(self.start_method)),
             worker_exe: Mutex::new(self.worker_exe),
-            fork_servers: ForkServers::default(),
+            fork_servers: ForkServers::new(self.fork_server_idle),
             processes: Processes::default(),
             engines: Engines::new(&cache_dir),
             cache_dir,
@@ -282,6 +294,18 @@ impl Runtime {
         self.inner
             .frame_stall_ms
             .store(stall_ms(limit), Ordering::Relaxed);
+    }
+
+    /// Sets how long this runtime's fork servers may stay idle before they are stopped (see
+    /// [`RuntimeBuilder::fork_server_idle_timeout`]); a server idle already counts from when
+    /// it became idle.
+    pub fn set_fork_server_idle_timeout(&self, timeout: Duration) {
+        self.inner.fork_servers.set_idle_timeout(timeout);
+    }
+
+    /// How long this runtime's fork servers may stay idle before they are stopped.
+    pub fn fork_server_idle_timeout(&self) -> Duration {
+        self.inner.fork_servers.idle_timeout()
     }
 
     /// Where this runtime keeps compiled artifacts.
