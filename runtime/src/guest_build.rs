@@ -109,9 +109,9 @@ impl BuildOptions {
     /// time limit, code that checks the clock (so wasm stops at its deadline); with a fuel
     /// limit, code that counts fuel; otherwise (the default) the fastest code, without
     /// either. A module compiles the code of another kind too, the first time a pool or
-    /// process of that kind asks for it; this only saves that second compile (about 30
-    /// CPU-seconds for a Python component's first) for a module that is only ever run with
-    /// such limits, as `wasmpool run --timeout` runs one.
+    /// process of that kind asks for it; this only saves that second compile (~10
+    /// CPU-seconds here for a Python component's first) for a module that is only ever run
+    /// with such limits, as `wasmpool run --timeout` runs one.
     ///
     /// ```no_run
     /// use std::time::Duration;

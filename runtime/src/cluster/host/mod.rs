@@ -1628,6 +1628,11 @@ impl Streams {
         let filled = |s: &Arc<str>| got.iter().filter(|e| e.0 == *s).count() >= read.count;
         self.backlog = !got.is_empty()
             && (got.len() >= read.room || read.streams.iter().chain(&read.redo).any(filled));
+        if read.block && !self.backlog {
+            // A wait that came back with less than every stream could give found them all
+            // drained: the next read waits again, without a claim script first.
+            self.idle = self.idle.max(read.streams.len());
+        }
         charges
     }
 }
@@ -1879,6 +1884,15 @@ mod tests {
             !s.next_read(1, &[]).unwrap().block,
             "claiming something starts the turns again"
         );
+        // A wait that gives less than any stream's share: they were all drained, so the
+        // next read waits again, with no claim script in between.
+        let read = s.next_read(6, &[]).unwrap();
+        s.read(&read, &[], false);
+        let read = s.next_read(18, &[]).unwrap();
+        assert_eq!((read.count, read.block), (3, true));
+        s.read(&read, &got(b, 2), false);
+        let read = s.next_read(18, &[]).unwrap();
+        assert!(read.block && !read.script, "{read:?}");
     }
 
     #[test]
