@@ -167,6 +167,38 @@ fn an_all_tenants_host_takes_turns_so_a_tenants_backlog_does_not_starve_another(
     });
 }
 
+/// Queues a backlog of `sleep_ms` chunks for each of two tenants, `(tenant, chunks, ms)`,
+/// before any host claims, then starts one `--all-tenants` host with one slot: answers how
+/// many of the second's were done when the first's were all done, and the host's log. Every
+/// result is checked.
+fn second_done_when_first_is(
+    redis: &RedisServer,
+    first: (&str, usize, u64),
+    second: (&str, usize, u64),
+) -> (usize, String) {
+    let backlog = |(tenant, n, ms): (&str, usize, u64)| {
+        let pool = tenant_pool(redis, tenant, 0);
+        let work: Vec<_> = (0..n)
+            .map(|_| pool.apply_async::<_, u64>("sleep_ms", &(ms,)).unwrap())
+            .collect();
+        (pool, work, ms)
+    };
+    let (_a, first_work, first_ms) = backlog(first);
+    let (_b, second_work, second_ms) = backlog(second);
+    let host = WorkerHost::start_with(redis, 1, &["--all-tenants"]);
+    for r in &first_work {
+        r.wait();
+    }
+    let done = second_work.iter().filter(|r| r.ready()).count();
+    let log = host.log();
+    for (work, ms) in [(first_work, first_ms), (second_work, second_ms)] {
+        for r in work {
+            assert_eq!(r.get().unwrap(), ms);
+        }
+    }
+    (done, log)
+}
+
 #[test]
 fn an_all_tenants_host_shares_its_claims_by_the_tenants_weights() {
     within(Duration::from_secs(240), || {
@@ -174,30 +206,14 @@ fn an_all_tenants_host_shares_its_claims_by_the_tenants_weights() {
         wasmpool::cluster::set_tenant_weight(&redis.url(), "heavy", 3).unwrap();
         let err = wasmpool::cluster::set_tenant_weight(&redis.url(), "heavy", 0).unwrap_err();
         assert!(err.to_string().contains("weight is from 1"), "{err}");
-        let heavy = tenant_pool(&redis, "heavy", 0);
-        let light = tenant_pool(&redis, "light", 0);
-        // Both backlogs are queued before any host claims: 60 chunks of 20 ms each, for
-        // one host with one slot.
-        let heavy_work: Vec<_> = (0..60)
-            .map(|_| heavy.apply_async::<_, u64>("sleep_ms", &(20u64,)).unwrap())
-            .collect();
-        let light_work: Vec<_> = (0..60)
-            .map(|_| light.apply_async::<_, u64>("sleep_ms", &(20u64,)).unwrap())
-            .collect();
-        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
-        for r in &heavy_work {
-            r.wait();
-        }
-        // Taken in turn, about 60 of light's would be done by now; by weight, about 20.
-        let light_done = light_work.iter().filter(|r| r.ready()).count();
+        // 60 chunks of 20 ms each.
+        let (light_done, log) =
+            second_done_when_first_is(&redis, ("heavy", 60, 20), ("light", 60, 20));
+        // Taken in turn, about 60 of light's would be done by then; by weight, about 20.
         assert!(
             (5..=40).contains(&light_done),
-            "when heavy (weight 3) was done, light (weight 1) had {light_done} of 60 done: {}",
-            host.log()
+            "when heavy (weight 3) was done, light (weight 1) had {light_done} of 60 done: {log}"
         );
-        for r in light_work {
-            assert_eq!(r.get().unwrap(), 20);
-        }
     });
 }
 
@@ -209,32 +225,16 @@ fn an_all_tenants_host_shares_its_workers_time_by_the_tenants_weights() {
     within(Duration::from_secs(240), || {
         let redis = RedisServer::start();
         wasmpool::cluster::set_tenant_weight(&redis.url(), "long", 2).unwrap();
-        let long = tenant_pool(&redis, "long", 0);
-        let short = tenant_pool(&redis, "short", 0);
-        // Both backlogs queued before any host claims, for one host with one slot: 20
-        // chunks of 100 ms, 150 of 10 ms.
-        let long_work: Vec<_> = (0..20)
-            .map(|_| long.apply_async::<_, u64>("sleep_ms", &(100u64,)).unwrap())
-            .collect();
-        let short_work: Vec<_> = (0..150)
-            .map(|_| short.apply_async::<_, u64>("sleep_ms", &(10u64,)).unwrap())
-            .collect();
-        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
-        for r in &long_work {
-            r.wait();
-        }
+        // 20 chunks of 100 ms, 150 of 10 ms.
+        let (short_done, log) =
+            second_done_when_first_is(&redis, ("long", 20, 100), ("short", 150, 10));
         // By time, long's 2 s are two thirds: short had 1 s, about 100 of its chunks. By
         // chunks, two of long's for one of short's: about 10.
-        let short_done = short_work.iter().filter(|r| r.ready()).count();
         assert!(
             short_done >= 50,
             "when long (weight 2, 100 ms chunks) was done, short (weight 1, 10 ms chunks) had \
-             {short_done} of 150 done: {}",
-            host.log()
+             {short_done} of 150 done: {log}"
         );
-        for r in short_work {
-            assert_eq!(r.get().unwrap(), 10);
-        }
     });
 }
 
@@ -245,36 +245,17 @@ fn an_all_tenants_host_shares_its_workers_time_by_the_tenants_weights() {
 fn an_all_tenants_host_shares_its_workers_time_equally_between_tenants_of_equal_weights() {
     within(Duration::from_secs(120), || {
         let redis = RedisServer::start();
-        let long = tenant_pool(&redis, "long", 0);
-        let short = tenant_pool(&redis, "short", 0);
-        // Both backlogs queued before any host claims, for one host with one slot: 10
-        // chunks of 100 ms, 200 of 10 ms.
-        let long_work: Vec<_> = (0..10)
-            .map(|_| long.apply_async::<_, u64>("sleep_ms", &(100u64,)).unwrap())
-            .collect();
-        let short_work: Vec<_> = (0..200)
-            .map(|_| short.apply_async::<_, u64>("sleep_ms", &(10u64,)).unwrap())
-            .collect();
-        let host = WorkerHost::start_with(&redis, 1, &["--all-tenants"]);
-        for r in &long_work {
-            r.wait();
-        }
+        // 10 chunks of 100 ms, 200 of 10 ms.
+        let (short_done, log) =
+            second_done_when_first_is(&redis, ("long", 10, 100), ("short", 200, 10));
         // By time, long's 1 s is half: short had about 1 s too, about 100 of its chunks. By
         // chunks, one of long's for one of short's: about 10. Nor did short take the host:
         // long was served meanwhile, not after all of short's.
-        let short_done = short_work.iter().filter(|r| r.ready()).count();
         assert!(
             (40..=170).contains(&short_done),
             "when long (100 ms chunks) was done, short (10 ms chunks, the same weight) had \
-             {short_done} of 200 done: {}",
-            host.log()
+             {short_done} of 200 done: {log}"
         );
-        for r in short_work {
-            assert_eq!(r.get().unwrap(), 10);
-        }
-        for r in long_work {
-            assert_eq!(r.get().unwrap(), 100);
-        }
     });
 }
 
