@@ -34,13 +34,7 @@ impl WorkerHost {
         let dir = TempDir::new("host");
         let log = dir.0.join("stderr");
         let child = cli()
-            .args([
-                "worker",
-                "--join",
-                url,
-                "--slots",
-                &slots.to_string(),
-            ])
+            .args(["worker", "--join", url, "--slots", &slots.to_string()])
             .args(extra)
             .env("WASMPOOL_LOG", "info")
             .stdin(Stdio::null())
@@ -521,11 +515,7 @@ fn a_user_kept_to_wasmpools_keys_by_an_acl_connects_and_runs_a_map() {
         let build = || Pool::builder(&testkit()).cluster(&url).build();
 
         // Another version's layout key where this user may read: refused.
-        assert!(
-            redis
-                .command("SET {wasmpool}:layout v1")
-                .starts_with("+OK")
-        );
+        assert!(redis.command("SET {wasmpool}:layout v1").starts_with("+OK"));
         let e = build().unwrap_err();
         assert!(e.to_string().contains("another version of wasmpool"), "{e}");
         assert!(redis.command("DEL {wasmpool}:layout").starts_with(":1"));

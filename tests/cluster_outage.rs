@@ -93,7 +93,8 @@ fn a_submit_fails_clearly_when_redis_does_not_come_back_in_time() {
             .unwrap();
         let e = run.get_timeout(Duration::from_secs(60)).unwrap_err();
         assert!(
-            e.to_string().contains("cannot reach Redis") || e.to_string().contains("did not answer"),
+            e.to_string().contains("cannot reach Redis")
+                || e.to_string().contains("did not answer"),
             "{e}"
         );
     });

@@ -34,7 +34,9 @@
 //! {wasmpool}:v3:job:<job>         HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
 //!                                        (attempt), lost, or `x` cancelled; g:<chunk>
 //!                                        the attempt a host declared dead gave back;
-//!                                        expires (the result TTL)
+//!                                        s:<chunk> its entry's id, set as it is added
+//!                                        (SUBMIT: never added twice); expires (the
+//!                                        result TTL)
 //! {wasmpool}:v3:results:<client>  LIST   committed chunks for one submitting pool; expires
 //! {wasmpool}:v3:module:<sha256>   STRING the component's bytes (SET NX); expires, refreshed
 //! {wasmpool}:v3:hosts             ZSET   host -> lease expiry (ms, Redis server time)
