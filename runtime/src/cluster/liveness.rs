@@ -185,7 +185,7 @@ pub(crate) fn beat_loop(
                             .arg(keys.prefix())
                             .arg(result_ttl.as_millis() as u64)
                             .arg(1000)
-                            .arg(u8::from(passes % SWEEP_EVERY == 0))
+                            .arg(u8::from(passes.is_multiple_of(SWEEP_EVERY)))
                             .invoke(c);
                         passes = passes.wrapping_add(1);
                         match reaped {
