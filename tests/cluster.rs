@@ -26,16 +26,15 @@ impl WorkerHost {
 
     /// As [`start`](WorkerHost::start), with more flags (`--tenant T`, `--all-tenants`).
     pub(crate) fn start_with(redis: &RedisServer, slots: usize, extra: &[&str]) -> WorkerHost {
+        WorkerHost::join(&redis.url(), slots, extra)
+    }
+
+    /// As [`start_with`](WorkerHost::start_with), joined to `url` (a user's, say).
+    pub(crate) fn join(url: &str, slots: usize, extra: &[&str]) -> WorkerHost {
         let dir = TempDir::new("host");
         let log = dir.0.join("stderr");
         let child = cli()
-            .args([
-                "worker",
-                "--join",
-                &redis.url(),
-                "--slots",
-                &slots.to_string(),
-            ])
+            .args(["worker", "--join", url, "--slots", &slots.to_string()])
             .args(extra)
             .env("WASMPOOL_LOG", "info")
             .stdin(Stdio::null())
@@ -496,6 +495,44 @@ fn a_redis_holding_another_versions_keys_is_refused() {
                 .unwrap();
             crate::util::assert_cli_error(&out, 2, "another version of wasmpool");
         }
+    });
+}
+
+/// Under an ACL that keeps its user to wasmpool's keys (`~{wasmpool}:*`), a pool and a host
+/// connect and run work: the look for an older layout's key, which that user may not read
+/// (`NOPERM`), is skipped; this layout's key is checked all the same.
+#[test]
+fn a_user_kept_to_wasmpools_keys_by_an_acl_connects_and_runs_a_map() {
+    within(Duration::from_secs(90), || {
+        let redis = RedisServer::start();
+        let reply = redis.command(
+            "ACL SETUSER pool on >secret resetkeys ~{wasmpool}:* resetchannels +@all -@dangerous",
+        );
+        assert!(reply.starts_with("+OK"), "{reply}");
+        let denied = redis.command("AUTH pool secret\r\nGET wasmpool:layout");
+        assert!(denied.contains("NOPERM"), "{denied}");
+        let url = format!("redis://pool:secret@127.0.0.1:{}", redis.port);
+        let build = || Pool::builder(&testkit()).cluster(&url).build();
+
+        // Another version's layout key where this user may read: refused.
+        assert!(redis.command("SET {wasmpool}:layout v1").starts_with("+OK"));
+        let e = build().unwrap_err();
+        assert!(e.to_string().contains("another version of wasmpool"), "{e}");
+        assert!(redis.command("DEL {wasmpool}:layout").starts_with(":1"));
+
+        let host = WorkerHost::join(&url, 2, &[]);
+        let pool = build().unwrap_or_else(|e| panic!("a pool as the ACL's user: {e}"));
+        wait_for_hosts(&pool, 1);
+        let squares: Vec<u64> = pool
+            .map("square", 0..100u64)
+            .unwrap_or_else(|e| panic!("a map as the ACL's user: {e}; {}", host.log()));
+        assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+        assert_eq!(pool.apply::<_, i64>("add", &(2, 3)).unwrap(), 5);
+        let m = pool.manager().unwrap();
+        let d = m.dict::<String, i64>().unwrap();
+        pool.starmap::<_, ()>("atomic_increments", (0..2).map(|_| (d.clone(), 5u64)))
+            .unwrap();
+        assert_eq!(d.get(&"count".to_string()).unwrap(), Some(10));
     });
 }
 

@@ -109,7 +109,7 @@ fn info_field(node: &RedisServer, section: &str, field: &str) -> i64 {
 
 /// How many entries were ever added to the untenanted task stream (on the node that holds
 /// it).
-fn entries_added(node: &RedisServer) -> i64 {
+pub(crate) fn entries_added(node: &RedisServer) -> i64 {
     let reply = node.command("XINFO STREAM {wasmpool}:v3:tasks");
     let mut lines = reply.lines().map(str::trim_end);
     lines
@@ -123,7 +123,8 @@ fn entries_added(node: &RedisServer) -> i64 {
 /// A failover: the master that serves wasmpool's slot is killed (SIGKILL) while a map runs,
 /// and its replica is promoted. The pool, the host and a manager, all named another
 /// master's URL (which then says where the slot went), follow it there: every result comes,
-/// in order, what was written before is kept, and the pool carries on.
+/// in order (those of a map submitted while the master is down too), what was written
+/// before is kept, and the pool carries on.
 #[test]
 fn a_map_and_shared_objects_carry_on_across_a_failover_of_the_slots_master() {
     within(Duration::from_secs(120), || {
@@ -173,6 +174,17 @@ fn a_map_and_shared_objects_carry_on_across_a_failover_of_the_slots_master() {
         assert!(!run.ready(), "the map was done before the failover");
         redis.nodes[owner].kill();
         let killed = Instant::now();
+        // A map submitted with the master dead, before its replica is promoted: the sender
+        // waits for the new master rather than failing the chunks.
+        let during = pool
+            .map_async::<_, u64>("square", 0..100u64, Some(3))
+            .unwrap();
+        assert!(
+            redis.nodes[replica]
+                .command("INFO replication")
+                .contains("role:slave"),
+            "the replica was promoted before the submit"
+        );
 
         // Until the replica is promoted an object's operation fails as unavailable (worth
         // trying again), never as refused, naming the node it cannot reach (not the URL's,
@@ -207,6 +219,10 @@ fn a_map_and_shared_objects_carry_on_across_a_failover_of_the_slots_master() {
             .get()
             .unwrap_or_else(|e| panic!("the map across the failover: {e}; {}", host.log()));
         assert_eq!(got, items);
+        let got = during
+            .get()
+            .unwrap_or_else(|e| panic!("the map submitted in the failover: {e}; {}", host.log()));
+        assert_eq!(got, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
         let s = pool.stats().unwrap();
         assert_eq!(s.lost, 0, "{s:?}");
 

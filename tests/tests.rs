@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_executor;
 mod cluster_grants;
 mod cluster_objects;
+mod cluster_outage;
 mod cluster_parity;
 mod cluster_redis_cluster;
 mod cluster_run;

@@ -193,6 +193,13 @@ impl RedisServer {
     /// restarted without persistence.
     pub fn restart(&mut self) {
         self.kill();
+        self.start_again();
+    }
+
+    /// Starts the server again on its port, after a [`kill`](RedisServer::kill), and waits
+    /// until it answers: with no data, or with what a `SAVE` before the kill wrote in its
+    /// directory (a Redis restarted with its data, as persistence would keep it).
+    pub fn start_again(&mut self) {
         let bin = redis_server_binary();
         let mut child = spawn(&bin, self.port, &self.dir.0, &self.extra);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -204,6 +211,15 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
+    }
+
+    /// Sends `sig` to the server (`SIGSTOP`: it answers nothing, its connections stay open,
+    /// until `SIGCONT`).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: a signal to a child process of this test.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
     }
 
     /// Kills the server now (SIGKILL) and waits for it.

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 
 use super::keys::{Keys, check_layout, check_tenant, register_tenant};
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
-use super::reconnect::with_connection;
+use super::reconnect::{with_connection, with_connection_waiting};
+use super::scripts::SUBMIT;
 use super::wire::{BadRecord, ChunkSpec, Record, WorkerSetup, parse_record};
 use super::{CANCELLED, connect, redis_error, sha256_hex};
 use crate::error::{Error, Result};
@@ -186,6 +187,7 @@ impl ClusterBuilder {
             result_ttl: self.result_ttl,
             redis_timeout: self.redis_timeout,
             con: Mutex::new(Some(con)),
+            submit_script: redis::Script::new(SUBMIT),
             jobs: Mutex::new(Jobs::default()),
             outbox: Mutex::new(Vec::new()),
             outbox_ready: Condvar::new(),
@@ -395,13 +397,16 @@ struct Inner {
     redis_timeout: Duration,
     /// The connection submissions use (`None` after it failed, until the next one).
     con: Mutex<Option<redis::Connection>>,
+    /// Adds a chunk to the task stream once ([`SUBMIT`]).
+    submit_script: redis::Script,
     jobs: Mutex<Jobs>,
     /// Chunks submitted and not yet sent.
     outbox: Mutex<Vec<Outgoing>>,
     outbox_ready: Condvar,
     /// Held by the sender from taking a batch out of the outbox until its entries are
     /// recorded (or its chunks failed), and by a cancel of queued work: which so finds each
-    /// chunk either still in the outbox or with its entry known, never on its way.
+    /// chunk either still in the outbox or with its entry known, never on its way (a cancel
+    /// so waits while the sender waits for a lost Redis, at most the Redis timeout).
     sending: Mutex<()>,
     /// Notified when a job is forgotten (every chunk answered).
     changed: Condvar,
@@ -439,6 +444,24 @@ impl Inner {
         f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         with_connection(&mut self.lock_con(), &self.url, doing, f)
+    }
+
+    /// As [`with_con`](Inner::with_con), and while Redis cannot be reached (down,
+    /// restarting, a Redis Cluster failing over) `f` is tried again, for up to the pool's
+    /// Redis timeout, as the result reader waits ([`with_connection_waiting`]).
+    fn with_con_waiting<T>(
+        &self,
+        doing: &str,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        with_connection_waiting(
+            &self.con,
+            &self.url,
+            doing,
+            self.redis_timeout,
+            &self.stop,
+            f,
+        )
     }
 
     /// Queues `parts` (first item, items) of `job` for the sender, which sends them to the
@@ -572,8 +595,9 @@ impl Inner {
 
     /// Fails the chunks of a batch that could not be sent.
     fn not_sent(&self, batch: &[Outgoing], e: &Error) {
-        // Whether any entry went out is unknown: the chunks fail here, so that nothing
-        // waits on them (a result that comes anyway is ignored).
+        // Redis did not come back within the Redis timeout (or refused): whether any entry
+        // went out is unknown, so the chunks fail here, so that nothing waits on them (a
+        // result that comes anyway is ignored).
         let mut jobs = self.lock_jobs();
         for out in batch {
             if let Some(running) = jobs.by_id.get_mut(&out.id) {
@@ -592,9 +616,15 @@ impl Inner {
     }
 
     /// Sends queued chunks, one stream entry each, in one pipeline; returns their entries'
-    /// ids (`None` for the chunks of a job cancelled before they went out).
+    /// ids (`None` for the chunks of a job cancelled before they went out). While Redis
+    /// cannot be reached it tries again, for up to the Redis timeout; each chunk is added
+    /// by [`SUBMIT`], once, however many times it is sent (a pipeline whose connection broke
+    /// may or may not have run).
     fn send(&self, batch: &[Outgoing]) -> Result<Vec<Vec<Option<String>>>> {
         let mut pipe = redis::pipe();
+        // Loaded for each batch: a Redis restarted, or a new master, has lost its scripts.
+        pipe.load_script(&self.submit_script).ignore();
+        let ttl = self.result_ttl.as_millis() as u64;
         let tasks = &self.tasks_key;
         let mut sent = 0;
         let mut skipped = Vec::with_capacity(batch.len());
@@ -616,13 +646,16 @@ impl Inner {
                 };
                 let payload = postcard::to_stdvec(&spec)
                     .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
-                pipe.cmd("XADD")
-                    .arg(tasks)
-                    .arg("*")
+                let chunk = out.first_chunk + i as u32;
+                let mut add = self.submit_script.prepare_invoke();
+                add.key(tasks)
+                    .key(self.keys.job(&out.id))
+                    .arg(chunk)
+                    .arg(ttl)
                     .arg("j")
                     .arg(&out.id)
                     .arg("c")
-                    .arg(out.first_chunk + i as u32)
+                    .arg(chunk)
                     .arg("a")
                     .arg(0)
                     .arg("r")
@@ -630,16 +663,18 @@ impl Inner {
                     .arg("n")
                     .arg(job.opts.retries)
                     .arg("t")
-                    .arg(self.result_ttl.as_millis() as u64)
+                    .arg(ttl)
                     .arg("p")
                     .arg(payload);
+                pipe.invoke_script(&add);
                 sent += 1;
             }
         }
         pipe.cmd("EXPIRE")
             .arg(self.keys.module(&self.sha))
             .arg(MODULE_TTL.as_secs());
-        let replies = self.with_con("submitting chunks", |c| pipe.query::<Vec<redis::Value>>(c))?;
+        let replies =
+            self.with_con_waiting("submitting chunks", |c| pipe.query::<Vec<redis::Value>>(c))?;
         let kept = matches!(replies.get(sent), Some(redis::Value::Int(1)));
         let mut ids = replies.into_iter().take(sent).map(|v| match v {
             redis::Value::BulkString(b) => String::from_utf8(b).ok(),
@@ -660,7 +695,7 @@ impl Inner {
         if !kept {
             // The module expired (a pool idle for a day): store it again.
             let bytes = self.module.bytes()?;
-            self.with_con("storing the module", |c| {
+            self.with_con_waiting("storing the module", |c| {
                 redis::cmd("SET")
                     .arg(self.keys.module(&self.sha))
                     .arg(bytes)

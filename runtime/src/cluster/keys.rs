@@ -34,7 +34,9 @@
 //! {wasmpool}:v3:job:<job>         HASH   a:<chunk> attempt (absent = 0), d:<chunk> committed
 //!                                        (attempt), lost, or `x` cancelled; g:<chunk>
 //!                                        the attempt a host declared dead gave back;
-//!                                        expires (the result TTL)
+//!                                        s:<chunk> its entry's id, set as it is added
+//!                                        (SUBMIT: never added twice); expires (the
+//!                                        result TTL)
 //! {wasmpool}:v3:results:<client>  LIST   committed chunks for one submitting pool; expires
 //! {wasmpool}:v3:module:<sha256>   STRING the component's bytes (SET NX); expires, refreshed
 //! {wasmpool}:v3:hosts             ZSET   host -> lease expiry (ms, Redis server time)
@@ -55,7 +57,7 @@
 //! {wasmpool}:v3:holders           SET    the hosts that hold any
 //! ```
 
-use redis::Connection;
+use redis::{Connection, ErrorKind, ServerErrorKind};
 
 use super::redis_error;
 use crate::error::{Error, Result};
@@ -231,12 +233,21 @@ impl Keys {
 /// group exist.
 pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Result<()> {
     // An older layout's keys: on a Redis Cluster that key may hash to another node, which
-    // an older wasmpool (it ran on no cluster) cannot have used.
+    // an older wasmpool (it ran on no cluster) cannot have used. A user whose ACL keeps it
+    // to this layout's keys (`~{wasmpool}:*`) may not read it (`NOPERM`): the check is
+    // skipped then, as that user can neither read nor write the older layout's keys, nor
+    // so mix its work with theirs; this layout's own key is checked all the same.
     let old: redis::RedisResult<Option<String>> = redis::cmd("GET").arg(OLD_LAYOUT_KEY).query(con);
     match old {
         Ok(Some(v)) => return Err(other_version(url, OLD_LAYOUT_KEY, &format!("{v:?}"))),
         Ok(None) => {}
         Err(e) if e.code() == Some("MOVED") || e.code() == Some("ASK") => {}
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
+            tracing::debug!(
+                "cluster: the user may not read `{OLD_LAYOUT_KEY}` ({e}): an older layout's \
+                 keys are not looked for"
+            );
+        }
         Err(e) => return Err(redis_error(url, "reading the key layout", e)),
     }
     let _: Option<String> = redis::cmd("SET")

@@ -191,10 +191,17 @@ pub(crate) fn redis_error(url: &str, doing: &str, e: redis::RedisError) -> Error
 /// credentials. After a failover or a slot's move, commands there fail (`MOVED`) and the
 /// caller connects again, as after any lost connection.
 pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
+    connect_or_lost(url).map_err(|(e, _)| e)
+}
+
+/// As [`connect`], its error told apart: `true` when Redis could not be reached (see
+/// [`unreachable`]), worth trying again; `false` when the URL is bad or Redis refused.
+pub(crate) fn connect_or_lost(url: &str) -> Result<redis::Connection, (Error, bool)> {
     let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
-        Error::Cluster(format!(
+        let e = Error::Cluster(format!(
             "`{url}` is not a Redis URL (redis://HOST:PORT): {e}"
-        ))
+        ));
+        (e, false)
     })?;
     let mut con = open(info.clone(), url)?;
     let (url_host, url_port) = match info.addr() {
@@ -233,18 +240,23 @@ pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
     open(info.set_addr(addr), &at)
 }
 
-fn open(info: redis::ConnectionInfo, url: &str) -> crate::Result<redis::Connection> {
+fn open(info: redis::ConnectionInfo, url: &str) -> Result<redis::Connection, (Error, bool)> {
     let client = redis::Client::open(info).map_err(|e| {
-        Error::Cluster(format!(
+        let e = Error::Cluster(format!(
             "`{url}` is not a Redis URL (redis://HOST:PORT): {e}"
-        ))
+        ));
+        (e, false)
     })?;
+    let lost = |e: redis::RedisError| {
+        let lost = unreachable(&e);
+        (redis_error(url, "connecting", e), lost)
+    };
     let con = client
         .get_connection_with_timeout(CONNECT_TIMEOUT)
-        .map_err(|e| redis_error(url, "connecting", e))?;
+        .map_err(lost)?;
     con.set_read_timeout(Some(COMMAND_TIMEOUT))
         .and_then(|()| con.set_write_timeout(Some(COMMAND_TIMEOUT)))
-        .map_err(|e| redis_error(url, "connecting", e))?;
+        .map_err(lost)?;
     Ok(con)
 }
 

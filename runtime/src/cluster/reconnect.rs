@@ -4,9 +4,13 @@
 //! serves the layout's slot (`MOVED`, `ASK`: a Redis Cluster's failover or reshard;
 //! [`connect`] goes to the node that serves it now).
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use redis::{ErrorKind, ServerErrorKind};
 
-use super::{connect, redis_error};
+use super::{connect_or_lost, redis_error, unreachable};
 use crate::error::{Error, Result};
 
 /// Whether `e` says the connection's node no longer serves the slot of the keys (the
@@ -35,24 +39,76 @@ pub(crate) fn with_connection<T>(
     con: &mut Option<redis::Connection>,
     url: &str,
     doing: &str,
+    f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> Result<T> {
+    attempt(con, url, doing, f).map_err(|(e, _)| e)
+}
+
+/// As [`with_connection`], and while Redis cannot be reached (down, restarting, a Redis
+/// Cluster failing over: see [`unreachable`](super::unreachable)) it tries again every
+/// [`PAUSE`], on a new connection, for up to `wait`, unless `stop` is set; the lock on
+/// `con` is not held between tries. A refusal fails at once; after `wait`, the last error,
+/// saying for how long Redis did not answer.
+pub(crate) fn with_connection_waiting<T>(
+    con: &Mutex<Option<redis::Connection>>,
+    url: &str,
+    doing: &str,
+    wait: Duration,
+    stop: &AtomicBool,
     mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
 ) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        let tried = {
+            let mut con = con.lock().unwrap_or_else(|p| p.into_inner());
+            attempt(&mut con, url, doing, &mut f)
+        };
+        match tried {
+            Ok(v) => return Ok(v),
+            Err((e, true)) if start.elapsed() < wait && !stop.load(Ordering::Relaxed) => {
+                tracing::debug!("cluster: {e}; trying again");
+                std::thread::sleep(PAUSE);
+            }
+            Err((Error::Cluster(m), true)) => {
+                return Err(Error::Cluster(format!(
+                    "{m} (tried again for {wait:?}: Redis did not come back)"
+                )));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// How long [`with_connection_waiting`] pauses between tries.
+const PAUSE: Duration = Duration::from_millis(200);
+
+/// [`with_connection`]'s work; an error says whether Redis could not be reached (`true`).
+fn attempt<T>(
+    con: &mut Option<redis::Connection>,
+    url: &str,
+    doing: &str,
+    mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> std::result::Result<T, (Error, bool)> {
     let fresh = con.is_none();
     if fresh {
-        *con = Some(connect(url)?);
+        *con = Some(connect_or_lost(url)?);
     }
     let Some(c) = con.as_mut() else {
-        return Err(Error::Cluster("no connection to Redis".into()));
+        return Err((Error::Cluster("no connection to Redis".into()), false));
+    };
+    let failed = |e: redis::RedisError| {
+        let lost = unreachable(&e);
+        (redis_error(url, doing, e), lost)
     };
     match f(c) {
         Ok(v) => Ok(v),
         Err(e) => {
             *con = None;
             if !retried(&e, fresh) {
-                return Err(redis_error(url, doing, e));
+                return Err(failed(e));
             }
-            let mut c = connect(url)?;
-            let v = f(&mut c).map_err(|e| redis_error(url, doing, e))?;
+            let mut c = connect_or_lost(url)?;
+            let v = f(&mut c).map_err(failed)?;
             *con = Some(c);
             Ok(v)
         }

@@ -1,6 +1,6 @@
 //! The Lua scripts that make each cluster step one atomic step in Redis: a host's heartbeat,
 //! its claim of chunks (redelivered ones first), the fenced commit of a chunk's results, and
-//! the reaper that redelivers a dead host's chunks. Times are Redis's own (`TIME`), never a host's clock.
+//! the reaper that redelivers a dead host's chunks, and a submitter's add of a chunk, once. Times are Redis's own (`TIME`), never a host's clock.
 
 use redis::Script;
 
@@ -109,6 +109,24 @@ redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
 redis.call('HINCRBY', KEYS[4], 'committed', 1)
 return 1
+"#;
+
+/// Adds a chunk to its task stream once: its entry's id is recorded in its job's record
+/// (`s:<chunk>`), and a chunk added already is not added again, its recorded id returned.
+/// A submitter whose connection broke after sending it cannot know whether it landed, and
+/// sends it again: so it never waits twice in the stream (never runs twice, which work with
+/// retries 0 must not).
+///
+/// KEYS: the task stream, the job's record. ARGV: chunk, ttl (ms) of the job's record, then
+/// the entry's fields and values. Returns the entry's id.
+pub(crate) const SUBMIT: &str = r#"
+local sent = 's:' .. ARGV[1]
+local id = redis.call('HGET', KEYS[2], sent)
+if id then return id end
+id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('HSET', KEYS[2], sent, id)
+if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return id
 "#;
 
 /// Reclaims the chunks of hosts whose lease has expired (or that hold none), on the task
