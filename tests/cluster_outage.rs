@@ -103,3 +103,64 @@ fn a_submit_fails_clearly_when_redis_does_not_come_back_in_time() {
         );
     });
 }
+
+/// Chunks pending with a live host that it does not hold (delivered to its consumer by a
+/// claim whose reply it never got: Redis serves a blocked read when work arrives even if its
+/// client gave up on it, as after a pause past the command timeout) are found and run once
+/// its next claim fails, not left pending for ever. Here another client claims them in the
+/// host's name while the host's room is full, then every connection but its own is cut.
+#[test]
+fn chunks_pending_with_a_host_that_never_got_them_run_after_its_next_failed_claim() {
+    within(Duration::from_secs(180), || {
+        let redis = RedisServer::start();
+        let host = WorkerHost::start(&redis, 1);
+        let pool = cluster_pool(&redis, 0);
+        wait_for_hosts(&pool, 1);
+        let zrange = redis.command("ZRANGE {wasmpool}:v3:hosts 0 -1");
+        let id = zrange
+            .lines()
+            .find(|l| !l.starts_with(['*', '$']))
+            .expect("the host's id")
+            .trim()
+            .to_string();
+        // One slot: two chunks fill its room (one running, one ready) for a few seconds.
+        let blockers: Vec<_> = (0..2)
+            .map(|_| pool.apply_async::<_, u64>("sleep_ms", &(3000u64,)).unwrap())
+            .collect();
+        let pending = || crate::cluster::int_reply(&redis, "XPENDING {wasmpool}:v3:tasks hosts");
+        assert!(
+            crate::util::eventually(Duration::from_secs(30), || pending() == 2),
+            "the host did not claim both blockers: {}",
+            host.log()
+        );
+        let run = pool
+            .map_async::<_, u64>("square", 0..50u64, Some(5))
+            .unwrap();
+        assert!(
+            crate::util::eventually(Duration::from_secs(30), || crate::cluster::int_reply(
+                &redis,
+                "XLEN {wasmpool}:v3:tasks"
+            ) >= 12),
+            "the map's chunks were not added"
+        );
+        let claimed = redis.command(&format!(
+            "XREADGROUP GROUP hosts {id} COUNT 100 STREAMS {{wasmpool}}:v3:tasks >"
+        ));
+        assert!(claimed.starts_with('*'), "{claimed}");
+        assert_eq!(pending(), 12, "the ten chunks are pending with the host");
+        assert!(
+            redis
+                .command("CLIENT KILL TYPE normal SKIPME yes")
+                .starts_with(':')
+        );
+        let got = run
+            .get_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("the stranded chunks never ran: {e}; {}", host.log()));
+        assert_eq!(got, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+        for b in blockers {
+            assert_eq!(b.get_timeout(Duration::from_secs(60)).unwrap(), 3000);
+        }
+        let s = pool.stats().unwrap();
+        assert_eq!((s.committed, s.lost, s.dropped), (12, 0, 0), "{s:?}");
+    });
+}

@@ -6,7 +6,7 @@
 //! ([`HostBuilder::all_tenants`]); a host of several streams shares its workers' time
 //! between them by weight (see `Streams`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -46,6 +46,9 @@ const TENANTS_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long a claim waits for work when every stream it reads is empty, in ms.
 const CLAIM_BLOCK_MS: u64 = 500;
+/// The most entries pending with this host read back from one stream at a time when it
+/// looks for those it does not hold (more than it ever holds: its cap).
+const RECOVER_COUNT: usize = 100_000;
 
 /// How often a host holding chunks looks for those of them cancelled (one round trip for
 /// all of them): how soon a cancelled chunk running here is stopped.
@@ -265,6 +268,10 @@ struct HostInner {
     liveness: Arc<Liveness>,
     /// Chunks claimed and not yet committed.
     inflight: Mutex<usize>,
+    /// The entries it holds (stream, entry id), from claim until their commit went
+    /// through: what a claim whose reply was lost is told apart by (see `recover_pending`).
+    /// One whose commit gave up stays here: it never runs again on this host.
+    held: Mutex<HashSet<(Arc<str>, String)>>,
     room: Condvar,
     /// How long a chunk takes from claim to result, lately (seconds; `None` before one has).
     recent: Mutex<Option<f64>>,
@@ -382,6 +389,7 @@ impl Host {
             stop: stop.clone(),
             liveness: liveness.clone(),
             inflight: Mutex::new(0),
+            held: Mutex::new(HashSet::new()),
             room: Condvar::new(),
             recent: Mutex::new(None),
             ran: Mutex::new(Vec::new()),
@@ -594,6 +602,10 @@ impl HostInner {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_held(&self) -> MutexGuard<'_, HashSet<(Arc<str>, String)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_recent(&self) -> MutexGuard<'_, Option<f64>> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -617,6 +629,10 @@ impl HostInner {
         let scripts = Scripts::default();
         let mut con: Option<redis::Connection> = None;
         let mut streams = Streams::new(&self.serves, &self.keys);
+        // Whether entries may be pending with this host that it does not hold: at its start
+        // (an id used before), and after a claim that failed (its reply may be lost while
+        // Redis still served it, as after a pause longer than the command timeout).
+        let mut recover = true;
         while !self.stop.load(Ordering::Relaxed) {
             let cap = self.cap();
             // The chunks waiting for a setup take none of the room of those that run: they
@@ -670,6 +686,25 @@ impl HostInner {
                 con = None;
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
+            }
+            if recover {
+                match self.recover_pending(c, &streams) {
+                    Ok(n) => {
+                        recover = false;
+                        if n > 0 {
+                            tracing::warn!(
+                                "cluster host: {n} chunks were pending with this host unknown \
+                                 to it (a claim whose reply was lost); they run now"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("cluster host: reading its own pending chunks: {e}");
+                        con = None;
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                }
             }
             let ran = std::mem::take(&mut *self.ran.lock().unwrap_or_else(|p| p.into_inner()));
             streams.ran(&ran);
@@ -731,10 +766,51 @@ impl HostInner {
                 Err(e) => {
                     tracing::warn!("cluster host: claiming: {e}");
                     con = None;
+                    recover = true;
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
+    }
+
+    /// Starts the entries pending with this host (delivered to its consumer, not yet
+    /// acknowledged) on the streams it reads that it does not hold: those of a claim whose
+    /// reply never reached it. Redis serves a blocked `XREADGROUP` when work arrives even if
+    /// its client gave up on it meanwhile (a pause past the command timeout), and such
+    /// entries would otherwise stay pending with a live host for ever, never run nor reaped.
+    /// Answers how many it started. A stream without the group is skipped (the claim sets it
+    /// up); a lost connection is the error.
+    fn recover_pending(
+        &self,
+        c: &mut redis::Connection,
+        streams: &Streams,
+    ) -> redis::RedisResult<usize> {
+        let mut started = 0;
+        for stream in streams.keys.iter().chain(&streams.redo) {
+            let reply: Value = match redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.id)
+                .arg("COUNT")
+                .arg(RECOVER_COUNT)
+                .arg("STREAMS")
+                .arg(&**stream)
+                .arg("0")
+                .query(c)
+            {
+                Ok(v) => v,
+                Err(e) if server_code(&e).is_some() => continue,
+                Err(e) => return Err(e),
+            };
+            for (stream, id, fields) in entries(reply) {
+                if self.lock_held().contains(&(stream.clone(), id.clone())) {
+                    continue;
+                }
+                self.start(c, stream, id, fields, 0.0);
+                started += 1;
+            }
+        }
+        Ok(started)
     }
 
     /// Claims without waiting, in one script: the redelivery streams first, then the task
@@ -977,6 +1053,8 @@ impl HostInner {
             charged,
             since: self.since.load(Ordering::Relaxed),
         };
+        self.lock_held()
+            .insert((claimed.stream.clone(), claimed.id.clone()));
         *self.lock_inflight() += 1;
         self.claimed.fetch_add(1, Ordering::Relaxed);
         let spec: ChunkSpec = match f.get("p").map(|p| postcard::from_bytes(p)) {
@@ -1237,6 +1315,12 @@ impl HostInner {
                     }
                     match pipe.query::<Vec<i64>>(c) {
                         Ok(answers) => {
+                            {
+                                let mut held = self.lock_held();
+                                for (claimed, _) in &records {
+                                    held.remove(&(claimed.stream.clone(), claimed.id.clone()));
+                                }
+                            }
                             for ((claimed, _), answer) in records.iter().zip(answers) {
                                 match answer {
                                     1 | 2 => {
