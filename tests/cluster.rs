@@ -519,6 +519,18 @@ fn a_user_kept_to_wasmpools_keys_by_an_acl_connects_and_runs_a_map() {
         let e = build().unwrap_err();
         assert!(e.to_string().contains("another version of wasmpool"), "{e}");
         assert!(redis.command("DEL {wasmpool}:layout").starts_with(":1"));
+        // A wrong password is refused, and no error or log names the password.
+        let wrong = format!(
+            "redis://pool:not-{}@127.0.0.1:{}",
+            "the-password", redis.port
+        );
+        let e = Pool::builder(&testkit())
+            .cluster(&wrong)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool:***@127.0.0.1"), "{e}");
+        assert!(!e.contains("the-password") && !e.contains("secret"), "{e}");
 
         let host = WorkerHost::join(&url, 2, &[]);
         let pool = build().unwrap_or_else(|e| panic!("a pool as the ACL's user: {e}"));

@@ -58,13 +58,13 @@ impl WorkerCommand {
             eprintln!(
                 "wasmpool worker: host {} joined {} with {slots} slots",
                 host.id(),
-                self.join
+                wasmpool::cluster::shown_url(&self.join)
             );
         } else {
             eprintln!(
                 "wasmpool worker: host {} joined {} with {slots} slots, serving {}",
                 host.id(),
-                self.join,
+                wasmpool::cluster::shown_url(&self.join),
                 host.serves()
             );
         }

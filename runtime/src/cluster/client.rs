@@ -741,7 +741,7 @@ impl Inner {
                         self.fail_all(&format!(
                             "the cluster's Redis at {} lost its data (restarted without \
                              persistence?), and the chunks in it with it",
-                            self.url
+                            super::shown_url(&self.url)
                         ));
                         let _: redis::RedisResult<()> =
                             redis::cmd("INCR").arg(self.keys.clients()).query(c);

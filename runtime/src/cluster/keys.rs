@@ -273,6 +273,7 @@ pub(crate) fn check_layout(con: &mut Connection, keys: &Keys, url: &str) -> Resu
 
 /// The error for a Redis whose layout key `key` says `found`.
 fn other_version(url: &str, key: &str, found: &str) -> Error {
+    let url = super::shown_url(url);
     Error::Cluster(format!(
         "the Redis at {url} holds the keys of another version of wasmpool: `{key}` is \
          {found}, and this wasmpool reads and writes layout {LAYOUT} (keys \

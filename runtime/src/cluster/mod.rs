@@ -173,8 +173,40 @@ pub(crate) fn unreachable(e: &redis::RedisError) -> bool {
         )
 }
 
+/// A Redis URL as errors and logs show it: its password, if it has one, masked
+/// (`redis://user:***@host:port`), so an error message or a log line never carries it.
+///
+/// ```
+/// assert_eq!(
+///     wasmpool::cluster::shown_url("redis://pool:s3cret@10.0.0.5:6379/0"),
+///     "redis://pool:***@10.0.0.5:6379/0"
+/// );
+/// assert_eq!(wasmpool::cluster::shown_url("redis://:s3cret@h:1"), "redis://:***@h:1");
+/// assert_eq!(wasmpool::cluster::shown_url("redis://h:1"), "redis://h:1");
+/// ```
+pub fn shown_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return url.to_string();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end],
+        &authority[..colon],
+        &rest[at..]
+    )
+}
+
 /// A Redis error, with what we were doing and where.
 pub(crate) fn redis_error(url: &str, doing: &str, e: redis::RedisError) -> Error {
+    let url = shown_url(url);
     if unreachable(&e) {
         Error::Cluster(format!("{doing}: cannot reach Redis at {url}: {e}"))
     } else {
@@ -199,7 +231,8 @@ pub(crate) fn connect(url: &str) -> crate::Result<redis::Connection> {
 pub(crate) fn connect_or_lost(url: &str) -> Result<redis::Connection, (Error, bool)> {
     let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
         let e = Error::Cluster(format!(
-            "`{url}` is not a Redis URL (redis://HOST:PORT): {e}"
+            "`{}` is not a Redis URL (redis://HOST:PORT): {e}",
+            shown_url(url)
         ));
         (e, false)
     })?;
@@ -243,7 +276,8 @@ pub(crate) fn connect_or_lost(url: &str) -> Result<redis::Connection, (Error, bo
 fn open(info: redis::ConnectionInfo, url: &str) -> Result<redis::Connection, (Error, bool)> {
     let client = redis::Client::open(info).map_err(|e| {
         let e = Error::Cluster(format!(
-            "`{url}` is not a Redis URL (redis://HOST:PORT): {e}"
+            "`{}` is not a Redis URL (redis://HOST:PORT): {e}",
+            shown_url(url)
         ));
         (e, false)
     })?;
