@@ -519,7 +519,7 @@ fn a_user_kept_to_wasmpools_keys_by_an_acl_connects_and_runs_a_map() {
         let e = build().unwrap_err();
         assert!(e.to_string().contains("another version of wasmpool"), "{e}");
         assert!(redis.command("DEL {wasmpool}:layout").starts_with(":1"));
-        // A wrong password is refused, and no error or log names the password.
+        // A wrong password is refused, and its error does not name the password.
         let wrong = format!(
             "redis://pool:not-{}@127.0.0.1:{}",
             "the-password", redis.port

@@ -172,6 +172,18 @@ fn a_map_and_shared_objects_carry_on_across_a_failover_of_the_slots_master() {
             host.log()
         );
         assert!(!run.ready(), "the map was done before the failover");
+        // The chunks' entries too have reached the replica (one lost with the master would
+        // leave the map waiting: a Redis that loses acknowledged writes is not what this
+        // tests).
+        let offset = info_field(&redis.nodes[owner], "replication", "master_repl_offset");
+        assert!(
+            eventually(Duration::from_secs(10), || info_field(
+                &redis.nodes[replica],
+                "replication",
+                "slave_repl_offset"
+            ) >= offset),
+            "the replica did not catch up with the map's chunks"
+        );
         redis.nodes[owner].kill();
         let killed = Instant::now();
         // A map submitted with the master dead, before its replica is promoted: the sender
