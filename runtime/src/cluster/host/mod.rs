@@ -778,8 +778,9 @@ impl HostInner {
     /// reply never reached it. Redis serves a blocked `XREADGROUP` when work arrives even if
     /// its client gave up on it meanwhile (a pause past the command timeout), and such
     /// entries would otherwise stay pending with a live host for ever, never run nor reaped.
-    /// Answers how many it started. A stream without the group is skipped (the claim sets it
-    /// up); a lost connection is the error.
+    /// Read with `XPENDING` and `XRANGE`, which make no consumer where it had none. Answers
+    /// how many it started. A stream without the group is skipped (the claim sets it up); a
+    /// lost connection is the error.
     fn recover_pending(
         &self,
         c: &mut redis::Connection,
@@ -787,27 +788,54 @@ impl HostInner {
     ) -> redis::RedisResult<usize> {
         let mut started = 0;
         for stream in streams.keys.iter().chain(&streams.redo) {
-            let reply: Value = match redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.id)
-                .arg("COUNT")
-                .arg(RECOVER_COUNT)
-                .arg("STREAMS")
+            let pending: Value = match redis::cmd("XPENDING")
                 .arg(&**stream)
-                .arg("0")
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(RECOVER_COUNT)
+                .arg(&self.id)
                 .query(c)
             {
                 Ok(v) => v,
                 Err(e) if server_code(&e).is_some() => continue,
                 Err(e) => return Err(e),
             };
-            for (stream, id, fields) in entries(reply) {
-                if self.lock_held().contains(&(stream.clone(), id.clone())) {
-                    continue;
+            let Value::Array(pending) = pending else {
+                continue;
+            };
+            let ids: Vec<String> = pending
+                .iter()
+                .filter_map(|p| match p {
+                    Value::Array(fields) => fields.first().and_then(text),
+                    _ => None,
+                })
+                .filter(|id| !self.lock_held().contains(&(stream.clone(), id.clone())))
+                .collect();
+            for id in ids {
+                let range: Value = redis::cmd("XRANGE")
+                    .arg(&**stream)
+                    .arg(&id)
+                    .arg(&id)
+                    .query(c)?;
+                let found = entries(Value::Array(vec![Value::Array(vec![
+                    Value::BulkString(stream.as_bytes().to_vec()),
+                    range,
+                ])]));
+                match found.into_iter().next() {
+                    Some((stream, id, fields)) => {
+                        self.start(c, stream, id, fields, 0.0);
+                        started += 1;
+                    }
+                    // Deleted since (a cancel): nothing to run; off the pending list.
+                    None => {
+                        let _: redis::RedisResult<()> = redis::cmd("XACK")
+                            .arg(&**stream)
+                            .arg(GROUP)
+                            .arg(&id)
+                            .query(c);
+                    }
                 }
-                self.start(c, stream, id, fields, 0.0);
-                started += 1;
             }
         }
         Ok(started)
