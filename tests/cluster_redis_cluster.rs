@@ -146,15 +146,13 @@ fn a_map_and_shared_objects_carry_on_across_a_failover_of_the_slots_master() {
         assert_eq!(d.get(&"count".to_string()).unwrap(), Some(20));
         // Redis replicates asynchronously: what the master acknowledged in its last instant
         // may be lost with it. What came before has reached the replica.
-        let offset = info_field(&redis.nodes[owner], "replication", "master_repl_offset");
-        assert!(
-            eventually(Duration::from_secs(10), || info_field(
-                &redis.nodes[replica],
-                "replication",
-                "slave_repl_offset"
-            ) >= offset),
-            "the replica did not catch up"
-        );
+        let caught_up = |redis: &RedisCluster| {
+            let offset = info_field(&redis.nodes[owner], "replication", "master_repl_offset");
+            eventually(Duration::from_secs(10), || {
+                info_field(&redis.nodes[replica], "replication", "slave_repl_offset") >= offset
+            })
+        };
+        assert!(caught_up(&redis), "the replica did not catch up");
 
         // 300 chunks of 5 to 15 ms for two slots: about 1.5 s of work, all of it sent
         // before the kill, a tenth of it done.
@@ -175,13 +173,8 @@ fn a_map_and_shared_objects_carry_on_across_a_failover_of_the_slots_master() {
         // The chunks' entries too have reached the replica (one lost with the master would
         // leave the map waiting: a Redis that loses acknowledged writes is not what this
         // tests).
-        let offset = info_field(&redis.nodes[owner], "replication", "master_repl_offset");
         assert!(
-            eventually(Duration::from_secs(10), || info_field(
-                &redis.nodes[replica],
-                "replication",
-                "slave_repl_offset"
-            ) >= offset),
+            caught_up(&redis),
             "the replica did not catch up with the map's chunks"
         );
         redis.nodes[owner].kill();
