@@ -1845,20 +1845,24 @@ mod tests {
         given
     }
 
-    #[test]
-    fn streams_of_unequal_weights_share_the_claims_by_weight_and_an_idle_one_saves_no_turns() {
+    /// The untenanted task stream and tenant `a`'s and `b`'s.
+    const X: &str = "{wasmpool}:v3:tasks";
+    const A: &str = "{wasmpool}:v3:tasks:a";
+    const B: &str = "{wasmpool}:v3:tasks:b";
+
+    /// The streams of a host serving every tenant, reading [`X`], [`A`] and [`B`] of these
+    /// weights.
+    fn three_streams(weights: [f64; 3]) -> (Keys, Streams) {
         let keys = Keys::default();
         let mut s = Streams::new(&Serves::All, &keys);
-        let (x, a, b) = (
-            "{wasmpool}:v3:tasks",
-            "{wasmpool}:v3:tasks:a",
-            "{wasmpool}:v3:tasks:b",
-        );
-        s.set(
-            &keys,
-            vec![x.into(), a.into(), b.into()],
-            vec![1.0, 3.0, 1.0],
-        );
+        s.set(&keys, vec![X.into(), A.into(), B.into()], weights.to_vec());
+        (keys, s)
+    }
+
+    #[test]
+    fn streams_of_unequal_weights_share_the_claims_by_weight_and_an_idle_one_saves_no_turns() {
+        let (keys, mut s) = three_streams([1.0, 3.0, 1.0]);
+        let (x, a, b) = (X, A, B);
         assert!(s.shared());
         // Every stream with work: 1 : 3 : 1, one chunk a read or four.
         assert_eq!(claim_weighted(&mut s, 500, 1, &[]), [100, 300, 100]);
@@ -1954,14 +1958,8 @@ mod tests {
 
     #[test]
     fn streams_of_equal_cost_take_turns_and_wait_once_a_read_found_them_all_empty() {
-        let keys = Keys::default();
-        let mut s = Streams::new(&Serves::All, &keys);
-        let (x, a, b) = (
-            "{wasmpool}:v3:tasks",
-            "{wasmpool}:v3:tasks:a",
-            "{wasmpool}:v3:tasks:b",
-        );
-        s.set(&keys, vec![x.into(), a.into(), b.into()], vec![1.0; 3]);
+        let (_, mut s) = three_streams([1.0; 3]);
+        let (x, a, b) = (X, A, B);
         // Room for one, every stream with work, chunks that cost the same (a second each,
         // before any ran): each stream in turn, without waiting, after every redelivery
         // stream.
@@ -2009,14 +2007,8 @@ mod tests {
 
     #[test]
     fn a_stream_with_its_share_of_chunks_waiting_for_a_setup_is_not_read() {
-        let keys = Keys::default();
-        let mut s = Streams::new(&Serves::All, &keys);
-        let (x, a, b) = (
-            "{wasmpool}:v3:tasks",
-            "{wasmpool}:v3:tasks:a",
-            "{wasmpool}:v3:tasks:b",
-        );
-        s.set(&keys, vec![x.into(), a.into(), b.into()], vec![1.0; 3]);
+        let (keys, mut s) = three_streams([1.0; 3]);
+        let (x, a, b) = (X, A, B);
         // Six slots, three streams: two chunks waiting each at most, a redelivered one
         // counted for its task stream.
         let waiting: Vec<Arc<str>> = vec![a.into(), "{wasmpool}:v3:redo:a".into(), b.into()];
