@@ -4,7 +4,7 @@
 mod queued;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::keys::{Keys, check_layout, check_tenant, register_tenant};
 use super::liveness::{BeatAs, Liveness, ReapCounts, beat_loop};
-use super::reconnect::{with_connection, with_connection_waiting};
+use super::reconnect::{with_connection_noting, with_connection_waiting};
 use super::scripts::SUBMIT;
 use super::wire::{BadRecord, ChunkSpec, Record, WorkerSetup, parse_record};
 use super::{CANCELLED, connect, redis_error, sha256_hex};
@@ -192,6 +192,9 @@ impl ClusterBuilder {
             outbox: Mutex::new(Vec::new()),
             outbox_ready: Condvar::new(),
             sending: Mutex::new(()),
+            redis_down: AtomicBool::new(false),
+            slots_seen: AtomicUsize::new(0),
+            unfenced: Mutex::new(Vec::new()),
             changed: Condvar::new(),
             callbacks: Callbacks::start(),
             closed: AtomicBool::new(false),
@@ -322,6 +325,11 @@ impl Drop for Owner {
         for t in std::mem::take(&mut *self.inner_threads()) {
             let _ = t.join();
         }
+        let unfenced = self.inner.lock_unfenced().len();
+        if unfenced > 0 {
+            // Not waited for here (Redis was down): their hosts run them to their end.
+            tracing::warn!("cluster: {unfenced} cancelled jobs' fences not set (Redis was down)");
+        }
         // Results still to come for this submitter have nobody to read them.
         if let Some(con) = self.inner.lock_con().as_mut() {
             let _: redis::RedisResult<()> =
@@ -335,6 +343,15 @@ impl Owner {
     fn inner_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.threads.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Cancelled chunks of a job whose fences are still to be set (as
+/// [`Inner::fence_cancelled`] takes them).
+#[derive(Debug)]
+struct Unfenced {
+    job: String,
+    chunks: Vec<u32>,
+    entries: Vec<String>,
 }
 
 /// Chunks of one submission, waiting for the sender.
@@ -405,9 +422,18 @@ struct Inner {
     outbox_ready: Condvar,
     /// Held by the sender from taking a batch out of the outbox until its entries are
     /// recorded (or its chunks failed), and by a cancel of queued work: which so finds each
-    /// chunk either still in the outbox or with its entry known, never on its way (a cancel
-    /// so waits while the sender waits for a lost Redis, at most the Redis timeout).
+    /// chunk either still in the outbox or with its entry known, never on its way. While
+    /// Redis is known to be down a cancel does not wait for it (see `queued.rs`).
     sending: Mutex<()>,
+    /// Set while the sender or the result reader finds Redis unreachable, cleared when it
+    /// answers either: what would only wait for it then does not (a cancel, the count of
+    /// the hosts' slots for a default chunk size).
+    redis_down: AtomicBool,
+    /// The live hosts' slots as last counted (0 before the first count).
+    slots_seen: AtomicUsize,
+    /// Cancelled chunks whose fences could not be set for want of Redis, set by the sender
+    /// once it answers again.
+    unfenced: Mutex<Vec<Unfenced>>,
     /// Notified when a job is forgotten (every chunk answered).
     changed: Condvar,
     callbacks: Callbacks,
@@ -436,14 +462,14 @@ impl Inner {
     /// Runs `f` on the submission connection, connecting first if need be; after any error
     /// the connection is dropped, so the next call connects again, and after a stale
     /// connection's or a moved slot's (a Redis Cluster's failover or reshard) `f` runs once
-    /// more on a new one ([`with_connection`]). Sent twice, a chunk may run twice; it is
-    /// committed once.
+    /// more on a new one ([`with_connection_noting`], which keeps `redis_down` up to date).
+    /// Sent twice, a chunk may run twice; it is committed once.
     fn with_con<T>(
         &self,
         doing: &str,
         f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
-        with_connection(&mut self.lock_con(), &self.url, doing, f)
+        with_connection_noting(&mut self.lock_con(), &self.url, doing, &self.redis_down, f)
     }
 
     /// As [`with_con`](Inner::with_con), and while Redis cannot be reached (down,
@@ -459,7 +485,7 @@ impl Inner {
             &self.url,
             doing,
             self.redis_timeout,
-            &self.stop,
+            (&self.stop, &self.redis_down),
             f,
         )
     }
@@ -540,6 +566,7 @@ impl Inner {
     /// (many `apply_async` calls cost one round trip), until stopped.
     fn send_loop(&self) {
         loop {
+            self.fence_unfenced();
             {
                 let mut out = self.lock_outbox();
                 while out.is_empty() && !self.stop.load(Ordering::Relaxed) {
@@ -717,10 +744,7 @@ impl Inner {
         while !self.stop.load(Ordering::Relaxed) {
             if con.is_none() {
                 match connect(&self.url) {
-                    Ok(c) => {
-                        con = Some(c);
-                        down_since = None;
-                    }
+                    Ok(c) => con = Some(c),
                     Err(e) => {
                         self.note_down(&mut down_since, &e.to_string());
                         std::thread::sleep(Duration::from_millis(200));
@@ -731,6 +755,11 @@ impl Inner {
             let Some(c) = con.as_mut() else { continue };
             let got: redis::RedisResult<Option<(String, Vec<u8>)>> =
                 redis::cmd("BLPOP").arg(&self.results_key).arg(0.5).query(c);
+            if got.is_ok() {
+                // Not on connecting: a stopped Redis's kernel still accepts connections.
+                down_since = None;
+                self.redis_down.store(false, Ordering::Relaxed);
+            }
             match got {
                 Ok(None) => {
                     // A Redis that restarted without its data has lost the chunks in it:
@@ -775,6 +804,7 @@ impl Inner {
 
     /// Redis did not answer: once it has not for the timeout, every pending result fails.
     fn note_down(&self, since: &mut Option<Instant>, why: &str) {
+        self.redis_down.store(true, Ordering::Relaxed);
         let t = *since.get_or_insert_with(Instant::now);
         if t.elapsed() >= self.redis_timeout {
             self.fail_all(&format!(
@@ -862,10 +892,25 @@ impl Inner {
     /// entries not yet claimed are deleted (no host will run them), and each chunk's fence
     /// is set to `x`, which a host running one polls for (it stops it), the reaper reads as
     /// done (it never redelivers it) and the commit refuses (a result that comes anyway).
+    ///
+    /// While Redis is down the fences are left to the sender, which sets them once it
+    /// answers, before it sends more: a cancel returns at once.
     fn fence_cancelled(&self, job: &str, chunks: &[u32], entries: &[String]) {
         if chunks.is_empty() {
             return;
         }
+        if self.redis_down.load(Ordering::Relaxed) || !self.try_fence(job, chunks, entries) {
+            self.lock_unfenced().push(Unfenced {
+                job: job.to_string(),
+                chunks: chunks.to_vec(),
+                entries: entries.to_vec(),
+            });
+        }
+    }
+
+    /// Sets the fences of [`fence_cancelled`](Inner::fence_cancelled); false if Redis
+    /// could not be reached.
+    fn try_fence(&self, job: &str, chunks: &[u32], entries: &[String]) -> bool {
         let mut pipe = redis::pipe();
         if !entries.is_empty() {
             pipe.cmd("XDEL").arg(&self.tasks_key).arg(entries).ignore();
@@ -881,9 +926,31 @@ impl Inner {
             .arg(&key)
             .arg(self.result_ttl.as_millis() as u64)
             .ignore();
-        if let Err(e) = self.with_con("cancelling", |c| pipe.query::<()>(c)) {
-            // Its hosts run it to its end; the result is ignored here all the same.
-            tracing::warn!("cluster: cancelling job {job}: {e}");
+        match self.with_con("cancelling", |c| pipe.query::<()>(c)) {
+            Ok(()) => true,
+            Err(_) if self.redis_down.load(Ordering::Relaxed) => false,
+            Err(e) => {
+                // Its hosts run it to its end; the result is ignored here all the same.
+                tracing::warn!("cluster: cancelling job {job}: {e}");
+                true
+            }
+        }
+    }
+
+    fn lock_unfenced(&self) -> MutexGuard<'_, Vec<Unfenced>> {
+        self.unfenced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the fences [`fence_cancelled`](Inner::fence_cancelled) could not (Redis was
+    /// down), while Redis answers; what it still cannot reach stays for the next call.
+    fn fence_unfenced(&self) {
+        let mut left = std::mem::take(&mut *self.lock_unfenced());
+        while let Some(u) = left.pop() {
+            if !self.try_fence(&u.job, &u.chunks, &u.entries) {
+                left.push(u);
+                self.lock_unfenced().append(&mut left);
+                return;
+            }
         }
     }
 }
@@ -1021,14 +1088,25 @@ impl ClusterPool {
 
     /// The slots of the live hosts together (what the default chunk size spreads over), or
     /// the builder's `processes`, or 1 when none can be counted.
+    ///
+    /// While Redis is known to be down, and when it does not answer, the count is the last
+    /// one made: a `map` submitted then queues at once, with the chunk size it had before.
     fn slots_or_default(&self) -> usize {
         if let Some(n) = self.inner.slots_hint {
             return n.max(1);
         }
-        self.live_hosts()
-            .map(|h| h.iter().map(|(_, n)| n).sum::<usize>())
-            .unwrap_or(0)
-            .max(1)
+        let seen = &self.inner.slots_seen;
+        if self.inner.redis_down.load(Ordering::Relaxed) {
+            return seen.load(Ordering::Relaxed).max(1);
+        }
+        match self.live_hosts() {
+            Ok(hosts) => {
+                let n = hosts.iter().map(|(_, n)| n).sum::<usize>();
+                seen.store(n, Ordering::Relaxed);
+                n.max(1)
+            }
+            Err(_) => seen.load(Ordering::Relaxed).max(1),
+        }
     }
 
     /// What the cluster's Redis has counted (see [`ClusterStats`]).

@@ -44,17 +44,32 @@ pub(crate) fn with_connection<T>(
     attempt(con, url, doing, f).map_err(|(e, _)| e)
 }
 
+/// As [`with_connection`], and sets `down` when Redis could not be reached, clears it when
+/// Redis answered (even with a refusal).
+pub(crate) fn with_connection_noting<T>(
+    con: &mut Option<redis::Connection>,
+    url: &str,
+    doing: &str,
+    down: &AtomicBool,
+    f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> Result<T> {
+    let tried = attempt(con, url, doing, f);
+    down.store(matches!(tried, Err((_, true))), Ordering::Relaxed);
+    tried.map_err(|(e, _)| e)
+}
+
 /// As [`with_connection`], and while Redis cannot be reached (down, restarting, a Redis
 /// Cluster failing over: see [`unreachable`](super::unreachable)) it tries again every
 /// [`PAUSE`], on a new connection, for up to `wait`, unless `stop` is set; the lock on
 /// `con` is not held between tries. A refusal fails at once; after `wait`, the last error,
-/// saying for how long Redis did not answer.
+/// saying for how long Redis did not answer. `down` is set while a try finds Redis
+/// unreachable, and cleared when one gets an answer.
 pub(crate) fn with_connection_waiting<T>(
     con: &Mutex<Option<redis::Connection>>,
     url: &str,
     doing: &str,
     wait: Duration,
-    stop: &AtomicBool,
+    (stop, down): (&AtomicBool, &AtomicBool),
     mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
 ) -> Result<T> {
     let start = Instant::now();
@@ -63,6 +78,7 @@ pub(crate) fn with_connection_waiting<T>(
             let mut con = con.lock().unwrap_or_else(|p| p.into_inner());
             attempt(&mut con, url, doing, &mut f)
         };
+        down.store(matches!(tried, Err((_, true))), Ordering::Relaxed);
         match tried {
             Ok(v) => return Ok(v),
             Err((e, true)) if start.elapsed() < wait && !stop.load(Ordering::Relaxed) => {

@@ -2,8 +2,14 @@
 //! and its `shutdown` with `cancel_futures`): chunks not sent yet, and chunks whose stream
 //! entry no host has claimed. A chunk a host holds is left to run, as a local pool leaves
 //! what it sent ahead to a worker: whether it started is the host's to know.
+//!
+//! While Redis is known to be down a cancel does not wait for it: it cancels what is still
+//! in the outbox, and leaves (not cancelled) the chunks the sender is trying to send and
+//! those in the stream, which only Redis could say no host has claimed.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use redis::Script;
 
@@ -46,8 +52,9 @@ const PER_SCRIPT: usize = 512;
 impl CancelQueued for Inner {
     fn cancel_queued(&self, only: Option<&Arc<Job>>) -> usize {
         let wanted = |job: &Arc<Job>| only.is_none_or(|j| Arc::ptr_eq(j, job));
-        // The sender is not between the outbox and the stream meanwhile.
-        let _sending = self.lock_sending();
+        // The sender is not between the outbox and the stream meanwhile (unless it waits
+        // for a Redis that is down: then what it holds is on its way, not cancelled).
+        let sending = self.sending_unless_down();
         let unsent: Vec<Outgoing> = {
             let mut out = self.lock_outbox();
             let (take, keep) = std::mem::take(&mut *out)
@@ -82,7 +89,7 @@ impl CancelQueued for Inner {
                 })
                 .collect()
         };
-        if !sent.is_empty() {
+        if !sent.is_empty() && sending.is_some() && !self.redis_down.load(Ordering::Relaxed) {
             let deleted = self.delete_unclaimed(&sent);
             let mut jobs = self.lock_jobs();
             for ((id, chunk, _), gone) in sent.iter().zip(deleted) {
@@ -123,6 +130,22 @@ impl CancelQueued for Inner {
 }
 
 impl Inner {
+    /// The sender's lock, once it is free; `None` at once if Redis is down, while the
+    /// sender holds it (it may for as long as the Redis timeout).
+    fn sending_unless_down(&self) -> Option<MutexGuard<'_, ()>> {
+        loop {
+            match self.sending.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) if self.redis_down.load(Ordering::Relaxed) => {
+                    return None;
+                }
+                // A send takes a round trip: polled, as the lock has no timed wait.
+                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
     /// Deletes the entries of `sent` (job id, chunk, entry) no host has claimed; answers,
     /// for each, whether it was. An entry Redis could not be asked about is not (it runs).
     fn delete_unclaimed(&self, sent: &[(String, u32, String)]) -> Vec<bool> {
