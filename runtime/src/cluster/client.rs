@@ -566,18 +566,21 @@ impl Inner {
     /// (many `apply_async` calls cost one round trip), until stopped.
     fn send_loop(&self) {
         loop {
+            // Also while idle: the fences wait for Redis, not for more work.
             self.fence_unfenced();
             {
-                let mut out = self.lock_outbox();
-                while out.is_empty() && !self.stop.load(Ordering::Relaxed) {
-                    out = self
+                let out = self.lock_outbox();
+                if out.is_empty() {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let (out, _) = self
                         .outbox_ready
                         .wait_timeout(out, Duration::from_millis(200))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-                if out.is_empty() {
-                    return;
+                        .unwrap_or_else(|p| p.into_inner());
+                    if out.is_empty() {
+                        continue;
+                    }
                 }
             }
             let _sending = self.lock_sending();
