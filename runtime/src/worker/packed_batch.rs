@@ -156,19 +156,62 @@ impl Failed {
 
 /// Appends one item (`kind.width()` bytes) as `rmp` writes it.
 fn write(kind: Kind, item: &[u8], out: &mut Vec<u8>) {
-    use rmp::encode;
     let eight = || {
         let mut b = [0u8; 8];
         b.copy_from_slice(item);
         b
     };
-    // Writing into a `Vec` cannot fail.
-    let _ = match kind {
-        Kind::Ints => encode::write_sint(out, i64::from_le_bytes(eight())).is_ok(),
-        Kind::Uints => encode::write_uint(out, u64::from_le_bytes(eight())).is_ok(),
-        Kind::Floats => encode::write_f64(out, f64::from_le_bytes(eight())).is_ok(),
-        Kind::Bools => encode::write_bool(out, item[0] != 0).is_ok(),
-    };
+    match kind {
+        Kind::Ints => write_sint(i64::from_le_bytes(eight()), out),
+        Kind::Uints => write_uint(u64::from_le_bytes(eight()), out),
+        Kind::Floats => {
+            out.push(0xcb);
+            out.extend_from_slice(&f64::from_le_bytes(eight()).to_bits().to_be_bytes());
+        }
+        Kind::Bools => out.push(if item[0] != 0 { 0xc3 } else { 0xc2 }),
+    }
+}
+
+/// An integer in the form `rmp::encode::write_sint` picks (the most compact: a negative
+/// fixint, then int8..64 by value; a non-negative one as [`write_uint`]), written here
+/// rather than by `rmp`, whose writer checks and grows the buffer once for the marker and
+/// once for the payload: a `map`'s worker writes one an item.
+fn write_sint(v: i64, out: &mut Vec<u8>) {
+    if v >= 0 {
+        write_uint(v as u64, out);
+    } else if v >= -32 {
+        out.push(v as u8);
+    } else if v >= i64::from(i8::MIN) {
+        out.extend_from_slice(&[0xd0, v as u8]);
+    } else if v >= i64::from(i16::MIN) {
+        let [a, b] = (v as i16).to_be_bytes();
+        out.extend_from_slice(&[0xd1, a, b]);
+    } else if v >= i64::from(i32::MIN) {
+        let [a, b, c, d] = (v as i32).to_be_bytes();
+        out.extend_from_slice(&[0xd2, a, b, c, d]);
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// A non-negative integer in the form `rmp::encode::write_uint` picks: a positive fixint,
+/// then the smallest of uint8..64.
+fn write_uint(v: u64, out: &mut Vec<u8>) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else if v <= u64::from(u8::MAX) {
+        out.extend_from_slice(&[0xcc, v as u8]);
+    } else if v <= u64::from(u16::MAX) {
+        let [a, b] = (v as u16).to_be_bytes();
+        out.extend_from_slice(&[0xcd, a, b]);
+    } else if v <= u64::from(u32::MAX) {
+        let [a, b, c, d] = (v as u32).to_be_bytes();
+        out.extend_from_slice(&[0xce, a, b, c, d]);
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
 }
 
 #[cfg(test)]
