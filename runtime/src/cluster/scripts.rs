@@ -69,10 +69,12 @@ local entry = nil
 if fenced then entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1] end
 redis.call('XACK', KEYS[1], ARGV[6], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
-local d = redis.call('HGET', job, 'd:' .. c)
+-- One read of the chunk's done mark, given-back attempt and current attempt (each
+-- false when unset): a commit per task of an `apply_async` flood, so each call counts.
+local marks = redis.call('HMGET', job, 'd:' .. c, 'g:' .. c, 'a:' .. c)
+local d, cur = marks[1], marks[3]
 if d == 'x' then return 3 end
-if redis.call('HGET', job, 'g:' .. c) == att then return 4 end
-local cur = redis.call('HGET', job, 'a:' .. c)
+if marks[2] == att then return 4 end
 if not cur then cur = '0' end
 if cur == att and d == att then return 2 end
 if cur ~= att or d then
@@ -125,7 +127,8 @@ local id = redis.call('HGET', KEYS[2], sent)
 if id then return id end
 id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 redis.call('HSET', KEYS[2], sent, id)
-if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+-- Kept a TTL from its last chunk's submission (as a commit keeps it from its last result).
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return id
 "#;
 
