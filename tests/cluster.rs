@@ -31,9 +31,23 @@ impl WorkerHost {
 
     /// As [`start_with`](WorkerHost::start_with), joined to `url` (a user's, say).
     pub(crate) fn join(url: &str, slots: usize, extra: &[&str]) -> WorkerHost {
+        WorkerHost::spawn(url, slots, extra, false)
+    }
+
+    /// As [`start`](WorkerHost::start), with a compile cache of its own, empty: each
+    /// module it sets up a pool for is compiled there, as on a new machine.
+    pub(crate) fn start_with_empty_cache(redis: &RedisServer, slots: usize) -> WorkerHost {
+        WorkerHost::spawn(&redis.url(), slots, &[], true)
+    }
+
+    fn spawn(url: &str, slots: usize, extra: &[&str], own_cache: bool) -> WorkerHost {
         let dir = TempDir::new("host");
         let log = dir.0.join("stderr");
-        let child = cli()
+        let mut cmd = cli();
+        if own_cache {
+            cmd.env("WASMPOOL_CACHE_DIR", dir.0.join("cache"));
+        }
+        let child = cmd
             .args(["worker", "--join", url, "--slots", &slots.to_string()])
             .args(extra)
             .env("WASMPOOL_LOG", "info")

@@ -174,6 +174,74 @@ fn a_host_keeps_at_most_eight_local_pools_counting_one_let_go_that_still_runs() 
     });
 }
 
+/// Ten setups at once (each host setup thread takes one): the seats of setups still running
+/// count, so the host still keeps at most eight local pools.
+#[test]
+fn setups_at_once_keep_the_bound_of_eight_local_pools() {
+    within(Duration::from_secs(240), || {
+        let redis = RedisServer::start();
+        let host = WorkerHost::start(&redis, 1);
+        let pools: Vec<ClusterPool> = (0..10)
+            .map(|i| on(&redis, Pool::builder(&testkit()).maxtasksperchild(2000 + i)))
+            .collect();
+        wait_for_hosts(&pools[0], 1);
+        let asked: Vec<_> = pools
+            .iter()
+            .map(|p| p.apply_async::<_, u32>("pid_after", &(0u64,)).unwrap())
+            .collect();
+        let pids: Vec<u32> = asked
+            .into_iter()
+            .map(|r| r.get_timeout(Duration::from_secs(120)).unwrap())
+            .collect();
+        assert!(
+            eventually(Duration::from_secs(20), || pids
+                .iter()
+                .filter(|p| pid_alive(**p))
+                .count()
+                <= 8),
+            "more than eight pools' workers alive: {:?}; host: {}",
+            pids.iter().map(|p| (*p, pid_alive(*p))).collect::<Vec<_>>(),
+            host.log()
+        );
+    });
+}
+
+/// A module that takes long to set up (a Python component, compiled into the host's empty
+/// cache) does not hold up another module's new pool: its setup runs on another of the
+/// host's setup threads, and its result comes while the first is still compiling.
+#[test]
+fn a_slow_setup_does_not_hold_up_another_modules_new_pool() {
+    within(Duration::from_secs(600), || {
+        let redis = RedisServer::start();
+        let python = crate::python_guests::py_hello();
+        let host = WorkerHost::start_with_empty_cache(&redis, 2);
+        let slow = on(&redis, Pool::builder(&python));
+        wait_for_hosts(&slow, 1);
+        let first = slow.apply_async::<_, u64>("square", &(7u64,)).unwrap();
+        // Claimed (so its setup began) before the other module's chunk is submitted.
+        assert!(
+            eventually(Duration::from_secs(30), || crate::cluster::int_reply(
+                &redis,
+                "XPENDING {wasmpool}:v3:tasks hosts"
+            ) == 1),
+            "the host did not claim the Python chunk: {}",
+            host.log()
+        );
+        let quick = on(&redis, Pool::builder(&testkit()));
+        let got = quick
+            .apply_async::<_, u64>("square", &(3u64,))
+            .unwrap()
+            .get_timeout(Duration::from_secs(300));
+        assert_eq!(got.unwrap_or_else(|e| panic!("{e}; {}", host.log())), 9);
+        assert!(
+            !first.ready(),
+            "the other module's result waited for the Python module's setup: {}",
+            host.log()
+        );
+        assert_eq!(first.get_timeout(Duration::from_secs(300)).unwrap(), 49);
+    });
+}
+
 #[test]
 fn a_cluster_result_reports_worker_time_fuel_and_peak_memory_as_locally() {
     within(Duration::from_secs(180), || {

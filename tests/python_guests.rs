@@ -25,7 +25,7 @@ fn load_python(cell: &'static OnceLock<Module>, path: &'static str) -> Module {
 }
 
 /// `examples/py-hello/hello.py`: a single-file guest.
-fn py_hello() -> Module {
+pub(crate) fn py_hello() -> Module {
     static M: OnceLock<Module> = OnceLock::new();
     load_python(&M, "examples/py-hello/hello.py")
 }

@@ -289,10 +289,12 @@ struct HostInner {
     /// The chunks running here, by job and chunk: their local pool and job (what a cancel
     /// stops), until their results reach the commit thread. They keep their pool alive.
     running: Mutex<Running>,
-    /// The claimed entries whose local pool the setup thread is setting up.
+    /// The claimed entries whose local pool the setup threads are setting up.
     setups: Mutex<Setups>,
-    /// Wakes the setup thread.
+    /// Wakes the setup threads.
     setup_wake: Condvar,
+    /// Seats taken by setups whose pool is not in `pools` yet.
+    seating: std::sync::atomic::AtomicUsize,
     /// The runtime its local pools run in: its workers' operations on cluster objects go to
     /// Redis, through its object lane. Replaced (and the pools with it) when the host learns
     /// it was declared dead.
@@ -402,6 +404,7 @@ impl Host {
             running: Mutex::new(HashMap::new()),
             setups: Mutex::new(Setups::default()),
             setup_wake: Condvar::new(),
+            seating: std::sync::atomic::AtomicUsize::new(0),
             runtime: Mutex::new(runtime),
             since: AtomicU64::new(since),
             done,
@@ -442,14 +445,15 @@ impl Host {
             .name("wasmpool-host-cancel".into())
             .spawn(move || poller.cancel_loop())
             .map_err(|e| Error::io("starting the host's cancel thread", e))?;
-        let setter = inner.clone();
-        let setups = std::thread::Builder::new()
-            .name("wasmpool-host-setup".into())
-            .spawn(move || setter.setup_loop())
-            .map_err(|e| Error::io("starting the host's setup thread", e))?;
-        inner
-            .lock_threads()
-            .extend([beat, commits, cancels, setups]);
+        inner.lock_threads().extend([beat, commits, cancels]);
+        for _ in 0..setup::SETUP_THREADS {
+            let setter = inner.clone();
+            let setups = std::thread::Builder::new()
+                .name("wasmpool-host-setup".into())
+                .spawn(move || setter.setup_loop())
+                .map_err(|e| Error::io("starting the host's setup threads", e))?;
+            inner.lock_threads().push(setups);
+        }
         Ok(Host { inner })
     }
 
@@ -970,7 +974,7 @@ impl HostInner {
             &mut *self.runtime.lock().unwrap_or_else(|p| p.into_inner()),
             runtime,
         );
-        // `since` is stored under the table's lock, after the runtime: the setup thread,
+        // `since` is stored under the table's lock, after the runtime: a setup thread,
         // which checks it under that lock before adding a pool, never keeps one of the old
         // runtime.
         let old: Vec<Pool> = {
@@ -978,7 +982,7 @@ impl HostInner {
             self.since.store(since, Ordering::Relaxed);
             pools.drain().map(|(_, (p, _))| p).collect()
         };
-        // Every chunk running now runs in the old pools (a pool the setup thread builds
+        // Every chunk running now runs in the old pools (a pool a setup thread builds
         // meanwhile, in the old runtime, is built again: it sees `since` changed): stopped,
         // their results go to the commit thread, which gives them back.
         let stale: Vec<(Pool, Arc<crate::pool::job::Job>)> =

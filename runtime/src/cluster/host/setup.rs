@@ -1,8 +1,11 @@
 //! A host's local pools are set up off its claim thread: an entry whose pool does not
-//! exist yet waits here, by pool key, while the setup thread (one per host) takes a seat
-//! for the pool, fetches the module from Redis and compiles it, then starts the entries
-//! that waited for it. The claim thread goes on claiming for the pools that exist, so one
-//! tenant's new module (or a host whose pools are all busy) does not stall the others.
+//! exist yet waits here, by pool key, while a setup thread (of [`SETUP_THREADS`] per host)
+//! takes a seat for the pool, fetches the module from Redis and compiles it, then starts
+//! the entries that waited for it. The claim thread goes on claiming for the pools that
+//! exist, so one tenant's new module (or a host whose pools are all busy) does not stall
+//! the others; and the other setup threads set up other pools meanwhile, so a module that
+//! takes long to compile (a Python component's first compile is ~10 CPU-s) or a setup
+//! waiting for a seat does not hold up another's new pool.
 //!
 //! Entries waiting here are in flight (claimed, not yet committed) but take none of the
 //! host's room for chunks that run: the claim thread bounds them apart, by stream
@@ -17,7 +20,7 @@
 //! go waits for a pool of the new runtime.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,20 @@ use crate::cluster::wire::{ChunkResult, ChunkSpec};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::protocol::Limits;
+
+/// How many setup threads a host runs: pools of this many keys are set up at once.
+pub(super) const SETUP_THREADS: usize = 3;
+
+/// A seat taken for a pool being set up, counted (in `HostInner::seating`) until the pool is
+/// in the table or its setup failed: so setups running at once never take more seats than
+/// there are.
+struct SeatTaken<'a>(&'a AtomicUsize);
+
+impl Drop for SeatTaken<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A claimed chunk, decoded, until it starts in its local pool.
 #[derive(Debug)]
@@ -63,7 +80,7 @@ impl HostInner {
         }
     }
 
-    /// Hands a claimed entry whose pool is not set up to the setup thread.
+    /// Hands a claimed entry whose pool is not set up to the setup threads.
     pub(super) fn wait_for_setup(&self, key: PoolKey, waiting: Waiting) {
         let mut setups = self.lock_setups();
         if !setups.waiting.contains_key(&key) {
@@ -125,7 +142,8 @@ impl HostInner {
     }
 
     /// Sets up the pools asked for, one at a time, and starts the entries that waited for
-    /// each; until the host stops and holds nothing. The one thread that adds local pools.
+    /// each; until the host stops and holds nothing. What each setup thread runs: a key is
+    /// queued once, so no two set up the same pool.
     pub(super) fn setup_loop(&self) {
         let mut con: Option<redis::Connection> = None;
         loop {
@@ -257,7 +275,8 @@ impl HostInner {
         let (sha, engine, setup) = key;
         // Before a seat or the module: a grant this host refuses costs it nothing.
         let grants = self.allowed.admit(&setup.grants, &self.id)?;
-        self.take_seat();
+        // Held until the pool is in the table (or the setup failed).
+        let _seat = self.take_seat();
         // The connection may have been idle for hours (Redis's `timeout` closes it), or
         // the slot moved: connected again, once, before the chunks waiting fail.
         let module = self.keys.module(sha);
@@ -310,8 +329,8 @@ impl HostInner {
     /// Makes room for one more local pool within [`MAX_POOLS`], counting the pools let go
     /// whose chunks still run (they keep their workers until then): lets go the idle pool
     /// used least recently, or, with every pool running chunks, waits for one to finish,
-    /// up to [`SEAT_WAIT`]. Only the setup thread adds pools, so the seat stays free.
-    fn take_seat(&self) {
+    /// up to [`SEAT_WAIT`]. The seats of setups still running count as taken.
+    fn take_seat(&self) -> SeatTaken<'_> {
         let deadline = Instant::now() + SEAT_WAIT;
         loop {
             let evicted = {
@@ -331,8 +350,10 @@ impl HostInner {
                         (k.clone(), *used, busy)
                     })
                     .collect();
-                match seat(&listed, let_go.len(), MAX_POOLS) {
-                    Seat::Free => return,
+                let taken = let_go.len() + self.seating.load(Ordering::Relaxed);
+                match seat(&listed, taken, MAX_POOLS) {
+                    // Counted under the pools' lock, which every setup's look takes.
+                    Seat::Free => return self.seat_taken(),
                     Seat::Evict(k) => pools.remove(&k),
                     Seat::Wait
                         if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) =>
@@ -341,7 +362,7 @@ impl HostInner {
                             "cluster host: every one of its {MAX_POOLS} local pools still runs \
                              chunks after {SEAT_WAIT:?}; starting one more"
                         );
-                        return;
+                        return self.seat_taken();
                     }
                     Seat::Wait => None,
                 }
@@ -352,5 +373,10 @@ impl HostInner {
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+    }
+
+    fn seat_taken(&self) -> SeatTaken<'_> {
+        self.seating.fetch_add(1, Ordering::Relaxed);
+        SeatTaken(&self.seating)
     }
 }
