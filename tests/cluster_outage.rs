@@ -12,9 +12,9 @@ use crate::cluster::{TASKS, WorkerHost, cluster_pool, int_reply, wait_for_hosts}
 use crate::cluster_redis_cluster::entries_added;
 use crate::util::{eventually, testkit, within};
 
-/// Longer than a command's timeout (5 s): a pool that talked to a stopped Redis has found it
-/// unreachable by then.
-const PAST_A_COMMAND: Duration = Duration::from_millis(7000);
+/// Longer than a command's timeout (5 s) after a result reader's read (0.5 s): a pool that
+/// talked to a stopped Redis has found it unreachable by then.
+const PAST_A_COMMAND: Duration = Duration::from_millis(8000);
 
 /// Runs `f` on a thread and waits for its answer while Redis stays stopped (`None` if none
 /// came within 30 s: `f` waited for Redis), then resumes Redis.
@@ -201,7 +201,8 @@ fn cancelling_while_redis_is_stopped_answers_at_once_and_what_was_on_its_way_run
         let ex = Executor::from_cluster(pool.clone());
         redis.signal(libc::SIGSTOP);
         let on_its_way = ex.submit::<_, u64>("square", &(3u64,)).unwrap();
-        // The sender has found Redis unreachable, and holds `on_its_way` while it waits.
+        // The pool has found Redis unreachable (its result reader's read timed out), and the
+        // sender holds `on_its_way` while it waits for it.
         std::thread::sleep(PAST_A_COMMAND);
         let queued = ex.submit::<_, u64>("square", &(4u64,)).unwrap();
         let (a, b) = (on_its_way.clone(), queued.clone());

@@ -466,6 +466,47 @@ fn cancelling_a_running_cluster_task_stops_it_on_its_host() {
     });
 }
 
+/// `terminate` on a cluster pool fails what is pending at once, and none of it runs
+/// afterwards: its entries waiting in Redis are deleted, so a host that joins later never
+/// runs them (as Python's `terminate` ends the workers that would have).
+#[test]
+fn terminated_cluster_work_still_queued_never_runs() {
+    within(Duration::from_secs(120), || {
+        let redis = RedisServer::start();
+        // No host yet: the work waits in Redis when the pool is terminated.
+        let pool = Pool::builder(&testkit())
+            .cluster(&redis.url())
+            .build()
+            .unwrap();
+        let m = pool.manager().unwrap();
+        let d = m.dict::<String, i64>().unwrap();
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                pool.apply_async::<_, ()>("atomic_increments", &(d.clone(), 1u64))
+                    .unwrap()
+            })
+            .collect();
+        let queued = || crate::cluster::int_reply(&redis, "XLEN {wasmpool}:v3:tasks");
+        assert!(eventually(Duration::from_secs(10), || queued() == 3));
+        pool.terminate();
+        for r in &waiting {
+            let e = r.get().unwrap_err();
+            assert!(e.to_string().contains("terminated"), "{e}");
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || queued() == 0),
+            "the terminated work is still queued"
+        );
+        let _host = WorkerHost::start(&redis, 1);
+        let after = on(&redis, Pool::builder(&testkit()));
+        after
+            .apply::<_, ()>("atomic_increments", &(d.clone(), 1u64))
+            .unwrap();
+        let count = d.get(&"count".to_string()).unwrap();
+        assert_eq!(count, Some(1), "only the work not terminated ran");
+    });
+}
+
 #[test]
 fn cancelled_cluster_work_still_queued_never_runs() {
     within(Duration::from_secs(120), || {

@@ -194,6 +194,7 @@ impl ClusterBuilder {
             sending: Mutex::new(()),
             redis_down: AtomicBool::new(false),
             slots_seen: AtomicUsize::new(0),
+            cancels_waiting: AtomicUsize::new(0),
             unfenced: Mutex::new(Vec::new()),
             changed: Condvar::new(),
             callbacks: Callbacks::start(),
@@ -431,6 +432,9 @@ struct Inner {
     redis_down: AtomicBool,
     /// The live hosts' slots as last counted (0 before the first count).
     slots_seen: AtomicUsize,
+    /// Cancels waiting for `sending`: the sender lets them take it before its next batch
+    /// (they poll for it, and between two sends of a flood it is free only for a moment).
+    cancels_waiting: AtomicUsize,
     /// Cancelled chunks whose fences could not be set for want of Redis, set by the sender
     /// once it answers again.
     unfenced: Mutex<Vec<Unfenced>>,
@@ -469,6 +473,16 @@ impl Inner {
         doing: &str,
         f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
+        self.with_con_noting(doing, f).map_err(|(e, _)| e)
+    }
+
+    /// As [`with_con`](Inner::with_con); an error says whether this call could not reach
+    /// Redis.
+    fn with_con_noting<T>(
+        &self,
+        doing: &str,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> std::result::Result<T, (Error, bool)> {
         with_connection_noting(&mut self.lock_con(), &self.url, doing, &self.redis_down, f)
     }
 
@@ -582,6 +596,11 @@ impl Inner {
                         continue;
                     }
                 }
+            }
+            while self.cancels_waiting.load(Ordering::Relaxed) > 0
+                && !self.stop.load(Ordering::Relaxed)
+            {
+                std::thread::sleep(Duration::from_micros(200));
             }
             let _sending = self.lock_sending();
             // Empty if a cancel took it meanwhile.
@@ -746,9 +765,10 @@ impl Inner {
         let mut down_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
             if con.is_none() {
-                match connect(&self.url) {
+                match super::connect_or_lost(&self.url) {
                     Ok(c) => con = Some(c),
-                    Err(e) => {
+                    Err((e, lost)) => {
+                        self.redis_down.store(lost, Ordering::Relaxed);
                         self.note_down(&mut down_since, &e.to_string());
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
@@ -796,6 +816,8 @@ impl Inner {
                 }
                 Err(e) => {
                     con = None;
+                    self.redis_down
+                        .store(super::unreachable(&e), Ordering::Relaxed);
                     self.note_down(
                         &mut down_since,
                         &redis_error(&self.url, "reading results", e).to_string(),
@@ -807,7 +829,6 @@ impl Inner {
 
     /// Redis did not answer: once it has not for the timeout, every pending result fails.
     fn note_down(&self, since: &mut Option<Instant>, why: &str) {
-        self.redis_down.store(true, Ordering::Relaxed);
         let t = *since.get_or_insert_with(Instant::now);
         if t.elapsed() >= self.redis_timeout {
             self.fail_all(&format!(
@@ -929,10 +950,10 @@ impl Inner {
             .arg(&key)
             .arg(self.result_ttl.as_millis() as u64)
             .ignore();
-        match self.with_con("cancelling", |c| pipe.query::<()>(c)) {
+        match self.with_con_noting("cancelling", |c| pipe.query::<()>(c)) {
             Ok(()) => true,
-            Err(_) if self.redis_down.load(Ordering::Relaxed) => false,
-            Err(e) => {
+            Err((_, true)) => false,
+            Err((e, false)) => {
                 // Its hosts run it to its end; the result is ignored here all the same.
                 tracing::warn!("cluster: cancelling job {job}: {e}");
                 true
@@ -947,6 +968,11 @@ impl Inner {
     /// Sets the fences [`fence_cancelled`](Inner::fence_cancelled) could not (Redis was
     /// down), while Redis answers; what it still cannot reach stays for the next call.
     fn fence_unfenced(&self) {
+        // Not while Redis is known to be down: each try would hold the connection for a
+        // command's timeout. The result reader clears the flag as soon as Redis answers it.
+        if self.redis_down.load(Ordering::Relaxed) {
+            return;
+        }
         let mut left = std::mem::take(&mut *self.lock_unfenced());
         while let Some(u) = left.pop() {
             if !self.try_fence(&u.job, &u.chunks, &u.entries) {
@@ -1366,10 +1392,33 @@ impl ClusterPool {
     }
 
     /// Stops accepting work and fails what is pending here at once (Python's `terminate`).
-    /// The hosts finish the chunks they hold; their results are not read.
+    /// Nothing of it runs from then on: chunks not yet sent are never sent, those waiting
+    /// in Redis are deleted, and those a host runs are fenced as a cancel fences them (the
+    /// host stops them within about 50 ms, and a result that comes anyway is refused). An
+    /// item a host already finished and committed keeps its effects, as a Python task that
+    /// ended before `terminate` does.
     pub fn terminate(&self) {
         self.close();
+        let fences: Vec<Unfenced> = {
+            let mut jobs = self.inner.lock_jobs();
+            jobs.by_id
+                .iter_mut()
+                .map(|(id, running)| {
+                    // The sender skips a cancelled job's chunks, and fences those it sent
+                    // meanwhile (`sent`).
+                    running.job.mark_cancelled();
+                    Unfenced {
+                        job: id.clone(),
+                        chunks: running.chunks.keys().copied().collect(),
+                        entries: running.entries.drain().map(|(_, e)| e).collect(),
+                    }
+                })
+                .collect()
+        };
         self.inner.fail_all("the pool was terminated");
+        for f in fences {
+            self.inner.fence_cancelled(&f.job, &f.chunks, &f.entries);
+        }
     }
 
     /// Waits until every result submitted has come back and its callbacks have run; needs

@@ -45,17 +45,18 @@ pub(crate) fn with_connection<T>(
 }
 
 /// As [`with_connection`], and sets `down` when Redis could not be reached, clears it when
-/// Redis answered (even with a refusal).
+/// Redis answered (even with a refusal). An error says whether this call could not reach
+/// Redis (`true`), which the shared `down`, written by other threads too, may no longer.
 pub(crate) fn with_connection_noting<T>(
     con: &mut Option<redis::Connection>,
     url: &str,
     doing: &str,
     down: &AtomicBool,
     f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
-) -> Result<T> {
+) -> std::result::Result<T, (Error, bool)> {
     let tried = attempt(con, url, doing, f);
     down.store(matches!(tried, Err((_, true))), Ordering::Relaxed);
-    tried.map_err(|(e, _)| e)
+    tried
 }
 
 /// As [`with_connection`], and while Redis cannot be reached (down, restarting, a Redis

@@ -133,17 +133,21 @@ impl Inner {
     /// The sender's lock, once it is free; `None` at once if Redis is down, while the
     /// sender holds it (it may for as long as the Redis timeout).
     fn sending_unless_down(&self) -> Option<MutexGuard<'_, ()>> {
-        loop {
+        // The sender takes no new batch while a cancel waits (see `cancels_waiting`).
+        self.cancels_waiting.fetch_add(1, Ordering::Relaxed);
+        let got = loop {
             match self.sending.try_lock() {
-                Ok(guard) => return Some(guard),
-                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Ok(guard) => break Some(guard),
+                Err(TryLockError::Poisoned(p)) => break Some(p.into_inner()),
                 Err(TryLockError::WouldBlock) if self.redis_down.load(Ordering::Relaxed) => {
-                    return None;
+                    break None;
                 }
                 // A send takes a round trip: polled, as the lock has no timed wait.
                 Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
             }
-        }
+        };
+        self.cancels_waiting.fetch_sub(1, Ordering::Relaxed);
+        got
     }
 
     /// Deletes the entries of `sent` (job id, chunk, entry) no host has claimed; answers,

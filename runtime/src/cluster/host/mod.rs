@@ -715,7 +715,7 @@ impl HostInner {
             let skip = streams.at_bound(&waiting, self.slots);
             let Some(read) = streams.next_read(free, &skip) else {
                 // Every stream it reads has its share of chunks waiting for a setup: wait
-                // until one of them starts (the setup thread wakes it).
+                // until one of them starts (a setup thread wakes it).
                 let n = self.lock_inflight();
                 let _ = self.room.wait_timeout(n, Duration::from_millis(200));
                 continue;
@@ -1039,7 +1039,7 @@ impl HostInner {
     }
 
     /// Starts a claimed entry in its local pool, or, when that pool is not set up yet, hands
-    /// it to the setup thread (it stays in flight meanwhile); its results go to the commit
+    /// it to the setup threads (it stays in flight meanwhile); its results go to the commit
     /// thread.
     fn start(
         &self,
@@ -1122,7 +1122,7 @@ impl HostInner {
         };
         match self.ready_pool(&key) {
             Some(pool) => self.launch(&pool, waiting),
-            // Set up on the setup thread: the claims of other modules and setups go on.
+            // Set up on a setup thread: the claims of other modules and setups go on.
             None => self.wait_for_setup(key, waiting),
         }
     }
