@@ -505,6 +505,35 @@ fn xinfo_calls(redis: &RedisServer) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every process beats and asks for a reaper's pass, but one pass runs per beat, whichever
+/// process's it is: four submitting pools cost Redis no more reaper work than one (each
+/// pass reads the untenanted task and redelivery streams' consumers: 2 `XINFO CONSUMERS`).
+#[test]
+fn one_reaper_pass_runs_per_beat_whatever_the_number_of_processes() {
+    within(Duration::from_secs(120), || {
+        let redis = RedisServer::start();
+        let pools: Vec<_> = (0..4).map(|_| cluster_pool(&redis, 0)).collect();
+        let start = xinfo_calls(&redis);
+        assert!(
+            eventually(Duration::from_secs(30), || xinfo_calls(&redis) > start),
+            "the reaper never ran"
+        );
+        // Past the lease it takes a pool to judge others: all four ask every beat.
+        std::thread::sleep(Duration::from_secs(4));
+        let before = xinfo_calls(&redis);
+        std::thread::sleep(Duration::from_secs(4));
+        let calls = xinfo_calls(&redis) - before;
+        assert!(calls > 0, "the reaper stopped");
+        // Eight beats: ~16 reads (at most 9 turns), where every pool's own passes would
+        // make ~64.
+        assert!(
+            calls <= 2 * 10,
+            "{calls} XINFO CONSUMERS in 4 s from 4 pools"
+        );
+        drop(pools);
+    });
+}
+
 /// With no host dead, the reaper reads the tenants' streams on a sweep every few seconds,
 /// not at every beat (every process runs it twice a second, and with many tenants that
 /// read was most of Redis's work); a chunk pending with a consumer that no host entry names

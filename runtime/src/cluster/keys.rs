@@ -45,6 +45,11 @@
 //!                                        Redis time: it took the host's chunks or gave back
 //!                                        its objects); an object operation of a task on a
 //!                                        host admitted before then is refused; kept a day
+//! {wasmpool}:v3:reaping           STRING the reaper's turn: set (NX, for a beat) by the pass
+//!                                        that runs; every other process's pass in that beat
+//!                                        ends at once
+//! {wasmpool}:v3:swept             STRING set (NX, for the sweep period) by the pass that
+//!                                        sweeps every tenant's streams
 //! {wasmpool}:v3:stats             HASH   committed, dropped, redelivered, lost
 //! {wasmpool}:v3:clients           STRING the last client number given out (INCR)
 //! {wasmpool}:v3:objects           STRING the last shared object number given out
@@ -152,6 +157,16 @@ impl Keys {
             Some(rest) if rest.starts_with(':') => format!("{}redo{rest}", self.prefix),
             _ => stream.to_string(),
         }
+    }
+
+    /// The reaper's turn (see `scripts::REAP`).
+    pub fn reaping(&self) -> String {
+        format!("{}reaping", self.prefix)
+    }
+
+    /// Set by the reaper's pass that sweeps (see `scripts::REAP`).
+    pub fn swept(&self) -> String {
+        format!("{}swept", self.prefix)
     }
 
     /// The set of redelivery streams that may hold entries not yet claimed.

@@ -100,9 +100,9 @@ pub(crate) struct ReapCounts {
     pub lost: std::sync::atomic::AtomicU64,
 }
 
-/// Every how many reaper passes one reads every tenant's streams whatever the leases (see
-/// `scripts::REAP`): every 5 s at a [`BEAT`] of 500 ms.
-const SWEEP_EVERY: u32 = 10;
+/// How often a reaper's pass reads every tenant's streams whatever the leases (see
+/// `scripts::REAP`), whichever process's pass it is.
+const SWEEP: Duration = Duration::from_secs(5);
 
 /// Beats every [`BEAT`] until `stop`: renews the lease (a host), then reaps if this process
 /// may judge others.
@@ -117,8 +117,6 @@ pub(crate) fn beat_loop(
 ) {
     let scripts = Scripts::default();
     let mut con: Option<redis::Connection> = None;
-    // Reaper passes so far: the first is a sweep.
-    let mut passes: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         if con.is_none() {
@@ -170,7 +168,7 @@ pub(crate) fn beat_loop(
                         }
                     }
                     if liveness.may_judge() {
-                        let reaped: redis::RedisResult<(u64, u64)> = scripts
+                        let reaped: redis::RedisResult<(u64, u64, u8)> = scripts
                             .reap
                             .key(keys.hosts())
                             .key(keys.tasks())
@@ -180,16 +178,20 @@ pub(crate) fn beat_loop(
                             .key(keys.redo_of(&keys.tasks()))
                             .key(keys.dead())
                             .key(keys.redoing())
+                            .key(keys.reaping())
+                            .key(keys.swept())
                             .arg(GROUP)
                             .arg(MIN_IDLE.as_millis() as u64)
                             .arg(keys.prefix())
                             .arg(result_ttl.as_millis() as u64)
                             .arg(1000)
-                            .arg(u8::from(passes.is_multiple_of(SWEEP_EVERY)))
+                            .arg(SWEEP.as_millis() as u64)
+                            .arg(BEAT.as_millis() as u64)
                             .invoke(c);
-                        passes = passes.wrapping_add(1);
+                        // Objects given back by the pass that had the turn only.
+                        let turn = matches!(reaped, Ok((_, _, 1)));
                         match reaped {
-                            Ok((moved, lost)) => {
+                            Ok((moved, lost, _)) => {
                                 if moved + lost > 0 {
                                     tracing::info!(
                                         "cluster reaper: {moved} chunks of dead hosts redelivered, {lost} failed as lost"
@@ -200,7 +202,11 @@ pub(crate) fn beat_loop(
                             }
                             Err(e) => tracing::warn!("cluster reaper: {e}"),
                         }
-                        match super::release_dead_hosts(c, &keys) {
+                        match if turn {
+                            super::release_dead_hosts(c, &keys)
+                        } else {
+                            Ok(0)
+                        } {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(
                                 "cluster reaper: {n} shared objects given back from dead hosts"

@@ -147,20 +147,27 @@ return id
 /// and is taken out of `tenants` (and its redelivery stream out of `redoing`): a pool of
 /// it registers it again.
 ///
-/// The tenants' streams are read (two `XINFO CONSUMERS` a tenant) only on a sweep, or when
-/// some host's lease has expired: every process runs this every beat, and with many tenants
-/// reading them all each time is most of Redis's work when nothing has died. A host whose
+/// Every process runs this every beat, but one pass runs per beat: the first after the last
+/// one's turn ended takes the next (`reaping`, set for a beat), and every other call ends at
+/// once, so the reaper's work does not grow with the number of hosts and pools (should the
+/// process whose pass it was die, the turn ends a beat later all the same).
+///
+/// The tenants' streams are read (two `XINFO CONSUMERS` a tenant) only on a sweep (the
+/// first pass after the last sweep's period ended: `swept`), or when some host's lease has
+/// expired: with many tenants reading them all each time is most of Redis's work when
+/// nothing has died. A host whose
 /// lease expired stays in `hosts` until its chunks are taken (or for a minute), so each
 /// pass while it is there reads every stream; a consumer no host entry names any more (a
 /// host forgotten with chunks still pending, which the reaper gave it a minute to lose) is
 /// found by the next sweep.
 ///
 /// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead, redoing (the
-/// redelivery streams with entries to claim: each one added to). ARGV: group, min idle (ms),
-/// key prefix, ttl (ms) for an entry without its submitter's, count (per host and stream),
-/// sweep (`1`: read every tenant's streams whatever the leases).
-/// Returns {redelivered, lost}.
+/// redelivery streams with entries to claim: each one added to), reaping, swept. ARGV:
+/// group, min idle (ms), key prefix, ttl (ms) for an entry without its submitter's, count
+/// (per host and stream), sweep period (ms), turn (ms: a beat).
+/// Returns {redelivered, lost, whether this call had the turn (1) or ended at once (0)}.
 pub(crate) const REAP: &str = r#"
+if not redis.call('SET', KEYS[9], '1', 'NX', 'PX', ARGV[7]) then return {0, 0, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function dead(host)
@@ -242,7 +249,7 @@ local function drained(stream)
   local p = redis.pcall('XPENDING', stream, ARGV[1])
   return not (type(p) == 'table' and not p.err and tonumber(p[1]) and tonumber(p[1]) > 0)
 end
-local sweep = ARGV[6] == '1'
+local sweep = redis.call('SET', KEYS[10], '1', 'NX', 'PX', ARGV[6])
   or #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 1) > 0
 if sweep then
   for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[5])) do
@@ -269,7 +276,7 @@ for _, h in ipairs(gone) do
   redis.call('ZREM', KEYS[1], h)
   redis.call('HDEL', KEYS[4], h)
 end
-return {moved, lost}
+return {moved, lost, 1}
 "#;
 
 /// A host's claim without waiting, while its redelivery streams may hold entries not yet
