@@ -466,6 +466,20 @@ fn cancelling_a_running_cluster_task_stops_it_on_its_host() {
     });
 }
 
+/// A pool on `redis` that waits for no host (none may have joined), its manager, and a
+/// dict of it.
+fn hostless_pool_and_dict(
+    redis: &RedisServer,
+) -> (ClusterPool, ClusterManager, wasmpool::Dict<String, i64>) {
+    let pool = Pool::builder(&testkit())
+        .cluster(&redis.url())
+        .build()
+        .unwrap();
+    let m = pool.manager().unwrap();
+    let d = m.dict::<String, i64>().unwrap();
+    (pool, m, d)
+}
+
 /// `terminate` on a cluster pool fails what is pending at once, and none of it runs
 /// afterwards: its entries waiting in Redis are deleted, so a host that joins later never
 /// runs them (as Python's `terminate` ends the workers that would have).
@@ -474,12 +488,7 @@ fn terminated_cluster_work_still_queued_never_runs() {
     within(Duration::from_secs(120), || {
         let redis = RedisServer::start();
         // No host yet: the work waits in Redis when the pool is terminated.
-        let pool = Pool::builder(&testkit())
-            .cluster(&redis.url())
-            .build()
-            .unwrap();
-        let m = pool.manager().unwrap();
-        let d = m.dict::<String, i64>().unwrap();
+        let (pool, _m, d) = hostless_pool_and_dict(&redis);
         let waiting: Vec<_> = (0..3)
             .map(|_| {
                 pool.apply_async::<_, ()>("atomic_increments", &(d.clone(), 1u64))
@@ -512,12 +521,7 @@ fn cancelled_cluster_work_still_queued_never_runs() {
     within(Duration::from_secs(120), || {
         let redis = RedisServer::start();
         // No host yet: the work waits in Redis, and is cancelled there.
-        let pool = Pool::builder(&testkit())
-            .cluster(&redis.url())
-            .build()
-            .unwrap();
-        let m = pool.manager().unwrap();
-        let d = m.dict::<String, i64>().unwrap();
+        let (pool, m, d) = hostless_pool_and_dict(&redis);
         let count = || d.get(&"count".to_string()).unwrap().unwrap_or(0);
         let increments = |n: usize| -> Vec<_> {
             (0..n)
