@@ -158,20 +158,25 @@ fn a_host_keeps_at_most_eight_local_pools_counting_one_let_go_that_still_runs() 
         // busy one, and the busy one counts against the bound of eight.
         let mut pids = vec![busy];
         pids.extend(pools[1..].iter().map(pid_of));
-        assert!(
-            eventually(Duration::from_secs(20), || pids
-                .iter()
-                .filter(|p| pid_alive(**p))
-                .count()
-                <= 8),
-            "more than eight pools' workers alive: {:?}; host: {}",
-            pids.iter().map(|p| (*p, pid_alive(*p))).collect::<Vec<_>>(),
-            host.log()
-        );
+        at_most_eight_alive(&pids, &host);
         assert!(pid_alive(busy), "the busy pool was let go");
         // The pools let go come back (new workers) when their work does.
         assert_ne!(pid_of(&pools[1]), pids[1]);
     });
+}
+
+/// Waits until at most eight of the pools' workers `pids` are alive (the host's bound).
+fn at_most_eight_alive(pids: &[u32], host: &WorkerHost) {
+    assert!(
+        eventually(Duration::from_secs(20), || pids
+            .iter()
+            .filter(|p| pid_alive(**p))
+            .count()
+            <= 8),
+        "more than eight pools' workers alive: {:?}; host: {}",
+        pids.iter().map(|p| (*p, pid_alive(*p))).collect::<Vec<_>>(),
+        host.log()
+    );
 }
 
 /// Ten setups at once (each host setup thread takes one): the seats of setups still running
@@ -184,7 +189,6 @@ fn setups_at_once_keep_the_bound_of_eight_local_pools() {
         let pools: Vec<ClusterPool> = (0..10)
             .map(|i| on(&redis, Pool::builder(&testkit()).maxtasksperchild(2000 + i)))
             .collect();
-        wait_for_hosts(&pools[0], 1);
         let asked: Vec<_> = pools
             .iter()
             .map(|p| p.apply_async::<_, u32>("pid_after", &(0u64,)).unwrap())
@@ -193,16 +197,7 @@ fn setups_at_once_keep_the_bound_of_eight_local_pools() {
             .into_iter()
             .map(|r| r.get_timeout(Duration::from_secs(120)).unwrap())
             .collect();
-        assert!(
-            eventually(Duration::from_secs(20), || pids
-                .iter()
-                .filter(|p| pid_alive(**p))
-                .count()
-                <= 8),
-            "more than eight pools' workers alive: {:?}; host: {}",
-            pids.iter().map(|p| (*p, pid_alive(*p))).collect::<Vec<_>>(),
-            host.log()
-        );
+        at_most_eight_alive(&pids, &host);
     });
 }
 
