@@ -45,7 +45,7 @@
 //!                                        Redis time: it took the host's chunks or gave back
 //!                                        its objects); an object operation of a task on a
 //!                                        host admitted before then is refused; kept a day
-//! {wasmpool}:v3:reaping           STRING the reaper's turn: set (NX, for a beat) by the pass
+//! {wasmpool}:v3:reaping           STRING the reaper's turn: set (NX, 0.9 beat) by the pass
 //!                                        that runs; every other process's pass in that beat
 //!                                        ends at once
 //! {wasmpool}:v3:swept             STRING set (NX, for the sweep period) by the pass that

@@ -100,6 +100,11 @@ pub(crate) struct ReapCounts {
     pub lost: std::sync::atomic::AtomicU64,
 }
 
+/// How long a reaper's pass holds the turn (see `scripts::REAP`): a little less than a beat,
+/// so that a process beating alone still runs a pass at every beat, as every process did
+/// before the turns.
+const TURN: Duration = Duration::from_millis(BEAT.as_millis() as u64 * 9 / 10);
+
 /// How often a reaper's pass reads every tenant's streams whatever the leases (see
 /// `scripts::REAP`), whichever process's pass it is.
 const SWEEP: Duration = Duration::from_secs(5);
@@ -186,7 +191,7 @@ pub(crate) fn beat_loop(
                             .arg(result_ttl.as_millis() as u64)
                             .arg(1000)
                             .arg(SWEEP.as_millis() as u64)
-                            .arg(BEAT.as_millis() as u64)
+                            .arg(TURN.as_millis() as u64)
                             .invoke(c);
                         // Objects given back by the pass that had the turn only.
                         let turn = matches!(reaped, Ok((_, _, 1)));

@@ -148,9 +148,9 @@ return id
 /// it registers it again.
 ///
 /// Every process runs this every beat, but one pass runs per beat: the first after the last
-/// one's turn ended takes the next (`reaping`, set for a beat), and every other call ends at
-/// once, so the reaper's work does not grow with the number of hosts and pools (should the
-/// process whose pass it was die, the turn ends a beat later all the same).
+/// one's turn ended takes the next (`reaping`, set for nine tenths of a beat), and every
+/// other call ends at once, so the reaper's work does not grow with the number of hosts and
+/// pools (should the process whose pass it was die, its turn ends all the same).
 ///
 /// The tenants' streams are read (two `XINFO CONSUMERS` a tenant) only on a sweep (the
 /// first pass after the last sweep's period ended: `swept`), or when some host's lease has
