@@ -387,11 +387,14 @@ fn a_host_killed_on_a_tenant_stream_has_its_chunks_redelivered() {
 }
 
 /// Every key of the layout, sorted.
-/// Every key in Redis, but the reaper's turn and sweep marks: they come and go with the
-/// beats of the processes still running (the host here), and expire within 5 s of the last.
+/// The reaper's turn and sweep marks: they come and go with the beats of the processes still
+/// running (the host here), and expire within 5 s of the last.
+const REAPER_MARKS: [&str; 2] = ["{wasmpool}:v3:reaping", "{wasmpool}:v3:swept"];
+
+/// Every key in Redis, but the [`REAPER_MARKS`].
 fn all_keys(redis: &RedisServer) -> Vec<String> {
     let mut keys = redis.keys("*");
-    keys.retain(|k| k != "{wasmpool}:v3:reaping" && k != "{wasmpool}:v3:swept");
+    keys.retain(|k| !REAPER_MARKS.contains(&k.as_str()));
     keys.sort();
     keys
 }
@@ -449,7 +452,7 @@ fn the_key_count_returns_to_the_baseline_after_two_tenants_pools_are_dropped() {
                 .filter(|k| !now.contains(k))
                 .collect::<Vec<_>>()
         );
-        let marks = int_reply(&redis, "EXISTS {wasmpool}:v3:reaping {wasmpool}:v3:swept");
+        let marks = int_reply(&redis, &format!("EXISTS {}", REAPER_MARKS.join(" ")));
         assert_eq!(
             int_reply(&redis, "DBSIZE") - marks,
             i64::try_from(baseline.len()).unwrap()

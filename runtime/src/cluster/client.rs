@@ -346,10 +346,10 @@ impl Owner {
     }
 }
 
-/// Cancelled chunks of a job whose fences are still to be set (as
-/// [`Inner::fence_cancelled`] takes them).
+/// Cancelled chunks of a job, whose stream entries are to be deleted and fences set (what
+/// [`Inner::fence_cancelled`] takes, and keeps while Redis is down).
 #[derive(Debug)]
-struct Unfenced {
+struct Fence {
     job: String,
     chunks: Vec<u32>,
     entries: Vec<String>,
@@ -437,7 +437,7 @@ struct Inner {
     cancels_waiting: AtomicUsize,
     /// Cancelled chunks whose fences could not be set for want of Redis, set by the sender
     /// once it answers again.
-    unfenced: Mutex<Vec<Unfenced>>,
+    unfenced: Mutex<Vec<Fence>>,
     /// Notified when a job is forgotten (every chunk answered).
     changed: Condvar,
     callbacks: Callbacks,
@@ -618,14 +618,18 @@ impl Inner {
     /// Records the stream entries of chunks sent; those of a job cancelled meanwhile are
     /// deleted and fenced at once.
     fn sent(&self, batch: &[Outgoing], ids: Vec<Vec<Option<String>>>) {
-        let mut fence: Vec<(String, Vec<u32>, Vec<String>)> = Vec::new();
+        let mut fences: Vec<Fence> = Vec::new();
         {
             let mut jobs = self.lock_jobs();
             for (out, ids) in batch.iter().zip(ids) {
                 let chunks = (out.first_chunk..).zip(ids);
                 if out.job.is_cancelled() {
-                    let (c, e): (Vec<u32>, Vec<Option<String>>) = chunks.unzip();
-                    fence.push((out.id.clone(), c, e.into_iter().flatten().collect()));
+                    let (chunks, e): (Vec<u32>, Vec<Option<String>>) = chunks.unzip();
+                    fences.push(Fence {
+                        job: out.id.clone(),
+                        chunks,
+                        entries: e.into_iter().flatten().collect(),
+                    });
                 } else if let Some(running) = jobs.by_id.get_mut(&out.id) {
                     for (chunk, id) in chunks {
                         if let Some(id) = id
@@ -637,8 +641,8 @@ impl Inner {
                 }
             }
         }
-        for (job, chunks, entries) in fence {
-            self.fence_cancelled(&job, &chunks, &entries);
+        for f in fences {
+            self.fence_cancelled(f);
         }
     }
 
@@ -912,29 +916,30 @@ impl Inner {
 }
 
 impl Inner {
-    /// Tells the cluster that chunks `chunks` of job `job` are cancelled: their stream
+    /// Tells the cluster that the chunks of `fence` are cancelled: their stream
     /// entries not yet claimed are deleted (no host will run them), and each chunk's fence
     /// is set to `x`, which a host running one polls for (it stops it), the reaper reads as
     /// done (it never redelivers it) and the commit refuses (a result that comes anyway).
     ///
     /// While Redis is down the fences are left to the sender, which sets them once it
     /// answers, before it sends more: a cancel returns at once.
-    fn fence_cancelled(&self, job: &str, chunks: &[u32], entries: &[String]) {
-        if chunks.is_empty() {
+    fn fence_cancelled(&self, fence: Fence) {
+        if fence.chunks.is_empty() {
             return;
         }
-        if self.redis_down.load(Ordering::Relaxed) || !self.try_fence(job, chunks, entries) {
-            self.lock_unfenced().push(Unfenced {
-                job: job.to_string(),
-                chunks: chunks.to_vec(),
-                entries: entries.to_vec(),
-            });
+        if self.redis_down.load(Ordering::Relaxed) || !self.try_fence(&fence) {
+            self.lock_unfenced().push(fence);
         }
     }
 
     /// Sets the fences of [`fence_cancelled`](Inner::fence_cancelled); false if Redis
     /// could not be reached.
-    fn try_fence(&self, job: &str, chunks: &[u32], entries: &[String]) -> bool {
+    fn try_fence(&self, fence: &Fence) -> bool {
+        let Fence {
+            job,
+            chunks,
+            entries,
+        } = fence;
         let mut pipe = redis::pipe();
         if !entries.is_empty() {
             pipe.cmd("XDEL").arg(&self.tasks_key).arg(entries).ignore();
@@ -961,7 +966,7 @@ impl Inner {
         }
     }
 
-    fn lock_unfenced(&self) -> MutexGuard<'_, Vec<Unfenced>> {
+    fn lock_unfenced(&self) -> MutexGuard<'_, Vec<Fence>> {
         self.unfenced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -975,7 +980,7 @@ impl Inner {
         }
         let mut left = std::mem::take(&mut *self.lock_unfenced());
         while let Some(u) = left.pop() {
-            if !self.try_fence(&u.job, &u.chunks, &u.entries) {
+            if !self.try_fence(&u) {
                 left.push(u);
                 self.lock_unfenced().append(&mut left);
                 return;
@@ -992,19 +997,22 @@ impl CancelJobs for Inner {
             let id = jobs.by_ptr.get(&(Arc::as_ptr(job) as usize)).cloned();
             id.and_then(|id| {
                 let running = jobs.by_id.get_mut(&id)?;
-                let chunks: Vec<u32> = running.chunks.drain().map(|(c, _)| c).collect();
-                let entries: Vec<String> = running.entries.drain().map(|(_, e)| e).collect();
-                Some((id, chunks, entries))
+                Some(Fence {
+                    job: id,
+                    chunks: running.chunks.drain().map(|(c, _)| c).collect(),
+                    entries: running.entries.drain().map(|(_, e)| e).collect(),
+                })
             })
         };
-        if let Some((id, chunks, entries)) = &taken {
-            self.fence_cancelled(id, chunks, entries);
+        let id = taken.as_ref().map(|f| f.job.clone());
+        if let Some(f) = taken {
+            self.fence_cancelled(f);
         }
         let cancelled = job.complete_run(0, job.len(), Slot::Cancelled);
         if cancelled > 0 {
             self.callbacks.run_hooks(job);
         }
-        if let Some((id, _, _)) = taken {
+        if let Some(id) = id {
             self.lock_jobs().forget_if_done(&id);
         }
         self.changed.notify_all();
@@ -1399,7 +1407,7 @@ impl ClusterPool {
     /// ended before `terminate` does.
     pub fn terminate(&self) {
         self.close();
-        let fences: Vec<Unfenced> = {
+        let fences: Vec<Fence> = {
             let mut jobs = self.inner.lock_jobs();
             jobs.by_id
                 .iter_mut()
@@ -1407,7 +1415,7 @@ impl ClusterPool {
                     // The sender skips a cancelled job's chunks, and fences those it sent
                     // meanwhile (`sent`).
                     running.job.mark_cancelled();
-                    Unfenced {
+                    Fence {
                         job: id.clone(),
                         chunks: running.chunks.keys().copied().collect(),
                         entries: running.entries.drain().map(|(_, e)| e).collect(),
@@ -1417,7 +1425,7 @@ impl ClusterPool {
         };
         self.inner.fail_all("the pool was terminated");
         for f in fences {
-            self.inner.fence_cancelled(&f.job, &f.chunks, &f.entries);
+            self.inner.fence_cancelled(f);
         }
     }
 

@@ -207,16 +207,14 @@ pub(crate) fn beat_loop(
                             }
                             Err(e) => tracing::warn!("cluster reaper: {e}"),
                         }
-                        match if turn {
-                            super::release_dead_hosts(c, &keys)
-                        } else {
-                            Ok(0)
-                        } {
-                            Ok(0) => {}
-                            Ok(n) => tracing::info!(
-                                "cluster reaper: {n} shared objects given back from dead hosts"
-                            ),
-                            Err(e) => tracing::warn!("cluster reaper: {e}"),
+                        if turn {
+                            match super::release_dead_hosts(c, &keys) {
+                                Ok(0) => {}
+                                Ok(n) => tracing::info!(
+                                    "cluster reaper: {n} shared objects given back from dead hosts"
+                                ),
+                                Err(e) => tracing::warn!("cluster reaper: {e}"),
+                            }
                         }
                     }
                 }

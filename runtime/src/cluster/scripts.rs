@@ -164,7 +164,7 @@ return id
 /// KEYS: hosts, tasks, stats, slots, tenants, redo (of tasks), dead, redoing (the
 /// redelivery streams with entries to claim: each one added to), reaping, swept. ARGV:
 /// group, min idle (ms), key prefix, ttl (ms) for an entry without its submitter's, count
-/// (per host and stream), sweep period (ms), turn (ms: a beat).
+/// (per host and stream), sweep period (ms), turn (ms: a little less than a beat).
 /// Returns {redelivered, lost, whether this call had the turn (1) or ended at once (0)}.
 pub(crate) const REAP: &str = r#"
 if not redis.call('SET', KEYS[9], '1', 'NX', 'PX', ARGV[7]) then return {0, 0, 0} end
