@@ -72,6 +72,17 @@ impl WorkerHost {
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
+    /// Waits until it has joined, set up whole (its `joined` line): its lease shows earlier,
+    /// while it still sets up, so a test that stops Redis right after `wait_for_hosts` could
+    /// make its join fail.
+    pub(crate) fn wait_joined(&self) {
+        assert!(
+            eventually(Duration::from_secs(30), || self.log().contains(" joined ")),
+            "the host did not join: {}",
+            self.log()
+        );
+    }
+
     /// What it wrote to stderr so far.
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -41,6 +41,7 @@ fn a_map_submitted_while_redis_is_down_is_sent_when_it_comes_back() {
         let host = WorkerHost::start(&redis, 2);
         let pool = cluster_pool(&redis, 0);
         wait_for_hosts(&pool, 1);
+        host.wait_joined();
         assert!(redis.command("SAVE").starts_with("+OK"));
         redis.kill();
         let run = pool
@@ -76,6 +77,7 @@ fn chunks_sent_again_after_a_timeout_are_added_once_and_run_once() {
         let host = WorkerHost::start(&redis, 2);
         let pool = cluster_pool(&redis, 0);
         wait_for_hosts(&pool, 1);
+        host.wait_joined();
         let m = pool.manager().unwrap();
         let d = m.dict::<String, i64>().unwrap();
         let before = entries_added(&redis);
@@ -198,6 +200,7 @@ fn cancelling_while_redis_is_stopped_answers_at_once_and_what_was_on_its_way_run
             .build()
             .unwrap();
         wait_for_hosts(&pool, 1);
+        host.wait_joined();
         let ex = Executor::from_cluster(pool.clone());
         redis.signal(libc::SIGSTOP);
         let on_its_way = ex.submit::<_, u64>("square", &(3u64,)).unwrap();
