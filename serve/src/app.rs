@@ -258,20 +258,33 @@ impl App {
     /// (`cancelled`, with their records), its running chunks are stopped and their items
     /// not finished fail the same way. Returns how many queued items were cancelled and
     /// how many chunks were running.
+    ///
+    /// The map's queued chunks leave the dispatcher before its running ones are stopped:
+    /// stopped first, they would free their workers' places for the next of its chunks,
+    /// which would then start (and be cancelled as it started) instead of being counted as
+    /// queued. A chunk that the dispatcher took just before the cancel but had not yet
+    /// started sees the cancel as it starts, and is counted in neither number.
     pub fn cancel_map(&self, tenant: &Tenant, map: &str) -> Result<(usize, usize), ServeError> {
-        let running = {
+        {
             let mut maps = self.lock_maps();
             let now = Instant::now();
             maps.cancelled
                 .retain(|_, at| now.duration_since(*at) < CANCELLED_KEPT);
             maps.cancelled.insert(map.to_string(), now);
-            let slots = maps.running.get(map).cloned().unwrap_or_default();
+        }
+        let removed = self.dispatch.remove_map(tenant.name(), map);
+        let running = {
+            let slots = self
+                .lock_maps()
+                .running
+                .get(map)
+                .cloned()
+                .unwrap_or_default();
             for slot in &slots {
                 slot.request();
             }
             slots.len()
         };
-        let removed = self.dispatch.remove_map(tenant.name(), map);
         let queued = self.store.queued_items(tenant.name(), map)?;
         let mut done = Vec::with_capacity(queued.len());
         for (id, task, args) in queued {
