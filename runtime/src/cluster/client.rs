@@ -43,6 +43,10 @@ const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a module's bytes are kept in Redis after the last submission that used it.
 const MODULE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The most chunks one call of [`SUBMIT`] adds: a batch of more is several calls in one
+/// pipeline, so that no one call holds Redis (whose scripts run alone) for long.
+const SUBMITS_A_CALL: usize = 64;
+
 /// Options for a [`ClusterPool`]: `Pool::builder(&module).cluster(url)`, then these, then
 /// [`build`](ClusterBuilder::build).
 #[derive(Debug)]
@@ -668,7 +672,8 @@ impl Inner {
         self.changed.notify_all();
     }
 
-    /// Sends queued chunks, one stream entry each, in one pipeline; returns their entries'
+    /// Sends queued chunks, one stream entry each, in one pipeline (one call of [`SUBMIT`]
+    /// for up to [`SUBMITS_A_CALL`] of them); returns their entries'
     /// ids (`None` for the chunks of a job cancelled before they went out). While Redis
     /// cannot be reached it tries again, for up to the Redis timeout; each chunk is added
     /// by [`SUBMIT`], once, however many times it is sent (a pipeline whose connection broke
@@ -678,9 +683,9 @@ impl Inner {
         // Loaded for each batch: a Redis restarted, or a new master, has lost its scripts.
         pipe.load_script(&self.submit_script).ignore();
         let ttl = self.result_ttl.as_millis() as u64;
-        let tasks = &self.tasks_key;
-        let mut sent = 0;
         let mut skipped = Vec::with_capacity(batch.len());
+        let mut calls = Vec::new();
+        let mut in_call = SUBMITS_A_CALL;
         for out in batch {
             let job = &out.job;
             skipped.push(job.is_cancelled());
@@ -699,41 +704,43 @@ impl Inner {
                 };
                 let payload = postcard::to_stdvec(&spec)
                     .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
-                let chunk = out.first_chunk + i as u32;
-                let mut add = self.submit_script.prepare_invoke();
-                add.key(tasks)
-                    .key(self.keys.job(&out.id))
-                    .arg(chunk)
-                    .arg(ttl)
-                    .arg("j")
-                    .arg(&out.id)
-                    .arg("c")
-                    .arg(chunk)
-                    .arg("a")
-                    .arg(0)
-                    .arg("r")
-                    .arg(&self.client)
-                    .arg("n")
-                    .arg(job.opts.retries)
-                    .arg("t")
-                    .arg(ttl)
-                    .arg("p")
-                    .arg(payload);
-                pipe.invoke_script(&add);
-                sent += 1;
+                if in_call == SUBMITS_A_CALL {
+                    let mut call = self.submit_script.prepare_invoke();
+                    call.key(&self.tasks_key).arg(ttl).arg(&self.client);
+                    calls.push(call);
+                    in_call = 0;
+                }
+                if let Some(call) = calls.last_mut() {
+                    call.key(self.keys.job(&out.id))
+                        .arg(&out.id)
+                        .arg(out.first_chunk + i as u32)
+                        .arg(job.opts.retries)
+                        .arg(payload);
+                }
+                in_call += 1;
             }
+        }
+        for call in &calls {
+            pipe.invoke_script(call);
         }
         pipe.cmd("EXPIRE")
             .arg(self.keys.module(&self.sha))
             .arg(MODULE_TTL.as_secs());
         let replies =
             self.with_con_waiting("submitting chunks", |c| pipe.query::<Vec<redis::Value>>(c))?;
-        let kept = matches!(replies.get(sent), Some(redis::Value::Int(1)));
-        let mut ids = replies.into_iter().take(sent).map(|v| match v {
-            redis::Value::BulkString(b) => String::from_utf8(b).ok(),
-            redis::Value::SimpleString(s) => Some(s),
-            _ => None,
-        });
+        let kept = matches!(replies.get(calls.len()), Some(redis::Value::Int(1)));
+        let mut ids = replies
+            .into_iter()
+            .take(calls.len())
+            .flat_map(|call| match call {
+                redis::Value::Array(ids) => ids,
+                _ => Vec::new(),
+            })
+            .map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+                redis::Value::SimpleString(s) => Some(s),
+                _ => None,
+            });
         let ids = batch
             .iter()
             .zip(skipped)

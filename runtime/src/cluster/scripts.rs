@@ -42,9 +42,10 @@ end
 return again
 "#;
 
-/// Commits one chunk's results, fenced by its attempt: only if the job's current attempt of
-/// the chunk is the one the host ran and no result is committed yet. Either way the host's
-/// stream entry is acknowledged and deleted; a refused (late) result is counted as dropped.
+/// Commits chunks' results, each fenced by its attempt: only if the job's current attempt
+/// of the chunk is the one the host ran and no result is committed yet. Either way the
+/// host's stream entry is acknowledged and deleted; a refused (late) result is counted as
+/// dropped.
 ///
 /// Fenced also by the host's declaration: a chunk run in workers whose object lane was
 /// admitted at or before the host was last declared dead (`{wasmpool}:v3:dead`; its object
@@ -53,83 +54,132 @@ return again
 /// the host came back: added with its attempt one higher to the redelivery stream, or,
 /// when its retries are spent, failed as lost (its submitter is told).
 ///
-/// KEYS: the entry's task stream, job, results, stats, dead, the stream's redelivery
-/// stream, redoing (the redelivery streams with entries to claim). ARGV: entry id, chunk, attempt, record, ttl (ms), group, host, when the lane
-/// the chunk ran in was admitted (Redis time, ms), job.
-/// Returns 1 when committed, 0 when dropped, 2 when this very attempt was committed already
-/// (a commit sent again after a lost connection: not a late result, not counted), 3 when
-/// the chunk was cancelled (its fence `x`: not counted either), 4 when given back and
-/// redelivered (or given back already: a give-back sent again), 5 when given back and
-/// failed as lost.
+/// One call commits a batch of chunks (those a host finished together), each as if alone
+/// and in order; what the batch's chunks share is done once: the host's declaration read,
+/// the acknowledgement and delete of the entries of one stream, the push of the records
+/// to one results list and its expiry, the counts. With an `apply_async` flood each chunk
+/// is a task, and this is most of Redis's work for it: one script call and four commands
+/// a chunk, where a call each made nine.
+///
+/// KEYS: stats, dead, redoing (the redelivery streams with entries to claim), then for each
+/// chunk its entry's task stream, its job, its results list and the stream's redelivery
+/// stream. ARGV: group, host, then for each chunk its entry id, chunk, attempt, record, ttl
+/// (ms), when the lane the chunk ran in was admitted (Redis time, ms), job.
+/// Returns for each chunk 1 when committed, 0 when dropped, 2 when this very attempt was
+/// committed already (a commit sent again after a lost connection: not a late result, not
+/// counted), 3 when the chunk was cancelled (its fence `x`: not counted either), 4 when
+/// given back and redelivered (or given back already: a give-back sent again), 5 when given
+/// back and failed as lost.
 pub(crate) const COMMIT: &str = r#"
-local job, c, att = KEYS[2], ARGV[2], ARGV[3]
-local dead = redis.call('ZSCORE', KEYS[5], ARGV[7])
-local fenced = dead and tonumber(dead) >= tonumber(ARGV[8])
-local entry = nil
-if fenced then entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1] end
-redis.call('XACK', KEYS[1], ARGV[6], ARGV[1])
-redis.call('XDEL', KEYS[1], ARGV[1])
--- One read of the chunk's done mark, given-back attempt and current attempt (each
--- false when unset): a commit per task of an `apply_async` flood, so each call counts.
-local marks = redis.call('HMGET', job, 'd:' .. c, 'g:' .. c, 'a:' .. c)
-local d, cur = marks[1], marks[3]
-if d == 'x' then return 3 end
-if marks[2] == att then return 4 end
-if not cur then cur = '0' end
-if cur == att and d == att then return 2 end
-if cur ~= att or d then
-  redis.call('HINCRBY', KEYS[4], 'dropped', 1)
-  return 0
+local group, host = ARGV[1], ARGV[2]
+local dead = redis.call('ZSCORE', KEYS[2], host)
+dead = dead and tonumber(dead)
+local counts = {committed = 0, dropped = 0, redelivered = 0, lost = 0}
+-- The entries to acknowledge and delete, by stream; the records to push, by list (in the
+-- order committed), and the expiry each list gets (its last chunk's).
+local acks, streams = {}, {}
+local pushes, lists, expiry = {}, {}, {}
+local function push(list, record, ttl)
+  if not pushes[list] then pushes[list] = {}; table.insert(lists, list) end
+  table.insert(pushes[list], record)
+  expiry[list] = ttl
 end
-if fenced then
-  redis.call('HSET', job, 'g:' .. c, att)
-  redis.call('PEXPIRE', job, ARGV[5])
-  local f = {}
-  if entry then
-    local flat = entry[2]
-    for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+local function commit(stream, job, results, redo, id, c, att, record, ttl, since, jobid)
+  local fenced = dead and dead >= tonumber(since)
+  local entry = nil
+  if fenced then entry = redis.call('XRANGE', stream, id, id)[1] end
+  if not acks[stream] then acks[stream] = {}; table.insert(streams, stream) end
+  table.insert(acks[stream], id)
+  -- One read of the chunk's done mark, given-back attempt and current attempt (each
+  -- false when unset).
+  local marks = redis.call('HMGET', job, 'd:' .. c, 'g:' .. c, 'a:' .. c)
+  local d, cur = marks[1], marks[3]
+  if d == 'x' then return 3 end
+  if marks[2] == att then return 4 end
+  if not cur then cur = '0' end
+  if cur == att and d == att then return 2 end
+  if cur ~= att or d then
+    counts.dropped = counts.dropped + 1
+    return 0
   end
-  local a = tonumber(att)
-  if entry and f['p'] and a and a < tonumber(f['n'] or '0') then
-    redis.call('HSET', job, 'a:' .. c, tostring(a + 1))
-    redis.pcall('XGROUP', 'CREATE', KEYS[6], ARGV[6], '0', 'MKSTREAM')
-    redis.call('XADD', KEYS[6], '*', 'j', f['j'], 'c', c, 'a', tostring(a + 1),
-      'r', f['r'], 'n', f['n'], 't', f['t'] or ARGV[5], 'p', f['p'])
-    redis.call('SADD', KEYS[7], KEYS[6])
-    redis.call('HINCRBY', KEYS[4], 'redelivered', 1)
-    return 4
+  if fenced then
+    redis.call('HSET', job, 'g:' .. c, att)
+    redis.call('PEXPIRE', job, ttl)
+    local f = {}
+    if entry then
+      local flat = entry[2]
+      for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+    end
+    local a = tonumber(att)
+    if entry and f['p'] and a and a < tonumber(f['n'] or '0') then
+      redis.call('HSET', job, 'a:' .. c, tostring(a + 1))
+      redis.pcall('XGROUP', 'CREATE', redo, group, '0', 'MKSTREAM')
+      redis.call('XADD', redo, '*', 'j', f['j'], 'c', c, 'a', tostring(a + 1),
+        'r', f['r'], 'n', f['n'], 't', f['t'] or ttl, 'p', f['p'])
+      redis.call('SADD', KEYS[3], redo)
+      counts.redelivered = counts.redelivered + 1
+      return 4
+    end
+    redis.call('HSET', job, 'd:' .. c, 'lost')
+    push(results, 'L ' .. jobid .. ' ' .. c .. ' ' .. host, ttl)
+    counts.lost = counts.lost + 1
+    return 5
   end
-  redis.call('HSET', job, 'd:' .. c, 'lost')
-  redis.call('RPUSH', KEYS[3], 'L ' .. ARGV[9] .. ' ' .. c .. ' ' .. ARGV[7])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
-  redis.call('HINCRBY', KEYS[4], 'lost', 1)
-  return 5
+  redis.call('HSET', job, 'd:' .. c, att)
+  redis.call('PEXPIRE', job, ttl)
+  push(results, record, ttl)
+  counts.committed = counts.committed + 1
+  return 1
 end
-redis.call('HSET', job, 'd:' .. c, att)
-redis.call('PEXPIRE', job, ARGV[5])
-redis.call('RPUSH', KEYS[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
-redis.call('HINCRBY', KEYS[4], 'committed', 1)
-return 1
+local answers = {}
+for i = 0, (#KEYS - 3) / 4 - 1 do
+  local k, a = 3 + 4 * i, 2 + 7 * i
+  answers[i + 1] = commit(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+end
+for _, stream in ipairs(streams) do
+  redis.call('XACK', stream, group, unpack(acks[stream]))
+  redis.call('XDEL', stream, unpack(acks[stream]))
+end
+for _, list in ipairs(lists) do
+  redis.call('RPUSH', list, unpack(pushes[list]))
+  redis.call('PEXPIRE', list, expiry[list])
+end
+for name, n in pairs(counts) do
+  if n > 0 then redis.call('HINCRBY', KEYS[1], name, n) end
+end
+return answers
 "#;
 
-/// Adds a chunk to its task stream once: its entry's id is recorded in its job's record
+/// Adds chunks to a task stream, each once: its entry's id is recorded in its job's record
 /// (`s:<chunk>`), and a chunk added already is not added again, its recorded id returned.
 /// A submitter whose connection broke after sending it cannot know whether it landed, and
 /// sends it again: so it never waits twice in the stream (never runs twice, which work with
-/// retries 0 must not).
+/// retries 0 must not). One call adds a batch of chunks (a pool's sender's, in order), one
+/// call where each chunk made one: with an `apply_async` flood each chunk is a task.
 ///
-/// KEYS: the task stream, the job's record. ARGV: chunk, ttl (ms) of the job's record, then
-/// the entry's fields and values. Returns the entry's id.
+/// KEYS: the task stream, then each chunk's job record. ARGV: ttl (ms) of the job records
+/// and of the results (the entry's `t`), the submitter (`r`), then for each chunk its job
+/// (`j`), chunk (`c`), retries (`n`) and payload (`p`). Returns the entries' ids.
 pub(crate) const SUBMIT: &str = r#"
-local sent = 's:' .. ARGV[1]
-local id = redis.call('HGET', KEYS[2], sent)
-if id then return id end
-id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-redis.call('HSET', KEYS[2], sent, id)
--- Kept a TTL from its last chunk's submission (as a commit keeps it from its last result).
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return id
+local ttl, client = ARGV[1], ARGV[2]
+local ids = {}
+for i = 2, #KEYS do
+  local a = 2 + 4 * (i - 2)
+  local job, c = KEYS[i], ARGV[a + 2]
+  local sent = 's:' .. c
+  local id = redis.call('HGET', job, sent)
+  if not id then
+    id = redis.call('XADD', KEYS[1], '*', 'j', ARGV[a + 1], 'c', c, 'a', '0', 'r', client,
+      'n', ARGV[a + 3], 't', ttl, 'p', ARGV[a + 4])
+    redis.call('HSET', job, sent, id)
+    -- Kept a TTL from its last chunk's submission (as a commit keeps it from its last
+    -- result).
+    redis.call('PEXPIRE', job, ttl)
+  end
+  ids[i - 1] = id
+end
+return ids
 "#;
 
 /// Reclaims the chunks of hosts whose lease has expired (or that hold none), on the task
@@ -399,3 +449,6 @@ impl Default for Scripts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -46,6 +46,10 @@ const TENANTS_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long a claim waits for work when every stream it reads is empty, in ms.
 const CLAIM_BLOCK_MS: u64 = 500;
+
+/// The most chunks one call of the commit script commits: a batch of more is several calls
+/// in one pipeline, so that no one call holds Redis (whose scripts run alone) for long.
+const COMMITS_A_CALL: usize = 64;
 /// The most entries pending with this host read back from one stream at a time when it
 /// looks for those it does not hold (more than it ever holds: its cap).
 const RECOVER_COUNT: usize = 100_000;
@@ -1246,7 +1250,7 @@ impl HostInner {
     }
 
     /// Commits finished chunks, in the order they finish, those ready together in one
-    /// pipeline, until the host stops and none is left; a commit that cannot reach Redis is
+    /// pipeline (one call of the commit script for up to [`COMMITS_A_CALL`] of them), until the host stops and none is left; a commit that cannot reach Redis is
     /// sent again (the script tells a repeat of the same attempt from a late result).
     fn commit_loop(&self, results: Receiver<(Claimed, ChunkResult)>) {
         let scripts = Scripts::default();
@@ -1323,29 +1327,32 @@ impl HostInner {
                 if let Some(c) = con.as_mut() {
                     let mut pipe = redis::pipe();
                     pipe.load_script(&scripts.commit).ignore();
-                    for (claimed, record) in &records {
-                        pipe.invoke_script(
-                            scripts
-                                .commit
-                                .key(&*claimed.stream)
+                    for group in records.chunks(COMMITS_A_CALL) {
+                        let mut call = scripts.commit.prepare_invoke();
+                        call.key(self.keys.stats())
+                            .key(self.keys.dead())
+                            .key(self.keys.redoing())
+                            .arg(GROUP)
+                            .arg(&self.id);
+                        for (claimed, record) in group {
+                            call.key(&*claimed.stream)
                                 .key(self.keys.job(&claimed.job))
                                 .key(self.keys.results(&claimed.reply))
-                                .key(self.keys.stats())
-                                .key(self.keys.dead())
                                 .key(self.keys.redo_of(&claimed.stream))
-                                .key(self.keys.redoing())
                                 .arg(&claimed.id)
                                 .arg(claimed.chunk)
                                 .arg(&claimed.attempt)
                                 .arg(record)
                                 .arg(claimed.ttl_ms)
-                                .arg(GROUP)
-                                .arg(&self.id)
                                 .arg(claimed.since)
-                                .arg(&claimed.job),
-                        );
+                                .arg(&claimed.job);
+                        }
+                        pipe.invoke_script(&call);
                     }
-                    match pipe.query::<Vec<i64>>(c) {
+                    let answers = pipe
+                        .query::<Vec<Vec<i64>>>(c)
+                        .map(|calls| calls.into_iter().flatten().collect::<Vec<i64>>());
+                    match answers {
                         Ok(answers) => {
                             {
                                 let mut held = self.lock_held();
