@@ -422,41 +422,53 @@ impl Host {
             Serves::Tenants(t) => t.clone(),
             Serves::Untenanted | Serves::All => Vec::new(),
         };
-        let beat = std::thread::Builder::new()
-            .name("wasmpool-host-beat".into())
-            .spawn(move || {
-                beat_loop(
-                    beat_url,
-                    keys,
-                    BeatAs {
-                        host: Some((id, slots)),
-                        tenants: beat_tenants,
-                    },
-                    DEFAULT_TTL,
-                    liveness,
-                    counts,
-                    stop,
-                )
-            })
-            .map_err(|e| Error::io("starting the host's beat thread", e))?;
-        let committer = inner.clone();
-        let commits = std::thread::Builder::new()
-            .name("wasmpool-host-commit".into())
-            .spawn(move || committer.commit_loop(results))
-            .map_err(|e| Error::io("starting the host's commit thread", e))?;
-        let poller = inner.clone();
-        let cancels = std::thread::Builder::new()
-            .name("wasmpool-host-cancel".into())
-            .spawn(move || poller.cancel_loop())
-            .map_err(|e| Error::io("starting the host's cancel thread", e))?;
-        inner.lock_threads().extend([beat, commits, cancels]);
-        for _ in 0..setup::SETUP_THREADS {
-            let setter = inner.clone();
-            let setups = std::thread::Builder::new()
-                .name("wasmpool-host-setup".into())
-                .spawn(move || setter.setup_loop())
-                .map_err(|e| Error::io("starting the host's setup threads", e))?;
-            inner.lock_threads().push(setups);
+        // Should a thread fail to start, those started already stop (each ends at its next
+        // look at `stop`): a beat left running would keep a host that never claims alive in
+        // the cluster's eyes.
+        let started = (|| -> Result<()> {
+            let beat = std::thread::Builder::new()
+                .name("wasmpool-host-beat".into())
+                .spawn(move || {
+                    beat_loop(
+                        beat_url,
+                        keys,
+                        BeatAs {
+                            host: Some((id, slots)),
+                            tenants: beat_tenants,
+                        },
+                        DEFAULT_TTL,
+                        liveness,
+                        counts,
+                        stop,
+                    )
+                })
+                .map_err(|e| Error::io("starting the host's beat thread", e))?;
+            let committer = inner.clone();
+            let commits = std::thread::Builder::new()
+                .name("wasmpool-host-commit".into())
+                .spawn(move || committer.commit_loop(results))
+                .map_err(|e| Error::io("starting the host's commit thread", e))?;
+            let poller = inner.clone();
+            let cancels = std::thread::Builder::new()
+                .name("wasmpool-host-cancel".into())
+                .spawn(move || poller.cancel_loop())
+                .map_err(|e| Error::io("starting the host's cancel thread", e))?;
+            inner.lock_threads().extend([beat, commits, cancels]);
+            for _ in 0..setup::SETUP_THREADS {
+                let setter = inner.clone();
+                let setups = std::thread::Builder::new()
+                    .name("wasmpool-host-setup".into())
+                    .spawn(move || setter.setup_loop())
+                    .map_err(|e| Error::io("starting the host's setup threads", e))?;
+                inner.lock_threads().push(setups);
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            inner.stop.store(true, Ordering::Relaxed);
+            inner.room.notify_all();
+            inner.setup_wake.notify_all();
+            return Err(e);
         }
         Ok(Host { inner })
     }
