@@ -330,10 +330,15 @@ impl Drop for Owner {
         for t in std::mem::take(&mut *self.inner_threads()) {
             let _ = t.join();
         }
-        let unfenced = self.inner.lock_unfenced().len();
-        if unfenced > 0 {
-            // Not waited for here (Redis was down): their hosts run them to their end.
-            tracing::warn!("cluster: {unfenced} cancelled jobs' fences not set (Redis was down)");
+        if !self.inner.lock_unfenced().is_empty() {
+            // Cancels made while Redis was down: their fences are set in the background, as
+            // the sender would have, while Redis answers within the pool's Redis timeout
+            // (not waited for here); otherwise their hosts would run that work after all.
+            let inner = self.inner.clone();
+            if let Err(e) = spawn("wasmpool-cluster-fences", move || inner.fence_after_drop()) {
+                let n = self.inner.lock_unfenced().len();
+                tracing::warn!("cluster: {n} cancelled jobs' fences not set: {e}");
+            }
         }
         // Results still to come for this submitter have nobody to read them.
         if let Some(con) = self.inner.lock_con().as_mut() {
@@ -992,6 +997,32 @@ impl Inner {
                 self.lock_unfenced().append(&mut left);
                 return;
             }
+        }
+    }
+}
+
+impl Inner {
+    /// Sets the fences still unset when the pool was dropped (Redis was down), trying every
+    /// half second until Redis answers or the pool's Redis timeout has passed.
+    fn fence_after_drop(&self) {
+        let deadline = Instant::now() + self.redis_timeout;
+        loop {
+            let mut left = std::mem::take(&mut *self.lock_unfenced());
+            left.retain(|fence| !self.try_fence(fence));
+            if left.is_empty() {
+                return;
+            }
+            let n = left.len();
+            self.lock_unfenced().append(&mut left);
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "cluster: {n} cancelled jobs' fences not set: Redis did not answer within \
+                     {:?} of the pool's drop, so hosts may still run that work",
+                    self.redis_timeout
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }
