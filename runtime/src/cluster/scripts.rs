@@ -56,10 +56,10 @@ return again
 ///
 /// One call commits a batch of chunks (those a host finished together), each as if alone
 /// and in order; what the batch's chunks share is done once: the host's declaration read,
-/// the acknowledgement and delete of the entries of one stream, the push of the records
-/// to one results list and its expiry, the counts. With an `apply_async` flood each chunk
-/// is a task, and this is most of Redis's work for it: one script call and four commands
-/// a chunk, where a call each made nine.
+/// the acknowledgement and delete of the entries of one stream, the expiry of one results
+/// list, the counts. With an `apply_async` flood each chunk is a task, and this is most of
+/// Redis's work for it: one script call and four commands a chunk, where a call each made
+/// nine.
 ///
 /// KEYS: stats, dead, redoing (the redelivery streams with entries to claim), then for each
 /// chunk its entry's task stream, its job, its results list and the stream's redelivery
@@ -75,14 +75,19 @@ local group, host = ARGV[1], ARGV[2]
 local dead = redis.call('ZSCORE', KEYS[2], host)
 dead = dead and tonumber(dead)
 local counts = {committed = 0, dropped = 0, redelivered = 0, lost = 0}
--- The entries to acknowledge and delete, by stream; the records to push, by list (in the
--- order committed), and the expiry each list gets (its last chunk's).
+-- The entries to acknowledge and delete, by stream (at the end: a call that fails on its
+-- way leaves them pending, and the host sends the batch again).
 local acks, streams = {}, {}
-local pushes, lists, expiry = {}, {}, {}
+-- A record is pushed as its chunk is marked done, so that a call failing on its way never
+-- leaves a chunk marked done without its record (sent again, it would answer 2 and push
+-- nothing); its list's expiry is set at its first push, and again for another ttl.
+local expiry = {}
 local function push(list, record, ttl)
-  if not pushes[list] then pushes[list] = {}; table.insert(lists, list) end
-  table.insert(pushes[list], record)
-  expiry[list] = ttl
+  redis.call('RPUSH', list, record)
+  if expiry[list] ~= ttl then
+    redis.call('PEXPIRE', list, ttl)
+    expiry[list] = ttl
+  end
 end
 local function commit(stream, job, results, redo, id, c, att, record, ttl, since, jobid)
   local fenced = dead and dead >= tonumber(since)
@@ -111,7 +116,7 @@ local function commit(stream, job, results, redo, id, c, att, record, ttl, since
       for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
     end
     local a = tonumber(att)
-    if entry and f['p'] and a and a < tonumber(f['n'] or '0') then
+    if entry and f['j'] and f['r'] and f['p'] and a and a < (tonumber(f['n']) or 0) then
       redis.call('HSET', job, 'a:' .. c, tostring(a + 1))
       redis.pcall('XGROUP', 'CREATE', redo, group, '0', 'MKSTREAM')
       redis.call('XADD', redo, '*', 'j', f['j'], 'c', c, 'a', tostring(a + 1),
@@ -140,10 +145,6 @@ end
 for _, stream in ipairs(streams) do
   redis.call('XACK', stream, group, unpack(acks[stream]))
   redis.call('XDEL', stream, unpack(acks[stream]))
-end
-for _, list in ipairs(lists) do
-  redis.call('RPUSH', list, unpack(pushes[list]))
-  redis.call('PEXPIRE', list, expiry[list])
 end
 for name, n in pairs(counts) do
   if n > 0 then redis.call('HINCRBY', KEYS[1], name, n) end

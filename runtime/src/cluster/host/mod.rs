@@ -1087,8 +1087,9 @@ impl HostInner {
             return;
         };
         let ttl_ms = field("t")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(DEFAULT_TTL.as_millis() as u64);
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_TTL.as_millis() as u64)
+            .clamp(1, super::client::MAX_RESULT_TTL.as_millis() as u64);
         let claimed = Claimed {
             stream,
             id,

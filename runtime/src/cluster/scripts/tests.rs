@@ -196,6 +196,66 @@ fn a_commit_call_of_a_host_declared_dead_gives_its_chunks_back_each_as_alone() {
     );
 }
 
+/// The commit of chunks of job `a` (chunk, entry id, record) from `tasks`, in one call.
+fn commit(
+    con: &mut redis::Connection,
+    tasks: &str,
+    chunks: &[(u32, &str, &str)],
+) -> redis::RedisResult<Vec<i64>> {
+    let script = Script::new(COMMIT);
+    let mut call = script.prepare_invoke();
+    call.key("stats")
+        .key("dead")
+        .key("redoing")
+        .arg(GROUP)
+        .arg(HOST);
+    for (c, id, record) in chunks {
+        call.key(tasks)
+            .key(if *c == 9 { "job:broken" } else { "job:a" })
+            .key("results:a")
+            .key("t:redo")
+            .arg(id)
+            .arg(c)
+            .arg("0")
+            .arg(record)
+            .arg(60_000)
+            .arg(1)
+            .arg("a");
+    }
+    call.invoke(con)
+}
+
+#[test]
+fn a_commit_call_that_fails_on_its_way_leaves_no_chunk_done_without_its_record() {
+    let server = redis_server::RedisServer::start();
+    let mut con = connect(&server);
+    let tasks = "t:tasks";
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", tasks, GROUP, "0", "MKSTREAM"])
+        .query(&mut con)
+        .unwrap();
+    let first = claimed(&mut con, tasks, "a", 0, 0, 3);
+    let second = claimed(&mut con, tasks, "a", 9, 0, 3);
+    // The second chunk's job record is not a hash: the call fails at it, after the first
+    // chunk was committed.
+    let _: () = redis::cmd("SET")
+        .arg(&["job:broken", "x"])
+        .query(&mut con)
+        .unwrap();
+    let batch = [(0, first.as_str(), "r0"), (9, second.as_str(), "r9")];
+    assert!(commit(&mut con, tasks, &batch).is_err());
+    // Sent again, the first chunk answers "committed already"; its record is there, once.
+    let _: () = redis::cmd("DEL").arg("job:broken").query(&mut con).unwrap();
+    assert_eq!(commit(&mut con, tasks, &batch).unwrap(), [2, 1]);
+    let results: Vec<String> = redis::cmd("LRANGE")
+        .arg(&["results:a", "0", "-1"])
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(results, ["r0", "r9"]);
+    let len: i64 = redis::cmd("XLEN").arg(tasks).query(&mut con).unwrap();
+    assert_eq!(len, 0);
+}
+
 #[test]
 fn one_submit_call_adds_each_chunk_once() {
     let server = redis_server::RedisServer::start();
