@@ -36,6 +36,11 @@ use crate::values::{encode_arg_into, encode_args, encode_args_into};
 /// read them or gone.
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
 
+/// The longest result TTL a pool takes, and a host uses (an entry that names a longer one
+/// gets this): Redis refuses an expiry past its clock's range, and a commit refused would
+/// hold up the other chunks of its host's batch.
+pub(crate) const MAX_RESULT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long a submitter waits for a Redis it lost before it fails every pending result, by
 /// default.
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,7 +104,8 @@ impl ClusterBuilder {
     }
 
     /// How long results (and a job's record) are kept in Redis (default one hour): a
-    /// submitter that goes away leaves nothing behind for longer. At least a second.
+    /// submitter that goes away leaves nothing behind for longer. At least a second, at most
+    /// a year.
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.result_ttl = ttl;
         self
@@ -138,9 +144,9 @@ impl ClusterBuilder {
             return Err(e);
         }
         self.limits.check().map_err(Error::State)?;
-        if self.result_ttl < Duration::from_secs(1) {
+        if self.result_ttl < Duration::from_secs(1) || self.result_ttl > MAX_RESULT_TTL {
             return Err(Error::State(
-                "the result TTL must be at least a second".into(),
+                "the result TTL must be at least a second and at most a year".into(),
             ));
         }
         if let Some(t) = &self.tenant {
@@ -330,20 +336,25 @@ impl Drop for Owner {
         for t in std::mem::take(&mut *self.inner_threads()) {
             let _ = t.join();
         }
-        if !self.inner.lock_unfenced().is_empty() {
-            // Cancels made while Redis was down: their fences are set in the background, as
-            // the sender would have, while Redis answers within the pool's Redis timeout
-            // (not waited for here); otherwise their hosts would run that work after all.
-            let inner = self.inner.clone();
-            if let Err(e) = spawn("wasmpool-cluster-fences", move || inner.fence_after_drop()) {
-                let n = self.inner.lock_unfenced().len();
-                tracing::warn!("cluster: {n} cancelled jobs' fences not set: {e}");
-            }
-        }
         // Results still to come for this submitter have nobody to read them.
         if let Some(con) = self.inner.lock_con().as_mut() {
             let _: redis::RedisResult<()> =
                 redis::cmd("DEL").arg(&self.inner.results_key).query(con);
+        }
+        let unfenced = self.inner.lock_unfenced().len();
+        if unfenced > 0 {
+            // Cancels made while Redis was down: their fences are set in the background, as
+            // the sender would have, while Redis answers within the pool's Redis timeout
+            // (not waited for here); otherwise their hosts would run that work after all.
+            tracing::warn!(
+                "cluster: {unfenced} cancelled jobs' fences are not set yet (Redis was down): \
+                 they are set once it answers, within {:?}, unless this process exits first",
+                self.inner.redis_timeout
+            );
+            let inner = self.inner.clone();
+            if let Err(e) = spawn("wasmpool-cluster-fences", move || inner.fence_after_drop()) {
+                tracing::warn!("cluster: {unfenced} cancelled jobs' fences not set: {e}");
+            }
         }
         self.inner.callbacks.stop();
     }
@@ -693,8 +704,10 @@ impl Inner {
         let mut in_call = SUBMITS_A_CALL;
         for out in batch {
             let job = &out.job;
-            skipped.push(job.is_cancelled());
-            if job.is_cancelled() {
+            // Read once: a cancel between two reads would leave this job's ids to the next.
+            let cancelled = job.is_cancelled();
+            skipped.push(cancelled);
+            if cancelled {
                 continue;
             }
             for (i, (_, items)) in out.parts.iter().enumerate() {
@@ -1007,8 +1020,15 @@ impl Inner {
     fn fence_after_drop(&self) {
         let deadline = Instant::now() + self.redis_timeout;
         loop {
+            // As the sender does: up to the first that Redis does not answer, each try
+            // bounded by a command's timeout.
             let mut left = std::mem::take(&mut *self.lock_unfenced());
-            left.retain(|fence| !self.try_fence(fence));
+            while let Some(fence) = left.pop() {
+                if !self.try_fence(&fence) {
+                    left.push(fence);
+                    break;
+                }
+            }
             if left.is_empty() {
                 return;
             }
