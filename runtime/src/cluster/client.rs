@@ -48,10 +48,6 @@ const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a module's bytes are kept in Redis after the last submission that used it.
 const MODULE_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The most chunks one call of [`SUBMIT`] adds: a batch of more is several calls in one
-/// pipeline, so that no one call holds Redis (whose scripts run alone) for long.
-const SUBMITS_A_CALL: usize = 64;
-
 /// Options for a [`ClusterPool`]: `Pool::builder(&module).cluster(url)`, then these, then
 /// [`build`](ClusterBuilder::build).
 #[derive(Debug)]
@@ -688,8 +684,9 @@ impl Inner {
         self.changed.notify_all();
     }
 
-    /// Sends queued chunks, one stream entry each, in one pipeline (one call of [`SUBMIT`]
-    /// for up to [`SUBMITS_A_CALL`] of them); returns their entries'
+    /// Sends queued chunks, one stream entry each, in one pipeline (in calls of [`SUBMIT`]
+    /// of at most 64 chunks and 4 MiB, [`calls`](super::scripts::calls)); returns their
+    /// entries'
     /// ids (`None` for the chunks of a job cancelled before they went out). While Redis
     /// cannot be reached it tries again, for up to the Redis timeout; each chunk is added
     /// by [`SUBMIT`], once, however many times it is sent (a pipeline whose connection broke
@@ -700,8 +697,8 @@ impl Inner {
         pipe.load_script(&self.submit_script).ignore();
         let ttl = self.result_ttl.as_millis() as u64;
         let mut skipped = Vec::with_capacity(batch.len());
-        let mut calls = Vec::new();
-        let mut in_call = SUBMITS_A_CALL;
+        // Each chunk to add: its job, its chunk number, its retries, its payload.
+        let mut chunks: Vec<(&str, u32, u32, Vec<u8>)> = Vec::new();
         for out in batch {
             let job = &out.job;
             // Read once: a cancel between two reads would leave this job's ids to the next.
@@ -722,24 +719,22 @@ impl Inner {
                 };
                 let payload = postcard::to_stdvec(&spec)
                     .map_err(|e| Error::Cluster(format!("encoding a chunk: {e}")))?;
-                if in_call == SUBMITS_A_CALL {
-                    let mut call = self.submit_script.prepare_invoke();
-                    call.key(&self.tasks_key).arg(ttl).arg(&self.client);
-                    calls.push(call);
-                    in_call = 0;
-                }
-                if let Some(call) = calls.last_mut() {
-                    call.key(self.keys.job(&out.id))
-                        .arg(&out.id)
-                        .arg(out.first_chunk + i as u32)
-                        .arg(job.opts.retries)
-                        .arg(payload);
-                }
-                in_call += 1;
+                let chunk = out.first_chunk + i as u32;
+                chunks.push((&out.id, chunk, job.opts.retries, payload));
             }
         }
-        for call in &calls {
-            pipe.invoke_script(call);
+        let calls = super::scripts::calls(chunks.iter().map(|c| c.3.len()));
+        for call_of in &calls {
+            let mut call = self.submit_script.prepare_invoke();
+            call.key(&self.tasks_key).arg(ttl).arg(&self.client);
+            for (job, chunk, retries, payload) in &chunks[call_of.clone()] {
+                call.key(self.keys.job(job))
+                    .arg(job)
+                    .arg(chunk)
+                    .arg(retries)
+                    .arg(payload);
+            }
+            pipe.invoke_script(&call);
         }
         pipe.cmd("EXPIRE")
             .arg(self.keys.module(&self.sha))

@@ -428,6 +428,38 @@ local dead = redis.call('ZSCORE', ARGV[5] .. 'dead', ARGV[2])
 return {got, missing, errors, left, dead and tonumber(dead) or -1}
 "#;
 
+/// The most chunks one call of a batched script ([`COMMIT`], [`SUBMIT`]) takes: a batch of
+/// more is several calls in one pipeline, so that no one call holds Redis (whose scripts
+/// run alone) for long.
+pub(crate) const CHUNKS_A_CALL: usize = 64;
+
+/// The most bytes of records or payloads one call of a batched script takes, but for a
+/// chunk bigger than this alone: Redis reads a command whole before it runs it, and closes
+/// a connection whose command passes its query buffer's limit (1 GiB by default), where
+/// the commands of a pipeline are read one at a time.
+pub(crate) const BYTES_A_CALL: usize = 4 << 20;
+
+/// The calls a batch of chunks of these sizes (bytes) goes in: ranges of the batch, in
+/// order, each of at most [`CHUNKS_A_CALL`] chunks and [`BYTES_A_CALL`] bytes (a chunk
+/// bigger than that in a call of its own).
+pub(crate) fn calls(sizes: impl IntoIterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut calls: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (i, size) in sizes.into_iter().enumerate() {
+        match calls.last_mut() {
+            Some(call) if call.len() < CHUNKS_A_CALL && bytes + size <= BYTES_A_CALL => {
+                call.end = i + 1;
+                bytes += size;
+            }
+            _ => {
+                calls.push(i..i + 1);
+                bytes = size;
+            }
+        }
+    }
+    calls
+}
+
 /// The scripts, loaded once per connection's first use (EVALSHA, with EVAL on NOSCRIPT,
 /// which `redis::Script` does).
 #[derive(Debug)]

@@ -47,9 +47,6 @@ const TENANTS_REFRESH: Duration = Duration::from_secs(1);
 /// How long a claim waits for work when every stream it reads is empty, in ms.
 const CLAIM_BLOCK_MS: u64 = 500;
 
-/// The most chunks one call of the commit script commits: a batch of more is several calls
-/// in one pipeline, so that no one call holds Redis (whose scripts run alone) for long.
-const COMMITS_A_CALL: usize = 64;
 /// The most entries pending with this host read back from one stream at a time when it
 /// looks for those it does not hold (more than it ever holds: its cap).
 const RECOVER_COUNT: usize = 100_000;
@@ -1263,7 +1260,8 @@ impl HostInner {
     }
 
     /// Commits finished chunks, in the order they finish, those ready together in one
-    /// pipeline (one call of the commit script for up to [`COMMITS_A_CALL`] of them), until the host stops and none is left; a commit that cannot reach Redis is
+    /// pipeline (in calls of the commit script of at most 64 chunks and 4 MiB of records,
+    /// [`calls`](super::scripts::calls)), until the host stops and none is left; a commit that cannot reach Redis is
     /// sent again (the script tells a repeat of the same attempt from a late result).
     fn commit_loop(&self, results: Receiver<(Claimed, ChunkResult)>) {
         let scripts = Scripts::default();
@@ -1340,7 +1338,8 @@ impl HostInner {
                 if let Some(c) = con.as_mut() {
                     let mut pipe = redis::pipe();
                     pipe.load_script(&scripts.commit).ignore();
-                    for group in records.chunks(COMMITS_A_CALL) {
+                    for call_of in super::scripts::calls(records.iter().map(|(_, r)| r.len())) {
+                        let group = &records[call_of];
                         let mut call = scripts.commit.prepare_invoke();
                         call.key(self.keys.stats())
                             .key(self.keys.dead())

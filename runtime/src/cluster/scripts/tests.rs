@@ -256,3 +256,15 @@ fn one_submit_call_adds_each_chunk_once() {
     let left: i64 = redis::cmd("PTTL").arg("job:a").query(&mut con).unwrap();
     assert!(left > 0 && left <= 60_000, "{left}");
 }
+
+#[test]
+fn a_batch_goes_in_calls_of_at_most_64_chunks_and_4_mib_a_big_chunk_alone() {
+    assert_eq!(calls([10; 130]), [0..64, 64..128, 128..130]);
+    const MIB: usize = 1 << 20;
+    assert_eq!(calls([MIB, MIB, MIB, MIB, 1]), [0..4, 4..5]);
+    assert_eq!(
+        calls([3 * MIB, 2 * MIB, 5 * MIB, 1, 1]),
+        [0..1, 1..2, 2..3, 3..5]
+    );
+    assert!(calls([0usize; 0]).is_empty());
+}
