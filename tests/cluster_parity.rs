@@ -203,13 +203,18 @@ fn setups_at_once_keep_the_bound_of_eight_local_pools() {
 
 /// A module that takes long to set up (a Python component, compiled into the host's empty
 /// cache) does not hold up another module's new pool: its setup runs on another of the
-/// host's setup threads, and its result comes while the first is still compiling.
+/// host's setup threads, and its result comes while the first is still compiling. (The
+/// other module is compiled into the cache first, by a pool of another setup: its new pool
+/// then takes its seat and loads it in a moment, rather than racing the Python compile
+/// for the CPUs with a compile of its own.)
 #[test]
 fn a_slow_setup_does_not_hold_up_another_modules_new_pool() {
     within(Duration::from_secs(600), || {
         let redis = RedisServer::start();
         let python = crate::python_guests::py_hello();
         let host = WorkerHost::start_with_empty_cache(&redis, 2);
+        let warm = on(&redis, Pool::builder(&testkit()).maxtasksperchild(1_000));
+        assert_eq!(warm.apply::<_, u64>("square", &(2u64,)).unwrap(), 4);
         let slow = on(&redis, Pool::builder(&python));
         wait_for_hosts(&slow, 1);
         let first = slow.apply_async::<_, u64>("square", &(7u64,)).unwrap();
