@@ -686,11 +686,10 @@ impl Inner {
 
     /// Sends queued chunks, one stream entry each, in one pipeline (in calls of [`SUBMIT`]
     /// of at most 64 chunks and 4 MiB, [`calls`](super::scripts::calls)); returns their
-    /// entries'
-    /// ids (`None` for the chunks of a job cancelled before they went out). While Redis
-    /// cannot be reached it tries again, for up to the Redis timeout; each chunk is added
-    /// by [`SUBMIT`], once, however many times it is sent (a pipeline whose connection broke
-    /// may or may not have run).
+    /// entries' ids (`None` for the chunks of a job cancelled before they went out). While
+    /// Redis cannot be reached it tries again, for up to the Redis timeout; each chunk is
+    /// added by [`SUBMIT`], once, however many times it is sent (a pipeline whose
+    /// connection broke may or may not have run).
     fn send(&self, batch: &[Outgoing]) -> Result<Vec<Vec<Option<String>>>> {
         let mut pipe = redis::pipe();
         // Loaded for each batch: a Redis restarted, or a new master, has lost its scripts.
@@ -998,37 +997,33 @@ impl Inner {
         if self.redis_down.load(Ordering::Relaxed) {
             return;
         }
+        self.fence_waiting();
+    }
+
+    /// Sets the fences kept in `unfenced`, up to the first that Redis does not answer (each
+    /// try bounded by a command's timeout); answers how many are left.
+    fn fence_waiting(&self) -> usize {
         let mut left = std::mem::take(&mut *self.lock_unfenced());
-        while let Some(u) = left.pop() {
-            if !self.try_fence(&u) {
-                left.push(u);
-                self.lock_unfenced().append(&mut left);
-                return;
+        while let Some(fence) = left.pop() {
+            if !self.try_fence(&fence) {
+                left.push(fence);
+                break;
             }
         }
+        let n = left.len();
+        self.lock_unfenced().append(&mut left);
+        n
     }
-}
 
-impl Inner {
     /// Sets the fences still unset when the pool was dropped (Redis was down), trying every
     /// half second until Redis answers or the pool's Redis timeout has passed.
     fn fence_after_drop(&self) {
         let deadline = Instant::now() + self.redis_timeout;
         loop {
-            // As the sender does: up to the first that Redis does not answer, each try
-            // bounded by a command's timeout.
-            let mut left = std::mem::take(&mut *self.lock_unfenced());
-            while let Some(fence) = left.pop() {
-                if !self.try_fence(&fence) {
-                    left.push(fence);
-                    break;
-                }
-            }
-            if left.is_empty() {
+            let n = self.fence_waiting();
+            if n == 0 {
                 return;
             }
-            let n = left.len();
-            self.lock_unfenced().append(&mut left);
             if Instant::now() >= deadline {
                 tracing::warn!(
                     "cluster: {n} cancelled jobs' fences not set: Redis did not answer within \

@@ -1261,8 +1261,9 @@ impl HostInner {
 
     /// Commits finished chunks, in the order they finish, those ready together in one
     /// pipeline (in calls of the commit script of at most 64 chunks and 4 MiB of records,
-    /// [`calls`](super::scripts::calls)), until the host stops and none is left; a commit that cannot reach Redis is
-    /// sent again (the script tells a repeat of the same attempt from a late result).
+    /// [`calls`](super::scripts::calls)), until the host stops and none is left; a commit
+    /// that cannot reach Redis is sent again (the script tells a repeat of the same attempt
+    /// from a late result).
     fn commit_loop(&self, results: Receiver<(Claimed, ChunkResult)>) {
         let scripts = Scripts::default();
         let mut con: Option<redis::Connection> = None;
